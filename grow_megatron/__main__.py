@@ -1,0 +1,5 @@
+import sys
+
+from grow_megatron.cli import main
+
+sys.exit(main())

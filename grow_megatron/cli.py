@@ -1,0 +1,60 @@
+"""The `grow-megatron` command: a thin dispatcher over subcommands.
+
+Each subcommand lives next to the library code it drives and exposes `main(argv) -> int`.
+Modules are imported lazily so that `grow-megatron flops` does not pay for importing
+megatron-core, and a failure in one subcommand's imports cannot break the others.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("grow_megatron.training.cli", "train a (depth-grown) model from a YAML run config"),
+    "data": ("grow_megatron.data.cli", "prepare tokenizers and indexed datasets"),
+    "convert": ("grow_megatron.convert.cli", "convert checkpoints to and from Hugging Face Llama"),
+    "eval": ("grow_megatron.eval.cli", "held-out NLL and reasoning-primitive evaluation"),
+    "analyze": ("grow_megatron.analysis.cli", "depth analyses (tuned lens, depth score, interventions, ...)"),
+    "flops": ("grow_megatron.flops_cli", "training FLOPs of a static vs a grown run (SPEC 6)"),
+    "bench": ("grow_megatron.bench.cli", "timed grown-vs-static training throughput"),
+    "plan": ("grow_megatron.growth.cli", "print the growth plan (stages, depths, source maps) of a config"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: grow-megatron <command> [args...]", "", "commands:"]
+    for name, (_, doc) in SUBCOMMANDS.items():
+        lines.append(f"  {name:<9} {doc}")
+    lines.append("")
+    lines.append("Run `grow-megatron <command> --help` for a command's options.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name in ("-V", "--version"):
+        from grow_megatron import __version__
+
+        print(__version__)
+        return 0
+    if name not in SUBCOMMANDS:
+        print(f"grow-megatron: unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    from grow_megatron.config.base import ConfigError
+
+    try:
+        return int(module.main(rest) or 0)
+    except ConfigError as err:
+        # Bad configuration is the user's to fix: one line, no traceback.
+        print(f"grow-megatron {name}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

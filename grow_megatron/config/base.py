@@ -1,0 +1,133 @@
+"""Shared machinery for the dataclass configs: YAML-dict -> dataclass mapping and errors.
+
+Every component config is a plain dataclass whose fields carry attribute docstrings (the
+string literal right below a field). `from_dict` maps a (YAML) dict onto one, checking names
+and types, and each config's `validate()` checks values. Everything wrong with a config is
+reported as a `ConfigError` naming the field path, the bad value and what is allowed, so the
+CLI can print one line instead of a traceback.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import inspect
+import textwrap
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, phrased for the user: field path, value, what is allowed."""
+
+    def __init__(self, path: str, value: Any, allowed: str):
+        self.path, self.value, self.allowed = path, value, allowed
+        super().__init__(f"{path} = {value!r}: {allowed}")
+
+
+def check(cond: bool, path: str, value: Any, allowed: str) -> None:
+    """Raise ConfigError(path, value, allowed) unless `cond` holds."""
+    if not cond:
+        raise ConfigError(path, value, allowed)
+
+
+def _coerce(tp: Any, value: Any, path: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        choices = get_args(tp)
+        check(value in choices, path, value, f"must be one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None:
+            check(type(None) in args, path, value, "may not be empty")
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, path)
+            except ConfigError as err:
+                errors.append(err.allowed)
+        raise ConfigError(path, value, " or ".join(errors))
+    if dataclasses.is_dataclass(tp):
+        check(isinstance(value, dict), path, value, f"must be a mapping of {tp.__name__} fields")
+        return from_dict(tp, value, path)
+    if origin in (list, tuple):
+        check(isinstance(value, (list, tuple)), path, value, "must be a list")
+        (item_tp, *rest) = get_args(tp) or (Any,)
+        items = [_coerce(item_tp, v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict:
+        check(isinstance(value, dict), path, value, "must be a mapping")
+        return dict(value)
+    if tp is bool:
+        check(isinstance(value, bool), path, value, "must be true or false")
+        return value
+    if tp is int:
+        check(isinstance(value, int) and not isinstance(value, bool), path, value, "must be an integer")
+        return value
+    if tp is float:
+        # YAML reads 3e-3 as a string (YAML 1.1); accept numeric strings for floats.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(path, value, "must be a number") from None
+        check(isinstance(value, (int, float)) and not isinstance(value, bool), path, value, "must be a number")
+        return float(value)
+    if tp is str:
+        check(isinstance(value, str), path, value, "must be a string")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
+    """Build dataclass `cls` from `data`, recursively; unknown keys are errors."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in data.items():
+        sub = f"{path}.{key}" if path else key
+        if key not in names:
+            near = [n for n in names if n.startswith(key[:3])]
+            hint = f" (did you mean {', '.join(sorted(near))}?)" if near else ""
+            raise ConfigError(sub, value, f"unknown field of {cls.__name__}{hint}; known: {', '.join(sorted(names))}")
+        kwargs[key] = _coerce(hints[key], value, sub)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-dict (YAML/JSON-serialisable) form of a dataclass config."""
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a dataclass's fields (the string under each field)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, nxt in zip(body, body[1:]):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                    docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs

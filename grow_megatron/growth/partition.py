@@ -1,0 +1,61 @@
+"""Pipeline partition and growth transfer plans: pure functions of integers (DESIGN.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from grow_megatron.growth.operators import Growth
+
+
+def balanced_split(num_layers: int, num_stages: int) -> tuple[int, ...]:
+    """Layers per pipeline stage, sizes differing by at most one; the extra layers go to the
+    middle stages first-from-the-end so that the first stage (embedding) and the last stage
+    (head + loss) carry fewer layers."""
+    if num_stages < 1 or num_layers < num_stages:
+        raise ValueError(f"cannot split {num_layers} layers over {num_stages} pipeline stages: "
+                         f"every stage needs at least one layer")
+    base, extra = divmod(num_layers, num_stages)
+    sizes = [base] * num_stages
+    # Prefer inner stages for the extra layers, then the outer ones.
+    order = list(range(1, num_stages - 1))[::-1] + [num_stages - 1, 0] if num_stages > 2 else list(range(num_stages))[::-1]
+    for s in order[:extra]:
+        sizes[s] += 1
+    return tuple(sizes)
+
+
+def stage_of(split: tuple[int, ...]) -> tuple[int, ...]:
+    """For each global layer position, the pipeline stage holding it."""
+    return tuple(s for s, n in enumerate(split) for _ in range(n))
+
+
+def offsets(split: tuple[int, ...]) -> tuple[int, ...]:
+    """Global position of each stage's first layer."""
+    out, acc = [], 0
+    for n in split:
+        out.append(acc)
+        acc += n
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class Move:
+    """New position `dst_pos` (on stage dst_stage) is initialised from old layer `src_layer`
+    (on stage src_stage)."""
+
+    dst_pos: int
+    src_layer: int
+    src_stage: int
+    dst_stage: int
+    is_new: bool
+
+    @property
+    def local(self) -> bool:
+        return self.src_stage == self.dst_stage
+
+
+def transfer_plan(growth: Growth, old_split: tuple[int, ...], new_split: tuple[int, ...]) -> tuple[Move, ...]:
+    """Every position of the grown model with where its weights come from."""
+    if sum(old_split) != growth.old_depth or sum(new_split) != growth.new_depth:
+        raise ValueError(f"splits {old_split} -> {new_split} do not match depths {growth.old_depth} -> {growth.new_depth}")
+    old_stage, new_stage = stage_of(old_split), stage_of(new_split)
+    new = set(growth.new_positions)
+    return tuple(Move(j, s, old_stage[s], new_stage[j], j in new) for j, s in enumerate(growth.source_map))

@@ -1,0 +1,31 @@
+"""grow_megatron: depth-growing LLM training on megatron-core."""
+from setuptools import find_packages, setup
+
+setup(
+    name="grow_megatron",
+    version="0.1.0",
+    description="Megatron-core training engine that grows Transformer depth during training (MIDAS, LIDAS)",
+    python_requires=">=3.10",
+    # kernels/ lives at the top of the repo (as the user asked) but is installed inside our
+    # package: a different PyPI project already owns the top-level name `kernels`.
+    packages=find_packages(include=["grow_megatron", "grow_megatron.*"]) + ["grow_megatron.kernels"],
+    package_dir={"grow_megatron.kernels": "kernels"},
+    package_data={"grow_megatron.data": ["assets/*"]},
+    install_requires=[
+        "torch>=2.6",
+        "megatron-core==0.16.1",
+        "triton>=3.2",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+        "psutil",
+        "datasets",
+        "tokenizers",
+        "transformers",
+        "safetensors",
+        "tensorboard",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest", "pytest-timeout"]},
+    entry_points={"console_scripts": ["grow-megatron=grow_megatron.cli:main"]},
+)
