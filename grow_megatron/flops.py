@@ -1,0 +1,330 @@
+"""Training FLOPs accounting (SPEC 6) and model FLOPs per token for MFU.
+
+Per token: 6 N + 12 L s d with N = L (2 d^2 + 2 d d_kv + 3 d f) + V d (no norms), the
+convention of the paper's Table 7. A grown run sums this over its stages, each stage
+counted at its own depth for its own steps. Everything is exact integer arithmetic; only
+the petaFLOP figures (1 PF = 1e15 FLOPs) are floats.
+
+How Table 7 counts (verified to all printed digits, see `paper_stage_steps`): stages
+1..k start at depth b; growth stage i trains floor(i / sum_j j * T) steps (T = 170,000);
+every step not given to a growth stage (the 30,000 cooldown steps plus the rounding
+leftovers, 4 steps at 360M and 3 at 1.7B) runs at full depth. SPEC 4's largest-remainder
+rounding gives those leftover steps to the growth stages instead, which lowers the grown
+total by 3.46 PF (360M) / 34.20 PF (1.7B); `rounding="paper"` reproduces Table 7.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from fractions import Fraction
+from types import MappingProxyType
+from typing import Any, Literal, Mapping, Sequence
+
+from grow_megatron.growth.schedule import GrowthPlan, prop_alpha
+
+PETA = 10**15
+H100_SXM_BF16_PEAK = 989e12
+"""Dense bf16 peak of an H100 SXM in FLOP/s, the MFU denominator of SPEC 6."""
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The shapes the FLOPs formula needs (SPEC 1 names)."""
+
+    num_layers: int
+    """L, number of Transformer layers."""
+    hidden_size: int
+    """d, the model width."""
+    ffn_hidden_size: int
+    """f, the SwiGLU inner width."""
+    num_attention_heads: int
+    """Query heads."""
+    num_query_groups: int
+    """Key/value heads (GQA); equal to num_attention_heads for MHA."""
+    vocab_size: int
+    """V, the (tied) vocabulary size."""
+    seq_length: int
+    """s, tokens per training sequence."""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ValueError(f"ModelShape.{f.name} = {v!r}: must be a positive integer")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                             f"{self.num_attention_heads}")
+        if self.num_attention_heads % self.num_query_groups:
+            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by "
+                             f"num_query_groups {self.num_query_groups}")
+
+    @property
+    def kv_size(self) -> int:
+        """d_kv = d * kv_heads / heads, the width of K (and of V)."""
+        return self.hidden_size * self.num_query_groups // self.num_attention_heads
+
+    def with_layers(self, num_layers: int) -> "ModelShape":
+        return dataclasses.replace(self, num_layers=num_layers)
+
+    @classmethod
+    def from_object(cls, obj: Any) -> "ModelShape":
+        """Read the fields by name from any object (a run/model config, an HF config, a dict)."""
+        get = obj.get if isinstance(obj, Mapping) else (lambda k, d=None: getattr(obj, k, d))
+        missing = [f.name for f in dataclasses.fields(cls) if get(f.name) is None]
+        if missing:
+            raise ValueError(f"{type(obj).__name__} lacks model shape field(s): {', '.join(missing)}")
+        return cls(**{f.name: get(f.name) for f in dataclasses.fields(cls)})
+
+
+PRESETS: Mapping[str, ModelShape] = MappingProxyType({
+    "smollm-360m": ModelShape(32, 960, 2560, 15, 5, 49152, 2048),
+    "smollm-1.7b": ModelShape(24, 2048, 8192, 32, 32, 49152, 2048),
+})
+"""SPEC 1 model presets."""
+
+
+@dataclass(frozen=True)
+class PaperSettings:
+    """The training settings behind the paper's Table 7."""
+
+    total_steps: int = 200_000
+    """All training steps, growth phase and full-depth cooldown."""
+    grow_steps: int = 170_000
+    """T: steps split over the growth stages by PROP-alpha."""
+    block_size: int = 4
+    """b: layers added per growth, also the starting depth."""
+    alpha: float = 1.0
+    """PROP-alpha exponent."""
+    tokens_per_step: int = 2**20
+    """Global batch in tokens."""
+
+
+PAPER_SETTINGS: Mapping[str, PaperSettings] = MappingProxyType({
+    "smollm-360m": PaperSettings(tokens_per_step=2**20),
+    "smollm-1.7b": PaperSettings(tokens_per_step=2**21),
+})
+
+PAPER_TABLE7: Mapping[str, tuple[float, float, float]] = MappingProxyType({
+    "smollm-360m": (613527.488, 476147.897, 1.289),
+    "smollm-1.7b": (4813222.102, 3736608.182, 1.288),
+})
+"""Table 7 as printed: (static PF, grown PF, ratio)."""
+
+
+def formula_params(shape: ModelShape) -> int:
+    """N of SPEC 6: L (2 d^2 + 2 d d_kv + 3 d f) + V d. Norm gains are not counted."""
+    d, f = shape.hidden_size, shape.ffn_hidden_size
+    return shape.num_layers * (2 * d * d + 2 * d * shape.kv_size + 3 * d * f) + shape.vocab_size * d
+
+
+def model_flops_per_token(shape: ModelShape) -> int:
+    """Training FLOPs per token (forward + backward), SPEC 6 / Table 7: 6 N + 12 L s d.
+
+    The attention term counts the full s x s score matrix (no causal saving), as the paper does.
+    """
+    return 6 * formula_params(shape) + 12 * shape.num_layers * shape.seq_length * shape.hidden_size
+
+
+def model_flops_per_token_causal(shape: ModelShape) -> int:
+    """6 N + 6 L s d: attention halved because a causal mask skips half the score matrix.
+
+    The convention of notes/h100-anchors.md and of flash-attention style MFU figures; use it
+    only to compare with numbers quoted that way. SPEC 6's MFU uses `model_flops_per_token`.
+    """
+    return 6 * formula_params(shape) + 6 * shape.num_layers * shape.seq_length * shape.hidden_size
+
+
+def mfu(tokens_per_second: float, flops_per_token: float, peak_flops: float = H100_SXM_BF16_PEAK) -> float:
+    """Model FLOPs utilisation: achieved model FLOP/s over the hardware peak."""
+    return tokens_per_second * flops_per_token / peak_flops
+
+
+@dataclass(frozen=True)
+class StageFlops:
+    """One stage of a run at a fixed depth."""
+
+    stage: int
+    """1-indexed stage number."""
+    depth: int
+    """Number of layers trained in this stage."""
+    steps: int
+    """Optimizer steps in this stage."""
+    tokens: int
+    """steps * tokens_per_step."""
+    flops_per_token: int
+    """model_flops_per_token at this depth."""
+
+    @property
+    def flops(self) -> int:
+        return self.tokens * self.flops_per_token
+
+    @property
+    def petaflops(self) -> float:
+        return self.flops / PETA
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "depth": self.depth, "steps": self.steps, "tokens": self.tokens,
+                "flops_per_token": self.flops_per_token, "flops": self.flops, "petaflops": self.petaflops}
+
+
+@dataclass(frozen=True)
+class RunFlops:
+    """Training FLOPs of one run, stage by stage."""
+
+    name: str
+    """'static' or 'grown' (or anything the caller likes)."""
+    stages: tuple[StageFlops, ...]
+
+    @property
+    def steps(self) -> int:
+        return sum(s.steps for s in self.stages)
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.stages)
+
+    @property
+    def flops(self) -> int:
+        return sum(s.flops for s in self.stages)
+
+    @property
+    def petaflops(self) -> float:
+        return self.flops / PETA
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "steps": self.steps, "tokens": self.tokens, "flops": self.flops,
+                "petaflops": self.petaflops, "stages": [s.to_dict() for s in self.stages]}
+
+
+def run_flops(shape: ModelShape, depths: Sequence[int], steps: Sequence[int], tokens_per_step: int,
+              name: str = "") -> RunFlops:
+    """FLOPs of a run that trains depths[i] for steps[i] steps (stage by stage)."""
+    if len(depths) != len(steps) or not depths:
+        raise ValueError(f"need one step count per depth, got depths={list(depths)} steps={list(steps)}")
+    if any(n < 0 for n in steps) or any(L <= 0 for L in depths) or tokens_per_step <= 0:
+        raise ValueError(f"depths, steps and tokens_per_step must be positive: {list(depths)}, {list(steps)}, "
+                         f"{tokens_per_step}")
+    stages = tuple(
+        StageFlops(i + 1, L, n, n * tokens_per_step, model_flops_per_token(shape.with_layers(L)))
+        for i, (L, n) in enumerate(zip(depths, steps))
+    )
+    return RunFlops(name, stages)
+
+
+def static_flops(shape: ModelShape, total_steps: int, tokens_per_step: int) -> RunFlops:
+    """A run at full depth (shape.num_layers) for all steps."""
+    return run_flops(shape, [shape.num_layers], [total_steps], tokens_per_step, name="static")
+
+
+def plan_depths_and_steps(plan: GrowthPlan, total_steps: int) -> tuple[list[int], list[int]]:
+    """Per-stage depths and steps of `plan` in a run of `total_steps` steps.
+
+    The last stage runs until the end of training (GrowthPlan's convention), so it gets
+    total_steps minus the earlier stages, whatever plan.stage_steps[-1] says.
+    """
+    depths = [plan.initial_depth] + [g.new_depth for g in plan.growths]
+    before_last = sum(plan.stage_steps[:-1])
+    if len(plan.stage_steps) != len(depths):
+        raise ValueError(f"plan has {len(plan.stage_steps)} stages but {len(plan.growths)} growths")
+    if total_steps < before_last:
+        raise ValueError(f"total_steps {total_steps} ends before the last growth (step {before_last})")
+    return depths, list(plan.stage_steps[:-1]) + [total_steps - before_last]
+
+
+def grown_flops(shape: ModelShape, plan: GrowthPlan, total_steps: int, tokens_per_step: int) -> RunFlops:
+    """FLOPs of a grown run following `plan`; its final depth must be shape.num_layers."""
+    if plan.final_depth != shape.num_layers:
+        raise ValueError(f"plan grows to {plan.final_depth} layers but the model has {shape.num_layers}")
+    depths, steps = plan_depths_and_steps(plan, total_steps)
+    return run_flops(shape, depths, steps, tokens_per_step, name="grown")
+
+
+def paper_stage_steps(num_stages: int, grow_steps: int, alpha: float = 1.0) -> list[int]:
+    """Stage lengths as Table 7 counts them: floor(i^alpha / sum_j j^alpha * T), no redistribution.
+
+    The rounding leftover (sum < T) then trains at full depth. This is the only rounding
+    found that reproduces all printed digits of both grown totals (largest remainder, plain
+    rounding, exact fractions and floored cumulative boundaries all miss; see module doc).
+    """
+    if num_stages < 1 or grow_steps < 0:
+        raise ValueError(f"need num_stages >= 1 and grow_steps >= 0, got {num_stages}, {grow_steps}")
+    if float(alpha).is_integer():
+        w = [Fraction(i) ** int(alpha) for i in range(1, num_stages + 1)]
+    else:
+        w = [i**alpha for i in range(1, num_stages + 1)]
+    total = sum(w)
+    return [int(x * grow_steps // total) for x in w]
+
+
+def prop_plan(final_depth: int, block_size: int, grow_steps: int, alpha: float = 1.0,
+              rounding: Literal["spec", "paper"] = "spec") -> GrowthPlan:
+    """A PROP-alpha GrowthPlan for FLOPs purposes (MIDAS insertion; FLOPs do not depend on where).
+
+    rounding="spec": SPEC 4 largest remainder (what the trainer runs); "paper": Table 7's floors.
+    """
+    from grow_megatron.growth.operators import midas
+
+    if final_depth % block_size:
+        raise ValueError(f"final depth {final_depth} is not a multiple of block size {block_size}")
+    k = final_depth // block_size
+    if rounding == "spec":
+        steps = prop_alpha(k, grow_steps, alpha)
+    elif rounding == "paper":
+        steps = paper_stage_steps(k, grow_steps, alpha)
+    else:
+        raise ValueError(f"rounding = {rounding!r}: must be 'spec' or 'paper'")
+    # The last growth stage's length is implied: it runs to the end of training.
+    growths = tuple(midas(i * block_size, block_size) for i in range(1, k))
+    return GrowthPlan(block_size, tuple(steps), growths)
+
+
+@dataclass(frozen=True)
+class FlopsComparison:
+    """Static vs grown training FLOPs of the same final model."""
+
+    shape: ModelShape
+    tokens_per_step: int
+    static: RunFlops
+    grown: RunFlops
+
+    @property
+    def ratio(self) -> float:
+        """static / grown: how many times more compute the static run takes (Table 7's ratio)."""
+        return self.static.flops / self.grown.flops
+
+    def to_dict(self) -> dict:
+        return {"shape": dataclasses.asdict(self.shape), "formula_params": formula_params(self.shape),
+                "tokens_per_step": self.tokens_per_step, "static": self.static.to_dict(),
+                "grown": self.grown.to_dict(), "ratio": self.ratio,
+                "grown_fraction_of_static": self.grown.flops / self.static.flops}
+
+    def format_table(self) -> str:
+        rows = [("run", "stage", "depth", "steps", "tokens", "FLOPs", "PF")]
+        for run in (self.grown, self.static):
+            for s in run.stages:
+                rows.append((run.name, str(s.stage), str(s.depth), f"{s.steps:,}", f"{s.tokens:,}",
+                             f"{s.flops:.4e}", f"{s.petaflops:,.3f}"))
+            rows.append((run.name, "total", "", f"{run.steps:,}", f"{run.tokens:,}", f"{run.flops:.4e}",
+                         f"{run.petaflops:,.3f}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = []
+        for j, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+            if j == 0 or (j + 1 < len(rows) and rows[j + 1][0] != r[0]):
+                lines.append("-" * len(lines[0]))
+        lines.append("")
+        lines.append(f"ratio static/grown: {self.ratio:.4f}  (grown = {100 / self.ratio:.2f}% of static)")
+        return "\n".join(lines)
+
+
+def compare(shape: ModelShape, plan: GrowthPlan, total_steps: int, tokens_per_step: int) -> FlopsComparison:
+    """Static and grown FLOPs of `shape` trained for `total_steps` steps."""
+    return FlopsComparison(shape, tokens_per_step, static_flops(shape, total_steps, tokens_per_step),
+                           grown_flops(shape, plan, total_steps, tokens_per_step))
+
+
+def paper_comparison(preset: str, rounding: Literal["spec", "paper"] = "paper") -> FlopsComparison:
+    """Table 7 for a SPEC 1 preset with the paper's settings."""
+    shape, cfg = PRESETS[preset], PAPER_SETTINGS[preset]
+    plan = prop_plan(shape.num_layers, cfg.block_size, cfg.grow_steps, cfg.alpha, rounding)
+    return compare(shape, plan, cfg.total_steps, cfg.tokens_per_step)

@@ -1,0 +1,209 @@
+"""`grow-megatron flops`: training FLOPs of a static vs a grown run (SPEC 6), table and JSON.
+
+    grow-megatron flops --preset smollm-360m --paper          # Table 7 of the paper
+    grow-megatron flops run.yaml [--json out.json]            # a run config
+    grow-megatron flops --layers 8 --hidden 64 --ffn 256 --heads 4 --kv-heads 2 \\
+        --vocab 1000 --seq 128 --steps 1000 --grow-steps 800 --block-size 2 --tokens-per-step 4096
+
+Precedence: explicit flags > run config > preset > (with --paper) the paper's settings.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from grow_megatron import flops as F
+from grow_megatron.config.base import ConfigError
+from grow_megatron.growth.schedule import GrowthPlan
+
+_SHAPE_FLAGS = {  # flag -> ModelShape field
+    "layers": "num_layers", "hidden": "hidden_size", "ffn": "ffn_hidden_size", "heads": "num_attention_heads",
+    "kv_heads": "num_query_groups", "vocab": "vocab_size", "seq": "seq_length",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grow-megatron flops", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", nargs="?", help="YAML run config (model shape, growth plan, steps, batch)")
+    p.add_argument("--preset", choices=sorted(F.PRESETS), help="SPEC 1 model preset")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper's Table 7 settings: 200k steps, PROP-1, b=4, growth over the first 170k "
+                        "steps, 2^20 (360M) / 2^21 (1.7B) tokens per step, and its stage rounding")
+    g = p.add_argument_group("model shape")
+    for flag, field in _SHAPE_FLAGS.items():
+        g.add_argument("--" + flag.replace("_", "-"), dest=flag, type=int, help=field)
+    g = p.add_argument_group("schedule")
+    g.add_argument("--steps", type=int, help="total training steps")
+    g.add_argument("--grow-steps", type=int, help="steps until the final depth (T of SPEC 4)")
+    g.add_argument("--block-size", type=int, help="layers added per growth (b); also the starting depth")
+    g.add_argument("--alpha", type=float, help="PROP-alpha exponent (default 1)")
+    g.add_argument("--tokens-per-step", type=int, help="global batch in tokens")
+    g.add_argument("--global-batch", type=int, help="global batch in sequences (tokens per step = this x seq)")
+    g.add_argument("--rounding", choices=("spec", "paper"),
+                   help="stage lengths: 'spec' = SPEC 4 largest remainder (what the trainer runs, default), "
+                        "'paper' = floors with the leftover steps at full depth (reproduces Table 7; "
+                        "default with --paper)")
+    p.add_argument("--json", metavar="PATH", help="also write the result as JSON ('-' for stdout)")
+    return p
+
+
+def _from_run_config(path: str) -> dict[str, Any]:
+    """Shape, plan, steps and batch from a YAML run config, read through grow_megatron.config.run."""
+    try:
+        from grow_megatron.config import run as run_config
+    except ImportError as err:
+        raise SystemExit(f"grow-megatron flops: cannot read run configs yet ({err}); "
+                         "pass --preset/--paper or explicit shape flags instead") from None
+    cfg = run_config.load_run_config(path)
+    return _extract(cfg)
+
+
+def _find(obj: Any, names: tuple[str, ...], subs: tuple[str, ...] = ("model", "training", "train", "growth",
+                                                                       "schedule", "data", "optim")) -> Any:
+    """First attribute in `names` found on obj or one of its sub-configs (config layouts vary)."""
+    for holder in (obj, *(getattr(obj, s, None) for s in subs)):
+        if holder is None:
+            continue
+        for n in names:
+            v = holder.get(n) if isinstance(holder, dict) else getattr(holder, n, None)
+            if v is not None:
+                return v
+    return None
+
+
+def _extract(cfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in _SHAPE_FLAGS.values():
+        v = _find(cfg, (field,))
+        if v is not None:
+            out[field] = v
+    steps = _find(cfg, ("train_iters", "total_steps", "steps", "max_steps"))
+    if steps is not None:
+        out["steps"] = steps
+    tps = _find(cfg, ("tokens_per_step",))
+    gbs = _find(cfg, ("global_batch_size",))
+    if tps is not None:
+        out["tokens_per_step"] = tps
+    elif gbs is not None:
+        out["global_batch"] = gbs
+    plan = None
+    for holder in (cfg, getattr(cfg, "growth", None)):
+        for name in ("growth_plan", "plan", "make_plan"):
+            attr = getattr(holder, name, None) if holder is not None else None
+            if isinstance(attr, GrowthPlan):
+                plan = attr
+            elif callable(attr):
+                try:
+                    got = attr()
+                except TypeError:
+                    continue
+                if isinstance(got, GrowthPlan):
+                    plan = got
+            if plan is not None:
+                break
+        if plan is not None:
+            break
+    out["plan"] = plan
+    return out
+
+
+def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, int, int, dict[str, Any]]:
+    """(shape, plan or None, total_steps, tokens_per_step, plan parameters used) from all sources."""
+    vals: dict[str, Any] = {}
+    if args.preset:
+        vals.update(dataclasses.asdict(F.PRESETS[args.preset]))
+        if args.paper:
+            s = F.PAPER_SETTINGS[args.preset]
+            vals.update(steps=s.total_steps, grow_steps=s.grow_steps, block_size=s.block_size, alpha=s.alpha,
+                        tokens_per_step=s.tokens_per_step)
+    elif args.paper:
+        s = F.PaperSettings()
+        vals.update(steps=s.total_steps, grow_steps=s.grow_steps, block_size=s.block_size, alpha=s.alpha)
+    if args.config:
+        vals.update({k: v for k, v in _from_run_config(args.config).items() if v is not None})
+    for flag, field in _SHAPE_FLAGS.items():
+        if getattr(args, flag) is not None:
+            vals[field] = getattr(args, flag)
+    for key in ("steps", "grow_steps", "block_size", "alpha", "tokens_per_step", "global_batch"):
+        if getattr(args, key) is not None:
+            vals[key] = getattr(args, key)
+            if key in ("grow_steps", "block_size", "alpha"):
+                vals.pop("plan", None)  # explicit schedule flags replace the config's plan
+            if key == "global_batch":
+                vals.pop("tokens_per_step", None)
+            if key == "tokens_per_step":
+                vals.pop("global_batch", None)
+
+    missing = [f for f in _SHAPE_FLAGS.values() if f not in vals]
+    if missing:
+        flags = [("--" + k.replace("_", "-")) for k, f in _SHAPE_FLAGS.items() if f in missing]
+        raise ConfigError("model", None, f"missing {', '.join(missing)}: give --preset, a run config or "
+                                         f"{' '.join(flags)}")
+    try:
+        shape = F.ModelShape(**{f: vals[f] for f in _SHAPE_FLAGS.values()})
+    except ValueError as err:
+        raise ConfigError("model", None, str(err)) from None
+    if "tokens_per_step" not in vals:
+        if "global_batch" not in vals:
+            raise ConfigError("tokens_per_step", None, "give --tokens-per-step or --global-batch (or --paper)")
+        vals["tokens_per_step"] = vals["global_batch"] * shape.seq_length
+    if "steps" not in vals:
+        raise ConfigError("steps", None, "give --steps (or --paper, or a run config)")
+    rounding = args.rounding or ("paper" if args.paper else "spec")
+    plan = vals.get("plan")
+    used: dict[str, Any] = {"rounding": rounding}
+    if plan is None and ("block_size" in vals or "grow_steps" in vals):
+        b = vals.get("block_size", 4)
+        grow = vals.get("grow_steps", vals["steps"])
+        alpha = vals.get("alpha", 1.0)
+        try:
+            plan = F.prop_plan(shape.num_layers, b, grow, alpha, rounding)
+        except ValueError as err:
+            raise ConfigError("block_size", b, str(err)) from None
+        used.update(block_size=b, grow_steps=grow, alpha=alpha)
+    elif plan is not None:
+        used = {"source": "run config"}
+    return shape, plan, vals["steps"], vals["tokens_per_step"], used
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    shape, plan, steps, tps, used = resolve(args)
+    if plan is None:
+        # No growth schedule anywhere: report the static run alone rather than guess one.
+        run = F.static_flops(shape, steps, tps)
+        print(f"static run (no growth schedule given): {run.petaflops:,.3f} PF "
+              f"({F.model_flops_per_token(shape):,} FLOPs/token)")
+        result: dict[str, Any] = {"static": run.to_dict(), "shape": dataclasses.asdict(shape)}
+    else:
+        try:
+            cmp = F.compare(shape, plan, steps, tps)
+        except ValueError as err:
+            raise ConfigError("growth", None, str(err)) from None
+        header = ", ".join(f"{k}={v}" for k, v in used.items())
+        print(f"model: {shape}\ntokens/step: {tps:,}; {header}\n")
+        print(cmp.format_table())
+        result = cmp.to_dict()
+        result["plan"] = used
+        if args.paper and args.preset and used.get("rounding") == "paper":
+            static_pf, grown_pf, ratio = F.PAPER_TABLE7[args.preset]
+            print(f"paper Table 7: static {static_pf:,.3f} PF, grown {grown_pf:,.3f} PF, ratio {ratio}")
+            result["paper_table7"] = {"static_pf": static_pf, "grown_pf": grown_pf, "ratio": ratio}
+    result["model_flops_per_token"] = F.model_flops_per_token(shape)
+    result["model_flops_per_token_causal"] = F.model_flops_per_token_causal(shape)
+    if args.json:
+        text = json.dumps(result, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            with open(args.json, "w") as fh:
+                fh.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
