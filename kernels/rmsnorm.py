@@ -1,0 +1,260 @@
+"""RMSNorm with the LN-Scaling factor fused in, and an optional fused residual add.
+
+y = x / sqrt(mean(x^2) + eps) * weight * scale, where `scale` is LN-Scaling's 1/sqrt(l) for the
+layer at depth l. With a residual: r = x + residual is written out (it is the next residual
+stream) and y = rmsnorm(r) * weight * scale, all in one pass over memory.
+
+Forward: one program normalizes a [BLOCK_M, BLOCK_H] tile (BLOCK_M rows, a whole row each);
+rows live in registers, so each element of x is read once and y written once. 1/rms is saved
+per row (4 bytes a row) so that backward does not redo the reduction's load pass.
+
+Backward: a persistent grid (a few programs per SM) walks row tiles; each program keeps its
+running partial of dweight in registers and writes one fp32 row of partials at the end; a
+second small kernel sums the [programs, H] partials. That keeps dweight off atomics (which
+would serialize 16k rows onto H addresses) and off a [rows, H] fp32 temporary (which would
+double the backward's traffic), the two slow ways of reducing over rows.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from . import _utils
+
+# Largest row kept whole in registers; beyond it the tile spills (still correct, slower).
+_MAX_FUSED_H = 65536
+
+
+@triton.jit
+def _rms_norm_fwd_kernel(
+    X, RES, Y, RES_OUT, W, RSTD,
+    stride_x, stride_res, stride_y, stride_res_out,
+    M, H, eps, scale,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+    cols = tl.arange(0, BLOCK_H)  # [BH]
+    row_mask = rows < M
+    col_mask = cols < H
+    mask = row_mask[:, None] & col_mask[None, :]  # [BM, BH]
+    # int64 row offsets: 16k rows x 8k cols already passes 2^31 elements' worth of bytes.
+    rows64 = rows.to(tl.int64)
+
+    x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
+    if HAS_RESIDUAL:
+        res = tl.load(RES + rows64[:, None] * stride_res + cols[None, :], mask=mask, other=0.0)
+        r = (x.to(tl.float32) + res.to(tl.float32)).to(RES_OUT.dtype.element_ty)
+        tl.store(RES_OUT + rows64[:, None] * stride_res_out + cols[None, :], r, mask=mask)
+        # Normalize the rounded sum: that is what the next layer's residual holds and what
+        # the unfused `r = x + residual; norm(r)` computes.
+        xf = r.to(tl.float32)
+    else:
+        xf = x.to(tl.float32)
+
+    mean_sq = tl.sum(xf * xf, axis=1) / H  # [BM]
+    rstd = 1.0 / tl.sqrt(mean_sq + eps)  # [BM]
+    tl.store(RSTD + rows, rstd, mask=row_mask)
+
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32) * scale  # [BH]
+    y = xf * rstd[:, None] * w[None, :]
+    tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rms_norm_bwd_kernel(
+    DY, X, W, RSTD, DRES_OUT, DX, DW_PARTIAL,
+    stride_dy, stride_x, stride_dres, stride_dx,
+    M, H, scale,
+    HAS_DRES: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    cols = tl.arange(0, BLOCK_H)  # [BH]
+    col_mask = cols < H
+    w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32) * scale  # [BH]
+    dw_acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+
+    num_blocks = tl.cdiv(M, BLOCK_M)
+    for blk in range(pid, num_blocks, nprog):
+        rows = blk * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
+        row_mask = rows < M
+        mask = row_mask[:, None] & col_mask[None, :]
+        rows64 = rows.to(tl.int64)
+
+        x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(DY + rows64[:, None] * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        # Masked rows load rstd 0: their xhat, and so their dweight share, is 0.
+        rstd = tl.load(RSTD + rows, mask=row_mask, other=0.0)  # [BM]
+
+        xhat = x * rstd[:, None]
+        g = dy * w[None, :]
+        # d/dx of x*rstd: rstd * (g - xhat * mean(g * xhat)).
+        c = tl.sum(g * xhat, axis=1) / H  # [BM]
+        dx = (g - xhat * c[:, None]) * rstd[:, None]
+        if HAS_DRES:
+            dres = tl.load(DRES_OUT + rows64[:, None] * stride_dres + cols[None, :], mask=mask, other=0.0)
+            dx += dres.to(tl.float32)
+        tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        dw_acc += tl.sum(dy * xhat, axis=0)
+
+    tl.store(DW_PARTIAL + pid * H + cols, dw_acc * scale, mask=col_mask)
+
+
+@triton.jit
+def _sum_partials_kernel(PARTIAL, OUT, P, H, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+    # PARTIAL: [P, H] fp32 -> OUT: [H] (OUT's dtype).
+    pid = tl.program_id(0)
+    cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
+    col_mask = cols < H
+    acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+    for p0 in range(0, P, BLOCK_P):
+        prow = p0 + tl.arange(0, BLOCK_P)  # [BP]
+        m = (prow < P)[:, None] & col_mask[None, :]
+        acc += tl.sum(tl.load(PARTIAL + prow[:, None] * H + cols[None, :], mask=m, other=0.0), axis=0)
+    tl.store(OUT + cols, acc.to(OUT.dtype.element_ty), mask=col_mask)
+
+
+def _tile(H: int, elems: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_H): whole rows, about `elems` elements a program."""
+    block_h = triton.next_power_of_2(H)
+    block_m = max(1, min(16, elems // block_h))
+    return block_m, block_h
+
+
+def _warps(elems: int) -> int:
+    # About 16-32 fp32 values a thread per live tile: enough bytes in flight, no spills.
+    return max(2, min(16, elems // 512))
+
+
+def sum_partials(partial: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """Column sums of a [P, N] fp32 tensor, as a [N] tensor of `out_dtype`."""
+    P, N = partial.shape
+    out = _utils.empty((N,), out_dtype, partial.device)
+    BLOCK_N = min(1024, triton.next_power_of_2(N))
+    BLOCK_P = max(1, min(triton.next_power_of_2(P), 4096 // BLOCK_N))
+    _sum_partials_kernel[(triton.cdiv(N, BLOCK_N),)](partial, out, P, N, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, num_warps=4)
+    return out
+
+
+def _rows(t: torch.Tensor, H: int) -> torch.Tensor:
+    t = t.reshape(-1, H)  # [M, H]
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class RMSNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, residual, eps, scale):
+        H = x.shape[-1]
+        if weight.shape != (H,):
+            raise ValueError(f"weight shape {tuple(weight.shape)} does not match hidden size {H}")
+        if H > _MAX_FUSED_H:
+            raise ValueError(f"rms_norm kernel supports rows up to {_MAX_FUSED_H} wide, got {H}")
+        x2 = _rows(x, H)
+        M = x2.shape[0]
+        dev = x.device
+        y = _utils.empty((M, H), x.dtype, dev)
+        rstd = _utils.empty((M,), torch.float32, dev)
+        has_res = residual is not None
+        if has_res:
+            if residual.shape != x.shape:
+                raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
+            res2 = _rows(residual, H)
+            res_out = _utils.empty((M, H), torch.promote_types(x.dtype, residual.dtype), dev)
+        else:
+            res2 = res_out = x2  # unused by the kernel (HAS_RESIDUAL=False)
+        if M > 0:
+            block_m, block_h = _tile(H, 4096)
+            _rms_norm_fwd_kernel[(triton.cdiv(M, block_m),)](
+                x2, res2, y, res_out, weight, rstd,
+                x2.stride(0), res2.stride(0), y.stride(0), res_out.stride(0),
+                M, H, float(eps), float(scale),
+                HAS_RESIDUAL=has_res, BLOCK_M=block_m, BLOCK_H=block_h,
+                num_warps=_warps(block_m * block_h),
+            )
+        # Backward needs the normalized input: r when there is a residual, else x.
+        ctx.save_for_backward(res_out if has_res else x2, weight, rstd)
+        ctx.scale = float(scale)
+        ctx.has_res = has_res
+        ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
+        ctx.res_dtype = residual.dtype if has_res else None
+        ctx.set_materialize_grads(False)
+        if has_res:
+            return y.view(x.shape), res_out.view(x.shape)
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy, dres_out=None):
+        inp, weight, rstd = ctx.saved_tensors
+        M, H = inp.shape
+        dev = inp.device
+        if dy is None:
+            dy = torch.zeros(ctx.x_shape, dtype=ctx.x_dtype, device=dev)
+        dy2 = _rows(dy, H)
+        has_dres = dres_out is not None
+        dres2 = _rows(dres_out, H) if has_dres else dy2
+        # One buffer serves as d x and d residual when their dtypes agree (flash-attn does the
+        # same): the two gradients are equal, and a second copy would cost a full extra write.
+        dx = _utils.empty((M, H), ctx.x_dtype, dev)
+        if M > 0:
+            block_m, block_h = _tile(H, 4096)
+            nprog = _utils.num_programs_persistent(dev, triton.cdiv(M, block_m), per_sm=4)
+            partial = _utils.empty((nprog, H), torch.float32, dev)
+            _rms_norm_bwd_kernel[(nprog,)](
+                dy2, inp, weight, rstd, dres2, dx, partial,
+                dy2.stride(0), inp.stride(0), dres2.stride(0), dx.stride(0),
+                M, H, ctx.scale,
+                HAS_DRES=has_dres, BLOCK_M=block_m, BLOCK_H=block_h,
+                num_warps=_warps(2 * block_m * block_h),
+            )
+            dw = sum_partials(partial, weight.dtype)
+        else:
+            dw = torch.zeros_like(weight)
+        dx = dx.view(ctx.x_shape)
+        dres = None
+        if ctx.has_res:
+            dres = dx if ctx.res_dtype == ctx.x_dtype else dx.to(ctx.res_dtype)
+        return dx, dw, dres, None, None
+
+
+def rms_norm(x, weight, eps=1e-5, scale=1.0, residual=None):
+    """Fused RMSNorm(x [+ residual]) * weight * scale over the last dimension.
+
+    x: [..., H] (bf16/fp16/fp32, fp32 math); weight: [H]; scale: python float (LN-Scaling).
+    Returns y (x's dtype), or (y, x + residual) when `residual` is given.
+    """
+    return RMSNormFunction.apply(x, weight, residual, eps, scale)
+
+
+def rms_norm_ref(x, weight, eps=1e-5, scale=1.0, residual=None):
+    """Plain PyTorch version of `rms_norm`: fp32 math, cast back to x's dtype."""
+    inp = x if residual is None else x + residual
+    xf = inp.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float() * scale
+    y = y.to(x.dtype)
+    return y if residual is None else (y, inp)
+
+
+class RMSNorm(torch.nn.Module):
+    """RMSNorm with a fixed LN-Scaling factor; forward(x, residual=None) as `rms_norm`.
+
+    Falls back to the PyTorch reference where Triton cannot run (CPU without the interpreter).
+    """
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, scale: float = 1.0, device=None, dtype=None):
+        super().__init__()
+        self.eps = eps
+        self.scale = scale
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
+
+    def forward(self, x, residual=None):
+        fn = rms_norm if _utils.triton_available(x.device) else rms_norm_ref
+        return fn(x, self.weight, self.eps, self.scale, residual)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}, scale={self.scale}"
