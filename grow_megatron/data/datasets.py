@@ -1,0 +1,306 @@
+"""Tokenizer and dataset construction for a run, and the deterministic batch order.
+
+* `build_tokenizer(cfg)` -> Tokenizer (the embedded one, a local one, or a BPE trained on a
+  sample of the run's raw datasets and cached).
+* `build_datasets(cfg, seq_length=, seed=, train_samples=, valid_samples=)` -> (train, valid):
+  raw sources are prepared into `.bin/.idx` on first use (manifest; a no-op after), then
+  megatron's BlendedMegatronDatasetBuilder builds GPTDatasets (one dataset) or a
+  BlendedDataset (a weighted mixture), with megatron's own seeded document/sample/shuffle
+  indices cached in `cache_dir/indices`. `train_samples` sizes the train dataset, so it never
+  runs out (megatron repeats the data in epochs as needed).
+* `get_microbatches(ds, step=, global_batch_size=, micro_batch_size=, dp_rank=, dp_size=)`:
+  global step t consumes samples [t*gbs, (t+1)*gbs) of the dataset; DP rank r takes the r-th
+  contiguous slice. The order depends only on the seed (through the dataset) and the step:
+  not on the parallel layout and not on growth; resuming at step t gives the next batch.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from grow_megatron.config.base import ConfigError
+from grow_megatron.data.config import DataConfig, split_vector
+from grow_megatron.data.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+BATCH_KEYS = ("tokens", "labels", "loss_mask", "position_ids")
+_MAX_ID_SCAN_BYTES = 1 << 30  # check token ids of manifest-less datasets up to this .bin size
+
+
+# --- distributed helpers (the data side must work with and without torch.distributed) -------
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+def _rank0_then_share(fn):
+    """Run fn() on global rank 0 only and hand its result (or its ConfigError) to every rank."""
+    dist = _dist()
+    if dist is None:
+        return fn()
+    box: list[Any] = [None]
+    if dist.get_rank() == 0:
+        try:
+            box[0] = ("ok", fn())
+        except ConfigError as err:
+            box[0] = ("err", (err.path, err.value, err.allowed))
+    dist.broadcast_object_list(box, src=0)
+    kind, payload = box[0]
+    if kind == "err":
+        raise ConfigError(*payload)
+    return payload
+
+
+# --- tokenizer ---------------------------------------------------------------------------
+def build_tokenizer(cfg: DataConfig) -> Tokenizer:
+    """The run's tokenizer: `cfg.tokenizer`, or a BPE trained on the raw datasets
+    (`cfg.tokenizer_vocab_size`), or the embedded default."""
+    if cfg.tokenizer:
+        return load_tokenizer(cfg.tokenizer, eod_token=cfg.eod_token)
+    if cfg.tokenizer_vocab_size:
+        path = _rank0_then_share(lambda: _train_tokenizer_cached(cfg))
+        return load_tokenizer(path, eod_token=cfg.eod_token or None)
+    return load_tokenizer(None, eod_token=cfg.eod_token)
+
+
+def _train_tokenizer_cached(cfg: DataConfig) -> str:
+    from grow_megatron.data.prepare import has_indexed_files
+    from grow_megatron.data.readers import iter_texts, list_source_files
+    from grow_megatron.data.tokenizer import DEFAULT_EOS, train_bpe_tokenizer
+
+    raw = []
+    for i, (ds, w) in enumerate(zip(cfg.datasets, cfg.weights())):
+        if w > 0 and not has_indexed_files(_strip_ext(ds.path)):
+            files = list_source_files(ds.path, f"data.datasets[{i}].path")
+            raw.append((ds, w, [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]))
+    if not raw:
+        raise ConfigError("data.tokenizer_vocab_size", cfg.tokenizer_vocab_size,
+                          "trains on raw datasets, but every dataset is already tokenized (.bin/.idx): set data.tokenizer instead")
+    key = json.dumps([cfg.tokenizer_vocab_size, cfg.tokenizer_train_chars, cfg.eod_token, cfg.text_field,
+                      [(d.text_field, w, f) for d, w, f in raw]], sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    out = os.path.join(cfg.resolved_cache_dir(), "tokenizers", f"bpe{cfg.tokenizer_vocab_size}-{digest}", "tokenizer.json")
+    if os.path.isfile(out):
+        return out
+    total_w = sum(w for _, w, _ in raw)
+
+    def sample():
+        for ds, w, _ in raw:
+            budget = int(cfg.tokenizer_train_chars * w / total_w)
+            for texts in iter_texts(ds.path, ds.text_field or cfg.text_field):
+                for t in texts:
+                    if budget <= 0:
+                        break
+                    yield t[:budget]
+                    budget -= len(t)
+                if budget <= 0:
+                    break
+
+    tok = train_bpe_tokenizer(sample(), vocab_size=cfg.tokenizer_vocab_size, out_path=out,
+                              eod_token=cfg.eod_token or DEFAULT_EOS)
+    tok.save(os.path.dirname(out))
+    return out
+
+
+# --- dataset resolution ------------------------------------------------------------------
+def _strip_ext(path: str) -> str:
+    path = os.path.abspath(os.path.expanduser(path))
+    return path[:-4] if path.endswith((".bin", ".idx")) and os.path.isfile(path) else path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")[:40] or "dataset"
+
+
+def prepared_prefix(cfg: DataConfig, source: str, text_field: str, tokenizer: Tokenizer, name: str | None) -> str:
+    """Where build_datasets prepares raw `source` (the cache directory, keyed by source,
+    text field and tokenizer; a changed file re-prepares in place, see prepare.prepare)."""
+    src = os.path.abspath(os.path.expanduser(source))
+    digest = hashlib.sha256(json.dumps([src, text_field, tokenizer.sha256]).encode()).hexdigest()[:16]
+    stem = _slug(name or os.path.basename(src.rstrip("/")).split(".")[0])
+    return os.path.join(cfg.resolved_cache_dir(), "prepared", f"{stem}-{digest}", "data")
+
+
+def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = True) -> list[tuple[str, float, str]]:
+    """[(indexed-dataset prefix, weight, name)] of the mixture, with zero-weight datasets left
+    out; raw sources are prepared (on rank 0) first. Checks tokenizers match."""
+    from grow_megatron.data.corpus import default_corpus_path
+    from grow_megatron.data.prepare import has_indexed_files, prepare, read_manifest
+
+    if cfg.is_default():
+        entries = [(default_corpus_path(), 1.0, "default", "text", "data.datasets")]
+    else:
+        entries = []
+        for i, (ds, w) in enumerate(zip(cfg.datasets, cfg.weights())):
+            if w > 0:
+                entries.append((ds.path, w, ds.name or _slug(os.path.basename(ds.path.rstrip("/")).split(".")[0]),
+                                ds.text_field or cfg.text_field, f"data.datasets[{i}].path"))
+    out: list[tuple[str, float, str, str]] = []  # prefix, weight, name, field
+
+    def prepare_all():
+        res = []
+        for path, w, name, tf, field in entries:
+            prefix = _strip_ext(path)
+            if has_indexed_files(prefix):
+                res.append((prefix, w, name, field))
+                continue
+            target = prepared_prefix(cfg, path, tf, tokenizer, name)
+            from grow_megatron.data.readers import list_source_files
+
+            list_source_files(path, field)  # clear error for missing/empty sources
+            try:
+                prepare(path, target, tokenizer, text_field=tf, num_workers=cfg.num_workers,
+                        progress=progress, field=field, name=name)
+            except ConfigError as err:
+                if err.path == "data.text_field" and tf != cfg.text_field:
+                    err = ConfigError(field.replace(".path", ".text_field"), err.value, err.allowed)
+                raise err
+            res.append((target, w, name, field))
+        return res
+
+    out = _rank0_then_share(prepare_all)
+    # Tokenizer consistency: every dataset of the mixture must have been made with this tokenizer.
+    seen: dict[str, tuple[str, str]] = {}
+    for prefix, w, name, field in out:
+        m = read_manifest(prefix)
+        if m is None:
+            _check_ids_in_vocab(prefix, tokenizer, field)
+            continue
+        sha = m["tokenizer"]["sha256"]
+        for other_sha, (other_field, other_prefix) in seen.items():
+            if other_sha != sha:
+                raise ConfigError(field, prefix, f"was tokenized with tokenizer {sha[:12]} but {other_field} ({other_prefix}) "
+                                  f"with {other_sha[:12]}: every dataset of one mixture needs the same tokenizer (re-prepare one of them)")
+        seen.setdefault(sha, (field, prefix))
+        if sha != tokenizer.sha256:
+            raise ConfigError(field, prefix, f"was tokenized with tokenizer {sha[:12]} ({m['tokenizer'].get('source')}), "
+                              f"not the run's tokenizer {tokenizer.sha256[:12]} ({tokenizer.source}): set data.tokenizer to "
+                              f"{m['tokenizer'].get('copy') or 'that tokenizer'} or re-prepare the dataset")
+    return [(p, w, n) for p, w, n, _ in out]
+
+
+def _check_ids_in_vocab(prefix: str, tokenizer: Tokenizer, field: str) -> None:
+    """For datasets without our manifest (e.g. Megatron-LM's tools): token ids must fit the vocab."""
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(prefix, mmap=True)
+    if len(ds.sequence_lengths) == 0:
+        raise ConfigError(field, prefix, "is an empty indexed dataset (no documents)")
+    if os.path.getsize(prefix + ".bin") <= _MAX_ID_SCAN_BYTES:
+        top = int(np.memmap(prefix + ".bin", dtype=ds.index.dtype, mode="r").max())
+        if top >= tokenizer.vocab_size:
+            raise ConfigError(field, prefix, f"holds token id {top}, beyond the run's tokenizer vocabulary "
+                              f"({tokenizer.vocab_size}, {tokenizer.source}): it was made with another tokenizer")
+
+
+def _documents(prefix: str) -> int:
+    from grow_megatron.data.prepare import read_manifest
+
+    m = read_manifest(prefix)
+    if m:
+        return int(m["documents"])
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    return int(IndexedDataset(prefix, mmap=True).sequence_lengths.shape[0])
+
+
+def _check_split(cfg: DataConfig, mixture, sizes: list[int]) -> None:
+    """megatron splits each dataset's documents by `split`; an empty part it must sample from
+    would loop forever inside megatron, so refuse it here."""
+    vec = split_vector(cfg.split)
+    bounds = np.concatenate([[0.0], np.cumsum(vec)])
+    for prefix, w, name in mixture:
+        n = _documents(prefix)
+        for i, part in enumerate(("train", "validation")):
+            beg, end = int(round(bounds[i] * n)), int(round(bounds[i + 1] * n))
+            if sizes[i] > 0 and vec[i] > 0 and end <= beg:
+                raise ConfigError("data.split", cfg.split, f"leaves dataset {name} ({n} documents, {prefix}) no {part} "
+                                  f"documents: give it more documents or a larger {part} share")
+
+
+# --- datasets ----------------------------------------------------------------------------
+def build_datasets(cfg: DataConfig, *, seq_length: int, seed: int, train_samples: int, valid_samples: int,
+                   tokenizer: Tokenizer | None = None, progress: bool = True):
+    """(train_ds, valid_ds): megatron GPTDataset (one dataset) or BlendedDataset (mixture).
+
+    `ds[i]` is a dict of `tokens`, `labels`, `position_ids` (long) and `loss_mask` (float),
+    each [seq_length] (a BlendedDataset adds `dataset_id`). `train_ds` has at least
+    `train_samples` samples; `valid_ds` at least `valid_samples` (or one epoch of the
+    validation documents when valid_samples is 0; None when the split has no validation part)."""
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    cfg.validate()
+    if seq_length < 1:
+        raise ConfigError("seq_length", seq_length, "must be >= 1")
+    if train_samples < 1 or valid_samples < 0:
+        raise ConfigError("train_samples/valid_samples", (train_samples, valid_samples), "need train_samples >= 1 and valid_samples >= 0")
+    tok = tokenizer or build_tokenizer(cfg)
+    mixture = resolve_datasets(cfg, tok, progress=progress)
+    sizes = [int(train_samples), int(valid_samples), 0]
+    _check_split(cfg, mixture, sizes)
+    vec = split_vector(cfg.split)
+    prefixes = [p for p, _, _ in mixture]
+    weights = [w for _, w, _ in mixture] if len(mixture) > 1 else None
+    gcfg = GPTDatasetConfig(
+        random_seed=int(seed),
+        sequence_length=int(seq_length),
+        blend=(prefixes, weights),
+        split=",".join(f"{v:.12g}" for v in vec),
+        path_to_cache=os.path.join(cfg.resolved_cache_dir(), "indices"),
+        tokenizer=tok,
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=bool(cfg.eod_mask_loss),
+        create_attention_mask=False,
+        mmap_bin_files=True,
+    )
+    logging.getLogger("megatron.core.datasets").setLevel(logging.WARNING)
+    train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, gcfg).build()
+    return train, valid
+
+
+# --- batches -----------------------------------------------------------------------------
+def sample_indices(*, step: int, global_batch_size: int, dp_rank: int, dp_size: int, length: int | None = None) -> list[int]:
+    """The dataset indices DP rank `dp_rank` reads at global step `step` (wrapping around at
+    `length`, if given, deterministically)."""
+    if global_batch_size % dp_size:
+        raise ValueError(f"global_batch_size={global_batch_size} is not divisible by dp_size={dp_size}")
+    if not 0 <= dp_rank < dp_size:
+        raise ValueError(f"dp_rank={dp_rank} is not in [0, {dp_size})")
+    if step < 0:
+        raise ValueError(f"step={step} must be >= 0")
+    per_rank = global_batch_size // dp_size
+    start = step * global_batch_size + dp_rank * per_rank
+    idx = list(range(start, start + per_rank))
+    return [i % length for i in idx] if length else idx
+
+
+def get_microbatches(ds, *, step: int, global_batch_size: int, micro_batch_size: int, dp_rank: int = 0,
+                     dp_size: int = 1) -> list[dict]:
+    """The micro-batches of DP rank `dp_rank` at global step `step`: a list of
+    (global_batch_size / dp_size / micro_batch_size) dicts of `tokens`, `labels`,
+    `position_ids` (long) and `loss_mask` (float), each [micro_batch_size, seq_length]."""
+    import torch
+
+    per_rank = global_batch_size // dp_size if dp_size > 0 else 0
+    if dp_size < 1 or micro_batch_size < 1 or global_batch_size % dp_size or per_rank % micro_batch_size:
+        raise ValueError(f"global_batch_size={global_batch_size} must be a multiple of micro_batch_size * dp_size "
+                         f"= {micro_batch_size} * {dp_size}")
+    n = len(ds)
+    if n == 0:
+        raise ValueError("the dataset is empty")
+    idx = sample_indices(step=step, global_batch_size=global_batch_size, dp_rank=dp_rank, dp_size=dp_size, length=n)
+    out = []
+    for m in range(0, per_rank, micro_batch_size):
+        items = [ds[i] for i in idx[m:m + micro_batch_size]]
+        out.append({k: torch.stack([it[k] for it in items]) for k in BATCH_KEYS})
+    return out

@@ -1,0 +1,123 @@
+"""Reading documents out of local raw sources with HF `datasets` (streaming: no arrow cache copy).
+
+Supported: .jsonl/.json/.ndjson, .parquet, .arrow, .txt/.md/.text (one document per file), each
+also .gz/.xz/.bz2/.zst/.lz4-compressed for the text formats; a directory of such files
+(recursively, sorted); a directory written by `datasets.Dataset.save_to_disk`.
+Document order is deterministic: files sorted by path, rows in file order.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+from grow_megatron.config.base import ConfigError
+
+_COMPRESSIONS = (".gz", ".xz", ".bz2", ".zst", ".lz4")
+_FORMATS = {
+    ".jsonl": "json", ".json": "json", ".ndjson": "json",
+    ".parquet": "parquet", ".arrow": "arrow",
+    ".txt": "text", ".md": "text", ".text": "text",
+}
+SUPPORTED = ", ".join(sorted(_FORMATS))
+
+
+def file_format(path: str) -> str | None:
+    """The HF `datasets` builder for a file by its extension (compression suffixes stripped)."""
+    name = path.lower()
+    for c in _COMPRESSIONS:
+        if name.endswith(c):
+            name = name[: -len(c)]
+            break
+    for ext, fmt in _FORMATS.items():
+        if name.endswith(ext):
+            return fmt
+    return None
+
+
+def is_saved_dataset_dir(path: str) -> bool:
+    return os.path.isdir(path) and (
+        os.path.isfile(os.path.join(path, "state.json")) or os.path.isfile(os.path.join(path, "dataset_dict.json"))
+    )
+
+
+def list_source_files(path: str, field: str = "data.datasets[].path") -> list[str]:
+    """The files a raw source consists of (absolute, sorted); ConfigError if missing or empty."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(path):
+        raise ConfigError(field, path, "no such file or directory")
+    if os.path.isfile(path):
+        if file_format(path) is None:
+            raise ConfigError(field, path, f"unsupported file type (supported: {SUPPORTED}, optionally compressed)")
+        if os.path.getsize(path) == 0:
+            raise ConfigError(field, path, "is an empty file (no documents)")
+        return [path]
+    if is_saved_dataset_dir(path):
+        files = []
+        for root, dirs, names in os.walk(path):
+            dirs.sort()
+            files += [os.path.join(root, n) for n in sorted(names)]
+        return sorted(files)
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".") and file_format(n)]
+    if not files:
+        raise ConfigError(field, path, f"directory holds no readable files (supported: {SUPPORTED}, optionally compressed)")
+    return sorted(files)
+
+
+def _check_field(columns, text_field: str, where: str, field: str) -> None:
+    if columns is not None and text_field not in columns:
+        raise ConfigError(field, text_field, f"is not a column of {where} (columns: {', '.join(map(str, columns))})")
+
+
+def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_field",
+               batch_size: int = 1000) -> Iterator[list[str]]:
+    """Yield lists of document texts of a raw source, in a fixed order. Empty/None texts skipped."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    files = list_source_files(path)
+    apath = os.path.abspath(os.path.expanduser(path))
+    if is_saved_dataset_dir(apath):
+        ds = datasets.load_from_disk(apath)
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise ConfigError("data.datasets[].path", apath, f"saved DatasetDict has no 'train' split (splits: {', '.join(ds)})")
+            ds = ds["train"]
+        _check_field(ds.column_names, text_field, apath, field)
+        for start in range(0, len(ds), batch_size):
+            yield _clean(ds[start:start + batch_size][text_field], apath, text_field, field)
+        return
+    for file in files:
+        fmt = file_format(file)
+        kwargs = {"sample_by": "document"} if fmt == "text" else {}
+        try:
+            ds = datasets.load_dataset(fmt, data_files=[file], split="train", streaming=True, **kwargs)
+        except Exception as err:  # pragma: no cover - builder-specific failures
+            raise ConfigError("data.datasets[].path", file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})") from None
+        tf = "text" if fmt == "text" else text_field
+        checked = False
+        try:
+            for batch in ds.iter(batch_size=batch_size):
+                if not checked:
+                    _check_field(list(batch.keys()), tf, file, field)
+                    checked = True
+                yield _clean(batch[tf], file, tf, field)
+        except ConfigError:
+            raise
+        except Exception as err:
+            raise ConfigError("data.datasets[].path", file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})") from None
+
+
+def _clean(texts, where: str, text_field: str, field: str) -> list[str]:
+    out = []
+    for t in texts:
+        if t is None:
+            continue
+        if not isinstance(t, str):
+            raise ConfigError(field, text_field, f"column of {where} holds {type(t).__name__} values, not text")
+        if t.strip():
+            out.append(t)
+    return out
