@@ -1,0 +1,91 @@
+"""Model shape and feature switches (SPEC 1, 5)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from grow_megatron.config.base import ConfigError, check
+
+# SPEC 1. `tiny` is ours: small enough to train on two CPU cores in minutes.
+PRESETS: dict[str, dict] = {
+    "smollm-360m": dict(num_layers=32, hidden_size=960, ffn_hidden_size=2560, num_attention_heads=15,
+                        num_query_groups=5, vocab_size=49152, seq_length=2048),
+    "smollm-1.7b": dict(num_layers=24, hidden_size=2048, ffn_hidden_size=8192, num_attention_heads=32,
+                        num_query_groups=32, vocab_size=49152, seq_length=2048),
+    "tiny": dict(num_layers=8, hidden_size=128, ffn_hidden_size=352, num_attention_heads=4,
+                 num_query_groups=2, vocab_size=None, seq_length=128),
+}
+
+
+@dataclass
+class ModelConfig:
+    """A LLaMA-style decoder (RMSNorm, SwiGLU, RoPE, tied embeddings, no biases)."""
+
+    preset: Optional[str] = None
+    """Start from a named shape (smollm-360m, smollm-1.7b, tiny); fields given here override it."""
+    num_layers: int = 8
+    """Final depth. With growth, training starts at growth.block_size layers and ends here."""
+    hidden_size: int = 128
+    """Model width d."""
+    ffn_hidden_size: int = 352
+    """SwiGLU inner width f."""
+    num_attention_heads: int = 4
+    """Query heads; must divide hidden_size."""
+    num_query_groups: Optional[int] = None
+    """Key/value heads (GQA); must divide num_attention_heads. None = same as heads (MHA)."""
+    vocab_size: Optional[int] = None
+    """Vocabulary size; None takes the tokenizer's."""
+    seq_length: int = 128
+    """Training context length."""
+    rope_theta: float = 10000.0
+    """RoPE base."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    init_std: float = 0.02
+    """Std of the normal weight init."""
+    ln_scaling: bool = False
+    """LayerNorm-Scaling (SPEC 5): scale each pre-norm output of the layer at position l by 1/sqrt(l)."""
+    kernels: Literal["auto", "on", "off"] = "auto"
+    """Fused Triton kernels: auto = on when a GPU is present, off = pure-PyTorch reference path."""
+
+    @classmethod
+    def from_preset_dict(cls, data: dict) -> dict:
+        """Merge a `preset:` into the user's dict (user fields win)."""
+        preset = data.get("preset")
+        if preset is None:
+            return data
+        if preset not in PRESETS:
+            raise ConfigError("model.preset", preset, f"must be one of {', '.join(PRESETS)}")
+        return {**PRESETS[preset], **data}
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_query_groups or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    def validate(self, path: str = "model") -> None:
+        for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length"):
+            v = getattr(self, name)
+            check(v > 0, f"{path}.{name}", v, "must be a positive integer")
+        check(self.hidden_size % self.num_attention_heads == 0, f"{path}.num_attention_heads",
+              self.num_attention_heads, f"must divide hidden_size ({self.hidden_size})")
+        check(self.kv_heads > 0 and self.num_attention_heads % self.kv_heads == 0, f"{path}.num_query_groups",
+              self.num_query_groups, f"must divide num_attention_heads ({self.num_attention_heads})")
+        check(self.head_dim % 2 == 0, f"{path}.hidden_size", self.hidden_size,
+              "hidden_size / num_attention_heads must be even (RoPE rotates pairs)")
+        if self.vocab_size is not None:
+            check(self.vocab_size > 0, f"{path}.vocab_size", self.vocab_size, "must be positive (or empty for the tokenizer's)")
+        check(self.norm_eps > 0, f"{path}.norm_eps", self.norm_eps, "must be > 0")
+        check(self.init_std > 0, f"{path}.init_std", self.init_std, "must be > 0")
+        check(self.rope_theta > 0, f"{path}.rope_theta", self.rope_theta, "must be > 0")
+
+    def num_params(self, vocab_size: Optional[int] = None, num_layers: Optional[int] = None) -> int:
+        """Parameter count with tied embeddings (norm gains included), as transformers counts it."""
+        V = vocab_size or self.vocab_size
+        L = self.num_layers if num_layers is None else num_layers
+        d, f, dkv = self.hidden_size, self.ffn_hidden_size, self.kv_heads * self.head_dim
+        per_layer = 2 * d * d + 2 * d * dkv + 3 * d * f + 2 * d
+        return L * per_layer + V * d + d

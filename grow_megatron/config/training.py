@@ -1,0 +1,166 @@
+"""Growth, optimisation, parallelism, checkpoint and logging configs."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from grow_megatron.config.base import check
+from grow_megatron.growth.operators import OPERATORS
+
+
+@dataclass
+class GrowthConfig:
+    """How depth grows (SPEC 3, 4). operator: none trains the static model at model.num_layers."""
+
+    operator: Literal["none", "midas", "lidas", "top", "bottom"] = "none"
+    """Growth operator; none = static training."""
+    block_size: int = 4
+    """b: layers added per growth; training starts at b layers."""
+    function_preserving: bool = False
+    """Zero the copies' output projections so that a growth leaves the function unchanged."""
+    alpha: float = 1.0
+    """PROP-alpha exponent: stage i trains i^alpha / sum_j j^alpha of grow_steps."""
+    grow_steps: Optional[int] = None
+    """Steps until the final depth is reached (paper: 170k of 200k). Default: train.steps minus
+    optim.decay_steps, i.e. growth ends where the LR decay starts."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.operator != "none"
+
+    def validate(self, num_layers: int, total_steps: int, path: str = "growth") -> None:
+        if not self.enabled:
+            return
+        check(self.operator in OPERATORS, f"{path}.operator", self.operator,
+              f"must be none or one of {', '.join(OPERATORS)}")
+        check(self.block_size > 0, f"{path}.block_size", self.block_size, "must be a positive integer")
+        check(num_layers % self.block_size == 0, f"{path}.block_size", self.block_size,
+              f"must divide model.num_layers ({num_layers}) so that growth ends at the final depth")
+        check(num_layers // self.block_size >= 2, f"{path}.block_size", self.block_size,
+              f"gives a single stage for model.num_layers={num_layers}: nothing to grow (use operator: none)")
+        check(self.alpha >= 0, f"{path}.alpha", self.alpha, "must be >= 0")
+        if self.grow_steps is not None:
+            check(0 < self.grow_steps <= total_steps, f"{path}.grow_steps", self.grow_steps,
+                  f"must be in 1..train.steps ({total_steps})")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a warmup-stable-decay schedule (SPEC 2)."""
+
+    lr: float = 3e-3
+    """Peak learning rate."""
+    min_lr: float = 0.0
+    """LR at the very end of the decay."""
+    warmup_steps: int = 2000
+    """Linear warmup to the peak over these steps."""
+    decay_steps: int = 30000
+    """Length of the final decay phase (the LR is constant between warmup and decay)."""
+    decay_style: Literal["1-sqrt", "linear", "cosine"] = "1-sqrt"
+    """Shape of the final decay: 1-sqrt is lr = peak * (1 - sqrt(progress))."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (not applied to norm gains)."""
+    beta1: float = 0.9
+    """AdamW beta1."""
+    beta2: float = 0.95
+    """AdamW beta2."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    clip_grad: float = 1.0
+    """Global gradient-norm clip (0 disables)."""
+
+    def validate(self, total_steps: int, path: str = "optim") -> None:
+        check(self.lr > 0, f"{path}.lr", self.lr, "must be > 0")
+        check(0 <= self.min_lr <= self.lr, f"{path}.min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
+        check(self.warmup_steps >= 0, f"{path}.warmup_steps", self.warmup_steps, "must be >= 0")
+        check(self.decay_steps >= 0, f"{path}.decay_steps", self.decay_steps, "must be >= 0")
+        check(self.warmup_steps + self.decay_steps <= total_steps, f"{path}.decay_steps", self.decay_steps,
+              f"warmup_steps ({self.warmup_steps}) + decay_steps must fit in train.steps ({total_steps})")
+        check(0 <= self.beta1 < 1, f"{path}.beta1", self.beta1, "must be in [0, 1)")
+        check(0 <= self.beta2 < 1, f"{path}.beta2", self.beta2, "must be in [0, 1)")
+        check(self.weight_decay >= 0, f"{path}.weight_decay", self.weight_decay, "must be >= 0")
+        check(self.clip_grad >= 0, f"{path}.clip_grad", self.clip_grad, "must be >= 0 (0 disables clipping)")
+
+
+@dataclass
+class TrainConfig:
+    """The training loop."""
+
+    steps: int = 200
+    """Total optimizer steps."""
+    global_batch_size: int = 16
+    """Sequences per optimizer step, over all data-parallel ranks."""
+    micro_batch_size: int = 4
+    """Sequences per forward/backward on one rank; the rest is gradient accumulation."""
+    seed: int = 1234
+    """Seed for weights and data order."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """auto = bf16 mixed precision on GPU, fp32 on CPU."""
+    eval_interval: int = 50
+    """Held-out loss every this many steps (0 disables)."""
+    eval_batches: int = 4
+    """Micro-batches of held-out data per evaluation."""
+    log_interval: int = 1
+    """Metrics line every this many steps."""
+
+    def validate(self, dp_size: int = 1, path: str = "train") -> None:
+        check(self.steps > 0, f"{path}.steps", self.steps, "must be a positive integer")
+        check(self.micro_batch_size > 0, f"{path}.micro_batch_size", self.micro_batch_size, "must be positive")
+        check(self.global_batch_size % (self.micro_batch_size * dp_size) == 0, f"{path}.global_batch_size",
+              self.global_batch_size,
+              f"must be a multiple of micro_batch_size x data-parallel size ({self.micro_batch_size} x {dp_size})")
+        check(self.eval_interval >= 0, f"{path}.eval_interval", self.eval_interval, "must be >= 0")
+        check(self.log_interval > 0, f"{path}.log_interval", self.log_interval, "must be positive")
+
+
+@dataclass
+class ParallelConfig:
+    """How ranks are split; data parallelism takes what is left of the world size."""
+
+    tensor_parallel: int = 1
+    """TP size: splits each layer's matrices over ranks."""
+    pipeline_parallel: int = 1
+    """PP size: splits the layers into consecutive stages."""
+    pipeline_split: Optional[list[int]] = None
+    """Layers per pipeline stage at the final depth; default balanced (sizes differ by at most one)."""
+
+    def validate(self, world_size: int, num_layers: int, heads: int, kv_heads: int, path: str = "parallel") -> None:
+        tp, pp = self.tensor_parallel, self.pipeline_parallel
+        check(tp > 0, f"{path}.tensor_parallel", tp, "must be positive")
+        check(pp > 0, f"{path}.pipeline_parallel", pp, "must be positive")
+        check(world_size % (tp * pp) == 0, f"{path}.tensor_parallel", tp,
+              f"tensor_parallel x pipeline_parallel ({tp} x {pp}) must divide the world size ({world_size})")
+        check(heads % tp == 0 and kv_heads % tp == 0, f"{path}.tensor_parallel", tp,
+              f"must divide the attention heads ({heads}) and key/value heads ({kv_heads})")
+        if self.pipeline_split is not None:
+            check(len(self.pipeline_split) == pp and sum(self.pipeline_split) == num_layers
+                  and min(self.pipeline_split) > 0, f"{path}.pipeline_split", self.pipeline_split,
+                  f"must list {pp} positive layer counts summing to model.num_layers ({num_layers})")
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpointing (megatron dist_checkpointing, atomic)."""
+
+    interval: int = 0
+    """Save every this many steps (0: only at the end and at growths if save_at_growth)."""
+    save_at_growth: bool = True
+    """Also save right before each growth."""
+    keep_last: int = 2
+    """Keep this many periodic checkpoints (growth checkpoints are kept too)."""
+    resume: Literal["auto", "never"] = "auto"
+    """auto: continue from the newest complete checkpoint in the run dir if there is one."""
+
+    def validate(self, path: str = "checkpoint") -> None:
+        check(self.interval >= 0, f"{path}.interval", self.interval, "must be >= 0")
+        check(self.keep_last >= 1, f"{path}.keep_last", self.keep_last, "must be >= 1")
+
+
+@dataclass
+class LoggingConfig:
+    """Progress bar, JSONL metrics and TensorBoard."""
+
+    progress: bool = True
+    """tqdm progress bar (rank 0)."""
+    tensorboard: bool = True
+    """Write TensorBoard scalars to RUN_DIR/tb."""

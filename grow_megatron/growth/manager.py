@@ -1,0 +1,102 @@
+"""The growth manager: moves weights and optimizer state from depth L to depth L+b.
+
+The operator (a pure function) decided *what* to copy; this module does the moving, the
+same way for every operator and every TP x PP x DP layout:
+
+1. build the engine at the new depth (new model chunk, DDP buffers, distributed optimizer);
+2. for every position of the grown model, take the source layer's parameters and their
+   fp32 main copies and AdamW moments (assembled from the DP shards), from the local stage or
+   point-to-point from the stage that holds it (same TP rank, same DP rank: the TP layout
+   never changes, so each TP rank moves only its own shards), and write them into the new
+   optimizer, each DP rank keeping its own range;
+3. continue AdamW's step count, and drop the old engine.
+
+Work is streamed parameter by parameter, so the extra memory beyond the two engines is one
+parameter's state.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+from grow_megatron.growth.operators import Growth
+from grow_megatron.growth.partition import offsets, stage_of, transfer_plan
+from grow_megatron.training.engine import Engine, build_engine, destroy_engine
+from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, gather_param_state,
+                                                optimizer_step_count, scatter_param_state, set_step_count)
+
+_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+# Output projections of a layer: zero in a copy => the copy adds nothing to the residual stream.
+_OUTPUT_PROJECTIONS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
+
+
+def _split_names(named_params) -> tuple[dict[int, dict[str, torch.nn.Parameter]], dict[str, torch.nn.Parameter]]:
+    """Parameters grouped by local layer index (suffix -> param), and the non-layer ones."""
+    layers: dict[int, dict[str, torch.nn.Parameter]] = {}
+    other: dict[str, torch.nn.Parameter] = {}
+    for name, p in named_params:
+        m = _LAYER.match(name)
+        if m:
+            layers.setdefault(int(m.group(1)), {})[m.group(2)] = p
+        else:
+            other[name] = p
+    return layers, other
+
+
+def _pp_peer(stage: int) -> int:
+    """Global rank of the given pipeline stage in this rank's pipeline group (same TP, DP)."""
+    return dist.get_global_rank(parallel_state.get_pipeline_model_parallel_group(), stage)
+
+
+def grow(engine: Engine, growth: Growth) -> Engine:
+    """Return the engine at growth.new_depth; `engine` is destroyed."""
+    if growth.old_depth != engine.depth:
+        raise ValueError(f"growth from depth {growth.old_depth} applied to a model of depth {engine.depth}")
+    step = optimizer_step_count(engine.optimizer)
+    new = build_engine(engine.spec, growth.new_depth)
+    ensure_state_initialized(new.optimizer)
+
+    my_stage = parallel_state.get_pipeline_model_parallel_rank()
+    old_layers, old_other = _split_names(engine.named_parameters())
+    new_layers, new_other = _split_names(new.named_parameters())
+    old_off, new_off = offsets(engine.split), offsets(new.split)
+
+    # Embedding, final norm (and the untied output layer, if any) stay where they are.
+    for name, p in new_other.items():
+        scatter_param_state(new.optimizer, p, gather_param_state(engine.optimizer, old_other[name]))
+
+    new_positions = set(growth.new_positions)
+    for move in transfer_plan(growth, engine.split, new.split):
+        if my_stage not in (move.src_stage, move.dst_stage):
+            continue
+        zero = growth.zero_outputs and move.dst_pos in new_positions
+        src = old_layers[move.src_layer - old_off[my_stage]] if my_stage == move.src_stage else None
+        dst = new_layers[move.dst_pos - new_off[my_stage]] if my_stage == move.dst_stage else None
+        suffixes = sorted((src or dst).keys())
+        for suffix in suffixes:
+            state = gather_param_state(engine.optimizer, src[suffix]) if src is not None else None
+            if not move.local:
+                # Same TP rank and DP rank on the other stage; shapes are known to both sides.
+                shape_from = src[suffix] if src is not None else dst[suffix]
+                buf = (torch.stack([state[k] for k in STATE_KEYS]) if state is not None
+                       else torch.empty((len(STATE_KEYS),) + tuple(shape_from.shape), dtype=torch.float32,
+                                        device=shape_from.device))
+                if my_stage == move.src_stage:
+                    dist.send(buf, _pp_peer(move.dst_stage))
+                else:
+                    dist.recv(buf, _pp_peer(move.src_stage))
+                    state = dict(zip(STATE_KEYS, buf.unbind(0)))
+            if dst is not None:
+                if zero and suffix in _OUTPUT_PROJECTIONS:
+                    state = {**state, "param": torch.zeros_like(state["param"])}
+                scatter_param_state(new.optimizer, dst[suffix], state)
+
+    set_step_count(new.optimizer, step)
+    # DDP keeps its own copy of the parameters in its param buffer, and the distributed
+    # optimizer's fp32 main shards were written above; the model params are views into the
+    # buffer, so nothing else to sync.
+    destroy_engine(engine)
+    return new

@@ -1,0 +1,90 @@
+"""Build megatron GPTModel chunks from our ModelConfig and ModuleSpec."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from grow_megatron.config.model import ModelConfig
+from grow_megatron.model.modules import ScaledRMSNorm
+from grow_megatron.model.spec import decoder_layer_spec
+
+
+@dataclass
+class GrowTransformerConfig(TransformerConfig):
+    """megatron's TransformerConfig plus the switches our modules read."""
+
+    grow_ln_scaling: bool = False
+    """LN-Scaling: pre-norm outputs of the layer at position l scaled by 1/sqrt(l)."""
+    grow_use_kernels: bool = False
+    """Use the fused Triton kernels instead of the PyTorch reference path."""
+
+
+def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype: torch.dtype = torch.float32,
+                            bf16: bool = False, tensor_parallel: int = 1, pipeline_parallel: int = 1,
+                            pipeline_layout=None, use_kernels: bool = False) -> GrowTransformerConfig:
+    return GrowTransformerConfig(
+        num_layers=num_layers,
+        hidden_size=model.hidden_size,
+        ffn_hidden_size=model.ffn_hidden_size,
+        num_attention_heads=model.num_attention_heads,
+        num_query_groups=model.kv_heads,
+        kv_channels=model.head_dim,
+        normalization="RMSNorm",
+        layernorm_epsilon=model.norm_eps,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=model.init_std,
+        # Weights are drawn on the host for the full (unsharded) tensor and then split, so a
+        # run at any TP size starts from the same weights as the single-rank run.
+        use_cpu_initialization=True,
+        perform_initialization=True,
+        params_dtype=params_dtype,
+        pipeline_dtype=params_dtype,
+        bf16=bf16,
+        tensor_model_parallel_size=tensor_parallel,
+        pipeline_model_parallel_size=pipeline_parallel,
+        pipeline_model_parallel_layout=pipeline_layout,
+        bias_activation_fusion=False,
+        masked_softmax_fusion=False,
+        bias_dropout_fusion=False,
+        apply_rope_fusion=False,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        grow_ln_scaling=model.ln_scaling,
+        grow_use_kernels=use_kernels,
+    )
+
+
+def build_model_chunk(config: GrowTransformerConfig, model: ModelConfig, vocab_size: int,
+                      num_local_layers: Optional[int] = None, vp_stage: Optional[int] = None) -> GPTModel:
+    """The GPTModel chunk of this pipeline rank (all of it when PP = 1)."""
+    pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
+    post = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
+    if num_local_layers is None:
+        num_local_layers = config.num_layers // config.pipeline_model_parallel_size
+    spec = TransformerBlockSubmodules(layer_specs=[decoder_layer_spec()] * num_local_layers,
+                                      layer_norm=ScaledRMSNorm)
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=spec,
+        vocab_size=vocab_size,
+        max_sequence_length=model.seq_length,
+        pre_process=pre,
+        post_process=post,
+        parallel_output=True,
+        share_embeddings_and_output_weights=True,
+        position_embedding_type="rope",
+        rotary_base=int(model.rope_theta),
+        vp_stage=vp_stage,
+    )

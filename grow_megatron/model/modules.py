@@ -1,0 +1,111 @@
+"""Our modules, plugged into megatron's GPTModel through a ModuleSpec (see spec.py).
+
+They hold no parallelism logic: tensor parallelism stays in megatron's column/row-parallel
+linears around them; these only see per-rank shards ([s, b, heads_per_rank, head_dim]).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_config import TransformerConfig
+from megatron.core.transformer.transformer_layer import TransformerLayer
+from megatron.core.utils import divide
+
+
+def _kernels_enabled(config: TransformerConfig) -> bool:
+    return bool(getattr(config, "grow_use_kernels", False))
+
+
+class ScaledRMSNorm(torch.nn.Module):
+    """RMSNorm whose output is multiplied by `scale`, the LN-Scaling factor 1/sqrt(l) (SPEC 5).
+
+    The factor belongs to the layer's position, not to its weights: the owning layer sets it
+    from its layer number (GrowTransformerLayer.set_layer_number) and it is never a parameter,
+    so growth only has to renumber. scale = 1.0 is a plain RMSNorm (also the final norm).
+    """
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_: object):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        self.eps = eps
+        self.scale = 1.0
+        self.use_kernel = _kernels_enabled(config)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [s, b, h]
+        if self.use_kernel:
+            from grow_megatron.kernels import rms_norm
+
+            return rms_norm(x, self.weight, self.eps, scale=self.scale)
+        # fp32 statistics, as transformers' LlamaRMSNorm computes them (HF logit parity).
+        dtype = x.dtype
+        xf = x.float()
+        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        y = self.weight * y.to(dtype)
+        return y * self.scale if self.scale != 1.0 else y
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.numel()}, eps={self.eps}, scale={self.scale:.4f}"
+
+
+class SDPAttention(MegatronModule):
+    """Causal core attention through torch's scaled_dot_product_attention.
+
+    On GPU torch dispatches to flash / cuDNN / memory-efficient kernels, so the [s, s] score
+    matrix is never materialised (megatron's local DotProductAttention materialises it).
+    Same constructor and call signature as megatron's DotProductAttention.
+    """
+
+    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type, attention_type: str,
+                 attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None,
+                 cp_comm_type: Optional[str] = None, pg_collection=None):
+        super().__init__(config=config)
+        if config.context_parallel_size != 1:
+            raise ValueError("SDPAttention does not support context parallelism")
+        self.layer_number = layer_number
+        tp = pg_collection.tp.size() if pg_collection is not None else 1
+        self.heads = divide(config.num_attention_heads, tp)
+        self.kv_heads = divide(config.num_query_groups, tp)
+        self.head_dim = config.kv_channels
+        self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
+        self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+
+    def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None,
+                packed_seq_params=None):
+        # query: [s, b, hq, d]; key/value: [s, b, hkv, d] (GQA: hkv divides hq)
+        if packed_seq_params is not None or attention_bias is not None:
+            raise ValueError("SDPAttention supports neither packed sequences nor attention bias")
+        s, b = query.shape[0], query.shape[1]
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
+        if self.kv_heads != self.heads:
+            rep = self.heads // self.kv_heads
+            k = k.repeat_interleave(rep, dim=1)
+            v = v.repeat_interleave(rep, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
+                                             dropout_p=self.dropout if self.training else 0.0)
+        return out.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)  # [s, b, hq*d]
+
+
+class GrowTransformerLayer(TransformerLayer):
+    """megatron's TransformerLayer plus a position that can change when the model grows.
+
+    megatron fixes `layer_number` (global, 1-based) at construction; after a growth a layer
+    may sit at another position. `set_layer_number` updates every place megatron copies it
+    into and re-derives the LN-Scaling factor. The global position is derived by the block
+    from the pipeline layout, never stored by us separately.
+    """
+
+    def __init__(self, config: TransformerConfig, submodules, layer_number: int = 1, **kwargs):
+        super().__init__(config, submodules, layer_number=layer_number, **kwargs)
+        self.set_layer_number(self.layer_number)
+
+    def set_layer_number(self, layer_number: int) -> None:
+        self.layer_number = layer_number
+        self.self_attention.layer_number = layer_number
+        self.self_attention.core_attention.layer_number = layer_number
+        scale = 1.0 / math.sqrt(layer_number) if getattr(self.config, "grow_ln_scaling", False) else 1.0
+        for norm in (self.input_layernorm, self.pre_mlp_layernorm):
+            norm.scale = scale

@@ -1,0 +1,43 @@
+"""The ModuleSpec of our decoder layer: where our modules enter megatron's GPTModel.
+
+Kernel choices (fused norm, SwiGLU, RoPE, loss) are made here and in the modules from the
+config switch, never inside the model's structure; parallel linears stay megatron's.
+"""
+from __future__ import annotations
+
+from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
+from megatron.core.transformer.enums import AttnMaskType
+from megatron.core.transformer.identity_op import IdentityOp
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
+
+from grow_megatron.model.modules import GrowTransformerLayer, ScaledRMSNorm, SDPAttention
+
+
+def decoder_layer_spec() -> ModuleSpec:
+    """Pre-norm LLaMA layer: ScaledRMSNorm -> SDPA self-attention -> ScaledRMSNorm -> SwiGLU MLP."""
+    return ModuleSpec(
+        module=GrowTransformerLayer,
+        submodules=TransformerLayerSubmodules(
+            input_layernorm=ScaledRMSNorm,
+            self_attention=ModuleSpec(
+                module=SelfAttention,
+                params={"attn_mask_type": AttnMaskType.causal},
+                submodules=SelfAttentionSubmodules(
+                    linear_qkv=ColumnParallelLinear,
+                    core_attention=SDPAttention,
+                    linear_proj=RowParallelLinear,
+                    q_layernorm=IdentityOp,
+                    k_layernorm=IdentityOp,
+                ),
+            ),
+            self_attn_bda=get_bias_dropout_add,
+            pre_mlp_layernorm=ScaledRMSNorm,
+            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
+                                                                 linear_fc2=RowParallelLinear)),
+            mlp_bda=get_bias_dropout_add,
+        ),
+    )

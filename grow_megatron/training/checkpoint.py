@@ -1,0 +1,180 @@
+"""Checkpoints: megatron dist_checkpointing, layout-free, atomic.
+
+Layout of RUN_DIR/checkpoints:
+    step_00000120/          one complete checkpoint (dist_checkpointing dir + meta.json)
+    step_00000120.tmp-*/    a save in progress or interrupted: never read, removed later
+    latest                  name of the newest complete checkpoint (replaced atomically)
+
+A checkpoint is complete only once it has been renamed from its .tmp name after every rank
+finished writing, and `latest` moves only after that: a crash at any point leaves the last
+good checkpoint readable.
+
+The optimizer state is stored in model space: for every parameter's ShardedTensor in megatron's
+model sharded state dict, three more with the same sharding (fp32 main copy, exp_avg,
+exp_avg_sq). dist_checkpointing then reshards weights and optimizer state alike, so a
+checkpoint written at one TP x PP x DP layout resumes at another.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from dataclasses import replace
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+from grow_megatron.training.engine import Engine
+from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, gather_param_state,
+                                                optimizer_step_count, scatter_param_state, set_step_count)
+
+META = "meta.json"
+LATEST = "latest"
+
+
+def _rank0() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _broadcast_str(s: Optional[str]) -> Optional[str]:
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return s
+    box = [s]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _flatten(sd: dict, out: Optional[dict] = None, prefix: str = "") -> dict:
+    out = {} if out is None else out
+    for k, v in sd.items():
+        if isinstance(v, dict):
+            _flatten(v, out, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _sharded_state(engine: Engine, for_load: bool) -> tuple[dict, dict]:
+    """(sharded state dict, {opt key: (param, state name)}) for this rank's chunk."""
+    chunk = engine.model[0].module
+    model_sd = chunk.sharded_state_dict(prefix="model.")
+    params = {id(p): p for p in chunk.parameters()}
+    optim_sd: dict[str, Any] = {}
+    targets: dict[str, tuple[torch.nn.Parameter, str]] = {}
+    for name, sh in _flatten(model_sd).items():
+        # Factories: megatron splits the gated fc1 into gate and up halves for TP resharding.
+        if not isinstance(sh, (ShardedTensor, ShardedTensorFactory)) or id(sh.data) not in params:
+            continue
+        p = params[id(sh.data)]
+        state = None if for_load else gather_param_state(engine.optimizer, p)
+        for k in STATE_KEYS:
+            data = torch.empty(p.shape, dtype=torch.float32, device=p.device) if for_load else state[k]
+            key = f"optimizer.{k}.{sh.key}"
+            extra = {"dtype": torch.float32} if isinstance(sh, ShardedTensor) else {}
+            optim_sd[f"{k}.{name}"] = replace(sh, key=key, data=data, **extra)
+            targets[f"{k}.{name}"] = (p, k)
+    return {"model": model_sd, "optimizer": optim_sd}, targets
+
+
+def list_checkpoints(ckpt_root: str) -> list[str]:
+    if not os.path.isdir(ckpt_root):
+        return []
+    return sorted(d for d in os.listdir(ckpt_root)
+                  if d.startswith("step_") and ".tmp" not in d and os.path.isfile(os.path.join(ckpt_root, d, META)))
+
+
+def latest_checkpoint(ckpt_root: str) -> Optional[str]:
+    """Path of the newest complete checkpoint, or None."""
+    path = os.path.join(ckpt_root, LATEST)
+    if os.path.isfile(path):
+        with open(path) as f:
+            name = f.read().strip()
+        if os.path.isfile(os.path.join(ckpt_root, name, META)):
+            return os.path.join(ckpt_root, name)
+    found = list_checkpoints(ckpt_root)
+    return os.path.join(ckpt_root, found[-1]) if found else None
+
+
+def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, keep: Optional[set[str]] = None,
+                    keep_last: Optional[int] = None) -> str:
+    """Save the engine after `step` completed steps; returns the checkpoint directory."""
+    name = f"step_{step:08d}"
+    final = os.path.join(ckpt_root, name)
+    tmp = _broadcast_str(f"{final}.tmp-{uuid.uuid4().hex[:8]}" if _rank0() else None)
+    if _rank0():
+        os.makedirs(tmp, exist_ok=True)
+    _barrier()
+    sd, _ = _sharded_state(engine, for_load=False)
+    sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
+    dist_checkpointing.save(sd, tmp)
+    _barrier()
+    if _rank0():
+        full_meta = {**meta, "step": step, "depth": engine.depth, "split": list(engine.split)}
+        with open(os.path.join(tmp, META), "w") as f:
+            json.dump(full_meta, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(final):  # re-saving the same step (e.g. after a resume): replace it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        latest_tmp = os.path.join(ckpt_root, f".{LATEST}.tmp")
+        with open(latest_tmp, "w") as f:
+            f.write(name)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(latest_tmp, os.path.join(ckpt_root, LATEST))
+        _prune(ckpt_root, keep or set(), keep_last)
+    _barrier()
+    return final
+
+
+def _prune(ckpt_root: str, keep: set[str], keep_last: Optional[int]) -> None:
+    for d in os.listdir(ckpt_root):
+        if ".tmp-" in d:  # an interrupted save
+            shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+    if keep_last is None:
+        return
+    complete = list_checkpoints(ckpt_root)
+    removable = [d for d in complete if d not in keep]
+    for d in removable[:-keep_last] if keep_last else []:
+        shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+
+
+def read_meta(ckpt_dir: str) -> dict:
+    with open(os.path.join(ckpt_dir, META)) as f:
+        return json.load(f)
+
+
+def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
+    """Load weights and optimizer state into an engine of the checkpoint's depth."""
+    meta = read_meta(ckpt_dir)
+    if meta["depth"] != engine.depth:
+        raise ValueError(f"checkpoint {ckpt_dir} holds depth {meta['depth']}, engine has {engine.depth}")
+    ensure_state_initialized(engine.optimizer)
+    sd, targets = _sharded_state(engine, for_load=True)
+    sd["common"] = {"optimizer_step": 0}
+    with torch.no_grad():
+        loaded = dist_checkpointing.load(sd, ckpt_dir)
+        engine.model[0].module.load_state_dict(_unflatten_model(loaded["model"]), strict=False)
+        per_param: dict[int, dict[str, torch.Tensor]] = {}
+        for key, (p, k) in targets.items():
+            per_param.setdefault(id(p), {"_p": p})[k] = loaded["optimizer"][key]
+        for entry in per_param.values():
+            p = entry.pop("_p")
+            scatter_param_state(engine.optimizer, p, entry)
+    set_step_count(engine.optimizer, int(loaded["common"]["optimizer_step"]))
+    return meta
+
+
+def _unflatten_model(model_sd: dict) -> dict:
+    """Loaded `model.`-prefixed entries back to the module's state-dict names."""
+    return {k[len("model."):]: v for k, v in _flatten(model_sd).items() if torch.is_tensor(v)}

@@ -1,0 +1,70 @@
+"""Process-group setup: torchrun or a plain single process, GPU (nccl) or CPU (gloo)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+from grow_megatron.compat import cpu_compat, needs_cpu_compat
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Layout:
+    world: int
+    rank: int
+    tp: int
+    pp: int
+    dp: int
+
+    @property
+    def is_logging_rank(self) -> bool:
+        return self.rank == 0
+
+
+def world_size_from_env() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init_distributed(tp: int, pp: int, seed: int) -> Layout:
+    """Initialise torch.distributed and megatron's parallel_state (idempotent per process)."""
+    if not dist.is_initialized():
+        if "RANK" not in os.environ:  # not launched by torchrun: a world of one
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", str(_free_port()))
+            os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+            dist.init_process_group("nccl")
+        else:
+            dist.init_process_group("gloo")
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+    world = dist.get_world_size()
+    # On CPU the CUDA RNG tracker cannot be read; with dropout 0 the tracker is never used
+    # for sampling, so the inference tracker (whose fork() is a no-op) is exact.
+    model_parallel_cuda_manual_seed(seed, inference_rng_tracker=needs_cpu_compat(), force_reset_rng=True)
+    return Layout(world, dist.get_rank(), tp, pp, world // (tp * pp))
+
+
+def shutdown_distributed() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def device_context():
+    """The context the whole engine runs in: the CPU compatibility layer when there is no GPU."""
+    return cpu_compat() if needs_cpu_compat() else contextlib.nullcontext()

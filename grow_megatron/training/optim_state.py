@@ -1,0 +1,93 @@
+"""Per-parameter optimizer state in model space, for growth and layout-free checkpoints.
+
+megatron's DistributedOptimizer keeps, on each data-parallel rank, a flat range of every
+parameter's fp32 main copy and AdamW moments. Growth (copy a layer's state to another
+position) and resharding checkpoints both want the state per parameter, shaped like the
+parameter (this rank's TP shard). `gather_param_state` assembles that from the DP shards;
+`scatter_param_state` writes it back into a (new) optimizer, each rank keeping its range.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+
+STATE_KEYS = ("param", "exp_avg", "exp_avg_sq")
+
+
+def _inner_optimizers(optimizer):
+    return getattr(optimizer, "chained_optimizers", [optimizer])
+
+
+def _owner(optimizer, param):
+    for opt in _inner_optimizers(optimizer):
+        if param in opt.model_param_gbuf_map:
+            return opt
+    raise KeyError("parameter not managed by this optimizer")
+
+
+def _local_range(opt, param):
+    """This DP rank's [start, end) of the flattened param, or None if it owns none of it."""
+    gbuf_index, dtype, bucket_index = opt.model_param_gbuf_map[param]
+    param_map = opt.gbuf_ranges[gbuf_index][dtype][bucket_index]["param_map"]
+    if param not in param_map:
+        return None
+    r = param_map[param]["param"]
+    return r.start, r.end
+
+
+def optimizer_step_count(optimizer) -> int:
+    """AdamW's step counter (the same for every parameter in our training)."""
+    for opt in _inner_optimizers(optimizer):
+        for state in opt.optimizer.state.values():
+            if "step" in state:
+                return int(state["step"])
+    return 0
+
+
+def ensure_state_initialized(optimizer) -> None:
+    """Give every parameter AdamW state tensors (a fresh optimizer has none until its first step)."""
+    for opt in _inner_optimizers(optimizer):
+        if not opt.optimizer.state:
+            opt._init_optimizer_states_with_dummy_values()
+
+
+def gather_param_state(optimizer, param: torch.nn.Parameter) -> dict[str, torch.Tensor]:
+    """{param (fp32 main copy), exp_avg, exp_avg_sq}, each fp32 and shaped like `param`."""
+    opt = _owner(optimizer, param)
+    dev = param.device
+    full = {k: torch.zeros(param.numel(), dtype=torch.float32, device=dev) for k in STATE_KEYS}
+    rng = _local_range(opt, param)
+    if rng is not None:
+        shard = opt._get_main_param_and_optimizer_states(param)
+        for k in STATE_KEYS:
+            full[k][rng[0]:rng[1]] = shard[k].detach().float().view(-1)
+    if parallel_state.get_data_parallel_world_size() > 1:
+        # Ranges of different DP ranks are disjoint, so a sum assembles the whole tensor.
+        flat = torch.stack([full[k] for k in STATE_KEYS])
+        dist.all_reduce(flat, group=parallel_state.get_data_parallel_group())
+        full = dict(zip(STATE_KEYS, flat.unbind(0)))
+    return {k: v.view(param.shape) for k, v in full.items()}
+
+
+def scatter_param_state(optimizer, param: torch.nn.Parameter, state: dict[str, torch.Tensor]) -> None:
+    """Set the main copy and moments of `param` from full tensors; also the model param itself."""
+    opt = _owner(optimizer, param)
+    with torch.no_grad():
+        param.copy_(state["param"].to(param.dtype))
+        rng = _local_range(opt, param)
+        if rng is None:
+            return
+        shard = opt._get_main_param_and_optimizer_states(param)
+        for k in STATE_KEYS:
+            shard[k].copy_(state[k].reshape(-1)[rng[0]:rng[1]].view_as(shard[k]))
+
+
+def set_step_count(optimizer, step: int) -> None:
+    for opt in _inner_optimizers(optimizer):
+        for state in opt.optimizer.state.values():
+            if "step" in state:
+                if torch.is_tensor(state["step"]):
+                    state["step"].fill_(step)
+                else:
+                    state["step"] = step
