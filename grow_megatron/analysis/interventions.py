@@ -1,0 +1,82 @@
+"""Benchmarked interventions (SPEC 7): re-score a multiple-choice task after changing the
+layer order — swap two adjacent windows of k layers, skip k consecutive layers, reverse k
+consecutive layers — at every valid start position.
+
+Per batch the unmodified residual states are computed once (the one stored copy); each
+intervened order resumes from the state before its first changed step, so an intervention at
+layer s costs L - s layers instead of L.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from grow_megatron.analysis.data import EncodedMC, accuracy, choice_logliks, mc_batches
+from grow_megatron.analysis.runner import ResidualRunner, first_changed, reverse_order, skip_order, swap_order
+
+KINDS = {"swap": swap_order, "skip": skip_order, "reverse": reverse_order}
+
+
+@dataclass
+class InterventionConfig:
+    """Options of the benchmarked interventions."""
+
+    swap_sizes: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    """Window sizes k of 'swap [s, s+k) with [s+k, s+2k)'."""
+    skip_sizes: list[int] = field(default_factory=lambda: [1, 2, 4])
+    """Numbers k of consecutive layers left out."""
+    reverse_sizes: list[int] = field(default_factory=lambda: [4])
+    """Numbers k of consecutive layers run in reverse order."""
+    batch_size: int = 16
+    """(example, choice) rows per forward pass."""
+    max_length: int = 1024
+    """Longest row in tokens; longer prompts are cut from the left."""
+
+
+def intervention_orders(L: int, cfg: InterventionConfig) -> dict[str, dict[int, dict[int, list[int]]]]:
+    """kind -> k -> start -> layer order, for every valid start."""
+    sizes = {"swap": cfg.swap_sizes, "skip": cfg.skip_sizes, "reverse": cfg.reverse_sizes}
+    out: dict[str, dict[int, dict[int, list[int]]]] = {}
+    for kind, ks in sizes.items():
+        for k in ks:
+            span = 2 * k if kind == "swap" else k
+            if k <= 0 or span > L or (kind == "skip" and k >= L):
+                continue
+            out.setdefault(kind, {})[k] = {s: KINDS[kind](L, s, k) for s in range(L - span + 1)}
+    return out
+
+
+@torch.no_grad()
+def intervention_analysis(runner: ResidualRunner, enc: EncodedMC, cfg: InterventionConfig,
+                          progress: bool = True) -> dict:
+    """Accuracy of the unmodified model and of every intervention (kind -> k -> per start)."""
+    L = runner.num_layers
+    orders = intervention_orders(L, cfg)
+    flat = [(kind, k, s, o) for kind, d in orders.items() for k, starts in d.items() for s, o in starts.items()]
+    R = len(enc.seqs)
+    base = torch.zeros(R)
+    scores = torch.zeros(len(flat), R)
+    batches = mc_batches(enc, cfg.batch_size)
+    bar = tqdm(total=len(batches) * (len(flat) + 1), desc="interventions", disable=not progress)
+    for mb in batches:
+        rows = torch.tensor(mb.rows)
+        hs, ctx = runner.hidden_states(mb.batch.ids.to(runner.device))  # (L+1,B,T,d)
+        base[rows] = choice_logliks(hs[-1], mb, runner.unembed).cpu()
+        bar.update(1)
+        for j, (_, _, _, order) in enumerate(flat):
+            n = first_changed(order, L)
+            hL = runner.run(order=order, h=hs[n], start=n, ctx=ctx, return_hidden=True)
+            scores[j, rows] = choice_logliks(hL, mb, runner.unembed).cpu()
+            bar.update(1)
+    bar.close()
+    res: dict = {"num_layers": L, "examples": len(enc.answers), "baseline_accuracy": accuracy(enc, base),
+                 "interventions": {}}
+    for j, (kind, k, s, _) in enumerate(flat):
+        res["interventions"].setdefault(kind, {}).setdefault(str(k), {"starts": [], "accuracy": []})
+        e = res["interventions"][kind][str(k)]
+        e["starts"].append(s)
+        e["accuracy"].append(accuracy(enc, scores[j]))
+    return res
