@@ -1,0 +1,164 @@
+"""`grow-megatron eval`: reasoning primitives (SPEC 8) and held-out NLL of a model.
+
+    grow-megatron eval HF_DIR --tasks paper --n 200 --seed 0 [--heldout val.txt] [--json out.json]
+    grow-megatron eval --export-lm-eval DIR --tasks paper --n 1000     # lm-eval task files, no model
+
+MODEL is a Hugging Face causal-LM directory (config.json + weights + tokenizer files). Native
+grow_megatron checkpoints go through `load_native` (the grow_megatron.convert hook).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from grow_megatron.config.base import ConfigError
+from grow_megatron.eval import primitives as P
+from grow_megatron.eval import scoring as S
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grow-megatron eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", nargs="?", help="HF model directory (or a native checkpoint, via grow_megatron.convert)")
+    p.add_argument("--tasks", default="paper",
+                   help=f"'paper' (Table 6's five), 'all', 'none', or a comma list of: {', '.join(P.TASKS)}")
+    p.add_argument("--n", type=int, default=200, help="examples per task")
+    p.add_argument("--seed", type=int, default=0, help="generator seed")
+    p.add_argument("--shots", type=int, default=5, help="solved examples before each query")
+    p.add_argument("--heldout", metavar="FILE", action="append", default=[],
+                   help="held-out text for NLL: plain text (one stream) or .jsonl with a 'text' field per "
+                        "document (documents joined with EOS); repeatable")
+    p.add_argument("--seq-length", type=int, help="NLL context length (default: min(2048, the model's))")
+    p.add_argument("--max-chunks", type=int, help="at most this many NLL sequences per file")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', ...")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--add-bos", action="store_true", help="prepend the BOS token to every MC context")
+    p.add_argument("--json", metavar="PATH", help="write results as JSON ('-' for stdout)")
+    p.add_argument("--export-lm-eval", metavar="DIR",
+                   help="write the tasks as lm-evaluation-harness jsonl + yaml into DIR (see docs/eval.md)")
+    return p
+
+
+def load_hf(path: str, device: str, dtype: str):
+    """(model, tokenizer) from a Hugging Face directory, in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    return model.to(device).eval(), tokenizer
+
+
+def load_native(path: str, device: str, dtype: str):
+    """Hook for native grow_megatron checkpoints.
+
+    Expects `grow_megatron.convert.load_as_hf(path, device=..., dtype=...)` returning
+    (transformers causal LM, tokenizer), e.g. an in-memory to-hf export (SPEC 5 folding
+    included). Until that exists: export with `grow-megatron convert to-hf` and pass the
+    output directory here.
+    """
+    try:
+        from grow_megatron.convert import load_as_hf  # type: ignore[attr-defined]
+    except ImportError:
+        raise SystemExit(f"grow-megatron eval: {path} is not a Hugging Face model directory (no config.json), and "
+                         "native checkpoints are not loadable here yet; run `grow-megatron convert to-hf "
+                         f"{path} OUT_DIR` and evaluate OUT_DIR") from None
+    return load_as_hf(path, device=device, dtype=dtype)
+
+
+def load_model(path: str, device: str, dtype: str):
+    if (Path(path) / "config.json").is_file():
+        return load_hf(path, device, dtype)
+    return load_native(path, device, dtype)
+
+
+def read_heldout_ids(path: str, tokenizer) -> list[int]:
+    """Token stream of a held-out file (no special tokens except EOS between jsonl documents)."""
+    p = Path(path)
+    if p.suffix == ".jsonl":
+        ids: list[int] = []
+        eos = tokenizer.eos_token_id
+        with p.open() as fh:
+            for line in fh:
+                if line.strip():
+                    ids += tokenizer(json.loads(line)["text"], add_special_tokens=False)["input_ids"]
+                    if eos is not None:
+                        ids.append(eos)
+        return ids
+    return list(tokenizer(p.read_text(), add_special_tokens=False)["input_ids"])
+
+
+def _print_mc(results: dict[str, S.MCResult]) -> None:
+    print(f"{'task':<18} {'n':>6} {'acc':>7} {'±se':>6} {'chance':>7}")
+    for r in results.values():
+        print(f"{r.task:<18} {r.n:>6} {100 * r.accuracy:>6.2f}% {100 * r.stderr:>5.2f} {100 * r.chance:>6.1f}%")
+    if len(results) > 1:
+        mean = sum(r.accuracy for r in results.values()) / len(results)
+        print(f"{'mean':<18} {'':>6} {100 * mean:>6.2f}%")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    tasks = [] if args.tasks == "none" else P.parse_tasks(args.tasks)
+    if args.n < 1:
+        raise ConfigError("eval.n", args.n, "must be >= 1")
+    cfg = P.PrimitivesConfig(num_shots=args.shots).validate()
+    result: dict[str, Any] = {"template_version": P.TEMPLATE_VERSION, "seed": args.seed, "n": args.n,
+                              "shots": args.shots}
+
+    if args.export_lm_eval:
+        from grow_megatron.eval.lm_eval_adapter import export_tasks, lm_eval_command
+
+        written = export_tasks(args.export_lm_eval, tasks, n=args.n, seed=args.seed, config=cfg)
+        print(f"wrote {len(written)} files to {args.export_lm_eval}; run e.g.:")
+        print(lm_eval_command(args.model or "HF_DIR", args.export_lm_eval))
+        if not args.model:
+            return 0
+    if not args.model:
+        raise ConfigError("eval.model", None, "give a model directory (or --export-lm-eval DIR alone)")
+
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    model, tokenizer = load_model(args.model, device, args.dtype)
+    result["model"] = args.model
+
+    if tasks:
+        scorer = S.hf_scorer(model, tokenizer, batch_size=args.batch_size, add_bos=args.add_bos)
+        examples = [ex for t in tasks for ex in P.generate(t, args.n, args.seed, cfg)]
+        t0 = time.perf_counter()
+        mc = S.evaluate_mc(scorer, examples)
+        _print_mc(mc)
+        result["primitives"] = {t: r.to_dict() for t, r in mc.items()}
+        result["primitives_seconds"] = time.perf_counter() - t0
+
+    if args.heldout:
+        ctx = getattr(model.config, "max_position_embeddings", 2048) or 2048
+        seq = args.seq_length or min(2048, ctx)
+        fn = S.hf_logits_fn(model)
+        result["heldout"] = {}
+        for path in args.heldout:
+            # One extra token per row: T inputs predict T targets at context length `seq`.
+            batches = S.chunk_tokens(read_heldout_ids(path, tokenizer), seq + 1, args.batch_size, args.max_chunks)
+            if not batches:
+                raise ConfigError("eval.heldout", path, f"has fewer than {seq + 1} tokens")
+            r = S.heldout_nll(fn, batches, device=device)
+            print(f"held-out {path}: NLL {r.nll:.4f} nats/token over {r.tokens:,} tokens (ppl {r.perplexity:.2f})")
+            result["heldout"][path] = r.to_dict() | {"seq_length": seq}
+
+    if args.json:
+        text = json.dumps(result, indent=2)
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
