@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
+import triton.language as tl
 
 
 def empty(shape, dtype: torch.dtype, device) -> torch.Tensor:
@@ -50,3 +52,21 @@ def num_programs_persistent(device: torch.device, work_items: int, per_sm: int =
         # The interpreter runs programs one after another: few programs, little overhead.
         sms = 2
     return max(1, min(work_items, sms * per_sm))
+
+
+def emulate_rtne() -> bool:
+    """The interpreter casts fp32 -> bf16 by truncation; GPUs round to nearest even. Kernels
+    take this as a constexpr so that CPU runs round like the GPU does (see `cast`)."""
+    return interpreting()
+
+
+@triton.jit
+def cast(x, dtype: tl.constexpr, EMULATE_RTNE: tl.constexpr):
+    """x.to(dtype), rounding fp32 -> bf16 to nearest even under the interpreter too."""
+    if EMULATE_RTNE and dtype == tl.bfloat16:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        # Low 16 bits are zero now, so the interpreter's truncating cast is exact.
+        return bits.to(tl.float32, bitcast=True).to(dtype)
+    else:
+        return x.to(dtype)

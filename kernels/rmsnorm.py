@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from . import _utils
+from ._utils import cast
 
 # Largest row kept whole in registers; beyond it the tile spills (still correct, slower).
 _MAX_FUSED_H = 65536
@@ -34,6 +35,7 @@ def _rms_norm_fwd_kernel(
     HAS_RESIDUAL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    EMULATE_RTNE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # [BM]
@@ -47,7 +49,7 @@ def _rms_norm_fwd_kernel(
     x = tl.load(X + rows64[:, None] * stride_x + cols[None, :], mask=mask, other=0.0)
     if HAS_RESIDUAL:
         res = tl.load(RES + rows64[:, None] * stride_res + cols[None, :], mask=mask, other=0.0)
-        r = (x.to(tl.float32) + res.to(tl.float32)).to(RES_OUT.dtype.element_ty)
+        r = cast(x.to(tl.float32) + res.to(tl.float32), RES_OUT.dtype.element_ty, EMULATE_RTNE)
         tl.store(RES_OUT + rows64[:, None] * stride_res_out + cols[None, :], r, mask=mask)
         # Normalize the rounded sum: that is what the next layer's residual holds and what
         # the unfused `r = x + residual; norm(r)` computes.
@@ -61,17 +63,19 @@ def _rms_norm_fwd_kernel(
 
     w = tl.load(W + cols, mask=col_mask, other=0.0).to(tl.float32) * scale  # [BH]
     y = xf * rstd[:, None] * w[None, :]
-    tl.store(Y + rows64[:, None] * stride_y + cols[None, :], y.to(Y.dtype.element_ty), mask=mask)
+    tl.store(Y + rows64[:, None] * stride_y + cols[None, :], cast(y, Y.dtype.element_ty, EMULATE_RTNE), mask=mask)
 
 
 @triton.jit
 def _rms_norm_bwd_kernel(
-    DY, X, W, RSTD, DRES_OUT, DX, DW_PARTIAL,
-    stride_dy, stride_x, stride_dres, stride_dx,
+    DY, X, W, RSTD, DRES_OUT, DX, DRES_IN, DW_PARTIAL,
+    stride_dy, stride_x, stride_dres, stride_dx, stride_dres_in,
     M, H, scale,
     HAS_DRES: tl.constexpr,
+    SEPARATE_DRES_IN: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_H: tl.constexpr,
+    EMULATE_RTNE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -100,14 +104,18 @@ def _rms_norm_bwd_kernel(
         if HAS_DRES:
             dres = tl.load(DRES_OUT + rows64[:, None] * stride_dres + cols[None, :], mask=mask, other=0.0)
             dx += dres.to(tl.float32)
-        tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], dx.to(DX.dtype.element_ty), mask=mask)
+        tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], cast(dx, DX.dtype.element_ty, EMULATE_RTNE), mask=mask)
+        if SEPARATE_DRES_IN:
+            # residual kept in a wider dtype than x: its gradient must not pass through x's.
+            tl.store(DRES_IN + rows64[:, None] * stride_dres_in + cols[None, :],
+                     cast(dx, DRES_IN.dtype.element_ty, EMULATE_RTNE), mask=mask)
         dw_acc += tl.sum(dy * xhat, axis=0)
 
     tl.store(DW_PARTIAL + pid * H + cols, dw_acc * scale, mask=col_mask)
 
 
 @triton.jit
-def _sum_partials_kernel(PARTIAL, OUT, P, H, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+def _sum_partials_kernel(PARTIAL, OUT, P, H, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, EMULATE_RTNE: tl.constexpr):
     # PARTIAL: [P, H] fp32 -> OUT: [H] (OUT's dtype).
     pid = tl.program_id(0)
     cols = pid * BLOCK_N + tl.arange(0, BLOCK_N)  # [BN]
@@ -117,7 +125,7 @@ def _sum_partials_kernel(PARTIAL, OUT, P, H, BLOCK_P: tl.constexpr, BLOCK_N: tl.
         prow = p0 + tl.arange(0, BLOCK_P)  # [BP]
         m = (prow < P)[:, None] & col_mask[None, :]
         acc += tl.sum(tl.load(PARTIAL + prow[:, None] * H + cols[None, :], mask=m, other=0.0), axis=0)
-    tl.store(OUT + cols, acc.to(OUT.dtype.element_ty), mask=col_mask)
+    tl.store(OUT + cols, cast(acc, OUT.dtype.element_ty, EMULATE_RTNE), mask=col_mask)
 
 
 def _tile(H: int, elems: int) -> tuple[int, int]:
@@ -138,7 +146,9 @@ def sum_partials(partial: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     out = _utils.empty((N,), out_dtype, partial.device)
     BLOCK_N = min(1024, triton.next_power_of_2(N))
     BLOCK_P = max(1, min(triton.next_power_of_2(P), 4096 // BLOCK_N))
-    _sum_partials_kernel[(triton.cdiv(N, BLOCK_N),)](partial, out, P, N, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, num_warps=4)
+    _sum_partials_kernel[(triton.cdiv(N, BLOCK_N),)](
+        partial, out, P, N, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, EMULATE_RTNE=_utils.emulate_rtne(), num_warps=4
+    )
     return out
 
 
@@ -174,7 +184,7 @@ class RMSNormFunction(torch.autograd.Function):
                 x2, res2, y, res_out, weight, rstd,
                 x2.stride(0), res2.stride(0), y.stride(0), res_out.stride(0),
                 M, H, float(eps), float(scale),
-                HAS_RESIDUAL=has_res, BLOCK_M=block_m, BLOCK_H=block_h,
+                HAS_RESIDUAL=has_res, BLOCK_M=block_m, BLOCK_H=block_h, EMULATE_RTNE=_utils.emulate_rtne(),
                 num_warps=_warps(block_m * block_h),
             )
         # Backward needs the normalized input: r when there is a residual, else x.
@@ -201,24 +211,25 @@ class RMSNormFunction(torch.autograd.Function):
         # One buffer serves as d x and d residual when their dtypes agree (flash-attn does the
         # same): the two gradients are equal, and a second copy would cost a full extra write.
         dx = _utils.empty((M, H), ctx.x_dtype, dev)
+        separate = ctx.has_res and ctx.res_dtype != ctx.x_dtype
+        dres_in = _utils.empty((M, H), ctx.res_dtype, dev) if separate else dx
         if M > 0:
             block_m, block_h = _tile(H, 4096)
             nprog = _utils.num_programs_persistent(dev, triton.cdiv(M, block_m), per_sm=4)
             partial = _utils.empty((nprog, H), torch.float32, dev)
             _rms_norm_bwd_kernel[(nprog,)](
-                dy2, inp, weight, rstd, dres2, dx, partial,
-                dy2.stride(0), inp.stride(0), dres2.stride(0), dx.stride(0),
+                dy2, inp, weight, rstd, dres2, dx, dres_in, partial,
+                dy2.stride(0), inp.stride(0), dres2.stride(0), dx.stride(0), dres_in.stride(0),
                 M, H, ctx.scale,
-                HAS_DRES=has_dres, BLOCK_M=block_m, BLOCK_H=block_h,
+                HAS_DRES=has_dres, SEPARATE_DRES_IN=separate, BLOCK_M=block_m, BLOCK_H=block_h,
+                EMULATE_RTNE=_utils.emulate_rtne(),
                 num_warps=_warps(2 * block_m * block_h),
             )
             dw = sum_partials(partial, weight.dtype)
         else:
             dw = torch.zeros_like(weight)
         dx = dx.view(ctx.x_shape)
-        dres = None
-        if ctx.has_res:
-            dres = dx if ctx.res_dtype == ctx.x_dtype else dx.to(ctx.res_dtype)
+        dres = dres_in.view(ctx.x_shape) if ctx.has_res else None
         return dx, dw, dres, None, None
 
 
@@ -232,10 +243,10 @@ def rms_norm(x, weight, eps=1e-5, scale=1.0, residual=None):
 
 
 def rms_norm_ref(x, weight, eps=1e-5, scale=1.0, residual=None):
-    """Plain PyTorch version of `rms_norm`: fp32 math, cast back to x's dtype."""
+    """Plain PyTorch version of `rms_norm`: fp32 math (fp64 for fp64 inputs), cast back to x's dtype."""
     inp = x if residual is None else x + residual
-    xf = inp.float()
-    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float() * scale
+    xf = inp.to(torch.promote_types(inp.dtype, torch.float32))
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(xf.dtype) * scale
     y = y.to(x.dtype)
     return y if residual is None else (y, inp)
 

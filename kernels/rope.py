@@ -22,10 +22,12 @@ import triton
 import triton.language as tl
 
 from . import _utils
+from ._utils import cast
 
 
 @triton.jit
-def _rotate_heads(X, O, stride_h, stride_oh, NH, HALF, c1, c2, s1, s2, d, dmask, BLOCK_H: tl.constexpr):
+def _rotate_heads(X, O, stride_h, stride_oh, NH, HALF, c1, c2, s1, s2, d, dmask, BLOCK_H: tl.constexpr,
+                  EMULATE_RTNE: tl.constexpr):
     h = tl.arange(0, BLOCK_H)  # [BH]
     mask = (h < NH)[:, None] & dmask[None, :]  # [BH, BD2]
     x_off = h[:, None] * stride_h + d[None, :]
@@ -34,8 +36,8 @@ def _rotate_heads(X, O, stride_h, stride_oh, NH, HALF, c1, c2, s1, s2, d, dmask,
     x2 = tl.load(X + x_off + HALF, mask=mask, other=0.0).to(tl.float32)
     o1 = x1 * c1[None, :] - x2 * s1[None, :]
     o2 = x2 * c2[None, :] + x1 * s2[None, :]
-    tl.store(O + o_off, o1.to(O.dtype.element_ty), mask=mask)
-    tl.store(O + o_off + HALF, o2.to(O.dtype.element_ty), mask=mask)
+    tl.store(O + o_off, cast(o1, O.dtype.element_ty, EMULATE_RTNE), mask=mask)
+    tl.store(O + o_off + HALF, cast(o2, O.dtype.element_ty, EMULATE_RTNE), mask=mask)
 
 
 @triton.jit
@@ -49,6 +51,7 @@ def _rope_kernel(
     BLOCK_HQ: tl.constexpr,
     BLOCK_HK: tl.constexpr,
     BLOCK_D2: tl.constexpr,
+    EMULATE_RTNE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     si = (pid // B).to(tl.int64)
@@ -62,9 +65,9 @@ def _rope_kernel(
     if BACKWARD:
         s1, s2 = -s2, -s1
     _rotate_heads(Q + si * sq_s + bi * sq_b, QO + si * sqo_s + bi * sqo_b, sq_h, sqo_h, HQ, HALF,
-                  c1, c2, s1, s2, d, dmask, BLOCK_HQ)
+                  c1, c2, s1, s2, d, dmask, BLOCK_HQ, EMULATE_RTNE)
     _rotate_heads(K + si * sk_s + bi * sk_b, KO + si * sko_s + bi * sko_b, sk_h, sko_h, HK, HALF,
-                  c1, c2, s1, s2, d, dmask, BLOCK_HK)
+                  c1, c2, s1, s2, d, dmask, BLOCK_HK, EMULATE_RTNE)
 
 
 def _last_dim_unit(t: torch.Tensor) -> torch.Tensor:
@@ -98,6 +101,7 @@ def _launch(q, k, cos, sin, backward: bool):
         BLOCK_HQ=triton.next_power_of_2(hq),
         BLOCK_HK=triton.next_power_of_2(hk),
         BLOCK_D2=triton.next_power_of_2(half),
+        EMULATE_RTNE=_utils.emulate_rtne(),
         num_warps=4 if (hq + hk) * d <= 4096 else 8,
     )
     return qo, ko
@@ -149,9 +153,10 @@ def _rotate_half(x):
 def apply_rope_ref(q, k, cos, sin):
     """Plain PyTorch rotate-half RoPE: fp32 math, cast back to the inputs' dtypes."""
     s, d = q.shape[0], q.shape[-1]
-    c = cos.reshape(cos.shape[0], d)[:s].float()[:, None, None, :]  # [s, 1, 1, d]
-    sn = sin.reshape(sin.shape[0], d)[:s].float()[:, None, None, :]
-    qf, kf = q.float(), k.float()
+    acc = torch.promote_types(q.dtype, torch.float32)
+    c = cos.reshape(cos.shape[0], d)[:s].to(acc)[:, None, None, :]  # [s, 1, 1, d]
+    sn = sin.reshape(sin.shape[0], d)[:s].to(acc)[:, None, None, :]
+    qf, kf = q.to(acc), k.to(acc)
     return (qf * c + _rotate_half(qf) * sn).to(q.dtype), (kf * c + _rotate_half(kf) * sn).to(k.dtype)
 
 

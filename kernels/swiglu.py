@@ -18,24 +18,25 @@ import triton
 import triton.language as tl
 
 from . import _utils
+from ._utils import cast
 
 
 @triton.jit
-def _swiglu_fwd_kernel(G, U, O, stride_g, stride_u, stride_o, F, BLOCK: tl.constexpr):
+def _swiglu_fwd_kernel(G, U, O, stride_g, stride_u, stride_o, F, BLOCK: tl.constexpr, EMULATE_RTNE: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
     mask = cols < F
     g = tl.load(G + row * stride_g + cols, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(U + row * stride_u + cols, mask=mask, other=0.0).to(tl.float32)
     out = g * tl.sigmoid(g) * u
-    tl.store(O + row * stride_o + cols, out.to(O.dtype.element_ty), mask=mask)
+    tl.store(O + row * stride_o + cols, cast(out, O.dtype.element_ty, EMULATE_RTNE), mask=mask)
 
 
 @triton.jit
 def _swiglu_bwd_kernel(
     DO, G, U, DG, DU,
     stride_do, stride_g, stride_u, stride_dg, stride_du,
-    F, BLOCK: tl.constexpr,
+    F, BLOCK: tl.constexpr, EMULATE_RTNE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
@@ -48,8 +49,8 @@ def _swiglu_bwd_kernel(
     # d silu(g)/dg = sig * (1 + g * (1 - sig))
     dg = do * u * sig * (1.0 + g * (1.0 - sig))
     du = do * silu
-    tl.store(DG + row * stride_dg + cols, dg.to(DG.dtype.element_ty), mask=mask)
-    tl.store(DU + row * stride_du + cols, du.to(DU.dtype.element_ty), mask=mask)
+    tl.store(DG + row * stride_dg + cols, cast(dg, DG.dtype.element_ty, EMULATE_RTNE), mask=mask)
+    tl.store(DU + row * stride_du + cols, cast(du, DU.dtype.element_ty, EMULATE_RTNE), mask=mask)
 
 
 def _block(F: int) -> int:
@@ -66,7 +67,8 @@ def _launch_fwd(g2, u2, out):
         return
     B = _block(F)
     _swiglu_fwd_kernel[(M, triton.cdiv(F, B))](
-        g2, u2, out, g2.stride(0), u2.stride(0), out.stride(0), F, BLOCK=B, num_warps=max(1, min(8, B // 256))
+        g2, u2, out, g2.stride(0), u2.stride(0), out.stride(0), F, BLOCK=B, EMULATE_RTNE=_utils.emulate_rtne(),
+        num_warps=max(1, min(8, B // 256)),
     )
 
 
@@ -78,7 +80,7 @@ def _launch_bwd(do2, g2, u2, dg, du):
     _swiglu_bwd_kernel[(M, triton.cdiv(F, B))](
         do2, g2, u2, dg, du,
         do2.stride(0), g2.stride(0), u2.stride(0), dg.stride(0), du.stride(0),
-        F, BLOCK=B, num_warps=max(1, min(8, B // 256)),
+        F, BLOCK=B, EMULATE_RTNE=_utils.emulate_rtne(), num_warps=max(1, min(8, B // 256)),
     )
 
 
@@ -145,7 +147,8 @@ def swiglu_fused(x):
 
 
 def swiglu_ref(gate, up):
-    return (F_.silu(gate.float()) * up.float()).to(gate.dtype)
+    acc = torch.promote_types(gate.dtype, torch.float32)
+    return (F_.silu(gate.to(acc)) * up.to(acc)).to(gate.dtype)
 
 
 def swiglu_fused_ref(x):
