@@ -52,62 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _from_run_config(path: str) -> dict[str, Any]:
-    """Shape, plan, steps and batch from a YAML run config, read through grow_megatron.config.run."""
+    """Shape, schedule, steps and batch of a YAML run config (grow_megatron.config.run)."""
     try:
-        from grow_megatron.config import run as run_config
+        from grow_megatron.config.run import load_run_config
     except ImportError as err:
-        raise SystemExit(f"grow-megatron flops: cannot read run configs yet ({err}); "
+        raise SystemExit(f"grow-megatron flops: cannot read run configs ({err}); "
                          "pass --preset/--paper or explicit shape flags instead") from None
-    cfg = run_config.load_run_config(path)
-    return _extract(cfg)
-
-
-def _find(obj: Any, names: tuple[str, ...], subs: tuple[str, ...] = ("model", "training", "train", "growth",
-                                                                       "schedule", "data", "optim")) -> Any:
-    """First attribute in `names` found on obj or one of its sub-configs (config layouts vary)."""
-    for holder in (obj, *(getattr(obj, s, None) for s in subs)):
-        if holder is None:
-            continue
-        for n in names:
-            v = holder.get(n) if isinstance(holder, dict) else getattr(holder, n, None)
-            if v is not None:
-                return v
-    return None
-
-
-def _extract(cfg: Any) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for field in _SHAPE_FLAGS.values():
-        v = _find(cfg, (field,))
-        if v is not None:
-            out[field] = v
-    steps = _find(cfg, ("train_iters", "total_steps", "steps", "max_steps"))
-    if steps is not None:
-        out["steps"] = steps
-    tps = _find(cfg, ("tokens_per_step",))
-    gbs = _find(cfg, ("global_batch_size",))
-    if tps is not None:
-        out["tokens_per_step"] = tps
-    elif gbs is not None:
-        out["global_batch"] = gbs
-    plan = None
-    for holder in (cfg, getattr(cfg, "growth", None)):
-        for name in ("growth_plan", "plan", "make_plan"):
-            attr = getattr(holder, name, None) if holder is not None else None
-            if isinstance(attr, GrowthPlan):
-                plan = attr
-            elif callable(attr):
-                try:
-                    got = attr()
-                except TypeError:
-                    continue
-                if isinstance(got, GrowthPlan):
-                    plan = got
-            if plan is not None:
-                break
-        if plan is not None:
-            break
-    out["plan"] = plan
+    cfg = load_run_config(path)
+    m = cfg.model
+    out: dict[str, Any] = {
+        "num_layers": m.num_layers, "hidden_size": m.hidden_size, "ffn_hidden_size": m.ffn_hidden_size,
+        "num_attention_heads": m.num_attention_heads, "num_query_groups": m.kv_heads, "seq_length": m.seq_length,
+        "steps": cfg.train.steps, "global_batch": cfg.train.global_batch_size,
+    }
+    if m.vocab_size is not None:
+        out["vocab_size"] = m.vocab_size
+    if cfg.growth.enabled:
+        # The same PROP-alpha stage lengths the trainer's plan has (the operator does not change FLOPs).
+        out.update(block_size=cfg.growth.block_size, grow_steps=cfg.grow_steps, alpha=cfg.growth.alpha)
     return out
 
 
@@ -124,21 +86,25 @@ def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, 
         s = F.PaperSettings()
         vals.update(steps=s.total_steps, grow_steps=s.grow_steps, block_size=s.block_size, alpha=s.alpha)
     if args.config:
-        vals.update({k: v for k, v in _from_run_config(args.config).items() if v is not None})
+        from_cfg = _from_run_config(args.config)
+        if "global_batch" in from_cfg:
+            vals.pop("tokens_per_step", None)
+        vals.update(from_cfg)
     for flag, field in _SHAPE_FLAGS.items():
         if getattr(args, flag) is not None:
             vals[field] = getattr(args, flag)
     for key in ("steps", "grow_steps", "block_size", "alpha", "tokens_per_step", "global_batch"):
         if getattr(args, key) is not None:
             vals[key] = getattr(args, key)
-            if key in ("grow_steps", "block_size", "alpha"):
-                vals.pop("plan", None)  # explicit schedule flags replace the config's plan
             if key == "global_batch":
                 vals.pop("tokens_per_step", None)
             if key == "tokens_per_step":
                 vals.pop("global_batch", None)
 
     missing = [f for f in _SHAPE_FLAGS.values() if f not in vals]
+    if missing == ["vocab_size"] and args.config:
+        raise ConfigError("model.vocab_size", None, "is empty in the run config (the trainer takes the "
+                                                    "tokenizer's): pass --vocab")
     if missing:
         flags = [("--" + k.replace("_", "-")) for k, f in _SHAPE_FLAGS.items() if f in missing]
         raise ConfigError("model", None, f"missing {', '.join(missing)}: give --preset, a run config or "
@@ -154,9 +120,9 @@ def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, 
     if "steps" not in vals:
         raise ConfigError("steps", None, "give --steps (or --paper, or a run config)")
     rounding = args.rounding or ("paper" if args.paper else "spec")
-    plan = vals.get("plan")
+    plan = None
     used: dict[str, Any] = {"rounding": rounding}
-    if plan is None and ("block_size" in vals or "grow_steps" in vals):
+    if "block_size" in vals or "grow_steps" in vals:
         b = vals.get("block_size", 4)
         grow = vals.get("grow_steps", vals["steps"])
         alpha = vals.get("alpha", 1.0)
@@ -165,8 +131,6 @@ def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, 
         except ValueError as err:
             raise ConfigError("block_size", b, str(err)) from None
         used.update(block_size=b, grow_steps=grow, alpha=alpha)
-    elif plan is not None:
-        used = {"source": "run config"}
     return shape, plan, vals["steps"], vals["tokens_per_step"], used
 
 

@@ -140,3 +140,53 @@ def test_cli_errors():
         flops_main(["--preset", "smollm-360m", "--steps", "10"])
     with pytest.raises(ConfigError, match="missing"):
         flops_main(["--layers", "2", "--steps", "10"])
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "run.yaml"
+    p.write_text(text)
+    return str(p)
+
+
+def test_cli_run_config(tmp_path):
+    pytest.importorskip("grow_megatron.config.run")
+    cfg = _write(tmp_path, "model: {preset: smollm-360m}\ngrowth: {operator: lidas, block_size: 4}\n"
+                           "train: {steps: 200000, global_batch_size: 512, micro_batch_size: 8}\n"
+                           "optim: {decay_steps: 30000}\n")
+    out = tmp_path / "f.json"
+    assert flops_main([cfg, "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    # The trainer's plan (SPEC 4 rounding) with 512 x 2048 = 2^20 tokens per step.
+    assert d["grown"]["flops"] == F.paper_comparison("smollm-360m", "spec").grown.flops
+    assert d["static"]["flops"] == F.paper_comparison("smollm-360m").static.flops
+    assert flops_main([cfg, "--rounding", "paper", "--json", str(out)]) == 0
+    assert round(json.loads(out.read_text())["grown"]["petaflops"], 3) == 476147.897
+
+
+def test_cli_run_config_tiny_and_static(tmp_path, capsys):
+    pytest.importorskip("grow_megatron.config.run")
+    from grow_megatron.config.base import ConfigError
+
+    tiny = _write(tmp_path, "model: {preset: tiny}\ngrowth: {operator: midas, block_size: 2}\n"
+                            "train: {steps: 100, global_batch_size: 8, micro_batch_size: 4}\n"
+                            "optim: {warmup_steps: 5, decay_steps: 20}\n")
+    with pytest.raises(ConfigError, match="--vocab"):
+        flops_main([tiny])
+    out = tmp_path / "f.json"
+    assert flops_main([tiny, "--vocab", "1000", "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert [s["depth"] for s in d["grown"]["stages"]] == [2, 4, 6, 8]
+    assert sum(s["steps"] for s in d["grown"]["stages"][:-1]) + d["grown"]["stages"][-1]["steps"] == 100
+    static = _write(tmp_path, "model: {preset: smollm-1.7b}\n"
+                              "train: {steps: 1000, global_batch_size: 8, micro_batch_size: 4}\n"
+                              "optim: {warmup_steps: 5, decay_steps: 20}\n")
+    assert flops_main([static, "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert "grown" not in d and d["static"]["flops"] == 1000 * 8 * 2048 * F.model_flops_per_token(F.PRESETS["smollm-1.7b"])
+
+
+def test_presets_match_run_config_presets():
+    model = pytest.importorskip("grow_megatron.config.model")
+    for name, shape in F.PRESETS.items():
+        assert {k: model.PRESETS[name][k] for k in model.PRESETS[name]} == \
+            {k: getattr(shape, k) for k in model.PRESETS[name]}
