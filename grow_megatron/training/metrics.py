@@ -1,0 +1,141 @@
+"""Run outputs on the logging rank: metrics.jsonl, events, TensorBoard, progress bar, plot."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from tqdm import tqdm
+
+
+class _Progress:
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, disable=not enabled)
+
+    def update(self, rec: dict) -> None:
+        post = {"loss": f"{rec['loss']:.3f}", "depth": rec["depth"], "tok/s": f"{rec['tokens_per_s']:.0f}"}
+        if "val_loss" in rec:
+            post["val"] = f"{rec['val_loss']:.3f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class _Null:
+    def update(self, rec: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class MetricsWriter:
+    """Appends one JSON line per logged step to RUN_DIR/metrics.jsonl (and growth events to
+    RUN_DIR/events.jsonl). On resume, records at or after the resume step (written by the
+    interrupted run after its last checkpoint) are dropped so the files describe one run."""
+
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, resume_step: int = 0):
+        self.enabled = enabled
+        self.run_dir = run_dir
+        self.tb = None
+        if not enabled:
+            return
+        os.makedirs(run_dir, exist_ok=True)
+        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
+        self.events_path = os.path.join(run_dir, "events.jsonl")
+        for path in (self.metrics_path, self.events_path):
+            _truncate_from(path, resume_step)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=resume_step or None)
+            except ImportError:
+                self.tb = None
+
+    def progress(self, total: int, initial: int, enabled: bool):
+        return _Progress(total, initial, enabled) if self.enabled else _Null()
+
+    def note(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text)
+
+    def log(self, rec: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                    self.tb.add_scalar(f"train/{k}" if k != "val_loss" else "eval/loss", v, rec["step"])
+
+    def event(self, step: int, kind: str, data: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.events_path, "a") as f:
+            f.write(json.dumps({"step": step, "kind": kind, **data}) + "\n")
+        if self.tb is not None:
+            self.tb.add_text(kind, json.dumps(data), step)
+
+    def close(self, plot: bool = True) -> None:
+        if not self.enabled:
+            return
+        if self.tb is not None:
+            self.tb.close()
+        if plot:
+            try:
+                plot_run(self.run_dir)
+            except Exception as err:  # a plot must never fail a finished run
+                tqdm.write(f"(could not draw the loss plot: {err})")
+
+
+def _truncate_from(path: str, step: int) -> None:
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line).get("step", -1) < step]
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(keep)
+    os.replace(tmp, path)
+
+
+def read_jsonl(path: str) -> list[dict]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_run(run_dir: str, out: Optional[str] = None) -> str:
+    """RUN_DIR/loss.png: training and held-out loss over steps, depth on a second axis, growths marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
+    events = [e for e in read_jsonl(os.path.join(run_dir, "events.jsonl")) if e.get("kind") == "growth"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], lw=1, label="train loss")
+    ev = [r for r in recs if "val_loss" in r]
+    if ev:
+        ax.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", ms=3, label="held-out loss")
+    for e in events:
+        ax.axvline(e["step"], color="grey", ls="--", lw=0.8)
+        ax.text(e["step"], ax.get_ylim()[1], f" {e['old_depth']}→{e['new_depth']}", va="top", fontsize=8, color="grey")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats/token)")
+    ax2 = ax.twinx()
+    ax2.step([r["step"] for r in recs], [r["depth"] for r in recs], where="post", color="tab:green", alpha=0.5, label="depth")
+    ax2.set_ylabel("layers")
+    ax.legend(loc="upper right")
+    ax.set_title(os.path.basename(os.path.normpath(run_dir)))
+    fig.tight_layout()
+    out = out or os.path.join(run_dir, "loss.png")
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
