@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -95,7 +96,7 @@ def _train_tokenizer_cached(cfg: DataConfig) -> str:
     def sample():
         for ds, w, _ in raw:
             budget = int(cfg.tokenizer_train_chars * w / total_w)
-            for texts in iter_texts(ds.path, ds.text_field or cfg.text_field):
+            for texts in iter_texts(ds.path, ds.text_field or cfg.text_field, source_field="data.datasets[].path"):
                 for t in texts:
                     if budget <= 0:
                         break
@@ -135,6 +136,7 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
     from grow_megatron.data.corpus import default_corpus_path
     from grow_megatron.data.prepare import has_indexed_files, prepare, read_manifest
 
+    tf_paths: dict[str, str] = {}
     if cfg.is_default():
         entries = [(default_corpus_path(), 1.0, "default", "text", "data.datasets")]
     else:
@@ -143,6 +145,8 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
             if w > 0:
                 entries.append((ds.path, w, ds.name or _slug(os.path.basename(ds.path.rstrip("/")).split(".")[0]),
                                 ds.text_field or cfg.text_field, f"data.datasets[{i}].path"))
+        tf_paths = {f"data.datasets[{i}].path": (f"data.datasets[{i}].text_field" if ds.text_field else "data.text_field")
+                    for i, ds in enumerate(cfg.datasets)}
     out: list[tuple[str, float, str, str]] = []  # prefix, weight, name, field
 
     def prepare_all():
@@ -156,13 +160,8 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
             from grow_megatron.data.readers import list_source_files
 
             list_source_files(path, field)  # clear error for missing/empty sources
-            try:
-                prepare(path, target, tokenizer, text_field=tf, num_workers=cfg.num_workers,
-                        progress=progress, field=field, name=name)
-            except ConfigError as err:
-                if err.path == "data.text_field" and tf != cfg.text_field:
-                    err = ConfigError(field.replace(".path", ".text_field"), err.value, err.allowed)
-                raise err
+            prepare(path, target, tokenizer, text_field=tf, num_workers=cfg.num_workers, progress=progress,
+                    field=field, name=name, text_field_path=tf_paths.get(field, "data.text_field"))
             res.append((target, w, name, field))
         return res
 
@@ -264,8 +263,26 @@ def build_datasets(cfg: DataConfig, *, seq_length: int, seed: int, train_samples
         mmap_bin_files=True,
     )
     logging.getLogger("megatron.core.datasets").setLevel(logging.WARNING)
-    train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, gcfg).build()
+    with _single_process_rank():
+        train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, gcfg).build()
     return train, valid
+
+
+@contextlib.contextmanager
+def _single_process_rank():
+    """megatron-core 0.16.1's BlendedDataset calls torch.distributed.get_rank() on an index-cache
+    miss even without a process group (blended_dataset.py:153); answer rank 0 then."""
+    import torch.distributed as dist
+
+    if _dist() is not None:
+        yield
+        return
+    orig = dist.get_rank
+    dist.get_rank = lambda group=None: 0
+    try:
+        yield
+    finally:
+        dist.get_rank = orig
 
 
 # --- batches -----------------------------------------------------------------------------

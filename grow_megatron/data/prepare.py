@@ -61,12 +61,12 @@ def has_indexed_files(prefix: str) -> bool:
     return os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx")
 
 
-def source_fingerprint(source: str, text_field: str, tokenizer) -> dict:
+def source_fingerprint(source: str, text_field: str, tokenizer, field: str = "data.datasets[].path") -> dict:
     """What decides the prepared dataset's content: the source files (path, size, mtime), the
     text field and the tokenizer. Equal fingerprints -> re-preparing is a no-op."""
     from grow_megatron.data.readers import list_source_files
 
-    files = list_source_files(source)
+    files = list_source_files(source, field)
     src = [{"path": p, "size": os.path.getsize(p), "mtime_ns": os.stat(p).st_mtime_ns} for p in files]
     fp = {"format": FORMAT, "source": os.path.abspath(os.path.expanduser(source)), "files": src,
           "text_field": text_field, "tokenizer_sha256": tokenizer.sha256, "eod": tokenizer.eod}
@@ -153,14 +153,14 @@ def _remove(*paths: str) -> None:
 
 def prepare(source: str, out_prefix: str, tokenizer, *, text_field: str = "text", num_workers: int = 1,
             progress: bool = True, force: bool = False, field: str = "data.datasets[].path",
-            name: str | None = None) -> dict:
+            name: str | None = None, text_field_path: str = "data.text_field") -> dict:
     """Tokenize raw `source` into `out_prefix`.bin/.idx (+ .tokenizer.json, .manifest.json).
 
     Returns the manifest (with "skipped": True when the existing output already matched)."""
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
     out_prefix = os.path.abspath(os.path.expanduser(out_prefix))
-    fp = source_fingerprint(source, text_field, tokenizer)
+    fp = source_fingerprint(source, text_field, tokenizer, field)
     old = read_manifest(out_prefix)
     if not force and old and old.get("fingerprint") == fp["sha256"] and is_complete(out_prefix, old):
         return dict(old, skipped=True)
@@ -171,11 +171,11 @@ def prepare(source: str, out_prefix: str, tokenizer, *, text_field: str = "text"
         if not force and old and old.get("fingerprint") == fp["sha256"] and is_complete(out_prefix, old):
             return dict(old, skipped=True)
         return _prepare_locked(source, out_prefix, tokenizer, fp, text_field, num_workers, progress, field, name,
-                               DType, IndexedDatasetBuilder)
+                               text_field_path, DType, IndexedDatasetBuilder)
 
 
 def _prepare_locked(source, out_prefix, tokenizer, fp, text_field, num_workers, progress, field, name,
-                    DType, IndexedDatasetBuilder) -> dict:
+                    text_field_path, DType, IndexedDatasetBuilder) -> dict:
     from tqdm import tqdm
 
     from grow_megatron.data.readers import iter_texts
@@ -189,7 +189,7 @@ def _prepare_locked(source, out_prefix, tokenizer, fp, text_field, num_workers, 
     bar = tqdm(desc=f"tokenize {name or os.path.basename(source.rstrip('/'))}", unit="doc", disable=not progress,
                file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
     try:
-        batches = _rechunk(iter_texts(source, text_field, field="data.text_field"))
+        batches = _rechunk(iter_texts(source, text_field, field=text_field_path, source_field=field))
         for flat, lengths in _tokenized_batches(batches, tokenizer, num_workers):
             builder.data_file.write(flat.astype(dtype).tobytes(order="C"))
             start = len(builder.sequence_lengths)

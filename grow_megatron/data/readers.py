@@ -72,19 +72,19 @@ def _check_field(columns, text_field: str, where: str, field: str) -> None:
 
 
 def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_field",
-               batch_size: int = 1000) -> Iterator[list[str]]:
+               batch_size: int = 1000, source_field: str = "data.datasets[].path") -> Iterator[list[str]]:
     """Yield lists of document texts of a raw source, in a fixed order. Empty/None texts skipped."""
     import datasets
 
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
-    files = list_source_files(path)
+    files = list_source_files(path, source_field)
     apath = os.path.abspath(os.path.expanduser(path))
     if is_saved_dataset_dir(apath):
         ds = datasets.load_from_disk(apath)
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
-                raise ConfigError("data.datasets[].path", apath, f"saved DatasetDict has no 'train' split (splits: {', '.join(ds)})")
+                raise ConfigError(source_field, apath, f"saved DatasetDict has no 'train' split (splits: {', '.join(ds)})")
             ds = ds["train"]
         _check_field(ds.column_names, text_field, apath, field)
         for start in range(0, len(ds), batch_size):
@@ -96,7 +96,7 @@ def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_f
         try:
             ds = datasets.load_dataset(fmt, data_files=[file], split="train", streaming=True, **kwargs)
         except Exception as err:  # pragma: no cover - builder-specific failures
-            raise ConfigError("data.datasets[].path", file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})") from None
+            raise ConfigError(source_field, file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})") from None
         tf = "text" if fmt == "text" else text_field
         checked = False
         try:
@@ -108,7 +108,7 @@ def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_f
         except ConfigError:
             raise
         except Exception as err:
-            raise ConfigError("data.datasets[].path", file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})") from None
+            raise ConfigError(source_field, file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})") from None
 
 
 def _clean(texts, where: str, text_field: str, field: str) -> list[str]:

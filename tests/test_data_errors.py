@@ -1,0 +1,112 @@
+"""Bad data input stops with one clear ConfigError line (field, value, what is allowed)."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from grow_megatron.config.base import ConfigError, from_dict
+from grow_megatron.data.config import DataConfig, DatasetSpec
+from grow_megatron.data.datasets import build_datasets
+from grow_megatron.data.prepare import prepare
+from grow_megatron.data.tokenizer import load_tokenizer, train_bpe_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_tokenizer(None)
+
+
+def _jsonl(path, texts, field="text"):
+    with open(path, "w", encoding="utf-8") as f:
+        for t in texts:
+            f.write(json.dumps({field: t}) + "\n")
+    return str(path)
+
+
+def _build(cfg, **kw):
+    return build_datasets(cfg, seq_length=8, seed=0, train_samples=kw.get("n", 10), valid_samples=2, progress=False)
+
+
+def test_missing_and_empty_sources(tmp_path, tok):
+    with pytest.raises(ConfigError, match=r"nope.jsonl': no such file or directory"):
+        _build(DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "nope.jsonl"))], cache_dir=str(tmp_path)))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(ConfigError, match="empty file"):
+        prepare(str(tmp_path / "empty.jsonl"), str(tmp_path / "o1"), tok, progress=False)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.csv").write_text("a,b\n")
+    with pytest.raises(ConfigError, match="directory holds no readable files"):
+        prepare(str(tmp_path / "d"), str(tmp_path / "o2"), tok, progress=False)
+    blank = _jsonl(tmp_path / "blank.jsonl", ["", "   ", "\n"])
+    with pytest.raises(ConfigError, match=r"blank.jsonl': is empty: no non-empty documents in field 'text'"):
+        prepare(blank, str(tmp_path / "o3"), tok, progress=False)
+    # Nothing half-written was left behind.
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("o") and not p.endswith(".lock")]
+
+
+def test_missing_text_field(tmp_path):
+    src = _jsonl(tmp_path / "a.jsonl", ["hello", "world"], field="body")
+    cfg = DataConfig(datasets=[DatasetSpec(path=src)], cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^data.text_field = 'text': is not a column of .*a.jsonl \(columns: body\)"):
+        _build(cfg)
+    cfg = DataConfig(datasets=[DatasetSpec(path=src, text_field="content")], cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match=r"^data.datasets\[0\].text_field = 'content': is not a column"):
+        _build(cfg)
+
+
+def test_tokenizer_mismatch_within_mixture(tmp_path, tok):
+    a = _jsonl(tmp_path / "a.jsonl", [f"alpha {i} beta" for i in range(50)])
+    b = _jsonl(tmp_path / "b.jsonl", [f"gamma {i} delta" for i in range(50)])
+    other = train_bpe_tokenizer([f"gamma {i} delta" for i in range(200)], vocab_size=300)
+    prepare(a, str(tmp_path / "pa"), tok, progress=False)
+    prepare(b, str(tmp_path / "pb"), other, progress=False)
+    cfg = DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "pa")), DatasetSpec(path=str(tmp_path / "pb"))],
+                     cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match=r"data.datasets\[1\].path = .*pb': was tokenized with tokenizer .* but "
+                                          r"data.datasets\[0\].path .* same tokenizer"):
+        _build(cfg)
+    # One dataset made with another tokenizer than the run's.
+    cfg = DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "pb"))], cache_dir=str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match=r"not the run's tokenizer .* set data.tokenizer to .*pb.tokenizer.json"):
+        _build(cfg)
+    cfg.tokenizer = str(tmp_path / "pb.tokenizer.json")
+    train, _ = _build(cfg)
+    assert len(train) >= 10
+
+
+def test_bad_weights_split_and_tokenizer_paths(tmp_path):
+    for weights, msg in (([-1.0, 1.0], r"data.datasets\[0\].weight = -1.0: must be a finite number >= 0"),
+                         ([0.0, 0.0], r"data.datasets = \[0.0, 0.0\]: weights may not all be zero")):
+        cfg = DataConfig(datasets=[DatasetSpec(path="/x", weight=w) for w in weights])
+        with pytest.raises(ConfigError, match=msg):
+            cfg.validate()
+    with pytest.raises(ConfigError, match=r"data.split = '98,x': must be two or three"):
+        DataConfig(split="98,x").validate()
+    with pytest.raises(ConfigError, match=r"data.split = '0,1': the train proportion must be > 0"):
+        DataConfig(split="0,1").validate()
+    with pytest.raises(ConfigError, match=r"data.datasets\[0\].weight = 'heavy': must be a number"):
+        from_dict(DataConfig, {"datasets": [{"path": "/x", "weight": "heavy"}]}, "data")
+    with pytest.raises(ConfigError, match=r"data.tokenizer = .*nope': no such file or directory"):
+        _build(DataConfig(tokenizer=str(tmp_path / "nope")))
+    (tmp_path / "tokdir").mkdir()
+    with pytest.raises(ConfigError, match="directory has no tokenizer.json"):
+        _build(DataConfig(tokenizer=str(tmp_path / "tokdir")))
+    with pytest.raises(ConfigError, match=r"data.preset = 'pile': must be one of smollm-corpus"):
+        DataConfig(preset="pile").validate()
+
+
+def test_split_leaving_a_part_empty(tmp_path):
+    src = _jsonl(tmp_path / "few.jsonl", ["one document", "another one", "a third"])
+    cfg = DataConfig(datasets=[DatasetSpec(path=src)], cache_dir=str(tmp_path), split="98,2,0")
+    with pytest.raises(ConfigError, match=r"data.split = '98,2,0': leaves dataset few \(3 documents.*no validation documents"):
+        _build(cfg)
+
+
+def test_cli_prints_one_line(tmp_path, capsys):
+    from grow_megatron.cli import main
+
+    rc = main(["data", "prepare", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("grow-megatron data: SOURCE = ") and "no such file" in err[0]
