@@ -66,13 +66,13 @@ def continuation_logprobs(logits_fn: LogitsFn, requests: Sequence[tuple[Sequence
             ids[row, :len(inp)] = torch.tensor(inp, dtype=torch.long)
         with torch.no_grad():
             logits = logits_fn(ids if device is None else ids.to(device))
-            logp = torch.log_softmax(logits.float(), dim=-1)
-        for row, (i, inp, cont) in enumerate(chunk):
-            n = len(cont)
-            # The token at input position p predicts seq[p + 1]; the continuation is the last n targets.
-            pos = torch.arange(len(inp) - n, len(inp), device=logp.device)
-            tgt = torch.tensor(cont, dtype=torch.long, device=logp.device)
-            out[i] = float(logp[row, pos, tgt].sum())
+            for row, (i, inp, cont) in enumerate(chunk):
+                n = len(cont)
+                # Input position p predicts seq[p + 1]: the continuation is the last n targets.
+                # Normalise only those rows: a full (B, T, V) fp32 log_softmax would not fit at V=49152.
+                logp = torch.log_softmax(logits[row, len(inp) - n:len(inp)].float(), dim=-1)
+                tgt = torch.tensor(cont, dtype=torch.long, device=logp.device)
+                out[i] = float(logp.gather(-1, tgt[:, None]).sum())
     return out
 
 
@@ -238,10 +238,12 @@ def heldout_nll(logits_fn: LogitsFn, batches: Iterable[torch.Tensor],
     for ids in batches:
         ids = ids if device is None else ids.to(device)
         with torch.no_grad():
-            logits = logits_fn(ids[:, :-1]).float()
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
-        # float64 accumulation: millions of tokens summed in fp32 would lose digits.
-        total += float(loss.double())
+            logits = logits_fn(ids[:, :-1])
+            # Row by row: the fp32 upcast of one row is small, of the whole batch it may not be.
+            for row in range(ids.shape[0]):
+                loss = F.cross_entropy(logits[row].float(), ids[row, 1:], reduction="sum")
+                # float64 accumulation: millions of tokens summed in fp32 would lose digits.
+                total += float(loss.double())
         count += ids[:, 1:].numel()
     if count == 0:
         raise ValueError("heldout_nll: no tokens to predict (need batches with T >= 2)")
