@@ -67,13 +67,32 @@ class ModelShape:
         return dataclasses.replace(self, num_layers=num_layers)
 
     @classmethod
-    def from_object(cls, obj: Any) -> "ModelShape":
-        """Read the fields by name from any object (a run/model config, an HF config, a dict)."""
+    def from_object(cls, obj: Any, vocab_size: int | None = None, seq_length: int | None = None) -> "ModelShape":
+        """Read the shape from a ModelShape, a grow_megatron ModelConfig, a transformers
+        LlamaConfig (its own field names) or a dict of ModelShape fields. vocab_size and
+        seq_length override (a ModelConfig may leave the vocab to the tokenizer; an HF config
+        has no training sequence length)."""
+        if isinstance(obj, ModelShape):
+            return obj if vocab_size is None and seq_length is None else dataclasses.replace(
+                obj, vocab_size=vocab_size or obj.vocab_size, seq_length=seq_length or obj.seq_length)
         get = obj.get if isinstance(obj, Mapping) else (lambda k, d=None: getattr(obj, k, d))
-        missing = [f.name for f in dataclasses.fields(cls) if get(f.name) is None]
+        if get("num_hidden_layers") is not None:  # transformers naming
+            vals = {"num_layers": get("num_hidden_layers"), "hidden_size": get("hidden_size"),
+                    "ffn_hidden_size": get("intermediate_size"), "num_attention_heads": get("num_attention_heads"),
+                    "num_query_groups": get("num_key_value_heads"), "vocab_size": get("vocab_size"),
+                    "seq_length": None}
+        else:
+            vals = {f.name: get(f.name) for f in dataclasses.fields(cls)}
+        if vals["num_query_groups"] is None:  # None means MHA in both config styles
+            vals["num_query_groups"] = vals["num_attention_heads"]
+        if vocab_size is not None:
+            vals["vocab_size"] = vocab_size
+        if seq_length is not None:
+            vals["seq_length"] = seq_length
+        missing = [k for k, v in vals.items() if v is None]
         if missing:
-            raise ValueError(f"{type(obj).__name__} lacks model shape field(s): {', '.join(missing)}")
-        return cls(**{f.name: get(f.name) for f in dataclasses.fields(cls)})
+            raise ValueError(f"{type(obj).__name__} gives no {', '.join(missing)}; pass it explicitly")
+        return cls(**vals)
 
 
 PRESETS: Mapping[str, ModelShape] = MappingProxyType({
@@ -113,6 +132,7 @@ PAPER_TABLE7: Mapping[str, tuple[float, float, float]] = MappingProxyType({
 
 def formula_params(shape: ModelShape) -> int:
     """N of SPEC 6: L (2 d^2 + 2 d d_kv + 3 d f) + V d. Norm gains are not counted."""
+    shape = ModelShape.from_object(shape)
     d, f = shape.hidden_size, shape.ffn_hidden_size
     return shape.num_layers * (2 * d * d + 2 * d * shape.kv_size + 3 * d * f) + shape.vocab_size * d
 
@@ -121,7 +141,9 @@ def model_flops_per_token(shape: ModelShape) -> int:
     """Training FLOPs per token (forward + backward), SPEC 6 / Table 7: 6 N + 12 L s d.
 
     The attention term counts the full s x s score matrix (no causal saving), as the paper does.
+    `shape`: a ModelShape or anything ModelShape.from_object reads (e.g. RunConfig.model).
     """
+    shape = ModelShape.from_object(shape)
     return 6 * formula_params(shape) + 12 * shape.num_layers * shape.seq_length * shape.hidden_size
 
 
@@ -131,6 +153,7 @@ def model_flops_per_token_causal(shape: ModelShape) -> int:
     The convention of notes/h100-anchors.md and of flash-attention style MFU figures; use it
     only to compare with numbers quoted that way. SPEC 6's MFU uses `model_flops_per_token`.
     """
+    shape = ModelShape.from_object(shape)
     return 6 * formula_params(shape) + 6 * shape.num_layers * shape.seq_length * shape.hidden_size
 
 

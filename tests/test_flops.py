@@ -190,3 +190,22 @@ def test_presets_match_run_config_presets():
     for name, shape in F.PRESETS.items():
         assert {k: model.PRESETS[name][k] for k in model.PRESETS[name]} == \
             {k: getattr(shape, k) for k in model.PRESETS[name]}
+
+
+def test_shape_from_configs():
+    s = F.PRESETS["smollm-360m"]
+    hf = pytest.importorskip("transformers").LlamaConfig(
+        vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+        num_key_value_heads=5)
+    assert F.ModelShape.from_object(hf, seq_length=2048) == s
+    with pytest.raises(ValueError, match="seq_length"):
+        F.ModelShape.from_object(hf)
+    assert F.model_flops_per_token(dict(F.dataclasses.asdict(s), num_query_groups=None)) == \
+        F.model_flops_per_token(s.__class__(**{**F.dataclasses.asdict(s), "num_query_groups": 15}))
+    model = pytest.importorskip("grow_megatron.config.model")
+    cfg = model.ModelConfig(**model.PRESETS["smollm-1.7b"])
+    assert F.model_flops_per_token(cfg) == F.model_flops_per_token(F.PRESETS["smollm-1.7b"])
+    tiny = model.ModelConfig(**model.PRESETS["tiny"])
+    with pytest.raises(ValueError, match="vocab_size"):
+        F.model_flops_per_token(tiny)
+    assert F.ModelShape.from_object(tiny, vocab_size=1000).vocab_size == 1000
