@@ -31,6 +31,8 @@ class LensConfig:
     """Sequences per batch."""
     seq_len: int = 128
     """Tokens per training/evaluation sequence."""
+    max_sequences: int = 256
+    """Number of token sequences read (training + evaluation)."""
     eval_fraction: float = 0.2
     """Share of the token sequences held out for evaluation (KL, top-5 overlap)."""
     top_k: int = 5
@@ -97,7 +99,9 @@ def train_lens(runner: ResidualRunner, batches: Sequence[TokenBatch], cfg: LensC
             final_logp = torch.log_softmax(runner.unembed(hs[-1][valid]).float(), dim=-1)  # (N,V)
         opt.zero_grad(set_to_none=True)
         # One layer's graph at a time: peak memory is one (N,V) logits tensor with grad.
-        for i in range(L):
+        # The last translator stays the identity (exact by construction): its KL gradient is
+        # pure rounding noise, which Adam's normalisation would turn into lr-sized steps.
+        for i in range(L - 1):
             loss = _kl(final_logp, lens_logits(runner, lens, i, hs[i + 1][valid])).mean()
             loss.backward()
         opt.step()

@@ -1,0 +1,82 @@
+"""`analyze compare`: every applicable analysis on several models, one markdown report.
+
+The report has one section per analysis: a table of headline numbers per model (see
+suite.summarize), the figures with the models overlaid, and a link to the full JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+from grow_megatron.analysis.suite import NEEDS_TASKS, NEEDS_TOKENS, configs_for, summarize
+
+TITLES = {
+    "depth-score": "Depth score (Fig. 1A)",
+    "tuned-lens": "Tuned lens: KL, top-5 overlap, early exit (Fig. 1B/C)",
+    "interventions": "Benchmarked interventions: swap / skip / reverse (Fig. 3, 6)",
+    "sublayer": "Sublayer statistics (Fig. 4)",
+    "effects": "Skip-effect heatmaps (Fig. 5, 7b)",
+    "block-similarity": "Block weight similarity (Fig. 7a)",
+}
+ORDER = ("depth-score", "tuned-lens", "interventions", "sublayer", "effects", "block-similarity")
+
+
+def applicable(has_tokens: bool, has_tasks: bool) -> list[str]:
+    """Analyses the given inputs allow (task prompts also serve as token data)."""
+    out = []
+    for n in ORDER:
+        if n in NEEDS_TASKS and not has_tasks:
+            continue
+        if n in NEEDS_TOKENS and not (has_tokens or has_tasks):
+            continue
+        out.append(n)
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "n/a" if math.isnan(v) else f"{v:.4g}"
+    return str(v)
+
+
+def markdown(results: dict[str, dict[str, dict]], files: dict[str, list[str]], out_dir: str, models: list[str],
+             labels: list[str]) -> str:
+    lines = ["# Depth analysis comparison", "",
+             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `grow-megatron analyze compare`.", "",
+             "| label | model |", "|---|---|"]
+    lines += [f"| {lbl} | `{m}` |" for lbl, m in zip(labels, models)]
+    lines.append("")
+    for name in ORDER:
+        if name not in results:
+            continue
+        per_model = {lbl: summarize(name, r) for lbl, r in results[name].items()}
+        cols: list[str] = []
+        for s in per_model.values():
+            cols += [c for c in s if c not in cols]
+        lines += [f"## {TITLES[name]}", ""]
+        if cols:
+            lines += ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+            for lbl, s in per_model.items():
+                lines.append(f"| {lbl} | " + " | ".join(_fmt(s.get(c, math.nan)) for c in cols) + " |")
+            lines.append("")
+        for p in files.get(name, []):
+            rel = os.path.relpath(p, out_dir)
+            lines.append(f"![{name}]({rel})" if p.endswith(".png") else f"Full results: [{rel}]({rel})")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def compare(args: argparse.Namespace, overrides: dict[str, dict]) -> str:
+    """Run the analyses for args.models, write figures, JSON and DIR/report.md; returns its path."""
+    from grow_megatron.analysis.cli import _labels, run_on_models, write_analysis
+
+    names = list(args.analyses or applicable(bool(args.data), bool(args.tasks)))
+    cfgs = configs_for(names, overrides)
+    results = run_on_models(names, args, cfgs)
+    files = {n: write_analysis(n, cfgs[n], results[n], args.out, args.mark_blocks) for n in names}
+    path = os.path.join(args.out, "report.md")
+    with open(path, "w") as f:
+        f.write(markdown(results, files, args.out, list(args.models), _labels(args)))
+    return path

@@ -1,0 +1,158 @@
+"""One entry point per analysis: model + inputs + config -> JSON-able result dict.
+
+`run_analysis(name, ...)` is what the CLI and the comparison report call; each analysis'
+options live in its own dataclass config (see CONFIGS). Inputs are token sequences (text
+data, or the prompts of a task when no text is given) and/or multiple-choice examples.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+
+from grow_megatron.analysis.data import encode_mc, load_token_data, token_batches
+from grow_megatron.analysis.effects import DepthScoreConfig, EffectsConfig, depth_score_analysis, effects_analysis
+from grow_megatron.analysis.interventions import InterventionConfig, intervention_analysis
+from grow_megatron.analysis.lens import LensConfig, TunedLens, early_exit_accuracy, evaluate_lens, train_lens
+from grow_megatron.analysis.loading import Loaded
+from grow_megatron.analysis.runner import ResidualRunner
+from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
+from grow_megatron.analysis.sublayer import SublayerConfig, sublayer_analysis
+from grow_megatron.eval.tasks import MCExample
+
+CONFIGS: dict[str, type] = {
+    "tuned-lens": LensConfig,
+    "depth-score": DepthScoreConfig,
+    "effects": EffectsConfig,
+    "interventions": InterventionConfig,
+    "sublayer": SublayerConfig,
+    "block-similarity": SimilarityConfig,
+}
+
+
+class InputError(ValueError):
+    """An analysis was asked to run without the inputs it needs (data, task, tokenizer)."""
+
+
+NEEDS_TOKENS = ("tuned-lens", "depth-score", "effects", "sublayer")
+NEEDS_TASKS = ("interventions",)
+
+
+@dataclass
+class Inputs:
+    """What the analyses read besides the model."""
+
+    data_path: str | None = None
+    """Text/token file for token-based analyses (see data.load_token_data)."""
+    sequences: list[list[int]] | None = None
+    """Token id sequences given directly (in-memory use); take precedence over data_path."""
+    tasks: list[MCExample] = field(default_factory=list)
+    """Multiple-choice examples for interventions and early-exit accuracy."""
+    lens_path: str | None = None
+    """A saved tuned lens to evaluate instead of training one."""
+
+
+def token_sequences(loaded: Loaded, inputs: Inputs, seq_len: int, max_sequences: int) -> list[list[int]]:
+    """Token sequences for token-based analyses: given ids, else the data file, else the task prompts."""
+    if inputs.sequences is not None:
+        return [list(s)[:seq_len] for s in inputs.sequences][:max_sequences]
+    if inputs.data_path:
+        return load_token_data(inputs.data_path, loaded.tokenizer, seq_len, max_sequences)
+    if inputs.tasks and loaded.tokenizer is not None:
+        # The paper's depth score runs on task prompts (GSM8K); keep each prompt's last seq_len tokens.
+        return [list(loaded.tokenizer(ex.prompt)["input_ids"])[-seq_len:] for ex in inputs.tasks][:max_sequences]
+    raise InputError("this analysis needs token data: give --data FILE (or --tasks FILE and a model with a tokenizer)")
+
+
+def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: str | None = None,
+                 progress: bool = True) -> dict:
+    """Run analysis `name` on one model; out_dir receives by-products (a trained lens)."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown analysis {name!r}; choose one of {', '.join(CONFIGS)}")
+    model = loaded.model
+    runner = ResidualRunner(model)
+    if name == "block-similarity":
+        return block_similarity(model, cfg)
+    if name in NEEDS_TASKS:
+        if not inputs.tasks:
+            raise InputError(f"{name} needs a multiple-choice task: give --tasks FILE.jsonl")
+        if loaded.tokenizer is None:
+            raise InputError(f"{name} needs the model's tokenizer to encode the task")
+        enc = encode_mc(inputs.tasks, loaded.tokenizer, cfg.max_length)
+        return intervention_analysis(runner, enc, cfg, progress)
+
+    seqs = token_sequences(loaded, inputs, cfg.seq_len, cfg.max_sequences)
+    if name == "depth-score":
+        return depth_score_analysis(runner, token_batches(seqs, cfg.batch_size), cfg, progress)
+    if name == "effects":
+        return effects_analysis(runner, token_batches(seqs, cfg.batch_size), cfg, progress)
+    if name == "sublayer":
+        return sublayer_analysis(runner, token_batches(seqs, cfg.batch_size), cfg, progress)
+    # tuned lens
+    n_eval = max(1, int(round(len(seqs) * cfg.eval_fraction))) if len(seqs) > 1 else 0
+    train, held = seqs[:len(seqs) - n_eval], seqs[len(seqs) - n_eval:] or seqs
+    res: dict = {}
+    if inputs.lens_path:
+        lens = TunedLens.load(inputs.lens_path, runner.device)
+        res["lens_path"] = inputs.lens_path
+    else:
+        lens = train_lens(runner, token_batches(train, cfg.batch_size), cfg, progress)
+        if out_dir:
+            path = os.path.join(out_dir, f"lens_{loaded.name}.pt")
+            lens.save(path, {"model": loaded.name, "steps": cfg.steps, "train_sequences": len(train)})
+            res["lens_path"] = path
+    with torch.no_grad():
+        res.update(evaluate_lens(runner, lens, token_batches(held, cfg.batch_size), cfg.top_k, progress))
+        if inputs.tasks and loaded.tokenizer is not None:
+            enc = encode_mc(inputs.tasks, loaded.tokenizer)
+            res["early_exit"] = early_exit_accuracy(runner, lens, enc, cfg.batch_size, progress)
+    res["num_layers"] = runner.num_layers
+    return res
+
+
+def summarize(name: str, res: dict) -> dict[str, float]:
+    """A few headline numbers of one result, for the comparison report's tables."""
+    if name == "depth-score":
+        return {"depth score": res["depth_score"], "relative depth score": res["relative_depth_score"]}
+    if name == "tuned-lens":
+        L = res["num_layers"]
+        half = res["top_k_overlap"][: max(1, L // 2)]
+        out = {"mean KL": sum(res["kl"]) / L, f"mean top-{res['top_k']} overlap": sum(res["top_k_overlap"]) / L,
+               "overlap first half": sum(half) / len(half)}
+        if "early_exit" in res:
+            ee = res["early_exit"]
+            out["final accuracy"] = ee["final_accuracy"]
+            good = [i for i, a in enumerate(ee["relative_accuracy"]) if not math.isnan(a) and a >= 0.95]
+            out["first layer >= 95% of final"] = good[0] if good else math.nan
+        return out
+    if name == "interventions":
+        out = {"unmodified accuracy": res["baseline_accuracy"]}
+        for kind, by_k in res["interventions"].items():
+            for k, e in by_k.items():
+                out[f"{kind} {k}: mean acc"] = sum(e["accuracy"]) / len(e["accuracy"])
+        return out
+    if name == "sublayer":
+        L = res["num_layers"]
+        return {"mean attn rel": sum(res["attn_rel"]) / L, "mean attn cos": sum(res["attn_cos"]) / L,
+                "mean mlp rel": sum(res["mlp_rel"]) / L, "mean mlp cos": sum(res["mlp_cos"]) / L}
+    if name == "block-similarity":
+        s = res["similarity"]
+        off = [s[i][j] for i in range(len(s)) for j in range(len(s)) if i != j]
+        return {"max off-diagonal cosine": max(off) if off else math.nan,
+                "mean off-diagonal cosine": sum(off) / len(off) if off else math.nan}
+    if name == "effects":
+        out = {}
+        for key, e in res["effects"].items():
+            out[f"{key} max output effect"] = max(e["output_max"])
+        return out
+    return {}
+
+
+def configs_for(names: Sequence[str], overrides: dict[str, dict] | None = None) -> dict[str, Any]:
+    """Default configs of `names`, with per-analysis field overrides (name -> {field: value})."""
+    from grow_megatron.config.base import from_dict
+
+    return {n: from_dict(CONFIGS[n], (overrides or {}).get(n, {}), n) for n in names}
