@@ -8,7 +8,7 @@ from grow_megatron.analysis.data import encode_mc, token_batches
 from grow_megatron.analysis.effects import (DepthScoreConfig, EffectsConfig, depth_score, depth_score_analysis,
                                             effects_analysis)
 from grow_megatron.analysis.interventions import InterventionConfig, intervention_analysis
-from grow_megatron.analysis.runner import ResidualRunner, reverse_order, swap_order
+from grow_megatron.analysis.runner import ResidualRunner, Skip, reverse_order, swap_order
 from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
 from grow_megatron.analysis.sublayer import SublayerConfig, sublayer_analysis
 from grow_megatron.analysis.toy import char_tokenizer, tiny_llama, toy_tasks
@@ -211,3 +211,33 @@ def test_block_similarity_after_midas_growth():
     assert siml[0][1] == pytest.approx(1.0, abs=1e-6)
     with torch.no_grad():  # the grown model runs
         ResidualRunner(g).run(torch.randint(0, 128, (1, 5)))
+
+
+def test_future_skip_matches_hf_forward_hooks():
+    """Skipping at positions <= t through the runner equals editing HF module outputs by hooks."""
+    from grow_megatron.analysis.effects import BoundaryConfig, settings
+
+    m = tiny_llama(layers=4, seed=5)
+    (tb,) = token_batches([list(range(3, 13)), list(range(20, 27))], 2)
+    skip, meas = settings(tb, "future", BoundaryConfig(boundaries=[0.5]))[0]
+    # t = floor(0.5 * (len - 1)): 4 for length 10, 3 for length 7.
+    assert skip[0].nonzero().flatten().tolist() == [0, 1, 2, 3, 4] and meas[0].nonzero().flatten().tolist() == [5, 6, 7, 8, 9]
+    assert skip[1].nonzero().flatten().tolist() == [0, 1, 2, 3] and meas[1].nonzero().flatten().tolist() == [4, 5, 6]
+    keep = (~skip).unsqueeze(-1).float()
+    r = ResidualRunner(m)
+    with torch.no_grad():
+        # Layer skip: the layer's output equals its input at skipped positions.
+        h = m.model.layers[1].register_forward_hook(
+            lambda mod, args, kw, out: kw.get("hidden_states", args[0] if args else None) * (1 - keep) + out * keep,
+            with_kwargs=True)
+        want = m(tb.ids).logits
+        h.remove()
+        got = r.run(tb.ids, skips=[Skip(1, "layer", skip)])
+        assert (got - want).abs().max() < 1e-5
+        # Attention-only skip.
+        h = m.model.layers[2].self_attn.register_forward_hook(lambda mod, args, out: (out[0] * keep, out[1]))
+        want = m(tb.ids).logits
+        h.remove()
+        got = r.run(tb.ids, skips=[Skip(2, "attn", skip)])
+        assert (got - want).abs().max() < 1e-5
+        assert (got - m(tb.ids).logits).abs().max() > 1e-4

@@ -82,6 +82,10 @@ def plot_depth_score(results: dict[str, dict], path: str) -> list[str]:
 def _heat(ax, mat, title: str, xlabel: str = "effect on layer", ylabel: str = "skipped layer",
           vmin=None, vmax=None, cmap: str = "viridis"):
     im = ax.imshow(mat, cmap=cmap, vmin=vmin, vmax=vmax, origin="upper", aspect="equal", interpolation="nearest")
+    n_rows, n_cols = len(mat), len(mat[0]) if len(mat) else 0
+    step = max(1, max(n_rows, n_cols) // 12)  # at most ~12 integer ticks per axis
+    ax.set_xticks(range(0, n_cols, step))
+    ax.set_yticks(range(0, n_rows, step))
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -170,7 +174,9 @@ def plot_similarity(results: dict[str, dict], path: str) -> list[str]:
         nb = len(res["similarity"])
         for i in range(nb):
             for j in range(nb):
-                ax.text(j, i, f"{res['similarity'][i][j]:.2f}", ha="center", va="center", fontsize=7)
+                v = res["similarity"][i][j]
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(v) > 0.6 else "black")
     return [_save(fig, path)]
 
 
