@@ -8,3 +8,13 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 # Two cores: keep torch from oversubscribing when tests spawn gloo ranks.
 torch.set_num_threads(min(2, torch.get_num_threads()))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_cache(tmp_path_factory):
+    """Prepared datasets and tokenizers go to a per-session directory, not the user's cache."""
+    if "GROW_MEGATRON_CACHE" not in os.environ:
+        os.environ["GROW_MEGATRON_CACHE"] = str(tmp_path_factory.mktemp("gm_cache"))
+    yield

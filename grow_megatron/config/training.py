@@ -52,10 +52,10 @@ class OptimConfig:
     """Peak learning rate."""
     min_lr: float = 0.0
     """LR at the very end of the decay."""
-    warmup_steps: int = 2000
-    """Linear warmup to the peak over these steps."""
-    decay_steps: int = 30000
-    """Length of the final decay phase (the LR is constant between warmup and decay)."""
+    warmup_steps: int = 20
+    """Linear warmup to the peak over these steps (paper: 2000 of 200k)."""
+    decay_steps: int = 40
+    """Length of the final decay phase; the LR is constant between warmup and decay (paper: 30k of 200k)."""
     decay_style: Literal["1-sqrt", "linear", "cosine"] = "1-sqrt"
     """Shape of the final decay: 1-sqrt is lr = peak * (1 - sqrt(progress))."""
     weight_decay: float = 0.01

@@ -60,8 +60,10 @@ def gather_param_state(optimizer, param: torch.nn.Parameter) -> dict[str, torch.
     rng = _local_range(opt, param)
     if rng is not None:
         shard = opt._get_main_param_and_optimizer_states(param)
+        # Before the first step AdamW has no moments yet: they are zero by definition.
         for k in STATE_KEYS:
-            full[k][rng[0]:rng[1]] = shard[k].detach().float().view(-1)
+            if k in shard:
+                full[k][rng[0]:rng[1]] = shard[k].detach().float().view(-1)
     if parallel_state.get_data_parallel_world_size() > 1:
         # Ranges of different DP ranks are disjoint, so a sum assembles the whole tensor.
         flat = torch.stack([full[k] for k in STATE_KEYS])

@@ -1,0 +1,37 @@
+"""Small configs shared by the engine tests (one place to keep them fast)."""
+from __future__ import annotations
+
+from grow_megatron.config.run import load_run_config
+
+
+def micro_overrides(run_dir, **extra) -> list[str]:
+    """A 4 -> 8 -> 12 layer LIDAS run of width 64 on the embedded corpus: a few seconds on CPU."""
+    base = {
+        "run_dir": str(run_dir),
+        "model.preset": "tiny",
+        "model.num_layers": 12,
+        "model.hidden_size": 64,
+        "model.ffn_hidden_size": 160,
+        "model.num_attention_heads": 4,
+        "model.num_query_groups": 2,
+        "model.seq_length": 32,
+        "growth.operator": "lidas",
+        "growth.block_size": 4,
+        "growth.grow_steps": 9,
+        "train.steps": 12,
+        "train.global_batch_size": 4,
+        "train.micro_batch_size": 2,
+        "train.eval_interval": 0,
+        "optim.lr": 3e-3,
+        "optim.warmup_steps": 2,
+        "optim.decay_steps": 3,
+        "logging.progress": False,
+        "logging.tensorboard": False,
+        "checkpoint.save_at_growth": False,
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]
+
+
+def micro_config(run_dir, **extra):
+    return load_run_config(None, micro_overrides(run_dir, **extra))

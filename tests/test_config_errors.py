@@ -1,0 +1,72 @@
+"""Bad configuration stops before any work with one line naming the field, value and fix."""
+import pytest
+
+from grow_megatron.cli import main as cli_main
+from grow_megatron.config.base import ConfigError
+from grow_megatron.config.run import load_run_config
+
+
+@pytest.mark.parametrize(
+    "overrides,field,fragment",
+    [
+        (["model.num_layers=10", "growth.operator=midas", "growth.block_size=4"], "growth.block_size",
+         "must divide model.num_layers (10)"),
+        (["growth.operator=sideways"], "growth.operator", "must be one of 'none', 'midas', 'lidas'"),
+        (["model.hidden_size=130", "model.num_attention_heads=4"], "model.num_attention_heads",
+         "must divide hidden_size (130)"),
+        (["model.num_query_groups=3"], "model.num_query_groups", "must divide num_attention_heads (4)"),
+        (["data.datasets=[{path: /nonexistent/corpus}]", "data.datasets[0]"], "override", "section.field=value"),
+        (["model.preset=smollm-9b"], "model.preset", "must be one of smollm-360m, smollm-1.7b, tiny"),
+        (["train.global_batch_size=10", "train.micro_batch_size=4"], "train.global_batch_size",
+         "must be a multiple of micro_batch_size"),
+        (["optim.lr=-1"], "optim.lr", "must be > 0"),
+        (["train.stepz=5"], "train.stepz", "unknown field of TrainConfig (did you mean steps?)"),
+        (["parallel.tensor_parallel=3"], "parallel.tensor_parallel", "must divide the world size (1)"),
+    ],
+)
+def test_each_bad_value_is_named(overrides, field, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, ["model.preset=tiny", *overrides])
+    assert err.value.path == field
+    assert fragment in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides,world,field,fragment",
+    [
+        (["growth.operator=lidas", "growth.block_size=4", "model.num_layers=8", "parallel.pipeline_parallel=8"], 8,
+         "parallel.pipeline_parallel", "every one of the 8 pipeline stages needs at least one layer"),
+        (["parallel.tensor_parallel=2", "parallel.pipeline_parallel=2"], 6, "parallel.tensor_parallel",
+         "must divide the world size (6)"),
+        (["parallel.tensor_parallel=8"], 8, "parallel.tensor_parallel", "must divide the attention heads (4)"),
+    ],
+)
+def test_layout_errors(overrides, world, field, fragment):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, ["model.preset=tiny", *overrides], world_size=world)
+    assert err.value.path == field
+    assert fragment in str(err.value)
+
+
+def test_missing_data_path_is_named(tmp_path):
+    from grow_megatron.data import build_tokenizer
+    from grow_megatron.data.datasets import resolve_datasets
+
+    cfg = load_run_config(None, ["model.preset=tiny", f"data.datasets=[{{path: {tmp_path}/missing.jsonl}}]"])
+    with pytest.raises(ConfigError) as err:
+        resolve_datasets(cfg.data, build_tokenizer(cfg.data), progress=False)
+    assert "data.datasets[0].path" in str(err.value) and "missing.jsonl" in str(err.value)
+
+
+def test_cli_prints_one_line_no_traceback(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model:\n  preset: tiny\n  num_layers: 10\ngrowth:\n  operator: lidas\n  block_size: 4\n")
+    assert cli_main(["train", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["grow-megatron train: growth.block_size = 4: must divide model.num_layers (10) so that growth "
+                   "ends at the final depth"]
+
+
+def test_missing_config_file(capsys):
+    assert cli_main(["train", "/no/such/run.yaml"]) == 2
+    assert "config = '/no/such/run.yaml': file not found" in capsys.readouterr().err

@@ -1,0 +1,104 @@
+"""Growth on a real megatron engine: weights and AdamW state follow the source map."""
+import re
+
+import pytest
+import torch
+
+from grow_megatron.config.model import ModelConfig
+from grow_megatron.config.training import OptimConfig
+from grow_megatron.growth.manager import grow
+from grow_megatron.growth.operators import get_operator
+from grow_megatron.training.distributed import device_context, init_distributed
+from grow_megatron.training.engine import EngineSpec, build_engine, run_microbatches, train_step
+from grow_megatron.training.optim_state import gather_param_state, optimizer_step_count
+
+V, S = 96, 16
+_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+
+
+@pytest.fixture
+def env():
+    with device_context():
+        init_distributed(1, 1, seed=7)
+        yield
+
+
+def _batch(seed, b=2):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, V, (b, S + 1), generator=g)
+    return {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(b, S),
+            "position_ids": torch.arange(S).expand(b, S)}
+
+
+def _engine(depth, ln_scaling=False):
+    model = ModelConfig(num_layers=12, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
+                        num_query_groups=2, vocab_size=V, seq_length=S, ln_scaling=ln_scaling)
+    spec = EngineSpec(model, OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), V, bf16=False, use_kernels=False)
+    torch.manual_seed(0)
+    return build_engine(spec, depth)
+
+
+def _state(engine):
+    return {n: gather_param_state(engine.optimizer, p) for n, p in engine.named_parameters()}
+
+
+@pytest.mark.parametrize("operator,old", [("midas", 8), ("lidas", 8), ("top", 4), ("bottom", 4)])
+def test_new_layers_copy_weights_and_adam_state(env, operator, old):
+    e = _engine(old // 2 * 2 if old == 4 else 4)
+    depth = e.depth
+    # Reach `old` layers by growing (also exercises a growth of a trained, grown model).
+    while depth < old:
+        for s in range(2):
+            train_step(e, [_batch(s)], 1e-2)
+        e = grow(e, get_operator("lidas")(depth, 4))
+        depth = e.depth
+    for s in range(3):
+        train_step(e, [_batch(10 + s)], 1e-2)
+    before = _state(e)
+    steps = optimizer_step_count(e.optimizer)
+    g = get_operator(operator)(old, 4)
+    e2 = grow(e, g)
+    assert e2.depth == old + 4
+    after = _state(e2)
+    assert set(after) - {n for n in after if _LAYER.match(n)} == set(before) - {n for n in before if _LAYER.match(n)}
+    for name, st in after.items():
+        m = _LAYER.match(name)
+        src = f"decoder.layers.{g.source_map[int(m.group(1))]}.{m.group(2)}" if m else name
+        for k in ("param", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(st[k], before[src][k]), (name, k)
+    assert optimizer_step_count(e2.optimizer) == steps
+    # The moments are real (non-zero) state, not a fresh optimizer's.
+    assert any(before[n]["exp_avg_sq"].abs().sum() > 0 for n in before)
+    # Training continues.
+    assert torch.isfinite(torch.tensor(train_step(e2, [_batch(99)], 1e-2)["loss"]))
+
+
+def test_function_preserving_growth_keeps_logits(env):
+    e = _engine(4)
+    for s in range(2):
+        train_step(e, [_batch(s)], 1e-2)
+    probe = [_batch(1234, b=3)]
+    before = float(run_microbatches(e, probe, forward_only=True))
+    e2 = grow(e, get_operator("midas", function_preserving=True)(4, 4))
+    after = float(run_microbatches(e2, probe, forward_only=True))
+    # Same computation up to the summation order of zero contributions: exact in fp32.
+    assert after == pytest.approx(before, abs=1e-6)
+    plain = grow(_engine(4), get_operator("midas")(4, 4))
+    assert float(run_microbatches(plain, probe, forward_only=True)) != pytest.approx(before, abs=1e-3)
+
+
+def test_ln_scaling_follows_positions(env):
+    e = _engine(8, ln_scaling=True)
+    layers = list(e.local_layers())
+    ident = [id(l) for l in layers]
+    for i, layer in enumerate(layers):
+        assert layer.input_layernorm.scale == pytest.approx(1 / (i + 1) ** 0.5)
+        assert layer.pre_mlp_layernorm.scale == pytest.approx(1 / (i + 1) ** 0.5)
+    g = get_operator("lidas")(8, 4)
+    e2 = grow(e, g)
+    for pos, layer in enumerate(e2.local_layers()):
+        assert layer.layer_number == pos + 1
+        assert layer.input_layernorm.scale == pytest.approx(1 / (pos + 1) ** 0.5)
+        assert layer.self_attention.layer_number == pos + 1
+    assert e2.model[0].module.decoder.final_layernorm.scale == 1.0
+    assert ident  # the old engine's layers were replaced, positions re-derived

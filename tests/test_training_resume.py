@@ -1,0 +1,85 @@
+"""End-to-end training through two growths, and exact resume around a growth (CPU, fp32)."""
+import os
+
+import pytest
+
+from grow_megatron.training import checkpoint as ckpt_mod
+from grow_megatron.training.checkpoint import latest_checkpoint, read_meta
+from grow_megatron.training.loop import growth_plan, train
+
+from engine_helpers import micro_config
+
+# PROP-1 over grow_steps=9 with 3 stages: [2, 3, 4] -> growths before steps 2 and 5.
+GROWTH_STEPS = (2, 5)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted run every resume is compared with."""
+    cfg = micro_config(tmp_path_factory.mktemp("ref"))
+    depths = {}
+    res = train(cfg, on_step=lambda engine, step, rec: depths.__setitem__(step, engine.depth))
+    return cfg, res, depths
+
+
+def test_plan_of_micro_config(reference):
+    cfg, _, _ = reference
+    assert growth_plan(cfg).boundaries == GROWTH_STEPS
+
+
+def test_trains_through_two_growths(reference):
+    cfg, res, depths = reference
+    assert [g["step"] for g in res.growths] == list(GROWTH_STEPS)
+    assert [(g["old_depth"], g["new_depth"]) for g in res.growths] == [(4, 8), (8, 12)]
+    assert [depths[s] for s in range(12)] == [4] * 2 + [8] * 3 + [12] * 7
+    losses = [res.losses[s] for s in range(12)]
+    assert all(l == l and l < 20 for l in losses)  # finite
+    # Falling: the last three steps are well below the first three (ln(4096) = 8.3 at init).
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5
+    # Outputs a person looks at.
+    for f in ("metrics.jsonl", "events.jsonl", "config.yaml", "loss.png"):
+        assert os.path.isfile(os.path.join(cfg.run_dir, f)), f
+    meta = read_meta(latest_checkpoint(os.path.join(cfg.run_dir, "checkpoints")))
+    assert meta["step"] == 12 and meta["depth"] == 12 and len(meta["growths"]) == 2
+
+
+@pytest.mark.parametrize("stop_at", [GROWTH_STEPS[1], GROWTH_STEPS[1] + 1],
+                         ids=["just-before-growth", "just-after-growth"])
+def test_resume_reproduces_losses_exactly(reference, tmp_path, stop_at):
+    _, ref, _ = reference
+    cfg = micro_config(tmp_path)
+    first = train(cfg, stop_at=stop_at)
+    meta = read_meta(latest_checkpoint(os.path.join(cfg.run_dir, "checkpoints")))
+    assert meta["step"] == stop_at
+    assert meta["depth"] == (8 if stop_at == GROWTH_STEPS[1] else 12)
+    second = train(micro_config(tmp_path))
+    assert second.start_step == stop_at
+    got = {**first.losses, **second.losses}
+    # Bit-for-bit: same weights, same AdamW state, same batches, deterministic CPU kernels.
+    assert got == ref.losses
+    assert [g["step"] for g in second.growths] == list(GROWTH_STEPS)
+
+
+STATIC = {"train.steps": 6, "growth.operator": "none", "growth.grow_steps": "null", "model.num_layers": 4}
+
+
+def test_crash_during_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = micro_config(tmp_path, **STATIC)
+    train(cfg, stop_at=2)
+    root = os.path.join(cfg.run_dir, "checkpoints")
+    good = latest_checkpoint(root)
+
+    def broken_save(sd, path, *a, **k):
+        with open(os.path.join(path, "partial.distcp"), "w") as f:
+            f.write("half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt_mod.dist_checkpointing, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        train(micro_config(tmp_path, **STATIC))
+    monkeypatch.undo()
+    assert latest_checkpoint(root) == good
+    assert any(".tmp-" in d for d in os.listdir(root))  # the half-written one is ignored...
+    res = train(micro_config(tmp_path, **STATIC))
+    assert res.start_step == 2 and res.end_step == 6
+    assert not any(".tmp-" in d for d in os.listdir(root))  # ...and cleaned up by the next save
