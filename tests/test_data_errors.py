@@ -110,3 +110,20 @@ def test_cli_prints_one_line(tmp_path, capsys):
     rc = main(["data", "prepare", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o"), "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and err[0].startswith("grow-megatron data: SOURCE = ") and "no such file" in err[0]
+
+
+def test_foreign_indexed_dataset_checked_against_vocab(tmp_path):
+    """A .bin/.idx without our manifest (e.g. Megatron-LM's preprocess_data.py) is used as is,
+    but token ids beyond the run's vocabulary are refused."""
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    for name, top in (("ok", 4000), ("big", 9000)):
+        b = IndexedDatasetBuilder(str(tmp_path / f"{name}.bin"), dtype=np.uint16)
+        for k in range(60):
+            b.add_document(np.arange(k, k + 40) % top + (top - 40 if k == 0 else 0), [40])
+        b.finalize(str(tmp_path / f"{name}.idx"))
+    train, _ = _build(DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "ok.bin"))], cache_dir=str(tmp_path / "c")))
+    assert len(train) >= 10
+    with pytest.raises(ConfigError, match=r"big': holds token id 8999, beyond the run's tokenizer vocabulary \(4096"):
+        _build(DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "big"))], cache_dir=str(tmp_path / "c")))

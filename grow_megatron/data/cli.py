@@ -77,8 +77,8 @@ def _prepare(args) -> int:
     return 0
 
 
-def _report(m: dict) -> None:
-    state = "up to date (nothing to do)" if m.get("skipped") else f"built in {m['seconds']:.1f}s"
+def _report(m: dict, state: str | None = None) -> None:
+    state = state or ("up to date (nothing to do)" if m.get("skipped") else f"built in {m['seconds']:.1f}s")
     print(f"{m['prefix']}: {m['documents']} documents, {m['tokens']} tokens ({m['dtype']}), "
           f"tokenizer {m['tokenizer']['sha256'][:12]} vocab {m['tokenizer']['vocab_size']}: {state}")
 
@@ -102,7 +102,7 @@ def _prepare_config(args) -> int:
     for prefix, w, name in resolve_datasets(cfg, tok, progress=not args.no_progress):
         m = read_manifest(prefix)
         if m:
-            _report(m)
+            _report(m, f"ready (built {m['created']})")
         else:
             print(f"{prefix}: prebuilt indexed dataset (no manifest)")
     return 0
