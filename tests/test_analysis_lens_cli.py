@@ -79,3 +79,36 @@ def test_cli_writes_json_and_png(tmp_path):
         pytest.approx(1.0)
     # Missing inputs are a one-line error, not a traceback.
     assert analyze_main(["interventions", str(model), "--out", str(out), "--quiet"]) == 2
+
+
+def test_cli_rejects_bad_options_in_one_line(tmp_path, capsys):
+    assert analyze_main(["effects", str(tmp_path), "--out", str(tmp_path / "o"), "--parts", "head"]) == 2
+    assert "effects.parts" in capsys.readouterr().err
+    assert analyze_main(["nonsense"]) == 2
+    assert analyze_main(["--help"]) == 0
+
+
+def test_compare_report_covers_all_analyses(tmp_path):
+    model = tmp_path / "tiny"
+    _save_tiny(model)
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("\n".join(json.dumps({"prompt": e.prompt, "choices": list(e.choices), "answer": e.answer})
+                               for e in toy_tasks(3)))
+    out = tmp_path / "cmp"
+    sets = ["tuned-lens.steps=2", "tuned-lens.max_sequences=3", "depth-score.max_sequences=2",
+            "effects.max_sequences=2", "effects.parts=[layer]", "sublayer.max_sequences=2",
+            "interventions.swap_sizes=[1]", "interventions.skip_sizes=[1]", "interventions.reverse_sizes=[4]",
+            "block-similarity.block_size=2"]
+    argv = ["compare", str(model), str(model), "--labels", "base", "grown", "--tasks", str(tasks), "--out", str(out),
+            "--quiet", "--mark-blocks", "2"]
+    for s in sets:
+        argv += ["--set", s]
+    assert analyze_main(argv) == 0
+    report = (out / "report.md").read_text()
+    for name in ("depth_score", "tuned_lens", "interventions", "sublayer", "effects", "block_similarity"):
+        assert (out / f"{name}.json").exists() and f"{name}.json" in report
+    for fig in ("depth-score.png", "tuned-lens.png", "interventions.png", "sublayer.png", "effects_output.png",
+                "effects_layer_future.png", "block-similarity.png"):
+        assert (out / fig).exists() and fig in report
+    ee = json.loads((out / "tuned_lens.json").read_text())["models"]["base"]["early_exit"]
+    assert ee["accuracy"][-1] == ee["final_accuracy"]

@@ -85,7 +85,9 @@ def _config_from_args(name: str, args: argparse.Namespace) -> Any:
 
     cls = CONFIGS[name]
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
-    return from_dict(cls, given, name)
+    cfg = from_dict(cls, given, name)
+    cfg.validate(name)
+    return cfg
 
 
 def _overrides(items: list[str]) -> dict[str, dict]:
@@ -155,6 +157,14 @@ def write_analysis(name: str, cfg: Any, results: dict[str, dict], out_dir: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except ConfigError as err:  # also when run as tools/analyze.py, without the dispatcher
+        print(f"grow-megatron analyze: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print("usage: grow-megatron analyze <analysis> MODEL... --out DIR [options]\n\nanalyses:")

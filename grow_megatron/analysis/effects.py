@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from grow_megatron.analysis.data import TokenBatch
 from grow_megatron.analysis.runner import PARTS, Context, ResidualRunner, Skip
+from grow_megatron.config.base import check
 
 _EPS = 1e-8
 
@@ -35,6 +36,18 @@ class BoundaryConfig:
     """Boundaries t as fractions of each sequence's length (t = floor(f * (len - 1)))."""
     boundary_positions: list[int] = field(default_factory=list)
     """Absolute token indices t; when given they replace `boundaries`."""
+
+    def validate(self, path: str = "") -> None:
+        p = f"{path}." if path else ""
+        check(bool(self.boundaries or self.boundary_positions), f"{p}boundaries", self.boundaries,
+              "needs at least one boundary")
+        check(all(0 <= f <= 1 for f in self.boundaries), f"{p}boundaries", self.boundaries,
+              "fractions must lie in [0, 1]")
+        check(all(t >= 0 for t in self.boundary_positions), f"{p}boundary_positions", self.boundary_positions,
+              "must be >= 0")
+        for name in ("batch_size", "seq_len", "max_sequences"):
+            if hasattr(self, name):
+                check(getattr(self, name) >= 1, f"{p}{name}", getattr(self, name), "must be >= 1")
 
 
 @dataclass
@@ -61,6 +74,13 @@ class EffectsConfig(DepthScoreConfig):
     """Also compute local (direct, non-propagated) effects: O(L^2) layer calls per setting."""
     max_sequences: int = 16
     """Number of sequences (examples) used; heatmaps are maxima, a few suffice."""
+
+    def validate(self, path: str = "effects") -> None:
+        super().validate(path)
+        check(bool(self.parts) and all(p in PARTS for p in self.parts), f"{path}.parts", self.parts,
+              f"choose from {', '.join(PARTS)}")
+        check(bool(self.modes) and all(m in ("current", "future") for m in self.modes), f"{path}.modes",
+              self.modes, "choose from current, future")
 
 
 def depth_score(effects: Sequence[float]) -> float:
@@ -173,9 +193,7 @@ def effects_analysis(runner: ResidualRunner, batches: Sequence[TokenBatch], cfg:
                      progress: bool = True) -> dict:
     """All heatmaps: for each part and mode, the (source x target) propagated and local
     relative-change maxima and the per-source output effect (max and mean of per-example max)."""
-    for p in cfg.parts:
-        if p not in PARTS:
-            raise ValueError(f"part {p!r}: choose from {', '.join(PARTS)}")
+    cfg.validate()
     res: dict = {"num_layers": runner.num_layers, "examples": sum(tb.ids.shape[0] for tb in batches),
                  "boundaries": list(cfg.boundaries), "boundary_positions": list(cfg.boundary_positions),
                  "effects": {}}

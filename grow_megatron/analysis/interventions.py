@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from grow_megatron.analysis.data import EncodedMC, accuracy, choice_logliks, mc_batches
 from grow_megatron.analysis.runner import ResidualRunner, first_changed, reverse_order, skip_order, swap_order
+from grow_megatron.config.base import check
 
 KINDS = {"swap": swap_order, "skip": skip_order, "reverse": reverse_order}
 
@@ -34,6 +35,13 @@ class InterventionConfig:
     """(example, choice) rows per forward pass."""
     max_length: int = 1024
     """Longest row in tokens; longer prompts are cut from the left."""
+
+    def validate(self, path: str = "interventions") -> None:
+        for name in ("swap_sizes", "skip_sizes", "reverse_sizes"):
+            v = getattr(self, name)
+            check(all(k >= 1 for k in v), f"{path}.{name}", v, "sizes must be >= 1")
+        for name in ("batch_size", "max_length"):
+            check(getattr(self, name) >= 1, f"{path}.{name}", getattr(self, name), "must be >= 1")
 
 
 def intervention_orders(L: int, cfg: InterventionConfig) -> dict[str, dict[int, dict[int, list[int]]]]:

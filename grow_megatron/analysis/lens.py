@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from grow_megatron.analysis.data import EncodedMC, TokenBatch, accuracy, choice_logliks, mc_batches
 from grow_megatron.analysis.runner import ResidualRunner
+from grow_megatron.config.base import check
 
 
 @dataclass
@@ -37,6 +38,13 @@ class LensConfig:
     """Share of the token sequences held out for evaluation (KL, top-5 overlap)."""
     top_k: int = 5
     """k of the top-k overlap with the final prediction."""
+
+    def validate(self, path: str = "tuned-lens") -> None:
+        check(self.steps >= 0, f"{path}.steps", self.steps, "must be >= 0")
+        check(self.lr > 0, f"{path}.lr", self.lr, "must be > 0")
+        check(0 <= self.eval_fraction < 1, f"{path}.eval_fraction", self.eval_fraction, "must be in [0, 1)")
+        for name in ("batch_size", "seq_len", "max_sequences", "top_k"):
+            check(getattr(self, name) >= 1, f"{path}.{name}", getattr(self, name), "must be >= 1")
 
 
 class TunedLens(nn.Module):

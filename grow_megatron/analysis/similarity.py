@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from grow_megatron.config.base import check
+
 
 @dataclass
 class SimilarityConfig:
@@ -17,13 +19,16 @@ class SimilarityConfig:
     """First layer of the first block (layers before it, and a partial last block, are left out);
     e.g. to align blocks with a LIDAS copy that does not start at a multiple of b."""
 
+    def validate(self, path: str = "block-similarity") -> None:
+        check(self.block_size >= 1, f"{path}.block_size", self.block_size, "must be >= 1")
+        check(self.offset >= 0, f"{path}.offset", self.offset, "must be >= 0")
+
 
 @torch.no_grad()
 def block_similarity(model: torch.nn.Module, cfg: SimilarityConfig) -> dict:
     layers = model.model.layers
     L, b = len(layers), cfg.block_size
-    if b <= 0 or cfg.offset < 0:
-        raise ValueError(f"block_size {b} and offset {cfg.offset} must be positive / non-negative")
+    cfg.validate()
     starts = list(range(cfg.offset, L - b + 1, b))
     if not starts:
         raise ValueError(f"no complete block of {b} layers from layer {cfg.offset} in {L} layers")

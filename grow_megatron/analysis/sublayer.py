@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from grow_megatron.analysis.data import TokenBatch
 from grow_megatron.analysis.runner import ResidualRunner
+from grow_megatron.config.base import check
 
 _EPS = 1e-12
 
@@ -34,6 +35,10 @@ class SublayerConfig:
     """Number of sequences used."""
     block_size: int = 4
     """Block size b; figures mark the first layer of every block."""
+
+    def validate(self, path: str = "sublayer") -> None:
+        for name in ("batch_size", "seq_len", "max_sequences", "block_size"):
+            check(getattr(self, name) >= 1, f"{path}.{name}", getattr(self, name), "must be >= 1")
 
 
 def _ratio_cos(x: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:

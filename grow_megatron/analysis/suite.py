@@ -72,6 +72,7 @@ def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: s
     """Run analysis `name` on one model; out_dir receives by-products (a trained lens)."""
     if name not in CONFIGS:
         raise ValueError(f"unknown analysis {name!r}; choose one of {', '.join(CONFIGS)}")
+    cfg.validate(name)
     model = loaded.model
     runner = ResidualRunner(model)
     if name == "block-similarity":
@@ -155,4 +156,7 @@ def configs_for(names: Sequence[str], overrides: dict[str, dict] | None = None) 
     """Default configs of `names`, with per-analysis field overrides (name -> {field: value})."""
     from grow_megatron.config.base import from_dict
 
-    return {n: from_dict(CONFIGS[n], (overrides or {}).get(n, {}), n) for n in names}
+    cfgs = {n: from_dict(CONFIGS[n], (overrides or {}).get(n, {}), n) for n in names}
+    for n, c in cfgs.items():
+        c.validate(n)
+    return cfgs
