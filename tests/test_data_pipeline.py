@@ -241,3 +241,12 @@ def test_preset_mixture_config(tmp_path):
     with pytest.raises(ConfigError, match=r"data.datasets = .*missing: open-web-math"):
         from_dict(DataConfig, {"preset": "smollm-corpus",
                                "datasets": [{"name": n, "path": "/x"} for n in names[:3]]}).validate()
+
+
+def test_split_forms():
+    from grow_megatron.data.config import split_vector
+
+    assert split_vector("98,2,0") == pytest.approx([0.98, 0.02, 0.0])
+    assert split_vector("98,2") == pytest.approx([0.98, 0.02, 0.0])
+    cfg = from_dict(DataConfig, {"split": [0.9, 0.1]}, "data").validate()
+    assert split_vector(cfg.split) == pytest.approx([0.9, 0.1, 0.0])

@@ -85,9 +85,9 @@ class DataConfig:
     text_field: str = "text"
     """Column of raw sources that holds the document text (each dataset may override it)."""
 
-    split: str = "98,2,0"
+    split: str | list[float] = "98,2,0"
     """Train, validation, test proportions of every dataset's documents, as megatron reads
-    them ("98,2,0"; two numbers "98,2" also work; the test part is not used)."""
+    them: "98,2,0", "98,2" or a list [0.98, 0.02] (the test part is not used)."""
 
     cache_dir: str | None = None
     """Where prepared .bin/.idx of raw sources, trained tokenizers and megatron's index caches
@@ -157,9 +157,12 @@ class DataConfig:
         return not self.datasets
 
 
-def split_vector(split: str, path: str = "data.split") -> list[float]:
-    """Parse "98,2,0" / "98,2" / "0.98 0.02" into three proportions summing to 1."""
-    parts = [s for s in re.split(r"[,\s/]+", str(split).strip()) if s]
+def split_vector(split: "str | list[float]", path: str = "data.split") -> list[float]:
+    """Parse "98,2,0" / "98,2" / "0.98 0.02" / [0.98, 0.02] into three proportions summing to 1."""
+    if isinstance(split, (list, tuple)):
+        parts = [str(v) for v in split]
+    else:
+        parts = [s for s in re.split(r"[,\s/]+", str(split).strip()) if s]
     try:
         vals = [float(s) for s in parts]
     except ValueError:

@@ -263,9 +263,30 @@ def build_datasets(cfg: DataConfig, *, seq_length: int, seed: int, train_samples
         mmap_bin_files=True,
     )
     logging.getLogger("megatron.core.datasets").setLevel(logging.WARNING)
-    with _single_process_rank():
+    with _single_process_rank(), _index_cache_lock(gcfg.path_to_cache):
         train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, gcfg).build()
     return train, valid
+
+
+@contextlib.contextmanager
+def _index_cache_lock(path: str):
+    """megatron writes its index caches in place (not atomically) and takes a cache hit as soon
+    as the files exist, so two processes on one machine (e.g. two runs or test sessions sharing
+    the default cache) must not build the same cache at once. Only global rank 0 (or a single
+    process) locks; the other ranks of a job wait for rank 0 inside megatron's own barrier."""
+    import fcntl
+
+    dist = _dist()
+    if dist is not None and dist.get_rank() != 0:
+        yield
+        return
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
