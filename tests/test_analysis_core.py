@@ -137,25 +137,24 @@ def test_interventions_accuracy_shapes_and_identity():
     assert iv["swap"]["2"]["accuracy"][2] == res["baseline_accuracy"]
 
 
-def test_mc_scoring_matches_hf_loglik():
+def test_mc_scoring_matches_the_evaluator():
+    """Per-choice log-likelihoods equal grow_megatron.eval.scoring's (an independent path)."""
     from grow_megatron.analysis.data import accuracy, choice_logliks, mc_batches
+    from grow_megatron.eval.scoring import hf_scorer
 
     m = tiny_llama(layers=2, vocab=64)
     tok = char_tokenizer()
-    tasks = toy_tasks(3)
-    enc = encode_mc(tasks, tok)
+    tasks = toy_tasks(4)
     r = ResidualRunner(m)
-    scores = torch.zeros(len(enc.seqs))
-    with torch.no_grad():
-        for mb in mc_batches(enc, 4):
-            scores[torch.tensor(mb.rows)] = choice_logliks(r.run(mb.batch.ids, return_hidden=True), mb, r.unembed)
-        for row in (0, 5):
-            seq, s = enc.seqs[row], enc.starts[row]
-            lp = torch.log_softmax(m(torch.tensor([seq])).logits[0], -1)
-            want = sum(lp[p - 1, seq[p]].item() for p in range(s, len(seq)))
-            assert scores[row].item() == pytest.approx(want, abs=1e-4)
-    assert 0.0 <= accuracy(enc, scores) <= 1.0
-
+    for add_bos in (False, True):
+        enc = encode_mc(tasks, tok, add_bos=add_bos)
+        scores = torch.zeros(len(enc.seqs))
+        with torch.no_grad():
+            for mb in mc_batches(enc, 5):
+                scores[torch.tensor(mb.rows)] = choice_logliks(r.run(mb.batch.ids, return_hidden=True), mb, r.unembed)
+        want = [s for ex in hf_scorer(m, tok, batch_size=3, add_bos=add_bos).score(tasks) for s in ex]
+        assert scores.tolist() == pytest.approx(want, abs=1e-4)
+        assert 0.0 <= accuracy(enc, scores) <= 1.0
 
 def test_sublayer_stats_match_hooked_activations():
     m = tiny_llama(layers=3, seed=1)

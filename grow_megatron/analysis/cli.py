@@ -40,7 +40,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--data", help="held-out text (.txt, .jsonl with 'text') or token ids (.npy/.pt)")
-    p.add_argument("--tasks", help="multiple-choice task, JSONL of {prompt, choices, answer, task}")
+    p.add_argument("--tasks", help="multiple-choice task: JSONL of {prompt, choices, answer, task}, or reasoning "
+                                   "primitive names as for `grow-megatron eval --tasks` (e.g. varassign_math, paper)")
+    p.add_argument("--n", type=int, default=200, help="examples per primitive task (with task names)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the primitive tasks (with task names)")
+    p.add_argument("--add-bos", action="store_true", help="prepend BOS to task prompts (as `grow-megatron eval`)")
     p.add_argument("--mark-blocks", type=int, default=None, metavar="B",
                    help="mark every B-th layer in line plots (default: the config's block_size, if any)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -129,11 +133,12 @@ def run_on_models(names: list[str], args: argparse.Namespace, cfgs: dict[str, An
     from grow_megatron.analysis.loading import load_model
     from grow_megatron.analysis.suite import Inputs, run_analysis
 
-    tasks = load_tasks(args.tasks) if args.tasks else []
+    tasks = load_tasks(args.tasks, args.n, args.seed) if args.tasks else []
     results: dict[str, dict[str, dict]] = {n: {} for n in names}
     for i, (path, label) in enumerate(zip(args.models, _labels(args))):
         loaded = load_model(path, args.device, args.dtype, name=label)
-        inputs = Inputs(data_path=args.data, tasks=tasks, lens_path=lens_paths[i] if lens_paths else None)
+        inputs = Inputs(data_path=args.data, tasks=tasks, lens_path=lens_paths[i] if lens_paths else None,
+                        add_bos=args.add_bos)
         for n in names:
             if not args.quiet:
                 print(f"[analyze] {n} on {label}", file=sys.stderr)

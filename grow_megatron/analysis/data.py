@@ -79,8 +79,15 @@ def load_token_data(path: str, tokenizer: Any | None, seq_len: int, max_sequence
     return out[:max_sequences]
 
 
-def load_tasks(path: str) -> list[MCExample]:
-    """MC examples from JSONL, one {"prompt", "choices", "answer", "task"?} per line."""
+def load_tasks(spec: str, n: int = 200, seed: int = 0) -> list[MCExample]:
+    """MC examples from a JSONL file (one {"prompt", "choices", "answer", "task"?} per line,
+    e.g. `grow-megatron eval --export-lm-eval` output) or, for a spec that is not a file,
+    reasoning primitives by name ('varassign_math', 'paper', 'all', comma lists): n per task."""
+    if not os.path.isfile(spec):
+        from grow_megatron.eval import primitives
+
+        return [ex for task in primitives.parse_tasks(spec) for ex in primitives.generate(task, n, seed)]
+    path = spec
     out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
@@ -107,16 +114,27 @@ class EncodedMC:
     """Choice index of each row."""
 
 
-def encode_mc(examples: Sequence[MCExample], tokenizer: Any, max_length: int = 1024) -> EncodedMC:
-    """Tokenize prompt (with the tokenizer's special tokens) and choice (without) separately,
-    so every choice is scored after an identical prompt; long prompts are cut from the left."""
+def encode_mc(examples: Sequence[MCExample], tokenizer: Any, max_length: int = 1024,
+              add_bos: bool = False) -> EncodedMC:
+    """Token rows split into (prompt, choice) exactly as `grow-megatron eval` does
+    (`eval.scoring.encode_pair`, lm-evaluation-harness's rule, no special tokens unless
+    add_bos), so accuracies here match the evaluator's; long prompts are cut from the left."""
+    from grow_megatron.eval.scoring import encode_pair
+
+    def encode(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if add_bos and bos is None:
+        raise ValueError("add_bos: the tokenizer has neither a BOS nor an EOS token")
+    prefix = [bos] if add_bos else []
     enc = EncodedMC([], [], [], [ex.answer for ex in examples], [])
     for e, ex in enumerate(examples):
-        p = list(tokenizer(ex.prompt)["input_ids"])
         for c, choice in enumerate(ex.choices):
-            cont = list(tokenizer(choice, add_special_tokens=False)["input_ids"])
-            if not cont:
-                raise ValueError(f"example {e}: choice {choice!r} tokenizes to nothing")
+            ctx, cont = encode_pair(encode, ex.prompt, choice)
+            p = prefix + ctx
+            if not p or not cont:
+                raise ValueError(f"example {e}, choice {c}: prompt and choice must both tokenize to something")
             keep = max(1, max_length - len(cont))
             pp = p[-keep:]
             enc.seqs.append(pp + cont)

@@ -53,6 +53,8 @@ class Inputs:
     """Multiple-choice examples for interventions and early-exit accuracy."""
     lens_path: str | None = None
     """A saved tuned lens to evaluate instead of training one."""
+    add_bos: bool = False
+    """Prepend BOS to multiple-choice prompts (as `grow-megatron eval --add-bos`)."""
 
 
 def token_sequences(loaded: Loaded, inputs: Inputs, seq_len: int, max_sequences: int) -> list[list[int]]:
@@ -82,7 +84,7 @@ def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: s
             raise InputError(f"{name} needs a multiple-choice task: give --tasks FILE.jsonl")
         if loaded.tokenizer is None:
             raise InputError(f"{name} needs the model's tokenizer to encode the task")
-        enc = encode_mc(inputs.tasks, loaded.tokenizer, cfg.max_length)
+        enc = encode_mc(inputs.tasks, loaded.tokenizer, cfg.max_length, inputs.add_bos)
         return intervention_analysis(runner, enc, cfg, progress)
 
     seqs = token_sequences(loaded, inputs, cfg.seq_len, cfg.max_sequences)
@@ -108,7 +110,7 @@ def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: s
     with torch.no_grad():
         res.update(evaluate_lens(runner, lens, token_batches(held, cfg.batch_size), cfg.top_k, progress))
         if inputs.tasks and loaded.tokenizer is not None:
-            enc = encode_mc(inputs.tasks, loaded.tokenizer)
+            enc = encode_mc(inputs.tasks, loaded.tokenizer, add_bos=inputs.add_bos)
             res["early_exit"] = early_exit_accuracy(runner, lens, enc, cfg.batch_size, progress)
     res["num_layers"] = runner.num_layers
     return res
