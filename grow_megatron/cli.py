@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"grow-megatron: unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
+    _quiet_known_warnings()
     module = importlib.import_module(SUBCOMMANDS[name][0])
     from grow_megatron.config.base import ConfigError
 
@@ -54,6 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         # Bad configuration is the user's to fix: one line, no traceback.
         print(f"grow-megatron {name}: {err}", file=sys.stderr)
         return 2
+
+
+def _quiet_known_warnings() -> None:
+    # megatron-core warns on import about optional accelerators (TransformerEngine, Apex) and
+    # deprecations on paths it takes itself; expected here, they would drown the output.
+    for pat in ("Transformer Engine and Apex are not installed", "Apex is not installed", ".*is deprecated.*",
+                "The .grad attribute of a Tensor that is not a leaf", ".*torch.distributed.*"):
+        warnings.filterwarnings("ignore", message=pat)
 
 
 if __name__ == "__main__":

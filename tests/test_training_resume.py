@@ -5,7 +5,8 @@ import pytest
 
 from grow_megatron.training import checkpoint as ckpt_mod
 from grow_megatron.training.checkpoint import latest_checkpoint, read_meta
-from grow_megatron.training.loop import growth_plan, train
+from grow_megatron.growth.schedule import plan_from_config
+from grow_megatron.training.loop import train
 
 from engine_helpers import micro_config
 
@@ -24,7 +25,7 @@ def reference(tmp_path_factory):
 
 def test_plan_of_micro_config(reference):
     cfg, _, _ = reference
-    assert growth_plan(cfg).boundaries == GROWTH_STEPS
+    assert plan_from_config(cfg).boundaries == GROWTH_STEPS
 
 
 def test_trains_through_two_growths(reference):

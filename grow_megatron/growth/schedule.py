@@ -88,3 +88,13 @@ def make_plan(final_depth: int, block_size: int, grow_steps: int, operator: Call
 
 def static_plan(depth: int) -> GrowthPlan:
     return GrowthPlan(depth, (0,), ())
+
+
+def plan_from_config(cfg) -> GrowthPlan:
+    """The plan of a RunConfig: static at model.num_layers, or PROP-alpha growth."""
+    from grow_megatron.growth.operators import get_operator
+
+    if not cfg.growth.enabled:
+        return static_plan(cfg.model.num_layers)
+    op = get_operator(cfg.growth.operator, cfg.growth.function_preserving)
+    return make_plan(cfg.model.num_layers, cfg.growth.block_size, cfg.grow_steps, op, cfg.growth.alpha)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 
 
 def main(argv: list[str]) -> int:
@@ -14,7 +13,6 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.run_dir:
         args.overrides.append(f"run_dir={args.run_dir}")
-    _quiet_known_warnings()
 
     from grow_megatron.config.run import load_run_config
     from grow_megatron.training.distributed import shutdown_distributed, world_size_from_env
@@ -30,11 +28,3 @@ def main(argv: list[str]) -> int:
         print(f"done: steps {res.start_step}..{res.end_step}, final depth {res.final_depth}, last loss {last:.4f}; "
               f"outputs in {cfg.run_dir}")
     return 0
-
-
-def _quiet_known_warnings() -> None:
-    # megatron-core warns about optional accelerators (TE, Apex) and deprecations on import;
-    # they are expected here and drown the progress output.
-    for pat in ("Transformer Engine and Apex are not installed", ".*is deprecated.*", "full scope is deprecated",
-                "The .grad attribute of a Tensor that is not a leaf", ".*torch.distributed.*"):
-        warnings.filterwarnings("ignore", message=pat)

@@ -15,20 +15,12 @@ from megatron.core import parallel_state
 
 from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.growth.manager import grow
-from grow_megatron.growth.operators import get_operator
-from grow_megatron.growth.schedule import GrowthPlan, make_plan, static_plan
+from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from grow_megatron.training.distributed import Layout, device_context, init_distributed
 from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, train_step
 from grow_megatron.training.lr import lr_at
 from grow_megatron.training.metrics import MetricsWriter
-
-
-def growth_plan(cfg: RunConfig) -> GrowthPlan:
-    if not cfg.growth.enabled:
-        return static_plan(cfg.model.num_layers)
-    op = get_operator(cfg.growth.operator, cfg.growth.function_preserving)
-    return make_plan(cfg.model.num_layers, cfg.growth.block_size, cfg.grow_steps, op, cfg.growth.alpha)
 
 
 def padded_vocab(vocab: int, tp: int) -> int:
@@ -91,7 +83,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
 
     tokenizer = build_tokenizer(cfg.data)
     vocab = padded_vocab(cfg.model.vocab_size or tokenizer.vocab_size, layout.tp)
-    plan = growth_plan(cfg)
+    plan = plan_from_config(cfg)
     tc = cfg.train
     dp_rank = parallel_state.get_data_parallel_rank()
     valid_samples = tc.eval_batches * tc.micro_batch_size * layout.dp if tc.eval_interval else 0
