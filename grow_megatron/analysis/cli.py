@@ -162,9 +162,13 @@ def write_analysis(name: str, cfg: Any, results: dict[str, dict], out_dir: str, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    from grow_megatron.analysis.suite import InputError
+
     try:
         return _main(argv)
-    except ConfigError as err:  # also when run as tools/analyze.py, without the dispatcher
+    # The user's to fix (bad option, missing input or model): one line, no traceback; also
+    # when run as tools/analyze.py, without the dispatcher.
+    except (ConfigError, InputError, FileNotFoundError, NotImplementedError) as err:
         print(f"grow-megatron analyze: {err}", file=sys.stderr)
         return 2
 
@@ -186,26 +190,13 @@ def _main(argv: list[str] | None) -> int:
     if name == "compare":
         from grow_megatron.analysis.report import compare
 
-        from grow_megatron.analysis.suite import InputError
-
-        try:
-            path = compare(args, _overrides(args.overrides))
-        except InputError as err:
-            print(f"grow-megatron analyze compare: {err}", file=sys.stderr)
-            return 2
-        print(path)
+        print(compare(args, _overrides(args.overrides)))
         return 0
     cfg = _config_from_args(name, args)
     lens = getattr(args, "lens", None)
     if lens and len(lens) != len(args.models):
         raise ConfigError("--lens", lens, f"needs one lens per model ({len(args.models)})")
-    from grow_megatron.analysis.suite import InputError
-
-    try:
-        results = run_on_models([name], args, {name: cfg}, lens)
-    except InputError as err:  # missing inputs: the user's to fix
-        print(f"grow-megatron analyze {name}: {err}", file=sys.stderr)
-        return 2
+    results = run_on_models([name], args, {name: cfg}, lens)
     for p in write_analysis(name, cfg, results[name], args.out, args.mark_blocks):
         print(p)
     return 0

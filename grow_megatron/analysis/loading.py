@@ -1,10 +1,10 @@
 """Loading the models the analyses run on.
 
 An analysis needs an HF-shaped `LlamaForCausalLM` and (for text data and multiple-choice
-tasks) a tokenizer. Each loader is one function `(path, device, dtype) -> Loaded | None`
-returning None when the path is not its format; `LOADERS` is tried in order. A native
-grow_megatron checkpoint loader (via `grow_megatron.convert`) is added by writing one such
-function and putting it into the tuple.
+tasks) a tokenizer. Each loader is one function `(path, device, dtype name) -> Loaded | None`
+returning None when the path is not its format; `LOADERS` is tried in order. Native
+grow_megatron checkpoints go through `grow_megatron.convert.load_as_hf` (the hook the
+evaluator uses too) as soon as the converter provides it.
 """
 from __future__ import annotations
 
@@ -30,12 +30,12 @@ class Loaded:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _load_hf(path: str, device: str, dtype: torch.dtype) -> Loaded | None:
+def _load_hf(path: str, device: str, dtype: str) -> Loaded | None:
     if not os.path.isfile(os.path.join(path, "config.json")):
         return None
     from transformers import AutoTokenizer, LlamaForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    model = LlamaForCausalLM.from_pretrained(path, dtype=DTYPES[dtype]).to(device).eval()
     try:
         tok = AutoTokenizer.from_pretrained(path)
     except Exception:  # a bare weights directory is fine for token-id data
@@ -43,25 +43,30 @@ def _load_hf(path: str, device: str, dtype: torch.dtype) -> Loaded | None:
     return Loaded(model, tok, os.path.basename(os.path.normpath(path)))
 
 
-def _load_native(path: str, device: str, dtype: torch.dtype) -> Loaded | None:
-    # Native checkpoints need grow_megatron.convert (another component); until it offers an
-    # in-memory HF conversion, say so instead of guessing its API.
-    if not os.path.isdir(path):
+def _load_native(path: str, device: str, dtype: str) -> Loaded | None:
+    # The same hook as `grow-megatron eval`: grow_megatron.convert.load_as_hf(path, device=,
+    # dtype=) -> (HF causal LM, tokenizer), once the converter offers it.
+    if not os.path.exists(path):
         return None
-    raise NotImplementedError(
-        f"{path} is not a Hugging Face model directory (no config.json). Convert native checkpoints "
-        "first with `grow-megatron convert ...`, then analyze the converted directory.")
+    try:
+        from grow_megatron.convert import load_as_hf  # type: ignore[attr-defined]
+    except ImportError:
+        raise NotImplementedError(
+            f"{path} is not a Hugging Face model directory (no config.json), and native checkpoints are not "
+            f"loadable here yet; run `grow-megatron convert to-hf {path} OUT_DIR` and analyze OUT_DIR") from None
+    model, tok = load_as_hf(path, device=device, dtype=dtype)
+    return Loaded(model.eval(), tok, os.path.basename(os.path.normpath(path)))
 
 
-LOADERS: tuple[Callable[[str, str, torch.dtype], Loaded | None], ...] = (_load_hf, _load_native)
+LOADERS: tuple[Callable[[str, str, str], Loaded | None], ...] = (_load_hf, _load_native)
 
 
 def load_model(path: str, device: str = "cpu", dtype: str = "float32", name: str | None = None) -> Loaded:
-    """Load `path` with the first loader that recognises it."""
+    """Load `path` with the first loader that recognises it; dtype is a DTYPES name."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     for loader in LOADERS:
-        got = loader(path, device, DTYPES[dtype])
+        got = loader(path, device, dtype)
         if got is not None:
             if name:
                 got.name = name
