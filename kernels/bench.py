@@ -40,6 +40,7 @@ def _parse(argv):
                    help="tiny shapes on CPU through the Triton interpreter: checks the script, times nothing useful")
     p.add_argument("--only", default="", help="comma list among rmsnorm,swiglu,rope,ce (default: all)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
+    p.add_argument("--tune", action="store_true", help="also sweep RMSNorm launch parameters")
     p.add_argument("--warmup-ms", type=float, default=25.0)
     p.add_argument("--rep-ms", type=float, default=200.0)
     return p.parse_args(argv)
@@ -262,6 +263,45 @@ def bench_ce(results, dev, timer, copy_gbps, dry, compile_on, liger):
                         row["tflops_unfused_equiv"] = flops_unfused / (row["ms"] * 1e-3) / 1e12
 
 
+def tune_rmsnorm(results, dev, timer, copy_gbps, dry):
+    """Sweep the RMSNorm launch parameters (the defaults are chosen from compiler reports, not
+    timings): forward BLOCK_M x warps, backward BLOCK_M x warps x programs per SM."""
+    import triton
+
+    from . import rmsnorm as rn
+    for M, H in _shapes(RMSNORM_SHAPES, dry):
+        bh = triton.next_power_of_2(H)
+        x = torch.randn(M, H, device=dev, dtype=torch.bfloat16)
+        w = (1 + 0.1 * torch.randn(H, device=dev)).to(torch.bfloat16)
+        dy = torch.randn(M, H, device=dev, dtype=torch.bfloat16)
+        _, _, rstd = rn.forward(x, w, None, 1e-5, 0.5)
+        fwd_grid = [(1, 2), (2, 4)] if dry else [(bm, nw) for bm in (1, 2, 4, 8) for nw in (2, 4, 8, 16)
+                                                 if bm * bh <= 16384]
+        bwd_grid = [(1, 4, 2)] if dry else [(bm, nw, ps) for bm in (1, 2, 4) for nw in (4, 8, 16) for ps in (1, 2, 4, 8)
+                                            if bm * bh <= 8192]
+        default_f, default_b = rn.fwd_config(H), rn.bwd_config(H)
+        for bm, nw in fwd_grid:
+            cfg = dict(BLOCK_M=bm, num_warps=nw)
+            tag = " (default)" if cfg == default_f else ""
+            try:
+                ms = timer(lambda: rn.forward(x, w, None, 1e-5, 0.5, config=cfg))
+                _record(results, "rmsnorm tune", (M, H), f"BLOCK_M={bm} warps={nw}{tag}", "fwd", ms,
+                        2 * M * H * BF16, copy_gbps)
+            except Exception as e:
+                _record(results, "rmsnorm tune", (M, H), f"BLOCK_M={bm} warps={nw}", "fwd",
+                        note=f"failed: {type(e).__name__}: {str(e)[:200]}")
+        for bm, nw, ps in bwd_grid:
+            cfg = dict(BLOCK_M=bm, num_warps=nw, per_sm=ps)
+            tag = " (default)" if cfg == default_b else ""
+            try:
+                ms = timer(lambda: rn.backward(dy, x, w, rstd, None, 0.5, x.dtype, None, config=cfg))
+                _record(results, "rmsnorm tune", (M, H), f"BLOCK_M={bm} warps={nw} per_sm={ps}{tag}", "bwd", ms,
+                        3 * M * H * BF16, copy_gbps)
+            except Exception as e:
+                _record(results, "rmsnorm tune", (M, H), f"BLOCK_M={bm} warps={nw} per_sm={ps}", "bwd",
+                        note=f"failed: {type(e).__name__}: {str(e)[:200]}")
+
+
 def _targets(results, copy_gbps):
     """The issue's targets, evaluated on what was measured (None where a needed row is missing)."""
     def get(kernel, shape, provider_prefix, mode, key="ms"):
@@ -306,15 +346,15 @@ def _print_table(report):
     if report["notes"]:
         for n in report["notes"]:
             print(f"note: {n}")
-    hdr = f"{'kernel':<16} {'shape':<24} {'provider':<22} {'mode':<8} {'ms':>9} {'GB/s':>8} {'%copy':>6} {'peak MiB':>9}"
+    hdr = f"{'kernel':<16} {'shape':<24} {'provider':<40} {'mode':<8} {'ms':>9} {'GB/s':>8} {'%copy':>6} {'peak MiB':>9}"
     print(hdr)
     print("-" * len(hdr))
     for r in report["results"]:
         if r["mode"] == "check":
             errs = ", ".join(f"{k} {v:.1e}" for k, v in r["rel_err"].items())
-            print(f"{r['kernel']:<16} {'x'.join(map(str, r['shape'])):<24} {'ours vs eager':<22} {'check':<8} {errs}")
+            print(f"{r['kernel']:<16} {'x'.join(map(str, r['shape'])):<24} {'ours vs eager':<40} {'check':<8} {errs}")
             continue
-        print(f"{r['kernel']:<16} {'x'.join(map(str, r['shape'])):<24} {r['provider'][:22]:<22} {r['mode']:<8} "
+        print(f"{r['kernel']:<16} {'x'.join(map(str, r['shape'])):<24} {r['provider'][:40]:<40} {r['mode']:<8} "
               f"{_fmt(r['ms'], '9.3f')} {_fmt(r['gbps'], '8.0f')} {_fmt(r['pct_of_copy'], '6.1f')} "
               f"{_fmt(r.get('peak_mib'), '9.0f')}" + (f"  {r['note']}" if r["note"] else ""))
     print()
@@ -355,6 +395,8 @@ def main(argv=None) -> int:
         if only and name not in only:
             continue
         fn(results, dev, timer, copy_gbps, args.dry_run, compile_on, liger)
+    if args.tune:
+        tune_rmsnorm(results, dev, timer, copy_gbps, args.dry_run)
     import triton
     report = dict(
         device=torch.cuda.get_device_name(dev) if cuda else f"cpu ({platform.processor() or platform.machine()})",

@@ -157,6 +157,77 @@ def _rows(t: torch.Tensor, H: int) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def fwd_config(H: int) -> dict:
+    """Forward launch: BLOCK_M rows a program (about 4096 elements), warps for 16 values a thread."""
+    block_m, block_h = _tile(H, 4096)
+    return dict(BLOCK_M=block_m, num_warps=_warps(block_m * block_h))
+
+
+def bwd_config(H: int) -> dict:
+    """Backward launch: ~2048-element tiles at 16 values a thread, and per_sm programs an SM.
+
+    The persistent grid must be resident all at once (a second wave idles SMs at its tail), and
+    what hides memory latency is bytes in flight per SM = resident programs x tile. sm_90
+    compiles (kernels/aot.py, H=2048) need ~96-150 registers a thread at 16 values a thread, so
+    65536 registers hold ~5 four-warp programs (40 KB of x and dy in flight) but only one
+    16-warp program with a 4096-element tile (16 KB). Untuned on hardware: see `bench --tune`.
+    """
+    block_h = triton.next_power_of_2(H)
+    block_m = max(1, min(16, 2048 // block_h))
+    warps = max(1, min(16, block_m * block_h // 512))
+    return dict(BLOCK_M=block_m, num_warps=warps, per_sm=max(1, min(8, 65536 // (96 * 32 * warps))))
+
+
+def forward(x2, weight, res2, eps: float, scale: float, res_dtype=None, config=None):
+    """x2 (and res2): [M, H] with unit column stride -> (y, new residual or None, rstd)."""
+    M, H = x2.shape
+    dev = x2.device
+    y = _utils.empty((M, H), x2.dtype, dev)
+    rstd = _utils.empty((M,), torch.float32, dev)
+    has_res = res2 is not None
+    res_out = _utils.empty((M, H), res_dtype, dev) if has_res else None
+    if M > 0:
+        cfg = config or fwd_config(H)
+        _rms_norm_fwd_kernel[(triton.cdiv(M, cfg["BLOCK_M"]),)](
+            x2, res2 if has_res else x2, y, res_out if has_res else y, weight, rstd,
+            x2.stride(0), res2.stride(0) if has_res else 0, y.stride(0), res_out.stride(0) if has_res else 0,
+            M, H, float(eps), float(scale),
+            HAS_RESIDUAL=has_res, BLOCK_M=cfg["BLOCK_M"], BLOCK_H=triton.next_power_of_2(H),
+            EMULATE_RTNE=_utils.emulate_rtne(), num_warps=cfg["num_warps"],
+        )
+    return y, res_out, rstd
+
+
+def backward(dy2, inp, weight, rstd, dres2, scale: float, x_dtype, res_dtype=None, config=None):
+    """Gradients from [M, H] dy2 (and dres2, the new residual's gradient, or None).
+
+    inp is what forward normalized (x, or x + residual). Returns (dx, dresidual or None, dweight);
+    dresidual is dx itself unless res_dtype differs from x_dtype.
+    """
+    M, H = inp.shape
+    dev = inp.device
+    dx = _utils.empty((M, H), x_dtype, dev)
+    separate = res_dtype is not None and res_dtype != x_dtype
+    dres_in = _utils.empty((M, H), res_dtype, dev) if separate else dx
+    if M == 0:
+        dw = torch.zeros_like(weight)
+    else:
+        cfg = config or bwd_config(H)
+        block_m = cfg["BLOCK_M"]
+        nprog = _utils.num_programs_persistent(dev, triton.cdiv(M, block_m), per_sm=cfg["per_sm"])
+        partial = _utils.empty((nprog, H), torch.float32, dev)
+        has_dres = dres2 is not None
+        _rms_norm_bwd_kernel[(nprog,)](
+            dy2, inp, weight, rstd, dres2 if has_dres else dy2, dx, dres_in, partial,
+            dy2.stride(0), inp.stride(0), dres2.stride(0) if has_dres else 0, dx.stride(0), dres_in.stride(0),
+            M, H, float(scale),
+            HAS_DRES=has_dres, SEPARATE_DRES_IN=separate, BLOCK_M=block_m, BLOCK_H=triton.next_power_of_2(H),
+            EMULATE_RTNE=_utils.emulate_rtne(), num_warps=cfg["num_warps"],
+        )
+        dw = sum_partials(partial, weight.dtype)
+    return dx, (dres_in if res_dtype is not None else None), dw
+
+
 class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, residual, eps, scale):
@@ -165,32 +236,15 @@ class RMSNormFunction(torch.autograd.Function):
             raise ValueError(f"weight shape {tuple(weight.shape)} does not match hidden size {H}")
         if H > _MAX_FUSED_H:
             raise ValueError(f"rms_norm kernel supports rows up to {_MAX_FUSED_H} wide, got {H}")
-        x2 = _rows(x, H)
-        M = x2.shape[0]
-        dev = x.device
-        y = _utils.empty((M, H), x.dtype, dev)
-        rstd = _utils.empty((M,), torch.float32, dev)
         has_res = residual is not None
-        if has_res:
-            if residual.shape != x.shape:
-                raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
-            res2 = _rows(residual, H)
-            res_out = _utils.empty((M, H), torch.promote_types(x.dtype, residual.dtype), dev)
-        else:
-            res2 = res_out = x2  # unused by the kernel (HAS_RESIDUAL=False)
-        if M > 0:
-            block_m, block_h = _tile(H, 4096)
-            _rms_norm_fwd_kernel[(triton.cdiv(M, block_m),)](
-                x2, res2, y, res_out, weight, rstd,
-                x2.stride(0), res2.stride(0), y.stride(0), res_out.stride(0),
-                M, H, float(eps), float(scale),
-                HAS_RESIDUAL=has_res, BLOCK_M=block_m, BLOCK_H=block_h, EMULATE_RTNE=_utils.emulate_rtne(),
-                num_warps=_warps(block_m * block_h),
-            )
+        if has_res and residual.shape != x.shape:
+            raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
+        res_dtype = torch.promote_types(x.dtype, residual.dtype) if has_res else None
+        x2 = _rows(x, H)
+        y, res_out, rstd = forward(x2, weight, _rows(residual, H) if has_res else None, eps, scale, res_dtype)
         # Backward needs the normalized input: r when there is a residual, else x.
         ctx.save_for_backward(res_out if has_res else x2, weight, rstd)
         ctx.scale = float(scale)
-        ctx.has_res = has_res
         ctx.x_shape, ctx.x_dtype = x.shape, x.dtype
         ctx.res_dtype = residual.dtype if has_res else None
         ctx.set_materialize_grads(False)
@@ -201,36 +255,14 @@ class RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, dres_out=None):
         inp, weight, rstd = ctx.saved_tensors
-        M, H = inp.shape
-        dev = inp.device
+        H = inp.shape[1]
         if dy is None:
-            dy = torch.zeros(ctx.x_shape, dtype=ctx.x_dtype, device=dev)
-        dy2 = _rows(dy, H)
-        has_dres = dres_out is not None
-        dres2 = _rows(dres_out, H) if has_dres else dy2
+            dy = torch.zeros(ctx.x_shape, dtype=ctx.x_dtype, device=inp.device)
+        dres2 = _rows(dres_out, H) if dres_out is not None else None
         # One buffer serves as d x and d residual when their dtypes agree (flash-attn does the
         # same): the two gradients are equal, and a second copy would cost a full extra write.
-        dx = _utils.empty((M, H), ctx.x_dtype, dev)
-        separate = ctx.has_res and ctx.res_dtype != ctx.x_dtype
-        dres_in = _utils.empty((M, H), ctx.res_dtype, dev) if separate else dx
-        if M > 0:
-            block_m, block_h = _tile(H, 4096)
-            nprog = _utils.num_programs_persistent(dev, triton.cdiv(M, block_m), per_sm=4)
-            partial = _utils.empty((nprog, H), torch.float32, dev)
-            _rms_norm_bwd_kernel[(nprog,)](
-                dy2, inp, weight, rstd, dres2, dx, dres_in, partial,
-                dy2.stride(0), inp.stride(0), dres2.stride(0), dx.stride(0), dres_in.stride(0),
-                M, H, ctx.scale,
-                HAS_DRES=has_dres, SEPARATE_DRES_IN=separate, BLOCK_M=block_m, BLOCK_H=block_h,
-                EMULATE_RTNE=_utils.emulate_rtne(),
-                num_warps=_warps(2 * block_m * block_h),
-            )
-            dw = sum_partials(partial, weight.dtype)
-        else:
-            dw = torch.zeros_like(weight)
-        dx = dx.view(ctx.x_shape)
-        dres = dres_in.view(ctx.x_shape) if ctx.has_res else None
-        return dx, dw, dres, None, None
+        dx, dres, dw = backward(_rows(dy, H), inp, weight, rstd, dres2, ctx.scale, ctx.x_dtype, ctx.res_dtype)
+        return dx.view(ctx.x_shape), dw, (dres.view(ctx.x_shape) if dres is not None else None), None, None
 
 
 def rms_norm(x, weight, eps=1e-5, scale=1.0, residual=None):

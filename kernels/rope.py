@@ -83,6 +83,13 @@ def _cos_sin_rows(t: torch.Tensor, s: int, d: int) -> torch.Tensor:
     return _last_dim_unit(t[:s])
 
 
+def _warps(hq: int, hk: int, half: int) -> int:
+    # One warp count serves both tiles: size it on the smaller so that each thread still holds
+    # 8 contiguous bf16 (one 16-byte load) of it; fewer elements a thread means narrower loads.
+    smaller = min(triton.next_power_of_2(hq), triton.next_power_of_2(hk)) * triton.next_power_of_2(half)
+    return max(1, min(8, smaller // 256))
+
+
 def _launch(q, k, cos, sin, backward: bool):
     s, b, hq, d = q.shape
     hk = k.shape[2]
@@ -102,7 +109,7 @@ def _launch(q, k, cos, sin, backward: bool):
         BLOCK_HK=triton.next_power_of_2(hk),
         BLOCK_D2=triton.next_power_of_2(half),
         EMULATE_RTNE=_utils.emulate_rtne(),
-        num_warps=4 if (hq + hk) * d <= 4096 else 8,
+        num_warps=_warps(hq, hk, half),
     )
     return qo, ko
 
