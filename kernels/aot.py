@@ -111,7 +111,7 @@ def compile_report(arch: int = 90, only: str = "") -> list[dict]:
 
     rows = []
     for label, kernel, args, constexprs, warps in _configs():
-        if only and only not in label:
+        if only and not any(o.strip() and o.strip() in label for o in only.split(",")):
             continue
         row = dict(kernel=label, num_warps=warps)
         try:
@@ -146,7 +146,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--arch", type=int, default=90)
-    p.add_argument("--only", default="", help="compile only kernels whose label contains this text")
+    p.add_argument("--only", default="", help="comma list: compile only kernels whose label contains one of these")
     args = p.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         print("aot: unset TRITON_INTERPRET (the interpreter replaces the compiler)", file=sys.stderr)
