@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -26,8 +26,12 @@ class LensConfig:
 
     steps: int = 250
     """Optimizer steps (each on one token batch, cycling through the training batches)."""
-    lr: float = 1e-3
-    """Adam learning rate of the translators."""
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    """sgd: Nesterov momentum 0.9 as the tuned-lens reference code; adam: scale-free steps."""
+    lr: float = 1.0
+    """Learning rate (1.0 suits sgd; use about 1e-3 with adam)."""
+    weight_decay: float = 1e-3
+    """Decay of A and c, i.e. towards the identity translator."""
     batch_size: int = 8
     """Sequences per batch."""
     seq_len: int = 128
@@ -42,6 +46,7 @@ class LensConfig:
     def validate(self, path: str = "tuned-lens") -> None:
         check(self.steps >= 0, f"{path}.steps", self.steps, "must be >= 0")
         check(self.lr > 0, f"{path}.lr", self.lr, "must be > 0")
+        check(self.weight_decay >= 0, f"{path}.weight_decay", self.weight_decay, "must be >= 0")
         check(0 <= self.eval_fraction < 1, f"{path}.eval_fraction", self.eval_fraction, "must be in [0, 1)")
         for name in ("batch_size", "seq_len", "max_sequences", "top_k"):
             check(getattr(self, name) >= 1, f"{path}.{name}", getattr(self, name), "must be >= 1")
@@ -96,9 +101,26 @@ def train_lens(runner: ResidualRunner, batches: Sequence[TokenBatch], cfg: LensC
     lens = TunedLens(L, d).to(runner.device)
     if not batches:
         return lens
-    opt = torch.optim.Adam(lens.parameters(), lr=cfg.lr)
-    for p in runner.model.parameters():
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(lens.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
+                              weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(lens.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Freeze the model while training (no .grad on lm_head/norm), then restore its flags.
+    flags = [(p, p.requires_grad) for p in runner.model.parameters()]
+    for p, _ in flags:
         p.requires_grad_(False)
+    try:
+        _fit(runner, lens, opt, batches, cfg, progress)
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+    return lens
+
+
+def _fit(runner: ResidualRunner, lens: TunedLens, opt: torch.optim.Optimizer, batches: Sequence[TokenBatch],
+         cfg: LensConfig, progress: bool) -> None:
+    L = runner.num_layers
     for step in tqdm(range(cfg.steps), desc="tuned lens", disable=not progress):
         tb = batches[step % len(batches)]
         with torch.no_grad():
@@ -112,8 +134,9 @@ def train_lens(runner: ResidualRunner, batches: Sequence[TokenBatch], cfg: LensC
         for i in range(L - 1):
             loss = _kl(final_logp, lens_logits(runner, lens, i, hs[i + 1][valid])).mean()
             loss.backward()
+        # Large residual norms can make early steps huge; clipping keeps the first steps sane.
+        torch.nn.utils.clip_grad_norm_(lens.parameters(), 1.0)
         opt.step()
-    return lens
 
 
 @torch.no_grad()
