@@ -19,14 +19,14 @@ import torch
 EXIT_NO_GPU = 2
 BF16 = 2  # bytes
 
-# (name, full-size shape, dry-run shape)
+# (full-size shape, dry-run shape or None)
 # A dry run uses only the first entry's tiny shape: the interpreter costs ~0.1 s a launch.
-RMSNORM_SHAPES = [((16384, 960), (6, 96)), ((16384, 2048), None)]
-SWIGLU_SHAPES = [((16384, 2560), (3, 80)), ((16384, 8192), None)]
+RMSNORM_SHAPES = (((16384, 960), (6, 96)), ((16384, 2048), None))
+SWIGLU_SHAPES = (((16384, 2560), (3, 80)), ((16384, 8192), None))
 # (s, b, hq, hk, d)
-ROPE_SHAPES = [((2048, 8, 15, 5, 64), (4, 2, 3, 1, 16)), ((2048, 8, 32, 32, 64), None)]
+ROPE_SHAPES = (((2048, 8, 15, 5, 64), (4, 2, 3, 1, 16)), ((2048, 8, 32, 32, 64), None))
 # (tokens, vocab, hidden)
-CE_SHAPES = [((16384, 49152, 960), (6, 70, 16)), ((16384, 49152, 2048), None)]
+CE_SHAPES = (((16384, 49152, 960), (6, 70, 16)), ((16384, 49152, 2048), None))
 
 
 def _shapes(table, dry):
@@ -41,20 +41,26 @@ def _parse(argv):
     p.add_argument("--only", default="", help="comma list among rmsnorm,swiglu,rope,ce (default: all)")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile column")
     p.add_argument("--tune", action="store_true", help="also sweep RMSNorm launch parameters")
+    p.add_argument("--graph", action="store_true",
+                   help="time CUDA-graph replays (removes host launch overhead, which matters at ~0.1 ms)")
     p.add_argument("--warmup-ms", type=float, default=25.0)
     p.add_argument("--rep-ms", type=float, default=200.0)
     return p.parse_args(argv)
 
 
 class _Timer:
-    """do_bench on CUDA; one plain call on CPU (dry run: the interpreter's time means nothing)."""
+    """do_bench on CUDA (or do_bench_cudagraph: no host launch gaps between kernels of ~0.1 ms);
+    one plain call on CPU (dry run: the interpreter's time means nothing)."""
 
-    def __init__(self, cuda: bool, warmup_ms: float, rep_ms: float):
-        self.cuda, self.warmup_ms, self.rep_ms = cuda, warmup_ms, rep_ms
+    def __init__(self, cuda: bool, warmup_ms: float, rep_ms: float, graph: bool = False):
+        self.cuda, self.warmup_ms, self.rep_ms, self.graph = cuda, warmup_ms, rep_ms, graph
 
     def __call__(self, fn, grad_to_none=None) -> float:
         if self.cuda:
             import triton.testing
+            if self.graph:
+                return float(triton.testing.do_bench_cudagraph(fn, rep=self.rep_ms, grad_to_none=grad_to_none,
+                                                               return_mode="median"))
             return float(triton.testing.do_bench(fn, warmup=self.warmup_ms, rep=self.rep_ms,
                                                  grad_to_none=grad_to_none, return_mode="median"))
         t = time.perf_counter()
@@ -202,10 +208,11 @@ def bench_rope(results, dev, timer, copy_gbps, dry, compile_on, liger):
         if ref_c is not None:
             provs.append(("torch.compile", lambda: ref_c(q, k, cos, sin), [q, k], [dq, dk]))
         if liger is not None:
-            # Liger takes HF's [b, h, s, d] layout and cos/sin [1, s, d]: same bytes, its own layout.
-            qh = q.detach().permute(1, 2, 0, 3).contiguous().requires_grad_()
-            kh = k.detach().permute(1, 2, 0, 3).contiguous().requires_grad_()
-            dqh, dkh = dq.permute(1, 2, 0, 3).contiguous(), dk.permute(1, 2, 0, 3).contiguous()
+            # Liger takes HF's q/k: [b, h, s, d] views of [b, s, h, d] storage (the projection's
+            # output, transposed), cos/sin [1, s, d]. Same bytes, its own layout.
+            qh = q.detach().transpose(0, 1).contiguous().transpose(1, 2).requires_grad_()
+            kh = k.detach().transpose(0, 1).contiguous().transpose(1, 2).requires_grad_()
+            dqh, dkh = dq.transpose(0, 1).transpose(1, 2), dk.transpose(0, 1).transpose(1, 2)
             c1, s1 = cos[None], sin[None]
             provs.append((f"liger {liger['version']}", lambda: liger["rope"](qh, kh, c1, s1), [qh, kh], [dqh, dkh]))
         _check(results, "rope", (s, b, hq, hk, d), _grads_of(provs[0][1], [q, k], [dq, dk]),
@@ -377,7 +384,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return EXIT_NO_GPU
     torch.manual_seed(0)
-    timer = _Timer(cuda, args.warmup_ms, args.rep_ms)
+    timer = _Timer(cuda, args.warmup_ms, args.rep_ms, graph=args.graph and cuda)
     notes = []
     compile_on = not args.no_compile and not args.dry_run
     if args.dry_run:
@@ -402,7 +409,8 @@ def main(argv=None) -> int:
         device=torch.cuda.get_device_name(dev) if cuda else f"cpu ({platform.processor() or platform.machine()})",
         dry_run=args.dry_run, torch=torch.__version__, triton=triton.__version__,
         liger=liger["version"] if liger else None, dtype="bfloat16", copy_gbps=copy_gbps,
-        timing="triton.testing.do_bench median" if cuda else "one wall-clock call (dry run)",
+        timing=(("triton.testing.do_bench_cudagraph" if args.graph else "triton.testing.do_bench") + " median")
+        if cuda else "one wall-clock call (dry run)",
         notes=notes, results=results, targets=_targets(results, copy_gbps),
     )
     with open(args.out, "w") as f:
