@@ -1,0 +1,309 @@
+"""Conversions: native checkpoint -> HF Llama directory / in-memory model, and HF -> native run dir."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections import OrderedDict
+from typing import Any, Optional, Union
+
+import torch
+
+from grow_megatron.config.base import ConfigError
+from grow_megatron.convert import hf as H
+from grow_megatron.convert.keymap import (EMBED, FINAL_NORM, HF_EMBED, HF_NORM, LAYER_PREFIX, LAYER_SUFFIXES,
+                                          LlamaShape, hf_layer_to_native, native_layer_to_hf)
+from grow_megatron.convert.native import (NativeReader, RunInfo, model_config_from_shape, read_run_info,
+                                          resolve_checkpoint, shape_from_model_config, write_json)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTypeLike = Union[str, torch.dtype, None]
+
+
+def _dtype(dtype: DTypeLike, default: torch.dtype) -> torch.dtype:
+    if dtype is None or dtype == "auto":
+        return default
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError("dtype", dtype, f"choose one of auto, {', '.join(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def _progress(iterable, total: int, desc: str, enabled: bool):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="layer", leave=False)
+
+
+# --- native -> HF ----------------------------------------------------------------------------
+
+class NativeSource:
+    """A native checkpoint opened for export: reader, run config, shape."""
+
+    def __init__(self, path: str, config: Optional[str] = None, main_params: bool = False):
+        self.ckpt_dir, self.run_dir = resolve_checkpoint(path)
+        if config is None:
+            if self.run_dir is None:
+                raise ConfigError("config", None, f"no config.yaml found for {self.ckpt_dir} (it is looked for in the "
+                                  "run directory two levels up); give the run's config with --config")
+            config = os.path.join(self.run_dir, "config.yaml")
+        self.run: RunInfo = read_run_info(config)
+        self.reader = NativeReader(self.ckpt_dir)
+        # fp32 main params (the optimizer's copy) are the more precise weights of a bf16 run.
+        self.prefix = "optimizer.param.model." if main_params else "model."
+        self.shape: LlamaShape = shape_from_model_config(self.run.model, num_layers=self.reader.depth,
+                                                         vocab_size=self.reader.vocab_size)
+        self.reader.check(self.shape)
+
+    def read(self, key: str) -> torch.Tensor:
+        if self.prefix == "model.":
+            return self.reader.read(key)
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint import FileSystemReader
+
+        out = {self.prefix + key: torch.empty(self.reader.shapes[key], dtype=torch.float32)}
+        dcp.load(out, storage_reader=FileSystemReader(self.ckpt_dir), no_dist=True)
+        return out[self.prefix + key]
+
+    @property
+    def default_dtype(self) -> torch.dtype:
+        return torch.float32 if self.prefix != "model." else self.reader.dtype
+
+    def history(self) -> dict[str, Any]:
+        """The growth record exported with the model (grow_megatron.json, config.json)."""
+        m = self.reader.meta
+        growths = list(m.get("growths", []))
+        depths = [growths[0]["old_depth"]] + [g["new_depth"] for g in growths] if growths else [m["depth"]]
+        return {
+            "format_version": 1,
+            "name": m.get("name"),
+            "step": m.get("step"),
+            "depth": m.get("depth"),
+            "operator": m.get("operator"),
+            "stage_steps": m.get("stage_steps"),
+            "depths": depths,
+            "growth_steps": [g.get("step") for g in growths],
+            "growths": growths,
+            "ln_scaling": bool(self.shape.ln_scaling),
+            "ln_scaling_folded_into_norms": bool(self.shape.ln_scaling),
+            "source_checkpoint": self.ckpt_dir,
+            "source": m.get("source"),
+            "model": {k: v for k, v in vars(self.run.model).items()},
+        }
+
+    def tokenizer(self):
+        from grow_megatron.data import build_tokenizer
+
+        return build_tokenizer(self.run.data)
+
+
+def native_to_hf_state_dict(src: NativeSource, dtype: torch.dtype, progress: bool = False) -> "OrderedDict[str, torch.Tensor]":
+    """HF tensors of the whole model, built layer by layer from the stacked native tensors."""
+    shape = src.shape
+    stacked = {s: src.read(LAYER_PREFIX + s) for s in LAYER_SUFFIXES}  # each [L, ...]
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    out[HF_EMBED] = src.read(EMBED).to(dtype)
+    for i in _progress(range(shape.num_layers), shape.num_layers, "to-hf", progress):
+        layer = {s: t[i].float() for s, t in stacked.items()}
+        out.update({k: v.to(dtype) for k, v in native_layer_to_hf(i, layer, shape).items()})
+    del stacked
+    out[HF_NORM] = src.read(FINAL_NORM).to(dtype)
+    return out
+
+
+def _hf_config_for(src: NativeSource, dtype: torch.dtype, tok=None):
+    eod = tok.eod if tok is not None else None
+    return H.make_hf_config(src.shape, bos_token_id=eod, eos_token_id=eod, dtype=dtype, history=src.history())
+
+
+def to_hf(ckpt: str, out_dir: str, *, config: Optional[str] = None, dtype: DTypeLike = None,
+          main_params: bool = False, tokenizer: bool = True, progress: bool = True) -> dict:
+    """Write a transformers LlamaForCausalLM directory for a native checkpoint (or a run's latest).
+
+    LN-Scaling is folded into the norm gains, so the result is a plain Llama. Returns a summary."""
+    from safetensors.torch import save_file
+    from transformers import GenerationConfig
+
+    t0 = time.perf_counter()
+    src = NativeSource(ckpt, config, main_params)
+    dt = _dtype(dtype, src.default_dtype)
+    tok = src.tokenizer() if tokenizer else None
+    if tok is not None and tok.vocab_size > src.shape.vocab_size:
+        raise ConfigError("data.tokenizer", tok.source, f"has {tok.vocab_size} tokens but the checkpoint's embedding "
+                          f"only {src.shape.vocab_size}: this is not the run's tokenizer")
+    sd = native_to_hf_state_dict(src, dt, progress)
+    os.makedirs(out_dir, exist_ok=True)
+    cfg = _hf_config_for(src, dt, tok)
+    save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    H.write_hf_config(cfg, out_dir)
+    GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id).save_pretrained(out_dir)
+    if tok is not None:
+        tok.save(out_dir)
+    write_json(os.path.join(out_dir, H.HISTORY_FILE), src.history())
+    return {"out_dir": out_dir, "checkpoint": src.ckpt_dir, "depth": src.shape.num_layers, "dtype": str(dt),
+            "params": sum(t.numel() for t in sd.values()), "ln_scaling_folded": src.shape.ln_scaling,
+            "tokenizer": tok is not None, "seconds": time.perf_counter() - t0}
+
+
+def _no_init():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers < 5
+        try:
+            from transformers.modeling_utils import no_init_weights
+        except ImportError:
+            import contextlib
+
+            return contextlib.nullcontext()
+    return no_init_weights()
+
+
+def native_to_hf_model(src: NativeSource, dtype: torch.dtype = torch.float32, tok=None, progress: bool = False):
+    """An in-memory LlamaForCausalLM with the weights of the native checkpoint (no files written)."""
+    from transformers import LlamaForCausalLM
+
+    sd = native_to_hf_state_dict(src, dtype, progress)
+    cfg = _hf_config_for(src, dtype, tok)
+    with _no_init():
+        model = LlamaForCausalLM(cfg)
+    model.to(dtype)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if k != "lm_head.weight"]
+    if missing or unexpected:
+        raise RuntimeError(f"in-memory export: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    model.tie_weights()
+    if model.lm_head.weight.data_ptr() != model.model.embed_tokens.weight.data_ptr():
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+def _hf_tokenizer(tok):
+    """A transformers fast tokenizer equivalent to our Tokenizer (via its saved files)."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as d:
+        tok.save(d)
+        return AutoTokenizer.from_pretrained(d)
+
+
+def load_as_hf(path: str, device: str = "cpu", dtype: DTypeLike = torch.float32, *, config: Optional[str] = None):
+    """(LlamaForCausalLM in eval mode, HF tokenizer or None) for an HF dir, a native checkpoint dir
+    or a run dir (converted in memory, LN-Scaling folded). `dtype` may be a torch dtype or a name."""
+    dt = _dtype(dtype, torch.float32)
+    if os.path.isfile(os.path.join(path, "config.json")):
+        from transformers import AutoTokenizer, LlamaForCausalLM
+
+        model = LlamaForCausalLM.from_pretrained(path, dtype=dt)
+        try:
+            tok = AutoTokenizer.from_pretrained(path)
+        except Exception:  # a bare weights directory: token-id data still works
+            tok = None
+        return model.to(device).eval(), tok
+    src = NativeSource(path, config)
+    try:
+        ours = src.tokenizer()
+    except ConfigError:
+        ours = None
+    model = native_to_hf_model(src, dt, ours)
+    return model.to(device).eval(), (_hf_tokenizer(ours) if ours is not None else None)
+
+
+# --- HF -> native ----------------------------------------------------------------------------
+
+def hf_to_native_state_dict(weights: dict[str, torch.Tensor], shape: LlamaShape,
+                            progress: bool = False) -> dict[str, torch.Tensor]:
+    """Global native tensors (stacked layer axis, fp32) from HF tensors."""
+    layers = [hf_layer_to_native(i, {k: v.float() for k, v in weights.items() if k.startswith(f"model.layers.{i}.")}, shape)
+              for i in _progress(range(shape.num_layers), shape.num_layers, "from-hf", progress)]
+    out = {LAYER_PREFIX + s: torch.stack([layer[s] for layer in layers]) for s in LAYER_SUFFIXES}
+    out[EMBED] = weights[HF_EMBED].float()
+    out[FINAL_NORM] = weights[HF_NORM].float()
+    return out
+
+
+def _copy_tokenizer(hf_dir: str, out_dir: str) -> Optional[str]:
+    if not os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
+        return None
+    dst = os.path.join(out_dir, "tokenizer")
+    os.makedirs(dst, exist_ok=True)
+    for name in H.TOKENIZER_FILES:
+        if os.path.isfile(os.path.join(hf_dir, name)):
+            shutil.copyfile(os.path.join(hf_dir, name), os.path.join(dst, name))
+    return dst
+
+
+def from_hf(hf_dir: str, out_dir: str, *, ln_scaling: bool = False, seq_length: Optional[int] = None,
+            name: Optional[str] = None, progress: bool = True) -> dict:
+    """Write a run directory OUT_DIR (config.yaml, checkpoints/step_00000000, tokenizer/) holding the
+    HF model as a step-0 native checkpoint with a fresh optimizer, ready for `grow-megatron train`.
+
+    ln_scaling: the model is to continue with LN-Scaling on; its (folded) HF norm gains are
+    unfolded by sqrt(l), so that the native forward equals the HF one."""
+    from grow_megatron.config.run import dump_run_config
+    from grow_megatron.training.distributed import device_context
+
+    t0 = time.perf_counter()
+    hf_dir = os.path.abspath(hf_dir)
+    out_dir = os.path.abspath(out_dir)
+    cfg = H.read_hf_config(hf_dir)
+    shape = H.shape_from_hf_config(cfg, ln_scaling=ln_scaling, seq_length=seq_length)
+    weights = H.load_hf_weights(hf_dir)
+    H.check_hf_weights(weights, shape, cfg, hf_dir)
+    ckpt_root = os.path.join(out_dir, "checkpoints")
+    if os.path.isdir(ckpt_root) and os.listdir(ckpt_root):
+        raise ConfigError("out_dir", out_dir, "already holds checkpoints/: choose a new directory")
+    native = hf_to_native_state_dict(weights, shape, progress)
+    del weights
+    os.makedirs(out_dir, exist_ok=True)
+    tok_dir = _copy_tokenizer(hf_dir, out_dir)
+    run_name = name or os.path.basename(hf_dir.rstrip("/")) or "hf"
+    model = model_config_from_shape(shape)
+    from grow_megatron.config.run import RunConfig
+    from grow_megatron.data.config import DataConfig
+
+    run_cfg = RunConfig(name=run_name, run_dir=out_dir, model=model, data=DataConfig(tokenizer=tok_dir)).validate(1)
+    if tok_dir:
+        from grow_megatron.data import build_tokenizer
+
+        tok = build_tokenizer(run_cfg.data)
+        if tok.vocab_size > shape.vocab_size:
+            raise ConfigError("tokenizer", tok_dir, f"has {tok.vocab_size} tokens, more than the model's vocab_size "
+                              f"{shape.vocab_size}")
+    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+        f.write(dump_run_config(run_cfg))
+    meta = {"growths": [], "name": run_name, "stage_steps": [], "operator": "none",
+            "source": {"format": "huggingface", "path": hf_dir, "ln_scaling_unfolded": ln_scaling,
+                       "history": cfg.get(H.HISTORY_FIELD)}}
+    with device_context():
+        from grow_megatron.convert.native import write_native_checkpoint
+
+        ckpt = write_native_checkpoint(native, model, shape.num_layers, shape.vocab_size, ckpt_root, meta)
+    return {"run_dir": out_dir, "checkpoint": ckpt, "depth": shape.num_layers, "tokenizer": tok_dir,
+            "config": os.path.join(out_dir, "config.yaml"), "seconds": time.perf_counter() - t0}
+
+
+# --- checks ------------------------------------------------------------------------------------
+
+def compare_logits(ckpt: str, hf: Optional[str] = None, *, tokens: Optional[torch.Tensor] = None,
+                   config: Optional[str] = None, seed: int = 0) -> float:
+    """Max |native logits - HF logits| (fp32) on `tokens` (default: 2 random rows of 16 tokens).
+
+    hf: an exported directory; None compares against the in-memory export."""
+    from grow_megatron.convert.native import native_logits
+    from grow_megatron.training.distributed import device_context
+
+    src = NativeSource(ckpt, config)
+    if tokens is None:
+        g = torch.Generator().manual_seed(seed)
+        tokens = torch.randint(0, src.shape.vocab_size, (2, min(16, src.shape.seq_length)), generator=g)
+    model = load_as_hf(hf)[0] if hf else native_to_hf_model(src, torch.float32)
+    with torch.no_grad():
+        ref = model(tokens).logits.float()  # [b, s, V]
+    with device_context():
+        ours = native_logits(src.ckpt_dir, src.run.model, tokens)
+    return float((ours - ref).abs().max())

@@ -1,0 +1,249 @@
+"""The explicit map between grow_megatron (megatron-core GPTModel) and Hugging Face Llama tensors.
+
+Everything here is a pure function of tensors and shapes: no files, no process groups.
+
+Native tensors are the *global*, layout-free tensors of a checkpoint: TP shards concatenated,
+PP stages stacked, so one key per parameter kind with a leading layer axis of size depth for
+the decoder layers (megatron's sharded state dict). Keys below are written without the
+checkpoint's `model.` prefix.
+
+    native                                             HF (layer i, 0-indexed)
+    embedding.word_embeddings.weight   [V, d]          model.embed_tokens.weight   (= lm_head, tied)
+    decoder.final_layernorm.weight     [d]             model.norm.weight
+    decoder.layers.input_layernorm.weight[i]           model.layers.i.input_layernorm.weight           * 1/sqrt(i+1) *
+    decoder.layers.pre_mlp_layernorm.weight[i]         model.layers.i.post_attention_layernorm.weight  * 1/sqrt(i+1) *
+    decoder.layers.self_attention.linear_qkv.weight[i] model.layers.i.self_attn.{q,k,v}_proj.weight    (de-interleave)
+    decoder.layers.self_attention.linear_proj.weight[i] model.layers.i.self_attn.o_proj.weight
+    decoder.layers.mlp.linear_fc1.weight[i]            model.layers.i.mlp.{gate,up}_proj.weight        (split rows)
+    decoder.layers.mlp.linear_fc2.weight[i]            model.layers.i.mlp.down_proj.weight
+
+    * only with LN-Scaling (SPEC 5): the factor of the layer's 1-indexed position is folded
+      into the norm gain, so the export is a plain Llama.
+
+No q/k permutation is needed: megatron's RoPE (rotary_interleaved=False) rotates halves of
+each head (x1, x2 = x[:d/2], x[d/2:]) exactly like transformers' `rotate_half`, so the rows of
+a head are in the same order on both sides. (Meta's original Llama weights rotate interleaved
+pairs, which is what the permute in HF's convert_llama_weights_to_hf.py is for.)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import torch
+
+EMBED = "embedding.word_embeddings.weight"
+FINAL_NORM = "decoder.final_layernorm.weight"
+LAYER_PREFIX = "decoder.layers."
+
+# Layer suffixes of the native checkpoint (all stacked over the layer axis).
+INPUT_NORM = "input_layernorm.weight"
+MLP_NORM = "pre_mlp_layernorm.weight"
+QKV = "self_attention.linear_qkv.weight"
+PROJ = "self_attention.linear_proj.weight"
+FC1 = "mlp.linear_fc1.weight"
+FC2 = "mlp.linear_fc2.weight"
+LAYER_SUFFIXES = (INPUT_NORM, QKV, PROJ, MLP_NORM, FC1, FC2)
+
+HF_EMBED = "model.embed_tokens.weight"
+HF_NORM = "model.norm.weight"
+HF_HEAD = "lm_head.weight"
+
+
+def hf_layer_keys(i: int) -> dict[str, str]:
+    """HF names of layer i's tensors, by role."""
+    p = f"model.layers.{i}."
+    return {
+        "input_norm": p + "input_layernorm.weight",
+        "mlp_norm": p + "post_attention_layernorm.weight",
+        "q": p + "self_attn.q_proj.weight",
+        "k": p + "self_attn.k_proj.weight",
+        "v": p + "self_attn.v_proj.weight",
+        "o": p + "self_attn.o_proj.weight",
+        "gate": p + "mlp.gate_proj.weight",
+        "up": p + "mlp.up_proj.weight",
+        "down": p + "mlp.down_proj.weight",
+    }
+
+
+def hf_keys(num_layers: int) -> list[str]:
+    """Every tensor an exported (tied) Llama holds, in file order."""
+    keys = [HF_EMBED]
+    for i in range(num_layers):
+        keys += list(hf_layer_keys(i).values())
+    return keys + [HF_NORM]
+
+
+@dataclass(frozen=True)
+class LlamaShape:
+    """What both sides must agree on. head_dim is explicit: HF allows head_dim != d / heads."""
+
+    num_layers: int
+    hidden_size: int
+    ffn_hidden_size: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    seq_length: int = 2048
+    ln_scaling: bool = False
+
+    @property
+    def q_rows(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_rows(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @property
+    def heads_per_group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def ln_scale(position: int) -> float:
+    """LN-Scaling factor of the layer at 0-indexed `position` (SPEC 5: 1/sqrt of the 1-indexed one)."""
+    return 1.0 / math.sqrt(position + 1)
+
+
+def fold_norm(weight: torch.Tensor, position: int) -> torch.Tensor:
+    """Norm gain with the LN-Scaling factor folded in: w' = w / sqrt(l), l = position + 1.
+
+    Computed in fp64 and rounded once, so the folded gain is the correctly rounded value."""
+    return (weight.double() / math.sqrt(position + 1)).to(weight.dtype)
+
+
+def unfold_norm(weight: torch.Tensor, position: int) -> torch.Tensor:
+    """Inverse of fold_norm up to one rounding (exact inversion is impossible in floating point:
+    the fold is not injective on fp32)."""
+    return (weight.double() * math.sqrt(position + 1)).to(weight.dtype)
+
+
+# --- QKV ---------------------------------------------------------------------------------
+# megatron's fused QKV rows are grouped by query group g (= kv head g):
+#   [ q heads g*r .. g*r+r-1 (r = heads / kv_heads) | k head g | v head g ]   each head_dim rows
+# (see megatron/core/transformer/attention.py, SelfAttention.get_query_key_value_tensors).
+# HF keeps q, k, v as separate matrices with heads in order; query head h uses kv head h // r
+# on both sides (HF's repeat_kv, our SDPAttention's repeat_interleave).
+
+def split_qkv(qkv: torch.Tensor, shape: LlamaShape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """megatron fused QKV [(hq + 2 hkv) * hd, d] -> q [hq*hd, d], k [hkv*hd, d], v [hkv*hd, d]."""
+    r, hd, g = shape.heads_per_group, shape.head_dim, shape.num_kv_heads
+    d_in = qkv.shape[-1]
+    expected = (shape.num_heads + 2 * g) * hd
+    if qkv.shape[0] != expected:
+        raise ValueError(f"linear_qkv has {qkv.shape[0]} rows, expected (heads + 2 kv_heads) * head_dim = {expected}")
+    grouped = qkv.reshape(g, r + 2, hd, d_in)          # [g, r+2, hd, d]
+    q = grouped[:, :r].reshape(g * r * hd, d_in)       # [hq*hd, d]; group-major = head order
+    k = grouped[:, r].reshape(g * hd, d_in)            # [hkv*hd, d]
+    v = grouped[:, r + 1].reshape(g * hd, d_in)        # [hkv*hd, d]
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: LlamaShape) -> torch.Tensor:
+    """Inverse of split_qkv: q [hq*hd, d], k, v [hkv*hd, d] -> megatron fused [(hq + 2 hkv) * hd, d]."""
+    r, hd, g = shape.heads_per_group, shape.head_dim, shape.num_kv_heads
+    d_in = q.shape[-1]
+    qg = q.reshape(g, r, hd, d_in)                     # [g, r, hd, d]
+    kg = k.reshape(g, 1, hd, d_in)                     # [g, 1, hd, d]
+    vg = v.reshape(g, 1, hd, d_in)                     # [g, 1, hd, d]
+    return torch.cat([qg, kg, vg], dim=1).reshape((g * (r + 2)) * hd, d_in).contiguous()
+
+
+# --- SwiGLU fc1 --------------------------------------------------------------------------
+# megatron's gated fc1 is cat([gate, up]) along rows and computes silu(first half) * second
+# half (megatron/core/transformer/mlp.py glu); HF: down(silu(gate(x)) * up(x)).
+
+def split_fc1(fc1: torch.Tensor, shape: LlamaShape) -> tuple[torch.Tensor, torch.Tensor]:
+    """[2f, d] -> gate [f, d], up [f, d]."""
+    f = shape.ffn_hidden_size
+    if fc1.shape[0] != 2 * f:
+        raise ValueError(f"linear_fc1 has {fc1.shape[0]} rows, expected 2 * ffn_hidden_size = {2 * f}")
+    return fc1[:f].contiguous(), fc1[f:].contiguous()
+
+
+def merge_fc1(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return torch.cat([gate, up], dim=0).contiguous()   # [2f, d]
+
+
+# --- whole layers --------------------------------------------------------------------------
+
+def native_layer_to_hf(i: int, layer: dict[str, torch.Tensor], shape: LlamaShape) -> dict[str, torch.Tensor]:
+    """One layer's native tensors (by suffix, without the layer axis) -> HF tensors of layer i."""
+    keys = hf_layer_keys(i)
+    q, k, v = split_qkv(layer[QKV], shape)
+    gate, up = split_fc1(layer[FC1], shape)
+    in_norm, mlp_norm = layer[INPUT_NORM], layer[MLP_NORM]
+    if shape.ln_scaling:
+        in_norm, mlp_norm = fold_norm(in_norm, i), fold_norm(mlp_norm, i)
+    return {
+        keys["input_norm"]: in_norm.contiguous(),
+        keys["q"]: q, keys["k"]: k, keys["v"]: v,
+        keys["o"]: layer[PROJ].contiguous(),
+        keys["mlp_norm"]: mlp_norm.contiguous(),
+        keys["gate"]: gate, keys["up"]: up,
+        keys["down"]: layer[FC2].contiguous(),
+    }
+
+
+def hf_layer_to_native(i: int, hf: dict[str, torch.Tensor], shape: LlamaShape) -> dict[str, torch.Tensor]:
+    """HF tensors of layer i -> native tensors by suffix (no layer axis)."""
+    keys = hf_layer_keys(i)
+    in_norm, mlp_norm = hf[keys["input_norm"]], hf[keys["mlp_norm"]]
+    if shape.ln_scaling:
+        in_norm, mlp_norm = unfold_norm(in_norm, i), unfold_norm(mlp_norm, i)
+    return {
+        INPUT_NORM: in_norm.contiguous(),
+        QKV: merge_qkv(hf[keys["q"]], hf[keys["k"]], hf[keys["v"]], shape),
+        PROJ: hf[keys["o"]].contiguous(),
+        MLP_NORM: mlp_norm.contiguous(),
+        FC1: merge_fc1(hf[keys["gate"]], hf[keys["up"]]),
+        FC2: hf[keys["down"]].contiguous(),
+    }
+
+
+def expected_hf_shapes(shape: LlamaShape) -> dict[str, tuple[int, ...]]:
+    d, f, V = shape.hidden_size, shape.ffn_hidden_size, shape.vocab_size
+    out: dict[str, tuple[int, ...]] = {HF_EMBED: (V, d), HF_NORM: (d,)}
+    for i in range(shape.num_layers):
+        k = hf_layer_keys(i)
+        out.update({k["input_norm"]: (d,), k["mlp_norm"]: (d,), k["q"]: (shape.q_rows, d), k["k"]: (shape.kv_rows, d),
+                    k["v"]: (shape.kv_rows, d), k["o"]: (d, shape.q_rows), k["gate"]: (f, d), k["up"]: (f, d),
+                    k["down"]: (d, f)})
+    return out
+
+
+def expected_native_shapes(shape: LlamaShape) -> dict[str, tuple[int, ...]]:
+    """Global native tensor shapes (stacked layer axis first), without the `model.` prefix."""
+    d, f, V, L = shape.hidden_size, shape.ffn_hidden_size, shape.vocab_size, shape.num_layers
+    return {
+        EMBED: (V, d), FINAL_NORM: (d,),
+        LAYER_PREFIX + INPUT_NORM: (L, d), LAYER_PREFIX + MLP_NORM: (L, d),
+        LAYER_PREFIX + QKV: (L, shape.q_rows + 2 * shape.kv_rows, d),
+        LAYER_PREFIX + PROJ: (L, d, shape.q_rows),
+        LAYER_PREFIX + FC1: (L, 2 * f, d), LAYER_PREFIX + FC2: (L, d, f),
+    }
+
+
+def check_shapes(tensors: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], where: str,
+                 allow_extra: Iterable[str] = ()) -> None:
+    """Raise one readable error for missing, unexpected or mis-shaped tensors."""
+    allow = tuple(allow_extra)
+    missing = [k for k in expected if k not in tensors]
+    extra = [k for k in tensors if k not in expected and not any(k.endswith(a) for a in allow)]
+    bad = [f"{k} {tuple(tensors[k])} != {expected[k]}" for k in expected if k in tensors and tuple(tensors[k]) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+    if extra:
+        problems.append(f"unexpected {', '.join(extra[:4])}{' ...' if len(extra) > 4 else ''}")
+    if bad:
+        problems.append(f"shape {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
+    if problems:
+        raise ValueError(f"{where}: {'; '.join(problems)}")
