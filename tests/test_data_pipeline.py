@@ -250,3 +250,25 @@ def test_split_forms():
     assert split_vector("98,2") == pytest.approx([0.98, 0.02, 0.0])
     cfg = from_dict(DataConfig, {"split": [0.9, 0.1]}, "data").validate()
     assert split_vector(cfg.split) == pytest.approx([0.9, 0.1, 0.0])
+
+
+def test_hf_source_local_hub_layout(work, tok):
+    """`hf:REPO[:CONFIG]` goes through datasets.load_dataset, as for a hub dataset; tested on a
+    local directory laid out like a hub repository (README configs)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    repo = work / "hubrepo"
+    (repo / "alpha").mkdir(parents=True)
+    (repo / "beta").mkdir()
+    a, b = _docs(30, 21, "alpha "), _docs(20, 22, "beta ")
+    pq.write_table(pa.table({"text": a}), repo / "alpha" / "train-00000-of-00001.parquet")
+    pq.write_table(pa.table({"text": b, "n": list(range(len(b)))}), repo / "beta" / "train-00000-of-00001.parquet")
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: alpha\n  data_files: alpha/*.parquet\n"
+                                    "- config_name: beta\n  data_files: beta/*.parquet\n---\n# test repo\n")
+    for cfg_name, texts in (("alpha", a), ("beta", b)):
+        m = prepare(f"hf:{repo}:{cfg_name}", str(work / f"hub_{cfg_name}"), tok, progress=False)
+        assert _read_docs(str(work / f"hub_{cfg_name}")) == [tok.tokenize(t) + [tok.eod] for t in texts]
+        assert m["source"] == f"hf:{repo}:{cfg_name}"
+    with pytest.raises(ConfigError, match="hf: needs a hub dataset name ORG/NAME or an existing local directory"):
+        prepare("hf:/no/such/dir", str(work / "hub_x"), tok, progress=False)

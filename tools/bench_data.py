@@ -29,6 +29,17 @@ import time
 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per tokenizer process: per-core numbers
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or ""
+
+
 def make_corpus(out_dir: str, size_mb: float, seed: int = 0, shard_mb: float = 25.0) -> tuple[int, int]:
     """Write ~size_mb MB of jsonl documents into out_dir; return (bytes of text, documents)."""
     from grow_megatron.data.corpus import iter_default_corpus
@@ -121,7 +132,8 @@ def main(argv=None) -> int:
     work = args.workdir or tmp.name
     os.makedirs(work, exist_ok=True)
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_count": os.cpu_count(),
-                 "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "python": platform.python_version(),
+                 "machine": f"{platform.machine()} {_cpu_model()}".strip(), "python": platform.python_version(),
+                 "loadavg_start": [round(x, 2) for x in os.getloadavg()],
                  "torch": torch.__version__, "command": "python tools/bench_data.py " + " ".join(argv or sys.argv[1:])}
     tok = load_tokenizer(None)
 
@@ -168,6 +180,7 @@ def main(argv=None) -> int:
     step_ms = tiny_step_ms(args.gbs, args.seq)
     res["tiny_torch_step_ms"] = round(step_ms, 1)
     res["loader_share_of_tiny_step"] = round(res["loader"]["ms_per_step_median"] / step_ms, 5)
+    res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
 
     print()
     print(f"{'measure':<52} {'value':>16}")
@@ -183,6 +196,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(res, f, indent=2)
+    print(f"load average (1, 5, 15 min) at start {res['loadavg_start']}, at end {res['loadavg_end']}")
     print(f"\nwrote {args.json}")
     if tmp:
         tmp.cleanup()

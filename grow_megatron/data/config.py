@@ -41,7 +41,10 @@ class DatasetSpec:
     """A megatron indexed dataset prefix (`PREFIX.bin` + `PREFIX.idx` exist, e.g. written by
     `grow-megatron data prepare` or Megatron-LM's preprocess_data.py), or a raw source to
     tokenize on first use: a .jsonl/.json/.parquet/.arrow/.txt/.md file (also .gz/.xz/.bz2/.zst
-    compressed), a directory of such files, or a `datasets.save_to_disk` directory."""
+    compressed), a directory of such files, a `datasets.save_to_disk` directory, or
+    `hf:REPO[:CONFIG]` (split "train" of `datasets.load_dataset(REPO, CONFIG)`: a hub dataset
+    such as `hf:HuggingFaceTB/smollm-corpus:fineweb-edu-dedup`, or a local directory laid out
+    like a hub dataset repository)."""
 
     weight: float | None = None
     """Sampling weight (relative; normalised over the mixture). Empty: 1.0, or the preset's

@@ -113,6 +113,8 @@ def _train_tokenizer_cached(cfg: DataConfig) -> str:
 
 # --- dataset resolution ------------------------------------------------------------------
 def _strip_ext(path: str) -> str:
+    if path.startswith("hf:"):
+        return path
     path = os.path.abspath(os.path.expanduser(path))
     return path[:-4] if path.endswith((".bin", ".idx")) and os.path.isfile(path) else path
 
@@ -124,9 +126,11 @@ def _slug(text: str) -> str:
 def prepared_prefix(cfg: DataConfig, source: str, text_field: str, tokenizer: Tokenizer, name: str | None) -> str:
     """Where build_datasets prepares raw `source` (the cache directory, keyed by source,
     text field and tokenizer; a changed file re-prepares in place, see prepare.prepare)."""
-    src = os.path.abspath(os.path.expanduser(source))
+    from grow_megatron.data.readers import source_id
+
+    src = source_id(source)
     digest = hashlib.sha256(json.dumps([src, text_field, tokenizer.sha256]).encode()).hexdigest()[:16]
-    stem = _slug(name or os.path.basename(src.rstrip("/")).split(".")[0])
+    stem = _slug(name or os.path.basename(src.rstrip("/").replace(":", "_")).split(".")[0])
     return os.path.join(cfg.resolved_cache_dir(), "prepared", f"{stem}-{digest}", "data")
 
 

@@ -64,11 +64,11 @@ def has_indexed_files(prefix: str) -> bool:
 def source_fingerprint(source: str, text_field: str, tokenizer, field: str = "data.datasets[].path") -> dict:
     """What decides the prepared dataset's content: the source files (path, size, mtime), the
     text field and the tokenizer. Equal fingerprints -> re-preparing is a no-op."""
-    from grow_megatron.data.readers import list_source_files
+    from grow_megatron.data.readers import list_source_files, source_id
 
     files = list_source_files(source, field)
     src = [{"path": p, "size": os.path.getsize(p), "mtime_ns": os.stat(p).st_mtime_ns} for p in files]
-    fp = {"format": FORMAT, "source": os.path.abspath(os.path.expanduser(source)), "files": src,
+    fp = {"format": FORMAT, "source": source_id(source), "files": src,
           "text_field": text_field, "tokenizer_sha256": tokenizer.sha256, "eod": tokenizer.eod}
     fp["sha256"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
     return fp

@@ -4,6 +4,11 @@ Supported: .jsonl/.json/.ndjson, .parquet, .arrow, .txt/.md/.text (one document 
 also .gz/.xz/.bz2/.zst/.lz4-compressed for the text formats; a directory of such files
 (recursively, sorted); a directory written by `datasets.Dataset.save_to_disk`.
 Document order is deterministic: files sorted by path, rows in file order.
+
+`hf:REPO[:CONFIG]` reads split "train" of `datasets.load_dataset(REPO, CONFIG, streaming=True)`:
+a Hugging Face hub dataset (e.g. `hf:HuggingFaceTB/smollm-corpus:cosmopedia-v2`, needs the
+network) or a local directory laid out like a hub dataset repository (data files found by
+HF's patterns or by the `configs:` of its README.md) -- the same code path, tested locally.
 """
 from __future__ import annotations
 
@@ -40,8 +45,47 @@ def is_saved_dataset_dir(path: str) -> bool:
     )
 
 
+HF_PREFIX = "hf:"
+
+
+def parse_hf(path: str) -> tuple[str, str | None]:
+    """'hf:REPO[:CONFIG]' -> (REPO, CONFIG); a local REPO directory is made absolute."""
+    rest = path[len(HF_PREFIX):]
+    repo, config = rest, None
+    if ":" in rest:
+        head, tail = rest.rsplit(":", 1)
+        if tail and "/" not in tail:
+            repo, config = head, tail
+    local = os.path.expanduser(repo)
+    if os.path.isdir(local):
+        repo = os.path.abspath(local)
+    return repo, config
+
+
+def source_id(path: str) -> str:
+    """A stable name of a source (absolute path, or the hf: spec with a local repo made absolute)."""
+    if path.startswith(HF_PREFIX):
+        repo, config = parse_hf(path)
+        return HF_PREFIX + repo + (f":{config}" if config else "")
+    return os.path.abspath(os.path.expanduser(path))
+
+
 def list_source_files(path: str, field: str = "data.datasets[].path") -> list[str]:
-    """The files a raw source consists of (absolute, sorted); ConfigError if missing or empty."""
+    """The files a raw source consists of (absolute, sorted); ConfigError if missing or empty.
+    A remote `hf:` dataset has no local files: [] (its fingerprint is its name)."""
+    if path.startswith(HF_PREFIX):
+        repo, _ = parse_hf(path)
+        if not os.path.isdir(repo):
+            if os.path.isabs(repo) or repo.startswith((".", "~")) or repo.count("/") != 1:
+                raise ConfigError(field, path, "hf: needs a hub dataset name ORG/NAME or an existing local directory")
+            return []
+        files = []
+        for root, dirs, names in os.walk(repo):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".")]
+        if not files:
+            raise ConfigError(field, path, "directory is empty (no data files)")
+        return sorted(files)
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
         raise ConfigError(field, path, "no such file or directory")
@@ -79,6 +123,9 @@ def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_f
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     files = list_source_files(path, source_field)
+    if path.startswith(HF_PREFIX):
+        yield from _iter_hf(path, text_field, field, source_field, batch_size)
+        return
     apath = os.path.abspath(os.path.expanduser(path))
     if is_saved_dataset_dir(apath):
         ds = datasets.load_from_disk(apath)
@@ -109,6 +156,28 @@ def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_f
             raise
         except Exception as err:
             raise ConfigError(source_field, file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})") from None
+
+
+def _iter_hf(path: str, text_field: str, field: str, source_field: str, batch_size: int) -> Iterator[list[str]]:
+    import datasets
+
+    repo, config = parse_hf(path)
+    try:
+        ds = datasets.load_dataset(repo, config, split="train", streaming=True)
+    except Exception as err:
+        raise ConfigError(source_field, path, "could not be opened with datasets.load_dataset "
+                          f"({type(err).__name__}: {str(err)[:200]})") from None
+    checked = False
+    try:
+        for batch in ds.iter(batch_size=batch_size):
+            if not checked:
+                _check_field(list(batch.keys()), text_field, path, field)
+                checked = True
+            yield _clean(batch[text_field], path, text_field, field)
+    except ConfigError:
+        raise
+    except Exception as err:
+        raise ConfigError(source_field, path, f"could not be read ({type(err).__name__}: {str(err)[:200]})") from None
 
 
 def _clean(texts, where: str, text_field: str, field: str) -> list[str]:
