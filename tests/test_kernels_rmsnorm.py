@@ -96,3 +96,19 @@ def test_module_and_non_contiguous_input():
 def test_rejects_bad_weight():
     with pytest.raises(ValueError, match="hidden size"):
         rms_norm(torch.randn(2, 8, device=DEVICE), torch.ones(7, device=DEVICE))
+
+
+def test_residual_with_one_output_unused():
+    # Only y feeds the loss (no gradient arrives for the new residual), then only the residual
+    # does (no gradient for y): both backward paths must match the reference.
+    x, w, res, _ = _case((5, 72), torch.float32, True, 13)
+    for pick in (0, 1):
+        leaves = [t.clone().requires_grad_() for t in (x, w, res)]
+        rms_norm(leaves[0], leaves[1], 1e-5, 0.6, leaves[2])[pick].pow(2).sum().backward()
+        ref = [t.clone().requires_grad_() for t in (x, w, res)]
+        rms_norm_ref(ref[0], ref[1], 1e-5, 0.6, ref[2])[pick].pow(2).sum().backward()
+        for a, b in zip(leaves, ref):
+            if b.grad is None:
+                assert a.grad is None or torch.count_nonzero(a.grad) == 0
+            else:
+                torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
