@@ -138,7 +138,7 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
     """[(indexed-dataset prefix, weight, name)] of the mixture, with zero-weight datasets left
     out; raw sources are prepared (on rank 0) first. Checks tokenizers match."""
     from grow_megatron.data.corpus import default_corpus_path
-    from grow_megatron.data.prepare import has_indexed_files, prepare, read_manifest
+    from grow_megatron.data.prepare import has_indexed_files, prepare
 
     tf_paths: dict[str, str] = {}
     if cfg.is_default():
@@ -151,9 +151,17 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
                                 ds.text_field or cfg.text_field, f"data.datasets[{i}].path"))
         tf_paths = {f"data.datasets[{i}].path": (f"data.datasets[{i}].text_field" if ds.text_field else "data.text_field")
                     for i, ds in enumerate(cfg.datasets)}
-    out: list[tuple[str, float, str, str]] = []  # prefix, weight, name, field
 
     def prepare_all():
+        from grow_megatron.data.readers import list_source_files
+
+        # Check everything cheap first (missing/empty sources, tokenizers of tokenized datasets),
+        # so no hours of tokenizing go by before a bad entry further down the list shows.
+        for path, _, _, _, field in entries:
+            if not has_indexed_files(_strip_ext(path)):
+                list_source_files(path, field)
+        _check_tokenizers([(_strip_ext(p), w, n, f) for p, w, n, _, f in entries if has_indexed_files(_strip_ext(p))],
+                          tokenizer, scan_ids=True)
         res = []
         for path, w, name, tf, field in entries:
             prefix = _strip_ext(path)
@@ -161,21 +169,26 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
                 res.append((prefix, w, name, field))
                 continue
             target = prepared_prefix(cfg, path, tf, tokenizer, name)
-            from grow_megatron.data.readers import list_source_files
-
-            list_source_files(path, field)  # clear error for missing/empty sources
             prepare(path, target, tokenizer, text_field=tf, num_workers=cfg.num_workers, progress=progress,
                     field=field, name=name, text_field_path=tf_paths.get(field, "data.text_field"))
             res.append((target, w, name, field))
         return res
 
     out = _rank0_then_share(prepare_all)
-    # Tokenizer consistency: every dataset of the mixture must have been made with this tokenizer.
+    _check_tokenizers(out, tokenizer)
+    return [(p, w, n) for p, w, n, _ in out]
+
+
+def _check_tokenizers(items, tokenizer: Tokenizer, scan_ids: bool = False) -> None:
+    """Every dataset of a mixture must have been tokenized with one tokenizer: the run's."""
+    from grow_megatron.data.prepare import read_manifest
+
     seen: dict[str, tuple[str, str]] = {}
-    for prefix, w, name, field in out:
+    for prefix, w, name, field in items:
         m = read_manifest(prefix)
         if m is None:
-            _check_ids_in_vocab(prefix, tokenizer, field)
+            if scan_ids:
+                _check_ids_in_vocab(prefix, tokenizer, field)
             continue
         sha = m["tokenizer"]["sha256"]
         for other_sha, (other_field, other_prefix) in seen.items():
@@ -187,7 +200,6 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
             raise ConfigError(field, prefix, f"was tokenized with tokenizer {sha[:12]} ({m['tokenizer'].get('source')}), "
                               f"not the run's tokenizer {tokenizer.sha256[:12]} ({tokenizer.source}): set data.tokenizer to "
                               f"{m['tokenizer'].get('copy') or 'that tokenizer'} or re-prepare the dataset")
-    return [(p, w, n) for p, w, n, _ in out]
 
 
 def _check_ids_in_vocab(prefix: str, tokenizer: Tokenizer, field: str) -> None:
