@@ -43,8 +43,9 @@ def _configs():
         out.append((f"rmsnorm bwd H={H}", rn._rms_norm_bwd_kernel, sig,
                     dict(HAS_DRES=True, SEPARATE_DRES_IN=False, BLOCK_M=bc["BLOCK_M"], BLOCK_H=bh, EMULATE_RTNE=False),
                     bc["num_warps"]))
-    out.append(("rmsnorm dweight reduce", rn._sum_partials_kernel, dict(PARTIAL="*fp32", OUT="*bf16", P=528, H=2048),
-                dict(BLOCK_P=2, BLOCK_N=1024, EMULATE_RTNE=False), 4))
+    bn, bp = rn.sum_partials_blocks(660, 2048)  # 132 SMs x 5 programs
+    out.append(("rmsnorm dweight reduce", rn._sum_partials_kernel, dict(PARTIAL="*fp32", OUT="*bf16", P=660, H=2048),
+                dict(BLOCK_P=bp, BLOCK_N=bn, EMULATE_RTNE=False), 4))
     for F in (2560, 8192):
         B = sw._block(F)
         warps = max(1, min(8, B // 256))

@@ -281,7 +281,7 @@ def tune_rmsnorm(results, dev, timer, copy_gbps, dry):
         x = torch.randn(M, H, device=dev, dtype=torch.bfloat16)
         w = (1 + 0.1 * torch.randn(H, device=dev)).to(torch.bfloat16)
         dy = torch.randn(M, H, device=dev, dtype=torch.bfloat16)
-        _, _, rstd = rn.forward(x, w, None, 1e-5, 0.5)
+        _, _, rstd = rn.rms_norm_forward(x, w, None, 1e-5, 0.5)
         fwd_grid = [(1, 2), (2, 4)] if dry else [(bm, nw) for bm in (1, 2, 4, 8) for nw in (2, 4, 8, 16)
                                                  if bm * bh <= 16384]
         bwd_grid = [(1, 4, 2)] if dry else [(bm, nw, ps) for bm in (1, 2, 4) for nw in (4, 8, 16) for ps in (1, 2, 4, 8)
@@ -291,7 +291,7 @@ def tune_rmsnorm(results, dev, timer, copy_gbps, dry):
             cfg = dict(BLOCK_M=bm, num_warps=nw)
             tag = " (default)" if cfg == default_f else ""
             try:
-                ms = timer(lambda: rn.forward(x, w, None, 1e-5, 0.5, config=cfg))
+                ms = timer(lambda: rn.rms_norm_forward(x, w, None, 1e-5, 0.5, config=cfg))
                 _record(results, "rmsnorm tune", (M, H), f"BLOCK_M={bm} warps={nw}{tag}", "fwd", ms,
                         2 * M * H * BF16, copy_gbps)
             except Exception as e:
@@ -301,7 +301,7 @@ def tune_rmsnorm(results, dev, timer, copy_gbps, dry):
             cfg = dict(BLOCK_M=bm, num_warps=nw, per_sm=ps)
             tag = " (default)" if cfg == default_b else ""
             try:
-                ms = timer(lambda: rn.backward(dy, x, w, rstd, None, 0.5, x.dtype, None, config=cfg))
+                ms = timer(lambda: rn.rms_norm_backward(dy, x, w, rstd, None, 0.5, x.dtype, None, config=cfg))
                 _record(results, "rmsnorm tune", (M, H), f"BLOCK_M={bm} warps={nw} per_sm={ps}{tag}", "bwd", ms,
                         3 * M * H * BF16, copy_gbps)
             except Exception as e:

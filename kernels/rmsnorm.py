@@ -144,12 +144,19 @@ def sum_partials(partial: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
     """Column sums of a [P, N] fp32 tensor, as a [N] tensor of `out_dtype`."""
     P, N = partial.shape
     out = _utils.empty((N,), out_dtype, partial.device)
-    BLOCK_N = min(1024, triton.next_power_of_2(N))
-    BLOCK_P = max(1, min(triton.next_power_of_2(P), 4096 // BLOCK_N))
+    BLOCK_N, BLOCK_P = sum_partials_blocks(P, N)
     _sum_partials_kernel[(triton.cdiv(N, BLOCK_N),)](
         partial, out, P, N, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, EMULATE_RTNE=_utils.emulate_rtne(), num_warps=4
     )
     return out
+
+
+def sum_partials_blocks(P: int, N: int) -> tuple[int, int]:
+    # Narrow column strips (32 fp32 = one 128-byte line a row) so that H=2048 still spreads
+    # over 64 programs; wide wants few programs each looping P/4 times, latency-bound.
+    block_n = min(32, triton.next_power_of_2(N))
+    block_p = max(1, min(triton.next_power_of_2(P), 4096 // block_n))
+    return block_n, block_p
 
 
 def _rows(t: torch.Tensor, H: int) -> torch.Tensor:
@@ -178,7 +185,7 @@ def bwd_config(H: int) -> dict:
     return dict(BLOCK_M=block_m, num_warps=warps, per_sm=max(1, min(8, 65536 // (96 * 32 * warps))))
 
 
-def forward(x2, weight, res2, eps: float, scale: float, res_dtype=None, config=None):
+def rms_norm_forward(x2, weight, res2, eps: float, scale: float, res_dtype=None, config=None):
     """x2 (and res2): [M, H] with unit column stride -> (y, new residual or None, rstd)."""
     M, H = x2.shape
     dev = x2.device
@@ -198,7 +205,7 @@ def forward(x2, weight, res2, eps: float, scale: float, res_dtype=None, config=N
     return y, res_out, rstd
 
 
-def backward(dy2, inp, weight, rstd, dres2, scale: float, x_dtype, res_dtype=None, config=None):
+def rms_norm_backward(dy2, inp, weight, rstd, dres2, scale: float, x_dtype, res_dtype=None, config=None):
     """Gradients from [M, H] dy2 (and dres2, the new residual's gradient, or None).
 
     inp is what forward normalized (x, or x + residual). Returns (dx, dresidual or None, dweight);
@@ -241,7 +248,7 @@ class RMSNormFunction(torch.autograd.Function):
             raise ValueError(f"residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
         res_dtype = torch.promote_types(x.dtype, residual.dtype) if has_res else None
         x2 = _rows(x, H)
-        y, res_out, rstd = forward(x2, weight, _rows(residual, H) if has_res else None, eps, scale, res_dtype)
+        y, res_out, rstd = rms_norm_forward(x2, weight, _rows(residual, H) if has_res else None, eps, scale, res_dtype)
         # Backward needs the normalized input: r when there is a residual, else x.
         ctx.save_for_backward(res_out if has_res else x2, weight, rstd)
         ctx.scale = float(scale)
@@ -261,7 +268,7 @@ class RMSNormFunction(torch.autograd.Function):
         dres2 = _rows(dres_out, H) if dres_out is not None else None
         # One buffer serves as d x and d residual when their dtypes agree (flash-attn does the
         # same): the two gradients are equal, and a second copy would cost a full extra write.
-        dx, dres, dw = backward(_rows(dy, H), inp, weight, rstd, dres2, ctx.scale, ctx.x_dtype, ctx.res_dtype)
+        dx, dres, dw = rms_norm_backward(_rows(dy, H), inp, weight, rstd, dres2, ctx.scale, ctx.x_dtype, ctx.res_dtype)
         return dx.view(ctx.x_shape), dw, (dres.view(ctx.x_shape) if dres is not None else None), None, None
 
 
