@@ -171,3 +171,35 @@ def test_qkv_split_merge_inverse_and_layout():
     assert k[:, 0].tolist() == [100 + 10 * h + r for h in range(2) for r in range(2)]
     assert v[:, 0].tolist() == [200 + 10 * h + r for h in range(2) for r in range(2)]
     assert torch.equal(merge_qkv(q, k, v, shape), qkv)
+
+
+def test_plain_hf_model_imports_and_trains_on(env, tmp_path):
+    """A Llama made by transformers (not by us): from-hf parity, then `train` continues from it."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from grow_megatron.config.run import load_run_config
+    from grow_megatron.convert.native import NativeReader
+    from grow_megatron.data import build_tokenizer
+    from grow_megatron.data.config import DataConfig
+    from grow_megatron.training.loop import train
+
+    torch.manual_seed(1)
+    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=16, tie_word_embeddings=True, rms_norm_eps=1e-6,
+                      rope_theta=500.0, initializer_range=0.1)
+    hf = str(tmp_path / "hf")
+    LlamaForCausalLM(cfg).save_pretrained(hf)
+    build_tokenizer(DataConfig()).save(hf)
+    out = from_hf(hf, str(tmp_path / "run"), progress=False)
+    assert compare_logits(out["checkpoint"], hf) < TOL
+    run_cfg = load_run_config(out["config"], ["train.steps=1", "train.global_batch_size=2", "train.micro_batch_size=2",
+                                              "optim.lr=1e-9", "optim.warmup_steps=0", "optim.decay_steps=0",
+                                              "logging.progress=false", "logging.tensorboard=false"])
+    assert run_cfg.model.norm_eps == 1e-6 and run_cfg.model.rope_theta == 500.0 and run_cfg.data.tokenizer
+    res = train(run_cfg)
+    assert res.start_step == 0 and res.end_step == 1 and res.final_depth == 3
+    # It trained from the converted weights (a fresh init would be ~0.1 away, the update is ~1e-9).
+    before = NativeReader(out["checkpoint"]).read("decoder.layers.mlp.linear_fc1.weight")
+    after = NativeReader(os.path.join(out["run_dir"], "checkpoints", "step_00000001")).read(
+        "decoder.layers.mlp.linear_fc1.weight")
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=0)

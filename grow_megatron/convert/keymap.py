@@ -246,4 +246,6 @@ def check_shapes(tensors: dict[str, tuple[int, ...]], expected: dict[str, tuple[
     if bad:
         problems.append(f"shape {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
     if problems:
-        raise ValueError(f"{where}: {'; '.join(problems)}")
+        from grow_megatron.config.base import ConfigError
+
+        raise ConfigError(where, "tensors", "; ".join(problems))
