@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import typing
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from grow_megatron.config.base import ConfigError, field_docs, from_dict, to_dict
 
@@ -60,6 +60,8 @@ def _add_config_options(p: argparse.ArgumentParser, cls: type) -> None:
         help_ = f"{docs.get(f.name, '')} (default: {default})"
         if tp is bool:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif get_origin(tp) is Literal:
+            p.add_argument(flag, dest=f.name, choices=get_args(tp), default=None, help=help_)
         elif get_origin(tp) in (list, tuple):
             (item,) = get_args(tp)[:1] or (str,)
             p.add_argument(flag, dest=f.name, nargs="*", type=item, default=None, help=help_)
