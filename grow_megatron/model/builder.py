@@ -24,11 +24,13 @@ class GrowTransformerConfig(TransformerConfig):
     """LN-Scaling: pre-norm outputs of the layer at position l scaled by 1/sqrt(l)."""
     grow_use_kernels: bool = False
     """Use the fused Triton kernels instead of the PyTorch reference path."""
+    grow_init_seed: int = 0
+    """Seed of the initial weights; each layer's draw depends on it and the layer's global position."""
 
 
 def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype: torch.dtype = torch.float32,
                             bf16: bool = False, tensor_parallel: int = 1, pipeline_parallel: int = 1,
-                            pipeline_layout=None, use_kernels: bool = False) -> GrowTransformerConfig:
+                            pipeline_layout=None, use_kernels: bool = False, seed: int = 0) -> GrowTransformerConfig:
     return GrowTransformerConfig(
         num_layers=num_layers,
         hidden_size=model.hidden_size,
@@ -63,6 +65,7 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
         gradient_accumulation_fusion=False,
         grow_ln_scaling=model.ln_scaling,
         grow_use_kernels=use_kernels,
+        grow_init_seed=seed,
     )
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
-from megatron.core.transformer.transformer_layer import TransformerLayer
+from megatron.core.transformer.transformer_layer import TransformerLayer, get_transformer_layer_offset
 from megatron.core.utils import divide
 
 
@@ -98,8 +98,15 @@ class GrowTransformerLayer(TransformerLayer):
     from the pipeline layout, never stored by us separately.
     """
 
-    def __init__(self, config: TransformerConfig, submodules, layer_number: int = 1, **kwargs):
-        super().__init__(config, submodules, layer_number=layer_number, **kwargs)
+    def __init__(self, config: TransformerConfig, submodules, layer_number: int = 1, vp_stage=None, **kwargs):
+        # Initial weights depend on the layer's global position and the seed only, not on which
+        # pipeline stage builds it or in what order: a PP run starts from the single-rank weights.
+        pg = kwargs.get("pg_collection")
+        pp_rank = pg.pp.rank() if pg is not None and hasattr(pg, "pp") else None
+        position = layer_number + get_transformer_layer_offset(config, vp_stage, pp_rank)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((getattr(config, "grow_init_seed", 0) * 1_000_003 + position) % 2**63)
+            super().__init__(config, submodules, layer_number=layer_number, vp_stage=vp_stage, **kwargs)
         self.set_layer_number(self.layer_number)
 
     def set_layer_number(self, layer_number: int) -> None:

@@ -37,6 +37,8 @@ class EngineSpec:
     pp: int = 1
     final_split: Optional[tuple[int, ...]] = None
     """User-given split at the final depth; other depths are balanced."""
+    seed: int = 0
+    """Seed of the initial weights (layout-independent, see GrowTransformerLayer)."""
 
     def split_for(self, depth: int) -> tuple[int, ...]:
         if self.final_split is not None and sum(self.final_split) == depth:
@@ -82,7 +84,7 @@ def build_engine(spec: EngineSpec, depth: int) -> Engine:
     config = make_transformer_config(
         spec.model, num_layers=depth, params_dtype=torch.bfloat16 if spec.bf16 else torch.float32,
         bf16=spec.bf16, tensor_parallel=spec.tp, pipeline_parallel=spec.pp,
-        pipeline_layout=_pipeline_layout(split), use_kernels=spec.use_kernels)
+        pipeline_layout=_pipeline_layout(split), use_kernels=spec.use_kernels, seed=spec.seed)
     chunk = build_model_chunk(config, spec.model, spec.vocab_size, num_local_layers=split[pp_rank])
     if torch.cuda.is_available():
         chunk.cuda(torch.cuda.current_device())

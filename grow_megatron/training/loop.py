@@ -93,7 +93,8 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
 
     spec = EngineSpec(cfg.model, cfg.optim, vocab, bf16=bf16, use_kernels=use_kernels,
                       tp=layout.tp, pp=layout.pp,
-                      final_split=tuple(cfg.parallel.pipeline_split) if cfg.parallel.pipeline_split else None)
+                      final_split=tuple(cfg.parallel.pipeline_split) if cfg.parallel.pipeline_split else None,
+                      seed=tc.seed)
     ckpt_root = os.path.join(cfg.run_dir, "checkpoints")
     resume_from = latest_checkpoint(ckpt_root) if cfg.checkpoint.resume == "auto" else None
     start, history = 0, []
@@ -143,7 +144,8 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                     growth_ckpts.add(os.path.basename(d))
                 t0 = time.perf_counter()
                 engine = grow(engine, g)
-                event = {"step": step, "seconds": round(time.perf_counter() - t0, 4), **g.to_dict()}
+                event = {"step": step, "seconds": round(time.perf_counter() - t0, 4), **g.to_dict(),
+                         "pipeline_split": list(engine.split)}
                 result.growths.append(event)
                 metrics.note(f"growth at step {step}: depth {g.old_depth} -> {g.new_depth} ({g.operator}), "
                              f"source map {list(g.source_map)}, {event['seconds']:.2f}s")

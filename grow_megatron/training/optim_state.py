@@ -20,14 +20,18 @@ def _inner_optimizers(optimizer):
 
 
 def _owner(optimizer, param):
+    """The (inner) distributed optimizer holding a range of `param` on this DP rank, or None
+    when another DP rank owns all of it (megatron maps only locally owned params)."""
     for opt in _inner_optimizers(optimizer):
         if param in opt.model_param_gbuf_map:
             return opt
-    raise KeyError("parameter not managed by this optimizer")
+    return None
 
 
 def _local_range(opt, param):
     """This DP rank's [start, end) of the flattened param, or None if it owns none of it."""
+    if opt is None:
+        return None
     gbuf_index, dtype, bucket_index = opt.model_param_gbuf_map[param]
     param_map = opt.gbuf_ranges[gbuf_index][dtype][bucket_index]["param_map"]
     if param not in param_map:
