@@ -79,6 +79,14 @@ def test_cli_writes_json_and_png(tmp_path):
     assert rc == 0 and (out / "block-similarity.png").exists()
     assert json.loads((out / "block_similarity.json").read_text())["models"]["tiny"]["similarity"][0][0] == \
         pytest.approx(1.0)
+    # Tuned lens: train, save, then evaluate the saved lens instead of training again.
+    ids = str(tmp_path / "ids.npy")
+    assert analyze_main(["tuned-lens", str(model), "--data", ids, "--out", str(out), "--steps", "2", "--quiet"]) == 0
+    first = json.loads((out / "tuned_lens.json").read_text())["models"]["tiny"]
+    assert analyze_main(["tuned-lens", str(model), "--data", ids, "--out", str(out / "again"), "--lens",
+                         first["lens_path"], "--quiet"]) == 0
+    again = json.loads((out / "again" / "tuned_lens.json").read_text())["models"]["tiny"]
+    assert again["kl"] == pytest.approx(first["kl"]) and again["kl"][-1] == 0.0
     # Missing inputs are a one-line error, not a traceback.
     assert analyze_main(["interventions", str(model), "--out", str(out), "--quiet"]) == 2
 

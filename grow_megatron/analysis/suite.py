@@ -95,16 +95,21 @@ def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: s
     if name == "sublayer":
         return sublayer_analysis(runner, token_batches(seqs, cfg.batch_size), cfg, progress)
     # tuned lens
-    n_eval = max(1, int(round(len(seqs) * cfg.eval_fraction))) if len(seqs) > 1 else 0
-    train, held = seqs[:len(seqs) - n_eval], seqs[len(seqs) - n_eval:] or seqs
+    # eval_fraction 0 (or a single sequence): evaluate on the training sequences themselves.
+    n_eval = min(int(round(len(seqs) * cfg.eval_fraction)), len(seqs) - 1)
+    train, held = (seqs[:-n_eval], seqs[-n_eval:]) if n_eval > 0 else (seqs, seqs)
     res: dict = {}
     if inputs.lens_path:
         lens = TunedLens.load(inputs.lens_path, runner.device)
+        want = (runner.num_layers, runner.core.config.hidden_size)
+        if tuple(lens.A.shape[:2]) != want:
+            raise InputError(f"lens {inputs.lens_path} has (layers, hidden) = {tuple(lens.A.shape[:2])}, "
+                             f"the model {want}")
         res["lens_path"] = inputs.lens_path
     else:
         lens = train_lens(runner, token_batches(train, cfg.batch_size), cfg, progress)
         if out_dir:
-            path = os.path.join(out_dir, f"lens_{loaded.name}.pt")
+            path = os.path.join(out_dir, f"lens_{loaded.name.replace(os.sep, '_')}.pt")
             lens.save(path, {"model": loaded.name, "steps": cfg.steps, "train_sequences": len(train)})
             res["lens_path"] = path
     with torch.no_grad():
