@@ -256,8 +256,9 @@ def bench_ce(results, dev, timer, copy_gbps, dry, compile_on, liger):
         flops_unfused = 3 * 2 * N * V * D
         for name, fn in provs:
             fb = _fwd_bwd(fn, [h, w], [one])
-            h.grad = w.grad = None
             try:
+                fb()  # warm-up: torch.compile and autotuning allocate on their first call
+                h.grad = w.grad = None
                 peak = _peak_mib(fb, dev)
             except Exception as e:
                 peak, name = None, name + f" (peak failed: {type(e).__name__})"
