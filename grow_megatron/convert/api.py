@@ -12,7 +12,7 @@ import torch
 from grow_megatron.config.base import ConfigError
 from grow_megatron.convert import hf as H
 from grow_megatron.convert.keymap import (EMBED, FINAL_NORM, HF_EMBED, HF_NORM, LAYER_PREFIX, LAYER_SUFFIXES,
-                                          LlamaShape, hf_layer_to_native, native_layer_to_hf)
+                                          LlamaShape, hf_keys, hf_sources, hf_tensor_to_native, native_tensor_to_hf)
 from grow_megatron.convert.native import (NativeReader, RunInfo, model_config_from_shape, read_run_info,
                                           resolve_checkpoint, shape_from_model_config, write_json)
 
@@ -101,17 +101,22 @@ class NativeSource:
 
 
 def native_to_hf_state_dict(src: NativeSource, dtype: torch.dtype, progress: bool = False) -> "OrderedDict[str, torch.Tensor]":
-    """HF tensors of the whole model, built layer by layer from the stacked native tensors."""
+    """HF tensors of the whole model. Streams one stacked native tensor at a time, so the peak
+    is the output plus one [L, ...] tensor, not two copies of the model."""
     shape = src.shape
-    stacked = {s: src.read(LAYER_PREFIX + s) for s in LAYER_SUFFIXES}  # each [L, ...]
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     out[HF_EMBED] = src.read(EMBED).to(dtype)
-    for i in _progress(range(shape.num_layers), shape.num_layers, "to-hf", progress):
-        layer = {s: t[i].float() for s, t in stacked.items()}
-        out.update({k: v.to(dtype) for k, v in native_layer_to_hf(i, layer, shape).items()})
+    steps = [(s, i) for s in LAYER_SUFFIXES for i in range(shape.num_layers)]
+    stacked, current = None, None
+    for suffix, i in _progress(steps, len(steps), "to-hf", progress):
+        if suffix != current:
+            stacked, current = src.read(LAYER_PREFIX + suffix), suffix  # [L, ...]
+        # Folding etc. in fp32 (a bf16 checkpoint's gains are folded once, then rounded once).
+        for k, v in native_tensor_to_hf(suffix, i, stacked[i].float(), shape).items():
+            out[k] = v.to(dtype)
     del stacked
     out[HF_NORM] = src.read(FINAL_NORM).to(dtype)
-    return out
+    return OrderedDict((k, out[k]) for k in hf_keys(shape.num_layers))
 
 
 def _hf_config_for(src: NativeSource, dtype: torch.dtype, tok=None):
@@ -217,12 +222,26 @@ def load_as_hf(path: str, device: str = "cpu", dtype: DTypeLike = torch.float32,
 
 def hf_to_native_state_dict(weights: dict[str, torch.Tensor], shape: LlamaShape,
                             progress: bool = False) -> dict[str, torch.Tensor]:
-    """Global native tensors (stacked layer axis, fp32) from HF tensors."""
-    layers = [hf_layer_to_native(i, {k: v.float() for k, v in weights.items() if k.startswith(f"model.layers.{i}.")}, shape)
-              for i in _progress(range(shape.num_layers), shape.num_layers, "from-hf", progress)]
-    out = {LAYER_PREFIX + s: torch.stack([layer[s] for layer in layers]) for s in LAYER_SUFFIXES}
-    out[EMBED] = weights[HF_EMBED].float()
-    out[FINAL_NORM] = weights[HF_NORM].float()
+    """Global native tensors (stacked layer axis, fp32) from HF tensors. Consumes `weights`
+    (entries are popped once used) so the peak stays near one copy of the model."""
+    out: dict[str, torch.Tensor] = {}
+    bar = _progress(range(len(LAYER_SUFFIXES) * shape.num_layers), len(LAYER_SUFFIXES) * shape.num_layers,
+                    "from-hf", progress)
+    it = iter(bar)
+    for suffix in LAYER_SUFFIXES:
+        per_layer = []
+        for i in range(shape.num_layers):
+            srcs = {k: weights[k].float() for k in hf_sources(suffix, i)}
+            per_layer.append(hf_tensor_to_native(suffix, i, srcs, shape))
+            for k in srcs:
+                weights.pop(k)
+            next(it, None)
+        out[LAYER_PREFIX + suffix] = torch.stack(per_layer)  # [L, ...]
+        del per_layer
+    out[EMBED] = weights.pop(HF_EMBED).float()
+    out[FINAL_NORM] = weights.pop(HF_NORM).float()
+    if hasattr(bar, "close"):
+        bar.close()
     return out
 
 

@@ -172,40 +172,66 @@ def merge_fc1(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return torch.cat([gate, up], dim=0).contiguous()   # [2f, d]
 
 
-# --- whole layers --------------------------------------------------------------------------
+# --- one tensor at a time (what streaming conversions call) ----------------------------------
+
+def native_tensor_to_hf(suffix: str, i: int, t: torch.Tensor, shape: LlamaShape) -> dict[str, torch.Tensor]:
+    """Layer i's native tensor `suffix` (no layer axis) -> the HF tensor(s) it becomes."""
+    keys = hf_layer_keys(i)
+    if suffix == INPUT_NORM:
+        return {keys["input_norm"]: (fold_norm(t, i) if shape.ln_scaling else t).contiguous()}
+    if suffix == MLP_NORM:
+        return {keys["mlp_norm"]: (fold_norm(t, i) if shape.ln_scaling else t).contiguous()}
+    if suffix == QKV:
+        q, k, v = split_qkv(t, shape)
+        return {keys["q"]: q, keys["k"]: k, keys["v"]: v}
+    if suffix == PROJ:
+        return {keys["o"]: t.contiguous()}
+    if suffix == FC1:
+        gate, up = split_fc1(t, shape)
+        return {keys["gate"]: gate, keys["up"]: up}
+    if suffix == FC2:
+        return {keys["down"]: t.contiguous()}
+    raise KeyError(f"no HF counterpart for layer tensor {suffix!r}")
+
+
+def hf_tensor_to_native(suffix: str, i: int, hf: dict[str, torch.Tensor], shape: LlamaShape) -> torch.Tensor:
+    """The native tensor `suffix` of layer i (no layer axis) from layer i's HF tensors."""
+    keys = hf_layer_keys(i)
+    if suffix == INPUT_NORM:
+        t = hf[keys["input_norm"]]
+        return (unfold_norm(t, i) if shape.ln_scaling else t).contiguous()
+    if suffix == MLP_NORM:
+        t = hf[keys["mlp_norm"]]
+        return (unfold_norm(t, i) if shape.ln_scaling else t).contiguous()
+    if suffix == QKV:
+        return merge_qkv(hf[keys["q"]], hf[keys["k"]], hf[keys["v"]], shape)
+    if suffix == PROJ:
+        return hf[keys["o"]].contiguous()
+    if suffix == FC1:
+        return merge_fc1(hf[keys["gate"]], hf[keys["up"]])
+    if suffix == FC2:
+        return hf[keys["down"]].contiguous()
+    raise KeyError(f"no native layer tensor {suffix!r}")
+
+
+def hf_sources(suffix: str, i: int) -> list[str]:
+    """The HF tensors of layer i that native `suffix` is made of."""
+    keys = hf_layer_keys(i)
+    return [keys[r] for r in {INPUT_NORM: ("input_norm",), MLP_NORM: ("mlp_norm",), QKV: ("q", "k", "v"),
+                              PROJ: ("o",), FC1: ("gate", "up"), FC2: ("down",)}[suffix]]
+
 
 def native_layer_to_hf(i: int, layer: dict[str, torch.Tensor], shape: LlamaShape) -> dict[str, torch.Tensor]:
     """One layer's native tensors (by suffix, without the layer axis) -> HF tensors of layer i."""
-    keys = hf_layer_keys(i)
-    q, k, v = split_qkv(layer[QKV], shape)
-    gate, up = split_fc1(layer[FC1], shape)
-    in_norm, mlp_norm = layer[INPUT_NORM], layer[MLP_NORM]
-    if shape.ln_scaling:
-        in_norm, mlp_norm = fold_norm(in_norm, i), fold_norm(mlp_norm, i)
-    return {
-        keys["input_norm"]: in_norm.contiguous(),
-        keys["q"]: q, keys["k"]: k, keys["v"]: v,
-        keys["o"]: layer[PROJ].contiguous(),
-        keys["mlp_norm"]: mlp_norm.contiguous(),
-        keys["gate"]: gate, keys["up"]: up,
-        keys["down"]: layer[FC2].contiguous(),
-    }
+    out: dict[str, torch.Tensor] = {}
+    for suffix in LAYER_SUFFIXES:
+        out.update(native_tensor_to_hf(suffix, i, layer[suffix], shape))
+    return out
 
 
 def hf_layer_to_native(i: int, hf: dict[str, torch.Tensor], shape: LlamaShape) -> dict[str, torch.Tensor]:
     """HF tensors of layer i -> native tensors by suffix (no layer axis)."""
-    keys = hf_layer_keys(i)
-    in_norm, mlp_norm = hf[keys["input_norm"]], hf[keys["mlp_norm"]]
-    if shape.ln_scaling:
-        in_norm, mlp_norm = unfold_norm(in_norm, i), unfold_norm(mlp_norm, i)
-    return {
-        INPUT_NORM: in_norm.contiguous(),
-        QKV: merge_qkv(hf[keys["q"]], hf[keys["k"]], hf[keys["v"]], shape),
-        PROJ: hf[keys["o"]].contiguous(),
-        MLP_NORM: mlp_norm.contiguous(),
-        FC1: merge_fc1(hf[keys["gate"]], hf[keys["up"]]),
-        FC2: hf[keys["down"]].contiguous(),
-    }
+    return {suffix: hf_tensor_to_native(suffix, i, hf, shape) for suffix in LAYER_SUFFIXES}
 
 
 def expected_hf_shapes(shape: LlamaShape) -> dict[str, tuple[int, ...]]:
