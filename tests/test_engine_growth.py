@@ -102,3 +102,39 @@ def test_ln_scaling_follows_positions(env):
         assert layer.self_attention.layer_number == pos + 1
     assert e2.model[0].module.decoder.final_layernorm.scale == 1.0
     assert ident  # the old engine's layers were replaced, positions re-derived
+
+
+def _live_tensor_bytes() -> int:
+    """Bytes of every distinct tensor storage reachable from Python (CPU stand-in for
+    torch.cuda.memory_allocated)."""
+    import gc
+
+    gc.collect()
+    seen, total = set(), 0
+    for obj in gc.get_objects():
+        try:
+            if torch.is_tensor(obj):
+                st = obj.untyped_storage()
+                if st.data_ptr() not in seen:
+                    seen.add(st.data_ptr())
+                    total += st.nbytes()
+        except Exception:
+            continue
+    return total
+
+
+def test_growth_frees_the_old_model(env):
+    base = _live_tensor_bytes()
+    e = _engine(4)
+    for s in range(2):
+        train_step(e, [_batch(s)], 1e-2)
+    e = grow(e, get_operator("lidas")(4, 4))
+    train_step(e, [_batch(5)], 1e-2)
+    grown = _live_tensor_bytes() - base
+    del e
+    after = _live_tensor_bytes()
+    # Nothing of either depth survives: no hook, buffer or optimizer keeps the old model alive.
+    assert after - base < 0.01 * grown
+    fresh = _engine(8)
+    train_step(fresh, [_batch(5)], 1e-2)
+    assert grown == pytest.approx(_live_tensor_bytes() - after, rel=0.05)

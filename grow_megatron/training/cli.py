@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def main(argv: list[str]) -> int:
@@ -23,7 +24,7 @@ def main(argv: list[str]) -> int:
         res = train(cfg)
     finally:
         shutdown_distributed()
-    if res.losses:
+    if res.losses and os.environ.get("RANK", "0") == "0":
         last = res.losses[max(res.losses)]
         print(f"done: steps {res.start_step}..{res.end_step}, final depth {res.final_depth}, last loss {last:.4f}; "
               f"outputs in {cfg.run_dir}")
