@@ -1,0 +1,132 @@
+"""Growth-operation latency and memory: how long a growth takes and how much it holds at once.
+
+Builds the engine at `--depth` for a preset's shape, runs one training step (so AdamW has
+state to move), then grows by one block and reports the wall time of the growth and the peak
+memory during it, next to the memory of the engine before and after. On GPU memory is
+torch.cuda's allocator; on CPU it is the process RSS sampled every 5 ms (an upper bound that
+includes the allocator's caching). Run under torchrun for multi-rank layouts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import threading
+import time
+
+import torch
+
+
+class _PeakRSS:
+    def __init__(self):
+        import psutil
+
+        self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
+
+    def rss(self) -> int:
+        return self.proc.memory_info().rss
+
+    def __enter__(self):
+        self.peak = self.rss()
+
+        def poll():
+            while not self.stop.is_set():
+                self.peak = max(self.peak, self.rss())
+                time.sleep(0.005)
+
+        self.t = threading.Thread(target=poll, daemon=True)
+        self.t.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.t.join()
+        self.peak = max(self.peak, self.rss())
+
+
+def _mem() -> int:
+    if torch.cuda.is_available():
+        return torch.cuda.memory_allocated()
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: int, seq: int, mbs: int) -> dict:
+    from grow_megatron.config.model import PRESETS, ModelConfig
+    from grow_megatron.config.training import OptimConfig
+    from grow_megatron.growth.manager import grow
+    from grow_megatron.growth.operators import get_operator
+    from grow_megatron.training.engine import EngineSpec, build_engine, train_step
+
+    shape = {**PRESETS[preset], "num_layers": depth + block, "seq_length": seq}
+    model = ModelConfig(**shape)
+    V = model.vocab_size or 4096
+    gpu = torch.cuda.is_available()
+    spec = EngineSpec(model, OptimConfig(lr=1e-4, warmup_steps=0, decay_steps=0), V, bf16=gpu,
+                      use_kernels=False, tp=tp, pp=pp)
+    e = build_engine(spec, depth)
+    t = torch.randint(0, V, (mbs, seq + 1))
+    mb = {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(mbs, seq),
+          "position_ids": torch.arange(seq).expand(mbs, seq)}
+    train_step(e, [mb], 1e-4)
+    if gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = _mem()
+    g = get_operator(operator)(depth, block)
+    t0 = time.perf_counter()
+    if gpu:
+        e = grow(e, g)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        with _PeakRSS() as probe:
+            e = grow(e, g)
+        peak = probe.peak
+    seconds = time.perf_counter() - t0
+    after = _mem()
+    params = sum(p.numel() for p in e.model[0].module.parameters())
+    del e
+    return {"preset": preset, "old_depth": depth, "new_depth": depth + block, "operator": operator,
+            "tp": tp, "pp": pp, "params_after_local": params, "seconds": round(seconds, 3),
+            "mem_before_gib": round(before / 2**30, 3), "mem_peak_gib": round(peak / 2**30, 3),
+            "mem_after_gib": round(after / 2**30, 3), "device": torch.cuda.get_device_name() if gpu else "cpu"}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m grow_megatron.bench_growth", description=__doc__)
+    p.add_argument("--preset", action="append", default=None, help="model shape (repeatable; default smollm-360m)")
+    p.add_argument("--depth", type=int, action="append", default=None, help="depth before the growth (repeatable)")
+    p.add_argument("--block", type=int, default=4)
+    p.add_argument("--operator", default="lidas")
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--mbs", type=int, default=1)
+    p.add_argument("--out", default=None, help="JSON file for the results")
+    args = p.parse_args(argv)
+    from grow_megatron.cli import _quiet_known_warnings
+    from grow_megatron.training.distributed import device_context, init_distributed
+
+    _quiet_known_warnings()
+    tp = int(os.environ.get("GM_TP", "1"))
+    pp = int(os.environ.get("GM_PP", "1"))
+    rows = []
+    with device_context():
+        lay = init_distributed(tp, pp, seed=0)
+        for preset in args.preset or ["smollm-360m"]:
+            for depth in args.depth or [4, 8, 16]:
+                rows.append(bench_one(preset, depth, args.block, args.operator, tp, pp, args.seq, args.mbs))
+                if lay.rank == 0:
+                    r = rows[-1]
+                    print(f"{r['preset']:>12} {r['old_depth']:>3}->{r['new_depth']:<3} TPxPP={tp}x{pp} "
+                          f"{r['seconds']:>8.2f} s  mem before {r['mem_before_gib']:.2f} GiB, "
+                          f"peak {r['mem_peak_gib']:.2f} GiB, after {r['mem_after_gib']:.2f} GiB ({r['device']})",
+                          flush=True)
+    if args.out and lay.rank == 0:
+        with open(args.out, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
