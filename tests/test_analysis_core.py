@@ -1,6 +1,4 @@
 """Hand-checkable properties of the depth analyses on tiny random Llama models."""
-import copy
-
 import pytest
 import torch
 
@@ -11,7 +9,7 @@ from grow_megatron.analysis.interventions import InterventionConfig, interventio
 from grow_megatron.analysis.runner import ResidualRunner, Skip, reverse_order, swap_order
 from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
 from grow_megatron.analysis.sublayer import SublayerConfig, sublayer_analysis
-from grow_megatron.analysis.toy import char_tokenizer, tiny_llama, toy_tasks
+from grow_megatron.analysis.toy import char_tokenizer, grow_by_source_map, tiny_llama, toy_tasks
 from grow_megatron.growth.operators import lidas, midas
 
 
@@ -189,23 +187,15 @@ def test_sublayer_stats_match_hooked_activations():
     assert res["mlp_cos"] == pytest.approx((cos[:, 1] / n).tolist(), abs=1e-5)
 
 
-def _grow_hf(model, source_map):
-    """Copy HF layers by a growth source map (what the growth manager does natively)."""
-    grown = copy.deepcopy(model)
-    grown.model.layers = torch.nn.ModuleList([copy.deepcopy(model.model.layers[i]) for i in source_map])
-    grown.config.num_hidden_layers = len(source_map)
-    return grown
-
-
 def test_block_similarity_after_midas_growth():
     m = tiny_llama(layers=8)
-    g = _grow_hf(m, midas(8, 4).source_map)  # [0,1,2,3, 0,1,2,3, 4,5,6,7]
+    g = grow_by_source_map(m, midas(8, 4).source_map)  # [0,1,2,3, 0,1,2,3, 4,5,6,7]
     sim = torch.tensor(block_similarity(g, SimilarityConfig(block_size=4))["similarity"])
     assert sim.shape == (3, 3)
     assert sim[0, 1].item() == pytest.approx(1.0, abs=1e-6)
     assert abs(sim[0, 2].item()) < 0.5 and abs(sim[1, 2].item()) < 0.5
     # LIDAS L=8 b=4 copies layers 2..5 after 5: blocks aligned at offset 2 hold the copied pair.
-    gl = _grow_hf(m, lidas(8, 4).source_map)
+    gl = grow_by_source_map(m, lidas(8, 4).source_map)
     siml = block_similarity(gl, SimilarityConfig(block_size=4, offset=2))["similarity"]
     assert siml[0][1] == pytest.approx(1.0, abs=1e-6)
     with torch.no_grad():  # the grown model runs

@@ -9,7 +9,6 @@ layer s costs L - s layers instead of L.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from tqdm.auto import tqdm

@@ -1,4 +1,4 @@
-"""Paper-style figures of the analysis results (matplotlib, Agg backend: no display needed).
+"""Paper-style figures of the analysis results (matplotlib, rendered off-screen).
 
 Every function takes {model label: result dict} as produced by the analysis functions, so one
 call overlays several models (baseline vs MIDAS vs LIDAS), and returns the written paths.
@@ -9,17 +9,20 @@ import math
 import os
 from typing import Sequence
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+
+def _subplots(nrows: int, ncols: int, figsize: tuple[float, float], **kw):
+    # A bare Figure (Agg canvas on save) instead of pyplot: no global backend or figure
+    # registry is touched, so this works headless and inside notebooks alike.
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kw)
 
 
 def _save(fig, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
 
 
@@ -50,7 +53,7 @@ def _lines(ax, results: dict[str, dict], key: str, title: str, ylabel: str, bloc
 def plot_lens(results: dict[str, dict], path: str, block_size: int | None = None) -> list[str]:
     """Per-layer KL, top-k overlap (Fig. 1B) and, when present, early-exit accuracy (Fig. 1C)."""
     has_acc = any("early_exit" in r for r in results.values())
-    fig, axes = plt.subplots(1, 3 if has_acc else 2, figsize=(13 if has_acc else 9, 3.6))
+    fig, axes = _subplots(1, 3 if has_acc else 2, figsize=(13 if has_acc else 9, 3.6))
     _lines(axes[0], results, "kl", "Tuned lens KL(final || lens)", "KL (nats)", block_size)
     axes[0].set_yscale("symlog", linthresh=1e-3)
     axes[0].set_ylim(bottom=0)
@@ -65,7 +68,7 @@ def plot_lens(results: dict[str, dict], path: str, block_size: int | None = None
 
 def plot_depth_score(results: dict[str, dict], path: str) -> list[str]:
     """Depth score per model (Fig. 1A) and the per-layer effect distribution behind it."""
-    fig, (a0, a1) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1, 2]})
+    fig, (a0, a1) = _subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1, 2]})
     labels = list(results)
     scores = [results[lbl]["depth_score"] for lbl in labels]
     a0.bar(range(len(labels)), scores, color=[f"C{i}" for i in range(len(labels))])
@@ -89,7 +92,7 @@ def _heat(ax, mat, title: str, xlabel: str = "effect on layer", ylabel: str = "s
     ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    plt.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
 
 
 def _mask_upper(mat: list[list[float]]) -> list[list[float]]:
@@ -104,13 +107,13 @@ def plot_effects(results: dict[str, dict], out_dir: str, prefix: str = "effects"
     keys = list(next(iter(results.values()))["effects"])
     for key in keys:
         cols = ["propagated"] + (["local"] if "local" in next(iter(results.values()))["effects"][key] else [])
-        fig, axes = plt.subplots(len(results), len(cols), figsize=(4.4 * len(cols), 3.8 * len(results)),
+        fig, axes = _subplots(len(results), len(cols), figsize=(4.4 * len(cols), 3.8 * len(results)),
                                  squeeze=False)
         for r, (label, res) in enumerate(results.items()):
             for c, col in enumerate(cols):
                 _heat(axes[r][c], _mask_upper(res["effects"][key][col]), f"{label}: {key} skip, {col}")
         paths.append(_save(fig, os.path.join(out_dir, f"{prefix}_{key.replace('/', '_')}.png")))
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False)
+    fig, axes = _subplots(1, len(keys), figsize=(3.6 * len(keys), 3.4), squeeze=False)
     for ax, key in zip(axes[0], keys):
         _lines(ax, {lbl: res["effects"][key] for lbl, res in results.items()}, "output_max",
                f"output effect: {key}", "max ||Δ softmax||")
@@ -132,7 +135,7 @@ def plot_interventions(results: dict[str, dict], path: str, block_size: int | No
     n = len(panels)
     ncol = min(4, n)
     nrow = math.ceil(n / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
+    fig, axes = _subplots(nrow, ncol, figsize=(3.6 * ncol, 3.0 * nrow), squeeze=False)
     for idx, (kind, k) in enumerate(panels):
         ax = axes[idx // ncol][idx % ncol]
         L = 0
@@ -156,7 +159,7 @@ def plot_interventions(results: dict[str, dict], path: str, block_size: int | No
 
 def plot_sublayer(results: dict[str, dict], path: str, block_size: int | None = None) -> list[str]:
     """Relative contribution and cosine to the residual stream of attention and MLP (Fig. 4)."""
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.4))
+    fig, axes = _subplots(2, 2, figsize=(10, 6.4))
     _lines(axes[0][0], results, "attn_rel", "Attention ||a|| / ||h||", "relative contribution", block_size)
     _lines(axes[0][1], results, "attn_cos", "Attention cos(a, h)", "cosine", block_size)
     _lines(axes[1][0], results, "mlp_rel", "MLP ||m|| / ||h + a||", "relative contribution", block_size)
@@ -167,7 +170,7 @@ def plot_sublayer(results: dict[str, dict], path: str, block_size: int | None = 
 def plot_similarity(results: dict[str, dict], path: str) -> list[str]:
     """Cosine similarity between the MLP weights of blocks (Fig. 7a), one heatmap per model."""
     n = len(results)
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
+    fig, axes = _subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
     for ax, (label, res) in zip(axes[0], results.items()):
         _heat(ax, res["similarity"], f"{label}: MLP weight cosine (b={res['block_size']})", xlabel="block",
               ylabel="block", vmin=-1, vmax=1, cmap="RdBu_r")

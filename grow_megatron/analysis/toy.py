@@ -54,3 +54,29 @@ def toy_tasks(n: int = 8, seed: int = 0) -> list[MCExample]:
         ans = vals[q] % 4
         out.append(MCExample(prompt, choices, ans, "toy_assign"))
     return out
+
+
+def grow_by_source_map(model, source_map):
+    """A deep copy of an HF Llama whose layer j is a copy of layer source_map[j] (SPEC 3),
+    i.e. the weights right after a growth step; optimizer state is not part of an HF model."""
+    import copy
+
+    grown = copy.deepcopy(model)
+    grown.model.layers = torch.nn.ModuleList([copy.deepcopy(model.model.layers[i]) for i in source_map])
+    grown.config.num_hidden_layers = len(source_map)
+    return grown
+
+
+def example_figure(path: str = "docs/img/block_similarity_example.png") -> str:
+    """The docs' example: block similarity of a random 12-layer model and of MIDAS / LIDAS
+    growths 8 -> 12 (b = 4) of a random 8-layer model, right after growth."""
+    from grow_megatron.analysis.plots import plot_similarity
+    from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
+    from grow_megatron.growth.operators import lidas, midas
+
+    small = tiny_llama(8, 32, 64, seed=1)
+    cfg = SimilarityConfig(block_size=4)
+    res = {"baseline (12 layers)": block_similarity(tiny_llama(12, 32, 64, seed=2), cfg),
+           "MIDAS 8->12": block_similarity(grow_by_source_map(small, midas(8, 4).source_map), cfg),
+           "LIDAS 8->12": block_similarity(grow_by_source_map(small, lidas(8, 4).source_map), cfg)}
+    return plot_similarity(res, path)[0]
