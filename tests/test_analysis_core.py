@@ -70,6 +70,9 @@ def test_zero_output_layer_has_no_effect_and_no_depth_mass():
         # Relative changes compare against c_l = h_{l+1} - h_l, exact only up to rounding.
         assert max(e["propagated"][2]) < 1e-5 and max(e["local"][2]) < 1e-5
         assert e["output_max"][1] > 0 and max(e["propagated"][1][2:]) > 0
+    for key in ("attn/current", "mlp/current", "attn/future", "mlp/future"):  # both sublayers are zero
+        assert eff["effects"][key]["output_max"][2] == 0.0
+        assert eff["effects"][key]["output_max"][1] > 0
 
 
 def test_depth_score_is_centre_of_mass():
