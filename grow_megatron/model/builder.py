@@ -7,12 +7,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from grow_megatron.config.model import ModelConfig
-from grow_megatron.model.modules import ScaledRMSNorm
+from grow_megatron.model.modules import GrowGPTModel, ScaledRMSNorm
 from grow_megatron.model.spec import decoder_layer_spec
 
 
@@ -24,6 +23,8 @@ class GrowTransformerConfig(TransformerConfig):
     """LN-Scaling: pre-norm outputs of the layer at position l scaled by 1/sqrt(l)."""
     grow_use_kernels: bool = False
     """Use the fused Triton kernels instead of the PyTorch reference path."""
+    grow_rope_theta: float = 10000.0
+    """RoPE base, read by SDPAttention (which applies RoPE)."""
     grow_init_seed: int = 0
     """Seed of the initial weights; each layer's draw depends on it and the layer's global position."""
 
@@ -61,24 +62,28 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
         masked_softmax_fusion=False,
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
+        # megatron's MLP applies a spec'd activation module to the whole gated fc1 output when
+        # this is set: that is where our fused SwiGLU plugs in (the name is megatron's).
+        use_te_activation_func=use_kernels,
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
         grow_ln_scaling=model.ln_scaling,
         grow_use_kernels=use_kernels,
         grow_init_seed=seed,
+        grow_rope_theta=model.rope_theta,
     )
 
 
 def build_model_chunk(config: GrowTransformerConfig, model: ModelConfig, vocab_size: int,
-                      num_local_layers: Optional[int] = None, vp_stage: Optional[int] = None) -> GPTModel:
+                      num_local_layers: Optional[int] = None, vp_stage: Optional[int] = None) -> GrowGPTModel:
     """The GPTModel chunk of this pipeline rank (all of it when PP = 1)."""
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     if num_local_layers is None:
         num_local_layers = config.num_layers // config.pipeline_model_parallel_size
-    spec = TransformerBlockSubmodules(layer_specs=[decoder_layer_spec()] * num_local_layers,
+    spec = TransformerBlockSubmodules(layer_specs=[decoder_layer_spec(config.grow_use_kernels)] * num_local_layers,
                                       layer_norm=ScaledRMSNorm)
-    return GPTModel(
+    model = GrowGPTModel(
         config=config,
         transformer_layer_spec=spec,
         vocab_size=vocab_size,
@@ -87,7 +92,9 @@ def build_model_chunk(config: GrowTransformerConfig, model: ModelConfig, vocab_s
         post_process=post,
         parallel_output=True,
         share_embeddings_and_output_weights=True,
-        position_embedding_type="rope",
-        rotary_base=int(model.rope_theta),
+        position_embedding_type="none",  # RoPE is applied by SDPAttention
         vp_stage=vp_stage,
     )
+    # The fused loss needs the whole vocabulary on one rank.
+    model.fused_loss = config.grow_use_kernels and config.tensor_model_parallel_size == 1
+    return model

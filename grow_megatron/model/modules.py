@@ -10,6 +10,7 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, get_transformer_layer_offset
@@ -51,11 +52,22 @@ class ScaledRMSNorm(torch.nn.Module):
         return f"{self.weight.numel()}, eps={self.eps}, scale={self.scale:.4f}"
 
 
-class SDPAttention(MegatronModule):
-    """Causal core attention through torch's scaled_dot_product_attention.
+def rope_cos_sin_hf(seq_len: int, head_dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [seq_len, head_dim] exactly as transformers' Llama computes them (fp32 angles),
+    so exported checkpoints give the same logits in transformers."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)  # [s, d/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [s, d]
+    return emb.cos(), emb.sin()
 
-    On GPU torch dispatches to flash / cuDNN / memory-efficient kernels, so the [s, s] score
-    matrix is never materialised (megatron's local DotProductAttention materialises it).
+
+class SDPAttention(MegatronModule):
+    """Core attention: RoPE on q and k, then causal scaled_dot_product_attention.
+
+    RoPE lives here rather than in megatron's SelfAttention so that the fused kernel and the
+    reference path are one switch apart (GPTModel is built with position_embedding_type
+    'none'). On GPU torch's SDPA dispatches to flash / cuDNN / memory-efficient kernels, so the
+    [s, s] score matrix is never materialised (megatron's local DotProductAttention does).
     Same constructor and call signature as megatron's DotProductAttention.
     """
 
@@ -72,13 +84,26 @@ class SDPAttention(MegatronModule):
         self.head_dim = config.kv_channels
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
+        self.rope_base = float(getattr(config, "grow_rope_theta", 10000.0))
+        self.use_kernel = _kernels_enabled(config)
+        self._rope_cache: dict = {}
+
+    def _cos_sin(self, s: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (s, str(device))
+        if key not in self._rope_cache:
+            self._rope_cache = {key: rope_cos_sin_hf(s, self.head_dim, self.rope_base, device)}
+        return self._rope_cache[key]
 
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
         # query: [s, b, hq, d]; key/value: [s, b, hkv, d] (GQA: hkv divides hq)
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("SDPAttention supports neither packed sequences nor attention bias")
+        from grow_megatron.kernels import apply_rope, apply_rope_ref
+
         s, b = query.shape[0], query.shape[1]
+        cos, sin = self._cos_sin(s, query.device)
+        query, key = (apply_rope if self.use_kernel else apply_rope_ref)(query, key, cos, sin)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
         if self.kv_heads != self.heads:
             rep = self.heads // self.kv_heads
@@ -87,6 +112,42 @@ class SDPAttention(MegatronModule):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
                                              dropout_p=self.dropout if self.training else 0.0)
         return out.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)  # [s, b, hq*d]
+
+
+class FusedSwiGLU(torch.nn.Module):
+    """silu(gate) * up on megatron's gated fc1 output [..., 2f/tp] = [gate shard | up shard],
+    in one Triton kernel. Plugged in as MLPSubmodules.activation_func (megatron then applies
+    it to the whole fc1 output, which is exactly the fused form)."""
+
+    def __init__(self, config: TransformerConfig, **_: object):
+        super().__init__()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [s, b, 2f] -> [s, b, f]
+        from grow_megatron.kernels import swiglu_fused
+
+        return swiglu_fused(x)
+
+
+class GrowGPTModel(GPTModel):
+    """megatron's GPTModel with the option of a fused linear + cross-entropy loss.
+
+    With `fused_loss` (kernels on, TP = 1) the last stage never materialises the [tokens,
+    vocab] logits when labels are given; otherwise megatron's output layer and
+    vocab-parallel cross entropy run unchanged.
+    """
+
+    fused_loss: bool = False
+
+    def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
+        if (self.fused_loss and self.post_process and labels is not None
+                and self.config.mtp_num_layers is None and kwargs.get("inference_context") is None):
+            from grow_megatron.kernels import fused_linear_cross_entropy
+
+            s, b, h = hidden_states.shape
+            w = self.shared_embedding_or_output_weight()  # [V, h]
+            flat = hidden_states.transpose(0, 1).reshape(b * s, h)  # [b*s, h], batch-major like labels
+            return fused_linear_cross_entropy(flat, w, labels.reshape(-1)).view(b, s)
+        return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
 
 
 class GrowTransformerLayer(TransformerLayer):

@@ -14,11 +14,14 @@ from megatron.core.transformer.mlp import MLP, MLPSubmodules
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
 
-from grow_megatron.model.modules import GrowTransformerLayer, ScaledRMSNorm, SDPAttention
+from grow_megatron.model.modules import FusedSwiGLU, GrowTransformerLayer, ScaledRMSNorm, SDPAttention
 
 
-def decoder_layer_spec() -> ModuleSpec:
-    """Pre-norm LLaMA layer: ScaledRMSNorm -> SDPA self-attention -> ScaledRMSNorm -> SwiGLU MLP."""
+def decoder_layer_spec(use_kernels: bool = False) -> ModuleSpec:
+    """Pre-norm LLaMA layer: ScaledRMSNorm -> RoPE + SDPA self-attention -> ScaledRMSNorm -> SwiGLU MLP.
+
+    With kernels, the norms and RoPE switch to Triton inside our modules (they read the
+    config), and the MLP's activation becomes the fused SwiGLU module."""
     return ModuleSpec(
         module=GrowTransformerLayer,
         submodules=TransformerLayerSubmodules(
@@ -36,8 +39,9 @@ def decoder_layer_spec() -> ModuleSpec:
             ),
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=ScaledRMSNorm,
-            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
-                                                                 linear_fc2=RowParallelLinear)),
+            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(
+                linear_fc1=ColumnParallelLinear, linear_fc2=RowParallelLinear,
+                activation_func=FusedSwiGLU if use_kernels else None)),
             mlp_bda=get_bias_dropout_add,
         ),
     )
