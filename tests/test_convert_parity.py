@@ -36,12 +36,12 @@ def env():
         yield
 
 
-def make_run(run_dir, *, heads=4, kv=2, ln_scaling=False, depth=4, grown=False, seed=0):
+def make_run(run_dir, *, heads=4, kv=2, ln_scaling=False, depth=4, grown=False, seed=0, bf16=False):
     """A run dir with one checkpoint of random weights (norm gains too, so a missing LN-Scaling
     fold shows); `grown`: grown 4 -> 8 by LIDAS right before saving."""
     model = ModelConfig(num_layers=8, hidden_size=32, ffn_hidden_size=48, num_attention_heads=heads,
                         num_query_groups=kv, vocab_size=V, seq_length=16, ln_scaling=ln_scaling, kernels="off")
-    spec = EngineSpec(model, OptimConfig(warmup_steps=0, decay_steps=0), V, bf16=False, use_kernels=False)
+    spec = EngineSpec(model, OptimConfig(warmup_steps=0, decay_steps=0), V, bf16=bf16, use_kernels=False)
     torch.manual_seed(seed)
     engine = build_engine(spec, depth)
     g = torch.Generator().manual_seed(seed)
@@ -51,6 +51,8 @@ def make_run(run_dir, *, heads=4, kv=2, ln_scaling=False, depth=4, grown=False, 
                 p.copy_(1 + 0.3 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.08 * torch.randn(p.shape, generator=g))
+    if bf16:  # the optimizer's fp32 main params follow the model params only through its copy
+        engine.optimizer.reload_model_params()
     growths = []
     if grown:
         growth = get_operator("lidas")(depth, 4)
@@ -203,3 +205,17 @@ def test_plain_hf_model_imports_and_trains_on(env, tmp_path):
     after = NativeReader(os.path.join(out["run_dir"], "checkpoints", "step_00000001")).read(
         "decoder.layers.mlp.linear_fc1.weight")
     torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
+
+
+def test_bf16_checkpoint_exports_model_or_main_params(env, tmp_path):
+    ckpt = make_run(tmp_path / "run", ln_scaling=True, bf16=True)
+    assert to_hf(str(tmp_path / "run"), str(tmp_path / "hf16"), progress=False)["dtype"] == "torch.bfloat16"
+    assert to_hf(ckpt, str(tmp_path / "hf32"), main_params=True, progress=False)["dtype"] == "torch.float32"
+    a = load_file(str(tmp_path / "hf16" / "model.safetensors"))
+    b = load_file(str(tmp_path / "hf32" / "model.safetensors"))
+    assert all(a[k].dtype == torch.bfloat16 and b[k].dtype == torch.float32 for k in a)
+    # The fp32 main copy rounds to the bf16 weights (norms: folded in fp32, then rounded).
+    for k in a:
+        if "layernorm" not in k:
+            assert torch.equal(b[k].to(torch.bfloat16), a[k]), k
+    assert compare_logits(ckpt, str(tmp_path / "hf32")) < TOL

@@ -312,11 +312,15 @@ def compare_logits(ckpt: str, hf: Optional[str] = None, *, tokens: Optional[torc
                    config: Optional[str] = None, seed: int = 0) -> float:
     """Max |native logits - HF logits| (fp32) on `tokens` (default: 2 random rows of 16 tokens).
 
-    hf: an exported directory; None compares against the in-memory export."""
-    from grow_megatron.convert.native import native_logits
+    hf: an exported directory; None compares against the in-memory export. The native side is an
+    fp32 engine, which `load_checkpoint` fills with the optimizer's fp32 main params; so for a
+    bf16 checkpoint the in-memory export is made from those too (a bf16 export differs by bf16
+    rounding, ~1e-3)."""
+    from grow_megatron.convert.native import NativeReader, native_logits
     from grow_megatron.training.distributed import device_context
 
-    src = NativeSource(ckpt, config)
+    main = NativeReader(resolve_checkpoint(ckpt)[0]).dtype != torch.float32
+    src = NativeSource(ckpt, config, main_params=main)
     if tokens is None:
         g = torch.Generator().manual_seed(seed)
         tokens = torch.randint(0, src.shape.vocab_size, (2, min(16, src.shape.seq_length)), generator=g)
