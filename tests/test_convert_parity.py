@@ -36,10 +36,10 @@ def env():
         yield
 
 
-def make_run(run_dir, *, heads=4, kv=2, ln_scaling=False, depth=4, grown=False, seed=0, bf16=False):
+def make_run(run_dir, *, heads=4, kv=2, ln_scaling=False, depth=4, grown=False, seed=0, bf16=False, hidden=32):
     """A run dir with one checkpoint of random weights (norm gains too, so a missing LN-Scaling
     fold shows); `grown`: grown 4 -> 8 by LIDAS right before saving."""
-    model = ModelConfig(num_layers=8, hidden_size=32, ffn_hidden_size=48, num_attention_heads=heads,
+    model = ModelConfig(num_layers=8, hidden_size=hidden, ffn_hidden_size=48, num_attention_heads=heads,
                         num_query_groups=kv, vocab_size=V, seq_length=16, ln_scaling=ln_scaling, kernels="off")
     spec = EngineSpec(model, OptimConfig(warmup_steps=0, decay_steps=0), V, bf16=bf16, use_kernels=False)
     torch.manual_seed(seed)
@@ -72,6 +72,7 @@ CASES = {
     "mha_lns": dict(heads=4, kv=4, ln_scaling=True),
     "gqa_lns_grown": dict(heads=4, kv=2, ln_scaling=True, grown=True),
     "mqa_grown": dict(heads=4, kv=1, ln_scaling=False, grown=True),
+    "smollm360m_heads": dict(heads=15, kv=5, ln_scaling=True, hidden=60),  # 3 query heads per group
 }
 
 
