@@ -44,16 +44,11 @@ def _load_hf(path: str, device: str, dtype: str) -> Loaded | None:
 
 
 def _load_native(path: str, device: str, dtype: str) -> Loaded | None:
-    # The same hook as `grow-megatron eval`: grow_megatron.convert.load_as_hf(path, device=,
-    # dtype=) -> (HF causal LM, tokenizer), once the converter offers it.
-    if not os.path.exists(path):
+    # A native checkpoint or run dir, converted in memory (the same hook `grow-megatron eval` uses).
+    if not os.path.isdir(path):
         return None
-    try:
-        from grow_megatron.convert import load_as_hf  # type: ignore[attr-defined]
-    except ImportError:
-        raise NotImplementedError(
-            f"{path} is not a Hugging Face model directory (no config.json), and native checkpoints are not "
-            f"loadable here yet; run `grow-megatron convert to-hf {path} OUT_DIR` and analyze OUT_DIR") from None
+    from grow_megatron.convert import load_as_hf
+
     model, tok = load_as_hf(path, device=device, dtype=dtype)
     return Loaded(model.eval(), tok, os.path.basename(os.path.normpath(path)))
 

@@ -55,19 +55,10 @@ def load_hf(path: str, device: str, dtype: str):
 
 
 def load_native(path: str, device: str, dtype: str):
-    """Hook for native grow_megatron checkpoints.
+    """A native grow_megatron checkpoint (or run dir), converted in memory to a transformers
+    causal LM with its tokenizer (SPEC 5 LN-Scaling folding included)."""
+    from grow_megatron.convert import load_as_hf
 
-    Expects `grow_megatron.convert.load_as_hf(path, device=..., dtype=...)` returning
-    (transformers causal LM, tokenizer), e.g. an in-memory to-hf export (SPEC 5 folding
-    included). Until that exists: export with `grow-megatron convert to-hf` and pass the
-    output directory here.
-    """
-    try:
-        from grow_megatron.convert import load_as_hf  # type: ignore[attr-defined]
-    except ImportError:
-        raise SystemExit(f"grow-megatron eval: {path} is not a Hugging Face model directory (no config.json), and "
-                         "native checkpoints are not loadable here yet; run `grow-megatron convert to-hf "
-                         f"{path} OUT_DIR` and evaluate OUT_DIR") from None
     return load_as_hf(path, device=device, dtype=dtype)
 
 
