@@ -91,3 +91,26 @@ def test_save_pp1_resume_pp2(single, tmp_path):
     second = run_world(2, ov, str(tmp_path / "out"))
     assert second["start"] == 6
     _assert_same_run({"losses": {**first.losses, **second["losses"]}}, ref_res.losses)
+
+
+def test_hf_export_is_layout_free(single, tmp_path):
+    """A checkpoint re-saved by a TP=2 x PP=2 run exports to the same HF weights, bit for bit."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from grow_megatron.convert import to_hf
+
+    ref_cfg, _ = single
+    shutil.copytree(ref_cfg.run_dir, tmp_path / "run")
+    # Resuming at the last step trains nothing and checkpoints again, now from 4 ranks.
+    res = run_world(4, micro_overrides(tmp_path / "run", **{"parallel.tensor_parallel": 2,
+                                                           "parallel.pipeline_parallel": 2}), str(tmp_path / "out"))
+    assert res["start"] == res["end"] == 12
+    to_hf(ref_cfg.run_dir, str(tmp_path / "hf_single"), progress=False)
+    to_hf(str(tmp_path / "run"), str(tmp_path / "hf_tp2pp2"), progress=False)
+    a = load_file(str(tmp_path / "hf_single" / "model.safetensors"))
+    b = load_file(str(tmp_path / "hf_tp2pp2" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
