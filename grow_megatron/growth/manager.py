@@ -56,7 +56,7 @@ def grow(engine: Engine, growth: Growth) -> Engine:
     if growth.old_depth != engine.depth:
         raise ValueError(f"growth from depth {growth.old_depth} applied to a model of depth {engine.depth}")
     step = optimizer_step_count(engine.optimizer)
-    new = build_engine(engine.spec, growth.new_depth)
+    new = build_engine(engine.spec, growth.new_depth, init_weights=False)
     ensure_state_initialized(new.optimizer)
 
     my_stage = parallel_state.get_pipeline_model_parallel_rank()

@@ -7,9 +7,11 @@ from grow_megatron.growth.operators import Growth
 
 
 def balanced_split(num_layers: int, num_stages: int) -> tuple[int, ...]:
-    """Layers per pipeline stage, sizes differing by at most one; the extra layers go to the
-    middle stages first-from-the-end so that the first stage (embedding) and the last stage
-    (head + loss) carry fewer layers."""
+    """Layers per pipeline stage, sizes differing by at most one.
+
+    The first stage also runs the embedding and the last one the output layer and loss, so
+    the leftover layers go to the inner stages first (last inner stage first), then to the
+    last stage, then to the first: e.g. 4 layers on 3 stages -> (1, 2, 1), 8 -> (2, 3, 3)."""
     if num_stages < 1 or num_layers < num_stages:
         raise ValueError(f"cannot split {num_layers} layers over {num_stages} pipeline stages: "
                          f"every stage needs at least one layer")

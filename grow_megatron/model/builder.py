@@ -31,7 +31,8 @@ class GrowTransformerConfig(TransformerConfig):
 
 def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype: torch.dtype = torch.float32,
                             bf16: bool = False, tensor_parallel: int = 1, pipeline_parallel: int = 1,
-                            pipeline_layout=None, use_kernels: bool = False, seed: int = 0) -> GrowTransformerConfig:
+                            pipeline_layout=None, use_kernels: bool = False, seed: int = 0,
+                            init_weights: bool = True) -> GrowTransformerConfig:
     return GrowTransformerConfig(
         num_layers=num_layers,
         hidden_size=model.hidden_size,
@@ -51,7 +52,8 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
         # Weights are drawn on the host for the full (unsharded) tensor and then split, so a
         # run at any TP size starts from the same weights as the single-rank run.
         use_cpu_initialization=True,
-        perform_initialization=True,
+        # A grown model's weights are all copied in afterwards: drawing them would be wasted work.
+        perform_initialization=init_weights,
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,
         bf16=bf16,

@@ -6,8 +6,7 @@ that outlives a growth (step, LR schedule, data position) lives in the training 
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass, field
-from functools import partial
+from dataclasses import dataclass
 from typing import Iterable, Optional
 
 import torch
@@ -65,7 +64,6 @@ class Engine:
     optimizer: object
     first_layer: int = 0
     """Global 0-indexed position of this pipeline stage's first layer."""
-    _fwd_bwd: object = field(default=None, repr=False)
 
     @property
     def num_local_layers(self) -> int:
@@ -78,13 +76,16 @@ class Engine:
         return self.model[0].module.named_parameters()
 
 
-def build_engine(spec: EngineSpec, depth: int) -> Engine:
+def build_engine(spec: EngineSpec, depth: int, init_weights: bool = True) -> Engine:
+    """Model chunk, DDP and distributed optimizer at `depth`; init_weights=False leaves the
+    weights undrawn (the caller overwrites every one: growth, checkpoint load)."""
     split = spec.split_for(depth)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     config = make_transformer_config(
         spec.model, num_layers=depth, params_dtype=torch.bfloat16 if spec.bf16 else torch.float32,
         bf16=spec.bf16, tensor_parallel=spec.tp, pipeline_parallel=spec.pp,
-        pipeline_layout=_pipeline_layout(split), use_kernels=spec.use_kernels, seed=spec.seed)
+        pipeline_layout=_pipeline_layout(split), use_kernels=spec.use_kernels, seed=spec.seed,
+        init_weights=init_weights)
     chunk = build_model_chunk(config, spec.model, spec.vocab_size, num_local_layers=split[pp_rank])
     if torch.cuda.is_available():
         chunk.cuda(torch.cuda.current_device())

@@ -105,7 +105,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
         if meta["depth"] != plan.depth_at(start) and not (start in plan.boundaries and meta["depth"] == plan.depth_at(start - 1)):
             raise ValueError(f"checkpoint {resume_from} has depth {meta['depth']} at step {start}, but this config's "
                              f"growth plan gives depth {plan.depth_at(start)}: resume with the config it was trained with")
-        engine = build_engine(spec, meta["depth"])
+        engine = build_engine(spec, meta["depth"], init_weights=False)
         load_checkpoint(engine, resume_from)
     else:
         engine = build_engine(spec, plan.initial_depth)
