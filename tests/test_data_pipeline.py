@@ -272,3 +272,28 @@ def test_hf_source_local_hub_layout(work, tok):
         assert m["source"] == f"hf:{repo}:{cfg_name}"
     with pytest.raises(ConfigError, match="hf: needs a hub dataset name ORG/NAME or an existing local directory"):
         prepare("hf:/no/such/dir", str(work / "hub_x"), tok, progress=False)
+
+
+def test_every_config_field_documented():
+    import dataclasses
+
+    from grow_megatron.config.base import field_docs
+
+    for cls in (DataConfig, DatasetSpec):
+        docs = field_docs(cls)
+        assert {f.name for f in dataclasses.fields(cls)} <= set(docs), cls
+
+
+def test_cli_prepare_config_and_inspect(work, mixture, capsys):
+    from grow_megatron.cli import main
+
+    run = work / "run.yaml"
+    run.write_text(f"name: t\ndata:\n  cache_dir: {work / 'cache_cli'}\n  datasets:\n    - {{path: {mixture[0]}, weight: 1}}\n")
+    assert main(["data", "prepare", "--config", str(run), "--no-progress", "--workers", "1"]) == 0
+    first = capsys.readouterr().out
+    assert "documents" in first and "built" in first
+    assert main(["data", "prepare", "--config", str(run), "--no-progress"]) == 0
+    assert "ready" in capsys.readouterr().out
+    prefix = first.split(":")[0]
+    assert main(["data", "inspect", prefix, "--samples", "1"]) == 0
+    assert "AAA" in capsys.readouterr().out
