@@ -125,7 +125,9 @@ def test_interrupted_prepare_leaves_nothing_complete(work, tok, monkeypatch):
     assert not is_complete(str(work / "int")) and read_manifest(str(work / "int")) is None
     assert not any(p.startswith("int.") and (p.endswith((".bin", ".idx")) or ".tmp." in p) for p in os.listdir(work))
     monkeypatch.setattr(P, "_tokenized_batches", real)
+    (work / "int.bin.tmp.99999").write_bytes(b"left by a killed run")  # e.g. after SIGKILL
     assert not prepare(src, str(work / "int"), tok, progress=False)["skipped"]
+    assert not (work / "int.bin.tmp.99999").exists()
     assert is_complete(str(work / "int"))
 
 

@@ -167,6 +167,11 @@ def prepare(source: str, out_prefix: str, tokenizer, *, text_field: str = "text"
     os.makedirs(os.path.dirname(out_prefix), exist_ok=True)
     with open(out_prefix + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process preparing the same output waits here
+        # Holding the lock, any temporary file of this prefix is a leftover of a killed run.
+        import glob
+
+        for suffix in (".bin", ".idx", MANIFEST_SUFFIX, TOKENIZER_SUFFIX):
+            _remove(*glob.glob(glob.escape(out_prefix + suffix) + ".tmp.*"))
         old = read_manifest(out_prefix)
         if not force and old and old.get("fingerprint") == fp["sha256"] and is_complete(out_prefix, old):
             return dict(old, skipped=True)
