@@ -38,7 +38,9 @@ def test_two_ranks(tmp_path):
     good.write_text("".join(json.dumps({"text": f"document {i} " + "word " * (i % 17)}) + "\n" for i in range(120)))
     bad.write_text(json.dumps({"body": "no text field"}) + "\n")
     args = (2, f"file://{tmp_path}/init", str(tmp_path / "cache"), str(good), str(bad), str(tmp_path / "res"))
-    mp.start_processes(_worker, args=args, nprocs=2, start_method="fork", join=True)
+    # spawn, not fork: the test process may already hold a process group and the CPU
+    # compatibility layer from earlier tests, which a forked child would inherit.
+    mp.start_processes(_worker, args=args, nprocs=2, start_method="spawn", join=True)
     r0, r1 = (json.load(open(tmp_path / f"res.{r}")) for r in range(2))
     assert r0["error"] == r1["error"] and "is not a column of" in r0["error"]
     # DP ranks read disjoint halves of the same global batch; compare with a single-process build.
