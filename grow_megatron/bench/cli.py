@@ -1,0 +1,181 @@
+"""`grow-megatron bench`: timed training throughput of the engine, static and grown, next to
+Hugging Face Llama (eager and torch.compile), with FLOPs-based MFU (SPEC 6).
+
+    grow-megatron bench examples/smollm360m_lidas.yaml --out runs/bench_360m      # one GPU
+    torchrun --nproc-per-node 2 -m grow_megatron.cli bench CONFIG --set parallel.tensor_parallel=2
+    grow-megatron bench examples/tiny_lidas.yaml --dry-run --out /tmp/bench       # CPU check
+
+Writes report.json, report.md and throughput.png into --out (rank 0) and prints the tables.
+Without a GPU it refuses (exit 2) unless --dry-run. See docs/bench.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from typing import Any, Callable, Optional
+
+from grow_megatron.bench.config import BenchConfig, peak_flops_for
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = BenchConfig(config="")
+    p = argparse.ArgumentParser(prog="grow-megatron bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", help="YAML run config (model shape, growth plan, optimizer)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a run-config field, e.g. --set model.kernels=off (repeatable)")
+    p.add_argument("--steps-per-stage", type=int, default=d.steps_per_stage,
+                   help=f"timed steps per measurement; the median is reported (default {d.steps_per_stage})")
+    p.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed steps first (default {d.warmup})")
+    p.add_argument("--batch", type=int, help="sequences per micro-batch per rank (default: train.micro_batch_size)")
+    p.add_argument("--microbatches", type=int, default=d.microbatches, help="micro-batches per step (default 1)")
+    p.add_argument("--seq", type=int, help="sequence length (default: model.seq_length)")
+    p.add_argument("--vocab", type=int, help="vocabulary size when the config leaves it to the tokenizer")
+    p.add_argument("--total-steps", type=int, default=d.total_steps,
+                   help=f"length of the scaled grown-vs-static run (default {d.total_steps})")
+    p.add_argument("--hf-baseline", action=argparse.BooleanOptionalAction, default=d.hf_baseline,
+                   help="time transformers' LlamaForCausalLM with the same shapes (default on)")
+    p.add_argument("--hf-compile", action=argparse.BooleanOptionalAction, default=d.hf_compile,
+                   help="also the torch.compile'd HF model (default on; off in a dry run)")
+    p.add_argument("--parts", default=",".join(d.parts),
+                   help=f"comma list among {','.join(BenchConfig.PARTS)} (default: all)")
+    p.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: by GPU name, H100 = 989)")
+    p.add_argument("--out", default=d.out, help=f"output directory (default {d.out})")
+    p.add_argument("--dry-run", action="store_true",
+                   help="CPU check of the whole code path with tiny shapes and 1-2 steps (numbers are meaningless)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BenchConfig:
+    return BenchConfig(config=args.config, overrides=list(args.overrides), steps_per_stage=args.steps_per_stage,
+                       warmup=args.warmup, batch=args.batch, microbatches=args.microbatches, seq=args.seq,
+                       vocab=args.vocab, total_steps=args.total_steps, hf_baseline=args.hf_baseline,
+                       hf_compile=args.hf_compile, parts=tuple(x.strip() for x in args.parts.split(",") if x.strip()),
+                       peak_tflops=args.peak_tflops, out=args.out, dry_run=args.dry_run, seed=args.seed)
+
+
+def _log(rank0: bool, msg: str) -> None:
+    if rank0:
+        print(f"[bench] {msg}", flush=True)
+
+
+def _one_line(r: dict) -> str:
+    mfu = f", MFU {100 * r['mfu']:.1f}% (causal {100 * r['mfu_causal']:.1f}%)" if r.get("mfu") is not None else ""
+    return (f"{r['tokens_per_s']:,.0f} tokens/s, {r['tflops']:.1f} TFLOP/s{mfu}, "
+            f"peak {r['peak_memory_gib']:.2f} GiB")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    bc = config_from_args(args)
+    import torch
+
+    gpu = torch.cuda.is_available()
+    if not gpu and not bc.dry_run:
+        print("grow-megatron bench: no CUDA GPU found; the benchmark needs one (use --dry-run for the CPU check "
+              "of the code path)", file=sys.stderr)
+        return 2
+    if bc.dry_run and not gpu:
+        # Same rule as the test suite: Triton kernels, if any get imported, run interpreted on CPU.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    return run(bc, argv)
+
+
+def run(bc: BenchConfig, argv: list[str]) -> int:
+    import torch
+
+    from grow_megatron.bench import report as R
+    from grow_megatron.bench.runner import EngineBench, hf_measure, on_gpu, resolve
+    from grow_megatron.training.distributed import device_context, init_distributed, world_size_from_env
+
+    gpu = on_gpu()
+    bc, setup = resolve(bc, world_size=world_size_from_env(), on_gpu=gpu)
+    cfg = setup.cfg
+    peak = bc.peak_tflops * 1e12 if bc.peak_tflops else (peak_flops_for(torch.cuda.get_device_name()) if gpu else None)
+    peak_source = ("--peak-tflops" if bc.peak_tflops else "device table" if peak else
+                   "none: unknown device, MFU not computed (give --peak-tflops)")
+    errors: dict[str, str] = {}
+    report: dict[str, Any] = {"notes": [], "errors": errors}
+
+    with device_context():
+        lay = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, bc.seed)
+        rank0 = lay.is_logging_rank
+        report["environment"] = R.environment(argv, {"world_size": lay.world, "tp": lay.tp, "pp": lay.pp,
+                                                     "dp": lay.dp})
+        eb = EngineBench(bc, setup, lay.dp, lay.tp, lay.pp, peak)
+        report["settings"] = {
+            "config": bc.config, "overrides": list(bc.overrides), "dry_run": bc.dry_run,
+            "shape": {k: getattr(setup.shape, k) for k in ("num_layers", "hidden_size", "ffn_hidden_size",
+                                                          "num_attention_heads", "num_query_groups",
+                                                          "vocab_size", "seq_length")},
+            "batch": setup.batch, "microbatches": setup.microbatches, "seq": setup.seq,
+            "tokens_per_step": eb.tokens_per_step, "bf16": setup.bf16, "use_kernels": setup.use_kernels,
+            "warmup": bc.warmup, "steps_per_stage": bc.steps_per_stage, "total_steps": bc.total_steps,
+            "parts": list(bc.parts), "peak_tflops": peak / 1e12 if peak else None, "peak_source": peak_source,
+            "growth": {"operator": cfg.growth.operator, "block_size": cfg.growth.block_size,
+                       "alpha": cfg.growth.alpha, "config_steps": cfg.train.steps,
+                       "config_grow_steps": cfg.grow_steps} if cfg.growth.enabled else None,
+        }
+
+        def part(name: str, fn: Callable[[], Any]) -> Any:
+            """Run one measurement; a failure (out of memory, say) is recorded and the rest goes on."""
+            if name not in bc.parts:
+                return None
+            _log(rank0, f"{name} ...")
+            try:
+                return fn()
+            except Exception as err:  # noqa: BLE001 -- reported in report.json, exit code 1
+                errors[name] = f"{type(err).__name__}: {err}"
+                if rank0:
+                    traceback.print_exc()
+                return None
+            finally:
+                if rank0:  # partial results survive a later crash or a time limit
+                    R.write_outputs(report, bc.out)
+
+        report["static"] = part("static", eb.static)
+        if report["static"]:
+            _log(rank0, f"static depth {report['static']['depth']}: {_one_line(report['static'])}")
+        if setup.plan is None and ("stages" in bc.parts or "schedule" in bc.parts):
+            report["notes"].append("the config has no growth (growth.operator: none): no stages, no grown run")
+        else:
+            report["stages"] = part("stages", eb.stages)
+            for r in report.get("stages") or []:
+                _log(rank0, f"stage {r['stage']} depth {r['depth']}: {_one_line(r)}")
+            report["schedule"] = part("schedule", eb.schedule)
+            if report["schedule"]:
+                s = report["schedule"]
+                _log(rank0, f"scaled run: predicted {s['predicted_speedup']:.3f}x, measured {s['measured_speedup']:.3f}x "
+                            f"({100 * s['efficiency']:.1f}%), growth {s['growth_s']:.2f}s")
+
+    if "hf" in bc.parts and bc.hf_baseline:
+        if lay.world > 1:
+            report["notes"].append("HF baseline runs in single-process runs only (it has no TP/PP)")
+        else:
+            hf: dict[str, dict] = {}
+            report["hf"] = hf
+            variants = [("eager", False)] + ([("compile", True)] if bc.hf_compile and gpu and not bc.dry_run else [])
+            for name, compiled in variants:
+                r = part("hf", lambda: hf_measure(setup, bc, compiled, peak))
+                hf[name] = r if r is not None else {"skipped": errors.get("hf", "failed")}
+                if "tokens_per_s" in hf[name]:
+                    _log(rank0, f"HF {name}: {_one_line(hf[name])}")
+            if report.get("static"):
+                report["static_vs_hf"] = {k: report["static"]["tokens_per_s"] / v["tokens_per_s"]
+                                          for k, v in hf.items() if "tokens_per_s" in v}
+    if rank0:
+        paths = R.write_outputs(report, bc.out)
+        R.print_summary(report)
+        print(f"[bench] wrote {', '.join(paths.values())}", flush=True)
+    if errors:
+        print(f"grow-megatron bench: failed parts: {', '.join(errors)} (see report.json 'errors')", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""The measurements of `grow-megatron bench`: the engine (static, per stage, a scaled grown vs
+static run) and the Hugging Face baseline, all timed the same way.
+
+Timing: every timed region is bracketed by torch.cuda.synchronize() (no-ops on CPU) and a
+host clock; each figure is the median over `steps_per_stage` steps after `warmup` untimed
+steps. Tokens are random ids drawn once and kept on the device, as in the reference
+measurements (notes/h100-anchors.md): the data pipeline is not what is measured here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import gc
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import torch
+
+from grow_megatron import flops as F
+from grow_megatron.bench.config import DRY_RUN_LIMITS, DRY_RUN_MODEL, BenchConfig
+from grow_megatron.config.base import ConfigError
+from grow_megatron.config.run import RunConfig, load_run_config
+from grow_megatron.growth.schedule import GrowthPlan, make_plan
+
+
+# ----------------------------------------------------------------------------- setup
+
+@dataclass(frozen=True)
+class Setup:
+    """The resolved shapes and schedules every part of the benchmark uses."""
+
+    cfg: RunConfig
+    batch: int
+    """Sequences per micro-batch per data-parallel rank."""
+    microbatches: int
+    seq: int
+    vocab: int
+    shape: F.ModelShape
+    """Final-depth shape for the FLOPs formula (seq = the benchmark's sequence length)."""
+    bf16: bool
+    use_kernels: bool
+    plan: Optional[GrowthPlan]
+    """The config's growth plan (None for a static config): gives the stage depths."""
+    scaled_plan: Optional[GrowthPlan]
+    """The same PROP schedule compressed to bench.total_steps."""
+    scaled_grow_steps: int
+
+    def tokens_per_step(self, dp: int) -> int:
+        return self.batch * self.microbatches * self.seq * dp
+
+    @property
+    def depths(self) -> list[int]:
+        if self.plan is None:
+            return [self.shape.num_layers]
+        return [self.plan.initial_depth] + [g.new_depth for g in self.plan.growths]
+
+
+def _load(bc: BenchConfig, extra: list[str], world_size: int) -> RunConfig:
+    return load_run_config(bc.config, list(bc.overrides) + extra, world_size=world_size)
+
+
+def resolve(bc: BenchConfig, world_size: int = 1, on_gpu: bool = False) -> tuple[BenchConfig, Setup]:
+    """Apply the dry-run limits, read the run config and derive shapes and schedules."""
+    extra: list[str] = []
+    if bc.dry_run:
+        bc = dataclasses.replace(bc, hf_compile=False, **{
+            k: min(getattr(bc, k) or v, v) for k, v in DRY_RUN_LIMITS.items()})
+        first = _load(bc, [], world_size)
+        # Keep the growth structure (block size, operator, PROP proportions) but at most three
+        # blocks deep, so that there are growths to time and every stage is quick.
+        b = first.growth.block_size if first.growth.enabled else 2
+        layers = min(first.model.num_layers, 3 * b) if first.growth.enabled else min(first.model.num_layers, 4)
+        extra = [f"model.{k}={v}" for k, v in DRY_RUN_MODEL.items()] + [
+            f"model.num_layers={layers}", "model.kernels='off'", "train.precision=fp32",
+            # The data parallel batch of the config must still divide: one micro-batch of bc.batch.
+            f"train.micro_batch_size={bc.batch}", f"train.global_batch_size={bc.batch * world_size}"]
+        if first.growth.enabled and first.growth.grow_steps is not None:
+            extra.append(f"growth.grow_steps={max(first.grow_steps, 3)}")
+    cfg = _load(bc, extra, world_size)
+    m = cfg.model
+    batch = bc.batch or cfg.train.micro_batch_size
+    seq = bc.seq or m.seq_length
+    vocab = bc.vocab or m.vocab_size
+    if vocab is None:
+        raise ConfigError("model.vocab_size", None, "is empty in the run config (the trainer takes the "
+                                                    "tokenizer's): pass --vocab")
+    for name, v in (("batch", batch), ("seq", seq), ("microbatches", bc.microbatches),
+                    ("steps_per_stage", bc.steps_per_stage), ("total_steps", bc.total_steps)):
+        if v < 1:
+            raise ConfigError(name, v, "must be a positive integer")
+    if bc.warmup < 0:
+        raise ConfigError("warmup", bc.warmup, "must be >= 0")
+    bad = [p for p in bc.parts if p not in BenchConfig.PARTS]
+    if bad:
+        raise ConfigError("parts", ",".join(bad), f"must be among {', '.join(BenchConfig.PARTS)}")
+    shape = F.ModelShape.from_object(m, vocab_size=vocab, seq_length=seq)
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and on_gpu)
+    use_kernels = m.kernels == "on" or (m.kernels == "auto" and on_gpu)
+
+    plan = scaled = None
+    scaled_grow = 0
+    if cfg.growth.enabled:
+        from grow_megatron.growth.operators import get_operator
+
+        op = get_operator(cfg.growth.operator, cfg.growth.function_preserving)
+        b, k = cfg.growth.block_size, m.num_layers // cfg.growth.block_size
+        plan = make_plan(m.num_layers, b, cfg.grow_steps, op, cfg.growth.alpha)
+        # Same proportions: growth phase / whole run as in the config, each stage >= 1 step.
+        scaled_grow = max(k, round(bc.total_steps * cfg.grow_steps / cfg.train.steps))
+        if scaled_grow > bc.total_steps:
+            raise ConfigError("total_steps", bc.total_steps,
+                              f"is too short for {k} growth stages of at least one step each")
+        scaled = make_plan(m.num_layers, b, scaled_grow, op, cfg.growth.alpha)
+    return bc, Setup(cfg, batch, bc.microbatches, seq, vocab, shape, bf16, use_kernels, plan, scaled, scaled_grow)
+
+
+# ----------------------------------------------------------------------------- timing helpers
+
+def on_gpu() -> bool:
+    return torch.cuda.is_available()
+
+
+def _sync() -> None:
+    if on_gpu():
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """(seconds, result) of fn(), device work included."""
+    _sync()
+    t0 = time.perf_counter()
+    out = fn()
+    _sync()
+    return time.perf_counter() - t0, out
+
+
+def reset_peak_memory() -> None:
+    if on_gpu():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_gib() -> float:
+    """torch.cuda.max_memory_allocated since the last reset; on CPU the process RSS now
+    (an upper bound of what the measurement holds: no per-phase peak exists there)."""
+    if on_gpu():
+        return torch.cuda.max_memory_allocated() / 2**30
+    import psutil
+
+    return psutil.Process().memory_info().rss / 2**30
+
+
+def free_memory() -> None:
+    gc.collect()
+    if on_gpu():
+        torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class Rates:
+    """What a throughput becomes in FLOPs terms for one model shape."""
+
+    flops_per_token: int
+    """SPEC 6: 6N + 12 L s d."""
+    flops_per_token_causal: int
+    """6N + 6 L s d (causal attention halved), the convention of notes/h100-anchors.md."""
+    peak_flops: Optional[float]
+
+    @classmethod
+    def of(cls, shape: F.ModelShape, peak_flops: Optional[float]) -> "Rates":
+        return cls(F.model_flops_per_token(shape), F.model_flops_per_token_causal(shape), peak_flops)
+
+
+def summarize(step_times: list[float], tokens_per_step: int, rates: Rates, memory_gib: float) -> dict:
+    """Median-based figures of one measurement."""
+    med = statistics.median(step_times)
+    tps = tokens_per_step / med
+    out = {
+        "steps_timed": len(step_times), "tokens_per_step": tokens_per_step,
+        "step_s_median": med, "step_s_min": min(step_times), "step_s_max": max(step_times),
+        "tokens_per_s": tps,
+        "flops_per_token": rates.flops_per_token, "flops_per_token_causal": rates.flops_per_token_causal,
+        "tflops": tps * rates.flops_per_token / 1e12,
+        "tflops_causal": tps * rates.flops_per_token_causal / 1e12,
+        "mfu": None, "mfu_causal": None, "peak_memory_gib": memory_gib,
+    }
+    if rates.peak_flops:
+        out["mfu"] = F.mfu(tps, rates.flops_per_token, rates.peak_flops)
+        out["mfu_causal"] = F.mfu(tps, rates.flops_per_token_causal, rates.peak_flops)
+    return out
+
+
+def random_microbatches(n: int, batch: int, seq: int, vocab: int, seed: int) -> list[dict]:
+    """n micro-batches of random ids, on the device. Every rank draws the same ids (TP ranks
+    must see identical inputs; for DP replicas it does not matter for timing)."""
+    gen = torch.Generator().manual_seed(seed)
+    dev = "cuda" if on_gpu() else "cpu"
+    out = []
+    for _ in range(n):
+        t = torch.randint(0, vocab, (batch, seq + 1), generator=gen)
+        mb = {"tokens": t[:, :-1].contiguous(), "labels": t[:, 1:].contiguous(),
+              "loss_mask": torch.ones(batch, seq), "position_ids": torch.arange(seq).expand(batch, seq).contiguous()}
+        out.append({k: v.to(dev) for k, v in mb.items()})
+    return out
+
+
+# ----------------------------------------------------------------------------- engine parts
+
+@dataclass
+class EngineBench:
+    """Runs the engine parts; created inside device_context() after init_distributed()."""
+
+    bc: BenchConfig
+    setup: Setup
+    dp: int
+    tp: int
+    pp: int
+    peak_flops: Optional[float]
+
+    def __post_init__(self) -> None:
+        from grow_megatron.training.engine import EngineSpec
+
+        s, cfg = self.setup, self.setup.cfg
+        model = dataclasses.replace(cfg.model, seq_length=s.seq)
+        self.spec = EngineSpec(model, cfg.optim, s.vocab, bf16=s.bf16, use_kernels=s.use_kernels, tp=self.tp,
+                               pp=self.pp, final_split=tuple(cfg.parallel.pipeline_split)
+                               if cfg.parallel.pipeline_split else None, seed=self.bc.seed)
+        self.batches = random_microbatches(s.microbatches, s.batch, s.seq, s.vocab, self.bc.seed)
+        self.tokens_per_step = s.tokens_per_step(self.dp)
+        # A constant LR: its value does not change the work done per step.
+        self.lr = cfg.optim.lr
+
+    def rates(self, depth: int) -> Rates:
+        return Rates.of(self.setup.shape.with_layers(depth), self.peak_flops)
+
+    def step(self, engine) -> dict:
+        from grow_megatron.training.engine import train_step
+
+        return train_step(engine, self.batches, self.lr)
+
+    def measure(self, engine) -> tuple[list[float], dict]:
+        """Warm-up, then the timed steps of `engine`; (step seconds, last step's output)."""
+        out: dict = {}
+        for _ in range(self.bc.warmup):
+            out = self.step(engine)
+        times = []
+        for _ in range(self.bc.steps_per_stage):
+            dt, out = timed(lambda: self.step(engine))
+            times.append(dt)
+        return times, out
+
+    def static(self) -> dict:
+        """The model at the final depth."""
+        from grow_megatron.training.engine import build_engine, destroy_engine
+
+        depth = self.setup.shape.num_layers
+        free_memory()
+        reset_peak_memory()
+        build_s, engine = timed(lambda: build_engine(self.spec, depth))
+        times, out = self.measure(engine)
+        res = {"depth": depth, "build_s": build_s, **summarize(times, self.tokens_per_step, self.rates(depth),
+                                                                peak_memory_gib()),
+               "last_loss": out.get("loss")}
+        destroy_engine(engine)
+        return res
+
+    def stages(self) -> list[dict]:
+        """Each stage's depth, reached by growing from the first (so grow() is exercised and timed)."""
+        from grow_megatron.growth.manager import grow
+        from grow_megatron.training.engine import build_engine, destroy_engine
+
+        plan = self.setup.plan
+        assert plan is not None
+        free_memory()
+        engine = build_engine(self.spec, plan.initial_depth)
+        rows = []
+        for i, depth in enumerate(self.setup.depths):
+            grow_s = None
+            if i:
+                grow_s, engine = timed(lambda: grow(engine, plan.growths[i - 1]))
+            free_memory()
+            reset_peak_memory()
+            times, out = self.measure(engine)
+            rows.append({"stage": i + 1, "depth": depth, "grow_s": grow_s,
+                         **summarize(times, self.tokens_per_step, self.rates(depth), peak_memory_gib()),
+                         "last_loss": out.get("loss")})
+        destroy_engine(engine)
+        return rows
+
+    def run(self, plan: Optional[GrowthPlan], total_steps: int) -> dict:
+        """`total_steps` optimizer steps following `plan` (None: static at the final depth), growth
+        included; per-step records for the plot."""
+        from grow_megatron.growth.manager import grow
+        from grow_megatron.training.engine import build_engine, destroy_engine
+
+        free_memory()
+        depth0 = plan.initial_depth if plan is not None else self.setup.shape.num_layers
+        build_s, engine = timed(lambda: build_engine(self.spec, depth0))
+        records, growths = [], []
+        _sync()
+        t_start = time.perf_counter()
+        for step in range(total_steps):
+            while plan is not None and engine.depth < plan.depth_at(step):
+                g = next(g for g in plan.growths if g.old_depth == engine.depth)
+                dt, engine = timed(lambda: grow(engine, g))
+                growths.append({"step": step, "old_depth": g.old_depth, "new_depth": g.new_depth, "seconds": dt})
+            dt, out = timed(lambda: self.step(engine))
+            records.append({"step": step, "depth": engine.depth, "step_s": dt,
+                            "tokens_per_s": self.tokens_per_step / dt, "loss": out["loss"]})
+        _sync()
+        wall = time.perf_counter() - t_start
+        destroy_engine(engine)
+        return {"build_s": build_s, "wall_s": wall, "train_s": sum(r["step_s"] for r in records),
+                "growth_s": sum(g["seconds"] for g in growths), "growths": growths, "steps": records}
+
+    def schedule(self) -> dict:
+        """The scaled PROP run, grown and static, next to the FLOPs-predicted speedup."""
+        s = self.setup
+        plan, total = s.scaled_plan, self.bc.total_steps
+        assert plan is not None
+        cmp = F.compare(s.shape, plan, total, self.tokens_per_step)
+        grown = self.run(plan, total)
+        static = self.run(None, total)
+        predicted = cmp.ratio
+        measured = static["wall_s"] / grown["wall_s"]
+        measured_train_only = static["train_s"] / grown["train_s"]
+        # Per stage of the grown run: the steps it trained, their time and achieved FLOP rate.
+        stages = []
+        for st in cmp.grown.stages:
+            recs = [r for r in grown["steps"] if r["depth"] == st.depth]
+            secs = sum(r["step_s"] for r in recs)
+            stages.append({**st.to_dict(), "seconds": secs,
+                           "step_s_median": statistics.median(r["step_s"] for r in recs) if recs else None,
+                           "tflops": st.flops / secs / 1e12 if secs else None})
+        return {
+            "total_steps": total, "grow_steps": s.scaled_grow_steps, "stage_steps": list(plan.stage_steps),
+            "boundaries": list(plan.boundaries), "operator": s.cfg.growth.operator,
+            "tokens_per_step": self.tokens_per_step,
+            "flops": cmp.to_dict(),
+            "predicted_speedup": predicted,
+            "measured_speedup": measured,
+            "measured_speedup_train_only": measured_train_only,
+            "efficiency": measured / predicted,
+            "growth_s": grown["growth_s"], "growth_fraction_of_grown_wall": grown["growth_s"] / grown["wall_s"],
+            "grown": {k: v for k, v in grown.items()}, "static": static, "grown_stages": stages,
+            "grown_tflops": cmp.grown.flops / grown["wall_s"] / 1e12,
+            "static_tflops": cmp.static.flops / static["wall_s"] / 1e12,
+        }
+
+
+# ----------------------------------------------------------------------------- HF baseline
+
+def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Optional[float]) -> dict:
+    """transformers' LlamaForCausalLM with the engine's shapes: SDPA attention, tied embeddings,
+    fp32 parameters under bf16 autocast, AdamW (fused on GPU), clip 1.0 as the engine does."""
+    try:
+        from transformers import LlamaConfig, LlamaForCausalLM
+    except ImportError as err:  # the engine parts do not need it
+        return {"skipped": f"transformers not importable: {err}"}
+    m, o = setup.cfg.model, setup.cfg.optim
+    gpu = on_gpu()
+    dev = "cuda" if gpu else "cpu"
+    import inspect
+
+    # transformers >= 5 takes the RoPE base in rope_parameters, older versions as rope_theta.
+    rope = ({"rope_parameters": {"rope_type": "default", "rope_theta": float(m.rope_theta)}}
+            if "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters else {"rope_theta": m.rope_theta})
+    hf_cfg = LlamaConfig(vocab_size=setup.vocab, hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size,
+                         num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads,
+                         num_key_value_heads=m.kv_heads, max_position_embeddings=setup.seq, rms_norm_eps=m.norm_eps,
+                         tie_word_embeddings=True, initializer_range=m.init_std, attention_bias=False, mlp_bias=False,
+                         use_cache=False, **rope)
+    hf_cfg._attn_implementation = "sdpa"
+    free_memory()
+    reset_peak_memory()
+    torch.manual_seed(bc.seed)
+    model = LlamaForCausalLM(hf_cfg).to(dev)
+    model.train()
+    params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                            weight_decay=o.weight_decay, fused=gpu)
+    fwd = torch.compile(model) if compiled else model
+    ids = [mb["tokens"] for mb in random_microbatches(setup.microbatches, setup.batch, setup.seq, setup.vocab, bc.seed)]
+    # bf16 autocast on GPU (as the reference measurements); a dry run on CPU stays fp32.
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=setup.bf16 and gpu)
+
+    def step() -> float:
+        total = 0.0
+        for x in ids:
+            with autocast:
+                loss = fwd(input_ids=x, labels=x).loss / len(ids)
+            loss.backward()
+            total += float(loss.detach())
+        if o.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return total
+
+    compile_s, loss = timed(step)  # the first step (compilation when compiled), reported apart
+    for _ in range(max(0, bc.warmup - 1)):
+        loss = step()
+    times = []
+    for _ in range(bc.steps_per_stage):
+        dt, loss = timed(step)
+        times.append(dt)
+    tokens = setup.tokens_per_step(1)
+    res = {"model": "transformers.LlamaForCausalLM", "attn_implementation": "sdpa", "compiled": compiled,
+           "fused_adamw": gpu, "autocast_bf16": setup.bf16 and gpu, "params": params, "first_step_s": compile_s,
+           **summarize(times, tokens, Rates.of(setup.shape, peak_flops), peak_memory_gib()), "last_loss": loss}
+    del fwd, model, opt
+    if compiled:
+        torch._dynamo.reset()
+    free_memory()
+    return res
+
+
+def finite_positive(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
