@@ -41,11 +41,11 @@ def _cpu_model() -> str:
     return platform.processor() or ""
 
 
-def environment(argv: list[str], layout: dict) -> dict:
+def environment(argv: list[str], layout: dict, prog: str = "grow-megatron bench") -> dict:
     """Machine and software the numbers were taken on."""
     env: dict[str, Any] = {
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": " ".join(["grow-megatron", "bench", *argv]),
+        "command": " ".join([prog, *argv]),
         "hostname": platform.node(), "python": platform.python_version(), "platform": platform.platform(),
         "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "cuda": torch.version.cuda,
