@@ -375,7 +375,8 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
     free_memory()
     reset_peak_memory()
     torch.manual_seed(bc.seed)
-    model = LlamaForCausalLM(hf_cfg).to(dev)
+    with torch.device(dev):  # initialise on the device: a 1.7B init on the host takes long
+        model = LlamaForCausalLM(hf_cfg)
     model.train()
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
