@@ -6,9 +6,7 @@
 """
 import sys
 
-from grow_megatron.cli import _quiet_known_warnings
-from grow_megatron.bench.cli import main
+from grow_megatron.cli import main
 
 if __name__ == "__main__":
-    _quiet_known_warnings()
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["bench", *sys.argv[1:]]))
