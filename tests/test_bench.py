@@ -125,3 +125,17 @@ def test_resolve_scaled_schedule_and_peaks():
     assert s.depths == list(range(4, 33, 4))
     assert peak_flops_for("NVIDIA H100 80GB HBM3") == F.H100_SXM_BF16_PEAK
     assert peak_flops_for("Intel Xeon") is None
+
+
+def test_torchrun_two_pipeline_stages(tmp_path):
+    """Multi-rank: 2 pipeline stages under torchrun (gloo), rank 0 writes the report."""
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
+                           "grow_megatron.cli", "bench", TINY, "--dry-run", "--out", str(tmp_path),
+                           "--set", "parallel.pipeline_parallel=2", "--parts", "static,schedule,hf"],
+                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=170)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert rep["errors"] == {} and rep["environment"]["world_size"] == 2 and rep["environment"]["pp"] == 2
+    assert _finite_positive(rep["static"]["tokens_per_s"]) and _finite_positive(rep["schedule"]["measured_speedup"])
+    assert "hf" not in rep and any("single-process" in n for n in rep["notes"])

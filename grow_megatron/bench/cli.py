@@ -106,7 +106,8 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
         rank0 = lay.is_logging_rank
         report["environment"] = R.environment(argv, {"world_size": lay.world, "tp": lay.tp, "pp": lay.pp,
                                                      "dp": lay.dp})
-        eb = EngineBench(bc, setup, lay.dp, lay.tp, lay.pp, peak)
+        # The engine's tokens/s is the whole job's: MFU is over the peak of all its GPUs.
+        eb = EngineBench(bc, setup, lay.dp, lay.tp, lay.pp, peak * lay.world if peak else None)
         report["settings"] = {
             "config": bc.config, "overrides": list(bc.overrides), "dry_run": bc.dry_run,
             "shape": {k: getattr(setup.shape, k) for k in ("num_layers", "hidden_size", "ffn_hidden_size",
@@ -116,6 +117,7 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
             "tokens_per_step": eb.tokens_per_step, "bf16": setup.bf16, "use_kernels": setup.use_kernels,
             "warmup": bc.warmup, "steps_per_stage": bc.steps_per_stage, "total_steps": bc.total_steps,
             "parts": list(bc.parts), "peak_tflops": peak / 1e12 if peak else None, "peak_source": peak_source,
+            "gpus": lay.world if gpu else 0,
             "growth": {"operator": cfg.growth.operator, "block_size": cfg.growth.block_size,
                        "alpha": cfg.growth.alpha, "config_steps": cfg.train.steps,
                        "config_grow_steps": cfg.grow_steps} if cfg.growth.enabled else None,

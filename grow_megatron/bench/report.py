@@ -108,7 +108,7 @@ def format_markdown(report: dict) -> str:
             f"per rank = {s['tokens_per_step']:,} tokens/step; {'bf16' if s['bf16'] else 'fp32'}, kernels "
             f"{'on' if s['use_kernels'] else 'off'}",
             f"- timing: {s['warmup']} warm-up steps, then the median of {s['steps_per_stage']} timed steps; "
-            f"MFU over {_f(s['peak_tflops'])} TFLOP/s ({s['peak_source']})",
+            f"MFU over {_f(s['peak_tflops'])} TFLOP/s per GPU ({s['peak_source']}) x {max(1, s['gpus'])} GPU(s)",
             "- FLOPs per token: SPEC 6 = 6N + 12 L s d (the paper's count); causal = 6N + 6 L s d (attention "
             "halved, the convention of the H100 reference notes)", ""]
 

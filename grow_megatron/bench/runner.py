@@ -380,7 +380,7 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
     model.train()
     params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                            weight_decay=o.weight_decay, fused=gpu)
+                            weight_decay=o.weight_decay, fused=gpu and not bc.dry_run)
     fwd = torch.compile(model) if compiled else model
     ids = [mb["tokens"] for mb in random_microbatches(setup.microbatches, setup.batch, setup.seq, setup.vocab, bc.seed)]
     # bf16 autocast on GPU (as the reference measurements); a dry run on CPU stays fp32.
@@ -408,7 +408,7 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
         times.append(dt)
     tokens = setup.tokens_per_step(1)
     res = {"model": "transformers.LlamaForCausalLM", "attn_implementation": "sdpa", "compiled": compiled,
-           "fused_adamw": gpu, "autocast_bf16": setup.bf16 and gpu, "params": params, "first_step_s": compile_s,
+           "fused_adamw": gpu and not bc.dry_run, "autocast_bf16": setup.bf16 and gpu, "params": params, "first_step_s": compile_s,
            **summarize(times, tokens, Rates.of(setup.shape, peak_flops), peak_memory_gib()), "last_loss": loss}
     del fwd, model, opt
     if compiled:
