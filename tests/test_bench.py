@@ -131,7 +131,8 @@ def test_torchrun_two_pipeline_stages(tmp_path):
     """Multi-rank: 2 pipeline stages under torchrun (gloo), rank 0 writes the report."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
                            "grow_megatron.cli", "bench", TINY, "--dry-run", "--out", str(tmp_path),
-                           "--set", "parallel.pipeline_parallel=2", "--parts", "static,schedule,hf"],
+                           "--set", "parallel.pipeline_parallel=2", "--set", "model.num_layers=8",
+                           "--parts", "static,schedule,hf"],
                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=170)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -151,7 +151,8 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
             report["schedule"] = part("schedule", eb.schedule)
             if report["schedule"]:
                 s = report["schedule"]
-                _log(rank0, f"scaled run: predicted {s['predicted_speedup']:.3f}x, measured {s['measured_speedup']:.3f}x "
+                _log(rank0, f"scaled run: predicted {s['predicted_speedup']:.3f}x, "
+                            f"measured {s['measured_speedup']:.3f}x "
                             f"({100 * s['efficiency']:.1f}%), growth {s['growth_s']:.2f}s")
 
     if "hf" in bc.parts and bc.hf_baseline:

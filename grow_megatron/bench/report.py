@@ -138,12 +138,15 @@ def format_markdown(report: dict) -> str:
                 f"over the first {sch['grow_steps']}; stage steps {sch['stage_steps']}, growths before steps "
                 f"{sch['boundaries']}).", "",
                 _table(["", "grown", "static"], [
-                    ["wall s (steps + growth)", _f(sch["grown"]["wall_s"], "{:.3f}"), _f(sch["static"]["wall_s"], "{:.3f}")],
-                    ["training steps s", _f(sch["grown"]["train_s"], "{:.3f}"), _f(sch["static"]["train_s"], "{:.3f}")],
+                    ["wall s (steps + growth)", _f(sch["grown"]["wall_s"], "{:.3f}"),
+                     _f(sch["static"]["wall_s"], "{:.3f}")],
+                    ["training steps s", _f(sch["grown"]["train_s"], "{:.3f}"),
+                     _f(sch["static"]["train_s"], "{:.3f}")],
                     ["growth s", _f(sch["grown"]["growth_s"], "{:.3f}"), "-"],
                     ["training PF", _f(sch["flops"]["grown"]["petaflops"], "{:.6g}"),
                      _f(sch["flops"]["static"]["petaflops"], "{:.6g}")],
-                    ["achieved TFLOP/s (SPEC 6)", _f(sch["grown_tflops"], "{:.4g}"), _f(sch["static_tflops"], "{:.4g}")]]), "",
+                    ["achieved TFLOP/s (SPEC 6)", _f(sch["grown_tflops"], "{:.4g}"),
+                     _f(sch["static_tflops"], "{:.4g}")]]), "",
                 _table(["speedup", "value"], [
                     ["predicted (FLOPs ratio, SPEC 6)", f"{sch['predicted_speedup']:.3f}x"],
                     ["measured wall clock", f"{sch['measured_speedup']:.3f}x"],

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -364,8 +363,9 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
     import inspect
 
     # transformers >= 5 takes the RoPE base in rope_parameters, older versions as rope_theta.
-    rope = ({"rope_parameters": {"rope_type": "default", "rope_theta": float(m.rope_theta)}}
-            if "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters else {"rope_theta": m.rope_theta})
+    v5 = "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters
+    rope = ({"rope_parameters": {"rope_type": "default", "rope_theta": float(m.rope_theta)}} if v5
+            else {"rope_theta": m.rope_theta})
     hf_cfg = LlamaConfig(vocab_size=setup.vocab, hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size,
                          num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads,
                          num_key_value_heads=m.kv_heads, max_position_embeddings=setup.seq, rms_norm_eps=m.norm_eps,
@@ -407,15 +407,14 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
         dt, loss = timed(step)
         times.append(dt)
     tokens = setup.tokens_per_step(1)
-    res = {"model": "transformers.LlamaForCausalLM", "attn_implementation": "sdpa", "compiled": compiled,
-           "fused_adamw": gpu and not bc.dry_run, "autocast_bf16": setup.bf16 and gpu, "params": params, "first_step_s": compile_s,
+    # Read back what transformers actually chose (it may fall back from a requested implementation).
+    res = {"model": "transformers.LlamaForCausalLM",
+           "attn_implementation": getattr(model.config, "_attn_implementation", None), "compiled": compiled,
+           "fused_adamw": gpu and not bc.dry_run, "autocast_bf16": setup.bf16 and gpu, "params": params,
+           "first_step_s": compile_s,
            **summarize(times, tokens, Rates.of(setup.shape, peak_flops), peak_memory_gib()), "last_loss": loss}
     del fwd, model, opt
     if compiled:
         torch._dynamo.reset()
     free_memory()
     return res
-
-
-def finite_positive(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
