@@ -167,9 +167,11 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
                 hf[name] = r if r is not None else {"skipped": errors.get("hf", "failed")}
                 if "tokens_per_s" in hf[name]:
                     _log(rank0, f"HF {name}: {_one_line(hf[name])}")
-            if report.get("static"):
-                report["static_vs_hf"] = {k: report["static"]["tokens_per_s"] / v["tokens_per_s"]
-                                          for k, v in hf.items() if "tokens_per_s" in v}
+                if report.get("static"):
+                    report["static_vs_hf"] = {k: report["static"]["tokens_per_s"] / v["tokens_per_s"]
+                                              for k, v in hf.items() if "tokens_per_s" in v}
+                # Saved before the next variant: a compile that outlasts a time limit keeps eager's result.
+                R.write_outputs(report, bc.out)
     if rank0:
         paths = R.write_outputs(report, bc.out)
         R.print_summary(report)
