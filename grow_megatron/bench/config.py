@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Optional
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendor datasheets, in FLOP/s, matched
@@ -70,6 +71,6 @@ class BenchConfig:
 
 # Dry-run shape: the config's depth/growth structure is kept (capped to three blocks), the
 # width is shrunk so that every stage of every part runs on two CPU cores in seconds.
-DRY_RUN_MODEL = {"hidden_size": 64, "ffn_hidden_size": 160, "num_attention_heads": 4, "num_query_groups": 2,
-                 "vocab_size": 256, "seq_length": 32}
-DRY_RUN_LIMITS = {"steps_per_stage": 2, "warmup": 1, "batch": 2, "total_steps": 12}
+DRY_RUN_MODEL = MappingProxyType({"hidden_size": 64, "ffn_hidden_size": 160, "num_attention_heads": 4,
+                                  "num_query_groups": 2, "vocab_size": 256, "seq_length": 32})
+DRY_RUN_LIMITS = MappingProxyType({"steps_per_stage": 2, "warmup": 1, "batch": 2, "total_steps": 12})
