@@ -148,8 +148,10 @@ def test_eval_cli_end_to_end(tiny, tmp_path, capsys):
     assert "copying_words" in capsys.readouterr().out
 
 
-def test_eval_cli_native_hook_message(tmp_path):
-    from grow_megatron.eval.cli import main
+def test_eval_cli_names_a_path_that_is_no_model(tmp_path, capsys):
+    from grow_megatron.cli import main
 
-    with pytest.raises(SystemExit, match="convert to-hf"):
-        main([str(tmp_path), "--tasks", "varassign_basic", "--n", "1", "--device", "cpu"])
+    # Neither an HF directory (config.json) nor a native checkpoint / run dir: one line, exit 2.
+    assert main(["eval", str(tmp_path), "--tasks", "varassign_basic", "--n", "1", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path) in err[0] and "neither a checkpoint directory" in err[0]

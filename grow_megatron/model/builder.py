@@ -29,6 +29,11 @@ class GrowTransformerConfig(TransformerConfig):
     """Seed of the initial weights; each layer's draw depends on it and the layer's global position."""
 
 
+def _keep(tensor: torch.Tensor) -> torch.Tensor:
+    """An init method that leaves the (about to be overwritten) tensor as allocated."""
+    return tensor
+
+
 def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype: torch.dtype = torch.float32,
                             bf16: bool = False, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                             pipeline_layout=None, use_kernels: bool = False, seed: int = 0,
@@ -52,8 +57,7 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
         # Weights are drawn on the host for the full (unsharded) tensor and then split, so a
         # run at any TP size starts from the same weights as the single-rank run.
         use_cpu_initialization=True,
-        # A grown model's weights are all copied in afterwards: drawing them would be wasted work.
-        perform_initialization=init_weights,
+        perform_initialization=True,
         params_dtype=params_dtype,
         pipeline_dtype=params_dtype,
         bf16=bf16,
@@ -70,6 +74,11 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
         grow_ln_scaling=model.ln_scaling,
+        # A grown or resumed model's weights are all copied in afterwards: skip the random draws
+        # but keep megatron's initialisation path, which also tags tensor-parallel params
+        # (perform_initialization=False would skip that tagging and break grad-norm clipping).
+        **({} if init_weights else {"init_method": _keep, "output_layer_init_method": _keep,
+                                    "embedding_init_method": _keep}),
         grow_use_kernels=use_kernels,
         grow_init_seed=seed,
         grow_rope_theta=model.rope_theta,
