@@ -29,17 +29,6 @@ import time
 os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per tokenizer process: per-core numbers
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or ""
-
-
 def make_corpus(out_dir: str, size_mb: float, seed: int = 0, shard_mb: float = 25.0) -> tuple[int, int]:
     """Write ~size_mb MB of jsonl documents into out_dir; return (bytes of text, documents)."""
     from grow_megatron.data.corpus import iter_default_corpus
@@ -125,6 +114,7 @@ def main(argv=None) -> int:
     from grow_megatron.data.config import DataConfig
     from grow_megatron.data.datasets import build_datasets, get_microbatches
     from grow_megatron.data.prepare import prepare
+    from grow_megatron.bench.report import cpu_model
     from grow_megatron.data.tokenizer import load_tokenizer
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -132,7 +122,7 @@ def main(argv=None) -> int:
     work = args.workdir or tmp.name
     os.makedirs(work, exist_ok=True)
     res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_count": os.cpu_count(),
-                 "machine": f"{platform.machine()} {_cpu_model()}".strip(), "python": platform.python_version(),
+                 "machine": f"{platform.machine()} {cpu_model()}".strip(), "python": platform.python_version(),
                  "loadavg_start": [round(x, 2) for x in os.getloadavg()],
                  "torch": torch.__version__, "command": "python tools/bench_data.py " + " ".join(argv or sys.argv[1:])}
     tok = load_tokenizer(None)

@@ -30,7 +30,8 @@ def _driver() -> Optional[str]:
         return None
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (for benchmark records)."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -47,7 +48,7 @@ def environment(argv: list[str], layout: dict, prog: str = "grow-megatron bench"
         "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "command": " ".join([prog, *argv]),
         "hostname": platform.node(), "python": platform.python_version(), "platform": platform.platform(),
-        "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "cuda": torch.version.cuda,
         "triton": _version("triton"), "transformers": _version("transformers"),
         "megatron_core": _version("megatron-core") or _version("megatron_core"),

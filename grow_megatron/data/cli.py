@@ -109,7 +109,7 @@ def _prepare_config(args) -> int:
 
 
 def _train(args) -> int:
-    from grow_megatron.data.readers import iter_texts, list_source_files
+    from grow_megatron.data.readers import first_chars, iter_texts, list_source_files
     from grow_megatron.data.tokenizer import train_bpe_tokenizer
 
     for s in args.sources:
@@ -118,15 +118,7 @@ def _train(args) -> int:
 
     def sample():
         for s in args.sources:
-            budget = per
-            for texts in iter_texts(s, args.text_field, field="--text-field", source_field="SOURCE"):
-                for t in texts:
-                    if budget <= 0:
-                        break
-                    yield t[:budget]
-                    budget -= len(t)
-                if budget <= 0:
-                    break
+            yield from first_chars(iter_texts(s, args.text_field, field="--text-field", source_field="SOURCE"), per)
 
     tok = train_bpe_tokenizer(sample(), vocab_size=args.vocab_size, eod_token=args.eod_token)
     files = tok.save(args.out)

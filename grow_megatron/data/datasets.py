@@ -74,7 +74,7 @@ def build_tokenizer(cfg: DataConfig) -> Tokenizer:
 
 def _train_tokenizer_cached(cfg: DataConfig) -> str:
     from grow_megatron.data.prepare import has_indexed_files
-    from grow_megatron.data.readers import iter_texts, list_source_files
+    from grow_megatron.data.readers import first_chars, iter_texts, list_source_files
     from grow_megatron.data.tokenizer import DEFAULT_EOS, train_bpe_tokenizer
 
     raw = []
@@ -95,15 +95,9 @@ def _train_tokenizer_cached(cfg: DataConfig) -> str:
 
     def sample():
         for ds, w, _ in raw:
-            budget = int(cfg.tokenizer_train_chars * w / total_w)
-            for texts in iter_texts(ds.path, ds.text_field or cfg.text_field, source_field="data.datasets[].path"):
-                for t in texts:
-                    if budget <= 0:
-                        break
-                    yield t[:budget]
-                    budget -= len(t)
-                if budget <= 0:
-                    break
+            yield from first_chars(iter_texts(ds.path, ds.text_field or cfg.text_field,
+                                              source_field="data.datasets[].path"),
+                                   int(cfg.tokenizer_train_chars * w / total_w))
 
     tok = train_bpe_tokenizer(sample(), vocab_size=cfg.tokenizer_vocab_size, out_path=out,
                               eod_token=cfg.eod_token or DEFAULT_EOS)

@@ -13,7 +13,7 @@ HF's patterns or by the `configs:` of its README.md) -- the same code path, test
 from __future__ import annotations
 
 import os
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from grow_megatron.config.base import ConfigError
 
@@ -190,3 +190,14 @@ def _clean(texts, where: str, text_field: str, field: str) -> list[str]:
         if t.strip():
             out.append(t)
     return out
+
+
+def first_chars(batches: Iterable[list[str]], budget: int) -> Iterator[str]:
+    """The documents of `batches` (lists of texts) up to `budget` characters in all, the last
+    one cut short; reading stops there (a tokenizer-training sample of a large source)."""
+    for texts in batches:
+        for t in texts:
+            if budget <= 0:
+                return
+            yield t[:budget]
+            budget -= len(t)
