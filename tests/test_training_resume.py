@@ -84,3 +84,12 @@ def test_crash_during_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     res = train(micro_config(tmp_path, **STATIC))
     assert res.start_step == 2 and res.end_step == 6
     assert not any(".tmp-" in d for d in os.listdir(root))  # ...and cleaned up by the next save
+
+
+def test_resume_with_a_different_plan_is_refused(tmp_path):
+    from grow_megatron.config.base import ConfigError
+
+    train(micro_config(tmp_path), stop_at=3)  # depth 8 at step 3
+    with pytest.raises(ConfigError, match="checkpoint.resume") as err:
+        train(micro_config(tmp_path, **{"growth.operator": "none"}))  # static: depth 12 everywhere
+    assert "holds depth 8 at step 3" in str(err.value)

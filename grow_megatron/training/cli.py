@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 
 def main(argv: list[str]) -> int:
@@ -22,6 +23,9 @@ def main(argv: list[str]) -> int:
     cfg = load_run_config(args.config, args.overrides, world_size=world_size_from_env())
     try:
         res = train(cfg)
+    except FloatingPointError as err:  # diverged: the message says what to change
+        print(f"grow-megatron train: {err}", file=sys.stderr)
+        return 1
     finally:
         shutdown_distributed()
     if res.losses and os.environ.get("RANK", "0") == "0":

@@ -13,6 +13,7 @@ from typing import Callable, Optional
 import torch
 from megatron.core import parallel_state
 
+from grow_megatron.config.base import ConfigError
 from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.growth.manager import grow
 from grow_megatron.growth.schedule import plan_from_config
@@ -103,8 +104,11 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
         meta = read_meta(resume_from)
         start, history = meta["step"], meta.get("growths", [])
         if meta["depth"] != plan.depth_at(start) and not (start in plan.boundaries and meta["depth"] == plan.depth_at(start - 1)):
-            raise ValueError(f"checkpoint {resume_from} has depth {meta['depth']} at step {start}, but this config's "
-                             f"growth plan gives depth {plan.depth_at(start)}: resume with the config it was trained with")
+            raise ConfigError("checkpoint.resume", resume_from,
+                              f"holds depth {meta['depth']} at step {start}, but this config's growth plan gives depth "
+                              f"{plan.depth_at(start)} there: resume with the config it was trained with "
+                              f"({os.path.join(cfg.run_dir, 'config.yaml')}), use another run_dir, or set "
+                              f"checkpoint.resume=never")
         engine = build_engine(spec, meta["depth"], init_weights=False)
         load_checkpoint(engine, resume_from)
     else:
