@@ -30,10 +30,10 @@ def _batch(seed, b=2):
             "position_ids": torch.arange(S).expand(b, S)}
 
 
-def _engine(depth, ln_scaling=False):
+def _engine(depth, ln_scaling=False, bf16=False):
     model = ModelConfig(num_layers=12, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
                         num_query_groups=2, vocab_size=V, seq_length=S, ln_scaling=ln_scaling)
-    spec = EngineSpec(model, OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), V, bf16=False, use_kernels=False)
+    spec = EngineSpec(model, OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), V, bf16=bf16, use_kernels=False)
     torch.manual_seed(0)
     return build_engine(spec, depth)
 
@@ -42,9 +42,12 @@ def _state(engine):
     return {n: gather_param_state(engine.optimizer, p) for n, p in engine.named_parameters()}
 
 
-@pytest.mark.parametrize("operator,old", [("midas", 8), ("lidas", 8), ("top", 4), ("bottom", 4)])
-def test_new_layers_copy_weights_and_adam_state(env, operator, old):
-    e = _engine(old // 2 * 2 if old == 4 else 4)
+@pytest.mark.parametrize("operator,old,bf16", [("midas", 8, False), ("lidas", 8, False), ("top", 4, False),
+                                               ("bottom", 4, False), ("lidas", 8, True)],
+                         ids=["midas", "lidas", "top", "bottom", "lidas-bf16"])
+def test_new_layers_copy_weights_and_adam_state(env, operator, old, bf16):
+    # bf16: the model params are bf16, the distributed optimizer keeps fp32 main shards; both move.
+    e = _engine(4, bf16=bf16)
     depth = e.depth
     # Reach `old` layers by growing (also exercises a growth of a trained, grown model).
     while depth < old:
@@ -67,6 +70,9 @@ def test_new_layers_copy_weights_and_adam_state(env, operator, old):
         for k in ("param", "exp_avg", "exp_avg_sq"):
             assert torch.equal(st[k], before[src][k]), (name, k)
     assert optimizer_step_count(e2.optimizer) == steps
+    for name, p in e2.named_parameters():
+        assert p.dtype == (torch.bfloat16 if bf16 else torch.float32)
+        assert torch.equal(p.detach().float(), after[name]["param"].to(p.dtype).float()), name
     # The moments are real (non-zero) state, not a fresh optimizer's.
     assert any(before[n]["exp_avg_sq"].abs().sum() > 0 for n in before)
     # Training continues.
