@@ -70,3 +70,18 @@ def test_cli_prints_one_line_no_traceback(tmp_path, capsys):
 def test_missing_config_file(capsys):
     assert cli_main(["train", "/no/such/run.yaml"]) == 2
     assert "config = '/no/such/run.yaml': file not found" in capsys.readouterr().err
+
+
+def test_kernels_on_without_gpu_or_interpreter_is_named(tmp_path, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the kernels can run")
+    from grow_megatron.kernels import _utils
+    from grow_megatron.training.loop import train
+
+    from engine_helpers import micro_config
+
+    monkeypatch.setattr(_utils, "interpreting", lambda: False)
+    with pytest.raises(ConfigError, match="model.kernels = 'on': the Triton kernels need a CUDA GPU"):
+        train(micro_config(tmp_path, **{"model.kernels": "on"}))

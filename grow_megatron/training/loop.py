@@ -81,6 +81,13 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
     on_gpu = torch.cuda.is_available()
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and on_gpu)
     use_kernels = cfg.model.kernels == "on" or (cfg.model.kernels == "auto" and on_gpu)
+    if use_kernels:
+        from grow_megatron.kernels import triton_available
+
+        if not triton_available("cuda" if on_gpu else "cpu"):
+            raise ConfigError("model.kernels", cfg.model.kernels,
+                              "the Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1 to run them, slowly, in "
+                              "Triton's interpreter on CPU); use model.kernels=auto or off")
 
     tokenizer = build_tokenizer(cfg.data)
     vocab = padded_vocab(cfg.model.vocab_size or tokenizer.vocab_size, layout.tp)
