@@ -85,3 +85,10 @@ def test_kernels_on_without_gpu_or_interpreter_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(_utils, "interpreting", lambda: False)
     with pytest.raises(ConfigError, match="model.kernels = 'on': the Triton kernels need a CUDA GPU"):
         train(micro_config(tmp_path, **{"model.kernels": "on"}))
+
+
+def test_yaml_on_off_reach_on_off_fields(tmp_path):
+    run = tmp_path / "run.yaml"
+    run.write_text("model:\n  preset: tiny\n  kernels: off\n")  # YAML 1.1 reads `off` as false
+    assert load_run_config(str(run)).model.kernels == "off"
+    assert load_run_config(None, ["model.kernels=on"]).model.kernels == "on"

@@ -39,6 +39,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         return value
     if origin is Literal:
         choices = get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):
+            # YAML 1.1 reads a bare on/off as true/false.
+            value = "on" if value else "off"
         check(value in choices, path, value, f"must be one of {', '.join(map(repr, choices))}")
         return value
     if origin in (Union, types.UnionType):
