@@ -19,7 +19,7 @@ from megatron.core.transformer.pipeline_parallel_layer_layout import PipelinePar
 
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
-from grow_megatron.growth.partition import balanced_split, offsets
+from grow_megatron.growth.partition import balanced_split
 from grow_megatron.model.builder import GrowTransformerConfig, build_model_chunk, make_transformer_config
 
 
@@ -62,12 +62,6 @@ class Engine:
     config: GrowTransformerConfig
     model: list[DistributedDataParallel]
     optimizer: object
-    first_layer: int = 0
-    """Global 0-indexed position of this pipeline stage's first layer."""
-
-    @property
-    def num_local_layers(self) -> int:
-        return self.split[parallel_state.get_pipeline_model_parallel_rank()]
 
     def local_layers(self):
         return self.model[0].module.decoder.layers
@@ -100,7 +94,7 @@ def build_engine(spec: EngineSpec, depth: int, init_weights: bool = True) -> Eng
     optimizer = get_megatron_optimizer(opt_config, [ddp])
     config.no_sync_func = ddp.no_sync
     config.finalize_model_grads_func = finalize_model_grads
-    return Engine(spec, depth, split, config, [ddp], optimizer, first_layer=offsets(split)[pp_rank])
+    return Engine(spec, depth, split, config, [ddp], optimizer)
 
 
 def destroy_engine(engine: Engine) -> None:
