@@ -18,3 +18,12 @@ def _hermetic_cache(tmp_path_factory):
     if "GROW_MEGATRON_CACHE" not in os.environ:
         os.environ["GROW_MEGATRON_CACHE"] = str(tmp_path_factory.mktemp("gm_cache"))
     yield
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Run a module's tests on one torch thread (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -13,13 +13,8 @@ from grow_megatron.analysis.toy import char_tokenizer, grow_by_source_map, tiny_
 from grow_megatron.growth.operators import lidas, midas
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls: extra threads only add synchronisation overhead on a shared 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny matmuls: extra threads only add synchronisation overhead on a shared 2-core box.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batches(n=4, T=12, vocab=96, seed=0, bs=2):

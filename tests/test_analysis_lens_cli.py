@@ -13,13 +13,8 @@ from grow_megatron.analysis.runner import ResidualRunner
 from grow_megatron.analysis.toy import char_tokenizer, tiny_llama, toy_tasks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matmuls: extra threads only add synchronisation overhead on a shared 2-core box.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# Tiny matmuls: extra threads only add synchronisation overhead on a shared 2-core box.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _seqs(n=12, T=16, vocab=64, seed=0):

@@ -145,17 +145,7 @@ def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_f
         except Exception as err:  # pragma: no cover - builder-specific failures
             raise ConfigError(source_field, file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})") from None
         tf = "text" if fmt == "text" else text_field
-        checked = False
-        try:
-            for batch in ds.iter(batch_size=batch_size):
-                if not checked:
-                    _check_field(list(batch.keys()), tf, file, field)
-                    checked = True
-                yield _clean(batch[tf], file, tf, field)
-        except ConfigError:
-            raise
-        except Exception as err:
-            raise ConfigError(source_field, file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})") from None
+        yield from _checked_batches(ds, tf, file, field, source_field, batch_size, f"could not be read as {fmt}")
 
 
 def _iter_hf(path: str, text_field: str, field: str, source_field: str, batch_size: int) -> Iterator[list[str]]:
@@ -167,17 +157,24 @@ def _iter_hf(path: str, text_field: str, field: str, source_field: str, batch_si
     except Exception as err:
         raise ConfigError(source_field, path, "could not be opened with datasets.load_dataset "
                           f"({type(err).__name__}: {str(err)[:200]})") from None
+    yield from _checked_batches(ds, text_field, path, field, source_field, batch_size, "could not be read")
+
+
+def _checked_batches(ds, text_field: str, where: str, field: str, source_field: str, batch_size: int,
+                     failure: str) -> Iterator[list[str]]:
+    """Text batches of a HF dataset: the text field checked on the first batch, any reader
+    failure turned into one ConfigError naming the source."""
     checked = False
     try:
         for batch in ds.iter(batch_size=batch_size):
             if not checked:
-                _check_field(list(batch.keys()), text_field, path, field)
+                _check_field(list(batch.keys()), text_field, where, field)
                 checked = True
-            yield _clean(batch[text_field], path, text_field, field)
+            yield _clean(batch[text_field], where, text_field, field)
     except ConfigError:
         raise
     except Exception as err:
-        raise ConfigError(source_field, path, f"could not be read ({type(err).__name__}: {str(err)[:200]})") from None
+        raise ConfigError(source_field, where, f"{failure} ({type(err).__name__}: {str(err)[:200]})") from None
 
 
 def _clean(texts, where: str, text_field: str, field: str) -> list[str]:
