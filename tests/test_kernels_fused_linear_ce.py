@@ -10,24 +10,17 @@ import torch
 
 from grow_megatron.kernels import (
     FusedLinearCrossEntropy,
-    _utils,
     fused_linear_cross_entropy,
     fused_linear_cross_entropy_ref,
-    triton_available,
 )
-from grow_megatron.kernels.testing import compare_kernel, poisoned_empty, randn, seeded
+from grow_megatron.kernels.testing import compare_kernel, randn, seeded
 
-pytestmark = pytest.mark.skipif(not triton_available("cpu") and not torch.cuda.is_available(),
-                                reason="needs CUDA or TRITON_INTERPRET=1")
+from kernel_helpers import DEVICE, KERNEL_TEST_MARKS, poison_outputs  # noqa: F401 (fixture)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = KERNEL_TEST_MARKS
+
 N, D, V = 13, 24, 517
 IGNORE = -100
-
-
-@pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
-    monkeypatch.setattr(_utils, "empty", poisoned_empty)
 
 
 def _case(dtype, seed, n=N, d=D, v=V):

@@ -10,19 +10,13 @@ import zlib
 import pytest
 import torch
 
-from grow_megatron.kernels import RMSNorm, rms_norm, rms_norm_ref, triton_available
+from grow_megatron.kernels import RMSNorm, rms_norm, rms_norm_ref
 from grow_megatron.kernels import _utils
-from grow_megatron.kernels.testing import compare_kernel, poisoned_empty, randn, seeded
+from grow_megatron.kernels.testing import compare_kernel, randn, seeded
 
-pytestmark = pytest.mark.skipif(not triton_available("cpu") and not torch.cuda.is_available(),
-                                reason="needs CUDA or TRITON_INTERPRET=1")
+from kernel_helpers import DEVICE, KERNEL_TEST_MARKS, poison_outputs  # noqa: F401 (fixture)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
-    monkeypatch.setattr(_utils, "empty", poisoned_empty)
+pytestmark = KERNEL_TEST_MARKS
 
 
 def test_poison_is_active():

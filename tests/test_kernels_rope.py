@@ -8,18 +8,12 @@ import zlib
 import pytest
 import torch
 
-from grow_megatron.kernels import RotaryEmbedding, _utils, apply_rope, apply_rope_ref, rope_cos_sin, triton_available
-from grow_megatron.kernels.testing import compare_kernel, poisoned_empty, randn, seeded
+from grow_megatron.kernels import RotaryEmbedding, apply_rope, apply_rope_ref, rope_cos_sin
+from grow_megatron.kernels.testing import compare_kernel, randn, seeded
 
-pytestmark = pytest.mark.skipif(not triton_available("cpu") and not torch.cuda.is_available(),
-                                reason="needs CUDA or TRITON_INTERPRET=1")
+from kernel_helpers import DEVICE, KERNEL_TEST_MARKS, poison_outputs  # noqa: F401 (fixture)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-@pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
-    monkeypatch.setattr(_utils, "empty", poisoned_empty)
+pytestmark = KERNEL_TEST_MARKS
 
 
 def _qk_from_fused(s, b, hq, hk, d, dtype, g):

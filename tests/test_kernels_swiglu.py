@@ -8,20 +8,15 @@ import zlib
 import pytest
 import torch
 
-from grow_megatron.kernels import SwiGLU, _utils, swiglu, swiglu_fused, swiglu_fused_ref, swiglu_ref, triton_available
-from grow_megatron.kernels.testing import compare_kernel, poisoned_empty, randn, seeded
+from grow_megatron.kernels import SwiGLU, swiglu, swiglu_fused, swiglu_fused_ref, swiglu_ref
+from grow_megatron.kernels.testing import compare_kernel, randn, seeded
 
-pytestmark = pytest.mark.skipif(not triton_available("cpu") and not torch.cuda.is_available(),
-                                reason="needs CUDA or TRITON_INTERPRET=1")
+from kernel_helpers import DEVICE, KERNEL_TEST_MARKS, poison_outputs  # noqa: F401 (fixture)
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = KERNEL_TEST_MARKS
+
 SHAPES = [(3, 97), (5, 960), (7, 2048), (2, 3, 300)]
 DTYPES = [torch.float32, torch.bfloat16]
-
-
-@pytest.fixture(autouse=True)
-def _poison_outputs(monkeypatch):
-    monkeypatch.setattr(_utils, "empty", poisoned_empty)
 
 
 def _seed(*key):
