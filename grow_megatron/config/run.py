@@ -43,7 +43,6 @@ class RunConfig:
         check(bool(self.name.strip()), "name", self.name, "may not be empty")
         self.model.validate()
         dp = world_size // (self.parallel.tensor_parallel * self.parallel.pipeline_parallel) or 1
-        self.parallel.validate(world_size, self.model.num_layers, self.model.num_attention_heads, self.model.kv_heads)
         self.train.validate(dp_size=dp)
         self.optim.validate(self.train.steps)
         self.growth.validate(self.model.num_layers, self.train.steps)
@@ -51,13 +50,13 @@ class RunConfig:
             k = self.model.num_layers // self.growth.block_size
             check(self.grow_steps >= k, "growth.grow_steps", self.grow_steps,
                   f"must give each of the {k} stages at least one step")
-            pp = self.parallel.pipeline_parallel
-            check(self.growth.block_size >= pp, "parallel.pipeline_parallel", pp,
-                  f"the first stage has growth.block_size={self.growth.block_size} layers: every one of the "
-                  f"{pp} pipeline stages needs at least one layer")
-        else:
-            check(self.model.num_layers >= self.parallel.pipeline_parallel, "parallel.pipeline_parallel",
-                  self.parallel.pipeline_parallel, f"exceeds model.num_layers ({self.model.num_layers}): empty stages")
+        tc = self.train
+        mbs_per_step = tc.global_batch_size // (tc.micro_batch_size * dp)
+        counts = (("train.global_batch_size", mbs_per_step),) + (
+            (("train.eval_batches", tc.eval_batches),) if tc.eval_interval else ())
+        self.parallel.validate(world_size, self.model.num_layers, self.model.num_attention_heads, self.model.kv_heads,
+                               initial_layers=self.growth.block_size if self.growth.enabled else None,
+                               microbatches=counts)
         self.data.validate()
         self.checkpoint.validate()
         return self

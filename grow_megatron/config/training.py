@@ -121,21 +121,55 @@ class ParallelConfig:
     """TP size: splits each layer's matrices over ranks."""
     pipeline_parallel: int = 1
     """PP size: splits the layers into consecutive stages."""
+    virtual_stages: int = 1
+    """Model chunks per pipeline rank (megatron's interleaved 1F1B schedule, virtual pipeline
+    parallelism): the layers are cut into pipeline_parallel x virtual_stages consecutive virtual
+    stages, virtual stage s running on pipeline rank s mod pipeline_parallel. Shrinks the pipeline
+    bubble by this factor at the cost of more point-to-point traffic. Needs pipeline_parallel > 1,
+    at least one layer per virtual stage at the initial depth, and the micro-batches of a step
+    (and train.eval_batches) a multiple of pipeline_parallel."""
     pipeline_split: Optional[list[int]] = None
-    """Layers per pipeline stage at the final depth; default balanced (sizes differ by at most one)."""
+    """Layers per pipeline stage at the final depth, in layer order (pipeline_parallel x
+    virtual_stages entries); default balanced (sizes differ by at most one)."""
 
-    def validate(self, world_size: int, num_layers: int, heads: int, kv_heads: int, path: str = "parallel") -> None:
-        tp, pp = self.tensor_parallel, self.pipeline_parallel
+    @property
+    def num_virtual_stages(self) -> int:
+        """Pipeline stages in layer order: pipeline_parallel x virtual_stages."""
+        return self.pipeline_parallel * self.virtual_stages
+
+    def validate(self, world_size: int, num_layers: int, heads: int, kv_heads: int, path: str = "parallel",
+                 initial_layers: Optional[int] = None, microbatches: tuple[tuple[str, int], ...] = ()) -> None:
+        """initial_layers: depth at step 0 (the growth's first stage); microbatches: (field, count)
+        of every micro-batch count the pipeline schedule will see (training step, evaluation)."""
+        tp, pp, v = self.tensor_parallel, self.pipeline_parallel, self.virtual_stages
         check(tp > 0, f"{path}.tensor_parallel", tp, "must be positive")
         check(pp > 0, f"{path}.pipeline_parallel", pp, "must be positive")
+        check(v > 0, f"{path}.virtual_stages", v, "must be positive")
+        check(v == 1 or pp > 1, f"{path}.virtual_stages", v,
+              "needs pipeline_parallel > 1 (virtual stages interleave layers over pipeline ranks)")
         check(world_size % (tp * pp) == 0, f"{path}.tensor_parallel", tp,
               f"tensor_parallel x pipeline_parallel ({tp} x {pp}) must divide the world size ({world_size})")
         check(heads % tp == 0 and kv_heads % tp == 0, f"{path}.tensor_parallel", tp,
               f"must divide the attention heads ({heads}) and key/value heads ({kv_heads})")
+        n = self.num_virtual_stages
+        first = num_layers if initial_layers is None else initial_layers
+        what = "pipeline stages" if v == 1 else f"virtual stages ({pp} ranks x {v})"
+        field = f"{path}.pipeline_parallel" if v == 1 else f"{path}.virtual_stages"
+        check(first >= n, field, pp if v == 1 else v,
+              f"every one of the {n} {what} needs at least one layer, but the model "
+              + (f"starts with growth.block_size={first} layers" if initial_layers is not None
+                 else f"has {first} layers"))
         if self.pipeline_split is not None:
-            check(len(self.pipeline_split) == pp and sum(self.pipeline_split) == num_layers
+            check(len(self.pipeline_split) == n and sum(self.pipeline_split) == num_layers
                   and min(self.pipeline_split) > 0, f"{path}.pipeline_split", self.pipeline_split,
-                  f"must list {pp} positive layer counts summing to model.num_layers ({num_layers})")
+                  f"must list {n} positive layer counts summing to model.num_layers ({num_layers})")
+        if v > 1:
+            # megatron's interleaved schedule runs micro-batches in groups of pipeline_parallel
+            # per virtual stage; a ragged last group would stall the pipeline, so it refuses.
+            for name, count in microbatches:
+                check(count % pp == 0, name, count,
+                      f"gives {count} micro-batches per step; the interleaved schedule "
+                      f"(parallel.virtual_stages={v}) needs a multiple of pipeline_parallel ({pp})")
 
 
 @dataclass
