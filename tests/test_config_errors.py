@@ -39,6 +39,20 @@ def test_each_bad_value_is_named(overrides, field, fragment):
         (["parallel.tensor_parallel=2", "parallel.pipeline_parallel=2"], 6, "parallel.tensor_parallel",
          "must divide the world size (6)"),
         (["parallel.tensor_parallel=8"], 8, "parallel.tensor_parallel", "must divide the attention heads (4)"),
+        (["parallel.virtual_stages=2"], 1, "parallel.virtual_stages", "needs pipeline_parallel > 1"),
+        (["growth.operator=lidas", "growth.block_size=4", "model.num_layers=8", "parallel.pipeline_parallel=2",
+          "parallel.virtual_stages=4"], 2, "parallel.virtual_stages",
+         "every one of the 8 virtual stages (2 ranks x 4) needs at least one layer, but the model starts with "
+         "growth.block_size=4 layers"),
+        (["parallel.pipeline_parallel=2", "parallel.virtual_stages=2", "train.global_batch_size=6",
+          "train.micro_batch_size=2"], 2, "train.global_batch_size",
+         "gives 3 micro-batch(es) per pipeline pass (/ micro_batch_size 2 / data-parallel size 1); the interleaved "
+         "schedule (parallel.virtual_stages=2) needs a multiple of pipeline_parallel (2)"),
+        (["parallel.pipeline_parallel=2", "parallel.virtual_stages=2", "train.global_batch_size=4",
+          "train.micro_batch_size=2", "train.eval_interval=5", "train.eval_batches=3"], 2, "train.eval_batches",
+         "gives 3 micro-batch(es) per pipeline pass (evaluation)"),
+        (["parallel.pipeline_parallel=2", "parallel.virtual_stages=2", "parallel.pipeline_split=[3, 3]"], 2,
+         "parallel.pipeline_split", "must list 4 positive layer counts summing to model.num_layers (8)"),
     ],
 )
 def test_layout_errors(overrides, world, field, fragment):

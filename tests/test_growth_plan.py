@@ -91,3 +91,18 @@ def test_transfer_plan_moves_between_stages():
     assert moves[6].src_layer == 2 and (moves[6].src_stage, moves[6].dst_stage) == (0, 1)
     # Old layer 4 keeps its identity and its stage (1) at position 8.
     assert moves[8].src_layer == 4 and moves[8].local and not moves[8].is_new
+
+
+def test_transfer_plan_interleaved_stages():
+    """PP=2 x 2 virtual stages: stage s runs on rank s mod 2, so rank 0 holds stages 0 and 2."""
+    g = lidas(4, 4)  # [0,1,2,3, 0,1,2,3] (SPEC 3), split (1,1,1,1) -> (2,2,2,2)
+    moves = transfer_plan(g, balanced_split(4, 4), balanced_split(8, 4), pp=2)
+    assert [m.dst_stage for m in moves] == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert [m.dst_rank for m in moves] == [0, 0, 1, 1, 0, 0, 1, 1]
+    assert [m.src_rank for m in moves] == [0, 1, 0, 1, 0, 1, 0, 1]
+    # Position 4 copies layer 0: old stage 0 -> new stage 2, another chunk of the same rank.
+    assert (moves[4].src_stage, moves[4].dst_stage) == (0, 2) and moves[4].local
+    # Position 2 keeps layer 2, which moves from stage 2 (rank 0) to stage 1 (rank 1).
+    assert (moves[2].src_stage, moves[2].dst_stage, moves[2].local) == (2, 1, False)
+    with pytest.raises(ValueError, match="interleave"):
+        transfer_plan(g, (1, 1, 2), (3, 3, 2), pp=2)

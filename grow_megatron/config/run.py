@@ -52,8 +52,10 @@ class RunConfig:
                   f"must give each of the {k} stages at least one step")
         tc = self.train
         mbs_per_step = tc.global_batch_size // (tc.micro_batch_size * dp)
-        counts = (("train.global_batch_size", mbs_per_step),) + (
-            (("train.eval_batches", tc.eval_batches),) if tc.eval_interval else ())
+        counts = (("train.global_batch_size", tc.global_batch_size, mbs_per_step,
+                   f"/ micro_batch_size {tc.micro_batch_size} / data-parallel size {dp}"),)
+        if tc.eval_interval:
+            counts += (("train.eval_batches", tc.eval_batches, tc.eval_batches, "evaluation"),)
         self.parallel.validate(world_size, self.model.num_layers, self.model.num_attention_heads, self.model.kv_heads,
                                initial_layers=self.growth.block_size if self.growth.enabled else None,
                                microbatches=counts)

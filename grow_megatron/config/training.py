@@ -138,9 +138,11 @@ class ParallelConfig:
         return self.pipeline_parallel * self.virtual_stages
 
     def validate(self, world_size: int, num_layers: int, heads: int, kv_heads: int, path: str = "parallel",
-                 initial_layers: Optional[int] = None, microbatches: tuple[tuple[str, int], ...] = ()) -> None:
-        """initial_layers: depth at step 0 (the growth's first stage); microbatches: (field, count)
-        of every micro-batch count the pipeline schedule will see (training step, evaluation)."""
+                 initial_layers: Optional[int] = None,
+                 microbatches: tuple[tuple[str, object, int, str], ...] = ()) -> None:
+        """initial_layers: depth at step 0 (the growth's first stage); microbatches: (field, value,
+        micro-batch count, how the count follows) for every micro-batch count the pipeline schedule
+        will see (training step, evaluation)."""
         tp, pp, v = self.tensor_parallel, self.pipeline_parallel, self.virtual_stages
         check(tp > 0, f"{path}.tensor_parallel", tp, "must be positive")
         check(pp > 0, f"{path}.pipeline_parallel", pp, "must be positive")
@@ -166,9 +168,9 @@ class ParallelConfig:
         if v > 1:
             # megatron's interleaved schedule runs micro-batches in groups of pipeline_parallel
             # per virtual stage; a ragged last group would stall the pipeline, so it refuses.
-            for name, count in microbatches:
-                check(count % pp == 0, name, count,
-                      f"gives {count} micro-batches per step; the interleaved schedule "
+            for name, value, count, how in microbatches:
+                check(count % pp == 0, name, value,
+                      f"gives {count} micro-batch(es) per pipeline pass ({how}); the interleaved schedule "
                       f"(parallel.virtual_stages={v}) needs a multiple of pipeline_parallel ({pp})")
 
 

@@ -6,11 +6,11 @@ import json
 
 
 def describe_plan(cfg) -> dict:
-    from grow_megatron.growth.partition import balanced_split
+    from grow_megatron.growth.partition import split_at
     from grow_megatron.growth.schedule import plan_from_config
 
     plan = plan_from_config(cfg)
-    pp = cfg.parallel.pipeline_parallel
+    n_stages = cfg.parallel.num_virtual_stages
     stages, start = [], 0
     depth = plan.initial_depth
     for i, steps in enumerate(plan.stage_steps):
@@ -19,7 +19,7 @@ def describe_plan(cfg) -> dict:
         last = i == len(plan.stage_steps) - 1
         n = cfg.train.steps - start if last else steps
         stages.append({"stage": i + 1, "depth": depth, "start_step": start, "steps": n,
-                       "pipeline_split": list(balanced_split(depth, pp)) if depth >= pp else None})
+                       "pipeline_split": list(split_at(depth, n_stages, cfg.parallel.pipeline_split))})
         start += steps
     return {"operator": cfg.growth.operator, "block_size": cfg.growth.block_size, "stages": stages,
             "growths": [{"step": b, **g.to_dict()} for b, g in zip(plan.boundaries, plan.growths)]}

@@ -16,39 +16,36 @@ parameter's state.
 """
 from __future__ import annotations
 
-import re
-
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
 from grow_megatron.growth.operators import Growth
-from grow_megatron.growth.partition import offsets, stage_of, transfer_plan
+from grow_megatron.growth.partition import transfer_plan
 from grow_megatron.training.engine import Engine, build_engine, destroy_engine
 from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, gather_param_state,
                                                 optimizer_step_count, scatter_param_state, set_step_count)
 
-_LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 # Output projections of a layer: zero in a copy => the copy adds nothing to the residual stream.
 _OUTPUT_PROJECTIONS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
 
 
-def _split_names(named_params) -> tuple[dict[int, dict[str, torch.nn.Parameter]], dict[str, torch.nn.Parameter]]:
-    """Parameters grouped by local layer index (suffix -> param), and the non-layer ones."""
-    layers: dict[int, dict[str, torch.nn.Parameter]] = {}
-    other: dict[str, torch.nn.Parameter] = {}
-    for name, p in named_params:
-        m = _LAYER.match(name)
-        if m:
-            layers.setdefault(int(m.group(1)), {})[m.group(2)] = p
-        else:
-            other[name] = p
-    return layers, other
+def _layer_params(engine: Engine) -> dict[int, dict[str, torch.nn.Parameter]]:
+    """This rank's layer parameters: global position -> {name within the layer: param}."""
+    return {pos: dict(layer.named_parameters()) for pos, layer in engine.layers_by_position().items()}
 
 
-def _pp_peer(stage: int) -> int:
-    """Global rank of the given pipeline stage in this rank's pipeline group (same TP, DP)."""
-    return dist.get_global_rank(parallel_state.get_pipeline_model_parallel_group(), stage)
+def _other_params(engine: Engine) -> dict[str, torch.nn.Parameter]:
+    """Parameters outside the transformer layers (embedding, final norm, output layer), keyed by
+    chunk and name: the chunk structure of a rank is the same at every depth."""
+    layer_ids = {id(p) for layer in engine.layers_by_position().values() for p in layer.parameters()}
+    return {f"{c}:{name}": p for c, chunk in enumerate(engine.chunks)
+            for name, p in chunk.named_parameters() if id(p) not in layer_ids}
+
+
+def _pp_peer(pp_rank: int) -> int:
+    """Global rank of the given pipeline rank in this rank's pipeline group (same TP, DP)."""
+    return dist.get_global_rank(parallel_state.get_pipeline_model_parallel_group(), pp_rank)
 
 
 def grow(engine: Engine, growth: Growth) -> Engine:
@@ -59,24 +56,22 @@ def grow(engine: Engine, growth: Growth) -> Engine:
     new = build_engine(engine.spec, growth.new_depth, init_weights=False)
     ensure_state_initialized(new.optimizer)
 
-    my_stage = parallel_state.get_pipeline_model_parallel_rank()
-    old_layers, old_other = _split_names(engine.named_parameters())
-    new_layers, new_other = _split_names(new.named_parameters())
-    old_off, new_off = offsets(engine.split), offsets(new.split)
+    my_rank = parallel_state.get_pipeline_model_parallel_rank()
+    old_layers, new_layers = _layer_params(engine), _layer_params(new)
+    old_other = _other_params(engine)
 
     # Embedding, final norm (and the untied output layer, if any) stay where they are.
-    for name, p in new_other.items():
+    for name, p in _other_params(new).items():
         scatter_param_state(new.optimizer, p, gather_param_state(engine.optimizer, old_other[name]))
 
     new_positions = set(growth.new_positions)
-    for move in transfer_plan(growth, engine.split, new.split):
-        if my_stage not in (move.src_stage, move.dst_stage):
+    for move in transfer_plan(growth, engine.split, new.split, pp=engine.spec.pp):
+        if my_rank not in (move.src_rank, move.dst_rank):
             continue
         zero = growth.zero_outputs and move.dst_pos in new_positions
-        src = old_layers[move.src_layer - old_off[my_stage]] if my_stage == move.src_stage else None
-        dst = new_layers[move.dst_pos - new_off[my_stage]] if my_stage == move.dst_stage else None
-        suffixes = sorted((src or dst).keys())
-        for suffix in suffixes:
+        src = old_layers[move.src_layer] if my_rank == move.src_rank else None
+        dst = new_layers[move.dst_pos] if my_rank == move.dst_rank else None
+        for suffix in sorted((src or dst).keys()):
             state = gather_param_state(engine.optimizer, src[suffix]) if src is not None else None
             if not move.local:
                 # Same TP rank and DP rank on the other stage; shapes are known to both sides.
@@ -84,10 +79,10 @@ def grow(engine: Engine, growth: Growth) -> Engine:
                 buf = (torch.stack([state[k] for k in STATE_KEYS]) if state is not None
                        else torch.empty((len(STATE_KEYS),) + tuple(shape_from.shape), dtype=torch.float32,
                                         device=shape_from.device))
-                if my_stage == move.src_stage:
-                    dist.send(buf, _pp_peer(move.dst_stage))
+                if my_rank == move.src_rank:
+                    dist.send(buf, _pp_peer(move.dst_rank))
                 else:
-                    dist.recv(buf, _pp_peer(move.src_stage))
+                    dist.recv(buf, _pp_peer(move.src_rank))
                     state = dict(zip(STATE_KEYS, buf.unbind(0)))
             if dst is not None:
                 if zero and suffix in _OUTPUT_PROJECTIONS:

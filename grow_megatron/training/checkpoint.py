@@ -64,24 +64,29 @@ def _flatten(sd: dict, out: Optional[dict] = None, prefix: str = "") -> dict:
 
 
 def _sharded_state(engine: Engine, for_load: bool) -> tuple[dict, dict]:
-    """(sharded state dict, {opt key: (param, state name)}) for this rank's chunk."""
-    chunk = engine.model[0].module
-    model_sd = chunk.sharded_state_dict(prefix="model.")
-    params = {id(p): p for p in chunk.parameters()}
+    """(sharded state dict, {opt key: (param, state name)}) for this rank's chunks.
+
+    megatron's sharded keys are global (a layer's key carries its global position), so the
+    chunks of an interleaved pipeline only need distinct places in the local dict."""
+    model_sd: dict[str, Any] = {}
     optim_sd: dict[str, Any] = {}
     targets: dict[str, tuple[torch.nn.Parameter, str]] = {}
-    for name, sh in _flatten(model_sd).items():
-        # Factories: megatron splits the gated fc1 into gate and up halves for TP resharding.
-        if not isinstance(sh, (ShardedTensor, ShardedTensorFactory)) or id(sh.data) not in params:
-            continue
-        p = params[id(sh.data)]
-        state = None if for_load else gather_param_state(engine.optimizer, p)
-        for k in STATE_KEYS:
-            data = torch.empty(p.shape, dtype=torch.float32, device=p.device) if for_load else state[k]
-            key = f"optimizer.{k}.{sh.key}"
-            extra = {"dtype": torch.float32} if isinstance(sh, ShardedTensor) else {}
-            optim_sd[f"{k}.{name}"] = replace(sh, key=key, data=data, **extra)
-            targets[f"{k}.{name}"] = (p, k)
+    for c, chunk in enumerate(engine.chunks):
+        chunk_sd = chunk.sharded_state_dict(prefix="model.")
+        model_sd[f"chunk{c}"] = chunk_sd
+        params = {id(p): p for p in chunk.parameters()}
+        for name, sh in _flatten(chunk_sd).items():
+            # Factories: megatron splits the gated fc1 into gate and up halves for TP resharding.
+            if not isinstance(sh, (ShardedTensor, ShardedTensorFactory)) or id(sh.data) not in params:
+                continue
+            p = params[id(sh.data)]
+            state = None if for_load else gather_param_state(engine.optimizer, p)
+            for k in STATE_KEYS:
+                data = torch.empty(p.shape, dtype=torch.float32, device=p.device) if for_load else state[k]
+                key = f"optimizer.{k}.{sh.key}"
+                extra = {"dtype": torch.float32} if isinstance(sh, ShardedTensor) else {}
+                optim_sd[f"{k}.chunk{c}.{name}"] = replace(sh, key=key, data=data, **extra)
+                targets[f"{k}.chunk{c}.{name}"] = (p, k)
     return {"model": model_sd, "optimizer": optim_sd}, targets
 
 
@@ -164,7 +169,8 @@ def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
     sd["common"] = {"optimizer_step": 0}
     with torch.no_grad():
         loaded = dist_checkpointing.load(sd, ckpt_dir)
-        engine.model[0].module.load_state_dict(_unflatten_model(loaded["model"]), strict=False)
+        for c, chunk in enumerate(engine.chunks):
+            chunk.load_state_dict(_unflatten_model(loaded["model"][f"chunk{c}"]), strict=False)
         per_param: dict[int, dict[str, torch.Tensor]] = {}
         for key, (p, k) in targets.items():
             per_param.setdefault(id(p), {"_p": p})[k] = loaded["optimizer"][key]

@@ -37,7 +37,7 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_distributed(tp: int, pp: int, seed: int) -> Layout:
+def init_distributed(tp: int, pp: int, seed: int, vpp: int = 1) -> Layout:
     """Initialise torch.distributed and megatron's parallel_state (idempotent per process)."""
     if not dist.is_initialized():
         if "RANK" not in os.environ:  # not launched by torchrun: a world of one
@@ -50,7 +50,9 @@ def init_distributed(tp: int, pp: int, seed: int) -> Layout:
         else:
             dist.init_process_group("gloo")
     if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp)
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+            virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None)
     world = dist.get_world_size()
     # On CPU the CUDA RNG tracker cannot be read; with dropout 0 the tracker is never used
     # for sampling, so the inference tracker (whose fork() is a no-op) is exact.

@@ -19,7 +19,7 @@ from megatron.core.transformer.pipeline_parallel_layer_layout import PipelinePar
 
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
-from grow_megatron.growth.partition import balanced_split
+from grow_megatron.growth.partition import offsets, split_at
 from grow_megatron.model.builder import GrowTransformerConfig, build_model_chunk, make_transformer_config
 
 
@@ -34,24 +34,27 @@ class EngineSpec:
     use_kernels: bool
     tp: int = 1
     pp: int = 1
+    vpp: int = 1
+    """Model chunks per pipeline rank (interleaved schedule); the split then has pp x vpp stages."""
     final_split: Optional[tuple[int, ...]] = None
     """User-given split at the final depth; other depths are balanced."""
     seed: int = 0
     """Seed of the initial weights (layout-independent, see GrowTransformerLayer)."""
 
     def split_for(self, depth: int) -> tuple[int, ...]:
-        if self.final_split is not None and sum(self.final_split) == depth:
-            return tuple(self.final_split)
-        return balanced_split(depth, self.pp)
+        """Layers per (virtual) stage in layer order at `depth`."""
+        return split_at(depth, self.pp * self.vpp, self.final_split)
 
 
-def _pipeline_layout(split: tuple[int, ...]) -> Optional[PipelineParallelLayerLayout]:
+def _pipeline_layout(split: tuple[int, ...], pp: int) -> Optional[PipelineParallelLayerLayout]:
     if len(split) == 1:
         return None
+    # megatron reads a flat layout as virtual stages in layer order (stage s on rank s mod pp),
+    # the same convention as our splits.
     stages = [["decoder"] * n for n in split]
     stages[0].insert(0, "embedding")
     stages[-1].append("loss")
-    return PipelineParallelLayerLayout(stages, len(split))
+    return PipelineParallelLayerLayout(stages, pp)
 
 
 @dataclass
@@ -63,11 +66,32 @@ class Engine:
     model: list[DistributedDataParallel]
     optimizer: object
 
-    def local_layers(self):
-        return self.model[0].module.decoder.layers
+    @property
+    def chunks(self) -> list:
+        """This rank's GPTModel chunks (one per virtual stage it runs), unwrapped from DDP."""
+        return [m.module for m in self.model]
+
+    def local_stages(self) -> list[int]:
+        """The (virtual) stage of each local chunk, in chunk order."""
+        rank = parallel_state.get_pipeline_model_parallel_rank()
+        return [c * self.spec.pp + rank for c in range(len(self.model))]
+
+    def layers_by_position(self) -> dict[int, torch.nn.Module]:
+        """This rank's transformer layers keyed by global position (0-based)."""
+        first = offsets(self.split)
+        return {first[stage] + i: layer for stage, chunk in zip(self.local_stages(), self.chunks)
+                for i, layer in enumerate(chunk.decoder.layers)}
+
+    def local_layers(self) -> list[torch.nn.Module]:
+        """This rank's transformer layers in layer order."""
+        return [layer for _, layer in sorted(self.layers_by_position().items())]
 
     def named_parameters(self):
-        return self.model[0].module.named_parameters()
+        """(name, param) over the local chunks; with several chunks the names carry `chunkN.`."""
+        for c, chunk in enumerate(self.chunks):
+            prefix = f"chunk{c}." if len(self.model) > 1 else ""
+            for name, p in chunk.named_parameters():
+                yield prefix + name, p
 
 
 def build_engine(spec: EngineSpec, depth: int, init_weights: bool = True) -> Engine:
@@ -78,23 +102,29 @@ def build_engine(spec: EngineSpec, depth: int, init_weights: bool = True) -> Eng
     config = make_transformer_config(
         spec.model, num_layers=depth, params_dtype=torch.bfloat16 if spec.bf16 else torch.float32,
         bf16=spec.bf16, tensor_parallel=spec.tp, pipeline_parallel=spec.pp,
-        pipeline_layout=_pipeline_layout(split), use_kernels=spec.use_kernels, seed=spec.seed,
+        pipeline_layout=_pipeline_layout(split, spec.pp), use_kernels=spec.use_kernels, seed=spec.seed,
         init_weights=init_weights)
-    chunk = build_model_chunk(config, spec.model, spec.vocab_size, num_local_layers=split[pp_rank])
-    if torch.cuda.is_available():
-        chunk.cuda(torch.cuda.current_device())
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=True, average_in_collective=True)
-    ddp = DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk)
+    model = []
+    for c in range(spec.vpp):
+        chunk = build_model_chunk(config, spec.model, spec.vocab_size, num_local_layers=split[c * spec.pp + pp_rank],
+                                  vp_stage=c if spec.vpp > 1 else None)
+        if torch.cuda.is_available():
+            chunk.cuda(torch.cuda.current_device())
+        # As megatron's own training does: later chunks in one bucket each, so that their
+        # grad reduction order cannot interleave with the first chunk's buckets.
+        model.append(DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk,
+                                             disable_bucketing=c > 0))
     o = spec.optim
     opt_config = OptimizerConfig(
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
         adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad, bf16=spec.bf16,
         params_dtype=config.params_dtype, use_distributed_optimizer=True)
-    optimizer = get_megatron_optimizer(opt_config, [ddp])
-    config.no_sync_func = ddp.no_sync
+    optimizer = get_megatron_optimizer(opt_config, model)
+    config.no_sync_func = model[0].no_sync if len(model) == 1 else [m.no_sync for m in model]
     config.finalize_model_grads_func = finalize_model_grads
-    return Engine(spec, depth, split, config, [ddp], optimizer)
+    return Engine(spec, depth, split, config, model, optimizer)
 
 
 def destroy_engine(engine: Engine) -> None:
@@ -139,8 +169,11 @@ def run_microbatches(engine: Engine, microbatches: list[dict], forward_only: boo
         engine.optimizer.zero_grad()
     seq = microbatches[0]["tokens"].shape[1]
     mbs = microbatches[0]["tokens"].shape[0]
+    batches = [_to_device(m) for m in microbatches]
+    # The interleaved schedule reads one iterator per chunk, each over every micro-batch.
+    data = iter(batches) if len(engine.model) == 1 else [iter(batches) for _ in engine.model]
     out = get_forward_backward_func()(
-        forward_step_func=_forward_step, data_iterator=iter([_to_device(m) for m in microbatches]),
+        forward_step_func=_forward_step, data_iterator=data,
         model=engine.model, num_microbatches=len(microbatches), seq_length=seq, micro_batch_size=mbs,
         decoder_seq_length=seq, forward_only=forward_only)
     # Sum of (loss, tokens) over micro-batches, known on the last stage only: sum over the

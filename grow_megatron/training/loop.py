@@ -75,7 +75,8 @@ def train(cfg: RunConfig, *, stop_at: Optional[int] = None,
 def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
     from grow_megatron.data import build_datasets, build_tokenizer, get_microbatches
 
-    layout: Layout = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, cfg.train.seed)
+    layout: Layout = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, cfg.train.seed,
+                                      vpp=cfg.parallel.virtual_stages)
     cfg.validate(layout.world)
     rank0 = layout.is_logging_rank
     on_gpu = torch.cuda.is_available()
@@ -100,7 +101,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                                         valid_samples=valid_samples, tokenizer=tokenizer, progress=rank0)
 
     spec = EngineSpec(cfg.model, cfg.optim, vocab, bf16=bf16, use_kernels=use_kernels,
-                      tp=layout.tp, pp=layout.pp,
+                      tp=layout.tp, pp=layout.pp, vpp=cfg.parallel.virtual_stages,
                       final_split=tuple(cfg.parallel.pipeline_split) if cfg.parallel.pipeline_split else None,
                       seed=tc.seed)
     ckpt_root = os.path.join(cfg.run_dir, "checkpoints")
@@ -129,7 +130,8 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
         with open(os.path.join(cfg.run_dir, "config.yaml"), "w") as f:
             f.write(dump_run_config(cfg))
         metrics.note(f"{cfg.name}: {'resuming from ' + resume_from if resume_from else 'starting'} at step {start}, "
-                     f"depth {engine.depth}, {layout.world} rank(s) (TP={layout.tp} PP={layout.pp} DP={layout.dp}), "
+                     f"depth {engine.depth}, {layout.world} rank(s) (TP={layout.tp} PP={layout.pp}"
+                     f"{f' x {spec.vpp} virtual' if spec.vpp > 1 else ''} DP={layout.dp}), "
                      f"{'bf16' if bf16 else 'fp32'}, kernels {'on' if use_kernels else 'off'}, vocab {vocab}")
         if plan.growths:
             metrics.note(f"growth plan ({cfg.growth.operator}, b={cfg.growth.block_size}): stage steps "
