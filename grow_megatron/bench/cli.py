@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="CPU check of the whole code path with tiny shapes and 1-2 steps (numbers are meaningless)")
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--profile", action="store_true",
+                   help="profile a few steps of the static model and of the HF baseline: device time by kind of "
+                        "kernel, top kernels, idle share (report.json 'profile')")
+    p.add_argument("--profile-steps", type=int, default=d.profile_steps,
+                   help=f"steps per profile (default {d.profile_steps})")
     return p
 
 
@@ -54,7 +59,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
                        warmup=args.warmup, batch=args.batch, microbatches=args.microbatches, seq=args.seq,
                        vocab=args.vocab, total_steps=args.total_steps, hf_baseline=args.hf_baseline,
                        hf_compile=args.hf_compile, parts=tuple(x.strip() for x in args.parts.split(",") if x.strip()),
-                       peak_tflops=args.peak_tflops, out=args.out, dry_run=args.dry_run, seed=args.seed)
+                       peak_tflops=args.peak_tflops, out=args.out, dry_run=args.dry_run, seed=args.seed,
+                       profile=args.profile, profile_steps=args.profile_steps)
 
 
 def _log(rank0: bool, msg: str) -> None:
@@ -116,6 +122,7 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
             "batch": setup.batch, "microbatches": setup.microbatches, "seq": setup.seq,
             "tokens_per_step": eb.tokens_per_step, "bf16": setup.bf16, "use_kernels": setup.use_kernels,
             "warmup": bc.warmup, "steps_per_stage": bc.steps_per_stage, "total_steps": bc.total_steps,
+            "profile_steps": bc.profile_steps if bc.profile else None,
             "parts": list(bc.parts), "peak_tflops": peak / 1e12 if peak else None, "peak_source": peak_source,
             "gpus": lay.world if gpu else 0,
             "growth": {"operator": cfg.growth.operator, "block_size": cfg.growth.block_size,
@@ -123,15 +130,21 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
                        "config_grow_steps": cfg.grow_steps} if cfg.growth.enabled else None,
         }
 
-        def part(name: str, fn: Callable[[], Any]) -> Any:
-            """Run one measurement; a failure (out of memory, say) is recorded and the rest goes on."""
+        def part(name: str, fn: Callable[[], Any], key: Optional[str] = None,
+                 store: Optional[Callable[[Any], None]] = None) -> Any:
+            """Run one measurement; a failure (out of memory, say) is recorded under `key` (default
+            the part's name) and the rest goes on. The result is stored into the report (by
+            `store`, default report[name]) before the report is written: a time limit's interrupt
+            during the next part must not lose this one."""
             if name not in bc.parts:
                 return None
-            _log(rank0, f"{name} ...")
+            _log(rank0, f"{key or name} ...")
             try:
-                return fn()
+                r = fn()
+                (store or (lambda v: report.__setitem__(name, v)))(r)
+                return r
             except Exception as err:  # noqa: BLE001 -- reported in report.json, exit code 1
-                errors[name] = f"{type(err).__name__}: {err}"
+                errors[key or name] = f"{type(err).__name__}: {err}"
                 if rank0:
                     traceback.print_exc()
                 return None
@@ -139,22 +152,12 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
                 if rank0:  # partial results survive a later crash or a time limit
                     R.write_outputs(report, bc.out)
 
-        report["static"] = part("static", eb.static)
-        if report["static"]:
+        part("static", eb.static)
+        if report.get("static"):
             _log(rank0, f"static depth {report['static']['depth']}: {_one_line(report['static'])}")
-        if setup.plan is None and ("stages" in bc.parts or "schedule" in bc.parts):
-            report["notes"].append("the config has no growth (growth.operator: none): no stages, no grown run")
-        else:
-            report["stages"] = part("stages", eb.stages)
-            for r in report.get("stages") or []:
-                _log(rank0, f"stage {r['stage']} depth {r['depth']}: {_one_line(r)}")
-            report["schedule"] = part("schedule", eb.schedule)
-            if report["schedule"]:
-                s = report["schedule"]
-                _log(rank0, f"scaled run: predicted {s['predicted_speedup']:.3f}x, "
-                            f"measured {s['measured_speedup']:.3f}x "
-                            f"({100 * s['efficiency']:.1f}%), growth {s['growth_s']:.2f}s")
 
+    # HF before the grown parts: static vs HF + compile is the headline ratio, and a run cut
+    # short by a time limit should lose the per-stage table rather than that.
     if "hf" in bc.parts and bc.hf_baseline:
         if lay.world > 1:
             report["notes"].append("HF baseline runs in single-process runs only (it has no TP/PP)")
@@ -162,16 +165,37 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
             hf: dict[str, dict] = {}
             report["hf"] = hf
             variants = [("eager", False)] + ([("compile", True)] if bc.hf_compile and gpu and not bc.dry_run else [])
-            for name, compiled in variants:
-                r = part("hf", lambda: hf_measure(setup, bc, compiled, peak))
-                hf[name] = r if r is not None else {"skipped": errors.get("hf", "failed")}
-                if "tokens_per_s" in hf[name]:
-                    _log(rank0, f"HF {name}: {_one_line(hf[name])}")
+            def store_hf(name: str, r: Optional[dict]) -> None:
+                hf[name] = r if r is not None else {"skipped": errors.get(f"hf_{name}", "failed")}
                 if report.get("static"):
                     report["static_vs_hf"] = {k: report["static"]["tokens_per_s"] / v["tokens_per_s"]
                                               for k, v in hf.items() if "tokens_per_s" in v}
+
+            for name, compiled in variants:
+                # One error key per variant: eager's failure must not mark a later compile as failed.
+                r = part("hf", lambda: hf_measure(setup, bc, compiled, peak), key=f"hf_{name}",
+                         store=lambda v: store_hf(name, v))
+                if r is None:
+                    store_hf(name, None)
+                if "tokens_per_s" in hf[name]:
+                    _log(rank0, f"HF {name}: {_one_line(hf[name])}")
                 # Saved before the next variant: a compile that outlasts a time limit keeps eager's result.
-                R.write_outputs(report, bc.out)
+                if rank0:
+                    R.write_outputs(report, bc.out)
+
+    with device_context():
+        if setup.plan is None and ("stages" in bc.parts or "schedule" in bc.parts):
+            report["notes"].append("the config has no growth (growth.operator: none): no stages, no grown run")
+        else:
+            part("schedule", eb.schedule)
+            if report.get("schedule"):
+                s = report["schedule"]
+                _log(rank0, f"scaled run: predicted {s['predicted_speedup']:.3f}x, "
+                            f"measured {s['measured_speedup']:.3f}x "
+                            f"({100 * s['efficiency']:.1f}%), growth {s['growth_s']:.2f}s")
+            part("stages", eb.stages)
+            for r in report.get("stages") or []:
+                _log(rank0, f"stage {r['stage']} depth {r['depth']}: {_one_line(r)}")
     if rank0:
         paths = R.write_outputs(report, bc.out)
         R.print_summary(report)

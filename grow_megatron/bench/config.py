@@ -65,6 +65,11 @@ class BenchConfig:
     torch.compile, no fused AdamW. The numbers mean nothing; the report's form is what is tested."""
     seed: int = 0
     """Seed of the initial weights and of the random tokens."""
+    profile: bool = False
+    """Also run `profile_steps` steps of the static model (and of each HF variant) under
+    torch.profiler and report where the device time goes (report.json `profile`)."""
+    profile_steps: int = 2
+    """Steps per profile: few, since the profile's parsing costs seconds per thousand kernels."""
 
     PARTS = ("static", "stages", "schedule", "hf")
 

@@ -160,9 +160,68 @@ def format_markdown(report: dict) -> str:
                     for r in sch["grown_stages"]]), ""]
         if report.get("plot"):
             out += [f"![throughput]({report['plot']})", ""]
+    out += format_profiles(report)
     for note in report.get("notes", []):
         out.append(f"- note: {note}")
     return "\n".join(out).rstrip() + "\n"
+
+
+def profiled(report: dict) -> list[tuple[str, dict]]:
+    """(what, profile) of every measurement that carries one."""
+    got = []
+    if (report.get("static") or {}).get("profile"):
+        got.append(("grow-megatron static", report["static"]["profile"]))
+    for name, r in (report.get("hf") or {}).items():
+        if r.get("profile"):
+            got.append((f"HF Llama {name}", r["profile"]))
+    return got
+
+
+def format_profiles(report: dict) -> list[str]:
+    """Markdown of the profiles: device time per category side by side, idle share, top kernels."""
+    got = profiled(report)
+    if not got:
+        return []
+    out = ["## Where the time goes (torch.profiler)", ""]
+    ok = [(n, p) for n, p in got if "categories" in p]
+    for n, p in got:
+        if "error" in p:
+            out += [f"{n}: profile failed ({p['error']})", ""]
+    if not ok:
+        return out
+    kind = ok[0][1]["time_kind"]
+    out += [f"Per step, over {ok[0][1]['steps']} profiled steps; times are {kind}. Idle = share of the wall time "
+            "in which no kernel runs (host overhead, launch gaps); 'unprofiled' divides the same kernel time by "
+            "the step time measured without the profiler.", ""]
+    cats = [c["category"] for c in ok[0][1]["categories"]]
+    rows = []
+    for c in cats:
+        row = [c]
+        for _, p in ok:
+            e = next(x for x in p["categories"] if x["category"] == c)
+            row.append(f"{e['ms_per_step']:.2f} ({_pct(e['fraction'])})")
+        rows.append(row)
+    rows.append(["all kernels"] + [f"{p['device_ms_per_step']:.2f}" for _, p in ok])
+    rows.append(["busy (union)"] + [f"{p['busy_ms_per_step']:.2f}" for _, p in ok])
+    rows.append(["wall (profiled)"] + [f"{p['wall_ms_per_step']:.2f}" for _, p in ok])
+    rows.append(["idle share"] + [_pct(p["idle_fraction"]) for _, p in ok])
+    rows.append(["idle share vs unprofiled step"] + [_pct(p.get("idle_fraction_unprofiled")) for _, p in ok])
+    out += [_table(["ms per step"] + [n for n, _ in ok], rows), ""]
+    for n, p in ok:
+        if p.get("triton_kernels"):
+            out += [f"{n}, our Triton kernels: " + ", ".join(
+                f"{k['name']} {k['ms_per_step']:.2f} ms ({_pct(k['fraction'])})" for k in p["triton_kernels"]), ""]
+        out += [f"### Top kernels: {n}", "",
+                _table(["kernel", "category", "calls", "ms per step", "share"], [
+                    [_kernel_name(k["name"]), k["category"], str(k["calls"]), f"{k['ms_per_step']:.3f}",
+                     _pct(k["fraction"])] for k in p["top"]]), ""]
+    return out
+
+
+def _kernel_name(name: str, width: int = 90) -> str:
+    """A kernel name fit for a table cell: templated C++ names run to hundreds of characters."""
+    name = name.replace("|", "/")
+    return name if len(name) <= width else name[:width - 3] + "..."
 
 
 # ----------------------------------------------------------------------------- plot

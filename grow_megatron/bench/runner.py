@@ -86,7 +86,8 @@ def resolve(bc: BenchConfig, world_size: int = 1, on_gpu: bool = False) -> tuple
         raise ConfigError("model.vocab_size", None, "is empty in the run config (the trainer takes the "
                                                     "tokenizer's): pass --vocab")
     for name, v in (("batch", batch), ("seq", seq), ("microbatches", bc.microbatches),
-                    ("steps_per_stage", bc.steps_per_stage), ("total_steps", bc.total_steps)):
+                    ("steps_per_stage", bc.steps_per_stage), ("total_steps", bc.total_steps),
+                    ("profile_steps", bc.profile_steps)):
         if v < 1:
             raise ConfigError(name, v, "must be a positive integer")
     if bc.warmup < 0:
@@ -261,6 +262,11 @@ class EngineBench:
         res = {"depth": depth, "build_s": build_s, **summarize(times, self.tokens_per_step, self.rates(depth),
                                                                 peak_memory_gib()),
                "last_loss": out.get("loss")}
+        if self.bc.profile:  # after the peak memory is read: the profiler's buffers are not the model's
+            from grow_megatron.bench.profile import safe_profile
+
+            res["profile"] = safe_profile(lambda: self.step(engine), self.bc.profile_steps, _sync, on_gpu(),
+                                          res["step_s_median"])
         destroy_engine(engine)
         return res
 
@@ -413,6 +419,10 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
            "fused_adamw": gpu and not bc.dry_run, "autocast_bf16": setup.bf16 and gpu, "params": params,
            "first_step_s": compile_s,
            **summarize(times, tokens, Rates.of(setup.shape, peak_flops), peak_memory_gib()), "last_loss": loss}
+    if bc.profile:
+        from grow_megatron.bench.profile import safe_profile
+
+        res["profile"] = safe_profile(step, bc.profile_steps, _sync, gpu, res["step_s_median"])
     del fwd, model, opt
     if compiled:
         torch._dynamo.reset()
