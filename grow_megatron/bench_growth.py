@@ -9,6 +9,7 @@ includes the allocator's caching). Run under torchrun for multi-rank layouts.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import threading
@@ -57,7 +58,7 @@ def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: i
     from grow_megatron.config.training import OptimConfig
     from grow_megatron.growth.manager import grow
     from grow_megatron.growth.operators import get_operator
-    from grow_megatron.training.engine import EngineSpec, build_engine, train_step
+    from grow_megatron.training.engine import EngineSpec, build_engine, destroy_engine, train_step
 
     shape = {**PRESETS[preset], "num_layers": depth + block, "seq_length": seq}
     model = ModelConfig(**shape)
@@ -87,7 +88,13 @@ def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: i
     seconds = time.perf_counter() - t0
     after = _mem()
     params = sum(p.numel() for p in e.model[0].module.parameters())
+    destroy_engine(e)
     del e
+    # The next row's "before" and peak must not include this engine: megatron's buffers sit in
+    # reference cycles that only the collector frees, and the allocator caches what it freed.
+    gc.collect()
+    if gpu:
+        torch.cuda.empty_cache()
     return {"preset": preset, "old_depth": depth, "new_depth": depth + block, "operator": operator,
             "tp": tp, "pp": pp, "params_after_local": params, "seconds": round(seconds, 3),
             "mem_before_gib": round(before / 2**30, 3), "mem_peak_gib": round(peak / 2**30, 3),
@@ -116,16 +123,22 @@ def main(argv=None) -> int:
         for preset in args.preset or ["smollm-360m"]:
             for depth in args.depth or [4, 8, 16]:
                 rows.append(bench_one(preset, depth, args.block, args.operator, tp, pp, args.seq, args.mbs))
+                if args.out and lay.rank == 0:  # a run stopped by a time limit keeps the rows it has
+                    _write(args.out, rows)
                 if lay.rank == 0:
                     r = rows[-1]
                     print(f"{r['preset']:>12} {r['old_depth']:>3}->{r['new_depth']:<3} TPxPP={tp}x{pp} "
                           f"{r['seconds']:>8.2f} s  mem before {r['mem_before_gib']:.2f} GiB, "
                           f"peak {r['mem_peak_gib']:.2f} GiB, after {r['mem_after_gib']:.2f} GiB ({r['device']})",
                           flush=True)
-    if args.out and lay.rank == 0:
-        with open(args.out, "w") as f:
-            json.dump(rows, f, indent=1)
     return 0
+
+
+def _write(path: str, rows: list) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(rows, f, indent=1)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

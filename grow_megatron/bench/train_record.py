@@ -65,12 +65,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         if step % 10 == 0 or rec["depth"] != record["steps"][max(0, len(record["steps"]) - 2)]["depth"]:
             write()
 
+    # Recorded first: a run that crashes or is stopped still says where it ran.
+    record["environment"] = environment(sys.argv[1:] if argv is None else list(argv),
+                                        {"world_size": world_size_from_env()},
+                                        prog="python -m grow_megatron.bench.train_record")
+    record["settings"] = {"precision": cfg.train.precision, "kernels": cfg.model.kernels, "steps": cfg.train.steps,
+                          "global_batch_size": cfg.train.global_batch_size,
+                          "micro_batch_size": cfg.train.micro_batch_size, "seq_length": cfg.model.seq_length}
     try:
         res = train(cfg, on_step=on_step)
         record["growths"] = res.growths
         record["eval_losses"] = {str(k): v for k, v in res.eval_losses.items()}
-        record["environment"] = environment(sys.argv[1:], {"world_size": world_size_from_env()},
-                                            prog="python -m grow_megatron.bench.train_record")
+        record["completed"] = True
     finally:
         write()
         shutdown_distributed()
