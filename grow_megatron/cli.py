@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "flops": ("grow_megatron.flops_cli", "training FLOPs of a static vs a grown run (SPEC 6)"),
     "bench": ("grow_megatron.bench.cli", "timed grown-vs-static training throughput"),
     "plan": ("grow_megatron.growth.cli", "print the growth plan (stages, depths, source maps) of a config"),
+    "grow": ("grow_megatron.growth.offline_cli", "grow a trained checkpoint on disk, to keep training it deeper"),
 }
 
 

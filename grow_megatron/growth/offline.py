@@ -1,0 +1,143 @@
+"""Growth through a checkpoint (DESIGN.md's second route): grow a model on disk.
+
+A checkpoint stores every layer parameter, and its fp32 main copy and AdamW moments, as one
+global tensor with a leading layer axis (megatron's sharded format, reassembled from whatever
+TP x PP x DP layout wrote it). Growing is then `index_select(0, source_map)` on each of them,
+plus zeroed output projections at the new positions for a function-preserving operator.
+
+Two uses: a user grows a trained checkpoint (e.g. a static model) and keeps training the
+deeper model from it, with its optimizer state and step; and it is an implementation of
+growth independent of the in-memory manager (growth/manager.py), which the tests hold to
+the same weights and state, bit for bit.
+
+The grown tensors go into a single-process engine at the new depth and out through
+save_checkpoint, so the result is exactly the format training writes and resumes from, at
+any layout. Memory: the whole checkpoint plus one engine, in one process (an offline tool).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+
+import torch
+
+from grow_megatron.config.base import ConfigError
+from grow_megatron.growth.operators import Growth
+
+LAYERS = "decoder.layers."
+STATE_PREFIX = {"param": "optimizer.param.model.", "exp_avg": "optimizer.exp_avg.model.",
+                "exp_avg_sq": "optimizer.exp_avg_sq.model."}
+# Output projections of a layer: zero in a copy => the copy adds nothing to the residual stream
+# (the same rule as the in-memory manager: the weight and its main copy, not the moments).
+OUTPUT_PROJECTIONS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
+
+
+def read_global_tensors(ckpt_dir: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a checkpoint (model weights and optimizer state) whole, by key."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    md = FileSystemReader(ckpt_dir).read_metadata()
+    out = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype)
+           for k, v in md.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
+    dcp.load(out, storage_reader=FileSystemReader(ckpt_dir), no_dist=True)
+    return out
+
+
+def grow_tensors(tensors: dict[str, torch.Tensor], growth: Growth) -> dict[str, torch.Tensor]:
+    """The grown checkpoint's tensors: layer-stacked ones re-indexed by the source map [pure]."""
+    index = torch.tensor(growth.source_map, dtype=torch.long)
+    new = torch.tensor(growth.new_positions, dtype=torch.long)
+    out = {}
+    for key, t in tensors.items():
+        name = _model_name(key)
+        if name is None or not name.startswith(LAYERS):
+            out[key] = t
+            continue
+        if t.shape[0] != growth.old_depth:
+            raise ValueError(f"{key}: layer axis of {t.shape[0]} != the growth's old depth {growth.old_depth}")
+        g = t.index_select(0, index)  # [L + b, ...]
+        if growth.zero_outputs and name[len(LAYERS):] in OUTPUT_PROJECTIONS and not key.startswith(
+                ("optimizer.exp_avg.", "optimizer.exp_avg_sq.")):
+            g[new] = 0
+        out[key] = g
+    return out
+
+
+def _model_name(key: str):
+    """The model-space name of a weight or optimizer-state key (None for anything else)."""
+    if key.startswith("model."):
+        return key[len("model."):]
+    for prefix in STATE_PREFIX.values():
+        if key.startswith(prefix):
+            return key[len(prefix):]
+    return None
+
+
+def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
+    """Write `src_dir` grown by `growth` as a complete checkpoint under `out_root` (same step,
+    growth history extended); returns its directory. `model`: the run's ModelConfig.
+
+    Runs in one process inside `device_context()`."""
+    from megatron.core.dist_checkpointing import load_common_state_dict
+
+    from grow_megatron.config.training import OptimConfig
+    from grow_megatron.training.checkpoint import read_meta, save_checkpoint
+    from grow_megatron.training.distributed import init_distributed
+    from grow_megatron.training.engine import EngineSpec, build_engine, destroy_engine
+    from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, scatter_param_state,
+                                                    set_step_count)
+
+    meta = read_meta(src_dir)
+    if meta["depth"] != growth.old_depth:
+        raise ConfigError("checkpoint", src_dir, f"holds depth {meta['depth']}, the growth starts from "
+                                                 f"{growth.old_depth}")
+    t0 = time.perf_counter()
+    tensors = grow_tensors(read_global_tensors(src_dir), growth)
+    embed = tensors["model.embedding.word_embeddings.weight"]
+    layout = init_distributed(1, 1, seed=0)
+    if layout.world != 1:
+        raise RuntimeError("offline growth runs in a single process (do not launch it with torchrun)")
+    spec = EngineSpec(replace(model, num_layers=growth.new_depth), OptimConfig(), embed.shape[0],
+                      bf16=embed.dtype == torch.bfloat16, use_kernels=False)
+    engine = build_engine(spec, growth.new_depth, init_weights=False)
+    ensure_state_initialized(engine.optimizer)
+    for name, p in engine.named_parameters():
+        key, layer = name, None
+        if name.startswith(LAYERS):
+            i, suffix = name[len(LAYERS):].split(".", 1)
+            key, layer = LAYERS + suffix, int(i)
+        state = {}
+        for k in STATE_KEYS:
+            t = tensors[STATE_PREFIX[k] + key]
+            state[k] = t[layer] if layer is not None else t
+            if tuple(state[k].shape) != tuple(p.shape):
+                raise ValueError(f"{name}: checkpoint tensor {tuple(state[k].shape)} != model {tuple(p.shape)}")
+        scatter_param_state(engine.optimizer, p, state)
+    step = int(load_common_state_dict(src_dir)["common"]["optimizer_step"])
+    set_step_count(engine.optimizer, step)
+    event = {"step": meta["step"], "seconds": round(time.perf_counter() - t0, 4), **growth.to_dict(),
+             "pipeline_split": [growth.new_depth], "offline": True}
+    new_meta = {k: v for k, v in meta.items() if k not in ("step", "depth", "split")}
+    new_meta["growths"] = list(meta.get("growths", [])) + [event]
+    try:
+        return save_checkpoint(engine, out_root, meta["step"], new_meta)
+    finally:
+        destroy_engine(engine)
+
+
+def grown_run_config(src_config: str, new_depth: int, run_dir: str) -> str:
+    """The source run's config.yaml as a static run at the grown depth in `run_dir` (YAML text):
+    `train` on it resumes from the grown checkpoint and keeps training the deeper model."""
+    import yaml
+
+    with open(src_config) as f:
+        raw = yaml.safe_load(f) or {}
+    raw["run_dir"] = os.path.abspath(run_dir)
+    raw.setdefault("model", {})["num_layers"] = new_depth
+    raw["growth"] = {"operator": "none"}
+    raw.setdefault("parallel", {}).pop("pipeline_split", None)  # was for the old final depth
+    raw.setdefault("checkpoint", {})["resume"] = "auto"
+    return yaml.safe_dump(raw, sort_keys=False)

@@ -1,0 +1,56 @@
+"""`grow-megatron grow CHECKPOINT --operator lidas --block-size 4 --out NEW_RUN_DIR`:
+grow a trained checkpoint on disk (weights, fp32 main copies, AdamW moments and step), then
+keep training the deeper model with `grow-megatron train NEW_RUN_DIR/config.yaml`."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from grow_megatron.growth.operators import OPERATORS
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="grow-megatron grow", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", help="a run directory (its latest checkpoint) or one checkpoint directory")
+    p.add_argument("--operator", required=True, choices=sorted(OPERATORS), help="growth operator (SPEC 3)")
+    p.add_argument("--block-size", type=int, required=True, help="layers to add (b)")
+    p.add_argument("--function-preserving", action="store_true",
+                   help="zero the copies' output projections: the grown model computes the same function")
+    p.add_argument("--out", required=True, help="new run directory (config.yaml + checkpoints/)")
+    p.add_argument("--config", help="the source run's config.yaml (default: the one in its run directory)")
+    args = p.parse_args(argv)
+
+    from grow_megatron.config.base import ConfigError
+    from grow_megatron.convert.native import read_run_info, resolve_checkpoint
+    from grow_megatron.growth.offline import grow_checkpoint, grown_run_config
+    from grow_megatron.growth.operators import get_operator
+    from grow_megatron.training.checkpoint import list_checkpoints, read_meta
+    from grow_megatron.training.distributed import device_context, shutdown_distributed
+
+    ckpt, run_dir = resolve_checkpoint(args.checkpoint)
+    config = args.config or (os.path.join(run_dir, "config.yaml") if run_dir else None)
+    if config is None:
+        raise ConfigError("--config", None, f"{ckpt} is not inside a run directory: give the run's config.yaml")
+    info = read_run_info(config)
+    depth = int(read_meta(ckpt)["depth"])
+    try:
+        growth = get_operator(args.operator, args.function_preserving)(depth, args.block_size)
+    except ValueError as err:
+        raise ConfigError("--block-size", args.block_size, f"{err} (the checkpoint has {depth} layers)") from None
+    out = os.path.abspath(args.out)
+    if list_checkpoints(os.path.join(out, "checkpoints")):
+        raise ConfigError("--out", args.out, "already holds checkpoints: choose a new directory")
+    os.makedirs(out, exist_ok=True)
+    try:
+        with device_context():
+            new_ckpt = grow_checkpoint(ckpt, growth, info.model, os.path.join(out, "checkpoints"))
+    finally:
+        shutdown_distributed()
+    with open(os.path.join(out, "config.yaml"), "w") as f:
+        f.write(grown_run_config(config, growth.new_depth, out))
+    step = read_meta(new_ckpt)["step"]
+    print(f"grew {ckpt}: depth {depth} -> {growth.new_depth} ({growth.operator}), source map "
+          f"{list(growth.source_map)}\nwrote {new_ckpt} (step {step}, optimizer state included)\n"
+          f"continue: grow-megatron train {os.path.join(out, 'config.yaml')} --set train.steps=<more than {step}>")
+    return 0
