@@ -383,48 +383,54 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
     torch.manual_seed(bc.seed)
     with torch.device(dev):  # initialise on the device: a 1.7B init on the host takes long
         model = LlamaForCausalLM(hf_cfg)
-    model.train()
-    params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                            weight_decay=o.weight_decay, fused=gpu and not bc.dry_run)
-    fwd = torch.compile(model) if compiled else model
-    ids = [mb["tokens"] for mb in random_microbatches(setup.microbatches, setup.batch, setup.seq, setup.vocab, bc.seed)]
-    # bf16 autocast on GPU (as the reference measurements); a dry run on CPU stays fp32.
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=setup.bf16 and gpu)
+    fwd = opt = None
+    try:
+        model.train()
+        params = sum(p.numel() for p in model.parameters())
+        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
+                                weight_decay=o.weight_decay, fused=gpu and not bc.dry_run)
+        fwd = torch.compile(model) if compiled else model
+        ids = [mb["tokens"] for mb in random_microbatches(setup.microbatches, setup.batch, setup.seq, setup.vocab,
+                                                          bc.seed)]
+        # bf16 autocast on GPU (as the reference measurements); a dry run on CPU stays fp32.
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=setup.bf16 and gpu)
 
-    def step() -> float:
-        total = 0.0
-        for x in ids:
-            with autocast:
-                loss = fwd(input_ids=x, labels=x).loss / len(ids)
-            loss.backward()
-            total += float(loss.detach())
-        if o.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return total
+        def step() -> float:
+            total = 0.0
+            for x in ids:
+                with autocast:
+                    loss = fwd(input_ids=x, labels=x).loss / len(ids)
+                loss.backward()
+                total += float(loss.detach())
+            if o.clip_grad:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_grad)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            return total
 
-    compile_s, loss = timed(step)  # the first step (compilation when compiled), reported apart
-    for _ in range(max(0, bc.warmup - 1)):
-        loss = step()
-    times = []
-    for _ in range(bc.steps_per_stage):
-        dt, loss = timed(step)
-        times.append(dt)
-    tokens = setup.tokens_per_step(1)
-    # Read back what transformers actually chose (it may fall back from a requested implementation).
-    res = {"model": "transformers.LlamaForCausalLM",
-           "attn_implementation": getattr(model.config, "_attn_implementation", None), "compiled": compiled,
-           "fused_adamw": gpu and not bc.dry_run, "autocast_bf16": setup.bf16 and gpu, "params": params,
-           "first_step_s": compile_s,
-           **summarize(times, tokens, Rates.of(setup.shape, peak_flops), peak_memory_gib()), "last_loss": loss}
-    if bc.profile:
-        from grow_megatron.bench.profile import safe_profile
+        compile_s, loss = timed(step)  # the first step (compilation when compiled), reported apart
+        for _ in range(max(0, bc.warmup - 1)):
+            loss = step()
+        times = []
+        for _ in range(bc.steps_per_stage):
+            dt, loss = timed(step)
+            times.append(dt)
+        tokens = setup.tokens_per_step(1)
+        # Read back what transformers actually chose (it may fall back from a requested implementation).
+        res = {"model": "transformers.LlamaForCausalLM",
+               "attn_implementation": getattr(model.config, "_attn_implementation", None), "compiled": compiled,
+               "fused_adamw": gpu and not bc.dry_run, "autocast_bf16": setup.bf16 and gpu, "params": params,
+               "first_step_s": compile_s,
+               **summarize(times, tokens, Rates.of(setup.shape, peak_flops), peak_memory_gib()), "last_loss": loss}
+        if bc.profile:
+            from grow_megatron.bench.profile import safe_profile
 
-        res["profile"] = safe_profile(step, bc.profile_steps, _sync, gpu, res["step_s_median"])
-    del fwd, model, opt
-    if compiled:
-        torch._dynamo.reset()
-    free_memory()
-    return res
+            res["profile"] = safe_profile(step, bc.profile_steps, _sync, gpu, res["step_s_median"])
+        return res
+    finally:
+        # Also on a failure (out of memory, a compile error): the next part needs this memory,
+        # and the frame that holds these stays alive in the traceback.
+        model = fwd = opt = None  # noqa: F841
+        if compiled:
+            torch._dynamo.reset()
+        free_memory()
