@@ -21,7 +21,7 @@ NAMES = {
              "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off",
              "void cutlass::Kernel2<cutlass_80_tensorop_bf16_s16816gemm_relu_bf16_64x64_64x4_tn_align8>(T1::Params)",
              "aten::mm", "aten::addmm", "triton_tem_fused_mm_3", "ampere_bf16_s1688gemm_bf16_128x128_ldg8_f2f_tn"],
-    P.ATTENTION: ["void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4, false>>(Flash_fwd_params)",
+    P.ATTENTION: ["void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 64, 4, false>>(Flash_params)",
                   "fmha_cutlassF_bf16_aligned_64x64_rf_sm80(PyTorchMemEffAttention::AttentionKernel<...>::Params)",
                   "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_3_64x64x64_4x1x1_kernel0_0",
                   "aten::_scaled_dot_product_flash_attention_for_cpu_backward"],

@@ -247,7 +247,8 @@ def kernels_section(rep: dict) -> list[str]:
                     + [_f(g["ms"].get("ours fused [M,2F]"), ".3f"),
                        f"{_f(g.get('peak_mib'), ',.0f')} / {_f(g.get('eager_peak_mib'), ',.0f')}"
                        if g["kernel"] == "fused_linear_ce" else "-"])
-    out += ([""] if rep.get("notes") else []) + [_table(["kernel", "shape", "mode", "ours ms", "ours GB/s", "ours % of copy",
+    out += [""] if rep.get("notes") else []
+    out += [_table(["kernel", "shape", "mode", "ours ms", "ours GB/s", "ours % of copy",
                         "eager ms (eager / ours)", "torch.compile ms (/ ours)", "Liger ms (/ ours)",
                         "ours fused [M,2F] ms", "peak MiB ours / unfused"], rows), ""]
     checks = [r for r in rep.get("results") or [] if r["mode"] == "check"]
@@ -290,7 +291,8 @@ def train_section(rec: dict) -> list[str]:
     out = ["## A short grown training run (train_record)", "",
            f"`python -m grow_megatron.bench.train_record {rec.get('config')}` on "
            f"{gpu.get('name', env.get('device', '-'))}: {st.get('steps')} steps of {st.get('global_batch_size')} x "
-           f"{st.get('seq_length')} tokens (micro-batch {st.get('micro_batch_size')}), precision {st.get('precision')}, "
+           f"{st.get('seq_length')} tokens (micro-batch {st.get('micro_batch_size')}), "
+           f"precision {st.get('precision')}, "
            f"kernels {st.get('kernels')}; tokens/s include the data loader."
            + ("" if rec.get("completed") else " **The run did not complete (stopped or failed): partial record.**"),
            ""]
