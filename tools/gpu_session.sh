@@ -47,6 +47,7 @@ collect() {
   done
   tar czf "$OUT/results.tar.gz" -C "$W" --exclude=cache --exclude=checkpoints . 2>/dev/null
   echo "=== collected after $((SECONDS - T0)) s: $(ls "$OUT" | tr '\n' ' ')"
+  [ -z "${LINKED:-}" ] || rm -f grow_megatron/kernels
 }
 trap collect EXIT
 
@@ -83,7 +84,8 @@ fi
   >/dev/null 2>&1 || echo "editable install failed; using PYTHONPATH"
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 if ! python3 -c "import grow_megatron.kernels" 2>/dev/null; then
-  [ -e grow_megatron/kernels ] || ln -s ../kernels grow_megatron/kernels
+  # Removed on exit: an untracked link left in a developer's checkout would travel with the next call.
+  [ -e grow_megatron/kernels ] || { ln -s ../kernels grow_megatron/kernels && LINKED=1; }
 fi
 [ -n "$SMOKE" ] || nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1
 python3 - <<'PY' || { echo "imports failed: nothing to measure"; exit 1; }
