@@ -5,6 +5,8 @@
 #   2 nodes x 8 GPUs:        NNODES=2 NODE_RANK=0 MASTER_ADDR=node0 examples/launch_torchrun.sh CONFIG   (on node0)
 #                            NNODES=2 NODE_RANK=1 MASTER_ADDR=node0 examples/launch_torchrun.sh CONFIG   (on node1)
 #   CPU (gloo), 4 ranks:     NPROC=4 examples/launch_torchrun.sh examples/tiny_lidas.yaml --set parallel.tensor_parallel=2
+#   interleaved pipeline:    NPROC=2 examples/launch_torchrun.sh examples/tiny_lidas.yaml --set parallel.pipeline_parallel=2 \
+#                              --set parallel.virtual_stages=2 --set train.micro_batch_size=8
 #
 # The world size (NNODES x NPROC) must factor into tensor_parallel x pipeline_parallel x data
 # parallel; the run stops with a message naming the field otherwise. Only rank 0 logs.

@@ -128,7 +128,7 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
         destroy_engine(engine)
 
 
-def grown_run_config(src_config: str, new_depth: int, run_dir: str) -> str:
+def grown_run_config(src_config: str, growth: Growth, run_dir: str) -> str:
     """The source run's config.yaml as a static run at the grown depth in `run_dir` (YAML text):
     `train` on it resumes from the grown checkpoint and keeps training the deeper model."""
     import yaml
@@ -136,7 +136,8 @@ def grown_run_config(src_config: str, new_depth: int, run_dir: str) -> str:
     with open(src_config) as f:
         raw = yaml.safe_load(f) or {}
     raw["run_dir"] = os.path.abspath(run_dir)
-    raw.setdefault("model", {})["num_layers"] = new_depth
+    raw["name"] = f"{raw.get('name', 'run')}-{growth.operator}-grown-{growth.new_depth}"
+    raw.setdefault("model", {})["num_layers"] = growth.new_depth
     raw["growth"] = {"operator": "none"}
     raw.setdefault("parallel", {}).pop("pipeline_split", None)  # was for the old final depth
     raw.setdefault("checkpoint", {})["resume"] = "auto"

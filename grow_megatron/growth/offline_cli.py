@@ -48,7 +48,7 @@ def main(argv: list[str]) -> int:
     finally:
         shutdown_distributed()
     with open(os.path.join(out, "config.yaml"), "w") as f:
-        f.write(grown_run_config(config, growth.new_depth, out))
+        f.write(grown_run_config(config, growth, out))
     step = read_meta(new_ckpt)["step"]
     print(f"grew {ckpt}: depth {depth} -> {growth.new_depth} ({growth.operator}), source map "
           f"{list(growth.source_map)}\nwrote {new_ckpt} (step {step}, optimizer state included)\n"
