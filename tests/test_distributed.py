@@ -44,6 +44,15 @@ def _final_state(run_dir, cfg):
         return {n: gather_param_state(e.optimizer, p) for n, p in e.named_parameters()}
 
 
+def _assert_same_final_state(run_dir, ref_cfg):
+    """The last checkpoints of `run_dir` and of the reference run hold the same weights and AdamW state."""
+    a, b = _final_state(ref_cfg.run_dir, ref_cfg), _final_state(run_dir, ref_cfg)
+    assert a.keys() == b.keys()
+    for name in a:
+        for k in ("param", "exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(b[name][k], a[name][k], atol=STATE_ATOL, rtol=0, msg=f"{name} {k}")
+
+
 def _assert_same_run(res, ref_losses):
     assert sorted(res["losses"]) == sorted(ref_losses)
     for step, loss in ref_losses.items():
@@ -67,11 +76,7 @@ def test_grown_multi_rank_run_equals_single_process(single, tmp_path, world, tp,
     assert [g["pipeline_split"] for g in res["growths"]] == [[4, 4], [6, 6]]
     # LIDAS 4 -> 8 copies layers 2, 3 (stage 1) to positions 2, 3 (stage 0) and 0..3 to
     # positions 4..7 (stage 1): layers cross stages in both directions.
-    a, b = _final_state(ref.run_dir, ref), _final_state(str(tmp_path / "dist"), ref)
-    assert a.keys() == b.keys()
-    for name in a:
-        for k in ("param", "exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(b[name][k], a[name][k], atol=STATE_ATOL, rtol=0, msg=f"{name} {k}")
+    _assert_same_final_state(str(tmp_path / "dist"), ref)
 
 
 def test_interleaved_pipeline_with_data_parallel_equals_single_process(single, tmp_path):
@@ -87,11 +92,7 @@ def test_interleaved_pipeline_with_data_parallel_equals_single_process(single, t
     assert [g["pipeline_split"] for g in res["growths"]] == [[2, 2, 2, 2], [3, 3, 3, 3]]
     # Loaded into one process from the interleaved layout's checkpoint: dist_checkpointing
     # reshards the 2 ranks x 2 chunks back into one chunk.
-    a, b = _final_state(ref_cfg.run_dir, ref_cfg), _final_state(str(tmp_path / "dist"), ref_cfg)
-    assert a.keys() == b.keys()
-    for name in a:
-        for k in ("param", "exp_avg", "exp_avg_sq"):
-            torch.testing.assert_close(b[name][k], a[name][k], atol=STATE_ATOL, rtol=0, msg=f"{name} {k}")
+    _assert_same_final_state(str(tmp_path / "dist"), ref_cfg)
 
 
 def test_save_pp1_resume_interleaved(single, tmp_path):

@@ -52,33 +52,43 @@ def test_grow_tensors_hand_example():
         out["model.embedding.word_embeddings.weight"], w[0])
 
 
+def _grow_both_ways(cfg, ckpt, growth, out_root, bf16=False):
+    """(engine grown in memory, engine loaded from the checkpoint grown on disk), both at the new depth."""
+    from grow_megatron.growth.manager import grow
+
+    spec = EngineSpec(cfg.model, cfg.optim, 4096, bf16=bf16, use_kernels=False)
+    with device_context():
+        init_distributed(1, 1, seed=0)
+        e = build_engine(spec, growth.old_depth, init_weights=False)
+        load_checkpoint(e, ckpt)
+        e = grow(e, growth)
+        out = grow_checkpoint(ckpt, growth, cfg.model, str(out_root))
+        e2 = build_engine(spec, growth.new_depth, init_weights=False)
+        load_checkpoint(e2, out)
+    return e, e2, read_meta(out)
+
+
+def _assert_same_state(a, b):
+    sa, sb = _state(a), _state(b)
+    assert sa.keys() == sb.keys()
+    for name in sa:
+        for k in ("param", "exp_avg", "exp_avg_sq"):
+            assert torch.equal(sb[name][k], sa[name][k]), f"{name} {k}"
+    return sb
+
+
 @pytest.mark.parametrize("function_preserving", [False, True], ids=["lidas", "lidas+fp"])
 def test_offline_growth_equals_in_memory_growth(pre_growth, tmp_path, function_preserving):
     cfg, ckpt = pre_growth
     g = get_operator("lidas", function_preserving)(4, 4)
-    with device_context():
-        init_distributed(1, 1, seed=0)
-        spec = EngineSpec(cfg.model, cfg.optim, 4096, bf16=False, use_kernels=False)
-        from grow_megatron.growth.manager import grow
-
-        e = build_engine(spec, 4, init_weights=False)
-        load_checkpoint(e, ckpt)
-        e = grow(e, g)
-        in_memory, step = _state(e), optimizer_step_count(e.optimizer)
-
-        out = grow_checkpoint(ckpt, g, cfg.model, str(tmp_path / "checkpoints"))
-        e2 = build_engine(spec, 8, init_weights=False)
-        meta = load_checkpoint(e2, out)
-        offline = _state(e2)
-    assert meta["depth"] == 8 and meta["step"] == 2 and optimizer_step_count(e2.optimizer) == step == 2
+    in_memory, offline, meta = _grow_both_ways(cfg, ckpt, g, tmp_path / "checkpoints")
+    assert meta["depth"] == 8 and meta["step"] == 2
+    assert optimizer_step_count(offline.optimizer) == optimizer_step_count(in_memory.optimizer) == 2
     assert meta["growths"][-1]["source_map"] == list(g.source_map) and meta["growths"][-1]["offline"]
-    assert in_memory.keys() == offline.keys()
-    for name in in_memory:
-        for k in ("param", "exp_avg", "exp_avg_sq"):
-            assert torch.equal(offline[name][k], in_memory[name][k]), f"{name} {k}"
+    state = _assert_same_state(in_memory, offline)
     # A real growth happened: position 4 copies layer 0 (and is zeroed where it must be).
-    w0 = offline["decoder.layers.0.self_attention.linear_proj.weight"]["param"]
-    w4 = offline["decoder.layers.4.self_attention.linear_proj.weight"]["param"]
+    w0 = state["decoder.layers.0.self_attention.linear_proj.weight"]["param"]
+    w4 = state["decoder.layers.4.self_attention.linear_proj.weight"]["param"]
     assert torch.count_nonzero(w4) == 0 if function_preserving else torch.equal(w4, w0)
 
 
@@ -113,21 +123,8 @@ def test_offline_growth_of_a_bf16_checkpoint(tmp_path):
     cfg = micro_config(tmp_path / "run", **{"train.precision": "bf16"})
     train(cfg, stop_at=2)
     ckpt = latest_checkpoint(os.path.join(cfg.run_dir, "checkpoints"))
-    g = lidas(4, 4)
-    with device_context():
-        init_distributed(1, 1, seed=0)
-        spec = EngineSpec(cfg.model, cfg.optim, 4096, bf16=True, use_kernels=False)
-        from grow_megatron.growth.manager import grow
-
-        e = build_engine(spec, 4, init_weights=False)
-        load_checkpoint(e, ckpt)
-        e = grow(e, g)
-        in_memory = _state(e)
-        weights = {n: p.detach().clone() for n, p in e.named_parameters()}
-        out = grow_checkpoint(ckpt, g, cfg.model, str(tmp_path / "checkpoints"))
-        e2 = build_engine(spec, 8, init_weights=False)
-        load_checkpoint(e2, out)
-    for name, p in e2.named_parameters():
+    in_memory, offline, _ = _grow_both_ways(cfg, ckpt, lidas(4, 4), tmp_path / "checkpoints", bf16=True)
+    weights = dict(in_memory.named_parameters())
+    for name, p in offline.named_parameters():
         assert p.dtype == torch.bfloat16 and torch.equal(p, weights[name]), name
-        for k in ("param", "exp_avg", "exp_avg_sq"):
-            assert torch.equal(gather_param_state(e2.optimizer, p)[k], in_memory[name][k]), f"{name} {k}"
+    _assert_same_state(in_memory, offline)
