@@ -124,8 +124,9 @@ def test_save_pp1_resume_pp2(single, tmp_path):
     _assert_same_run({"losses": {**first.losses, **second["losses"]}}, ref_res.losses)
 
 
-def test_hf_export_is_layout_free(single, tmp_path):
-    """A checkpoint re-saved by a TP=2 x PP=2 run exports to the same HF weights, bit for bit."""
+def test_export_and_offline_growth_are_layout_free(single, tmp_path):
+    """A checkpoint re-saved by a TP=2 x PP=2 run exports to the same HF weights, and grows on
+    disk to the same checkpoint, bit for bit."""
     import shutil
 
     from safetensors.torch import load_file
@@ -145,3 +146,18 @@ def test_hf_export_is_layout_free(single, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+    from grow_megatron.growth.offline import grow_checkpoint, read_global_tensors
+    from grow_megatron.growth.operators import midas
+
+    grown = []
+    for run in (ref_cfg.run_dir, str(tmp_path / "run")):
+        ckpt = latest_checkpoint(os.path.join(run, "checkpoints"))
+        with device_context():
+            init_distributed(1, 1, seed=0)
+            grown.append(read_global_tensors(grow_checkpoint(ckpt, midas(12, 4), ref_cfg.model,
+                                                             os.path.join(run, "grown"))))
+    assert grown[0].keys() == grown[1].keys()
+    assert grown[0]["model.decoder.layers.mlp.linear_fc1.weight"].shape[0] == 16
+    for k in grown[0]:
+        assert torch.equal(grown[0][k], grown[1][k]), k
