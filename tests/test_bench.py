@@ -128,15 +128,17 @@ def test_resolve_scaled_schedule_and_peaks():
 
 
 def test_torchrun_two_pipeline_stages(tmp_path):
-    """Multi-rank: 2 pipeline stages under torchrun (gloo), rank 0 writes the report."""
+    """Multi-rank: 2 pipeline ranks x 2 virtual stages under torchrun (gloo), rank 0 writes the report."""
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
                            "grow_megatron.cli", "bench", TINY, "--dry-run", "--out", str(tmp_path),
-                           "--set", "parallel.pipeline_parallel=2", "--set", "model.num_layers=8",
+                           "--set", "parallel.pipeline_parallel=2", "--set", "parallel.virtual_stages=2",
+                           "--set", "model.num_layers=8", "--set", "train.micro_batch_size=8", "--microbatches", "2",
                            "--parts", "static,schedule,hf"],
                           cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=170)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["errors"] == {} and rep["environment"]["world_size"] == 2 and rep["environment"]["pp"] == 2
+    assert rep["environment"]["vpp"] == 2
     assert _finite_positive(rep["static"]["tokens_per_s"]) and _finite_positive(rep["schedule"]["measured_speedup"])
     assert "hf" not in rep and any("single-process" in n for n in rep["notes"])

@@ -108,10 +108,11 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
     report: dict[str, Any] = {"notes": [], "errors": errors}
 
     with device_context():
-        lay = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, bc.seed)
+        lay = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, bc.seed,
+                               vpp=cfg.parallel.virtual_stages)
         rank0 = lay.is_logging_rank
         report["environment"] = R.environment(argv, {"world_size": lay.world, "tp": lay.tp, "pp": lay.pp,
-                                                     "dp": lay.dp})
+                                                     "vpp": cfg.parallel.virtual_stages, "dp": lay.dp})
         # The engine's tokens/s is the whole job's: MFU is over the peak of all its GPUs.
         eb = EngineBench(bc, setup, lay.dp, lay.tp, lay.pp, peak * lay.world if peak else None)
         report["settings"] = {

@@ -92,6 +92,10 @@ def resolve(bc: BenchConfig, world_size: int = 1, on_gpu: bool = False) -> tuple
             raise ConfigError(name, v, "must be a positive integer")
     if bc.warmup < 0:
         raise ConfigError("warmup", bc.warmup, "must be >= 0")
+    pp, vpp = cfg.parallel.pipeline_parallel, cfg.parallel.virtual_stages
+    if vpp > 1 and bc.microbatches % pp:
+        raise ConfigError("microbatches", bc.microbatches, f"the interleaved pipeline (parallel.virtual_stages={vpp}) "
+                                                           f"needs a multiple of pipeline_parallel ({pp})")
     bad = [p for p in bc.parts if p not in BenchConfig.PARTS]
     if bad:
         raise ConfigError("parts", ",".join(bad), f"must be among {', '.join(BenchConfig.PARTS)}")
@@ -224,7 +228,7 @@ class EngineBench:
         s, cfg = self.setup, self.setup.cfg
         model = dataclasses.replace(cfg.model, seq_length=s.seq)
         self.spec = EngineSpec(model, cfg.optim, s.vocab, bf16=s.bf16, use_kernels=s.use_kernels, tp=self.tp,
-                               pp=self.pp, final_split=tuple(cfg.parallel.pipeline_split)
+                               pp=self.pp, vpp=cfg.parallel.virtual_stages, final_split=tuple(cfg.parallel.pipeline_split)
                                if cfg.parallel.pipeline_split else None, seed=self.bc.seed)
         self.batches = random_microbatches(s.microbatches, s.batch, s.seq, s.vocab, self.bc.seed)
         self.tokens_per_step = s.tokens_per_step(self.dp)
