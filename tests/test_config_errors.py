@@ -15,7 +15,7 @@ from grow_megatron.config.run import load_run_config
         (["model.hidden_size=130", "model.num_attention_heads=4"], "model.num_attention_heads",
          "must divide hidden_size (130)"),
         (["model.num_query_groups=3"], "model.num_query_groups", "must divide num_attention_heads (4)"),
-        (["data.datasets=[{path: /nonexistent/corpus}]", "data.datasets[0]"], "override", "section.field=value"),
+        (["data.datasets=[{path: /nonexistent/corpus}]", "data.datasets[0]"], "--set", "section.field=value"),
         (["model.preset=smollm-9b"], "model.preset", "must be one of smollm-360m, smollm-1.7b, tiny"),
         (["train.global_batch_size=10", "train.micro_batch_size=4"], "train.global_batch_size",
          "must be a multiple of micro_batch_size"),

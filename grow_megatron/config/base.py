@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import difflib
 import inspect
+import math
+import os
 import textwrap
 import types
 import typing
@@ -59,6 +62,9 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
                 errors.append(err.allowed)
         raise ConfigError(path, value, " or ".join(errors))
     if dataclasses.is_dataclass(tp):
+        if value is None:
+            # A section header whose fields are all commented out (`train:`) means the defaults.
+            return from_dict(tp, {}, path)
         check(isinstance(value, dict), path, value, f"must be a mapping of {tp.__name__} fields")
         return from_dict(tp, value, path)
     if origin in (list, tuple):
@@ -83,11 +89,31 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             except ValueError:
                 raise ConfigError(path, value, "must be a number") from None
         check(isinstance(value, (int, float)) and not isinstance(value, bool), path, value, "must be a number")
+        # YAML reads .inf/.nan as floats; no field means anything by them, and nan slips
+        # through every later `x > 0` style range check.
+        check(math.isfinite(value), path, value, "must be a finite number")
         return float(value)
     if tp is str:
         check(isinstance(value, str), path, value, "must be a string")
         return value
     return value
+
+
+def check_output_dir(path: str, field: str) -> None:
+    """Raise ConfigError unless directory `path` exists or can be created and is writable.
+
+    Commands call it before their long work, so that a typo in an output path costs seconds, not
+    the conversion or evaluation it would otherwise throw away. Nothing is created here."""
+    full = os.path.abspath(path)
+    if os.path.exists(full) and not os.path.isdir(full):
+        raise ConfigError(field, path, "is an existing file, not a directory: choose a directory path")
+    probe = full
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ConfigError(field, path, f"cannot be created: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(field, path, f"cannot be written: {probe} is not writable (choose another directory)")
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
@@ -99,11 +125,21 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, path: str = "") -> T:
     for key, value in data.items():
         sub = f"{path}.{key}" if path else key
         if key not in names:
-            near = [n for n in names if n.startswith(key[:3])]
-            hint = f" (did you mean {', '.join(sorted(near))}?)" if near else ""
+            near = _near(str(key), names)
+            hint = f" (did you mean {', '.join(near)}?)" if near else ""
             raise ConfigError(sub, value, f"unknown field of {cls.__name__}{hint}; known: {', '.join(sorted(names))}")
         kwargs[key] = _coerce(hints[key], value, sub)
     return cls(**kwargs)
+
+
+def _near(key: str, names: set[str]) -> list[str]:
+    """Field names the user probably meant: typos (`trian`, `stpes`) and abbreviations (`lr_min`)."""
+    if not key:
+        return []
+    near = set(difflib.get_close_matches(key, names, n=3, cutoff=0.6))
+    if len(key) >= 3:
+        near |= {n for n in names if n.startswith(key[:3])}
+    return sorted(near)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -42,7 +42,8 @@ class RunConfig:
     def validate(self, world_size: int = 1) -> "RunConfig":
         check(bool(self.name.strip()), "name", self.name, "may not be empty")
         self.model.validate()
-        dp = world_size // (self.parallel.tensor_parallel * self.parallel.pipeline_parallel) or 1
+        # max(): a zero TP/PP must reach parallel.validate's message, not divide by zero here.
+        dp = world_size // max(1, self.parallel.tensor_parallel * self.parallel.pipeline_parallel) or 1
         self.train.validate(dp_size=dp)
         self.optim.validate(self.train.steps)
         self.growth.validate(self.model.num_layers, self.train.steps)
@@ -66,11 +67,48 @@ class RunConfig:
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
+    check(all(keys), "--set", f"{dotted}={value}",
+          "the key must be a dotted field name, e.g. --set train.steps=100")
     for k in keys[:-1]:
-        d = d.setdefault(k, {})
+        if d.get(k) is None:  # absent, or a section left empty in the YAML (`train:`)
+            d[k] = {}
+        d = d[k]
         if not isinstance(d, dict):
             raise ConfigError(dotted, value, f"{k} is not a section")
     d[keys[-1]] = value
+
+
+def read_yaml(path: str, field: str = "config") -> dict:
+    """The mapping in a YAML run config file; every way a file can be unusable is a ConfigError."""
+    if os.path.isdir(path):
+        raise ConfigError(field, path, "is a directory: give the run config YAML file (e.g. examples/tiny_lidas.yaml)")
+    if not os.path.isfile(path):
+        raise ConfigError(field, path, "file not found")
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except UnicodeDecodeError:
+        raise ConfigError(field, path, "is not a UTF-8 text file: give the run config YAML") from None
+    except OSError as err:
+        raise ConfigError(field, path, f"cannot be read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        # The error spans several lines (the offending line and a caret); keep one.
+        raise ConfigError(field, path, f"is not valid YAML: {' '.join(str(err).split())}") from None
+    raw = raw or {}
+    check(isinstance(raw, dict), field, path, "must hold a mapping of sections (model:, growth:, ...)")
+    return raw
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`section.field=value` -> (key, YAML value)."""
+    check("=" in item, "--set", item, "must look like section.field=value, e.g. train.steps=100")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError("--set", item, "the value is not valid YAML (quote it, e.g. --set "
+                          f"'{key.strip()}=\"...\"')") from None
+    return key.strip(), value
 
 
 def load_run_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,
@@ -78,20 +116,14 @@ def load_run_config(path: Optional[str] = None, overrides: Optional[list[str]] =
     """Read a YAML run config, apply `key.sub=value` overrides, map and validate it."""
     raw: dict = {}
     if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError("config", path, "file not found")
-        with open(path) as f:
-            try:
-                raw = yaml.safe_load(f) or {}
-            except yaml.YAMLError as err:
-                raise ConfigError("config", path, f"is not valid YAML: {err}") from None
-        check(isinstance(raw, dict), "config", path, "must hold a mapping of sections (model:, growth:, ...)")
+        raw = read_yaml(path)
     for item in overrides or []:
-        check("=" in item, "override", item, "must look like section.field=value, e.g. train.steps=100")
-        key, value = item.split("=", 1)
-        _set_dotted(raw, key.strip(), yaml.safe_load(value))
+        key, value = parse_override(item)
+        _set_dotted(raw, key, value)
     raw = dict(raw)
-    raw["model"] = ModelConfig.from_preset_dict(dict(raw.get("model") or {}))
+    model = raw.get("model") or {}
+    check(isinstance(model, dict), "model", model, "must be a mapping of ModelConfig fields (preset:, num_layers:, ...)")
+    raw["model"] = ModelConfig.from_preset_dict(dict(model))
     return from_dict(RunConfig, raw).validate(world_size)
 
 
