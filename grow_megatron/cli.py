@@ -57,13 +57,37 @@ def main(argv: list[str] | None = None) -> int:
         # Bad configuration is the user's to fix: one line, no traceback.
         print(f"grow-megatron {name}: {err}", file=sys.stderr)
         return 2
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
+        # A path the user gave that cannot be used, caught by no subcommand-specific check:
+        # still the user's to fix, so the same one line (a missing-file bug in our own code
+        # would name its path too, so nothing is hidden).
+        if err.filename is None:
+            raise
+        print(f"grow-megatron {name}: {err.filename!r}: {_os_reason(err)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        # Commands that hold state (train, data prepare) clean up on the way out; the
+        # traceback of wherever Ctrl-C landed tells the user nothing.
+        print(f"grow-megatron {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _os_reason(err: OSError) -> str:
+    if isinstance(err, PermissionError):
+        return "permission denied (choose a path you can read/write)"
+    if isinstance(err, IsADirectoryError):
+        return "is a directory, not a file"
+    if isinstance(err, NotADirectoryError):
+        return "a part of this path is a file, not a directory"
+    return "no such file or directory"
 
 
 def _quiet_known_warnings() -> None:
     # megatron-core warns on import about optional accelerators (TransformerEngine, Apex) and
     # deprecations on paths it takes itself; expected here, they would drown the output.
     for pat in ("Transformer Engine and Apex are not installed", "Apex is not installed", ".*is deprecated.*",
-                "The .grad attribute of a Tensor that is not a leaf", ".*torch.distributed.*"):
+                "The .grad attribute of a Tensor that is not a leaf", ".*torch.distributed.*",
+                "Please use DTensor instead"):
         warnings.filterwarnings("ignore", message=pat)
 
 
