@@ -109,10 +109,19 @@ def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, 
         flags = [("--" + k.replace("_", "-")) for k, f in _SHAPE_FLAGS.items() if f in missing]
         raise ConfigError("model", None, f"missing {', '.join(missing)}: give --preset, a run config or "
                                          f"{' '.join(flags)}")
+    for flag, field in _SHAPE_FLAGS.items():
+        _positive(vals[field], "--" + flag.replace("_", "-"), field)
     try:
         shape = F.ModelShape(**{f: vals[f] for f in _SHAPE_FLAGS.values()})
     except ValueError as err:
-        raise ConfigError("model", None, str(err)) from None
+        raise ConfigError("model shape", None, str(err)) from None
+    # Flags bypass the run config's validation: check them here, where the flag can be named,
+    # rather than let a zero reach a division in flops.py.
+    for key in ("steps", "grow_steps", "block_size", "tokens_per_step", "global_batch"):
+        if key in vals:
+            _positive(vals[key], "--" + key.replace("_", "-"), key)
+    if "alpha" in vals and not vals["alpha"] >= 0:
+        raise ConfigError("--alpha", vals["alpha"], "must be >= 0 (PROP-alpha exponent; 1 = the paper's PROP-1)")
     if "tokens_per_step" not in vals:
         if "global_batch" not in vals:
             raise ConfigError("tokens_per_step", None, "give --tokens-per-step or --global-batch (or --paper)")
@@ -125,6 +134,9 @@ def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, 
     if "block_size" in vals or "grow_steps" in vals:
         b = vals.get("block_size", 4)
         grow = vals.get("grow_steps", vals["steps"])
+        if grow > vals["steps"]:
+            raise ConfigError("--grow-steps", grow, f"must be <= the total steps ({vals['steps']}): growth has to end "
+                                                    "within the run")
         alpha = vals.get("alpha", 1.0)
         try:
             plan = F.prop_plan(shape.num_layers, b, grow, alpha, rounding)
@@ -132,6 +144,11 @@ def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, 
             raise ConfigError("block_size", b, str(err)) from None
         used.update(block_size=b, grow_steps=grow, alpha=alpha)
     return shape, plan, vals["steps"], vals["tokens_per_step"], used
+
+
+def _positive(value: Any, flag: str, field: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(flag, value, f"{field} must be a positive integer")
 
 
 def main(argv: list[str] | None = None) -> int:
