@@ -65,16 +65,33 @@ def _prepare(args) -> int:
         if args.source or args.out:
             raise ConfigError("--config", args.config, "prepares the run's own datasets: give no SOURCE/--out with it")
         return _prepare_config(args)
-    if not args.source or not args.out:
-        raise ConfigError("data prepare", args.source, "needs SOURCE and --out PREFIX (or --config RUN.yaml)")
+    if not args.source:
+        raise ConfigError("SOURCE", None, "missing: give a file or directory to tokenize (or --config RUN.yaml)")
+    if not args.out:
+        raise ConfigError("--out", None, "missing: give the output prefix, e.g. --out data/mycorpus "
+                                         "(writes data/mycorpus.bin/.idx)")
     if args.workers < 1:
         raise ConfigError("--workers", args.workers, "must be >= 1")
     out = args.out[:-4] if args.out.endswith((".bin", ".idx")) else args.out
+    if os.path.isdir(out):
+        raise ConfigError("--out", args.out, "is a directory: give a file prefix inside it, e.g. "
+                                             f"{os.path.join(args.out, 'data')} (writes data.bin/.idx there)")
+    _writable_dir(os.path.dirname(os.path.abspath(out)), "--out", args.out)
     tok = load_tokenizer(args.tokenizer, eod_token=args.eod_token, field="--tokenizer")
     m = prepare(args.source, out, tok, text_field=args.text_field, num_workers=args.workers,
                 progress=not args.no_progress, force=args.force, field="SOURCE", text_field_path="--text-field")
     _report(m)
     return 0
+
+
+def _writable_dir(path: str, field: str, value: str) -> None:
+    """Create `path` if needed and check it is writable, before any tokenizing is spent on it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(field, value, f"cannot create directory {path} ({err.strerror}): choose a writable path") from None
+    if not os.access(path, os.W_OK):
+        raise ConfigError(field, value, f"directory {path} is not writable: choose a writable path")
 
 
 def _report(m: dict, state: str | None = None) -> None:
@@ -84,18 +101,19 @@ def _report(m: dict, state: str | None = None) -> None:
 
 
 def _prepare_config(args) -> int:
-    import yaml
-
     from grow_megatron.config.base import from_dict
-    from grow_megatron.data.config import DataConfig
     from grow_megatron.data.datasets import build_tokenizer, resolve_datasets
     from grow_megatron.data.prepare import read_manifest
 
-    if not os.path.isfile(args.config):
-        raise ConfigError("--config", args.config, "no such file")
-    with open(args.config, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
-    cfg = from_dict(DataConfig, raw.get("data") or {}, "data").validate()
+    from grow_megatron.config.model import ModelConfig
+    from grow_megatron.config.run import RunConfig, read_yaml
+
+    raw = read_yaml(args.config, "--config")
+    # Map the whole file, not just data:, so that a typo in a section name (`dat:`) is an
+    # error here instead of silently preparing the default corpus.
+    model = raw.get("model") or {}
+    raw["model"] = ModelConfig.from_preset_dict(dict(model)) if isinstance(model, dict) else model
+    cfg = from_dict(RunConfig, raw).data.validate()
     if args.workers:
         cfg.num_workers = args.workers
     tok = build_tokenizer(cfg)
@@ -112,8 +130,15 @@ def _train(args) -> int:
     from grow_megatron.data.readers import first_chars, iter_texts, list_source_files
     from grow_megatron.data.tokenizer import train_bpe_tokenizer
 
+    if args.vocab_size < 300:
+        raise ConfigError("--vocab-size", args.vocab_size, "must be at least 300 (256 byte tokens + merges + specials)")
+    if args.sample_chars < 1:
+        raise ConfigError("--sample-chars", args.sample_chars, "must be >= 1 (characters of text to train on)")
     for s in args.sources:
         list_source_files(s, "SOURCE")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ConfigError("--out", args.out, "is a file: give a directory for tokenizer.json and its config files")
+    _writable_dir(args.out, "--out", args.out)
     per = args.sample_chars // len(args.sources)
 
     def sample():
