@@ -50,7 +50,15 @@ def main(argv: list[str] | None = None) -> int:
     for pat in ("Transformer Engine and Apex are not installed", ".*is deprecated.*", ".*torch.distributed.*"):
         warnings.filterwarnings("ignore", message=pat)
     from grow_megatron import convert
+    from grow_megatron.config.base import ConfigError, check_output_dir
 
+    if args.cmd in ("to-hf", "from-hf"):
+        check_output_dir(args.out_dir, "OUT_DIR" if args.cmd == "to-hf" else "RUN_DIR")
+    if args.cmd == "from-hf" and args.seq_length is not None and args.seq_length < 1:
+        raise ConfigError("--seq-length", args.seq_length, "must be a positive integer (or leave it out for the HF "
+                                                           "config's max_position_embeddings)")
+    if args.cmd == "check" and not args.tol > 0:
+        raise ConfigError("--tol", args.tol, "must be > 0")
     if args.cmd == "to-hf":
         out = convert.to_hf(args.ckpt, args.out_dir, config=args.config, dtype=args.dtype,
                             main_params=args.main_params, tokenizer=not args.no_tokenizer,

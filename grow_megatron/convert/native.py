@@ -72,6 +72,21 @@ def read_run_info(config_path: str) -> RunInfo:
     return RunInfo(model, data, os.path.abspath(config_path))
 
 
+def _unreadable(ckpt_dir: str, err: BaseException) -> ConfigError:
+    """A checkpoint whose files cannot be parsed (truncated copy, disk full during a manual copy,
+    edited meta.json): one line naming it and the way out, not torch's multi-line traceback."""
+    failures = getattr(err, "failures", None)  # DCP's CheckpointException wraps each rank's error
+    if failures:
+        err = next(iter(failures.values()))
+        if isinstance(err, tuple):  # (exception, traceback summary)
+            err = err[0]
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    why = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return ConfigError("checkpoint", ckpt_dir, f"cannot be read, its files are truncated or corrupted "
+                                               f"({why}): use another checkpoint "
+                                               "(an earlier checkpoints/step_*)")
+
+
 class NativeReader:
     """Global tensors of one checkpoint, read one key at a time."""
 
@@ -82,8 +97,11 @@ class NativeReader:
         from grow_megatron.training.checkpoint import read_meta
 
         self.dir = ckpt_dir
-        self.meta = read_meta(ckpt_dir)
-        md = FileSystemReader(ckpt_dir).read_metadata()
+        try:
+            self.meta = read_meta(ckpt_dir)
+            md = FileSystemReader(ckpt_dir).read_metadata()
+        except Exception as err:  # noqa: BLE001 - any failure to parse a user's file is reported, not raised
+            raise _unreadable(ckpt_dir, err) from err
         # Only model tensors (optimizer.* are the AdamW state; *_extra_state are empty objects).
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, torch.dtype] = {}
@@ -112,7 +130,12 @@ class NativeReader:
         from torch.distributed.checkpoint import FileSystemReader
 
         out = {MODEL_PREFIX + key: torch.empty(self.shapes[key], dtype=self.dtypes[key])}
-        dcp.load(out, storage_reader=FileSystemReader(self.dir), no_dist=True)
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        try:
+            dcp.load(out, storage_reader=FileSystemReader(self.dir), no_dist=True)
+        except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
+            raise _unreadable(self.dir, err) from err
         return out[MODEL_PREFIX + key]
 
     def check(self, shape: LlamaShape) -> None:
