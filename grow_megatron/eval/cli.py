@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="'auto' (cuda if available), 'cpu', 'cuda', ...")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--add-bos", action="store_true", help="prepend the BOS token to every MC context")
+    p.add_argument("--config", help="a native checkpoint's run config.yaml, when the checkpoint was copied out of "
+                                    "its run directory (default: RUN_DIR/config.yaml)")
     p.add_argument("--json", metavar="PATH", help="write results as JSON ('-' for stdout)")
     p.add_argument("--export-lm-eval", metavar="DIR",
                    help="write the tasks as lm-evaluation-harness jsonl + yaml into DIR (see docs/eval.md)")
@@ -54,18 +56,24 @@ def load_hf(path: str, device: str, dtype: str):
     return model.to(device).eval(), tokenizer
 
 
-def load_native(path: str, device: str, dtype: str):
+def load_native(path: str, device: str, dtype: str, config: str | None = None):
     """A native grow_megatron checkpoint (or run dir), converted in memory to a transformers
     causal LM with its tokenizer (SPEC 5 LN-Scaling folding included)."""
     from grow_megatron.convert import load_as_hf
 
-    return load_as_hf(path, device=device, dtype=dtype)
+    return load_as_hf(path, device=device, dtype=dtype, config=config)
 
 
-def load_model(path: str, device: str, dtype: str):
+def load_model(path: str, device: str, dtype: str, config: str | None = None):
+    if not Path(path).exists():
+        raise ConfigError("MODEL", path, "no such directory (give a Hugging Face model directory, a run directory "
+                                         "or a checkpoint directory)")
+    if not Path(path).is_dir():
+        raise ConfigError("MODEL", path, "is a file: give a Hugging Face model directory, a run directory or a "
+                                         "checkpoint directory")
     if (Path(path) / "config.json").is_file():
         return load_hf(path, device, dtype)
-    return load_native(path, device, dtype)
+    return load_native(path, device, dtype, config)
 
 
 def read_heldout_ids(path: str, tokenizer) -> list[int]:
@@ -74,14 +82,23 @@ def read_heldout_ids(path: str, tokenizer) -> list[int]:
     if p.suffix == ".jsonl":
         ids: list[int] = []
         eos = tokenizer.eos_token_id
-        with p.open() as fh:
-            for line in fh:
+        with p.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
                 if line.strip():
-                    ids += tokenizer(json.loads(line)["text"], add_special_tokens=False)["input_ids"]
+                    try:
+                        text = json.loads(line)["text"]
+                    except (ValueError, KeyError, TypeError):
+                        raise ConfigError("--heldout", path, f"line {n} is not a JSON object with a 'text' field "
+                                                             "(give .jsonl of {\"text\": ...} or a plain-text file)") from None
+                    ids += tokenizer(text, add_special_tokens=False)["input_ids"]
                     if eos is not None:
                         ids.append(eos)
         return ids
-    return list(tokenizer(p.read_text(), add_special_tokens=False)["input_ids"])
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("--heldout", path, "is not UTF-8 text (give a plain-text or .jsonl file)") from None
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def _print_mc(results: dict[str, S.MCResult]) -> None:
@@ -93,11 +110,35 @@ def _print_mc(results: dict[str, S.MCResult]) -> None:
         print(f"{'mean':<18} {'':>6} {100 * mean:>6.2f}%")
 
 
+def _check_args(args) -> None:
+    """Everything about the command line that can be wrong, before a model is loaded and the
+    tasks are scored: a typo in --heldout or --json must not cost the whole evaluation."""
+    from grow_megatron.config.base import check_output_dir
+
+    for flag in ("batch_size", "seq_length", "max_chunks"):
+        v = getattr(args, flag)
+        if v is not None and v < 1:
+            raise ConfigError("--" + flag.replace("_", "-"), v, "must be a positive integer")
+    for path in args.heldout:
+        if not Path(path).is_file():
+            why = "is a directory" if Path(path).is_dir() else "no such file"
+            raise ConfigError("--heldout", path, f"{why}: give a plain-text or .jsonl file")
+    if args.json and args.json != "-":
+        if Path(args.json).is_dir():
+            raise ConfigError("--json", args.json, "is a directory: give a file path, e.g. eval.json")
+        check_output_dir(str(Path(args.json).parent), "--json")
+    if args.export_lm_eval:
+        check_output_dir(args.export_lm_eval, "--export-lm-eval")
+    if args.config and not Path(args.config).is_file():
+        raise ConfigError("--config", args.config, "no such file (give the run's config.yaml)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tasks = [] if args.tasks == "none" else P.parse_tasks(args.tasks)
     if args.n < 1:
-        raise ConfigError("eval.n", args.n, "must be >= 1")
+        raise ConfigError("--n", args.n, "must be >= 1 (examples per task)")
+    _check_args(args)
     cfg = P.PrimitivesConfig(num_shots=args.shots).validate()
     result: dict[str, Any] = {"template_version": P.TEMPLATE_VERSION, "seed": args.seed, "n": args.n,
                               "shots": args.shots}
@@ -111,12 +152,18 @@ def main(argv: list[str] | None = None) -> int:
         if not args.model:
             return 0
     if not args.model:
-        raise ConfigError("eval.model", None, "give a model directory (or --export-lm-eval DIR alone)")
+        raise ConfigError("MODEL", None, "give a model directory (or --export-lm-eval DIR alone)")
 
     import torch
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    model, tokenizer = load_model(args.model, device, args.dtype)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError("--device", device, "is not a torch device: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device", device, "no CUDA GPU is available here: use --device cpu (or auto)")
+    model, tokenizer = load_model(args.model, device, args.dtype, args.config)
     result["model"] = args.model
 
     if tasks:
@@ -137,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             # One extra token per row: T inputs predict T targets at context length `seq`.
             batches = S.chunk_tokens(read_heldout_ids(path, tokenizer), seq + 1, args.batch_size, args.max_chunks)
             if not batches:
-                raise ConfigError("eval.heldout", path, f"has fewer than {seq + 1} tokens")
+                raise ConfigError("--heldout", path, f"has fewer than {seq + 1} tokens: give more text or a smaller --seq-length")
             r = S.heldout_nll(fn, batches, device=device)
             print(f"held-out {path}: NLL {r.nll:.4f} nats/token over {r.tokens:,} tokens (ppl {r.perplexity:.2f})")
             result["heldout"][path] = r.to_dict() | {"seq_length": seq}
@@ -147,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.json == "-":
             print(text)
         else:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(text + "\n")
     return 0
 
