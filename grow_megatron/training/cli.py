@@ -1,4 +1,9 @@
-"""`grow-megatron train CONFIG.yaml [--set section.field=value ...]`."""
+"""`grow-megatron train CONFIG.yaml [--set section.field=value ...]`.
+
+Trains (or grows) the model the run config describes; outputs go to its run_dir. Running the
+same command again resumes from the newest checkpoint there (checkpoint.resume: auto). Ctrl-C
+stops after the current step and checkpoints; a second Ctrl-C aborts at once.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +12,8 @@ import sys
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="grow-megatron train", description=__doc__)
+    p = argparse.ArgumentParser(prog="grow-megatron train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", help="run config YAML (see examples/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field, e.g. --set train.steps=50 (repeatable)")
@@ -28,8 +34,19 @@ def main(argv: list[str]) -> int:
         return 1
     finally:
         shutdown_distributed()
-    if res.losses and os.environ.get("RANK", "0") == "0":
-        last = res.losses[max(res.losses)]
-        print(f"done: steps {res.start_step}..{res.end_step}, final depth {res.final_depth}, last loss {last:.4f}; "
-              f"outputs in {cfg.run_dir}")
+    if os.environ.get("RANK", "0") != "0":
+        return 0
+    if not res.losses:
+        # Re-running a finished run resumes at its last step and trains nothing: say so, or
+        # the user is left with an empty progress bar and no idea why.
+        print(f"nothing to do: {cfg.run_dir} is already trained to step {res.end_step} (train.steps = "
+              f"{cfg.train.steps}); raise train.steps to continue, or give another --run-dir for a new run")
+        return 0
+    last = res.losses[max(res.losses)]
+    if res.end_step < cfg.train.steps:
+        print(f"stopped at step {res.end_step} of {cfg.train.steps} (checkpointed), depth {res.final_depth}, last loss "
+              f"{last:.4f}; run the same command again to resume")
+        return 0
+    print(f"done: steps {res.start_step}..{res.end_step}, final depth {res.final_depth}, last loss {last:.4f}; "
+          f"outputs in {cfg.run_dir}")
     return 0
