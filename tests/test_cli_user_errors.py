@@ -76,10 +76,14 @@ def test_config_is_a_directory_or_binary(tmp_path, capsys):
     _one_line(capsys, "is not a UTF-8 text file")
 
 
-def test_plan_missing_config_is_one_line(capsys):
-    # growth/cli.py reads the file itself before validation; the dispatcher's net catches it.
+def test_plan_bad_config_is_one_line(capsys, tmp_path):
     assert cli_main(["plan", "/no/such/run.yaml"]) == 2
-    _one_line(capsys, "'/no/such/run.yaml'", "no such file or directory")
+    _one_line(capsys, "config = '/no/such/run.yaml'", "file not found")
+    assert cli_main(["plan", "examples/tiny_lidas.yaml", "--set", "parallel.tensor_parallel=abc"]) == 2
+    _one_line(capsys, "parallel.tensor_parallel = 'abc'", "must be a positive integer")
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    assert cli_main(["plan", str(tmp_path / "list.yaml")]) == 2
+    _one_line(capsys, "must hold a mapping of sections")
 
 
 @pytest.mark.parametrize("args,fragments", [

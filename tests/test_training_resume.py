@@ -106,3 +106,43 @@ def test_resume_with_a_different_plan_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="checkpoint.resume") as err:
         train(micro_config(tmp_path, **{"growth.operator": "none"}))  # static: depth 12 everywhere
     assert "holds depth 8 at step 3" in str(err.value)
+
+
+def test_sigterm_stops_cleanly_and_resume_is_exact(reference, tmp_path):
+    """A preemption (SIGTERM) mid-run: the step in flight finishes, a checkpoint is written,
+    and the resumed run reproduces the uninterrupted losses bit for bit."""
+    import signal
+
+    _, ref, _ = reference
+
+    def preempt(engine, step, rec):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def unhandled(signum, frame):  # what runs if the loop did not take SIGTERM over
+        raise RuntimeError("SIGTERM reached the default handler: the run would have been killed")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        first = train(micro_config(tmp_path), on_step=preempt)
+        assert signal.getsignal(signal.SIGTERM) is unhandled  # the run's handler is gone again
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert sorted(first.losses) == [0, 1, 2, 3] and first.end_step == 4
+    assert read_meta(latest_checkpoint(os.path.join(tmp_path, "checkpoints")))["step"] == 4
+    second = train(micro_config(tmp_path))
+    assert second.start_step == 4
+    assert {**first.losses, **second.losses} == ref.losses
+
+
+def test_truncated_checkpoint_is_named_on_resume(tmp_path):
+    from grow_megatron.config.base import ConfigError
+
+    cfg = micro_config(tmp_path)
+    train(cfg, stop_at=1)
+    ckpt = latest_checkpoint(os.path.join(cfg.run_dir, "checkpoints"))
+    shard = next(f for f in sorted(os.listdir(ckpt)) if f.endswith(".distcp"))
+    os.truncate(os.path.join(ckpt, shard), 1000)
+    with pytest.raises(ConfigError, match="cannot be read, its files are truncated or corrupted") as err:
+        train(micro_config(tmp_path))
+    assert os.path.basename(ckpt) in str(err.value)

@@ -106,10 +106,13 @@ class TrainConfig:
     def validate(self, dp_size: int = 1, path: str = "train") -> None:
         check(self.steps > 0, f"{path}.steps", self.steps, "must be a positive integer")
         check(self.micro_batch_size > 0, f"{path}.micro_batch_size", self.micro_batch_size, "must be positive")
+        check(self.global_batch_size > 0, f"{path}.global_batch_size", self.global_batch_size, "must be positive")
         check(self.global_batch_size % (self.micro_batch_size * dp_size) == 0, f"{path}.global_batch_size",
               self.global_batch_size,
               f"must be a multiple of micro_batch_size x data-parallel size ({self.micro_batch_size} x {dp_size})")
         check(self.eval_interval >= 0, f"{path}.eval_interval", self.eval_interval, "must be >= 0")
+        check(self.eval_batches > 0 or not self.eval_interval, f"{path}.eval_batches", self.eval_batches,
+              "must be positive while evaluation is on (or set train.eval_interval=0)")
         check(self.log_interval > 0, f"{path}.log_interval", self.log_interval, "must be positive")
 
 

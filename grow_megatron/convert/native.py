@@ -72,21 +72,6 @@ def read_run_info(config_path: str) -> RunInfo:
     return RunInfo(model, data, os.path.abspath(config_path))
 
 
-def _unreadable(ckpt_dir: str, err: BaseException) -> ConfigError:
-    """A checkpoint whose files cannot be parsed (truncated copy, disk full during a manual copy,
-    edited meta.json): one line naming it and the way out, not torch's multi-line traceback."""
-    failures = getattr(err, "failures", None)  # DCP's CheckpointException wraps each rank's error
-    if failures:
-        err = next(iter(failures.values()))
-        if isinstance(err, tuple):  # (exception, traceback summary)
-            err = err[0]
-    first = (str(err).strip().splitlines() or [""])[0][:200]
-    why = f"{type(err).__name__}: {first}" if first else type(err).__name__
-    return ConfigError("checkpoint", ckpt_dir, f"cannot be read, its files are truncated or corrupted "
-                                               f"({why}): use another checkpoint "
-                                               "(an earlier checkpoints/step_*)")
-
-
 class NativeReader:
     """Global tensors of one checkpoint, read one key at a time."""
 
@@ -94,14 +79,14 @@ class NativeReader:
         from torch.distributed.checkpoint import FileSystemReader
         from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-        from grow_megatron.training.checkpoint import read_meta
+        from grow_megatron.training.checkpoint import read_meta, unreadable_checkpoint
 
         self.dir = ckpt_dir
         try:
             self.meta = read_meta(ckpt_dir)
             md = FileSystemReader(ckpt_dir).read_metadata()
         except Exception as err:  # noqa: BLE001 - any failure to parse a user's file is reported, not raised
-            raise _unreadable(ckpt_dir, err) from err
+            raise unreadable_checkpoint(ckpt_dir, err) from err
         # Only model tensors (optimizer.* are the AdamW state; *_extra_state are empty objects).
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, torch.dtype] = {}
@@ -132,10 +117,12 @@ class NativeReader:
         out = {MODEL_PREFIX + key: torch.empty(self.shapes[key], dtype=self.dtypes[key])}
         from torch.distributed.checkpoint.api import CheckpointException
 
+        from grow_megatron.training.checkpoint import unreadable_checkpoint
+
         try:
             dcp.load(out, storage_reader=FileSystemReader(self.dir), no_dist=True)
         except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
-            raise _unreadable(self.dir, err) from err
+            raise unreadable_checkpoint(self.dir, err) from err
         return out[MODEL_PREFIX + key]
 
     def check(self, shape: LlamaShape) -> None:

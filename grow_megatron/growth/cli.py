@@ -49,15 +49,18 @@ def main(argv: list[str]) -> int:
 
 def cfg_world(path, overrides) -> int:
     """The world size the config is meant for: TP x PP (one data-parallel replica)."""
-    import yaml
+    from grow_megatron.config.base import ConfigError
+    from grow_megatron.config.run import parse_override, read_yaml
 
-    with open(path) as f:
-        raw = yaml.safe_load(f) or {}
-    par = raw.get("parallel") or {}
-    tp, pp = int(par.get("tensor_parallel", 1)), int(par.get("pipeline_parallel", 1))
-    for o in overrides:
-        if o.startswith("parallel.tensor_parallel="):
-            tp = int(o.split("=", 1)[1])
-        if o.startswith("parallel.pipeline_parallel="):
-            pp = int(o.split("=", 1)[1])
-    return tp * pp
+    par = dict(read_yaml(path).get("parallel") or {})
+    for item in overrides:
+        key, value = parse_override(item)
+        if key.startswith("parallel."):
+            par[key[len("parallel."):]] = value
+    sizes = []
+    for name in ("tensor_parallel", "pipeline_parallel"):
+        v = par.get(name, 1)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"parallel.{name}", v, "must be a positive integer")
+        sizes.append(v)
+    return sizes[0] * sizes[1]

@@ -27,6 +27,9 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+from torch.distributed.checkpoint.api import CheckpointException
+
+from grow_megatron.config.base import ConfigError
 
 from grow_megatron.training.engine import Engine
 from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, gather_param_state,
@@ -154,9 +157,27 @@ def _prune(ckpt_root: str, keep: set[str], keep_last: Optional[int]) -> None:
         shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
 
 
+def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
+    """A checkpoint whose files cannot be parsed (truncated copy, disk full during a manual copy,
+    edited meta.json): one line naming it and the way out, not torch's multi-line traceback."""
+    failures = getattr(err, "failures", None)  # DCP's CheckpointException wraps each rank's error
+    if failures:
+        err = next(iter(failures.values()))
+        if isinstance(err, tuple):  # (exception, traceback summary)
+            err = err[0]
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    why = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    return ConfigError("checkpoint", ckpt_dir, f"cannot be read, its files are truncated or corrupted "
+                                               f"({why}): use an earlier checkpoints/step_* (training resumes "
+                                               "from the newest complete one once this one is moved away)")
+
+
 def read_meta(ckpt_dir: str) -> dict:
-    with open(os.path.join(ckpt_dir, META)) as f:
-        return json.load(f)
+    try:
+        with open(os.path.join(ckpt_dir, META)) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:  # a truncated or hand-edited meta.json
+        raise unreadable_checkpoint(ckpt_dir, err) from err
 
 
 def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
@@ -168,7 +189,10 @@ def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
     sd, targets = _sharded_state(engine, for_load=True)
     sd["common"] = {"optimizer_step": 0}
     with torch.no_grad():
-        loaded = dist_checkpointing.load(sd, ckpt_dir)
+        try:
+            loaded = dist_checkpointing.load(sd, ckpt_dir)
+        except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
+            raise unreadable_checkpoint(ckpt_dir, err) from err
         for c, chunk in enumerate(engine.chunks):
             chunk.load_state_dict(_unflatten_model(loaded["model"][f"chunk{c}"]), strict=False)
         per_param: dict[int, dict[str, torch.Tensor]] = {}

@@ -43,7 +43,8 @@ class TrainResult:
 
 @contextlib.contextmanager
 def _graceful_interrupt():
-    """First Ctrl-C: finish the running step, checkpoint, return. Second: abort at once.
+    """First Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption, `kill`): finish the running
+    step, checkpoint, return. A second one: abort at once.
 
     An interrupt inside optimizer.step() would leave weights and moments half-updated, so the
     loop only stops between steps."""
@@ -57,11 +58,12 @@ def _graceful_interrupt():
             raise KeyboardInterrupt
         flag["hit"] = True
 
-    old = signal.signal(signal.SIGINT, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield lambda: flag["hit"]
     finally:
-        signal.signal(signal.SIGINT, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
 
 
 def train(cfg: RunConfig, *, stop_at: Optional[int] = None,
