@@ -53,7 +53,8 @@ def _mem() -> int:
     return psutil.Process().memory_info().rss
 
 
-def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: int, seq: int, mbs: int) -> dict:
+def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: int, seq: int, mbs: int,
+              host_staging: bool = False) -> dict:
     from grow_megatron.config.model import PRESETS, ModelConfig
     from grow_megatron.config.training import OptimConfig
     from grow_megatron.growth.manager import grow
@@ -78,12 +79,12 @@ def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: i
     g = get_operator(operator)(depth, block)
     t0 = time.perf_counter()
     if gpu:
-        e = grow(e, g)
+        e = grow(e, g, host_staging=host_staging)
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
     else:
         with _PeakRSS() as probe:
-            e = grow(e, g)
+            e = grow(e, g, host_staging=host_staging)
         peak = probe.peak
     seconds = time.perf_counter() - t0
     after = _mem()
@@ -96,7 +97,7 @@ def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: i
     if gpu:
         torch.cuda.empty_cache()
     return {"preset": preset, "old_depth": depth, "new_depth": depth + block, "operator": operator,
-            "tp": tp, "pp": pp, "params_after_local": params, "seconds": round(seconds, 3),
+            "tp": tp, "pp": pp, "host_staged": host_staging, "params_after_local": params, "seconds": round(seconds, 3),
             "mem_before_gib": round(before / 2**30, 3), "mem_peak_gib": round(peak / 2**30, 3),
             "mem_after_gib": round(after / 2**30, 3), "device": torch.cuda.get_device_name() if gpu else "cpu"}
 
@@ -109,25 +110,36 @@ def main(argv=None) -> int:
     p.add_argument("--operator", default="lidas")
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--mbs", type=int, default=1)
+    p.add_argument("--staging", default="off", help="comma list of off,on: growth with the old engine kept on "
+                   "the device, or staged through host memory and freed first (growth.host_staging)")
     p.add_argument("--out", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
     from grow_megatron.cli import _quiet_known_warnings
     from grow_megatron.training.distributed import device_context, init_distributed
 
     _quiet_known_warnings()
+    staging_modes = []
+    for mode in args.staging.split(","):
+        if mode.strip() not in ("off", "on"):
+            from grow_megatron.config.base import ConfigError
+
+            raise ConfigError("--staging", args.staging, "must be a comma list of off and on")
+        staging_modes.append(mode.strip() == "on")
     tp = int(os.environ.get("GM_TP", "1"))
     pp = int(os.environ.get("GM_PP", "1"))
     rows = []
     with device_context():
         lay = init_distributed(tp, pp, seed=0)
         for preset in args.preset or ["smollm-360m"]:
-            for depth in args.depth or [4, 8, 16]:
-                rows.append(bench_one(preset, depth, args.block, args.operator, tp, pp, args.seq, args.mbs))
+            for depth, staging in [(d, s) for d in args.depth or [4, 8, 16] for s in staging_modes]:
+                rows.append(bench_one(preset, depth, args.block, args.operator, tp, pp, args.seq, args.mbs,
+                                      host_staging=staging))
                 if args.out and lay.rank == 0:  # a run stopped by a time limit keeps the rows it has
                     _write(args.out, rows)
                 if lay.rank == 0:
                     r = rows[-1]
                     print(f"{r['preset']:>12} {r['old_depth']:>3}->{r['new_depth']:<3} TPxPP={tp}x{pp} "
+                          f"{'host-staged' if r['host_staged'] else 'live':>11} "
                           f"{r['seconds']:>8.2f} s  mem before {r['mem_before_gib']:.2f} GiB, "
                           f"peak {r['mem_peak_gib']:.2f} GiB, after {r['mem_after_gib']:.2f} GiB ({r['device']})",
                           flush=True)

@@ -42,10 +42,11 @@ def _state(engine):
     return {n: gather_param_state(engine.optimizer, p) for n, p in engine.named_parameters()}
 
 
-@pytest.mark.parametrize("operator,old,bf16", [("midas", 8, False), ("lidas", 8, False), ("top", 4, False),
-                                               ("bottom", 4, False), ("lidas", 8, True)],
-                         ids=["midas", "lidas", "top", "bottom", "lidas-bf16"])
-def test_new_layers_copy_weights_and_adam_state(env, operator, old, bf16):
+@pytest.mark.parametrize("operator,old,bf16,staged",
+                         [("midas", 8, False, False), ("lidas", 8, False, False), ("top", 4, False, False),
+                          ("bottom", 4, False, False), ("lidas", 8, True, False), ("midas", 8, True, True)],
+                         ids=["midas", "lidas", "top", "bottom", "lidas-bf16", "midas-bf16-host-staged"])
+def test_new_layers_copy_weights_and_adam_state(env, operator, old, bf16, staged):
     # bf16: the model params are bf16, the distributed optimizer keeps fp32 main shards; both move.
     e = _engine(4, bf16=bf16)
     depth = e.depth
@@ -60,7 +61,7 @@ def test_new_layers_copy_weights_and_adam_state(env, operator, old, bf16):
     before = _state(e)
     steps = optimizer_step_count(e.optimizer)
     g = get_operator(operator)(old, 4)
-    e2 = grow(e, g)
+    e2 = grow(e, g, host_staging=staged)
     assert e2.depth == old + 4
     after = _state(e2)
     assert set(after) - {n for n in after if _LAYER.match(n)} == set(before) - {n for n in before if _LAYER.match(n)}
@@ -129,12 +130,13 @@ def _live_tensor_bytes() -> int:
     return total
 
 
-def test_growth_frees_the_old_model(env):
+@pytest.mark.parametrize("staged", [False, True], ids=["live", "host-staged"])
+def test_growth_frees_the_old_model(env, staged):
     base = _live_tensor_bytes()
     e = _engine(4)
     for s in range(2):
         train_step(e, [_batch(s)], 1e-2)
-    e = grow(e, get_operator("lidas")(4, 4))
+    e = grow(e, get_operator("lidas")(4, 4), host_staging=staged)
     train_step(e, [_batch(5)], 1e-2)
     grown = _live_tensor_bytes() - base
     del e
@@ -144,3 +146,31 @@ def test_growth_frees_the_old_model(env):
     fresh = _engine(8)
     train_step(fresh, [_batch(5)], 1e-2)
     assert grown == pytest.approx(_live_tensor_bytes() - after, rel=0.05)
+
+
+def test_host_staging_frees_the_old_engine_before_building_the_new(env, monkeypatch):
+    """The point of staging: when the grown engine is allocated, no parameter, gradient buffer
+    or optimizer state of the old one is alive (device peak max(old, new), not old + new)."""
+    import gc
+    import weakref
+
+    from grow_megatron.growth import manager
+
+    e = _engine(4)
+    train_step(e, [_batch(0)], 1e-2)
+    old = [weakref.ref(p) for p in e.model[0].module.parameters()]
+    old += [weakref.ref(b.grad_data) for b in e.model[0].buffers] + [weakref.ref(e.optimizer)]
+    alive_at_build = []
+    real_build = manager.build_engine
+
+    def build(*args, **kwargs):
+        gc.collect()
+        alive_at_build.append(sum(r() is not None for r in old))
+        return real_build(*args, **kwargs)
+
+    monkeypatch.setattr(manager, "build_engine", build)
+    # The caller's `e` still names the old Engine during grow() (as the training loop's does):
+    # staging must empty it, not rely on the caller dropping it.
+    e = grow(e, get_operator("lidas")(4, 4), host_staging=True)
+    assert alive_at_build == [0]
+    assert torch.isfinite(torch.tensor(train_step(e, [_batch(1)], 1e-2)["loss"]))

@@ -318,8 +318,9 @@ def growth_section(rows: list[dict]) -> list[str]:
     return ["## Growth-operation latency and memory (issue 3), one process", "",
             f"`python -m grow_megatron.bench_growth` on {dev}: after one training step, grow by one block "
             "(LIDAS); memory is torch.cuda's allocated (peak: max allocated during the growth).", "",
-            _table(["shape", "growth", "seconds", "GiB before", "GiB peak", "GiB after", "params after"],
-                   [[r["preset"], f"{r['old_depth']} -> {r['new_depth']}", _f(r["seconds"], ".2f"),
+            _table(["shape", "growth", "old engine", "seconds", "GiB before", "GiB peak", "GiB after", "params after"],
+                   [[r["preset"], f"{r['old_depth']} -> {r['new_depth']}",
+                     "host-staged" if r.get("host_staged") else "kept on device", _f(r["seconds"], ".2f"),
                      _f(r["mem_before_gib"], ".2f"), _f(r["mem_peak_gib"], ".2f"), _f(r["mem_after_gib"], ".2f"),
                      _f(r.get("params_after_local"), ",d")] for r in rows]), ""]
 

@@ -116,7 +116,7 @@ if [ -n "$SMOKE" ]; then
   GROWTH_ARGS=(--preset tiny --depth 4 --depth 8 --seq 64 --mbs 1)
 else
   BENCH_X=() KERNELS_X=() TRAIN_X=()
-  GROWTH_ARGS=(--preset smollm-360m --preset smollm-1.7b --depth 4 --depth 16 --seq 2048 --mbs 1)
+  GROWTH_ARGS=(--preset smollm-360m --preset smollm-1.7b --depth 4 --depth 16 --seq 2048 --mbs 1 --staging off,on)
 fi
 # Reference batches of notes/h100-anchors.md: 8x2048 (360M), 4x2048 (1.7B) = the configs' micro-batches.
 # (${A[@]+"${A[@]}"}: an empty array under `set -u` on any bash.)

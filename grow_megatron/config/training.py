@@ -23,6 +23,10 @@ class GrowthConfig:
     grow_steps: Optional[int] = None
     """Steps until the final depth is reached (paper: 170k of 200k). Default: train.steps minus
     optim.decay_steps, i.e. growth ends where the LR decay starts."""
+    host_staging: Literal["auto", "on", "off"] = "auto"
+    """Stage the old model's weights and optimizer state through host memory during a growth,
+    freeing it before the grown one is built: device peak max(old, new) instead of old + new,
+    for a few seconds of copying. auto: only on a GPU that could not hold both."""
 
     @property
     def enabled(self) -> bool:

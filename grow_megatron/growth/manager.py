@@ -12,22 +12,25 @@ same way for every operator and every TP x PP x DP layout:
 3. continue AdamW's step count, and drop the old engine.
 
 Work is streamed parameter by parameter, so the extra memory beyond the two engines is one
-parameter's state.
+parameter's state. Where the device cannot hold both engines (the last growth of a model
+that fills most of the GPU), host staging first copies this rank's old state to host memory
+and frees the old engine, so the device peak is the larger engine plus one parameter.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from grow_megatron.growth.offline import OUTPUT_PROJECTIONS
 from grow_megatron.growth.operators import Growth
 from grow_megatron.growth.partition import transfer_plan
 from grow_megatron.training.engine import Engine, build_engine, destroy_engine
 from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, gather_param_state,
                                                 optimizer_step_count, scatter_param_state, set_step_count)
 
-# Output projections of a layer: zero in a copy => the copy adds nothing to the residual stream.
-_OUTPUT_PROJECTIONS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
 
 
 def _layer_params(engine: Engine) -> dict[int, dict[str, torch.nn.Parameter]]:
@@ -48,50 +51,114 @@ def _pp_peer(pp_rank: int) -> int:
     return dist.get_global_rank(parallel_state.get_pipeline_model_parallel_group(), pp_rank)
 
 
-def grow(engine: Engine, growth: Growth) -> Engine:
-    """Return the engine at growth.new_depth; `engine` is destroyed."""
+# A source of old state: local position -> {name in layer: () -> state}, and non-layer name -> () -> state.
+# Each thunk returns {param, exp_avg, exp_avg_sq} on the device, shaped like the parameter.
+_Source = tuple[dict[int, dict[str, Callable[[], dict]]], dict[str, Callable[[], dict]]]
+
+
+def _live_source(engine: Engine) -> _Source:
+    """State read from the old engine when a move needs it (both engines on the device)."""
+    def thunk(p):
+        return lambda: gather_param_state(engine.optimizer, p)
+
+    return ({pos: {sfx: thunk(p) for sfx, p in params.items()} for pos, params in _layer_params(engine).items()},
+            {name: thunk(p) for name, p in _other_params(engine).items()})
+
+
+def _host_source(engine: Engine) -> _Source:
+    """Every local parameter's state copied to host memory now, so the old engine can be
+    freed before the new one is built. The thunks hold host tensors and a device name only:
+    nothing of the old engine stays reachable."""
+    def stage(p):
+        host = {k: v.to("cpu") for k, v in gather_param_state(engine.optimizer, p).items()}
+        dev = p.device
+        return lambda: {k: v.to(dev) for k, v in host.items()}
+
+    # gather_param_state is a collective over the DP group: every DP rank walks the same order.
+    return ({pos: {sfx: stage(p) for sfx, p in sorted(params.items())}
+             for pos, params in sorted(_layer_params(engine).items())},
+            {name: stage(p) for name, p in sorted(_other_params(engine).items())})
+
+
+def needs_host_staging(engine: Engine, growth: Growth, mode: str = "auto") -> bool:
+    """on/off as given; auto: on a GPU, when the new engine (estimated from the memory the old
+    one holds, scaled by depth) would not fit next to the old one in what the device has left."""
+    if mode != "auto":
+        return mode == "on"
+    if not torch.cuda.is_available():
+        return False  # host and device memory are one: staging would only copy
+    held = torch.cuda.memory_allocated()
+    free, _ = torch.cuda.mem_get_info()
+    reusable = free + torch.cuda.memory_reserved() - held  # the caching allocator's idle blocks count
+    estimate = held * growth.new_depth / growth.old_depth
+    flag = torch.tensor([float(estimate > 0.9 * reusable)], device="cuda")
+    # One decision for all ranks: staging gathers every DP shard up front, the live path in
+    # move order, and DP ranks must run their gather collectives in the same order.
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
+def grow(engine: Engine, growth: Growth, host_staging: bool = False) -> Engine:
+    """Return the engine at growth.new_depth; `engine` is destroyed. host_staging: stage the
+    old state through host memory and free the old engine first (see needs_host_staging)."""
     if growth.old_depth != engine.depth:
         raise ValueError(f"growth from depth {growth.old_depth} applied to a model of depth {engine.depth}")
     step = optimizer_step_count(engine.optimizer)
-    new = build_engine(engine.spec, growth.new_depth, init_weights=False)
+    spec, old_split = engine.spec, engine.split
+    if host_staging:
+        old_layers, old_other = _host_source(engine)
+        destroy_engine(engine)
+        engine = None
+    else:
+        old_layers, old_other = _live_source(engine)
+    new = build_engine(spec, growth.new_depth, init_weights=False)
     ensure_state_initialized(new.optimizer)
+    _fill(new, growth, old_split, old_layers, old_other)
+    del old_layers, old_other  # live thunks reference the old parameters
+    set_step_count(new.optimizer, step)
+    # DDP keeps its own copy of the parameters in its param buffer, and the distributed
+    # optimizer's fp32 main shards were written above; the model params are views into the
+    # buffer, so nothing else to sync.
+    if engine is not None:
+        destroy_engine(engine)
+    return new
 
+
+def _fill(new: Engine, growth: Growth, old_split: tuple[int, ...], old_layers, old_other) -> None:
+    """Write every local parameter of the new engine from its source (moving it between
+    pipeline ranks where the plan says so)."""
     my_rank = parallel_state.get_pipeline_model_parallel_rank()
-    old_layers, new_layers = _layer_params(engine), _layer_params(new)
-    old_other = _other_params(engine)
+    new_layers = _layer_params(new)
 
     # Embedding, final norm (and the untied output layer, if any) stay where they are.
     for name, p in _other_params(new).items():
-        scatter_param_state(new.optimizer, p, gather_param_state(engine.optimizer, old_other[name]))
+        scatter_param_state(new.optimizer, p, old_other[name]())
 
     new_positions = set(growth.new_positions)
-    for move in transfer_plan(growth, engine.split, new.split, pp=engine.spec.pp):
+    for move in transfer_plan(growth, old_split, new.split, pp=new.spec.pp):
         if my_rank not in (move.src_rank, move.dst_rank):
             continue
         zero = growth.zero_outputs and move.dst_pos in new_positions
         src = old_layers[move.src_layer] if my_rank == move.src_rank else None
         dst = new_layers[move.dst_pos] if my_rank == move.dst_rank else None
         for suffix in sorted((src or dst).keys()):
-            state = gather_param_state(engine.optimizer, src[suffix]) if src is not None else None
+            state = src[suffix]() if src is not None else None
             if not move.local:
                 # Same TP rank and DP rank on the other stage; shapes are known to both sides.
-                shape_from = src[suffix] if src is not None else dst[suffix]
-                buf = (torch.stack([state[k] for k in STATE_KEYS]) if state is not None
-                       else torch.empty((len(STATE_KEYS),) + tuple(shape_from.shape), dtype=torch.float32,
-                                        device=shape_from.device))
+                if state is not None:
+                    buf = torch.stack([state[k] for k in STATE_KEYS])
+                else:
+                    shape = dst[suffix].shape
+                    buf = torch.empty((len(STATE_KEYS),) + tuple(shape), dtype=torch.float32,
+                                      device=dst[suffix].device)
                 if my_rank == move.src_rank:
                     dist.send(buf, _pp_peer(move.dst_rank))
                 else:
                     dist.recv(buf, _pp_peer(move.src_rank))
                     state = dict(zip(STATE_KEYS, buf.unbind(0)))
             if dst is not None:
-                if zero and suffix in _OUTPUT_PROJECTIONS:
+                if zero and suffix in OUTPUT_PROJECTIONS:
                     state = {**state, "param": torch.zeros_like(state["param"])}
                 scatter_param_state(new.optimizer, dst[suffix], state)
 
-    set_step_count(new.optimizer, step)
-    # DDP keeps its own copy of the parameters in its param buffer, and the distributed
-    # optimizer's fp32 main shards were written above; the model params are views into the
-    # buffer, so nothing else to sync.
-    destroy_engine(engine)
-    return new

@@ -15,7 +15,7 @@ from megatron.core import parallel_state
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.run import RunConfig, dump_run_config
-from grow_megatron.growth.manager import grow
+from grow_megatron.growth.manager import grow, needs_host_staging
 from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from grow_megatron.training.distributed import Layout, device_context, init_distributed
@@ -158,9 +158,10 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                     d = save_checkpoint(engine, ckpt_root, step, meta(), keep=growth_ckpts)
                     growth_ckpts.add(os.path.basename(d))
                 t0 = time.perf_counter()
-                engine = grow(engine, g)
+                staged = needs_host_staging(engine, g, cfg.growth.host_staging)
+                engine = grow(engine, g, host_staging=staged)
                 event = {"step": step, "seconds": round(time.perf_counter() - t0, 4), **g.to_dict(),
-                         "pipeline_split": list(engine.split)}
+                         "pipeline_split": list(engine.split), "host_staged": staged}
                 result.growths.append(event)
                 metrics.note(f"growth at step {step}: depth {g.old_depth} -> {g.new_depth} ({g.operator}), "
                              f"source map {list(g.source_map)}, {event['seconds']:.2f}s")
