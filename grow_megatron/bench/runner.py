@@ -238,6 +238,13 @@ class EngineBench:
     def rates(self, depth: int) -> Rates:
         return Rates.of(self.setup.shape.with_layers(depth), self.peak_flops)
 
+    def grow(self, engine, growth):
+        """A growth as the training loop does it (host staging where growth.host_staging says so)."""
+        from grow_megatron.growth.manager import grow, needs_host_staging
+
+        return grow(engine, growth, host_staging=needs_host_staging(engine, growth,
+                                                                    self.setup.cfg.growth.host_staging))
+
     def step(self, engine) -> dict:
         from grow_megatron.training.engine import train_step
 
@@ -276,7 +283,6 @@ class EngineBench:
 
     def stages(self) -> list[dict]:
         """Each stage's depth, reached by growing from the first (so grow() is exercised and timed)."""
-        from grow_megatron.growth.manager import grow
         from grow_megatron.training.engine import build_engine, destroy_engine
 
         plan = self.setup.plan
@@ -287,7 +293,7 @@ class EngineBench:
         for i, depth in enumerate(self.setup.depths):
             grow_s = None
             if i:
-                grow_s, engine = timed(lambda: grow(engine, plan.growths[i - 1]))
+                grow_s, engine = timed(lambda: self.grow(engine, plan.growths[i - 1]))
             free_memory()
             reset_peak_memory()
             times, out = self.measure(engine)
@@ -300,7 +306,6 @@ class EngineBench:
     def run(self, plan: Optional[GrowthPlan], total_steps: int) -> dict:
         """`total_steps` optimizer steps following `plan` (None: static at the final depth), growth
         included; per-step records for the plot."""
-        from grow_megatron.growth.manager import grow
         from grow_megatron.training.engine import build_engine, destroy_engine
 
         free_memory()
@@ -312,7 +317,7 @@ class EngineBench:
         for step in range(total_steps):
             while plan is not None and engine.depth < plan.depth_at(step):
                 g = next(g for g in plan.growths if g.old_depth == engine.depth)
-                dt, engine = timed(lambda: grow(engine, g))
+                dt, engine = timed(lambda: self.grow(engine, g))
                 growths.append({"step": step, "old_depth": g.old_depth, "new_depth": g.new_depth, "seconds": dt})
             dt, out = timed(lambda: self.step(engine))
             records.append({"step": step, "depth": engine.depth, "step_s": dt,
