@@ -97,14 +97,16 @@ def test_interleaved_pipeline_with_data_parallel_equals_single_process(single, t
 
 def test_save_pp1_resume_interleaved(single, tmp_path):
     """A single-process checkpoint taken after the first growth resumes on 2 ranks x 2 chunks;
-    the second growth there goes through host staging (old engine freed first)."""
+    the second growth there goes through host staging (old engine freed first) into an uneven
+    user split, (2,2,2,2) -> (2,4,3,3)."""
     ref_cfg, ref_res = single
     first = train(micro_config(tmp_path), stop_at=4)
     ov = micro_overrides(tmp_path, **{"parallel.pipeline_parallel": 2, "parallel.virtual_stages": 2,
-                                      "growth.host_staging": "on"})
+                                      "growth.host_staging": "on", "parallel.pipeline_split": "[2, 4, 3, 3]"})
     second = run_world(2, ov, str(tmp_path / "out"))
     assert second["start"] == 4 and second["final_depth"] == 12
-    assert [g["host_staged"] for g in second["growths"] if g["step"] >= 4] == [True]
+    assert [(g["host_staged"], g["pipeline_split"]) for g in second["growths"] if g["step"] >= 4] == [
+        (True, [2, 4, 3, 3])]
     _assert_same_run({"losses": {**first.losses, **second["losses"]}}, ref_res.losses)
 
 
