@@ -35,3 +35,12 @@ def micro_overrides(run_dir, **extra) -> list[str]:
 
 def micro_config(run_dir, **extra):
     return load_run_config(None, micro_overrides(run_dir, **extra))
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    """Two {name: tensor} dicts hold the same names and the same values, bit for bit."""
+    import torch
+
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

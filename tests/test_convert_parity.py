@@ -25,6 +25,8 @@ from grow_megatron.training.checkpoint import save_checkpoint
 from grow_megatron.training.distributed import device_context, init_distributed
 from grow_megatron.training.engine import EngineSpec, build_engine
 
+from engine_helpers import assert_same_tensors
+
 V = 4096  # the embedded tokenizer's vocabulary, so exports carry a working tokenizer
 TOL = 1e-4
 
@@ -119,9 +121,7 @@ def test_round_trip_is_exact_and_native_matches_hf(env, tmp_path):
     to_hf(str(tmp_path / "run2"), str(tmp_path / "hf2"), progress=False)
     a = load_file(str(tmp_path / "hf1" / "model.safetensors"))
     b = load_file(str(tmp_path / "hf2" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_tensors(a, b)
     # from-hf -> native logits equal the HF logits.
     diff = compare_logits(back["checkpoint"], str(tmp_path / "hf1"))
     print(f"from-hf native vs HF: {diff:.3g}")

@@ -12,7 +12,6 @@ import os
 import pytest
 import torch
 
-from grow_megatron.config.training import OptimConfig
 from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta
 from grow_megatron.training.distributed import device_context, init_distributed
 from grow_megatron.training.engine import EngineSpec, build_engine
@@ -20,7 +19,7 @@ from grow_megatron.training.loop import train
 from grow_megatron.training.optim_state import gather_param_state
 
 from dist_helpers import run_world
-from engine_helpers import micro_config, micro_overrides
+from engine_helpers import assert_same_tensors, micro_config, micro_overrides
 
 LOSS_RTOL = 1e-5
 STATE_ATOL = 1e-4
@@ -148,11 +147,10 @@ def test_export_and_offline_growth_are_layout_free(single, tmp_path):
     to_hf(str(tmp_path / "run"), str(tmp_path / "hf_tp2pp2"), progress=False)
     a = load_file(str(tmp_path / "hf_single" / "model.safetensors"))
     b = load_file(str(tmp_path / "hf_tp2pp2" / "model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    assert_same_tensors(a, b)
 
-    from grow_megatron.growth.offline import grow_checkpoint, read_global_tensors
+    from grow_megatron.growth.offline import grow_checkpoint
+    from grow_megatron.training.checkpoint import read_global_tensors
     from grow_megatron.growth.operators import midas
 
     grown = []
@@ -162,7 +160,5 @@ def test_export_and_offline_growth_are_layout_free(single, tmp_path):
             init_distributed(1, 1, seed=0)
             grown.append(read_global_tensors(grow_checkpoint(ckpt, midas(12, 4), ref_cfg.model,
                                                              os.path.join(run, "grown"))))
-    assert grown[0].keys() == grown[1].keys()
     assert grown[0]["model.decoder.layers.mlp.linear_fc1.weight"].shape[0] == 16
-    for k in grown[0]:
-        assert torch.equal(grown[0][k], grown[1][k]), k
+    assert_same_tensors(grown[0], grown[1])

@@ -128,3 +128,17 @@ def test_offline_growth_of_a_bf16_checkpoint(tmp_path):
     for name, p in offline.named_parameters():
         assert p.dtype == torch.bfloat16 and torch.equal(p, weights[name]), name
     _assert_same_state(in_memory, offline)
+
+
+def test_cli_truncated_checkpoint_is_one_line(pre_growth, tmp_path, capsys):
+    import shutil
+
+    cfg, _ = pre_growth
+    run = tmp_path / "run"
+    shutil.copytree(cfg.run_dir, run)
+    ckpt = latest_checkpoint(str(run / "checkpoints"))
+    shard = next(f for f in sorted(os.listdir(ckpt)) if f.endswith(".distcp"))
+    os.truncate(os.path.join(ckpt, shard), 1000)
+    assert cli_main(["grow", str(run), "--operator", "lidas", "--block-size", "4", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot be read, its files are truncated or corrupted" in err[0]

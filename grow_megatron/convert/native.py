@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import yaml
 
 from grow_megatron.config.base import ConfigError, from_dict
 from grow_megatron.config.model import ModelConfig
-from grow_megatron.convert.keymap import (EMBED, FINAL_NORM, LAYER_PREFIX, LlamaShape, check_shapes,
+from grow_megatron.convert.keymap import (EMBED, LAYER_PREFIX, LlamaShape, check_shapes,
                                           expected_native_shapes)
 from grow_megatron.data.config import DataConfig
 
@@ -64,8 +63,9 @@ def read_run_info(config_path: str) -> RunInfo:
     config must still be readable in a single process)."""
     if not os.path.isfile(config_path):
         raise ConfigError("config", config_path, "file not found (give the run's config.yaml with --config)")
-    with open(config_path) as f:
-        raw = yaml.safe_load(f) or {}
+    from grow_megatron.config.run import read_yaml
+
+    raw = read_yaml(config_path)
     model = from_dict(ModelConfig, ModelConfig.from_preset_dict(dict(raw.get("model") or {})), "model")
     model.validate()
     data = from_dict(DataConfig, dict(raw.get("data") or {}), "data")
@@ -76,24 +76,17 @@ class NativeReader:
     """Global tensors of one checkpoint, read one key at a time."""
 
     def __init__(self, ckpt_dir: str):
-        from torch.distributed.checkpoint import FileSystemReader
-        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-        from grow_megatron.training.checkpoint import read_meta, unreadable_checkpoint
+        from grow_megatron.training.checkpoint import read_meta, tensor_specs
 
         self.dir = ckpt_dir
-        try:
-            self.meta = read_meta(ckpt_dir)
-            md = FileSystemReader(ckpt_dir).read_metadata()
-        except Exception as err:  # noqa: BLE001 - any failure to parse a user's file is reported, not raised
-            raise unreadable_checkpoint(ckpt_dir, err) from err
+        self.meta = read_meta(ckpt_dir)
         # Only model tensors (optimizer.* are the AdamW state; *_extra_state are empty objects).
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, torch.dtype] = {}
-        for k, v in md.state_dict_metadata.items():
-            if k.startswith(MODEL_PREFIX) and isinstance(v, TensorStorageMetadata):
-                self.shapes[k[len(MODEL_PREFIX):]] = tuple(v.size)
-                self.dtypes[k[len(MODEL_PREFIX):]] = v.properties.dtype
+        for k, (shape, dtype) in tensor_specs(ckpt_dir).items():
+            if k.startswith(MODEL_PREFIX):
+                self.shapes[k[len(MODEL_PREFIX):]] = shape
+                self.dtypes[k[len(MODEL_PREFIX):]] = dtype
         if EMBED not in self.shapes:
             raise ConfigError("checkpoint", ckpt_dir, f"holds no {MODEL_PREFIX}{EMBED}: not a grow_megatron checkpoint")
 
@@ -111,19 +104,10 @@ class NativeReader:
 
     def read(self, key: str) -> torch.Tensor:
         """The whole global tensor `key` (without the `model.` prefix)."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import FileSystemReader
+        from grow_megatron.training.checkpoint import read_global_tensors
 
-        out = {MODEL_PREFIX + key: torch.empty(self.shapes[key], dtype=self.dtypes[key])}
-        from torch.distributed.checkpoint.api import CheckpointException
-
-        from grow_megatron.training.checkpoint import unreadable_checkpoint
-
-        try:
-            dcp.load(out, storage_reader=FileSystemReader(self.dir), no_dist=True)
-        except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
-            raise unreadable_checkpoint(self.dir, err) from err
-        return out[MODEL_PREFIX + key]
+        full = MODEL_PREFIX + key
+        return read_global_tensors(self.dir, {full: (self.shapes[key], self.dtypes[key])})[full]
 
     def check(self, shape: LlamaShape) -> None:
         check_shapes(self.shapes, expected_native_shapes(shape), f"checkpoint {self.dir} vs its config")

@@ -33,19 +33,6 @@ STATE_PREFIX = {"param": "optimizer.param.model.", "exp_avg": "optimizer.exp_avg
 OUTPUT_PROJECTIONS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
 
 
-def read_global_tensors(ckpt_dir: str) -> dict[str, torch.Tensor]:
-    """Every tensor of a checkpoint (model weights and optimizer state) whole, by key."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    md = FileSystemReader(ckpt_dir).read_metadata()
-    out = {k: torch.empty(tuple(v.size), dtype=v.properties.dtype)
-           for k, v in md.state_dict_metadata.items() if isinstance(v, TensorStorageMetadata)}
-    dcp.load(out, storage_reader=FileSystemReader(ckpt_dir), no_dist=True)
-    return out
-
-
 def grow_tensors(tensors: dict[str, torch.Tensor], growth: Growth) -> dict[str, torch.Tensor]:
     """The grown checkpoint's tensors: layer-stacked ones re-indexed by the source map [pure]."""
     index = torch.tensor(growth.source_map, dtype=torch.long)
@@ -84,7 +71,7 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
     from megatron.core.dist_checkpointing import load_common_state_dict
 
     from grow_megatron.config.training import OptimConfig
-    from grow_megatron.training.checkpoint import read_meta, save_checkpoint
+    from grow_megatron.training.checkpoint import read_global_tensors, read_meta, save_checkpoint
     from grow_megatron.training.distributed import init_distributed
     from grow_megatron.training.engine import EngineSpec, build_engine, destroy_engine
     from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, scatter_param_state,
@@ -133,8 +120,9 @@ def grown_run_config(src_config: str, growth: Growth, run_dir: str) -> str:
     `train` on it resumes from the grown checkpoint and keeps training the deeper model."""
     import yaml
 
-    with open(src_config) as f:
-        raw = yaml.safe_load(f) or {}
+    from grow_megatron.config.run import read_yaml
+
+    raw = read_yaml(src_config)
     raw["run_dir"] = os.path.abspath(run_dir)
     raw["name"] = f"{raw.get('name', 'run')}-{growth.operator}-grown-{growth.new_depth}"
     raw.setdefault("model", {})["num_layers"] = growth.new_depth

@@ -33,7 +33,8 @@ def main(argv: list[str]) -> int:
     if config is None:
         raise ConfigError("--config", None, f"{ckpt} is not inside a run directory: give the run's config.yaml")
     info = read_run_info(config)
-    depth = int(read_meta(ckpt)["depth"])
+    meta = read_meta(ckpt)
+    depth = int(meta["depth"])
     try:
         growth = get_operator(args.operator, args.function_preserving)(depth, args.block_size)
     except ValueError as err:
@@ -49,7 +50,7 @@ def main(argv: list[str]) -> int:
         shutdown_distributed()
     with open(os.path.join(out, "config.yaml"), "w") as f:
         f.write(grown_run_config(config, growth, out))
-    step = read_meta(new_ckpt)["step"]
+    step = meta["step"]  # the grown checkpoint keeps the step it was grown at
     print(f"grew {ckpt}: depth {depth} -> {growth.new_depth} ({growth.operator}), source map "
           f"{list(growth.source_map)}\nwrote {new_ckpt} (step {step}, optimizer state included)\n"
           f"continue: grow-megatron train {os.path.join(out, 'config.yaml')} --set train.steps=<more than {step}>")

@@ -172,6 +172,35 @@ def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
                                                "from the newest complete one once this one is moved away)")
 
 
+def tensor_specs(ckpt_dir: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Shape and dtype of every global tensor of a checkpoint (weights and optimizer state),
+    from its metadata: whatever TP x PP x DP layout wrote it, a tensor has one global shape."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    try:
+        md = FileSystemReader(ckpt_dir).read_metadata()
+    except Exception as err:  # noqa: BLE001 - any failure to parse a user's file is reported, not raised
+        raise unreadable_checkpoint(ckpt_dir, err) from err
+    return {k: (tuple(v.size), v.properties.dtype) for k, v in md.state_dict_metadata.items()
+            if isinstance(v, TensorStorageMetadata)}
+
+
+def read_global_tensors(ckpt_dir: str, specs: Optional[dict] = None) -> dict[str, torch.Tensor]:
+    """Whole global tensors by key (`specs` as tensor_specs gives them; default all), read in
+    one process without a process group: DCP reassembles the shards of any layout."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import FileSystemReader
+
+    specs = tensor_specs(ckpt_dir) if specs is None else specs
+    out = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in specs.items()}
+    try:
+        dcp.load(out, storage_reader=FileSystemReader(ckpt_dir), no_dist=True)
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
+        raise unreadable_checkpoint(ckpt_dir, err) from err
+    return out
+
+
 def read_meta(ckpt_dir: str) -> dict:
     try:
         with open(os.path.join(ckpt_dir, META)) as f:
