@@ -23,6 +23,9 @@ from typing import Any, Literal, Mapping, Sequence
 from grow_megatron.growth.schedule import GrowthPlan, prop_alpha
 
 PETA = 10**15
+UNITS = (("PFLOP", 10**15), ("TFLOP", 10**12), ("GFLOP", 10**9), ("MFLOP", 10**6), ("kFLOP", 10**3), ("FLOP", 1))
+"""Units for printed FLOP counts, largest first. PFLOP is the largest so that big runs read in
+the paper's unit (Table 7 quotes PF)."""
 H100_SXM_BF16_PEAK = 989e12
 """Dense bf16 peak of an H100 SXM in FLOP/s, the MFU denominator of SPEC 6."""
 
@@ -128,6 +131,18 @@ PAPER_TABLE7: Mapping[str, tuple[float, float, float]] = MappingProxyType({
     "smollm-1.7b": (4813222.102, 3736608.182, 1.288),
 })
 """Table 7 as printed: (static PF, grown PF, ratio)."""
+
+
+def flops_unit(flops: float) -> tuple[str, int]:
+    """(name, size) of the largest unit in which `flops` is at least 1 (FLOP for 0)."""
+    return next(((name, size) for name, size in UNITS if abs(flops) >= size), UNITS[-1])
+
+
+def format_flops(flops: float, unit: tuple[str, int] | None = None) -> str:
+    """`flops` in automatic units (or the given one), e.g. '3.210 TFLOP': small runs must not
+    read as 0.000 PF."""
+    name, size = unit or flops_unit(flops)
+    return f"{flops / size:,.3f} {name}"
 
 
 def formula_params(shape: ModelShape) -> int:
@@ -322,13 +337,15 @@ class FlopsComparison:
                 "grown_fraction_of_static": self.grown.flops / self.static.flops}
 
     def format_table(self) -> str:
-        rows = [("run", "stage", "depth", "steps", "tokens", "FLOPs", "PF")]
+        # One unit for the whole table (that of the larger total), so the column compares.
+        unit = flops_unit(max(self.static.flops, self.grown.flops))
+        rows = [("run", "stage", "depth", "steps", "tokens", "FLOPs", unit[0])]
         for run in (self.grown, self.static):
             for s in run.stages:
                 rows.append((run.name, str(s.stage), str(s.depth), f"{s.steps:,}", f"{s.tokens:,}",
-                             f"{s.flops:.4e}", f"{s.petaflops:,.3f}"))
+                             f"{s.flops:.4e}", f"{s.flops / unit[1]:,.3f}"))
             rows.append((run.name, "total", "", f"{run.steps:,}", f"{run.tokens:,}", f"{run.flops:.4e}",
-                         f"{run.petaflops:,.3f}"))
+                         f"{run.flops / unit[1]:,.3f}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = []
         for j, r in enumerate(rows):

@@ -2,10 +2,14 @@
 
     grow-megatron flops --preset smollm-360m --paper          # Table 7 of the paper
     grow-megatron flops run.yaml [--json out.json]            # a run config
+    grow-megatron flops runs/tiny_lidas                       # a run directory (its config.yaml)
     grow-megatron flops --layers 8 --hidden 64 --ffn 256 --heads 4 --kv-heads 2 \\
         --vocab 1000 --seq 128 --steps 1000 --grow-steps 800 --block-size 2 --tokens-per-step 4096
 
 Precedence: explicit flags > run config > preset > (with --paper) the paper's settings.
+The vocabulary of a run config is the one the trainer builds the model with: model.vocab_size,
+else the tokenizer's (data.tokenizer, or the embedded one), padded for tensor parallelism; a
+run directory with checkpoints gives it exactly, from the embedding's shape.
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ _SHAPE_FLAGS = {  # flag -> ModelShape field
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grow-megatron flops", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="YAML run config (model shape, growth plan, steps, batch)")
+    p.add_argument("config", nargs="?", help="YAML run config or run directory (model shape, vocabulary, growth "
+                                             "plan, steps, batch)")
     p.add_argument("--preset", choices=sorted(F.PRESETS), help="SPEC 1 model preset")
     p.add_argument("--paper", action="store_true",
                    help="the paper's Table 7 settings: 200k steps, PROP-1, b=4, growth over the first 170k "
@@ -51,22 +56,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_vocab(cfg, run_dir: str | None = None) -> tuple[int, str]:
+    """(vocabulary size the trainer builds, where it comes from) for a RunConfig; `run_dir`: a
+    trained run whose checkpoint gives the exact figure."""
+    import os
+
+    from grow_megatron.config.model import padded_vocab
+
+    if run_dir:
+        from grow_megatron.training.checkpoint import latest_checkpoint, tensor_specs
+
+        ckpt = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+        if ckpt is not None:
+            shape, _ = tensor_specs(ckpt)["model.embedding.word_embeddings.weight"]
+            return shape[0], f"the embedding of {ckpt}"
+    tp = cfg.parallel.tensor_parallel
+    if cfg.model.vocab_size is not None:
+        v, source = cfg.model.vocab_size, "model.vocab_size"
+    elif cfg.data.tokenizer or not cfg.data.tokenizer_vocab_size:
+        from grow_megatron.data.tokenizer import load_tokenizer
+
+        v = load_tokenizer(cfg.data.tokenizer, eod_token=cfg.data.eod_token).vocab_size
+        source = f"tokenizer {cfg.data.tokenizer}" if cfg.data.tokenizer else "the embedded tokenizer"
+    else:  # the BPE the run trains on its data: as large as asked (not trained here)
+        v, source = cfg.data.tokenizer_vocab_size, "data.tokenizer_vocab_size"
+    padded = padded_vocab(v, tp)
+    return padded, source + (f", padded from {v} for tensor_parallel={tp}" if padded != v else "")
+
+
 def _from_run_config(path: str) -> dict[str, Any]:
-    """Shape, schedule, steps and batch of a YAML run config (grow_megatron.config.run)."""
+    """Shape, vocabulary, schedule, steps and batch of a YAML run config (grow_megatron.config.run)
+    or of a run directory's config.yaml."""
+    import os
+
     try:
         from grow_megatron.config.run import load_run_config
     except ImportError as err:
         raise SystemExit(f"grow-megatron flops: cannot read run configs ({err}); "
                          "pass --preset/--paper or explicit shape flags instead") from None
-    cfg = load_run_config(path)
+    run_dir = path if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.yaml")) else None
+    cfg = load_run_config(os.path.join(run_dir, "config.yaml") if run_dir else path)
     m = cfg.model
+    vocab, source = run_vocab(cfg, run_dir)
     out: dict[str, Any] = {
         "num_layers": m.num_layers, "hidden_size": m.hidden_size, "ffn_hidden_size": m.ffn_hidden_size,
         "num_attention_heads": m.num_attention_heads, "num_query_groups": m.kv_heads, "seq_length": m.seq_length,
         "steps": cfg.train.steps, "global_batch": cfg.train.global_batch_size,
+        "vocab_size": vocab, "vocab_source": source,
     }
-    if m.vocab_size is not None:
-        out["vocab_size"] = m.vocab_size
     if cfg.growth.enabled:
         # The same PROP-alpha stage lengths the trainer's plan has (the operator does not change FLOPs).
         out.update(block_size=cfg.growth.block_size, grow_steps=cfg.grow_steps, alpha=cfg.growth.alpha)
@@ -102,9 +139,6 @@ def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, 
                 vals.pop("global_batch", None)
 
     missing = [f for f in _SHAPE_FLAGS.values() if f not in vals]
-    if missing == ["vocab_size"] and args.config:
-        raise ConfigError("model.vocab_size", None, "is empty in the run config (the trainer takes the "
-                                                    "tokenizer's): pass --vocab")
     if missing:
         flags = [("--" + k.replace("_", "-")) for k, f in _SHAPE_FLAGS.items() if f in missing]
         raise ConfigError("model", None, f"missing {', '.join(missing)}: give --preset, a run config or "
@@ -131,6 +165,8 @@ def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, 
     rounding = args.rounding or ("paper" if args.paper else "spec")
     plan = None
     used: dict[str, Any] = {"rounding": rounding}
+    if "vocab_source" in vals and args.vocab is None:
+        used["vocab"] = f"{shape.vocab_size} ({vals['vocab_source']})"
     if "block_size" in vals or "grow_steps" in vals:
         b = vals.get("block_size", 4)
         grow = vals.get("grow_steps", vals["steps"])
@@ -157,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     if plan is None:
         # No growth schedule anywhere: report the static run alone rather than guess one.
         run = F.static_flops(shape, steps, tps)
-        print(f"static run (no growth schedule given): {run.petaflops:,.3f} PF "
-              f"({F.model_flops_per_token(shape):,} FLOPs/token)")
+        print(f"static run (no growth schedule given): {F.format_flops(run.flops)} "
+              f"({F.model_flops_per_token(shape):,} FLOPs/token)"
+              + (f"; vocab={used['vocab']}" if "vocab" in used else ""))
         result: dict[str, Any] = {"static": run.to_dict(), "shape": dataclasses.asdict(shape)}
     else:
         try:

@@ -170,9 +170,19 @@ def test_cli_run_config_tiny_and_static(tmp_path, capsys):
     tiny = _write(tmp_path, "model: {preset: tiny}\ngrowth: {operator: midas, block_size: 2}\n"
                             "train: {steps: 100, global_batch_size: 8, micro_batch_size: 4}\n"
                             "optim: {warmup_steps: 5, decay_steps: 20}\n")
-    with pytest.raises(ConfigError, match="--vocab"):
-        flops_main([tiny])
     out = tmp_path / "f.json"
+    # No model.vocab_size: the trainer's vocabulary is the embedded tokenizer's, so is flops'.
+    from grow_megatron.data.tokenizer import load_tokenizer
+
+    assert flops_main([tiny, "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    vocab = load_tokenizer(None).vocab_size
+    assert f"vocab={vocab} (the embedded tokenizer)" in text
+    d = json.loads(out.read_text())
+    assert d["shape"]["vocab_size"] == vocab
+    # A small run reads in a unit where its numbers are not 0.000 (this one: TFLOP).
+    total = d["grown"]["flops"]
+    assert 1e12 <= total < 1e15 and f"{total / 1e12:,.3f}" in text and "TFLOP" in text
     assert flops_main([tiny, "--vocab", "1000", "--json", str(out)]) == 0
     d = json.loads(out.read_text())
     assert [s["depth"] for s in d["grown"]["stages"]] == [2, 4, 6, 8]
@@ -209,3 +219,13 @@ def test_shape_from_configs():
     with pytest.raises(ValueError, match="vocab_size"):
         F.model_flops_per_token(tiny)
     assert F.ModelShape.from_object(tiny, vocab_size=1000).vocab_size == 1000
+
+
+def test_format_flops_units():
+    assert F.format_flops(0) == "0.000 FLOP"
+    assert F.format_flops(999) == "999.000 FLOP"
+    assert F.format_flops(1_000) == "1.000 kFLOP"
+    assert F.format_flops(5_245_634_347_008) == "5.246 TFLOP"
+    assert F.format_flops(2.5e17) == "250.000 PFLOP"
+    assert F.format_flops(6.135e20) == "613,500.000 PFLOP"  # the paper's unit stays the largest
+    assert F.format_flops(3e12, unit=("GFLOP", 10**9)) == "3,000.000 GFLOP"

@@ -1,10 +1,18 @@
 """Model shape and feature switches (SPEC 1, 5)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
 from grow_megatron.config.base import ConfigError, check
+
+
+def padded_vocab(vocab: int, tp: int) -> int:
+    """Vocabulary the model is built with: rounded up so that every TP rank holds an equal slice
+    (unchanged if TP divides it)."""
+    return vocab if vocab % tp == 0 else math.ceil(vocab / (128 * tp)) * 128 * tp
+
 
 # SPEC 1. `tiny` is ours: small enough to train on two CPU cores in minutes.
 PRESETS: dict[str, dict] = {

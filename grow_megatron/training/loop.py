@@ -14,6 +14,7 @@ import torch
 from megatron.core import parallel_state
 
 from grow_megatron.config.base import ConfigError
+from grow_megatron.config.model import padded_vocab
 from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.growth.manager import grow, needs_host_staging
 from grow_megatron.growth.schedule import plan_from_config
@@ -22,11 +23,6 @@ from grow_megatron.training.distributed import Layout, device_context, init_dist
 from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, train_step
 from grow_megatron.training.lr import lr_at
 from grow_megatron.training.metrics import MetricsWriter
-
-
-def padded_vocab(vocab: int, tp: int) -> int:
-    """Vocabulary rounded up so that every TP rank holds an equal slice (unchanged if it divides)."""
-    return vocab if vocab % tp == 0 else math.ceil(vocab / (128 * tp)) * 128 * tp
 
 
 @dataclass
