@@ -22,7 +22,9 @@ class RunConfig:
     """Run name (logs)."""
     run_dir: str = "runs/run"
     """Where checkpoints, metrics.jsonl, TensorBoard logs and the resolved config go. A relative
-    path is taken from the current directory."""
+    run_dir is an output location like any command's --out: taken from the current directory
+    (not from the config file's, so `train examples/x.yaml` writes to ./runs/...). The run's
+    config.yaml stores it absolute, so resuming, converting and evaluating work from anywhere."""
     model: ModelConfig = field(default_factory=ModelConfig)
     growth: GrowthConfig = field(default_factory=GrowthConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -78,8 +80,46 @@ def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     d[keys[-1]] = value
 
 
+HF_PREFIX = "hf:"
+
+
+def _absolute(path: str, base: str) -> str:
+    """`path` made absolute from directory `base` (with ~ expanded); `hf:REPO[:CONFIG]` is
+    rewritten only when REPO is a local directory there (a hub name stays a name)."""
+    if path.startswith(HF_PREFIX):
+        rest = path[len(HF_PREFIX):]
+        repo, sep, config = rest.rpartition(":") if ":" in rest else (rest, "", "")
+        if not sep or not config or "/" in config:
+            repo, sep, config = rest, "", ""
+        local = os.path.join(base, os.path.expanduser(repo))
+        return HF_PREFIX + os.path.abspath(local) + sep + config if os.path.isdir(local) else path
+    return os.path.abspath(os.path.join(base, os.path.expanduser(path)))
+
+
+def resolve_paths(raw: dict, base: str, run_dir: bool) -> dict:
+    """Make the file and directory fields of a raw run config absolute from directory `base`, in
+    place: data.datasets[].path, data.tokenizer, data.cache_dir, and run_dir if `run_dir`.
+
+    Paths written in a config file are relative to that file, so a config reads the same data
+    from any current directory; run_dir and the paths of --set overrides are relative to the
+    current directory. Values of the wrong type are left for validation to report."""
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in ("tokenizer", "cache_dir"):
+            if isinstance(data.get(key), str) and data[key].strip():
+                data[key] = _absolute(data[key], base)
+        datasets = data.get("datasets")
+        for ds in datasets if isinstance(datasets, list) else []:
+            if isinstance(ds, dict) and isinstance(ds.get("path"), str) and ds["path"].strip():
+                ds["path"] = _absolute(ds["path"], base)
+    if run_dir and isinstance(raw.get("run_dir"), str) and raw["run_dir"].strip():
+        raw["run_dir"] = _absolute(raw["run_dir"], base)
+    return raw
+
+
 def read_yaml(path: str, field: str = "config") -> dict:
-    """The mapping in a YAML run config file; every way a file can be unusable is a ConfigError."""
+    """The mapping in a YAML run config file, its data paths made absolute from the file's
+    directory (resolve_paths); every way a file can be unusable is a ConfigError."""
     if os.path.isdir(path):
         raise ConfigError(field, path, "is a directory: give the run config YAML file (e.g. examples/tiny_lidas.yaml)")
     if not os.path.isfile(path):
@@ -96,7 +136,7 @@ def read_yaml(path: str, field: str = "config") -> dict:
         raise ConfigError(field, path, f"is not valid YAML: {' '.join(str(err).split())}") from None
     raw = raw or {}
     check(isinstance(raw, dict), field, path, "must hold a mapping of sections (model:, growth:, ...)")
-    return raw
+    return resolve_paths(raw, os.path.dirname(os.path.abspath(path)), run_dir=False)
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -113,14 +153,15 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def load_run_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,
                     world_size: int = 1) -> RunConfig:
-    """Read a YAML run config, apply `key.sub=value` overrides, map and validate it."""
+    """Read a YAML run config, apply `key.sub=value` overrides, map and validate it. Paths come
+    out absolute (see resolve_paths)."""
     raw: dict = {}
     if path is not None:
         raw = read_yaml(path)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
-    raw = dict(raw)
+    raw = resolve_paths(dict(raw), os.getcwd(), run_dir=True)
     model = raw.get("model") or {}
     check(isinstance(model, dict), "model", model, "must be a mapping of ModelConfig fields (preset:, num_layers:, ...)")
     raw["model"] = ModelConfig.from_preset_dict(dict(model))
