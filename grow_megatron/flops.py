@@ -249,6 +249,21 @@ def run_flops(shape: ModelShape, depths: Sequence[int], steps: Sequence[int], to
     return RunFlops(name, stages)
 
 
+def training_flops(shape: ModelShape, tokens_per_step: int, initial_depth: int,
+                   growths: Sequence[tuple[int, int]], start: int, end: int) -> int:
+    """FLOPs of global steps start..end-1 of a run that starts at `initial_depth` and, for each
+    (step, depth) in `growths`, trains at that depth from that step on (SPEC 6: every step at
+    the depth that trains it). Exact integers; O(growths), not O(steps)."""
+    points = [(0, initial_depth)] + sorted(growths)
+    total = 0
+    for i, (first, depth) in enumerate(points):
+        last = points[i + 1][0] if i + 1 < len(points) else max(end, first)
+        lo, hi = max(first, start), min(last, end)
+        if hi > lo:
+            total += (hi - lo) * tokens_per_step * model_flops_per_token(shape.with_layers(depth))
+    return total
+
+
 def static_flops(shape: ModelShape, total_steps: int, tokens_per_step: int) -> RunFlops:
     """A run at full depth (shape.num_layers) for all steps."""
     return run_flops(shape, [shape.num_layers], [total_steps], tokens_per_step, name="static")

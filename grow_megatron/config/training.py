@@ -72,6 +72,18 @@ class OptimConfig:
     """AdamW epsilon."""
     clip_grad: float = 1.0
     """Global gradient-norm clip (0 disables)."""
+    on_extend: Literal["continue", "constant", "rewarmup"] = "continue"
+    """LR schedule when a run resumes with a train.steps other than the one it was trained with
+    (training a finished or offline-grown run further): continue (default) = a run still before
+    its decay decays later, as a run of the new length would; one already in (or past) its decay
+    goes on decaying from the LR it reached, stretched to reach min_lr at the new train.steps.
+    constant = keep the last LR until the end. rewarmup = linear warmup from the last LR to
+    rewarmup_lr over rewarmup_steps, constant, then the usual decay over the last decay_steps.
+    Training prints which applies."""
+    rewarmup_steps: Optional[int] = None
+    """Length of the re-warmup of on_extend=rewarmup; empty: warmup_steps."""
+    rewarmup_lr: Optional[float] = None
+    """Peak LR of the re-warmup of on_extend=rewarmup; empty: lr."""
 
     def validate(self, total_steps: int, path: str = "optim") -> None:
         check(self.lr > 0, f"{path}.lr", self.lr, "must be > 0")
@@ -84,6 +96,10 @@ class OptimConfig:
         check(0 <= self.beta2 < 1, f"{path}.beta2", self.beta2, "must be in [0, 1)")
         check(self.weight_decay >= 0, f"{path}.weight_decay", self.weight_decay, "must be >= 0")
         check(self.clip_grad >= 0, f"{path}.clip_grad", self.clip_grad, "must be >= 0 (0 disables clipping)")
+        check(self.rewarmup_steps is None or self.rewarmup_steps >= 0, f"{path}.rewarmup_steps",
+              self.rewarmup_steps, "must be >= 0 (or empty for warmup_steps)")
+        check(self.rewarmup_lr is None or self.rewarmup_lr > 0, f"{path}.rewarmup_lr", self.rewarmup_lr,
+              "must be > 0 (or empty for lr)")
 
 
 @dataclass

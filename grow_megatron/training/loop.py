@@ -21,7 +21,7 @@ from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from grow_megatron.training.distributed import Layout, device_context, init_distributed
 from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, train_step
-from grow_megatron.training.lr import lr_at
+from grow_megatron.training.history import ComputeCount, continued_plan, lr_schedule, plan_note
 from grow_megatron.training.metrics import MetricsWriter
 
 
@@ -104,24 +104,30 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                       seed=tc.seed)
     ckpt_root = os.path.join(cfg.run_dir, "checkpoints")
     resume_from = latest_checkpoint(ckpt_root) if cfg.checkpoint.resume == "auto" else None
-    start, history = 0, []
+    start, history, prior = 0, [], None
     torch.manual_seed(tc.seed)
     if resume_from:
-        meta = read_meta(resume_from)
+        meta = prior = read_meta(resume_from)
         start, history = meta["step"], meta.get("growths", [])
+        plan = continued_plan(plan, meta)
         if meta["depth"] != plan.depth_at(start) and not (start in plan.boundaries and meta["depth"] == plan.depth_at(start - 1)):
             raise ConfigError("checkpoint.resume", resume_from,
                               f"holds depth {meta['depth']} at step {start}, but this config's growth plan gives depth "
                               f"{plan.depth_at(start)} there: resume with the config it was trained with "
                               f"({os.path.join(cfg.run_dir, 'config.yaml')}), use another run_dir, or set "
                               f"checkpoint.resume=never")
-        engine = build_engine(spec, meta["depth"], init_weights=False)
+    # Before the engine is built: an impossible on_extend setting stops here, in one line.
+    schedule = lr_schedule(cfg.optim, tc.steps, start, prior, cfg.run_dir)
+    if resume_from:
+        engine = build_engine(spec, prior["depth"], init_weights=False)
         load_checkpoint(engine, resume_from)
     else:
         engine = build_engine(spec, plan.initial_depth)
 
     result = TrainResult(start_step=start, run_dir=cfg.run_dir, growths=list(history))
     tokens_per_step = tc.global_batch_size * cfg.model.seq_length
+    compute = ComputeCount(cfg.model, vocab, tokens_per_step,
+                           history[0]["old_depth"] if history else engine.depth, prior)
     metrics = MetricsWriter(cfg.run_dir, enabled=rank0, tensorboard=cfg.logging.tensorboard, resume_step=start)
     if rank0:
         os.makedirs(cfg.run_dir, exist_ok=True)
@@ -131,13 +137,22 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                      f"depth {engine.depth}, {layout.world} rank(s) (TP={layout.tp} PP={layout.pp}"
                      f"{f' x {spec.vpp} virtual' if spec.vpp > 1 else ''} DP={layout.dp}), "
                      f"{'bf16' if bf16 else 'fp32'}, kernels {'on' if use_kernels else 'off'}, vocab {vocab}")
-        if plan.growths:
-            metrics.note(f"growth plan ({cfg.growth.operator}, b={cfg.growth.block_size}): stage steps "
-                         f"{list(plan.stage_steps)}, growths at steps {list(plan.boundaries)}")
+        note = plan_note(plan, history, engine.depth, cfg.growth.operator, cfg.growth.block_size)
+        for line in (note, schedule.note):
+            if line:
+                metrics.note(line)
+    for g in history:
+        # A growth recorded at the resume step itself (an offline growth, `grow-megatron grow`) was
+        # dropped from events.jsonl with the records the resumed run rewrites: put it back.
+        if g["step"] >= start:
+            metrics.event(g["step"], "growth", g)
 
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-    meta = lambda: {"growths": result.growths, "name": cfg.name, "stage_steps": list(plan.stage_steps),  # noqa: E731
-                    "operator": cfg.growth.operator}
+    def meta(done: int) -> dict:
+        return {"growths": result.growths, "name": cfg.name, "stage_steps": list(plan.stage_steps),
+                "operator": cfg.growth.operator, **schedule.meta(),
+                "compute": {"step": done, **compute.at(done, result.growths)}}
+
     growth_ckpts: set[str] = set()
     pbar = metrics.progress(total=tc.steps, initial=start, enabled=cfg.logging.progress)
     step = start
@@ -151,7 +166,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             while engine.depth < target:
                 g = next(g for g in plan.growths if g.old_depth == engine.depth)
                 if cfg.checkpoint.save_at_growth:
-                    d = save_checkpoint(engine, ckpt_root, step, meta(), keep=growth_ckpts)
+                    d = save_checkpoint(engine, ckpt_root, step, meta(step), keep=growth_ckpts)
                     growth_ckpts.add(os.path.basename(d))
                 t0 = time.perf_counter()
                 staged = needs_host_staging(engine, g, cfg.growth.host_staging)
@@ -165,9 +180,10 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             t0 = time.perf_counter()
             mbs = get_microbatches(train_ds, step=step, global_batch_size=tc.global_batch_size,
                                    micro_batch_size=tc.micro_batch_size, dp_rank=dp_rank, dp_size=layout.dp)
-            out = train_step(engine, mbs, lr_at(step, cfg.optim, tc.steps))
+            out = train_step(engine, mbs, schedule.lr(step))
             dt = time.perf_counter() - t0
-            rec = {"step": step, **out, "depth": engine.depth, "tokens_per_s": tokens_per_step / dt, "step_s": dt}
+            rec = {"step": step, **out, "depth": engine.depth, "tokens_per_s": tokens_per_step / dt, "step_s": dt,
+                   **compute.at(step + 1, result.growths)}
             if not math.isfinite(out["loss"]):
                 raise FloatingPointError(f"loss is {out['loss']} at step {step} (lr {out['lr']:.3g}): lower optim.lr "
                                          f"or raise optim.warmup_steps; the last checkpoint is in {ckpt_root}")
@@ -185,10 +201,11 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             if on_step is not None:
                 on_step(engine, step, rec)
             if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done < end:
-                save_checkpoint(engine, ckpt_root, done, meta(), keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
+                save_checkpoint(engine, ckpt_root, done, meta(done), keep=growth_ckpts,
+                                keep_last=cfg.checkpoint.keep_last)
     pbar.close()
     result.end_step = end
     result.final_depth = engine.depth
-    save_checkpoint(engine, ckpt_root, end, meta(), keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
+    save_checkpoint(engine, ckpt_root, end, meta(end), keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
     metrics.close(plot=end == tc.steps)
     return result
