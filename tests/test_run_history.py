@@ -154,3 +154,29 @@ def test_extend_a_finished_run(finished, tmp_path, monkeypatch, capsys, policy):
         # Resuming the extended run keeps the extended schedule (it is in meta.json).
         _train_more(run, monkeypatch, tmp_path, STEPS + 3, f"train.steps={NEW}", "optim.on_extend=constant")
         assert _metrics(run)[14]["lr"] == pytest.approx(PEAK * (1 - math.sqrt(2 / 3 + (1 / 3) * 3 / 6)), rel=1e-12)
+
+
+def test_offline_grown_run_carries_its_history(finished, tmp_path, monkeypatch, capsys):
+    """README's `grow` -> `train --set train.steps=...` path: the grown run's records start at
+    step 0 of the source run, and its plan line shows every growth as it happened."""
+    from grow_megatron.cli import main as cli_main
+
+    _, cfg, _ = finished
+    out = tmp_path / "grown"
+    assert cli_main(["grow", cfg.run_dir, "--operator", "midas", "--block-size", "4", "--out", str(out)]) == 0
+    source = _metrics(cfg.run_dir)
+    assert _metrics(out) == source
+    events = read_jsonl(os.path.join(out, "events.jsonl"))
+    assert [(e["step"], e["new_depth"], bool(e.get("offline"))) for e in events] == \
+        [(2, 8, False), (5, 12, False), (12, 16, True)]
+    capsys.readouterr()
+    _train_more(out, monkeypatch, tmp_path, None, "train.steps=14")
+    text = capsys.readouterr().out
+    assert f"done: {REAL_GROWTHS}, 12->16 at step 12 (offline); to come: none (final depth 16)" in text
+    assert "optim.on_extend=continue" in text
+    recs = _metrics(out)
+    assert sorted(recs) == list(range(14)) and recs[12]["depth"] == 16
+    per_step = 4 * 32 * F.model_flops_per_token(F.ModelShape(16, 64, 160, 4, 2, 4096, 32))
+    assert recs[13]["flops"] == source[11]["flops"] + 2 * per_step
+    events = read_jsonl(os.path.join(out, "events.jsonl"))
+    assert [e["step"] for e in events if e["kind"] == "growth"] == [2, 5, 12]

@@ -115,6 +115,34 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
         destroy_engine(engine)
 
 
+def carry_run_records(src_run_dir: str, out_dir: str, step: int, growth_event: dict) -> int:
+    """Copy the source run's metrics.jsonl and events.jsonl records before `step` into the grown
+    run's directory and add the offline growth to its events, so that its plots and
+    compare-runs show the model's whole life. Returns the number of metrics records carried."""
+    import json
+
+    carried = 0
+    for name in ("metrics.jsonl", "events.jsonl"):
+        keep = []
+        src = os.path.join(src_run_dir, name)
+        if os.path.isfile(src):
+            with open(src, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:  # a line torn by a crash of the source run
+                        continue
+                    if isinstance(rec, dict) and rec.get("step", step) < step:
+                        keep.append(json.dumps(rec) + "\n")
+        if name == "metrics.jsonl":
+            carried = len(keep)
+        else:
+            keep.append(json.dumps({"step": step, "kind": "growth", **growth_event}) + "\n")
+        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+            f.writelines(keep)
+    return carried
+
+
 def grown_run_config(src_config: str, growth: Growth, run_dir: str) -> str:
     """The source run's config.yaml as a static run at the grown depth in `run_dir` (YAML text):
     `train` on it resumes from the grown checkpoint and keeps training the deeper model."""

@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
 
     from grow_megatron.config.base import ConfigError
     from grow_megatron.convert.native import read_run_info, resolve_checkpoint
-    from grow_megatron.growth.offline import grow_checkpoint, grown_run_config
+    from grow_megatron.growth.offline import carry_run_records, grow_checkpoint, grown_run_config
     from grow_megatron.growth.operators import get_operator
     from grow_megatron.training.checkpoint import list_checkpoints, read_meta
     from grow_megatron.training.distributed import device_context, shutdown_distributed
@@ -51,7 +51,11 @@ def main(argv: list[str]) -> int:
     with open(os.path.join(out, "config.yaml"), "w") as f:
         f.write(grown_run_config(config, growth, out))
     step = meta["step"]  # the grown checkpoint keeps the step it was grown at
+    carried = carry_run_records(run_dir, out, step, read_meta(new_ckpt)["growths"][-1]) if run_dir else 0
     print(f"grew {ckpt}: depth {depth} -> {growth.new_depth} ({growth.operator}), source map "
-          f"{list(growth.source_map)}\nwrote {new_ckpt} (step {step}, optimizer state included)\n"
-          f"continue: grow-megatron train {os.path.join(out, 'config.yaml')} --set train.steps=<more than {step}>")
+          f"{list(growth.source_map)}\nwrote {new_ckpt} (step {step}, optimizer state included)"
+          + (f"; carried the source run's history ({carried} metrics records, growth events)" if run_dir else "")
+          + "\n"
+          f"continue: grow-megatron train {os.path.join(out, 'config.yaml')} --set train.steps=<more than {step}> "
+          f"(the LR follows optim.on_extend, default continue)")
     return 0
