@@ -21,13 +21,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("grow_megatron.bench.cli", "timed grown-vs-static training throughput"),
     "plan": ("grow_megatron.growth.cli", "print the growth plan (stages, depths, source maps) of a config"),
     "grow": ("grow_megatron.growth.offline_cli", "grow a trained checkpoint on disk, to keep training it deeper"),
+    "compare-runs": ("grow_megatron.training.compare_runs", "loss of runs against steps, tokens and FLOPs; loss at equal FLOPs"),
 }
 
 
 def _usage() -> str:
     lines = ["usage: grow-megatron <command> [args...]", "", "commands:"]
     for name, (_, doc) in SUBCOMMANDS.items():
-        lines.append(f"  {name:<9} {doc}")
+        lines.append(f"  {name:<13} {doc}")
     lines.append("")
     lines.append("Run `grow-megatron <command> --help` for a command's options.")
     return "\n".join(lines)

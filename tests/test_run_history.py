@@ -29,7 +29,7 @@ data:
 model: {preset: tiny, num_layers: 12, hidden_size: 64, ffn_hidden_size: 160, num_attention_heads: 4,
         num_query_groups: 2, seq_length: 32}
 growth: {operator: lidas, block_size: 4}   # grow_steps: train.steps - decay_steps = 9
-train: {steps: 12, global_batch_size: 4, micro_batch_size: 2, eval_interval: 0}
+train: {steps: 12, global_batch_size: 4, micro_batch_size: 2, eval_interval: 6, eval_batches: 2}
 optim: {lr: 3.0e-3, warmup_steps: 2, decay_steps: 3}
 logging: {progress: false, tensorboard: false}
 checkpoint: {save_at_growth: false}
@@ -180,3 +180,49 @@ def test_offline_grown_run_carries_its_history(finished, tmp_path, monkeypatch, 
     assert recs[13]["flops"] == source[11]["flops"] + 2 * per_step
     events = read_jsonl(os.path.join(out, "events.jsonl"))
     assert [e["step"] for e in events if e["kind"] == "growth"] == [2, 5, 12]
+
+
+def _by_hand(xs, ys, x):
+    """Linear interpolation, written out: the segment [xs[i], xs[i+1]] that holds x."""
+    if x < xs[0] or x > xs[-1]:
+        return None
+    for i in range(len(xs) - 1):
+        if xs[i] <= x <= xs[i + 1]:
+            return ys[i] + (ys[i + 1] - ys[i]) * (x - xs[i]) / (xs[i + 1] - xs[i])
+    return ys[-1]
+
+
+def test_compare_runs_loss_at_equal_flops(finished, tmp_path, monkeypatch, capsys):
+    """A grown and a static run: the table's losses at common FLOP budgets are the hand
+    interpolation of each run's records; the figure and the markdown/JSON tables are written."""
+    from grow_megatron.cli import main as cli_main
+
+    root, cfg, _ = finished
+    monkeypatch.chdir(root / "work")
+    static = load_run_config("../project/run.yaml", ["run_dir=runs/static", "growth.operator=none"])
+    train(static)
+    out = tmp_path / "cmp"
+    assert cli_main(["compare-runs", cfg.run_dir, static.run_dir, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    table = json.loads((out / "loss_at_flops.json").read_text())
+    assert table["runs"] == ["first", "static"]
+    runs = {name: [_metrics(d)[s] for s in range(STEPS)] for name, d in (("first", cfg.run_dir),
+                                                                           ("static", static.run_dir))}
+    common = min(recs[-1]["flops"] for recs in runs.values())
+    assert common == runs["first"][-1]["flops"] < runs["static"][-1]["flops"]  # growing is cheaper
+    assert [row["flops"] for row in table["rows"]] == pytest.approx([common * k / 5 for k in range(1, 6)])
+    for row in table["rows"]:
+        for name, recs in runs.items():
+            x = [r["flops"] for r in recs]
+            assert row[name]["loss"] == pytest.approx(_by_hand(x, [r["loss"] for r in recs], row["flops"]), rel=1e-12)
+            ev = [r for r in recs if "val_loss" in r]
+            want = _by_hand([r["flops"] for r in ev], [r["val_loss"] for r in ev], row["flops"])
+            assert (row[name]["val_loss"] is None) if want is None else \
+                row[name]["val_loss"] == pytest.approx(want, rel=1e-12)
+    # Both runs are evaluated at steps 5 and 11: at the last budget (the grown run's total) the
+    # grown run has its held-out loss, and the static one (more FLOPs per step) one too.
+    assert table["rows"][-1]["first"]["val_loss"] == pytest.approx(runs["first"][-1]["val_loss"], rel=1e-12)
+    md = (out / "loss_at_flops.md").read_text()
+    last = table["rows"][-1]
+    assert f"{last['first']['loss']:.4f}" in md and f"{last['first']['loss']:.4f}" in printed
+    assert (out / "compare_runs.png").stat().st_size > 10_000

@@ -1,0 +1,182 @@
+"""`grow-megatron compare-runs RUN [RUN...] [--out DIR]`: runs side by side at equal compute.
+
+Overlays training and held-out loss against steps, tokens and training FLOPs (SPEC 6, the
+cumulative counts every metrics.jsonl record carries), growth events marked, and tabulates
+the losses at common FLOP budgets: each run's loss linearly interpolated at the budget
+between the two logged steps around it (held-out loss between the two evaluations around
+it; empty outside the evaluated range). The paper's central comparison, grown vs static at
+equal compute, is that table.
+
+Writes DIR/compare_runs.png, DIR/loss_at_flops.md and DIR/loss_at_flops.json; prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from grow_megatron.config.base import ConfigError
+from grow_megatron.flops import flops_unit, format_flops
+
+AXES = (("step", "step"), ("tokens", "tokens trained"), ("flops", "training FLOPs (SPEC 6)"))
+
+
+@dataclass
+class RunRecords:
+    """One run's logged records, as compare-runs needs them."""
+
+    name: str
+    records: list[dict]
+    """metrics.jsonl records by increasing step, each with step, loss, tokens, flops (val_loss
+    where evaluated)."""
+    growths: list[dict] = field(default_factory=list)
+    """Growth events (events.jsonl), each with step, old_depth, new_depth."""
+
+    def column(self, key: str, where: Optional[str] = None) -> np.ndarray:
+        return np.array([r[key] for r in self.records if where is None or where in r], dtype=np.float64)
+
+    def at_growth(self, event: dict, axis: str) -> float:
+        """Position of a growth (before step event["step"]) on `axis`: the count after that many steps."""
+        if axis == "step":
+            return float(event["step"])
+        steps = self.column("step") + 1  # a record's counts are after its step
+        return float(np.interp(event["step"], np.concatenate([[0], steps]),
+                               np.concatenate([[0], self.column(axis)])))
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    out = []
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    out.append(json.loads(line))
+                except ValueError:  # a line torn by a crash: the others still count
+                    continue
+    return out
+
+
+def load_run(run_dir: str, name: Optional[str] = None) -> RunRecords:
+    """A run directory's records; ConfigError (one line) when it cannot be compared."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise ConfigError("RUN", run_dir, "has no metrics.jsonl: give a run directory (the run_dir of a training run)")
+    recs = sorted((r for r in _read_jsonl(path) if isinstance(r, dict) and "step" in r and "loss" in r),
+                  key=lambda r: r["step"])
+    if not recs:
+        raise ConfigError("RUN", run_dir, "has no training records in metrics.jsonl yet")
+    if any("flops" not in r or "tokens" not in r for r in recs):
+        raise ConfigError("RUN", run_dir, "has records without cumulative tokens/FLOPs (trained by a version of "
+                                          "grow_megatron before they were logged): train it again to compare it")
+    growths = [e for e in _read_jsonl(os.path.join(run_dir, "events.jsonl")) if e.get("kind") == "growth"]
+    return RunRecords(name or os.path.basename(os.path.normpath(run_dir)), recs, growths)
+
+
+def default_budgets(runs: Sequence[RunRecords], n: int) -> list[float]:
+    """n evenly spaced FLOP budgets up to the smallest run's total: every run reaches each."""
+    common = min(r.records[-1]["flops"] for r in runs)
+    return [common * k / n for k in range(1, n + 1)]
+
+
+def loss_at(run: RunRecords, budget: float, key: str) -> Optional[float]:
+    """`key` (loss or val_loss) of `run` linearly interpolated at `budget` FLOPs; None outside
+    the logged range of that key."""
+    x, y = run.column("flops", key), run.column(key, key)
+    if len(x) == 0 or budget < x[0] or budget > x[-1]:
+        return None
+    return float(np.interp(budget, x, y))
+
+
+def loss_table(runs: Sequence[RunRecords], budgets: Sequence[float]) -> list[dict]:
+    """One row per budget: {"flops", run name: {"loss", "val_loss"}}."""
+    return [{"flops": b, **{r.name: {"loss": loss_at(r, b, "loss"), "val_loss": loss_at(r, b, "val_loss")}
+                            for r in runs}} for b in budgets]
+
+
+def format_markdown(runs: Sequence[RunRecords], rows: list[dict]) -> str:
+    fmt = lambda v: "" if v is None else f"{v:.4f}"  # noqa: E731
+    unit = flops_unit(max(row["flops"] for row in rows))
+    head = ["FLOPs"] + [f"{r.name} {what}" for r in runs for what in ("train", "held-out")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [format_flops(row["flops"], unit)] + [fmt(row[r.name][k]) for r in runs for k in ("loss", "val_loss")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot(runs: Sequence[RunRecords], out: str) -> str:
+    """Three panels, loss against steps / tokens / FLOPs; growths as dotted lines in the run's colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5), sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    losses = np.concatenate([r.column("loss") for r in runs] + [r.column("val_loss", "val_loss") for r in runs])
+    # The FLOPs axis in a named unit (GFLOP, PFLOP...), not matplotlib's bare 1e10 offset.
+    unit = flops_unit(max(r.records[-1]["flops"] for r in runs))
+    scale = {"step": 1, "tokens": 1, "flops": unit[1]}
+    for i, run in enumerate(runs):
+        c = colors[i % len(colors)]
+        for ax, (key, _) in zip(axes, AXES):
+            ax.plot(run.column(key) / scale[key], run.column("loss"), color=c, lw=1, alpha=0.55,
+                    label=f"{run.name} train")
+            if "val_loss" in {k for r in run.records for k in r}:
+                ax.plot(run.column(key, "val_loss") / scale[key], run.column("val_loss", "val_loss"), "o-", color=c,
+                        ms=4, lw=1.8, label=f"{run.name} held-out")
+            for g in run.growths:
+                ax.axvline(run.at_growth(g, key) / scale[key], color=c, ls=":", lw=1)
+    # The first steps (ln V at initialisation) would flatten every later difference.
+    top = float(np.percentile(losses, 97)) if len(losses) else 1.0
+    bottom = float(losses.min()) if len(losses) else 0.0
+    for ax, (key, label) in zip(axes, AXES):
+        ax.set_xlabel(label.replace("FLOPs", f"FLOPs, {unit[0]}") if key == "flops" else label)
+        ax.grid(alpha=0.3)
+        ax.set_ylim(bottom - 0.05 * (top - bottom), top + 0.05 * (top - bottom))
+    axes[0].set_ylabel("loss (nats/token)")
+    for run, c in zip(runs, colors):
+        for g in run.growths[:1]:
+            axes[0].plot([], [], color=c, ls=":", lw=1, label=f"{run.name} growths")
+    axes[0].legend(fontsize=8, loc="upper right")
+    fig.suptitle("loss against steps, tokens and training FLOPs (dotted: growths)")
+    fig.tight_layout()
+    path = os.path.join(out, "compare_runs.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="grow-megatron compare-runs", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each with metrics.jsonl)")
+    p.add_argument("--out", default="compare_runs", help="output directory (default ./compare_runs)")
+    p.add_argument("--budgets", type=int, default=5,
+                   help="number of FLOP budgets, evenly spaced up to the smallest run's total (default 5)")
+    p.add_argument("--at", type=float, nargs="+", metavar="FLOPS", help="explicit FLOP budgets instead")
+    args = p.parse_args(argv)
+    from grow_megatron.config.base import check_output_dir
+
+    if args.budgets < 1:
+        raise ConfigError("--budgets", args.budgets, "must be a positive integer")
+    check_output_dir(args.out, "--out")
+    names = [os.path.basename(os.path.normpath(r)) for r in args.runs]
+    unique = [n if names.count(n) == 1 else os.path.normpath(r) for n, r in zip(names, args.runs)]
+    runs = [load_run(r, n) for r, n in zip(args.runs, unique)]
+    budgets = sorted(args.at) if args.at else default_budgets(runs, args.budgets)
+    rows = loss_table(runs, budgets)
+    os.makedirs(args.out, exist_ok=True)
+    md = format_markdown(runs, rows)
+    with open(os.path.join(args.out, "loss_at_flops.md"), "w") as f:
+        f.write("# Loss at equal training FLOPs\n\n" + md + "\n")
+    with open(os.path.join(args.out, "loss_at_flops.json"), "w") as f:
+        json.dump({"runs": [r.name for r in runs], "rows": rows}, f, indent=1)
+    png = plot(runs, args.out)
+    print(md)
+    print(f"\nwrote {png}, {os.path.join(args.out, 'loss_at_flops.md')}, {os.path.join(args.out, 'loss_at_flops.json')}")
+    return 0
