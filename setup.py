@@ -26,6 +26,7 @@ setup(
         "tensorboard",
         "matplotlib",
     ],
-    extras_require={"test": ["pytest", "pytest-timeout"]},
+    # wandb: optional (logging.wandb); the tests log to it offline.
+    extras_require={"wandb": ["wandb"], "test": ["pytest", "pytest-timeout", "wandb"]},
     entry_points={"console_scripts": ["grow-megatron=grow_megatron.cli:main"]},
 )

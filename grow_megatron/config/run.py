@@ -64,6 +64,7 @@ class RunConfig:
                                microbatches=counts)
         self.data.validate()
         self.checkpoint.validate()
+        self.logging.validate()
         return self
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-from grow_megatron.config.base import check
+from grow_megatron.config.base import ConfigError, check
 from grow_megatron.growth.operators import OPERATORS
 
 
@@ -220,6 +220,28 @@ class LoggingConfig:
     """Progress bar, JSONL metrics and TensorBoard."""
 
     progress: bool = True
-    """tqdm progress bar (rank 0)."""
+    """Progress on rank 0: a tqdm bar on a terminal; when stderr is not a terminal (a log file,
+    a batch job), a plain line every print_interval steps instead."""
+    print_interval: Optional[int] = None
+    """Steps between the plain progress lines of a non-terminal log; empty: about 20 lines per run."""
     tensorboard: bool = True
     """Write TensorBoard scalars to RUN_DIR/tb."""
+    wandb: bool = False
+    """Also log the metrics and growth events to Weights & Biases (the `wandb` library; WANDB_MODE=
+    offline writes them under WANDB_DIR for a later `wandb sync`). The run id is kept in
+    RUN_DIR/wandb_id, so a resumed run continues the same W&B run."""
+    wandb_project: str = "grow_megatron"
+    """W&B project."""
+    wandb_name: Optional[str] = None
+    """W&B run name; empty: the run's name."""
+
+    def validate(self, path: str = "logging") -> None:
+        check(self.print_interval is None or self.print_interval > 0, f"{path}.print_interval", self.print_interval,
+              "must be positive (or empty for about 20 lines per run)")
+        check(bool(self.wandb_project.strip()), f"{path}.wandb_project", self.wandb_project, "may not be empty")
+        if self.wandb:
+            try:
+                import wandb  # noqa: F401
+            except ImportError:
+                raise ConfigError(f"{path}.wandb", True, "needs the wandb library: pip install wandb, or set "
+                                                         "logging.wandb=false") from None

@@ -352,3 +352,22 @@ def get_microbatches(ds, *, step: int, global_batch_size: int, micro_batch_size:
         items = [ds[i] for i in idx[m:m + micro_batch_size]]
         out.append({k: torch.stack([it[k] for it in items]) for k in BATCH_KEYS})
     return out
+
+
+def describe_data(train_ds, tokens_to_train: int, cfg: DataConfig) -> str:
+    """One line for a run's start: each dataset of the training split with its documents and
+    tokens (and mixture weight), and how many epochs of it the run's tokens are."""
+    datasets = getattr(train_ds, "datasets", None) or [train_ds]
+    weights = getattr(train_ds, "weights", None) or [1.0] * len(datasets)
+    if cfg.is_default():
+        names = ["the embedded corpus"]
+    else:  # the mixture's order (resolve_datasets leaves zero weights out)
+        names = [ds.name or os.path.basename(ds.path.rstrip("/")) for ds, w in zip(cfg.datasets, cfg.weights()) if w > 0]
+    parts, total = [], 0
+    for ds, w, name in zip(datasets, weights, names):
+        tokens = int(ds.dataset.sequence_lengths[ds.indices].sum())
+        total += tokens
+        share = f", weight {w:.3g}" if len(datasets) > 1 else ""
+        parts.append(f"{name} ({len(ds.indices):,} documents, {tokens:,} tokens{share})")
+    epochs = f" = {tokens_to_train / total:.3g} epochs" if total else ""
+    return f"data (train split): {'; '.join(parts)}; this run trains {tokens_to_train:,} tokens{epochs}"

@@ -42,11 +42,19 @@ def main(argv: list[str]) -> int:
         print(f"nothing to do: {cfg.run_dir} is already trained to step {res.end_step} (train.steps = "
               f"{cfg.train.steps}); raise train.steps to continue, or give another --run-dir for a new run")
         return 0
-    last = res.losses[max(res.losses)]
-    if res.end_step < cfg.train.steps:
-        print(f"stopped at step {res.end_step} of {cfg.train.steps} (checkpointed), depth {res.final_depth}, last loss "
-              f"{last:.4f}; run the same command again to resume")
-        return 0
-    print(f"done: steps {res.start_step}..{res.end_step}, final depth {res.final_depth}, last loss {last:.4f}; "
-          f"outputs in {cfg.run_dir}")
+    print(final_line(res, cfg.train.steps, cfg.run_dir))
     return 0
+
+
+def final_line(res, total: int, run_dir: str) -> str:
+    """The last line of a run: the steps this command ran, depth, last training and held-out loss."""
+    last = res.losses[max(res.losses)]
+    held_out = ""
+    if res.eval_losses:
+        step = max(res.eval_losses)
+        held_out = f", held-out loss {res.eval_losses[step]:.4f} (step {step + 1})"
+    ran = f"ran steps {res.start_step}..{res.end_step}"
+    if res.end_step < total:
+        return (f"stopped: {ran} of {total} (checkpointed), depth {res.final_depth}, last loss {last:.4f}{held_out}; "
+                f"run the same command again to resume")
+    return f"done: {ran}, final depth {res.final_depth}, last loss {last:.4f}{held_out}; outputs in {run_dir}"

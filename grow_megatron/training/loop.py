@@ -5,6 +5,7 @@ import contextlib
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,15 @@ class TrainResult:
     end_step: int = 0
     final_depth: int = 0
     run_dir: str = ""
+
+
+def _wandb_settings(cfg: RunConfig) -> Optional[dict]:
+    """MetricsWriter's W&B settings, or None when logging.wandb is off."""
+    if not cfg.logging.wandb:
+        return None
+    from grow_megatron.config.base import to_dict
+
+    return {"project": cfg.logging.wandb_project, "name": cfg.logging.wandb_name or cfg.name, "config": to_dict(cfg)}
 
 
 @contextlib.contextmanager
@@ -72,6 +82,7 @@ def train(cfg: RunConfig, *, stop_at: Optional[int] = None,
 
 def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
     from grow_megatron.data import build_datasets, build_tokenizer, get_microbatches
+    from grow_megatron.data.datasets import describe_data
 
     layout: Layout = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, cfg.train.seed,
                                       vpp=cfg.parallel.virtual_stages)
@@ -96,7 +107,9 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
     valid_samples = tc.eval_batches * tc.micro_batch_size * layout.dp if tc.eval_interval else 0
     train_ds, valid_ds = build_datasets(cfg.data, seq_length=cfg.model.seq_length, seed=tc.seed,
                                         train_samples=tc.steps * tc.global_batch_size,
-                                        valid_samples=valid_samples, tokenizer=tokenizer, progress=rank0)
+                                        valid_samples=valid_samples, tokenizer=tokenizer,
+                                        # A tokenizing bar in a redirected log is one \r-joined line.
+                                        progress=rank0 and sys.stderr.isatty())
 
     spec = EngineSpec(cfg.model, cfg.optim, vocab, bf16=bf16, use_kernels=use_kernels,
                       tp=layout.tp, pp=layout.pp, vpp=cfg.parallel.virtual_stages,
@@ -128,7 +141,8 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
     tokens_per_step = tc.global_batch_size * cfg.model.seq_length
     compute = ComputeCount(cfg.model, vocab, tokens_per_step,
                            history[0]["old_depth"] if history else engine.depth, prior)
-    metrics = MetricsWriter(cfg.run_dir, enabled=rank0, tensorboard=cfg.logging.tensorboard, resume_step=start)
+    metrics = MetricsWriter(cfg.run_dir, enabled=rank0, tensorboard=cfg.logging.tensorboard, resume_step=start,
+                            wandb=_wandb_settings(cfg))
     if rank0:
         os.makedirs(cfg.run_dir, exist_ok=True)
         with open(os.path.join(cfg.run_dir, "config.yaml"), "w") as f:
@@ -137,6 +151,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                      f"depth {engine.depth}, {layout.world} rank(s) (TP={layout.tp} PP={layout.pp}"
                      f"{f' x {spec.vpp} virtual' if spec.vpp > 1 else ''} DP={layout.dp}), "
                      f"{'bf16' if bf16 else 'fp32'}, kernels {'on' if use_kernels else 'off'}, vocab {vocab}")
+        metrics.note(describe_data(train_ds, tc.steps * tokens_per_step, cfg.data))
         note = plan_note(plan, history, engine.depth, cfg.growth.operator, cfg.growth.block_size)
         for line in (note, schedule.note):
             if line:
@@ -154,7 +169,8 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                 "compute": {"step": done, **compute.at(done, result.growths)}}
 
     growth_ckpts: set[str] = set()
-    pbar = metrics.progress(total=tc.steps, initial=start, enabled=cfg.logging.progress)
+    pbar = metrics.progress(total=tc.steps, initial=start, enabled=cfg.logging.progress,
+                            interval=cfg.logging.print_interval)
     step = start
     with _graceful_interrupt() as interrupted:
         for step in range(start, end):
@@ -195,6 +211,8 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                     micro_batch_size=tc.micro_batch_size, dp_rank=dp_rank, dp_size=layout.dp)]
                 rec["val_loss"] = eval_loss(engine, vmbs)
                 result.eval_losses[step] = rec["val_loss"]
+                metrics.note(f"step {done}/{tc.steps}: held-out loss {rec['val_loss']:.4f} (train loss "
+                             f"{out['loss']:.4f}, depth {engine.depth})")
             if done % tc.log_interval == 0 or "val_loss" in rec:
                 metrics.log(rec)
             pbar.update(rec)

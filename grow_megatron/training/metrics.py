@@ -1,8 +1,9 @@
-"""Run outputs on the logging rank: metrics.jsonl, events, TensorBoard, progress bar, plot."""
+"""Run outputs on the logging rank: metrics.jsonl, events, TensorBoard, W&B, progress, plot."""
 from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Optional
 
 from tqdm import tqdm
@@ -23,6 +24,31 @@ class _Progress:
         self.bar.close()
 
 
+class _Lines:
+    """Progress for logs that are not a terminal (a file, a batch job): a tqdm bar there is one
+    endless line of carriage returns, so print a plain line every `interval` steps instead."""
+
+    def __init__(self, total: int, interval: int):
+        self.total, self.interval = total, interval
+
+    def update(self, rec: dict) -> None:
+        done = rec["step"] + 1
+        if done % self.interval and done != self.total:
+            return
+        parts = [f"step {done}/{self.total}", f"loss {rec['loss']:.4f}", f"depth {rec['depth']}"]
+        if "lr" in rec:
+            parts.append(f"lr {rec['lr']:.3g}")
+        parts.append(f"{rec['tokens_per_s']:,.0f} tok/s")
+        if "flops" in rec:
+            from grow_megatron.flops import format_flops
+
+            parts.append(format_flops(rec["flops"]))
+        print(" | ".join(parts), flush=True)
+
+    def close(self) -> None:
+        pass
+
+
 class _Null:
     def update(self, rec: dict) -> None:
         pass
@@ -36,10 +62,13 @@ class MetricsWriter:
     RUN_DIR/events.jsonl). On resume, records at or after the resume step (written by the
     interrupted run after its last checkpoint) are dropped so the files describe one run."""
 
-    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, resume_step: int = 0):
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, resume_step: int = 0,
+                 wandb: Optional[dict] = None):
+        """wandb: None, or wandb.init's project, name and config (see WandbSink)."""
         self.enabled = enabled
         self.run_dir = run_dir
         self.tb = None
+        self.wandb = None
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
@@ -54,9 +83,17 @@ class MetricsWriter:
                 self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=resume_step or None)
             except ImportError:
                 self.tb = None
+        if wandb is not None:
+            self.wandb = WandbSink(run_dir, **wandb)
 
-    def progress(self, total: int, initial: int, enabled: bool):
-        return _Progress(total, initial, enabled) if self.enabled else _Null()
+    def progress(self, total: int, initial: int, enabled: bool, interval: Optional[int] = None):
+        """A tqdm bar on a terminal; plain lines every `interval` steps (default: about 20 per
+        run) when stderr, where the bar goes, is a file or a pipe."""
+        if not self.enabled or not enabled:
+            return _Null()
+        if sys.stderr.isatty():
+            return _Progress(total, initial, enabled)
+        return _Lines(total, interval or max(1, round(total / 20)))
 
     def note(self, text: str) -> None:
         if self.enabled:
@@ -71,6 +108,8 @@ class MetricsWriter:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
                     self.tb.add_scalar(f"train/{k}" if k != "val_loss" else "eval/loss", v, rec["step"])
+        if self.wandb is not None:
+            self.wandb.log(rec)
 
     def event(self, step: int, kind: str, data: dict) -> None:
         if not self.enabled:
@@ -79,17 +118,55 @@ class MetricsWriter:
             f.write(json.dumps({"step": step, "kind": kind, **data}) + "\n")
         if self.tb is not None:
             self.tb.add_text(kind, json.dumps(data), step)
+        if self.wandb is not None:
+            self.wandb.event(step, kind, data)
 
     def close(self, plot: bool = True) -> None:
         if not self.enabled:
             return
         if self.tb is not None:
             self.tb.close()
+        if self.wandb is not None:
+            self.wandb.close()
         if plot:
             try:
                 plot_run(self.run_dir)
             except Exception as err:  # a plot must never fail a finished run
                 tqdm.write(f"(could not draw the loss plot: {err})")
+
+
+class WandbSink:
+    """Weights & Biases beside TensorBoard: the same scalars (train/*, eval/loss) by global step,
+    growths as growth/* scalars. The W&B run id is kept in RUN_DIR/wandb_id so that a resumed
+    run continues its W&B run; its files go to $WANDB_DIR, or RUN_DIR when that is unset."""
+
+    def __init__(self, run_dir: str, project: str, name: str, config: dict):
+        import wandb
+
+        id_file = os.path.join(run_dir, "wandb_id")
+        run_id = None
+        if os.path.isfile(id_file):
+            with open(id_file) as f:
+                run_id = f.read().strip() or None
+        self.run = wandb.init(project=project, name=name, id=run_id, resume="allow" if run_id else None,
+                              config=config, dir=None if os.environ.get("WANDB_DIR") else run_dir)
+        if run_id is None:
+            with open(id_file, "w") as f:
+                f.write(self.run.id + "\n")
+
+    def log(self, rec: dict) -> None:
+        scalars = {(f"train/{k}" if k != "val_loss" else "eval/loss"): v for k, v in rec.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.run.log(scalars, step=rec["step"])
+
+    def event(self, step: int, kind: str, data: dict) -> None:
+        scalars = {f"{kind}/{k}": v for k, v in data.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if scalars:
+            self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 def _truncate_from(path: str, step: int) -> None:
