@@ -226,3 +226,17 @@ def test_compare_runs_loss_at_equal_flops(finished, tmp_path, monkeypatch, capsy
     last = table["rows"][-1]
     assert f"{last['first']['loss']:.4f}" in md and f"{last['first']['loss']:.4f}" in printed
     assert (out / "compare_runs.png").stat().st_size > 10_000
+
+
+def test_flops_of_a_run_directory(finished, capsys):
+    """`flops RUN_DIR` reads the vocabulary from the checkpoint and its grown total is what the
+    run logged after its last step."""
+    from grow_megatron.flops_cli import main as flops_main
+
+    _, cfg, _ = finished
+    out = os.path.join(str(cfg.run_dir), "..", "flops.json")
+    assert flops_main([cfg.run_dir, "--json", out]) == 0
+    assert "vocab=4096 (the embedding of " in capsys.readouterr().out
+    with open(out) as f:
+        d = json.load(f)
+    assert d["grown"]["flops"] == _metrics(cfg.run_dir)[STEPS - 1]["flops"]

@@ -121,19 +121,11 @@ def carry_run_records(src_run_dir: str, out_dir: str, step: int, growth_event: d
     compare-runs show the model's whole life. Returns the number of metrics records carried."""
     import json
 
+    from grow_megatron.training.compare_runs import read_records
+
     carried = 0
     for name in ("metrics.jsonl", "events.jsonl"):
-        keep = []
-        src = os.path.join(src_run_dir, name)
-        if os.path.isfile(src):
-            with open(src, encoding="utf-8") as f:
-                for line in f:
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:  # a line torn by a crash of the source run
-                        continue
-                    if isinstance(rec, dict) and rec.get("step", step) < step:
-                        keep.append(json.dumps(rec) + "\n")
+        keep = [json.dumps(r) + "\n" for r in read_records(os.path.join(src_run_dir, name)) if r.get("step", step) < step]
         if name == "metrics.jsonl":
             carried = len(keep)
         else:
