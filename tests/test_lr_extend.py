@@ -45,3 +45,16 @@ def test_rewarmup_must_fit():
     assert seg.lr(47, cfg) == cfg.lr and seg.lr(48, cfg) == cfg.lr and seg.lr(57, cfg) < cfg.lr
     last = lr_at(39, cfg, 40)
     assert math.isclose(seg.lr(40, cfg), last + (cfg.lr - last) / 8, rel_tol=1e-12)
+
+
+def test_checkpoint_from_before_train_steps_was_recorded(tmp_path):
+    """A checkpoint whose meta.json has no train_steps: the run's config.yaml says what the
+    schedule was, so extending it still follows optim.on_extend instead of jumping to the peak."""
+    from grow_megatron.training.history import lr_schedule
+
+    (tmp_path / "config.yaml").write_text("train: {steps: 40}\n")
+    cfg = OptimConfig(lr=3e-3, warmup_steps=5, decay_steps=10, on_extend="constant")
+    sched = lr_schedule(cfg, 60, 40, {"step": 40, "depth": 12, "growths": []}, str(tmp_path))
+    assert sched.lr(40) == lr_at(39, cfg, 40) and "train.steps 40 -> 60" in sched.note
+    same = lr_schedule(cfg, 40, 30, {"step": 30, "depth": 12}, str(tmp_path))  # an ordinary resume
+    assert same.note is None and same.lr(35) == lr_at(35, cfg, 40)

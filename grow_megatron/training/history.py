@@ -22,13 +22,22 @@ def recorded_total(meta: dict, run_dir: str) -> Optional[int]:
     before it was recorded) the run's config.yaml, read before this run replaces it."""
     if "train_steps" in meta:
         return int(meta["train_steps"])
+    import torch.distributed as dist
+
     from grow_megatron.config.base import ConfigError
     from grow_megatron.config.run import read_yaml
 
-    try:
-        steps = (read_yaml(os.path.join(run_dir, "config.yaml")).get("train") or {}).get("steps")
-    except ConfigError:
-        return None
+    steps = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            steps = (read_yaml(os.path.join(run_dir, "config.yaml")).get("train") or {}).get("steps")
+        except ConfigError:
+            pass
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        # Rank 0 rewrites config.yaml soon after: a slower rank must not read the new one.
+        box = [steps]
+        dist.broadcast_object_list(box, src=0)
+        steps = box[0]
     return steps if isinstance(steps, int) else None
 
 
