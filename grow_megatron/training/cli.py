@@ -40,7 +40,8 @@ def main(argv: list[str]) -> int:
         # Re-running a finished run resumes at its last step and trains nothing: say so, or
         # the user is left with an empty progress bar and no idea why.
         print(f"nothing to do: {cfg.run_dir} is already trained to step {res.end_step} (train.steps = "
-              f"{cfg.train.steps}); raise train.steps to continue, or give another --run-dir for a new run")
+              f"{cfg.train.steps}); raise train.steps to continue (the LR then follows optim.on_extend, default "
+              f"continue), or give another --run-dir for a new run")
         return 0
     print(final_line(res, cfg.train.steps, cfg.run_dir))
     return 0
