@@ -174,3 +174,14 @@ def test_convert_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     (ck / "meta.json").write_text("{bad")
     with pytest.raises(ConfigError, match="cannot be read, its files are truncated or corrupted"):
         NativeReader(str(ck))
+
+
+def test_compare_runs_bad_input(tmp_path, capsys):
+    assert cli_main(["compare-runs", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    _one_line(capsys, "has no metrics.jsonl", "give a run directory")
+    old = tmp_path / "old_run"
+    old.mkdir()
+    (old / "metrics.jsonl").write_text(json.dumps({"step": 0, "loss": 8.3}) + "\n")
+    assert cli_main(["compare-runs", str(old), "--out", str(tmp_path / "o")]) == 2
+    _one_line(capsys, "without cumulative tokens/FLOPs")
+    assert not (tmp_path / "o").exists()
