@@ -74,7 +74,7 @@ def test_run_log_lines_and_wandb(tmp_path, monkeypatch, capsys):
     train_docs = round(0.98 * len(docs))  # megatron's document-range split of "98,2,0"
     tok = load_tokenizer(None)
     tokens = sum(len(tok.tokenize(text)) + 1 for text in docs[:train_docs])  # + end-of-document
-    assert f"the embedded corpus ({train_docs:,} documents, {tokens:,} tokens); this run trains 1,536 tokens = " \
+    assert f"the embedded corpus ({train_docs:,} documents, {tokens:,} tokens); the whole run trains 1,536 tokens = " \
         f"{1536 / tokens:.3g} epochs" in data_line
     # Held-out loss lines (steps 6 and 12) and the final line with the steps run.
     for step in (5, 11):

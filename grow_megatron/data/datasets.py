@@ -370,4 +370,4 @@ def describe_data(train_ds, tokens_to_train: int, cfg: DataConfig) -> str:
         share = f", weight {w:.3g}" if len(datasets) > 1 else ""
         parts.append(f"{name} ({len(ds.indices):,} documents, {tokens:,} tokens{share})")
     epochs = f" = {tokens_to_train / total:.3g} epochs" if total else ""
-    return f"data (train split): {'; '.join(parts)}; this run trains {tokens_to_train:,} tokens{epochs}"
+    return f"data (train split): {'; '.join(parts)}; the whole run trains {tokens_to_train:,} tokens{epochs}"
