@@ -57,5 +57,6 @@ def main(argv: list[str]) -> int:
           + (f"; carried the source run's history ({carried} metrics records, growth events)" if run_dir else "")
           + "\n"
           f"continue: grow-megatron train {os.path.join(out, 'config.yaml')} --set train.steps=<more than {step}> "
-          f"(the LR follows optim.on_extend, default continue)")
+          f"(the LR follows optim.on_extend: continue, the default, goes on from the source run's LR; "
+          f"--set optim.on_extend=rewarmup warms it up again)")
     return 0
