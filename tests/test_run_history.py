@@ -240,3 +240,17 @@ def test_flops_of_a_run_directory(finished, capsys):
     with open(out) as f:
         d = json.load(f)
     assert d["grown"]["flops"] == _metrics(cfg.run_dir)[STEPS - 1]["flops"]
+
+
+def test_compute_counts_survive_an_interrupted_run(finished, tmp_path):
+    """Stopped at step 4 (between the growths) and resumed: the same tokens and FLOPs per step as
+    the run that went through in one go (the counts come from the checkpoint, not memory)."""
+    _, cfg, _ = finished
+    run = str(tmp_path / "interrupted")
+    saved = str(os.path.join(cfg.run_dir, "config.yaml"))
+    train(load_run_config(saved, [f"run_dir={run}"]), stop_at=4)
+    train(load_run_config(saved, [f"run_dir={run}"]))
+    got, want = _metrics(run), _metrics(cfg.run_dir)
+    assert sorted(got) == list(range(STEPS))
+    assert [(got[s]["tokens"], got[s]["flops"]) for s in range(STEPS)] == \
+        [(want[s]["tokens"], want[s]["flops"]) for s in range(STEPS)]
