@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from grow_megatron import flops as F
+from grow_megatron.config.training import OptimConfig
 from grow_megatron.growth.schedule import GrowthPlan
 from grow_megatron.training.lr import LRSegment, base_segment, describe_extension, extend_schedule, lr_at
 
@@ -55,7 +56,7 @@ def continued_plan(plan: GrowthPlan, meta: Optional[dict]) -> GrowthPlan:
 class Schedule:
     """The LR of every step of this run; `segment` is None for the plain lr_at schedule."""
 
-    optim: object
+    optim: OptimConfig
     total: int
     segment: Optional[LRSegment] = None
     note: Optional[str] = None
@@ -68,7 +69,7 @@ class Schedule:
         return {"train_steps": self.total, "lr_schedule": self.segment.to_dict() if self.segment else None}
 
 
-def lr_schedule(optim, total: int, start: int, meta: Optional[dict], run_dir: str) -> Schedule:
+def lr_schedule(optim: OptimConfig, total: int, start: int, meta: Optional[dict], run_dir: str) -> Schedule:
     """The schedule of a run of `total` steps resuming at `start` from a checkpoint with `meta`
     (None: a new run)."""
     if meta is None:
