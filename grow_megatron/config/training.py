@@ -106,9 +106,16 @@ class TrainConfig:
     """Micro-batches of held-out data per evaluation."""
     log_interval: int = 1
     """Metrics line every this many steps."""
+    max_skipped_steps: int = 5
+    """A step whose loss or gradients are not finite (inf/NaN on any rank) is skipped: no update to
+    weights or AdamW state, counted in metrics.jsonl. This many skipped steps in a row stop the run
+    (before any checkpoint of a diverged state is written), naming the last good checkpoint."""
 
     def validate(self, dp_size: int = 1, path: str = "train") -> None:
         check(self.steps > 0, f"{path}.steps", self.steps, "must be a positive integer")
+        check(0 <= self.seed < 2**32, f"{path}.seed", self.seed,
+              "must be in 0..2**32-1 (numpy's and megatron's seeds are unsigned 32-bit)")
+        check(self.max_skipped_steps >= 1, f"{path}.max_skipped_steps", self.max_skipped_steps, "must be >= 1")
         check(self.micro_batch_size > 0, f"{path}.micro_batch_size", self.micro_batch_size, "must be positive")
         check(self.global_batch_size > 0, f"{path}.global_batch_size", self.global_batch_size, "must be positive")
         check(self.global_batch_size % (self.micro_batch_size * dp_size) == 0, f"{path}.global_batch_size",

@@ -19,9 +19,13 @@ from grow_megatron.growth.manager import grow, needs_host_staging
 from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from grow_megatron.training.distributed import Layout, device_context, init_distributed
-from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, train_step
+from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, poison_gradients, train_step
 from grow_megatron.training.lr import lr_at
 from grow_megatron.training.metrics import MetricsWriter
+from grow_megatron.training.optim_state import nonfinite_state
+
+FAULT_NAN_GRAD_STEP = "GROW_MEGATRON_FAULT_NAN_GRAD_STEP"
+"""Fault injection (tests): the global step whose gradients are made NaN before the update."""
 
 
 def padded_vocab(vocab: int, tp: int) -> int:
@@ -66,6 +70,12 @@ def _graceful_interrupt():
             signal.signal(sig, h)
 
 
+def _last_good(ckpt_root: str) -> str:
+    last = latest_checkpoint(ckpt_root)
+    return (f"the last good checkpoint is {last} (running again resumes from it)" if last
+            else "no checkpoint was written yet (running again starts from step 0)")
+
+
 def train(cfg: RunConfig, *, stop_at: Optional[int] = None,
           on_step: Optional[Callable[[Engine, int, dict], None]] = None) -> TrainResult:
     """Run (or resume) training; `stop_at` stops after that many global steps, checkpointing
@@ -108,11 +118,11 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                       seed=tc.seed)
     ckpt_root = os.path.join(cfg.run_dir, "checkpoints")
     resume_from = latest_checkpoint(ckpt_root) if cfg.checkpoint.resume == "auto" else None
-    start, history = 0, []
+    start, history, skipped = 0, [], 0
     torch.manual_seed(tc.seed)
     if resume_from:
         meta = read_meta(resume_from)
-        start, history = meta["step"], meta.get("growths", [])
+        start, history, skipped = meta["step"], meta.get("growths", []), meta.get("skipped_steps", 0)
         if meta["depth"] != plan.depth_at(start) and not (start in plan.boundaries and meta["depth"] == plan.depth_at(start - 1)):
             raise ConfigError("checkpoint.resume", resume_from,
                               f"holds depth {meta['depth']} at step {start}, but this config's growth plan gives depth "
@@ -141,8 +151,21 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
 
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     meta = lambda: {"growths": result.growths, "name": cfg.name, "stage_steps": list(plan.stage_steps),  # noqa: E731
-                    "operator": cfg.growth.operator}
+                    "operator": cfg.growth.operator, "skipped_steps": skipped}
     growth_ckpts: set[str] = set()
+
+    def checked_save(engine: Engine, done: int, **kw) -> str:
+        # A diverged state must never become a checkpoint, let alone `latest`: resuming it
+        # would fail forever. Stop instead, pointing at the last good one.
+        bad = nonfinite_state(engine.model, engine.optimizer)
+        if bad:
+            raise FloatingPointError(f"the model state after step {done} holds non-finite {', '.join(bad)}, so it was "
+                                     f"not checkpointed: lower optim.lr or raise optim.warmup_steps; "
+                                     f"{_last_good(ckpt_root)}")
+        return save_checkpoint(engine, ckpt_root, done, meta(), **kw)
+
+    poison_at = int(os.environ.get(FAULT_NAN_GRAD_STEP, -1))
+    consecutive = 0
     pbar = metrics.progress(total=tc.steps, initial=start, enabled=cfg.logging.progress)
     step = start
     with _graceful_interrupt() as interrupted:
@@ -155,7 +178,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             while engine.depth < target:
                 g = next(g for g in plan.growths if g.old_depth == engine.depth)
                 if cfg.checkpoint.save_at_growth:
-                    d = save_checkpoint(engine, ckpt_root, step, meta(), keep=growth_ckpts)
+                    d = checked_save(engine, step, keep=growth_ckpts)
                     growth_ckpts.add(os.path.basename(d))
                 t0 = time.perf_counter()
                 staged = needs_host_staging(engine, g, cfg.growth.host_staging)
@@ -169,12 +192,23 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             t0 = time.perf_counter()
             mbs = get_microbatches(train_ds, step=step, global_batch_size=tc.global_batch_size,
                                    micro_batch_size=tc.micro_batch_size, dp_rank=dp_rank, dp_size=layout.dp)
-            out = train_step(engine, mbs, lr_at(step, cfg.optim, tc.steps))
+            out = train_step(engine, mbs, lr_at(step, cfg.optim, tc.steps),
+                             before_update=poison_gradients if step == poison_at else None)
             dt = time.perf_counter() - t0
             rec = {"step": step, **out, "depth": engine.depth, "tokens_per_s": tokens_per_step / dt, "step_s": dt}
-            if not math.isfinite(out["loss"]):
-                raise FloatingPointError(f"loss is {out['loss']} at step {step} (lr {out['lr']:.3g}): lower optim.lr "
-                                         f"or raise optim.warmup_steps; the last checkpoint is in {ckpt_root}")
+            consecutive = 0 if out["update_ok"] else consecutive + 1
+            if not out["update_ok"]:
+                skipped += 1
+                rec["skipped"] = True
+                metrics.note(f"step {step}: non-finite loss or gradients (loss {out['loss']:.4g}), update skipped "
+                             f"({consecutive} in a row, {skipped} in this run)")
+            rec["skipped_steps"] = skipped
+            if consecutive >= tc.max_skipped_steps:
+                metrics.log(rec)
+                raise FloatingPointError(
+                    f"{consecutive} steps in a row ({step - consecutive + 1}..{step}) had a non-finite loss or gradients "
+                    f"and were skipped (train.max_skipped_steps = {tc.max_skipped_steps}; lr {out['lr']:.3g} at step "
+                    f"{step}): lower optim.lr or raise optim.warmup_steps; {_last_good(ckpt_root)}")
             result.losses[step] = out["loss"]
             done = step + 1
             if tc.eval_interval and valid_ds is not None and (done % tc.eval_interval == 0 or done == tc.steps):
@@ -189,10 +223,10 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             if on_step is not None:
                 on_step(engine, step, rec)
             if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done < end:
-                save_checkpoint(engine, ckpt_root, done, meta(), keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
+                checked_save(engine, done, keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
     pbar.close()
     result.end_step = end
     result.final_depth = engine.depth
-    save_checkpoint(engine, ckpt_root, end, meta(), keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
+    checked_save(engine, end, keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
     metrics.close(plot=end == tc.steps)
     return result

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Optional
 
@@ -66,7 +67,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(json.dumps(_json_safe(rec), allow_nan=False) + "\n")
         if self.tb is not None:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -90,6 +91,12 @@ class MetricsWriter:
                 plot_run(self.run_dir)
             except Exception as err:  # a plot must never fail a finished run
                 tqdm.write(f"(could not draw the loss plot: {err})")
+
+
+def _json_safe(rec: dict) -> dict:
+    """Non-finite floats (a diverged step's loss) as null: bare NaN/Infinity is not JSON, and
+    strict readers (jq, JavaScript, pandas with some engines) reject the whole file."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()}
 
 
 def _truncate_from(path: str, step: int) -> None:
@@ -120,7 +127,8 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
     recs = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     events = [e for e in read_jsonl(os.path.join(run_dir, "events.jsonl")) if e.get("kind") == "growth"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], lw=1, label="train loss")
+    ax.plot([r["step"] for r in recs], [math.nan if r["loss"] is None else r["loss"] for r in recs], lw=1,
+            label="train loss")
     ev = [r for r in recs if "val_loss" in r]
     if ev:
         ax.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", ms=3, label="held-out loss")

@@ -1,0 +1,93 @@
+"""Guards of the training loop against bad numbers: a step with non-finite gradients is skipped
+(megatron's found-inf check), a diverged state is never checkpointed, metrics stay valid JSON."""
+import json
+import math
+import os
+
+import pytest
+import torch
+
+from grow_megatron.cli import main as cli_main
+from grow_megatron.config.run import dump_run_config
+from grow_megatron.training.checkpoint import latest_checkpoint, read_global_tensors, read_meta
+from grow_megatron.training.loop import FAULT_NAN_GRAD_STEP, train
+from grow_megatron.training.optim_state import gather_param_state, optimizer_step_count
+
+from engine_helpers import assert_same_tensors, micro_config
+
+STATIC = {"train.steps": 6, "growth.operator": "none", "growth.grow_steps": "null", "model.num_layers": 4}
+
+
+def _state(engine) -> dict:
+    """Everything an update changes: weights, fp32 main copies, AdamW moments and step."""
+    out = {"adam_step": torch.tensor(optimizer_step_count(engine.optimizer))}
+    for name, p in engine.named_parameters():
+        out[f"weight.{name}"] = p.detach().clone()
+        out.update({f"{k}.{name}": v.clone() for k, v in gather_param_state(engine.optimizer, p).items()})
+    return out
+
+
+def _strict_jsonl(path: str) -> list[dict]:
+    """Parse as strict JSON: a bare NaN/Infinity (what json.dumps writes by default) fails."""
+    def refuse(const):
+        raise ValueError(f"{const} is not JSON")
+
+    with open(path) as f:
+        return [json.loads(line, parse_constant=refuse) for line in f]
+
+
+def test_a_step_with_nan_gradients_is_skipped_bit_for_bit(tmp_path, monkeypatch):
+    # Step 3 lies inside the second stage (growths before steps 2 and 5): one engine around it.
+    monkeypatch.setenv(FAULT_NAN_GRAD_STEP, "3")
+    states, recs = {}, {}
+
+    def keep(engine, step, rec):
+        states[step], recs[step] = _state(engine), rec
+
+    res = train(micro_config(tmp_path), stop_at=5, on_step=keep)
+    # The skipped step left weights, main copies, moments and AdamW's step count exactly as the
+    # step before it did: the same state a run that never saw the bad batch holds.
+    assert_same_tensors(states[3], states[2])
+    assert int(states[3]["adam_step"]) == 3 and int(states[4]["adam_step"]) == 4
+    assert not torch.equal(states[4]["weight.embedding.word_embeddings.weight"],
+                           states[3]["weight.embedding.word_embeddings.weight"])  # training went on
+    assert [s for s, r in recs.items() if not r["update_ok"]] == [3]
+    assert all(math.isfinite(v) for v in res.losses.values())
+    lines = _strict_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
+    assert [r["step"] for r in lines if r.get("skipped")] == [3]
+    assert lines[3]["grad_norm"] is None
+    assert [r["skipped_steps"] for r in lines] == [0, 0, 0, 1, 1]
+    assert read_meta(latest_checkpoint(os.path.join(tmp_path, "checkpoints")))["skipped_steps"] == 1
+
+
+def test_a_diverging_run_stops_in_one_line_at_its_last_good_checkpoint(tmp_path, capsys):
+    cfg = micro_config(tmp_path / "run", **{"checkpoint.interval": 1, "optim.lr": 1e6})
+    path = tmp_path / "run.yaml"
+    path.write_text(dump_run_config(cfg))
+    assert cli_main(["train", str(path)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    ckpts = os.path.join(cfg.run_dir, "checkpoints")
+    # Every checkpoint on disk, `latest` among them, holds finite weights and optimizer state.
+    for name in sorted(os.listdir(ckpts)):
+        if name.startswith("step_"):
+            for key, t in read_global_tensors(os.path.join(ckpts, name)).items():
+                assert torch.isfinite(t).all(), (name, key)
+    last = latest_checkpoint(ckpts)
+    assert "5 steps in a row" in err[0] and "train.max_skipped_steps = 5" in err[0]
+    assert f"the last good checkpoint is {last}" in err[0]
+    lines = _strict_jsonl(os.path.join(cfg.run_dir, "metrics.jsonl"))
+    assert lines[-1]["skipped_steps"] == 5 and lines[-1]["skipped"] is True
+
+
+def test_a_nonfinite_state_is_never_checkpointed(tmp_path):
+    def overflow_after_step_3(engine, step, rec):  # what an overflowing update leaves behind
+        if step == 3:
+            with torch.no_grad():
+                next(engine.chunks[0].parameters()).view(-1)[0] = float("inf")
+
+    cfg = micro_config(tmp_path, **STATIC, **{"checkpoint.interval": 2})
+    with pytest.raises(FloatingPointError, match=r"the model state after step 4 holds non-finite weights.*, so it "
+                                                 r"was not checkpointed: .*the last good checkpoint is .*step_00000002"):
+        train(cfg, on_step=overflow_after_step_3)
+    assert read_meta(latest_checkpoint(os.path.join(tmp_path, "checkpoints")))["step"] == 2
