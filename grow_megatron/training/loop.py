@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 from megatron.core import parallel_state
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import ConfigError, check_output_dir
 from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.growth.manager import grow, needs_host_staging
 from grow_megatron.growth.schedule import plan_from_config
@@ -23,6 +23,7 @@ from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval
 from grow_megatron.training.lr import lr_at
 from grow_megatron.training.metrics import MetricsWriter
 from grow_megatron.training.optim_state import nonfinite_state
+from grow_megatron.training.run_lock import run_dir_lock
 
 FAULT_NAN_GRAD_STEP = "GROW_MEGATRON_FAULT_NAN_GRAD_STEP"
 """Fault injection (tests): the global step whose gradients are made NaN before the update."""
@@ -80,7 +81,10 @@ def train(cfg: RunConfig, *, stop_at: Optional[int] = None,
           on_step: Optional[Callable[[Engine, int, dict], None]] = None) -> TrainResult:
     """Run (or resume) training; `stop_at` stops after that many global steps, checkpointing
     there as a preemption would (used by tests and by Ctrl-C)."""
-    with device_context():
+    # Before anything is set up or written: a run_dir that is a file fails here, not after the
+    # data is prepared; a run_dir another trainer uses is refused before its files are touched.
+    check_output_dir(cfg.run_dir, "run_dir")
+    with run_dir_lock(cfg.run_dir), device_context():
         return _train(cfg, stop_at=stop_at, on_step=on_step)
 
 
