@@ -91,3 +91,21 @@ def test_a_nonfinite_state_is_never_checkpointed(tmp_path):
                                                  r"was not checkpointed: .*the last good checkpoint is .*step_00000002"):
         train(cfg, on_step=overflow_after_step_3)
     assert read_meta(latest_checkpoint(os.path.join(tmp_path, "checkpoints")))["step"] == 2
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_one_warning(tmp_path, caplog):
+    from grow_megatron.training.metrics import MetricsWriter, read_jsonl
+
+    good = [{"step": s, "loss": 8.0 - s} for s in range(3)]
+    path = tmp_path / "metrics.jsonl"
+    # What a crash in the middle of a write leaves: the last line cut off, no newline.
+    path.write_text("".join(json.dumps(r) + "\n" for r in good) + '{"step": 3, "loss": 7.')
+    (tmp_path / "events.jsonl").write_text('{"step": 1, "kind": "growth"}\n')
+    with caplog.at_level("WARNING"):
+        # What a resume at step 2 does first.
+        w = MetricsWriter(str(tmp_path), enabled=True, tensorboard=False, resume_step=2)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "dropped 1 unreadable line(s) (line 4;" in warnings[0]
+    assert read_jsonl(str(path)) == good[:2]
+    w.log({"step": 2, "loss": 6.5})
+    assert _strict_jsonl(str(path)) == good[:2] + [{"step": 2, "loss": 6.5}]

@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from typing import Optional
 
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 
 class _Progress:
@@ -99,11 +102,32 @@ def _json_safe(rec: dict) -> dict:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()}
 
 
+def _parse_lines(path: str) -> list[tuple[str, dict]]:
+    """(line, record) for each readable line. A crash mid-write tears the last line; that must not
+    block every later resume, so unreadable lines are dropped with one warning."""
+    out, torn = [], []
+    with open(path) as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = None
+            if not isinstance(rec, dict):
+                torn.append(n)
+                continue
+            out.append((line if line.endswith("\n") else line + "\n", rec))
+    if torn:
+        log.warning(f"warning: {path}: dropped {len(torn)} unreadable line(s) (line {', '.join(map(str, torn))}; "
+                    "a write cut off by a crash)")
+    return out
+
+
 def _truncate_from(path: str, step: int) -> None:
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line).get("step", -1) < step]
+    keep = [line for line, rec in _parse_lines(path) if rec.get("step", -1) < step]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(keep)
@@ -113,8 +137,7 @@ def _truncate_from(path: str, step: int) -> None:
 def read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [rec for _, rec in _parse_lines(path)]
 
 
 def plot_run(run_dir: str, out: Optional[str] = None) -> str:
