@@ -6,6 +6,7 @@ from typing import Literal, Optional
 
 from grow_megatron.config.base import check
 from grow_megatron.growth.operators import OPERATORS
+from grow_megatron.growth.schedule import MAX_ALPHA
 
 
 @dataclass
@@ -19,7 +20,8 @@ class GrowthConfig:
     function_preserving: bool = False
     """Zero the copies' output projections so that a growth leaves the function unchanged."""
     alpha: float = 1.0
-    """PROP-alpha exponent: stage i trains i^alpha / sum_j j^alpha of grow_steps."""
+    """PROP-alpha exponent: stage i trains i^alpha / sum_j j^alpha of grow_steps; 0 to 10 (beyond
+    10 the early stages get next to nothing). Every stage must get at least one step."""
     grow_steps: Optional[int] = None
     """Steps until the final depth is reached (paper: 170k of 200k). Default: train.steps minus
     optim.decay_steps, i.e. growth ends where the LR decay starts."""
@@ -42,7 +44,8 @@ class GrowthConfig:
               f"must divide model.num_layers ({num_layers}) so that growth ends at the final depth")
         check(num_layers // self.block_size >= 2, f"{path}.block_size", self.block_size,
               f"gives a single stage for model.num_layers={num_layers}: nothing to grow (use operator: none)")
-        check(self.alpha >= 0, f"{path}.alpha", self.alpha, "must be >= 0")
+        check(0 <= self.alpha <= MAX_ALPHA, f"{path}.alpha", self.alpha,
+              f"must be in [0, {MAX_ALPHA:g}] (PROP-alpha; 1 is the paper's PROP-1)")
         if self.grow_steps is not None:
             check(0 < self.grow_steps <= total_steps, f"{path}.grow_steps", self.grow_steps,
                   f"must be in 1..train.steps ({total_steps})")
