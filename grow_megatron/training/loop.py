@@ -21,6 +21,7 @@ from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint
 from grow_megatron.training.distributed import Layout, device_context, init_distributed
 from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, poison_gradients, train_step
 from grow_megatron.training.lr import lr_at
+from grow_megatron.training.memory import check_fits
 from grow_megatron.training.metrics import MetricsWriter
 from grow_megatron.training.optim_state import nonfinite_state
 from grow_megatron.training.run_lock import run_dir_lock
@@ -107,14 +108,21 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                               "Triton's interpreter on CPU); use model.kernels=auto or off")
 
     tokenizer = build_tokenizer(cfg.data)
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size < tokenizer.vocab_size:
+        raise ConfigError("model.vocab_size", cfg.model.vocab_size,
+                          f"is smaller than the tokenizer's vocabulary ({tokenizer.vocab_size}, {tokenizer.source}), so "
+                          f"its token ids would index past the embedding: leave it empty to take the tokenizer's, or "
+                          f"set it >= {tokenizer.vocab_size}")
     vocab = padded_vocab(cfg.model.vocab_size or tokenizer.vocab_size, layout.tp)
+    check_fits(cfg, vocab, layout.tp, layout.pp, layout.dp, bf16)
     plan = plan_from_config(cfg)
     tc = cfg.train
     dp_rank = parallel_state.get_data_parallel_rank()
     valid_samples = tc.eval_batches * tc.micro_batch_size * layout.dp if tc.eval_interval else 0
     train_ds, valid_ds = build_datasets(cfg.data, seq_length=cfg.model.seq_length, seed=tc.seed,
                                         train_samples=tc.steps * tc.global_batch_size,
-                                        valid_samples=valid_samples, tokenizer=tokenizer, progress=rank0)
+                                        valid_samples=valid_samples, tokenizer=tokenizer, progress=rank0,
+                                        batch_tokens=tc.global_batch_size * cfg.model.seq_length)
 
     spec = EngineSpec(cfg.model, cfg.optim, vocab, bf16=bf16, use_kernels=use_kernels,
                       tp=layout.tp, pp=layout.pp, vpp=cfg.parallel.virtual_stages,
