@@ -8,13 +8,14 @@ import pytest
 import torch
 
 from grow_megatron.cli import main as cli_main
-from grow_megatron.config.run import dump_run_config
+from grow_megatron.config.run import load_run_config
 from grow_megatron.training.checkpoint import latest_checkpoint, read_global_tensors, read_meta
 from grow_megatron.training.loop import FAULT_NAN_GRAD_STEP, train
 from grow_megatron.training.optim_state import gather_param_state, optimizer_step_count
 
 from engine_helpers import assert_same_tensors, micro_config
 
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "tiny_lidas.yaml")
 STATIC = {"train.steps": 6, "growth.operator": "none", "growth.grow_steps": "null", "model.num_layers": 4}
 
 
@@ -61,11 +62,17 @@ def test_a_step_with_nan_gradients_is_skipped_bit_for_bit(tmp_path, monkeypatch)
 
 
 def test_a_diverging_run_stops_in_one_line_at_its_last_good_checkpoint(tmp_path, capsys):
-    cfg = micro_config(tmp_path / "run", **{"checkpoint.interval": 1, "optim.lr": 1e6})
-    path = tmp_path / "run.yaml"
-    path.write_text(dump_run_config(cfg))
-    assert cli_main(["train", str(path)]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
+    # The report's case: the README's tiny model at lr 1e6. Step 0 applies a huge update; from
+    # step 1 on the gradients overflow (NaN grad norm), and the old loop applied them anyway and
+    # checkpointed the NaN weights after step 1.
+    run_dir = tmp_path / "run"
+    sets = {"optim.lr": "1e6", "checkpoint.interval": 2, "train.eval_interval": 0,
+            "logging.progress": "false", "logging.tensorboard": "false"}
+    args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+    assert cli_main(["train", EXAMPLE, "--run-dir", str(run_dir), *args]) == 1
+    cfg = load_run_config(EXAMPLE, [f"run_dir={run_dir}"])
+    # (A first use of the data cache also draws the tokenizing progress bar on stderr.)
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("tokenize ")]
     assert len(err) == 1, err
     ckpts = os.path.join(cfg.run_dir, "checkpoints")
     # Every checkpoint on disk, `latest` among them, holds finite weights and optimizer state.
@@ -74,10 +81,11 @@ def test_a_diverging_run_stops_in_one_line_at_its_last_good_checkpoint(tmp_path,
             for key, t in read_global_tensors(os.path.join(ckpts, name)).items():
                 assert torch.isfinite(t).all(), (name, key)
     last = latest_checkpoint(ckpts)
-    assert "5 steps in a row" in err[0] and "train.max_skipped_steps = 5" in err[0]
+    assert "5 steps in a row (1..5)" in err[0] and "train.max_skipped_steps = 5" in err[0]
     assert f"the last good checkpoint is {last}" in err[0]
     lines = _strict_jsonl(os.path.join(cfg.run_dir, "metrics.jsonl"))
-    assert lines[-1]["skipped_steps"] == 5 and lines[-1]["skipped"] is True
+    assert [r["skipped_steps"] for r in lines] == [0, 1, 2, 3, 4, 5] and lines[-1]["skipped"] is True
+    assert read_meta(last)["step"] == 4  # the state after step 0 (every later step skipped), finite
 
 
 def test_a_nonfinite_state_is_never_checkpointed(tmp_path):
