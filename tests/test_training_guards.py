@@ -117,3 +117,26 @@ def test_a_torn_last_metrics_line_is_dropped_with_one_warning(tmp_path, caplog):
     assert read_jsonl(str(path)) == good[:2]
     w.log({"step": 2, "loss": 6.5})
     assert _strict_jsonl(str(path)) == good[:2] + [{"step": 2, "loss": 6.5}]
+
+
+def test_a_nonfinite_loss_with_finite_gradients_is_skipped_too(tmp_path):
+    """A batch without a single loss token: loss 0/0 = NaN, gradients all zero (finite). AdamW
+    would still move the weights (momentum, weight decay) on such a step; it must be skipped."""
+    from grow_megatron.training.engine import train_step
+
+    seen = {}
+
+    def empty_batch_after_step_0(engine, step, rec):
+        g = torch.Generator().manual_seed(0)
+        mbs = [{"tokens": torch.randint(0, 4096, (2, 32), generator=g),  # 2 micro-batches of [2, 32]
+                "labels": torch.randint(0, 4096, (2, 32), generator=g),
+                "loss_mask": torch.zeros(2, 32), "position_ids": torch.arange(32).repeat(2, 1)} for _ in range(2)]
+        before = _state(engine)
+        seen["out"] = train_step(engine, mbs, lr=3e-3)
+        seen["grads_finite"] = all(torch.isfinite(p.main_grad).all() for m in engine.model for p in m.module.parameters())
+        seen["same"] = before, _state(engine)
+
+    train(micro_config(tmp_path, **STATIC), stop_at=1, on_step=empty_batch_after_step_0)
+    assert math.isnan(seen["out"]["loss"]) and seen["grads_finite"]
+    assert seen["out"]["update_ok"] is False and seen["out"]["grad_norm"] is None
+    assert_same_tensors(*seen["same"])
