@@ -180,7 +180,8 @@ def test_convert_corrupt_checkpoint_is_one_line(tmp_path, capsys):
     # Each used to try allocating terabytes (or run into an index error mid-training).
     ("train.steps=1000000000000", ["train.steps = 1000000000000: the run needs about", "TiB of host memory",
                                    "data index 233 TiB; a rough estimate), but", "is available: lower train.steps"]),
-    ("model.hidden_size=1048576", ["model.hidden_size = 1048576: the run needs about", "(model state ", " TiB, activations ",
+    ("model.hidden_size=1048576", ["model.hidden_size = 1048576: the run needs about", "(model state ",
+                                   " TiB, activations ",
                                    "is available: use a smaller model"]),
     ("model.seq_length=1000000000", ["model.seq_length = 1000000000: the run needs about", "activations ",
                                      " PiB, data index 40 KiB; a rough estimate), but ",

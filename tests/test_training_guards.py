@@ -95,8 +95,8 @@ def test_a_nonfinite_state_is_never_checkpointed(tmp_path):
                 next(engine.chunks[0].parameters()).view(-1)[0] = float("inf")
 
     cfg = micro_config(tmp_path, **STATIC, **{"checkpoint.interval": 2})
-    with pytest.raises(FloatingPointError, match=r"the model state after step 4 holds non-finite weights.*, so it "
-                                                 r"was not checkpointed: .*the last good checkpoint is .*step_00000002"):
+    with pytest.raises(FloatingPointError, match=r"the model state after step 4 holds non-finite weights.*, so "
+                                                 r"it was not checkpointed: .*last good checkpoint is .*step_00000002"):
         train(cfg, on_step=overflow_after_step_3)
     assert read_meta(latest_checkpoint(os.path.join(tmp_path, "checkpoints")))["step"] == 2
 
@@ -133,7 +133,8 @@ def test_a_nonfinite_loss_with_finite_gradients_is_skipped_too(tmp_path):
                 "loss_mask": torch.zeros(2, 32), "position_ids": torch.arange(32).repeat(2, 1)} for _ in range(2)]
         before = _state(engine)
         seen["out"] = train_step(engine, mbs, lr=3e-3)
-        seen["grads_finite"] = all(torch.isfinite(p.main_grad).all() for m in engine.model for p in m.module.parameters())
+        seen["grads_finite"] = all(torch.isfinite(p.main_grad).all()
+                                   for m in engine.model for p in m.module.parameters())
         seen["same"] = before, _state(engine)
 
     train(micro_config(tmp_path, **STATIC), stop_at=1, on_step=empty_batch_after_step_0)
