@@ -19,6 +19,7 @@ setup(
         "pyyaml",
         "tqdm",
         "psutil",
+        "filelock",
         "datasets",
         "tokenizers",
         "transformers",

@@ -185,3 +185,33 @@ def test_compare_runs_bad_input(tmp_path, capsys):
     assert cli_main(["compare-runs", str(old), "--out", str(tmp_path / "o")]) == 2
     _one_line(capsys, "without cumulative tokens/FLOPs")
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("override,fragments", [
+    # Each used to try allocating terabytes (or run into an index error mid-training).
+    ("train.steps=1000000000000", ["train.steps = 1000000000000: the run needs about", "TiB of host memory",
+                                   "data index 233 TiB; a rough estimate), but", "is available: lower train.steps"]),
+    ("model.hidden_size=1048576", ["model.hidden_size = 1048576: the run needs about", "(model state ",
+                                   " TiB, activations ",
+                                   "is available: use a smaller model"]),
+    ("model.seq_length=1000000000", ["model.seq_length = 1000000000: the run needs about", "activations ",
+                                     " PiB, data index 40 KiB; a rough estimate), but ",
+                                     "is available: lower model.seq_length"]),
+    ("model.vocab_size=100", ["model.vocab_size = 100: is smaller than the tokenizer's vocabulary (4096, <embedded>)",
+                              "set it >= 4096"]),
+])
+def test_train_refuses_impossible_sizes_before_any_work(tmp_path, capsys, override, fragments):
+    import os
+
+    run_dir = tmp_path / "run"
+    assert cli_main(["train", EXAMPLE, "--run-dir", str(run_dir), "--set", override]) == 2
+    _one_line(capsys, *fragments)
+    assert set(os.listdir(run_dir)) <= {"train.lock"}  # no config.yaml, metrics or checkpoints
+
+
+def test_train_run_dir_that_is_a_file(tmp_path, capsys):
+    target = tmp_path / "notes.txt"
+    target.write_text("mine\n")
+    assert cli_main(["train", EXAMPLE, "--run-dir", str(target)]) == 2
+    _one_line(capsys, f"run_dir = {str(target)!r}: is an existing file, not a directory")
+    assert target.read_text() == "mine\n"

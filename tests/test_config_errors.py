@@ -25,6 +25,16 @@ from grow_megatron.config.run import load_run_config
          "must be positive while evaluation is on (or set train.eval_interval=0)"),
         (["train.stepz=5"], "train.stepz", "unknown field of TrainConfig (did you mean steps?)"),
         (["parallel.tensor_parallel=3"], "parallel.tensor_parallel", "must divide the world size (1)"),
+        (["train.seed=-1"], "train.seed", "must be in 0..2**32-1"),
+        (["train.seed=4294967296"], "train.seed", "must be in 0..2**32-1"),
+        (["train.max_skipped_steps=0"], "train.max_skipped_steps", "must be >= 1"),
+        # Used to hang for ever computing 3^(10^300) exactly.
+        (["growth.operator=lidas", "growth.alpha=1e300"], "growth.alpha", "must be in [0, 10]"),
+        (["growth.operator=lidas", "growth.alpha=-1"], "growth.alpha", "must be in [0, 10]"),
+        # Two stages over 160 growth steps: stage 1 gets 160 / (1 + 2^10) < 1 step.
+        (["growth.operator=lidas", "growth.alpha=10"], "growth.alpha",
+         "gives stage 1 of 2 no steps (PROP-10 over 160 growth steps: [0, 160]): lower growth.alpha, or raise "
+         "growth.grow_steps (with train.steps) to 1025, which gives every stage a step"),
     ],
 )
 def test_each_bad_value_is_named(overrides, field, fragment):

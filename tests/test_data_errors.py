@@ -127,3 +127,54 @@ def test_foreign_indexed_dataset_checked_against_vocab(tmp_path):
     assert len(train) >= 10
     with pytest.raises(ConfigError, match=r"big': holds token id 8999, beyond the run's tokenizer vocabulary \(4096"):
         _build(DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "big"))], cache_dir=str(tmp_path / "c")))
+
+
+def _damaged_copies(tmp_path, tok):
+    """A prepared dataset and copies of it damaged as a crash or a bad copy leaves them."""
+    import shutil
+
+    src = _jsonl(tmp_path / "src.jsonl", [f"document {i} with a few words of text" for i in range(40)])
+    prepare(src, str(tmp_path / "ok" / "d"), tok, progress=False)
+    out = {}
+    for name in ("bin_truncated", "bin_truncated_no_manifest", "idx_garbled", "idx_header"):
+        shutil.copytree(tmp_path / "ok", tmp_path / name)
+        out[name] = tmp_path / name / "d"
+    for name in ("bin_truncated", "bin_truncated_no_manifest"):
+        with open(f"{out[name]}.bin", "r+b") as f:
+            f.truncate(os.path.getsize(f"{out[name]}.bin") // 2)
+    os.remove(f"{out['bin_truncated_no_manifest']}.manifest.json")
+    with open(f"{out['idx_garbled']}.idx", "r+b") as f:  # random bytes inside the pointer table, same size
+        f.seek(os.path.getsize(f"{out['idx_garbled']}.idx") - 100)
+        f.write(bytes(range(200, 232)))
+    with open(f"{out['idx_header']}.idx", "r+b") as f:
+        f.write(b"garbage!")
+    return out
+
+
+@pytest.mark.parametrize("name,message", [
+    ("bin_truncated", r"d': \.bin is \d+ bytes but its manifest records \d+: the file is truncated or was replaced; "
+                      r"re-prepare it"),
+    ("bin_truncated_no_manifest", r"d': has an index \(\.idx\) that does not describe its \.bin \(\d+ bytes; the index "
+                                  r"lists \d+\): one of them is truncated or garbled"),
+    ("idx_garbled", r"d': has an index \(\.idx\) that does not describe its \.bin"),
+    ("idx_header", r"d': is not a readable megatron indexed dataset \(AssertionError: bad header"),
+])
+def test_truncated_or_garbled_prepared_dataset_is_one_line(tmp_path, tok, name, message):
+    damaged = _damaged_copies(tmp_path, tok)
+    with pytest.raises(ConfigError, match=r"^data.datasets\[0\].path = '.*" + message):
+        _build(DataConfig(datasets=[DatasetSpec(path=str(damaged[name]))], cache_dir=str(tmp_path / "c")))
+
+
+def test_corpus_smaller_than_one_global_batch_warns_once(tmp_path, caplog):
+    src = _jsonl(tmp_path / "one.jsonl", ["hi"])  # one document: 1 token + end of document
+    cfg = DataConfig(datasets=[DatasetSpec(path=src)], split="100,0", cache_dir=str(tmp_path))
+    with caplog.at_level("WARNING"):
+        build_datasets(cfg, seq_length=8, seed=0, train_samples=4, valid_samples=0, progress=False, batch_tokens=32)
+    warned = [r.getMessage() for r in caplog.records if "fewer than one global batch" in r.getMessage()]
+    assert warned == ["warning: the data holds 2 tokens, fewer than one global batch (32 tokens = "
+                      "train.global_batch_size x model.seq_length): every step repeats the same text; add data or "
+                      "lower train.global_batch_size / model.seq_length"]
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a batch the corpus covers: quiet
+        build_datasets(cfg, seq_length=1, seed=0, train_samples=4, valid_samples=0, progress=False, batch_tokens=2)
+    assert not [r for r in caplog.records if "global batch" in r.getMessage()]

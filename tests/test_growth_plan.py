@@ -1,9 +1,11 @@
 """Growth operators, PROP-alpha and partitions against SPEC.md's hand-worked examples."""
+import math
+
 import pytest
 
 from grow_megatron.growth.operators import bottom, get_operator, lidas, midas, top
 from grow_megatron.growth.partition import balanced_split, transfer_plan
-from grow_megatron.growth.schedule import make_plan, prop_alpha
+from grow_megatron.growth.schedule import MAX_ALPHA, make_plan, prop_alpha, steps_for_every_stage
 
 
 @pytest.mark.parametrize(
@@ -106,3 +108,17 @@ def test_transfer_plan_interleaved_stages():
     assert (moves[2].src_stage, moves[2].dst_stage, moves[2].local) == (2, 1, False)
     with pytest.raises(ValueError, match="interleave"):
         transfer_plan(g, (1, 1, 2), (3, 3, 2), pp=2)
+
+
+@pytest.mark.parametrize("k", [2, 3, 8])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 2.5, 3.0, MAX_ALPHA])
+def test_steps_for_every_stage_suffice(k, alpha):
+    need = steps_for_every_stage(k, alpha)
+    assert need == math.ceil(sum(i**alpha for i in range(1, k + 1)))  # SPEC 4's denominator
+    assert min(prop_alpha(k, need, alpha)) >= 1
+    assert min(prop_alpha(k, need * 3 + 1, alpha)) >= 1
+
+
+def test_prop_alpha_refuses_exponents_beyond_the_bound():
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 10\]"):
+        prop_alpha(3, 100, 1e300)

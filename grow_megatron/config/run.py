@@ -12,6 +12,7 @@ from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import (CheckpointConfig, GrowthConfig, LoggingConfig, OptimConfig,
                                            ParallelConfig, TrainConfig)
 from grow_megatron.data.config import DataConfig
+from grow_megatron.growth.schedule import prop_alpha, steps_for_every_stage
 
 
 @dataclass
@@ -53,6 +54,13 @@ class RunConfig:
             k = self.model.num_layers // self.growth.block_size
             check(self.grow_steps >= k, "growth.grow_steps", self.grow_steps,
                   f"must give each of the {k} stages at least one step")
+            steps = prop_alpha(k, self.grow_steps, self.growth.alpha)
+            if min(steps) < 1:
+                raise ConfigError("growth.alpha", self.growth.alpha,
+                                  f"gives stage {steps.index(0) + 1} of {k} no steps (PROP-{self.growth.alpha:g} over "
+                                  f"{self.grow_steps} growth steps: {steps}): lower growth.alpha, or raise "
+                                  f"growth.grow_steps (with train.steps) to "
+                                  f"{steps_for_every_stage(k, self.growth.alpha)}, which gives every stage a step")
         tc = self.train
         mbs_per_step = tc.global_batch_size // (tc.micro_batch_size * dp)
         counts = (("train.global_batch_size", tc.global_batch_size, mbs_per_step,

@@ -6,6 +6,7 @@ from typing import Literal, Optional
 
 from grow_megatron.config.base import ConfigError, check
 from grow_megatron.growth.operators import OPERATORS
+from grow_megatron.growth.schedule import MAX_ALPHA
 
 
 @dataclass
@@ -19,7 +20,8 @@ class GrowthConfig:
     function_preserving: bool = False
     """Zero the copies' output projections so that a growth leaves the function unchanged."""
     alpha: float = 1.0
-    """PROP-alpha exponent: stage i trains i^alpha / sum_j j^alpha of grow_steps."""
+    """PROP-alpha exponent: stage i trains i^alpha / sum_j j^alpha of grow_steps; 0 to 10 (beyond
+    10 the early stages get next to nothing). Every stage must get at least one step."""
     grow_steps: Optional[int] = None
     """Steps until the final depth is reached (paper: 170k of 200k). Default: train.steps minus
     optim.decay_steps, i.e. growth ends where the LR decay starts."""
@@ -42,7 +44,8 @@ class GrowthConfig:
               f"must divide model.num_layers ({num_layers}) so that growth ends at the final depth")
         check(num_layers // self.block_size >= 2, f"{path}.block_size", self.block_size,
               f"gives a single stage for model.num_layers={num_layers}: nothing to grow (use operator: none)")
-        check(self.alpha >= 0, f"{path}.alpha", self.alpha, "must be >= 0")
+        check(0 <= self.alpha <= MAX_ALPHA, f"{path}.alpha", self.alpha,
+              f"must be in [0, {MAX_ALPHA:g}] (PROP-alpha; 1 is the paper's PROP-1)")
         if self.grow_steps is not None:
             check(0 < self.grow_steps <= total_steps, f"{path}.grow_steps", self.grow_steps,
                   f"must be in 1..train.steps ({total_steps})")
@@ -122,9 +125,16 @@ class TrainConfig:
     """Micro-batches of held-out data per evaluation."""
     log_interval: int = 1
     """Metrics line every this many steps."""
+    max_skipped_steps: int = 5
+    """A step whose loss or gradients are not finite (inf/NaN on any rank) is skipped: no update to
+    weights or AdamW state, counted in metrics.jsonl. This many skipped steps in a row stop the run
+    (before any checkpoint of a diverged state is written), naming the last good checkpoint."""
 
     def validate(self, dp_size: int = 1, path: str = "train") -> None:
         check(self.steps > 0, f"{path}.steps", self.steps, "must be a positive integer")
+        check(0 <= self.seed < 2**32, f"{path}.seed", self.seed,
+              "must be in 0..2**32-1 (numpy's and megatron's seeds are unsigned 32-bit)")
+        check(self.max_skipped_steps >= 1, f"{path}.max_skipped_steps", self.max_skipped_steps, "must be >= 1")
         check(self.micro_batch_size > 0, f"{path}.micro_batch_size", self.micro_batch_size, "must be positive")
         check(self.global_batch_size > 0, f"{path}.global_batch_size", self.global_batch_size, "must be positive")
         check(self.global_batch_size % (self.micro_batch_size * dp_size) == 0, f"{path}.global_batch_size",

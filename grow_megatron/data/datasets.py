@@ -154,8 +154,10 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
         for path, _, _, _, field in entries:
             if not has_indexed_files(_strip_ext(path)):
                 list_source_files(path, field)
+            else:
+                check_indexed(_strip_ext(path), tokenizer, field)
         _check_tokenizers([(_strip_ext(p), w, n, f) for p, w, n, _, f in entries if has_indexed_files(_strip_ext(p))],
-                          tokenizer, scan_ids=True)
+                          tokenizer)
         res = []
         for path, w, name, tf, field in entries:
             prefix = _strip_ext(path)
@@ -173,7 +175,7 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
     return [(p, w, n) for p, w, n, _ in out]
 
 
-def _check_tokenizers(items, tokenizer: Tokenizer, scan_ids: bool = False) -> None:
+def _check_tokenizers(items, tokenizer: Tokenizer) -> None:
     """Every dataset of a mixture must have been tokenized with one tokenizer: the run's."""
     from grow_megatron.data.prepare import read_manifest
 
@@ -181,8 +183,6 @@ def _check_tokenizers(items, tokenizer: Tokenizer, scan_ids: bool = False) -> No
     for prefix, w, name, field in items:
         m = read_manifest(prefix)
         if m is None:
-            if scan_ids:
-                _check_ids_in_vocab(prefix, tokenizer, field)
             continue
         sha = m["tokenizer"]["sha256"]
         for other_sha, (other_field, other_prefix) in seen.items():
@@ -196,18 +196,48 @@ def _check_tokenizers(items, tokenizer: Tokenizer, scan_ids: bool = False) -> No
                               f"{m['tokenizer'].get('copy') or 'that tokenizer'} or re-prepare the dataset")
 
 
-def _check_ids_in_vocab(prefix: str, tokenizer: Tokenizer, field: str) -> None:
-    """For datasets without our manifest (e.g. Megatron-LM's tools): token ids must fit the vocab."""
+def check_indexed(prefix: str, tokenizer: Tokenizer, field: str) -> None:
+    """A user's `.bin/.idx` must be whole before training starts: a truncated or garbled file
+    otherwise fails deep inside megatron, some of them only mid-training when a sample reaches
+    the damaged part. Checks the sizes its manifest records (if it has ours), that the index
+    describes the .bin exactly (documents laid end to end), and the token ids (up to 1 GiB)."""
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    ds = IndexedDataset(prefix, mmap=True)
-    if len(ds.sequence_lengths) == 0:
+    from grow_megatron.data.prepare import read_manifest
+
+    redo = "re-prepare it from its source (grow-megatron data prepare --force)"
+    m = read_manifest(prefix)
+    for ext, key in ((".bin", "bin_bytes"), (".idx", "idx_bytes")):
+        size = os.path.getsize(prefix + ext)
+        if m is not None and key in m and size != m[key]:
+            raise ConfigError(field, prefix, f"{ext} is {size} bytes but its manifest records {m[key]}: the file is "
+                              f"truncated or was replaced; {redo}")
+    try:
+        ds = IndexedDataset(prefix, mmap=True)  # held while its memory-mapped arrays are copied
+        index = ds.index
+        lengths = index.sequence_lengths.astype(np.int64)
+        pointers = index.sequence_pointers.astype(np.int64)
+        docs = index.document_indices.astype(np.int64)
+        itemsize = np.dtype(index.dtype).itemsize
+    except Exception as err:  # noqa: BLE001 - whatever megatron's reader trips on, the file is the cause
+        why = (str(err).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(field, prefix, f"is not a readable megatron indexed dataset ({type(err).__name__}: {why}); "
+                          f"{redo}") from None
+    if len(lengths) == 0:
         raise ConfigError(field, prefix, "is an empty indexed dataset (no documents)")
-    if os.path.getsize(prefix + ".bin") <= _MAX_ID_SCAN_BYTES:
-        top = int(np.memmap(prefix + ".bin", dtype=ds.index.dtype, mode="r").max())
+    bin_bytes = os.path.getsize(prefix + ".bin")
+    starts = np.concatenate([[0], np.cumsum(lengths[:-1])]) * itemsize
+    if ((lengths < 0).any() or not np.array_equal(pointers, starts) or int(lengths.sum()) * itemsize != bin_bytes
+            or docs[0] != 0 or docs[-1] != len(lengths) or (np.diff(docs) < 0).any()):
+        raise ConfigError(field, prefix, f"has an index (.idx) that does not describe its .bin ({bin_bytes} bytes; the "
+                          f"index lists {int(lengths.clip(min=0).sum()) * itemsize}): one of them is truncated or "
+                          f"garbled; {redo}")
+    if bin_bytes <= _MAX_ID_SCAN_BYTES:
+        top = int(np.memmap(prefix + ".bin", dtype=index.dtype, mode="r").max())
         if top >= tokenizer.vocab_size:
             raise ConfigError(field, prefix, f"holds token id {top}, beyond the run's tokenizer vocabulary "
-                              f"({tokenizer.vocab_size}, {tokenizer.source}): it was made with another tokenizer")
+                              f"({tokenizer.vocab_size}, {tokenizer.source}): it was made with another tokenizer, "
+                              f"or its .bin is garbled")
 
 
 def _documents(prefix: str) -> int:
@@ -219,6 +249,18 @@ def _documents(prefix: str) -> int:
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
     return int(IndexedDataset(prefix, mmap=True).sequence_lengths.shape[0])
+
+
+def _tokens(prefix: str) -> int:
+    from grow_megatron.data.prepare import read_manifest
+
+    m = read_manifest(prefix)
+    if m and "tokens" in m:
+        return int(m["tokens"])
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(prefix, mmap=True)  # held while its memory-mapped lengths are read
+    return int(ds.sequence_lengths.sum())
 
 
 def _check_split(cfg: DataConfig, mixture, sizes: list[int]) -> None:
@@ -237,13 +279,15 @@ def _check_split(cfg: DataConfig, mixture, sizes: list[int]) -> None:
 
 # --- datasets ----------------------------------------------------------------------------
 def build_datasets(cfg: DataConfig, *, seq_length: int, seed: int, train_samples: int, valid_samples: int,
-                   tokenizer: Tokenizer | None = None, progress: bool = True):
+                   tokenizer: Tokenizer | None = None, progress: bool = True, batch_tokens: int = 0):
     """(train_ds, valid_ds): megatron GPTDataset (one dataset) or BlendedDataset (mixture).
 
     `ds[i]` is a dict of `tokens`, `labels`, `position_ids` (long) and `loss_mask` (float),
     each [seq_length] (a BlendedDataset adds `dataset_id`). `train_ds` has at least
     `train_samples` samples; `valid_ds` at least `valid_samples` (or one epoch of the
-    validation documents when valid_samples is 0; None when the split has no validation part)."""
+    validation documents when valid_samples is 0; None when the split has no validation part).
+    `batch_tokens` (tokens of one global batch): warn when the whole corpus holds fewer, since
+    every step then trains on the same few tokens again."""
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
@@ -256,6 +300,12 @@ def build_datasets(cfg: DataConfig, *, seq_length: int, seed: int, train_samples
     mixture = resolve_datasets(cfg, tok, progress=progress)
     sizes = [int(train_samples), int(valid_samples), 0]
     _check_split(cfg, mixture, sizes)
+    corpus = sum(_tokens(p) for p, _, _ in mixture)
+    dist = _dist()
+    if corpus < batch_tokens and (dist is None or dist.get_rank() == 0):
+        log.warning(f"warning: the data holds {corpus} tokens, fewer than one global batch ({batch_tokens} tokens = "
+                    f"train.global_batch_size x model.seq_length): every step repeats the same text; add data or "
+                    f"lower train.global_batch_size / model.seq_length")
     vec = split_vector(cfg.split)
     prefixes = [p for p, _, _ in mixture]
     weights = [w for _, w, _ in mixture] if len(mixture) > 1 else None

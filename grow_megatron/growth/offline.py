@@ -121,11 +121,11 @@ def carry_run_records(src_run_dir: str, out_dir: str, step: int, growth_event: d
     compare-runs show the model's whole life. Returns the number of metrics records carried."""
     import json
 
-    from grow_megatron.training.compare_runs import read_records
+    from grow_megatron.training.metrics import read_jsonl
 
     carried = 0
     for name in ("metrics.jsonl", "events.jsonl"):
-        keep = [json.dumps(r) + "\n" for r in read_records(os.path.join(src_run_dir, name)) if r.get("step", step) < step]
+        keep = [json.dumps(r) + "\n" for r in read_jsonl(os.path.join(src_run_dir, name)) if r.get("step", step) < step]
         if name == "metrics.jsonl":
             carried = len(keep)
         else:

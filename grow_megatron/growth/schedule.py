@@ -1,6 +1,7 @@
 """Stage schedules (SPEC 4) and the growth plan: pure integer arithmetic, no torch."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
@@ -24,10 +25,26 @@ def largest_remainder(weights: list[Fraction] | list[float], total: int) -> list
     return floors
 
 
+MAX_ALPHA = 10.0
+"""Largest PROP-alpha exponent accepted. At alpha = 10 stage 1 already gets under 2e-5 of the
+growth steps with 3 stages (1 / (1 + 2^10 + 3^10)); larger exponents only starve the early
+stages further, while the exact rational weights i^alpha grow without bound (alpha = 1e300
+would never finish computing)."""
+
+
+def steps_for_every_stage(num_stages: int, alpha: float) -> int:
+    """Growth steps that give every PROP-alpha stage at least one step: sum_j j^alpha, rounded up
+    (stage 1, the smallest, then gets at least T / sum_j j^alpha >= 1 before rounding)."""
+    return math.ceil(sum(Fraction(i) ** int(alpha) if float(alpha).is_integer() else i**alpha
+                         for i in range(1, num_stages + 1)))
+
+
 def prop_alpha(num_stages: int, total_steps: int, alpha: float = 1.0) -> list[int]:
     """PROP-alpha: stage i (1..k) trains i^alpha / sum_j j^alpha * T steps."""
     if num_stages < 1 or total_steps < 0:
         raise ValueError(f"need num_stages >= 1 and total_steps >= 0, got {num_stages}, {total_steps}")
+    if not 0 <= alpha <= MAX_ALPHA:
+        raise ValueError(f"alpha must be in [0, {MAX_ALPHA:g}], got {alpha}")
     if float(alpha).is_integer():
         # Exact rationals: float rounding could flip a tie in the remainder order.
         weights: list = [Fraction(i) ** int(alpha) for i in range(1, num_stages + 1)]

@@ -21,6 +21,7 @@ import numpy as np
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.flops import flops_unit, format_flops
+from grow_megatron.training.metrics import read_jsonl
 
 AXES = (("step", "step"), ("tokens", "tokens trained"), ("flops", "training FLOPs (SPEC 6)"))
 
@@ -48,34 +49,19 @@ class RunRecords:
                                np.concatenate([[0], self.column(axis)])))
 
 
-def read_records(path: str) -> list[dict]:
-    """The JSON objects of a .jsonl file ([] if absent), skipping a line torn by a crash."""
-    out = []
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except ValueError:  # a line torn by a crash: the others still count
-                    continue
-                if isinstance(rec, dict):
-                    out.append(rec)
-    return out
-
-
 def load_run(run_dir: str, name: Optional[str] = None) -> RunRecords:
     """A run directory's records; ConfigError (one line) when it cannot be compared."""
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.isfile(path):
         raise ConfigError("RUN", run_dir, "has no metrics.jsonl: give a run directory (the run_dir of a training run)")
-    recs = sorted((r for r in read_records(path) if "step" in r and "loss" in r),
+    recs = sorted((r for r in read_jsonl(path) if "step" in r and "loss" in r),
                   key=lambda r: r["step"])
     if not recs:
         raise ConfigError("RUN", run_dir, "has no training records in metrics.jsonl yet")
     if any("flops" not in r or "tokens" not in r for r in recs):
         raise ConfigError("RUN", run_dir, "has records without cumulative tokens/FLOPs (trained by a version of "
                                           "grow_megatron before they were logged): train it again to compare it")
-    growths = [e for e in read_records(os.path.join(run_dir, "events.jsonl")) if e.get("kind") == "growth"]
+    growths = [e for e in read_jsonl(os.path.join(run_dir, "events.jsonl")) if e.get("kind") == "growth"]
     return RunRecords(name or os.path.basename(os.path.normpath(run_dir)), recs, growths)
 
 

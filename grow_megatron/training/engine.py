@@ -6,8 +6,9 @@ that outlives a growth (step, LR schedule, data position) lives in the training 
 from __future__ import annotations
 
 import gc
+import math
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
@@ -120,7 +121,11 @@ def build_engine(spec: EngineSpec, depth: int, init_weights: bool = True) -> Eng
     opt_config = OptimizerConfig(
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
         adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad, bf16=spec.bf16,
-        params_dtype=config.params_dtype, use_distributed_optimizer=True)
+        params_dtype=config.params_dtype, use_distributed_optimizer=True,
+        # A constant scale of 1 changes no gradient bit but turns on megatron's own check: a step
+        # whose gradients hold an inf/NaN on any rank is skipped (weights, main copies, AdamW
+        # moments and step untouched) and reported by step() as not successful.
+        loss_scale=1.0)
     optimizer = get_megatron_optimizer(opt_config, model)
     config.no_sync_func = model[0].no_sync if len(model) == 1 else [m.no_sync for m in model]
     config.finalize_model_grads_func = finalize_model_grads
@@ -194,13 +199,30 @@ def set_lr(engine: Engine, lr: float) -> None:
         group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
-def train_step(engine: Engine, microbatches: list[dict], lr: float) -> dict:
-    """One optimizer step; returns loss, grad norm and whether the update was applied."""
-    loss = run_microbatches(engine, microbatches, forward_only=False)
+def train_step(engine: Engine, microbatches: list[dict], lr: float,
+               before_update: Optional[Callable[[Engine], None]] = None) -> dict:
+    """One optimizer step; returns loss, grad norm (None when skipped) and whether the update was
+    applied. A step with a non-finite loss or non-finite gradients is skipped: the optimizer state
+    is left exactly as it was. `before_update` runs between backward and the update (fault tests)."""
+    loss = float(run_microbatches(engine, microbatches, forward_only=False))
+    if before_update is not None:
+        before_update(engine)
     set_lr(engine, lr)
+    # The loss is reduced over PP and DP and equal over TP, so every rank takes the same branch.
+    if not math.isfinite(loss):
+        return {"loss": loss, "grad_norm": None, "update_ok": False, "lr": lr}
     ok, grad_norm, _ = engine.optimizer.step()
-    return {"loss": float(loss), "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+    return {"loss": loss, "grad_norm": float(grad_norm) if ok and grad_norm is not None else None,
             "update_ok": bool(ok), "lr": lr}
+
+
+def poison_gradients(engine: Engine) -> None:
+    """Fault injection: make one gradient element NaN on every rank (what an overflow does)."""
+    with torch.no_grad():
+        for m in engine.model:
+            for p in m.module.parameters():
+                p.main_grad.view(-1)[0] = float("nan")
+                return
 
 
 @torch.no_grad()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import sys
@@ -14,16 +13,22 @@ from typing import Callable, Optional
 import torch
 from megatron.core import parallel_state
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import ConfigError, check_output_dir
 from grow_megatron.config.model import padded_vocab
 from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.growth.manager import grow, needs_host_staging
 from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from grow_megatron.training.distributed import Layout, device_context, init_distributed
-from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, train_step
+from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, poison_gradients, train_step
 from grow_megatron.training.history import ComputeCount, continued_plan, lr_schedule, plan_note
+from grow_megatron.training.memory import check_fits
 from grow_megatron.training.metrics import MetricsWriter
+from grow_megatron.training.optim_state import nonfinite_state
+from grow_megatron.training.run_lock import run_dir_lock
+
+FAULT_NAN_GRAD_STEP = "GROW_MEGATRON_FAULT_NAN_GRAD_STEP"
+"""Fault injection (tests): the global step whose gradients are made NaN before the update."""
 
 
 @dataclass
@@ -72,11 +77,20 @@ def _graceful_interrupt():
             signal.signal(sig, h)
 
 
+def _last_good(ckpt_root: str) -> str:
+    last = latest_checkpoint(ckpt_root)
+    return (f"the last good checkpoint is {last} (running again resumes from it)" if last
+            else "no checkpoint was written yet (running again starts from step 0)")
+
+
 def train(cfg: RunConfig, *, stop_at: Optional[int] = None,
           on_step: Optional[Callable[[Engine, int, dict], None]] = None) -> TrainResult:
     """Run (or resume) training; `stop_at` stops after that many global steps, checkpointing
     there as a preemption would (used by tests and by Ctrl-C)."""
-    with device_context():
+    # Before anything is set up or written: a run_dir that is a file fails here, not after the
+    # data is prepared; a run_dir another trainer uses is refused before its files are touched.
+    check_output_dir(cfg.run_dir, "run_dir")
+    with run_dir_lock(cfg.run_dir), device_context():
         return _train(cfg, stop_at=stop_at, on_step=on_step)
 
 
@@ -100,7 +114,13 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                               "Triton's interpreter on CPU); use model.kernels=auto or off")
 
     tokenizer = build_tokenizer(cfg.data)
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size < tokenizer.vocab_size:
+        raise ConfigError("model.vocab_size", cfg.model.vocab_size,
+                          f"is smaller than the tokenizer's vocabulary ({tokenizer.vocab_size}, {tokenizer.source}), so "
+                          f"its token ids would index past the embedding: leave it empty to take the tokenizer's, or "
+                          f"set it >= {tokenizer.vocab_size}")
     vocab = padded_vocab(cfg.model.vocab_size or tokenizer.vocab_size, layout.tp)
+    check_fits(cfg, vocab, layout.tp, layout.pp, layout.dp, bf16)
     plan = plan_from_config(cfg)
     tc = cfg.train
     dp_rank = parallel_state.get_data_parallel_rank()
@@ -109,7 +129,8 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                                         train_samples=tc.steps * tc.global_batch_size,
                                         valid_samples=valid_samples, tokenizer=tokenizer,
                                         # A tokenizing bar in a redirected log is one \r-joined line.
-                                        progress=rank0 and sys.stderr.isatty())
+                                        progress=rank0 and sys.stderr.isatty(),
+                                        batch_tokens=tc.global_batch_size * cfg.model.seq_length)
 
     spec = EngineSpec(cfg.model, cfg.optim, vocab, bf16=bf16, use_kernels=use_kernels,
                       tp=layout.tp, pp=layout.pp, vpp=cfg.parallel.virtual_stages,
@@ -117,11 +138,11 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                       seed=tc.seed)
     ckpt_root = os.path.join(cfg.run_dir, "checkpoints")
     resume_from = latest_checkpoint(ckpt_root) if cfg.checkpoint.resume == "auto" else None
-    start, history, prior = 0, [], None
+    start, history, prior, skipped = 0, [], None, 0
     torch.manual_seed(tc.seed)
     if resume_from:
         meta = prior = read_meta(resume_from)
-        start, history = meta["step"], meta.get("growths", [])
+        start, history, skipped = meta["step"], meta.get("growths", []), meta.get("skipped_steps", 0)
         plan = continued_plan(plan, meta)
         if meta["depth"] != plan.depth_at(start) and not (start in plan.boundaries and meta["depth"] == plan.depth_at(start - 1)):
             raise ConfigError("checkpoint.resume", resume_from,
@@ -165,10 +186,23 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     def meta(done: int) -> dict:
         return {"growths": result.growths, "name": cfg.name, "stage_steps": list(plan.stage_steps),
-                "operator": cfg.growth.operator, **schedule.meta(),
+                "operator": cfg.growth.operator, **schedule.meta(), "skipped_steps": skipped,
                 "compute": {"step": done, **compute.at(done, result.growths)}}
 
     growth_ckpts: set[str] = set()
+
+    def checked_save(engine: Engine, done: int, **kw) -> str:
+        # A diverged state must never become a checkpoint, let alone `latest`: resuming it
+        # would fail forever. Stop instead, pointing at the last good one.
+        bad = nonfinite_state(engine.model, engine.optimizer)
+        if bad:
+            raise FloatingPointError(f"the model state after step {done} holds non-finite {', '.join(bad)}, so it was "
+                                     f"not checkpointed: lower optim.lr or raise optim.warmup_steps; "
+                                     f"{_last_good(ckpt_root)}")
+        return save_checkpoint(engine, ckpt_root, done, meta(done), **kw)
+
+    poison_at = int(os.environ.get(FAULT_NAN_GRAD_STEP, -1))
+    consecutive = 0
     pbar = metrics.progress(total=tc.steps, initial=start, enabled=cfg.logging.progress,
                             interval=cfg.logging.print_interval)
     step = start
@@ -182,7 +216,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             while engine.depth < target:
                 g = next(g for g in plan.growths if g.old_depth == engine.depth)
                 if cfg.checkpoint.save_at_growth:
-                    d = save_checkpoint(engine, ckpt_root, step, meta(step), keep=growth_ckpts)
+                    d = checked_save(engine, step, keep=growth_ckpts)
                     growth_ckpts.add(os.path.basename(d))
                 t0 = time.perf_counter()
                 staged = needs_host_staging(engine, g, cfg.growth.host_staging)
@@ -196,13 +230,24 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             t0 = time.perf_counter()
             mbs = get_microbatches(train_ds, step=step, global_batch_size=tc.global_batch_size,
                                    micro_batch_size=tc.micro_batch_size, dp_rank=dp_rank, dp_size=layout.dp)
-            out = train_step(engine, mbs, schedule.lr(step))
+            out = train_step(engine, mbs, schedule.lr(step),
+                             before_update=poison_gradients if step == poison_at else None)
             dt = time.perf_counter() - t0
             rec = {"step": step, **out, "depth": engine.depth, "tokens_per_s": tokens_per_step / dt, "step_s": dt,
                    **compute.at(step + 1, result.growths)}
-            if not math.isfinite(out["loss"]):
-                raise FloatingPointError(f"loss is {out['loss']} at step {step} (lr {out['lr']:.3g}): lower optim.lr "
-                                         f"or raise optim.warmup_steps; the last checkpoint is in {ckpt_root}")
+            consecutive = 0 if out["update_ok"] else consecutive + 1
+            if not out["update_ok"]:
+                skipped += 1
+                rec["skipped"] = True
+                metrics.note(f"step {step}: non-finite loss or gradients (loss {out['loss']:.4g}), update skipped "
+                             f"({consecutive} in a row, {skipped} in this run)")
+            rec["skipped_steps"] = skipped
+            if consecutive >= tc.max_skipped_steps:
+                metrics.log(rec)
+                raise FloatingPointError(
+                    f"{consecutive} steps in a row ({step - consecutive + 1}..{step}) had a non-finite loss or gradients "
+                    f"and were skipped (train.max_skipped_steps = {tc.max_skipped_steps}; lr {out['lr']:.3g} at step "
+                    f"{step}): lower optim.lr or raise optim.warmup_steps; {_last_good(ckpt_root)}")
             result.losses[step] = out["loss"]
             done = step + 1
             if tc.eval_interval and valid_ds is not None and (done % tc.eval_interval == 0 or done == tc.steps):
@@ -219,11 +264,10 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             if on_step is not None:
                 on_step(engine, step, rec)
             if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done < end:
-                save_checkpoint(engine, ckpt_root, done, meta(done), keep=growth_ckpts,
-                                keep_last=cfg.checkpoint.keep_last)
+                checked_save(engine, done, keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
     pbar.close()
     result.end_step = end
     result.final_depth = engine.depth
-    save_checkpoint(engine, ckpt_root, end, meta(end), keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
+    checked_save(engine, end, keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
     metrics.close(plot=end == tc.steps)
     return result

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
 import sys
 from typing import Optional
 
 from tqdm import tqdm
+
+log = logging.getLogger(__name__)
 
 
 class _Progress:
@@ -103,7 +107,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+            f.write(json.dumps(_json_safe(rec), allow_nan=False) + "\n")
         if self.tb is not None:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -169,11 +173,38 @@ class WandbSink:
         self.run.finish()
 
 
+def _json_safe(rec: dict) -> dict:
+    """Non-finite floats (a diverged step's loss) as null: bare NaN/Infinity is not JSON, and
+    strict readers (jq, JavaScript, pandas with some engines) reject the whole file."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()}
+
+
+def _parse_lines(path: str) -> list[tuple[str, dict]]:
+    """(line, record) for each readable line. A crash mid-write tears the last line; that must not
+    block every later resume, so unreadable lines are dropped with one warning."""
+    out, torn = [], []
+    with open(path) as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = None
+            if not isinstance(rec, dict):
+                torn.append(n)
+                continue
+            out.append((line if line.endswith("\n") else line + "\n", rec))
+    if torn:
+        log.warning(f"warning: {path}: dropped {len(torn)} unreadable line(s) (line {', '.join(map(str, torn))}; "
+                    "a write cut off by a crash)")
+    return out
+
+
 def _truncate_from(path: str, step: int) -> None:
     if not os.path.exists(path):
         return
-    with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line).get("step", -1) < step]
+    keep = [line for line, rec in _parse_lines(path) if rec.get("step", -1) < step]
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.writelines(keep)
@@ -183,8 +214,7 @@ def _truncate_from(path: str, step: int) -> None:
 def read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [rec for _, rec in _parse_lines(path)]
 
 
 def plot_run(run_dir: str, out: Optional[str] = None) -> str:
@@ -197,7 +227,8 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
     recs = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     events = [e for e in read_jsonl(os.path.join(run_dir, "events.jsonl")) if e.get("kind") == "growth"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], lw=1, label="train loss")
+    ax.plot([r["step"] for r in recs], [math.nan if r["loss"] is None else r["loss"] for r in recs], lw=1,
+            label="train loss")
     ev = [r for r in recs if "val_loss" in r]
     if ev:
         ax.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", ms=3, label="held-out loss")

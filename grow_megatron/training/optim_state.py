@@ -97,3 +97,28 @@ def set_step_count(optimizer, step: int) -> None:
                     state["step"].fill_(step)
                 else:
                     state["step"] = step
+
+
+def nonfinite_state(model_chunks, optimizer) -> list[str]:
+    """Names of the kinds of state (weights, fp32 main copies, AdamW moments) holding an inf or
+    NaN on any rank; empty when everything is finite. Every rank gets the same answer, so all
+    of them take the same decision about the save that follows."""
+    kinds = ("weights", "main copies", "exp_avg", "exp_avg_sq")
+    bad = torch.zeros(len(kinds), dtype=torch.float32,
+                      device=next(p for m in model_chunks for p in m.parameters()).device)
+    for m in model_chunks:
+        for p in m.parameters():
+            if not torch.isfinite(p).all():
+                bad[0] = 1
+    for opt in _inner_optimizers(optimizer):
+        for group in opt.optimizer.param_groups:
+            for main in group["params"]:  # the fp32 main-copy shards this rank owns
+                if not torch.isfinite(main).all():
+                    bad[1] = 1
+                state = opt.optimizer.state.get(main, {})
+                for i, k in enumerate(kinds[2:], start=2):
+                    if k in state and not torch.isfinite(state[k]).all():
+                        bad[i] = 1
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+    return [k for k, flag in zip(kinds, bad.tolist()) if flag]
