@@ -155,3 +155,59 @@ def test_eval_cli_names_a_path_that_is_no_model(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--tasks", "varassign_basic", "--n", "1", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(tmp_path) in err[0] and "neither a checkpoint directory" in err[0]
+
+
+def _fast_and_reference(model, tokenizer, examples, batch_size, max_length):
+    fast = S.hf_scorer(model, tokenizer, batch_size=batch_size, max_length=max_length)
+    ref = S.hf_scorer(model, tokenizer, batch_size=batch_size, max_length=max_length, reference=True)
+    assert isinstance(fast, S.CachedPrefixScorer) and isinstance(ref, S.LogLikelihoodScorer)
+    return fast.score(examples), ref.score(examples)
+
+
+def test_cached_prefix_scorer_equals_reference(tiny):
+    """The KV-cached scorer gives the reference's sums (fp32 rounding) and the same argmax, with
+    ragged choice lengths (1 to 6 tokens), several prompts per batch and more choices than one
+    continuation batch holds, and runs each prompt once: tokens through the model drop from
+    prompts x choices x prompt length to about prompts x prompt length."""
+    model, tokenizer = tiny
+    one_shot = P.PrimitivesConfig(num_shots=1)
+    examples = [P.make_example(t, 0, i, one_shot) for t in ("copying_words", "varassign_code") for i in range(3)]
+    examples.append(MCExample("Fill in blank:\n\nx=1\nx=", (" 1", " 12 and then some", "9", " 7 7 7 7 7"), 1, "custom"))
+    examples.append(MCExample(examples[0].prompt, examples[0].choices, examples[0].answer, "same_prompt"))
+    rows = []
+    hook = model.register_forward_pre_hook(lambda mod, args, kw: rows.append(tuple(kw["input_ids"].shape)),
+                                           with_kwargs=True)
+    try:
+        fast = S.hf_scorer(model, tokenizer, batch_size=2).score(examples)
+    finally:
+        hook.remove()
+    ref = S.hf_scorer(model, tokenizer, batch_size=2, reference=True).score(examples)
+    assert [len(f) for f in fast] == [len(ex.choices) for ex in examples]
+    assert torch.allclose(torch.tensor([x for f in fast for x in f]), torch.tensor([x for r in ref for x in r]),
+                          rtol=0, atol=2e-5)
+    assert S.predictions(fast) == S.predictions(ref)
+    # Prefix forwards are the calls longer than any continuation (prompts are > 8 tokens): one
+    # row per distinct prompt, the repeated prompt included once.
+    assert sum(b for b, t in rows if t > 8) == len(examples) - 1
+    assert all(b <= 4 * 2 for b, t in rows if t <= 8)  # continuation batches: at most 4 x batch_size rows
+
+
+def test_cached_prefix_scorer_at_the_context_limit(tiny):
+    """Prompts that just fit, are one token too long, or much too long: both paths cut the same
+    tokens from the left (choices of different lengths keep different prefixes)."""
+    model, tokenizer = tiny
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    base = P.make_example("varassign_basic", 0, 0, P.PrimitivesConfig(num_shots=1))
+    choices = (" 3", " 12 and 13", " 7 . -> x")
+    longest = max(len(S.encode_pair(enc, base.prompt, c)[1]) for c in choices)
+    fits = len(enc(base.prompt)) + longest - 1
+    examples = [MCExample(base.prompt, choices, 0, "t")]
+    for limit in (fits, fits - 1, fits - 20):
+        reqs = S.mc_requests(examples, enc)
+        assert S.truncated_prompts(examples, reqs, limit) == {"t": int(limit < fits)}
+        fast, ref = _fast_and_reference(model, tokenizer, examples, batch_size=4, max_length=limit)
+        assert fast[0] == pytest.approx(ref[0], abs=2e-5)
+        assert S.predictions(fast) == S.predictions(ref)
+    # The cut really changes the numbers (so the test above compares truncated scoring).
+    assert _fast_and_reference(model, tokenizer, examples, 4, fits - 20)[0] != \
+        _fast_and_reference(model, tokenizer, examples, 4, fits)[0]

@@ -10,9 +10,17 @@ Multiple choice follows lm-evaluation-harness's `acc`: the score of a choice is 
 the log-probs of its tokens given the prompt, where the choice's tokens are those that
 encoding prompt+choice adds after the prompt's tokens (so BPE merges across the boundary
 match what the model saw in training); highest score wins, the first on ties.
+
+Two implementations compute the same sums. `continuation_logprobs` runs one full forward per
+(prompt, choice) through any `LogitsFn`; it is the reference (tests and tools/bench_eval.py
+hold the fast path to it) and the path for models that are only a function.
+`prefix_cached_logprobs` is what `grow-megatron eval` uses on Hugging Face models: each
+distinct context is run once with the KV cache on (only its last position goes through the
+output layer), and all its choices are then scored against that cache in one small batch.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from dataclasses import dataclass
@@ -91,9 +99,45 @@ def encode_pair(encode: Encode, context: str, continuation: str) -> tuple[list[i
     return ctx, encode(continuation)
 
 
+def mc_requests(examples: Sequence[MCExample], encode: Encode,
+                prefix_ids: Sequence[int] = ()) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) of every choice of every example, in order."""
+    reqs = []
+    for ex in examples:
+        for choice in ex.choices:
+            ctx, cont = encode_pair(encode, ex.prompt, choice)
+            reqs.append((list(prefix_ids) + ctx, cont))
+    return reqs
+
+
+def _per_example(flat: Sequence[float], examples: Sequence[MCExample]) -> list[list[float]]:
+    out, k = [], 0
+    for ex in examples:
+        out.append(list(flat[k:k + len(ex.choices)]))
+        k += len(ex.choices)
+    return out
+
+
+def truncated_prompts(examples: Sequence[MCExample], requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                      max_length: int | None) -> dict[str, int]:
+    """Per task, how many examples have a choice whose scoring input (context + continuation
+    minus its last token) is longer than max_length, i.e. loses tokens from the left."""
+    out = {ex.task: 0 for ex in examples}
+    if max_length is None:
+        return out
+    k = 0
+    for ex in examples:
+        n = len(ex.choices)
+        if any(len(ctx) + len(cont) - 1 > max_length for ctx, cont in requests[k:k + n]):
+            out[ex.task] += 1
+        k += n
+    return out
+
+
 @dataclass
 class LogLikelihoodScorer:
-    """MC scorer over any causal `LogitsFn` and tokenizer `encode`."""
+    """MC scorer over any causal `LogitsFn` and tokenizer `encode` (one forward per choice; the
+    reference implementation, see the module docstring)."""
 
     logits_fn: LogitsFn
     encode: Encode
@@ -109,21 +153,144 @@ class LogLikelihoodScorer:
     """Where the ids go before logits_fn."""
 
     def requests(self, examples: Sequence[MCExample]) -> list[tuple[list[int], list[int]]]:
-        reqs = []
-        for ex in examples:
-            for choice in ex.choices:
-                ctx, cont = encode_pair(self.encode, ex.prompt, choice)
-                reqs.append((list(self.prefix_ids) + ctx, cont))
-        return reqs
+        return mc_requests(examples, self.encode, self.prefix_ids)
 
-    def score(self, examples: Sequence[MCExample]) -> list[list[float]]:
-        flat = continuation_logprobs(self.logits_fn, self.requests(examples), self.batch_size, self.pad_id,
-                                     self.max_length, self.device)
-        out, k = [], 0
-        for ex in examples:
-            out.append(flat[k:k + len(ex.choices)])
-            k += len(ex.choices)
-        return out
+    def score(self, examples: Sequence[MCExample],
+              requests: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None) -> list[list[float]]:
+        reqs = self.requests(examples) if requests is None else requests
+        flat = continuation_logprobs(self.logits_fn, reqs, self.batch_size, self.pad_id, self.max_length, self.device)
+        return _per_example(flat, examples)
+
+
+# --- shared-prefix scoring with the KV cache ---------------------------------------------------
+
+def split_request(ctx: Sequence[int], cont: Sequence[int], max_length: int | None = None
+                  ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(prefix, continuation): the prefix is the input up to the position that predicts the
+    continuation's first token, cut from the left exactly as `continuation_logprobs` cuts
+    context + continuation[:-1] to max_length, so both paths score the same tokens."""
+    if not ctx or not cont:
+        raise ValueError("context and continuation must both be non-empty")
+    if max_length is not None:
+        if len(cont) > max_length:
+            raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length {max_length}")
+        if len(ctx) + len(cont) - 1 > max_length:
+            return tuple(ctx[len(ctx) - (max_length - len(cont) + 1):]), tuple(cont)
+    return tuple(ctx), tuple(cont)
+
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    # transformers >= 5.2x calls the KV cache argument `cache`; older versions `past_key_values`.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _forward(model: torch.nn.Module, ids: torch.Tensor, cache=None, last_only: bool = False):
+    """(logits (B, T or 1, V), KV cache) of an HF causal LM on ids (B, T) after `cache`."""
+    params = inspect.signature(model.forward).parameters
+    kwargs: dict = {"input_ids": ids, "use_cache": True}
+    if cache is not None:
+        kwargs[_cache_keyword(model)] = cache
+    if last_only and "logits_to_keep" in params:
+        kwargs["logits_to_keep"] = 1  # the output layer only where a prediction is scored
+    out = model(**kwargs)
+    new_cache = out["cache"] if "cache" in out else out["past_key_values"]
+    return (out.logits[:, -1:] if last_only else out.logits), new_cache
+
+
+def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                           batch_size: int = 16, max_length: int | None = None,
+                           device: torch.device | str | None = None, progress: bool = False) -> list[float]:
+    """The sums of `continuation_logprobs` for an HF causal LM, each distinct prefix run once.
+
+    Prefixes of equal length are batched (no padding, so no attention mask and positions
+    0..T-1 as in the reference); the first continuation token is scored from the prefix's last
+    logits, the remaining ones by running continuation[:-1] of every choice against the
+    prefix's KV cache, up to 4 * batch_size choices per forward (right-padded: the padding
+    comes after every real token, which a causal model never lets it influence).
+    """
+    import copy
+
+    splits = [split_request(ctx, cont, max_length) for ctx, cont in requests]
+    by_prefix: dict[tuple[int, ...], list[int]] = {}
+    for i, (prefix, _) in enumerate(splits):
+        by_prefix.setdefault(prefix, []).append(i)
+    # Longest first (a batch too large for memory fails at once), equal lengths together.
+    order = sorted(by_prefix, key=len, reverse=True)
+    batches: list[list[tuple[int, ...]]] = []
+    for prefix in order:
+        if batches and len(batches[-1]) < batch_size and len(batches[-1][0]) == len(prefix):
+            batches[-1].append(prefix)
+        else:
+            batches.append([prefix])
+    out = [0.0] * len(splits)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(order), desc="score", unit="prompt", leave=False)
+    for batch in batches:
+        ids = torch.tensor(batch, dtype=torch.long, device=device)  # (P, T)
+        with torch.no_grad():
+            logits, cache = _forward(model, ids, last_only=True)
+            logp0 = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (P, V)
+            rest: list[tuple[int, int]] = []  # (prefix row, request) of multi-token continuations
+            for g, prefix in enumerate(batch):
+                for i in by_prefix[prefix]:
+                    cont = splits[i][1]
+                    out[i] = float(logp0[g, cont[0]])
+                    if len(cont) > 1:
+                        rest.append((g, i))
+            step = 4 * batch_size
+            for start in range(0, len(rest), step):
+                chunk = rest[start:start + step]
+                # batch_select_indices works in place: keep the prefix cache for later chunks.
+                c = cache if len(rest) <= step else copy.deepcopy(cache)
+                c.batch_select_indices(torch.tensor([g for g, _ in chunk], device=ids.device))
+                width = max(len(splits[i][1]) - 1 for _, i in chunk)
+                tail = torch.zeros((len(chunk), width), dtype=torch.long)  # (R, W)
+                for r, (_, i) in enumerate(chunk):
+                    cont = splits[i][1]
+                    tail[r, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
+                tail_logits, _ = _forward(model, tail.to(ids.device), cache=c)  # (R, W, V)
+                for r, (_, i) in enumerate(chunk):
+                    cont = splits[i][1]
+                    logp = torch.log_softmax(tail_logits[r, :len(cont) - 1].float(), dim=-1)
+                    tgt = torch.tensor(cont[1:], dtype=torch.long, device=logp.device)
+                    out[i] += float(logp.gather(-1, tgt[:, None]).sum())
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+@dataclass
+class CachedPrefixScorer:
+    """MC scorer of a Hugging Face causal LM that runs each prompt once (`prefix_cached_logprobs`);
+    the scores equal `LogLikelihoodScorer`'s up to fp32 rounding."""
+
+    model: torch.nn.Module
+    encode: Encode
+    prefix_ids: tuple[int, ...] = ()
+    """Prepended to every context (e.g. the BOS id, if the model was trained with one)."""
+    batch_size: int = 16
+    """Prompts per forward pass (choices: up to 4x as many, each only a few tokens long)."""
+    max_length: int | None = None
+    """Model context; longer inputs keep their last max_length tokens, as in the reference."""
+    device: torch.device | str | None = None
+    """Where the ids go (the model's device)."""
+    progress: bool = False
+    """A progress bar over prompts."""
+
+    def requests(self, examples: Sequence[MCExample]) -> list[tuple[list[int], list[int]]]:
+        return mc_requests(examples, self.encode, self.prefix_ids)
+
+    def score(self, examples: Sequence[MCExample],
+              requests: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None) -> list[list[float]]:
+        reqs = self.requests(examples) if requests is None else requests
+        flat = prefix_cached_logprobs(self.model, reqs, self.batch_size, self.max_length, self.device,
+                                      self.progress)
+        return _per_example(flat, examples)
 
 
 def hf_logits_fn(model: torch.nn.Module) -> LogitsFn:
@@ -135,8 +302,10 @@ def hf_logits_fn(model: torch.nn.Module) -> LogitsFn:
 
 
 def hf_scorer(model: torch.nn.Module, tokenizer, batch_size: int = 16, add_bos: bool = False,
-              max_length: int | None = None) -> LogLikelihoodScorer:
-    """MC scorer of an HF causal LM + tokenizer.
+              max_length: int | None = None, reference: bool = False,
+              progress: bool = False) -> CachedPrefixScorer | LogLikelihoodScorer:
+    """MC scorer of an HF causal LM + tokenizer: the KV-cached one, or with reference=True the
+    one-forward-per-choice reference (same scores up to fp32 rounding).
 
     Like lm-evaluation-harness's default, no BOS is added unless add_bos (the SmolLM
     tokenizer does not add one either).
@@ -147,13 +316,22 @@ def hf_scorer(model: torch.nn.Module, tokenizer, batch_size: int = 16, add_bos: 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(model.parameters()).device
     if max_length is None:
-        max_length = getattr(model.config, "max_position_embeddings", None)
+        max_length = context_length(model)
+    prefix = (bos,) if add_bos else ()
 
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    return LogLikelihoodScorer(hf_logits_fn(model), encode, prefix_ids=(bos,) if add_bos else (),
-                               batch_size=batch_size, pad_id=pad, max_length=max_length, device=device)
+    if reference:
+        return LogLikelihoodScorer(hf_logits_fn(model), encode, prefix_ids=prefix, batch_size=batch_size,
+                                   pad_id=pad, max_length=max_length, device=device)
+    return CachedPrefixScorer(model, encode, prefix_ids=prefix, batch_size=batch_size, max_length=max_length,
+                              device=device, progress=progress)
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The longest input an HF model has position embeddings for (None when it does not say)."""
+    return getattr(model.config, "max_position_embeddings", None)
 
 
 class OracleScorer:
