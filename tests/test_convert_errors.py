@@ -59,7 +59,8 @@ CASES = {
                         None, "rope_parameters.rope_type"),
     "rope_scaling_v4": ({}, _set(rope_scaling={"type": "dynamic", "factor": 2.0}), None, "rope_scaling.rope_type"),
     "rope_theta": ({}, _set(rope_parameters={"rope_type": "default", "rope_theta": 10000.5}), None, "rope_theta"),
-    "model_type": ({}, _set(model_type="mistral"), None, "model_type"),
+    "model_type": ({}, _set(model_type="gpt2"), None, "model_type"),
+    "sliding_window": ({}, _set(model_type="mistral", sliding_window=8), None, "sliding_window"),
     "untied_head": ({}, _set(tie_word_embeddings=False), _untie, "tie_word_embeddings"),
     "bias_tensor": ({}, None, _add_bias, "q_proj.bias"),
 }

@@ -196,28 +196,6 @@ def _hf_tokenizer(tok):
         return AutoTokenizer.from_pretrained(d)
 
 
-def load_as_hf(path: str, device: str = "cpu", dtype: DTypeLike = torch.float32, *, config: Optional[str] = None):
-    """(LlamaForCausalLM in eval mode, HF tokenizer or None) for an HF dir, a native checkpoint dir
-    or a run dir (converted in memory, LN-Scaling folded). `dtype` may be a torch dtype or a name."""
-    dt = _dtype(dtype, torch.float32)
-    if os.path.isfile(os.path.join(path, "config.json")):
-        from transformers import AutoTokenizer, LlamaForCausalLM
-
-        model = LlamaForCausalLM.from_pretrained(path, dtype=dt)
-        try:
-            tok = AutoTokenizer.from_pretrained(path)
-        except Exception:  # a bare weights directory: token-id data still works
-            tok = None
-        return model.to(device).eval(), tok
-    src = NativeSource(path, config)
-    try:
-        ours = src.tokenizer()
-    except ConfigError:
-        ours = None
-    model = native_to_hf_model(src, dt, ours)
-    return model.to(device).eval(), (_hf_tokenizer(ours) if ours is not None else None)
-
-
 # --- HF -> native ----------------------------------------------------------------------------
 
 def hf_to_native_state_dict(weights: dict[str, torch.Tensor], shape: LlamaShape,
@@ -324,6 +302,8 @@ def compare_logits(ckpt: str, hf: Optional[str] = None, *, tokens: Optional[torc
     if tokens is None:
         g = torch.Generator().manual_seed(seed)
         tokens = torch.randint(0, src.shape.vocab_size, (2, min(16, src.shape.seq_length)), generator=g)
+    from grow_megatron.convert.load import load_as_hf
+
     model = load_as_hf(hf)[0] if hf else native_to_hf_model(src, torch.float32)
     with torch.no_grad():
         ref = model(tokens).logits.float()  # [b, s, V]

@@ -367,6 +367,8 @@ class MCResult:
     correct: int
     chance: float
     """Mean of 1/num_choices over the examples."""
+    truncated: int = 0
+    """Examples whose input was cut from the left to fit the model's context."""
 
     @property
     def accuracy(self) -> float:
@@ -378,18 +380,48 @@ class MCResult:
         p = self.accuracy
         return math.sqrt(p * (1 - p) / self.n) if self.n else float("nan")
 
+    @property
+    def near_chance(self) -> bool:
+        """Within two standard errors of chance (the binomial se at chance, so that 0 correct
+        out of a few does not count as certain): not distinguishable from guessing."""
+        se = math.sqrt(self.chance * (1 - self.chance) / self.n) if self.n else float("nan")
+        return abs(self.accuracy - self.chance) <= 2 * max(se, self.stderr)
+
     def to_dict(self) -> dict:
         return {"task": self.task, "n": self.n, "correct": self.correct, "accuracy": self.accuracy,
-                "stderr": self.stderr, "chance": self.chance}
+                "stderr": self.stderr, "chance": self.chance, "near_chance": self.near_chance,
+                "truncated": self.truncated}
 
 
-def evaluate_mc(scorer: MCScorer, examples: Sequence[MCExample]) -> dict[str, MCResult]:
-    """Score all examples once and report accuracy per task (MCExample.task)."""
-    preds = predictions(scorer.score(examples))
+def evaluate_mc(scorer: MCScorer, examples: Sequence[MCExample], requests=None,
+                truncated: dict[str, int] | None = None) -> dict[str, MCResult]:
+    """Score all examples once and report accuracy per task (MCExample.task). requests: the
+    scorer's own encoding of the examples, when the caller already made it; truncated: per
+    task, how many examples were cut to the context (`truncated_prompts`), recorded."""
+    scores = scorer.score(examples) if requests is None else scorer.score(examples, requests)
+    return results_from_scores(scores, examples, truncated)
+
+
+def results_from_scores(scores: Sequence[Sequence[float]], examples: Sequence[MCExample],
+                        truncated: dict[str, int] | None = None) -> dict[str, MCResult]:
+    """Accuracy per task of already computed choice scores."""
+    preds = predictions(scores)
     by_task: dict[str, list[tuple[bool, float]]] = {}
     for ex, p in zip(examples, preds):
         by_task.setdefault(ex.task, []).append((p == ex.answer, 1.0 / len(ex.choices)))
-    return {t: MCResult(t, len(v), sum(ok for ok, _ in v), sum(c for _, c in v) / len(v)) for t, v in by_task.items()}
+    return {t: MCResult(t, len(v), sum(ok for ok, _ in v), sum(c for _, c in v) / len(v),
+                        (truncated or {}).get(t, 0)) for t, v in by_task.items()}
+
+
+def mean_result(results: dict[str, MCResult]) -> dict:
+    """Unweighted mean over tasks (Table 6's Mean) with its standard error sqrt(sum se^2) / k
+    (tasks are independent samples) and the mean chance level."""
+    k = len(results)
+    acc = sum(r.accuracy for r in results.values()) / k
+    se = math.sqrt(sum(r.stderr ** 2 for r in results.values())) / k
+    chance = sum(r.chance for r in results.values()) / k
+    return {"accuracy": acc, "stderr": se, "chance": chance, "tasks": k,
+            "n": sum(r.n for r in results.values())}
 
 
 @dataclass(frozen=True)
@@ -399,20 +431,29 @@ class NLLResult:
     nll: float
     tokens: int
     """Number of predicted tokens."""
+    stderr: float = float("nan")
+    """Standard error of the mean NLL, over windows: tokens of one window are correlated, the
+    windows (disjoint stretches of text, all the same length) are the independent samples."""
+    windows: int = 0
+    """Number of windows (sequences) the tokens came in."""
+    chance: float | None = None
+    """NLL of a uniform guess over the vocabulary, ln(V)."""
 
     @property
     def perplexity(self) -> float:
         return math.exp(self.nll)
 
     def to_dict(self) -> dict:
-        return {"nll": self.nll, "tokens": self.tokens, "perplexity": self.perplexity}
+        return {"nll": self.nll, "stderr": self.stderr, "tokens": self.tokens, "windows": self.windows,
+                "perplexity": self.perplexity, "chance": self.chance}
 
 
 def heldout_nll(logits_fn: LogitsFn, batches: Iterable[torch.Tensor],
-                device: torch.device | str | None = None) -> NLLResult:
+                device: torch.device | str | None = None, vocab_size: int | None = None) -> NLLResult:
     """Mean next-token cross-entropy over all batches (B, T): positions 1..T-1 of each row are
     predicted from the ones before them, every predicted token weighs the same."""
     total, count = 0.0, 0
+    row_means: list[float] = []
     for ids in batches:
         ids = ids if device is None else ids.to(device)
         with torch.no_grad():
@@ -422,10 +463,14 @@ def heldout_nll(logits_fn: LogitsFn, batches: Iterable[torch.Tensor],
                 loss = F.cross_entropy(logits[row].float(), ids[row, 1:], reduction="sum")
                 # float64 accumulation: millions of tokens summed in fp32 would lose digits.
                 total += float(loss.double())
+                row_means.append(float(loss.double()) / (ids.shape[1] - 1))
         count += ids[:, 1:].numel()
     if count == 0:
         raise ValueError("heldout_nll: no tokens to predict (need batches with T >= 2)")
-    return NLLResult(total / count, count)
+    w = len(row_means)
+    mean = sum(row_means) / w
+    se = math.sqrt(sum((x - mean) ** 2 for x in row_means) / (w - 1) / w) if w > 1 else float("nan")
+    return NLLResult(total / count, count, se, w, math.log(vocab_size) if vocab_size else None)
 
 
 def chunk_tokens(ids: Sequence[int] | torch.Tensor, seq_length: int, batch_size: int,
