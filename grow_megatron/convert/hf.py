@@ -107,6 +107,8 @@ def write_hf_config(cfg, out_dir: str) -> None:
 
 def read_hf_config(hf_dir: str) -> dict:
     path = os.path.join(hf_dir, "config.json")
+    if not os.path.exists(hf_dir):
+        raise ConfigError("hf_dir", hf_dir, "no such directory (give a Hugging Face model directory)")
     if not os.path.isfile(path):
         raise ConfigError("hf_dir", hf_dir, "has no config.json (give a Hugging Face model directory)")
     with open(path) as f:
