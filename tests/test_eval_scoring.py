@@ -112,6 +112,11 @@ def test_heldout_nll_equals_cross_entropy(tiny):
     want = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
     assert res.tokens == 5 * 16
     assert res.nll == pytest.approx(float(want), abs=1e-5)
+    # Standard error of the mean over the 5 windows (each window's mean NLL is one sample).
+    per_window = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").double().mean(1)
+    assert res.windows == 5
+    assert res.stderr == pytest.approx(float(per_window.std() / 5 ** 0.5), rel=1e-4)
+    assert S.heldout_nll(S.hf_logits_fn(model), batches, vocab_size=400).chance == pytest.approx(5.991465, abs=1e-6)
     assert res.perplexity == pytest.approx(float(torch.exp(want)), rel=1e-5)
 
 
@@ -211,3 +216,51 @@ def test_cached_prefix_scorer_at_the_context_limit(tiny):
     # The cut really changes the numbers (so the test above compares truncated scoring).
     assert _fast_and_reference(model, tokenizer, examples, 4, fits - 20)[0] != \
         _fast_and_reference(model, tokenizer, examples, 4, fits)[0]
+
+
+def test_near_chance_and_mean_stderr():
+    # 0 of 5 right at chance 0.2 is indistinguishable from guessing; 60 of 100 is not.
+    assert S.MCResult("t", 5, 0, 0.2).near_chance
+    assert not S.MCResult("t", 100, 60, 0.2).near_chance
+    a, b = S.MCResult("a", 100, 30, 0.1), S.MCResult("b", 400, 100, 0.2)
+    m = S.mean_result({"a": a, "b": b})
+    assert m["accuracy"] == pytest.approx((0.3 + 0.25) / 2)
+    assert m["stderr"] == pytest.approx(((0.3 * 0.7 / 100) + (0.25 * 0.75 / 400)) ** 0.5 / 2)
+    assert m["chance"] == pytest.approx(0.15) and m["n"] == 500
+
+
+def test_eval_cli_warns_about_and_records_truncated_prompts(tiny, tmp_path, capsys):
+    """A context shorter than the few-shot prompts: a warning with the numbers and the number
+    of shots that fits, the cut prompts counted in the table and the JSON; with that number
+    of shots nothing is cut. A held-out --seq-length beyond the context is refused."""
+    import re
+
+    from grow_megatron.cli import main
+
+    model, tokenizer = tiny
+    d = tmp_path / "hf"
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["max_position_embeddings"] = 64
+    (d / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "r.json"
+    common = [str(d), "--tasks", "varassign_basic", "--n", "3", "--device", "cpu", "--json", str(out)]
+    capsys.readouterr()
+    assert main(["eval", *common, "--shots", "2"]) == 0
+    cap = capsys.readouterr()
+    warning = [ln for ln in cap.err.splitlines() if ln.startswith("WARNING")]
+    assert len(warning) == 1 and "3 of 3 prompts are longer than the model's context of 64 tokens" in warning[0]
+    assert "estimated" in cap.err  # the cost line
+    res = json.loads(out.read_text())
+    assert res["primitives"]["varassign_basic"]["truncated"] == 3 and res["truncated_prompts"] == 3
+    assert res["context_length"] == 64
+    shots = int(re.search(r"Fix: --shots (\d+)", warning[0]).group(1))
+    assert shots < 2
+    assert main(["eval", *common, "--shots", str(shots)]) == 0
+    assert "WARNING" not in capsys.readouterr().err
+    assert json.loads(out.read_text())["truncated_prompts"] == 0
+    text = tmp_path / "t.txt"
+    text.write_text("x = 1\n" * 100)
+    assert main(["eval", str(d), "--tasks", "none", "--heldout", str(text), "--seq-length", "65"]) == 2
+    assert "exceeds the model's context of 64" in capsys.readouterr().err
