@@ -84,13 +84,18 @@ def continuation_logprobs(logits_fn: LogitsFn, requests: Sequence[tuple[Sequence
     return out
 
 
-def encode_pair(encode: Encode, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of (context, continuation) the way lm-evaluation-harness splits them."""
+def _move_space(context: str, continuation: str) -> tuple[str, str]:
     # Trailing spaces of the context belong to the continuation (BPE tokenizers attach a
     # space to the following word).
     n_space = len(context) - len(context.rstrip(" "))
     if n_space:
-        context, continuation = context[:-n_space], context[-n_space:] + continuation
+        return context[:-n_space], context[-n_space:] + continuation
+    return context, continuation
+
+
+def encode_pair(encode: Encode, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation) the way lm-evaluation-harness splits them."""
+    context, continuation = _move_space(context, continuation)
     whole = encode(context + continuation)
     ctx = encode(context)
     if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
@@ -99,9 +104,23 @@ def encode_pair(encode: Encode, context: str, continuation: str) -> tuple[list[i
     return ctx, encode(continuation)
 
 
-def mc_requests(examples: Sequence[MCExample], encode: Encode,
-                prefix_ids: Sequence[int] = ()) -> list[tuple[list[int], list[int]]]:
-    """(context ids, continuation ids) of every choice of every example, in order."""
+def mc_requests(examples: Sequence[MCExample], encode: Encode, prefix_ids: Sequence[int] = (),
+                encode_batch: Callable[[list[str]], list[list[int]]] | None = None) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) of every choice of every example, in order. With
+    encode_batch, every distinct text is encoded once, in one call (a prompt is shared by all
+    its choices)."""
+    if encode_batch is not None:
+        texts = set()
+        for ex in examples:
+            for choice in ex.choices:
+                ctx, cont = _move_space(ex.prompt, choice)
+                texts.update((ctx, ctx + cont))
+        order = sorted(texts)
+        table = dict(zip(order, encode_batch(order)))
+        single = encode
+
+        def encode(text: str) -> list[int]:  # noqa: F811 - the table first, the fallback split rarely
+            return table[text] if text in table else single(text)
     reqs = []
     for ex in examples:
         for choice in ex.choices:
@@ -281,9 +300,11 @@ class CachedPrefixScorer:
     """Where the ids go (the model's device)."""
     progress: bool = False
     """A progress bar over prompts."""
+    encode_batch: Callable[[list[str]], list[list[int]]] | None = None
+    """Many texts -> their ids in one call (a fast tokenizer's batch path); optional."""
 
     def requests(self, examples: Sequence[MCExample]) -> list[tuple[list[int], list[int]]]:
-        return mc_requests(examples, self.encode, self.prefix_ids)
+        return mc_requests(examples, self.encode, self.prefix_ids, self.encode_batch)
 
     def score(self, examples: Sequence[MCExample],
               requests: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None) -> list[list[float]]:
@@ -322,11 +343,14 @@ def hf_scorer(model: torch.nn.Module, tokenizer, batch_size: int = 16, add_bos: 
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    def encode_batch(texts: list[str]) -> list[list[int]]:
+        return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
     if reference:
         return LogLikelihoodScorer(hf_logits_fn(model), encode, prefix_ids=prefix, batch_size=batch_size,
                                    pad_id=pad, max_length=max_length, device=device)
     return CachedPrefixScorer(model, encode, prefix_ids=prefix, batch_size=batch_size, max_length=max_length,
-                              device=device, progress=progress)
+                              device=device, progress=progress, encode_batch=encode_batch)
 
 
 def context_length(model: torch.nn.Module) -> int | None:
