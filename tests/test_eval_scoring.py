@@ -176,7 +176,7 @@ def test_cached_prefix_scorer_equals_reference(tiny):
     prompts x choices x prompt length to about prompts x prompt length."""
     model, tokenizer = tiny
     one_shot = P.PrimitivesConfig(num_shots=1)
-    examples = [P.make_example(t, 0, i, one_shot) for t in ("copying_words", "varassign_code") for i in range(3)]
+    examples = [P.make_example(t, 0, i, one_shot) for t in ("copying_words", "varassign_code") for i in range(2)]
     examples.append(MCExample("Fill in blank:\n\nx=1\nx=", (" 1", " 12 and then some", "9", " 7 7 7 7 7"), 1, "custom"))
     examples.append(MCExample(examples[0].prompt, examples[0].choices, examples[0].answer, "same_prompt"))
     rows = []
