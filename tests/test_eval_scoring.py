@@ -264,3 +264,23 @@ def test_eval_cli_warns_about_and_records_truncated_prompts(tiny, tmp_path, caps
     text.write_text("x = 1\n" * 100)
     assert main(["eval", str(d), "--tasks", "none", "--heldout", str(text), "--seq-length", "65"]) == 2
     assert "exceeds the model's context of 64" in capsys.readouterr().err
+
+
+def test_eval_quick_preset(tiny, tmp_path):
+    from grow_megatron.eval.cli import QUICK_CHUNKS, QUICK_N, main
+
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    text = tmp_path / "heldout.txt"
+    text.write_text(" ".join(P.REAL_WORDS * 4))
+    out = tmp_path / "q.json"
+    assert main([str(tmp_path / "hf"), "--quick", "--tasks", "varassign_basic", "--shots", "0", "--heldout", str(text),
+                 "--seq-length", "8", "--device", "cpu", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["quick"] and res["n"] == QUICK_N == res["primitives"]["varassign_basic"]["n"]
+    assert res["heldout"][str(text)]["windows"] == QUICK_CHUNKS  # the text has more windows than that
+    # An explicit --n wins over the preset.
+    assert main([str(tmp_path / "hf"), "--quick", "--n", "3", "--tasks", "varassign_basic", "--shots", "0",
+                 "--device", "cpu", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n"] == 3
