@@ -196,3 +196,14 @@ def test_from_hf_accepts_mistral_without_sliding_window(tmp_path):
     assert type(m).__name__ == "LlamaForCausalLM"
     with torch.no_grad():
         assert (m(tokens).logits - ref).abs().max() < 1e-5
+    # A window shorter than the context: not a Llama (refused for analyze/convert), but eval runs
+    # it with transformers' own Mistral class.
+    from grow_megatron.convert import check_model_dir, load_model
+
+    path = os.path.join(d, "config.json")
+    cfg_d = json.load(open(path))
+    cfg_d["sliding_window"] = 8
+    json.dump(cfg_d, open(path, "w"))
+    with pytest.raises(UnsupportedModelError, match="sliding_window"):
+        check_model_dir(d, "llama")
+    assert type(load_model(d, accept="causal-lm").model).__name__ == "MistralForCausalLM"

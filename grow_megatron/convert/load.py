@@ -27,8 +27,6 @@ from grow_megatron.config.base import ConfigError
 from grow_megatron.convert.hf import UnsupportedModelError
 
 Accept = Literal["llama", "causal-lm"]
-LLAMA_TYPES = ("llama", "mistral")
-"""model_type values with the Llama layout and forward (mistral: without a binding sliding window)."""
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
 """Any of these makes a directory's tokenizer loadable by transformers' AutoTokenizer."""
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -67,26 +65,38 @@ def read_config(path: str, field: str = "MODEL") -> dict:
     return cfg
 
 
+def _binding_window(cfg: dict, seq_length: Optional[int] = None) -> Optional[tuple[int, int]]:
+    """(sliding_window, context) of a Mistral config whose window is shorter than its context."""
+    window = cfg.get("sliding_window")
+    ctx = max(int(cfg.get("max_position_embeddings") or 0), int(seq_length or 0))
+    return (int(window), ctx) if window is not None and int(window) < ctx else None
+
+
+def is_llama_layout(cfg: dict, seq_length: Optional[int] = None) -> bool:
+    """Whether an HF config is a Llama network (loadable as LlamaForCausalLM)."""
+    mt = cfg.get("model_type")
+    return mt == "llama" or (mt == "mistral" and _binding_window(cfg, seq_length) is None)
+
+
 def check_model_type(cfg: dict, accept: Accept = "llama", where: str = "config.json",
                      seq_length: Optional[int] = None) -> None:
-    """Raise one UnsupportedModelError (a ConfigError) unless the HF config `cfg` is a model `accept` admits (module
-    docstring). seq_length: the context the model will run at (for mistral's window)."""
+    """Raise one UnsupportedModelError (a ConfigError) unless the HF config `cfg` is a model
+    `accept` admits (module docstring). seq_length: the context the model will run at (for
+    mistral's window)."""
+    if is_llama_layout(cfg, seq_length):
+        return
     model_type = cfg.get("model_type")
-    if model_type == "mistral":
-        window = cfg.get("sliding_window")
-        ctx = max(int(cfg.get("max_position_embeddings") or 0), int(seq_length or 0))
-        if window is not None and int(window) < ctx:
-            raise UnsupportedModelError(f"{where} sliding_window", window,
-                              f"is shorter than the context ({ctx}): the model is not a Llama; only Mistral "
-                              "models whose window never binds (sliding_window null or >= the context) are accepted")
-        return
-    if model_type in LLAMA_TYPES:
-        return
     if accept == "causal-lm":
         from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
         if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
-            return
+            return  # e.g. a windowed Mistral: transformers' own class runs it
+    if model_type == "mistral":
+        window, ctx = _binding_window(cfg, seq_length)
+        raise UnsupportedModelError(f"{where} sliding_window", window,
+                                    f"is shorter than the context ({ctx}): the model is not a Llama; only Mistral "
+                                    "models whose window never binds (sliding_window null or >= the context) are "
+                                    "accepted")
     raise UnsupportedModelError(f"{where} model_type", model_type, f"this command needs {_accepts(accept)}")
 
 
@@ -166,7 +176,7 @@ def load_model(path: str, device: str = "cpu", dtype="float32", *, accept: Accep
         model = native_to_hf_model(src, dt, ours)
         return Loaded(model.to(device).eval(), _hf_tokenizer(ours) if ours is not None else None, label)
     tok = load_tokenizer(path, need_tokenizer)
-    if hf_cfg.get("model_type") in LLAMA_TYPES:
+    if is_llama_layout(hf_cfg):
         from transformers import LlamaForCausalLM
 
         model = LlamaForCausalLM.from_pretrained(path, config=llama_config(hf_cfg), dtype=dt)
