@@ -220,3 +220,38 @@ def test_bf16_checkpoint_exports_model_or_main_params(env, tmp_path):
         if "layernorm" not in k:
             assert torch.equal(b[k].to(torch.bfloat16), a[k]), k
     assert compare_logits(ckpt, str(tmp_path / "hf32")) < TOL
+
+
+def test_to_hf_refuses_an_existing_export_and_writes_files_by_umask(env, tmp_path, capsys):
+    from grow_megatron.cli import main as gm_main
+    from grow_megatron.convert.api import text_tokens
+    from grow_megatron.data import build_tokenizer
+    from grow_megatron.data.config import DataConfig
+
+    make_run(tmp_path / "run")
+    run, hf = str(tmp_path / "run"), tmp_path / "hf"
+    old = os.umask(0o027)
+    try:
+        to_hf(run, str(hf), progress=False)
+    finally:
+        os.umask(old)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in hf.iterdir()}
+    assert set(modes.values()) == {oct(0o640)}, modes  # model.safetensors like the rest
+    # A second export into the same directory: one line, nothing touched; --force overwrites.
+    stamp = (hf / "model.safetensors").stat().st_mtime_ns
+    capsys.readouterr()
+    assert gm_main(["convert", "to-hf", run, str(hf)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists and is not empty" in err[0] and "--force" in err[0]
+    assert (hf / "model.safetensors").stat().st_mtime_ns == stamp
+    assert gm_main(["convert", "to-hf", run, str(hf), "--force", "--no-progress"]) == 0
+    assert (hf / "model.safetensors").stat().st_mtime_ns != stamp
+    # `convert check --text`: logits compared on the file's tokens, windows of the run's context.
+    text = tmp_path / "t.txt"
+    text.write_text("def add(a, b):\n    return a + b\n\nThe quick brown fox jumps over the lazy dog. " * 6)
+    ids = build_tokenizer(DataConfig()).tokenize(text.read_text())
+    assert torch.equal(text_tokens(run, str(text), max_rows=3), torch.tensor(ids[:48]).view(3, 16))
+    capsys.readouterr()
+    assert gm_main(["convert", "check", run, str(hf), "--text", str(text)]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert res["ok"] and res["tokens"] == [4, 16] and res["text"] == str(text)

@@ -53,4 +53,4 @@ def test_two_ranks(tmp_path):
     assert r0["tokens"] + r1["tokens"] == ref
     prepared = tmp_path / "cache" / "prepared"
     bad_dir = [d for d in os.listdir(prepared) if d.startswith("bad-")][0]
-    assert os.listdir(prepared / bad_dir) == ["data.lock"]  # nothing half-written
+    assert os.listdir(prepared / bad_dir) == []  # nothing half-written, no lock file

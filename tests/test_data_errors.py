@@ -42,8 +42,8 @@ def test_missing_and_empty_sources(tmp_path, tok):
     blank = _jsonl(tmp_path / "blank.jsonl", ["", "   ", "\n"])
     with pytest.raises(ConfigError, match=r"blank.jsonl': is empty: no non-empty documents in field 'text'"):
         prepare(blank, str(tmp_path / "o3"), tok, progress=False)
-    # Nothing half-written was left behind.
-    assert not [p for p in os.listdir(tmp_path) if p.startswith("o") and not p.endswith(".lock")]
+    # Nothing half-written was left behind, not even the lock file.
+    assert not [p for p in os.listdir(tmp_path) if p.startswith("o")]
 
 
 def test_missing_text_field(tmp_path):
@@ -178,3 +178,36 @@ def test_corpus_smaller_than_one_global_batch_warns_once(tmp_path, caplog):
     with caplog.at_level("WARNING"):  # a batch the corpus covers: quiet
         build_datasets(cfg, seq_length=1, seed=0, train_samples=4, valid_samples=0, progress=False, batch_tokens=2)
     assert not [r for r in caplog.records if "global batch" in r.getMessage()]
+
+
+def test_prepare_leaves_no_lock_file(tmp_path, tok):
+    src = _jsonl(tmp_path / "a.jsonl", ["hello world", "more text"])
+    (tmp_path / "out.lock").write_text("")  # left by a killed run: reused, then removed
+    prepare(src, str(tmp_path / "out"), tok, progress=False)
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("out")) == \
+        ["out.bin", "out.idx", "out.manifest.json", "out.tokenizer.json"]
+
+
+def test_prefix_lock_waiter_retries_on_a_fresh_file(tmp_path):
+    """A process that opened the lock file before the holder removed it must not run on the
+    removed file: it starts over, and enters only after the holder left."""
+    import threading
+
+    from grow_megatron.data.prepare import prefix_lock
+
+    path = str(tmp_path / "x.lock")
+    events, opened = [], threading.Event()
+
+    def waiter():
+        with prefix_lock(path, on_open=lambda: (events.append("open"), opened.set())):
+            events.append("waiter in")
+            assert os.path.exists(path)  # its own, fresh file
+
+    with prefix_lock(path):
+        t = threading.Thread(target=waiter)
+        t.start()
+        opened.wait()  # the waiter holds the holder's file open
+        events.append("holder out")
+    t.join()
+    assert events == ["open", "holder out", "open", "waiter in"]
+    assert not os.path.exists(path)

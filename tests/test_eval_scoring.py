@@ -112,6 +112,11 @@ def test_heldout_nll_equals_cross_entropy(tiny):
     want = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
     assert res.tokens == 5 * 16
     assert res.nll == pytest.approx(float(want), abs=1e-5)
+    # Standard error of the mean over the 5 windows (each window's mean NLL is one sample).
+    per_window = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").double().mean(1)
+    assert res.windows == 5
+    assert res.stderr == pytest.approx(float(per_window.std() / 5 ** 0.5), rel=1e-4)
+    assert S.heldout_nll(S.hf_logits_fn(model), batches, vocab_size=400).chance == pytest.approx(5.991465, abs=1e-6)
     assert res.perplexity == pytest.approx(float(torch.exp(want)), rel=1e-5)
 
 
@@ -155,3 +160,127 @@ def test_eval_cli_names_a_path_that_is_no_model(tmp_path, capsys):
     assert main(["eval", str(tmp_path), "--tasks", "varassign_basic", "--n", "1", "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(tmp_path) in err[0] and "neither a checkpoint directory" in err[0]
+
+
+def _fast_and_reference(model, tokenizer, examples, batch_size, max_length):
+    fast = S.hf_scorer(model, tokenizer, batch_size=batch_size, max_length=max_length)
+    ref = S.hf_scorer(model, tokenizer, batch_size=batch_size, max_length=max_length, reference=True)
+    assert isinstance(fast, S.CachedPrefixScorer) and isinstance(ref, S.LogLikelihoodScorer)
+    return fast.score(examples), ref.score(examples)
+
+
+def test_cached_prefix_scorer_equals_reference(tiny):
+    """The KV-cached scorer gives the reference's sums (fp32 rounding) and the same argmax, with
+    ragged choice lengths (1 to 6 tokens), several prompts per batch and more choices than one
+    continuation batch holds, and runs each prompt once: tokens through the model drop from
+    prompts x choices x prompt length to about prompts x prompt length."""
+    model, tokenizer = tiny
+    one_shot = P.PrimitivesConfig(num_shots=1)
+    examples = [P.make_example(t, 0, i, one_shot) for t in ("copying_words", "varassign_code") for i in range(2)]
+    examples.append(MCExample("Fill in blank:\n\nx=1\nx=", (" 1", " 12 and then some", "9", " 7 7 7 7 7"), 1, "custom"))
+    examples.append(MCExample(examples[0].prompt, examples[0].choices, examples[0].answer, "same_prompt"))
+    rows = []
+    hook = model.register_forward_pre_hook(lambda mod, args, kw: rows.append(tuple(kw["input_ids"].shape)),
+                                           with_kwargs=True)
+    try:
+        fast = S.hf_scorer(model, tokenizer, batch_size=2).score(examples)
+    finally:
+        hook.remove()
+    ref = S.hf_scorer(model, tokenizer, batch_size=2, reference=True).score(examples)
+    assert [len(f) for f in fast] == [len(ex.choices) for ex in examples]
+    assert torch.allclose(torch.tensor([x for f in fast for x in f]), torch.tensor([x for r in ref for x in r]),
+                          rtol=0, atol=2e-5)
+    assert S.predictions(fast) == S.predictions(ref)
+    # Prefix forwards are the calls longer than any continuation (prompts are > 8 tokens): one
+    # row per distinct prompt, the repeated prompt included once.
+    assert sum(b for b, t in rows if t > 8) == len(examples) - 1
+    assert all(b <= 4 * 2 for b, t in rows if t <= 8)  # continuation batches: at most 4 x batch_size rows
+
+
+def test_cached_prefix_scorer_at_the_context_limit(tiny):
+    """Prompts that just fit, are one token too long, or much too long: both paths cut the same
+    tokens from the left (choices of different lengths keep different prefixes)."""
+    model, tokenizer = tiny
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    base = P.make_example("varassign_basic", 0, 0, P.PrimitivesConfig(num_shots=1))
+    choices = (" 3", " 12 and 13", " 7 . -> x")
+    longest = max(len(S.encode_pair(enc, base.prompt, c)[1]) for c in choices)
+    fits = len(enc(base.prompt)) + longest - 1
+    examples = [MCExample(base.prompt, choices, 0, "t")]
+    for limit in (fits, fits - 1, fits - 20):
+        reqs = S.mc_requests(examples, enc)
+        assert S.truncated_prompts(examples, reqs, limit) == {"t": int(limit < fits)}
+        fast, ref = _fast_and_reference(model, tokenizer, examples, batch_size=4, max_length=limit)
+        assert fast[0] == pytest.approx(ref[0], abs=2e-5)
+        assert S.predictions(fast) == S.predictions(ref)
+    # The cut really changes the numbers (so the test above compares truncated scoring).
+    assert _fast_and_reference(model, tokenizer, examples, 4, fits - 20)[0] != \
+        _fast_and_reference(model, tokenizer, examples, 4, fits)[0]
+
+
+def test_near_chance_and_mean_stderr():
+    # 0 of 5 right at chance 0.2 is indistinguishable from guessing; 60 of 100 is not.
+    assert S.MCResult("t", 5, 0, 0.2).near_chance
+    assert not S.MCResult("t", 100, 60, 0.2).near_chance
+    a, b = S.MCResult("a", 100, 30, 0.1), S.MCResult("b", 400, 100, 0.2)
+    m = S.mean_result({"a": a, "b": b})
+    assert m["accuracy"] == pytest.approx((0.3 + 0.25) / 2)
+    assert m["stderr"] == pytest.approx(((0.3 * 0.7 / 100) + (0.25 * 0.75 / 400)) ** 0.5 / 2)
+    assert m["chance"] == pytest.approx(0.15) and m["n"] == 500
+
+
+def test_eval_cli_warns_about_and_records_truncated_prompts(tiny, tmp_path, capsys):
+    """A context shorter than the few-shot prompts: a warning with the numbers and the number
+    of shots that fits, the cut prompts counted in the table and the JSON; with that number
+    of shots nothing is cut. A held-out --seq-length beyond the context is refused."""
+    import re
+
+    from grow_megatron.cli import main
+
+    model, tokenizer = tiny
+    d = tmp_path / "hf"
+    model.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg["max_position_embeddings"] = 64
+    (d / "config.json").write_text(json.dumps(cfg))
+    out = tmp_path / "r.json"
+    common = [str(d), "--tasks", "varassign_basic", "--n", "3", "--device", "cpu", "--json", str(out)]
+    capsys.readouterr()
+    assert main(["eval", *common, "--shots", "2"]) == 0
+    cap = capsys.readouterr()
+    warning = [ln for ln in cap.err.splitlines() if ln.startswith("WARNING")]
+    assert len(warning) == 1 and "3 of 3 prompts are longer than the model's context of 64 tokens" in warning[0]
+    assert "estimated" in cap.err  # the cost line
+    res = json.loads(out.read_text())
+    assert res["primitives"]["varassign_basic"]["truncated"] == 3 and res["truncated_prompts"] == 3
+    assert res["context_length"] == 64
+    shots = int(re.search(r"Fix: --shots (\d+)", warning[0]).group(1))
+    assert shots < 2
+    assert main(["eval", *common, "--shots", str(shots)]) == 0
+    assert "WARNING" not in capsys.readouterr().err
+    assert json.loads(out.read_text())["truncated_prompts"] == 0
+    text = tmp_path / "t.txt"
+    text.write_text("x = 1\n" * 100)
+    assert main(["eval", str(d), "--tasks", "none", "--heldout", str(text), "--seq-length", "65"]) == 2
+    assert "exceeds the model's context of 64" in capsys.readouterr().err
+
+
+def test_eval_quick_preset(tiny, tmp_path):
+    from grow_megatron.eval.cli import QUICK_CHUNKS, QUICK_N, main
+
+    model, tokenizer = tiny
+    model.save_pretrained(tmp_path / "hf")
+    tokenizer.save_pretrained(tmp_path / "hf")
+    text = tmp_path / "heldout.txt"
+    text.write_text(" ".join(P.REAL_WORDS * 4))
+    out = tmp_path / "q.json"
+    assert main([str(tmp_path / "hf"), "--quick", "--tasks", "varassign_basic", "--shots", "0", "--heldout", str(text),
+                 "--seq-length", "8", "--device", "cpu", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["quick"] and res["n"] == QUICK_N == res["primitives"]["varassign_basic"]["n"]
+    assert res["heldout"][str(text)]["windows"] == QUICK_CHUNKS  # the text has more windows than that
+    # An explicit --n wins over the preset.
+    assert main([str(tmp_path / "hf"), "--quick", "--n", "3", "--tasks", "varassign_basic", "--shots", "0",
+                 "--device", "cpu", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["n"] == 3

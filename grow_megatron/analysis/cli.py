@@ -132,9 +132,11 @@ def run_on_models(names: list[str], args: argparse.Namespace, cfgs: dict[str, An
                   lens_paths: list[str] | None = None) -> dict[str, dict[str, dict]]:
     """analysis -> label -> result. Models are loaded one at a time and freed after use."""
     from grow_megatron.analysis.data import load_tasks
-    from grow_megatron.analysis.loading import load_model
+    from grow_megatron.analysis.loading import check_model_dir, load_model
     from grow_megatron.analysis.suite import Inputs, run_analysis
 
+    for path in args.models:  # every model's type, before the first one is loaded
+        check_model_dir(path, "llama")
     tasks = load_tasks(args.tasks, args.n, args.seed) if args.tasks else []
     results: dict[str, dict[str, dict]] = {n: {} for n in names}
     for i, (path, label) in enumerate(zip(args.models, _labels(args))):

@@ -35,7 +35,8 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
         return iterable
     from tqdm import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, unit="layer", leave=False)
+    # One step per (tensor kind, layer): the stacked checkpoint is streamed one kind at a time.
+    return tqdm(iterable, total=total, desc=desc, unit="tensor", leave=False)
 
 
 # --- native -> HF ----------------------------------------------------------------------------
@@ -108,7 +109,8 @@ def native_to_hf_state_dict(src: NativeSource, dtype: torch.dtype, progress: boo
     out[HF_EMBED] = src.read(EMBED).to(dtype)
     steps = [(s, i) for s in LAYER_SUFFIXES for i in range(shape.num_layers)]
     stacked, current = None, None
-    for suffix, i in _progress(steps, len(steps), "to-hf", progress):
+    desc = f"to-hf ({shape.num_layers} layers x {len(LAYER_SUFFIXES)} tensors)"
+    for suffix, i in _progress(steps, len(steps), desc, progress):
         if suffix != current:
             stacked, current = src.read(LAYER_PREFIX + suffix), suffix  # [L, ...]
         # Folding etc. in fp32 (a bf16 checkpoint's gains are folded once, then rounded once).
@@ -124,15 +126,26 @@ def _hf_config_for(src: NativeSource, dtype: torch.dtype, tok=None):
     return H.make_hf_config(src.shape, bos_token_id=eod, eos_token_id=eod, dtype=dtype, history=src.history())
 
 
+def _umask() -> int:
+    # os.umask can only be read by setting it; put it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def to_hf(ckpt: str, out_dir: str, *, config: Optional[str] = None, dtype: DTypeLike = None,
-          main_params: bool = False, tokenizer: bool = True, progress: bool = True) -> dict:
+          main_params: bool = False, tokenizer: bool = True, progress: bool = True, force: bool = False) -> dict:
     """Write a transformers LlamaForCausalLM directory for a native checkpoint (or a run's latest).
 
-    LN-Scaling is folded into the norm gains, so the result is a plain Llama. Returns a summary."""
+    LN-Scaling is folded into the norm gains, so the result is a plain Llama. An existing,
+    non-empty out_dir is refused unless force (its files are then overwritten). Returns a summary."""
     from safetensors.torch import save_file
     from transformers import GenerationConfig
 
     t0 = time.perf_counter()
+    if not force and os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ConfigError("OUT_DIR", out_dir, "already exists and is not empty: choose a new directory, or pass "
+                                              "--force to overwrite the export in it")
     src = NativeSource(ckpt, config, main_params)
     dt = _dtype(dtype, src.default_dtype)
     tok = src.tokenizer() if tokenizer else None
@@ -142,7 +155,10 @@ def to_hf(ckpt: str, out_dir: str, *, config: Optional[str] = None, dtype: DType
     sd = native_to_hf_state_dict(src, dt, progress)
     os.makedirs(out_dir, exist_ok=True)
     cfg = _hf_config_for(src, dt, tok)
-    save_file(sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    weights = os.path.join(out_dir, "model.safetensors")
+    save_file(sd, weights, metadata={"format": "pt"})
+    # safetensors writes 0600; give it the mode every other file here gets (0666 less the umask).
+    os.chmod(weights, 0o666 & ~_umask())
     H.write_hf_config(cfg, out_dir)
     GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id).save_pretrained(out_dir)
     if tok is not None:
@@ -196,28 +212,6 @@ def _hf_tokenizer(tok):
         return AutoTokenizer.from_pretrained(d)
 
 
-def load_as_hf(path: str, device: str = "cpu", dtype: DTypeLike = torch.float32, *, config: Optional[str] = None):
-    """(LlamaForCausalLM in eval mode, HF tokenizer or None) for an HF dir, a native checkpoint dir
-    or a run dir (converted in memory, LN-Scaling folded). `dtype` may be a torch dtype or a name."""
-    dt = _dtype(dtype, torch.float32)
-    if os.path.isfile(os.path.join(path, "config.json")):
-        from transformers import AutoTokenizer, LlamaForCausalLM
-
-        model = LlamaForCausalLM.from_pretrained(path, dtype=dt)
-        try:
-            tok = AutoTokenizer.from_pretrained(path)
-        except Exception:  # a bare weights directory: token-id data still works
-            tok = None
-        return model.to(device).eval(), tok
-    src = NativeSource(path, config)
-    try:
-        ours = src.tokenizer()
-    except ConfigError:
-        ours = None
-    model = native_to_hf_model(src, dt, ours)
-    return model.to(device).eval(), (_hf_tokenizer(ours) if ours is not None else None)
-
-
 # --- HF -> native ----------------------------------------------------------------------------
 
 def hf_to_native_state_dict(weights: dict[str, torch.Tensor], shape: LlamaShape,
@@ -226,7 +220,7 @@ def hf_to_native_state_dict(weights: dict[str, torch.Tensor], shape: LlamaShape,
     (entries are popped once used) so the peak stays near one copy of the model."""
     out: dict[str, torch.Tensor] = {}
     bar = _progress(range(len(LAYER_SUFFIXES) * shape.num_layers), len(LAYER_SUFFIXES) * shape.num_layers,
-                    "from-hf", progress)
+                    f"from-hf ({shape.num_layers} layers x {len(LAYER_SUFFIXES)} tensors)", progress)
     it = iter(bar)
     for suffix in LAYER_SUFFIXES:
         per_layer = []
@@ -308,9 +302,31 @@ def from_hf(hf_dir: str, out_dir: str, *, ln_scaling: bool = False, seq_length: 
 
 # --- checks ------------------------------------------------------------------------------------
 
+def text_tokens(ckpt: str, text_file: str, *, config: Optional[str] = None, max_rows: int = 4) -> torch.Tensor:
+    """Token ids [rows, seq] of a text file under the run's tokenizer: up to max_rows
+    consecutive windows of the run's context length (one shorter row if the text is short)."""
+    src = NativeSource(ckpt, config)
+    try:
+        with open(text_file, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ConfigError("--text", text_file, "no such file") from None
+    except (UnicodeDecodeError, IsADirectoryError):
+        raise ConfigError("--text", text_file, "is not a UTF-8 text file") from None
+    ids = src.tokenizer().tokenize(text)
+    seq = src.shape.seq_length
+    if len(ids) < 2:
+        raise ConfigError("--text", text_file, f"has {len(ids)} tokens: give at least 2")
+    rows = min(max_rows, len(ids) // seq)
+    if rows == 0:
+        return torch.tensor([ids], dtype=torch.long)  # [1, len]
+    return torch.tensor(ids[:rows * seq], dtype=torch.long).view(rows, seq)  # [rows, seq]
+
+
 def compare_logits(ckpt: str, hf: Optional[str] = None, *, tokens: Optional[torch.Tensor] = None,
                    config: Optional[str] = None, seed: int = 0) -> float:
-    """Max |native logits - HF logits| (fp32) on `tokens` (default: 2 random rows of 16 tokens).
+    """Max |native logits - HF logits| (fp32) on `tokens` (default: 2 random rows of 16 tokens;
+    `text_tokens` makes them from real text).
 
     hf: an exported directory; None compares against the in-memory export. The native side is an
     fp32 engine, which `load_checkpoint` fills with the optimizer's fp32 main params; so for a
@@ -324,6 +340,8 @@ def compare_logits(ckpt: str, hf: Optional[str] = None, *, tokens: Optional[torc
     if tokens is None:
         g = torch.Generator().manual_seed(seed)
         tokens = torch.randint(0, src.shape.vocab_size, (2, min(16, src.shape.seq_length)), generator=g)
+    from grow_megatron.convert.load import load_as_hf
+
     model = load_as_hf(hf)[0] if hf else native_to_hf_model(src, torch.float32)
     with torch.no_grad():
         ref = model(tokens).logits.float()  # [b, s, V]

@@ -2,7 +2,7 @@
 
     grow-megatron convert to-hf CKPT OUT_DIR        CKPT: a checkpoint dir or a run dir (its latest)
     grow-megatron convert from-hf HF_DIR RUN_DIR    then: grow-megatron train RUN_DIR/config.yaml
-    grow-megatron convert check CKPT [HF_DIR]       max |native - HF| logits (fp32)
+    grow-megatron convert check CKPT [HF_DIR] [--text FILE]   max |native - HF| logits (fp32)
 
 See docs/convert.md.
 """
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--main-params", action="store_true",
                    help="export the optimizer's fp32 main copy instead of the model weights (bf16 runs)")
     t.add_argument("--no-tokenizer", action="store_true", help="do not write the run's tokenizer files")
+    t.add_argument("--force", action="store_true", help="overwrite an existing, non-empty OUT_DIR")
     f = sub.add_parser("from-hf", help="HF Llama directory -> run directory with a step-0 checkpoint")
     f.add_argument("hf_dir")
     f.add_argument("out_dir", help="new run directory: config.yaml, checkpoints/step_00000000, tokenizer/")
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("hf_dir", nargs="?")
     c.add_argument("--config")
     c.add_argument("--tol", type=float, default=1e-4)
+    c.add_argument("--text", metavar="FILE", help="compare on this text (the run's tokenizer, up to --max-rows "
+                                                  "windows of the run's context) instead of 2 x 16 random tokens")
+    c.add_argument("--max-rows", type=int, default=4, help="with --text: at most this many windows")
     for s in (t, f):
         s.add_argument("--no-progress", action="store_true")
     return p
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "to-hf":
         out = convert.to_hf(args.ckpt, args.out_dir, config=args.config, dtype=args.dtype,
                             main_params=args.main_params, tokenizer=not args.no_tokenizer,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, force=args.force)
         print(f"wrote {out['out_dir']}: LlamaForCausalLM, {out['depth']} layers, {out['params']:,} parameters, "
               f"{out['dtype'].replace('torch.', '')}" + (", LN-Scaling folded into the norm gains" if out["ln_scaling_folded"] else "")
               + f" ({out['seconds']:.1f}s)")
@@ -75,9 +79,22 @@ def main(argv: list[str] | None = None) -> int:
             print("note: the HF directory has no tokenizer.json; set data.tokenizer in the config", file=sys.stderr)
         print(f"continue training with: grow-megatron train {out['config']} --set train.steps=N")
         return 0
-    diff = convert.compare_logits(args.ckpt, args.hf_dir, config=args.config)
+    if args.max_rows < 1:
+        raise ConfigError("--max-rows", args.max_rows, "must be a positive integer")
+    tokens = None
+    if args.text:
+        from grow_megatron.convert.api import text_tokens
+
+        tokens = text_tokens(args.ckpt, args.text, config=args.config, max_rows=args.max_rows)
+    if args.hf_dir:
+        from grow_megatron.convert.load import check_model_dir
+
+        check_model_dir(args.hf_dir, "llama", field="HF_DIR")
+    diff = convert.compare_logits(args.ckpt, args.hf_dir, config=args.config, tokens=tokens)
     ok = diff < args.tol
-    print(json.dumps({"max_abs_logit_diff": diff, "tol": args.tol, "ok": ok}))
+    where = {"text": args.text} if args.text else {"random_tokens": True}
+    print(json.dumps({"max_abs_logit_diff": diff, "tol": args.tol, "ok": ok, "tokens": list(tokens.shape) if
+                      tokens is not None else [2, 16]} | where))
     return 0 if ok else 1
 
 

@@ -48,9 +48,9 @@ def rope_theta_of(cfg: dict) -> float:
 
 def shape_from_hf_config(cfg: dict, *, ln_scaling: bool = False, seq_length: Optional[int] = None) -> LlamaShape:
     """LlamaShape of an HF config.json dict, or one UnsupportedModelError naming the field."""
-    model_type = cfg.get("model_type")
-    if model_type != "llama":
-        raise _unsupported("model_type", model_type, "only Llama models (model_type llama, e.g. SmolLM) convert")
+    from grow_megatron.convert.load import check_model_type
+
+    check_model_type(cfg, "llama", seq_length=seq_length)
     act = cfg.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
         raise _unsupported("hidden_act", act, "grow_megatron's MLP is SwiGLU: hidden_act must be silu")
@@ -107,6 +107,8 @@ def write_hf_config(cfg, out_dir: str) -> None:
 
 def read_hf_config(hf_dir: str) -> dict:
     path = os.path.join(hf_dir, "config.json")
+    if not os.path.exists(hf_dir):
+        raise ConfigError("hf_dir", hf_dir, "no such directory (give a Hugging Face model directory)")
     if not os.path.isfile(path):
         raise ConfigError("hf_dir", hf_dir, "has no config.json (give a Hugging Face model directory)")
     with open(path) as f:

@@ -29,6 +29,8 @@ def resolve_checkpoint(path: str) -> tuple[str, Optional[str]]:
     from grow_megatron.training.checkpoint import META, latest_checkpoint
 
     path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.exists(path):
+        raise ConfigError("checkpoint", path, "no such directory (give a checkpoint directory or a run directory)")
     if os.path.isfile(os.path.join(path, META)):
         parent = os.path.dirname(os.path.dirname(path))
         return path, parent if os.path.isfile(os.path.join(parent, "config.yaml")) else None

@@ -16,13 +16,14 @@ complete. Re-running on unchanged inputs with the same tokenizer is a no-op.
 from __future__ import annotations
 
 import collections
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
@@ -151,6 +152,40 @@ def _remove(*paths: str) -> None:
             pass
 
 
+@contextlib.contextmanager
+def prefix_lock(path: str, on_open: Optional[Callable[[], None]] = None) -> Iterator[None]:
+    """An exclusive lock on `path` that leaves no file behind.
+
+    The holder unlinks the lock file before it unlocks. A process that was waiting on the old
+    file then holds a lock on an unlinked inode: it sees that `path` no longer names its file
+    and starts over on a fresh one, so two processes never both hold the lock. (A plain
+    flock file, filelock's included, has to stay on disk for exactly that reason.) A file left
+    by a killed process is simply locked, reused and removed. on_open: a test hook, called
+    after the file is opened and before it is locked."""
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            if on_open is not None:
+                on_open()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                ours = os.path.samestat(os.fstat(fd), os.stat(path))
+            except FileNotFoundError:
+                ours = False
+        except BaseException:
+            os.close(fd)
+            raise
+        if ours:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        os.close(fd)  # releases the lock
+
+
 def prepare(source: str, out_prefix: str, tokenizer, *, text_field: str = "text", num_workers: int = 1,
             progress: bool = True, force: bool = False, field: str = "data.datasets[].path",
             name: str | None = None, text_field_path: str = "data.text_field") -> dict:
@@ -165,8 +200,7 @@ def prepare(source: str, out_prefix: str, tokenizer, *, text_field: str = "text"
     if not force and old and old.get("fingerprint") == fp["sha256"] and is_complete(out_prefix, old):
         return dict(old, skipped=True)
     os.makedirs(os.path.dirname(out_prefix), exist_ok=True)
-    with open(out_prefix + ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process preparing the same output waits here
+    with prefix_lock(out_prefix + ".lock"):  # another process preparing the same output waits here
         # Holding the lock, any temporary file of this prefix is a leftover of a killed run.
         import glob
 

@@ -1,10 +1,12 @@
 """`grow-megatron eval`: reasoning primitives (SPEC 8) and held-out NLL of a model.
 
     grow-megatron eval HF_DIR --tasks paper --n 200 --seed 0 [--heldout val.txt] [--json out.json]
+    grow-megatron eval HF_DIR --quick                                  # 50 examples per task, 32 NLL windows
     grow-megatron eval --export-lm-eval DIR --tasks paper --n 1000     # lm-eval task files, no model
 
-MODEL is a Hugging Face causal-LM directory (config.json + weights + tokenizer files). Native
-grow_megatron checkpoints go through `load_native` (the grow_megatron.convert hook).
+MODEL is a Hugging Face causal-LM directory (config.json + weights + tokenizer files), or a
+native grow_megatron checkpoint / run directory (converted in memory); both go through
+grow_megatron.convert.load, which checks the model type before loading anything.
 """
 from __future__ import annotations
 
@@ -19,6 +21,10 @@ from grow_megatron.config.base import ConfigError
 from grow_megatron.eval import primitives as P
 from grow_megatron.eval import scoring as S
 
+DEFAULT_N = 200
+QUICK_N = 50
+QUICK_CHUNKS = 32
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grow-megatron eval", description=__doc__,
@@ -26,7 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="HF model directory (or a native checkpoint, via grow_megatron.convert)")
     p.add_argument("--tasks", default="paper",
                    help=f"'paper' (Table 6's five), 'all', 'none', or a comma list of: {', '.join(P.TASKS)}")
-    p.add_argument("--n", type=int, default=200, help="examples per task")
+    p.add_argument("--n", type=int, help=f"examples per task (default {DEFAULT_N}; {QUICK_N} with --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help=f"a cheap first look: {QUICK_N} examples per task and at most {QUICK_CHUNKS} held-out "
+                        "windows per file (standard errors are about twice those of the defaults)")
     p.add_argument("--seed", type=int, default=0, help="generator seed")
     p.add_argument("--shots", type=int, default=5, help="solved examples before each query")
     p.add_argument("--heldout", metavar="FILE", action="append", default=[],
@@ -44,36 +53,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-lm-eval", metavar="DIR",
                    help="write the tasks as lm-evaluation-harness jsonl + yaml into DIR (see docs/eval.md)")
     return p
-
-
-def load_hf(path: str, device: str, dtype: str):
-    """(model, tokenizer) from a Hugging Face directory, in eval mode."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
-    return model.to(device).eval(), tokenizer
-
-
-def load_native(path: str, device: str, dtype: str, config: str | None = None):
-    """A native grow_megatron checkpoint (or run dir), converted in memory to a transformers
-    causal LM with its tokenizer (SPEC 5 LN-Scaling folding included)."""
-    from grow_megatron.convert import load_as_hf
-
-    return load_as_hf(path, device=device, dtype=dtype, config=config)
-
-
-def load_model(path: str, device: str, dtype: str, config: str | None = None):
-    if not Path(path).exists():
-        raise ConfigError("MODEL", path, "no such directory (give a Hugging Face model directory, a run directory "
-                                         "or a checkpoint directory)")
-    if not Path(path).is_dir():
-        raise ConfigError("MODEL", path, "is a file: give a Hugging Face model directory, a run directory or a "
-                                         "checkpoint directory")
-    if (Path(path) / "config.json").is_file():
-        return load_hf(path, device, dtype)
-    return load_native(path, device, dtype, config)
 
 
 def read_heldout_ids(path: str, tokenizer) -> list[int]:
@@ -102,12 +81,58 @@ def read_heldout_ids(path: str, tokenizer) -> list[int]:
 
 
 def _print_mc(results: dict[str, S.MCResult]) -> None:
-    print(f"{'task':<18} {'n':>6} {'acc':>7} {'±se':>6} {'chance':>7}")
+    print(f"{'task':<18} {'n':>6} {'acc':>7} {'±se':>6} {'chance':>7}  {'cut':>5}")
     for r in results.values():
-        print(f"{r.task:<18} {r.n:>6} {100 * r.accuracy:>6.2f}% {100 * r.stderr:>5.2f} {100 * r.chance:>6.1f}%")
+        flag = "  ~ chance (within 2 se)" if r.near_chance else ""
+        print(f"{r.task:<18} {r.n:>6} {100 * r.accuracy:>6.2f}% {100 * r.stderr:>5.2f} {100 * r.chance:>6.1f}%  "
+              f"{r.truncated:>5}{flag}")
     if len(results) > 1:
-        mean = sum(r.accuracy for r in results.values()) / len(results)
-        print(f"{'mean':<18} {'':>6} {100 * mean:>6.2f}%")
+        m = S.mean_result(results)
+        print(f"{'mean':<18} {m['n']:>6} {100 * m['accuracy']:>6.2f}% {100 * m['stderr']:>5.2f} "
+              f"{100 * m['chance']:>6.1f}%")
+    print("±se: binomial standard error; differences under about 2 se (between models or tasks) are noise. "
+          "cut: prompts cut to the model's context.")
+
+
+def _max_shots_that_fit(tasks: list[str], n: int, seed: int, shots: int, encode, limit: int,
+                        longest_choice: int) -> int | None:
+    """The most shots with which every prompt (plus its longest choice) fits `limit` tokens."""
+    for k in range(shots - 1, -1, -1):
+        cfg = P.PrimitivesConfig(num_shots=k)
+        if all(len(encode(ex.prompt)) + longest_choice - 1 <= limit
+               for t in tasks for ex in P.generate(t, n, seed, cfg)):
+            return k
+    return None
+
+
+def _warn_truncation(truncated: dict[str, int], examples, requests, limit: int, args, tasks, n, encode) -> None:
+    cut = sum(truncated.values())
+    if not cut:
+        return
+    longest = max(len(c) + len(k) - 1 for c, k in requests)
+    fits = _max_shots_that_fit(tasks, n, args.seed, args.shots, encode, limit, max(len(k) for _, k in requests))
+    fix = (f"--shots {fits} (the most that fits every prompt)" if fits is not None
+           else "shorter prompts") + " or a model with a longer context"
+    print(f"WARNING: {cut} of {len(examples)} prompts are longer than the model's context of {limit} tokens "
+          f"(longest input {longest}) and are cut from the left, so the model sees fewer than the {args.shots} "
+          f"shots asked for and the accuracies are not {args.shots}-shot numbers. Fix: {fix}.", file=sys.stderr)
+
+
+def _estimate(scorer, examples, requests, device: str) -> tuple[list[list[float]], int]:
+    """Score the first few prompts, print what the whole evaluation will cost, return their scores."""
+    k = min(len(examples), 8)
+    m = sum(len(ex.choices) for ex in examples[:k])
+    t0 = time.perf_counter()
+    first = scorer.score(examples[:k], requests[:m])
+    dt = time.perf_counter() - t0
+    tokens = sum(len(c) for c, _ in requests)
+    first_tokens = sum(len(c) for c, _ in requests[:m])
+    est = dt * tokens / max(first_tokens, 1)
+    print(f"eval: {len(examples):,} prompts x {len(requests) / len(examples):.1f} choices = {len(requests):,} "
+          f"choices, {tokens / len(requests):.0f} tokens per prompt; estimated {est:.0f} s on {device} "
+          f"(timed on the first {k} prompts){'' if est < 120 else '; --quick for a cheaper first look'}",
+          file=sys.stderr)
+    return first, m
 
 
 def _check_args(args) -> None:
@@ -136,17 +161,20 @@ def _check_args(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     tasks = [] if args.tasks == "none" else P.parse_tasks(args.tasks)
-    if args.n < 1:
-        raise ConfigError("--n", args.n, "must be >= 1 (examples per task)")
+    n = args.n if args.n is not None else (QUICK_N if args.quick else DEFAULT_N)
+    if n < 1:
+        raise ConfigError("--n", n, "must be >= 1 (examples per task)")
+    if args.quick and args.max_chunks is None:
+        args.max_chunks = QUICK_CHUNKS
     _check_args(args)
     cfg = P.PrimitivesConfig(num_shots=args.shots).validate()
-    result: dict[str, Any] = {"template_version": P.TEMPLATE_VERSION, "seed": args.seed, "n": args.n,
-                              "shots": args.shots}
+    result: dict[str, Any] = {"template_version": P.TEMPLATE_VERSION, "seed": args.seed, "n": n,
+                              "shots": args.shots, "quick": args.quick}
 
     if args.export_lm_eval:
         from grow_megatron.eval.lm_eval_adapter import export_tasks, lm_eval_command
 
-        written = export_tasks(args.export_lm_eval, tasks, n=args.n, seed=args.seed, config=cfg)
+        written = export_tasks(args.export_lm_eval, tasks, n=n, seed=args.seed, config=cfg)
         print(f"wrote {len(written)} files to {args.export_lm_eval}; run e.g.:")
         print(lm_eval_command(args.model or "HF_DIR", args.export_lm_eval))
         if not args.model:
@@ -163,20 +191,37 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError("--device", device, "is not a torch device: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device", device, "no CUDA GPU is available here: use --device cpu (or auto)")
-    model, tokenizer = load_model(args.model, device, args.dtype, args.config)
+    from grow_megatron.convert.load import load_model
+
+    loaded = load_model(args.model, device, args.dtype, accept="causal-lm", need_tokenizer=True, config=args.config)
+    model, tokenizer = loaded.model, loaded.tokenizer
     result["model"] = args.model
+    result["context_length"] = S.context_length(model)
+    ctx = S.context_length(model) or 2048
+    if args.seq_length and args.seq_length > ctx:
+        raise ConfigError("--seq-length", args.seq_length, f"exceeds the model's context of {ctx} tokens: "
+                                                           f"use --seq-length {ctx} or less")
 
     if tasks:
-        scorer = S.hf_scorer(model, tokenizer, batch_size=args.batch_size, add_bos=args.add_bos)
-        examples = [ex for t in tasks for ex in P.generate(t, args.n, args.seed, cfg)]
+        scorer = S.hf_scorer(model, tokenizer, batch_size=args.batch_size, add_bos=args.add_bos,
+                             progress=sys.stderr.isatty())
+        examples = [ex for t in tasks for ex in P.generate(t, n, args.seed, cfg)]
         t0 = time.perf_counter()
-        mc = S.evaluate_mc(scorer, examples)
+        requests = scorer.requests(examples)
+        truncated = S.truncated_prompts(examples, requests, scorer.max_length)
+        _warn_truncation(truncated, examples, requests, scorer.max_length, args, tasks, n, scorer.encode)
+        first, m = _estimate(scorer, examples, requests, device)
+        k = len(first)
+        scores = first + (scorer.score(examples[k:], requests[m:]) if k < len(examples) else [])
+        mc = S.results_from_scores(scores, examples, truncated)
         _print_mc(mc)
         result["primitives"] = {t: r.to_dict() for t, r in mc.items()}
+        if len(mc) > 1:
+            result["primitives_mean"] = S.mean_result(mc)
+        result["truncated_prompts"] = sum(truncated.values())
         result["primitives_seconds"] = time.perf_counter() - t0
 
     if args.heldout:
-        ctx = getattr(model.config, "max_position_embeddings", 2048) or 2048
         seq = args.seq_length or min(2048, ctx)
         fn = S.hf_logits_fn(model)
         result["heldout"] = {}
@@ -185,8 +230,10 @@ def main(argv: list[str] | None = None) -> int:
             batches = S.chunk_tokens(read_heldout_ids(path, tokenizer), seq + 1, args.batch_size, args.max_chunks)
             if not batches:
                 raise ConfigError("--heldout", path, f"has fewer than {seq + 1} tokens: give more text or a smaller --seq-length")
-            r = S.heldout_nll(fn, batches, device=device)
-            print(f"held-out {path}: NLL {r.nll:.4f} nats/token over {r.tokens:,} tokens (ppl {r.perplexity:.2f})")
+            r = S.heldout_nll(fn, batches, device=device, vocab_size=len(tokenizer))
+            se = f"{r.stderr:.4f}" if r.windows > 1 else "n/a"
+            print(f"held-out {path}: NLL {r.nll:.4f} ± {se} nats/token (se over {r.windows} windows of "
+                  f"{seq} tokens; {r.tokens:,} tokens; ppl {r.perplexity:.2f}; uniform guess {r.chance:.2f})")
             result["heldout"][path] = r.to_dict() | {"seq_length": seq}
 
     if args.json:

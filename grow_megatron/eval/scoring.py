@@ -10,9 +10,17 @@ Multiple choice follows lm-evaluation-harness's `acc`: the score of a choice is 
 the log-probs of its tokens given the prompt, where the choice's tokens are those that
 encoding prompt+choice adds after the prompt's tokens (so BPE merges across the boundary
 match what the model saw in training); highest score wins, the first on ties.
+
+Two implementations compute the same sums. `continuation_logprobs` runs one full forward per
+(prompt, choice) through any `LogitsFn`; it is the reference (tests and tools/bench_eval.py
+hold the fast path to it) and the path for models that are only a function.
+`prefix_cached_logprobs` is what `grow-megatron eval` uses on Hugging Face models: each
+distinct context is run once with the KV cache on (only its last position goes through the
+output layer), and all its choices are then scored against that cache in one small batch.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import random
 from dataclasses import dataclass
@@ -76,13 +84,18 @@ def continuation_logprobs(logits_fn: LogitsFn, requests: Sequence[tuple[Sequence
     return out
 
 
-def encode_pair(encode: Encode, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of (context, continuation) the way lm-evaluation-harness splits them."""
+def _move_space(context: str, continuation: str) -> tuple[str, str]:
     # Trailing spaces of the context belong to the continuation (BPE tokenizers attach a
     # space to the following word).
     n_space = len(context) - len(context.rstrip(" "))
     if n_space:
-        context, continuation = context[:-n_space], context[-n_space:] + continuation
+        return context[:-n_space], context[-n_space:] + continuation
+    return context, continuation
+
+
+def encode_pair(encode: Encode, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """Token ids of (context, continuation) the way lm-evaluation-harness splits them."""
+    context, continuation = _move_space(context, continuation)
     whole = encode(context + continuation)
     ctx = encode(context)
     if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
@@ -91,9 +104,59 @@ def encode_pair(encode: Encode, context: str, continuation: str) -> tuple[list[i
     return ctx, encode(continuation)
 
 
+def mc_requests(examples: Sequence[MCExample], encode: Encode, prefix_ids: Sequence[int] = (),
+                encode_batch: Callable[[list[str]], list[list[int]]] | None = None) -> list[tuple[list[int], list[int]]]:
+    """(context ids, continuation ids) of every choice of every example, in order. With
+    encode_batch, every distinct text is encoded once, in one call (a prompt is shared by all
+    its choices)."""
+    if encode_batch is not None:
+        texts = set()
+        for ex in examples:
+            for choice in ex.choices:
+                ctx, cont = _move_space(ex.prompt, choice)
+                texts.update((ctx, ctx + cont))
+        order = sorted(texts)
+        table = dict(zip(order, encode_batch(order)))
+        single = encode
+
+        def encode(text: str) -> list[int]:  # noqa: F811 - the table first, the fallback split rarely
+            return table[text] if text in table else single(text)
+    reqs = []
+    for ex in examples:
+        for choice in ex.choices:
+            ctx, cont = encode_pair(encode, ex.prompt, choice)
+            reqs.append((list(prefix_ids) + ctx, cont))
+    return reqs
+
+
+def _per_example(flat: Sequence[float], examples: Sequence[MCExample]) -> list[list[float]]:
+    out, k = [], 0
+    for ex in examples:
+        out.append(list(flat[k:k + len(ex.choices)]))
+        k += len(ex.choices)
+    return out
+
+
+def truncated_prompts(examples: Sequence[MCExample], requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                      max_length: int | None) -> dict[str, int]:
+    """Per task, how many examples have a choice whose scoring input (context + continuation
+    minus its last token) is longer than max_length, i.e. loses tokens from the left."""
+    out = {ex.task: 0 for ex in examples}
+    if max_length is None:
+        return out
+    k = 0
+    for ex in examples:
+        n = len(ex.choices)
+        if any(len(ctx) + len(cont) - 1 > max_length for ctx, cont in requests[k:k + n]):
+            out[ex.task] += 1
+        k += n
+    return out
+
+
 @dataclass
 class LogLikelihoodScorer:
-    """MC scorer over any causal `LogitsFn` and tokenizer `encode`."""
+    """MC scorer over any causal `LogitsFn` and tokenizer `encode` (one forward per choice; the
+    reference implementation, see the module docstring)."""
 
     logits_fn: LogitsFn
     encode: Encode
@@ -109,21 +172,146 @@ class LogLikelihoodScorer:
     """Where the ids go before logits_fn."""
 
     def requests(self, examples: Sequence[MCExample]) -> list[tuple[list[int], list[int]]]:
-        reqs = []
-        for ex in examples:
-            for choice in ex.choices:
-                ctx, cont = encode_pair(self.encode, ex.prompt, choice)
-                reqs.append((list(self.prefix_ids) + ctx, cont))
-        return reqs
+        return mc_requests(examples, self.encode, self.prefix_ids)
 
-    def score(self, examples: Sequence[MCExample]) -> list[list[float]]:
-        flat = continuation_logprobs(self.logits_fn, self.requests(examples), self.batch_size, self.pad_id,
-                                     self.max_length, self.device)
-        out, k = [], 0
-        for ex in examples:
-            out.append(flat[k:k + len(ex.choices)])
-            k += len(ex.choices)
-        return out
+    def score(self, examples: Sequence[MCExample],
+              requests: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None) -> list[list[float]]:
+        reqs = self.requests(examples) if requests is None else requests
+        flat = continuation_logprobs(self.logits_fn, reqs, self.batch_size, self.pad_id, self.max_length, self.device)
+        return _per_example(flat, examples)
+
+
+# --- shared-prefix scoring with the KV cache ---------------------------------------------------
+
+def split_request(ctx: Sequence[int], cont: Sequence[int], max_length: int | None = None
+                  ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(prefix, continuation): the prefix is the input up to the position that predicts the
+    continuation's first token, cut from the left exactly as `continuation_logprobs` cuts
+    context + continuation[:-1] to max_length, so both paths score the same tokens."""
+    if not ctx or not cont:
+        raise ValueError("context and continuation must both be non-empty")
+    if max_length is not None:
+        if len(cont) > max_length:
+            raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length {max_length}")
+        if len(ctx) + len(cont) - 1 > max_length:
+            return tuple(ctx[len(ctx) - (max_length - len(cont) + 1):]), tuple(cont)
+    return tuple(ctx), tuple(cont)
+
+
+def _cache_keyword(model: torch.nn.Module) -> str:
+    # transformers >= 5.2x calls the KV cache argument `cache`; older versions `past_key_values`.
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _forward(model: torch.nn.Module, ids: torch.Tensor, cache=None, last_only: bool = False):
+    """(logits (B, T or 1, V), KV cache) of an HF causal LM on ids (B, T) after `cache`."""
+    params = inspect.signature(model.forward).parameters
+    kwargs: dict = {"input_ids": ids, "use_cache": True}
+    if cache is not None:
+        kwargs[_cache_keyword(model)] = cache
+    if last_only and "logits_to_keep" in params:
+        kwargs["logits_to_keep"] = 1  # the output layer only where a prediction is scored
+    out = model(**kwargs)
+    new_cache = out["cache"] if "cache" in out else out["past_key_values"]
+    return (out.logits[:, -1:] if last_only else out.logits), new_cache
+
+
+def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+                           batch_size: int = 16, max_length: int | None = None,
+                           device: torch.device | str | None = None, progress: bool = False) -> list[float]:
+    """The sums of `continuation_logprobs` for an HF causal LM, each distinct prefix run once.
+
+    Prefixes of equal length are batched (no padding, so no attention mask and positions
+    0..T-1 as in the reference); the first continuation token is scored from the prefix's last
+    logits, the remaining ones by running continuation[:-1] of every choice against the
+    prefix's KV cache, up to 4 * batch_size choices per forward (right-padded: the padding
+    comes after every real token, which a causal model never lets it influence).
+    """
+    import copy
+
+    splits = [split_request(ctx, cont, max_length) for ctx, cont in requests]
+    by_prefix: dict[tuple[int, ...], list[int]] = {}
+    for i, (prefix, _) in enumerate(splits):
+        by_prefix.setdefault(prefix, []).append(i)
+    # Longest first (a batch too large for memory fails at once), equal lengths together.
+    order = sorted(by_prefix, key=len, reverse=True)
+    batches: list[list[tuple[int, ...]]] = []
+    for prefix in order:
+        if batches and len(batches[-1]) < batch_size and len(batches[-1][0]) == len(prefix):
+            batches[-1].append(prefix)
+        else:
+            batches.append([prefix])
+    out = [0.0] * len(splits)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(order), desc="score", unit="prompt", leave=False)
+    for batch in batches:
+        ids = torch.tensor(batch, dtype=torch.long, device=device)  # (P, T)
+        with torch.no_grad():
+            logits, cache = _forward(model, ids, last_only=True)
+            logp0 = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (P, V)
+            rest: list[tuple[int, int]] = []  # (prefix row, request) of multi-token continuations
+            for g, prefix in enumerate(batch):
+                for i in by_prefix[prefix]:
+                    cont = splits[i][1]
+                    out[i] = float(logp0[g, cont[0]])
+                    if len(cont) > 1:
+                        rest.append((g, i))
+            step = 4 * batch_size
+            for start in range(0, len(rest), step):
+                chunk = rest[start:start + step]
+                # batch_select_indices works in place: keep the prefix cache for later chunks.
+                c = cache if len(rest) <= step else copy.deepcopy(cache)
+                c.batch_select_indices(torch.tensor([g for g, _ in chunk], device=ids.device))
+                width = max(len(splits[i][1]) - 1 for _, i in chunk)
+                tail = torch.zeros((len(chunk), width), dtype=torch.long)  # (R, W)
+                for r, (_, i) in enumerate(chunk):
+                    cont = splits[i][1]
+                    tail[r, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
+                tail_logits, _ = _forward(model, tail.to(ids.device), cache=c)  # (R, W, V)
+                for r, (_, i) in enumerate(chunk):
+                    cont = splits[i][1]
+                    logp = torch.log_softmax(tail_logits[r, :len(cont) - 1].float(), dim=-1)
+                    tgt = torch.tensor(cont[1:], dtype=torch.long, device=logp.device)
+                    out[i] += float(logp.gather(-1, tgt[:, None]).sum())
+        if bar is not None:
+            bar.update(len(batch))
+    if bar is not None:
+        bar.close()
+    return out
+
+
+@dataclass
+class CachedPrefixScorer:
+    """MC scorer of a Hugging Face causal LM that runs each prompt once (`prefix_cached_logprobs`);
+    the scores equal `LogLikelihoodScorer`'s up to fp32 rounding."""
+
+    model: torch.nn.Module
+    encode: Encode
+    prefix_ids: tuple[int, ...] = ()
+    """Prepended to every context (e.g. the BOS id, if the model was trained with one)."""
+    batch_size: int = 16
+    """Prompts per forward pass (choices: up to 4x as many, each only a few tokens long)."""
+    max_length: int | None = None
+    """Model context; longer inputs keep their last max_length tokens, as in the reference."""
+    device: torch.device | str | None = None
+    """Where the ids go (the model's device)."""
+    progress: bool = False
+    """A progress bar over prompts."""
+    encode_batch: Callable[[list[str]], list[list[int]]] | None = None
+    """Many texts -> their ids in one call (a fast tokenizer's batch path); optional."""
+
+    def requests(self, examples: Sequence[MCExample]) -> list[tuple[list[int], list[int]]]:
+        return mc_requests(examples, self.encode, self.prefix_ids, self.encode_batch)
+
+    def score(self, examples: Sequence[MCExample],
+              requests: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None) -> list[list[float]]:
+        reqs = self.requests(examples) if requests is None else requests
+        flat = prefix_cached_logprobs(self.model, reqs, self.batch_size, self.max_length, self.device,
+                                      self.progress)
+        return _per_example(flat, examples)
 
 
 def hf_logits_fn(model: torch.nn.Module) -> LogitsFn:
@@ -135,8 +323,10 @@ def hf_logits_fn(model: torch.nn.Module) -> LogitsFn:
 
 
 def hf_scorer(model: torch.nn.Module, tokenizer, batch_size: int = 16, add_bos: bool = False,
-              max_length: int | None = None) -> LogLikelihoodScorer:
-    """MC scorer of an HF causal LM + tokenizer.
+              max_length: int | None = None, reference: bool = False,
+              progress: bool = False) -> CachedPrefixScorer | LogLikelihoodScorer:
+    """MC scorer of an HF causal LM + tokenizer: the KV-cached one, or with reference=True the
+    one-forward-per-choice reference (same scores up to fp32 rounding).
 
     Like lm-evaluation-harness's default, no BOS is added unless add_bos (the SmolLM
     tokenizer does not add one either).
@@ -147,13 +337,25 @@ def hf_scorer(model: torch.nn.Module, tokenizer, batch_size: int = 16, add_bos: 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     device = next(model.parameters()).device
     if max_length is None:
-        max_length = getattr(model.config, "max_position_embeddings", None)
+        max_length = context_length(model)
+    prefix = (bos,) if add_bos else ()
 
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    return LogLikelihoodScorer(hf_logits_fn(model), encode, prefix_ids=(bos,) if add_bos else (),
-                               batch_size=batch_size, pad_id=pad, max_length=max_length, device=device)
+    def encode_batch(texts: list[str]) -> list[list[int]]:
+        return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    if reference:
+        return LogLikelihoodScorer(hf_logits_fn(model), encode, prefix_ids=prefix, batch_size=batch_size,
+                                   pad_id=pad, max_length=max_length, device=device)
+    return CachedPrefixScorer(model, encode, prefix_ids=prefix, batch_size=batch_size, max_length=max_length,
+                              device=device, progress=progress, encode_batch=encode_batch)
+
+
+def context_length(model: torch.nn.Module) -> int | None:
+    """The longest input an HF model has position embeddings for (None when it does not say)."""
+    return getattr(model.config, "max_position_embeddings", None)
 
 
 class OracleScorer:
@@ -189,6 +391,8 @@ class MCResult:
     correct: int
     chance: float
     """Mean of 1/num_choices over the examples."""
+    truncated: int = 0
+    """Examples whose input was cut from the left to fit the model's context."""
 
     @property
     def accuracy(self) -> float:
@@ -200,18 +404,48 @@ class MCResult:
         p = self.accuracy
         return math.sqrt(p * (1 - p) / self.n) if self.n else float("nan")
 
+    @property
+    def near_chance(self) -> bool:
+        """Within two standard errors of chance (the binomial se at chance, so that 0 correct
+        out of a few does not count as certain): not distinguishable from guessing."""
+        se = math.sqrt(self.chance * (1 - self.chance) / self.n) if self.n else float("nan")
+        return abs(self.accuracy - self.chance) <= 2 * max(se, self.stderr)
+
     def to_dict(self) -> dict:
         return {"task": self.task, "n": self.n, "correct": self.correct, "accuracy": self.accuracy,
-                "stderr": self.stderr, "chance": self.chance}
+                "stderr": self.stderr, "chance": self.chance, "near_chance": self.near_chance,
+                "truncated": self.truncated}
 
 
-def evaluate_mc(scorer: MCScorer, examples: Sequence[MCExample]) -> dict[str, MCResult]:
-    """Score all examples once and report accuracy per task (MCExample.task)."""
-    preds = predictions(scorer.score(examples))
+def evaluate_mc(scorer: MCScorer, examples: Sequence[MCExample], requests=None,
+                truncated: dict[str, int] | None = None) -> dict[str, MCResult]:
+    """Score all examples once and report accuracy per task (MCExample.task). requests: the
+    scorer's own encoding of the examples, when the caller already made it; truncated: per
+    task, how many examples were cut to the context (`truncated_prompts`), recorded."""
+    scores = scorer.score(examples) if requests is None else scorer.score(examples, requests)
+    return results_from_scores(scores, examples, truncated)
+
+
+def results_from_scores(scores: Sequence[Sequence[float]], examples: Sequence[MCExample],
+                        truncated: dict[str, int] | None = None) -> dict[str, MCResult]:
+    """Accuracy per task of already computed choice scores."""
+    preds = predictions(scores)
     by_task: dict[str, list[tuple[bool, float]]] = {}
     for ex, p in zip(examples, preds):
         by_task.setdefault(ex.task, []).append((p == ex.answer, 1.0 / len(ex.choices)))
-    return {t: MCResult(t, len(v), sum(ok for ok, _ in v), sum(c for _, c in v) / len(v)) for t, v in by_task.items()}
+    return {t: MCResult(t, len(v), sum(ok for ok, _ in v), sum(c for _, c in v) / len(v),
+                        (truncated or {}).get(t, 0)) for t, v in by_task.items()}
+
+
+def mean_result(results: dict[str, MCResult]) -> dict:
+    """Unweighted mean over tasks (Table 6's Mean) with its standard error sqrt(sum se^2) / k
+    (tasks are independent samples) and the mean chance level."""
+    k = len(results)
+    acc = sum(r.accuracy for r in results.values()) / k
+    se = math.sqrt(sum(r.stderr ** 2 for r in results.values())) / k
+    chance = sum(r.chance for r in results.values()) / k
+    return {"accuracy": acc, "stderr": se, "chance": chance, "tasks": k,
+            "n": sum(r.n for r in results.values())}
 
 
 @dataclass(frozen=True)
@@ -221,20 +455,29 @@ class NLLResult:
     nll: float
     tokens: int
     """Number of predicted tokens."""
+    stderr: float = float("nan")
+    """Standard error of the mean NLL, over windows: tokens of one window are correlated, the
+    windows (disjoint stretches of text, all the same length) are the independent samples."""
+    windows: int = 0
+    """Number of windows (sequences) the tokens came in."""
+    chance: float | None = None
+    """NLL of a uniform guess over the vocabulary, ln(V)."""
 
     @property
     def perplexity(self) -> float:
         return math.exp(self.nll)
 
     def to_dict(self) -> dict:
-        return {"nll": self.nll, "tokens": self.tokens, "perplexity": self.perplexity}
+        return {"nll": self.nll, "stderr": self.stderr, "tokens": self.tokens, "windows": self.windows,
+                "perplexity": self.perplexity, "chance": self.chance}
 
 
 def heldout_nll(logits_fn: LogitsFn, batches: Iterable[torch.Tensor],
-                device: torch.device | str | None = None) -> NLLResult:
+                device: torch.device | str | None = None, vocab_size: int | None = None) -> NLLResult:
     """Mean next-token cross-entropy over all batches (B, T): positions 1..T-1 of each row are
     predicted from the ones before them, every predicted token weighs the same."""
     total, count = 0.0, 0
+    row_means: list[float] = []
     for ids in batches:
         ids = ids if device is None else ids.to(device)
         with torch.no_grad():
@@ -244,10 +487,14 @@ def heldout_nll(logits_fn: LogitsFn, batches: Iterable[torch.Tensor],
                 loss = F.cross_entropy(logits[row].float(), ids[row, 1:], reduction="sum")
                 # float64 accumulation: millions of tokens summed in fp32 would lose digits.
                 total += float(loss.double())
+                row_means.append(float(loss.double()) / (ids.shape[1] - 1))
         count += ids[:, 1:].numel()
     if count == 0:
         raise ValueError("heldout_nll: no tokens to predict (need batches with T >= 2)")
-    return NLLResult(total / count, count)
+    w = len(row_means)
+    mean = sum(row_means) / w
+    se = math.sqrt(sum((x - mean) ** 2 for x in row_means) / (w - 1) / w) if w > 1 else float("nan")
+    return NLLResult(total / count, count, se, w, math.log(vocab_size) if vocab_size else None)
 
 
 def chunk_tokens(ids: Sequence[int] | torch.Tensor, seq_length: int, batch_size: int,
