@@ -1,0 +1,181 @@
+"""Looping a block (SPEC 10, docs/looping.md): native megatron and Hugging Face paths.
+
+References: the plain model (r = 1), the unrolled model built by the growth machinery from the
+loop's source map (same weights, untied), the native looped model for the HF wrapper, and
+generation without a cache for generation with one.
+"""
+import os
+
+import pytest
+import torch
+
+from grow_megatron.config.base import ConfigError
+from grow_megatron.config.loop import LoopSpec
+from grow_megatron.config.model import ModelConfig
+from grow_megatron.config.training import OptimConfig
+from grow_megatron.convert.looping import loop_hf_model
+from grow_megatron.growth.manager import grow
+from grow_megatron.model.looping import apply_loop_to_engine
+from grow_megatron.training.distributed import device_context, init_distributed
+from grow_megatron.training.engine import EngineSpec, build_engine, run_microbatches
+
+V, S, DEPTH = 96, 12, 6
+
+
+@pytest.fixture(scope="module")
+def env():
+    with device_context():
+        init_distributed(1, 1, seed=5)
+        yield
+
+
+def _batch(seed, b=2):
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, V, (b, S + 1), generator=g)
+    return {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(b, S),
+            "position_ids": torch.arange(S).expand(b, S)}
+
+
+def _engine(ln_scaling=True):
+    model = ModelConfig(num_layers=DEPTH, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
+                        num_query_groups=2, vocab_size=V, seq_length=S, ln_scaling=ln_scaling, kernels="off")
+    spec = EngineSpec(model, OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), V, bf16=False, use_kernels=False)
+    torch.manual_seed(0)
+    return build_engine(spec, DEPTH)
+
+
+def _copy_weights(dst, src):
+    """dst's parameters := src's (fp32: the optimizer's main params are views of them)."""
+    with torch.no_grad():
+        for (n, p), (m, q) in zip(src.named_parameters(), dst.named_parameters()):
+            assert n == m
+            q.copy_(p)
+
+
+def _logits(engine, batch):
+    chunk = engine.chunks[0]
+    with torch.no_grad():
+        return chunk(batch["tokens"], batch["position_ids"], None)  # [b, s, V]
+
+
+@pytest.mark.parametrize("text,why", [("3:3x2", "empty block"), ("2:7x2", "past the model's depth 6"),
+                                      ("2:4x0", "R must be >= 1"), ("2-4x2", "must look like"),
+                                      ("-1:2x2", "START must be >= 0")])
+def test_loop_spec_errors_are_one_line(text, why):
+    with pytest.raises(ConfigError) as err:
+        LoopSpec.parse(text, depth=DEPTH)
+    assert why in str(err.value) and "\n" not in str(err.value) and "--loop" in str(err.value)
+
+
+def test_loop_spec_positions_match_the_composed_growths():
+    spec = LoopSpec.parse("12:16x3", depth=24)
+    assert spec.unrolled_depth(24) == 32
+    assert spec.source_map(24) == tuple(range(16)) + tuple(range(12, 16)) * 2 + tuple(range(16, 24))
+    # The growth machinery's source maps, composed, give the same unrolled order.
+    order = list(range(24))
+    for g in spec.growths(24):
+        order = [order[i] for i in g.source_map]
+    assert tuple(order) == spec.source_map(24)
+    assert spec.extra_positions() == [[16, 17, 18, 19], [20, 21, 22, 23]]
+
+
+def test_r1_is_bit_identical_and_remove_restores_the_plain_model(env):
+    e = _engine()
+    b = _batch(0)
+    plain = _logits(e, b)
+    h = apply_loop_to_engine(e, LoopSpec(2, 4, 1))
+    assert torch.equal(_logits(e, b), plain)
+    h.remove()
+    h = apply_loop_to_engine(e, LoopSpec(2, 4, 3))
+    assert not torch.allclose(_logits(e, b), plain)
+    h.remove()
+    assert torch.equal(_logits(e, b), plain)
+
+
+@pytest.mark.parametrize("ln_scaling", [True, False], ids=["ln-scaling", "plain-norms"])
+def test_looped_forward_and_grads_equal_the_unrolled_grown_model(env, ln_scaling):
+    spec = LoopSpec(2, 4, 3)
+    looped = _engine(ln_scaling)
+    unrolled = _engine(ln_scaling)
+    _copy_weights(unrolled, looped)
+    for g in spec.growths(DEPTH):  # untied copies, each at its position (LN-Scaling renumbered)
+        unrolled = grow(unrolled, g)
+    assert unrolled.depth == spec.unrolled_depth(DEPTH) == 10
+    apply_loop_to_engine(looped, spec)
+    b = _batch(1)
+    assert torch.equal(_logits(looped, b), _logits(unrolled, b))  # exact in fp32
+
+    loss_l = run_microbatches(looped, [b], forward_only=False)
+    loss_u = run_microbatches(unrolled, [b], forward_only=False)
+    assert torch.equal(loss_l, loss_u)
+    tied = {pos: dict(layer.named_parameters()) for pos, layer in looped.layers_by_position().items()}
+    copies = {pos: dict(layer.named_parameters()) for pos, layer in unrolled.layers_by_position().items()}
+    for j in range(DEPTH):
+        for name, p in tied[j].items():
+            # The tied parameter's gradient is the sum over every unrolled position applying layer j
+            # (summation order differs from autograd's: fp32 tolerance).
+            ref = sum(copies[u][name].main_grad for u, src in enumerate(spec.source_map(DEPTH)) if src == j)
+            torch.testing.assert_close(p.main_grad, ref, rtol=1e-5, atol=1e-7, msg=f"layer {j} {name}")
+    assert any(p.main_grad.abs().sum() > 0 for p in tied[2].values())
+
+
+# --- Hugging Face ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def native_run(env, tmp_path_factory):
+    """A native LN-Scaling checkpoint with random weights (norm gains too) and its HF model."""
+    from grow_megatron.config.run import RunConfig, dump_run_config
+    from grow_megatron.convert import load_as_hf
+    from grow_megatron.training.checkpoint import save_checkpoint
+
+    run_dir = tmp_path_factory.mktemp("looprun")
+    e = _engine(ln_scaling=True)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in e.named_parameters():
+            p.copy_((1 + 0.3 * torch.randn(p.shape, generator=g)) if name.endswith("layernorm.weight")
+                    else 0.1 * torch.randn(p.shape, generator=g))
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        f.write(dump_run_config(RunConfig(name="t", run_dir=str(run_dir), model=e.spec.model)))
+    save_checkpoint(e, os.path.join(run_dir, "checkpoints"), 1,
+                    {"growths": [], "name": "t", "stage_steps": [], "operator": "none"})
+    model, _ = load_as_hf(str(run_dir))
+    return e, model
+
+
+def _nll(logits, tokens):  # logits [b, s, V] predicting tokens[:, 1:]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V).float(), tokens[:, 1:].reshape(-1))
+
+
+def test_hf_looped_nll_equals_native_looped_nll(native_run):
+    engine, model = native_run
+    spec = LoopSpec(1, 4, 3)
+    b = _batch(2)
+    with torch.no_grad():
+        hf_plain = model(b["tokens"]).logits
+        with loop_hf_model(model, spec):
+            assert model.config.num_hidden_layers == 12
+            hf = model(b["tokens"]).logits
+        assert torch.equal(model(b["tokens"]).logits, hf_plain)  # removed: plain again
+    handle = apply_loop_to_engine(engine, spec)
+    native = _logits(engine, b)
+    handle.remove()
+    nll_hf, nll_native = _nll(hf, b["tokens"]), _nll(native, b["tokens"])
+    assert abs(float(nll_hf) - float(_nll(hf_plain, b["tokens"]))) > 1e-3  # the loop changes the model
+    # Same math, folded vs unfolded LN-Scaling gains and different kernels: fp32 ulps.
+    torch.testing.assert_close(hf, native, rtol=0, atol=1e-4)
+    assert abs(float(nll_hf) - float(nll_native)) < 1e-5
+
+
+def test_hf_looped_generate_with_cache_equals_without(native_run):
+    _, model = native_run
+    prompt = _batch(3, b=1)["tokens"][:, :6]
+    with torch.no_grad(), loop_hf_model(model, LoopSpec(2, 5, 2)):
+        kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
+        cached = model.generate(prompt, use_cache=True, **kw)
+        plain = model.generate(prompt, use_cache=False, **kw)
+        # Each application owns a cache slot: the cache holds the unrolled depth.
+        out = model(prompt, use_cache=True)
+        cache = getattr(out, "cache", None) or out.past_key_values
+        assert len(cache.layers) == 9
+    assert torch.equal(cached, plain)
