@@ -140,7 +140,7 @@ def native_run(env, tmp_path_factory):
     save_checkpoint(e, os.path.join(run_dir, "checkpoints"), 1,
                     {"growths": [], "name": "t", "stage_steps": [], "operator": "none"})
     model, _ = load_as_hf(str(run_dir))
-    return e, model
+    return e, model, run_dir
 
 
 def _nll(logits, tokens):  # logits [b, s, V] predicting tokens[:, 1:]
@@ -148,7 +148,7 @@ def _nll(logits, tokens):  # logits [b, s, V] predicting tokens[:, 1:]
 
 
 def test_hf_looped_nll_equals_native_looped_nll(native_run):
-    engine, model = native_run
+    engine, model, _ = native_run
     spec = LoopSpec(1, 4, 3)
     b = _batch(2)
     with torch.no_grad():
@@ -168,7 +168,7 @@ def test_hf_looped_nll_equals_native_looped_nll(native_run):
 
 
 def test_hf_looped_generate_with_cache_equals_without(native_run):
-    _, model = native_run
+    _, model, _ = native_run
     prompt = _batch(3, b=1)["tokens"][:, :6]
     with torch.no_grad(), loop_hf_model(model, LoopSpec(2, 5, 2)):
         kw = dict(max_new_tokens=6, do_sample=False, pad_token_id=0)
@@ -179,3 +179,48 @@ def test_hf_looped_generate_with_cache_equals_without(native_run):
         cache = getattr(out, "cache", None) or out.past_key_values
         assert len(cache.layers) == 9
     assert torch.equal(cached, plain)
+
+
+def test_export_of_a_looped_model_is_the_unrolled_plain_llama(native_run, tmp_path):
+    from dataclasses import replace
+
+    from transformers import LlamaForCausalLM
+
+    from grow_megatron.config.loop import LoopConfig
+    from grow_megatron.config.run import RunConfig, dump_run_config
+    from grow_megatron.convert import to_hf
+
+    engine, _, run_dir = native_run
+    spec = LoopSpec(1, 4, 3)
+    looped_cfg = tmp_path / "looped.yaml"  # the same checkpoint, read as a loop-adapted run's
+    model = replace(engine.spec.model, loop=LoopConfig(spec.start, spec.end, spec.repeats, from_step=0))
+    looped_cfg.write_text(dump_run_config(RunConfig(name="t", run_dir=str(run_dir), model=model)))
+    info = to_hf(str(run_dir), str(tmp_path / "hf"), config=str(looped_cfg), tokenizer=False,
+                 progress=False)
+    assert info["depth"] == spec.unrolled_depth(DEPTH) == 12
+    hf = LlamaForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()  # a plain Llama: copies, no wrapper
+    assert hf.config.num_hidden_layers == 12
+    for u, j in enumerate(spec.source_map(DEPTH)):
+        if spec.start <= j < spec.end:  # the repeated applications are copies of the block (at positions j)
+            assert torch.equal(hf.model.layers[u].mlp.down_proj.weight, hf.model.layers[j].mlp.down_proj.weight)
+    b = _batch(4)
+    handle = apply_loop_to_engine(engine, spec)
+    native = _logits(engine, b)
+    handle.remove()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(b["tokens"]).logits, native, rtol=0, atol=1e-4)
+
+
+def test_flops_count_the_unrolled_depth_from_from_step():
+    from grow_megatron import flops as F
+
+    shape = F.ModelShape(num_layers=12, hidden_size=128, ffn_hidden_size=352, num_attention_heads=4,
+                         num_query_groups=2, vocab_size=4096, seq_length=128)
+    looped = F.with_loop(F.static_flops(shape, 160, 2048), shape, from_step=140, unrolled_depth=20)
+
+    def per_token(L):  # SPEC 6 by hand: 6 N + 12 L s d, N = L (2d^2 + 2 d d_kv + 3 d f) + V d
+        d, dkv, f = 128, 64, 352
+        return 6 * (L * (2 * d * d + 2 * d * dkv + 3 * d * f) + 4096 * d) + 12 * L * 128 * d
+
+    assert [(s.depth, s.steps) for s in looped.stages] == [(12, 140), (20, 20)]
+    assert looped.flops == 2048 * (140 * per_token(12) + 20 * per_token(20))

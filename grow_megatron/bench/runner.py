@@ -269,6 +269,13 @@ class EngineBench:
         free_memory()
         reset_peak_memory()
         build_s, engine = timed(lambda: build_engine(self.spec, depth))
+        loop = self.setup.cfg.model.loop
+        if loop is not None and loop.repeats > 1:
+            # The final depth trains looped from loop.from_step: time that, count its unrolled depth.
+            from grow_megatron.model.looping import apply_loop_to_engine
+
+            apply_loop_to_engine(engine, loop.spec)
+            depth = loop.spec.unrolled_depth(depth)
         times, out = self.measure(engine)
         res = {"depth": depth, "build_s": build_s, **summarize(times, self.tokens_per_step, self.rates(depth),
                                                                 peak_memory_gib()),

@@ -107,3 +107,11 @@ def loop_hf_model(model, spec: LoopSpec, ln_folded: Optional[bool] = None) -> HF
     model.config.num_hidden_layers = len(unrolled)
     setattr(model.config, LOOP_ATTR, {**spec.to_dict(), "depth": depth})
     return HFLoop(model, spec, original, depth)
+
+
+
+def apply_loop_arg(model, text: Optional[str]) -> Optional[HFLoop]:
+    """`--loop TEXT` applied to a loaded HF model (one-line ConfigError if it does not fit)."""
+    if text is None:
+        return None
+    return loop_hf_model(model, LoopSpec.parse(text, depth=len(model.model.layers)))

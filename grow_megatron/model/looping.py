@@ -121,10 +121,11 @@ class LoopSchedule:
         self._handle: Optional[LoopHandle] = None
 
     def update(self, engine, step: int) -> bool:
-        """Apply the loop to `engine` if `step` trains looped; returns whether it is looped."""
+        """Apply the loop to `engine` if `step` trains looped; True when it was applied just now."""
         if self.loop is None or not self.loop.active_at(step):
             return False
-        if self._engine is None or self._engine() is not engine:
-            self._handle = apply_loop_to_engine(engine, self.loop.spec)
-            self._engine = weakref.ref(engine)
+        if self._engine is not None and self._engine() is engine:
+            return False
+        self._handle = apply_loop_to_engine(engine, self.loop.spec)
+        self._engine = weakref.ref(engine)
         return True
