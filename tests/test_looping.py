@@ -224,3 +224,42 @@ def test_flops_count_the_unrolled_depth_from_from_step():
 
     assert [(s.depth, s.steps) for s in looped.stages] == [(12, 140), (20, 20)]
     assert looped.flops == 2048 * (140 * per_token(12) + 20 * per_token(20))
+
+
+def test_sweep_default_blocks_follow_the_growth_history():
+    from grow_megatron.eval.loop_sweep import default_blocks, history_blocks
+    from grow_megatron.growth.operators import lidas
+
+    # The tiny LIDAS run: 4 -> 8 (copies 0..3 to 4..7), 8 -> 12 (copies 2..5 to 6..9).
+    history = {"growths": [lidas(4, 4).to_dict(), lidas(8, 4).to_dict()]}
+    # 4..7 of the first growth are cut in two by the second insertion (at 6): not a block any more.
+    assert history_blocks(history) == [(0, 4), (2, 6), (6, 10)]
+    assert default_blocks(12, history) == [(0, 4), (2, 6), (6, 10)]
+    assert default_blocks(12, None) == [(4, 8)]  # no history: the b layers around the middle (LIDAS)
+    assert default_blocks(24, {"growths": []}, block_size=4) == [(10, 14)]
+
+
+def test_sweep_table_and_heatmap(tmp_path):
+    from grow_megatron.eval.loop_sweep import heatmap, table
+
+    rows = [{"block": None, "repeats": 1, "loop": None, "unrolled_depth": 6, "primitives": {"t": 0.2},
+             "accuracy": 0.2, "mean_nll": 5.0}]
+    rows += [{"block": [1, 3], "repeats": r, "loop": f"1:3x{r}", "unrolled_depth": 6 + 2 * (r - 1),
+              "primitives": {"t": 0.1 * r}, "accuracy": 0.1 * r, "mean_nll": 5.0 + r} for r in (2, 3)]
+    result = {"tasks": ["t"], "blocks": [[1, 3]], "repeats": [1, 2, 3], "rows": rows}
+    md = table(result).splitlines()
+    assert md[2].startswith("| plain (baseline) | 6 | 20.0 | 20.0 | 5.0000 |")
+    assert md[4] == "| 1:3x3 | 10 | 30.0 | 30.0 | 8.0000 |"
+    assert os.path.getsize(heatmap(result, str(tmp_path / "h.png"))) > 1000
+
+
+@pytest.mark.parametrize("argv", [["eval", "MODEL", "--loop", "3:3x2"], ["loop-sweep", "MODEL", "--out", "x",
+                                                                         "--repeats", "0,2"],
+                                  ["analyze", "depth-score", "MODEL", "--out", "x", "--loop", "2:4x"]])
+def test_cli_loop_errors_are_one_line_before_loading(argv, capsys, tmp_path):
+    from grow_megatron.cli import main
+
+    argv = [str(tmp_path / "nothing") if a == "MODEL" else str(tmp_path / a) if a == "x" else a for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and ("--loop" in err or "--repeats" in err), err
