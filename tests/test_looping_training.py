@@ -59,9 +59,14 @@ STATIC = {"growth.operator": "none", "model.num_layers": 8, "train.steps": 5,
           "model.loop": "{start: 2, end: 5, repeats: 3, from_step: 2}", "model.ln_scaling": True}
 
 
+@pytest.fixture(scope="module")
+def static_single(tmp_path_factory):
+    return train(micro_config(tmp_path_factory.mktemp("static_single"), **STATIC))
+
+
 @pytest.mark.parametrize("tp", [2, 1], ids=["tp2", "dp2"])
-def test_loop_training_multi_rank_equals_single_process(tmp_path, tp):
-    single = train(micro_config(tmp_path / "single", **STATIC))
+def test_loop_training_multi_rank_equals_single_process(static_single, tmp_path, tp):
+    single = static_single
     res = run_world(2, micro_overrides(tmp_path / "dist", **STATIC, **{"parallel.tensor_parallel": tp}),
                     str(tmp_path / "out"))
     assert sorted(res["losses"]) == sorted(single.losses)

@@ -194,8 +194,9 @@ def heatmap(result: dict, path: str, title: str = "") -> str:
         fmt = "{:.1f}" if key == "accuracy" else "{:.3f}"
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
+                r, g, b_, _ = im.cmap(im.norm(grid[i, j]))
                 ax.text(j, i, fmt.format(grid[i, j]), ha="center", va="center", fontsize=8,
-                        color="white" if im.norm(grid[i, j]) < 0.5 else "black")
+                        color="black" if 0.299 * r + 0.587 * g + 0.114 * b_ > 0.5 else "white")
         ax.set_xticks(range(len(reps)), [str(r) for r in reps])
         ax.set_yticks(range(len(blocks)), [f"{b[0]}:{b[1]}" for b in blocks])
         ax.set_xlabel("repeats R (1 = plain model)")
