@@ -263,3 +263,35 @@ def test_cli_loop_errors_are_one_line_before_loading(argv, capsys, tmp_path):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and ("--loop" in err or "--repeats" in err), err
+
+
+class _CharTokenizer:
+    """Enough of a tokenizer for held-out NLL: one id per character (mod V)."""
+
+    eos_token_id = None
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) % V for c in text]}
+
+
+def test_sweep_scores_each_loop_and_leaves_the_model_plain(native_run, tmp_path):
+    from grow_megatron.eval import scoring
+    from grow_megatron.eval.loop_sweep import SweepConfig, sweep
+
+    _, model, _ = native_run
+    text = tmp_path / "heldout.txt"
+    text.write_text("the quick brown fox jumps over the lazy dog. " * 12)
+    cfg = SweepConfig(blocks=[(1, 4)], repeats=[1, 3], tasks=[], heldout=[str(text)], seq_length=S, batch_size=4)
+    with torch.no_grad():
+        plain_logits = model(_batch(5)["tokens"]).logits
+        res = sweep(model, _CharTokenizer(), cfg, progress=False)
+        # The model is plain again after the sweep.
+        assert model.config.num_hidden_layers == DEPTH and torch.equal(model(_batch(5)["tokens"]).logits, plain_logits)
+        batches = scoring.chunk_tokens([ord(c) % V for c in text.read_text()], S + 1, 4)
+        direct = {}
+        for r in (1, 3):
+            with loop_hf_model(model, LoopSpec(1, 4, r)):
+                direct[r] = scoring.heldout_nll(scoring.hf_logits_fn(model), batches).nll
+    assert [(row["loop"], row["unrolled_depth"]) for row in res["rows"]] == [(None, DEPTH), ("1:4x3", 12)]
+    assert [row["mean_nll"] for row in res["rows"]] == [direct[1], direct[3]]
+    assert direct[1] != direct[3]
