@@ -19,6 +19,8 @@ from grow_megatron.model.looping import apply_loop_to_engine
 from grow_megatron.training.distributed import device_context, init_distributed
 from grow_megatron.training.engine import EngineSpec, build_engine, run_microbatches
 
+from engine_helpers import random_batch
+
 V, S, DEPTH = 96, 12, 6
 
 
@@ -30,10 +32,7 @@ def env():
 
 
 def _batch(seed, b=2):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.randint(0, V, (b, S + 1), generator=g)
-    return {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(b, S),
-            "position_ids": torch.arange(S).expand(b, S)}
+    return random_batch(seed, V, S, b)
 
 
 def _engine(ln_scaling=True):
