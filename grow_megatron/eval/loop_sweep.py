@@ -155,10 +155,6 @@ def sweep(model, tokenizer, cfg: SweepConfig, device: str = "cpu", progress: boo
             "seconds": time.perf_counter() - t0}
 
 
-def _cell(row: dict, key: str) -> Optional[float]:
-    return row.get(key)
-
-
 def table(result: dict) -> str:
     """Markdown table: one row per (block, repeats), the plain model first."""
     tasks = result["tasks"]
