@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("grow_megatron.data.cli", "prepare tokenizers and indexed datasets"),
     "convert": ("grow_megatron.convert.cli", "convert checkpoints to and from Hugging Face Llama"),
     "eval": ("grow_megatron.eval.cli", "held-out NLL and reasoning-primitive evaluation"),
+    "loop-sweep": ("grow_megatron.eval.loop_sweep", "inference-time looping of blocks: primitives and NLL per (block, repeats)"),
     "analyze": ("grow_megatron.analysis.cli", "depth analyses (tuned lens, depth score, interventions, ...)"),
     "flops": ("grow_megatron.flops_cli", "training FLOPs of a static vs a grown run (SPEC 6)"),
     "bench": ("grow_megatron.bench.cli", "timed grown-vs-static training throughput"),

@@ -264,6 +264,21 @@ def training_flops(shape: ModelShape, tokens_per_step: int, initial_depth: int,
     return total
 
 
+def with_loop(run: RunFlops, shape: ModelShape, from_step: int, unrolled_depth: int) -> RunFlops:
+    """`run` with every step from `from_step` on at `unrolled_depth` (loop-adapted training,
+    SPEC 10: a looped block costs what its unrolled copies cost). The loop starts at the final
+    depth, so only steps at shape.num_layers change."""
+    stages, start = [], 0
+    for s in run.stages:
+        before = min(max(from_step - start, 0), s.steps) if s.depth == shape.num_layers else s.steps
+        for depth, n in ((s.depth, before), (unrolled_depth, s.steps - before)):
+            if n:
+                stages.append(StageFlops(len(stages) + 1, depth, n, n * (s.tokens // s.steps),
+                                         model_flops_per_token(shape.with_layers(depth))))
+        start += s.steps
+    return RunFlops(run.name + (" looped" if unrolled_depth != shape.num_layers else ""), tuple(stages))
+
+
 def static_flops(shape: ModelShape, total_steps: int, tokens_per_step: int) -> RunFlops:
     """A run at full depth (shape.num_layers) for all steps."""
     return run_flops(shape, [shape.num_layers], [total_steps], tokens_per_step, name="static")

@@ -104,6 +104,9 @@ def _from_run_config(path: str) -> dict[str, Any]:
         "steps": cfg.train.steps, "global_batch": cfg.train.global_batch_size,
         "vocab_size": vocab, "vocab_source": source,
     }
+    if m.loop is not None and m.loop.repeats > 1:
+        out["loop"] = {**m.loop.spec.to_dict(), "from_step": m.loop.from_step,
+                       "unrolled_depth": m.loop.spec.unrolled_depth(m.num_layers)}
     if cfg.growth.enabled:
         # The same PROP-alpha stage lengths the trainer's plan has (the operator does not change FLOPs).
         out.update(block_size=cfg.growth.block_size, grow_steps=cfg.grow_steps, alpha=cfg.growth.alpha)
@@ -167,6 +170,8 @@ def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, 
     used: dict[str, Any] = {"rounding": rounding}
     if "vocab_source" in vals and args.vocab is None:
         used["vocab"] = f"{shape.vocab_size} ({vals['vocab_source']})"
+    if "loop" in vals:
+        used["loop"] = vals["loop"]
     if "block_size" in vals or "grow_steps" in vals:
         b = vals.get("block_size", 4)
         grow = vals.get("grow_steps", vals["steps"])
@@ -182,6 +187,12 @@ def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, 
     return shape, plan, vals["steps"], vals["tokens_per_step"], used
 
 
+def _looped(run: F.RunFlops, shape: F.ModelShape, used: dict[str, Any]) -> F.RunFlops:
+    """The run with the config's model.loop: steps from loop.from_step on at the unrolled depth."""
+    loop = used.get("loop")
+    return run if loop is None else F.with_loop(run, shape, loop["from_step"], loop["unrolled_depth"])
+
+
 def _positive(value: Any, flag: str, field: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(flag, value, f"{field} must be a positive integer")
@@ -192,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     shape, plan, steps, tps, used = resolve(args)
     if plan is None:
         # No growth schedule anywhere: report the static run alone rather than guess one.
-        run = F.static_flops(shape, steps, tps)
+        run = _looped(F.static_flops(shape, steps, tps), shape, used)
         print(f"static run (no growth schedule given): {F.format_flops(run.flops)} "
               f"({F.model_flops_per_token(shape):,} FLOPs/token)"
               + (f"; vocab={used['vocab']}" if "vocab" in used else ""))
@@ -202,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
             cmp = F.compare(shape, plan, steps, tps)
         except ValueError as err:
             raise ConfigError("growth", None, str(err)) from None
+        cmp = dataclasses.replace(cmp, static=_looped(cmp.static, shape, used), grown=_looped(cmp.grown, shape, used))
         header = ", ".join(f"{k}={v}" for k, v in used.items())
         print(f"model: {shape}\ntokens/step: {tps:,}; {header}\n")
         print(cmp.format_table())

@@ -44,3 +44,13 @@ def assert_same_tensors(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def random_batch(seed: int, vocab: int, seq: int, b: int = 2) -> dict:
+    """One micro-batch of random tokens in the engine's format (tokens, labels, mask, positions)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    t = torch.randint(0, vocab, (b, seq + 1), generator=g)
+    return {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(b, seq),
+            "position_ids": torch.arange(seq).expand(b, seq)}

@@ -12,6 +12,8 @@ from grow_megatron.training.distributed import device_context, init_distributed
 from grow_megatron.training.engine import EngineSpec, build_engine, run_microbatches, train_step
 from grow_megatron.training.optim_state import gather_param_state, optimizer_step_count
 
+from engine_helpers import random_batch
+
 V, S = 96, 16
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
 
@@ -24,10 +26,7 @@ def env():
 
 
 def _batch(seed, b=2):
-    g = torch.Generator().manual_seed(seed)
-    t = torch.randint(0, V, (b, S + 1), generator=g)
-    return {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(b, S),
-            "position_ids": torch.arange(S).expand(b, S)}
+    return random_batch(seed, V, S, b)
 
 
 def _engine(depth, ln_scaling=False, bf16=False):

@@ -20,6 +20,7 @@ import typing
 from typing import Any, Literal, get_args, get_origin
 
 from grow_megatron.config.base import ConfigError, field_docs, from_dict, to_dict
+from grow_megatron.config.loop import LOOP_HELP, check_loop_arg
 
 ANALYSES = ("tuned-lens", "depth-score", "effects", "interventions", "sublayer", "block-similarity")
 DESCRIPTIONS = {
@@ -48,6 +49,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mark-blocks", type=int, default=None, metavar="B",
                    help="mark every B-th layer in line plots (default: the config's block_size, if any)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--loop", metavar="SPEC", help=LOOP_HELP + "; applied to every MODEL")
 
 
 def _add_config_options(p: argparse.ArgumentParser, cls: type) -> None:
@@ -141,6 +143,10 @@ def run_on_models(names: list[str], args: argparse.Namespace, cfgs: dict[str, An
     results: dict[str, dict[str, dict]] = {n: {} for n in names}
     for i, (path, label) in enumerate(zip(args.models, _labels(args))):
         loaded = load_model(path, args.device, args.dtype, name=label)
+        if args.loop:
+            from grow_megatron.convert.looping import apply_loop_arg
+
+            apply_loop_arg(loaded.model, args.loop)
         inputs = Inputs(data_path=args.data, tasks=tasks, lens_path=lens_paths[i] if lens_paths else None,
                         add_bos=args.add_bos)
         for n in names:
@@ -190,6 +196,7 @@ def _main(argv: list[str] | None) -> int:
               file=sys.stderr)
         return 2
     args = build_parser(name).parse_args(rest)
+    check_loop_arg(args.loop)
     os.makedirs(args.out, exist_ok=True)
     if name == "compare":
         from grow_megatron.analysis.report import compare

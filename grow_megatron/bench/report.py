@@ -118,7 +118,7 @@ def format_markdown(report: dict) -> str:
         rows.append(_throughput_row("grow-megatron static", report["static"]))
     for name, r in (report.get("hf") or {}).items():
         if "tokens_per_s" in r:
-            rows.append(_throughput_row(f"HF Llama {name}", {**r, "depth": s["shape"]["num_layers"]}))
+            rows.append(_throughput_row(f"HF Llama {name}", {"depth": s["shape"]["num_layers"], **r}))
     if rows:
         out += ["## Static model at the final depth", "", _table(_THROUGHPUT_HEADER, rows), ""]
         ratios = report.get("static_vs_hf") or {}

@@ -269,6 +269,13 @@ class EngineBench:
         free_memory()
         reset_peak_memory()
         build_s, engine = timed(lambda: build_engine(self.spec, depth))
+        loop = self.setup.cfg.model.loop
+        if loop is not None and loop.repeats > 1:
+            # The final depth trains looped from loop.from_step: time that, count its unrolled depth.
+            from grow_megatron.model.looping import apply_loop_to_engine
+
+            apply_loop_to_engine(engine, loop.spec)
+            depth = loop.spec.unrolled_depth(depth)
         times, out = self.measure(engine)
         res = {"depth": depth, "build_s": build_s, **summarize(times, self.tokens_per_step, self.rates(depth),
                                                                 peak_memory_gib()),
@@ -382,7 +389,9 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
     rope = ({"rope_parameters": {"rope_type": "default", "rope_theta": float(m.rope_theta)}} if v5
             else {"rope_theta": m.rope_theta})
     hf_cfg = LlamaConfig(vocab_size=setup.vocab, hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size,
-                         num_hidden_layers=m.num_layers, num_attention_heads=m.num_attention_heads,
+                         # With model.loop: the unrolled plain Llama, the same compute as the looped engine.
+                         num_hidden_layers=(m.loop.spec.unrolled_depth(m.num_layers) if m.loop is not None
+                                            else m.num_layers), num_attention_heads=m.num_attention_heads,
                          num_key_value_heads=m.kv_heads, max_position_embeddings=setup.seq, rms_norm_eps=m.norm_eps,
                          tie_word_embeddings=True, initializer_range=m.init_std, attention_bias=False, mlp_bias=False,
                          use_cache=False, **rope)
@@ -430,7 +439,9 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
                "attn_implementation": getattr(model.config, "_attn_implementation", None), "compiled": compiled,
                "fused_adamw": gpu and not bc.dry_run, "autocast_bf16": setup.bf16 and gpu, "params": params,
                "first_step_s": compile_s,
-               **summarize(times, tokens, Rates.of(setup.shape, peak_flops), peak_memory_gib()), "last_loss": loss}
+               "depth": hf_cfg.num_hidden_layers,
+               **summarize(times, tokens, Rates.of(setup.shape.with_layers(hf_cfg.num_hidden_layers), peak_flops),
+                           peak_memory_gib()), "last_loss": loss}
         if bc.profile:
             from grow_megatron.bench.profile import safe_profile
 

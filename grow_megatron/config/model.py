@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from grow_megatron.config.base import ConfigError, check
+from grow_megatron.config.loop import LoopConfig
 
 
 def padded_vocab(vocab: int, tp: int) -> int:
@@ -55,6 +56,8 @@ class ModelConfig:
     """LayerNorm-Scaling (SPEC 5): scale each pre-norm output of the layer at position l by 1/sqrt(l)."""
     kernels: Literal["auto", "on", "off"] = "auto"
     """Fused Triton kernels: auto = on when a GPU is present, off = pure-PyTorch reference path."""
+    loop: Optional[LoopConfig] = None
+    """Loop-adapted training (docs/looping.md): {start, end, repeats, from_step}; empty = no loop."""
 
     @classmethod
     def from_preset_dict(cls, data: dict) -> dict:

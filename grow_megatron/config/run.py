@@ -70,10 +70,27 @@ class RunConfig:
         self.parallel.validate(world_size, self.model.num_layers, self.model.num_attention_heads, self.model.kv_heads,
                                initial_layers=self.growth.block_size if self.growth.enabled else None,
                                microbatches=counts)
+        if self.model.loop is not None:
+            self._validate_loop()
         self.data.validate()
         self.checkpoint.validate()
         self.logging.validate()
         return self
+
+    def _validate_loop(self) -> None:
+        from grow_megatron.growth.partition import offsets, split_at
+
+        loop = self.model.loop
+        loop.validate(self.model.num_layers, self.train.steps, self.grow_steps if self.growth.enabled else None)
+        par = self.parallel
+        split = split_at(self.model.num_layers, par.num_virtual_stages,
+                         tuple(par.pipeline_split) if par.pipeline_split else None)
+        starts = offsets(split)
+        stage = lambda pos: max(i for i, o in enumerate(starts) if o <= pos)  # noqa: E731
+        check(stage(loop.start) == stage(loop.end - 1), "model.loop", loop.spec.to_dict(),
+              "the looped block must lie within one pipeline stage; the stages hold layers "
+              + ", ".join(f"{o}..{o + n - 1}" for o, n in zip(starts, split))
+              + ": move the block or set parallel.pipeline_split")
 
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:

@@ -1,6 +1,7 @@
 """Conversions: native checkpoint -> HF Llama directory / in-memory model, and HF -> native run dir."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -9,7 +10,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import ConfigError, to_dict
 from grow_megatron.convert import hf as H
 from grow_megatron.convert.keymap import (EMBED, FINAL_NORM, HF_EMBED, HF_NORM, LAYER_PREFIX, LAYER_SUFFIXES,
                                           LlamaShape, hf_keys, hf_sources, hf_tensor_to_native, native_tensor_to_hf)
@@ -55,9 +56,21 @@ class NativeSource:
         self.reader = NativeReader(self.ckpt_dir)
         # fp32 main params (the optimizer's copy) are the more precise weights of a bf16 run.
         self.prefix = "optimizer.param.model." if main_params else "model."
-        self.shape: LlamaShape = shape_from_model_config(self.run.model, num_layers=self.reader.depth,
-                                                         vocab_size=self.reader.vocab_size)
-        self.reader.check(self.shape)
+        stored = shape_from_model_config(self.run.model, num_layers=self.reader.depth,
+                                         vocab_size=self.reader.vocab_size)
+        self.reader.check(stored)
+        # A loop-adapted model (model.loop, from its from_step on) exports as its unrolled depth:
+        # copies of the tied layers, each with the LN-Scaling factor of its unrolled position.
+        loop = self.run.model.loop
+        self.loop = loop.spec if loop is not None and loop.active_at(int(self.reader.meta.get("step") or 0)) else None
+        self.shape: LlamaShape = stored if self.loop is None else dataclasses.replace(
+            stored, num_layers=self.loop.unrolled_depth(stored.num_layers))
+
+    @property
+    def source_map(self) -> tuple[int, ...]:
+        """For each exported layer, the stored layer it copies (the identity without a loop)."""
+        depth = self.reader.depth
+        return self.loop.source_map(depth) if self.loop is not None else tuple(range(depth))
 
     def read(self, key: str) -> torch.Tensor:
         if self.prefix == "model.":
@@ -92,7 +105,9 @@ class NativeSource:
             "ln_scaling_folded_into_norms": bool(self.shape.ln_scaling),
             "source_checkpoint": self.ckpt_dir,
             "source": m.get("source"),
-            "model": {k: v for k, v in vars(self.run.model).items()},
+            "loop": None if self.loop is None else {**self.loop.to_dict(), "source_map": list(self.source_map),
+                                                    "unrolled_from_depth": self.reader.depth},
+            "model": {k: (to_dict(v) if dataclasses.is_dataclass(v) else v) for k, v in vars(self.run.model).items()},
         }
 
     def tokenizer(self):
@@ -108,13 +123,17 @@ def native_to_hf_state_dict(src: NativeSource, dtype: torch.dtype, progress: boo
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     out[HF_EMBED] = src.read(EMBED).to(dtype)
     steps = [(s, i) for s in LAYER_SUFFIXES for i in range(shape.num_layers)]
+    sources = src.source_map
     stacked, current = None, None
     desc = f"to-hf ({shape.num_layers} layers x {len(LAYER_SUFFIXES)} tensors)"
     for suffix, i in _progress(steps, len(steps), desc, progress):
         if suffix != current:
             stacked, current = src.read(LAYER_PREFIX + suffix), suffix  # [L, ...]
         # Folding etc. in fp32 (a bf16 checkpoint's gains are folded once, then rounded once).
-        for k, v in native_tensor_to_hf(suffix, i, stacked[i].float(), shape).items():
+        t = stacked[sources[i]].float()
+        if sources[i] != i:  # an unrolled copy of a looped layer: its own storage (safetensors refuses shared)
+            t = t.clone()
+        for k, v in native_tensor_to_hf(suffix, i, t, shape).items():
             out[k] = v.to(dtype)
     del stacked
     out[HF_NORM] = src.read(FINAL_NORM).to(dtype)
@@ -346,5 +365,5 @@ def compare_logits(ckpt: str, hf: Optional[str] = None, *, tokens: Optional[torc
     with torch.no_grad():
         ref = model(tokens).logits.float()  # [b, s, V]
     with device_context():
-        ours = native_logits(src.ckpt_dir, src.run.model, tokens)
+        ours = native_logits(src.ckpt_dir, src.run.model, tokens, loop=src.loop)
     return float((ours - ref).abs().max())

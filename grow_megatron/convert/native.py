@@ -171,8 +171,9 @@ def write_native_checkpoint(native: dict[str, torch.Tensor], model: ModelConfig,
     return save_checkpoint(engine, ckpt_root, 0, meta)
 
 
-def native_logits(ckpt_dir: str, model: ModelConfig, tokens: torch.Tensor) -> torch.Tensor:
-    """Logits [b, s, V] of the native GPTModel loaded from `ckpt_dir` (fp32, CPU or GPU).
+def native_logits(ckpt_dir: str, model: ModelConfig, tokens: torch.Tensor, loop=None) -> torch.Tensor:
+    """Logits [b, s, V] of the native GPTModel loaded from `ckpt_dir` (fp32, CPU or GPU), looped
+    by `loop` (a LoopSpec) when given.
 
     Must run inside `device_context()`."""
     from grow_megatron.training.checkpoint import load_checkpoint
@@ -180,6 +181,10 @@ def native_logits(ckpt_dir: str, model: ModelConfig, tokens: torch.Tensor) -> to
     reader = NativeReader(ckpt_dir)
     engine = _engine(model, reader.depth, reader.vocab_size)
     load_checkpoint(engine, ckpt_dir)
+    if loop is not None:
+        from grow_megatron.model.looping import apply_loop_to_engine
+
+        apply_loop_to_engine(engine, loop)
     chunk = engine.model[0].module.eval()
     dev = next(chunk.parameters()).device
     b, s = tokens.shape

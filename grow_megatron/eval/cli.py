@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from grow_megatron.config.base import ConfigError
+from grow_megatron.config.loop import LOOP_HELP, check_loop_arg
 from grow_megatron.eval import primitives as P
 from grow_megatron.eval import scoring as S
 
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="a native checkpoint's run config.yaml, when the checkpoint was copied out of "
                                     "its run directory (default: RUN_DIR/config.yaml)")
     p.add_argument("--json", metavar="PATH", help="write results as JSON ('-' for stdout)")
+    p.add_argument("--loop", metavar="SPEC", help=LOOP_HELP)
     p.add_argument("--export-lm-eval", metavar="DIR",
                    help="write the tasks as lm-evaluation-harness jsonl + yaml into DIR (see docs/eval.md)")
     return p
@@ -156,6 +158,7 @@ def _check_args(args) -> None:
         check_output_dir(args.export_lm_eval, "--export-lm-eval")
     if args.config and not Path(args.config).is_file():
         raise ConfigError("--config", args.config, "no such file (give the run's config.yaml)")
+    check_loop_arg(args.loop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.seq_length and args.seq_length > ctx:
         raise ConfigError("--seq-length", args.seq_length, f"exceeds the model's context of {ctx} tokens: "
                                                            f"use --seq-length {ctx} or less")
+    if args.loop:
+        from grow_megatron.convert.looping import apply_loop_arg
+
+        apply_loop_arg(model, args.loop)
+    result["loop"] = args.loop
 
     if tasks:
         scorer = S.hf_scorer(model, tokenizer, batch_size=args.batch_size, add_bos=args.add_bos,

@@ -109,10 +109,16 @@ class ComputeCount:
         self.tokens_per_step = tokens_per_step
         self.initial_depth = initial_depth
         self.anchor = dict((meta or {}).get("compute") or {"step": 0, "tokens": 0, "flops": 0})
+        # Loop-adapted training (model.loop) costs its unrolled depth from from_step on, like a
+        # growth to that depth there (from_step is validated to lie after every growth).
+        loop = getattr(model, "loop", None)
+        self.loop_point = ([(loop.from_step, loop.spec.unrolled_depth(model.num_layers))]
+                           if loop is not None and loop.repeats > 1 else [])
 
     def at(self, done: int, growths: list[dict]) -> dict:
         """{"tokens", "flops"} after `done` global steps; `growths`: the run's growth events."""
         a = self.anchor
         flops = a["flops"] + F.training_flops(self.shape, self.tokens_per_step, self.initial_depth,
-                                              [(g["step"], g["new_depth"]) for g in growths], a["step"], done)
+                                              [(g["step"], g["new_depth"]) for g in growths] + self.loop_point,
+                                              a["step"], done)
         return {"tokens": a["tokens"] + (done - a["step"]) * self.tokens_per_step, "flops": flops}

@@ -18,6 +18,7 @@ from grow_megatron.config.model import padded_vocab
 from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.growth.manager import grow, needs_host_staging
 from grow_megatron.growth.schedule import plan_from_config
+from grow_megatron.model.looping import LoopSchedule
 from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from grow_megatron.training.distributed import Layout, device_context, init_distributed
 from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, poison_gradients, train_step
@@ -203,6 +204,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
 
     poison_at = int(os.environ.get(FAULT_NAN_GRAD_STEP, -1))
     consecutive = 0
+    loops = LoopSchedule(cfg.model.loop)
     pbar = metrics.progress(total=tc.steps, initial=start, enabled=cfg.logging.progress,
                             interval=cfg.logging.print_interval)
     step = start
@@ -227,6 +229,10 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                 metrics.note(f"growth at step {step}: depth {g.old_depth} -> {g.new_depth} ({g.operator}), "
                              f"source map {list(g.source_map)}, {event['seconds']:.2f}s")
                 metrics.event(step, "growth", event)
+            if loops.update(engine, step):
+                metrics.note(f"looping from step {step}: layers {cfg.model.loop.start}..{cfg.model.loop.end - 1} "
+                             f"applied {cfg.model.loop.repeats} times (unrolled depth "
+                             f"{cfg.model.loop.spec.unrolled_depth(engine.depth)})")
             t0 = time.perf_counter()
             mbs = get_microbatches(train_ds, step=step, global_batch_size=tc.global_batch_size,
                                    micro_batch_size=tc.micro_batch_size, dp_rank=dp_rank, dp_size=layout.dp)
