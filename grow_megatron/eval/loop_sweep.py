@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from grow_megatron.convert.hf import HISTORY_FIELD
-    from grow_megatron.eval.cli import load_model
+    from grow_megatron.convert.load import load_model
 
     args = build_parser().parse_args(argv)
     tasks = [] if args.tasks == "none" else P.parse_tasks(args.tasks)
@@ -247,9 +247,11 @@ def main(argv: list[str] | None = None) -> int:
     if not tasks and not args.heldout:
         raise ConfigError("--tasks", args.tasks, "nothing to score: give tasks or --heldout FILE")
     check_output_dir(args.out, "--out")
-    model, tokenizer = load_model(args.model, args.device, args.dtype, args.config)
-    if tasks and tokenizer is None:
-        raise ConfigError("MODEL", args.model, "has no tokenizer: the primitives need one (or use --tasks none)")
+    # Looping re-applies Llama decoder layers, so only Llama-layout models are accepted; the
+    # primitives need the tokenizer (the loader names the missing files in one line).
+    loaded = load_model(args.model, args.device, args.dtype, accept="llama", need_tokenizer=bool(tasks),
+                        config=args.config)
+    model, tokenizer = loaded.model, loaded.tokenizer
     depth = len(model.model.layers)
     history = getattr(model.config, HISTORY_FIELD, None)
     cfg = SweepConfig(blocks=blocks or default_blocks(depth, history, args.block_size), repeats=repeats, tasks=tasks,
