@@ -178,7 +178,8 @@ def early_exit_accuracy(runner: ResidualRunner, lens: TunedLens | None, enc: Enc
             out = h + a + m
             cache[step] = choice_logliks(out, mb, lambda x, s=step: lens_logits(runner, lens, s, x)).cpu()
 
-        hL = runner.run(mb.batch.ids, observer=observe, return_hidden=True)
+        hL = runner.run(mb.batch.ids, observer=observe, return_hidden=True, position_ids=mb.position_ids,
+                        segments=mb.segments)
         for i in range(L):
             scores[i, rows] = cache[i]
         final[rows] = choice_logliks(hL, mb, runner.unembed).cpu()
