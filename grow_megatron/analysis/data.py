@@ -7,6 +7,7 @@ scored by the summed log-likelihood of its tokens, and the example's prediction 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -228,6 +229,19 @@ def choice_logliks(h: Tensor, mb: MCBatch, logits_fn: Callable[[Tensor], Tensor]
     logp = torch.log_softmax(logits_fn(sel).float(), dim=-1)  # (N,V)
     lp = logp.gather(-1, mb.targets.to(h.device)[:, None]).squeeze(-1)  # (N,)
     return torch.zeros(len(mb.rows), device=h.device, dtype=lp.dtype).index_add_(0, mb.score_row.to(h.device), lp)
+
+
+def chance_accuracy(enc: EncodedMC) -> float:
+    """Expected accuracy of guessing: mean over examples of 1 / number of choices."""
+    n: dict[int, int] = {}
+    for e in enc.example:
+        n[e] = n.get(e, 0) + 1
+    return sum(1 / c for c in n.values()) / len(n) if n else float("nan")
+
+
+def accuracy_se(acc: float, n: int) -> float:
+    """Standard error of an accuracy over n independent examples, sqrt(p (1 - p) / n)."""
+    return math.sqrt(max(acc * (1 - acc), 0.0) / n) if n > 0 and acc == acc else float("nan")
 
 
 def accuracy(enc: EncodedMC, row_scores: Tensor) -> float:

@@ -14,7 +14,8 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from grow_megatron.analysis.data import EncodedMC, accuracy, choice_logliks, mc_batches
+from grow_megatron.analysis.data import (EncodedMC, accuracy, accuracy_se, chance_accuracy, choice_logliks,
+                                         mc_batches)
 from grow_megatron.analysis.runner import ResidualRunner, first_changed, reverse_order, skip_order, swap_order
 from grow_megatron.config.base import check
 
@@ -98,13 +99,17 @@ def intervention_scores(runner: ResidualRunner, enc: EncodedMC, cfg: Interventio
 
 def intervention_analysis(runner: ResidualRunner, enc: EncodedMC, cfg: InterventionConfig,
                           progress: bool = True) -> dict:
-    """Accuracy of the unmodified model and of every intervention (kind -> k -> per start)."""
+    """Accuracy of the unmodified model and of every intervention (kind -> k -> per start),
+    with the number of examples, binomial standard errors and the chance accuracy."""
     base, scores, flat = intervention_scores(runner, enc, cfg, progress)
-    res: dict = {"num_layers": runner.num_layers, "examples": len(enc.answers),
-                 "baseline_accuracy": accuracy(enc, base), "interventions": {}}
+    n = len(enc.answers)
+    acc0 = accuracy(enc, base)
+    res: dict = {"num_layers": runner.num_layers, "examples": n, "baseline_accuracy": acc0,
+                 "baseline_se": accuracy_se(acc0, n), "chance_accuracy": chance_accuracy(enc), "interventions": {}}
     for j, (kind, k, s, _) in enumerate(flat):
-        res["interventions"].setdefault(kind, {}).setdefault(str(k), {"starts": [], "accuracy": []})
+        res["interventions"].setdefault(kind, {}).setdefault(str(k), {"starts": [], "accuracy": [], "se": []})
         e = res["interventions"][kind][str(k)]
         e["starts"].append(s)
         e["accuracy"].append(accuracy(enc, scores[j]))
+        e["se"].append(accuracy_se(e["accuracy"][-1], n))
     return res

@@ -72,7 +72,11 @@ def compare(args: argparse.Namespace, overrides: dict[str, dict]) -> str:
     """Run the analyses for args.models, write figures, JSON and DIR/report.md; returns its path."""
     from grow_megatron.analysis.cli import _labels, run_on_models, write_analysis
 
+    from grow_megatron.analysis.suite import QUICK
+
     names = list(args.analyses or applicable(bool(args.data), bool(args.tasks)))
+    if args.quick:  # --set wins over the preset
+        overrides = {n: {**QUICK.get(n, {}), **overrides.get(n, {})} for n in set(QUICK) | set(overrides)}
     cfgs = configs_for(names, overrides)
     results = run_on_models(names, args, cfgs)
     files = {n: write_analysis(n, cfgs[n], results[n], args.out, args.mark_blocks) for n in names}

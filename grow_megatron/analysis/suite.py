@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
 
-from grow_megatron.analysis.data import encode_mc, load_token_data, token_batches
+from grow_megatron.analysis import cost
+from grow_megatron.analysis.data import MCBatch, TokenBatch, encode_mc, load_token_data, mc_batches, token_batches
 from grow_megatron.analysis.effects import DepthScoreConfig, EffectsConfig, depth_score_analysis, effects_analysis
-from grow_megatron.analysis.interventions import InterventionConfig, intervention_analysis
+from grow_megatron.analysis.interventions import InterventionConfig, flat_interventions, intervention_analysis
 from grow_megatron.analysis.lens import LensConfig, TunedLens, early_exit_accuracy, evaluate_lens, train_lens
 from grow_megatron.analysis.loading import Loaded
-from grow_megatron.analysis.runner import ResidualRunner
+from grow_megatron.analysis.runner import ResidualRunner, first_changed
 from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
 from grow_megatron.analysis.sublayer import SublayerConfig, sublayer_analysis
 from grow_megatron.eval.tasks import MCExample
@@ -31,6 +33,18 @@ CONFIGS: dict[str, type] = {
     "sublayer": SublayerConfig,
     "block-similarity": SimilarityConfig,
 }
+
+
+QUICK: dict[str, dict[str, Any]] = {
+    "tuned-lens": {"steps": 50, "max_sequences": 64},
+    "depth-score": {"max_sequences": 16},
+    "effects": {"max_sequences": 4, "parts": ["layer"]},
+    "interventions": {"swap_sizes": [1, 2, 4], "skip_sizes": [1, 2], "reverse_sizes": [4]},
+    "sublayer": {"max_sequences": 16},
+}
+"""`--quick`: settings for a first look in minutes on a CPU (with --n 50 examples per primitive
+task); any option given explicitly (or with --set) wins over these."""
+QUICK_N = 50
 
 
 class InputError(ValueError):
@@ -69,9 +83,45 @@ def token_sequences(loaded: Loaded, inputs: Inputs, seq_len: int, max_sequences:
     raise InputError("this analysis needs token data: give --data FILE (or --tasks FILE and a model with a tokenizer)")
 
 
+def _n_settings(cfg: Any, mode: str) -> int:
+    return 1 if mode == "current" else len(cfg.boundary_positions or cfg.boundaries)
+
+
+def estimate(name: str, runner: ResidualRunner, cfg: Any, batches: Sequence[TokenBatch] = (),
+             mc: Sequence[MCBatch] = (), examples: int = 0, n_held: int = 0) -> cost.CostEstimate | None:
+    """The cost of analysis `name` on these batches, with a timed probe (None: negligible)."""
+    L, U = runner.num_layers, cost.unembed_passes(runner)
+    shapes = [b.batch.ids.shape for b in mc] or [b.ids.shape for b in batches]
+    if not shapes:
+        return None
+    tokens, nb = cost.mean_tokens(shapes), len(shapes)
+    if name == "interventions":
+        rest = [len(o) - first_changed(o, L) for *_, o in flat_interventions(L, cfg)]
+        est = cost.interventions_cost(L, nb, tokens, rest, examples, sum(len(b.rows) for b in mc))
+    elif name == "depth-score":
+        est = cost.effects_cost(runner, nb, tokens, [("layer", _n_settings(cfg, "future"))], local=False)
+    elif name == "effects":
+        jobs = [(p, _n_settings(cfg, m)) for p in cfg.parts for m in cfg.modes]
+        est = cost.effects_cost(runner, nb, tokens, jobs, cfg.local)
+    elif name == "sublayer":
+        est = cost.forward_cost(runner, nb, tokens, L, f"{nb} batches x {L} layers")
+    elif name == "tuned-lens":
+        # Per step one forward and, per layer, a lens unembedding forward + backward (~3x).
+        per = (cfg.steps * (L + 3 * (L - 1) * U) + n_held * (L + L * U)) / nb
+        est = cost.forward_cost(runner, nb, tokens, per, f"{cfg.steps} steps + {n_held} held-out batches")
+    else:
+        return None
+    longest = max(range(nb), key=lambda i: shapes[i][0] * shapes[i][1])
+    if mc:
+        return cost.probe(runner, mc[longest].batch.ids, est, position_ids=mc[longest].position_ids,
+                          segments=mc[longest].segments)
+    return cost.probe(runner, batches[longest].ids, est)
+
+
 def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: str | None = None,
                  progress: bool = True) -> dict:
-    """Run analysis `name` on one model; out_dir receives by-products (a trained lens)."""
+    """Run analysis `name` on one model; out_dir receives by-products (a trained lens).
+    With progress, first prints the estimated cost (see cost.py) to stderr."""
     if name not in CONFIGS:
         raise ValueError(f"unknown analysis {name!r}; choose one of {', '.join(CONFIGS)}")
     cfg.validate(name)
@@ -85,9 +135,14 @@ def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: s
         if loaded.tokenizer is None:
             raise InputError(f"{name} needs the model's tokenizer to encode the task")
         enc = encode_mc(inputs.tasks, loaded.tokenizer, cfg.max_length, inputs.add_bos)
+        if progress:
+            _announce(estimate(name, runner, cfg, mc=mc_batches(enc, cfg.batch_size), examples=len(enc.answers)),
+                      loaded.name, name)
         return intervention_analysis(runner, enc, cfg, progress)
 
     seqs = token_sequences(loaded, inputs, cfg.seq_len, cfg.max_sequences)
+    if progress and name != "tuned-lens":
+        _announce(estimate(name, runner, cfg, token_batches(seqs, cfg.batch_size)), loaded.name, name)
     if name == "depth-score":
         return depth_score_analysis(runner, token_batches(seqs, cfg.batch_size), cfg, progress)
     if name == "effects":
@@ -98,6 +153,10 @@ def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: s
     # eval_fraction 0 (or a single sequence): evaluate on the training sequences themselves.
     n_eval = min(int(round(len(seqs) * cfg.eval_fraction)), len(seqs) - 1)
     train, held = (seqs[:-n_eval], seqs[-n_eval:]) if n_eval > 0 else (seqs, seqs)
+    if progress:
+        steps = 0 if inputs.lens_path else cfg.steps
+        _announce(estimate(name, runner, replace(cfg, steps=steps), token_batches(train, cfg.batch_size),
+                           n_held=len(token_batches(held, cfg.batch_size))), loaded.name, name)
     res: dict = {}
     if inputs.lens_path:
         lens = TunedLens.load(inputs.lens_path, runner.device)
@@ -119,6 +178,11 @@ def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: s
             res["early_exit"] = early_exit_accuracy(runner, lens, enc, cfg.batch_size, progress)
     res["num_layers"] = runner.num_layers
     return res
+
+
+def _announce(est: cost.CostEstimate | None, label: str, name: str) -> None:
+    if est is not None:
+        print(est.line(label, name), file=sys.stderr, flush=True)
 
 
 def summarize(name: str, res: dict) -> dict[str, float]:
