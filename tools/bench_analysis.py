@@ -2,7 +2,8 @@
 """Depth-analysis benchmark: multiple-choice scoring under interventions, before and after
 shared-prompt packing, side by side in one process on the same model and items.
 
-  python tools/bench_analysis.py [--model HF_DIR] [--n 2] [--threads 1] [--json runs/bench_analysis.json]
+  python tools/bench_analysis.py [--model HF_DIR] [--n 2] [--sizes default|small] [--threads 1]
+                                 [--json runs/bench_analysis.json]
 
 Workload: the paper's five reasoning primitives (`--n` examples each, 5-shot prompts of about
 330 tokens, 5 or 10 one-token choices) on a random Llama with the `tiny` preset's shape
@@ -62,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="HF model directory with tokenizer (default: random tiny-preset Llama)")
     p.add_argument("--n", type=int, default=2, help="examples per primitive task (5 tasks)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward (packed rows after)")
+    p.add_argument("--sizes", choices=("default", "small"), default="default",
+                   help="interventions: the defaults (swap 1,2,4,8; skip 1,2,4; reverse 4) or small "
+                        "(swap 1; skip 1; reverse 4) for a busy machine")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     p.add_argument("--json", default="runs/bench_analysis.json", help="where to write the results")
     args = p.parse_args(argv)
@@ -81,14 +85,16 @@ def main(argv: list[str] | None = None) -> int:
     examples = load_tasks("paper", args.n, 0)
     enc = encode_mc(examples, tok)
     cfg = InterventionConfig(batch_size=args.batch_size)
+    if args.sizes == "small":
+        cfg = InterventionConfig(swap_sizes=[1], skip_sizes=[1], reverse_sizes=[4], batch_size=args.batch_size)
     L = runner.num_layers
     print(f"model: {args.model or 'random tiny-preset Llama'} ({L} layers), {len(examples)} examples, "
           f"{len(enc.seqs)} (example, choice) rows, {sum(map(len, enc.seqs))} tokens unpacked", file=sys.stderr)
 
     rows = []
     with torch.no_grad():
-        (b0, s0, flat), t_before = _timed(lambda: intervention_scores(runner, enc, cfg, pack=False))
-        (b1, s1, _), t_after = _timed(lambda: intervention_scores(runner, enc, cfg, pack=True))
+        (b0, s0, flat), t_before = _timed(lambda: intervention_scores(runner, enc, cfg, progress=False, pack=False))
+        (b1, s1, _), t_after = _timed(lambda: intervention_scores(runner, enc, cfg, progress=False, pack=True))
     d = max(_check_equal("unmodified", b0, b1), _check_equal("interventions", s0, s1))
     acc0 = [accuracy(enc, b0)] + [accuracy(enc, s0[j]) for j in range(len(flat))]
     acc1 = [accuracy(enc, b1)] + [accuracy(enc, s1[j]) for j in range(len(flat))]
@@ -108,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n| scoring | before (s) | after (s) | speed-up |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['what']} | {r['before_s']:.1f} | {r['after_s']:.1f} | {r['speedup']:.2f}x |")
-    out = {"model": args.model or "random tiny-preset Llama (12 x 128, vocab 4096)", "layers": L,
+    out = {"command": "python tools/bench_analysis.py " + " ".join(sys.argv[1:] if argv is None else argv),
+           "interventions": len(flat), "model": args.model or "random tiny-preset Llama (12 x 128, vocab 4096)", "layers": L,
            "examples": len(examples), "rows": len(enc.seqs), "tokens_unpacked": sum(map(len, enc.seqs)),
            "threads": args.threads, "machine": platform.machine(), "python": platform.python_version(),
            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": rows}

@@ -240,8 +240,13 @@ def chance_accuracy(enc: EncodedMC) -> float:
 
 
 def accuracy_se(acc: float, n: int) -> float:
-    """Standard error of an accuracy over n independent examples, sqrt(p (1 - p) / n)."""
-    return math.sqrt(max(acc * (1 - acc), 0.0) / n) if n > 0 and acc == acc else float("nan")
+    """Standard error of an accuracy over n independent examples: binomial, with the add-two
+    (Agresti-Coull) estimate p~ = (k + 1) / (n + 2), sqrt(p~ (1 - p~) / (n + 2)), so that 0 of n
+    correct still has an uncertainty (plain sqrt(p (1 - p) / n) would say 0 +- 0)."""
+    if n <= 0 or acc != acc:
+        return float("nan")
+    p = (acc * n + 1) / (n + 2)
+    return math.sqrt(p * (1 - p) / (n + 2))
 
 
 def accuracy(enc: EncodedMC, row_scores: Tensor) -> float:

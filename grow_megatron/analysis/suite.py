@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 
 from grow_megatron.analysis import cost
-from grow_megatron.analysis.data import MCBatch, TokenBatch, encode_mc, load_token_data, mc_batches, token_batches
+from grow_megatron.analysis.data import MCBatch, TokenBatch, accuracy_se, encode_mc, load_token_data, mc_batches, token_batches
 from grow_megatron.analysis.effects import DepthScoreConfig, EffectsConfig, depth_score_analysis, effects_analysis
 from grow_megatron.analysis.interventions import InterventionConfig, flat_interventions, intervention_analysis
 from grow_megatron.analysis.lens import LensConfig, TunedLens, early_exit_accuracy, evaluate_lens, train_lens
@@ -185,26 +185,34 @@ def _announce(est: cost.CostEstimate | None, label: str, name: str) -> None:
         print(est.line(label, name), file=sys.stderr, flush=True)
 
 
-def summarize(name: str, res: dict) -> dict[str, float]:
-    """A few headline numbers of one result, for the comparison report's tables."""
+def summarize(name: str, res: dict) -> dict[str, float | tuple[float, float]]:
+    """A few headline numbers of one result, for the comparison report's tables: a float, or
+    (value, standard error) where the result has the statistics for one."""
     if name == "depth-score":
-        return {"depth score": res["depth_score"], "relative depth score": res["relative_depth_score"]}
+        se = res.get("depth_score_se", math.nan)
+        L = res["num_layers"]
+        return {"depth score": (res["depth_score"], se),
+                "relative depth score": (res["relative_depth_score"], se / (L - 1) if L > 1 else math.nan)}
     if name == "tuned-lens":
         L = res["num_layers"]
         half = res["top_k_overlap"][: max(1, L // 2)]
-        out = {"mean KL": sum(res["kl"]) / L, f"mean top-{res['top_k']} overlap": sum(res["top_k_overlap"]) / L,
-               "overlap first half": sum(half) / len(half)}
+        out: dict = {"mean KL": sum(res["kl"]) / L, f"mean top-{res['top_k']} overlap": sum(res["top_k_overlap"]) / L,
+                     "overlap first half": sum(half) / len(half)}
         if "early_exit" in res:
             ee = res["early_exit"]
-            out["final accuracy"] = ee["final_accuracy"]
+            out["final accuracy"] = (ee["final_accuracy"], ee.get("final_se", math.nan))
             good = [i for i, a in enumerate(ee["relative_accuracy"]) if not math.isnan(a) and a >= 0.95]
             out["first layer >= 95% of final"] = good[0] if good else math.nan
         return out
     if name == "interventions":
-        out = {"unmodified accuracy": res["baseline_accuracy"]}
+        n = res["examples"]
+        out = {"unmodified accuracy": (res["baseline_accuracy"], accuracy_se(res["baseline_accuracy"], n))}
         for kind, by_k in res["interventions"].items():
             for k, e in by_k.items():
-                out[f"{kind} {k}: mean acc"] = sum(e["accuracy"]) / len(e["accuracy"])
+                # The SE of one accuracy on n examples: the starts share the examples, so their
+                # mean is about as noisy as one of them (not sqrt(starts) times less).
+                m = sum(e["accuracy"]) / len(e["accuracy"])
+                out[f"{kind} {k}: mean acc"] = (m, accuracy_se(m, n))
         return out
     if name == "sublayer":
         L = res["num_layers"]
@@ -220,6 +228,27 @@ def summarize(name: str, res: dict) -> dict[str, float]:
         for key, e in res["effects"].items():
             out[f"{key} max output effect"] = max(e["output_max"])
         return out
+    return {}
+
+
+def sample_info(name: str, res: dict) -> dict[str, float | str]:
+    """n (what the numbers average over) and the chance level, for the report's tables."""
+    if name in ("interventions",):
+        return {"n": f"{res['examples']} examples", "chance": res.get("chance_accuracy", math.nan)}
+    if name == "tuned-lens":
+        out: dict = {"n": f"{res.get('tokens', '?')} tokens"}
+        if "early_exit" in res:
+            out["n"] += f", {res['early_exit']['examples']} examples"
+            out["chance"] = res["early_exit"].get("chance_accuracy", math.nan)
+        return out
+    if name == "depth-score":
+        return {"n": f"{res['examples']} sequences"}
+    if name == "effects":
+        return {"n": f"{res['examples']} sequences (maxima)"}
+    if name == "sublayer":
+        return {"n": f"{res['tokens']} tokens"}
+    if name == "block-similarity":
+        return {"n": f"{len(res['similarity'])} blocks"}
     return {}
 
 
