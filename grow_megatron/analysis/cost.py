@@ -2,9 +2,11 @@
 
 Work is counted in layer passes over the tokens of a batch (one decoder layer applied to a
 (B,T) batch); a full (B,T,V) unembedding counts as the layer passes of equal matmul FLOPs.
-A timed probe (one full forward of the analysis' longest batch) turns that into seconds.
+A timed probe (one full forward of the analysis' longest batch, the faster of two) turns
+that into seconds.
 The estimate ignores attention's quadratic term beyond the probe's length and the Python
-overhead of tiny models, so it is a guide (within a factor of about 2), not a promise.
+overhead of tiny models, and a shared machine's load changes under it: a guide (within a
+factor of about 2 on an idle machine), not a promise.
 """
 from __future__ import annotations
 
@@ -66,12 +68,16 @@ def unembed_passes(runner: ResidualRunner) -> float:
 
 @torch.no_grad()
 def probe(runner: ResidualRunner, ids: torch.Tensor, est: CostEstimate, **run_kw) -> CostEstimate:
-    """Time one full forward of `ids` (B,T) and attach it to the estimate."""
-    t0 = time.perf_counter()
-    runner.hidden_states(ids.to(runner.device), **run_kw)
-    if runner.device.type == "cuda":
-        torch.cuda.synchronize()
-    est.probe_seconds = time.perf_counter() - t0
+    """Time one full forward of `ids` (B,T) and attach it to the estimate: the faster of two
+    runs, since the first also pays one-off set-up (kernel selection, lazy imports)."""
+    times = []
+    for _ in range(2):
+        t0 = time.perf_counter()
+        runner.hidden_states(ids.to(runner.device), **run_kw)
+        if runner.device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    est.probe_seconds = min(times)
     est.probe_tokens = int(ids.numel())
     est.num_layers = runner.num_layers
     return est
