@@ -82,3 +82,28 @@ def test_intervention_accuracy_unchanged_by_packing():
     assert (base_p - base_u).abs().max() < TOL and (sc_p - sc_u).abs().max() < TOL
     res = intervention_analysis(r, enc, cfg, progress=False)
     assert 0 <= res["baseline_accuracy"] <= 1
+
+
+def test_quick_preset_and_cost_line(tmp_path, capsys):
+    """--quick fills in the preset, an explicit option wins over it, and the cost estimate is
+    printed before the work."""
+    import json
+
+    from grow_megatron.analysis.cli import main as analyze_main
+    from grow_megatron.analysis.toy import toy_tasks
+
+    model = tmp_path / "tiny"
+    tiny_llama(layers=4, vocab=64).save_pretrained(model)
+    char_tokenizer().save_pretrained(model)
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text("\n".join(json.dumps({"prompt": e.prompt, "choices": list(e.choices), "answer": e.answer})
+                               for e in toy_tasks(3)))
+    out = tmp_path / "out"
+    assert analyze_main(["interventions", str(model), "--tasks", str(tasks), "--out", str(out), "--quick",
+                         "--skip-sizes", "1"]) == 0
+    cfg = json.loads((out / "interventions.json").read_text())["config"]
+    assert cfg["swap_sizes"] == [1, 2, 4] and cfg["reverse_sizes"] == [4] and cfg["skip_sizes"] == [1]
+    err = capsys.readouterr().err
+    assert "[analyze] interventions on tiny: 3 examples (12 choices" in err and "estimated" in err
+    res = json.loads((out / "interventions.json").read_text())["models"]["tiny"]
+    assert res["chance_accuracy"] == pytest.approx(0.25) and res["examples"] == 3
