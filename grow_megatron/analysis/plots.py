@@ -70,12 +70,17 @@ def plot_lens(results: dict[str, dict], path: str, block_size: int | None = None
     if has_acc:
         acc = {lbl: r["early_exit"] for lbl, r in results.items() if "early_exit" in r}
         n = next(iter(acc.values()))["examples"]
-        _lines(axes[2], acc, "relative_accuracy", f"Early-exit accuracy / final (n = {n})", "relative accuracy",
+        # Relative accuracy (the paper's Fig. 1C) is undefined when a model's final accuracy is
+        # 0; an empty panel would read as "no data", so fall back to absolute accuracy then.
+        relative = all(ee["final_accuracy"] > 0 for ee in acc.values())
+        key, what = ("relative_accuracy", "accuracy / final") if relative else ("accuracy", "accuracy")
+        _lines(axes[2], acc, key, f"Early-exit {what} (n = {n})", "relative accuracy" if relative else "accuracy",
                block_size)
         for i, (lbl, ee) in enumerate(acc.items()):
             ch, final = ee.get("chance_accuracy", math.nan), ee["final_accuracy"]
-            if final > 0 and not math.isnan(ch):
-                axes[2].axhline(ch / final, color=f"C{i}", ls=":", lw=1, label=f"{lbl}: chance / final")
+            if not math.isnan(ch):
+                axes[2].axhline(ch / final if relative else ch, color=f"C{i}", ls=":", lw=1,
+                                label=f"{lbl}: chance" + (" / final" if relative else ""))
         axes[2].legend(fontsize=7, loc="best")
     return [_save(fig, path)]
 
