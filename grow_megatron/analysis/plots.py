@@ -238,16 +238,24 @@ def plot_interventions(results: dict[str, dict], path: str, block_size: int | No
 def _robust_ylim(ax, results: dict[str, dict], key: str) -> bool:
     """Scale the y axis to layers >= 1 when layer 0 dwarfs them (its residual is the bare
     embedding, so ||a|| / ||h|| there is often 10-100x the rest) and write layer 0's value at
-    the top edge instead. Returns whether layer 0 was put off scale."""
+    the top edge instead; log scale when layers >= 1 still span more than 10x. Returns whether
+    layer 0 was put off scale."""
     rest = [v for r in results.values() for v in r.get(key, [])[1:]]
     first = [r[key][0] for r in results.values() if r.get(key)]
     if not rest or not first:
         return False
     lo, hi = min(0.0, min(rest)), max(rest)
     top = hi + 0.15 * (hi - lo or 1.0)
+    log = min(rest) > 0 and hi / min(rest) > 10  # layers >= 1 alone span more than a decade
+    if log:
+        top = hi * 1.5
     if max(first) <= top:
         return False
-    ax.set_ylim(lo, top)
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(min(rest) / 1.5, top)
+    else:
+        ax.set_ylim(lo, top)
     handles, labels = ax.get_legend_handles_labels()
     for i, (lbl, r) in enumerate(results.items()):
         if r.get(key) and r[key][0] > top:
@@ -269,7 +277,8 @@ def plot_sublayer(results: dict[str, dict], path: str, block_size: int | None = 
     _lines(axes[1][1], results, "mlp_cos", "MLP cos(m, h + a)", "cosine", block_size)
     for ax, key in ((axes[0][0], "attn_rel"), (axes[1][0], "mlp_rel")):
         if _robust_ylim(ax, results, key):
-            ax.set_title(ax.get_title() + " (layer 0 off scale ▲)")
+            ax.set_title(ax.get_title() + " (layer 0 off scale ▲" + (", log" if ax.get_yscale() == "log" else "")
+                         + ")")
     n = sorted({r.get("tokens", 0) for r in results.values()})
     fig.suptitle(f"Sublayer statistics, mean over n = {', '.join(map(str, n))} tokens", fontsize=10)
     return [_save(fig, path)]
