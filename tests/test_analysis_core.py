@@ -147,7 +147,8 @@ def test_mc_scoring_matches_the_evaluator():
         scores = torch.zeros(len(enc.seqs))
         with torch.no_grad():
             for mb in mc_batches(enc, 5):
-                scores[torch.tensor(mb.rows)] = choice_logliks(r.run(mb.batch.ids, return_hidden=True), mb, r.unembed)
+                h = r.run(mb.batch.ids, return_hidden=True, position_ids=mb.position_ids, segments=mb.segments)
+                scores[torch.tensor(mb.rows)] = choice_logliks(h, mb, r.unembed)
         want = [s for ex in hf_scorer(m, tok, batch_size=3, add_bos=add_bos).score(tasks) for s in ex]
         assert scores.tolist() == pytest.approx(want, abs=1e-4)
         assert 0.0 <= accuracy(enc, scores) <= 1.0

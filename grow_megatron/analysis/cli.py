@@ -43,12 +43,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="held-out text (.txt, .jsonl with 'text') or token ids (.npy/.pt)")
     p.add_argument("--tasks", help="multiple-choice task: JSONL of {prompt, choices, answer, task}, or reasoning "
                                    "primitive names as for `grow-megatron eval --tasks` (e.g. varassign_math, paper)")
-    p.add_argument("--n", type=int, default=200, help="examples per primitive task (with task names)")
+    p.add_argument("--n", type=int, default=None, help="examples per primitive task (with task names; default 200, "
+                                                       "50 with --quick)")
     p.add_argument("--seed", type=int, default=0, help="seed of the primitive tasks (with task names)")
     p.add_argument("--add-bos", action="store_true", help="prepend BOS to task prompts (as `grow-megatron eval`)")
     p.add_argument("--mark-blocks", type=int, default=None, metavar="B",
                    help="mark every B-th layer in line plots (default: the config's block_size, if any)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (and no cost estimate)")
+    p.add_argument("--quick", action="store_true",
+                   help="cheaper settings for a first look (fewer examples, sequences, lens steps and "
+                        "intervention sizes; see docs/analysis.md); explicit options override them")
     p.add_argument("--loop", metavar="SPEC", help=LOOP_HELP + "; applied to every MODEL")
 
 
@@ -91,8 +95,11 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 def _config_from_args(name: str, args: argparse.Namespace) -> Any:
     from grow_megatron.analysis.suite import CONFIGS
 
+    from grow_megatron.analysis.suite import QUICK
+
     cls = CONFIGS[name]
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
+    given = dict(QUICK.get(name, {})) if args.quick else {}
+    given.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None})
     cfg = from_dict(cls, given, name)
     cfg.validate(name)
     return cfg
@@ -135,11 +142,12 @@ def run_on_models(names: list[str], args: argparse.Namespace, cfgs: dict[str, An
     """analysis -> label -> result. Models are loaded one at a time and freed after use."""
     from grow_megatron.analysis.data import load_tasks
     from grow_megatron.analysis.loading import check_model_dir, load_model
-    from grow_megatron.analysis.suite import Inputs, run_analysis
+    from grow_megatron.analysis.suite import QUICK_N, Inputs, run_analysis
 
     for path in args.models:  # every model's type, before the first one is loaded
         check_model_dir(path, "llama")
-    tasks = load_tasks(args.tasks, args.n, args.seed) if args.tasks else []
+    n = args.n if args.n is not None else (QUICK_N if args.quick else 200)
+    tasks = load_tasks(args.tasks, n, args.seed) if args.tasks else []
     results: dict[str, dict[str, dict]] = {n: {} for n in names}
     for i, (path, label) in enumerate(zip(args.models, _labels(args))):
         loaded = load_model(path, args.device, args.dtype, name=label)

@@ -7,6 +7,7 @@ scored by the summed log-likelihood of its tokens, and the example's prediction 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -146,45 +147,106 @@ def encode_mc(examples: Sequence[MCExample], tokenizer: Any, max_length: int = 1
 
 @dataclass
 class MCBatch:
+    """Multiple-choice rows packed for one forward pass.
+
+    Packed (the default): the choices of one example share its prompt, so a packed row is
+    the prompt once followed by every choice's tokens; `segments` keeps each choice from
+    seeing the others (a choice token attends to the prompt and to earlier tokens of its own
+    choice) and `position_ids` restart every choice right after the prompt. The scores equal
+    one row per (prompt + choice) up to float rounding, at 1/num_choices of the prompt cost.
+    Unpacked: one row per (example, choice), plain causal positions (segments None)."""
+
     batch: TokenBatch
+    """(B,T) ids, right-padded."""
     rows: list[int]
-    """Indices into EncodedMC rows."""
-    score_mask: Tensor
-    """(B,T) bool: positions whose next token is a choice token."""
+    """EncodedMC rows scored in this batch."""
+    score_index: Tensor
+    """(N,) long: flat index into (B*T) of each position whose next token is a choice token."""
     targets: Tensor
-    """(B,T) long: the next token at each position (0 where unused)."""
+    """(N,) long: that next token."""
+    score_row: Tensor
+    """(N,) long: which entry of `rows` each scored position belongs to."""
+    position_ids: Tensor | None = None
+    """(B,T) long rotary positions; None for 0..T-1."""
+    segments: Tensor | None = None
+    """(B,T) long: 0 on the shared prompt, c+1 on choice c's tokens, -1 on padding; None for
+    plain causal attention."""
 
 
-def mc_batches(enc: EncodedMC, batch_size: int) -> list[MCBatch]:
-    """Batches of rows sorted by length (less padding)."""
-    order = sorted(range(len(enc.seqs)), key=lambda r: len(enc.seqs[r]))
+def _pack_groups(enc: EncodedMC, pack: bool) -> list[list[int]]:
+    """Rows grouped into packed rows: one group per (example, identical prompt ids)."""
+    if not pack:
+        return [[r] for r in range(len(enc.seqs))]
+    groups: dict[tuple, list[int]] = {}
+    for r, (seq, s) in enumerate(zip(enc.seqs, enc.starts)):
+        # Choices of different lengths may cut a long prompt differently: pack only equal prompts.
+        groups.setdefault((enc.example[r], tuple(seq[:s])), []).append(r)
+    return list(groups.values())
+
+
+def mc_batches(enc: EncodedMC, batch_size: int, pack: bool = True) -> list[MCBatch]:
+    """Batches of `batch_size` packed rows (see MCBatch), sorted by length (less padding)."""
+    groups = _pack_groups(enc, pack)
+    length = [enc.starts[g[0]] + sum(len(enc.seqs[r]) - enc.starts[r] for r in g) for g in groups]
+    order = sorted(range(len(groups)), key=lambda i: length[i])
     out = []
     for i in range(0, len(order), batch_size):
-        rows = order[i:i + batch_size]
-        tb = pad_batch([enc.seqs[r] for r in rows])
-        B, T = tb.ids.shape
-        mask = torch.zeros(B, T, dtype=torch.bool)
-        targets = torch.zeros(B, T, dtype=torch.long)
-        for j, r in enumerate(rows):
-            n, s = len(enc.seqs[r]), enc.starts[r]
-            mask[j, s - 1:n - 1] = True
-            targets[j, :n - 1] = tb.ids[j, 1:n]
-        out.append(MCBatch(tb, rows, mask, targets))
+        chunk = [groups[j] for j in order[i:i + batch_size]]
+        seqs, pos, seg = [], [], []
+        idx, tgt, who, rows = [], [], [], []
+        T = max(length[j] for j in order[i:i + batch_size])
+        for b, g in enumerate(chunk):
+            P = enc.starts[g[0]]
+            seq, p, sg = list(enc.seqs[g[0]][:P]), list(range(P)), [0] * P
+            for c, r in enumerate(g):
+                cont = enc.seqs[r][P:]
+                # Position (in the packed row) predicting each choice token: the prompt's last
+                # token for the first one, then the choice's own previous tokens.
+                prev = [P - 1] + [len(seq) + k for k in range(len(cont) - 1)]
+                idx += [b * T + q for q in prev]
+                tgt += cont
+                who += [len(rows)] * len(cont)
+                rows.append(r)
+                seq += cont
+                p += range(P, P + len(cont))
+                sg += [c + 1] * len(cont)
+            seqs.append(seq)
+            pos.append(p + list(range(len(p), T)))
+            seg.append(sg + [-1] * (T - len(sg)))
+        tb = pad_batch(seqs)
+        packed = pack and any(len(g) > 1 for g in chunk)
+        out.append(MCBatch(tb, rows, torch.tensor(idx), torch.tensor(tgt), torch.tensor(who),
+                           torch.tensor(pos) if packed else None, torch.tensor(seg) if packed else None))
     return out
 
 
 def choice_logliks(h: Tensor, mb: MCBatch, logits_fn: Callable[[Tensor], Tensor]) -> Tensor:
-    """Summed log-likelihood (B,) of each row's choice tokens.
+    """Summed log-likelihood (len(mb.rows),) of each row's choice tokens.
 
     h: (B,T,d) residual states; logits_fn maps selected states (N,d) to logits (N,V). Only the
     scored positions are unembedded, so the (B,T,V) logits are never materialised."""
-    mask = mb.score_mask.to(h.device)
-    sel = h[mask]  # (N,d)
+    sel = h.reshape(-1, h.shape[-1])[mb.score_index.to(h.device)]  # (N,d)
     logp = torch.log_softmax(logits_fn(sel).float(), dim=-1)  # (N,V)
-    tok = mb.targets.to(h.device)[mask]  # (N,)
-    lp = logp.gather(-1, tok[:, None]).squeeze(-1)  # (N,)
-    row = torch.arange(mask.shape[0], device=h.device)[:, None].expand_as(mask)[mask]  # (N,)
-    return torch.zeros(mask.shape[0], device=h.device, dtype=lp.dtype).index_add_(0, row, lp)
+    lp = logp.gather(-1, mb.targets.to(h.device)[:, None]).squeeze(-1)  # (N,)
+    return torch.zeros(len(mb.rows), device=h.device, dtype=lp.dtype).index_add_(0, mb.score_row.to(h.device), lp)
+
+
+def chance_accuracy(enc: EncodedMC) -> float:
+    """Expected accuracy of guessing: mean over examples of 1 / number of choices."""
+    n: dict[int, int] = {}
+    for e in enc.example:
+        n[e] = n.get(e, 0) + 1
+    return sum(1 / c for c in n.values()) / len(n) if n else float("nan")
+
+
+def accuracy_se(acc: float, n: int) -> float:
+    """Standard error of an accuracy over n independent examples: binomial, with the add-two
+    (Agresti-Coull) estimate p~ = (k + 1) / (n + 2), sqrt(p~ (1 - p~) / (n + 2)), so that 0 of n
+    correct still has an uncertainty (plain sqrt(p (1 - p) / n) would say 0 +- 0)."""
+    if n <= 0 or acc != acc:
+        return float("nan")
+    p = (acc * n + 1) / (n + 2)
+    return math.sqrt(p * (1 - p) / (n + 2))
 
 
 def accuracy(enc: EncodedMC, row_scores: Tensor) -> float:

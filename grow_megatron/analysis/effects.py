@@ -92,6 +92,20 @@ def depth_score(effects: Sequence[float]) -> float:
     return float((torch.arange(len(e), dtype=torch.float64) * e / total).sum())
 
 
+def bootstrap_se(dout: Tensor, resamples: int = 1000, seed: int = 0) -> float:
+    """Standard error of the depth score over examples: the std of the score of examples
+    resampled with replacement (dout (L,N): per-layer effect of each example)."""
+    N = dout.shape[1]
+    if N < 2:
+        return math.nan
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, N, (resamples, N), generator=g)  # (R,N)
+    means = dout.double()[:, idx].mean(-1)  # (L,R)
+    p = means / means.sum(0).clamp_min(1e-30)
+    scores = (torch.arange(dout.shape[0], dtype=torch.float64)[:, None] * p).sum(0)  # (R,)
+    return float(scores.std())
+
+
 def settings(tb: TokenBatch, mode: str, cfg: BoundaryConfig) -> list[tuple[Tensor, Tensor]]:
     """(skip positions, measured positions), both (B,T) bool, for each boundary of `mode`."""
     valid = tb.valid()
@@ -174,7 +188,8 @@ def depth_score_analysis(runner: ResidualRunner, batches: Sequence[TokenBatch], 
     per_example = []
     for tb in tqdm(batches, desc="depth score", disable=not progress):
         per_example.append(_batch_effects(runner, tb, "layer", "future", cfg, later=False, local=False)["output"])
-    mean_dout = torch.cat(per_example, dim=1).mean(dim=1) if per_example else torch.zeros(runner.num_layers)
+    dout = torch.cat(per_example, dim=1) if per_example else torch.zeros(runner.num_layers, 0)  # (L,N)
+    mean_dout = dout.mean(dim=1) if dout.shape[1] else torch.zeros(runner.num_layers)
     total = float(mean_dout.sum())
     L = runner.num_layers
     score = depth_score(mean_dout.tolist())
@@ -183,6 +198,7 @@ def depth_score_analysis(runner: ResidualRunner, batches: Sequence[TokenBatch], 
         "distribution": (mean_dout / total).tolist() if total > 0 else [math.nan] * L,
         "depth_score": score,
         "relative_depth_score": score / (L - 1) if L > 1 else math.nan,
+        "depth_score_se": bootstrap_se(dout),
         "num_layers": L,
         "examples": sum(tb.ids.shape[0] for tb in batches),
         "boundaries": list(cfg.boundaries), "boundary_positions": list(cfg.boundary_positions),

@@ -11,9 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from grow_megatron.analysis.data import EncodedMC, accuracy, choice_logliks, mc_batches
+from grow_megatron.analysis.data import (EncodedMC, accuracy, accuracy_se, chance_accuracy, choice_logliks,
+                                         mc_batches)
 from grow_megatron.analysis.runner import ResidualRunner, first_changed, reverse_order, skip_order, swap_order
 from grow_megatron.config.base import check
 
@@ -56,21 +58,34 @@ def intervention_orders(L: int, cfg: InterventionConfig) -> dict[str, dict[int, 
     return out
 
 
+Intervention = tuple[str, int, int, list[int]]
+"""(kind, k, start, layer order)."""
+
+
+def flat_interventions(L: int, cfg: InterventionConfig) -> list[Intervention]:
+    return [(kind, k, s, o) for kind, d in intervention_orders(L, cfg).items() for k, starts in d.items()
+            for s, o in starts.items()]
+
+
 @torch.no_grad()
-def intervention_analysis(runner: ResidualRunner, enc: EncodedMC, cfg: InterventionConfig,
-                          progress: bool = True) -> dict:
-    """Accuracy of the unmodified model and of every intervention (kind -> k -> per start)."""
+def intervention_scores(runner: ResidualRunner, enc: EncodedMC, cfg: InterventionConfig, progress: bool = True,
+                        pack: bool = True) -> tuple[Tensor, Tensor, list[Intervention]]:
+    """Per-row choice log-likelihoods: unmodified (R,) and per intervention (J,R).
+
+    Per batch the unmodified residual states are computed once; an intervention whose first
+    changed step is n resumes from h_n and runs only steps n.. of its order. Rows are packed
+    (data.MCBatch): each prompt is run once for all its choices."""
     L = runner.num_layers
-    orders = intervention_orders(L, cfg)
-    flat = [(kind, k, s, o) for kind, d in orders.items() for k, starts in d.items() for s, o in starts.items()]
+    flat = flat_interventions(L, cfg)
     R = len(enc.seqs)
     base = torch.zeros(R)
     scores = torch.zeros(len(flat), R)
-    batches = mc_batches(enc, cfg.batch_size)
+    batches = mc_batches(enc, cfg.batch_size, pack)
     bar = tqdm(total=len(batches) * (len(flat) + 1), desc="interventions", disable=not progress)
     for mb in batches:
         rows = torch.tensor(mb.rows)
-        hs, ctx = runner.hidden_states(mb.batch.ids.to(runner.device))  # (L+1,B,T,d)
+        hs, ctx = runner.hidden_states(mb.batch.ids.to(runner.device), position_ids=mb.position_ids,
+                                       segments=mb.segments)  # (L+1,B,T,d)
         base[rows] = choice_logliks(hs[-1], mb, runner.unembed).cpu()
         bar.update(1)
         for j, (_, _, _, order) in enumerate(flat):
@@ -79,11 +94,22 @@ def intervention_analysis(runner: ResidualRunner, enc: EncodedMC, cfg: Intervent
             scores[j, rows] = choice_logliks(hL, mb, runner.unembed).cpu()
             bar.update(1)
     bar.close()
-    res: dict = {"num_layers": L, "examples": len(enc.answers), "baseline_accuracy": accuracy(enc, base),
-                 "interventions": {}}
+    return base, scores, flat
+
+
+def intervention_analysis(runner: ResidualRunner, enc: EncodedMC, cfg: InterventionConfig,
+                          progress: bool = True) -> dict:
+    """Accuracy of the unmodified model and of every intervention (kind -> k -> per start),
+    with the number of examples, binomial standard errors and the chance accuracy."""
+    base, scores, flat = intervention_scores(runner, enc, cfg, progress)
+    n = len(enc.answers)
+    acc0 = accuracy(enc, base)
+    res: dict = {"num_layers": runner.num_layers, "examples": n, "baseline_accuracy": acc0,
+                 "baseline_se": accuracy_se(acc0, n), "chance_accuracy": chance_accuracy(enc), "interventions": {}}
     for j, (kind, k, s, _) in enumerate(flat):
-        res["interventions"].setdefault(kind, {}).setdefault(str(k), {"starts": [], "accuracy": []})
+        res["interventions"].setdefault(kind, {}).setdefault(str(k), {"starts": [], "accuracy": [], "se": []})
         e = res["interventions"][kind][str(k)]
         e["starts"].append(s)
         e["accuracy"].append(accuracy(enc, scores[j]))
+        e["se"].append(accuracy_se(e["accuracy"][-1], n))
     return res

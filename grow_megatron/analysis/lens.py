@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from grow_megatron.analysis.data import EncodedMC, TokenBatch, accuracy, choice_logliks, mc_batches
+from grow_megatron.analysis.data import (EncodedMC, TokenBatch, accuracy, accuracy_se, chance_accuracy, choice_logliks,
+                                         mc_batches)
 from grow_megatron.analysis.runner import ResidualRunner
 from grow_megatron.config.base import check
 
@@ -164,13 +165,14 @@ def evaluate_lens(runner: ResidualRunner, lens: TunedLens | None, batches: Seque
 
 @torch.no_grad()
 def early_exit_accuracy(runner: ResidualRunner, lens: TunedLens | None, enc: EncodedMC, batch_size: int = 16,
-                        progress: bool = True) -> dict:
+                        progress: bool = True, pack: bool = True) -> dict:
     """MC accuracy when exiting after each layer through the lens (index L-1 = the full model
-    when the last translator is the identity), and the same relative to the full model."""
+    when the last translator is the identity), and the same relative to the full model.
+    pack: all choices of a prompt in one row (data.MCBatch); False: one row per choice."""
     L = runner.num_layers
     scores = torch.zeros(L, len(enc.seqs))
     final = torch.zeros(len(enc.seqs))
-    for mb in tqdm(mc_batches(enc, batch_size), desc="early exit", disable=not progress):
+    for mb in tqdm(mc_batches(enc, batch_size, pack), desc="early exit", disable=not progress):
         rows = torch.tensor(mb.rows)
         cache: dict[int, Tensor] = {}
 
@@ -178,11 +180,14 @@ def early_exit_accuracy(runner: ResidualRunner, lens: TunedLens | None, enc: Enc
             out = h + a + m
             cache[step] = choice_logliks(out, mb, lambda x, s=step: lens_logits(runner, lens, s, x)).cpu()
 
-        hL = runner.run(mb.batch.ids, observer=observe, return_hidden=True)
+        hL = runner.run(mb.batch.ids, observer=observe, return_hidden=True, position_ids=mb.position_ids,
+                        segments=mb.segments)
         for i in range(L):
             scores[i, rows] = cache[i]
         final[rows] = choice_logliks(hL, mb, runner.unembed).cpu()
     acc = [accuracy(enc, scores[i]) for i in range(L)]
     full = accuracy(enc, final)
     rel = [a / full if full > 0 else math.nan for a in acc]
-    return {"accuracy": acc, "final_accuracy": full, "relative_accuracy": rel, "examples": len(enc.answers)}
+    n = len(enc.answers)
+    return {"accuracy": acc, "final_accuracy": full, "relative_accuracy": rel, "examples": n,
+            "final_se": accuracy_se(full, n), "chance_accuracy": chance_accuracy(enc)}

@@ -7,7 +7,8 @@ mlp, norm, lm_head) so that an analysis can
   (a) observe h_i (residual entering layer i), a_i (attention output) and m_i (MLP output),
   (b) skip a layer / attention / MLP at chosen token positions (contribution replaced by 0),
   (c) run the layers in another order (swap windows, reverse, skip k layers),
-  (d) start from a stored residual state, so interventions at layer s do not recompute 0..s-1.
+  (d) start from a stored residual state, so interventions at layer s do not recompute 0..s-1,
+  (e) run packed rows (several sequences sharing a prefix, see data.MCBatch).
 
 Batches are right-padded: with a causal mask, padding after a sequence cannot influence its
 real tokens, so no padding mask is needed and lengths are tracked by the analyses themselves.
@@ -67,15 +68,27 @@ class ResidualRunner:
         return self.core.embed_tokens.weight.device
 
     # ----------------------------------------------------------------- building blocks
-    def context(self, h0: Tensor) -> Context:
-        """Rotary embeddings and causal mask for residual states shaped like h0 (B,T,d)."""
+    def context(self, h0: Tensor, position_ids: Tensor | None = None, segments: Tensor | None = None) -> Context:
+        """Rotary embeddings and attention mask for residual states shaped like h0 (B,T,d).
+
+        Default: positions 0..T-1 and a causal mask. position_ids (B,T) and segments (B,T)
+        describe packed rows (data.MCBatch): a query attends causally to keys of segment 0
+        (the shared prompt) and of its own segment."""
         from transformers.masking_utils import create_causal_mask
 
         T = h0.shape[1]
-        position_ids = torch.arange(T, device=h0.device).unsqueeze(0)  # (1,T)
-        pe = self.core.rotary_emb(h0, position_ids=position_ids)
-        mask = create_causal_mask(config=self.core.config, inputs_embeds=h0, attention_mask=None,
-                                  past_key_values=None, position_ids=position_ids)
+        if position_ids is None:
+            position_ids = torch.arange(T, device=h0.device).unsqueeze(0)  # (1,T)
+        pe = self.core.rotary_emb(h0, position_ids=position_ids.to(h0.device))
+        and_mask = None
+        if segments is not None:
+            seg = segments.to(h0.device)  # (B,T)
+
+            def and_mask(b: Tensor, head: Tensor, q: Tensor, kv: Tensor) -> Tensor:
+                return (seg[b, kv] == 0) | (seg[b, kv] == seg[b, q])
+        # The cache argument is passed positionally: transformers renamed it (past_key_values -> cache).
+        # Mask positions are always 0..T-1 (causal order in the row); rotary positions are separate.
+        mask = create_causal_mask(self.core.config, h0, None, None, and_mask_function=and_mask)
         return Context(pe, mask)
 
     def embed(self, input_ids: Tensor) -> Tensor:
@@ -106,19 +119,21 @@ class ResidualRunner:
     # ----------------------------------------------------------------- full runs
     def run(self, input_ids: Tensor | None = None, *, order: Sequence[int] | None = None,
             skips: Sequence[Skip] = (), observer: Observer | None = None, h: Tensor | None = None,
-            start: int = 0, ctx: Context | None = None, return_hidden: bool = False) -> Tensor:
+            start: int = 0, ctx: Context | None = None, return_hidden: bool = False,
+            position_ids: Tensor | None = None, segments: Tensor | None = None) -> Tensor:
         """Logits (B,T,V) (or the final residual (B,T,d) with return_hidden).
 
         order: layer indices to execute (default 0..L-1); layers may repeat or be left out.
         start/h: begin at step `start` of the order with residual h (B,T,d) instead of
         embedding input_ids (used to resume from a stored state).
+        position_ids/segments: packed rows (see context), when ctx is not given.
         """
         order = list(range(self.num_layers)) if order is None else list(order)
         if h is None:
             if start:
                 raise ValueError("start > 0 needs the residual state h at that step")
             h = self.embed(input_ids)
-        ctx = ctx or self.context(h)
+        ctx = ctx or self.context(h, position_ids, segments)
         by_step: dict[int, list[Skip]] = {}
         for s in skips:
             by_step.setdefault(s.step, []).append(s)
@@ -133,13 +148,14 @@ class ResidualRunner:
             h = h + a + m
         return h if return_hidden else self.unembed(h)
 
-    def hidden_states(self, input_ids: Tensor, order: Sequence[int] | None = None) -> tuple[Tensor, Context]:
+    def hidden_states(self, input_ids: Tensor, order: Sequence[int] | None = None, position_ids: Tensor | None = None,
+                      segments: Tensor | None = None) -> tuple[Tensor, Context]:
         """All residual states (L+1,B,T,d): h_0 (embeddings) .. h_L (final-norm input).
 
         This is the one stored copy of the activations analyses keep; contributions are
         c_i = h_{i+1} - h_i and sublayer outputs are recomputed from h_i when needed."""
         h = self.embed(input_ids)
-        ctx = self.context(h)
+        ctx = self.context(h, position_ids, segments)
         order = list(range(self.num_layers)) if order is None else list(order)
         out = h.new_empty((len(order) + 1, *h.shape))
         out[0] = h

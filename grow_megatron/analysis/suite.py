@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import torch
 
-from grow_megatron.analysis.data import encode_mc, load_token_data, token_batches
+from grow_megatron.analysis import cost
+from grow_megatron.analysis.data import MCBatch, TokenBatch, accuracy_se, encode_mc, load_token_data, mc_batches, token_batches
 from grow_megatron.analysis.effects import DepthScoreConfig, EffectsConfig, depth_score_analysis, effects_analysis
-from grow_megatron.analysis.interventions import InterventionConfig, intervention_analysis
+from grow_megatron.analysis.interventions import InterventionConfig, flat_interventions, intervention_analysis
 from grow_megatron.analysis.lens import LensConfig, TunedLens, early_exit_accuracy, evaluate_lens, train_lens
 from grow_megatron.analysis.loading import Loaded
-from grow_megatron.analysis.runner import ResidualRunner
+from grow_megatron.analysis.runner import ResidualRunner, first_changed
 from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
 from grow_megatron.analysis.sublayer import SublayerConfig, sublayer_analysis
 from grow_megatron.eval.tasks import MCExample
@@ -31,6 +33,18 @@ CONFIGS: dict[str, type] = {
     "sublayer": SublayerConfig,
     "block-similarity": SimilarityConfig,
 }
+
+
+QUICK: dict[str, dict[str, Any]] = {
+    "tuned-lens": {"steps": 50, "max_sequences": 64},
+    "depth-score": {"max_sequences": 16},
+    "effects": {"max_sequences": 4, "parts": ["layer"]},
+    "interventions": {"swap_sizes": [1, 2, 4], "skip_sizes": [1, 2], "reverse_sizes": [4]},
+    "sublayer": {"max_sequences": 16},
+}
+"""`--quick`: settings for a first look in minutes on a CPU (with --n 50 examples per primitive
+task); any option given explicitly (or with --set) wins over these."""
+QUICK_N = 50
 
 
 class InputError(ValueError):
@@ -69,9 +83,45 @@ def token_sequences(loaded: Loaded, inputs: Inputs, seq_len: int, max_sequences:
     raise InputError("this analysis needs token data: give --data FILE (or --tasks FILE and a model with a tokenizer)")
 
 
+def _n_settings(cfg: Any, mode: str) -> int:
+    return 1 if mode == "current" else len(cfg.boundary_positions or cfg.boundaries)
+
+
+def estimate(name: str, runner: ResidualRunner, cfg: Any, batches: Sequence[TokenBatch] = (),
+             mc: Sequence[MCBatch] = (), examples: int = 0, n_held: int = 0) -> cost.CostEstimate | None:
+    """The cost of analysis `name` on these batches, with a timed probe (None: negligible)."""
+    L, U = runner.num_layers, cost.unembed_passes(runner)
+    shapes = [b.batch.ids.shape for b in mc] or [b.ids.shape for b in batches]
+    if not shapes:
+        return None
+    tokens, nb = cost.mean_tokens(shapes), len(shapes)
+    if name == "interventions":
+        rest = [len(o) - first_changed(o, L) for *_, o in flat_interventions(L, cfg)]
+        est = cost.interventions_cost(L, nb, tokens, rest, examples, sum(len(b.rows) for b in mc))
+    elif name == "depth-score":
+        est = cost.effects_cost(runner, nb, tokens, [("layer", _n_settings(cfg, "future"))], local=False)
+    elif name == "effects":
+        jobs = [(p, _n_settings(cfg, m)) for p in cfg.parts for m in cfg.modes]
+        est = cost.effects_cost(runner, nb, tokens, jobs, cfg.local)
+    elif name == "sublayer":
+        est = cost.forward_cost(runner, nb, tokens, L, f"{nb} batches x {L} layers")
+    elif name == "tuned-lens":
+        # Per step one forward and, per layer, a lens unembedding forward + backward (~3x).
+        per = (cfg.steps * (L + 3 * (L - 1) * U) + n_held * (L + L * U)) / nb
+        est = cost.forward_cost(runner, nb, tokens, per, f"{cfg.steps} steps + {n_held} held-out batches")
+    else:
+        return None
+    longest = max(range(nb), key=lambda i: shapes[i][0] * shapes[i][1])
+    if mc:
+        return cost.probe(runner, mc[longest].batch.ids, est, position_ids=mc[longest].position_ids,
+                          segments=mc[longest].segments)
+    return cost.probe(runner, batches[longest].ids, est)
+
+
 def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: str | None = None,
                  progress: bool = True) -> dict:
-    """Run analysis `name` on one model; out_dir receives by-products (a trained lens)."""
+    """Run analysis `name` on one model; out_dir receives by-products (a trained lens).
+    With progress, first prints the estimated cost (see cost.py) to stderr."""
     if name not in CONFIGS:
         raise ValueError(f"unknown analysis {name!r}; choose one of {', '.join(CONFIGS)}")
     cfg.validate(name)
@@ -85,9 +135,14 @@ def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: s
         if loaded.tokenizer is None:
             raise InputError(f"{name} needs the model's tokenizer to encode the task")
         enc = encode_mc(inputs.tasks, loaded.tokenizer, cfg.max_length, inputs.add_bos)
+        if progress:
+            _announce(estimate(name, runner, cfg, mc=mc_batches(enc, cfg.batch_size), examples=len(enc.answers)),
+                      loaded.name, name)
         return intervention_analysis(runner, enc, cfg, progress)
 
     seqs = token_sequences(loaded, inputs, cfg.seq_len, cfg.max_sequences)
+    if progress and name != "tuned-lens":
+        _announce(estimate(name, runner, cfg, token_batches(seqs, cfg.batch_size)), loaded.name, name)
     if name == "depth-score":
         return depth_score_analysis(runner, token_batches(seqs, cfg.batch_size), cfg, progress)
     if name == "effects":
@@ -98,6 +153,10 @@ def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: s
     # eval_fraction 0 (or a single sequence): evaluate on the training sequences themselves.
     n_eval = min(int(round(len(seqs) * cfg.eval_fraction)), len(seqs) - 1)
     train, held = (seqs[:-n_eval], seqs[-n_eval:]) if n_eval > 0 else (seqs, seqs)
+    if progress:
+        steps = 0 if inputs.lens_path else cfg.steps
+        _announce(estimate(name, runner, replace(cfg, steps=steps), token_batches(train, cfg.batch_size),
+                           n_held=len(token_batches(held, cfg.batch_size))), loaded.name, name)
     res: dict = {}
     if inputs.lens_path:
         lens = TunedLens.load(inputs.lens_path, runner.device)
@@ -121,26 +180,39 @@ def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: s
     return res
 
 
-def summarize(name: str, res: dict) -> dict[str, float]:
-    """A few headline numbers of one result, for the comparison report's tables."""
+def _announce(est: cost.CostEstimate | None, label: str, name: str) -> None:
+    if est is not None:
+        print(est.line(label, name), file=sys.stderr, flush=True)
+
+
+def summarize(name: str, res: dict) -> dict[str, float | tuple[float, float]]:
+    """A few headline numbers of one result, for the comparison report's tables: a float, or
+    (value, standard error) where the result has the statistics for one."""
     if name == "depth-score":
-        return {"depth score": res["depth_score"], "relative depth score": res["relative_depth_score"]}
+        se = res.get("depth_score_se", math.nan)
+        L = res["num_layers"]
+        return {"depth score": (res["depth_score"], se),
+                "relative depth score": (res["relative_depth_score"], se / (L - 1) if L > 1 else math.nan)}
     if name == "tuned-lens":
         L = res["num_layers"]
         half = res["top_k_overlap"][: max(1, L // 2)]
-        out = {"mean KL": sum(res["kl"]) / L, f"mean top-{res['top_k']} overlap": sum(res["top_k_overlap"]) / L,
-               "overlap first half": sum(half) / len(half)}
+        out: dict = {"mean KL": sum(res["kl"]) / L, f"mean top-{res['top_k']} overlap": sum(res["top_k_overlap"]) / L,
+                     "overlap first half": sum(half) / len(half)}
         if "early_exit" in res:
             ee = res["early_exit"]
-            out["final accuracy"] = ee["final_accuracy"]
+            out["final accuracy"] = (ee["final_accuracy"], ee.get("final_se", math.nan))
             good = [i for i, a in enumerate(ee["relative_accuracy"]) if not math.isnan(a) and a >= 0.95]
             out["first layer >= 95% of final"] = good[0] if good else math.nan
         return out
     if name == "interventions":
-        out = {"unmodified accuracy": res["baseline_accuracy"]}
+        n = res["examples"]
+        out = {"unmodified accuracy": (res["baseline_accuracy"], accuracy_se(res["baseline_accuracy"], n))}
         for kind, by_k in res["interventions"].items():
             for k, e in by_k.items():
-                out[f"{kind} {k}: mean acc"] = sum(e["accuracy"]) / len(e["accuracy"])
+                # The SE of one accuracy on n examples: the starts share the examples, so their
+                # mean is about as noisy as one of them (not sqrt(starts) times less).
+                m = sum(e["accuracy"]) / len(e["accuracy"])
+                out[f"{kind} {k}: mean acc"] = (m, accuracy_se(m, n))
         return out
     if name == "sublayer":
         L = res["num_layers"]
@@ -156,6 +228,27 @@ def summarize(name: str, res: dict) -> dict[str, float]:
         for key, e in res["effects"].items():
             out[f"{key} max output effect"] = max(e["output_max"])
         return out
+    return {}
+
+
+def sample_info(name: str, res: dict) -> dict[str, float | str]:
+    """n (what the numbers average over) and the chance level, for the report's tables."""
+    if name in ("interventions",):
+        return {"n": f"{res['examples']} examples", "chance": res.get("chance_accuracy", math.nan)}
+    if name == "tuned-lens":
+        out: dict = {"n": f"{res.get('tokens', '?')} tokens"}
+        if "early_exit" in res:
+            out["n"] += f", {res['early_exit']['examples']} examples"
+            out["chance"] = res["early_exit"].get("chance_accuracy", math.nan)
+        return out
+    if name == "depth-score":
+        return {"n": f"{res['examples']} sequences"}
+    if name == "effects":
+        return {"n": f"{res['examples']} sequences (maxima)"}
+    if name == "sublayer":
+        return {"n": f"{res['tokens']} tokens"}
+    if name == "block-similarity":
+        return {"n": f"{len(res['similarity'])} blocks"}
     return {}
 
 

@@ -224,6 +224,18 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig = loss_figure(run_dir)
+    out = out or os.path.join(run_dir, "loss.png")
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def loss_figure(run_dir: str):
+    """The figure of plot_run (a pyplot figure; the caller closes it)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
     recs = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
     events = [e for e in read_jsonl(os.path.join(run_dir, "events.jsonl")) if e.get("kind") == "growth"]
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -239,11 +251,13 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
     ax.set_ylabel("loss (nats/token)")
     ax2 = ax.twinx()
     ax2.step([r["step"] for r in recs], [r["depth"] for r in recs], where="post", color="tab:green", alpha=0.5, label="depth")
-    ax2.set_ylabel("layers")
-    ax.legend(loc="upper right")
+    ax2.set_ylabel("depth (layers)")
+    # Whole layers only, from 0, so a constant depth does not get ticks like 11.4..12.6.
+    ax2.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax2.set_ylim(0, max([r["depth"] for r in recs], default=1) * 1.1)
+    h1, l1 = ax.get_legend_handles_labels()
+    h2, l2 = ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="center right")
     ax.set_title(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()
-    out = out or os.path.join(run_dir, "loss.png")
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return fig
