@@ -117,3 +117,24 @@ def test_compare_report_covers_all_analyses(tmp_path):
         assert (out / fig).exists() and fig in report
     ee = json.loads((out / "tuned_lens.json").read_text())["models"]["base"]["early_exit"]
     assert ee["accuracy"][-1] == ee["final_accuracy"]
+
+
+def test_prompts_longer_than_the_context_are_named(capsys):
+    """A prompt past the model's context measures extrapolation: one warning line with the
+    count and the context, counted with the model's own tokenizer; none when all fit."""
+    from types import SimpleNamespace
+
+    from grow_megatron.analysis.cli import warn_over_context
+
+    model, tok = tiny_llama(layers=2, vocab=64), char_tokenizer()
+    tasks = toy_tasks(n=6)
+    lengths = [len(tok(ex.prompt + max(ex.choices, key=len))["input_ids"]) for ex in tasks]
+    ctx = max(lengths) - 1  # the longest prompts do not fit
+    model.config.max_position_embeddings = ctx
+    over = warn_over_context(tasks, SimpleNamespace(model=model, tokenizer=tok), "tiny")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert over == sum(n > ctx for n in lengths) > 0
+    assert len(err) == 1 and f"{over} of 6 task prompts of tiny are longer than its context of {ctx} tokens" in err[0]
+    model.config.max_position_embeddings = max(lengths)
+    assert warn_over_context(tasks, SimpleNamespace(model=model, tokenizer=tok), "tiny") == 0
+    assert capsys.readouterr().err == ""

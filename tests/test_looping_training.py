@@ -73,3 +73,22 @@ def test_loop_training_multi_rank_equals_single_process(static_single, tmp_path,
     for step, loss in single.losses.items():
         assert res["losses"][step] == pytest.approx(loss, rel=1e-5), step
     assert os.path.isdir(tmp_path / "dist" / "checkpoints")
+
+
+def test_logged_flops_count_the_unrolled_depth_from_from_step(reference):
+    """SPEC 6 at each step's depth, with a looped step costing its unrolled copies (12 layers,
+    block 4:8 twice -> 16): per-step FLOPs in metrics.jsonl against flops.py by hand."""
+    import json
+
+    res, _ = reference
+    with open(os.path.join(res.run_dir, "metrics.jsonl")) as f:
+        recs = {r["step"]: r for r in map(json.loads, f) if "flops" in r}
+    tokens_per_step = 4 * 32
+    prev = 0
+    assert sorted(recs) == list(range(12))
+    for step in sorted(recs):
+        L = 16 if step >= FROM_STEP else recs[step]["depth"]
+        # micro_overrides' shape (hidden 64, ffn 160, 4 heads, 2 KV groups, seq 32), embedded vocab 4096
+        per_token = 6 * (L * (2 * 64 * 64 + 2 * 64 * 32 + 3 * 64 * 160) + 4096 * 64) + 12 * L * 32 * 64
+        assert recs[step]["flops"] - prev == tokens_per_step * per_token, step
+        prev = recs[step]["flops"]

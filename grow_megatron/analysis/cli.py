@@ -155,6 +155,8 @@ def run_on_models(names: list[str], args: argparse.Namespace, cfgs: dict[str, An
             from grow_megatron.convert.looping import apply_loop_arg
 
             apply_loop_arg(loaded.model, args.loop)
+        if tasks and not args.quiet:
+            warn_over_context(tasks, loaded, label)
         inputs = Inputs(data_path=args.data, tasks=tasks, lens_path=lens_paths[i] if lens_paths else None,
                         add_bos=args.add_bos)
         for n in names:
@@ -164,6 +166,25 @@ def run_on_models(names: list[str], args: argparse.Namespace, cfgs: dict[str, An
         del loaded
         gc.collect()
     return results
+
+
+def warn_over_context(tasks: list, loaded: Any, label: str) -> int:
+    """Warn (one line) when task prompts are longer than the model's context: the positions
+    past it were never trained, so the task numbers then measure extrapolation, not the model
+    (eval cuts such prompts and says so; the analyses keep them whole). Returns the count."""
+    from grow_megatron.eval.scoring import context_length
+
+    ctx = context_length(loaded.model)
+    if ctx is None or loaded.tokenizer is None:
+        return 0
+    lengths = [len(loaded.tokenizer(ex.prompt + max(ex.choices, key=len))["input_ids"]) for ex in tasks]
+    over = sum(n > ctx for n in lengths)
+    if over:
+        print(f"WARNING: {over} of {len(tasks)} task prompts of {label} are longer than its context of {ctx} tokens "
+              f"(longest {max(lengths)}): positions past {ctx} were never trained, so the task numbers measure "
+              f"extrapolation. Fix: a model trained with a longer model.seq_length, or shorter tasks "
+              f"(a JSONL task file).", file=sys.stderr)
+    return over
 
 
 def write_analysis(name: str, cfg: Any, results: dict[str, dict], out_dir: str, mark_blocks: int | None) -> list[str]:
