@@ -19,6 +19,7 @@ setup(
         "pyyaml",
         "tqdm",
         "psutil",
+        "xxhash",
         "datasets",
         "tokenizers",
         "transformers",

@@ -17,9 +17,11 @@ from grow_megatron.config.base import ConfigError
 from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.growth.manager import grow, needs_host_staging
 from grow_megatron.growth.schedule import plan_from_config
-from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from grow_megatron.training.checkpoint import (latest_checkpoint, load_checkpoint, prepare_run_dir, read_meta,
+                                               save_checkpoint)
 from grow_megatron.training.distributed import Layout, device_context, init_distributed
 from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, train_step
+from grow_megatron.training.faults import fault_point
 from grow_megatron.training.lr import lr_at
 from grow_megatron.training.metrics import MetricsWriter
 
@@ -44,23 +46,32 @@ class TrainResult:
 @contextlib.contextmanager
 def _graceful_interrupt():
     """First Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption, `kill`): finish the running
-    step, checkpoint, return. A second one: abort at once.
+    step, checkpoint, return. A second Ctrl-C: abort at once. Further SIGTERMs change nothing:
+    a group signal reaches a torchrun worker twice (from the sender, then forwarded by the agent).
 
     An interrupt inside optimizer.step() would leave weights and moments half-updated, so the
-    loop only stops between steps."""
+    loop only stops between steps; with several ranks they agree on the step (a signal can land
+    on either side of one rank's check), so all of them reach the final save together."""
     flag = {"hit": False}
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
 
     def handler(signum, frame):
-        if flag["hit"]:
+        if flag["hit"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag["hit"] = True
 
+    def interrupted() -> bool:
+        if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+            return flag["hit"]
+        hit = torch.tensor([float(flag["hit"])], device="cuda" if torch.cuda.is_available() else "cpu")
+        torch.distributed.all_reduce(hit, op=torch.distributed.ReduceOp.MAX)
+        return bool(hit.item())
+
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield lambda: flag["hit"]
+        yield interrupted
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
@@ -80,6 +91,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
     layout: Layout = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, cfg.train.seed,
                                       vpp=cfg.parallel.virtual_stages)
     cfg.validate(layout.world)
+    prepare_run_dir(cfg.run_dir, cfg.checkpoint.resume)
     rank0 = layout.is_logging_rank
     on_gpu = torch.cuda.is_available()
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and on_gpu)
@@ -142,7 +154,6 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
     end = tc.steps if stop_at is None else min(stop_at, tc.steps)
     meta = lambda: {"growths": result.growths, "name": cfg.name, "stage_steps": list(plan.stage_steps),  # noqa: E731
                     "operator": cfg.growth.operator}
-    growth_ckpts: set[str] = set()
     pbar = metrics.progress(total=tc.steps, initial=start, enabled=cfg.logging.progress)
     step = start
     with _graceful_interrupt() as interrupted:
@@ -155,8 +166,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             while engine.depth < target:
                 g = next(g for g in plan.growths if g.old_depth == engine.depth)
                 if cfg.checkpoint.save_at_growth:
-                    d = save_checkpoint(engine, ckpt_root, step, meta(), keep=growth_ckpts)
-                    growth_ckpts.add(os.path.basename(d))
+                    save_checkpoint(engine, ckpt_root, step, meta(), growth=True)
                 t0 = time.perf_counter()
                 staged = needs_host_staging(engine, g, cfg.growth.host_staging)
                 engine = grow(engine, g, host_staging=staged)
@@ -188,11 +198,12 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             pbar.update(rec)
             if on_step is not None:
                 on_step(engine, step, rec)
+            fault_point("step.end", step)
             if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done < end:
-                save_checkpoint(engine, ckpt_root, done, meta(), keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
+                save_checkpoint(engine, ckpt_root, done, meta(), keep_last=cfg.checkpoint.keep_last)
     pbar.close()
     result.end_step = end
     result.final_depth = engine.depth
-    save_checkpoint(engine, ckpt_root, end, meta(), keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
+    save_checkpoint(engine, ckpt_root, end, meta(), keep_last=cfg.checkpoint.keep_last)
     metrics.close(plot=end == tc.steps)
     return result
