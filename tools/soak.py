@@ -152,17 +152,26 @@ def main(argv=None) -> int:
 
     ref_dir = os.path.join(out, "reference")
     t0 = time.monotonic()
-    if run_to_end(ref_dir, log) != 0:
+    proc = subprocess.Popen(train_cmd(ref_dir), env=env(), stdout=log, stderr=subprocess.STDOUT)
+    first_step = None  # when the first metrics line appeared: kills land between it and the end
+    while proc.poll() is None:
+        if first_step is None and os.path.exists(os.path.join(ref_dir, "metrics.jsonl")):
+            first_step = time.monotonic() - t0
+        time.sleep(0.05)
+    if proc.returncode != 0:
         raise SystemExit(f"reference run failed, see {out}/soak.log")
     ref_seconds = time.monotonic() - t0
+    first_step = first_step or 0.0
     ref_losses = losses(ref_dir)
     ref_step, ref_tensors = read_latest(ref_dir)
-    print(f"reference: {len(ref_losses)} steps to step {ref_step} in {ref_seconds:.1f}s", flush=True)
+    print(f"reference: {len(ref_losses)} steps to step {ref_step} in {ref_seconds:.1f}s (first step logged "
+          f"after {first_step:.1f}s)", flush=True)
 
     rows = []
     for i in range(args.points):
         sig = signal.SIGKILL if i % 2 == 0 else signal.SIGTERM
-        delay = rng.uniform(0.0, ref_seconds)
+        # Mostly while it trains and saves (the machine is shared, so times drift); some in setup.
+        delay = rng.uniform(0.7 * first_step, ref_seconds)
         run_dir = os.path.join(out, f"point{i:03d}")
         k = kill_point(run_dir, delay, sig, log)
         row = {"point": i, "signal": sig.name, "delay_s": round(delay, 2), **k}
@@ -198,7 +207,7 @@ def main(argv=None) -> int:
         "checkpoints_lost": sum(r["lost"] for r in rows),
         "poisoned_latest": sum(r["poisoned_latest"] for r in rows),
         "orphan_processes": sum(r["orphans"] for r in rows),
-        "reference_seconds": round(ref_seconds, 1), "seed": args.seed,
+        "reference_seconds": round(ref_seconds, 1), "first_step_seconds": round(first_step, 1), "seed": args.seed,
         "command": " ".join(["python", "tools/soak.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     with open(args.json or os.path.join(out, "soak.json"), "w") as f:
