@@ -103,14 +103,18 @@ def run_to_end(run_dir: str, log) -> int:
     return subprocess.run(train_cmd(run_dir), env=env(), stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def kill_point(run_dir: str, delay: float, sig: signal.Signals, log) -> dict:
-    """Start a run, signal its process group after `delay` s, wait for it; what it left."""
+def kill_point(run_dir: str, delay: float, in_training: bool, sig: signal.Signals, log) -> dict:
+    """Start a run, signal its process group `delay` s after it started (or, `in_training`,
+    after its first metrics line: the machine is shared, so setup time varies), wait for it;
+    what it left."""
     root = os.path.join(run_dir, "checkpoints")
     proc = subprocess.Popen(train_cmd(run_dir), env=env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     seen: set[str] = set()
-    t0 = time.monotonic()
-    while proc.poll() is None and time.monotonic() - t0 < delay:
+    t0 = None if in_training else time.monotonic()
+    while proc.poll() is None and (t0 is None or time.monotonic() - t0 < delay):
+        if t0 is None and os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+            t0 = time.monotonic()
         name = latest_name(root)
         if name:
             seen.add(name)
@@ -170,11 +174,13 @@ def main(argv=None) -> int:
     rows = []
     for i in range(args.points):
         sig = signal.SIGKILL if i % 2 == 0 else signal.SIGTERM
-        # Mostly while it trains and saves (the machine is shared, so times drift); some in setup.
-        delay = rng.uniform(0.7 * first_step, ref_seconds)
+        # Mostly while it trains, saves and grows; one point in eight during setup.
+        in_training = rng.random() >= 0.125
+        delay = rng.uniform(0.0, ref_seconds - first_step if in_training else first_step)
         run_dir = os.path.join(out, f"point{i:03d}")
-        k = kill_point(run_dir, delay, sig, log)
-        row = {"point": i, "signal": sig.name, "delay_s": round(delay, 2), **k}
+        k = kill_point(run_dir, delay, in_training, sig, log)
+        row = {"point": i, "signal": sig.name, "phase": "training" if in_training else "setup",
+               "delay_s": round(delay, 2), **k}
         try:
             step, _ = read_latest(run_dir)
             row["latest_step"] = step
@@ -195,7 +201,7 @@ def main(argv=None) -> int:
             row["error"] = f"{type(err).__name__}: {err}"[:300]
         row["bit_equal"] = row["losses_equal"] and row["tensors_equal"]
         rows.append(row)
-        print(f"{i:3d} {sig.name:7s} after {delay:5.1f}s rc={k['rc']:4d} latest={row['latest_step']} "
+        print(f"{i:3d} {sig.name:7s} {row['phase']:8s} +{delay:5.1f}s rc={k['rc']:4d} latest={row['latest_step']} "
               f"orphans={k['orphans']} resumed={row['resumed']} bit_equal={row['bit_equal']}", flush=True)
         shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
 
@@ -203,6 +209,7 @@ def main(argv=None) -> int:
         "points": len(rows), "sigkill": sum(r["signal"] == "SIGKILL" for r in rows),
         "sigterm_group": sum(r["signal"] == "SIGTERM" for r in rows),
         "signalled_while_running": sum(r["signalled"] for r in rows),
+        "in_training_phase": sum(r["phase"] == "training" and r["signalled"] for r in rows),
         "resumed": sum(r["resumed"] for r in rows), "bit_equal": sum(r["bit_equal"] for r in rows),
         "checkpoints_lost": sum(r["lost"] for r in rows),
         "poisoned_latest": sum(r["poisoned_latest"] for r in rows),
@@ -214,7 +221,7 @@ def main(argv=None) -> int:
         json.dump({"summary": summary, "points": rows}, f, indent=1)
     print()
     print("| measure | count |\n|---|---|")
-    for k in ("points", "sigkill", "sigterm_group", "signalled_while_running", "resumed", "bit_equal",
+    for k in ("points", "sigkill", "sigterm_group", "signalled_while_running", "in_training_phase", "resumed", "bit_equal",
               "checkpoints_lost", "poisoned_latest", "orphan_processes"):
         print(f"| {k} | {summary[k]} |")
     ok = (summary["resumed"] == summary["bit_equal"] == len(rows) and not summary["checkpoints_lost"]
