@@ -279,12 +279,13 @@ def _disk_full(err: BaseException) -> Optional[OSError]:
 
 
 def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, growth: bool = False,
-                    keep_last: Optional[int] = None, exchange: Callable[[str, str], bool] = _exchange) -> str:
+                    keep_last: Optional[int] = None, exchange: Optional[Callable[[str, str], bool]] = None) -> str:
     """Save the engine after `step` completed steps; returns the checkpoint directory.
 
     `growth` marks a checkpoint written right before a growth: pruning keeps those (the flag
     lives in meta.json, so every later run sees it). `keep_last` periodic checkpoints are kept.
-    A full disk is reported in one line; the last good checkpoint stays `latest`."""
+    A full disk is reported in one line; the last good checkpoint stays `latest`. `exchange`
+    swaps two directories atomically (default: renameat2 where the OS has it)."""
     name = f"step_{step:08d}"
     final = os.path.join(ckpt_root, name)
     tmp = _broadcast_str(f"{final}.tmp-{uuid.uuid4().hex[:8]}" if _rank0() else None)
@@ -329,7 +330,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
                                              f"{good or 'no checkpoint'} stays the last good one") from err
 
     def publish():
-        old = _install(tmp, final, step, exchange)
+        old = _install(tmp, final, step, exchange or _exchange)
         fault_point("save.swapped", step)
         fsync_dir(ckpt_root)
         if old is not None:
