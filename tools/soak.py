@@ -204,7 +204,20 @@ def main(argv=None) -> int:
         print(f"{i:3d} {sig.name:7s} {row['phase']:8s} +{delay:5.1f}s rc={k['rc']:4d} latest={row['latest_step']} "
               f"orphans={k['orphans']} resumed={row['resumed']} bit_equal={row['bit_equal']}", flush=True)
         shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
+        write_result(rows, args, ref_seconds, first_step, argv)  # after every point: a stopped soak still reports
 
+    summary = write_result(rows, args, ref_seconds, first_step, argv)
+    print()
+    print("| measure | count |\n|---|---|")
+    for k in ("points", "sigkill", "sigterm_group", "signalled_while_running", "in_training_phase", "resumed",
+              "bit_equal", "checkpoints_lost", "poisoned_latest", "orphan_processes"):
+        print(f"| {k} | {summary[k]} |")
+    ok = (summary["resumed"] == summary["bit_equal"] == len(rows) and not summary["checkpoints_lost"]
+          and not summary["poisoned_latest"] and not summary["orphan_processes"])
+    return 0 if ok else 1
+
+
+def write_result(rows, args, ref_seconds, first_step, argv) -> dict:
     summary = {
         "points": len(rows), "sigkill": sum(r["signal"] == "SIGKILL" for r in rows),
         "sigterm_group": sum(r["signal"] == "SIGTERM" for r in rows),
@@ -217,16 +230,9 @@ def main(argv=None) -> int:
         "reference_seconds": round(ref_seconds, 1), "first_step_seconds": round(first_step, 1), "seed": args.seed,
         "command": " ".join(["python", "tools/soak.py", *(argv if argv is not None else sys.argv[1:])]),
     }
-    with open(args.json or os.path.join(out, "soak.json"), "w") as f:
+    with open(args.json or os.path.join(os.path.abspath(args.out), "soak.json"), "w") as f:
         json.dump({"summary": summary, "points": rows}, f, indent=1)
-    print()
-    print("| measure | count |\n|---|---|")
-    for k in ("points", "sigkill", "sigterm_group", "signalled_while_running", "in_training_phase", "resumed", "bit_equal",
-              "checkpoints_lost", "poisoned_latest", "orphan_processes"):
-        print(f"| {k} | {summary[k]} |")
-    ok = (summary["resumed"] == summary["bit_equal"] == len(rows) and not summary["checkpoints_lost"]
-          and not summary["poisoned_latest"] and not summary["orphan_processes"])
-    return 0 if ok else 1
+    return summary
 
 
 if __name__ == "__main__":

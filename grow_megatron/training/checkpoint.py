@@ -54,7 +54,7 @@ from grow_megatron.config.base import ConfigError
 
 from grow_megatron.training.engine import Engine
 from grow_megatron.training.faults import fault_point
-from grow_megatron.training.integrity import fsync_dir, verify_checkpoint, write_manifest
+from grow_megatron.training.integrity import fsync_dir, verifying, write_manifest
 from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, gather_param_state,
                                                 optimizer_step_count, scatter_param_state, set_step_count)
 
@@ -436,14 +436,13 @@ def read_global_tensors(ckpt_dir: str, specs: Optional[dict] = None, verify: boo
     checks the files against the manifest first (readers that read key by key verify once)."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    if verify:
-        verify_checkpoint(ckpt_dir)
-    specs = tensor_specs(ckpt_dir) if specs is None else specs
-    out = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in specs.items()}
-    try:
-        dcp.load(out, storage_reader=FileSystemReader(ckpt_dir), no_dist=True)
-    except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
-        raise unreadable_checkpoint(ckpt_dir, err) from err
+    with verifying(ckpt_dir, enabled=verify):
+        specs = tensor_specs(ckpt_dir) if specs is None else specs
+        out = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in specs.items()}
+        try:
+            dcp.load(out, storage_reader=FileSystemReader(ckpt_dir), no_dist=True)
+        except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
+            raise unreadable_checkpoint(ckpt_dir, err) from err
     return out
 
 
@@ -471,18 +470,23 @@ def read_meta(ckpt_dir: str) -> dict:
     return meta
 
 
-def verify_everywhere(ckpt_dir: str) -> None:
-    """verify_checkpoint on rank 0, its verdict on every rank (one pass over the files, not one
-    per rank)."""
+def _load_verified(sd: dict, ckpt_dir: str) -> dict:
+    """dist_checkpointing.load, with rank 0 verifying the files meanwhile (one pass over them,
+    not one per rank) and every rank raising its verdict before anything loaded is used."""
     failure = None
-    if _rank0():
-        try:
-            verify_checkpoint(ckpt_dir)
-        except ConfigError as err:
-            failure = (err.path, err.value, err.allowed)
-    failure = _broadcast_obj(failure)
-    if failure is not None:
-        raise ConfigError(*failure)
+    try:
+        with verifying(ckpt_dir, enabled=_rank0()):
+            try:
+                loaded = dist_checkpointing.load(sd, ckpt_dir)
+            except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
+                raise unreadable_checkpoint(ckpt_dir, err) from err
+    except ConfigError as err:
+        failure = (err.path, err.value, err.allowed)
+    # Rank 0's verdict reaches every rank; a reader error (DCP raises it on every rank) stays.
+    verdict = _broadcast_obj(failure)
+    if failure is not None or verdict is not None:
+        raise ConfigError(*(failure or verdict))
+    return loaded
 
 
 def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
@@ -490,15 +494,11 @@ def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
     meta = read_meta(ckpt_dir)
     if meta["depth"] != engine.depth:
         raise ValueError(f"checkpoint {ckpt_dir} holds depth {meta['depth']}, engine has {engine.depth}")
-    verify_everywhere(ckpt_dir)
     ensure_state_initialized(engine.optimizer)
     sd, targets = _sharded_state(engine, for_load=True)
     sd["common"] = {"optimizer_step": 0}
     with torch.no_grad():
-        try:
-            loaded = dist_checkpointing.load(sd, ckpt_dir)
-        except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
-            raise unreadable_checkpoint(ckpt_dir, err) from err
+        loaded = _load_verified(sd, ckpt_dir)
         for c, chunk in enumerate(engine.chunks):
             chunk.load_state_dict(_unflatten_model(loaded["model"][f"chunk{c}"]), strict=False)
         per_param: dict[int, dict[str, torch.Tensor]] = {}

@@ -3,13 +3,18 @@
 manifest.json lists every other file of the checkpoint directory (tensor shards, DCP and
 megatron metadata, common.pt, meta.json) with its size and xxh3-128 digest. xxh3 is a
 non-cryptographic hash: it detects corruption (a torn copy, flipped bits, a hand edit), not
-an attacker, and runs at memory speed (~15 GB/s on one core), so verifying costs a few percent
-of a load (docs/benchmarks.md). Checkpoints written before manifests existed load with a warning.
+an attacker, and runs at memory speed (~15 GB/s on one core, releasing the GIL). Where a
+checkpoint does not fit in the page cache, a separate pass would read it from disk twice, so
+loaders verify *while* they read (`verifying`): both passes stream the same files at the same
+time and the disk serves them about once (docs/benchmarks.md). Checkpoints written before
+manifests existed load with a warning.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import threading
 import warnings
 
 import xxhash
@@ -98,3 +103,33 @@ def verify_checkpoint(ckpt_dir: str) -> None:
             raise _corrupt(full, f"has {size} bytes where {entry['size']} were written")
         if file_digest(full) != entry["digest"]:
             raise _corrupt(full, f"its content differs from what was written ({ALGORITHM} digest)")
+
+
+@contextlib.contextmanager
+def verifying(ckpt_dir: str, enabled: bool = True):
+    """Verify `ckpt_dir` in a thread while the body loads it; the verdict is raised on exit,
+    before the caller uses what it loaded. If the body fails (a torn file trips the reader), a
+    manifest mismatch is the error reported: it names the file."""
+    failure: list[BaseException] = []
+
+    def run():
+        try:
+            verify_checkpoint(ckpt_dir)
+        except ConfigError as err:
+            failure.append(err)
+
+    if not enabled:
+        yield
+        return
+    thread = threading.Thread(target=run, name="verify-checkpoint", daemon=True)
+    thread.start()
+    try:
+        yield
+    except BaseException:
+        thread.join()
+        if failure:
+            raise failure[0] from None
+        raise
+    thread.join()
+    if failure:
+        raise failure[0]
