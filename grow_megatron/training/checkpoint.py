@@ -245,9 +245,9 @@ def _remove_stale(ckpt_root: str) -> None:
                 continue
         if ".tmp-" in d or ".old-" in d:
             shutil.rmtree(path, ignore_errors=True)
-    with_latest_tmp = os.path.join(ckpt_root, f".{LATEST}.tmp")
-    if os.path.exists(with_latest_tmp):
-        os.remove(with_latest_tmp)
+    latest_tmp = os.path.join(ckpt_root, f".{LATEST}.tmp")
+    if os.path.exists(latest_tmp):
+        os.remove(latest_tmp)
 
 
 def _is_growth_checkpoint(ckpt_dir: str) -> bool:
