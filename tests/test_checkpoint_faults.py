@@ -254,6 +254,19 @@ def test_disk_full_is_one_line_keeps_last_good_and_cleans_up(static_run, tmp_pat
     assert not [d for d in os.listdir(root) if ".tmp-" in d]
 
 
+def test_disk_full_is_found_inside_dcp_failures():
+    """Under several ranks DCP reports a rank's write error wrapped in CheckpointException
+    (as (exception, traceback) per rank); the ENOSPC must still be recognised."""
+    import errno
+
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    full = OSError(errno.ENOSPC, "No space left on device", "/x/__1_0.distcp")
+    wrapped = CheckpointException("write failed", {1: (full, "traceback text")})
+    assert ckpt_mod._disk_full(wrapped) is full
+    assert ckpt_mod._disk_full(CheckpointException("other", {0: (OSError(errno.EIO, "I/O error"), "")})) is None
+
+
 @pytest.mark.parametrize("edit,key", [(lambda m: m.pop("depth"), "depth"),
                                       (lambda m: m.__setitem__("step", "2"), "step"),
                                       (lambda m: m.__setitem__("split", 4), "split")],

@@ -264,16 +264,13 @@ def _disk_full(err: BaseException) -> Optional[OSError]:
     todo = [err]
     while todo:
         e = todo.pop()
-        if e is None or id(e) in seen:
+        if not isinstance(e, BaseException) or id(e) in seen:
             continue
         seen.add(id(e))
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             return e
-        if isinstance(e, tuple):
-            todo.extend(x for x in e if isinstance(x, BaseException))
-            continue
         todo.extend([e.__cause__, e.__context__])
-        for failure in (getattr(e, "failures", None) or {}).values():
+        for failure in (getattr(e, "failures", None) or {}).values():  # {rank: (exception, traceback)}
             todo.extend(failure if isinstance(failure, tuple) else [failure])
     return None
 
