@@ -4,7 +4,8 @@
 
 One uninterrupted reference run, then for each point: start `grow-megatron train` in its own
 process group, send SIGKILL or SIGTERM to the whole group (as Slurm / torchrun / `kill -PGID`
-do) after a random delay, then check
+do) after a random step plus a random fraction of a step (one point in eight: at a random
+moment of setup), then check
 
 - orphans: processes of the killed group still alive once its leader is gone;
 - latest: `latest` names a checkpoint that reads (meta.json, manifest digests, every tensor);
@@ -103,22 +104,32 @@ def run_to_end(run_dir: str, log) -> int:
     return subprocess.run(train_cmd(run_dir), env=env(), stdout=log, stderr=subprocess.STDOUT).returncode
 
 
-def kill_point(run_dir: str, delay: float, in_training: bool, sig: signal.Signals, log) -> dict:
-    """Start a run, signal its process group `delay` s after it started (or, `in_training`,
-    after its first metrics line: the machine is shared, so setup time varies), wait for it;
-    what it left."""
+def _lines(path: str) -> int:
+    try:
+        with open(path, "rb") as f:
+            return f.read().count(b"\n")
+    except OSError:
+        return -1
+
+
+def kill_point(run_dir: str, delay: float, after_step: int | None, sig: signal.Signals, log) -> dict:
+    """Start a run and signal its process group: `delay` s after it started or, with
+    `after_step`, `delay` s after its metrics.jsonl got the line of that step (setup time and
+    step times vary on a shared machine, so kills are aimed by progress, not by the clock);
+    wait for it; what it left."""
     root = os.path.join(run_dir, "checkpoints")
+    metrics = os.path.join(run_dir, "metrics.jsonl")
     proc = subprocess.Popen(train_cmd(run_dir), env=env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     seen: set[str] = set()
-    t0 = None if in_training else time.monotonic()
+    t0 = None if after_step is not None else time.monotonic()
     while proc.poll() is None and (t0 is None or time.monotonic() - t0 < delay):
-        if t0 is None and os.path.exists(os.path.join(run_dir, "metrics.jsonl")):
+        if t0 is None and _lines(metrics) > after_step:
             t0 = time.monotonic()
         name = latest_name(root)
         if name:
             seen.add(name)
-        time.sleep(0.02)
+        time.sleep(0.01)
     signalled = proc.poll() is None
     if signalled:
         try:
@@ -168,19 +179,23 @@ def main(argv=None) -> int:
     first_step = first_step or 0.0
     ref_losses = losses(ref_dir)
     ref_step, ref_tensors = read_latest(ref_dir)
+    step_seconds = (ref_seconds - first_step) / len(ref_losses)
     print(f"reference: {len(ref_losses)} steps to step {ref_step} in {ref_seconds:.1f}s (first step logged "
           f"after {first_step:.1f}s)", flush=True)
 
     rows = []
     for i in range(args.points):
         sig = signal.SIGKILL if i % 2 == 0 else signal.SIGTERM
-        # Mostly while it trains, saves and grows; one point in eight during setup.
+        # Mostly while it trains, saves and grows (after a random step, plus a random part of a
+        # step); one point in eight during setup.
         in_training = rng.random() >= 0.125
-        delay = rng.uniform(0.0, ref_seconds - first_step if in_training else first_step)
+        steps = int(OVERRIDES["train.steps"])
+        after_step = rng.randrange(steps) if in_training else None
+        delay = rng.uniform(0.0, step_seconds) if in_training else rng.uniform(0.0, first_step)
         run_dir = os.path.join(out, f"point{i:03d}")
-        k = kill_point(run_dir, delay, in_training, sig, log)
+        k = kill_point(run_dir, delay, after_step, sig, log)
         row = {"point": i, "signal": sig.name, "phase": "training" if in_training else "setup",
-               "delay_s": round(delay, 2), **k}
+               "after_step": after_step, "delay_s": round(delay, 2), **k}
         try:
             step, _ = read_latest(run_dir)
             row["latest_step"] = step
@@ -201,7 +216,8 @@ def main(argv=None) -> int:
             row["error"] = f"{type(err).__name__}: {err}"[:300]
         row["bit_equal"] = row["losses_equal"] and row["tensors_equal"]
         rows.append(row)
-        print(f"{i:3d} {sig.name:7s} {row['phase']:8s} +{delay:5.1f}s rc={k['rc']:4d} latest={row['latest_step']} "
+        print(f"{i:3d} {sig.name:7s} {row['phase']:8s} step {after_step} +{delay:5.1f}s rc={k['rc']:4d} "
+              f"latest={row['latest_step']} "
               f"orphans={k['orphans']} resumed={row['resumed']} bit_equal={row['bit_equal']}", flush=True)
         shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
         write_result(rows, args, ref_seconds, first_step, argv)  # after every point: a stopped soak still reports
