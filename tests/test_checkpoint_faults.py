@@ -224,6 +224,24 @@ def test_torchrun_workers_stop_when_the_launcher_dies(tmp_path):
     verify_checkpoint(latest)
 
 
+def test_sigterm_during_the_final_save_lets_it_finish(tmp_path, monkeypatch):
+    """SIGTERM while the last checkpoint is being written (the soak found the final save
+    outside the loop's handlers: the process died half-way): the save completes."""
+    def unhandled(signum, frame):  # what runs if no training handler is installed
+        raise RuntimeError("SIGTERM reached the default handler: the run would have been killed")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    monkeypatch.setenv(ENV, "save.written@6:term")
+    try:
+        res = train(micro_config(tmp_path, **STATIC))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert res.end_step == 6
+    latest = latest_checkpoint(str(tmp_path / "checkpoints"))
+    assert read_meta(latest)["step"] == 6
+    verify_checkpoint(latest)
+
+
 @pytest.fixture(scope="module")
 def static_run(tmp_path_factory):
     """A 2-step static run with checkpoints at steps 1 and 2, copied by each test that edits it."""

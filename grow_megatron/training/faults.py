@@ -11,6 +11,7 @@ FAULT_POINTS), `step.end` after each training step. Actions:
     raise       raise InjectedFault (a BaseException, so no `except Exception` cleans up):
                 in-process tests get the disk state a kill would leave
     enospc      raise OSError(ENOSPC), as a full disk does
+    term        SIGTERM to this process only
     term-group  SIGTERM to this process's whole process group (what Slurm and torchrun send)
     kill-parent SIGKILL to the parent process (the torchrun agent, for workers)
 
@@ -37,7 +38,7 @@ FAULT_POINTS = (
     "save.done",       # `latest` names step_N; pruning of old checkpoints not yet done
     "step.end",        # a training step (and its metrics line) finished; STEP is its number
 )
-ACTIONS = ("exit", "kill", "raise", "enospc", "term-group", "kill-parent")
+ACTIONS = ("exit", "kill", "raise", "enospc", "term", "term-group", "kill-parent")
 
 
 class InjectedFault(BaseException):
@@ -72,6 +73,8 @@ def fault_point(name: str, step: Optional[int] = None) -> None:
         raise InjectedFault(f"{name}@{step}")
     if action == "enospc":
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if action == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
     if action == "term-group":
         os.killpg(os.getpgid(0), signal.SIGTERM)
     if action == "kill-parent":

@@ -201,9 +201,11 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             fault_point("step.end", step)
             if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done < end:
                 save_checkpoint(engine, ckpt_root, done, meta(), keep_last=cfg.checkpoint.keep_last)
-    pbar.close()
-    result.end_step = end
-    result.final_depth = engine.depth
-    save_checkpoint(engine, ckpt_root, end, meta(), keep_last=cfg.checkpoint.keep_last)
-    metrics.close(plot=end == tc.steps)
+        # Still under the handlers: a SIGTERM during the final save (or the plot) must not kill
+        # the process half-way; it is the stop that is happening anyway.
+        pbar.close()
+        result.end_step = end
+        result.final_depth = engine.depth
+        save_checkpoint(engine, ckpt_root, end, meta(), keep_last=cfg.checkpoint.keep_last)
+        metrics.close(plot=end == tc.steps)
     return result
