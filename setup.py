@@ -20,6 +20,7 @@ setup(
         "tqdm",
         "psutil",
         "filelock",
+        "xxhash",
         "datasets",
         "tokenizers",
         "transformers",

@@ -217,8 +217,10 @@ class CheckpointConfig:
     """Also save right before each growth."""
     keep_last: int = 2
     """Keep this many periodic checkpoints (growth checkpoints are kept too)."""
-    resume: Literal["auto", "never"] = "auto"
-    """auto: continue from the newest complete checkpoint in the run dir if there is one."""
+    resume: Literal["auto", "never", "fresh"] = "auto"
+    """auto: continue from the newest complete checkpoint in the run dir if there is one.
+    never: start from scratch; refused if run_dir already holds a run. fresh: start from
+    scratch, first moving an earlier run's outputs to run_dir/archive-<UTC time>/."""
 
     def validate(self, path: str = "checkpoint") -> None:
         check(self.interval >= 0, f"{path}.interval", self.interval, "must be >= 0")

@@ -77,11 +77,16 @@ def read_run_info(config_path: str) -> RunInfo:
 class NativeReader:
     """Global tensors of one checkpoint, read one key at a time."""
 
-    def __init__(self, ckpt_dir: str):
+    def __init__(self, ckpt_dir: str, verify: bool = True):
+        """`verify`: check the files against the checkpoint's manifest once, here (reads are
+        then unchecked); off for callers that load through load_checkpoint, which verifies."""
         from grow_megatron.training.checkpoint import read_meta, tensor_specs
+        from grow_megatron.training.integrity import verify_checkpoint
 
         self.dir = ckpt_dir
         self.meta = read_meta(ckpt_dir)
+        if verify:
+            verify_checkpoint(ckpt_dir)
         # Only model tensors (optimizer.* are the AdamW state; *_extra_state are empty objects).
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, torch.dtype] = {}
@@ -109,7 +114,7 @@ class NativeReader:
         from grow_megatron.training.checkpoint import read_global_tensors
 
         full = MODEL_PREFIX + key
-        return read_global_tensors(self.dir, {full: (self.shapes[key], self.dtypes[key])})[full]
+        return read_global_tensors(self.dir, {full: (self.shapes[key], self.dtypes[key])}, verify=False)[full]
 
     def check(self, shape: LlamaShape) -> None:
         check_shapes(self.shapes, expected_native_shapes(shape), f"checkpoint {self.dir} vs its config")
@@ -178,7 +183,7 @@ def native_logits(ckpt_dir: str, model: ModelConfig, tokens: torch.Tensor, loop=
     Must run inside `device_context()`."""
     from grow_megatron.training.checkpoint import load_checkpoint
 
-    reader = NativeReader(ckpt_dir)
+    reader = NativeReader(ckpt_dir, verify=False)
     engine = _engine(model, reader.depth, reader.vocab_size)
     load_checkpoint(engine, ckpt_dir)
     if loop is not None:

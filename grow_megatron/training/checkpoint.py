@@ -1,13 +1,25 @@
-"""Checkpoints: megatron dist_checkpointing, layout-free, atomic.
+"""Checkpoints: megatron dist_checkpointing, layout-free, atomic, verified.
 
 Layout of RUN_DIR/checkpoints:
-    step_00000120/          one complete checkpoint (dist_checkpointing dir + meta.json)
-    step_00000120.tmp-*/    a save in progress or interrupted: never read, removed later
+    step_00000120/          one complete checkpoint: dist_checkpointing files, meta.json and
+                            manifest.json (size + digest of every other file, see integrity.py)
+    step_00000120.tmp-*/    a save in progress or interrupted: never read, removed by the next save
+    step_00000120.old-*/    the previous copy of a re-saved step, during the swap (rename fallback)
     latest                  name of the newest complete checkpoint (replaced atomically)
 
-A checkpoint is complete only once it has been renamed from its .tmp name after every rank
-finished writing, and `latest` moves only after that: a crash at any point leaves the last
-good checkpoint readable.
+A checkpoint is complete only once every rank wrote its shards, meta.json and manifest.json
+were written and synced, and the directory was renamed from its .tmp name; `latest` moves only
+after that. Re-saving a step that exists (every resume from a growth checkpoint, every re-run
+of a finished run) swaps the new directory with the old one in one atomic renameat2
+(RENAME_EXCHANGE) where the OS offers it, so a complete step_N exists at every instant; where
+it does not, the old copy is renamed aside first and `latest_checkpoint` (and the next save)
+fall back to it if the process dies in between. Every step of this sequence is a named fault
+point (training/faults.py), and tests kill the process at each.
+
+Tensors are written by torch.distributed.checkpoint's FileSystemWriter in the saving
+processes themselves (threads, no helper processes): megatron's default writer starts a
+multiprocessing Manager and forked writers, which die with a SIGTERM to the process group
+(Slurm, torchrun) and outlive a SIGKILLed trainer.
 
 The optimizer state is stored in model space: for every parameter's ShardedTensor in megatron's
 model sharded state dict, three more with the same sharding (fp32 main copy, exp_avg,
@@ -16,27 +28,71 @@ checkpoint written at one TP x PP x DP layout resumes at another.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import re
 import shutil
+import sys
 import uuid
 from dataclasses import replace
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+from megatron.core.dist_checkpointing.strategies.base import SaveShardedStrategy
+from megatron.core.dist_checkpointing.strategies.torch import (MCoreSavePlanner,
+                                                               _replace_state_dict_keys_with_sharded_keys,
+                                                               mcore_to_pyt_state_dict)
 from torch.distributed.checkpoint.api import CheckpointException
 
 from grow_megatron.config.base import ConfigError
 
 from grow_megatron.training.engine import Engine
+from grow_megatron.training.faults import fault_point
+from grow_megatron.training.integrity import fsync_dir, verifying, write_manifest
 from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, gather_param_state,
                                                 optimizer_step_count, scatter_param_state, set_step_count)
 
 META = "meta.json"
 LATEST = "latest"
+_STEP_DIR = re.compile(r"step_\d+")
+# meta.json keys readers rely on: (type, required, what it is); bool is not an int here.
+META_SCHEMA: dict[str, tuple[type, bool, str]] = {
+    "step": (int, True, "a non-negative integer: the number of completed steps"),
+    "depth": (int, True, "a positive integer: the number of transformer layers"),
+    "split": (list, True, "a list of layers per pipeline stage"),
+    "growths": (list, False, "a list of growth events"),
+    "growth_checkpoint": (bool, False, "true or false"),
+}
+
+
+class DirectSaveStrategy(SaveShardedStrategy):
+    """megatron's torch_dist format, written by torch DCP's FileSystemWriter in this process.
+
+    The same translation as megatron's TorchDistSaveShardedStrategy (so megatron's standard
+    load strategy reads the result), without its FileSystemWriterAsync, which needs a spawned
+    Manager process and forks one writer per file at every save."""
+
+    def __init__(self, thread_count: int = 2):
+        super().__init__("torch_dist", 1)
+        self.thread_count = thread_count
+
+    @property
+    def can_handle_sharded_objects(self):
+        return True
+
+    def save(self, sharded_state_dict, checkpoint_dir) -> None:
+        sharded_state_dict, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict,
+                                                                              keep_only_main_replica=True)
+        pyt_state_dict = mcore_to_pyt_state_dict(sharded_state_dict, False)
+        writer = dcp.FileSystemWriter(str(checkpoint_dir), thread_count=self.thread_count, sync_files=True)
+        dcp.save(pyt_state_dict, storage_writer=writer,
+                 planner=MCoreSavePlanner(flatten_state_dict=False, can_run_decentralized_global_plan=False))
 
 
 def _rank0() -> bool:
@@ -48,12 +104,30 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _broadcast_str(s: Optional[str]) -> Optional[str]:
+def _broadcast_obj(obj):
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return s
-    box = [s]
+        return obj
+    box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _broadcast_str(s: Optional[str]) -> Optional[str]:
+    return _broadcast_obj(s)
+
+
+def _on_rank0(fn: Callable[[], None]) -> None:
+    """Run `fn` on rank 0; an OSError there is raised on every rank (instead of leaving the
+    others waiting at the next collective for a rank that has given up)."""
+    failure = None
+    if _rank0():
+        try:
+            fn()
+        except OSError as err:
+            failure = (err.errno, err.strerror, err.filename)
+    failure = _broadcast_obj(failure)
+    if failure is not None:
+        raise OSError(*failure) if failure[2] else OSError(*failure[:2])
 
 
 def _flatten(sd: dict, out: Optional[dict] = None, prefix: str = "") -> dict:
@@ -97,7 +171,18 @@ def list_checkpoints(ckpt_root: str) -> list[str]:
     if not os.path.isdir(ckpt_root):
         return []
     return sorted(d for d in os.listdir(ckpt_root)
-                  if d.startswith("step_") and ".tmp" not in d and os.path.isfile(os.path.join(ckpt_root, d, META)))
+                  if _STEP_DIR.fullmatch(d) and os.path.isfile(os.path.join(ckpt_root, d, META)))
+
+
+def _aside_copy(ckpt_root: str, name: str) -> Optional[str]:
+    """The complete old copy of step `name` left by a re-save killed between moving it aside
+    and renaming the new one into place (rename fallback only)."""
+    if not os.path.isdir(ckpt_root):
+        return None
+    for d in sorted(os.listdir(ckpt_root)):
+        if d.startswith(f"{name}.old-") and os.path.isfile(os.path.join(ckpt_root, d, META)):
+            return os.path.join(ckpt_root, d)
+    return None
 
 
 def latest_checkpoint(ckpt_root: str) -> Optional[str]:
@@ -108,53 +193,209 @@ def latest_checkpoint(ckpt_root: str) -> Optional[str]:
             name = f.read().strip()
         if os.path.isfile(os.path.join(ckpt_root, name, META)):
             return os.path.join(ckpt_root, name)
+        aside = _aside_copy(ckpt_root, name)
+        if aside is not None:
+            return aside
     found = list_checkpoints(ckpt_root)
     return os.path.join(ckpt_root, found[-1]) if found else None
 
 
-def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, keep: Optional[set[str]] = None,
-                    keep_last: Optional[int] = None) -> str:
-    """Save the engine after `step` completed steps; returns the checkpoint directory."""
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swap two directory entries (Linux renameat2 RENAME_EXCHANGE); False where the
+    OS or file system cannot (then nothing was changed)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)  # glibc >= 2.28
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
+def _install(tmp: str, final: str, step: int, exchange: Callable[[str, str], bool]) -> Optional[str]:
+    """Put the complete `tmp` at `final`; returns the old copy to delete (or None). A complete
+    `final` (or, in the fallback, its .old- copy that readers fall back to) exists throughout."""
+    if not os.path.exists(final):
+        os.replace(tmp, final)
+        return None
+    if exchange(tmp, final):
+        return tmp  # now holds the old copy
+    aside = f"{final}.old-{uuid.uuid4().hex[:8]}"
+    os.replace(final, aside)
+    fault_point("save.aside", step)
+    os.replace(tmp, final)
+    return aside
+
+
+def _remove_stale(ckpt_root: str) -> None:
+    """Before a save: drop what interrupted saves left (their disk space may be what the next
+    save needs), restoring an old copy whose replacement never arrived."""
+    for d in os.listdir(ckpt_root):
+        path = os.path.join(ckpt_root, d)
+        if ".old-" in d:
+            final = os.path.join(ckpt_root, d.split(".old-")[0])
+            if not os.path.exists(final) and os.path.isfile(os.path.join(path, META)):
+                os.replace(path, final)
+                continue
+        if ".tmp-" in d or ".old-" in d:
+            shutil.rmtree(path, ignore_errors=True)
+    latest_tmp = os.path.join(ckpt_root, f".{LATEST}.tmp")
+    if os.path.exists(latest_tmp):
+        os.remove(latest_tmp)
+
+
+def _is_growth_checkpoint(ckpt_dir: str) -> bool:
+    try:
+        with open(os.path.join(ckpt_dir, META)) as f:
+            return bool(json.load(f).get("growth_checkpoint", False))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _disk_full(err: BaseException) -> Optional[OSError]:
+    """The ENOSPC OSError inside `err` (DCP wraps each rank's failure), or None."""
+    seen = set()
+    todo = [err]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return e
+        todo.extend([e.__cause__, e.__context__])
+        for failure in (getattr(e, "failures", None) or {}).values():  # {rank: (exception, traceback)}
+            todo.extend(failure if isinstance(failure, tuple) else [failure])
+    return None
+
+
+def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, growth: bool = False,
+                    keep_last: Optional[int] = None, exchange: Optional[Callable[[str, str], bool]] = None) -> str:
+    """Save the engine after `step` completed steps; returns the checkpoint directory.
+
+    `growth` marks a checkpoint written right before a growth: pruning keeps those (the flag
+    lives in meta.json, so every later run sees it). `keep_last` periodic checkpoints are kept.
+    A full disk is reported in one line; the last good checkpoint stays `latest`. `exchange`
+    swaps two directories atomically (default: renameat2 where the OS has it)."""
     name = f"step_{step:08d}"
     final = os.path.join(ckpt_root, name)
     tmp = _broadcast_str(f"{final}.tmp-{uuid.uuid4().hex[:8]}" if _rank0() else None)
-    if _rank0():
-        os.makedirs(tmp, exist_ok=True)
-    _barrier()
-    sd, _ = _sharded_state(engine, for_load=False)
-    sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
-    dist_checkpointing.save(sd, tmp)
-    _barrier()
-    if _rank0():
-        full_meta = {**meta, "step": step, "depth": engine.depth, "split": list(engine.split)}
+
+    def begin():
+        os.makedirs(ckpt_root, exist_ok=True)
+        _remove_stale(ckpt_root)
+        fault_point("save.begin", step)
+        os.makedirs(tmp)
+
+    def seal():
+        fault_point("save.written", step)
+        # A re-save keeps the growth mark of the copy it replaces.
+        full_meta = {**meta, "step": step, "depth": engine.depth, "split": list(engine.split),
+                     "growth_checkpoint": growth or _is_growth_checkpoint(final)}
         with open(os.path.join(tmp, META), "w") as f:
             json.dump(full_meta, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        if os.path.exists(final):  # re-saving the same step (e.g. after a resume): replace it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        write_manifest(tmp)
+        fsync_dir(tmp)
+        fault_point("save.sealed", step)
+
+    try:
+        _on_rank0(begin)
+        _barrier()
+        sd, _ = _sharded_state(engine, for_load=False)
+        sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
+        dist_checkpointing.save(sd, tmp, sharded_strategy=DirectSaveStrategy())
+        _barrier()
+        _on_rank0(seal)
+    except (OSError, CheckpointException) as err:
+        full = _disk_full(err)
+        if full is None:
+            raise
+        if _rank0():
+            shutil.rmtree(tmp, ignore_errors=True)
+        good = latest_checkpoint(ckpt_root)
+        raise ConfigError("checkpoint", tmp, f"ENOSPC (no space left on device) while saving step {step} "
+                                             f"({full.filename or 'a checkpoint file'}): free disk space or set "
+                                             f"run_dir on a larger disk; the partial save was removed and "
+                                             f"{good or 'no checkpoint'} stays the last good one") from err
+
+    def publish():
+        old = _install(tmp, final, step, exchange or _exchange)
+        fault_point("save.swapped", step)
+        fsync_dir(ckpt_root)
+        if old is not None:
+            shutil.rmtree(old)
         latest_tmp = os.path.join(ckpt_root, f".{LATEST}.tmp")
         with open(latest_tmp, "w") as f:
             f.write(name)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("save.latest", step)
         os.replace(latest_tmp, os.path.join(ckpt_root, LATEST))
-        _prune(ckpt_root, keep or set(), keep_last)
+        fsync_dir(ckpt_root)
+        fault_point("save.done", step)
+        _prune(ckpt_root, name, keep_last)
+
+    _on_rank0(publish)
     _barrier()
     return final
 
 
-def _prune(ckpt_root: str, keep: set[str], keep_last: Optional[int]) -> None:
-    for d in os.listdir(ckpt_root):
-        if ".tmp-" in d:  # an interrupted save
-            shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+def _prune(ckpt_root: str, saved: str, keep_last: Optional[int]) -> None:
+    """Keep the newest `keep_last` periodic checkpoints, every growth checkpoint (by the mark in
+    its meta.json) and the one just saved."""
     if keep_last is None:
         return
-    complete = list_checkpoints(ckpt_root)
-    removable = [d for d in complete if d not in keep]
-    for d in removable[:-keep_last] if keep_last else []:
+    removable = [d for d in list_checkpoints(ckpt_root)
+                 if d != saved and not _is_growth_checkpoint(os.path.join(ckpt_root, d))]
+    for d in removable[:max(0, len(removable) - (keep_last - 1))]:
         shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+
+
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "events.jsonl", "config.yaml", "tb", "loss.png")
+"""What a run writes into its run_dir (checkpoint.resume=fresh moves these into an archive)."""
+
+
+def prepare_run_dir(run_dir: str, resume: str) -> None:
+    """Before any work: a run that must not resume (resume never/fresh) may not share its
+    run_dir with an earlier run: its checkpoints would sort among the old ones (pruned at once,
+    or picked by a later auto-resume). `never` refuses; `fresh` moves the old run's outputs to
+    run_dir/archive-<UTC time>/ (rank 0; every rank waits for it)."""
+    if resume == "auto":
+        return
+    root = os.path.join(run_dir, "checkpoints")
+    used = [p for p in (os.path.join(root, LATEST), *(os.path.join(root, d) for d in list_checkpoints(root)),
+                        os.path.join(run_dir, "metrics.jsonl")) if os.path.exists(p)]
+    if not used:
+        return
+    if resume == "never":
+        raise ConfigError("checkpoint.resume", resume,
+                          f"{run_dir} already holds a run ({os.path.relpath(used[-1], run_dir)}): use another run_dir, "
+                          f"checkpoint.resume=auto to continue it, or checkpoint.resume=fresh to move it to "
+                          f"{run_dir}/archive-<time>/ and start over")
+
+    def archive():
+        import datetime
+
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+        dest = os.path.join(run_dir, f"archive-{stamp}")
+        while os.path.exists(dest):
+            dest += "x"
+        os.makedirs(dest)
+        for name in RUN_OUTPUTS:
+            if os.path.exists(os.path.join(run_dir, name)):
+                os.replace(os.path.join(run_dir, name), os.path.join(dest, name))
+        fsync_dir(run_dir)
+
+    _on_rank0(archive)
+    _barrier()
 
 
 def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
@@ -186,27 +427,63 @@ def tensor_specs(ckpt_dir: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]
             if isinstance(v, TensorStorageMetadata)}
 
 
-def read_global_tensors(ckpt_dir: str, specs: Optional[dict] = None) -> dict[str, torch.Tensor]:
+def read_global_tensors(ckpt_dir: str, specs: Optional[dict] = None, verify: bool = True) -> dict[str, torch.Tensor]:
     """Whole global tensors by key (`specs` as tensor_specs gives them; default all), read in
-    one process without a process group: DCP reassembles the shards of any layout."""
-    import torch.distributed.checkpoint as dcp
+    one process without a process group: DCP reassembles the shards of any layout. `verify`
+    checks the files against the manifest first (readers that read key by key verify once)."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    specs = tensor_specs(ckpt_dir) if specs is None else specs
-    out = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in specs.items()}
-    try:
-        dcp.load(out, storage_reader=FileSystemReader(ckpt_dir), no_dist=True)
-    except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
-        raise unreadable_checkpoint(ckpt_dir, err) from err
+    with verifying(ckpt_dir, enabled=verify):
+        specs = tensor_specs(ckpt_dir) if specs is None else specs
+        out = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in specs.items()}
+        try:
+            dcp.load(out, storage_reader=FileSystemReader(ckpt_dir), no_dist=True)
+        except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
+            raise unreadable_checkpoint(ckpt_dir, err) from err
     return out
 
 
 def read_meta(ckpt_dir: str) -> dict:
+    """meta.json, checked: a missing key or a value of the wrong type is named in one line."""
+    path = os.path.join(ckpt_dir, META)
     try:
-        with open(os.path.join(ckpt_dir, META)) as f:
-            return json.load(f)
+        with open(path) as f:
+            meta = json.load(f)
     except (ValueError, UnicodeDecodeError) as err:  # a truncated or hand-edited meta.json
         raise unreadable_checkpoint(ckpt_dir, err) from err
+    if not isinstance(meta, dict):
+        raise ConfigError(path, type(meta).__name__, "must hold a JSON object: restore it or use an earlier "
+                                                     "checkpoints/step_*")
+    for key, (tp, required, what) in META_SCHEMA.items():
+        if key not in meta and not required:
+            continue
+        if key not in meta:
+            raise ConfigError(f"{path}: {key}", "<missing>", f"must be {what}: restore the file or use an earlier "
+                                                              f"checkpoints/step_*")
+        value = meta[key]
+        if not isinstance(value, tp) or (tp is int and (isinstance(value, bool) or value < (key == "depth"))):
+            raise ConfigError(f"{path}: {key}", value, f"must be {what}: restore the file or use an earlier "
+                                                       f"checkpoints/step_*")
+    return meta
+
+
+def _load_verified(sd: dict, ckpt_dir: str) -> dict:
+    """dist_checkpointing.load, with rank 0 verifying the files meanwhile (one pass over them,
+    not one per rank) and every rank raising its verdict before anything loaded is used."""
+    failure = None
+    try:
+        with verifying(ckpt_dir, enabled=_rank0()):
+            try:
+                loaded = dist_checkpointing.load(sd, ckpt_dir)
+            except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
+                raise unreadable_checkpoint(ckpt_dir, err) from err
+    except ConfigError as err:
+        failure = (err.path, err.value, err.allowed)
+    # Rank 0's verdict reaches every rank; a reader error (DCP raises it on every rank) stays.
+    verdict = _broadcast_obj(failure)
+    if failure is not None or verdict is not None:
+        raise ConfigError(*(failure or verdict))
+    return loaded
 
 
 def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
@@ -218,10 +495,7 @@ def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
     sd, targets = _sharded_state(engine, for_load=True)
     sd["common"] = {"optimizer_step": 0}
     with torch.no_grad():
-        try:
-            loaded = dist_checkpointing.load(sd, ckpt_dir)
-        except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
-            raise unreadable_checkpoint(ckpt_dir, err) from err
+        loaded = _load_verified(sd, ckpt_dir)
         for c, chunk in enumerate(engine.chunks):
             chunk.load_state_dict(_unflatten_model(loaded["model"][f"chunk{c}"]), strict=False)
         per_param: dict[int, dict[str, torch.Tensor]] = {}

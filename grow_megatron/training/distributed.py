@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
 import socket
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -37,8 +40,21 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def stop_with_launcher() -> None:
+    """Under torchrun (Linux): have the kernel send this worker SIGTERM when its agent dies,
+    so that a killed launcher cannot leave workers training on (and writing to the run dir);
+    SIGTERM then takes the training loop's clean stop. Elsewhere a no-op."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+    if os.getppid() == 1:  # the agent died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def init_distributed(tp: int, pp: int, seed: int, vpp: int = 1) -> Layout:
     """Initialise torch.distributed and megatron's parallel_state (idempotent per process)."""
+    stop_with_launcher()
     if not dist.is_initialized():
         if "RANK" not in os.environ:  # not launched by torchrun: a world of one
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -19,9 +19,11 @@ from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.growth.manager import grow, needs_host_staging
 from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.model.looping import LoopSchedule
-from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from grow_megatron.training.checkpoint import (latest_checkpoint, load_checkpoint, prepare_run_dir, read_meta,
+                                               save_checkpoint)
 from grow_megatron.training.distributed import Layout, device_context, init_distributed
 from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, poison_gradients, train_step
+from grow_megatron.training.faults import fault_point
 from grow_megatron.training.history import ComputeCount, continued_plan, lr_schedule, plan_note
 from grow_megatron.training.memory import check_fits
 from grow_megatron.training.metrics import MetricsWriter
@@ -56,23 +58,32 @@ def _wandb_settings(cfg: RunConfig) -> Optional[dict]:
 @contextlib.contextmanager
 def _graceful_interrupt():
     """First Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption, `kill`): finish the running
-    step, checkpoint, return. A second one: abort at once.
+    step, checkpoint, return. A second Ctrl-C: abort at once. Further SIGTERMs change nothing:
+    a group signal reaches a torchrun worker twice (from the sender, then forwarded by the agent).
 
     An interrupt inside optimizer.step() would leave weights and moments half-updated, so the
-    loop only stops between steps."""
+    loop only stops between steps; with several ranks they agree on the step (a signal can land
+    on either side of one rank's check), so all of them reach the final save together."""
     flag = {"hit": False}
     if threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
 
     def handler(signum, frame):
-        if flag["hit"]:
+        if flag["hit"] and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag["hit"] = True
 
+    def interrupted() -> bool:
+        if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+            return flag["hit"]
+        hit = torch.tensor([float(flag["hit"])], device="cuda" if torch.cuda.is_available() else "cpu")
+        torch.distributed.all_reduce(hit, op=torch.distributed.ReduceOp.MAX)
+        return bool(hit.item())
+
     old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield lambda: flag["hit"]
+        yield interrupted
     finally:
         for sig, h in old.items():
             signal.signal(sig, h)
@@ -102,6 +113,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
     layout: Layout = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, cfg.train.seed,
                                       vpp=cfg.parallel.virtual_stages)
     cfg.validate(layout.world)
+    prepare_run_dir(cfg.run_dir, cfg.checkpoint.resume)
     rank0 = layout.is_logging_rank
     on_gpu = torch.cuda.is_available()
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and on_gpu)
@@ -190,8 +202,6 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                 "operator": cfg.growth.operator, **schedule.meta(), "skipped_steps": skipped,
                 "compute": {"step": done, **compute.at(done, result.growths)}}
 
-    growth_ckpts: set[str] = set()
-
     def checked_save(engine: Engine, done: int, **kw) -> str:
         # A diverged state must never become a checkpoint, let alone `latest`: resuming it
         # would fail forever. Stop instead, pointing at the last good one.
@@ -218,8 +228,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             while engine.depth < target:
                 g = next(g for g in plan.growths if g.old_depth == engine.depth)
                 if cfg.checkpoint.save_at_growth:
-                    d = checked_save(engine, step, keep=growth_ckpts)
-                    growth_ckpts.add(os.path.basename(d))
+                    checked_save(engine, step, growth=True)
                 t0 = time.perf_counter()
                 staged = needs_host_staging(engine, g, cfg.growth.host_staging)
                 engine = grow(engine, g, host_staging=staged)
@@ -269,11 +278,14 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             pbar.update(rec)
             if on_step is not None:
                 on_step(engine, step, rec)
+            fault_point("step.end", step)
             if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done < end:
-                checked_save(engine, done, keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
-    pbar.close()
-    result.end_step = end
-    result.final_depth = engine.depth
-    checked_save(engine, end, keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
-    metrics.close(plot=end == tc.steps)
+                checked_save(engine, done, keep_last=cfg.checkpoint.keep_last)
+        # Still under the handlers: a SIGTERM during the final save (or the plot) must not kill
+        # the process half-way; it is the stop that is happening anyway.
+        pbar.close()
+        result.end_step = end
+        result.final_depth = engine.depth
+        checked_save(engine, end, keep_last=cfg.checkpoint.keep_last)
+        metrics.close(plot=end == tc.steps)
     return result

@@ -1,0 +1,81 @@
+"""Named fault-injection points, armed by an environment variable (tests and tools/soak.py).
+
+    GROW_MEGATRON_FAULT=POINT[@STEP][:ACTION]
+
+fires ACTION whenever the process reaches POINT (with that step, if given), on global rank 0
+only. Points are named where they sit: `save.*` inside save_checkpoint (see
+FAULT_POINTS), `step.end` after each training step. Actions:
+
+    exit        os._exit(FAULT_EXIT_CODE): dies on the spot, no cleanup, no flushing (default)
+    kill        SIGKILL to this process
+    raise       raise InjectedFault (a BaseException, so no `except Exception` cleans up):
+                in-process tests get the disk state a kill would leave
+    enospc      raise OSError(ENOSPC), as a full disk does
+    term        SIGTERM to this process only
+    term-group  SIGTERM to this process's whole process group (what Slurm and torchrun send)
+    kill-parent SIGKILL to the parent process (the torchrun agent, for workers)
+
+Reading the environment at every point keeps this free of module state; unarmed, a point
+costs one dict lookup.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import signal
+from typing import Optional
+
+ENV = "GROW_MEGATRON_FAULT"
+FAULT_EXIT_CODE = 86
+
+FAULT_POINTS = (
+    "save.begin",      # stale .tmp-* removed, nothing of this save written yet
+    "save.written",    # every rank's tensor files in step_N.tmp-*, no meta.json/manifest yet
+    "save.sealed",     # meta.json and manifest.json written and synced in the .tmp-* dir
+    "save.swapped",    # .tmp-* renamed to (or exchanged with) step_N; the old copy not yet removed
+    "save.aside",      # (rename fallback only) old step_N moved aside, new one not yet in place
+    "save.latest",     # new `latest` written to its temporary name, not yet renamed over `latest`
+    "save.done",       # `latest` names step_N; pruning of old checkpoints not yet done
+    "step.end",        # a training step (and its metrics line) finished; STEP is its number
+)
+ACTIONS = ("exit", "kill", "raise", "enospc", "term", "term-group", "kill-parent")
+
+
+class InjectedFault(BaseException):
+    """Raised by the `raise` action; a BaseException so that ordinary error handling skips it."""
+
+
+def _armed() -> Optional[tuple[str, Optional[int], str]]:
+    spec = os.environ.get(ENV)
+    if not spec:
+        return None
+    point, _, action = spec.partition(":")
+    point, _, step = point.partition("@")
+    action = action or "exit"
+    if point not in FAULT_POINTS or action not in ACTIONS:
+        raise ValueError(f"{ENV}={spec!r}: point must be one of {FAULT_POINTS}, action one of {ACTIONS}")
+    return point, int(step) if step else None, action
+
+
+def fault_point(name: str, step: Optional[int] = None) -> None:
+    """Fire the armed fault if it names this point (and step); a no-op otherwise."""
+    armed = _armed()
+    if armed is None or armed[0] != name or (armed[1] is not None and armed[1] != step):
+        return
+    if os.environ.get("RANK", "0") != "0":
+        return
+    action = armed[2]
+    if action == "exit":
+        os._exit(FAULT_EXIT_CODE)
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action == "raise":
+        raise InjectedFault(f"{name}@{step}")
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if action == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
+    if action == "term-group":
+        os.killpg(os.getpgid(0), signal.SIGTERM)
+    if action == "kill-parent":
+        os.kill(os.getppid(), signal.SIGKILL)
