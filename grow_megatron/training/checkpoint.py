@@ -32,8 +32,9 @@ from torch.distributed.checkpoint.api import CheckpointException
 from grow_megatron.config.base import ConfigError
 
 from grow_megatron.training.engine import Engine
-from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, gather_param_state,
-                                                optimizer_step_count, scatter_param_state, set_step_count)
+from grow_megatron.training.dp_shards import param_pieces
+from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, local_range, local_state,
+                                                optimizer_step_count, set_step_count)
 
 META = "meta.json"
 LATEST = "latest"
@@ -66,30 +67,50 @@ def _flatten(sd: dict, out: Optional[dict] = None, prefix: str = "") -> dict:
     return out
 
 
+def _model_params(sd: dict, params: dict, prefix: str = ""):
+    """(local name, containing dict, its key, ShardedTensor or factory, parameter) for every
+    parameter entry of a chunk's nested sharded state dict; `params`: {id: parameter}.
+    Factories: megatron splits the gated fc1 into gate and up halves for TP resharding."""
+    for k, v in list(sd.items()):
+        if isinstance(v, dict):
+            yield from _model_params(v, params, f"{prefix}{k}.")
+        elif isinstance(v, (ShardedTensor, ShardedTensorFactory)) and id(v.data) in params:
+            yield f"{prefix}{k}", sd, k, v, params[id(v.data)]
+
+
 def _sharded_state(engine: Engine, for_load: bool) -> tuple[dict, dict]:
-    """(sharded state dict, {opt key: (param, state name)}) for this rank's chunks.
+    """(sharded state dict, {opt entry: (this rank's 1-d state tensor, piece list)}) for this rank's chunks.
+
+    Every DP rank contributes, for every parameter, only its own flat range of the fp32 main
+    copy and moments (training/dp_shards.py: at most three rectangles of the global tensor,
+    views of the optimizer's own tensors), so a save allocates and communicates nothing for the
+    optimizer state, and a load reads only the local range, straight into the optimizer. The
+    weights are written the same way (each DP rank its range, from the parameter itself) and
+    read whole (every DP rank needs all of its slice).
 
     megatron's sharded keys are global (a layer's key carries its global position), so the
     chunks of an interleaved pipeline only need distinct places in the local dict."""
     model_sd: dict[str, Any] = {}
     optim_sd: dict[str, Any] = {}
-    targets: dict[str, tuple[torch.nn.Parameter, str]] = {}
+    targets: dict[str, tuple[torch.Tensor, list]] = {}
     for c, chunk in enumerate(engine.chunks):
         chunk_sd = chunk.sharded_state_dict(prefix="model.")
         model_sd[f"chunk{c}"] = chunk_sd
-        params = {id(p): p for p in chunk.parameters()}
-        for name, sh in _flatten(chunk_sd).items():
-            # Factories: megatron splits the gated fc1 into gate and up halves for TP resharding.
-            if not isinstance(sh, (ShardedTensor, ShardedTensorFactory)) or id(sh.data) not in params:
+        for name, parent, key, sh, p in _model_params(chunk_sd, {id(p): p for p in chunk.parameters()}):
+            rng = local_range(engine.optimizer, p)
+            if not for_load:
+                parent[key] = [] if rng is None else param_pieces(sh, p, p.detach().view(-1)[rng[0]:rng[1]], rng[0])
+            if rng is None:
                 continue
-            p = params[id(sh.data)]
-            state = None if for_load else gather_param_state(engine.optimizer, p)
+            state = local_state(engine.optimizer, p)
             for k in STATE_KEYS:
-                data = torch.empty(p.shape, dtype=torch.float32, device=p.device) if for_load else state[k]
-                key = f"optimizer.{k}.{sh.key}"
-                extra = {"dtype": torch.float32} if isinstance(sh, ShardedTensor) else {}
-                optim_sd[f"{k}.chunk{c}.{name}"] = replace(sh, key=key, data=data, **extra)
-                targets[f"{k}.chunk{c}.{name}"] = (p, k)
+                # Before the first step AdamW has no moments yet: they are zero by definition.
+                flat = state.get(k)
+                if flat is None:
+                    flat = torch.zeros(rng[1] - rng[0], dtype=torch.float32, device=p.device)
+                entry = f"{k}.chunk{c}.{name}"
+                optim_sd[entry] = param_pieces(sh, p, flat, rng[0], key=f"optimizer.{k}.{sh.key}")
+                targets[entry] = (flat, optim_sd[entry])
     return {"model": model_sd, "optimizer": optim_sd}, targets
 
 
@@ -224,12 +245,12 @@ def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
             raise unreadable_checkpoint(ckpt_dir, err) from err
         for c, chunk in enumerate(engine.chunks):
             chunk.load_state_dict(_unflatten_model(loaded["model"][f"chunk{c}"]), strict=False)
-        per_param: dict[int, dict[str, torch.Tensor]] = {}
-        for key, (p, k) in targets.items():
-            per_param.setdefault(id(p), {"_p": p})[k] = loaded["optimizer"][key]
-        for entry in per_param.values():
-            p = entry.pop("_p")
-            scatter_param_state(engine.optimizer, p, entry)
+        for entry, (flat, requested) in targets.items():
+            # DCP reads into the requested pieces, which are views of the optimizer's tensors;
+            # copy what came back in case a backend returned new tensors.
+            for want, got in zip(requested, loaded["optimizer"][entry]):
+                if got.data_ptr() != want.data.data_ptr():
+                    want.data.copy_(got.view_as(want.data))
     set_step_count(engine.optimizer, int(loaded["common"]["optimizer_step"]))
     return meta
 

@@ -8,6 +8,8 @@ parameter (this rank's TP shard). `gather_param_state` assembles that from the D
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -38,6 +40,21 @@ def _local_range(opt, param):
         return None
     r = param_map[param]["param"]
     return r.start, r.end
+
+
+def local_range(optimizer, param) -> Optional[tuple[int, int]]:
+    """This DP rank's [start, end) of the flattened `param` (its TP x PP slice), or None."""
+    return _local_range(_owner(optimizer, param), param)
+
+
+def local_state(optimizer, param) -> Optional[dict[str, torch.Tensor]]:
+    """This DP rank's flat range of the main copy and moments of `param`: the optimizer's own
+    1-d tensors (writing into them sets the state), or None if another DP rank owns all of it."""
+    opt = _owner(optimizer, param)
+    if _local_range(opt, param) is None:
+        return None
+    shard = opt._get_main_param_and_optimizer_states(param)
+    return {k: shard[k] for k in STATE_KEYS if k in shard}
 
 
 def optimizer_step_count(optimizer) -> int:
