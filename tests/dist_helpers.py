@@ -58,3 +58,35 @@ def run_world(world: int, overrides: list[str], out_dir: str, stop_at=None, time
         res = json.load(f)
     res["losses"] = {int(k): v for k, v in res["losses"].items()}
     return res
+
+
+def _fn_worker(rank: int, world: int, port: int, fn, args, out_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        fn(rank, *args)
+    except BaseException:
+        with open(os.path.join(out_dir, f"error_rank{rank}.txt"), "w") as f:
+            f.write(traceback.format_exc())
+        raise
+
+
+def run_ranks(world: int, fn, *args, out_dir: str, timeout: float = 300) -> None:
+    """Call the module-level function fn(rank, *args) in `world` fresh gloo-ready processes."""
+    os.makedirs(out_dir, exist_ok=True)
+    ctx = mp.get_context("spawn")
+    port = _free_port()
+    procs = [ctx.Process(target=_fn_worker, args=(r, world, port, fn, args, out_dir)) for r in range(world)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    errors = [open(os.path.join(out_dir, f)).read() for f in sorted(os.listdir(out_dir)) if f.startswith("error_")]
+    if errors or any(p.exitcode != 0 for p in procs):
+        raise RuntimeError(f"{world}-rank call failed (exit codes {[p.exitcode for p in procs]}):\n" + "\n".join(errors))

@@ -98,8 +98,11 @@ def _sharded_state(engine: Engine, for_load: bool) -> tuple[dict, dict]:
         model_sd[f"chunk{c}"] = chunk_sd
         for name, parent, key, sh, p in _model_params(chunk_sd, {id(p): p for p in chunk.parameters()}):
             rng = local_range(engine.optimizer, p)
-            if not for_load:
-                parent[key] = [] if rng is None else param_pieces(sh, p, p.detach().view(-1)[rng[0]:rng[1]], rng[0])
+            if not for_load:  # (an empty list would be saved as a common value, clashing on load)
+                if rng is None:
+                    del parent[key]
+                else:
+                    parent[key] = param_pieces(sh, p, p.detach().view(-1)[rng[0]:rng[1]], rng[0])
             if rng is None:
                 continue
             state = local_state(engine.optimizer, p)
