@@ -87,6 +87,14 @@ def test_first_format_checkpoint_resumes_exactly():
         assert [train_step(e, [fixture_batch(s)], 1e-2)["loss"] for s in (2, 3)] == expected
 
 
+def _global_key(name):
+    """(layer or None, checkpoint key without prefix) of a single-chunk parameter name."""
+    if name.startswith("decoder.layers."):
+        _, _, i, rest = name.split(".", 3)
+        return int(i), "decoder.layers." + rest
+    return None, name
+
+
 # --- a 4-rank data-parallel save (one spawn of 4 processes) ---------------------------------
 
 def _dp4_model():
@@ -144,8 +152,7 @@ def _dp4_worker(rank, out):
         for n, p in f.named_parameters():
             st = gather_param_state(f.optimizer, p)
             if rank == 0:
-                key = n if not n.startswith("decoder.layers.") else "decoder.layers." + n.split(".", 3)[3]
-                layer = int(n.split(".")[2]) if n.startswith("decoder.layers.") else None
+                layer, key = _global_key(n)
                 for k in ("param", "exp_avg", "exp_avg_sq"):
                     t = whole[f"optimizer.{k}.model.{key}"]
                     assert torch.equal(st[k], t[layer] if layer is not None else t), (n, k)
@@ -162,7 +169,7 @@ def test_dp4_save_writes_only_each_ranks_range(tmp_path):
     the whole state assembled by all-reduce. The first format loads at DP=4 too."""
     from dist_helpers import run_ranks
 
-    from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint
+    from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_global_tensors
     from grow_megatron.training.distributed import device_context, init_distributed
     from grow_megatron.training.engine import build_engine
     from grow_megatron.training.optim_state import gather_param_state
@@ -175,11 +182,19 @@ def test_dp4_save_writes_only_each_ranks_range(tmp_path):
         assert r["peak"] <= r["written"] + r["max_param_state"], r
         assert r["written"] < 0.3 * (r["state_bytes"] * 16 / 12)  # a quarter of the slice, give or take the cuts
     ref = torch.load(tmp_path / "ref.pt")
+    ckpt = latest_checkpoint(str(tmp_path / "ckpt"))
+    # The offline reader (grow, convert, eval, analysis) assembles whole tensors from the pieces.
+    whole = read_global_tensors(ckpt)
     with device_context():
         init_distributed(1, 1, seed=0)
         e = build_engine(_dp4_model(), 2, init_weights=False)
-        load_checkpoint(e, latest_checkpoint(str(tmp_path / "ckpt")))
+        load_checkpoint(e, ckpt)
         for n, p in e.named_parameters():
             st = gather_param_state(e.optimizer, p)
+            layer, key = _global_key(n)
             for k in st:
                 assert torch.equal(st[k], ref[n][k]), (n, k)
+                t = whole[f"optimizer.{k}.model.{key}"]
+                assert torch.equal(t[layer] if layer is not None else t, ref[n][k]), (n, k)
+            t = whole[f"model.{key}"]
+            assert torch.equal(t[layer] if layer is not None else t, ref[n]["param"]), n

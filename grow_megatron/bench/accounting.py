@@ -1,9 +1,10 @@
 """Counting what a piece of code sends and allocates (checkpoint and growth benchmarks, tests).
 
-`count_comm`: bytes handed to torch.distributed's collectives and point-to-point calls, by
-call name, for whatever runs inside the block (our code, megatron's and DCP's alike: they all
-call through the `torch.distributed` module). Tensor calls count the tensor bytes this rank
-contributes (sends, or its input to a collective); object calls count the pickled size.
+`count_comm`: bytes this rank sends through torch.distributed's collectives and point-to-point
+calls, by call name, for whatever runs inside the block (our code, megatron's and DCP's alike:
+they all call through the `torch.distributed` module). Tensor calls count what a ring
+implementation sends (all-reduce 2(p-1)/p of the tensor, all-gather (p-1) x the input, a send
+its tensor); object calls count the pickled size of the rank's argument.
 
 `allocation_peak`: the highest amount of torch tensor memory allocated inside the block
 above what was allocated when it started, from the profiler's allocation/free records (the
@@ -20,9 +21,18 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-_TENSOR_CALLS = {  # name -> index of the argument whose bytes this rank contributes
-    "all_reduce": 0, "broadcast": 0, "send": 0, "isend": 0, "recv": 0, "irecv": 0, "reduce": 0,
-    "all_gather_into_tensor": 1, "reduce_scatter_tensor": 1, "all_gather": 1, "all_to_all_single": 1,
+# Bytes a rank puts on the wire per call, for a tensor of S bytes (the argument named by the
+# index) in a group of p ranks, as a ring / point-to-point implementation sends them.
+_TENSOR_CALLS = {
+    "all_reduce": (0, lambda S, p: 2 * (p - 1) * S // p),
+    "all_gather_into_tensor": (1, lambda S, p: (p - 1) * S),  # S: this rank's input
+    "all_gather": (1, lambda S, p: (p - 1) * S),
+    "reduce_scatter_tensor": (1, lambda S, p: (p - 1) * S // p),  # S: the full input
+    "all_to_all_single": (1, lambda S, p: (p - 1) * S // p),
+    "broadcast": (0, lambda S, p: S if p > 1 else 0),  # counted on every rank: an upper bound for non-roots
+    "reduce": (0, lambda S, p: S if p > 1 else 0),
+    "send": (0, lambda S, p: S), "isend": (0, lambda S, p: S),
+    "recv": (0, lambda S, p: 0), "irecv": (0, lambda S, p: 0),
 }
 _OBJECT_CALLS = {"all_gather_object": 1, "gather_object": 0, "broadcast_object_list": 0, "scatter_object_list": 1}
 
@@ -46,7 +56,8 @@ def count_comm() -> Iterator[Counter]:
 
         def counted(*args, **kwargs):
             arg = args[index] if len(args) > index else next(iter(kwargs.values()), None)
-            counts[name] += size(arg)
+            group = kwargs.get("group")
+            counts[name] += size(arg, dist.get_world_size(group) if dist.is_initialized() else 1)
             counts[name + "#calls"] += 1
             return fn(*args, **kwargs)
 
@@ -60,10 +71,10 @@ def count_comm() -> Iterator[Counter]:
             return 0
 
     try:
-        for name, i in _TENSOR_CALLS.items():
-            wrap(name, i, _nbytes)
+        for name, (i, wire) in _TENSOR_CALLS.items():
+            wrap(name, i, lambda x, p, wire=wire: wire(_nbytes(x), p))
         for name, i in _OBJECT_CALLS.items():
-            wrap(name, i, pickled)
+            wrap(name, i, lambda x, p: pickled(x))
         yield counts
     finally:
         for name, fn in saved.items():
