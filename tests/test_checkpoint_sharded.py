@@ -111,6 +111,8 @@ def _dp4_worker(rank, out):
     from megatron.core import parallel_state
 
     from grow_megatron.bench.accounting import allocation_peak, count_comm, tensor_bytes
+    from grow_megatron.growth.manager import grow
+    from grow_megatron.growth.operators import lidas
     from grow_megatron.training.checkpoint import load_checkpoint, read_global_tensors, save_checkpoint
     from grow_megatron.training.distributed import device_context, init_distributed
     from grow_megatron.training.engine import build_engine, train_step
@@ -145,6 +147,17 @@ def _dp4_worker(rank, out):
             assert (a is None) == (b is None), n
             for k in a or {}:
                 assert torch.equal(a[k], b[k]), (n, k)
+        # Growth at DP=4 (one all-gather per layer): every position holds its source's state, bit
+        # for bit, as assembled by the per-parameter all-reduce.
+        before = {n: gather_param_state(e2.optimizer, p) for n, p in e2.named_parameters()}
+        growth = lidas(2, 2)
+        e3 = grow(e2, growth)
+        for n, p in e3.named_parameters():
+            layer, key = _global_key(n)
+            src = n if layer is None else f"decoder.layers.{growth.source_map[layer]}.{key[len('decoder.layers.'):]}"
+            st = gather_param_state(e3.optimizer, p)
+            for k in st:
+                assert torch.equal(st[k], before[src][k]), (n, k)
         # The first format at DP=4: each rank's ranges, assembled, equal the whole tensors.
         f = build_engine(fixture_spec(), 2, init_weights=False)
         load_checkpoint(f, FIXTURE)
@@ -166,7 +179,8 @@ def test_dp4_save_writes_only_each_ranks_range(tmp_path):
     """DP=4: a save adds at most what the rank writes, its DP share of the slice's weights and
     state, plus one parameter's state (the old save gathered the whole state on every rank),
     and sends no tensor collective; it reloads at DP=4 bit for bit and in one process equals
-    the whole state assembled by all-reduce. The first format loads at DP=4 too."""
+    the whole state assembled by all-reduce. Growth at DP=4 copies every layer's state bit for
+    bit, and the first format loads at DP=4 too."""
     from dist_helpers import run_ranks
 
     from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_global_tensors
