@@ -115,8 +115,9 @@ def run_one(variant_path: str, world: int, tp: int, args, workdir: str) -> list[
         f"--{k}={getattr(args, k)}" for k in ("layers", "hidden", "ffn", "heads", "groups", "vocab")]
     procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.DEVNULL,
                               stderr=open(os.path.join(workdir, f"stderr{r}.txt"), "w")) for r in range(world)]
-    if any(p.wait() != 0 for p in procs):
-        raise RuntimeError(f"a rank failed: see {workdir}/stderr*.txt")
+    if any([p.wait() != 0 for p in procs]):
+        tails = [open(os.path.join(workdir, f"stderr{r}.txt")).read()[-2000:] for r in range(world)]
+        raise RuntimeError("a rank failed (exit codes %s):\n%s" % ([p.returncode for p in procs], "\n".join(tails)))
     out = [json.load(open(os.path.join(workdir, f"rank{r}.json"))) for r in range(world)]
     for d in ("ckpt", "warmup"):
         shutil.rmtree(os.path.join(workdir, d), ignore_errors=True)
@@ -211,15 +212,16 @@ def main() -> None:
                 results.setdefault(layout, {})[design] = run_one(path, world, tp, args, os.path.join(tmp, layout,
                                                                                                      design))
                 print(f"{layout} {design}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
+                if args.out:  # kept as it comes: a later layout may run out of memory
+                    os.makedirs(args.out, exist_ok=True)
+                    with open(os.path.join(args.out, "results.json"), "w") as f:
+                        json.dump({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "dir")},
+                                   "results": results}, f, indent=1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     md = table(results)
     print(md)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "dir")},
-                       "results": results}, f, indent=1)
         with open(os.path.join(args.out, "table.md"), "w") as f:
             f.write(md + "\n")
 

@@ -21,7 +21,7 @@ import os
 import shutil
 import uuid
 from dataclasses import replace
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import torch
 import torch.distributed as dist
@@ -32,6 +32,9 @@ from torch.distributed.checkpoint.api import CheckpointException
 from grow_megatron.config.base import ConfigError
 
 from grow_megatron.training.engine import Engine
+
+if TYPE_CHECKING:
+    from grow_megatron.training.async_save import AsyncSaver
 from grow_megatron.training.dp_shards import param_pieces
 from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, local_range, local_state,
                                                 optimizer_step_count, set_step_count)
@@ -137,8 +140,11 @@ def latest_checkpoint(ckpt_root: str) -> Optional[str]:
 
 
 def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, keep: Optional[set[str]] = None,
-                    keep_last: Optional[int] = None) -> str:
-    """Save the engine after `step` completed steps; returns the checkpoint directory."""
+                    keep_last: Optional[int] = None, saver: Optional["AsyncSaver"] = None) -> str:
+    """Save the engine after `step` completed steps; returns the checkpoint directory.
+    saver: write asynchronously (training/async_save.py); the directory appears once published."""
+    if saver is not None:  # --- async save hook: one in flight; its publish prunes .tmp-* dirs
+        saver.wait()
     name = f"step_{step:08d}"
     final = os.path.join(ckpt_root, name)
     tmp = _broadcast_str(f"{final}.tmp-{uuid.uuid4().hex[:8]}" if _rank0() else None)
@@ -147,10 +153,21 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, keep:
     _barrier()
     sd, _ = _sharded_state(engine, for_load=False)
     sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
+    full_meta = {**meta, "step": step, "depth": engine.depth, "split": list(engine.split)}
+    # --- async save hook: the rest of the sequence (publish) runs once every rank's writer finished.
+    if saver is not None:
+        saver.submit(dist_checkpointing.save(sd, tmp, async_sharded_save=True),
+                     lambda: _publish(tmp, final, name, ckpt_root, full_meta, keep, keep_last))
+        return final
     dist_checkpointing.save(sd, tmp)
+    _publish(tmp, final, name, ckpt_root, full_meta, keep, keep_last)
+    return final
+
+
+def _publish(tmp: str, final: str, name: str, ckpt_root: str, full_meta: dict, keep: Optional[set[str]],
+             keep_last: Optional[int]) -> None:
     _barrier()
     if _rank0():
-        full_meta = {**meta, "step": step, "depth": engine.depth, "split": list(engine.split)}
         with open(os.path.join(tmp, META), "w") as f:
             json.dump(full_meta, f, indent=1)
             f.flush()
@@ -166,7 +183,6 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, keep:
         os.replace(latest_tmp, os.path.join(ckpt_root, LATEST))
         _prune(ckpt_root, keep or set(), keep_last)
     _barrier()
-    return final
 
 
 def _prune(ckpt_root: str, keep: set[str], keep_last: Optional[int]) -> None:

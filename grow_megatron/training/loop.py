@@ -17,6 +17,7 @@ from grow_megatron.config.base import ConfigError
 from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.growth.manager import grow, needs_host_staging
 from grow_megatron.growth.schedule import plan_from_config
+from grow_megatron.training.async_save import AsyncSaver
 from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from grow_megatron.training.distributed import Layout, device_context, init_distributed
 from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, train_step
@@ -145,8 +146,11 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
     growth_ckpts: set[str] = set()
     pbar = metrics.progress(total=tc.steps, initial=start, enabled=cfg.logging.progress)
     step = start
+    saver = AsyncSaver() if cfg.checkpoint.async_save == "on" else None
     with _graceful_interrupt() as interrupted:
         for step in range(start, end):
+            if saver is not None:
+                saver.poll()  # publishes a finished async save (all ranks, same steps)
             if interrupted():
                 metrics.note(f"interrupted: stopping cleanly at step {step} (press Ctrl-C again to abort)")
                 end = step
@@ -155,7 +159,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             while engine.depth < target:
                 g = next(g for g in plan.growths if g.old_depth == engine.depth)
                 if cfg.checkpoint.save_at_growth:
-                    d = save_checkpoint(engine, ckpt_root, step, meta(), keep=growth_ckpts)
+                    d = save_checkpoint(engine, ckpt_root, step, meta(), keep=growth_ckpts, saver=saver)
                     growth_ckpts.add(os.path.basename(d))
                 t0 = time.perf_counter()
                 staged = needs_host_staging(engine, g, cfg.growth.host_staging)
@@ -189,8 +193,11 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             if on_step is not None:
                 on_step(engine, step, rec)
             if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done < end:
-                save_checkpoint(engine, ckpt_root, done, meta(), keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
+                save_checkpoint(engine, ckpt_root, done, meta(), keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last,
+                                saver=saver)
     pbar.close()
+    if saver is not None:  # the final save (and a stop) waits for the one in flight
+        saver.wait()
     result.end_step = end
     result.final_depth = engine.depth
     save_checkpoint(engine, ckpt_root, end, meta(), keep=growth_ckpts, keep_last=cfg.checkpoint.keep_last)
