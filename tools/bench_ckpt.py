@@ -3,6 +3,7 @@
 
     python tools/bench_ckpt.py --layers 8 --out runs/bench_ckpt          # SmolLM-360M widths
     python tools/bench_ckpt.py --layers 2 --hidden 64 --ffn 160 --heads 4 --groups 2 --vocab 256  # quick
+    python tools/bench_ckpt.py --stall --layers 4 --hidden 256 --ffn 704 --heads 4 --groups 2   # async vs sync
 
 For each layout (DP=1, 2, 4 and TP2 x DP2) and each design, fresh processes build the engine
 at half depth, grow it (LIDAS) to full depth, save a checkpoint and load it into a fresh
@@ -172,6 +173,39 @@ def projection() -> str:
     return "\n".join(rows)
 
 
+def stall(args) -> str:
+    """Step-time stall of a periodic save, checkpoint.async_save off vs on, in one process:
+    the gap between consecutive steps' ends is a step, plus the save when one follows it."""
+    import statistics
+
+    from grow_megatron.config.run import load_run_config
+    from grow_megatron.training.loop import train
+
+    out = {}
+    for mode in ("off", "on"):
+        run = tempfile.mkdtemp(prefix=f"stall_{mode}_")
+        cfg = load_run_config(None, [
+            f"run_dir={run}", "model.preset=tiny", f"model.num_layers={args.layers}", f"model.hidden_size={args.hidden}",
+            f"model.ffn_hidden_size={args.ffn}", f"model.num_attention_heads={args.heads}",
+            f"model.num_query_groups={args.groups}", "model.seq_length=64", "growth.operator=none",
+            f"train.steps={args.stall_steps}", "train.global_batch_size=2", "train.micro_batch_size=2",
+            "train.eval_interval=0", "optim.warmup_steps=1", "optim.decay_steps=1", "logging.progress=false",
+            "logging.tensorboard=false", "checkpoint.interval=2", "checkpoint.keep_last=1",
+            f"checkpoint.async_save={mode}"])
+        ends = []
+        train(cfg, on_step=lambda engine, step, rec: ends.append(time.perf_counter()))
+        gaps = [b - a for a, b in zip(ends, ends[1:])]
+        # ends[i] follows step i; a save follows steps 1, 3, 5, ... (done % 2 == 0), so gap i
+        # (from ends[i] to ends[i + 1]) holds a save when i is odd.
+        saved = [g for i, g in enumerate(gaps) if i % 2 == 1]
+        plain = [g for i, g in enumerate(gaps) if i % 2 == 0]
+        out[mode] = (statistics.median(saved) - statistics.median(plain), statistics.median(plain))
+        shutil.rmtree(run, ignore_errors=True)
+    (s_sync, step), (s_async, _) = out["off"], out["on"]
+    return (f"| step (median) | stall per save, sync | stall per save, async | async / sync |\n|---|---|---|---|\n"
+            f"| {step:.3f} s | {s_sync:.3f} s | {s_async:.3f} s | {s_async / s_sync:.2f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--layers", type=int, default=8)
@@ -184,6 +218,8 @@ def main() -> None:
     ap.add_argument("--old-rev", default="0ae41da", help="git revision of the old design")
     ap.add_argument("--out", default=None, help="directory for results.json and table.md")
     ap.add_argument("--project", action="store_true", help="print the 7B / 70B projection table and exit")
+    ap.add_argument("--stall", action="store_true", help="measure the step stall of sync vs async saves and exit")
+    ap.add_argument("--stall-steps", type=int, default=12)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     ap.add_argument("--tp", type=int, default=1, help=argparse.SUPPRESS)
@@ -192,6 +228,9 @@ def main() -> None:
         return worker(args)
     if args.project:
         print(projection())
+        return
+    if args.stall:
+        print(stall(args))
         return
     layouts = args.layouts.split(",")
     unknown = [x for x in layouts if x not in LAYOUTS]
