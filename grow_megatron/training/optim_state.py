@@ -93,65 +93,29 @@ def gather_param_state(optimizer, param: torch.nn.Parameter) -> dict[str, torch.
     return {k: v.view(param.shape) for k, v in full.items()}
 
 
-def dp_ranges(engine_model, param) -> list[tuple[int, int]]:
-    """Every DP rank's [start, end) of the flattened `param` (empty: start == end), in DP-rank
-    order. megatron's distributed optimizer gives rank r the r-th of DP equal parts of each
-    grad-buffer bucket (DistributedOptimizer._build_model_gbuf_range); this is the same split,
-    computed from the DDP buffers' public layout so that no rank has to ask the others."""
-    for ddp in engine_model:
-        for buf in ddp.buffers + ddp.expert_parallel_buffers:
-            if param not in buf.param_index_map:
-                continue
-            start, end, b = buf.param_index_map[param]
-            bucket = buf.buckets[b]
-            dp = buf.data_parallel_group.size()
-            part = bucket.grad_data.numel() // dp
-            out = []
-            for r in range(dp):
-                lo, hi = max(start, bucket.offset + r * part), min(end, bucket.offset + (r + 1) * part)
-                out.append((lo - start, hi - start) if hi > lo else (0, 0))
-            return out
-    raise KeyError("parameter not in any DDP buffer of this engine")
-
-
 def gather_states(engine, params: list) -> list[dict[str, torch.Tensor]]:
-    """gather_param_state for several parameters with one all-gather over the DP group: each
-    rank contributes its ranges of all of them, packed (padded to the longest rank's pack)."""
+    """gather_param_state for several parameters (a layer) with one all-reduce over the DP
+    group: each rank writes its ranges into one zeroed buffer holding all of them (ranges of
+    different DP ranks are disjoint, so the sum assembles every tensor). An all-gather of the
+    ranks' ranges would send half as much when every rank owns an equal part of the layer,
+    but megatron cuts each grad bucket (many layers) into DP parts, so one rank often owns
+    most of a layer and equal-size all-gather blocks would be padded to the whole layer."""
     if not params:
         return []
-    dp = parallel_state.get_data_parallel_world_size()
-    me = parallel_state.get_data_parallel_rank() if dp > 1 else 0
-    ranges = [dp_ranges(engine.model, p) for p in params]  # [param][dp rank] -> (start, end)
-    parts = []
-    for p, rng in zip(params, ranges):
-        s, e = rng[me]
-        if e > s:
-            if local_range(engine.optimizer, p) != (s, e):
-                raise RuntimeError(f"DP range of a {tuple(p.shape)} parameter: buffer layout says {(s, e)}, "
-                                   f"the optimizer {local_range(engine.optimizer, p)}")
-            state = local_state(engine.optimizer, p)
-            # Before the first step AdamW has no moments yet: they are zero by definition.
-            parts += [state[k].detach().float() if k in state else torch.zeros(e - s, device=p.device)
-                      for k in STATE_KEYS]
-    packed_len = [len(STATE_KEYS) * sum(rng[r][1] - rng[r][0] for rng in ranges) for r in range(dp)]
-    width = max(packed_len)
-    dev = params[0].device
-    mine = torch.zeros(width, dtype=torch.float32, device=dev)
-    if parts:
-        torch.cat(parts, out=mine[:packed_len[me]])
-    if dp > 1:
-        every = torch.empty(dp * width, dtype=torch.float32, device=dev)
-        dist.all_gather_into_tensor(every, mine, group=parallel_state.get_data_parallel_group())
-    else:
-        every = mine
-    full = [{k: torch.empty(p.numel(), dtype=torch.float32, device=dev) for k in STATE_KEYS} for p in params]
-    for r in range(dp):
-        pos = r * width
-        for f, rng in zip(full, ranges):
-            s, e = rng[r]
-            for k in STATE_KEYS:
-                f[k][s:e] = every[pos:pos + e - s]
-                pos += e - s
+    sizes = [p.numel() for p in params]
+    flat = torch.zeros(len(STATE_KEYS) * sum(sizes), dtype=torch.float32, device=params[0].device)
+    full = [dict(zip(STATE_KEYS, chunk.split(size))) for chunk, size in
+            zip(flat.split([len(STATE_KEYS) * n for n in sizes]), sizes)]  # views into flat
+    for p, f in zip(params, full):
+        rng = local_range(engine.optimizer, p)
+        if rng is None:
+            continue
+        state = local_state(engine.optimizer, p)
+        for k in STATE_KEYS:
+            if k in state:  # before the first step AdamW has no moments yet: zero by definition
+                f[k][rng[0]:rng[1]] = state[k].detach().float().view(-1)
+    if parallel_state.get_data_parallel_world_size() > 1:
+        dist.all_reduce(flat, group=parallel_state.get_data_parallel_group())
     return [{k: v.view(p.shape) for k, v in f.items()} for f, p in zip(full, params)]
 
 
