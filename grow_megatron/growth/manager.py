@@ -14,8 +14,9 @@ same way for every operator and every TP x PP x DP layout:
 Work is streamed layer by layer: one all-reduce over the DP group assembles a layer's state
 (all its parameters, all three tensors), and a layer crossing stages goes in one message, so
 the extra memory beyond the two engines is one layer's state. Where the device cannot hold
-both engines (the last growth of a model that fills most of the GPU), host staging first copies this rank's old state to host memory
-and frees the old engine, so the device peak is the larger engine plus one layer.
+both engines (the last growth of a model that fills most of the GPU), host staging first
+copies this rank's old state to host memory and frees the old engine, so the device peak is
+the larger engine plus one layer.
 """
 from __future__ import annotations
 
