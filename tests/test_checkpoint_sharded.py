@@ -147,7 +147,7 @@ def _dp4_worker(rank, out):
             assert (a is None) == (b is None), n
             for k in a or {}:
                 assert torch.equal(a[k], b[k]), (n, k)
-        # Growth at DP=4 (one all-gather per layer): every position holds its source's state, bit
+        # Growth at DP=4 (one all-reduce per layer): every position holds its source's state, bit
         # for bit, as assembled by the per-parameter all-reduce.
         before = {n: gather_param_state(e2.optimizer, p) for n, p in e2.named_parameters()}
         growth = lidas(2, 2)
