@@ -221,6 +221,11 @@ class CheckpointConfig:
     """auto: continue from the newest complete checkpoint in the run dir if there is one.
     never: start from scratch; refused if run_dir already holds a run. fresh: start from
     scratch, first moving an earlier run's outputs to run_dir/archive-<UTC time>/."""
+    async_save: Literal["on", "off"] = "off"
+    """on: training continues while a checkpoint is written from a host copy of this rank's
+    share (megatron's async writer in a forked process); it becomes `latest` only once every
+    rank finished, at most one save is in flight (the next save waits for it), and the final
+    save and a stop wait for it. Costs host memory for the copy of what the rank writes."""
 
     def validate(self, path: str = "checkpoint") -> None:
         check(self.interval >= 0, f"{path}.interval", self.interval, "must be >= 0")

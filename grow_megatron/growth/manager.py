@@ -11,10 +11,12 @@ same way for every operator and every TP x PP x DP layout:
    optimizer, each DP rank keeping its own range;
 3. continue AdamW's step count, and drop the old engine.
 
-Work is streamed parameter by parameter, so the extra memory beyond the two engines is one
-parameter's state. Where the device cannot hold both engines (the last growth of a model
-that fills most of the GPU), host staging first copies this rank's old state to host memory
-and frees the old engine, so the device peak is the larger engine plus one parameter.
+Work is streamed layer by layer: one all-reduce over the DP group assembles a layer's state
+(all its parameters, all three tensors), and a layer crossing stages goes in one message, so
+the extra memory beyond the two engines is one layer's state. Where the device cannot hold
+both engines (the last growth of a model that fills most of the GPU), host staging first
+copies this rank's old state to host memory and frees the old engine, so the device peak is
+the larger engine plus one layer.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from grow_megatron.growth.offline import OUTPUT_PROJECTIONS
 from grow_megatron.growth.operators import Growth
 from grow_megatron.growth.partition import transfer_plan
 from grow_megatron.training.engine import Engine, build_engine, destroy_engine
-from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, gather_param_state,
+from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, gather_states,
                                                 optimizer_step_count, scatter_param_state, set_step_count)
 
 
@@ -51,33 +53,37 @@ def _pp_peer(pp_rank: int) -> int:
     return dist.get_global_rank(parallel_state.get_pipeline_model_parallel_group(), pp_rank)
 
 
-# A source of old state: local position -> {name in layer: () -> state}, and non-layer name -> () -> state.
-# Each thunk returns {param, exp_avg, exp_avg_sq} on the device, shaped like the parameter.
-_Source = tuple[dict[int, dict[str, Callable[[], dict]]], dict[str, Callable[[], dict]]]
+# A source of old state: local position -> () -> {name in layer: state}, and () -> {non-layer name: state}.
+# Each state is {param, exp_avg, exp_avg_sq} on the device, shaped like the parameter. One call
+# gathers a whole layer (or all non-layer parameters) with one collective over the DP group.
+_Source = tuple[dict[int, Callable[[], dict]], Callable[[], dict]]
+
+
+def _gather(engine: Engine, named: dict[str, torch.nn.Parameter]) -> dict[str, dict]:
+    names = sorted(named)  # every DP rank packs in the same order
+    return dict(zip(names, gather_states(engine, [named[n] for n in names])))
 
 
 def _live_source(engine: Engine) -> _Source:
     """State read from the old engine when a move needs it (both engines on the device)."""
-    def thunk(p):
-        return lambda: gather_param_state(engine.optimizer, p)
+    def thunk(named):
+        return lambda: _gather(engine, named)
 
-    return ({pos: {sfx: thunk(p) for sfx, p in params.items()} for pos, params in _layer_params(engine).items()},
-            {name: thunk(p) for name, p in _other_params(engine).items()})
+    return ({pos: thunk(params) for pos, params in _layer_params(engine).items()}, thunk(_other_params(engine)))
 
 
 def _host_source(engine: Engine) -> _Source:
     """Every local parameter's state copied to host memory now, so the old engine can be
     freed before the new one is built. The thunks hold host tensors and a device name only:
     nothing of the old engine stays reachable."""
-    def stage(p):
-        host = {k: v.to("cpu") for k, v in gather_param_state(engine.optimizer, p).items()}
-        dev = p.device
-        return lambda: {k: v.to(dev) for k, v in host.items()}
+    def stage(named):
+        host = {n: {k: v.to("cpu") for k, v in st.items()} for n, st in _gather(engine, named).items()}
+        dev = next(iter(named.values())).device
+        return lambda: {n: {k: v.to(dev) for k, v in st.items()} for n, st in host.items()}
 
-    # gather_param_state is a collective over the DP group: every DP rank walks the same order.
-    return ({pos: {sfx: stage(p) for sfx, p in sorted(params.items())}
-             for pos, params in sorted(_layer_params(engine).items())},
-            {name: stage(p) for name, p in sorted(_other_params(engine).items())})
+    # The gathers are collectives over the DP group: every DP rank walks the same order.
+    return ({pos: stage(params) for pos, params in sorted(_layer_params(engine).items())},
+            stage(_other_params(engine)))
 
 
 def needs_host_staging(engine: Engine, growth: Growth, mode: str = "auto") -> bool:
@@ -126,39 +132,53 @@ def grow(engine: Engine, growth: Growth, host_staging: bool = False) -> Engine:
 
 
 def _fill(new: Engine, growth: Growth, old_split: tuple[int, ...], old_layers, old_other) -> None:
-    """Write every local parameter of the new engine from its source (moving it between
-    pipeline ranks where the plan says so)."""
+    """Write every local parameter of the new engine from its source, a layer at a time (moving
+    it between pipeline ranks in one message where the plan says so)."""
     my_rank = parallel_state.get_pipeline_model_parallel_rank()
     new_layers = _layer_params(new)
 
     # Embedding, final norm (and the untied output layer, if any) stay where they are.
+    others = old_other()
     for name, p in _other_params(new).items():
-        scatter_param_state(new.optimizer, p, old_other[name]())
+        scatter_param_state(new.optimizer, p, others[name])
+    del others
 
     new_positions = set(growth.new_positions)
     for move in transfer_plan(growth, old_split, new.split, pp=new.spec.pp):
         if my_rank not in (move.src_rank, move.dst_rank):
             continue
         zero = growth.zero_outputs and move.dst_pos in new_positions
-        src = old_layers[move.src_layer] if my_rank == move.src_rank else None
+        states = old_layers[move.src_layer]() if my_rank == move.src_rank else None
         dst = new_layers[move.dst_pos] if my_rank == move.dst_rank else None
-        for suffix in sorted((src or dst).keys()):
-            state = src[suffix]() if src is not None else None
-            if not move.local:
-                # Same TP rank and DP rank on the other stage; shapes are known to both sides.
-                if state is not None:
-                    buf = torch.stack([state[k] for k in STATE_KEYS])
-                else:
-                    shape = dst[suffix].shape
-                    buf = torch.empty((len(STATE_KEYS),) + tuple(shape), dtype=torch.float32,
-                                      device=dst[suffix].device)
-                if my_rank == move.src_rank:
-                    dist.send(buf, _pp_peer(move.dst_rank))
-                else:
-                    dist.recv(buf, _pp_peer(move.src_rank))
-                    state = dict(zip(STATE_KEYS, buf.unbind(0)))
-            if dst is not None:
+        if not move.local:
+            # Same TP rank and DP rank on the other stage; the layer's shapes are known to both sides.
+            if states is not None:
+                dist.send(_pack(states), _pp_peer(move.dst_rank))
+            else:
+                shapes = {n: p.shape for n, p in dst.items()}
+                buf = torch.empty(len(STATE_KEYS) * sum(p.numel() for p in dst.values()), dtype=torch.float32,
+                                  device=next(iter(dst.values())).device)
+                dist.recv(buf, _pp_peer(move.src_rank))
+                states = _unpack(buf, shapes)
+        if dst is not None:
+            for suffix, p in sorted(dst.items()):
+                state = states[suffix]
                 if zero and suffix in OUTPUT_PROJECTIONS:
                     state = {**state, "param": torch.zeros_like(state["param"])}
-                scatter_param_state(new.optimizer, dst[suffix], state)
+                scatter_param_state(new.optimizer, p, state)
 
+
+def _pack(states: dict[str, dict]) -> torch.Tensor:
+    """One layer's states as one flat message, in (name, state key) order."""
+    return torch.cat([states[n][k].reshape(-1) for n in sorted(states) for k in STATE_KEYS])
+
+
+def _unpack(buf: torch.Tensor, shapes: dict[str, torch.Size]) -> dict[str, dict]:
+    out, pos = {}, 0
+    for n in sorted(shapes):
+        size = shapes[n].numel()
+        out[n] = {}
+        for k in STATE_KEYS:
+            out[n][k] = buf[pos:pos + size].view(shapes[n])
+            pos += size
+    return out

@@ -36,8 +36,7 @@ import re
 import shutil
 import sys
 import uuid
-from dataclasses import replace
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.distributed as dist
@@ -53,10 +52,14 @@ from torch.distributed.checkpoint.api import CheckpointException
 from grow_megatron.config.base import ConfigError
 
 from grow_megatron.training.engine import Engine
+from grow_megatron.training.dp_shards import param_pieces
 from grow_megatron.training.faults import fault_point
 from grow_megatron.training.integrity import fsync_dir, verifying, write_manifest
-from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, gather_param_state,
-                                                optimizer_step_count, scatter_param_state, set_step_count)
+from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, local_range, local_state,
+                                                optimizer_step_count, set_step_count)
+
+if TYPE_CHECKING:
+    from grow_megatron.training.async_save import AsyncSaver
 
 META = "meta.json"
 LATEST = "latest"
@@ -140,30 +143,53 @@ def _flatten(sd: dict, out: Optional[dict] = None, prefix: str = "") -> dict:
     return out
 
 
+def _model_params(sd: dict, params: dict, prefix: str = ""):
+    """(local name, containing dict, its key, ShardedTensor or factory, parameter) for every
+    parameter entry of a chunk's nested sharded state dict; `params`: {id: parameter}.
+    Factories: megatron splits the gated fc1 into gate and up halves for TP resharding."""
+    for k, v in list(sd.items()):
+        if isinstance(v, dict):
+            yield from _model_params(v, params, f"{prefix}{k}.")
+        elif isinstance(v, (ShardedTensor, ShardedTensorFactory)) and id(v.data) in params:
+            yield f"{prefix}{k}", sd, k, v, params[id(v.data)]
+
+
 def _sharded_state(engine: Engine, for_load: bool) -> tuple[dict, dict]:
-    """(sharded state dict, {opt key: (param, state name)}) for this rank's chunks.
+    """(sharded state dict, {opt entry: (this rank's 1-d state tensor, piece list)}) for this rank's chunks.
+
+    Every DP rank contributes, for every parameter, only its own flat range of the fp32 main
+    copy and moments (training/dp_shards.py: at most three rectangles of the global tensor,
+    views of the optimizer's own tensors), so a save allocates and communicates nothing for the
+    optimizer state, and a load reads only the local range, straight into the optimizer. The
+    weights are written the same way (each DP rank its range, from the parameter itself) and
+    read whole (every DP rank needs all of its slice).
 
     megatron's sharded keys are global (a layer's key carries its global position), so the
     chunks of an interleaved pipeline only need distinct places in the local dict."""
     model_sd: dict[str, Any] = {}
     optim_sd: dict[str, Any] = {}
-    targets: dict[str, tuple[torch.nn.Parameter, str]] = {}
+    targets: dict[str, tuple[torch.Tensor, list]] = {}
     for c, chunk in enumerate(engine.chunks):
         chunk_sd = chunk.sharded_state_dict(prefix="model.")
         model_sd[f"chunk{c}"] = chunk_sd
-        params = {id(p): p for p in chunk.parameters()}
-        for name, sh in _flatten(chunk_sd).items():
-            # Factories: megatron splits the gated fc1 into gate and up halves for TP resharding.
-            if not isinstance(sh, (ShardedTensor, ShardedTensorFactory)) or id(sh.data) not in params:
+        for name, parent, key, sh, p in _model_params(chunk_sd, {id(p): p for p in chunk.parameters()}):
+            rng = local_range(engine.optimizer, p)
+            if not for_load:  # (an empty list would be saved as a common value, clashing on load)
+                if rng is None:
+                    del parent[key]
+                else:
+                    parent[key] = param_pieces(sh, p, p.detach().view(-1)[rng[0]:rng[1]], rng[0])
+            if rng is None:
                 continue
-            p = params[id(sh.data)]
-            state = None if for_load else gather_param_state(engine.optimizer, p)
+            state = local_state(engine.optimizer, p)
             for k in STATE_KEYS:
-                data = torch.empty(p.shape, dtype=torch.float32, device=p.device) if for_load else state[k]
-                key = f"optimizer.{k}.{sh.key}"
-                extra = {"dtype": torch.float32} if isinstance(sh, ShardedTensor) else {}
-                optim_sd[f"{k}.chunk{c}.{name}"] = replace(sh, key=key, data=data, **extra)
-                targets[f"{k}.chunk{c}.{name}"] = (p, k)
+                # Before the first step AdamW has no moments yet: they are zero by definition.
+                flat = state.get(k)
+                if flat is None:
+                    flat = torch.zeros(rng[1] - rng[0], dtype=torch.float32, device=p.device)
+                entry = f"{k}.chunk{c}.{name}"
+                optim_sd[entry] = param_pieces(sh, p, flat, rng[0], key=f"optimizer.{k}.{sh.key}")
+                targets[entry] = (flat, optim_sd[entry])
     return {"model": model_sd, "optimizer": optim_sd}, targets
 
 
@@ -276,16 +302,27 @@ def _disk_full(err: BaseException) -> Optional[OSError]:
 
 
 def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, growth: bool = False,
-                    keep_last: Optional[int] = None, exchange: Optional[Callable[[str, str], bool]] = None) -> str:
+                    keep_last: Optional[int] = None, exchange: Optional[Callable[[str, str], bool]] = None,
+                    saver: Optional["AsyncSaver"] = None) -> str:
     """Save the engine after `step` completed steps; returns the checkpoint directory.
 
     `growth` marks a checkpoint written right before a growth: pruning keeps those (the flag
     lives in meta.json, so every later run sees it). `keep_last` periodic checkpoints are kept.
     A full disk is reported in one line; the last good checkpoint stays `latest`. `exchange`
-    swaps two directories atomically (default: renameat2 where the OS has it)."""
+    swaps two directories atomically (default: renameat2 where the OS has it). `saver`: write
+    asynchronously (training/async_save.py): the shards are written by a background process and
+    the rest of the sequence (seal, publish) runs once every rank's writer finished; the
+    directory appears only then."""
+    if saver is not None:  # one save in flight: the previous one is published first
+        saver.wait()
     name = f"step_{step:08d}"
     final = os.path.join(ckpt_root, name)
     tmp = _broadcast_str(f"{final}.tmp-{uuid.uuid4().hex[:8]}" if _rank0() else None)
+    # Taken now, not when an async save is sealed: the caller's meta (e.g. its growth list) and
+    # the engine may change while the shards are written. A re-save keeps the growth mark of
+    # the copy it replaces.
+    full_meta = json.loads(json.dumps({**meta, "step": step, "depth": engine.depth, "split": list(engine.split),
+                                       "growth_checkpoint": growth or (_rank0() and _is_growth_checkpoint(final))}))
 
     def begin():
         os.makedirs(ckpt_root, exist_ok=True)
@@ -295,9 +332,6 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
 
     def seal():
         fault_point("save.written", step)
-        # A re-save keeps the growth mark of the copy it replaces.
-        full_meta = {**meta, "step": step, "depth": engine.depth, "split": list(engine.split),
-                     "growth_checkpoint": growth or _is_growth_checkpoint(final)}
         with open(os.path.join(tmp, META), "w") as f:
             json.dump(full_meta, f, indent=1)
             f.flush()
@@ -305,26 +339,6 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         write_manifest(tmp)
         fsync_dir(tmp)
         fault_point("save.sealed", step)
-
-    try:
-        _on_rank0(begin)
-        _barrier()
-        sd, _ = _sharded_state(engine, for_load=False)
-        sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
-        dist_checkpointing.save(sd, tmp, sharded_strategy=DirectSaveStrategy())
-        _barrier()
-        _on_rank0(seal)
-    except (OSError, CheckpointException) as err:
-        full = _disk_full(err)
-        if full is None:
-            raise
-        if _rank0():
-            shutil.rmtree(tmp, ignore_errors=True)
-        good = latest_checkpoint(ckpt_root)
-        raise ConfigError("checkpoint", tmp, f"ENOSPC (no space left on device) while saving step {step} "
-                                             f"({full.filename or 'a checkpoint file'}): free disk space or set "
-                                             f"run_dir on a larger disk; the partial save was removed and "
-                                             f"{good or 'no checkpoint'} stays the last good one") from err
 
     def publish():
         old = _install(tmp, final, step, exchange or _exchange)
@@ -343,6 +357,36 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         fault_point("save.done", step)
         _prune(ckpt_root, name, keep_last)
 
+    def finish():
+        _barrier()
+        _on_rank0(seal)
+        _on_rank0(publish)
+        _barrier()
+
+    try:
+        _on_rank0(begin)
+        _barrier()
+        sd, _ = _sharded_state(engine, for_load=False)
+        sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
+        if saver is not None:
+            # megatron's async writer (a forked process per save, see async_save.py); `finish`
+            # runs on every rank once all writers are done, a failed writer raises everywhere.
+            saver.submit(dist_checkpointing.save(sd, tmp, async_sharded_save=True), finish)
+            return final
+        dist_checkpointing.save(sd, tmp, sharded_strategy=DirectSaveStrategy())
+        _barrier()
+        _on_rank0(seal)
+    except (OSError, CheckpointException) as err:
+        full = _disk_full(err)
+        if full is None:
+            raise
+        if _rank0():
+            shutil.rmtree(tmp, ignore_errors=True)
+        good = latest_checkpoint(ckpt_root)
+        raise ConfigError("checkpoint", tmp, f"ENOSPC (no space left on device) while saving step {step} "
+                                             f"({full.filename or 'a checkpoint file'}): free disk space or set "
+                                             f"run_dir on a larger disk; the partial save was removed and "
+                                             f"{good or 'no checkpoint'} stays the last good one") from err
     _on_rank0(publish)
     _barrier()
     return final
@@ -498,12 +542,12 @@ def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
         loaded = _load_verified(sd, ckpt_dir)
         for c, chunk in enumerate(engine.chunks):
             chunk.load_state_dict(_unflatten_model(loaded["model"][f"chunk{c}"]), strict=False)
-        per_param: dict[int, dict[str, torch.Tensor]] = {}
-        for key, (p, k) in targets.items():
-            per_param.setdefault(id(p), {"_p": p})[k] = loaded["optimizer"][key]
-        for entry in per_param.values():
-            p = entry.pop("_p")
-            scatter_param_state(engine.optimizer, p, entry)
+        for entry, (flat, requested) in targets.items():
+            # DCP reads into the requested pieces, which are views of the optimizer's tensors;
+            # copy what came back in case a backend returned new tensors.
+            for want, got in zip(requested, loaded["optimizer"][entry]):
+                if got.data_ptr() != want.data.data_ptr():
+                    want.data.copy_(got.view_as(want.data))
     set_step_count(engine.optimizer, int(loaded["common"]["optimizer_step"]))
     return meta
 

@@ -19,6 +19,7 @@ from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.growth.manager import grow, needs_host_staging
 from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.model.looping import LoopSchedule
+from grow_megatron.training.async_save import AsyncSaver
 from grow_megatron.training.checkpoint import (latest_checkpoint, load_checkpoint, prepare_run_dir, read_meta,
                                                save_checkpoint)
 from grow_megatron.training.distributed import Layout, device_context, init_distributed
@@ -218,8 +219,11 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
     pbar = metrics.progress(total=tc.steps, initial=start, enabled=cfg.logging.progress,
                             interval=cfg.logging.print_interval)
     step = start
+    saver = AsyncSaver() if cfg.checkpoint.async_save == "on" else None
     with _graceful_interrupt() as interrupted:
         for step in range(start, end):
+            if saver is not None:
+                saver.poll()  # publishes a finished async save (all ranks, same steps)
             if interrupted():
                 metrics.note(f"interrupted: stopping cleanly at step {step} (press Ctrl-C again to abort)")
                 end = step
@@ -228,7 +232,7 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
             while engine.depth < target:
                 g = next(g for g in plan.growths if g.old_depth == engine.depth)
                 if cfg.checkpoint.save_at_growth:
-                    checked_save(engine, step, growth=True)
+                    checked_save(engine, step, growth=True, saver=saver)
                 t0 = time.perf_counter()
                 staged = needs_host_staging(engine, g, cfg.growth.host_staging)
                 engine = grow(engine, g, host_staging=staged)
@@ -280,10 +284,12 @@ def _train(cfg: RunConfig, *, stop_at: Optional[int], on_step) -> TrainResult:
                 on_step(engine, step, rec)
             fault_point("step.end", step)
             if cfg.checkpoint.interval and done % cfg.checkpoint.interval == 0 and done < end:
-                checked_save(engine, done, keep_last=cfg.checkpoint.keep_last)
+                checked_save(engine, done, keep_last=cfg.checkpoint.keep_last, saver=saver)
         # Still under the handlers: a SIGTERM during the final save (or the plot) must not kill
         # the process half-way; it is the stop that is happening anyway.
         pbar.close()
+        if saver is not None:  # the final save (and a stop) waits for the one in flight
+            saver.wait()
         result.end_step = end
         result.final_depth = engine.depth
         checked_save(engine, end, keep_last=cfg.checkpoint.keep_last)

@@ -8,6 +8,8 @@ parameter (this rank's TP shard). `gather_param_state` assembles that from the D
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
@@ -38,6 +40,21 @@ def _local_range(opt, param):
         return None
     r = param_map[param]["param"]
     return r.start, r.end
+
+
+def local_range(optimizer, param) -> Optional[tuple[int, int]]:
+    """This DP rank's [start, end) of the flattened `param` (its TP x PP slice), or None."""
+    return _local_range(_owner(optimizer, param), param)
+
+
+def local_state(optimizer, param) -> Optional[dict[str, torch.Tensor]]:
+    """This DP rank's flat range of the main copy and moments of `param`: the optimizer's own
+    1-d tensors (writing into them sets the state), or None if another DP rank owns all of it."""
+    opt = _owner(optimizer, param)
+    if _local_range(opt, param) is None:
+        return None
+    shard = opt._get_main_param_and_optimizer_states(param)
+    return {k: shard[k] for k in STATE_KEYS if k in shard}
 
 
 def optimizer_step_count(optimizer) -> int:
@@ -74,6 +91,32 @@ def gather_param_state(optimizer, param: torch.nn.Parameter) -> dict[str, torch.
         dist.all_reduce(flat, group=parallel_state.get_data_parallel_group())
         full = dict(zip(STATE_KEYS, flat.unbind(0)))
     return {k: v.view(param.shape) for k, v in full.items()}
+
+
+def gather_states(engine, params: list) -> list[dict[str, torch.Tensor]]:
+    """gather_param_state for several parameters (a layer) with one all-reduce over the DP
+    group: each rank writes its ranges into one zeroed buffer holding all of them (ranges of
+    different DP ranks are disjoint, so the sum assembles every tensor). An all-gather of the
+    ranks' ranges would send half as much when every rank owns an equal part of the layer,
+    but megatron cuts each grad bucket (many layers) into DP parts, so one rank often owns
+    most of a layer and equal-size all-gather blocks would be padded to the whole layer."""
+    if not params:
+        return []
+    sizes = [p.numel() for p in params]
+    flat = torch.zeros(len(STATE_KEYS) * sum(sizes), dtype=torch.float32, device=params[0].device)
+    full = [dict(zip(STATE_KEYS, chunk.split(size))) for chunk, size in
+            zip(flat.split([len(STATE_KEYS) * n for n in sizes]), sizes)]  # views into flat
+    for p, f in zip(params, full):
+        rng = local_range(engine.optimizer, p)
+        if rng is None:
+            continue
+        state = local_state(engine.optimizer, p)
+        for k in STATE_KEYS:
+            if k in state:  # before the first step AdamW has no moments yet: zero by definition
+                f[k][rng[0]:rng[1]] = state[k].detach().float().view(-1)
+    if parallel_state.get_data_parallel_world_size() > 1:
+        dist.all_reduce(flat, group=parallel_state.get_data_parallel_group())
+    return [{k: v.view(p.shape) for k, v in f.items()} for f, p in zip(full, params)]
 
 
 def scatter_param_state(optimizer, param: torch.nn.Parameter, state: dict[str, torch.Tensor]) -> None:

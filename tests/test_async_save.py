@@ -1,0 +1,43 @@
+"""checkpoint.async_save: training continues while a checkpoint is written (CPU, one process)."""
+import os
+
+import pytest
+from torch.distributed.checkpoint.api import CheckpointException
+
+from grow_megatron.training.async_save import KILL_WRITER_ENV
+from grow_megatron.training.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors
+from grow_megatron.training.loop import train
+
+from engine_helpers import assert_same_tensors, micro_config
+
+STATIC = {"train.steps": 6, "growth.operator": "none", "growth.grow_steps": "null", "model.num_layers": 4,
+          "checkpoint.interval": 2, "checkpoint.keep_last": 3}
+
+
+def test_async_checkpoints_hold_the_state_of_their_step(tmp_path):
+    """Saves at steps 2 and 4 are written while steps 3-6 run: each holds its own step's
+    weights and AdamW state, bit for bit the synchronous run's, and the losses are the same."""
+    sync = train(micro_config(tmp_path / "sync", **STATIC))
+    asy = train(micro_config(tmp_path / "async", **STATIC, **{"checkpoint.async_save": "on"}))
+    assert asy.losses == sync.losses
+    roots = [os.path.join(tmp_path, r, "checkpoints") for r in ("sync", "async")]
+    assert list_checkpoints(roots[0]) == list_checkpoints(roots[1]) == ["step_00000002", "step_00000004",
+                                                                        "step_00000006"]
+    for name in ("step_00000002", "step_00000004"):
+        assert_same_tensors(*(read_global_tensors(os.path.join(r, name)) for r in roots))
+    assert latest_checkpoint(roots[1]).endswith("step_00000006")
+
+
+def test_killed_async_writer_leaves_previous_checkpoint_latest(tmp_path, monkeypatch):
+    cfg = micro_config(tmp_path, **STATIC)
+    train(cfg, stop_at=2)  # a synchronous checkpoint at step 2
+    root = os.path.join(tmp_path, "checkpoints")
+    assert latest_checkpoint(root).endswith("step_00000002")
+    monkeypatch.setenv(KILL_WRITER_ENV, "1")
+    # The writer of the step-4 save dies; its finalisation (at the next step) reports it on every rank.
+    with pytest.raises(CheckpointException) as err:
+        train(micro_config(tmp_path, **STATIC, **{"checkpoint.async_save": "on"}))
+    assert "results_queue should not be empty" in str(next(iter(err.value.failures.values())))
+    assert latest_checkpoint(root).endswith("step_00000002")
+    assert list_checkpoints(root) == ["step_00000002"]
+    assert any(".tmp-" in d for d in os.listdir(root))  # the killed save's files are never read
