@@ -203,17 +203,26 @@ def _cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _forward(model: torch.nn.Module, ids: torch.Tensor, cache=None, last_only: bool = False):
-    """(logits (B, T or 1, V), KV cache) of an HF causal LM on ids (B, T) after `cache`."""
+def _forward(model: torch.nn.Module, ids: torch.Tensor, cache=None, keep: torch.Tensor | None = None,
+             attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None):
+    """(logits (B, T or len(keep), V), KV cache) of an HF causal LM on ids (B, T) after `cache`;
+    keep: the positions that go through the output layer (all when None)."""
     params = inspect.signature(model.forward).parameters
     kwargs: dict = {"input_ids": ids, "use_cache": True}
     if cache is not None:
         kwargs[_cache_keyword(model)] = cache
-    if last_only and "logits_to_keep" in params:
-        kwargs["logits_to_keep"] = 1  # the output layer only where a prediction is scored
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    if keep is not None and "logits_to_keep" in params:
+        kwargs["logits_to_keep"] = keep  # the output layer only where a prediction is scored
     out = model(**kwargs)
     new_cache = out["cache"] if "cache" in out else out["past_key_values"]
-    return (out.logits[:, -1:] if last_only else out.logits), new_cache
+    logits = out.logits
+    if keep is not None and "logits_to_keep" not in params:
+        logits = logits[:, keep]
+    return logits, new_cache
 
 
 def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -221,11 +230,13 @@ def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequ
                            device: torch.device | str | None = None, progress: bool = False) -> list[float]:
     """The sums of `continuation_logprobs` for an HF causal LM, each distinct prefix run once.
 
-    Prefixes of equal length are batched (no padding, so no attention mask and positions
-    0..T-1 as in the reference); the first continuation token is scored from the prefix's last
-    logits, the remaining ones by running continuation[:-1] of every choice against the
-    prefix's KV cache, up to 4 * batch_size choices per forward (right-padded: the padding
-    comes after every real token, which a causal model never lets it influence).
+    Up to batch_size prefixes of any lengths share a forward, right-padded: a causal model
+    never lets a real token see the padding after it, so each row gets positions 0..len-1 and
+    the numbers of its unpadded run. The first continuation token is scored from the logits
+    at the prefix's last real position; the remaining ones by running continuation[:-1] of
+    the batch's choices (up to 4 * batch_size rows per forward) against the prefix KV cache,
+    with an attention mask that hides each row's padding slots in the cache and position ids
+    that continue its own prefix (so RoPE sees the positions of the unpadded run).
     """
     import copy
 
@@ -233,25 +244,28 @@ def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequ
     by_prefix: dict[tuple[int, ...], list[int]] = {}
     for i, (prefix, _) in enumerate(splits):
         by_prefix.setdefault(prefix, []).append(i)
-    # Longest first (a batch too large for memory fails at once), equal lengths together.
+    # Longest first: a batch too large for memory fails at once, and neighbours in the order
+    # have similar lengths, so little of a batch is padding.
     order = sorted(by_prefix, key=len, reverse=True)
-    batches: list[list[tuple[int, ...]]] = []
-    for prefix in order:
-        if batches and len(batches[-1]) < batch_size and len(batches[-1][0]) == len(prefix):
-            batches[-1].append(prefix)
-        else:
-            batches.append([prefix])
     out = [0.0] * len(splits)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(order), desc="score", unit="prompt", leave=False)
-    for batch in batches:
-        ids = torch.tensor(batch, dtype=torch.long, device=device)  # (P, T)
-        with torch.no_grad():
-            logits, cache = _forward(model, ids, last_only=True)
-            logp0 = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (P, V)
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        lens = torch.tensor([len(p) for p in batch])  # (P,)
+        width = int(lens[0])
+        ids = torch.zeros((len(batch), width), dtype=torch.long)  # (P, W)
+        for g, prefix in enumerate(batch):
+            ids[g, :len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+        real = torch.arange(width)[None, :] < lens[:, None]  # (P, W): not padding
+        last, row_of_last = torch.unique(lens - 1, return_inverse=True)  # distinct last positions
+        with torch.inference_mode():
+            logits, cache = _forward(model, ids.to(device), keep=last.to(device))  # (P, len(last), V)
+            first = logits[torch.arange(len(batch)), row_of_last.to(logits.device)].float()  # (P, V)
+            logp0 = torch.log_softmax(first, dim=-1).cpu()
             rest: list[tuple[int, int]] = []  # (prefix row, request) of multi-token continuations
             for g, prefix in enumerate(batch):
                 for i in by_prefix[prefix]:
@@ -260,22 +274,32 @@ def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequ
                     if len(cont) > 1:
                         rest.append((g, i))
             step = 4 * batch_size
-            for start in range(0, len(rest), step):
-                chunk = rest[start:start + step]
+            for c_start in range(0, len(rest), step):
+                chunk = rest[c_start:c_start + step]
+                rows = torch.tensor([g for g, _ in chunk])  # (R,)
                 # batch_select_indices works in place: keep the prefix cache for later chunks.
                 c = cache if len(rest) <= step else copy.deepcopy(cache)
-                c.batch_select_indices(torch.tensor([g for g, _ in chunk], device=ids.device))
-                width = max(len(splits[i][1]) - 1 for _, i in chunk)
-                tail = torch.zeros((len(chunk), width), dtype=torch.long)  # (R, W)
-                for r, (_, i) in enumerate(chunk):
-                    cont = splits[i][1]
-                    tail[r, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
-                tail_logits, _ = _forward(model, tail.to(ids.device), cache=c)  # (R, W, V)
-                for r, (_, i) in enumerate(chunk):
-                    cont = splits[i][1]
-                    logp = torch.log_softmax(tail_logits[r, :len(cont) - 1].float(), dim=-1)
-                    tgt = torch.tensor(cont[1:], dtype=torch.long, device=logp.device)
-                    out[i] += float(logp.gather(-1, tgt[:, None]).sum())
+                c.batch_select_indices(rows.to(device))
+                conts = [splits[i][1] for _, i in chunk]
+                tail_w = max(len(x) for x in conts) - 1
+                tail = torch.zeros((len(chunk), tail_w), dtype=torch.long)  # (R, Wt): continuation[:-1]
+                tgt = torch.zeros((len(chunk), tail_w), dtype=torch.long)  # (R, Wt): continuation[1:]
+                scored = torch.zeros((len(chunk), tail_w), dtype=torch.bool)
+                for r, x in enumerate(conts):
+                    tail[r, :len(x) - 1] = torch.tensor(x[:-1], dtype=torch.long)
+                    tgt[r, :len(x) - 1] = torch.tensor(x[1:], dtype=torch.long)
+                    scored[r, :len(x) - 1] = True
+                # The tail sees its prefix's real slots and itself (causally); tail padding comes
+                # after every real tail token, so it may stay visible.
+                mask = torch.cat([real[rows], torch.ones((len(chunk), tail_w), dtype=torch.bool)], dim=1)
+                pos = lens[rows][:, None] + torch.arange(tail_w)[None, :]  # (R, Wt)
+                tail_logits, _ = _forward(model, tail.to(device), cache=c, attention_mask=mask.long().to(device),
+                                          position_ids=pos.to(device))  # (R, Wt, V)
+                logp = torch.log_softmax(tail_logits.float(), dim=-1)
+                picked = logp.gather(-1, tgt.to(logp.device)[..., None])[..., 0].cpu()  # (R, Wt)
+                sums = torch.where(scored, picked, torch.zeros(())).sum(dim=1)
+                for (_, i), s in zip(chunk, sums.tolist()):
+                    out[i] += s
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
