@@ -171,8 +171,7 @@ def _fast_and_reference(model, tokenizer, examples, batch_size, max_length):
 
 def test_cached_prefix_scorer_equals_reference(tiny):
     """The KV-cached scorer gives the reference's sums (fp32 rounding) and the same argmax, with
-    ragged choice lengths (1 to 6 tokens), several prompts per batch and more choices than one
-    continuation batch holds, and runs each prompt once: tokens through the model drop from
+    ragged choice lengths (1 to 6 tokens), several prompts per batch, and runs each prompt once: tokens through the model drop from
     prompts x choices x prompt length to about prompts x prompt length."""
     model, tokenizer = tiny
     one_shot = P.PrimitivesConfig(num_shots=1)
@@ -180,8 +179,9 @@ def test_cached_prefix_scorer_equals_reference(tiny):
     examples.append(MCExample("Fill in blank:\n\nx=1\nx=", (" 1", " 12 and then some", "9", " 7 7 7 7 7"), 1, "custom"))
     examples.append(MCExample(examples[0].prompt, examples[0].choices, examples[0].answer, "same_prompt"))
     rows = []
-    hook = model.register_forward_pre_hook(lambda mod, args, kw: rows.append(tuple(kw["input_ids"].shape)),
-                                           with_kwargs=True)
+    hook = model.register_forward_pre_hook(
+        lambda mod, args, kw: rows.append((kw.get("cache", kw.get("past_key_values")) is not None,
+                                           *kw["input_ids"].shape)), with_kwargs=True)
     try:
         fast = S.hf_scorer(model, tokenizer, batch_size=2).score(examples)
     finally:
@@ -191,10 +191,10 @@ def test_cached_prefix_scorer_equals_reference(tiny):
     assert torch.allclose(torch.tensor([x for f in fast for x in f]), torch.tensor([x for r in ref for x in r]),
                           rtol=0, atol=2e-5)
     assert S.predictions(fast) == S.predictions(ref)
-    # Prefix forwards are the calls longer than any continuation (prompts are > 8 tokens): one
-    # row per distinct prompt, the repeated prompt included once.
-    assert sum(b for b, t in rows if t > 8) == len(examples) - 1
-    assert all(b <= 4 * 2 for b, t in rows if t <= 8)  # continuation batches: at most 4 x batch_size rows
+    # Prefix forwards (no cache yet): one row per distinct prompt, the repeated prompt included
+    # once; continuation forwards: one row per prompt of the batch, all its choices in it.
+    assert sum(b for cached, b, _ in rows if not cached) == len(examples) - 1
+    assert all(b <= 2 for cached, b, _ in rows if cached)
 
 
 def test_cached_prefix_scorer_at_the_context_limit(tiny):
@@ -323,4 +323,4 @@ def test_cached_prefix_scorer_batches_ragged_prompts_like_the_reference(tiny):
             prefixes = {S.split_request(c, x, max_length)[0] for c, x in reqs}
             n_prefix_calls = sum(1 for cached, _ in calls if not cached)
             assert n_prefix_calls == -(-len(prefixes) // batch_size)
-            assert all(b <= 4 * batch_size for cached, (b, _) in calls if cached)
+            assert all(b <= batch_size for cached, (b, _) in calls if cached)  # one tail row per prompt

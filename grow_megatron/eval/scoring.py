@@ -238,8 +238,6 @@ def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequ
     with an attention mask that hides each row's padding slots in the cache and position ids
     that continue its own prefix (so RoPE sees the positions of the unpadded run).
     """
-    import copy
-
     splits = [split_request(ctx, cont, max_length) for ctx, cont in requests]
     by_prefix: dict[tuple[int, ...], list[int]] = {}
     for i, (prefix, _) in enumerate(splits):
@@ -266,45 +264,67 @@ def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequ
             logits, cache = _forward(model, ids.to(device), keep=last.to(device))  # (P, len(last), V)
             first = logits[torch.arange(len(batch)), row_of_last.to(logits.device)].float()  # (P, V)
             logp0 = torch.log_softmax(first, dim=-1).cpu()
-            rest: list[tuple[int, int]] = []  # (prefix row, request) of multi-token continuations
+            # All multi-token continuations of a prompt go in its one tail row, one after the
+            # other: (prefix row, request, offset in the row) of each.
+            segs: list[tuple[int, int, int]] = []
+            fill = [0] * len(batch)
             for g, prefix in enumerate(batch):
                 for i in by_prefix[prefix]:
                     cont = splits[i][1]
                     out[i] = float(logp0[g, cont[0]])
                     if len(cont) > 1:
-                        rest.append((g, i))
-            step = 4 * batch_size
-            for c_start in range(0, len(rest), step):
-                chunk = rest[c_start:c_start + step]
-                rows = torch.tensor([g for g, _ in chunk])  # (R,)
-                # batch_select_indices works in place: keep the prefix cache for later chunks.
-                c = cache if len(rest) <= step else copy.deepcopy(cache)
-                c.batch_select_indices(rows.to(device))
-                conts = [splits[i][1] for _, i in chunk]
-                tail_w = max(len(x) for x in conts) - 1
-                tail = torch.zeros((len(chunk), tail_w), dtype=torch.long)  # (R, Wt): continuation[:-1]
-                tgt = torch.zeros((len(chunk), tail_w), dtype=torch.long)  # (R, Wt): continuation[1:]
-                scored = torch.zeros((len(chunk), tail_w), dtype=torch.bool)
-                for r, x in enumerate(conts):
-                    tail[r, :len(x) - 1] = torch.tensor(x[:-1], dtype=torch.long)
-                    tgt[r, :len(x) - 1] = torch.tensor(x[1:], dtype=torch.long)
-                    scored[r, :len(x) - 1] = True
-                # The tail sees its prefix's real slots and itself (causally); tail padding comes
-                # after every real tail token, so it may stay visible.
-                mask = torch.cat([real[rows], torch.ones((len(chunk), tail_w), dtype=torch.bool)], dim=1)
-                pos = lens[rows][:, None] + torch.arange(tail_w)[None, :]  # (R, Wt)
-                tail_logits, _ = _forward(model, tail.to(device), cache=c, attention_mask=mask.long().to(device),
-                                          position_ids=pos.to(device))  # (R, Wt, V)
-                logp = torch.log_softmax(tail_logits.float(), dim=-1)
-                picked = logp.gather(-1, tgt.to(logp.device)[..., None])[..., 0].cpu()  # (R, Wt)
-                sums = torch.where(scored, picked, torch.zeros(())).sum(dim=1)
-                for (_, i), s in zip(chunk, sums.tolist()):
-                    out[i] += s
+                        segs.append((g, i, fill[g]))
+                        fill[g] += len(cont) - 1
+            if segs:
+                _score_tails(model, cache, segs, fill, splits, lens, real, out, device)
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
         bar.close()
     return out
+
+
+def _score_tails(model: torch.nn.Module, cache, segs: list[tuple[int, int, int]], fill: list[int],
+                 splits: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], lens: torch.Tensor, real: torch.Tensor,
+                 out: list[float], device) -> None:
+    """Add to out[i] the log-probs of continuation tokens 2.. of every request in segs, in one
+    forward against the prefix cache (P rows of width W, `real` marks its non-padding slots).
+
+    Row g holds continuation[:-1] of each of its prompt's choices back to back; a 4D mask lets
+    each segment see its prefix's real slots and itself causally (not the other choices), and
+    its position ids restart at the prefix length, so every token has the inputs and RoPE
+    position of the reference's unpadded run. The cache is used as is: no copy per choice.
+    """
+    n_rows, width = real.shape
+    tail_w = max(fill)
+    tail = torch.zeros((n_rows, tail_w), dtype=torch.long)  # (P, Wt): continuation[:-1] of each choice
+    tgt = torch.zeros((n_rows, tail_w), dtype=torch.long)  # (P, Wt): continuation[1:]
+    seg = torch.full((n_rows, tail_w), -1, dtype=torch.long)  # (P, Wt): segment index, -1 on padding
+    offset = torch.zeros((n_rows, tail_w), dtype=torch.long)  # (P, Wt): position within the segment
+    for k, (g, i, start) in enumerate(segs):
+        cont = splits[i][1]
+        n = len(cont) - 1
+        tail[g, start:start + n] = torch.tensor(cont[:-1], dtype=torch.long)
+        tgt[g, start:start + n] = torch.tensor(cont[1:], dtype=torch.long)
+        seg[g, start:start + n] = k
+        offset[g, start:start + n] = torch.arange(n)
+    # (P, Wt, Wt): same segment and not in the future; the diagonal always, so padding
+    # queries attend to something (their outputs are never read).
+    own = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
+    own &= torch.ones(tail_w, tail_w, dtype=torch.bool).tril()
+    own |= torch.eye(tail_w, dtype=torch.bool)
+    allowed = torch.cat([real[:, None, :].expand(n_rows, tail_w, width), own], dim=2)[:, None]  # (P, 1, Wt, W+Wt)
+    dtype = next(model.parameters()).dtype
+    # Additive form: what both the SDPA and the eager attention accept as a ready 4D mask.
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    pos = lens[:, None] + offset  # (P, Wt)
+    logits, _ = _forward(model, tail.to(device), cache=cache, attention_mask=mask.to(device),
+                         position_ids=pos.to(device))  # (P, Wt, V)
+    picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, tgt.to(logits.device)[..., None])[..., 0].cpu()
+    sums = torch.zeros(len(segs), dtype=picked.dtype)
+    sums.index_add_(0, seg[seg >= 0], picked[seg >= 0])  # (S,): per segment
+    for (_, i, _), s in zip(segs, sums.tolist()):
+        out[i] += s
 
 
 @dataclass
