@@ -171,8 +171,9 @@ def _fast_and_reference(model, tokenizer, examples, batch_size, max_length):
 
 def test_cached_prefix_scorer_equals_reference(tiny):
     """The KV-cached scorer gives the reference's sums (fp32 rounding) and the same argmax, with
-    ragged choice lengths (1 to 6 tokens), several prompts per batch, and runs each prompt once: tokens through the model drop from
-    prompts x choices x prompt length to about prompts x prompt length."""
+    ragged choice lengths (1 to 6 tokens) and several prompts per batch, and runs each prompt
+    once: tokens through the model drop from prompts x choices x prompt length to about
+    prompts x prompt length."""
     model, tokenizer = tiny
     one_shot = P.PrimitivesConfig(num_shots=1)
     examples = [P.make_example(t, 0, i, one_shot) for t in ("copying_words", "varassign_code") for i in range(2)]

@@ -15,8 +15,9 @@ Two implementations compute the same sums. `continuation_logprobs` runs one full
 (prompt, choice) through any `LogitsFn`; it is the reference (tests and tools/bench_eval.py
 hold the fast path to it) and the path for models that are only a function.
 `prefix_cached_logprobs` is what `grow-megatron eval` uses on Hugging Face models: each
-distinct context is run once with the KV cache on (only its last position goes through the
-output layer), and all its choices are then scored against that cache in one small batch.
+distinct context is run once with the KV cache on (up to batch_size contexts of any lengths
+per forward, only their last positions through the output layer), and the choices of all
+those contexts are then scored against that cache in one more forward.
 """
 from __future__ import annotations
 
@@ -233,10 +234,9 @@ def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequ
     Up to batch_size prefixes of any lengths share a forward, right-padded: a causal model
     never lets a real token see the padding after it, so each row gets positions 0..len-1 and
     the numbers of its unpadded run. The first continuation token is scored from the logits
-    at the prefix's last real position; the remaining ones by running continuation[:-1] of
-    the batch's choices (up to 4 * batch_size rows per forward) against the prefix KV cache,
-    with an attention mask that hides each row's padding slots in the cache and position ids
-    that continue its own prefix (so RoPE sees the positions of the unpadded run).
+    at the prefix's last real position; the remaining ones in one more forward of the batch's
+    choices against the prefix KV cache (`_score_tails`). Two forwards per batch of prompts:
+    the model is small enough on CPU that per-forward overhead counts.
     """
     splits = [split_request(ctx, cont, max_length) for ctx, cont in requests]
     by_prefix: dict[tuple[int, ...], list[int]] = {}
@@ -262,7 +262,8 @@ def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequ
         last, row_of_last = torch.unique(lens - 1, return_inverse=True)  # distinct last positions
         with torch.inference_mode():
             logits, cache = _forward(model, ids.to(device), keep=last.to(device))  # (P, len(last), V)
-            first = logits[torch.arange(len(batch)), row_of_last.to(logits.device)].float()  # (P, V)
+            rows = torch.arange(len(batch), device=logits.device)
+            first = logits[rows, row_of_last.to(logits.device)].float()  # (P, V)
             logp0 = torch.log_softmax(first, dim=-1).cpu()
             # All multi-token continuations of a prompt go in its one tail row, one after the
             # other: (prefix row, request, offset in the row) of each.
@@ -337,7 +338,7 @@ class CachedPrefixScorer:
     prefix_ids: tuple[int, ...] = ()
     """Prepended to every context (e.g. the BOS id, if the model was trained with one)."""
     batch_size: int = 16
-    """Prompts per forward pass (choices: up to 4x as many, each only a few tokens long)."""
+    """Prompts per forward pass (their choices go together in one more)."""
     max_length: int | None = None
     """Model context; longer inputs keep their last max_length tokens, as in the reference."""
     device: torch.device | str | None = None
