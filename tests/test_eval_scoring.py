@@ -171,17 +171,18 @@ def _fast_and_reference(model, tokenizer, examples, batch_size, max_length):
 
 def test_cached_prefix_scorer_equals_reference(tiny):
     """The KV-cached scorer gives the reference's sums (fp32 rounding) and the same argmax, with
-    ragged choice lengths (1 to 6 tokens), several prompts per batch and more choices than one
-    continuation batch holds, and runs each prompt once: tokens through the model drop from
-    prompts x choices x prompt length to about prompts x prompt length."""
+    ragged choice lengths (1 to 6 tokens) and several prompts per batch, and runs each prompt
+    once: tokens through the model drop from prompts x choices x prompt length to about
+    prompts x prompt length."""
     model, tokenizer = tiny
     one_shot = P.PrimitivesConfig(num_shots=1)
     examples = [P.make_example(t, 0, i, one_shot) for t in ("copying_words", "varassign_code") for i in range(2)]
     examples.append(MCExample("Fill in blank:\n\nx=1\nx=", (" 1", " 12 and then some", "9", " 7 7 7 7 7"), 1, "custom"))
     examples.append(MCExample(examples[0].prompt, examples[0].choices, examples[0].answer, "same_prompt"))
     rows = []
-    hook = model.register_forward_pre_hook(lambda mod, args, kw: rows.append(tuple(kw["input_ids"].shape)),
-                                           with_kwargs=True)
+    hook = model.register_forward_pre_hook(
+        lambda mod, args, kw: rows.append((kw.get("cache", kw.get("past_key_values")) is not None,
+                                           *kw["input_ids"].shape)), with_kwargs=True)
     try:
         fast = S.hf_scorer(model, tokenizer, batch_size=2).score(examples)
     finally:
@@ -191,10 +192,10 @@ def test_cached_prefix_scorer_equals_reference(tiny):
     assert torch.allclose(torch.tensor([x for f in fast for x in f]), torch.tensor([x for r in ref for x in r]),
                           rtol=0, atol=2e-5)
     assert S.predictions(fast) == S.predictions(ref)
-    # Prefix forwards are the calls longer than any continuation (prompts are > 8 tokens): one
-    # row per distinct prompt, the repeated prompt included once.
-    assert sum(b for b, t in rows if t > 8) == len(examples) - 1
-    assert all(b <= 4 * 2 for b, t in rows if t <= 8)  # continuation batches: at most 4 x batch_size rows
+    # Prefix forwards (no cache yet): one row per distinct prompt, the repeated prompt included
+    # once; continuation forwards: one row per prompt of the batch, all its choices in it.
+    assert sum(b for cached, b, _ in rows if not cached) == len(examples) - 1
+    assert all(b <= 2 for cached, b, _ in rows if cached)
 
 
 def test_cached_prefix_scorer_at_the_context_limit(tiny):
@@ -284,3 +285,43 @@ def test_eval_quick_preset(tiny, tmp_path):
     assert main([str(tmp_path / "hf"), "--quick", "--n", "3", "--tasks", "varassign_basic", "--shots", "0",
                  "--device", "cpu", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["n"] == 3
+
+
+def test_cached_prefix_scorer_batches_ragged_prompts_like_the_reference(tiny):
+    """Prompts of many lengths share prefix forwards (right-padded), continuations of many
+    prompts share tail forwards against the padded cache, and every choice keeps the
+    reference's sum: ragged prompts and choices, prompts that fit, sit at or go over the
+    context (cut from the left per choice, as the reference cuts), and batch sizes that
+    split the prompts unevenly. fp32 sums of at most 6 log-probs of size <= ln(V) ~ 6: a
+    different summation order and kernel (masked vs causal attention) move them by a few
+    ulp, far below 2e-5."""
+    model, tokenizer = tiny
+    zero, one = P.PrimitivesConfig(num_shots=0), P.PrimitivesConfig(num_shots=1)
+    examples = [P.make_example(t, 0, i, cfg) for t in ("copying_words", "varassign_code", "varassign_math")
+                for i, cfg in ((0, zero), (1, one))]
+    examples.append(MCExample("x=1\nx=", (" 1", " 12 and then some", "9", " 7 7 7 7 7"), 1, "custom"))
+    enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    reqs = S.mc_requests(examples, enc)
+    lengths = sorted({len(ctx) for ctx, _ in reqs})
+    assert len(lengths) >= 5  # really ragged
+    limit = lengths[len(lengths) // 2]  # about half the prompts are cut, one sits at the limit
+    for max_length in (None, limit):
+        ref = S.hf_scorer(model, tokenizer, batch_size=8, max_length=max_length, reference=True).score(examples)
+        flat_ref = torch.tensor([x for r in ref for x in r])
+        for batch_size in (1, 3, 64):
+            calls = []
+            hook = model.register_forward_pre_hook(
+                lambda mod, args, kw: calls.append((kw.get("cache", kw.get("past_key_values")) is not None,
+                                              tuple(kw["input_ids"].shape))),
+                with_kwargs=True)
+            try:
+                fast = S.hf_scorer(model, tokenizer, batch_size=batch_size, max_length=max_length).score(examples)
+            finally:
+                hook.remove()
+            assert torch.allclose(torch.tensor([x for f in fast for x in f]), flat_ref, rtol=0, atol=2e-5)
+            assert S.predictions(fast) == S.predictions(ref)
+            # Prefix forwards (no cache yet): ceil(distinct prefixes / batch_size) whatever their lengths.
+            prefixes = {S.split_request(c, x, max_length)[0] for c, x in reqs}
+            n_prefix_calls = sum(1 for cached, _ in calls if not cached)
+            assert n_prefix_calls == -(-len(prefixes) // batch_size)
+            assert all(b <= batch_size for cached, (b, _) in calls if cached)  # one tail row per prompt

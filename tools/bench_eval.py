@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     max_len = S.context_length(model)
     truncated = sum(S.truncated_prompts(examples, reqs, max_len).values())
     params = sum(t.numel() for t in model.parameters())
+    tok_ref, tok_fast = work_tokens(reqs, max_len)
     print(f"model: {name} ({params / 1e6:.1f}M parameters); {len(examples)} prompts, {len(reqs)} choices, "
           f"{truncated} prompts cut to the context of {max_len}; {args.threads} threads", file=sys.stderr)
 
@@ -116,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{t:<18} {100 * acc_ref[t].accuracy:>7.1f}% {100 * acc_fast[t].accuracy:>8.1f}%")
     print(f"accuracies equal: {same_acc}; predictions equal: {same_pred}; max |Δ log-likelihood| "
           f"{max(diffs):.2e} (fp32 tolerance {tol:.1e})")
+    print(f"tokens through the decoder layers: reference {tok_ref:,}, cached {tok_fast:,} ({tok_ref / tok_fast:.2f}x "
+          f"fewer; with the output layer run at every reference position, this bounds the speed-up of any exact "
+          f"prefix sharing)")
     result = {
         "model": name, "parameters": params, "prompts": len(examples), "choices": len(reqs),
         "truncated_prompts": truncated, "context_length": max_len, "n": args.n, "tasks": args.tasks,
@@ -124,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_seconds_fast": c_fast, "speedup_cpu": c_ref / c_fast, "speedup_wall": t_ref / t_fast,
         "tokenize_cpu_seconds_reference": enc_ref, "tokenize_cpu_seconds_fast": enc_fast,
         "speedup_cpu_with_tokenizing": (c_ref + enc_ref) / (c_fast + enc_fast),
+        "decoder_tokens_reference": tok_ref, "decoder_tokens_fast": tok_fast,
         "accuracies_equal": same_acc, "predictions_equal": same_pred, "max_abs_loglik_diff": max(diffs),
         "loglik_tolerance": tol, "accuracy": {t: {"reference": acc_ref[t].accuracy, "fast": acc_fast[t].accuracy}
                                               for t in acc_ref},
@@ -136,6 +141,19 @@ def main(argv: list[str] | None = None) -> int:
             json.dump(result, f, indent=1)
         print(f"wrote {args.json}")
     return 0 if same_acc and max(diffs) <= tol else 1
+
+
+def work_tokens(reqs, max_len) -> tuple[int, int]:
+    """Tokens that go through the decoder layers: (reference: every choice's whole input,
+    cached: every distinct prefix once plus each choice's continuation[:-1]). Per-token cost
+    is the same for both on this model (FLOP-bound; docs/benchmarks.md), so their ratio is
+    the ceiling of exact prefix sharing, before the output layer the reference also runs."""
+    from grow_megatron.eval import scoring as S
+
+    splits = [S.split_request(c, x, max_len) for c, x in reqs]
+    ref = sum(len(c) + len(x) - 1 if max_len is None else min(len(c) + len(x) - 1, max_len) for c, x in reqs)
+    fast = sum(len(p) for p in {p for p, _ in splits}) + sum(len(x) - 1 for _, x in splits)
+    return ref, fast
 
 
 class _Fixed:

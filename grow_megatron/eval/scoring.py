@@ -15,8 +15,9 @@ Two implementations compute the same sums. `continuation_logprobs` runs one full
 (prompt, choice) through any `LogitsFn`; it is the reference (tests and tools/bench_eval.py
 hold the fast path to it) and the path for models that are only a function.
 `prefix_cached_logprobs` is what `grow-megatron eval` uses on Hugging Face models: each
-distinct context is run once with the KV cache on (only its last position goes through the
-output layer), and all its choices are then scored against that cache in one small batch.
+distinct context is run once with the KV cache on (up to batch_size contexts of any lengths
+per forward, only their last positions through the output layer), and the choices of all
+those contexts are then scored against that cache in one more forward.
 """
 from __future__ import annotations
 
@@ -203,17 +204,26 @@ def _cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _forward(model: torch.nn.Module, ids: torch.Tensor, cache=None, last_only: bool = False):
-    """(logits (B, T or 1, V), KV cache) of an HF causal LM on ids (B, T) after `cache`."""
+def _forward(model: torch.nn.Module, ids: torch.Tensor, cache=None, keep: torch.Tensor | None = None,
+             attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None):
+    """(logits (B, T or len(keep), V), KV cache) of an HF causal LM on ids (B, T) after `cache`;
+    keep: the positions that go through the output layer (all when None)."""
     params = inspect.signature(model.forward).parameters
     kwargs: dict = {"input_ids": ids, "use_cache": True}
     if cache is not None:
         kwargs[_cache_keyword(model)] = cache
-    if last_only and "logits_to_keep" in params:
-        kwargs["logits_to_keep"] = 1  # the output layer only where a prediction is scored
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    if position_ids is not None:
+        kwargs["position_ids"] = position_ids
+    if keep is not None and "logits_to_keep" in params:
+        kwargs["logits_to_keep"] = keep  # the output layer only where a prediction is scored
     out = model(**kwargs)
     new_cache = out["cache"] if "cache" in out else out["past_key_values"]
-    return (out.logits[:, -1:] if last_only else out.logits), new_cache
+    logits = out.logits
+    if keep is not None and "logits_to_keep" not in params:
+        logits = logits[:, keep]
+    return logits, new_cache
 
 
 def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
@@ -221,66 +231,101 @@ def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequ
                            device: torch.device | str | None = None, progress: bool = False) -> list[float]:
     """The sums of `continuation_logprobs` for an HF causal LM, each distinct prefix run once.
 
-    Prefixes of equal length are batched (no padding, so no attention mask and positions
-    0..T-1 as in the reference); the first continuation token is scored from the prefix's last
-    logits, the remaining ones by running continuation[:-1] of every choice against the
-    prefix's KV cache, up to 4 * batch_size choices per forward (right-padded: the padding
-    comes after every real token, which a causal model never lets it influence).
+    Up to batch_size prefixes of any lengths share a forward, right-padded: a causal model
+    never lets a real token see the padding after it, so each row gets positions 0..len-1 and
+    the numbers of its unpadded run. The first continuation token is scored from the logits
+    at the prefix's last real position; the remaining ones in one more forward of the batch's
+    choices against the prefix KV cache (`_score_tails`). Two forwards per batch of prompts:
+    the model is small enough on CPU that per-forward overhead counts.
     """
-    import copy
-
     splits = [split_request(ctx, cont, max_length) for ctx, cont in requests]
     by_prefix: dict[tuple[int, ...], list[int]] = {}
     for i, (prefix, _) in enumerate(splits):
         by_prefix.setdefault(prefix, []).append(i)
-    # Longest first (a batch too large for memory fails at once), equal lengths together.
+    # Longest first: a batch too large for memory fails at once, and neighbours in the order
+    # have similar lengths, so little of a batch is padding.
     order = sorted(by_prefix, key=len, reverse=True)
-    batches: list[list[tuple[int, ...]]] = []
-    for prefix in order:
-        if batches and len(batches[-1]) < batch_size and len(batches[-1][0]) == len(prefix):
-            batches[-1].append(prefix)
-        else:
-            batches.append([prefix])
     out = [0.0] * len(splits)
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(total=len(order), desc="score", unit="prompt", leave=False)
-    for batch in batches:
-        ids = torch.tensor(batch, dtype=torch.long, device=device)  # (P, T)
-        with torch.no_grad():
-            logits, cache = _forward(model, ids, last_only=True)
-            logp0 = torch.log_softmax(logits[:, -1].float(), dim=-1)  # (P, V)
-            rest: list[tuple[int, int]] = []  # (prefix row, request) of multi-token continuations
+    for start in range(0, len(order), batch_size):
+        batch = order[start:start + batch_size]
+        lens = torch.tensor([len(p) for p in batch])  # (P,)
+        width = int(lens[0])
+        ids = torch.zeros((len(batch), width), dtype=torch.long)  # (P, W)
+        for g, prefix in enumerate(batch):
+            ids[g, :len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+        real = torch.arange(width)[None, :] < lens[:, None]  # (P, W): not padding
+        last, row_of_last = torch.unique(lens - 1, return_inverse=True)  # distinct last positions
+        with torch.inference_mode():
+            logits, cache = _forward(model, ids.to(device), keep=last.to(device))  # (P, len(last), V)
+            rows = torch.arange(len(batch), device=logits.device)
+            first = logits[rows, row_of_last.to(logits.device)].float()  # (P, V)
+            logp0 = torch.log_softmax(first, dim=-1).cpu()
+            # All multi-token continuations of a prompt go in its one tail row, one after the
+            # other: (prefix row, request, offset in the row) of each.
+            segs: list[tuple[int, int, int]] = []
+            fill = [0] * len(batch)
             for g, prefix in enumerate(batch):
                 for i in by_prefix[prefix]:
                     cont = splits[i][1]
                     out[i] = float(logp0[g, cont[0]])
                     if len(cont) > 1:
-                        rest.append((g, i))
-            step = 4 * batch_size
-            for start in range(0, len(rest), step):
-                chunk = rest[start:start + step]
-                # batch_select_indices works in place: keep the prefix cache for later chunks.
-                c = cache if len(rest) <= step else copy.deepcopy(cache)
-                c.batch_select_indices(torch.tensor([g for g, _ in chunk], device=ids.device))
-                width = max(len(splits[i][1]) - 1 for _, i in chunk)
-                tail = torch.zeros((len(chunk), width), dtype=torch.long)  # (R, W)
-                for r, (_, i) in enumerate(chunk):
-                    cont = splits[i][1]
-                    tail[r, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
-                tail_logits, _ = _forward(model, tail.to(ids.device), cache=c)  # (R, W, V)
-                for r, (_, i) in enumerate(chunk):
-                    cont = splits[i][1]
-                    logp = torch.log_softmax(tail_logits[r, :len(cont) - 1].float(), dim=-1)
-                    tgt = torch.tensor(cont[1:], dtype=torch.long, device=logp.device)
-                    out[i] += float(logp.gather(-1, tgt[:, None]).sum())
+                        segs.append((g, i, fill[g]))
+                        fill[g] += len(cont) - 1
+            if segs:
+                _score_tails(model, cache, segs, fill, splits, lens, real, out, device)
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
         bar.close()
     return out
+
+
+def _score_tails(model: torch.nn.Module, cache, segs: list[tuple[int, int, int]], fill: list[int],
+                 splits: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], lens: torch.Tensor, real: torch.Tensor,
+                 out: list[float], device) -> None:
+    """Add to out[i] the log-probs of continuation tokens 2.. of every request in segs, in one
+    forward against the prefix cache (P rows of width W, `real` marks its non-padding slots).
+
+    Row g holds continuation[:-1] of each of its prompt's choices back to back; a 4D mask lets
+    each segment see its prefix's real slots and itself causally (not the other choices), and
+    its position ids restart at the prefix length, so every token has the inputs and RoPE
+    position of the reference's unpadded run. The cache is used as is: no copy per choice.
+    """
+    n_rows, width = real.shape
+    tail_w = max(fill)
+    tail = torch.zeros((n_rows, tail_w), dtype=torch.long)  # (P, Wt): continuation[:-1] of each choice
+    tgt = torch.zeros((n_rows, tail_w), dtype=torch.long)  # (P, Wt): continuation[1:]
+    seg = torch.full((n_rows, tail_w), -1, dtype=torch.long)  # (P, Wt): segment index, -1 on padding
+    offset = torch.zeros((n_rows, tail_w), dtype=torch.long)  # (P, Wt): position within the segment
+    for k, (g, i, start) in enumerate(segs):
+        cont = splits[i][1]
+        n = len(cont) - 1
+        tail[g, start:start + n] = torch.tensor(cont[:-1], dtype=torch.long)
+        tgt[g, start:start + n] = torch.tensor(cont[1:], dtype=torch.long)
+        seg[g, start:start + n] = k
+        offset[g, start:start + n] = torch.arange(n)
+    # (P, Wt, Wt): same segment and not in the future; the diagonal always, so padding
+    # queries attend to something (their outputs are never read).
+    own = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
+    own &= torch.ones(tail_w, tail_w, dtype=torch.bool).tril()
+    own |= torch.eye(tail_w, dtype=torch.bool)
+    allowed = torch.cat([real[:, None, :].expand(n_rows, tail_w, width), own], dim=2)[:, None]  # (P, 1, Wt, W+Wt)
+    dtype = next(model.parameters()).dtype
+    # Additive form: what both the SDPA and the eager attention accept as a ready 4D mask.
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    pos = lens[:, None] + offset  # (P, Wt)
+    logits, _ = _forward(model, tail.to(device), cache=cache, attention_mask=mask.to(device),
+                         position_ids=pos.to(device))  # (P, Wt, V)
+    picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, tgt.to(logits.device)[..., None])[..., 0].cpu()
+    sums = torch.zeros(len(segs), dtype=picked.dtype)
+    sums.index_add_(0, seg[seg >= 0], picked[seg >= 0])  # (S,): per segment
+    for (_, i, _), s in zip(segs, sums.tolist()):
+        out[i] += s
 
 
 @dataclass
@@ -293,7 +338,7 @@ class CachedPrefixScorer:
     prefix_ids: tuple[int, ...] = ()
     """Prepended to every context (e.g. the BOS id, if the model was trained with one)."""
     batch_size: int = 16
-    """Prompts per forward pass (choices: up to 4x as many, each only a few tokens long)."""
+    """Prompts per forward pass (their choices go together in one more)."""
     max_length: int | None = None
     """Model context; longer inputs keep their last max_length tokens, as in the reference."""
     device: torch.device | str | None = None
