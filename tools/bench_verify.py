@@ -13,6 +13,9 @@ side by side in one process and alternating, `repeat` times each:
 - full load+verify:  the same inside integrity.verifying (the verification thread reads the
                      files while the load does: what load_checkpoint / read_global_tensors do now)
 - model load:        the weights only, unverified (what convert / eval / analyze read)
+- verify model:      integrity.verify_checkpoint of the weights' stored items only (and every
+                     small file), what NativeReader checks before convert / eval / analyze read
+- model load+verify: the two in sequence, as NativeReader does them
 
 and reports the medians and the ratios. Whether the files come from the page cache or the
 disk depends on the machine (this benchmark does not drop caches on a shared machine);
@@ -105,12 +108,22 @@ def main(argv=None) -> int:
         with verifying(ckpt):
             load(keys)
 
-    times: dict[str, list[float]] = {"verify": [], "full_load": [], "full_load_verified": [], "model_load": []}
+    def is_model(key: str) -> bool:
+        return key.startswith("model.")
+
+    def model_load_verified():  # what NativeReader (convert, eval, analyze) checks: the weights' items
+        verify_checkpoint(ckpt, keys=is_model)
+        load(model_keys)
+
+    times: dict[str, list[float]] = {"verify": [], "full_load": [], "full_load_verified": [], "model_load": [],
+                                     "verify_model": [], "model_load_verified": []}
     for _ in tqdm(range(args.repeat), desc="rounds"):
         times["verify"].append(timed(lambda: verify_checkpoint(ckpt)))
         times["full_load"].append(timed(lambda: load(keys)))
         times["full_load_verified"].append(timed(load_verified))
         times["model_load"].append(timed(lambda: load(model_keys)))
+        times["verify_model"].append(timed(lambda: verify_checkpoint(ckpt, keys=is_model)))
+        times["model_load_verified"].append(timed(model_load_verified))
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
         "preset": args.preset, "layers": args.layers or PRESETS[args.preset]["num_layers"], "params": params,
@@ -121,6 +134,8 @@ def main(argv=None) -> int:
         "verified_full_load_over_full_load": round(med["full_load_verified"] / med["full_load"], 4),
         "page_cache_GB": round(_cached_bytes() / 1e9, 2),
         "verify_over_model_load": round(med["verify"] / med["model_load"], 4),
+        "verify_model_over_model_load": round(med["verify_model"] / med["model_load"], 4),
+        "verified_model_load_over_model_load": round(med["model_load_verified"] / med["model_load"], 4),
         "verify_GBps": round(size / med["verify"] / 1e9, 2),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared)",
         "torch": torch.__version__,

@@ -53,9 +53,9 @@ class NativeSource:
                                   "run directory two levels up); give the run's config with --config")
             config = os.path.join(self.run_dir, "config.yaml")
         self.run: RunInfo = read_run_info(config)
-        self.reader = NativeReader(self.ckpt_dir)
         # fp32 main params (the optimizer's copy) are the more precise weights of a bf16 run.
         self.prefix = "optimizer.param.model." if main_params else "model."
+        self.reader = NativeReader(self.ckpt_dir, read_prefix=self.prefix)
         stored = shape_from_model_config(self.run.model, num_layers=self.reader.depth,
                                          vocab_size=self.reader.vocab_size)
         self.reader.check(stored)

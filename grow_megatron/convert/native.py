@@ -77,16 +77,19 @@ def read_run_info(config_path: str) -> RunInfo:
 class NativeReader:
     """Global tensors of one checkpoint, read one key at a time."""
 
-    def __init__(self, ckpt_dir: str, verify: bool = True):
+    def __init__(self, ckpt_dir: str, verify: bool = True, read_prefix: str = MODEL_PREFIX):
         """`verify`: check the files against the checkpoint's manifest once, here (reads are
-        then unchecked); off for callers that load through load_checkpoint, which verifies."""
+        then unchecked); off for callers that load through load_checkpoint, which verifies.
+        Of the tensor shards only the tensors under `read_prefix` are checked (what this
+        reader's user reads: the weights, or `optimizer.param.` + the weights' keys for the
+        fp32 main copies); every other file of the checkpoint is checked whole."""
         from grow_megatron.training.checkpoint import read_meta, tensor_specs
         from grow_megatron.training.integrity import verify_checkpoint
 
         self.dir = ckpt_dir
         self.meta = read_meta(ckpt_dir)
         if verify:
-            verify_checkpoint(ckpt_dir)
+            verify_checkpoint(ckpt_dir, keys=lambda key: key.startswith(read_prefix))
         # Only model tensors (optimizer.* are the AdamW state; *_extra_state are empty objects).
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, torch.dtype] = {}

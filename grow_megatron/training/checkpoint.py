@@ -477,7 +477,8 @@ def read_global_tensors(ckpt_dir: str, specs: Optional[dict] = None, verify: boo
     checks the files against the manifest first (readers that read key by key verify once)."""
     from torch.distributed.checkpoint import FileSystemReader
 
-    with verifying(ckpt_dir, enabled=verify):
+    wanted = None if specs is None else set(specs).__contains__
+    with verifying(ckpt_dir, enabled=verify, keys=wanted):
         specs = tensor_specs(ckpt_dir) if specs is None else specs
         out = {k: torch.empty(shape, dtype=dtype) for k, (shape, dtype) in specs.items()}
         try:

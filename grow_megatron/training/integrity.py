@@ -1,7 +1,11 @@
-"""Per-file digests of a checkpoint directory: written once every rank has written, checked on load.
+"""Digests of a checkpoint directory: written once every rank has written, checked on load.
 
 manifest.json lists every other file of the checkpoint directory (tensor shards, DCP and
-megatron metadata, common.pt, meta.json) with its size and xxh3-128 digest. xxh3 is a
+megatron metadata, common.pt, meta.json) with its size and xxh3-128 digest; a tensor shard
+file (`*.distcp`) is digested per stored item instead (the byte ranges DCP's `.metadata`
+records for each tensor piece, which tile the file), so a reader of some tensors verifies
+exactly the bytes it reads: convert, eval and analyze read the weights, not the optimizer
+state that makes up three quarters of a checkpoint. xxh3 is a
 non-cryptographic hash: it detects corruption (a torn copy, flipped bits, a hand edit), not
 an attacker, and runs at memory speed (~15 GB/s on one core, releasing the GIL). Where a
 checkpoint does not fit in the page cache, a separate pass would read it from disk twice, so
@@ -16,6 +20,7 @@ import json
 import os
 import threading
 import warnings
+from typing import Callable, Optional
 
 import xxhash
 
@@ -26,14 +31,45 @@ ALGORITHM = "xxh3_128"
 _CHUNK = 16 << 20  # large reads: the hash, not the syscalls, should be the cost
 
 
-def file_digest(path: str) -> str:
+def file_digest(path: str, offset: int = 0, length: Optional[int] = None) -> str:
+    """Digest of `length` bytes of `path` from `offset` (default: to the end)."""
     h = xxhash.xxh3_128()
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
+    left = length
     with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
+        f.seek(offset)
+        while left is None or left > 0:
+            n = f.readinto(buf if left is None or left >= _CHUNK else view[:left])
+            if not n:
+                break
             h.update(view[:n])
+            if left is not None:
+                left -= n
     return h.hexdigest()
+
+
+def _item_ranges(ckpt_dir: str) -> dict[str, list[tuple[int, int, str]]]:
+    """{shard file: [(offset, length, tensor key)]} from DCP's metadata, for the files whose
+    items tile them exactly (anything else is digested whole)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    md = FileSystemReader(ckpt_dir).read_metadata()
+    by_file: dict[str, list[tuple[int, int, str]]] = {}
+    for index, info in md.storage_data.items():
+        by_file.setdefault(info.relative_path, []).append((info.offset, info.length, index.fqn))
+    out = {}
+    for rel, items in by_file.items():
+        items.sort()
+        end = 0
+        for offset, length, _ in items:
+            if offset != end:
+                break
+            end += length
+        else:
+            if end == os.path.getsize(os.path.join(ckpt_dir, rel)):
+                out[rel] = items
+    return out
 
 
 def _files(ckpt_dir: str) -> list[str]:
@@ -62,8 +98,16 @@ def fsync_dir(path: str) -> None:
 
 def write_manifest(ckpt_dir: str) -> None:
     """Digest every file of `ckpt_dir` into its manifest.json (synced to disk)."""
-    files = {rel: {"size": os.path.getsize(os.path.join(ckpt_dir, rel)),
-                   "digest": file_digest(os.path.join(ckpt_dir, rel))} for rel in _files(ckpt_dir)}
+    ranges = _item_ranges(ckpt_dir) if os.path.isfile(os.path.join(ckpt_dir, ".metadata")) else {}
+    files = {}
+    for rel in _files(ckpt_dir):
+        full = os.path.join(ckpt_dir, rel)
+        entry: dict = {"size": os.path.getsize(full)}
+        if rel in ranges:
+            entry["items"] = [[o, n, key, file_digest(full, o, n)] for o, n, key in ranges[rel]]
+        else:
+            entry["digest"] = file_digest(full)
+        files[rel] = entry
     path = os.path.join(ckpt_dir, MANIFEST)
     with open(path, "w") as f:
         json.dump({"algorithm": ALGORITHM, "files": files}, f, indent=1)
@@ -78,9 +122,11 @@ def _corrupt(path: str, why: str) -> ConfigError:
                                                 f"complete one once {os.path.basename(ckpt)} is moved away)")
 
 
-def verify_checkpoint(ckpt_dir: str) -> None:
+def verify_checkpoint(ckpt_dir: str, keys: Optional[Callable[[str], bool]] = None) -> None:
     """Raise a one-line ConfigError naming the first file whose size or digest differs from the
-    manifest (or that is missing); warn once if the checkpoint predates manifests."""
+    manifest (or that is missing); warn once if the checkpoint predates manifests. `keys`: only
+    the stored items of the tensors it accepts are checked in shard files (a reader of some
+    tensors); every other file is always checked whole."""
     path = os.path.join(ckpt_dir, MANIFEST)
     if not os.path.isfile(path):
         warnings.warn(f"{ckpt_dir} has no {MANIFEST} (written by an older grow_megatron): its files are not "
@@ -101,12 +147,17 @@ def verify_checkpoint(ckpt_dir: str) -> None:
         size = os.path.getsize(full)
         if size != entry["size"]:
             raise _corrupt(full, f"has {size} bytes where {entry['size']} were written")
-        if file_digest(full) != entry["digest"]:
+        if "items" in entry:
+            for offset, length, key, digest in entry["items"]:
+                if (keys is None or keys(key)) and file_digest(full, offset, length) != digest:
+                    raise _corrupt(full, f"its bytes {offset}..{offset + length} ({key}) differ from what was "
+                                         f"written ({ALGORITHM} digest)")
+        elif file_digest(full) != entry["digest"]:
             raise _corrupt(full, f"its content differs from what was written ({ALGORITHM} digest)")
 
 
 @contextlib.contextmanager
-def verifying(ckpt_dir: str, enabled: bool = True):
+def verifying(ckpt_dir: str, enabled: bool = True, keys: Optional[Callable[[str], bool]] = None):
     """Verify `ckpt_dir` in a thread while the body loads it; the verdict is raised on exit,
     before the caller uses what it loaded. If the body fails (a torn file trips the reader), a
     manifest mismatch is the error reported: it names the file."""
@@ -114,7 +165,7 @@ def verifying(ckpt_dir: str, enabled: bool = True):
 
     def run():
         try:
-            verify_checkpoint(ckpt_dir)
+            verify_checkpoint(ckpt_dir, keys)
         except ConfigError as err:
             failure.append(err)
 
