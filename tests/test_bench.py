@@ -24,8 +24,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "examples", "tiny_lidas.yaml")
 
 
+# An in-process training test earlier in the session leaves its world-of-one rendezvous in the
+# environment (init_distributed sets MASTER_PORT and binds it); a child that inherited it
+# would try to bind the same port. The benchmark starts its own world.
+DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
 def _bench(args: list[str], **env) -> subprocess.CompletedProcess:
-    e = {**os.environ, "OMP_NUM_THREADS": "2", **env}
+    e = {**{k: v for k, v in os.environ.items() if k not in DIST_ENV}, "OMP_NUM_THREADS": "2", **env}
     return subprocess.run([sys.executable, "-m", "grow_megatron.cli", "bench", *args], cwd=ROOT, env=e,
                           capture_output=True, text=True, timeout=170)
 
@@ -134,7 +140,7 @@ def test_torchrun_two_pipeline_stages(tmp_path):
                            "--set", "parallel.pipeline_parallel=2", "--set", "parallel.virtual_stages=2",
                            "--set", "model.num_layers=8", "--set", "train.micro_batch_size=8", "--microbatches", "2",
                            "--parts", "static,schedule,hf"],
-                          cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          cwd=ROOT, env={**{k: v for k, v in os.environ.items() if k not in DIST_ENV}, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                           timeout=170)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rep = json.loads((tmp_path / "report.json").read_text())
