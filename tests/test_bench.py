@@ -30,8 +30,12 @@ TINY = os.path.join(ROOT, "examples", "tiny_lidas.yaml")
 DIST_ENV = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 
 
+def _child_env(**extra) -> dict:
+    return {**{k: v for k, v in os.environ.items() if k not in DIST_ENV}, **extra}
+
+
 def _bench(args: list[str], **env) -> subprocess.CompletedProcess:
-    e = {**{k: v for k, v in os.environ.items() if k not in DIST_ENV}, "OMP_NUM_THREADS": "2", **env}
+    e = _child_env(OMP_NUM_THREADS="2", **env)
     return subprocess.run([sys.executable, "-m", "grow_megatron.cli", "bench", *args], cwd=ROOT, env=e,
                           capture_output=True, text=True, timeout=170)
 
@@ -140,8 +144,7 @@ def test_torchrun_two_pipeline_stages(tmp_path):
                            "--set", "parallel.pipeline_parallel=2", "--set", "parallel.virtual_stages=2",
                            "--set", "model.num_layers=8", "--set", "train.micro_batch_size=8", "--microbatches", "2",
                            "--parts", "static,schedule,hf"],
-                          cwd=ROOT, env={**{k: v for k, v in os.environ.items() if k not in DIST_ENV}, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                          timeout=170)
+                          cwd=ROOT, env=_child_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=170)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["errors"] == {} and rep["environment"]["world_size"] == 2 and rep["environment"]["pp"] == 2
