@@ -18,14 +18,14 @@ forked writer exits with status 1 before writing anything, as a writer killed mi
 """
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import signal
-import sys
 from typing import Callable
 
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue, AsyncRequest
+
+from grow_megatron.training.distributed import signal_on_parent_death
 
 KILL_WRITER_ENV = "GROW_MEGATRON_KILL_ASYNC_WRITER"
 
@@ -40,9 +40,7 @@ def _bound_writer(async_fn: Callable, trainer_pid: int, *args, **kwargs) -> None
     before that request was in place. A SIGTERM or Ctrl-C to the process group (Slurm,
     torchrun) is the trainer's to handle: its clean stop waits for this save, so the writer
     ignores them and finishes."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    signal_on_parent_death(signal.SIGKILL)
     if os.getppid() != trainer_pid:
         os._exit(1)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -115,10 +115,6 @@ def _broadcast_obj(obj):
     return box[0]
 
 
-def _broadcast_str(s: Optional[str]) -> Optional[str]:
-    return _broadcast_obj(s)
-
-
 def _on_rank0(fn: Callable[[], None]) -> None:
     """Run `fn` on rank 0; an OSError there is raised on every rank (instead of leaving the
     others waiting at the next collective for a rank that has given up)."""
@@ -317,7 +313,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         saver.wait()
     name = f"step_{step:08d}"
     final = os.path.join(ckpt_root, name)
-    tmp = _broadcast_str(f"{final}.tmp-{uuid.uuid4().hex[:8]}" if _rank0() else None)
+    tmp = _broadcast_obj(f"{final}.tmp-{uuid.uuid4().hex[:8]}" if _rank0() else None)
     # Taken now, not when an async save is sealed: the caller's meta (e.g. its growth list) and
     # the engine may change while the shards are written. A re-save keeps the growth mark of
     # the copy it replaces.

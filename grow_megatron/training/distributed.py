@@ -40,14 +40,23 @@ def world_size_from_env() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def signal_on_parent_death(sig: signal.Signals) -> bool:
+    """Ask the kernel to send `sig` to this process when its parent dies (Linux prctl
+    PR_SET_PDEATHSIG); False elsewhere. The caller checks os.getppid() afterwards: a parent
+    that died before the request was in place sends nothing."""
+    if not sys.platform.startswith("linux"):
+        return False
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(sig), 0, 0, 0)
+    return True
+
+
 def stop_with_launcher() -> None:
     """Under torchrun (Linux): have the kernel send this worker SIGTERM when its agent dies,
     so that a killed launcher cannot leave workers training on (and writing to the run dir);
     SIGTERM then takes the training loop's clean stop. Elsewhere a no-op."""
-    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not signal_on_parent_death(signal.SIGTERM):
         return
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
     if os.getppid() == 1:  # the agent died before the request was in place
         os.kill(os.getpid(), signal.SIGTERM)
 
