@@ -29,6 +29,6 @@ setup(
         "matplotlib",
     ],
     # wandb: optional (logging.wandb); the tests log to it offline.
-    extras_require={"wandb": ["wandb"], "test": ["pytest", "pytest-timeout", "wandb"]},
+    extras_require={"wandb": ["wandb"], "test": ["pytest", "pytest-timeout", "wandb", "import-linter"]},
     entry_points={"console_scripts": ["grow-megatron=grow_megatron.cli:main"]},
 )

@@ -16,7 +16,7 @@ def _free_port() -> int:
 
 def _train(rank: int, world: int, overrides: list[str], out_dir: str, stop_at) -> None:
     from grow_megatron.config.run import load_run_config
-    from grow_megatron.training.distributed import shutdown_distributed
+    from grow_megatron.engine.distributed import shutdown_distributed
     from grow_megatron.training.loop import train
 
     cfg = load_run_config(None, overrides, world_size=world)

@@ -6,7 +6,7 @@ import sys
 
 if __name__ == "__main__":
     from grow_megatron.config.run import load_run_config
-    from grow_megatron.training.distributed import shutdown_distributed, world_size_from_env
+    from grow_megatron.engine.distributed import shutdown_distributed, world_size_from_env
     from grow_megatron.training.loop import train
 
     cfg = load_run_config(None, sys.argv[1:], world_size=world_size_from_env())

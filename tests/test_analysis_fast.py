@@ -89,7 +89,7 @@ def test_quick_preset_and_cost_line(tmp_path, capsys):
     printed before the work."""
     import json
 
-    from grow_megatron.analysis.cli import main as analyze_main
+    from grow_megatron.cli.analyze import main as analyze_main
     from grow_megatron.analysis.toy import toy_tasks
 
     model = tmp_path / "tiny"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from grow_megatron.analysis.cli import main as analyze_main
+from grow_megatron.cli.analyze import main as analyze_main
 from grow_megatron.analysis.data import encode_mc, token_batches
 from grow_megatron.analysis.lens import (LensConfig, TunedLens, early_exit_accuracy, evaluate_lens, lens_logits,
                                          train_lens)
@@ -124,7 +124,7 @@ def test_prompts_longer_than_the_context_are_named(capsys):
     count and the context, counted with the model's own tokenizer; none when all fit."""
     from types import SimpleNamespace
 
-    from grow_megatron.analysis.cli import warn_over_context
+    from grow_megatron.cli.analyze import warn_over_context
 
     model, tok = tiny_llama(layers=2, vocab=64), char_tokenizer()
     tasks = toy_tasks(n=6)

@@ -4,8 +4,8 @@ import os
 import pytest
 from torch.distributed.checkpoint.api import CheckpointException
 
-from grow_megatron.training.async_save import KILL_WRITER_ENV
-from grow_megatron.training.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors
+from grow_megatron.engine.async_save import KILL_WRITER_ENV
+from grow_megatron.engine.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors
 from grow_megatron.training.loop import train
 
 from engine_helpers import assert_same_tensors, micro_config

@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from grow_megatron import flops as F
+from grow_megatron.growth import flops as F
 from grow_megatron.bench.config import BenchConfig, peak_flops_for
 from grow_megatron.bench.runner import resolve
 

@@ -2,7 +2,7 @@
 group signals (no helper processes, no orphans), torchrun launcher death, disk full, corrupted
 and hand-edited checkpoints, reuse of a run directory, growth checkpoints kept across resumes.
 
-Faults go through the named hooks of grow_megatron.training.faults (GROW_MEGATRON_FAULT),
+Faults go through the named hooks of grow_megatron.engine.faults (GROW_MEGATRON_FAULT),
 never through timing. In-process tests use the `raise` action (an InjectedFault skips every
 `except Exception`, so the disk holds what a kill at that point leaves); the subprocess tests
 kill for real.
@@ -18,10 +18,10 @@ import psutil
 import pytest
 
 from grow_megatron.config.base import ConfigError
-from grow_megatron.training import checkpoint as ckpt_mod
-from grow_megatron.training.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors, read_meta
-from grow_megatron.training.faults import ENV, InjectedFault
-from grow_megatron.training.integrity import verify_checkpoint
+from grow_megatron.engine import checkpoint as ckpt_mod
+from grow_megatron.engine.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors, read_meta
+from grow_megatron.engine.faults import ENV, InjectedFault
+from grow_megatron.engine.integrity import verify_checkpoint
 from grow_megatron.training.loop import train
 
 from engine_helpers import assert_same_tensors, micro_config, micro_overrides

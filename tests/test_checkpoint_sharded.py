@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from grow_megatron.training.dp_shards import param_pieces, pieces, row_segments
+from grow_megatron.engine.dp_shards import param_pieces, pieces, row_segments
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "data", "ckpt_v1", "step_00000002")
@@ -74,9 +74,9 @@ def test_gated_fc1_factory_rows_go_to_gate_and_up_halves():
 def test_first_format_checkpoint_resumes_exactly():
     """tests/data/ckpt_v1 was written by the code before this format (whole optimizer tensors
     per slice): it loads, and the next two steps give the losses the uninterrupted run had."""
-    from grow_megatron.training.checkpoint import load_checkpoint
-    from grow_megatron.training.distributed import device_context, init_distributed
-    from grow_megatron.training.engine import build_engine, train_step
+    from grow_megatron.engine.checkpoint import load_checkpoint
+    from grow_megatron.engine.distributed import device_context, init_distributed
+    from grow_megatron.engine.build import build_engine, train_step
 
     with open(os.path.join(os.path.dirname(FIXTURE), "expected_losses.json")) as f:
         expected = json.load(f)
@@ -100,7 +100,7 @@ def _global_key(name):
 def _dp4_model():
     from grow_megatron.config.model import ModelConfig
     from grow_megatron.config.training import OptimConfig
-    from grow_megatron.training.engine import EngineSpec
+    from grow_megatron.engine.build import EngineSpec
 
     m = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=96, num_attention_heads=4, num_query_groups=2,
                     vocab_size=128, seq_length=8)
@@ -111,12 +111,12 @@ def _dp4_worker(rank, out):
     from megatron.core import parallel_state
 
     from grow_megatron.bench.accounting import allocation_peak, count_comm, tensor_bytes
-    from grow_megatron.growth.manager import grow
+    from grow_megatron.engine.grow import grow
     from grow_megatron.growth.operators import lidas
-    from grow_megatron.training.checkpoint import load_checkpoint, read_global_tensors, save_checkpoint
-    from grow_megatron.training.distributed import device_context, init_distributed
-    from grow_megatron.training.engine import build_engine, train_step
-    from grow_megatron.training.optim_state import gather_param_state, local_range, local_state
+    from grow_megatron.engine.checkpoint import load_checkpoint, read_global_tensors, save_checkpoint
+    from grow_megatron.engine.distributed import device_context, init_distributed
+    from grow_megatron.engine.build import build_engine, train_step
+    from grow_megatron.engine.optim_state import gather_param_state, local_range, local_state
 
     with device_context():
         init_distributed(1, 1, seed=5)
@@ -183,10 +183,10 @@ def test_dp4_save_writes_only_each_ranks_range(tmp_path):
     bit, and the first format loads at DP=4 too."""
     from dist_helpers import run_ranks
 
-    from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_global_tensors
-    from grow_megatron.training.distributed import device_context, init_distributed
-    from grow_megatron.training.engine import build_engine
-    from grow_megatron.training.optim_state import gather_param_state
+    from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_global_tensors
+    from grow_megatron.engine.distributed import device_context, init_distributed
+    from grow_megatron.engine.build import build_engine
+    from grow_megatron.engine.optim_state import gather_param_state
 
     run_ranks(4, _dp4_worker, str(tmp_path), out_dir=str(tmp_path))
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(4)]

@@ -4,6 +4,7 @@ import pytest
 from grow_megatron.cli import main as cli_main
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.run import load_run_config
+from grow_megatron.growth.schedule import plan_from_config
 
 
 @pytest.mark.parametrize(
@@ -31,10 +32,6 @@ from grow_megatron.config.run import load_run_config
         # Used to hang for ever computing 3^(10^300) exactly.
         (["growth.operator=lidas", "growth.alpha=1e300"], "growth.alpha", "must be in [0, 10]"),
         (["growth.operator=lidas", "growth.alpha=-1"], "growth.alpha", "must be in [0, 10]"),
-        # Two stages over 160 growth steps: stage 1 gets 160 / (1 + 2^10) < 1 step.
-        (["growth.operator=lidas", "growth.alpha=10"], "growth.alpha",
-         "gives stage 1 of 2 no steps (PROP-10 over 160 growth steps: [0, 160]): lower growth.alpha, or raise "
-         "growth.grow_steps (with train.steps) to 1025, which gives every stage a step"),
     ],
 )
 def test_each_bad_value_is_named(overrides, field, fragment):
@@ -42,6 +39,22 @@ def test_each_bad_value_is_named(overrides, field, fragment):
         load_run_config(None, ["model.preset=tiny", *overrides])
     assert err.value.path == field
     assert fragment in str(err.value)
+
+
+def test_a_plan_with_an_empty_stage_is_named_before_any_work(tmp_path):
+    # Two stages over 160 growth steps: stage 1 gets 160 / (1 + 2^10) < 1 step. The config is
+    # well-formed field by field; the plan (growth.schedule) is what cannot be run.
+    cfg = load_run_config(None, ["model.preset=tiny", "growth.operator=lidas", "growth.alpha=10",
+                                 f"run_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError) as err:
+        plan_from_config(cfg)
+    assert err.value.path == "growth.alpha"
+    assert ("gives stage 1 of 2 no steps (PROP-10 over 160 growth steps: [0, 160]): lower growth.alpha, or raise "
+            "growth.grow_steps (with train.steps) to 1025, which gives every stage a step") in str(err.value)
+    from grow_megatron.training.loop import train
+    with pytest.raises(ConfigError):
+        train(cfg)
+    assert not (tmp_path / "run").exists()  # refused before the run_dir was made
 
 
 @pytest.mark.parametrize(

@@ -173,7 +173,7 @@ def test_from_hf_accepts_mistral_without_sliding_window(tmp_path):
 
     from grow_megatron.convert.native import native_logits
     from grow_megatron.convert.native import read_run_info
-    from grow_megatron.training.distributed import device_context
+    from grow_megatron.engine.distributed import device_context
 
     torch.manual_seed(0)
     cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,

@@ -19,11 +19,11 @@ from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.convert import compare_logits, from_hf, load_as_hf, to_hf
 from grow_megatron.convert.keymap import LlamaShape, merge_qkv, split_qkv
-from grow_megatron.growth.manager import grow
+from grow_megatron.engine.grow import grow
 from grow_megatron.growth.operators import get_operator
-from grow_megatron.training.checkpoint import save_checkpoint
-from grow_megatron.training.distributed import device_context, init_distributed
-from grow_megatron.training.engine import EngineSpec, build_engine
+from grow_megatron.engine.checkpoint import save_checkpoint
+from grow_megatron.engine.distributed import device_context, init_distributed
+from grow_megatron.engine.build import EngineSpec, build_engine
 
 from engine_helpers import assert_same_tensors
 
@@ -103,7 +103,7 @@ def test_export_records_growth_and_tokenizer(env, tmp_path):
 
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
     from grow_megatron.data import build_tokenizer
-    from grow_megatron.data.config import DataConfig
+    from grow_megatron.config.data import DataConfig
 
     ours = build_tokenizer(DataConfig())
     text = "def f(x):\n    return x + 1"
@@ -183,7 +183,7 @@ def test_plain_hf_model_imports_and_trains_on(env, tmp_path):
     from grow_megatron.config.run import load_run_config
     from grow_megatron.convert.native import NativeReader
     from grow_megatron.data import build_tokenizer
-    from grow_megatron.data.config import DataConfig
+    from grow_megatron.config.data import DataConfig
     from grow_megatron.training.loop import train
 
     torch.manual_seed(1)
@@ -226,7 +226,7 @@ def test_to_hf_refuses_an_existing_export_and_writes_files_by_umask(env, tmp_pat
     from grow_megatron.cli import main as gm_main
     from grow_megatron.convert.api import text_tokens
     from grow_megatron.data import build_tokenizer
-    from grow_megatron.data.config import DataConfig
+    from grow_megatron.config.data import DataConfig
 
     make_run(tmp_path / "run")
     run, hf = str(tmp_path / "run"), tmp_path / "hf"

@@ -13,7 +13,7 @@ def _worker(rank: int, world: int, init: str, cache: str, good: str, bad: str, o
     import torch.distributed as dist
 
     from grow_megatron.config.base import ConfigError
-    from grow_megatron.data.config import DataConfig, DatasetSpec
+    from grow_megatron.config.data import DataConfig, DatasetSpec
     from grow_megatron.data.datasets import build_datasets, get_microbatches
 
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
@@ -44,7 +44,7 @@ def test_two_ranks(tmp_path):
     r0, r1 = (json.load(open(tmp_path / f"res.{r}")) for r in range(2))
     assert r0["error"] == r1["error"] and "is not a column of" in r0["error"]
     # DP ranks read disjoint halves of the same global batch; compare with a single-process build.
-    from grow_megatron.data.config import DataConfig, DatasetSpec
+    from grow_megatron.config.data import DataConfig, DatasetSpec
     from grow_megatron.data.datasets import build_datasets, get_microbatches
 
     train, _ = build_datasets(DataConfig(datasets=[DatasetSpec(path=str(good))], cache_dir=str(tmp_path / "cache1"),

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from grow_megatron.config.base import ConfigError, from_dict
-from grow_megatron.data.config import DataConfig, DatasetSpec
+from grow_megatron.config.data import DataConfig, DatasetSpec
 from grow_megatron.data.datasets import build_datasets
 from grow_megatron.data.prepare import prepare
 from grow_megatron.data.tokenizer import load_tokenizer, train_bpe_tokenizer

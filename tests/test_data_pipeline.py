@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from grow_megatron.config.base import ConfigError, from_dict
-from grow_megatron.data.config import DataConfig, DatasetSpec
+from grow_megatron.config.data import DataConfig, DatasetSpec
 from grow_megatron.data.datasets import build_datasets, build_tokenizer, get_microbatches, sample_indices
 from grow_megatron.data.prepare import is_complete, prepare, read_manifest
 from grow_megatron.data.tokenizer import load_tokenizer, train_bpe_tokenizer
@@ -246,7 +246,7 @@ def test_preset_mixture_config(tmp_path):
 
 
 def test_split_forms():
-    from grow_megatron.data.config import split_vector
+    from grow_megatron.config.data import split_vector
 
     assert split_vector("98,2,0") == pytest.approx([0.98, 0.02, 0.0])
     assert split_vector("98,2") == pytest.approx([0.98, 0.02, 0.0])

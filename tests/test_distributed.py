@@ -12,11 +12,11 @@ import os
 import pytest
 import torch
 
-from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta
-from grow_megatron.training.distributed import device_context, init_distributed
-from grow_megatron.training.engine import EngineSpec, build_engine
+from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta
+from grow_megatron.engine.distributed import device_context, init_distributed
+from grow_megatron.engine.build import EngineSpec, build_engine
 from grow_megatron.training.loop import train
-from grow_megatron.training.optim_state import gather_param_state
+from grow_megatron.engine.optim_state import gather_param_state
 
 from dist_helpers import run_world
 from engine_helpers import assert_same_tensors, micro_config, micro_overrides
@@ -149,8 +149,8 @@ def test_export_and_offline_growth_are_layout_free(single, tmp_path):
     b = load_file(str(tmp_path / "hf_tp2pp2" / "model.safetensors"))
     assert_same_tensors(a, b)
 
-    from grow_megatron.growth.offline import grow_checkpoint
-    from grow_megatron.training.checkpoint import read_global_tensors
+    from grow_megatron.engine.offline_grow import grow_checkpoint
+    from grow_megatron.engine.checkpoint import read_global_tensors
     from grow_megatron.growth.operators import midas
 
     grown = []

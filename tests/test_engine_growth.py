@@ -6,11 +6,11 @@ import torch
 
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
-from grow_megatron.growth.manager import grow
+from grow_megatron.engine.grow import grow
 from grow_megatron.growth.operators import get_operator
-from grow_megatron.training.distributed import device_context, init_distributed
-from grow_megatron.training.engine import EngineSpec, build_engine, run_microbatches, train_step
-from grow_megatron.training.optim_state import gather_param_state, optimizer_step_count
+from grow_megatron.engine.distributed import device_context, init_distributed
+from grow_megatron.engine.build import EngineSpec, build_engine, run_microbatches, train_step
+from grow_megatron.engine.optim_state import gather_param_state, optimizer_step_count
 
 from engine_helpers import random_batch
 
@@ -153,7 +153,7 @@ def test_host_staging_frees_the_old_engine_before_building_the_new(env, monkeypa
     import gc
     import weakref
 
-    from grow_megatron.growth import manager
+    from grow_megatron.engine import grow as manager
 
     e = _engine(4)
     train_step(e, [_batch(0)], 1e-2)

@@ -47,7 +47,7 @@ def test_export_roundtrip(tmp_path):
 
 
 def test_cli_export_without_model(tmp_path, capsys):
-    from grow_megatron.eval.cli import main
+    from grow_megatron.cli.eval import main
 
     assert main(["--export-lm-eval", str(tmp_path), "--tasks", "varassign_code", "--n", "3"]) == 0
     assert len(A.read_jsonl(tmp_path / "varassign_code.jsonl")) == 3

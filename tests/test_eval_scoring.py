@@ -128,7 +128,7 @@ def test_chunk_tokens():
 
 
 def test_eval_cli_end_to_end(tiny, tmp_path, capsys):
-    from grow_megatron.eval.cli import main
+    from grow_megatron.cli.eval import main
 
     model, tokenizer = tiny
     model.save_pretrained(tmp_path / "hf")
@@ -268,7 +268,7 @@ def test_eval_cli_warns_about_and_records_truncated_prompts(tiny, tmp_path, caps
 
 
 def test_eval_quick_preset(tiny, tmp_path):
-    from grow_megatron.eval.cli import QUICK_CHUNKS, QUICK_N, main
+    from grow_megatron.cli.eval import QUICK_CHUNKS, QUICK_N, main
 
     model, tokenizer = tiny
     model.save_pretrained(tmp_path / "hf")

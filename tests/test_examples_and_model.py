@@ -35,8 +35,8 @@ def test_preset_param_counts_match_spec_and_transformers(preset, expected):
 
 
 def test_built_megatron_model_has_the_counted_parameters():
-    from grow_megatron.training.distributed import device_context, init_distributed
-    from grow_megatron.training.engine import EngineSpec, build_engine
+    from grow_megatron.engine.distributed import device_context, init_distributed
+    from grow_megatron.engine.build import EngineSpec, build_engine
     from grow_megatron.config.training import OptimConfig
 
     m = ModelConfig(num_layers=6, hidden_size=64, ffn_hidden_size=176, num_attention_heads=8, num_query_groups=2,

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from grow_megatron import flops as F
-from grow_megatron.flops_cli import main as flops_main
+from grow_megatron.growth import flops as F
+from grow_megatron.cli.flops import main as flops_main
 from grow_megatron.growth.schedule import GrowthPlan, make_plan
 from grow_megatron.growth.operators import lidas, midas
 

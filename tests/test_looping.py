@@ -14,10 +14,11 @@ from grow_megatron.config.loop import LoopSpec
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.convert.looping import loop_hf_model
-from grow_megatron.growth.manager import grow
+from grow_megatron.engine.grow import grow
+from grow_megatron.growth.operators import loop_growths
 from grow_megatron.model.looping import apply_loop_to_engine
-from grow_megatron.training.distributed import device_context, init_distributed
-from grow_megatron.training.engine import EngineSpec, build_engine, run_microbatches
+from grow_megatron.engine.distributed import device_context, init_distributed
+from grow_megatron.engine.build import EngineSpec, build_engine, run_microbatches
 
 from engine_helpers import random_batch
 
@@ -72,7 +73,7 @@ def test_loop_spec_positions_match_the_composed_growths():
     assert spec.source_map(24) == tuple(range(16)) + tuple(range(12, 16)) * 2 + tuple(range(16, 24))
     # The growth machinery's source maps, composed, give the same unrolled order.
     order = list(range(24))
-    for g in spec.growths(24):
+    for g in loop_growths(spec, 24):
         order = [order[i] for i in g.source_map]
     assert tuple(order) == spec.source_map(24)
     assert spec.extra_positions() == [[16, 17, 18, 19], [20, 21, 22, 23]]
@@ -97,7 +98,7 @@ def test_looped_forward_and_grads_equal_the_unrolled_grown_model(env, ln_scaling
     looped = _engine(ln_scaling)
     unrolled = _engine(ln_scaling)
     _copy_weights(unrolled, looped)
-    for g in spec.growths(DEPTH):  # untied copies, each at its position (LN-Scaling renumbered)
+    for g in loop_growths(spec, DEPTH):  # untied copies, each at its position (LN-Scaling renumbered)
         unrolled = grow(unrolled, g)
     assert unrolled.depth == spec.unrolled_depth(DEPTH) == 10
     apply_loop_to_engine(looped, spec)
@@ -125,7 +126,7 @@ def native_run(env, tmp_path_factory):
     """A native LN-Scaling checkpoint with random weights (norm gains too) and its HF model."""
     from grow_megatron.config.run import RunConfig, dump_run_config
     from grow_megatron.convert import load_as_hf
-    from grow_megatron.training.checkpoint import save_checkpoint
+    from grow_megatron.engine.checkpoint import save_checkpoint
 
     run_dir = tmp_path_factory.mktemp("looprun")
     e = _engine(ln_scaling=True)
@@ -211,7 +212,7 @@ def test_export_of_a_looped_model_is_the_unrolled_plain_llama(native_run, tmp_pa
 
 
 def test_flops_count_the_unrolled_depth_from_from_step():
-    from grow_megatron import flops as F
+    from grow_megatron.growth import flops as F
 
     shape = F.ModelShape(num_layers=12, hidden_size=128, ffn_hidden_size=352, num_attention_heads=4,
                          num_query_groups=2, vocab_size=4096, seq_length=128)

@@ -6,6 +6,7 @@ import pytest
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.run import load_run_config
+from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.training.loop import train
 
 from dist_helpers import run_world
@@ -49,8 +50,9 @@ def test_resume_around_from_step_is_exact(reference, tmp_path, stop_at):
 
 def test_loop_block_across_pipeline_stages_is_one_line():
     with pytest.raises(ConfigError) as err:
-        load_run_config(None, micro_overrides("/tmp/x", **{"model.loop": "{start: 4, end: 8, repeats: 2, from_step: 9}",
-                                                           "parallel.pipeline_parallel": 2}), world_size=2)
+        plan_from_config(load_run_config(None, micro_overrides(
+            "/tmp/x", **{"model.loop": "{start: 4, end: 8, repeats: 2, from_step: 9}",
+                         "parallel.pipeline_parallel": 2}), world_size=2))
     assert "within one pipeline stage" in str(err.value) and "\n" not in str(err.value)
 
 

@@ -9,8 +9,8 @@ import torch
 
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
-from grow_megatron.training.distributed import device_context, init_distributed
-from grow_megatron.training.engine import EngineSpec, build_engine, run_microbatches
+from grow_megatron.engine.distributed import device_context, init_distributed
+from grow_megatron.engine.build import EngineSpec, build_engine, run_microbatches
 
 V, S = 257, 24
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from grow_megatron.cli import main as cli_main
-from grow_megatron.growth.offline import grow_checkpoint, grow_tensors
+from grow_megatron.engine.offline_grow import grow_checkpoint, grow_tensors
 from grow_megatron.growth.operators import get_operator, lidas
-from grow_megatron.training.checkpoint import latest_checkpoint, load_checkpoint, read_meta
-from grow_megatron.training.distributed import device_context, init_distributed
-from grow_megatron.training.engine import EngineSpec, build_engine
+from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta
+from grow_megatron.engine.distributed import device_context, init_distributed
+from grow_megatron.engine.build import EngineSpec, build_engine
 from grow_megatron.training.loop import train
-from grow_megatron.training.optim_state import gather_param_state, optimizer_step_count
+from grow_megatron.engine.optim_state import gather_param_state, optimizer_step_count
 
 from engine_helpers import micro_config
 
@@ -54,7 +54,7 @@ def test_grow_tensors_hand_example():
 
 def _grow_both_ways(cfg, ckpt, growth, out_root, bf16=False):
     """(engine grown in memory, engine loaded from the checkpoint grown on disk), both at the new depth."""
-    from grow_megatron.growth.manager import grow
+    from grow_megatron.engine.grow import grow
 
     spec = EngineSpec(cfg.model, cfg.optim, 4096, bf16=bf16, use_kernels=False)
     with device_context():

@@ -9,10 +9,10 @@ import shutil
 
 import pytest
 
-from grow_megatron import flops as F
+from grow_megatron.growth import flops as F
 from grow_megatron.config.run import load_run_config
 from grow_megatron.data.corpus import default_tokenizer_path, iter_default_corpus
-from grow_megatron.training.checkpoint import latest_checkpoint, read_meta
+from grow_megatron.engine.checkpoint import latest_checkpoint, read_meta
 from grow_megatron.training.loop import train
 from grow_megatron.training.metrics import read_jsonl
 
@@ -231,7 +231,7 @@ def test_compare_runs_loss_at_equal_flops(finished, tmp_path, monkeypatch, capsy
 def test_flops_of_a_run_directory(finished, capsys):
     """`flops RUN_DIR` reads the vocabulary from the checkpoint and its grown total is what the
     run logged after its last step."""
-    from grow_megatron.flops_cli import main as flops_main
+    from grow_megatron.cli.flops import main as flops_main
 
     _, cfg, _ = finished
     out = os.path.join(str(cfg.run_dir), "..", "flops.json")

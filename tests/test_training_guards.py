@@ -9,9 +9,9 @@ import torch
 
 from grow_megatron.cli import main as cli_main
 from grow_megatron.config.run import load_run_config
-from grow_megatron.training.checkpoint import latest_checkpoint, read_global_tensors, read_meta
+from grow_megatron.engine.checkpoint import latest_checkpoint, read_global_tensors, read_meta
 from grow_megatron.training.loop import FAULT_NAN_GRAD_STEP, train
-from grow_megatron.training.optim_state import gather_param_state, optimizer_step_count
+from grow_megatron.engine.optim_state import gather_param_state, optimizer_step_count
 
 from engine_helpers import assert_same_tensors, micro_config
 
@@ -122,7 +122,7 @@ def test_a_torn_last_metrics_line_is_dropped_with_one_warning(tmp_path, caplog):
 def test_a_nonfinite_loss_with_finite_gradients_is_skipped_too(tmp_path):
     """A batch without a single loss token: loss 0/0 = NaN, gradients all zero (finite). AdamW
     would still move the weights (momentum, weight decay) on such a step; it must be skipped."""
-    from grow_megatron.training.engine import train_step
+    from grow_megatron.engine.build import train_step
 
     seen = {}
 

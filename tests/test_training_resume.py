@@ -3,8 +3,8 @@ import os
 
 import pytest
 
-from grow_megatron.training import checkpoint as ckpt_mod
-from grow_megatron.training.checkpoint import latest_checkpoint, read_meta
+from grow_megatron.engine import checkpoint as ckpt_mod
+from grow_megatron.engine.checkpoint import latest_checkpoint, read_meta
 from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.training.loop import train
 

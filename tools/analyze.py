@@ -9,7 +9,7 @@ import sys
 # Runnable from a checkout without `pip install -e .`.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from grow_megatron.analysis.cli import main  # noqa: E402
+from grow_megatron.cli.analyze import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

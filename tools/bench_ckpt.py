@@ -46,12 +46,12 @@ def worker(args) -> None:
 
     from grow_megatron.config.model import ModelConfig
     from grow_megatron.config.training import OptimConfig
-    from grow_megatron.growth.manager import grow
+    from grow_megatron.engine.grow import grow
     from grow_megatron.growth.operators import lidas
-    from grow_megatron.training.checkpoint import load_checkpoint, save_checkpoint
-    from grow_megatron.training.distributed import device_context, init_distributed
-    from grow_megatron.training.engine import EngineSpec, build_engine
-    from grow_megatron.training.optim_state import ensure_state_initialized
+    from grow_megatron.engine.checkpoint import load_checkpoint, save_checkpoint
+    from grow_megatron.engine.distributed import device_context, init_distributed
+    from grow_megatron.engine.build import EngineSpec, build_engine
+    from grow_megatron.engine.optim_state import ensure_state_initialized
 
     acc = _accounting()
     torch.set_num_threads(1)

@@ -111,7 +111,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from grow_megatron.data.config import DataConfig
+    from grow_megatron.config.data import DataConfig
     from grow_megatron.data.datasets import build_datasets, get_microbatches
     from grow_megatron.data.prepare import prepare
     from grow_megatron.bench.report import cpu_model

@@ -17,7 +17,7 @@
 #   kernels      tools/bench_kernels.py: our Triton kernels vs eager, torch.compile, Liger-Kernel
 #   train_short  examples/smollm360m_lidas_short.yaml through the real training loop: tokens/s
 #                around each growth, peak memory per stage (grow_megatron.bench.train_record)
-#   growth       python -m grow_megatron.bench_growth: grow() latency and memory at 360M/1.7B shapes
+#   growth       python -m grow_megatron.bench.growth: grow() latency and memory at 360M/1.7B shapes
 #
 # What comes back ($OUT holds at most 8 files): session.log, one JSON per step
 # (bench_360m.json, bench_1p7b.json, kernels.json, train_short.json, growth.json) and
@@ -90,7 +90,7 @@ fi
 [ -n "$SMOKE" ] || nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1
 python3 - <<'PY' || { echo "imports failed: nothing to measure"; exit 1; }
 import importlib.metadata as md, torch
-import megatron.core, grow_megatron.kernels, grow_megatron.bench.cli  # noqa: F401
+import megatron.core, grow_megatron.kernels, grow_megatron.cli.bench  # noqa: F401
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
 for m in ("triton", "transformers", "megatron-core", "liger-kernel"):
     try:
@@ -128,5 +128,5 @@ step kernels 90 45 python3 tools/bench_kernels.py --out $W/kernels.json ${KERNEL
 step train_short 150 90 python3 -m grow_megatron.bench.train_record examples/smollm360m_lidas_short.yaml \
   --out $W/train_short.json --set run_dir=$W/train_short --set checkpoint.save_at_growth=false \
   --set logging.progress=false --set logging.tensorboard=false ${TRAIN_X[@]+"${TRAIN_X[@]}"}
-step growth 90 40 python3 -m grow_megatron.bench_growth "${GROWTH_ARGS[@]}" --out $W/growth.json
+step growth 90 40 python3 -m grow_megatron.bench.growth "${GROWTH_ARGS[@]}" --out $W/growth.json
 echo "=== all steps done in $((SECONDS - T0))s"

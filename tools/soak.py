@@ -85,7 +85,7 @@ def losses(run_dir: str) -> dict[int, float]:
 
 def read_latest(run_dir: str):
     """(step, tensors) of the latest checkpoint, fully verified; raises if it does not read."""
-    from grow_megatron.training.checkpoint import latest_checkpoint, read_global_tensors, read_meta
+    from grow_megatron.engine.checkpoint import latest_checkpoint, read_global_tensors, read_meta
 
     ckpt = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
     if ckpt is None:

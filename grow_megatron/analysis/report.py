@@ -104,7 +104,7 @@ def markdown(results: dict[str, dict[str, dict]], files: dict[str, list[str]], o
 
 def compare(args: argparse.Namespace, overrides: dict[str, dict]) -> str:
     """Run the analyses for args.models, write figures, JSON and DIR/report.md; returns its path."""
-    from grow_megatron.analysis.cli import _labels, run_on_models, write_analysis
+    from grow_megatron.cli.analyze import _labels, run_on_models, write_analysis
 
     from grow_megatron.analysis.suite import QUICK
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from grow_megatron import flops as F
+from grow_megatron.growth import flops as F
 from grow_megatron.bench.config import DRY_RUN_LIMITS, DRY_RUN_MODEL, BenchConfig
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.run import RunConfig, load_run_config
@@ -223,7 +223,7 @@ class EngineBench:
     peak_flops: Optional[float]
 
     def __post_init__(self) -> None:
-        from grow_megatron.training.engine import EngineSpec
+        from grow_megatron.engine.build import EngineSpec
 
         s, cfg = self.setup, self.setup.cfg
         model = dataclasses.replace(cfg.model, seq_length=s.seq)
@@ -240,13 +240,13 @@ class EngineBench:
 
     def grow(self, engine, growth):
         """A growth as the training loop does it (host staging where growth.host_staging says so)."""
-        from grow_megatron.growth.manager import grow, needs_host_staging
+        from grow_megatron.engine.grow import grow, needs_host_staging
 
         return grow(engine, growth, host_staging=needs_host_staging(engine, growth,
                                                                     self.setup.cfg.growth.host_staging))
 
     def step(self, engine) -> dict:
-        from grow_megatron.training.engine import train_step
+        from grow_megatron.engine.build import train_step
 
         return train_step(engine, self.batches, self.lr)
 
@@ -263,7 +263,7 @@ class EngineBench:
 
     def static(self) -> dict:
         """The model at the final depth."""
-        from grow_megatron.training.engine import build_engine, destroy_engine
+        from grow_megatron.engine.build import build_engine, destroy_engine
 
         depth = self.setup.shape.num_layers
         free_memory()
@@ -290,7 +290,7 @@ class EngineBench:
 
     def stages(self) -> list[dict]:
         """Each stage's depth, reached by growing from the first (so grow() is exercised and timed)."""
-        from grow_megatron.training.engine import build_engine, destroy_engine
+        from grow_megatron.engine.build import build_engine, destroy_engine
 
         plan = self.setup.plan
         assert plan is not None
@@ -313,7 +313,7 @@ class EngineBench:
     def run(self, plan: Optional[GrowthPlan], total_steps: int) -> dict:
         """`total_steps` optimizer steps following `plan` (None: static at the final depth), growth
         included; per-step records for the plot."""
-        from grow_megatron.training.engine import build_engine, destroy_engine
+        from grow_megatron.engine.build import build_engine, destroy_engine
 
         free_memory()
         depth0 = plan.initial_depth if plan is not None else self.setup.shape.num_layers

@@ -42,7 +42,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from grow_megatron.bench.report import environment
     from grow_megatron.config.run import load_run_config
-    from grow_megatron.training.distributed import shutdown_distributed, world_size_from_env
+    from grow_megatron.engine.distributed import shutdown_distributed, world_size_from_env
     from grow_megatron.training.loop import train
 
     cfg = load_run_config(args.config, args.overrides, world_size=world_size_from_env())

@@ -81,16 +81,6 @@ class LoopSpec:
         the repeated applications (below the block: unchanged; above it: moved up)."""
         return position if position < self.end else position + (self.repeats - 1) * self.block_size
 
-    def growths(self, depth: int):
-        """The growth steps (growth/operators.Growth) whose composed source map is this loop's
-        unrolled order: r-1 insertions of a copy of [start, end) right after the previous copy.
-        The unrolled model they build (untied) is the reference the looped model must equal."""
-        from grow_megatron.growth.operators import Growth
-
-        b = self.block_size
-        return [Growth(depth + k * b, self.start, b, self.end + k * b, operator=f"loop {self}")
-                for k in range(self.repeats - 1)]
-
     def to_dict(self) -> dict:
         return {"start": self.start, "end": self.end, "repeats": self.repeats}
 

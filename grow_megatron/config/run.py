@@ -11,8 +11,7 @@ from grow_megatron.config.base import ConfigError, check, from_dict, to_dict
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import (CheckpointConfig, GrowthConfig, LoggingConfig, OptimConfig,
                                            ParallelConfig, TrainConfig)
-from grow_megatron.data.config import DataConfig
-from grow_megatron.growth.schedule import prop_alpha, steps_for_every_stage
+from grow_megatron.config.data import DataConfig
 
 
 @dataclass
@@ -54,13 +53,6 @@ class RunConfig:
             k = self.model.num_layers // self.growth.block_size
             check(self.grow_steps >= k, "growth.grow_steps", self.grow_steps,
                   f"must give each of the {k} stages at least one step")
-            steps = prop_alpha(k, self.grow_steps, self.growth.alpha)
-            if min(steps) < 1:
-                raise ConfigError("growth.alpha", self.growth.alpha,
-                                  f"gives stage {steps.index(0) + 1} of {k} no steps (PROP-{self.growth.alpha:g} over "
-                                  f"{self.grow_steps} growth steps: {steps}): lower growth.alpha, or raise "
-                                  f"growth.grow_steps (with train.steps) to "
-                                  f"{steps_for_every_stage(k, self.growth.alpha)}, which gives every stage a step")
         tc = self.train
         mbs_per_step = tc.global_batch_size // (tc.micro_batch_size * dp)
         counts = (("train.global_batch_size", tc.global_batch_size, mbs_per_step,
@@ -78,20 +70,10 @@ class RunConfig:
         return self
 
     def _validate_loop(self) -> None:
-        from grow_megatron.growth.partition import offsets, split_at
-
-        loop = self.model.loop
-        loop.validate(self.model.num_layers, self.train.steps, self.grow_steps if self.growth.enabled else None)
-        par = self.parallel
-        split = split_at(self.model.num_layers, par.num_virtual_stages,
-                         tuple(par.pipeline_split) if par.pipeline_split else None)
-        starts = offsets(split)
-        stage = lambda pos: max(i for i, o in enumerate(starts) if o <= pos)  # noqa: E731
-        check(stage(loop.start) == stage(loop.end - 1), "model.loop", loop.spec.to_dict(),
-              "the looped block must lie within one pipeline stage; the stages hold layers "
-              + ", ".join(f"{o}..{o + n - 1}" for o, n in zip(starts, split))
-              + ": move the block or set parallel.pipeline_split")
-
+        # Where the block sits against the pipeline stages is checked with the plan
+        # (growth.schedule.plan_from_config), which owns the layer split.
+        self.model.loop.validate(self.model.num_layers, self.train.steps,
+                                 self.grow_steps if self.growth.enabled else None)
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")

@@ -5,8 +5,16 @@ from dataclasses import dataclass
 from typing import Literal, Optional
 
 from grow_megatron.config.base import ConfigError, check
-from grow_megatron.growth.operators import OPERATORS
-from grow_megatron.growth.schedule import MAX_ALPHA
+
+OPERATORS = ("midas", "lidas", "top", "bottom")
+"""The growth operators' names; growth/operators.py maps each to its function (and checks it
+has one for every name here)."""
+
+MAX_ALPHA = 10.0
+"""Largest PROP-alpha exponent accepted. At alpha = 10 stage 1 already gets under 2e-5 of the
+growth steps with 3 stages (1 / (1 + 2^10 + 3^10)); larger exponents only starve the early
+stages further, while the exact rational weights i^alpha grow without bound (alpha = 1e300
+would never finish computing)."""
 
 
 @dataclass

@@ -277,7 +277,7 @@ def from_hf(hf_dir: str, out_dir: str, *, ln_scaling: bool = False, seq_length: 
     ln_scaling: the model is to continue with LN-Scaling on; its (folded) HF norm gains are
     unfolded by sqrt(l), so that the native forward equals the HF one."""
     from grow_megatron.config.run import dump_run_config
-    from grow_megatron.training.distributed import device_context
+    from grow_megatron.engine.distributed import device_context
 
     t0 = time.perf_counter()
     hf_dir = os.path.abspath(hf_dir)
@@ -296,7 +296,7 @@ def from_hf(hf_dir: str, out_dir: str, *, ln_scaling: bool = False, seq_length: 
     run_name = name or os.path.basename(hf_dir.rstrip("/")) or "hf"
     model = model_config_from_shape(shape)
     from grow_megatron.config.run import RunConfig
-    from grow_megatron.data.config import DataConfig
+    from grow_megatron.config.data import DataConfig
 
     run_cfg = RunConfig(name=run_name, run_dir=out_dir, model=model, data=DataConfig(tokenizer=tok_dir)).validate(1)
     if tok_dir:
@@ -352,7 +352,7 @@ def compare_logits(ckpt: str, hf: Optional[str] = None, *, tokens: Optional[torc
     bf16 checkpoint the in-memory export is made from those too (a bf16 export differs by bf16
     rounding, ~1e-3)."""
     from grow_megatron.convert.native import NativeReader, native_logits
-    from grow_megatron.training.distributed import device_context
+    from grow_megatron.engine.distributed import device_context
 
     main = NativeReader(resolve_checkpoint(ckpt)[0]).dtype != torch.float32
     src = NativeSource(ckpt, config, main_params=main)

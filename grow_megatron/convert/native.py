@@ -19,14 +19,14 @@ from grow_megatron.config.base import ConfigError, from_dict
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.convert.keymap import (EMBED, LAYER_PREFIX, LlamaShape, check_shapes,
                                           expected_native_shapes)
-from grow_megatron.data.config import DataConfig
+from grow_megatron.config.data import DataConfig
 
 MODEL_PREFIX = "model."
 
 
 def resolve_checkpoint(path: str) -> tuple[str, Optional[str]]:
     """(checkpoint dir, run dir or None) for a checkpoint dir or a run dir (its latest checkpoint)."""
-    from grow_megatron.training.checkpoint import META, latest_checkpoint
+    from grow_megatron.engine.checkpoint import META, latest_checkpoint
 
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
@@ -83,8 +83,8 @@ class NativeReader:
         Of the tensor shards only the tensors under `read_prefix` are checked (what this
         reader's user reads: the weights, or `optimizer.param.` + the weights' keys for the
         fp32 main copies); every other file of the checkpoint is checked whole."""
-        from grow_megatron.training.checkpoint import read_meta, tensor_specs
-        from grow_megatron.training.integrity import verify_checkpoint
+        from grow_megatron.engine.checkpoint import read_meta, tensor_specs
+        from grow_megatron.engine.integrity import verify_checkpoint
 
         self.dir = ckpt_dir
         self.meta = read_meta(ckpt_dir)
@@ -114,7 +114,7 @@ class NativeReader:
 
     def read(self, key: str) -> torch.Tensor:
         """The whole global tensor `key` (without the `model.` prefix)."""
-        from grow_megatron.training.checkpoint import read_global_tensors
+        from grow_megatron.engine.checkpoint import read_global_tensors
 
         full = MODEL_PREFIX + key
         return read_global_tensors(self.dir, {full: (self.shapes[key], self.dtypes[key])}, verify=False)[full]
@@ -142,8 +142,8 @@ def model_config_from_shape(shape: LlamaShape) -> ModelConfig:
 
 def _engine(model: ModelConfig, depth: int, vocab_size: int):
     from grow_megatron.config.training import OptimConfig
-    from grow_megatron.training.distributed import init_distributed
-    from grow_megatron.training.engine import EngineSpec, build_engine
+    from grow_megatron.engine.distributed import init_distributed
+    from grow_megatron.engine.build import EngineSpec, build_engine
 
     layout = init_distributed(1, 1, seed=0)
     if layout.world != 1:
@@ -159,7 +159,7 @@ def write_native_checkpoint(native: dict[str, torch.Tensor], model: ModelConfig,
     Must run inside `device_context()`. The tensors go into a single-process fp32 engine, whose
     optimizer has no state yet: save_checkpoint writes zero moments and step 0, exactly what
     a fresh optimizer holds."""
-    from grow_megatron.training.checkpoint import save_checkpoint
+    from grow_megatron.engine.checkpoint import save_checkpoint
 
     engine = _engine(model, depth, vocab_size)
     chunk = engine.model[0].module
@@ -184,7 +184,7 @@ def native_logits(ckpt_dir: str, model: ModelConfig, tokens: torch.Tensor, loop=
     by `loop` (a LoopSpec) when given.
 
     Must run inside `device_context()`."""
-    from grow_megatron.training.checkpoint import load_checkpoint
+    from grow_megatron.engine.checkpoint import load_checkpoint
 
     reader = NativeReader(ckpt_dir, verify=False)
     engine = _engine(model, reader.depth, reader.vocab_size)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "DataConfig": "grow_megatron.data.config",
-    "DatasetSpec": "grow_megatron.data.config",
-    "PAPER_MIXTURE": "grow_megatron.data.config",
+    "DataConfig": "grow_megatron.config.data",
+    "DatasetSpec": "grow_megatron.config.data",
+    "PAPER_MIXTURE": "grow_megatron.config.data",
     "build_tokenizer": "grow_megatron.data.datasets",
     "build_datasets": "grow_megatron.data.datasets",
     "get_microbatches": "grow_megatron.data.datasets",

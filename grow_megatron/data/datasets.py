@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from grow_megatron.config.base import ConfigError
-from grow_megatron.data.config import DataConfig, split_vector
+from grow_megatron.config.data import DataConfig, split_vector
 from grow_megatron.data.tokenizer import Tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)

@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
+from grow_megatron.config.training import OPERATORS as OPERATOR_NAMES
+
 
 @dataclass(frozen=True)
 class Growth:
@@ -100,6 +102,7 @@ def bottom(L: int, b: int) -> Growth:
 
 
 OPERATORS: dict[str, Callable[[int, int], Growth]] = {"midas": midas, "lidas": lidas, "top": top, "bottom": bottom}
+assert tuple(OPERATORS) == OPERATOR_NAMES, "config.training.OPERATORS and the functions here must name the same operators"
 
 
 def get_operator(name: str, function_preserving: bool = False) -> Callable[[int, int], Growth]:
@@ -113,3 +116,13 @@ def get_operator(name: str, function_preserving: bool = False) -> Callable[[int,
         return Growth(g.old_depth, g.copy_start, g.block_size, g.insert_at, zero_outputs=True, operator=f"{name}+fp")
 
     return fp
+
+
+def loop_growths(loop, depth: int) -> list[Growth]:
+    """The growth steps whose composed source map is a loop's unrolled order (config/loop.py's
+    LoopSpec over a model of `depth` layers): repeats-1 insertions of a copy of [start, end)
+    right after the previous copy. The unrolled model they build (untied) is the reference the
+    looped model must equal."""
+    b = loop.block_size
+    return [Growth(depth + k * b, loop.start, b, loop.end + k * b, operator=f"loop {loop}")
+            for k in range(loop.repeats - 1)]

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
 
-from grow_megatron.growth.operators import Growth
+from grow_megatron.config.base import ConfigError, check
+from grow_megatron.config.training import MAX_ALPHA
+from grow_megatron.growth.operators import Growth, get_operator
+from grow_megatron.growth.partition import offsets, split_at
 
 
 def largest_remainder(weights: list[Fraction] | list[float], total: int) -> list[int]:
@@ -23,13 +26,6 @@ def largest_remainder(weights: list[Fraction] | list[float], total: int) -> list
     for i in order[:left]:
         floors[i] += 1
     return floors
-
-
-MAX_ALPHA = 10.0
-"""Largest PROP-alpha exponent accepted. At alpha = 10 stage 1 already gets under 2e-5 of the
-growth steps with 3 stages (1 / (1 + 2^10 + 3^10)); larger exponents only starve the early
-stages further, while the exact rational weights i^alpha grow without bound (alpha = 1e300
-would never finish computing)."""
 
 
 def steps_for_every_stage(num_stages: int, alpha: float) -> int:
@@ -108,10 +104,36 @@ def static_plan(depth: int) -> GrowthPlan:
 
 
 def plan_from_config(cfg) -> GrowthPlan:
-    """The plan of a RunConfig: static at model.num_layers, or PROP-alpha growth."""
-    from grow_megatron.growth.operators import get_operator
-
+    """The plan of a RunConfig: static at model.num_layers, or PROP-alpha growth. Raises a
+    one-line ConfigError for a config whose plan cannot be run (a stage without steps, a looped
+    block across pipeline stages); every command calls it before doing any work."""
+    if cfg.model.loop is not None:
+        _check_loop_in_one_stage(cfg)
     if not cfg.growth.enabled:
         return static_plan(cfg.model.num_layers)
-    op = get_operator(cfg.growth.operator, cfg.growth.function_preserving)
-    return make_plan(cfg.model.num_layers, cfg.growth.block_size, cfg.grow_steps, op, cfg.growth.alpha)
+    g = cfg.growth
+    k = cfg.model.num_layers // g.block_size
+    steps = prop_alpha(k, cfg.grow_steps, g.alpha)
+    if min(steps) < 1:
+        raise ConfigError("growth.alpha", g.alpha,
+                          f"gives stage {steps.index(0) + 1} of {k} no steps (PROP-{g.alpha:g} over "
+                          f"{cfg.grow_steps} growth steps: {steps}): lower growth.alpha, or raise "
+                          f"growth.grow_steps (with train.steps) to "
+                          f"{steps_for_every_stage(k, g.alpha)}, which gives every stage a step")
+    return make_plan(cfg.model.num_layers, g.block_size, cfg.grow_steps,
+                     get_operator(g.operator, g.function_preserving), g.alpha)
+
+
+def _check_loop_in_one_stage(cfg) -> None:
+    loop, par = cfg.model.loop, cfg.parallel
+    split = split_at(cfg.model.num_layers, par.num_virtual_stages,
+                     tuple(par.pipeline_split) if par.pipeline_split else None)
+    starts = offsets(split)
+
+    def stage(pos: int) -> int:
+        return max(i for i, o in enumerate(starts) if o <= pos)
+
+    check(stage(loop.start) == stage(loop.end - 1), "model.loop", loop.spec.to_dict(),
+          "the looped block must lie within one pipeline stage; the stages hold layers "
+          + ", ".join(f"{o}..{o + n - 1}" for o, n in zip(starts, split))
+          + ": move the block or set parallel.pipeline_split")

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from grow_megatron.config.base import ConfigError
-from grow_megatron.flops import flops_unit, format_flops
+from grow_megatron.growth.flops import flops_unit, format_flops
 from grow_megatron.training.metrics import read_jsonl
 
 AXES = (("step", "step"), ("tokens", "tokens trained"), ("flops", "training FLOPs (SPEC 6)"))

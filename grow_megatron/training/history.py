@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional
 
-from grow_megatron import flops as F
+from grow_megatron.growth import flops as F
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.growth.schedule import GrowthPlan
 from grow_megatron.training.lr import LRSegment, base_segment, describe_extension, extend_schedule, lr_at

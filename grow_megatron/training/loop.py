@@ -16,19 +16,19 @@ from megatron.core import parallel_state
 from grow_megatron.config.base import ConfigError, check_output_dir
 from grow_megatron.config.model import padded_vocab
 from grow_megatron.config.run import RunConfig, dump_run_config
-from grow_megatron.growth.manager import grow, needs_host_staging
+from grow_megatron.engine.grow import grow, needs_host_staging
 from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.model.looping import LoopSchedule
-from grow_megatron.training.async_save import AsyncSaver
-from grow_megatron.training.checkpoint import (latest_checkpoint, load_checkpoint, prepare_run_dir, read_meta,
+from grow_megatron.engine.async_save import AsyncSaver
+from grow_megatron.engine.checkpoint import (latest_checkpoint, load_checkpoint, prepare_run_dir, read_meta,
                                                save_checkpoint)
-from grow_megatron.training.distributed import Layout, device_context, init_distributed
-from grow_megatron.training.engine import Engine, EngineSpec, build_engine, eval_loss, poison_gradients, train_step
-from grow_megatron.training.faults import fault_point
+from grow_megatron.engine.distributed import Layout, device_context, init_distributed
+from grow_megatron.engine.build import Engine, EngineSpec, build_engine, eval_loss, poison_gradients, train_step
+from grow_megatron.engine.faults import fault_point
 from grow_megatron.training.history import ComputeCount, continued_plan, lr_schedule, plan_note
 from grow_megatron.training.memory import check_fits
 from grow_megatron.training.metrics import MetricsWriter
-from grow_megatron.training.optim_state import nonfinite_state
+from grow_megatron.engine.optim_state import nonfinite_state
 from grow_megatron.training.run_lock import run_dir_lock
 
 FAULT_NAN_GRAD_STEP = "GROW_MEGATRON_FAULT_NAN_GRAD_STEP"
@@ -103,6 +103,7 @@ def train(cfg: RunConfig, *, stop_at: Optional[int] = None,
     # Before anything is set up or written: a run_dir that is a file fails here, not after the
     # data is prepared; a run_dir another trainer uses is refused before its files are touched.
     check_output_dir(cfg.run_dir, "run_dir")
+    plan_from_config(cfg)  # an unrunnable plan is one line here, before the run_dir is touched
     with run_dir_lock(cfg.run_dir), device_context():
         return _train(cfg, stop_at=stop_at, on_step=on_step)
 

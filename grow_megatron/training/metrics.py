@@ -44,7 +44,7 @@ class _Lines:
             parts.append(f"lr {rec['lr']:.3g}")
         parts.append(f"{rec['tokens_per_s']:,.0f} tok/s")
         if "flops" in rec:
-            from grow_megatron.flops import format_flops
+            from grow_megatron.growth.flops import format_flops
 
             parts.append(format_flops(rec["flops"]))
         print(" | ".join(parts), flush=True)

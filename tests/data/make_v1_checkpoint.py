@@ -15,9 +15,9 @@ import torch
 
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
-from grow_megatron.training.checkpoint import save_checkpoint
-from grow_megatron.training.distributed import device_context, init_distributed
-from grow_megatron.training.engine import EngineSpec, build_engine, train_step
+from grow_megatron.engine.checkpoint import save_checkpoint
+from grow_megatron.engine.distributed import device_context, init_distributed
+from grow_megatron.engine.build import EngineSpec, build_engine, train_step
 
 V, S = 64, 8
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -26,11 +26,11 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from grow_megatron.growth.offline import OUTPUT_PROJECTIONS
+from grow_megatron.engine.offline_grow import OUTPUT_PROJECTIONS
 from grow_megatron.growth.operators import Growth
 from grow_megatron.growth.partition import transfer_plan
-from grow_megatron.training.engine import Engine, build_engine, destroy_engine
-from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, gather_states,
+from grow_megatron.engine.build import Engine, build_engine, destroy_engine
+from grow_megatron.engine.optim_state import (STATE_KEYS, ensure_state_initialized, gather_states,
                                                 optimizer_step_count, scatter_param_state, set_step_count)
 
 

@@ -12,16 +12,16 @@ import warnings
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("grow_megatron.training.cli", "train a (depth-grown) model from a YAML run config"),
-    "data": ("grow_megatron.data.cli", "prepare tokenizers and indexed datasets"),
-    "convert": ("grow_megatron.convert.cli", "convert checkpoints to and from Hugging Face Llama"),
-    "eval": ("grow_megatron.eval.cli", "held-out NLL and reasoning-primitive evaluation"),
+    "train": ("grow_megatron.cli.train", "train a (depth-grown) model from a YAML run config"),
+    "data": ("grow_megatron.cli.data", "prepare tokenizers and indexed datasets"),
+    "convert": ("grow_megatron.cli.convert", "convert checkpoints to and from Hugging Face Llama"),
+    "eval": ("grow_megatron.cli.eval", "held-out NLL and reasoning-primitive evaluation"),
     "loop-sweep": ("grow_megatron.eval.loop_sweep", "inference-time looping of blocks: primitives and NLL per (block, repeats)"),
-    "analyze": ("grow_megatron.analysis.cli", "depth analyses (tuned lens, depth score, interventions, ...)"),
-    "flops": ("grow_megatron.flops_cli", "training FLOPs of a static vs a grown run (SPEC 6)"),
-    "bench": ("grow_megatron.bench.cli", "timed grown-vs-static training throughput"),
-    "plan": ("grow_megatron.growth.cli", "print the growth plan (stages, depths, source maps) of a config"),
-    "grow": ("grow_megatron.growth.offline_cli", "grow a trained checkpoint on disk, to keep training it deeper"),
+    "analyze": ("grow_megatron.cli.analyze", "depth analyses (tuned lens, depth score, interventions, ...)"),
+    "flops": ("grow_megatron.cli.flops", "training FLOPs of a static vs a grown run (SPEC 6)"),
+    "bench": ("grow_megatron.cli.bench", "timed grown-vs-static training throughput"),
+    "plan": ("grow_megatron.cli.plan", "print the growth plan (stages, depths, source maps) of a config"),
+    "grow": ("grow_megatron.cli.grow", "grow a trained checkpoint on disk, to keep training it deeper"),
     "compare-runs": ("grow_megatron.training.compare_runs", "loss of runs against steps, tokens and FLOPs; loss at equal FLOPs"),
 }
 

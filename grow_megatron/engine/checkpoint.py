@@ -51,15 +51,15 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from grow_megatron.config.base import ConfigError
 
-from grow_megatron.training.engine import Engine
-from grow_megatron.training.dp_shards import param_pieces
-from grow_megatron.training.faults import fault_point
-from grow_megatron.training.integrity import fsync_dir, verifying, write_manifest
-from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, local_range, local_state,
+from grow_megatron.engine.build import Engine
+from grow_megatron.engine.dp_shards import param_pieces
+from grow_megatron.engine.faults import fault_point
+from grow_megatron.engine.integrity import fsync_dir, verifying, write_manifest
+from grow_megatron.engine.optim_state import (STATE_KEYS, ensure_state_initialized, local_range, local_state,
                                                 optimizer_step_count, set_step_count)
 
 if TYPE_CHECKING:
-    from grow_megatron.training.async_save import AsyncSaver
+    from grow_megatron.engine.async_save import AsyncSaver
 
 META = "meta.json"
 LATEST = "latest"

@@ -19,7 +19,7 @@ import json
 import sys
 from typing import Any
 
-from grow_megatron import flops as F
+from grow_megatron.growth import flops as F
 from grow_megatron.config.base import ConfigError
 from grow_megatron.growth.schedule import GrowthPlan
 
@@ -64,7 +64,7 @@ def run_vocab(cfg, run_dir: str | None = None) -> tuple[int, str]:
     from grow_megatron.config.model import padded_vocab
 
     if run_dir:
-        from grow_megatron.training.checkpoint import latest_checkpoint, tensor_specs
+        from grow_megatron.engine.checkpoint import latest_checkpoint, tensor_specs
 
         ckpt = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
         if ckpt is not None:

@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
         args.overrides.append(f"run_dir={args.run_dir}")
 
     from grow_megatron.config.run import load_run_config
-    from grow_megatron.training.distributed import shutdown_distributed, world_size_from_env
+    from grow_megatron.engine.distributed import shutdown_distributed, world_size_from_env
     from grow_megatron.training.loop import train
 
     cfg = load_run_config(args.config, args.overrides, world_size=world_size_from_env())

@@ -25,7 +25,7 @@ from typing import Callable
 
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue, AsyncRequest
 
-from grow_megatron.training.distributed import signal_on_parent_death
+from grow_megatron.engine.distributed import signal_on_parent_death
 
 KILL_WRITER_ENV = "GROW_MEGATRON_KILL_ASYNC_WRITER"
 

@@ -57,9 +57,9 @@ def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: i
               host_staging: bool = False) -> dict:
     from grow_megatron.config.model import PRESETS, ModelConfig
     from grow_megatron.config.training import OptimConfig
-    from grow_megatron.growth.manager import grow
+    from grow_megatron.engine.grow import grow
     from grow_megatron.growth.operators import get_operator
-    from grow_megatron.training.engine import EngineSpec, build_engine, destroy_engine, train_step
+    from grow_megatron.engine.build import EngineSpec, build_engine, destroy_engine, train_step
 
     shape = {**PRESETS[preset], "num_layers": depth + block, "seq_length": seq}
     model = ModelConfig(**shape)
@@ -103,7 +103,7 @@ def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: i
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m grow_megatron.bench_growth", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m grow_megatron.bench.growth", description=__doc__)
     p.add_argument("--preset", action="append", default=None, help="model shape (repeatable; default smollm-360m)")
     p.add_argument("--depth", type=int, action="append", default=None, help="depth before the growth (repeatable)")
     p.add_argument("--block", type=int, default=4)
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="JSON file for the results")
     args = p.parse_args(argv)
     from grow_megatron.cli import _quiet_known_warnings
-    from grow_megatron.training.distributed import device_context, init_distributed
+    from grow_megatron.engine.distributed import device_context, init_distributed
 
     _quiet_known_warnings()
     staging_modes = []

@@ -23,10 +23,11 @@ def main(argv: list[str]) -> int:
 
     from grow_megatron.config.base import ConfigError
     from grow_megatron.convert.native import read_run_info, resolve_checkpoint
-    from grow_megatron.growth.offline import carry_run_records, grow_checkpoint, grown_run_config
+    from grow_megatron.engine.offline_grow import grow_checkpoint
+    from grow_megatron.training.grown_run import carry_run_records, grown_run_config
     from grow_megatron.growth.operators import get_operator
-    from grow_megatron.training.checkpoint import list_checkpoints, read_meta
-    from grow_megatron.training.distributed import device_context, shutdown_distributed
+    from grow_megatron.engine.checkpoint import list_checkpoints, read_meta
+    from grow_megatron.engine.distributed import device_context, shutdown_distributed
 
     ckpt, run_dir = resolve_checkpoint(args.checkpoint)
     config = args.config or (os.path.join(run_dir, "config.yaml") if run_dir else None)

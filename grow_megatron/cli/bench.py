@@ -96,7 +96,7 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
 
     from grow_megatron.bench import report as R
     from grow_megatron.bench.runner import EngineBench, hf_measure, on_gpu, resolve
-    from grow_megatron.training.distributed import device_context, init_distributed, world_size_from_env
+    from grow_megatron.engine.distributed import device_context, init_distributed, world_size_from_env
 
     gpu = on_gpu()
     bc, setup = resolve(bc, world_size=world_size_from_env(), on_gpu=gpu)

@@ -71,10 +71,10 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
     from megatron.core.dist_checkpointing import load_common_state_dict
 
     from grow_megatron.config.training import OptimConfig
-    from grow_megatron.training.checkpoint import read_global_tensors, read_meta, save_checkpoint
-    from grow_megatron.training.distributed import init_distributed
-    from grow_megatron.training.engine import EngineSpec, build_engine, destroy_engine
-    from grow_megatron.training.optim_state import (STATE_KEYS, ensure_state_initialized, scatter_param_state,
+    from grow_megatron.engine.checkpoint import read_global_tensors, read_meta, save_checkpoint
+    from grow_megatron.engine.distributed import init_distributed
+    from grow_megatron.engine.build import EngineSpec, build_engine, destroy_engine
+    from grow_megatron.engine.optim_state import (STATE_KEYS, ensure_state_initialized, scatter_param_state,
                                                     set_step_count)
 
     meta = read_meta(src_dir)
@@ -113,40 +113,3 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
         return save_checkpoint(engine, out_root, meta["step"], new_meta)
     finally:
         destroy_engine(engine)
-
-
-def carry_run_records(src_run_dir: str, out_dir: str, step: int, growth_event: dict) -> int:
-    """Copy the source run's metrics.jsonl and events.jsonl records before `step` into the grown
-    run's directory and add the offline growth to its events, so that its plots and
-    compare-runs show the model's whole life. Returns the number of metrics records carried."""
-    import json
-
-    from grow_megatron.training.metrics import read_jsonl
-
-    carried = 0
-    for name in ("metrics.jsonl", "events.jsonl"):
-        keep = [json.dumps(r) + "\n" for r in read_jsonl(os.path.join(src_run_dir, name)) if r.get("step", step) < step]
-        if name == "metrics.jsonl":
-            carried = len(keep)
-        else:
-            keep.append(json.dumps({"step": step, "kind": "growth", **growth_event}) + "\n")
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
-            f.writelines(keep)
-    return carried
-
-
-def grown_run_config(src_config: str, growth: Growth, run_dir: str) -> str:
-    """The source run's config.yaml as a static run at the grown depth in `run_dir` (YAML text):
-    `train` on it resumes from the grown checkpoint and keeps training the deeper model."""
-    import yaml
-
-    from grow_megatron.config.run import read_yaml
-
-    raw = read_yaml(src_config)
-    raw["run_dir"] = os.path.abspath(run_dir)
-    raw["name"] = f"{raw.get('name', 'run')}-{growth.operator}-grown-{growth.new_depth}"
-    raw.setdefault("model", {})["num_layers"] = growth.new_depth
-    raw["growth"] = {"operator": "none"}
-    raw.setdefault("parallel", {}).pop("pipeline_split", None)  # was for the old final depth
-    raw.setdefault("checkpoint", {})["resume"] = "auto"
-    return yaml.safe_dump(raw, sort_keys=False)
