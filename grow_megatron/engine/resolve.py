@@ -1,0 +1,121 @@
+"""What a run is, resolved once from its config and its process layout: the growth plan, the
+precision, whether the Triton kernels run, the vocabulary the model is built with, and the
+engine spec that holds them.
+
+Training, the benchmark, offline growth and conversion all take their spec from here, so a
+setting (`train.precision: auto`, `model.kernels: auto`, an unpadded vocabulary under TP) means
+the same in each of them, and every refusal of a config comes in one line before any work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from grow_megatron.config.base import ConfigError
+from grow_megatron.config.model import ModelConfig, padded_vocab
+from grow_megatron.config.run import RunConfig
+from grow_megatron.config.training import OptimConfig
+from grow_megatron.data.datasets import build_tokenizer
+from grow_megatron.data.tokenizer import Tokenizer
+from grow_megatron.engine.build import EngineSpec
+from grow_megatron.engine.distributed import Layout
+from grow_megatron.engine.memory import check_fits
+from grow_megatron.growth.schedule import GrowthPlan, plan_from_config
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """Everything a run needs besides its data and its state."""
+
+    cfg: RunConfig
+    layout: Layout
+    plan: GrowthPlan
+    """The config's growth plan (a static plan when growth is off)."""
+    bf16: bool
+    """bf16 mixed precision (fp32 otherwise)."""
+    use_kernels: bool
+    """The fused Triton kernels (the plain-PyTorch reference path otherwise)."""
+    vocab: int
+    """The vocabulary the model is built with: model.vocab_size or the tokenizer's, padded so
+    that every TP rank holds an equal slice."""
+    spec: EngineSpec
+    tokenizer: Optional[Tokenizer]
+    """The run's tokenizer; None for a run on random tokens (the benchmark)."""
+
+    def describe(self) -> str:
+        """Precision, kernels and vocabulary, as the run's first note states them."""
+        return f"{'bf16' if self.bf16 else 'fp32'}, kernels {'on' if self.use_kernels else 'off'}, vocab {self.vocab}"
+
+
+def engine_spec(model: ModelConfig, vocab_size: int, *, optim: Optional[OptimConfig] = None, bf16: bool = False,
+                use_kernels: bool = False, tp: int = 1, pp: int = 1, vpp: int = 1,
+                final_split: Optional[tuple[int, ...]] = None, seed: int = 0) -> EngineSpec:
+    """The one constructor of EngineSpec. Without a run config (offline growth, conversion, the
+    growth and checkpoint benchmarks) the defaults are a single-process fp32 engine on the
+    reference path; `optim` matters only to an engine that steps (default: OptimConfig())."""
+    return EngineSpec(model, optim if optim is not None else OptimConfig(), vocab_size, bf16=bf16,
+                      use_kernels=use_kernels, tp=tp, pp=pp, vpp=vpp, final_split=final_split, seed=seed)
+
+
+def planned_layout(cfg: RunConfig, world: int, rank: int = 0) -> Layout:
+    """The layout a job of `world` processes gets from init_distributed, known before the
+    process group exists (the benchmark resolves its run before starting one)."""
+    tp, pp = cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel
+    return Layout(world, rank, tp, pp, world // (tp * pp))
+
+
+def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
+                device: Optional[str] = None) -> ResolvedRun:
+    """Resolve `cfg` for `layout`, refusing an unrunnable config in one line (ConfigError).
+
+    The checks run cheapest first, and the tokenizer (which may be trained, once, on the raw
+    data) only after the plan, precision and kernels passed. `random_tokens`: the run draws
+    random token ids below model.vocab_size (the benchmark), so no tokenizer is built and the
+    memory estimate, which counts the config's batches and data index, is not made. `device`:
+    "cuda" or "cpu", default the one this process has; auto precision and kernels follow it."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg.validate(layout.world)
+    plan = plan_from_config(cfg)
+    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device == "cuda")
+    use_kernels = _use_kernels(cfg.model.kernels, device)
+    tokenizer = None if random_tokens else build_tokenizer(cfg.data)
+    vocab = padded_vocab(_vocab_size(cfg.model, tokenizer), layout.tp)
+    if not random_tokens:
+        check_fits(cfg, vocab, layout.tp, layout.pp, layout.dp, bf16)
+    par = cfg.parallel
+    spec = engine_spec(cfg.model, vocab, optim=cfg.optim, bf16=bf16, use_kernels=use_kernels, tp=layout.tp,
+                       pp=layout.pp, vpp=par.virtual_stages,
+                       final_split=tuple(par.pipeline_split) if par.pipeline_split else None, seed=cfg.train.seed)
+    return ResolvedRun(cfg, layout, plan, bf16, use_kernels, vocab, spec, tokenizer)
+
+
+def _use_kernels(setting: str, device: str) -> bool:
+    if not (setting == "on" or (setting == "auto" and device == "cuda")):
+        return False
+    # Imported only when wanted: importing triton fixes whether it interprets (TRITON_INTERPRET
+    # is read then), and the reference path must not depend on triton at all.
+    from grow_megatron.kernels import triton_available
+
+    if not triton_available(device):
+        raise ConfigError("model.kernels", setting,
+                          "the Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1 to run them, slowly, in "
+                          "Triton's interpreter on CPU); use model.kernels=auto or off")
+    return True
+
+
+def _vocab_size(model: ModelConfig, tokenizer: Optional[Tokenizer]) -> int:
+    """model.vocab_size, or the tokenizer's; never smaller than the tokenizer's."""
+    if tokenizer is None:
+        if model.vocab_size is None:
+            raise ConfigError("model.vocab_size", None, "is empty, and a run on random tokens has no tokenizer to "
+                                                        "take the vocabulary from: set it")
+        return model.vocab_size
+    if model.vocab_size is not None and model.vocab_size < tokenizer.vocab_size:
+        raise ConfigError("model.vocab_size", model.vocab_size,
+                          f"is smaller than the tokenizer's vocabulary ({tokenizer.vocab_size}, {tokenizer.source}), so "
+                          f"its token ids would index past the embedding: leave it empty to take the tokenizer's, or "
+                          f"set it >= {tokenizer.vocab_size}")
+    return model.vocab_size or tokenizer.vocab_size
