@@ -45,12 +45,12 @@ def worker(args) -> None:
     import torch.distributed as dist
 
     from grow_megatron.config.model import ModelConfig
-    from grow_megatron.config.training import OptimConfig
     from grow_megatron.engine.grow import grow
     from grow_megatron.growth.operators import lidas
     from grow_megatron.engine.checkpoint import load_checkpoint, save_checkpoint
     from grow_megatron.engine.distributed import device_context, init_distributed
-    from grow_megatron.engine.build import EngineSpec, build_engine
+    from grow_megatron.engine.build import build_engine
+    from grow_megatron.engine.resolve import engine_spec
     from grow_megatron.engine.optim_state import ensure_state_initialized
 
     acc = _accounting()
@@ -62,7 +62,7 @@ def worker(args) -> None:
         model = ModelConfig(num_layers=args.layers, hidden_size=args.hidden, ffn_hidden_size=args.ffn,
                             num_attention_heads=args.heads, num_query_groups=args.groups, vocab_size=args.vocab,
                             seq_length=128)
-        spec = EngineSpec(model, OptimConfig(), args.vocab, bf16=False, use_kernels=False, tp=args.tp)
+        spec = engine_spec(model, args.vocab, tp=args.tp)
         half = args.layers // 2
         e = build_engine(spec, half)
         ensure_state_initialized(e.optimizer)
@@ -80,7 +80,7 @@ def worker(args) -> None:
         # designs, seconds on a busy CPU): a small engine's save takes it out of the timings.
         small = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
                             num_query_groups=2, vocab_size=128, seq_length=128)
-        w = build_engine(EngineSpec(small, OptimConfig(), 128, bf16=False, use_kernels=False, tp=args.tp), 2)
+        w = build_engine(engine_spec(small, 128, tp=args.tp), 2)
         ensure_state_initialized(w.optimizer)
         save_checkpoint(w, os.path.join(args.dir, "warmup"), 0, {})
         del w

@@ -59,14 +59,14 @@ def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: i
     from grow_megatron.config.training import OptimConfig
     from grow_megatron.engine.grow import grow
     from grow_megatron.growth.operators import get_operator
-    from grow_megatron.engine.build import EngineSpec, build_engine, destroy_engine, train_step
+    from grow_megatron.engine.build import build_engine, destroy_engine, train_step
+    from grow_megatron.engine.resolve import engine_spec
 
     shape = {**PRESETS[preset], "num_layers": depth + block, "seq_length": seq}
     model = ModelConfig(**shape)
     V = model.vocab_size or 4096
     gpu = torch.cuda.is_available()
-    spec = EngineSpec(model, OptimConfig(lr=1e-4, warmup_steps=0, decay_steps=0), V, bf16=gpu,
-                      use_kernels=False, tp=tp, pp=pp)
+    spec = engine_spec(model, V, optim=OptimConfig(lr=1e-4, warmup_steps=0, decay_steps=0), bf16=gpu, tp=tp, pp=pp)
     e = build_engine(spec, depth)
     t = torch.randint(0, V, (mbs, seq + 1))
     mb = {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(mbs, seq),

@@ -21,6 +21,9 @@ from grow_megatron.growth import flops as F
 from grow_megatron.bench.config import DRY_RUN_LIMITS, DRY_RUN_MODEL, BenchConfig
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.run import RunConfig, load_run_config
+from grow_megatron.engine.build import EngineSpec
+from grow_megatron.engine.resolve import planned_layout, resolve_run
+from grow_megatron.growth.operators import get_operator
 from grow_megatron.growth.schedule import GrowthPlan, make_plan
 
 
@@ -31,20 +34,35 @@ class Setup:
     """The resolved shapes and schedules every part of the benchmark uses."""
 
     cfg: RunConfig
+    """The run config with the benchmark's sequence length, vocabulary and seed applied."""
     batch: int
     """Sequences per micro-batch per data-parallel rank."""
     microbatches: int
-    seq: int
-    vocab: int
     shape: F.ModelShape
     """Final-depth shape for the FLOPs formula (seq = the benchmark's sequence length)."""
-    bf16: bool
-    use_kernels: bool
+    spec: EngineSpec
+    """The engine as training would build it for this config (engine.resolve.resolve_run)."""
     plan: Optional[GrowthPlan]
     """The config's growth plan (None for a static config): gives the stage depths."""
     scaled_plan: Optional[GrowthPlan]
     """The same PROP schedule compressed to bench.total_steps."""
     scaled_grow_steps: int
+
+    @property
+    def seq(self) -> int:
+        return self.spec.model.seq_length
+
+    @property
+    def vocab(self) -> int:
+        return self.spec.vocab_size
+
+    @property
+    def bf16(self) -> bool:
+        return self.spec.bf16
+
+    @property
+    def use_kernels(self) -> bool:
+        return self.spec.use_kernels
 
     def tokens_per_step(self, dp: int) -> int:
         return self.batch * self.microbatches * self.seq * dp
@@ -77,15 +95,20 @@ def resolve(bc: BenchConfig, world_size: int = 1, on_gpu: bool = False) -> tuple
             f"train.micro_batch_size={bc.batch}", f"train.global_batch_size={bc.batch * world_size}"]
         if first.growth.enabled and first.growth.grow_steps is not None:
             extra.append(f"growth.grow_steps={max(first.grow_steps, 3)}")
+    for name, v in (("seq", bc.seq), ("vocab", bc.vocab)):
+        if v is not None and v < 1:
+            raise ConfigError(name, v, "must be a positive integer")
+    # The benchmark's own shape and seed go into the config, so that the engine is resolved
+    # from it exactly as training resolves its own.
+    extra += ([f"model.seq_length={bc.seq}"] if bc.seq else []) + (
+        [f"model.vocab_size={bc.vocab}"] if bc.vocab else []) + [f"train.seed={bc.seed}"]
     cfg = _load(bc, extra, world_size)
     m = cfg.model
     batch = bc.batch or cfg.train.micro_batch_size
-    seq = bc.seq or m.seq_length
-    vocab = bc.vocab or m.vocab_size
-    if vocab is None:
+    if m.vocab_size is None:
         raise ConfigError("model.vocab_size", None, "is empty in the run config (the trainer takes the "
                                                     "tokenizer's): pass --vocab")
-    for name, v in (("batch", batch), ("seq", seq), ("microbatches", bc.microbatches),
+    for name, v in (("batch", batch), ("microbatches", bc.microbatches),
                     ("steps_per_stage", bc.steps_per_stage), ("total_steps", bc.total_steps),
                     ("profile_steps", bc.profile_steps)):
         if v < 1:
@@ -99,25 +122,23 @@ def resolve(bc: BenchConfig, world_size: int = 1, on_gpu: bool = False) -> tuple
     bad = [p for p in bc.parts if p not in BenchConfig.PARTS]
     if bad:
         raise ConfigError("parts", ",".join(bad), f"must be among {', '.join(BenchConfig.PARTS)}")
-    shape = F.ModelShape.from_object(m, vocab_size=vocab, seq_length=seq)
-    bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and on_gpu)
-    use_kernels = m.kernels == "on" or (m.kernels == "auto" and on_gpu)
+    run = resolve_run(cfg, planned_layout(cfg, world_size), random_tokens=True, device="cuda" if on_gpu else "cpu")
+    shape = F.ModelShape.from_object(m, vocab_size=run.vocab, seq_length=m.seq_length)
 
     plan = scaled = None
     scaled_grow = 0
     if cfg.growth.enabled:
-        from grow_megatron.growth.operators import get_operator
-
-        op = get_operator(cfg.growth.operator, cfg.growth.function_preserving)
+        plan = run.plan
         b, k = cfg.growth.block_size, m.num_layers // cfg.growth.block_size
-        plan = make_plan(m.num_layers, b, cfg.grow_steps, op, cfg.growth.alpha)
         # Same proportions: growth phase / whole run as in the config, each stage >= 1 step.
         scaled_grow = max(k, round(bc.total_steps * cfg.grow_steps / cfg.train.steps))
         if scaled_grow > bc.total_steps:
             raise ConfigError("total_steps", bc.total_steps,
                               f"is too short for {k} growth stages of at least one step each")
-        scaled = make_plan(m.num_layers, b, scaled_grow, op, cfg.growth.alpha)
-    return bc, Setup(cfg, batch, bc.microbatches, seq, vocab, shape, bf16, use_kernels, plan, scaled, scaled_grow)
+        scaled = make_plan(m.num_layers, b, scaled_grow, get_operator(cfg.growth.operator,
+                                                                      cfg.growth.function_preserving),
+                           cfg.growth.alpha)
+    return bc, Setup(cfg, batch, bc.microbatches, shape, run.spec, plan, scaled, scaled_grow)
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -223,17 +244,12 @@ class EngineBench:
     peak_flops: Optional[float]
 
     def __post_init__(self) -> None:
-        from grow_megatron.engine.build import EngineSpec
-
-        s, cfg = self.setup, self.setup.cfg
-        model = dataclasses.replace(cfg.model, seq_length=s.seq)
-        self.spec = EngineSpec(model, cfg.optim, s.vocab, bf16=s.bf16, use_kernels=s.use_kernels, tp=self.tp,
-                               pp=self.pp, vpp=cfg.parallel.virtual_stages, final_split=tuple(cfg.parallel.pipeline_split)
-                               if cfg.parallel.pipeline_split else None, seed=self.bc.seed)
+        s = self.setup
+        self.spec = s.spec
         self.batches = random_microbatches(s.microbatches, s.batch, s.seq, s.vocab, self.bc.seed)
         self.tokens_per_step = s.tokens_per_step(self.dp)
         # A constant LR: its value does not change the work done per step.
-        self.lr = cfg.optim.lr
+        self.lr = s.cfg.optim.lr
 
     def rates(self, depth: int) -> Rates:
         return Rates.of(self.setup.shape.with_layers(depth), self.peak_flops)

@@ -141,15 +141,14 @@ def model_config_from_shape(shape: LlamaShape) -> ModelConfig:
 # --- engines (single process) --------------------------------------------------------------
 
 def _engine(model: ModelConfig, depth: int, vocab_size: int):
-    from grow_megatron.config.training import OptimConfig
     from grow_megatron.engine.distributed import init_distributed
-    from grow_megatron.engine.build import EngineSpec, build_engine
+    from grow_megatron.engine.build import build_engine
+    from grow_megatron.engine.resolve import engine_spec
 
     layout = init_distributed(1, 1, seed=0)
     if layout.world != 1:
         raise RuntimeError("conversion runs in a single process (do not launch it with torchrun)")
-    spec = EngineSpec(model, OptimConfig(), vocab_size, bf16=False, use_kernels=False)
-    return build_engine(spec, depth)
+    return build_engine(engine_spec(model, vocab_size), depth)
 
 
 def write_native_checkpoint(native: dict[str, torch.Tensor], model: ModelConfig, depth: int, vocab_size: int,

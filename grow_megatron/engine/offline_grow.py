@@ -70,10 +70,10 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
     Runs in one process inside `device_context()`."""
     from megatron.core.dist_checkpointing import load_common_state_dict
 
-    from grow_megatron.config.training import OptimConfig
     from grow_megatron.engine.checkpoint import read_global_tensors, read_meta, save_checkpoint
     from grow_megatron.engine.distributed import init_distributed
-    from grow_megatron.engine.build import EngineSpec, build_engine, destroy_engine
+    from grow_megatron.engine.build import build_engine, destroy_engine
+    from grow_megatron.engine.resolve import engine_spec
     from grow_megatron.engine.optim_state import (STATE_KEYS, ensure_state_initialized, scatter_param_state,
                                                     set_step_count)
 
@@ -87,8 +87,8 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
     layout = init_distributed(1, 1, seed=0)
     if layout.world != 1:
         raise RuntimeError("offline growth runs in a single process (do not launch it with torchrun)")
-    spec = EngineSpec(replace(model, num_layers=growth.new_depth), OptimConfig(), embed.shape[0],
-                      bf16=embed.dtype == torch.bfloat16, use_kernels=False)
+    spec = engine_spec(replace(model, num_layers=growth.new_depth), embed.shape[0],
+                       bf16=embed.dtype == torch.bfloat16)
     engine = build_engine(spec, growth.new_depth, init_weights=False)
     ensure_state_initialized(engine.optimizer)
     for name, p in engine.named_parameters():
