@@ -1,6 +1,6 @@
 """The engine: one model depth's megatron objects (model chunks in DDP, distributed optimizer).
 
-An Engine is rebuilt at every growth (growth/manager.py moves the state across); everything
+An Engine is rebuilt at every growth (engine/grow.py moves the state across); everything
 that outlives a growth (step, LR schedule, data position) lives in the training loop.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from grow_megatron.model.builder import GrowTransformerConfig, build_model_chunk
 
 @dataclass
 class EngineSpec:
-    """Everything needed to (re)build an engine at any depth."""
+    """Everything needed to (re)build an engine at any depth; made by engine.resolve.engine_spec."""
 
     model: ModelConfig
     optim: OptimConfig
@@ -173,13 +173,13 @@ def run_microbatches(engine: Engine, microbatches: list[dict], forward_only: boo
             m.zero_grad_buffer()
         engine.optimizer.zero_grad()
     seq = microbatches[0]["tokens"].shape[1]
-    mbs = microbatches[0]["tokens"].shape[0]
+    micro_batch_size = microbatches[0]["tokens"].shape[0]
     batches = [_to_device(m) for m in microbatches]
     # The interleaved schedule reads one iterator per chunk, each over every micro-batch.
     data = iter(batches) if len(engine.model) == 1 else [iter(batches) for _ in engine.model]
     out = get_forward_backward_func()(
         forward_step_func=_forward_step, data_iterator=data,
-        model=engine.model, num_microbatches=len(microbatches), seq_length=seq, micro_batch_size=mbs,
+        model=engine.model, num_microbatches=len(microbatches), seq_length=seq, micro_batch_size=micro_batch_size,
         decoder_seq_length=seq, forward_only=forward_only)
     # Sum of (loss, tokens) over micro-batches, known on the last stage only: sum over the
     # pipeline group (zeros elsewhere), then over data-parallel replicas.

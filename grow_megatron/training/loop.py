@@ -144,14 +144,10 @@ def _train(run: ResolvedRun, *, stop_at: Optional[int], on_step) -> TrainResult:
                 end = step
                 break
             _grow_if_due(cfg, start.plan, state, step, metrics, saves)
-            if loops.update(state.engine, step):
-                metrics.note(f"looping from step {step}: layers {cfg.model.loop.start}..{cfg.model.loop.end - 1} "
-                             f"applied {cfg.model.loop.repeats} times (unrolled depth "
-                             f"{cfg.model.loop.spec.unrolled_depth(state.engine.depth)})")
+            _loop_if_due(cfg, loops, state, step, metrics)
             rec = _step(cfg, start.schedule, state, data, step, compute, metrics)
             _maybe_eval(cfg, state, data, step, rec, metrics)
-            if (step + 1) % cfg.train.log_interval == 0 or "val_loss" in rec:
-                metrics.log(rec)
+            _log(cfg, rec, metrics)
             pbar.update(rec)
             if on_step is not None:
                 on_step(state.engine, step, rec)
@@ -368,6 +364,14 @@ def _grow_if_due(cfg: RunConfig, plan: GrowthPlan, state: _RunState, step: int, 
         metrics.event(step, "growth", event)
 
 
+def _loop_if_due(cfg: RunConfig, loops: LoopSchedule, state: _RunState, step: int, metrics: MetricsWriter) -> None:
+    """Keep model.loop applied from its from_step on (to every engine a growth or resume builds)."""
+    if loops.update(state.engine, step):
+        loop = cfg.model.loop
+        metrics.note(f"looping from step {step}: layers {loop.start}..{loop.end - 1} applied {loop.repeats} times "
+                     f"(unrolled depth {loop.spec.unrolled_depth(state.engine.depth)})")
+
+
 def _step(cfg: RunConfig, schedule: Schedule, state: _RunState, data: _Data, step: int, compute: ComputeCount,
           metrics: MetricsWriter) -> dict:
     """One optimizer step; its record. A step with a non-finite loss or gradients is skipped
@@ -408,6 +412,12 @@ def _maybe_eval(cfg: RunConfig, state: _RunState, data: _Data, step: int, rec: d
     state.result.eval_losses[step] = rec["val_loss"]
     metrics.note(f"step {done}/{tc.steps}: held-out loss {rec['val_loss']:.4f} (train loss "
                  f"{rec['loss']:.4f}, depth {state.engine.depth})")
+
+
+def _log(cfg: RunConfig, rec: dict, metrics: MetricsWriter) -> None:
+    """The step's record into the metrics every train.log_interval steps, and with every held-out loss."""
+    if (rec["step"] + 1) % cfg.train.log_interval == 0 or "val_loss" in rec:
+        metrics.log(rec)
 
 
 def _maybe_checkpoint(cfg: RunConfig, state: _RunState, done: int, end: int, saves: _Checkpoints) -> None:
