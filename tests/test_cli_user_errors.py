@@ -201,12 +201,10 @@ def test_compare_runs_bad_input(tmp_path, capsys):
                               "set it >= 4096"]),
 ])
 def test_train_refuses_impossible_sizes_before_any_work(tmp_path, capsys, override, fragments):
-    import os
-
     run_dir = tmp_path / "run"
     assert cli_main(["train", EXAMPLE, "--run-dir", str(run_dir), "--set", override]) == 2
     _one_line(capsys, *fragments)
-    assert set(os.listdir(run_dir)) <= {"train.lock"}  # no config.yaml, metrics or checkpoints
+    assert not run_dir.exists()  # refused by resolve_run before the run_dir is made (or locked)
 
 
 def test_train_run_dir_that_is_a_file(tmp_path, capsys):
