@@ -20,6 +20,7 @@ import torch
 from grow_megatron.growth import flops as F
 from grow_megatron.bench.config import DRY_RUN_LIMITS, DRY_RUN_MODEL, BenchConfig
 from grow_megatron.config.base import ConfigError
+from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.run import RunConfig, load_run_config
 from grow_megatron.growth.schedule import GrowthPlan, make_plan
 
@@ -36,7 +37,7 @@ class Setup:
     microbatches: int
     seq: int
     vocab: int
-    shape: F.ModelShape
+    shape: ModelConfig
     """Final-depth shape for the FLOPs formula (seq = the benchmark's sequence length)."""
     bf16: bool
     use_kernels: bool
@@ -99,7 +100,7 @@ def resolve(bc: BenchConfig, world_size: int = 1, on_gpu: bool = False) -> tuple
     bad = [p for p in bc.parts if p not in BenchConfig.PARTS]
     if bad:
         raise ConfigError("parts", ",".join(bad), f"must be among {', '.join(BenchConfig.PARTS)}")
-    shape = F.ModelShape.from_object(m, vocab_size=vocab, seq_length=seq)
+    shape = F.flops_shape(m, vocab_size=vocab, seq_length=seq)
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and on_gpu)
     use_kernels = m.kernels == "on" or (m.kernels == "auto" and on_gpu)
 
@@ -172,7 +173,7 @@ class Rates:
     peak_flops: Optional[float]
 
     @classmethod
-    def of(cls, shape: F.ModelShape, peak_flops: Optional[float]) -> "Rates":
+    def of(cls, shape: ModelConfig, peak_flops: Optional[float]) -> "Rates":
         return cls(F.model_flops_per_token(shape), F.model_flops_per_token_causal(shape), peak_flops)
 
 
