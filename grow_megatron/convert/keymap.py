@@ -5,7 +5,8 @@ Everything here is a pure function of tensors and shapes: no files, no process g
 Native tensors are the *global*, layout-free tensors of a checkpoint: TP shards concatenated,
 PP stages stacked, so one key per parameter kind with a leading layer axis of size depth for
 the decoder layers (megatron's sharded state dict). Keys below are written without the
-checkpoint's `model.` prefix.
+checkpoint's `model.` prefix; the native names are engine/keys.py's (the one owner of the
+checkpoint key format), the HF names this module's.
 
     native                                             HF (layer i, 0-indexed)
     embedding.word_embeddings.weight   [V, d]          model.embed_tokens.weight   (= lm_head, tied)

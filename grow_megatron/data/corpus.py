@@ -25,6 +25,8 @@ import random
 import sysconfig
 from typing import Iterator
 
+import pydoc_data.topics as topics
+
 from grow_megatron.data.assets import CORPUS_FILE, TOKENIZER_FILE, assets_dir, default_corpus_path
 from grow_megatron.data.tokenizer import train_bpe_tokenizer
 
@@ -85,7 +87,6 @@ def generate_default_corpus(seed: int = 1234) -> list[dict]:
             docs.append({"text": text, "source": f"docstrings:{rel}"})
         if len(src) <= _CODE_MAX_FILE and len(src) >= 500:
             code_files.append((rel, src))
-    import pydoc_data.topics as topics
 
     for key in sorted(topics.topics):
         docs.append({"text": topics.topics[key].strip(), "source": f"pydoc_topics:{key}"})
