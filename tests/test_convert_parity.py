@@ -18,7 +18,6 @@ from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.convert import compare_logits, from_hf, load_as_hf, to_hf
-from grow_megatron.config.model import ModelConfig
 from grow_megatron.convert.keymap import merge_qkv, split_qkv
 from grow_megatron.engine.grow import grow
 from grow_megatron.growth.operators import get_operator

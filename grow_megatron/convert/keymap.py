@@ -35,8 +35,7 @@ import torch
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig
-from grow_megatron.engine.keys import (EMBED, FC1, FC2, FINAL_NORM, INPUT_NORM, LAYER_SUFFIXES, MLP_NORM, PROJ, QKV,
-                                       layer_key)
+from grow_megatron.engine.keys import EMBED, FC1, FC2, FINAL_NORM, INPUT_NORM, MLP_NORM, PROJ, QKV, layer_key
 
 HF_PREFIX = "model."
 """transformers' LlamaForCausalLM prefix of the decoder's tensors (its own format, not ours)."""
