@@ -168,10 +168,11 @@ def apply_rope_ref(q, k, cos, sin):
 
 
 def rope_cos_sin(seq_len: int, head_dim: int, base: float = 10000.0, device=None, dtype=torch.float32):
-    """cos, sin [seq_len, head_dim] as HF Llama builds them: cat(freqs, freqs)."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim))
-    t = torch.arange(seq_len, device=device, dtype=torch.float64)
-    freqs = torch.outer(t, inv_freq)  # [s, d/2]
+    """cos, sin [seq_len, head_dim] exactly as transformers' Llama computes them (fp32 angles,
+    cat(freqs, freqs)), so exported checkpoints give the same logits in transformers; the one
+    builder of the model (model/modules.py) and the kernels' tests and benchmarks."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
+    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)  # [s, d/2]
     emb = torch.cat((freqs, freqs), dim=-1)  # [s, d]
     return emb.cos().to(dtype), emb.sin().to(dtype)
 

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from grow_megatron.growth import flops as F
+from grow_megatron.config.model import ModelConfig
 from grow_megatron.bench.config import BenchConfig, peak_flops_for
 from grow_megatron.bench.runner import resolve
 
@@ -93,7 +94,7 @@ def test_stages_follow_the_plan(dry_run):
 
 def test_schedule_flops_add_up_and_speedups(dry_run):
     _, rep, _ = dry_run
-    s, shape = rep["schedule"], F.ModelShape(**rep["settings"]["shape"])
+    s, shape = rep["schedule"], ModelConfig(**rep["settings"]["shape"])
     total, tps = s["total_steps"], s["tokens_per_step"]
     assert sum(s["stage_steps"][:-1]) == s["boundaries"][-1] and len(s["grown"]["steps"]) == total
     # Per-stage FLOPs add up to the run total, and both equal flops.py on the same scaled schedule.

@@ -5,7 +5,7 @@ import os
 import yaml
 
 from grow_megatron.config.run import dump_run_config, load_run_config
-from grow_megatron.convert.native import read_run_info
+from grow_megatron.config.run import read_run_info
 
 CONFIG = """\
 run_dir: out/run1

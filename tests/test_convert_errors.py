@@ -172,7 +172,7 @@ def test_from_hf_accepts_mistral_without_sliding_window(tmp_path):
     from transformers import MistralConfig, MistralForCausalLM
 
     from grow_megatron.convert.native import native_logits
-    from grow_megatron.convert.native import read_run_info
+    from grow_megatron.config.run import read_run_info
     from grow_megatron.engine.distributed import device_context
 
     torch.manual_seed(0)

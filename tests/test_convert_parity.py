@@ -18,7 +18,7 @@ from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.convert import compare_logits, from_hf, load_as_hf, to_hf
-from grow_megatron.convert.keymap import LlamaShape, merge_qkv, split_qkv
+from grow_megatron.convert.keymap import merge_qkv, split_qkv
 from grow_megatron.engine.grow import grow
 from grow_megatron.growth.operators import get_operator
 from grow_megatron.engine.checkpoint import save_checkpoint
@@ -160,8 +160,8 @@ def test_load_as_hf_native_equals_exported(env, tmp_path):
 
 
 def test_qkv_split_merge_inverse_and_layout():
-    shape = LlamaShape(num_layers=1, hidden_size=8, ffn_hidden_size=8, num_heads=6, num_kv_heads=2, head_dim=2,
-                       vocab_size=4)
+    shape = ModelConfig(num_layers=1, hidden_size=12, ffn_hidden_size=8, num_attention_heads=6, num_query_groups=2,
+                        vocab_size=4)  # head_dim 2
     # Rows labelled by megatron's layout: per group g, [q heads of g, k_g, v_g].
     rows = []
     for g in range(2):

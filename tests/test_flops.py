@@ -1,12 +1,14 @@
 """SPEC 6 FLOPs accounting: Table 7 reproduced, per-stage sums, a hand-computed case."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from grow_megatron.growth import flops as F
 from grow_megatron.cli.flops import main as flops_main
+from grow_megatron.config.model import ModelConfig
 from grow_megatron.growth.schedule import GrowthPlan, make_plan
 from grow_megatron.growth.operators import lidas, midas
 
@@ -18,7 +20,7 @@ def test_table7_static_exact(preset):
     # The paper prints 3 decimals; the integer FLOPs are exact, so compare after rounding.
     assert round(c.static.petaflops, 3) == static_pf
     assert c.static.flops == 200_000 * F.PAPER_SETTINGS[preset].tokens_per_step * \
-        F.model_flops_per_token(F.PRESETS[preset])
+        F.model_flops_per_token(ModelConfig.from_preset(preset))
 
 
 def test_spec6_static_integers():
@@ -63,8 +65,8 @@ def test_stage_sums(preset, rounding):
 
 
 def test_tiny_hand_computed():
-    shape = F.ModelShape(num_layers=2, hidden_size=4, ffn_hidden_size=8, num_attention_heads=2,
-                         num_query_groups=1, vocab_size=10, seq_length=3)
+    shape = ModelConfig(num_layers=2, hidden_size=4, ffn_hidden_size=8, num_attention_heads=2,
+                        num_query_groups=1, vocab_size=10, seq_length=3)
     assert shape.kv_size == 2
     # N = 2 * (2*16 + 2*4*2 + 3*4*8) + 10*4 = 2 * 144 + 40
     assert F.formula_params(shape) == 328
@@ -82,7 +84,7 @@ def test_tiny_hand_computed():
 
 
 def test_operator_does_not_matter_and_checks():
-    shape = F.PRESETS["smollm-360m"]
+    shape = ModelConfig.from_preset("smollm-360m")
     a = F.grown_flops(shape, make_plan(32, 4, 170_000, midas), 200_000, 2**20)
     b = F.grown_flops(shape, make_plan(32, 4, 170_000, lidas), 200_000, 2**20)
     assert a.flops == b.flops == F.paper_comparison("smollm-360m", "spec").grown.flops
@@ -90,8 +92,9 @@ def test_operator_does_not_matter_and_checks():
         F.grown_flops(shape, make_plan(24, 4, 100, midas), 200, 1)
     with pytest.raises(ValueError, match="ends before"):
         F.grown_flops(shape, make_plan(32, 4, 1000, midas), 500, 1)
-    with pytest.raises(ValueError):
-        F.ModelShape(2, 10, 8, 3, 1, 10, 3)  # 10 not divisible by 3 heads
+    with pytest.raises(ValueError, match="not divisible"):
+        F.check_shape(ModelConfig(num_layers=2, hidden_size=10, ffn_hidden_size=8, num_attention_heads=3,
+                                  num_query_groups=1, vocab_size=10, seq_length=3))
     static = F.grown_flops(shape, GrowthPlan(32, (0,), ()), 100, 7)
     assert static.flops == F.static_flops(shape, 100, 7).flops
 
@@ -99,14 +102,14 @@ def test_operator_does_not_matter_and_checks():
 def test_formula_params_match_hf_minus_norms():
     # SPEC 1 counts (transformers LlamaForCausalLM, tied) = N + norm gains (2 per layer + final).
     for preset, hf in (("smollm-360m", 361_821_120), ("smollm-1.7b", 1_711_376_384)):
-        s = F.PRESETS[preset]
+        s = ModelConfig.from_preset(preset)
         assert F.formula_params(s) + (2 * s.num_layers + 1) * s.hidden_size == hf
 
 
 def test_mfu():
     # notes/h100-anchors.md (tokens/s there are rounded to 3-4 significant digits).
-    assert F.mfu(106_200, F.model_flops_per_token_causal(F.PRESETS["smollm-360m"])) == pytest.approx(0.274, abs=5e-4)
-    assert F.mfu(36_700, F.model_flops_per_token_causal(F.PRESETS["smollm-1.7b"])) == pytest.approx(0.404, abs=1e-3)
+    assert F.mfu(106_200, F.model_flops_per_token_causal(ModelConfig.from_preset("smollm-360m"))) == pytest.approx(0.274, abs=5e-4)
+    assert F.mfu(36_700, F.model_flops_per_token_causal(ModelConfig.from_preset("smollm-1.7b"))) == pytest.approx(0.404, abs=1e-3)
     assert F.mfu(1.0, 989e12) == 1.0
 
 
@@ -120,7 +123,7 @@ def test_cli_paper_table_and_json(tmp_path, capsys):
     assert round(d["static"]["petaflops"], 3) == 613527.488
     assert round(d["ratio"], 3) == 1.289
     assert len(d["grown"]["stages"]) == 8
-    assert d["model_flops_per_token"] == F.model_flops_per_token(F.PRESETS["smollm-360m"])
+    assert d["model_flops_per_token"] == F.model_flops_per_token(ModelConfig.from_preset("smollm-360m"))
 
 
 def test_cli_explicit_flags(capsys, tmp_path):
@@ -192,33 +195,34 @@ def test_cli_run_config_tiny_and_static(tmp_path, capsys):
                               "optim: {warmup_steps: 5, decay_steps: 20}\n")
     assert flops_main([static, "--json", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert "grown" not in d and d["static"]["flops"] == 1000 * 8 * 2048 * F.model_flops_per_token(F.PRESETS["smollm-1.7b"])
-
-
-def test_presets_match_run_config_presets():
-    model = pytest.importorskip("grow_megatron.config.model")
-    for name, shape in F.PRESETS.items():
-        assert {k: model.PRESETS[name][k] for k in model.PRESETS[name]} == \
-            {k: getattr(shape, k) for k in model.PRESETS[name]}
+    assert "grown" not in d and d["static"]["flops"] == 1000 * 8 * 2048 * F.model_flops_per_token(ModelConfig.from_preset("smollm-1.7b"))
 
 
 def test_shape_from_configs():
-    s = F.PRESETS["smollm-360m"]
+    s = ModelConfig.from_preset("smollm-360m")
     hf = pytest.importorskip("transformers").LlamaConfig(
         vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
         num_key_value_heads=5)
-    assert F.ModelShape.from_object(hf, seq_length=2048) == s
-    with pytest.raises(ValueError, match="seq_length"):
-        F.ModelShape.from_object(hf)
-    assert F.model_flops_per_token(dict(F.dataclasses.asdict(s), num_query_groups=None)) == \
-        F.model_flops_per_token(s.__class__(**{**F.dataclasses.asdict(s), "num_query_groups": 15}))
-    model = pytest.importorskip("grow_megatron.config.model")
-    cfg = model.ModelConfig(**model.PRESETS["smollm-1.7b"])
-    assert F.model_flops_per_token(cfg) == F.model_flops_per_token(F.PRESETS["smollm-1.7b"])
-    tiny = model.ModelConfig(**model.PRESETS["tiny"])
+    from grow_megatron.convert.hf import shape_from_hf_config
+
+    # A transformers config is read by the conversion's one reader; it counts like the preset.
+    assert F.shape_dict(shape_from_hf_config(hf, seq_length=2048)) == F.shape_dict(s)
+    assert F.model_flops_per_token(shape_from_hf_config(hf, seq_length=2048)) == F.model_flops_per_token(s)
+    # num_query_groups None means MHA.
+    mha = dataclasses.replace(ModelConfig.from_preset("smollm-1.7b"), num_query_groups=None)
+    assert F.model_flops_per_token(mha) == F.model_flops_per_token(ModelConfig.from_preset("smollm-1.7b"))
+    assert F.shape_dict(mha)["num_query_groups"] == 32
+    tiny = ModelConfig.from_preset("tiny")
     with pytest.raises(ValueError, match="vocab_size"):
         F.model_flops_per_token(tiny)
-    assert F.ModelShape.from_object(tiny, vocab_size=1000).vocab_size == 1000
+    assert F.flops_shape(tiny, vocab_size=1000).vocab_size == 1000
+    assert F.flops_shape(tiny, vocab_size=1000, seq_length=64).seq_length == 64
+
+
+def test_cli_prints_the_shape_line(capsys):
+    assert flops_main(["--preset", "smollm-360m", "--paper"]) == 0
+    assert ("model: ModelShape(num_layers=32, hidden_size=960, ffn_hidden_size=2560, num_attention_heads=15, "
+            "num_query_groups=5, vocab_size=49152, seq_length=2048)\n") in capsys.readouterr().out
 
 
 def test_format_flops_units():

@@ -212,10 +212,11 @@ def test_export_of_a_looped_model_is_the_unrolled_plain_llama(native_run, tmp_pa
 
 
 def test_flops_count_the_unrolled_depth_from_from_step():
+    from grow_megatron.config.model import ModelConfig
     from grow_megatron.growth import flops as F
 
-    shape = F.ModelShape(num_layers=12, hidden_size=128, ffn_hidden_size=352, num_attention_heads=4,
-                         num_query_groups=2, vocab_size=4096, seq_length=128)
+    shape = ModelConfig(num_layers=12, hidden_size=128, ffn_hidden_size=352, num_attention_heads=4,
+                        num_query_groups=2, vocab_size=4096, seq_length=128)
     looped = F.with_loop(F.static_flops(shape, 160, 2048), shape, from_step=140, unrolled_depth=20)
 
     def per_token(L):  # SPEC 6 by hand: 6 N + 12 L s d, N = L (2d^2 + 2 d d_kv + 3 d f) + V d

@@ -10,8 +10,10 @@ import shutil
 import pytest
 
 from grow_megatron.growth import flops as F
+from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.run import load_run_config
-from grow_megatron.data.corpus import default_tokenizer_path, iter_default_corpus
+from grow_megatron.data.assets import default_tokenizer_path
+from grow_megatron.data.corpus import iter_default_corpus
 from grow_megatron.engine.checkpoint import latest_checkpoint, read_meta
 from grow_megatron.training.loop import train
 from grow_megatron.training.metrics import read_jsonl
@@ -82,6 +84,12 @@ def _train_more(run, monkeypatch, tmp_path, stop_at, *overrides):
     return train(cfg, stop_at=stop_at)
 
 
+def _shape(num_layers: int) -> ModelConfig:
+    """micro_overrides' shape at `num_layers` layers, with the embedded tokenizer's vocab."""
+    return ModelConfig(num_layers=num_layers, hidden_size=64, ffn_hidden_size=160, num_attention_heads=4,
+                       num_query_groups=2, vocab_size=4096, seq_length=32)
+
+
 def _metrics(run):
     return {r["step"]: r for r in read_jsonl(os.path.join(run, "metrics.jsonl"))}
 
@@ -100,7 +108,7 @@ def test_cumulative_tokens_and_flops_per_step(finished):
     depth it trained at (the record's own depth column)."""
     _, cfg, _ = finished
     recs = _metrics(cfg.run_dir)
-    shape = F.ModelShape(12, 64, 160, 4, 2, 4096, 32)  # micro_overrides' shape, embedded vocab
+    shape = _shape(12)  # micro_overrides' shape, embedded vocab
     tokens_per_step = 4 * 32
     flops = tokens = 0
     for step in range(STEPS):
@@ -147,7 +155,7 @@ def test_extend_a_finished_run(finished, tmp_path, monkeypatch, capsys, policy):
     assert [g["step"] for g in meta["growths"]] == [2, 5] and meta["stage_steps"] == [2, 3, 4]
     assert meta["train_steps"] == NEW and meta["lr_schedule"]["policy"] == policy
     # The compute counts go on from the checkpoint's: two more steps at depth 12.
-    per_step = 4 * 32 * F.model_flops_per_token(F.ModelShape(12, 64, 160, 4, 2, 4096, 32))
+    per_step = 4 * 32 * F.model_flops_per_token(_shape(12))
     assert recs[13]["flops"] == before[11]["flops"] + 2 * per_step
     assert recs[13]["tokens"] == before[11]["tokens"] + 2 * 4 * 32
     if policy == "continue":
@@ -176,7 +184,7 @@ def test_offline_grown_run_carries_its_history(finished, tmp_path, monkeypatch, 
     assert "optim.on_extend=continue" in text
     recs = _metrics(out)
     assert sorted(recs) == list(range(14)) and recs[12]["depth"] == 16
-    per_step = 4 * 32 * F.model_flops_per_token(F.ModelShape(16, 64, 160, 4, 2, 4096, 32))
+    per_step = 4 * 32 * F.model_flops_per_token(_shape(16))
     assert recs[13]["flops"] == source[11]["flops"] + 2 * per_step
     events = read_jsonl(os.path.join(out, "events.jsonl"))
     assert [e["step"] for e in events if e["kind"] == "growth"] == [2, 5, 12]

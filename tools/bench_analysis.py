@@ -33,7 +33,7 @@ def tiny_model(seed: int = 0):
     """Random fp32 Llama of the `tiny` preset's shape and the embedded default tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from grow_megatron.data.corpus import default_tokenizer_path
+    from grow_megatron.data.assets import default_tokenizer_path
 
     tok = PreTrainedTokenizerFast(tokenizer_file=default_tokenizer_path())
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=352, num_hidden_layers=12,
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from grow_megatron.analysis.data import accuracy, encode_mc, load_tasks
     from grow_megatron.analysis.interventions import InterventionConfig, intervention_scores
-    from grow_megatron.analysis.loading import load_model
+    from grow_megatron.convert.load import load_model
     from grow_megatron.analysis.runner import ResidualRunner
 
     if args.model:

@@ -29,7 +29,7 @@ def tiny_model(layers: int, context: int, seed: int = 0):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from grow_megatron.config.model import PRESETS
-    from grow_megatron.convert.api import _hf_tokenizer
+    from grow_megatron.convert.api import hf_tokenizer
     from grow_megatron.data.tokenizer import load_tokenizer
 
     shape = PRESETS["tiny"]
@@ -39,7 +39,7 @@ def tiny_model(layers: int, context: int, seed: int = 0):
                       num_attention_heads=shape["num_attention_heads"], num_key_value_heads=shape["num_query_groups"],
                       max_position_embeddings=context, tie_word_embeddings=True, rms_norm_eps=1e-5)
     torch.manual_seed(seed)
-    return LlamaForCausalLM(cfg).float().eval(), _hf_tokenizer(tok)
+    return LlamaForCausalLM(cfg).float().eval(), hf_tokenizer(tok)
 
 
 def run(scorer, examples, requests) -> tuple[list[list[float]], float, float]:

@@ -15,7 +15,7 @@ from grow_megatron.analysis.effects import (DepthScoreConfig, EffectsConfig, dep
 from grow_megatron.analysis.interventions import InterventionConfig, intervention_analysis, intervention_orders
 from grow_megatron.analysis.lens import (LensConfig, TunedLens, early_exit_accuracy, evaluate_lens, lens_logits,
                                          train_lens)
-from grow_megatron.analysis.loading import Loaded, as_loaded, load_model
+from grow_megatron.convert.load import Loaded, as_loaded, load_model
 from grow_megatron.analysis.runner import ResidualRunner, Skip, reverse_order, skip_order, swap_order
 from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
 from grow_megatron.analysis.sublayer import SublayerConfig, sublayer_analysis

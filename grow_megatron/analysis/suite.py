@@ -19,7 +19,7 @@ from grow_megatron.analysis.data import MCBatch, TokenBatch, accuracy_se, encode
 from grow_megatron.analysis.effects import DepthScoreConfig, EffectsConfig, depth_score_analysis, effects_analysis
 from grow_megatron.analysis.interventions import InterventionConfig, flat_interventions, intervention_analysis
 from grow_megatron.analysis.lens import LensConfig, TunedLens, early_exit_accuracy, evaluate_lens, train_lens
-from grow_megatron.analysis.loading import Loaded
+from grow_megatron.convert.load import Loaded
 from grow_megatron.analysis.runner import ResidualRunner, first_changed
 from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
 from grow_megatron.analysis.sublayer import SublayerConfig, sublayer_analysis

@@ -20,6 +20,7 @@ import torch
 from grow_megatron.growth import flops as F
 from grow_megatron.bench.config import DRY_RUN_LIMITS, DRY_RUN_MODEL, BenchConfig
 from grow_megatron.config.base import ConfigError
+from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.run import RunConfig, load_run_config
 from grow_megatron.engine.build import EngineSpec
 from grow_megatron.engine.resolve import planned_layout, resolve_run
@@ -38,7 +39,7 @@ class Setup:
     batch: int
     """Sequences per micro-batch per data-parallel rank."""
     microbatches: int
-    shape: F.ModelShape
+    shape: ModelConfig
     """Final-depth shape for the FLOPs formula (seq = the benchmark's sequence length)."""
     spec: EngineSpec
     """The engine as training would build it for this config (engine.resolve.resolve_run)."""
@@ -123,7 +124,7 @@ def resolve(bc: BenchConfig, world_size: int = 1, on_gpu: bool = False) -> tuple
     if bad:
         raise ConfigError("parts", ",".join(bad), f"must be among {', '.join(BenchConfig.PARTS)}")
     run = resolve_run(cfg, planned_layout(cfg, world_size), random_tokens=True, device="cuda" if on_gpu else "cpu")
-    shape = F.ModelShape.from_object(m, vocab_size=run.vocab, seq_length=m.seq_length)
+    shape = F.flops_shape(m, vocab_size=run.vocab, seq_length=m.seq_length)
 
     plan = scaled = None
     scaled_grow = 0
@@ -193,7 +194,7 @@ class Rates:
     peak_flops: Optional[float]
 
     @classmethod
-    def of(cls, shape: F.ModelShape, peak_flops: Optional[float]) -> "Rates":
+    def of(cls, shape: ModelConfig, peak_flops: Optional[float]) -> "Rates":
         return cls(F.model_flops_per_token(shape), F.model_flops_per_token_causal(shape), peak_flops)
 
 

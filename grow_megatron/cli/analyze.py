@@ -141,7 +141,7 @@ def run_on_models(names: list[str], args: argparse.Namespace, cfgs: dict[str, An
                   lens_paths: list[str] | None = None) -> dict[str, dict[str, dict]]:
     """analysis -> label -> result. Models are loaded one at a time and freed after use."""
     from grow_megatron.analysis.data import load_tasks
-    from grow_megatron.analysis.loading import check_model_dir, load_model
+    from grow_megatron.convert.load import check_model_dir, load_model
     from grow_megatron.analysis.suite import QUICK_N, Inputs, run_analysis
 
     for path in args.models:  # every model's type, before the first one is loaded

@@ -21,9 +21,10 @@ from typing import Any
 
 from grow_megatron.growth import flops as F
 from grow_megatron.config.base import ConfigError
+from grow_megatron.config.model import PRESETS, ModelConfig
 from grow_megatron.growth.schedule import GrowthPlan
 
-_SHAPE_FLAGS = {  # flag -> ModelShape field
+_SHAPE_FLAGS = {  # flag -> ModelConfig field
     "layers": "num_layers", "hidden": "hidden_size", "ffn": "ffn_hidden_size", "heads": "num_attention_heads",
     "kv_heads": "num_query_groups", "vocab": "vocab_size", "seq": "seq_length",
 }
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", nargs="?", help="YAML run config or run directory (model shape, vocabulary, growth "
                                              "plan, steps, batch)")
-    p.add_argument("--preset", choices=sorted(F.PRESETS), help="SPEC 1 model preset")
+    p.add_argument("--preset", choices=sorted(F.PAPER_SETTINGS), help="SPEC 1 model preset")
     p.add_argument("--paper", action="store_true",
                    help="the paper's Table 7 settings: 200k steps, PROP-1, b=4, growth over the first 170k "
                         "steps, 2^20 (360M) / 2^21 (1.7B) tokens per step, and its stage rounding")
@@ -65,10 +66,11 @@ def run_vocab(cfg, run_dir: str | None = None) -> tuple[int, str]:
 
     if run_dir:
         from grow_megatron.engine.checkpoint import latest_checkpoint, tensor_specs
+        from grow_megatron.engine.keys import EMBED, model_key
 
         ckpt = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
         if ckpt is not None:
-            shape, _ = tensor_specs(ckpt)["model.embedding.word_embeddings.weight"]
+            shape, _ = tensor_specs(ckpt)[model_key(EMBED)]
             return shape[0], f"the embedding of {ckpt}"
     tp = cfg.parallel.tensor_parallel
     if cfg.model.vocab_size is not None:
@@ -113,11 +115,11 @@ def _from_run_config(path: str) -> dict[str, Any]:
     return out
 
 
-def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, int, int, dict[str, Any]]:
+def resolve(args: argparse.Namespace) -> tuple[ModelConfig, GrowthPlan | None, int, int, dict[str, Any]]:
     """(shape, plan or None, total_steps, tokens_per_step, plan parameters used) from all sources."""
     vals: dict[str, Any] = {}
     if args.preset:
-        vals.update(dataclasses.asdict(F.PRESETS[args.preset]))
+        vals.update(PRESETS[args.preset])
         if args.paper:
             s = F.PAPER_SETTINGS[args.preset]
             vals.update(steps=s.total_steps, grow_steps=s.grow_steps, block_size=s.block_size, alpha=s.alpha,
@@ -149,7 +151,7 @@ def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, 
     for flag, field in _SHAPE_FLAGS.items():
         _positive(vals[field], "--" + flag.replace("_", "-"), field)
     try:
-        shape = F.ModelShape(**{f: vals[f] for f in _SHAPE_FLAGS.values()})
+        shape = F.check_shape(ModelConfig(**{f: vals[f] for f in _SHAPE_FLAGS.values()}))
     except ValueError as err:
         raise ConfigError("model shape", None, str(err)) from None
     # Flags bypass the run config's validation: check them here, where the flag can be named,
@@ -187,7 +189,7 @@ def resolve(args: argparse.Namespace) -> tuple[F.ModelShape, GrowthPlan | None, 
     return shape, plan, vals["steps"], vals["tokens_per_step"], used
 
 
-def _looped(run: F.RunFlops, shape: F.ModelShape, used: dict[str, Any]) -> F.RunFlops:
+def _looped(run: F.RunFlops, shape: ModelConfig, used: dict[str, Any]) -> F.RunFlops:
     """The run with the config's model.loop: steps from loop.from_step on at the unrolled depth."""
     loop = used.get("loop")
     return run if loop is None else F.with_loop(run, shape, loop["from_step"], loop["unrolled_depth"])
@@ -207,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"static run (no growth schedule given): {F.format_flops(run.flops)} "
               f"({F.model_flops_per_token(shape):,} FLOPs/token)"
               + (f"; vocab={used['vocab']}" if "vocab" in used else ""))
-        result: dict[str, Any] = {"static": run.to_dict(), "shape": dataclasses.asdict(shape)}
+        result: dict[str, Any] = {"static": run.to_dict(), "shape": F.shape_dict(shape)}
     else:
         try:
             cmp = F.compare(shape, plan, steps, tps)
@@ -215,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("growth", None, str(err)) from None
         cmp = dataclasses.replace(cmp, static=_looped(cmp.static, shape, used), grown=_looped(cmp.grown, shape, used))
         header = ", ".join(f"{k}={v}" for k, v in used.items())
-        print(f"model: {shape}\ntokens/step: {tps:,}; {header}\n")
+        print(f"model: {F.format_shape(shape)}\ntokens/step: {tps:,}; {header}\n")
         print(cmp.format_table())
         result = cmp.to_dict()
         result["plan"] = used

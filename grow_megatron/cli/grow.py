@@ -22,7 +22,8 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
 
     from grow_megatron.config.base import ConfigError
-    from grow_megatron.convert.native import read_run_info, resolve_checkpoint
+    from grow_megatron.config.run import read_run_info
+    from grow_megatron.convert.native import resolve_checkpoint
     from grow_megatron.engine.offline_grow import grow_checkpoint
     from grow_megatron.training.grown_run import carry_run_records, grown_run_config
     from grow_megatron.growth.operators import get_operator

@@ -1,6 +1,7 @@
 """Model shape and feature switches (SPEC 1, 5)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal, Optional
@@ -69,6 +70,15 @@ class ModelConfig:
             raise ConfigError("model.preset", preset, f"must be one of {', '.join(PRESETS)}")
         return {**PRESETS[preset], **data}
 
+    @classmethod
+    def from_preset(cls, preset: str) -> "ModelConfig":
+        """The SPEC 1 shape `preset` (the vocabulary of `tiny` is left to the tokenizer)."""
+        return cls(**cls.from_preset_dict({"preset": preset}))
+
+    def with_layers(self, num_layers: int) -> "ModelConfig":
+        """The same model at another depth."""
+        return dataclasses.replace(self, num_layers=num_layers)
+
     @property
     def kv_heads(self) -> int:
         return self.num_query_groups or self.num_attention_heads
@@ -76,6 +86,11 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def kv_size(self) -> int:
+        """d_kv, the width of K (and of V): kv_heads * head_dim."""
+        return self.kv_heads * self.head_dim
 
     def validate(self, path: str = "model") -> None:
         for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length"):
@@ -97,6 +112,6 @@ class ModelConfig:
         """Parameter count with tied embeddings (norm gains included), as transformers counts it."""
         V = vocab_size or self.vocab_size
         L = self.num_layers if num_layers is None else num_layers
-        d, f, dkv = self.hidden_size, self.ffn_hidden_size, self.kv_heads * self.head_dim
+        d, f, dkv = self.hidden_size, self.ffn_hidden_size, self.kv_size
         per_layer = 2 * d * d + 2 * d * dkv + 3 * d * f + 2 * d
         return L * per_layer + V * d + d

@@ -1,21 +1,28 @@
 """Conversions: native checkpoint -> HF Llama directory / in-memory model, and HF -> native run dir."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
+import tempfile
 import time
 from collections import OrderedDict
 from typing import Any, Optional, Union
 
 import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
 
 from grow_megatron.config.base import ConfigError, to_dict
+from grow_megatron.config.data import DataConfig
+from grow_megatron.config.model import ModelConfig
+from grow_megatron.config.run import RunConfig, RunInfo, dump_run_config, read_run_info, run_config_path
 from grow_megatron.convert import hf as H
-from grow_megatron.convert.keymap import (EMBED, FINAL_NORM, HF_EMBED, HF_NORM, LAYER_PREFIX, LAYER_SUFFIXES,
-                                          LlamaShape, hf_keys, hf_sources, hf_tensor_to_native, native_tensor_to_hf)
-from grow_megatron.convert.native import (NativeReader, RunInfo, model_config_from_shape, read_run_info,
-                                          resolve_checkpoint, shape_from_model_config, write_json)
+from grow_megatron.convert.keymap import (HF_EMBED, HF_NORM, hf_keys, hf_sources, hf_tensor_to_native,
+                                          native_tensor_to_hf)
+from grow_megatron.convert.native import NativeReader, resolve_checkpoint, write_json, write_native_checkpoint
+from grow_megatron.engine.keys import EMBED, FINAL_NORM, LAYER_SUFFIXES, layer_key
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTypeLike = Union[str, torch.dtype, None]
@@ -34,8 +41,6 @@ def _dtype(dtype: DTypeLike, default: torch.dtype) -> torch.dtype:
 def _progress(iterable, total: int, desc: str, enabled: bool):
     if not enabled:
         return iterable
-    from tqdm import tqdm
-
     # One step per (tensor kind, layer): the stacked checkpoint is streamed one kind at a time.
     return tqdm(iterable, total=total, desc=desc, unit="tensor", leave=False)
 
@@ -51,20 +56,18 @@ class NativeSource:
             if self.run_dir is None:
                 raise ConfigError("config", None, f"no config.yaml found for {self.ckpt_dir} (it is looked for in the "
                                   "run directory two levels up); give the run's config with --config")
-            config = os.path.join(self.run_dir, "config.yaml")
+            config = run_config_path(self.run_dir)
         self.run: RunInfo = read_run_info(config)
         # fp32 main params (the optimizer's copy) are the more precise weights of a bf16 run.
-        self.prefix = "optimizer.param.model." if main_params else "model."
-        self.reader = NativeReader(self.ckpt_dir, read_prefix=self.prefix)
-        stored = shape_from_model_config(self.run.model, num_layers=self.reader.depth,
-                                         vocab_size=self.reader.vocab_size)
+        self.reader = NativeReader(self.ckpt_dir, main_params=main_params)
+        stored = dataclasses.replace(self.run.model, num_layers=self.reader.depth, vocab_size=self.reader.vocab_size)
         self.reader.check(stored)
         # A loop-adapted model (model.loop, from its from_step on) exports as its unrolled depth:
         # copies of the tied layers, each with the LN-Scaling factor of its unrolled position.
         loop = self.run.model.loop
         self.loop = loop.spec if loop is not None and loop.active_at(int(self.reader.meta.get("step") or 0)) else None
-        self.shape: LlamaShape = stored if self.loop is None else dataclasses.replace(
-            stored, num_layers=self.loop.unrolled_depth(stored.num_layers))
+        self.shape: ModelConfig = stored if self.loop is None else stored.with_layers(
+            self.loop.unrolled_depth(stored.num_layers))
 
     @property
     def source_map(self) -> tuple[int, ...]:
@@ -72,19 +75,12 @@ class NativeSource:
         depth = self.reader.depth
         return self.loop.source_map(depth) if self.loop is not None else tuple(range(depth))
 
-    def read(self, key: str) -> torch.Tensor:
-        if self.prefix == "model.":
-            return self.reader.read(key)
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint import FileSystemReader
-
-        out = {self.prefix + key: torch.empty(self.reader.shapes[key], dtype=torch.float32)}
-        dcp.load(out, storage_reader=FileSystemReader(self.ckpt_dir), no_dist=True)
-        return out[self.prefix + key]
+    def read(self, name: str) -> torch.Tensor:
+        return self.reader.read(name)
 
     @property
     def default_dtype(self) -> torch.dtype:
-        return torch.float32 if self.prefix != "model." else self.reader.dtype
+        return self.reader.read_dtype
 
     def history(self) -> dict[str, Any]:
         """The growth record exported with the model (grow_megatron.json, config.json)."""
@@ -111,7 +107,7 @@ class NativeSource:
         }
 
     def tokenizer(self):
-        from grow_megatron.data import build_tokenizer
+        from grow_megatron.data import build_tokenizer  # megatron-core (its tokenizer base): see native.py
 
         return build_tokenizer(self.run.data)
 
@@ -128,7 +124,7 @@ def native_to_hf_state_dict(src: NativeSource, dtype: torch.dtype, progress: boo
     desc = f"to-hf ({shape.num_layers} layers x {len(LAYER_SUFFIXES)} tensors)"
     for suffix, i in _progress(steps, len(steps), desc, progress):
         if suffix != current:
-            stacked, current = src.read(LAYER_PREFIX + suffix), suffix  # [L, ...]
+            stacked, current = src.read(layer_key(suffix)), suffix  # [L, ...]
         # Folding etc. in fp32 (a bf16 checkpoint's gains are folded once, then rounded once).
         t = stacked[sources[i]].float()
         if sources[i] != i:  # an unrolled copy of a looped layer: its own storage (safetensors refuses shared)
@@ -158,8 +154,7 @@ def to_hf(ckpt: str, out_dir: str, *, config: Optional[str] = None, dtype: DType
 
     LN-Scaling is folded into the norm gains, so the result is a plain Llama. An existing,
     non-empty out_dir is refused unless force (its files are then overwritten). Returns a summary."""
-    from safetensors.torch import save_file
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # seconds to import; only exports need it
 
     t0 = time.perf_counter()
     if not force and os.path.isdir(out_dir) and os.listdir(out_dir):
@@ -189,21 +184,20 @@ def to_hf(ckpt: str, out_dir: str, *, config: Optional[str] = None, dtype: DType
 
 
 def _no_init():
+    # transformers is imported where it is used: it takes seconds (its model classes tens).
     try:
         from transformers.initialization import no_init_weights
     except ImportError:  # transformers < 5
         try:
             from transformers.modeling_utils import no_init_weights
         except ImportError:
-            import contextlib
-
             return contextlib.nullcontext()
     return no_init_weights()
 
 
 def native_to_hf_model(src: NativeSource, dtype: torch.dtype = torch.float32, tok=None, progress: bool = False):
     """An in-memory LlamaForCausalLM with the weights of the native checkpoint (no files written)."""
-    from transformers import LlamaForCausalLM
+    from transformers import LlamaForCausalLM  # seconds to import (see _no_init)
 
     sd = native_to_hf_state_dict(src, dtype, progress)
     cfg = _hf_config_for(src, dtype, tok)
@@ -220,11 +214,9 @@ def native_to_hf_model(src: NativeSource, dtype: torch.dtype = torch.float32, to
     return model
 
 
-def _hf_tokenizer(tok):
+def hf_tokenizer(tok):
     """A transformers fast tokenizer equivalent to our Tokenizer (via its saved files)."""
-    import tempfile
-
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # seconds to import (see _no_init)
 
     with tempfile.TemporaryDirectory() as d:
         tok.save(d)
@@ -233,7 +225,7 @@ def _hf_tokenizer(tok):
 
 # --- HF -> native ----------------------------------------------------------------------------
 
-def hf_to_native_state_dict(weights: dict[str, torch.Tensor], shape: LlamaShape,
+def hf_to_native_state_dict(weights: dict[str, torch.Tensor], shape: ModelConfig,
                             progress: bool = False) -> dict[str, torch.Tensor]:
     """Global native tensors (stacked layer axis, fp32) from HF tensors. Consumes `weights`
     (entries are popped once used) so the peak stays near one copy of the model."""
@@ -249,7 +241,7 @@ def hf_to_native_state_dict(weights: dict[str, torch.Tensor], shape: LlamaShape,
             for k in srcs:
                 weights.pop(k)
             next(it, None)
-        out[LAYER_PREFIX + suffix] = torch.stack(per_layer)  # [L, ...]
+        out[layer_key(suffix)] = torch.stack(per_layer)  # [L, ...]
         del per_layer
     out[EMBED] = weights.pop(HF_EMBED).float()
     out[FINAL_NORM] = weights.pop(HF_NORM).float()
@@ -276,9 +268,6 @@ def from_hf(hf_dir: str, out_dir: str, *, ln_scaling: bool = False, seq_length: 
 
     ln_scaling: the model is to continue with LN-Scaling on; its (folded) HF norm gains are
     unfolded by sqrt(l), so that the native forward equals the HF one."""
-    from grow_megatron.config.run import dump_run_config
-    from grow_megatron.engine.distributed import device_context
-
     t0 = time.perf_counter()
     hf_dir = os.path.abspath(hf_dir)
     out_dir = os.path.abspath(out_dir)
@@ -294,29 +283,25 @@ def from_hf(hf_dir: str, out_dir: str, *, ln_scaling: bool = False, seq_length: 
     os.makedirs(out_dir, exist_ok=True)
     tok_dir = _copy_tokenizer(hf_dir, out_dir)
     run_name = name or os.path.basename(hf_dir.rstrip("/")) or "hf"
-    model = model_config_from_shape(shape)
-    from grow_megatron.config.run import RunConfig
-    from grow_megatron.config.data import DataConfig
-
-    run_cfg = RunConfig(name=run_name, run_dir=out_dir, model=model, data=DataConfig(tokenizer=tok_dir)).validate(1)
+    run_cfg = RunConfig(name=run_name, run_dir=out_dir, model=shape, data=DataConfig(tokenizer=tok_dir)).validate(1)
     if tok_dir:
-        from grow_megatron.data import build_tokenizer
+        from grow_megatron.data import build_tokenizer  # megatron-core: see convert/native.py
 
         tok = build_tokenizer(run_cfg.data)
         if tok.vocab_size > shape.vocab_size:
             raise ConfigError("tokenizer", tok_dir, f"has {tok.vocab_size} tokens, more than the model's vocab_size "
                               f"{shape.vocab_size}")
-    with open(os.path.join(out_dir, "config.yaml"), "w") as f:
+    with open(run_config_path(out_dir), "w") as f:
         f.write(dump_run_config(run_cfg))
     meta = {"growths": [], "name": run_name, "stage_steps": [], "operator": "none",
             "source": {"format": "huggingface", "path": hf_dir, "ln_scaling_unfolded": ln_scaling,
                        "history": cfg.get(H.HISTORY_FIELD)}}
-    with device_context():
-        from grow_megatron.convert.native import write_native_checkpoint
+    from grow_megatron.engine.distributed import device_context  # megatron-core: see convert/native.py
 
-        ckpt = write_native_checkpoint(native, model, shape.num_layers, shape.vocab_size, ckpt_root, meta)
+    with device_context():
+        ckpt = write_native_checkpoint(native, shape, shape.num_layers, shape.vocab_size, ckpt_root, meta)
     return {"run_dir": out_dir, "checkpoint": ckpt, "depth": shape.num_layers, "tokenizer": tok_dir,
-            "config": os.path.join(out_dir, "config.yaml"), "seconds": time.perf_counter() - t0}
+            "config": run_config_path(out_dir), "seconds": time.perf_counter() - t0}
 
 
 # --- checks ------------------------------------------------------------------------------------
@@ -340,30 +325,3 @@ def text_tokens(ckpt: str, text_file: str, *, config: Optional[str] = None, max_
     if rows == 0:
         return torch.tensor([ids], dtype=torch.long)  # [1, len]
     return torch.tensor(ids[:rows * seq], dtype=torch.long).view(rows, seq)  # [rows, seq]
-
-
-def compare_logits(ckpt: str, hf: Optional[str] = None, *, tokens: Optional[torch.Tensor] = None,
-                   config: Optional[str] = None, seed: int = 0) -> float:
-    """Max |native logits - HF logits| (fp32) on `tokens` (default: 2 random rows of 16 tokens;
-    `text_tokens` makes them from real text).
-
-    hf: an exported directory; None compares against the in-memory export. The native side is an
-    fp32 engine, which `load_checkpoint` fills with the optimizer's fp32 main params; so for a
-    bf16 checkpoint the in-memory export is made from those too (a bf16 export differs by bf16
-    rounding, ~1e-3)."""
-    from grow_megatron.convert.native import NativeReader, native_logits
-    from grow_megatron.engine.distributed import device_context
-
-    main = NativeReader(resolve_checkpoint(ckpt)[0]).dtype != torch.float32
-    src = NativeSource(ckpt, config, main_params=main)
-    if tokens is None:
-        g = torch.Generator().manual_seed(seed)
-        tokens = torch.randint(0, src.shape.vocab_size, (2, min(16, src.shape.seq_length)), generator=g)
-    from grow_megatron.convert.load import load_as_hf
-
-    model = load_as_hf(hf)[0] if hf else native_to_hf_model(src, torch.float32)
-    with torch.no_grad():
-        ref = model(tokens).logits.float()  # [b, s, V]
-    with device_context():
-        ours = native_logits(src.ckpt_dir, src.run.model, tokens, loop=src.loop)
-    return float((ours - ref).abs().max())

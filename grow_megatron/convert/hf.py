@@ -1,15 +1,30 @@
-"""The Hugging Face side: LlamaConfig <-> LlamaShape, what we refuse to convert, weight files."""
+"""The Hugging Face side: config.json <-> ModelConfig, which models a command accepts and what
+we refuse to convert, weight files.
+
+What is accepted (`accept`):
+  "llama"      Llama-layout decoders (`analyze`, `convert`, and `eval` of native checkpoints):
+               model_type llama, or mistral when its sliding window never binds (none, or at
+               least the context), which is then the same network as a Llama; both load as
+               `LlamaForCausalLM`.
+  "causal-lm"  `eval`: any model type transformers has a causal-LM class for; Llama-layout
+               ones load as above, others through `AutoModelForCausalLM`.
+"""
 from __future__ import annotations
 
 import json
 import math
 import os
-from typing import Any, Optional
+from collections.abc import Mapping
+from typing import Any, Literal, Optional
 
 import torch
+from safetensors.torch import load_file
 
 from grow_megatron.config.base import ConfigError
-from grow_megatron.convert.keymap import (HF_EMBED, HF_HEAD, LlamaShape, check_shapes, expected_hf_shapes)
+from grow_megatron.config.model import ModelConfig
+from grow_megatron.convert.keymap import HF_EMBED, HF_HEAD, HF_PREFIX, check_shapes, expected_hf_shapes
+
+Accept = Literal["llama", "causal-lm"]
 
 HISTORY_FILE = "grow_megatron.json"
 HISTORY_FIELD = "grow_megatron_history"
@@ -23,6 +38,64 @@ class UnsupportedModelError(ConfigError):
 
 def _unsupported(field: str, value: Any, why: str) -> UnsupportedModelError:
     return UnsupportedModelError(f"config.json {field}", value, why)
+
+
+def _accepts(accept: Accept) -> str:
+    if accept == "llama":
+        return "a Llama-layout model (model_type llama, or mistral without a sliding window)"
+    return "a causal LM transformers knows (model_type llama, mistral, gpt2, qwen2, ...)"
+
+
+def read_config(path: str, field: str = "MODEL") -> dict:
+    """config.json of an HF directory as a dict (one-line errors for a missing or broken file)."""
+    cfg_path = os.path.join(path, "config.json")
+    try:
+        with open(cfg_path) as f:
+            cfg = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(field, path, "has no config.json (give a Hugging Face model directory)") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(field, cfg_path, f"is not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(field, cfg_path, "is not a JSON object")
+    return cfg
+
+
+def _binding_window(cfg: dict, seq_length: Optional[int] = None) -> Optional[tuple[int, int]]:
+    """(sliding_window, context) of a Mistral config whose window is shorter than its context."""
+    window = cfg.get("sliding_window")
+    ctx = max(int(cfg.get("max_position_embeddings") or 0), int(seq_length or 0))
+    return (int(window), ctx) if window is not None and int(window) < ctx else None
+
+
+def is_llama_layout(cfg: dict, seq_length: Optional[int] = None) -> bool:
+    """Whether an HF config is a Llama network (loadable as LlamaForCausalLM)."""
+    mt = cfg.get("model_type")
+    return mt == "llama" or (mt == "mistral" and _binding_window(cfg, seq_length) is None)
+
+
+def check_model_type(cfg: dict, accept: Accept = "llama", where: str = "config.json",
+                     seq_length: Optional[int] = None) -> None:
+    """Raise one UnsupportedModelError (a ConfigError) unless the HF config `cfg` is a model
+    `accept` admits (module docstring). seq_length: the context the model will run at (for
+    mistral's window)."""
+    if is_llama_layout(cfg, seq_length):
+        return
+    model_type = cfg.get("model_type")
+    if accept == "causal-lm":
+        # transformers is imported where it is used: it takes seconds, and the commands that
+        # only read native checkpoints through convert/ (grow, to-hf's checks) never need it.
+        from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+        if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+            return  # e.g. a windowed Mistral: transformers' own class runs it
+    if model_type == "mistral":
+        window, ctx = _binding_window(cfg, seq_length)
+        raise UnsupportedModelError(f"{where} sliding_window", window,
+                                    f"is shorter than the context ({ctx}): the model is not a Llama; only Mistral "
+                                    "models whose window never binds (sliding_window null or >= the context) are "
+                                    "accepted")
+    raise UnsupportedModelError(f"{where} model_type", model_type, f"this command needs {_accepts(accept)}")
 
 
 def rope_theta_of(cfg: dict) -> float:
@@ -46,10 +119,12 @@ def rope_theta_of(cfg: dict) -> float:
     return theta
 
 
-def shape_from_hf_config(cfg: dict, *, ln_scaling: bool = False, seq_length: Optional[int] = None) -> LlamaShape:
-    """LlamaShape of an HF config.json dict, or one UnsupportedModelError naming the field."""
-    from grow_megatron.convert.load import check_model_type
-
+def shape_from_hf_config(cfg, *, ln_scaling: bool = False, seq_length: Optional[int] = None) -> ModelConfig:
+    """The ModelConfig of an HF config (a config.json dict or a transformers config object; the
+    one reader of them), or one UnsupportedModelError naming the field. Fused kernels off: the
+    model is converted on whatever machine reads it; a run turns them on in its config."""
+    if not isinstance(cfg, Mapping):
+        cfg = cfg.to_dict()
     check_model_type(cfg, "llama", seq_length=seq_length)
     act = cfg.get("hidden_act", "silu")
     if act not in ("silu", "swish"):
@@ -71,25 +146,25 @@ def shape_from_hf_config(cfg: dict, *, ln_scaling: bool = False, seq_length: Opt
         raise _unsupported("num_key_value_heads", kv, f"must divide num_attention_heads ({heads})")
     if head_dim % 2:
         raise _unsupported("head_dim", head_dim, "must be even (RoPE rotates halves)")
-    return LlamaShape(num_layers=int(cfg["num_hidden_layers"]), hidden_size=d,
-                      ffn_hidden_size=int(cfg["intermediate_size"]), num_heads=heads, num_kv_heads=kv,
-                      head_dim=head_dim, vocab_size=int(cfg["vocab_size"]), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-                      rope_theta=theta, seq_length=int(seq_length or cfg.get("max_position_embeddings") or 2048),
-                      ln_scaling=ln_scaling)
+    return ModelConfig(num_layers=int(cfg["num_hidden_layers"]), hidden_size=d,
+                       ffn_hidden_size=int(cfg["intermediate_size"]), num_attention_heads=heads, num_query_groups=kv,
+                       vocab_size=int(cfg["vocab_size"]), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+                       rope_theta=theta, seq_length=int(seq_length or cfg.get("max_position_embeddings") or 2048),
+                       ln_scaling=ln_scaling, kernels="off")
 
 
-def make_hf_config(shape: LlamaShape, *, bos_token_id: Optional[int], eos_token_id: Optional[int], dtype: torch.dtype,
+def make_hf_config(model: ModelConfig, *, bos_token_id: Optional[int], eos_token_id: Optional[int], dtype: torch.dtype,
                    history: Optional[dict] = None):
     """A plain Llama config (LN-Scaling is folded into the weights, never a config switch)."""
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # seconds to import (see check_model_type)
 
     extra = {HISTORY_FIELD: history} if history is not None else {}
     cfg = LlamaConfig(
-        vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, intermediate_size=shape.ffn_hidden_size,
-        num_hidden_layers=shape.num_layers, num_attention_heads=shape.num_heads,
-        num_key_value_heads=shape.num_kv_heads, head_dim=shape.head_dim, hidden_act="silu",
-        max_position_embeddings=shape.seq_length, rms_norm_eps=shape.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": float(shape.rope_theta)},
+        vocab_size=model.vocab_size, hidden_size=model.hidden_size, intermediate_size=model.ffn_hidden_size,
+        num_hidden_layers=model.num_layers, num_attention_heads=model.num_attention_heads,
+        num_key_value_heads=model.kv_heads, head_dim=model.head_dim, hidden_act="silu",
+        max_position_embeddings=model.seq_length, rms_norm_eps=model.norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": float(model.rope_theta)},
         tie_word_embeddings=True, attention_bias=False, mlp_bias=False, attention_dropout=0.0,
         bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=None,
         architectures=["LlamaForCausalLM"], dtype=str(dtype).replace("torch.", ""), **extra)
@@ -106,13 +181,9 @@ def write_hf_config(cfg, out_dir: str) -> None:
 
 
 def read_hf_config(hf_dir: str) -> dict:
-    path = os.path.join(hf_dir, "config.json")
     if not os.path.exists(hf_dir):
         raise ConfigError("hf_dir", hf_dir, "no such directory (give a Hugging Face model directory)")
-    if not os.path.isfile(path):
-        raise ConfigError("hf_dir", hf_dir, "has no config.json (give a Hugging Face model directory)")
-    with open(path) as f:
-        return json.load(f)
+    return read_config(hf_dir, "hf_dir")
 
 
 def _weight_files(hf_dir: str) -> list[str]:
@@ -134,17 +205,15 @@ def load_hf_weights(hf_dir: str) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for path in _weight_files(hf_dir):
         if path.endswith(".safetensors"):
-            from safetensors.torch import load_file
-
             out.update(load_file(path))
         else:
             out.update(torch.load(path, map_location="cpu", weights_only=True))
-    if not any(k.startswith("model.") for k in out):  # saved from a bare LlamaModel
-        out = {(k if k == HF_HEAD else f"model.{k}"): v for k, v in out.items()}
+    if not any(k.startswith(HF_PREFIX) for k in out):  # saved from a bare LlamaModel
+        out = {(k if k == HF_HEAD else HF_PREFIX + k): v for k, v in out.items()}
     return out
 
 
-def check_hf_weights(weights: dict[str, torch.Tensor], shape: LlamaShape, cfg: dict, hf_dir: str) -> None:
+def check_hf_weights(weights: dict[str, torch.Tensor], model: ModelConfig, cfg: dict, hf_dir: str) -> None:
     """Every tensor present with the right shape; biases and untied heads refused by name."""
     biases = [k for k in weights if k.endswith(".bias")]
     if biases:
@@ -160,7 +229,17 @@ def check_hf_weights(weights: dict[str, torch.Tensor], shape: LlamaShape, cfg: d
         raise _unsupported("tie_word_embeddings", False, "no lm_head.weight either: set tie_word_embeddings true "
                            "if the head is the embedding")
     shapes = {k: tuple(v.shape) for k, v in weights.items() if k != HF_HEAD}
-    check_shapes(shapes, expected_hf_shapes(shape), f"weights of {hf_dir}", allow_extra=IGNORABLE)
+    check_shapes(shapes, expected_hf_shapes(model), f"weights of {hf_dir}", allow_extra=IGNORABLE)
+
+
+def llama_config(cfg: dict):
+    """A transformers LlamaConfig of a Llama-layout config dict (a Mistral one included)."""
+    from transformers import LlamaConfig  # seconds to import (see check_model_type)
+
+    d = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures", "sliding_window",
+                                                   "transformers_version")}
+    d["architectures"] = ["LlamaForCausalLM"]
+    return LlamaConfig(**d)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")

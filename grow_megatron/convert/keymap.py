@@ -5,7 +5,8 @@ Everything here is a pure function of tensors and shapes: no files, no process g
 Native tensors are the *global*, layout-free tensors of a checkpoint: TP shards concatenated,
 PP stages stacked, so one key per parameter kind with a leading layer axis of size depth for
 the decoder layers (megatron's sharded state dict). Keys below are written without the
-checkpoint's `model.` prefix.
+checkpoint's `model.` prefix; the native names are engine/keys.py's (the one owner of the
+checkpoint key format), the HF names this module's.
 
     native                                             HF (layer i, 0-indexed)
     embedding.word_embeddings.weight   [V, d]          model.embed_tokens.weight   (= lm_head, tied)
@@ -28,32 +29,24 @@ pairs, which is what the permute in HF's convert_llama_weights_to_hf.py is for.)
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 from typing import Iterable
 
 import torch
 
-EMBED = "embedding.word_embeddings.weight"
-FINAL_NORM = "decoder.final_layernorm.weight"
-LAYER_PREFIX = "decoder.layers."
+from grow_megatron.config.base import ConfigError
+from grow_megatron.config.model import ModelConfig
+from grow_megatron.engine.keys import EMBED, FC1, FC2, FINAL_NORM, INPUT_NORM, MLP_NORM, PROJ, QKV, layer_key
 
-# Layer suffixes of the native checkpoint (all stacked over the layer axis).
-INPUT_NORM = "input_layernorm.weight"
-MLP_NORM = "pre_mlp_layernorm.weight"
-QKV = "self_attention.linear_qkv.weight"
-PROJ = "self_attention.linear_proj.weight"
-FC1 = "mlp.linear_fc1.weight"
-FC2 = "mlp.linear_fc2.weight"
-LAYER_SUFFIXES = (INPUT_NORM, QKV, PROJ, MLP_NORM, FC1, FC2)
-
-HF_EMBED = "model.embed_tokens.weight"
-HF_NORM = "model.norm.weight"
+HF_PREFIX = "model."
+"""transformers' LlamaForCausalLM prefix of the decoder's tensors (its own format, not ours)."""
+HF_EMBED = HF_PREFIX + "embed_tokens.weight"
+HF_NORM = HF_PREFIX + "norm.weight"
 HF_HEAD = "lm_head.weight"
 
 
 def hf_layer_keys(i: int) -> dict[str, str]:
     """HF names of layer i's tensors, by role."""
-    p = f"model.layers.{i}."
+    p = f"{HF_PREFIX}layers.{i}."
     return {
         "input_norm": p + "input_layernorm.weight",
         "mlp_norm": p + "post_attention_layernorm.weight",
@@ -75,41 +68,9 @@ def hf_keys(num_layers: int) -> list[str]:
     return keys + [HF_NORM]
 
 
-@dataclass(frozen=True)
-class LlamaShape:
-    """What both sides must agree on. head_dim is explicit: HF allows head_dim != d / heads."""
-
-    num_layers: int
-    hidden_size: int
-    ffn_hidden_size: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    vocab_size: int
-    norm_eps: float = 1e-5
-    rope_theta: float = 10000.0
-    seq_length: int = 2048
-    ln_scaling: bool = False
-
-    @property
-    def q_rows(self) -> int:
-        return self.num_heads * self.head_dim
-
-    @property
-    def kv_rows(self) -> int:
-        return self.num_kv_heads * self.head_dim
-
-    @property
-    def heads_per_group(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def ln_scale(position: int) -> float:
-    """LN-Scaling factor of the layer at 0-indexed `position` (SPEC 5: 1/sqrt of the 1-indexed one)."""
-    return 1.0 / math.sqrt(position + 1)
+def _q_rows(model: ModelConfig) -> int:
+    """Rows of the query projection: heads * head_dim."""
+    return model.num_attention_heads * model.head_dim
 
 
 def fold_norm(weight: torch.Tensor, position: int) -> torch.Tensor:
@@ -132,11 +93,12 @@ def unfold_norm(weight: torch.Tensor, position: int) -> torch.Tensor:
 # HF keeps q, k, v as separate matrices with heads in order; query head h uses kv head h // r
 # on both sides (HF's repeat_kv, our SDPAttention's repeat_interleave).
 
-def split_qkv(qkv: torch.Tensor, shape: LlamaShape) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def split_qkv(qkv: torch.Tensor, model: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """megatron fused QKV [(hq + 2 hkv) * hd, d] -> q [hq*hd, d], k [hkv*hd, d], v [hkv*hd, d]."""
-    r, hd, g = shape.heads_per_group, shape.head_dim, shape.num_kv_heads
+    g, hd = model.kv_heads, model.head_dim
+    r = model.num_attention_heads // g
     d_in = qkv.shape[-1]
-    expected = (shape.num_heads + 2 * g) * hd
+    expected = (model.num_attention_heads + 2 * g) * hd
     if qkv.shape[0] != expected:
         raise ValueError(f"linear_qkv has {qkv.shape[0]} rows, expected (heads + 2 kv_heads) * head_dim = {expected}")
     grouped = qkv.reshape(g, r + 2, hd, d_in)          # [g, r+2, hd, d]
@@ -146,9 +108,10 @@ def split_qkv(qkv: torch.Tensor, shape: LlamaShape) -> tuple[torch.Tensor, torch
     return q.contiguous(), k.contiguous(), v.contiguous()
 
 
-def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: LlamaShape) -> torch.Tensor:
+def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, model: ModelConfig) -> torch.Tensor:
     """Inverse of split_qkv: q [hq*hd, d], k, v [hkv*hd, d] -> megatron fused [(hq + 2 hkv) * hd, d]."""
-    r, hd, g = shape.heads_per_group, shape.head_dim, shape.num_kv_heads
+    g, hd = model.kv_heads, model.head_dim
+    r = model.num_attention_heads // g
     d_in = q.shape[-1]
     qg = q.reshape(g, r, hd, d_in)                     # [g, r, hd, d]
     kg = k.reshape(g, 1, hd, d_in)                     # [g, 1, hd, d]
@@ -160,9 +123,9 @@ def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: LlamaSha
 # megatron's gated fc1 is cat([gate, up]) along rows and computes silu(first half) * second
 # half (megatron/core/transformer/mlp.py glu); HF: down(silu(gate(x)) * up(x)).
 
-def split_fc1(fc1: torch.Tensor, shape: LlamaShape) -> tuple[torch.Tensor, torch.Tensor]:
+def split_fc1(fc1: torch.Tensor, model: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """[2f, d] -> gate [f, d], up [f, d]."""
-    f = shape.ffn_hidden_size
+    f = model.ffn_hidden_size
     if fc1.shape[0] != 2 * f:
         raise ValueError(f"linear_fc1 has {fc1.shape[0]} rows, expected 2 * ffn_hidden_size = {2 * f}")
     return fc1[:f].contiguous(), fc1[f:].contiguous()
@@ -174,37 +137,37 @@ def merge_fc1(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 
 # --- one tensor at a time (what streaming conversions call) ----------------------------------
 
-def native_tensor_to_hf(suffix: str, i: int, t: torch.Tensor, shape: LlamaShape) -> dict[str, torch.Tensor]:
+def native_tensor_to_hf(suffix: str, i: int, t: torch.Tensor, model: ModelConfig) -> dict[str, torch.Tensor]:
     """Layer i's native tensor `suffix` (no layer axis) -> the HF tensor(s) it becomes."""
     keys = hf_layer_keys(i)
     if suffix == INPUT_NORM:
-        return {keys["input_norm"]: (fold_norm(t, i) if shape.ln_scaling else t).contiguous()}
+        return {keys["input_norm"]: (fold_norm(t, i) if model.ln_scaling else t).contiguous()}
     if suffix == MLP_NORM:
-        return {keys["mlp_norm"]: (fold_norm(t, i) if shape.ln_scaling else t).contiguous()}
+        return {keys["mlp_norm"]: (fold_norm(t, i) if model.ln_scaling else t).contiguous()}
     if suffix == QKV:
-        q, k, v = split_qkv(t, shape)
+        q, k, v = split_qkv(t, model)
         return {keys["q"]: q, keys["k"]: k, keys["v"]: v}
     if suffix == PROJ:
         return {keys["o"]: t.contiguous()}
     if suffix == FC1:
-        gate, up = split_fc1(t, shape)
+        gate, up = split_fc1(t, model)
         return {keys["gate"]: gate, keys["up"]: up}
     if suffix == FC2:
         return {keys["down"]: t.contiguous()}
     raise KeyError(f"no HF counterpart for layer tensor {suffix!r}")
 
 
-def hf_tensor_to_native(suffix: str, i: int, hf: dict[str, torch.Tensor], shape: LlamaShape) -> torch.Tensor:
+def hf_tensor_to_native(suffix: str, i: int, hf: dict[str, torch.Tensor], model: ModelConfig) -> torch.Tensor:
     """The native tensor `suffix` of layer i (no layer axis) from layer i's HF tensors."""
     keys = hf_layer_keys(i)
     if suffix == INPUT_NORM:
         t = hf[keys["input_norm"]]
-        return (unfold_norm(t, i) if shape.ln_scaling else t).contiguous()
+        return (unfold_norm(t, i) if model.ln_scaling else t).contiguous()
     if suffix == MLP_NORM:
         t = hf[keys["mlp_norm"]]
-        return (unfold_norm(t, i) if shape.ln_scaling else t).contiguous()
+        return (unfold_norm(t, i) if model.ln_scaling else t).contiguous()
     if suffix == QKV:
-        return merge_qkv(hf[keys["q"]], hf[keys["k"]], hf[keys["v"]], shape)
+        return merge_qkv(hf[keys["q"]], hf[keys["k"]], hf[keys["v"]], model)
     if suffix == PROJ:
         return hf[keys["o"]].contiguous()
     if suffix == FC1:
@@ -221,39 +184,28 @@ def hf_sources(suffix: str, i: int) -> list[str]:
                               PROJ: ("o",), FC1: ("gate", "up"), FC2: ("down",)}[suffix]]
 
 
-def native_layer_to_hf(i: int, layer: dict[str, torch.Tensor], shape: LlamaShape) -> dict[str, torch.Tensor]:
-    """One layer's native tensors (by suffix, without the layer axis) -> HF tensors of layer i."""
-    out: dict[str, torch.Tensor] = {}
-    for suffix in LAYER_SUFFIXES:
-        out.update(native_tensor_to_hf(suffix, i, layer[suffix], shape))
-    return out
-
-
-def hf_layer_to_native(i: int, hf: dict[str, torch.Tensor], shape: LlamaShape) -> dict[str, torch.Tensor]:
-    """HF tensors of layer i -> native tensors by suffix (no layer axis)."""
-    return {suffix: hf_tensor_to_native(suffix, i, hf, shape) for suffix in LAYER_SUFFIXES}
-
-
-def expected_hf_shapes(shape: LlamaShape) -> dict[str, tuple[int, ...]]:
-    d, f, V = shape.hidden_size, shape.ffn_hidden_size, shape.vocab_size
+def expected_hf_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
+    d, f, V = model.hidden_size, model.ffn_hidden_size, model.vocab_size
+    q, kv = _q_rows(model), model.kv_size
     out: dict[str, tuple[int, ...]] = {HF_EMBED: (V, d), HF_NORM: (d,)}
-    for i in range(shape.num_layers):
+    for i in range(model.num_layers):
         k = hf_layer_keys(i)
-        out.update({k["input_norm"]: (d,), k["mlp_norm"]: (d,), k["q"]: (shape.q_rows, d), k["k"]: (shape.kv_rows, d),
-                    k["v"]: (shape.kv_rows, d), k["o"]: (d, shape.q_rows), k["gate"]: (f, d), k["up"]: (f, d),
+        out.update({k["input_norm"]: (d,), k["mlp_norm"]: (d,), k["q"]: (q, d), k["k"]: (kv, d),
+                    k["v"]: (kv, d), k["o"]: (d, q), k["gate"]: (f, d), k["up"]: (f, d),
                     k["down"]: (d, f)})
     return out
 
 
-def expected_native_shapes(shape: LlamaShape) -> dict[str, tuple[int, ...]]:
+def expected_native_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Global native tensor shapes (stacked layer axis first), without the `model.` prefix."""
-    d, f, V, L = shape.hidden_size, shape.ffn_hidden_size, shape.vocab_size, shape.num_layers
+    d, f, V, L = model.hidden_size, model.ffn_hidden_size, model.vocab_size, model.num_layers
+    q, kv = _q_rows(model), model.kv_size
     return {
         EMBED: (V, d), FINAL_NORM: (d,),
-        LAYER_PREFIX + INPUT_NORM: (L, d), LAYER_PREFIX + MLP_NORM: (L, d),
-        LAYER_PREFIX + QKV: (L, shape.q_rows + 2 * shape.kv_rows, d),
-        LAYER_PREFIX + PROJ: (L, d, shape.q_rows),
-        LAYER_PREFIX + FC1: (L, 2 * f, d), LAYER_PREFIX + FC2: (L, d, f),
+        layer_key(INPUT_NORM): (L, d), layer_key(MLP_NORM): (L, d),
+        layer_key(QKV): (L, q + 2 * kv, d),
+        layer_key(PROJ): (L, d, q),
+        layer_key(FC1): (L, 2 * f, d), layer_key(FC2): (L, d, f),
     }
 
 
@@ -272,6 +224,4 @@ def check_shapes(tensors: dict[str, tuple[int, ...]], expected: dict[str, tuple[
     if bad:
         problems.append(f"shape {'; '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}")
     if problems:
-        from grow_megatron.config.base import ConfigError
-
         raise ConfigError(where, "tensors", "; ".join(problems))

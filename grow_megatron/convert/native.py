@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from grow_megatron.config.base import ConfigError, from_dict
+from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig
-from grow_megatron.convert.keymap import (EMBED, LAYER_PREFIX, LlamaShape, check_shapes,
-                                          expected_native_shapes)
-from grow_megatron.config.data import DataConfig
+from grow_megatron.config.run import run_config_path
+from grow_megatron.convert.keymap import check_shapes, expected_native_shapes
+from grow_megatron.engine import keys
+from grow_megatron.engine.integrity import verify_checkpoint
+from grow_megatron.model.looping import apply_loop_to_engine
 
-MODEL_PREFIX = "model."
+# The engine modules that import megatron-core (seconds) are imported in the functions that use
+# them: eval and analyze of a Hugging Face directory go through convert/ and never need them.
 
 
 def resolve_checkpoint(path: str) -> tuple[str, Optional[str]]:
@@ -33,7 +35,7 @@ def resolve_checkpoint(path: str) -> tuple[str, Optional[str]]:
         raise ConfigError("checkpoint", path, "no such directory (give a checkpoint directory or a run directory)")
     if os.path.isfile(os.path.join(path, META)):
         parent = os.path.dirname(os.path.dirname(path))
-        return path, parent if os.path.isfile(os.path.join(parent, "config.yaml")) else None
+        return path, parent if os.path.isfile(run_config_path(parent)) else None
     if os.path.isdir(os.path.join(path, "checkpoints")):
         ckpt = latest_checkpoint(os.path.join(path, "checkpoints"))
         if ckpt is None:
@@ -43,62 +45,47 @@ def resolve_checkpoint(path: str) -> tuple[str, Optional[str]]:
                                           "(with checkpoints/)")
 
 
-def is_native(path: str) -> bool:
-    try:
-        resolve_checkpoint(path)
-        return True
-    except ConfigError:
-        return False
-
-
-@dataclass
-class RunInfo:
-    """The parts of a run's config.yaml a conversion needs."""
-
-    model: ModelConfig
-    data: DataConfig
-    path: str
-
-
-def read_run_info(config_path: str) -> RunInfo:
-    """Model and data sections of a resolved run config (the rest is not validated: a TP=2 run's
-    config must still be readable in a single process)."""
-    if not os.path.isfile(config_path):
-        raise ConfigError("config", config_path, "file not found (give the run's config.yaml with --config)")
-    from grow_megatron.config.run import read_yaml
-
-    raw = read_yaml(config_path)
-    model = from_dict(ModelConfig, ModelConfig.from_preset_dict(dict(raw.get("model") or {})), "model")
-    model.validate()
-    data = from_dict(DataConfig, dict(raw.get("data") or {}), "data")
-    return RunInfo(model, data, os.path.abspath(config_path))
-
-
 class NativeReader:
     """Global tensors of one checkpoint, read one key at a time."""
 
-    def __init__(self, ckpt_dir: str, verify: bool = True, read_prefix: str = MODEL_PREFIX):
+    def __init__(self, ckpt_dir: str, verify: bool = True, main_params: bool = False):
         """`verify`: check the files against the checkpoint's manifest once, here (reads are
         then unchecked); off for callers that load through load_checkpoint, which verifies.
-        Of the tensor shards only the tensors under `read_prefix` are checked (what this
-        reader's user reads: the weights, or `optimizer.param.` + the weights' keys for the
-        fp32 main copies); every other file of the checkpoint is checked whole."""
+        `main_params`: read the optimizer's fp32 main copies instead of the weights (the more
+        precise weights of a bf16 run). Of the tensor shards only the tensors this reader
+        reads are checked; every other file of the checkpoint is checked whole."""
         from grow_megatron.engine.checkpoint import read_meta, tensor_specs
-        from grow_megatron.engine.integrity import verify_checkpoint
 
         self.dir = ckpt_dir
         self.meta = read_meta(ckpt_dir)
+        self.state = "param" if main_params else None
         if verify:
-            verify_checkpoint(ckpt_dir, keys=lambda key: key.startswith(read_prefix))
-        # Only model tensors (optimizer.* are the AdamW state; *_extra_state are empty objects).
+            verify_checkpoint(ckpt_dir, keys=lambda key: self._owns(key))
+        # Model-space names: the weights' (shapes, dtypes) and the spec of what read() reads.
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, torch.dtype] = {}
-        for k, (shape, dtype) in tensor_specs(ckpt_dir).items():
-            if k.startswith(MODEL_PREFIX):
-                self.shapes[k[len(MODEL_PREFIX):]] = shape
-                self.dtypes[k[len(MODEL_PREFIX):]] = dtype
-        if EMBED not in self.shapes:
-            raise ConfigError("checkpoint", ckpt_dir, f"holds no {MODEL_PREFIX}{EMBED}: not a grow_megatron checkpoint")
+        self._read_specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
+        for k, spec in tensor_specs(ckpt_dir).items():
+            parsed = keys.parse_state_key(k)
+            if parsed is None:
+                continue
+            state, name = parsed
+            if state is None:
+                self.shapes[name], self.dtypes[name] = spec
+            if state == self.state:
+                self._read_specs[name] = spec
+        if keys.EMBED not in self.shapes:
+            raise ConfigError("checkpoint", ckpt_dir, f"holds no {keys.model_key(keys.EMBED)}: not a grow_megatron "
+                                                      "checkpoint")
+
+    def _key(self, name: str) -> str:
+        """The checkpoint key read() reads for model-space `name`."""
+        key = keys.model_key(name)
+        return key if self.state is None else keys.state_key(self.state, key)
+
+    def _owns(self, key: str) -> bool:
+        parsed = keys.parse_state_key(key)
+        return parsed is not None and parsed[0] == self.state
 
     @property
     def depth(self) -> int:
@@ -106,43 +93,35 @@ class NativeReader:
 
     @property
     def vocab_size(self) -> int:
-        return self.shapes[EMBED][0]
+        return self.shapes[keys.EMBED][0]
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.dtypes[EMBED]
+        """The weights' dtype (the main copies, when read, are fp32)."""
+        return self.dtypes[keys.EMBED]
 
-    def read(self, key: str) -> torch.Tensor:
-        """The whole global tensor `key` (without the `model.` prefix)."""
+    @property
+    def read_dtype(self) -> torch.dtype:
+        """The dtype of what read() returns."""
+        return self._read_specs[keys.EMBED][1]
+
+    def read(self, name: str) -> torch.Tensor:
+        """The whole global tensor of model-space `name` (the weight, or its main copy), through
+        the checkpoint's one reader (one-line errors for truncated or damaged files)."""
         from grow_megatron.engine.checkpoint import read_global_tensors
 
-        full = MODEL_PREFIX + key
-        return read_global_tensors(self.dir, {full: (self.shapes[key], self.dtypes[key])}, verify=False)[full]
+        key = self._key(name)
+        return read_global_tensors(self.dir, {key: self._read_specs[name]}, verify=False)[key]
 
-    def check(self, shape: LlamaShape) -> None:
-        check_shapes(self.shapes, expected_native_shapes(shape), f"checkpoint {self.dir} vs its config")
-
-
-def shape_from_model_config(model: ModelConfig, *, num_layers: int, vocab_size: int) -> LlamaShape:
-    return LlamaShape(num_layers=num_layers, hidden_size=model.hidden_size, ffn_hidden_size=model.ffn_hidden_size,
-                      num_heads=model.num_attention_heads, num_kv_heads=model.kv_heads, head_dim=model.head_dim,
-                      vocab_size=vocab_size, norm_eps=model.norm_eps, rope_theta=model.rope_theta,
-                      seq_length=model.seq_length, ln_scaling=model.ln_scaling)
-
-
-def model_config_from_shape(shape: LlamaShape) -> ModelConfig:
-    return ModelConfig(num_layers=shape.num_layers, hidden_size=shape.hidden_size,
-                       ffn_hidden_size=shape.ffn_hidden_size, num_attention_heads=shape.num_heads,
-                       num_query_groups=shape.num_kv_heads, vocab_size=shape.vocab_size,
-                       seq_length=shape.seq_length, rope_theta=shape.rope_theta, norm_eps=shape.norm_eps,
-                       ln_scaling=shape.ln_scaling, kernels="off")
+    def check(self, model: ModelConfig) -> None:
+        check_shapes(self.shapes, expected_native_shapes(model), f"checkpoint {self.dir} vs its config")
 
 
 # --- engines (single process) --------------------------------------------------------------
 
 def _engine(model: ModelConfig, depth: int, vocab_size: int):
-    from grow_megatron.engine.distributed import init_distributed
     from grow_megatron.engine.build import build_engine
+    from grow_megatron.engine.distributed import init_distributed
     from grow_megatron.engine.resolve import engine_spec
 
     layout = init_distributed(1, 1, seed=0)
@@ -164,13 +143,10 @@ def write_native_checkpoint(native: dict[str, torch.Tensor], model: ModelConfig,
     chunk = engine.model[0].module
     with torch.no_grad():
         for name, p in chunk.named_parameters():
-            if name.startswith(LAYER_PREFIX):
-                i, suffix = name[len(LAYER_PREFIX):].split(".", 1)
-                src = native[LAYER_PREFIX + suffix][int(i)]
-            elif name == "output_layer.weight":  # tied: shares the embedding (absent at PP=1)
+            if name == keys.OUTPUT_LAYER:  # tied: shares the embedding (absent at PP=1)
                 continue
-            else:
-                src = native[name]
+            key, layer = keys.stacked_name(name)
+            src = native[key] if layer is None else native[key][layer]
             if tuple(src.shape) != tuple(p.shape):
                 raise ValueError(f"{name}: converted tensor {tuple(src.shape)} != model {tuple(p.shape)}")
             # In place: with fp32 params the distributed optimizer's main params are views of them.
@@ -189,8 +165,6 @@ def native_logits(ckpt_dir: str, model: ModelConfig, tokens: torch.Tensor, loop=
     engine = _engine(model, reader.depth, reader.vocab_size)
     load_checkpoint(engine, ckpt_dir)
     if loop is not None:
-        from grow_megatron.model.looping import apply_loop_to_engine
-
         apply_loop_to_engine(engine, loop)
     chunk = engine.model[0].module.eval()
     dev = next(chunk.parameters()).device

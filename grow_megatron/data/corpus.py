@@ -23,31 +23,18 @@ import lzma
 import os
 import random
 import sysconfig
-from importlib import resources
 from typing import Iterator
 
-ASSETS = "assets"
-CORPUS_FILE = "default_corpus.jsonl.xz"
-TOKENIZER_FILE = "default_tokenizer.json"
+import pydoc_data.topics as topics
+
+from grow_megatron.data.assets import CORPUS_FILE, TOKENIZER_FILE, assets_dir, default_corpus_path
+from grow_megatron.data.tokenizer import train_bpe_tokenizer
 
 # Directories of the standard library left out: tests, vendored or generated code.
 _SKIP_DIRS = {"test", "tests", "idle_test", "__pycache__", "site-packages", "lib2to3", "ensurepip",
               "pydoc_data", "turtledemo", "venv", "distutils"}
 _CODE_BUDGET = 1_800_000  # characters of Python source in the corpus
 _CODE_MAX_FILE = 60_000   # skip larger modules in the code part (keeps the mix varied)
-
-
-def assets_dir() -> str:
-    """Filesystem path of the shipped assets directory."""
-    return str(resources.files("grow_megatron.data").joinpath(ASSETS))
-
-
-def default_corpus_path() -> str:
-    return os.path.join(assets_dir(), CORPUS_FILE)
-
-
-def default_tokenizer_path() -> str:
-    return os.path.join(assets_dir(), TOKENIZER_FILE)
 
 
 def iter_default_corpus(path: str | None = None) -> Iterator[dict]:
@@ -100,7 +87,6 @@ def generate_default_corpus(seed: int = 1234) -> list[dict]:
             docs.append({"text": text, "source": f"docstrings:{rel}"})
         if len(src) <= _CODE_MAX_FILE and len(src) >= 500:
             code_files.append((rel, src))
-    import pydoc_data.topics as topics
 
     for key in sorted(topics.topics):
         docs.append({"text": topics.topics[key].strip(), "source": f"pydoc_topics:{key}"})
@@ -134,8 +120,6 @@ def write_corpus(docs: list[dict], path: str) -> None:
 
 def make_default_corpus(out_dir: str | None = None, vocab_size: int = 4096) -> tuple[str, str]:
     """Regenerate the shipped corpus and its tokenizer into `out_dir` (default: the assets dir)."""
-    from grow_megatron.data.tokenizer import train_bpe_tokenizer
-
     out_dir = out_dir or assets_dir()
     os.makedirs(out_dir, exist_ok=True)
     docs = generate_default_corpus()

@@ -131,7 +131,7 @@ def prepared_prefix(cfg: DataConfig, source: str, text_field: str, tokenizer: To
 def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = True) -> list[tuple[str, float, str]]:
     """[(indexed-dataset prefix, weight, name)] of the mixture, with zero-weight datasets left
     out; raw sources are prepared (on rank 0) first. Checks tokenizers match."""
-    from grow_megatron.data.corpus import default_corpus_path
+    from grow_megatron.data.assets import default_corpus_path
     from grow_megatron.data.prepare import has_indexed_files, prepare
 
     tf_paths: dict[str, str] = {}

@@ -18,7 +18,10 @@ import os
 from collections import OrderedDict
 from typing import Iterable
 
+from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
 from grow_megatron.config.base import ConfigError
+from grow_megatron.data.assets import default_tokenizer_path
 
 # End-of-document tokens tried, in order, when a tokenizer does not name its eos token.
 EOS_CANDIDATES = ("<|endoftext|>", "</s>", "<|end_of_text|>", "<eos>", "<|eos|>", "[EOS]", "<|im_end|>")
@@ -152,11 +155,7 @@ def _pick_eos(hf_tokenizer, config: dict, source: str, eod_token: str | None) ->
 
 def load_tokenizer(path: str | None = None, *, eod_token: str | None = None, field: str = "data.tokenizer") -> Tokenizer:
     """Load a `tokenizer.json`, a HF tokenizer directory holding one, or (path None) the embedded default."""
-    from tokenizers import Tokenizer as HFTokenizer
-
     if path is None:
-        from grow_megatron.data.corpus import default_tokenizer_path
-
         return Tokenizer(HFTokenizer.from_file(default_tokenizer_path()), eod_token or DEFAULT_EOS, source="<embedded>")
     path = os.path.expanduser(path)
     config: dict = {}
@@ -188,8 +187,6 @@ def train_bpe_tokenizer(texts: Iterable[str], *, vocab_size: int, out_path: str 
                         eod_token: str = DEFAULT_EOS, min_frequency: int = 2) -> Tokenizer:
     """Train a byte-level BPE (HF `tokenizers`) of `vocab_size` tokens (the end-of-document token
     is id 0) on `texts`; write it to `out_path` (tokenizer.json) atomically if given."""
-    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
-
     if vocab_size < 300:
         raise ConfigError("data.tokenizer_vocab_size", vocab_size, "must be at least 300 (256 byte tokens + merges + specials)")
     tok = HFTokenizer(models.BPE())

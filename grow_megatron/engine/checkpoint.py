@@ -55,8 +55,9 @@ from grow_megatron.engine.build import Engine
 from grow_megatron.engine.dp_shards import param_pieces
 from grow_megatron.engine.faults import fault_point
 from grow_megatron.engine.integrity import fsync_dir, verifying, write_manifest
-from grow_megatron.engine.optim_state import (STATE_KEYS, ensure_state_initialized, local_range, local_state,
-                                                optimizer_step_count, set_step_count)
+from grow_megatron.engine.keys import MODEL, STATE_KEYS, state_key
+from grow_megatron.engine.optim_state import (ensure_state_initialized, local_range, local_state,
+                                              optimizer_step_count, set_step_count)
 
 if TYPE_CHECKING:
     from grow_megatron.engine.async_save import AsyncSaver
@@ -166,7 +167,7 @@ def _sharded_state(engine: Engine, for_load: bool) -> tuple[dict, dict]:
     optim_sd: dict[str, Any] = {}
     targets: dict[str, tuple[torch.Tensor, list]] = {}
     for c, chunk in enumerate(engine.chunks):
-        chunk_sd = chunk.sharded_state_dict(prefix="model.")
+        chunk_sd = chunk.sharded_state_dict(prefix=MODEL)
         model_sd[f"chunk{c}"] = chunk_sd
         for name, parent, key, sh, p in _model_params(chunk_sd, {id(p): p for p in chunk.parameters()}):
             rng = local_range(engine.optimizer, p)
@@ -184,7 +185,7 @@ def _sharded_state(engine: Engine, for_load: bool) -> tuple[dict, dict]:
                 if flat is None:
                     flat = torch.zeros(rng[1] - rng[0], dtype=torch.float32, device=p.device)
                 entry = f"{k}.chunk{c}.{name}"
-                optim_sd[entry] = param_pieces(sh, p, flat, rng[0], key=f"optimizer.{k}.{sh.key}")
+                optim_sd[entry] = param_pieces(sh, p, flat, rng[0], key=state_key(k, sh.key))
                 targets[entry] = (flat, optim_sd[entry])
     return {"model": model_sd, "optimizer": optim_sd}, targets
 
@@ -550,5 +551,5 @@ def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
 
 
 def _unflatten_model(model_sd: dict) -> dict:
-    """Loaded `model.`-prefixed entries back to the module's state-dict names."""
-    return {k[len("model."):]: v for k, v in _flatten(model_sd).items() if torch.is_tensor(v)}
+    """Loaded MODEL-prefixed entries back to the module's state-dict names."""
+    return {k[len(MODEL):]: v for k, v in _flatten(model_sd).items() if torch.is_tensor(v)}

@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from grow_megatron.engine.offline_grow import OUTPUT_PROJECTIONS
+from grow_megatron.engine.keys import OUTPUT_PROJECTIONS
 from grow_megatron.growth.operators import Growth
 from grow_megatron.growth.partition import transfer_plan
 from grow_megatron.engine.build import Engine, build_engine, destroy_engine

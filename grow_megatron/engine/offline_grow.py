@@ -16,21 +16,14 @@ any layout. Memory: the whole checkpoint plus one engine, in one process (an off
 """
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import replace
 
 import torch
 
 from grow_megatron.config.base import ConfigError
+from grow_megatron.engine import keys
 from grow_megatron.growth.operators import Growth
-
-LAYERS = "decoder.layers."
-STATE_PREFIX = {"param": "optimizer.param.model.", "exp_avg": "optimizer.exp_avg.model.",
-                "exp_avg_sq": "optimizer.exp_avg_sq.model."}
-# Output projections of a layer: zero in a copy => the copy adds nothing to the residual stream
-# (the same rule as the in-memory manager: the weight and its main copy, not the moments).
-OUTPUT_PROJECTIONS = ("self_attention.linear_proj.weight", "mlp.linear_fc2.weight")
 
 
 def grow_tensors(tensors: dict[str, torch.Tensor], growth: Growth) -> dict[str, torch.Tensor]:
@@ -39,28 +32,19 @@ def grow_tensors(tensors: dict[str, torch.Tensor], growth: Growth) -> dict[str, 
     new = torch.tensor(growth.new_positions, dtype=torch.long)
     out = {}
     for key, t in tensors.items():
-        name = _model_name(key)
-        if name is None or not name.startswith(LAYERS):
+        parsed = keys.parse_state_key(key)
+        suffix = None if parsed is None else keys.layer_suffix(parsed[1])
+        if suffix is None:
             out[key] = t
             continue
         if t.shape[0] != growth.old_depth:
             raise ValueError(f"{key}: layer axis of {t.shape[0]} != the growth's old depth {growth.old_depth}")
         g = t.index_select(0, index)  # [L + b, ...]
-        if growth.zero_outputs and name[len(LAYERS):] in OUTPUT_PROJECTIONS and not key.startswith(
-                ("optimizer.exp_avg.", "optimizer.exp_avg_sq.")):
+        # The same rule as the in-memory manager: the weight and its main copy, not the moments.
+        if growth.zero_outputs and suffix in keys.OUTPUT_PROJECTIONS and parsed[0] not in keys.MOMENTS:
             g[new] = 0
         out[key] = g
     return out
-
-
-def _model_name(key: str):
-    """The model-space name of a weight or optimizer-state key (None for anything else)."""
-    if key.startswith("model."):
-        return key[len("model."):]
-    for prefix in STATE_PREFIX.values():
-        if key.startswith(prefix):
-            return key[len(prefix):]
-    return None
 
 
 def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
@@ -73,9 +57,8 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
     from grow_megatron.engine.checkpoint import read_global_tensors, read_meta, save_checkpoint
     from grow_megatron.engine.distributed import init_distributed
     from grow_megatron.engine.build import build_engine, destroy_engine
+    from grow_megatron.engine.optim_state import ensure_state_initialized, scatter_param_state, set_step_count
     from grow_megatron.engine.resolve import engine_spec
-    from grow_megatron.engine.optim_state import (STATE_KEYS, ensure_state_initialized, scatter_param_state,
-                                                    set_step_count)
 
     meta = read_meta(src_dir)
     if meta["depth"] != growth.old_depth:
@@ -83,7 +66,7 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
                                                  f"{growth.old_depth}")
     t0 = time.perf_counter()
     tensors = grow_tensors(read_global_tensors(src_dir), growth)
-    embed = tensors["model.embedding.word_embeddings.weight"]
+    embed = tensors[keys.model_key(keys.EMBED)]
     layout = init_distributed(1, 1, seed=0)
     if layout.world != 1:
         raise RuntimeError("offline growth runs in a single process (do not launch it with torchrun)")
@@ -92,13 +75,10 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
     engine = build_engine(spec, growth.new_depth, init_weights=False)
     ensure_state_initialized(engine.optimizer)
     for name, p in engine.named_parameters():
-        key, layer = name, None
-        if name.startswith(LAYERS):
-            i, suffix = name[len(LAYERS):].split(".", 1)
-            key, layer = LAYERS + suffix, int(i)
+        key, layer = keys.stacked_name(name)
         state = {}
-        for k in STATE_KEYS:
-            t = tensors[STATE_PREFIX[k] + key]
+        for k in keys.STATE_KEYS:
+            t = tensors[keys.state_key(k, keys.model_key(key))]
             state[k] = t[layer] if layer is not None else t
             if tuple(state[k].shape) != tuple(p.shape):
                 raise ValueError(f"{name}: checkpoint tensor {tuple(state[k].shape)} != model {tuple(p.shape)}")

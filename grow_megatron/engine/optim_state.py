@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-STATE_KEYS = ("param", "exp_avg", "exp_avg_sq")
+from grow_megatron.engine.keys import STATE_KEYS
 
 
 def _inner_optimizers(optimizer):

@@ -18,8 +18,10 @@ import dataclasses
 from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Any, Literal, Mapping, Sequence
+from typing import Literal, Mapping, Sequence
 
+from grow_megatron.config.model import ModelConfig
+from grow_megatron.growth.operators import midas
 from grow_megatron.growth.schedule import GrowthPlan, prop_alpha
 
 PETA = 10**15
@@ -30,79 +32,49 @@ H100_SXM_BF16_PEAK = 989e12
 """Dense bf16 peak of an H100 SXM in FLOP/s, the MFU denominator of SPEC 6."""
 
 
-@dataclass(frozen=True)
-class ModelShape:
-    """The shapes the FLOPs formula needs (SPEC 1 names)."""
-
-    num_layers: int
-    """L, number of Transformer layers."""
-    hidden_size: int
-    """d, the model width."""
-    ffn_hidden_size: int
-    """f, the SwiGLU inner width."""
-    num_attention_heads: int
-    """Query heads."""
-    num_query_groups: int
-    """Key/value heads (GQA); equal to num_attention_heads for MHA."""
-    vocab_size: int
-    """V, the (tied) vocabulary size."""
-    seq_length: int
-    """s, tokens per training sequence."""
-
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-                raise ValueError(f"ModelShape.{f.name} = {v!r}: must be a positive integer")
-        if self.hidden_size % self.num_attention_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
-                             f"{self.num_attention_heads}")
-        if self.num_attention_heads % self.num_query_groups:
-            raise ValueError(f"num_attention_heads {self.num_attention_heads} is not divisible by "
-                             f"num_query_groups {self.num_query_groups}")
-
-    @property
-    def kv_size(self) -> int:
-        """d_kv = d * kv_heads / heads, the width of K (and of V)."""
-        return self.hidden_size * self.num_query_groups // self.num_attention_heads
-
-    def with_layers(self, num_layers: int) -> "ModelShape":
-        return dataclasses.replace(self, num_layers=num_layers)
-
-    @classmethod
-    def from_object(cls, obj: Any, vocab_size: int | None = None, seq_length: int | None = None) -> "ModelShape":
-        """Read the shape from a ModelShape, a grow_megatron ModelConfig, a transformers
-        LlamaConfig (its own field names) or a dict of ModelShape fields. vocab_size and
-        seq_length override (a ModelConfig may leave the vocab to the tokenizer; an HF config
-        has no training sequence length)."""
-        if isinstance(obj, ModelShape):
-            return obj if vocab_size is None and seq_length is None else dataclasses.replace(
-                obj, vocab_size=vocab_size or obj.vocab_size, seq_length=seq_length or obj.seq_length)
-        get = obj.get if isinstance(obj, Mapping) else (lambda k, d=None: getattr(obj, k, d))
-        if get("num_hidden_layers") is not None:  # transformers naming
-            vals = {"num_layers": get("num_hidden_layers"), "hidden_size": get("hidden_size"),
-                    "ffn_hidden_size": get("intermediate_size"), "num_attention_heads": get("num_attention_heads"),
-                    "num_query_groups": get("num_key_value_heads"), "vocab_size": get("vocab_size"),
-                    "seq_length": None}
-        else:
-            vals = {f.name: get(f.name) for f in dataclasses.fields(cls)}
-        if vals["num_query_groups"] is None:  # None means MHA in both config styles
-            vals["num_query_groups"] = vals["num_attention_heads"]
-        if vocab_size is not None:
-            vals["vocab_size"] = vocab_size
-        if seq_length is not None:
-            vals["seq_length"] = seq_length
-        missing = [k for k, v in vals.items() if v is None]
-        if missing:
-            raise ValueError(f"{type(obj).__name__} gives no {', '.join(missing)}; pass it explicitly")
-        return cls(**vals)
+SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
+                "vocab_size", "seq_length")
+"""The ModelConfig fields the formula reads (SPEC 1 names): L, d, f, heads, kv heads, V, s."""
 
 
-PRESETS: Mapping[str, ModelShape] = MappingProxyType({
-    "smollm-360m": ModelShape(32, 960, 2560, 15, 5, 49152, 2048),
-    "smollm-1.7b": ModelShape(24, 2048, 8192, 32, 32, 49152, 2048),
-})
-"""SPEC 1 model presets."""
+def check_shape(model: ModelConfig) -> ModelConfig:
+    """`model` if the formula can count it (every SHAPE_FIELDS value a positive integer, the
+    heads dividing the width and the kv heads dividing the heads); else a ValueError naming the
+    field. num_query_groups None (MHA) counts as num_attention_heads."""
+    missing = [f for f in SHAPE_FIELDS if f != "num_query_groups" and getattr(model, f) is None]
+    if missing:
+        raise ValueError(f"{type(model).__name__} gives no {', '.join(missing)}; pass it explicitly")
+    for f in SHAPE_FIELDS:
+        v = model.kv_heads if f == "num_query_groups" else getattr(model, f)
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"model.{f} = {v!r}: must be a positive integer")
+    if model.hidden_size % model.num_attention_heads:
+        raise ValueError(f"hidden_size {model.hidden_size} is not divisible by num_attention_heads "
+                         f"{model.num_attention_heads}")
+    if model.num_attention_heads % model.kv_heads:
+        raise ValueError(f"num_attention_heads {model.num_attention_heads} is not divisible by "
+                         f"num_query_groups {model.kv_heads}")
+    return model
+
+
+def flops_shape(model: ModelConfig, vocab_size: int | None = None, seq_length: int | None = None) -> ModelConfig:
+    """`model` as the formula counts it: vocab_size and seq_length overridden where given (a run
+    config may leave the vocabulary to the tokenizer; a benchmark picks its own sequence
+    length), num_query_groups spelled out, checked (check_shape)."""
+    return check_shape(dataclasses.replace(model, vocab_size=vocab_size or model.vocab_size,
+                                           seq_length=seq_length or model.seq_length,
+                                           num_query_groups=model.kv_heads))
+
+
+def shape_dict(model: ModelConfig) -> dict[str, int]:
+    """The SHAPE_FIELDS of `model` (the "shape" of `flops --json` and of the benchmark report)."""
+    return {f: model.kv_heads if f == "num_query_groups" else getattr(model, f) for f in SHAPE_FIELDS}
+
+
+def format_shape(model: ModelConfig) -> str:
+    """The one-line shape `grow-megatron flops` prints (its format predates ModelConfig as the
+    formula's input and is kept as scripts read it)."""
+    return "ModelShape(" + ", ".join(f"{k}={v!r}" for k, v in shape_dict(model).items()) + ")"
 
 
 @dataclass(frozen=True)
@@ -145,30 +117,28 @@ def format_flops(flops: float, unit: tuple[str, int] | None = None) -> str:
     return f"{flops / size:,.3f} {name}"
 
 
-def formula_params(shape: ModelShape) -> int:
+def formula_params(shape: ModelConfig) -> int:
     """N of SPEC 6: L (2 d^2 + 2 d d_kv + 3 d f) + V d. Norm gains are not counted."""
-    shape = ModelShape.from_object(shape)
+    check_shape(shape)
     d, f = shape.hidden_size, shape.ffn_hidden_size
     return shape.num_layers * (2 * d * d + 2 * d * shape.kv_size + 3 * d * f) + shape.vocab_size * d
 
 
-def model_flops_per_token(shape: ModelShape) -> int:
+def model_flops_per_token(shape: ModelConfig) -> int:
     """Training FLOPs per token (forward + backward), SPEC 6 / Table 7: 6 N + 12 L s d.
 
     The attention term counts the full s x s score matrix (no causal saving), as the paper does.
-    `shape`: a ModelShape or anything ModelShape.from_object reads (e.g. RunConfig.model).
+    `shape` must give a vocab_size (see flops_shape).
     """
-    shape = ModelShape.from_object(shape)
     return 6 * formula_params(shape) + 12 * shape.num_layers * shape.seq_length * shape.hidden_size
 
 
-def model_flops_per_token_causal(shape: ModelShape) -> int:
+def model_flops_per_token_causal(shape: ModelConfig) -> int:
     """6 N + 6 L s d: attention halved because a causal mask skips half the score matrix.
 
     The convention of notes/h100-anchors.md and of flash-attention style MFU figures; use it
     only to compare with numbers quoted that way. SPEC 6's MFU uses `model_flops_per_token`.
     """
-    shape = ModelShape.from_object(shape)
     return 6 * formula_params(shape) + 6 * shape.num_layers * shape.seq_length * shape.hidden_size
 
 
@@ -234,7 +204,7 @@ class RunFlops:
                 "petaflops": self.petaflops, "stages": [s.to_dict() for s in self.stages]}
 
 
-def run_flops(shape: ModelShape, depths: Sequence[int], steps: Sequence[int], tokens_per_step: int,
+def run_flops(shape: ModelConfig, depths: Sequence[int], steps: Sequence[int], tokens_per_step: int,
               name: str = "") -> RunFlops:
     """FLOPs of a run that trains depths[i] for steps[i] steps (stage by stage)."""
     if len(depths) != len(steps) or not depths:
@@ -249,7 +219,7 @@ def run_flops(shape: ModelShape, depths: Sequence[int], steps: Sequence[int], to
     return RunFlops(name, stages)
 
 
-def training_flops(shape: ModelShape, tokens_per_step: int, initial_depth: int,
+def training_flops(shape: ModelConfig, tokens_per_step: int, initial_depth: int,
                    growths: Sequence[tuple[int, int]], start: int, end: int) -> int:
     """FLOPs of global steps start..end-1 of a run that starts at `initial_depth` and, for each
     (step, depth) in `growths`, trains at that depth from that step on (SPEC 6: every step at
@@ -264,7 +234,7 @@ def training_flops(shape: ModelShape, tokens_per_step: int, initial_depth: int,
     return total
 
 
-def with_loop(run: RunFlops, shape: ModelShape, from_step: int, unrolled_depth: int) -> RunFlops:
+def with_loop(run: RunFlops, shape: ModelConfig, from_step: int, unrolled_depth: int) -> RunFlops:
     """`run` with every step from `from_step` on at `unrolled_depth` (loop-adapted training,
     SPEC 10: a looped block costs what its unrolled copies cost). The loop starts at the final
     depth, so only steps at shape.num_layers change."""
@@ -279,7 +249,7 @@ def with_loop(run: RunFlops, shape: ModelShape, from_step: int, unrolled_depth: 
     return RunFlops(run.name + (" looped" if unrolled_depth != shape.num_layers else ""), tuple(stages))
 
 
-def static_flops(shape: ModelShape, total_steps: int, tokens_per_step: int) -> RunFlops:
+def static_flops(shape: ModelConfig, total_steps: int, tokens_per_step: int) -> RunFlops:
     """A run at full depth (shape.num_layers) for all steps."""
     return run_flops(shape, [shape.num_layers], [total_steps], tokens_per_step, name="static")
 
@@ -299,7 +269,7 @@ def plan_depths_and_steps(plan: GrowthPlan, total_steps: int) -> tuple[list[int]
     return depths, list(plan.stage_steps[:-1]) + [total_steps - before_last]
 
 
-def grown_flops(shape: ModelShape, plan: GrowthPlan, total_steps: int, tokens_per_step: int) -> RunFlops:
+def grown_flops(shape: ModelConfig, plan: GrowthPlan, total_steps: int, tokens_per_step: int) -> RunFlops:
     """FLOPs of a grown run following `plan`; its final depth must be shape.num_layers."""
     if plan.final_depth != shape.num_layers:
         raise ValueError(f"plan grows to {plan.final_depth} layers but the model has {shape.num_layers}")
@@ -330,8 +300,6 @@ def prop_plan(final_depth: int, block_size: int, grow_steps: int, alpha: float =
 
     rounding="spec": SPEC 4 largest remainder (what the trainer runs); "paper": Table 7's floors.
     """
-    from grow_megatron.growth.operators import midas
-
     if final_depth % block_size:
         raise ValueError(f"final depth {final_depth} is not a multiple of block size {block_size}")
     k = final_depth // block_size
@@ -350,7 +318,7 @@ def prop_plan(final_depth: int, block_size: int, grow_steps: int, alpha: float =
 class FlopsComparison:
     """Static vs grown training FLOPs of the same final model."""
 
-    shape: ModelShape
+    shape: ModelConfig
     tokens_per_step: int
     static: RunFlops
     grown: RunFlops
@@ -361,7 +329,7 @@ class FlopsComparison:
         return self.static.flops / self.grown.flops
 
     def to_dict(self) -> dict:
-        return {"shape": dataclasses.asdict(self.shape), "formula_params": formula_params(self.shape),
+        return {"shape": shape_dict(self.shape), "formula_params": formula_params(self.shape),
                 "tokens_per_step": self.tokens_per_step, "static": self.static.to_dict(),
                 "grown": self.grown.to_dict(), "ratio": self.ratio,
                 "grown_fraction_of_static": self.grown.flops / self.static.flops}
@@ -387,7 +355,7 @@ class FlopsComparison:
         return "\n".join(lines)
 
 
-def compare(shape: ModelShape, plan: GrowthPlan, total_steps: int, tokens_per_step: int) -> FlopsComparison:
+def compare(shape: ModelConfig, plan: GrowthPlan, total_steps: int, tokens_per_step: int) -> FlopsComparison:
     """Static and grown FLOPs of `shape` trained for `total_steps` steps."""
     return FlopsComparison(shape, tokens_per_step, static_flops(shape, total_steps, tokens_per_step),
                            grown_flops(shape, plan, total_steps, tokens_per_step))
@@ -395,6 +363,6 @@ def compare(shape: ModelShape, plan: GrowthPlan, total_steps: int, tokens_per_st
 
 def paper_comparison(preset: str, rounding: Literal["spec", "paper"] = "paper") -> FlopsComparison:
     """Table 7 for a SPEC 1 preset with the paper's settings."""
-    shape, cfg = PRESETS[preset], PAPER_SETTINGS[preset]
+    shape, cfg = ModelConfig.from_preset(preset), PAPER_SETTINGS[preset]
     plan = prop_plan(shape.num_layers, cfg.block_size, cfg.grow_steps, cfg.alpha, rounding)
     return compare(shape, plan, cfg.total_steps, cfg.tokens_per_step)

@@ -51,11 +51,6 @@ def rank_of(stage: int, pp: int) -> int:
     return stage % pp
 
 
-def chunk_of(stage: int, pp: int) -> int:
-    """Model chunk (megatron's vp_stage) of a (virtual) stage on its rank."""
-    return stage // pp
-
-
 @dataclass(frozen=True)
 class Move:
     """New position `dst_pos` (on stage dst_stage) is initialised from old layer `src_layer`

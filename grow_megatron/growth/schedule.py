@@ -76,10 +76,6 @@ class GrowthPlan:
                 depth = g.new_depth
         return depth
 
-    def stage_at(self, step: int) -> int:
-        """0-indexed stage that trains global step `step`."""
-        return sum(1 for b in self.boundaries if step >= b)
-
     @property
     def final_depth(self) -> int:
         return self.growths[-1].new_depth if self.growths else self.initial_depth

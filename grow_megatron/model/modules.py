@@ -21,12 +21,23 @@ def _kernels_enabled(config: TransformerConfig) -> bool:
     return bool(getattr(config, "grow_use_kernels", False))
 
 
+def _kernels():
+    """grow_megatron.kernels, imported on first use rather than with the model: triton reads
+    TRITON_INTERPRET once, at its first import (a CPU benchmark sets it before anything runs),
+    and takes seconds to import."""
+    import grow_megatron.kernels as kernels
+
+    return kernels
+
+
 class ScaledRMSNorm(torch.nn.Module):
     """RMSNorm whose output is multiplied by `scale`, the LN-Scaling factor 1/sqrt(l) (SPEC 5).
 
     The factor belongs to the layer's position, not to its weights: the owning layer sets it
     from its layer number (GrowTransformerLayer.set_layer_number) and it is never a parameter,
-    so growth only has to renumber. scale = 1.0 is a plain RMSNorm (also the final norm).
+    so a layer built at a new position after a growth gets its factor with no weight changed
+    (model/looping.py sets it per application of a looped layer). scale = 1.0 is a plain
+    RMSNorm (also the final norm).
     """
 
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_: object):
@@ -38,9 +49,7 @@ class ScaledRMSNorm(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [s, b, h]
         if self.use_kernel:
-            from grow_megatron.kernels import rms_norm
-
-            return rms_norm(x, self.weight, self.eps, scale=self.scale)
+            return _kernels().rms_norm(x, self.weight, self.eps, scale=self.scale)
         # fp32 statistics, as transformers' LlamaRMSNorm computes them (HF logit parity).
         dtype = x.dtype
         xf = x.float()
@@ -50,15 +59,6 @@ class ScaledRMSNorm(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, eps={self.eps}, scale={self.scale:.4f}"
-
-
-def rope_cos_sin_hf(seq_len: int, head_dim: int, base: float, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [seq_len, head_dim] exactly as transformers' Llama computes them (fp32 angles),
-    so exported checkpoints give the same logits in transformers."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=device).float() / head_dim))
-    freqs = torch.outer(torch.arange(seq_len, device=device, dtype=torch.float32), inv_freq)  # [s, d/2]
-    emb = torch.cat((freqs, freqs), dim=-1)  # [s, d]
-    return emb.cos(), emb.sin()
 
 
 class SDPAttention(MegatronModule):
@@ -91,7 +91,7 @@ class SDPAttention(MegatronModule):
     def _cos_sin(self, s: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (s, str(device))
         if key not in self._rope_cache:
-            self._rope_cache = {key: rope_cos_sin_hf(s, self.head_dim, self.rope_base, device)}
+            self._rope_cache = {key: _kernels().rope_cos_sin(s, self.head_dim, self.rope_base, device)}
         return self._rope_cache[key]
 
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None,
@@ -99,11 +99,10 @@ class SDPAttention(MegatronModule):
         # query: [s, b, hq, d]; key/value: [s, b, hkv, d] (GQA: hkv divides hq)
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("SDPAttention supports neither packed sequences nor attention bias")
-        from grow_megatron.kernels import apply_rope, apply_rope_ref
-
         s, b = query.shape[0], query.shape[1]
         cos, sin = self._cos_sin(s, query.device)
-        query, key = (apply_rope if self.use_kernel else apply_rope_ref)(query, key, cos, sin)
+        kernels = _kernels()
+        query, key = (kernels.apply_rope if self.use_kernel else kernels.apply_rope_ref)(query, key, cos, sin)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
         if self.kv_heads != self.heads:
             rep = self.heads // self.kv_heads
@@ -123,9 +122,7 @@ class FusedSwiGLU(torch.nn.Module):
         super().__init__()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [s, b, 2f] -> [s, b, f]
-        from grow_megatron.kernels import swiglu_fused
-
-        return swiglu_fused(x)
+        return _kernels().swiglu_fused(x)
 
 
 class GrowGPTModel(GPTModel):
@@ -141,22 +138,21 @@ class GrowGPTModel(GPTModel):
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
         if (self.fused_loss and self.post_process and labels is not None
                 and self.config.mtp_num_layers is None and kwargs.get("inference_context") is None):
-            from grow_megatron.kernels import fused_linear_cross_entropy
-
             s, b, h = hidden_states.shape
             w = self.shared_embedding_or_output_weight()  # [V, h]
             flat = hidden_states.transpose(0, 1).reshape(b * s, h)  # [b*s, h], batch-major like labels
-            return fused_linear_cross_entropy(flat, w, labels.reshape(-1)).view(b, s)
+            return _kernels().fused_linear_cross_entropy(flat, w, labels.reshape(-1)).view(b, s)
         return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
 
 
 class GrowTransformerLayer(TransformerLayer):
     """megatron's TransformerLayer plus a position that can change when the model grows.
 
-    megatron fixes `layer_number` (global, 1-based) at construction; after a growth a layer
-    may sit at another position. `set_layer_number` updates every place megatron copies it
-    into and re-derives the LN-Scaling factor. The global position is derived by the block
-    from the pipeline layout, never stored by us separately.
+    Its initial weights depend on the seed and its global position only. `layer_number`
+    (global, 1-based) is fixed at construction: a growth builds a new model at the new depth,
+    whose layers are constructed at their new positions (the moved weights go in afterwards),
+    so a layer's position never changes. `set_layer_number`, called once from the constructor,
+    copies it into the attention modules and derives the LN-Scaling factor of the norms from it.
     """
 
     def __init__(self, config: TransformerConfig, submodules, layer_number: int = 1, vp_stage=None, **kwargs):

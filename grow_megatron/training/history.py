@@ -8,7 +8,6 @@ optim.on_extend, and the compute counts go on from the checkpoint's.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -26,12 +25,12 @@ def recorded_total(meta: dict, run_dir: str) -> Optional[int]:
     import torch.distributed as dist
 
     from grow_megatron.config.base import ConfigError
-    from grow_megatron.config.run import read_yaml
+    from grow_megatron.config.run import read_yaml, run_config_path
 
     steps = None
     if not dist.is_initialized() or dist.get_rank() == 0:
         try:
-            steps = (read_yaml(os.path.join(run_dir, "config.yaml")).get("train") or {}).get("steps")
+            steps = (read_yaml(run_config_path(run_dir)).get("train") or {}).get("steps")
         except ConfigError:
             pass
     if dist.is_initialized() and dist.get_world_size() > 1:
@@ -105,7 +104,7 @@ class ComputeCount:
     numbers whether a run went through in one go or was resumed."""
 
     def __init__(self, model, vocab: int, tokens_per_step: int, initial_depth: int, meta: Optional[dict]):
-        self.shape = F.ModelShape.from_object(model, vocab_size=vocab)
+        self.shape = F.flops_shape(model, vocab_size=vocab)
         self.tokens_per_step = tokens_per_step
         self.initial_depth = initial_depth
         self.anchor = dict((meta or {}).get("compute") or {"step": 0, "tokens": 0, "flops": 0})
