@@ -115,7 +115,7 @@ def sweep(model, tokenizer, cfg: SweepConfig, device: str = "cpu", progress: boo
     """Scores of the plain model and of every (block, repeats > 1)."""
     from grow_megatron.convert.looping import loop_hf_model
     from grow_megatron.eval import scoring as S
-    from grow_megatron.cli.eval import read_heldout_ids
+    from grow_megatron.eval.evaluate import read_heldout_ids
 
     depth = len(model.model.layers)
     for s, e in cfg.blocks:
