@@ -16,13 +16,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("grow_megatron.cli.data", "prepare tokenizers and indexed datasets"),
     "convert": ("grow_megatron.cli.convert", "convert checkpoints to and from Hugging Face Llama"),
     "eval": ("grow_megatron.cli.eval", "held-out NLL and reasoning-primitive evaluation"),
-    "loop-sweep": ("grow_megatron.eval.loop_sweep", "inference-time looping of blocks: primitives and NLL per (block, repeats)"),
+    "loop-sweep": ("grow_megatron.cli.loop_sweep", "inference-time looping of blocks: primitives and NLL per (block, repeats)"),
     "analyze": ("grow_megatron.cli.analyze", "depth analyses (tuned lens, depth score, interventions, ...)"),
     "flops": ("grow_megatron.cli.flops", "training FLOPs of a static vs a grown run (SPEC 6)"),
     "bench": ("grow_megatron.cli.bench", "timed grown-vs-static training throughput"),
     "plan": ("grow_megatron.cli.plan", "print the growth plan (stages, depths, source maps) of a config"),
     "grow": ("grow_megatron.cli.grow", "grow a trained checkpoint on disk, to keep training it deeper"),
-    "compare-runs": ("grow_megatron.training.compare_runs", "loss of runs against steps, tokens and FLOPs; loss at equal FLOPs"),
+    "compare-runs": ("grow_megatron.cli.compare_runs", "loss of runs against steps, tokens and FLOPs; loss at equal FLOPs"),
 }
 
 
