@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("grow_megatron.cli.analyze", "depth analyses (tuned lens, depth score, interventions, ...)"),
     "flops": ("grow_megatron.cli.flops", "training FLOPs of a static vs a grown run (SPEC 6)"),
     "bench": ("grow_megatron.cli.bench", "timed grown-vs-static training throughput"),
+    "bench-growth": ("grow_megatron.cli.bench_growth", "latency and memory of one growth of a trained engine"),
     "plan": ("grow_megatron.cli.plan", "print the growth plan (stages, depths, source maps) of a config"),
     "grow": ("grow_megatron.cli.grow", "grow a trained checkpoint on disk, to keep training it deeper"),
     "compare-runs": ("grow_megatron.cli.compare_runs", "loss of runs against steps, tokens and FLOPs; loss at equal FLOPs"),
