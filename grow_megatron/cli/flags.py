@@ -1,6 +1,7 @@
 """A command's flags from its options dataclass, and the parsed flags back into that dataclass.
 
-Each field becomes one flag, `--field-name`, with the field's attribute docstring as its help:
+Each field becomes one flag, `--field-name`, with the field's attribute docstring as its help
+(and its default, unless the docstring speaks of it):
 
 - `int`, `float`, `str` (and `Optional[...]` of them, default None): a typed value;
 - `Literal[...]`: `choices`;
@@ -9,9 +10,11 @@ Each field becomes one flag, `--field-name`, with the field's attribute docstrin
 - a field without a default: a required flag (or a required positional).
 
 What the annotation cannot say (a positional argument, a metavar, a flag spelled differently from
-its field, choices computed at import time, an argument group) goes into the field's metadata with
-`cli(...)` (grow_megatron.config.options). Parsed values go back through `config.base.from_dict` and the dataclass's
-`validate()`, so a bad value is a one-line ConfigError that names the flag.
+its field, choices computed at import time, an argument group, a comma list given as one value)
+goes into the field's metadata with `cli(...)` (grow_megatron.config.options, so that options
+dataclasses can live in the layers below cli). Parsed values go back through
+`config.base.from_dict` and the dataclass's `validate()`, so a bad value is a one-line
+ConfigError that names the flag.
 """
 from __future__ import annotations
 
@@ -46,8 +49,7 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, only_given: bool = 
     """Add one argument per field of dataclass `cls` to `parser`.
 
     only_given: every flag defaults to None (so `options_from_args` sees only what the user gave,
-    to lay it over presets) and its help ends with the field's real default; lists then take
-    `nargs="*"`, so that an empty list can be given."""
+    to lay it over presets); lists then take `nargs="*"`, so that an empty list can be given."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
@@ -58,55 +60,58 @@ def add_flags(parser: argparse.ArgumentParser, cls: type, *, only_given: bool = 
         target = parser
         if m.get("group"):
             target = groups.get(m["group"]) or groups.setdefault(m["group"], parser.add_argument_group(m["group"]))
-        tp = _unwrap_optional(hints[f.name])
         default = _default(f)
-        required = default is dataclasses.MISSING
-        kw: dict[str, Any] = {"help": docs.get(f.name)}
-        if only_given:
-            kw["help"] = f"{docs.get(f.name, '')} (default: {default})"
-            default = None
-        if kw["help"] is not None:
-            kw["help"] = kw["help"].replace("%", "%%")  # argparse formats help with %
-        if "metavar" in m:
-            kw["metavar"] = m["metavar"]
-        origin = get_origin(tp)
-        if tp is bool:
-            if default is False and not required:
-                kw["action"] = "store_true"
-            else:
-                kw["action"] = argparse.BooleanOptionalAction
-        elif origin in (list, tuple):
-            item = (get_args(tp) or (str,))[0]
-            item = _unwrap_optional(item)
-            kw["type"] = m.get("type", _converter(item))
-            if get_origin(item) is Literal:
-                kw["choices"] = get_args(item)
-            if m.get("append"):
-                kw["action"] = "append"
-            else:
-                kw["nargs"] = m.get("nargs", "*" if only_given else "+")
-        else:
-            if origin is Literal:
-                kw["choices"] = get_args(tp)
-                kw["type"] = m.get("type", type(get_args(tp)[0]))
-            else:
-                kw["type"] = m.get("type", _converter(tp))
-            if "nargs" in m:
-                kw["nargs"] = m["nargs"]
-        if "choices" in m:
-            kw["choices"] = m["choices"]
+        kw = _kwargs(_unwrap_optional(hints[f.name]), m, None if only_given else default, only_given)
+        kw["help"] = _help(docs.get(f.name), default, always=only_given)
         if m.get("positional"):
-            if not required:
+            if default is not dataclasses.MISSING:
                 kw.setdefault("nargs", "?")
-                kw["default"] = default
             target.add_argument(f.name, **kw)
-            continue
-        kw["dest"] = f.name
-        if required and not only_given:
-            kw["required"] = True
         else:
-            kw["default"] = default
-        target.add_argument(flag_name(f), **kw)
+            target.add_argument(flag_name(f), dest=f.name, **kw)
+
+
+def _kwargs(tp: Any, m: dict[str, Any], default: Any, only_given: bool) -> dict[str, Any]:
+    """add_argument's keywords (but help) for a field of type `tp` (Optional removed), metadata `m`."""
+    kw: dict[str, Any] = {k: m[k] for k in ("metavar", "choices") if k in m}
+    if default is dataclasses.MISSING:
+        if not m.get("positional"):
+            kw["required"] = True
+    else:
+        kw["default"] = default
+    origin = get_origin(tp)
+    if tp is bool:
+        # A flag that is off by default is switched on; one that is on (or unset: None) has both forms.
+        kw["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
+        return kw
+    if origin in (list, tuple):
+        item = _unwrap_optional((get_args(tp) or (str,))[0])
+        if m.get("append"):
+            kw["action"] = "append"
+        elif m.get("nargs", "+") is not None:
+            kw["nargs"] = m.get("nargs", "*" if only_given else "+")
+    else:
+        item = tp
+        if m.get("nargs") is not None:
+            kw["nargs"] = m["nargs"]
+    if get_origin(item) is Literal:
+        kw.setdefault("choices", get_args(item))
+        kw["type"] = m.get("type", type(get_args(item)[0]))
+    else:
+        kw["type"] = m.get("type", _converter(item))
+    return kw
+
+
+def _help(doc: str | None, default: Any, always: bool) -> str | None:
+    """The field's docstring, with its default where the docstring does not give it."""
+    if doc is None:
+        return None
+    shown = (default not in (None, False, dataclasses.MISSING) and not (isinstance(default, (list, tuple))
+                                                                        and not default))
+    if always or (shown and "default" not in doc):
+        text = (",".join(map(str, default)) or "none") if isinstance(default, (list, tuple)) else default
+        doc = f"{doc} (default: {text})"
+    return doc.replace("%", "%%")  # argparse formats help with %
 
 
 def _converter(tp: Any) -> Any:

@@ -14,12 +14,18 @@ def cli(**kw: Any) -> dict[str, Any]:
     """Field metadata for `dataclasses.field(metadata=cli(...))`; keys:
 
     positional (bool), flag ("--set" instead of "--overrides"), metavar, nargs (of a positional or a
-    list), append (a list filled by repeating the flag), choices, group (argument group title), type
-    (the argparse converter, when the parsed value is not the field's type)."""
+    list; None: a list given as one value, converted by `type`), append (a list filled by repeating
+    the flag), choices, group (argument group title), type (the argparse converter, when the
+    parsed value is not the field's type, e.g. comma_list)."""
     unknown = set(kw) - _CLI_KEYS
     if unknown:
         raise TypeError(f"unknown cli() keys: {', '.join(sorted(unknown))}")
     return {"cli": kw}
+
+
+def comma_list(text: str) -> tuple[str, ...]:
+    """`a,b, c` -> ("a", "b", "c"): the converter of a list given as one comma-separated value."""
+    return tuple(x.strip() for x in text.split(",") if x.strip())
 
 
 def cli_meta(f: dataclasses.Field) -> dict[str, Any]:
