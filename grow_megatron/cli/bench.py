@@ -16,11 +16,7 @@ import sys
 import traceback
 from typing import Any, Callable, Optional
 
-import torch
-
-from grow_megatron.bench import report as R
 from grow_megatron.bench.config import BenchConfig, peak_flops_for
-from grow_megatron.bench.runner import EngineBench, hf_measure, on_gpu, resolve
 from grow_megatron.cli.flags import add_flags, options_from_args
 
 
@@ -45,6 +41,9 @@ def _one_line(r: dict) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     bc = options_from_args(BenchConfig, build_parser().parse_args(argv))
+    # torch (seconds) once the arguments are good: --help and a mistyped flag answer at once.
+    import torch
+
     gpu = torch.cuda.is_available()
     if not gpu and not bc.dry_run:
         print("grow-megatron bench: no CUDA GPU found; the benchmark needs one (use --dry-run for the CPU check "
@@ -57,8 +56,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def run(bc: BenchConfig, argv: list[str]) -> int:
-    # megatron-core (ten seconds) only once the arguments are good and a GPU (or --dry-run) is
-    # there, and after TRITON_INTERPRET is set.
+    # torch and megatron-core (ten seconds), as in main; after TRITON_INTERPRET is set.
+    import torch
+
+    from grow_megatron.bench import report as R
+    from grow_megatron.bench.runner import EngineBench, hf_measure, on_gpu, resolve
     from grow_megatron.engine.distributed import device_context, init_distributed, world_size_from_env
 
     gpu = on_gpu()
