@@ -31,6 +31,7 @@ __all__ = ["add_flags", "cli", "flag_name", "given", "options_from_args"]
 
 T = TypeVar("T")
 
+
 def _unwrap_optional(tp: Any) -> Any:
     if get_origin(tp) in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]

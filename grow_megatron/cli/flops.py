@@ -151,9 +151,9 @@ def resolve(args: FlopsOptions) -> tuple[F.ModelShape, GrowthPlan | None, int, i
         if "global_batch" in from_cfg:
             vals.pop("tokens_per_step", None)
         vals.update(from_cfg)
-    for flag, field in _SHAPE_FLAGS.items():
+    for flag, name in _SHAPE_FLAGS.items():
         if getattr(args, flag) is not None:
-            vals[field] = getattr(args, flag)
+            vals[name] = getattr(args, flag)
     for key in ("steps", "grow_steps", "block_size", "alpha", "tokens_per_step", "global_batch"):
         if getattr(args, key) is not None:
             vals[key] = getattr(args, key)
@@ -167,8 +167,8 @@ def resolve(args: FlopsOptions) -> tuple[F.ModelShape, GrowthPlan | None, int, i
         flags = [("--" + k.replace("_", "-")) for k, f in _SHAPE_FLAGS.items() if f in missing]
         raise ConfigError("model", None, f"missing {', '.join(missing)}: give --preset, a run config or "
                                          f"{' '.join(flags)}")
-    for flag, field in _SHAPE_FLAGS.items():
-        _positive(vals[field], "--" + flag.replace("_", "-"), field)
+    for flag, name in _SHAPE_FLAGS.items():
+        _positive(vals[name], "--" + flag.replace("_", "-"), name)
     try:
         shape = F.ModelShape(**{f: vals[f] for f in _SHAPE_FLAGS.values()})
     except ValueError as err:
