@@ -190,3 +190,12 @@ def test_a_bad_flag_value_is_one_line_from_the_command(tmp_path, capsys):
     assert cli_main(["compare-runs", str(tmp_path), "--budgets", "0"]) == 2
     err = capsys.readouterr().err
     assert err == "grow-megatron compare-runs: --budgets = 0: must be a positive integer\n"
+
+
+def test_eval_help_names_every_primitive(capsys):
+    from grow_megatron.eval.primitives import TASKS
+
+    with pytest.raises(SystemExit):
+        cli_main(["eval", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert all(t in text for t in TASKS), "EvalOptions.tasks' docstring lists the primitives: keep it in step"

@@ -39,8 +39,8 @@ class EvalOptions:
     model: Optional[str] = field(default=None, metadata=cli(positional=True))
     """HF model directory (or a native checkpoint, via grow_megatron.convert)"""
     tasks: str = "paper"
-    """'paper' (Table 6's five), 'all', 'none', or a comma list of reasoning primitives (see
-    grow_megatron.eval.primitives.TASKS)"""
+    """'paper' (Table 6's five), 'all', 'none', or a comma list of: copying_letters, copying_random, copying_words,
+    varassign_basic, varassign_code, varassign_math"""
     n: Optional[int] = None
     """examples per task (default 200; 50 with --quick)"""
     quick: bool = False
