@@ -90,9 +90,9 @@ def _os_reason(err: OSError) -> str:
 # Warnings that megatron-core and torch give on every run of this package and that ask nothing
 # of our user: megatron's notes at import that the optional TransformerEngine and Apex kernels
 # are missing (it falls back to its local ones, which is what we run), the deprecations of
-# defaults and collectives that megatron itself passes or calls, and the .grad read of a
-# non-leaf that megatron's grad buffers do (on CPU it surfaces through compat.cpu's torch
-# function mode). Each is matched by its exact message start, category and emitting module, so
+# defaults, collectives and ShardedTensor that megatron itself passes or calls, and a .grad
+# read of a non-leaf tensor during megatron's step (on CPU it surfaces through compat.cpu's
+# torch function mode, which makes the call). Each is matched by its exact message start, category and emitting module, so
 # that any other warning, ours included, still shows. (category, message regex, module regex)
 KNOWN_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
     (UserWarning, r"Transformer Engine and Apex are not installed\. Falling back to ", r"megatron[._]"),
@@ -115,6 +115,7 @@ def known_warnings_quiet() -> Iterator[None]:
         for category, message, module in KNOWN_WARNINGS:
             warnings.filterwarnings("ignore", message=message, category=category, module=module)
         yield
+
 
 if __name__ == "__main__":
     sys.exit(main())
