@@ -124,7 +124,7 @@ def test_prompts_longer_than_the_context_are_named(capsys):
     count and the context, counted with the model's own tokenizer; none when all fit."""
     from types import SimpleNamespace
 
-    from grow_megatron.cli.analyze import warn_over_context
+    from grow_megatron.analysis.run import warn_over_context
 
     model, tok = tiny_llama(layers=2, vocab=64), char_tokenizer()
     tasks = toy_tasks(n=6)

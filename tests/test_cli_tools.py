@@ -24,7 +24,7 @@ def test_plan_table(capsys):
 
 
 def test_growth_benchmark_writes_its_record(tmp_path):
-    from grow_megatron.bench.growth import main as bench_main
+    from grow_megatron.cli.bench_growth import main as bench_main
 
     out = tmp_path / "growth.json"
     assert bench_main(["--preset", "tiny", "--depth", "4", "--seq", "16", "--out", str(out)]) == 0

@@ -148,7 +148,7 @@ def test_eval_bad_args_before_loading(tmp_path, capsys, args, fragments):
 
 def test_eval_heldout_jsonl_without_text(tmp_path, capsys):
     from grow_megatron.config.base import ConfigError
-    from grow_megatron.cli.eval import read_heldout_ids
+    from grow_megatron.eval.evaluate import read_heldout_ids
 
     bad = tmp_path / "h.jsonl"
     bad.write_text('{"body": "x"}\n')

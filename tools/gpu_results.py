@@ -316,7 +316,7 @@ def train_section(rec: dict) -> list[str]:
 def growth_section(rows: list[dict]) -> list[str]:
     dev = rows[0].get("device", "-") if rows else "-"
     return ["## Growth-operation latency and memory (issue 3), one process", "",
-            f"`python -m grow_megatron.bench.growth` on {dev}: after one training step, grow by one block "
+            f"`grow-megatron bench-growth` on {dev}: after one training step, grow by one block "
             "(LIDAS); memory is torch.cuda's allocated (peak: max allocated during the growth).", "",
             _table(["shape", "growth", "old engine", "seconds", "GiB before", "GiB peak", "GiB after", "params after"],
                    [[r["preset"], f"{r['old_depth']} -> {r['new_depth']}",

@@ -17,7 +17,7 @@
 #   kernels      tools/bench_kernels.py: our Triton kernels vs eager, torch.compile, Liger-Kernel
 #   train_short  examples/smollm360m_lidas_short.yaml through the real training loop: tokens/s
 #                around each growth, peak memory per stage (grow_megatron.bench.train_record)
-#   growth       python -m grow_megatron.bench.growth: grow() latency and memory at 360M/1.7B shapes
+#   growth       grow-megatron bench-growth: grow() latency and memory at 360M/1.7B shapes
 #
 # What comes back ($OUT holds at most 8 files): session.log, one JSON per step
 # (bench_360m.json, bench_1p7b.json, kernels.json, train_short.json, growth.json) and
@@ -128,5 +128,5 @@ step kernels 90 45 python3 tools/bench_kernels.py --out $W/kernels.json ${KERNEL
 step train_short 150 90 python3 -m grow_megatron.bench.train_record examples/smollm360m_lidas_short.yaml \
   --out $W/train_short.json --set run_dir=$W/train_short --set checkpoint.save_at_growth=false \
   --set logging.progress=false --set logging.tensorboard=false ${TRAIN_X[@]+"${TRAIN_X[@]}"}
-step growth 90 40 python3 -m grow_megatron.bench.growth "${GROWTH_ARGS[@]}" --out $W/growth.json
+step growth 90 40 $GM bench-growth "${GROWTH_ARGS[@]}" --out $W/growth.json
 echo "=== all steps done in $((SECONDS - T0))s"

@@ -5,12 +5,12 @@ suite.summarize), the figures with the models overlaid, and a link to the full J
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
 
-from grow_megatron.analysis.suite import NEEDS_TASKS, NEEDS_TOKENS, configs_for, sample_info, summarize
+from grow_megatron.analysis.run import AnalyzeOptions, model_labels, run_on_models, write_analysis
+from grow_megatron.analysis.suite import NEEDS_TASKS, NEEDS_TOKENS, QUICK, configs_for, sample_info, summarize
 
 TITLES = {
     "depth-score": "Depth score (Fig. 1A)",
@@ -102,19 +102,16 @@ def markdown(results: dict[str, dict[str, dict]], files: dict[str, list[str]], o
     return "\n".join(lines)
 
 
-def compare(args: argparse.Namespace, overrides: dict[str, dict]) -> str:
-    """Run the analyses for args.models, write figures, JSON and DIR/report.md; returns its path."""
-    from grow_megatron.cli.analyze import _labels, run_on_models, write_analysis
-
-    from grow_megatron.analysis.suite import QUICK
-
-    names = list(args.analyses or applicable(bool(args.data), bool(args.tasks)))
-    if args.quick:  # --set wins over the preset
+def compare(opts: AnalyzeOptions, analyses: list[str] | None, overrides: dict[str, dict]) -> str:
+    """Run `analyses` (default: every one the inputs allow) on opts.models, write figures, JSON and
+    DIR/report.md; returns its path."""
+    names = list(analyses or applicable(bool(opts.data), bool(opts.tasks)))
+    if opts.quick:  # --set wins over the preset
         overrides = {n: {**QUICK.get(n, {}), **overrides.get(n, {})} for n in set(QUICK) | set(overrides)}
     cfgs = configs_for(names, overrides)
-    results = run_on_models(names, args, cfgs)
-    files = {n: write_analysis(n, cfgs[n], results[n], args.out, args.mark_blocks) for n in names}
-    path = os.path.join(args.out, "report.md")
+    results = run_on_models(names, opts, cfgs)
+    files = {n: write_analysis(n, cfgs[n], results[n], opts.out, opts.mark_blocks) for n in names}
+    path = os.path.join(opts.out, "report.md")
     with open(path, "w") as f:
-        f.write(markdown(results, files, args.out, list(args.models), _labels(args)))
+        f.write(markdown(results, files, opts.out, list(opts.models), model_labels(opts)))
     return path

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Optional
 
+from grow_megatron.config.options import cli, comma_list
+
 # Dense (no sparsity) bf16 tensor-core peaks from the vendor datasheets, in FLOP/s, matched
 # against torch.cuda.get_device_name() in order (first substring hit wins, so the PCIe H100
 # comes before the generic "H100", whose 80GB HBM3 part is the SXM board). SPEC 6's MFU
@@ -31,10 +33,11 @@ def peak_flops_for(device_name: str) -> Optional[float]:
 class BenchConfig:
     """What `grow-megatron bench` measures and how."""
 
-    config: str
+    config: str = field(metadata=cli(positional=True))
     """YAML run config (grow_megatron.config.run): model shape, growth plan, optimizer."""
-    overrides: list[str] = field(default_factory=list)
-    """`section.field=value` overrides applied to the run config (as `grow-megatron train --set`)."""
+    overrides: list[str] = field(default_factory=list, metadata=cli(flag="--set", append=True, metavar="KEY=VALUE"))
+    """`section.field=value` overrides applied to the run config (as `grow-megatron train --set`), e.g. --set
+    model.kernels=off (repeatable)."""
     steps_per_stage: int = 6
     """Timed steps per measurement (static model, each stage, HF baseline); the figure is their median."""
     warmup: int = 3
@@ -54,10 +57,11 @@ class BenchConfig:
     """Also time transformers' LlamaForCausalLM with the same shapes (single process only)."""
     hf_compile: bool = True
     """Time the HF baseline under torch.compile as well as eager (GPU only; never in a dry run)."""
-    parts: tuple[str, ...] = ("static", "stages", "schedule", "hf")
-    """Which measurements to run: static, stages, schedule, hf."""
+    parts: tuple[str, ...] = field(default=("static", "stages", "schedule", "hf"),
+                                   metadata=cli(nargs=None, type=comma_list))
+    """Which measurements to run: a comma list among static, stages, schedule, hf (default: all)."""
     peak_tflops: Optional[float] = None
-    """Override of the dense bf16 peak (TFLOP/s) used for MFU; default from DEVICE_PEAK_BF16."""
+    """Dense bf16 peak (TFLOP/s) for MFU (default: by GPU name from DEVICE_PEAK_BF16, H100 = 989)."""
     out: str = "runs/bench"
     """Directory for report.json, report.md and throughput.png."""
     dry_run: bool = False

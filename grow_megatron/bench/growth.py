@@ -4,18 +4,23 @@ Builds the engine at `--depth` for a preset's shape, runs one training step (so 
 state to move), then grows by one block and reports the wall time of the growth and the peak
 memory during it, next to the memory of the engine before and after. On GPU memory is
 torch.cuda's allocator; on CPU it is the process RSS sampled every 5 ms (an upper bound that
-includes the allocator's caching). Run under torchrun for multi-rank layouts.
+includes the allocator's caching). `grow-megatron bench-growth` runs it; under torchrun for
+multi-rank layouts.
 """
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import os
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
+
+from grow_megatron.config.base import ConfigError
+from grow_megatron.config.options import cli
 
 
 class _PeakRSS:
@@ -102,40 +107,55 @@ def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: i
             "mem_after_gib": round(after / 2**30, 3), "device": torch.cuda.get_device_name() if gpu else "cpu"}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m grow_megatron.bench.growth", description=__doc__)
-    p.add_argument("--preset", action="append", default=None, help="model shape (repeatable; default smollm-360m)")
-    p.add_argument("--depth", type=int, action="append", default=None, help="depth before the growth (repeatable)")
-    p.add_argument("--block", type=int, default=4)
-    p.add_argument("--operator", default="lidas")
-    p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--mbs", type=int, default=1)
-    p.add_argument("--staging", default="off", help="comma list of off,on: growth with the old engine kept on "
-                   "the device, or staged through host memory and freed first (growth.host_staging)")
-    p.add_argument("--out", default=None, help="JSON file for the results")
-    args = p.parse_args(argv)
-    from grow_megatron.cli import _quiet_known_warnings
+@dataclass
+class GrowthBenchOptions:
+    """What `grow-megatron bench-growth` measures."""
+
+    preset: Optional[list[str]] = field(default=None, metadata=cli(append=True))
+    """model shape (repeatable; default smollm-360m)"""
+    depth: Optional[list[int]] = field(default=None, metadata=cli(append=True))
+    """depth before the growth (repeatable; default 4, 8 and 16)"""
+    block: int = 4
+    """layers added by the growth (b)"""
+    operator: str = "lidas"
+    """growth operator"""
+    seq: int = 256
+    """sequence length of the training step before the growth"""
+    mbs: int = 1
+    """micro-batch size (sequences) of the training step before the growth"""
+    staging: str = "off"
+    """comma list of off,on: growth with the old engine kept on the device, or staged through host memory and
+    freed first (growth.host_staging)"""
+    out: Optional[str] = None
+    """JSON file for the results"""
+
+    def validate(self) -> None:
+        self.staging_modes()
+
+    def staging_modes(self) -> list[bool]:
+        """--staging as host_staging values, in the given order."""
+        modes = [m.strip() for m in self.staging.split(",")]
+        if any(m not in ("off", "on") for m in modes):
+            raise ConfigError("--staging", self.staging, "must be a comma list of off and on")
+        return [m == "on" for m in modes]
+
+
+def run(opts: GrowthBenchOptions) -> list[dict]:
+    """One row per (preset, depth, staging); printed and (with opts.out) saved as each one is done.
+    TP and PP come from GM_TP and GM_PP (torchrun sets the world)."""
     from grow_megatron.engine.distributed import device_context, init_distributed
 
-    _quiet_known_warnings()
-    staging_modes = []
-    for mode in args.staging.split(","):
-        if mode.strip() not in ("off", "on"):
-            from grow_megatron.config.base import ConfigError
-
-            raise ConfigError("--staging", args.staging, "must be a comma list of off and on")
-        staging_modes.append(mode.strip() == "on")
     tp = int(os.environ.get("GM_TP", "1"))
     pp = int(os.environ.get("GM_PP", "1"))
-    rows = []
+    rows: list[dict] = []
     with device_context():
         lay = init_distributed(tp, pp, seed=0)
-        for preset in args.preset or ["smollm-360m"]:
-            for depth, staging in [(d, s) for d in args.depth or [4, 8, 16] for s in staging_modes]:
-                rows.append(bench_one(preset, depth, args.block, args.operator, tp, pp, args.seq, args.mbs,
+        for preset in opts.preset or ["smollm-360m"]:
+            for depth, staging in [(d, s) for d in opts.depth or [4, 8, 16] for s in opts.staging_modes()]:
+                rows.append(bench_one(preset, depth, opts.block, opts.operator, tp, pp, opts.seq, opts.mbs,
                                       host_staging=staging))
-                if args.out and lay.rank == 0:  # a run stopped by a time limit keeps the rows it has
-                    _write(args.out, rows)
+                if opts.out and lay.rank == 0:  # a run stopped by a time limit keeps the rows it has
+                    _write(opts.out, rows)
                 if lay.rank == 0:
                     r = rows[-1]
                     print(f"{r['preset']:>12} {r['old_depth']:>3}->{r['new_depth']:<3} TPxPP={tp}x{pp} "
@@ -143,7 +163,7 @@ def main(argv=None) -> int:
                           f"{r['seconds']:>8.2f} s  mem before {r['mem_before_gib']:.2f} GiB, "
                           f"peak {r['mem_peak_gib']:.2f} GiB, after {r['mem_after_gib']:.2f} GiB ({r['device']})",
                           flush=True)
-    return 0
+    return rows
 
 
 def _write(path: str, rows: list) -> None:
@@ -152,6 +172,3 @@ def _write(path: str, rows: list) -> None:
         json.dump(rows, f, indent=1)
     os.replace(tmp, path)
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

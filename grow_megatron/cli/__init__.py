@@ -1,14 +1,19 @@
 """The `grow-megatron` command: a thin dispatcher over subcommands.
 
-Each subcommand lives next to the library code it drives and exposes `main(argv) -> int`.
-Modules are imported lazily so that `grow-megatron flops` does not pay for importing
+Each subcommand is a module of this package (its flags and output; the work is done by the
+library below it) and exposes `main(argv) -> int`. Modules are imported lazily so that `grow-megatron flops` does not pay for importing
 megatron-core, and a failure in one subcommand's imports cannot break the others.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import warnings
+from typing import Iterator
+
+from grow_megatron import __version__
+from grow_megatron.config.base import ConfigError
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -16,13 +21,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("grow_megatron.cli.data", "prepare tokenizers and indexed datasets"),
     "convert": ("grow_megatron.cli.convert", "convert checkpoints to and from Hugging Face Llama"),
     "eval": ("grow_megatron.cli.eval", "held-out NLL and reasoning-primitive evaluation"),
-    "loop-sweep": ("grow_megatron.eval.loop_sweep", "inference-time looping of blocks: primitives and NLL per (block, repeats)"),
+    "loop-sweep": ("grow_megatron.cli.loop_sweep", "inference-time looping of blocks: primitives and NLL per (block, repeats)"),
     "analyze": ("grow_megatron.cli.analyze", "depth analyses (tuned lens, depth score, interventions, ...)"),
     "flops": ("grow_megatron.cli.flops", "training FLOPs of a static vs a grown run (SPEC 6)"),
     "bench": ("grow_megatron.cli.bench", "timed grown-vs-static training throughput"),
+    "bench-growth": ("grow_megatron.cli.bench_growth", "latency and memory of one growth of a trained engine"),
     "plan": ("grow_megatron.cli.plan", "print the growth plan (stages, depths, source maps) of a config"),
     "grow": ("grow_megatron.cli.grow", "grow a trained checkpoint on disk, to keep training it deeper"),
-    "compare-runs": ("grow_megatron.training.compare_runs", "loss of runs against steps, tokens and FLOPs; loss at equal FLOPs"),
+    "compare-runs": ("grow_megatron.cli.compare_runs", "loss of runs against steps, tokens and FLOPs; loss at equal FLOPs"),
 }
 
 
@@ -42,19 +48,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name in ("-V", "--version"):
-        from grow_megatron import __version__
-
         print(__version__)
         return 0
     if name not in SUBCOMMANDS:
         print(f"grow-megatron: unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
-    _quiet_known_warnings()
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    from grow_megatron.config.base import ConfigError
-
     try:
-        return int(module.main(rest) or 0)
+        with known_warnings_quiet():
+            # Inside the context: most of megatron's known warnings come at import.
+            module = importlib.import_module(SUBCOMMANDS[name][0])
+            return int(module.main(rest) or 0)
     except ConfigError as err:
         # Bad configuration is the user's to fix: one line, no traceback.
         print(f"grow-megatron {name}: {err}", file=sys.stderr)
@@ -84,13 +87,34 @@ def _os_reason(err: OSError) -> str:
     return "no such file or directory"
 
 
-def _quiet_known_warnings() -> None:
-    # megatron-core warns on import about optional accelerators (TransformerEngine, Apex) and
-    # deprecations on paths it takes itself; expected here, they would drown the output.
-    for pat in ("Transformer Engine and Apex are not installed", "Apex is not installed", ".*is deprecated.*",
-                "The .grad attribute of a Tensor that is not a leaf", ".*torch.distributed.*",
-                "Please use DTensor instead"):
-        warnings.filterwarnings("ignore", message=pat)
+# Warnings that megatron-core and torch give on every run of this package and that ask nothing
+# of our user: megatron's notes at import that the optional TransformerEngine and Apex kernels
+# are missing (it falls back to its local ones, which is what we run), the deprecations of
+# defaults, collectives and ShardedTensor that megatron itself passes or calls, and a .grad
+# read of a non-leaf tensor during megatron's step (on CPU it surfaces through compat.cpu's
+# torch function mode, which makes the call). Each is matched by its exact message start, category and emitting module, so
+# that any other warning, ours included, still shows. (category, message regex, module regex)
+KNOWN_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
+    (UserWarning, r"Transformer Engine and Apex are not installed\. Falling back to ", r"megatron[._]"),
+    (UserWarning, r"Apex is not installed\. Falling back to Torch Norm", r"megatron\.core\."),
+    (UserWarning, r"full scope is deprecated\. Use empty cuda_graph_scope", r"megatron\.core\.transformer\."),
+    (UserWarning, r"The \.grad attribute of a Tensor that is not a leaf Tensor is being accessed",
+     r"(megatron\.core\.|grow_megatron\.compat\.cpu$)"),
+    (FutureWarning, r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
+     r"torch\.distributed\."),
+    (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor", r"(megatron|torch)\."),
+)
+
+
+@contextlib.contextmanager
+def known_warnings_quiet() -> Iterator[None]:
+    """KNOWN_WARNINGS silenced for the duration of the context (a command's imports and run),
+    the caller's warning filters restored after it: the filters are process-wide, and a test
+    or a program that calls a command's main must not lose its warnings."""
+    with warnings.catch_warnings():
+        for category, message, module in KNOWN_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
+        yield
 
 
 if __name__ == "__main__":

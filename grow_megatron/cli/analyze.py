@@ -10,17 +10,18 @@ its config dataclass (see `--help` of each).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import gc
-import json
-import math
 import os
 import sys
-import typing
-from typing import Any, Literal, get_args, get_origin
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
-from grow_megatron.config.base import ConfigError, field_docs, from_dict, to_dict
-from grow_megatron.config.loop import LOOP_HELP, check_loop_arg
+import yaml
+
+from grow_megatron.analysis.report import compare
+from grow_megatron.analysis.run import AnalyzeOptions, run_on_models, write_analysis
+from grow_megatron.analysis.suite import CONFIGS, QUICK, InputError
+from grow_megatron.cli.flags import add_flags, cli, given, options_from_args
+from grow_megatron.config.base import ConfigError
 
 ANALYSES = ("tuned-lens", "depth-score", "effects", "interventions", "sublayer", "block-similarity")
 DESCRIPTIONS = {
@@ -34,80 +35,45 @@ DESCRIPTIONS = {
 }
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("models", nargs="+", metavar="MODEL", help="Hugging Face Llama model directories")
-    p.add_argument("--out", required=True, help="output directory for JSON, figures (and lenses)")
-    p.add_argument("--labels", nargs="+", help="legend labels, one per model (default: directory names)")
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--data", help="held-out text (.txt, .jsonl with 'text') or token ids (.npy/.pt)")
-    p.add_argument("--tasks", help="multiple-choice task: JSONL of {prompt, choices, answer, task}, or reasoning "
-                                   "primitive names as for `grow-megatron eval --tasks` (e.g. varassign_math, paper)")
-    p.add_argument("--n", type=int, default=None, help="examples per primitive task (with task names; default 200, "
-                                                       "50 with --quick)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the primitive tasks (with task names)")
-    p.add_argument("--add-bos", action="store_true", help="prepend BOS to task prompts (as `grow-megatron eval`)")
-    p.add_argument("--mark-blocks", type=int, default=None, metavar="B",
-                   help="mark every B-th layer in line plots (default: the config's block_size, if any)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars (and no cost estimate)")
-    p.add_argument("--quick", action="store_true",
-                   help="cheaper settings for a first look (fewer examples, sequences, lens steps and "
-                        "intervention sizes; see docs/analysis.md); explicit options override them")
-    p.add_argument("--loop", metavar="SPEC", help=LOOP_HELP + "; applied to every MODEL")
+@dataclass
+class CompareOptions(AnalyzeOptions):
+    """`analyze compare`: the common options, which analyses, and their config overrides."""
+
+    analyses: Optional[list[str]] = field(default=None, metadata=cli(choices=ANALYSES))
+    """which analyses (default: every one the given inputs allow)"""
+    overrides: list[str] = field(default_factory=list,
+                                 metadata=cli(flag="--set", append=True, metavar="ANALYSIS.FIELD=VALUE"))
+    """config override, e.g. --set depth-score.max_sequences=32 (repeatable)"""
 
 
-def _add_config_options(p: argparse.ArgumentParser, cls: type) -> None:
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        help_ = f"{docs.get(f.name, '')} (default: {default})"
-        if tp is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
-        elif get_origin(tp) is Literal:
-            p.add_argument(flag, dest=f.name, choices=get_args(tp), default=None, help=help_)
-        elif get_origin(tp) in (list, tuple):
-            (item,) = get_args(tp)[:1] or (str,)
-            p.add_argument(flag, dest=f.name, nargs="*", type=item, default=None, help=help_)
-        else:
-            p.add_argument(flag, dest=f.name, type=tp if tp in (int, float, str) else str, default=None, help=help_)
+@dataclass
+class TunedLensOptions(AnalyzeOptions):
+    """`analyze tuned-lens`: the common options and saved lenses."""
+
+    lens: Optional[list[str]] = None
+    """saved lenses (one per model) to evaluate instead of training"""
+
+    def validate(self) -> None:
+        super().validate()
+        if self.lens and len(self.lens) != len(self.models):
+            raise ConfigError("--lens", self.lens, f"needs one lens per model ({len(self.models)})")
+
+
+def options_class(name: str) -> type[AnalyzeOptions]:
+    """The options dataclass of analysis `name` (besides its config dataclass, CONFIGS[name])."""
+    return {"compare": CompareOptions, "tuned-lens": TunedLensOptions}.get(name, AnalyzeOptions)
 
 
 def build_parser(name: str) -> argparse.ArgumentParser:
-    from grow_megatron.analysis.suite import CONFIGS
-
     p = argparse.ArgumentParser(prog=f"grow-megatron analyze {name}", description=DESCRIPTIONS[name])
-    _common(p)
-    if name == "compare":
-        p.add_argument("--analyses", nargs="+", choices=ANALYSES,
-                       help="which analyses (default: every one the given inputs allow)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="ANALYSIS.FIELD=VALUE",
-                       help="config override, e.g. --set depth-score.max_sequences=32 (repeatable)")
-    else:
-        _add_config_options(p, CONFIGS[name])
-        if name == "tuned-lens":
-            p.add_argument("--lens", nargs="+", help="saved lenses (one per model) to evaluate instead of training")
+    add_flags(p, options_class(name))
+    if name != "compare":
+        # Flags default to None: only what was given is laid over the --quick preset.
+        add_flags(p, CONFIGS[name], only_given=True)
     return p
 
 
-def _config_from_args(name: str, args: argparse.Namespace) -> Any:
-    from grow_megatron.analysis.suite import CONFIGS
-
-    from grow_megatron.analysis.suite import QUICK
-
-    cls = CONFIGS[name]
-    given = dict(QUICK.get(name, {})) if args.quick else {}
-    given.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None})
-    cfg = from_dict(cls, given, name)
-    cfg.validate(name)
-    return cfg
-
-
 def _overrides(items: list[str]) -> dict[str, dict]:
-    import yaml
-
     out: dict[str, dict] = {}
     for item in items:
         key, eq, value = item.partition("=")
@@ -118,91 +84,7 @@ def _overrides(items: list[str]) -> dict[str, dict]:
     return out
 
 
-def _labels(args: argparse.Namespace) -> list[str]:
-    if args.labels and len(args.labels) != len(args.models):
-        raise ConfigError("--labels", args.labels, f"needs one label per model ({len(args.models)})")
-    labels = args.labels or [os.path.basename(os.path.normpath(m)) for m in args.models]
-    if len(set(labels)) != len(labels):  # same directory names in different runs
-        labels = [f"{i}:{lbl}" for i, lbl in enumerate(labels)]
-    return labels
-
-
-def _json_safe(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    return x
-
-
-def run_on_models(names: list[str], args: argparse.Namespace, cfgs: dict[str, Any],
-                  lens_paths: list[str] | None = None) -> dict[str, dict[str, dict]]:
-    """analysis -> label -> result. Models are loaded one at a time and freed after use."""
-    from grow_megatron.analysis.data import load_tasks
-    from grow_megatron.convert.load import check_model_dir, load_model
-    from grow_megatron.analysis.suite import QUICK_N, Inputs, run_analysis
-
-    for path in args.models:  # every model's type, before the first one is loaded
-        check_model_dir(path, "llama")
-    n = args.n if args.n is not None else (QUICK_N if args.quick else 200)
-    tasks = load_tasks(args.tasks, n, args.seed) if args.tasks else []
-    results: dict[str, dict[str, dict]] = {n: {} for n in names}
-    for i, (path, label) in enumerate(zip(args.models, _labels(args))):
-        loaded = load_model(path, args.device, args.dtype, name=label)
-        if args.loop:
-            from grow_megatron.convert.looping import apply_loop_arg
-
-            apply_loop_arg(loaded.model, args.loop)
-        if tasks and not args.quiet:
-            warn_over_context(tasks, loaded, label)
-        inputs = Inputs(data_path=args.data, tasks=tasks, lens_path=lens_paths[i] if lens_paths else None,
-                        add_bos=args.add_bos)
-        for n in names:
-            if not args.quiet:
-                print(f"[analyze] {n} on {label}", file=sys.stderr)
-            results[n][label] = run_analysis(n, loaded, cfgs[n], inputs, out_dir=args.out, progress=not args.quiet)
-        del loaded
-        gc.collect()
-    return results
-
-
-def warn_over_context(tasks: list, loaded: Any, label: str) -> int:
-    """Warn (one line) when task prompts are longer than the model's context: the positions
-    past it were never trained, so the task numbers then measure extrapolation, not the model
-    (eval cuts such prompts and says so; the analyses keep them whole). Returns the count."""
-    from grow_megatron.eval.scoring import context_length
-
-    ctx = context_length(loaded.model)
-    if ctx is None or loaded.tokenizer is None:
-        return 0
-    lengths = [len(loaded.tokenizer(ex.prompt + max(ex.choices, key=len))["input_ids"]) for ex in tasks]
-    over = sum(n > ctx for n in lengths)
-    if over:
-        print(f"WARNING: {over} of {len(tasks)} task prompts of {label} are longer than its context of {ctx} tokens "
-              f"(longest {max(lengths)}): positions past {ctx} were never trained, so the task numbers measure "
-              f"extrapolation. Fix: a model trained with a longer model.seq_length, or shorter tasks "
-              f"(a JSONL task file).", file=sys.stderr)
-    return over
-
-
-def write_analysis(name: str, cfg: Any, results: dict[str, dict], out_dir: str, mark_blocks: int | None) -> list[str]:
-    """DIR/<name>.json and the analysis' figures; returns the written paths."""
-    from grow_megatron.analysis.plots import plot_any
-
-    block = mark_blocks if mark_blocks is not None else getattr(cfg, "block_size", None)
-    figs = plot_any(name, results, out_dir, block)
-    path = os.path.join(out_dir, f"{name.replace('-', '_')}.json")
-    with open(path, "w") as f:
-        json.dump(_json_safe({"analysis": name, "config": to_dict(cfg), "models": results,
-                              "figures": [os.path.basename(p) for p in figs]}), f, indent=1)
-    return [path, *figs]
-
-
 def main(argv: list[str] | None = None) -> int:
-    from grow_megatron.analysis.suite import InputError
-
     try:
         return _main(argv)
     # The user's to fix (bad option, missing input or model): one line, no traceback; also
@@ -225,19 +107,15 @@ def _main(argv: list[str] | None) -> int:
               file=sys.stderr)
         return 2
     args = build_parser(name).parse_args(rest)
-    check_loop_arg(args.loop)
-    os.makedirs(args.out, exist_ok=True)
+    opts: Any = options_from_args(options_class(name), args)
+    os.makedirs(opts.out, exist_ok=True)
     if name == "compare":
-        from grow_megatron.analysis.report import compare
-
-        print(compare(args, _overrides(args.overrides)))
+        print(compare(opts, opts.analyses, _overrides(opts.overrides)))
         return 0
-    cfg = _config_from_args(name, args)
-    lens = getattr(args, "lens", None)
-    if lens and len(lens) != len(args.models):
-        raise ConfigError("--lens", lens, f"needs one lens per model ({len(args.models)})")
-    results = run_on_models([name], args, {name: cfg}, lens)
-    for p in write_analysis(name, cfg, results[name], args.out, args.mark_blocks):
+    preset = dict(QUICK.get(name, {})) if opts.quick else {}
+    cfg = options_from_args(CONFIGS[name], preset | given(CONFIGS[name], args), path=name)
+    results = run_on_models([name], opts, {name: cfg}, getattr(opts, "lens", None))
+    for p in write_analysis(name, cfg, results[name], opts.out, opts.mark_blocks):
         print(p)
     return 0
 

@@ -17,50 +17,14 @@ import traceback
 from typing import Any, Callable, Optional
 
 from grow_megatron.bench.config import BenchConfig, peak_flops_for
+from grow_megatron.cli.flags import add_flags, options_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = BenchConfig(config="")
     p = argparse.ArgumentParser(prog="grow-megatron bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="YAML run config (model shape, growth plan, optimizer)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a run-config field, e.g. --set model.kernels=off (repeatable)")
-    p.add_argument("--steps-per-stage", type=int, default=d.steps_per_stage,
-                   help=f"timed steps per measurement; the median is reported (default {d.steps_per_stage})")
-    p.add_argument("--warmup", type=int, default=d.warmup, help=f"untimed steps first (default {d.warmup})")
-    p.add_argument("--batch", type=int, help="sequences per micro-batch per rank (default: train.micro_batch_size)")
-    p.add_argument("--microbatches", type=int, default=d.microbatches, help="micro-batches per step (default 1)")
-    p.add_argument("--seq", type=int, help="sequence length (default: model.seq_length)")
-    p.add_argument("--vocab", type=int, help="vocabulary size when the config leaves it to the tokenizer")
-    p.add_argument("--total-steps", type=int, default=d.total_steps,
-                   help=f"length of the scaled grown-vs-static run (default {d.total_steps})")
-    p.add_argument("--hf-baseline", action=argparse.BooleanOptionalAction, default=d.hf_baseline,
-                   help="time transformers' LlamaForCausalLM with the same shapes (default on)")
-    p.add_argument("--hf-compile", action=argparse.BooleanOptionalAction, default=d.hf_compile,
-                   help="also the torch.compile'd HF model (default on; off in a dry run)")
-    p.add_argument("--parts", default=",".join(d.parts),
-                   help=f"comma list among {','.join(BenchConfig.PARTS)} (default: all)")
-    p.add_argument("--peak-tflops", type=float, help="dense bf16 peak for MFU (default: by GPU name, H100 = 989)")
-    p.add_argument("--out", default=d.out, help=f"output directory (default {d.out})")
-    p.add_argument("--dry-run", action="store_true",
-                   help="CPU check of the whole code path with tiny shapes and 1-2 steps (numbers are meaningless)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--profile", action="store_true",
-                   help="profile a few steps of the static model and of the HF baseline: device time by kind of "
-                        "kernel, top kernels, idle share (report.json 'profile')")
-    p.add_argument("--profile-steps", type=int, default=d.profile_steps,
-                   help=f"steps per profile (default {d.profile_steps})")
+    add_flags(p, BenchConfig)
     return p
-
-
-def config_from_args(args: argparse.Namespace) -> BenchConfig:
-    return BenchConfig(config=args.config, overrides=list(args.overrides), steps_per_stage=args.steps_per_stage,
-                       warmup=args.warmup, batch=args.batch, microbatches=args.microbatches, seq=args.seq,
-                       vocab=args.vocab, total_steps=args.total_steps, hf_baseline=args.hf_baseline,
-                       hf_compile=args.hf_compile, parts=tuple(x.strip() for x in args.parts.split(",") if x.strip()),
-                       peak_tflops=args.peak_tflops, out=args.out, dry_run=args.dry_run, seed=args.seed,
-                       profile=args.profile, profile_steps=args.profile_steps)
 
 
 def _log(rank0: bool, msg: str) -> None:
@@ -76,8 +40,8 @@ def _one_line(r: dict) -> str:
 
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
-    bc = config_from_args(args)
+    bc = options_from_args(BenchConfig, build_parser().parse_args(argv))
+    # torch (seconds) once the arguments are good: --help and a mistyped flag answer at once.
     import torch
 
     gpu = torch.cuda.is_available()
@@ -92,6 +56,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def run(bc: BenchConfig, argv: list[str]) -> int:
+    # torch and megatron-core (ten seconds), as in main; after TRITON_INTERPRET is set.
     import torch
 
     from grow_megatron.bench import report as R

@@ -11,89 +11,137 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from grow_megatron.cli import known_warnings_quiet
+from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.config.base import ConfigError, check_output_dir
+from grow_megatron.config.options import check_positive
+
+
+@dataclass
+class ToHfOptions:
+    """`convert to-hf`: native checkpoint -> transformers LlamaForCausalLM directory."""
+
+    ckpt: str = field(metadata=cli(positional=True))
+    """checkpoint directory (…/checkpoints/step_N) or run directory (its latest)"""
+    out_dir: str = field(metadata=cli(positional=True))
+    """the Hugging Face directory to write"""
+    config: Optional[str] = None
+    """the run's config.yaml (default: RUN_DIR/config.yaml)"""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """weights dtype (auto: the checkpoint's model dtype, fp32 with --main-params)"""
+    main_params: bool = False
+    """export the optimizer's fp32 main copy instead of the model weights (bf16 runs)"""
+    no_tokenizer: bool = False
+    """do not write the run's tokenizer files"""
+    force: bool = False
+    """overwrite an existing, non-empty OUT_DIR"""
+    no_progress: bool = False
+    """no progress bar"""
+
+    def validate(self) -> None:
+        check_output_dir(self.out_dir, "OUT_DIR")
+
+
+@dataclass
+class FromHfOptions:
+    """`convert from-hf`: HF Llama directory -> run directory with a step-0 checkpoint."""
+
+    hf_dir: str = field(metadata=cli(positional=True))
+    """the Hugging Face Llama directory to read"""
+    out_dir: str = field(metadata=cli(positional=True))
+    """new run directory: config.yaml, checkpoints/step_00000000, tokenizer/"""
+    ln_scaling: bool = False
+    """continue with LN-Scaling: unfold the norm gains by sqrt(l) (for models exported from an LN-Scaling run)"""
+    seq_length: Optional[int] = None
+    """training context (default: max_position_embeddings)"""
+    name: Optional[str] = None
+    """run name (default: the HF directory's name)"""
+    no_progress: bool = False
+    """no progress bar"""
+
+    def validate(self) -> None:
+        check_output_dir(self.out_dir, "RUN_DIR")
+        if self.seq_length is not None and self.seq_length < 1:
+            raise ConfigError("--seq-length", self.seq_length, "must be a positive integer (or leave it out for the "
+                                                               "HF config's max_position_embeddings)")
+
+
+@dataclass
+class CheckOptions:
+    """`convert check`: logit parity of a native checkpoint and its (in-memory or given) export."""
+
+    ckpt: str = field(metadata=cli(positional=True))
+    """checkpoint directory or run directory (its latest)"""
+    hf_dir: Optional[str] = field(default=None, metadata=cli(positional=True))
+    """its Hugging Face export (default: converted in memory)"""
+    config: Optional[str] = None
+    """the run's config.yaml (default: RUN_DIR/config.yaml)"""
+    tol: float = 1e-4
+    """largest allowed max |native - HF| logit difference"""
+    text: Optional[str] = field(default=None, metadata=cli(metavar="FILE"))
+    """compare on this text (the run's tokenizer, up to --max-rows windows of the run's context) instead of 2 x 16
+    random tokens"""
+    max_rows: int = 4
+    """with --text: at most this many windows"""
+
+    def validate(self) -> None:
+        if not self.tol > 0:
+            raise ConfigError("--tol", self.tol, "must be > 0")
+        check_positive(self, "max_rows")
+
+
+VERBS = {"to-hf": ToHfOptions, "from-hf": FromHfOptions, "check": CheckOptions}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grow-megatron convert", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("to-hf", help="native checkpoint -> transformers LlamaForCausalLM directory")
-    t.add_argument("ckpt", help="checkpoint directory (…/checkpoints/step_N) or run directory (its latest)")
-    t.add_argument("out_dir")
-    t.add_argument("--config", help="the run's config.yaml (default: RUN_DIR/config.yaml)")
-    t.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                   help="weights dtype (auto: the checkpoint's model dtype, fp32 with --main-params)")
-    t.add_argument("--main-params", action="store_true",
-                   help="export the optimizer's fp32 main copy instead of the model weights (bf16 runs)")
-    t.add_argument("--no-tokenizer", action="store_true", help="do not write the run's tokenizer files")
-    t.add_argument("--force", action="store_true", help="overwrite an existing, non-empty OUT_DIR")
-    f = sub.add_parser("from-hf", help="HF Llama directory -> run directory with a step-0 checkpoint")
-    f.add_argument("hf_dir")
-    f.add_argument("out_dir", help="new run directory: config.yaml, checkpoints/step_00000000, tokenizer/")
-    f.add_argument("--ln-scaling", action="store_true",
-                   help="continue with LN-Scaling: unfold the norm gains by sqrt(l) (for models exported "
-                        "from an LN-Scaling run)")
-    f.add_argument("--seq-length", type=int, help="training context (default: max_position_embeddings)")
-    f.add_argument("--name", help="run name (default: the HF directory's name)")
-    c = sub.add_parser("check", help="logit parity of a native checkpoint and its (in-memory or given) export")
-    c.add_argument("ckpt")
-    c.add_argument("hf_dir", nargs="?")
-    c.add_argument("--config")
-    c.add_argument("--tol", type=float, default=1e-4)
-    c.add_argument("--text", metavar="FILE", help="compare on this text (the run's tokenizer, up to --max-rows "
-                                                  "windows of the run's context) instead of 2 x 16 random tokens")
-    c.add_argument("--max-rows", type=int, default=4, help="with --text: at most this many windows")
-    for s in (t, f):
-        s.add_argument("--no-progress", action="store_true")
+    for verb, cls in VERBS.items():
+        add_flags(sub.add_parser(verb, help=cls.__doc__.split(": ", 1)[1].rstrip(".")), cls)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for pat in ("Transformer Engine and Apex are not installed", ".*is deprecated.*", ".*torch.distributed.*"):
-        warnings.filterwarnings("ignore", message=pat)
-    from grow_megatron import convert
-    from grow_megatron.config.base import ConfigError, check_output_dir
+    # Also run without the dispatcher, as tools/convert.py.
+    with known_warnings_quiet():
+        return _run(args.cmd, options_from_args(VERBS[args.cmd], args))
 
-    if args.cmd in ("to-hf", "from-hf"):
-        check_output_dir(args.out_dir, "OUT_DIR" if args.cmd == "to-hf" else "RUN_DIR")
-    if args.cmd == "from-hf" and args.seq_length is not None and args.seq_length < 1:
-        raise ConfigError("--seq-length", args.seq_length, "must be a positive integer (or leave it out for the HF "
-                                                           "config's max_position_embeddings)")
-    if args.cmd == "check" and not args.tol > 0:
-        raise ConfigError("--tol", args.tol, "must be > 0")
-    if args.cmd == "to-hf":
-        out = convert.to_hf(args.ckpt, args.out_dir, config=args.config, dtype=args.dtype,
-                            main_params=args.main_params, tokenizer=not args.no_tokenizer,
-                            progress=not args.no_progress, force=args.force)
+
+def _run(cmd: str, opts) -> int:
+    # Imported once the arguments are known to be good: torch takes seconds to import, which
+    # --help and a mistyped argument should not cost.
+    from grow_megatron import convert
+    from grow_megatron.convert.api import text_tokens
+    from grow_megatron.convert.load import check_model_dir
+
+    if cmd == "to-hf":
+        out = convert.to_hf(opts.ckpt, opts.out_dir, config=opts.config, dtype=opts.dtype,
+                            main_params=opts.main_params, tokenizer=not opts.no_tokenizer,
+                            progress=not opts.no_progress, force=opts.force)
         print(f"wrote {out['out_dir']}: LlamaForCausalLM, {out['depth']} layers, {out['params']:,} parameters, "
               f"{out['dtype'].replace('torch.', '')}" + (", LN-Scaling folded into the norm gains" if out["ln_scaling_folded"] else "")
               + f" ({out['seconds']:.1f}s)")
         return 0
-    if args.cmd == "from-hf":
-        out = convert.from_hf(args.hf_dir, args.out_dir, ln_scaling=args.ln_scaling, seq_length=args.seq_length,
-                              name=args.name, progress=not args.no_progress)
+    if cmd == "from-hf":
+        out = convert.from_hf(opts.hf_dir, opts.out_dir, ln_scaling=opts.ln_scaling, seq_length=opts.seq_length,
+                              name=opts.name, progress=not opts.no_progress)
         print(f"wrote {out['checkpoint']} ({out['depth']} layers, fresh optimizer, step 0) and {out['config']}")
         if not out["tokenizer"]:
             print("note: the HF directory has no tokenizer.json; set data.tokenizer in the config", file=sys.stderr)
         print(f"continue training with: grow-megatron train {out['config']} --set train.steps=N")
         return 0
-    if args.max_rows < 1:
-        raise ConfigError("--max-rows", args.max_rows, "must be a positive integer")
-    tokens = None
-    if args.text:
-        from grow_megatron.convert.api import text_tokens
-
-        tokens = text_tokens(args.ckpt, args.text, config=args.config, max_rows=args.max_rows)
-    if args.hf_dir:
-        from grow_megatron.convert.load import check_model_dir
-
-        check_model_dir(args.hf_dir, "llama", field="HF_DIR")
-    diff = convert.compare_logits(args.ckpt, args.hf_dir, config=args.config, tokens=tokens)
-    ok = diff < args.tol
-    where = {"text": args.text} if args.text else {"random_tokens": True}
-    print(json.dumps({"max_abs_logit_diff": diff, "tol": args.tol, "ok": ok, "tokens": list(tokens.shape) if
+    tokens = text_tokens(opts.ckpt, opts.text, config=opts.config, max_rows=opts.max_rows) if opts.text else None
+    if opts.hf_dir:
+        check_model_dir(opts.hf_dir, "llama", field="HF_DIR")
+    diff = convert.compare_logits(opts.ckpt, opts.hf_dir, config=opts.config, tokens=tokens)
+    ok = diff < opts.tol
+    where = {"text": opts.text} if opts.text else {"random_tokens": True}
+    print(json.dumps({"max_abs_logit_diff": diff, "tol": opts.tol, "ok": ok, "tokens": list(tokens.shape) if
                       tokens is not None else [2, 16]} | where))
     return 0 if ok else 1
 

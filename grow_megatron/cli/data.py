@@ -12,74 +12,125 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass, field
+from typing import Optional
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.config.base import ConfigError, from_dict
+from grow_megatron.config.model import ModelConfig
+from grow_megatron.config.run import RunConfig, read_yaml
+from grow_megatron.data.corpus import make_default_corpus
+from grow_megatron.data.prepare import is_complete, prepare, read_manifest
+from grow_megatron.data.readers import first_chars, iter_texts, list_source_files
+
+
+@dataclass
+class DataPrepareOptions:
+    """tokenize a raw source into PREFIX.bin/.idx (+ manifest); a no-op when up to date"""
+
+    source: Optional[str] = field(default=None, metadata=cli(positional=True))
+    """a .jsonl/.json/.parquet/.arrow/.txt/.md file (optionally compressed), a directory of such files, or a
+    datasets.save_to_disk directory"""
+    out: Optional[str] = None
+    """output prefix: writes OUT.bin, OUT.idx, OUT.tokenizer.json, OUT.manifest.json"""
+    config: Optional[str] = None
+    """a run YAML: prepare every raw dataset of its data: section into the cache"""
+    tokenizer: Optional[str] = None
+    """tokenizer.json or HF tokenizer directory (default: the embedded one)"""
+    eod_token: Optional[str] = None
+    """end-of-document token (default: the tokenizer's eos token)"""
+    text_field: str = "text"
+    """column holding the text (default: text)"""
+    workers: int = field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
+    """tokenizer processes (default: the CPU count, at most 8)"""
+    force: bool = False
+    """rebuild even if the manifest says it is up to date"""
+    no_progress: bool = False
+    """no progress bar"""
+
+
+@dataclass
+class TrainTokenizerOptions:
+    """train a byte-level BPE on a sample of raw sources"""
+
+    sources: list[str] = field(metadata=cli(positional=True, nargs="+"))
+    """raw sources, as for `data prepare`"""
+    vocab_size: int
+    """vocabulary size, at least 300 (256 byte tokens + merges + specials)"""
+    out: str
+    """directory: tokenizer.json, tokenizer_config.json, special_tokens_map.json"""
+    sample_chars: int = 50_000_000
+    """characters of text to train on (spread over the sources)"""
+    text_field: str = "text"
+    """column holding the text"""
+    eod_token: str = "<|endoftext|>"
+    """end-of-document token"""
+
+
+@dataclass
+class InspectOptions:
+    """print a prepared dataset's manifest and decode a few documents"""
+
+    prefix: str = field(metadata=cli(positional=True))
+    """the dataset's prefix (PREFIX.bin / PREFIX.idx)"""
+    samples: int = 2
+    """documents to decode"""
+    chars: int = 300
+    """characters of each decoded document to print"""
+
+
+@dataclass
+class MakeCorpusOptions:
+    """regenerate the embedded corpus and its tokenizer"""
+
+    out: Optional[str] = None
+    """directory (default: the package's assets directory)"""
+    vocab_size: int = 4096
+    """vocabulary size of the tokenizer"""
+
+
+VERBS = {"prepare": DataPrepareOptions, "train-tokenizer": TrainTokenizerOptions, "inspect": InspectOptions,
+         "make-default-corpus": MakeCorpusOptions}
 
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="grow-megatron data", description="Prepare tokenizers and megatron indexed datasets.")
     sub = ap.add_subparsers(dest="cmd", required=True)
-
-    p = sub.add_parser("prepare", help="tokenize a raw source into PREFIX.bin/.idx (+ manifest); a no-op when up to date")
-    p.add_argument("source", nargs="?", help="a .jsonl/.json/.parquet/.arrow/.txt/.md file (optionally compressed), "
-                   "a directory of such files, or a datasets.save_to_disk directory")
-    p.add_argument("--out", help="output prefix: writes OUT.bin, OUT.idx, OUT.tokenizer.json, OUT.manifest.json")
-    p.add_argument("--config", help="a run YAML: prepare every raw dataset of its data: section into the cache")
-    p.add_argument("--tokenizer", help="tokenizer.json or HF tokenizer directory (default: the embedded one)")
-    p.add_argument("--eod-token", help="end-of-document token (default: the tokenizer's eos token)")
-    p.add_argument("--text-field", default="text", help="column holding the text (default: text)")
-    p.add_argument("--workers", type=int, default=max(1, min(8, os.cpu_count() or 1)), help="tokenizer processes")
-    p.add_argument("--force", action="store_true", help="rebuild even if the manifest says it is up to date")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-    t = sub.add_parser("train-tokenizer", help="train a byte-level BPE on a sample of raw sources")
-    t.add_argument("sources", nargs="+")
-    t.add_argument("--vocab-size", type=int, required=True)
-    t.add_argument("--out", required=True, help="directory: tokenizer.json, tokenizer_config.json, special_tokens_map.json")
-    t.add_argument("--sample-chars", type=int, default=50_000_000, help="characters of text to train on (spread over the sources)")
-    t.add_argument("--text-field", default="text")
-    t.add_argument("--eod-token", default="<|endoftext|>")
-
-    i = sub.add_parser("inspect", help="print a prepared dataset's manifest and decode a few documents")
-    i.add_argument("prefix")
-    i.add_argument("--samples", type=int, default=2)
-    i.add_argument("--chars", type=int, default=300)
-
-    m = sub.add_parser("make-default-corpus", help="regenerate the embedded corpus and its tokenizer")
-    m.add_argument("--out", help="directory (default: the package's assets directory)")
-    m.add_argument("--vocab-size", type=int, default=4096)
+    for verb, cls in VERBS.items():
+        add_flags(sub.add_parser(verb, help=cls.__doc__), cls)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    opts = options_from_args(VERBS[args.cmd], args)
     return {"prepare": _prepare, "train-tokenizer": _train, "inspect": _inspect,
-            "make-default-corpus": _make_default}[args.cmd](args)
+            "make-default-corpus": _make_default}[args.cmd](opts)
 
 
-def _prepare(args) -> int:
-    from grow_megatron.data.prepare import prepare
+def _prepare(opts) -> int:
+    # megatron-core (ten seconds) comes with the tokenizer: not for --help or a bad argument.
     from grow_megatron.data.tokenizer import load_tokenizer
 
-    if args.config:
-        if args.source or args.out:
-            raise ConfigError("--config", args.config, "prepares the run's own datasets: give no SOURCE/--out with it")
-        return _prepare_config(args)
-    if not args.source:
+    if opts.config:
+        if opts.source or opts.out:
+            raise ConfigError("--config", opts.config, "prepares the run's own datasets: give no SOURCE/--out with it")
+        return _prepare_config(opts)
+    if not opts.source:
         raise ConfigError("SOURCE", None, "missing: give a file or directory to tokenize (or --config RUN.yaml)")
-    if not args.out:
+    if not opts.out:
         raise ConfigError("--out", None, "missing: give the output prefix, e.g. --out data/mycorpus "
                                          "(writes data/mycorpus.bin/.idx)")
-    if args.workers < 1:
-        raise ConfigError("--workers", args.workers, "must be >= 1")
-    out = args.out[:-4] if args.out.endswith((".bin", ".idx")) else args.out
+    if opts.workers < 1:
+        raise ConfigError("--workers", opts.workers, "must be >= 1")
+    out = opts.out[:-4] if opts.out.endswith((".bin", ".idx")) else opts.out
     if os.path.isdir(out):
-        raise ConfigError("--out", args.out, "is a directory: give a file prefix inside it, e.g. "
-                                             f"{os.path.join(args.out, 'data')} (writes data.bin/.idx there)")
-    _writable_dir(os.path.dirname(os.path.abspath(out)), "--out", args.out)
-    tok = load_tokenizer(args.tokenizer, eod_token=args.eod_token, field="--tokenizer")
-    m = prepare(args.source, out, tok, text_field=args.text_field, num_workers=args.workers,
-                progress=not args.no_progress, force=args.force, field="SOURCE", text_field_path="--text-field")
+        raise ConfigError("--out", opts.out, "is a directory: give a file prefix inside it, e.g. "
+                                             f"{os.path.join(opts.out, 'data')} (writes data.bin/.idx there)")
+    _writable_dir(os.path.dirname(os.path.abspath(out)), "--out", opts.out)
+    tok = load_tokenizer(opts.tokenizer, eod_token=opts.eod_token, field="--tokenizer")
+    m = prepare(opts.source, out, tok, text_field=opts.text_field, num_workers=opts.workers,
+                progress=not opts.no_progress, force=opts.force, field="SOURCE", text_field_path="--text-field")
     _report(m)
     return 0
 
@@ -100,24 +151,19 @@ def _report(m: dict, state: str | None = None) -> None:
           f"tokenizer {m['tokenizer']['sha256'][:12]} vocab {m['tokenizer']['vocab_size']}: {state}")
 
 
-def _prepare_config(args) -> int:
-    from grow_megatron.config.base import from_dict
-    from grow_megatron.data.datasets import build_tokenizer, resolve_datasets
-    from grow_megatron.data.prepare import read_manifest
+def _prepare_config(opts) -> int:
+    from grow_megatron.data.datasets import build_tokenizer, resolve_datasets  # megatron-core, as above
 
-    from grow_megatron.config.model import ModelConfig
-    from grow_megatron.config.run import RunConfig, read_yaml
-
-    raw = read_yaml(args.config, "--config")
+    raw = read_yaml(opts.config, "--config")
     # Map the whole file, not just data:, so that a typo in a section name (`dat:`) is an
     # error here instead of silently preparing the default corpus.
     model = raw.get("model") or {}
     raw["model"] = ModelConfig.from_preset_dict(dict(model)) if isinstance(model, dict) else model
     cfg = from_dict(RunConfig, raw).data.validate()
-    if args.workers:
-        cfg.num_workers = args.workers
+    if opts.workers:
+        cfg.num_workers = opts.workers
     tok = build_tokenizer(cfg)
-    for prefix, w, name in resolve_datasets(cfg, tok, progress=not args.no_progress):
+    for prefix, w, name in resolve_datasets(cfg, tok, progress=not opts.no_progress):
         m = read_manifest(prefix)
         if m:
             _report(m, f"ready (built {m['created']})")
@@ -126,38 +172,37 @@ def _prepare_config(args) -> int:
     return 0
 
 
-def _train(args) -> int:
-    from grow_megatron.data.readers import first_chars, iter_texts, list_source_files
-    from grow_megatron.data.tokenizer import train_bpe_tokenizer
+def _train(opts) -> int:
+    from grow_megatron.data.tokenizer import train_bpe_tokenizer  # megatron-core, as above
 
-    if args.vocab_size < 300:
-        raise ConfigError("--vocab-size", args.vocab_size, "must be at least 300 (256 byte tokens + merges + specials)")
-    if args.sample_chars < 1:
-        raise ConfigError("--sample-chars", args.sample_chars, "must be >= 1 (characters of text to train on)")
-    for s in args.sources:
+    if opts.vocab_size < 300:
+        raise ConfigError("--vocab-size", opts.vocab_size, "must be at least 300 (256 byte tokens + merges + specials)")
+    if opts.sample_chars < 1:
+        raise ConfigError("--sample-chars", opts.sample_chars, "must be >= 1 (characters of text to train on)")
+    for s in opts.sources:
         list_source_files(s, "SOURCE")
-    if os.path.exists(args.out) and not os.path.isdir(args.out):
-        raise ConfigError("--out", args.out, "is a file: give a directory for tokenizer.json and its config files")
-    _writable_dir(args.out, "--out", args.out)
-    per = args.sample_chars // len(args.sources)
+    if os.path.exists(opts.out) and not os.path.isdir(opts.out):
+        raise ConfigError("--out", opts.out, "is a file: give a directory for tokenizer.json and its config files")
+    _writable_dir(opts.out, "--out", opts.out)
+    per = opts.sample_chars // len(opts.sources)
 
     def sample():
-        for s in args.sources:
-            yield from first_chars(iter_texts(s, args.text_field, field="--text-field", source_field="SOURCE"), per)
+        for s in opts.sources:
+            yield from first_chars(iter_texts(s, opts.text_field, field="--text-field", source_field="SOURCE"), per)
 
-    tok = train_bpe_tokenizer(sample(), vocab_size=args.vocab_size, eod_token=args.eod_token)
-    files = tok.save(args.out)
-    print(f"trained BPE vocab {tok.vocab_size} (eod {args.eod_token!r} = {tok.eod}), sha {tok.sha256[:12]}: {', '.join(files)}")
+    tok = train_bpe_tokenizer(sample(), vocab_size=opts.vocab_size, eod_token=opts.eod_token)
+    files = tok.save(opts.out)
+    print(f"trained BPE vocab {tok.vocab_size} (eod {opts.eod_token!r} = {tok.eod}), sha {tok.sha256[:12]}: {', '.join(files)}")
     return 0
 
 
-def _inspect(args) -> int:
+def _inspect(opts) -> int:
+    # megatron-core, as above.
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from grow_megatron.data.prepare import is_complete, read_manifest
     from grow_megatron.data.tokenizer import load_tokenizer
 
-    prefix = args.prefix[:-4] if args.prefix.endswith((".bin", ".idx")) else args.prefix
+    prefix = opts.prefix[:-4] if opts.prefix.endswith((".bin", ".idx")) else opts.prefix
     if not (os.path.isfile(prefix + ".bin") and os.path.isfile(prefix + ".idx")):
         raise ConfigError("PREFIX", prefix, "has no .bin/.idx pair")
     m = read_manifest(prefix)
@@ -171,17 +216,15 @@ def _inspect(args) -> int:
     tok = None
     if m and os.path.isfile(m["tokenizer"].get("copy", "")):
         tok = load_tokenizer(m["tokenizer"]["copy"])
-    for k in range(min(args.samples, len(ds))):
+    for k in range(min(opts.samples, len(ds))):
         ids = ds[k]
-        text = tok.detokenize(ids)[: args.chars] if tok else str(ids[:32].tolist())
+        text = tok.detokenize(ids)[: opts.chars] if tok else str(ids[:32].tolist())
         print(f"--- document {k} ({len(ids)} tokens) ---\n{text}")
     return 0
 
 
-def _make_default(args) -> int:
-    from grow_megatron.data.corpus import make_default_corpus
-
-    corpus, tok = make_default_corpus(args.out, vocab_size=args.vocab_size)
+def _make_default(opts) -> int:
+    corpus, tok = make_default_corpus(opts.out, vocab_size=opts.vocab_size)
     print(f"wrote {corpus} ({os.path.getsize(corpus)} bytes) and {tok}")
     return 0
 

@@ -16,55 +16,82 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
 
-from grow_megatron.growth import flops as F
+from grow_megatron.cli.flags import add_flags, cli, options_from_args
 from grow_megatron.config.base import ConfigError
-from grow_megatron.config.model import PRESETS, ModelConfig
+from grow_megatron.config.model import PRESETS, ModelConfig, padded_vocab
+from grow_megatron.config.run import load_run_config
+from grow_megatron.growth import flops as F
 from grow_megatron.growth.schedule import GrowthPlan
 
 _SHAPE_FLAGS = {  # flag -> ModelConfig field
     "layers": "num_layers", "hidden": "hidden_size", "ffn": "ffn_hidden_size", "heads": "num_attention_heads",
     "kv_heads": "num_query_groups", "vocab": "vocab_size", "seq": "seq_length",
 }
+_SHAPE = cli(group="model shape")
+_SCHEDULE = cli(group="schedule")
+
+
+@dataclass
+class FlopsOptions:
+    """Options of `grow-megatron flops`."""
+
+    config: Optional[str] = field(default=None, metadata=cli(positional=True))
+    """YAML run config or run directory (model shape, vocabulary, growth plan, steps, batch)"""
+    preset: Optional[str] = field(default=None, metadata=cli(choices=sorted(F.PAPER_SETTINGS)))
+    """SPEC 1 model preset"""
+    paper: bool = False
+    """the paper's Table 7 settings: 200k steps, PROP-1, b=4, growth over the first 170k steps, 2^20 (360M) /
+    2^21 (1.7B) tokens per step, and its stage rounding"""
+    layers: Optional[int] = field(default=None, metadata=_SHAPE)
+    """num_layers"""
+    hidden: Optional[int] = field(default=None, metadata=_SHAPE)
+    """hidden_size"""
+    ffn: Optional[int] = field(default=None, metadata=_SHAPE)
+    """ffn_hidden_size"""
+    heads: Optional[int] = field(default=None, metadata=_SHAPE)
+    """num_attention_heads"""
+    kv_heads: Optional[int] = field(default=None, metadata=_SHAPE)
+    """num_query_groups"""
+    vocab: Optional[int] = field(default=None, metadata=_SHAPE)
+    """vocab_size"""
+    seq: Optional[int] = field(default=None, metadata=_SHAPE)
+    """seq_length"""
+    steps: Optional[int] = field(default=None, metadata=_SCHEDULE)
+    """total training steps"""
+    grow_steps: Optional[int] = field(default=None, metadata=_SCHEDULE)
+    """steps until the final depth (T of SPEC 4)"""
+    block_size: Optional[int] = field(default=None, metadata=_SCHEDULE)
+    """layers added per growth (b); also the starting depth"""
+    alpha: Optional[float] = field(default=None, metadata=_SCHEDULE)
+    """PROP-alpha exponent (default 1)"""
+    tokens_per_step: Optional[int] = field(default=None, metadata=_SCHEDULE)
+    """global batch in tokens"""
+    global_batch: Optional[int] = field(default=None, metadata=_SCHEDULE)
+    """global batch in sequences (tokens per step = this x seq)"""
+    rounding: Optional[Literal["spec", "paper"]] = field(default=None, metadata=_SCHEDULE)
+    """stage lengths: 'spec' = SPEC 4 largest remainder (what the trainer runs, default), 'paper' = floors with
+    the leftover steps at full depth (reproduces Table 7; default with --paper)"""
+    json: Optional[str] = field(default=None, metadata=cli(metavar="PATH"))
+    """also write the result as JSON ('-' for stdout)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="grow-megatron flops", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", nargs="?", help="YAML run config or run directory (model shape, vocabulary, growth "
-                                             "plan, steps, batch)")
-    p.add_argument("--preset", choices=sorted(F.PAPER_SETTINGS), help="SPEC 1 model preset")
-    p.add_argument("--paper", action="store_true",
-                   help="the paper's Table 7 settings: 200k steps, PROP-1, b=4, growth over the first 170k "
-                        "steps, 2^20 (360M) / 2^21 (1.7B) tokens per step, and its stage rounding")
-    g = p.add_argument_group("model shape")
-    for flag, field in _SHAPE_FLAGS.items():
-        g.add_argument("--" + flag.replace("_", "-"), dest=flag, type=int, help=field)
-    g = p.add_argument_group("schedule")
-    g.add_argument("--steps", type=int, help="total training steps")
-    g.add_argument("--grow-steps", type=int, help="steps until the final depth (T of SPEC 4)")
-    g.add_argument("--block-size", type=int, help="layers added per growth (b); also the starting depth")
-    g.add_argument("--alpha", type=float, help="PROP-alpha exponent (default 1)")
-    g.add_argument("--tokens-per-step", type=int, help="global batch in tokens")
-    g.add_argument("--global-batch", type=int, help="global batch in sequences (tokens per step = this x seq)")
-    g.add_argument("--rounding", choices=("spec", "paper"),
-                   help="stage lengths: 'spec' = SPEC 4 largest remainder (what the trainer runs, default), "
-                        "'paper' = floors with the leftover steps at full depth (reproduces Table 7; "
-                        "default with --paper)")
-    p.add_argument("--json", metavar="PATH", help="also write the result as JSON ('-' for stdout)")
+    add_flags(p, FlopsOptions)
     return p
 
 
 def run_vocab(cfg, run_dir: str | None = None) -> tuple[int, str]:
     """(vocabulary size the trainer builds, where it comes from) for a RunConfig; `run_dir`: a
     trained run whose checkpoint gives the exact figure."""
-    import os
-
-    from grow_megatron.config.model import padded_vocab
-
     if run_dir:
+        # torch and megatron-core: only for a trained run, not for every `flops` call.
         from grow_megatron.engine.checkpoint import latest_checkpoint, tensor_specs
         from grow_megatron.engine.keys import EMBED, model_key
 
@@ -76,7 +103,7 @@ def run_vocab(cfg, run_dir: str | None = None) -> tuple[int, str]:
     if cfg.model.vocab_size is not None:
         v, source = cfg.model.vocab_size, "model.vocab_size"
     elif cfg.data.tokenizer or not cfg.data.tokenizer_vocab_size:
-        from grow_megatron.data.tokenizer import load_tokenizer
+        from grow_megatron.data.tokenizer import load_tokenizer  # megatron-core, as above
 
         v = load_tokenizer(cfg.data.tokenizer, eod_token=cfg.data.eod_token).vocab_size
         source = f"tokenizer {cfg.data.tokenizer}" if cfg.data.tokenizer else "the embedded tokenizer"
@@ -89,13 +116,6 @@ def run_vocab(cfg, run_dir: str | None = None) -> tuple[int, str]:
 def _from_run_config(path: str) -> dict[str, Any]:
     """Shape, vocabulary, schedule, steps and batch of a YAML run config (grow_megatron.config.run)
     or of a run directory's config.yaml."""
-    import os
-
-    try:
-        from grow_megatron.config.run import load_run_config
-    except ImportError as err:
-        raise SystemExit(f"grow-megatron flops: cannot read run configs ({err}); "
-                         "pass --preset/--paper or explicit shape flags instead") from None
     run_dir = path if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.yaml")) else None
     cfg = load_run_config(os.path.join(run_dir, "config.yaml") if run_dir else path)
     m = cfg.model
@@ -115,7 +135,7 @@ def _from_run_config(path: str) -> dict[str, Any]:
     return out
 
 
-def resolve(args: argparse.Namespace) -> tuple[ModelConfig, GrowthPlan | None, int, int, dict[str, Any]]:
+def resolve(args: FlopsOptions) -> tuple[ModelConfig, GrowthPlan | None, int, int, dict[str, Any]]:
     """(shape, plan or None, total_steps, tokens_per_step, plan parameters used) from all sources."""
     vals: dict[str, Any] = {}
     if args.preset:
@@ -132,9 +152,9 @@ def resolve(args: argparse.Namespace) -> tuple[ModelConfig, GrowthPlan | None, i
         if "global_batch" in from_cfg:
             vals.pop("tokens_per_step", None)
         vals.update(from_cfg)
-    for flag, field in _SHAPE_FLAGS.items():
+    for flag, name in _SHAPE_FLAGS.items():
         if getattr(args, flag) is not None:
-            vals[field] = getattr(args, flag)
+            vals[name] = getattr(args, flag)
     for key in ("steps", "grow_steps", "block_size", "alpha", "tokens_per_step", "global_batch"):
         if getattr(args, key) is not None:
             vals[key] = getattr(args, key)
@@ -148,8 +168,8 @@ def resolve(args: argparse.Namespace) -> tuple[ModelConfig, GrowthPlan | None, i
         flags = [("--" + k.replace("_", "-")) for k, f in _SHAPE_FLAGS.items() if f in missing]
         raise ConfigError("model", None, f"missing {', '.join(missing)}: give --preset, a run config or "
                                          f"{' '.join(flags)}")
-    for flag, field in _SHAPE_FLAGS.items():
-        _positive(vals[field], "--" + flag.replace("_", "-"), field)
+    for flag, name in _SHAPE_FLAGS.items():
+        _positive(vals[name], "--" + flag.replace("_", "-"), name)
     try:
         shape = F.check_shape(ModelConfig(**{f: vals[f] for f in _SHAPE_FLAGS.values()}))
     except ValueError as err:
@@ -201,7 +221,7 @@ def _positive(value: Any, flag: str, field: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = options_from_args(FlopsOptions, build_parser().parse_args(argv))
     shape, plan, steps, tps, used = resolve(args)
     if plan is None:
         # No growth schedule anywhere: report the static run alone rather than guess one.

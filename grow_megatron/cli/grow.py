@@ -5,45 +5,63 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass, field
+from typing import Optional
 
-from grow_megatron.growth.operators import OPERATORS
+from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.config.base import ConfigError
+from grow_megatron.growth.operators import OPERATORS, get_operator
+
+
+@dataclass
+class GrowOptions:
+    """Options of `grow-megatron grow`."""
+
+    checkpoint: str = field(metadata=cli(positional=True))
+    """a run directory (its latest checkpoint) or one checkpoint directory"""
+    operator: str = field(metadata=cli(choices=sorted(OPERATORS)))
+    """growth operator (SPEC 3)"""
+    block_size: int
+    """layers to add (b)"""
+    out: str
+    """new run directory (config.yaml + checkpoints/)"""
+    function_preserving: bool = False
+    """zero the copies' output projections: the grown model computes the same function"""
+    config: Optional[str] = None
+    """the source run's config.yaml (default: the one in its run directory)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="grow-megatron grow", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(p, GrowOptions)
+    return p
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="grow-megatron grow", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", help="a run directory (its latest checkpoint) or one checkpoint directory")
-    p.add_argument("--operator", required=True, choices=sorted(OPERATORS), help="growth operator (SPEC 3)")
-    p.add_argument("--block-size", type=int, required=True, help="layers to add (b)")
-    p.add_argument("--function-preserving", action="store_true",
-                   help="zero the copies' output projections: the grown model computes the same function")
-    p.add_argument("--out", required=True, help="new run directory (config.yaml + checkpoints/)")
-    p.add_argument("--config", help="the source run's config.yaml (default: the one in its run directory)")
-    args = p.parse_args(argv)
-
-    from grow_megatron.config.base import ConfigError
+    opts = options_from_args(GrowOptions, build_parser().parse_args(argv))
+    # torch and megatron-core (ten seconds): not for --help or a mistyped flag.
     from grow_megatron.config.run import read_run_info
     from grow_megatron.convert.native import resolve_checkpoint
-    from grow_megatron.engine.offline_grow import grow_checkpoint
-    from grow_megatron.training.grown_run import carry_run_records, grown_run_config
-    from grow_megatron.growth.operators import get_operator
     from grow_megatron.engine.checkpoint import list_checkpoints, read_meta
     from grow_megatron.engine.distributed import device_context, shutdown_distributed
+    from grow_megatron.engine.offline_grow import grow_checkpoint
+    from grow_megatron.training.grown_run import carry_run_records, grown_run_config
 
-    ckpt, run_dir = resolve_checkpoint(args.checkpoint)
-    config = args.config or (os.path.join(run_dir, "config.yaml") if run_dir else None)
+    ckpt, run_dir = resolve_checkpoint(opts.checkpoint)
+    config = opts.config or (os.path.join(run_dir, "config.yaml") if run_dir else None)
     if config is None:
         raise ConfigError("--config", None, f"{ckpt} is not inside a run directory: give the run's config.yaml")
     info = read_run_info(config)
     meta = read_meta(ckpt)
     depth = int(meta["depth"])
     try:
-        growth = get_operator(args.operator, args.function_preserving)(depth, args.block_size)
+        growth = get_operator(opts.operator, opts.function_preserving)(depth, opts.block_size)
     except ValueError as err:
-        raise ConfigError("--block-size", args.block_size, f"{err} (the checkpoint has {depth} layers)") from None
-    out = os.path.abspath(args.out)
+        raise ConfigError("--block-size", opts.block_size, f"{err} (the checkpoint has {depth} layers)") from None
+    out = os.path.abspath(opts.out)
     if list_checkpoints(os.path.join(out, "checkpoints")):
-        raise ConfigError("--out", args.out, "already holds checkpoints: choose a new directory")
+        raise ConfigError("--out", opts.out, "already holds checkpoints: choose a new directory")
     os.makedirs(out, exist_ok=True)
     try:
         with device_context():

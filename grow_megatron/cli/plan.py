@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass, field
+
+from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.config.base import ConfigError
+from grow_megatron.config.run import load_run_config, parse_override, read_yaml
+from grow_megatron.growth.partition import split_at
+from grow_megatron.growth.schedule import plan_from_config
 
 
 def describe_plan(cfg) -> dict:
-    from grow_megatron.growth.partition import split_at
-    from grow_megatron.growth.schedule import plan_from_config
-
     plan = plan_from_config(cfg)
     n_stages = cfg.parallel.num_virtual_stages
     stages, start = [], 0
@@ -25,18 +29,25 @@ def describe_plan(cfg) -> dict:
             "growths": [{"step": b, **g.to_dict()} for b, g in zip(plan.boundaries, plan.growths)]}
 
 
+@dataclass
+class PlanOptions:
+    """Options of `grow-megatron plan`."""
+
+    config: str = field(metadata=cli(positional=True))
+    """run config YAML (see examples/)"""
+    overrides: list[str] = field(default_factory=list, metadata=cli(flag="--set", append=True, metavar="KEY=VALUE"))
+    """override a config field, e.g. --set growth.block_size=2 (repeatable)"""
+    json: bool = False
+    """print JSON instead of a table"""
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="grow-megatron plan", description=__doc__)
-    p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    args = p.parse_args(argv)
-    from grow_megatron.config.run import load_run_config
-
-    cfg = load_run_config(args.config, args.overrides,
-                          world_size=cfg_world(args.config, args.overrides))
+    add_flags(p, PlanOptions)
+    opts = options_from_args(PlanOptions, p.parse_args(argv))
+    cfg = load_run_config(opts.config, opts.overrides, world_size=cfg_world(opts.config, opts.overrides))
     d = describe_plan(cfg)
-    if args.json:
+    if opts.json:
         print(json.dumps(d, indent=1))
         return 0
     print(f"{'stage':>5} {'depth':>5} {'start':>9} {'steps':>9}  pipeline split")
@@ -49,9 +60,6 @@ def main(argv: list[str]) -> int:
 
 def cfg_world(path, overrides) -> int:
     """The world size the config is meant for: TP x PP (one data-parallel replica)."""
-    from grow_megatron.config.base import ConfigError
-    from grow_megatron.config.run import parse_override, read_yaml
-
     par = dict(read_yaml(path).get("parallel") or {})
     for item in overrides:
         key, value = parse_override(item)

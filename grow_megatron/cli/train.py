@@ -9,24 +9,38 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass, field
+from typing import Optional
+
+from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.config.run import load_run_config
+
+
+@dataclass
+class TrainOptions:
+    """Options of `grow-megatron train`."""
+
+    config: str = field(metadata=cli(positional=True))
+    """run config YAML (see examples/)"""
+    overrides: list[str] = field(default_factory=list, metadata=cli(flag="--set", append=True, metavar="KEY=VALUE"))
+    """override a config field, e.g. --set train.steps=50 (repeatable)"""
+    run_dir: Optional[str] = None
+    """shorthand for --set run_dir=DIR"""
 
 
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="grow-megatron train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", help="run config YAML (see examples/)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config field, e.g. --set train.steps=50 (repeatable)")
-    p.add_argument("--run-dir", help="shorthand for --set run_dir=DIR")
-    args = p.parse_args(argv)
-    if args.run_dir:
-        args.overrides.append(f"run_dir={args.run_dir}")
+    add_flags(p, TrainOptions)
+    opts = options_from_args(TrainOptions, p.parse_args(argv))
+    if opts.run_dir:
+        opts.overrides.append(f"run_dir={opts.run_dir}")
 
-    from grow_megatron.config.run import load_run_config
+    # megatron-core (ten seconds): not for --help or a mistyped flag.
     from grow_megatron.engine.distributed import shutdown_distributed, world_size_from_env
     from grow_megatron.training.loop import train
 
-    cfg = load_run_config(args.config, args.overrides, world_size=world_size_from_env())
+    cfg = load_run_config(opts.config, opts.overrides, world_size=world_size_from_env())
     try:
         res = train(cfg)
     except FloatingPointError as err:  # diverged: the message says what to change

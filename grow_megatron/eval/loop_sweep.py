@@ -1,12 +1,9 @@
-"""`grow-megatron loop-sweep MODEL`: inference-time looping over blocks and repeats (SPEC 10).
-
-    grow-megatron loop-sweep MODEL --out DIR [--blocks 4:8,6:10] [--repeats 1,2,3,4]
-        [--tasks paper --n 100 --seed 0] [--heldout FILE] [--seq-length 128]
+"""Inference-time looping over blocks and repeats (SPEC 10), the library of `grow-megatron loop-sweep`.
 
 For every (block, repeats) the model (an HF directory, a native run or checkpoint) is looped
 with `--loop START:ENDxR` semantics and scored on the reasoning primitives (SPEC 8) and the
-held-out NLL; R = 1 is the plain model, scored once and shown as the baseline row. Writes
-DIR/loop_sweep.json, DIR/loop_sweep.md (the table) and DIR/loop_sweep.png (heatmaps).
+held-out NLL; R = 1 is the plain model, scored once and shown as the baseline row. `write_sweep`
+writes DIR/loop_sweep.json, DIR/loop_sweep.md (the table) and DIR/loop_sweep.png (heatmaps).
 
 Default blocks (SPEC 10): the blocks the model's growths copied and the copies they inserted,
 at their positions in the final model (read from the growth history that native checkpoints
@@ -15,7 +12,6 @@ with no history, the b layers around the middle (LIDAS's rule).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -23,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from grow_megatron.config.base import ConfigError, check_output_dir
+from grow_megatron.config.base import ConfigError
 from grow_megatron.config.loop import LoopSpec
 from grow_megatron.eval import primitives as P
 
@@ -114,8 +110,7 @@ def _score(model, tokenizer, cfg: SweepConfig, examples, heldout_batches, device
 def sweep(model, tokenizer, cfg: SweepConfig, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Scores of the plain model and of every (block, repeats > 1)."""
     from grow_megatron.convert.looping import loop_hf_model
-    from grow_megatron.eval import scoring as S
-    from grow_megatron.cli.eval import read_heldout_ids
+    from grow_megatron.eval.evaluate import heldout_batches
 
     depth = len(model.model.layers)
     for s, e in cfg.blocks:
@@ -123,12 +118,7 @@ def sweep(model, tokenizer, cfg: SweepConfig, device: str = "cpu", progress: boo
     examples = [ex for t in cfg.tasks for ex in P.generate(t, cfg.n, cfg.seed)]
     ctx = getattr(model.config, "max_position_embeddings", 2048) or 2048
     seq = cfg.seq_length or min(2048, ctx)
-    heldout = {}
-    for path in cfg.heldout:
-        batches = S.chunk_tokens(read_heldout_ids(path, tokenizer), seq + 1, cfg.batch_size, cfg.max_chunks)
-        if not batches:
-            raise ConfigError("--heldout", path, f"has fewer than {seq + 1} tokens: give more text or a smaller --seq-length")
-        heldout[path] = batches
+    heldout = {path: heldout_batches(path, tokenizer, seq, cfg.batch_size, cfg.max_chunks) for path in cfg.heldout}
     runs = [(bl, r) for bl in cfg.blocks for r in cfg.repeats if r > 1]
     bar = None
     if progress:
@@ -206,72 +196,15 @@ def heatmap(result: dict, path: str, title: str = "") -> str:
     return path
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grow-megatron loop-sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="HF model directory, native run directory or checkpoint directory")
-    p.add_argument("--out", required=True, help="output directory (loop_sweep.json, .md, .png)")
-    p.add_argument("--blocks", help="comma list of START:END blocks (default: from the growth history, see above)")
-    p.add_argument("--block-size", type=int, help="size of the default blocks (default: the growth history's, or 4)")
-    p.add_argument("--repeats", default="1,2,3,4", help="comma list of repeat counts (default 1,2,3,4)")
-    p.add_argument("--tasks", default="paper", help="reasoning primitives as for `grow-megatron eval`, or 'none'")
-    p.add_argument("--n", type=int, default=100, help="examples per task")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--heldout", action="append", default=[], metavar="FILE",
-                   help="held-out text (.txt, or .jsonl with 'text') for NLL; repeatable")
-    p.add_argument("--seq-length", type=int, help="NLL context length (default: min(2048, the model's))")
-    p.add_argument("--max-chunks", type=int, help="at most this many NLL sequences per file")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
-    p.add_argument("--config", help="a native checkpoint's run config.yaml (default: RUN_DIR/config.yaml)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    from grow_megatron.convert.hf import HISTORY_FIELD
-    from grow_megatron.convert.load import load_model
-
-    args = build_parser().parse_args(argv)
-    tasks = [] if args.tasks == "none" else P.parse_tasks(args.tasks)
-    repeats = parse_repeats(args.repeats)
-    blocks = parse_blocks(args.blocks) if args.blocks else None
-    for flag in ("n", "batch_size", "seq_length", "max_chunks", "block_size"):
-        v = getattr(args, flag)
-        if v is not None and v < 1:
-            raise ConfigError("--" + flag.replace("_", "-"), v, "must be a positive integer")
-    for path in args.heldout:
-        if not os.path.isfile(path):
-            raise ConfigError("--heldout", path, "no such file: give a plain-text or .jsonl file")
-    if not tasks and not args.heldout:
-        raise ConfigError("--tasks", args.tasks, "nothing to score: give tasks or --heldout FILE")
-    check_output_dir(args.out, "--out")
-    # Looping re-applies Llama decoder layers, so only Llama-layout models are accepted; the
-    # primitives need the tokenizer (the loader names the missing files in one line).
-    loaded = load_model(args.model, args.device, args.dtype, accept="llama", need_tokenizer=bool(tasks),
-                        config=args.config)
-    model, tokenizer = loaded.model, loaded.tokenizer
-    depth = len(model.model.layers)
-    history = getattr(model.config, HISTORY_FIELD, None)
-    cfg = SweepConfig(blocks=blocks or default_blocks(depth, history, args.block_size), repeats=repeats, tasks=tasks,
-                      n=args.n, seed=args.seed, heldout=list(args.heldout), seq_length=args.seq_length,
-                      max_chunks=args.max_chunks, batch_size=args.batch_size)
-    result = sweep(model, tokenizer, cfg, device=args.device, progress=not args.quiet)
-    result["model"] = args.model
-    result["growth_history_blocks"] = history_blocks(history)
-    os.makedirs(args.out, exist_ok=True)
+def write_sweep(result: dict, out_dir: str, model: str) -> tuple[str, list[str]]:
+    """DIR/loop_sweep.json, .md and .png of a sweep of `model`; returns the table and the written paths."""
+    os.makedirs(out_dir, exist_ok=True)
     md = table(result)
-    with open(os.path.join(args.out, "loop_sweep.json"), "w") as f:
+    paths = [os.path.join(out_dir, "loop_sweep.json"), os.path.join(out_dir, "loop_sweep.md")]
+    with open(paths[0], "w") as f:
         json.dump(result, f, indent=1)
-    with open(os.path.join(args.out, "loop_sweep.md"), "w") as f:
+    with open(paths[1], "w") as f:
         f.write(md + "\n")
-    png = heatmap(result, os.path.join(args.out, "loop_sweep.png"),
-                  title=f"{os.path.basename(os.path.normpath(args.model))}: looping a block at inference")
-    print(md)
-    print(f"wrote {os.path.join(args.out, 'loop_sweep.json')}, loop_sweep.md, {os.path.basename(png)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    paths.append(heatmap(result, os.path.join(out_dir, "loop_sweep.png"),
+                         title=f"{os.path.basename(os.path.normpath(model))}: looping a block at inference"))
+    return md, paths

@@ -1,4 +1,4 @@
-"""`grow-megatron compare-runs RUN [RUN...] [--out DIR]`: runs side by side at equal compute.
+"""Runs side by side at equal compute (the library of `grow-megatron compare-runs`).
 
 Overlays training and held-out loss against steps, tokens and training FLOPs (SPEC 6, the
 cumulative counts every metrics.jsonl record carries), growth events marked, and tabulates
@@ -7,11 +7,10 @@ between the two logged steps around it (held-out loss between the two evaluation
 it; empty outside the evaluated range). The paper's central comparison, grown vs static at
 equal compute, is that table.
 
-Writes DIR/compare_runs.png, DIR/loss_at_flops.md and DIR/loss_at_flops.json; prints the table.
+`write_comparison` writes DIR/compare_runs.png, DIR/loss_at_flops.md and DIR/loss_at_flops.json.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import dataclass, field
@@ -140,32 +139,21 @@ def plot(runs: Sequence[RunRecords], out: str) -> str:
     return path
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="grow-megatron compare-runs", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories (each with metrics.jsonl)")
-    p.add_argument("--out", default="compare_runs", help="output directory (default ./compare_runs)")
-    p.add_argument("--budgets", type=int, default=5,
-                   help="number of FLOP budgets, evenly spaced up to the smallest run's total (default 5)")
-    p.add_argument("--at", type=float, nargs="+", metavar="FLOPS", help="explicit FLOP budgets instead")
-    args = p.parse_args(argv)
-    from grow_megatron.config.base import check_output_dir
+def run_names(run_dirs: Sequence[str]) -> list[str]:
+    """Each run's directory name, or its whole path where two runs share a name."""
+    names = [os.path.basename(os.path.normpath(r)) for r in run_dirs]
+    return [n if names.count(n) == 1 else os.path.normpath(r) for n, r in zip(names, run_dirs)]
 
-    if args.budgets < 1:
-        raise ConfigError("--budgets", args.budgets, "must be a positive integer")
-    check_output_dir(args.out, "--out")
-    names = [os.path.basename(os.path.normpath(r)) for r in args.runs]
-    unique = [n if names.count(n) == 1 else os.path.normpath(r) for n, r in zip(names, args.runs)]
-    runs = [load_run(r, n) for r, n in zip(args.runs, unique)]
-    budgets = sorted(args.at) if args.at else default_budgets(runs, args.budgets)
+
+def write_comparison(runs: Sequence[RunRecords], budgets: Sequence[float], out: str) -> tuple[str, list[str]]:
+    """The loss table at `budgets` as DIR/loss_at_flops.md and .json, and the figure; returns the
+    markdown table and the written paths."""
     rows = loss_table(runs, budgets)
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(out, exist_ok=True)
     md = format_markdown(runs, rows)
-    with open(os.path.join(args.out, "loss_at_flops.md"), "w") as f:
+    paths = [os.path.join(out, "loss_at_flops.md"), os.path.join(out, "loss_at_flops.json")]
+    with open(paths[0], "w") as f:
         f.write("# Loss at equal training FLOPs\n\n" + md + "\n")
-    with open(os.path.join(args.out, "loss_at_flops.json"), "w") as f:
+    with open(paths[1], "w") as f:
         json.dump({"runs": [r.name for r in runs], "rows": rows}, f, indent=1)
-    png = plot(runs, args.out)
-    print(md)
-    print(f"\nwrote {png}, {os.path.join(args.out, 'loss_at_flops.md')}, {os.path.join(args.out, 'loss_at_flops.json')}")
-    return 0
+    return md, [plot(runs, out), *paths]
