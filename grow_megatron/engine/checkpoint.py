@@ -54,7 +54,7 @@ from grow_megatron.config.base import ConfigError
 from grow_megatron.engine.build import Engine
 from grow_megatron.engine.dp_shards import param_pieces
 from grow_megatron.engine.faults import fault_point
-from grow_megatron.engine.integrity import fsync_dir, verifying, write_manifest
+from grow_megatron.engine.integrity import digest_files, fsync_dir, rank_shard_files, verifying, write_manifest
 from grow_megatron.engine.optim_state import (STATE_KEYS, ensure_state_initialized, local_range, local_state,
                                                 optimizer_step_count, set_step_count)
 
@@ -113,6 +113,15 @@ def _broadcast_obj(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _gather_obj(obj) -> list:
+    """`obj` of every rank, in rank order, on rank 0 (elsewhere: an empty list)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out or []
 
 
 def _on_rank0(fn: Callable[[], None]) -> None:
@@ -327,14 +336,22 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         os.makedirs(tmp)
 
     def seal():
-        fault_point("save.written", step)
-        with open(os.path.join(tmp, META), "w") as f:
-            json.dump(full_meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        write_manifest(tmp)
-        fsync_dir(tmp)
-        fault_point("save.sealed", step)
+        # Every rank digests the shard files it wrote, at the same time; rank 0 adds the rest.
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        mine = digest_files(tmp, rank_shard_files(tmp, rank))
+        digested = _gather_obj(mine)
+
+        def write():
+            fault_point("save.written", step)
+            with open(os.path.join(tmp, META), "w") as f:
+                json.dump(full_meta, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            write_manifest(tmp, {rel: e for part in digested for rel, e in part.items()})
+            fsync_dir(tmp)
+            fault_point("save.sealed", step)
+
+        _on_rank0(write)
 
     def publish():
         old = _install(tmp, final, step, exchange or _exchange)
@@ -355,7 +372,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
 
     def finish():
         _barrier()
-        _on_rank0(seal)
+        seal()
         _on_rank0(publish)
         _barrier()
 
@@ -371,7 +388,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
             return final
         dist_checkpointing.save(sd, tmp, sharded_strategy=DirectSaveStrategy())
         _barrier()
-        _on_rank0(seal)
+        seal()
     except (OSError, CheckpointException) as err:
         full = _disk_full(err)
         if full is None:
