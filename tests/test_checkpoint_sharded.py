@@ -197,6 +197,13 @@ def test_dp4_save_writes_only_each_ranks_range(tmp_path):
         assert r["written"] < 0.3 * (r["state_bytes"] * 16 / 12)  # a quarter of the slice, give or take the cuts
     ref = torch.load(tmp_path / "ref.pt")
     ckpt = latest_checkpoint(str(tmp_path / "ckpt"))
+    # Each rank digested the shard files it wrote; the manifest equals one process digesting
+    # the whole directory.
+    from grow_megatron.engine.integrity import MANIFEST, _files, digest_files, rank_shard_files
+
+    assert all(rank_shard_files(ckpt, r) for r in range(4))
+    manifest = json.load(open(os.path.join(ckpt, MANIFEST)))["files"]
+    assert manifest == digest_files(ckpt, _files(ckpt))
     # The offline reader (grow, convert, eval, analysis) assembles whole tensors from the pieces.
     whole = read_global_tensors(ckpt)
     with device_context():

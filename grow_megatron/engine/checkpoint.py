@@ -16,10 +16,11 @@ it does not, the old copy is renamed aside first and `latest_checkpoint` (and th
 fall back to it if the process dies in between. Every step of this sequence is a named fault
 point (training/faults.py), and tests kill the process at each.
 
-Tensors are written by torch.distributed.checkpoint's FileSystemWriter in the saving
-processes themselves (threads, no helper processes): megatron's default writer starts a
-multiprocessing Manager and forked writers, which die with a SIGTERM to the process group
-(Slurm, torchrun) and outlive a SIGKILLed trainer.
+Tensors are written by torch.distributed.checkpoint's FileSystemWriter (dcp_writer.py): in
+the saving processes themselves, or for an async save in one forked process per rank that
+dies with the trainer; megatron's default writer starts a multiprocessing Manager and forked
+writers, which die with a SIGTERM to the process group (Slurm, torchrun) and outlive a
+SIGKILLed trainer, and clones every tensor view on the training thread first.
 
 The optimizer state is stored in model space: for every parameter's ShardedTensor in megatron's
 model sharded state dict, three more with the same sharding (fp32 main copy, exp_avg,
@@ -35,6 +36,7 @@ import os
 import re
 import shutil
 import sys
+import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -43,18 +45,15 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
-from megatron.core.dist_checkpointing.strategies.base import SaveShardedStrategy
-from megatron.core.dist_checkpointing.strategies.torch import (MCoreSavePlanner,
-                                                               _replace_state_dict_keys_with_sharded_keys,
-                                                               mcore_to_pyt_state_dict)
 from torch.distributed.checkpoint.api import CheckpointException
 
 from grow_megatron.config.base import ConfigError
 
 from grow_megatron.engine.build import Engine
+from grow_megatron.engine.dcp_writer import DirectSaveStrategy
 from grow_megatron.engine.dp_shards import param_pieces
 from grow_megatron.engine.faults import fault_point
-from grow_megatron.engine.integrity import fsync_dir, verifying, write_manifest
+from grow_megatron.engine.integrity import digest_files, fsync_dir, rank_shard_files, verifying, write_manifest
 from grow_megatron.engine.keys import MODEL, STATE_KEYS, state_key
 from grow_megatron.engine.optim_state import (ensure_state_initialized, local_range, local_state,
                                               optimizer_step_count, set_step_count)
@@ -75,30 +74,6 @@ META_SCHEMA: dict[str, tuple[type, bool, str]] = {
 }
 
 
-class DirectSaveStrategy(SaveShardedStrategy):
-    """megatron's torch_dist format, written by torch DCP's FileSystemWriter in this process.
-
-    The same translation as megatron's TorchDistSaveShardedStrategy (so megatron's standard
-    load strategy reads the result), without its FileSystemWriterAsync, which needs a spawned
-    Manager process and forks one writer per file at every save."""
-
-    def __init__(self, thread_count: int = 2):
-        super().__init__("torch_dist", 1)
-        self.thread_count = thread_count
-
-    @property
-    def can_handle_sharded_objects(self):
-        return True
-
-    def save(self, sharded_state_dict, checkpoint_dir) -> None:
-        sharded_state_dict, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict,
-                                                                              keep_only_main_replica=True)
-        pyt_state_dict = mcore_to_pyt_state_dict(sharded_state_dict, False)
-        writer = dcp.FileSystemWriter(str(checkpoint_dir), thread_count=self.thread_count, sync_files=True)
-        dcp.save(pyt_state_dict, storage_writer=writer,
-                 planner=MCoreSavePlanner(flatten_state_dict=False, can_run_decentralized_global_plan=False))
-
-
 def _rank0() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
@@ -114,6 +89,15 @@ def _broadcast_obj(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def _gather_obj(obj) -> list:
+    """`obj` of every rank, in rank order, on rank 0 (elsewhere: an empty list)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out or []
 
 
 def _on_rank0(fn: Callable[[], None]) -> None:
@@ -327,15 +311,24 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         fault_point("save.begin", step)
         os.makedirs(tmp)
 
-    def seal():
-        fault_point("save.written", step)
-        with open(os.path.join(tmp, META), "w") as f:
-            json.dump(full_meta, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        write_manifest(tmp)
-        fsync_dir(tmp)
-        fault_point("save.sealed", step)
+    def seal(mine: Optional[dict] = None):
+        # Every rank digests the shard files it wrote, at the same time (an async writer did it
+        # already: `mine`); rank 0 adds the rest.
+        if mine is None:
+            mine = digest_files(tmp, rank_shard_files(tmp, dist.get_rank() if dist.is_initialized() else 0))
+        digested = _gather_obj(mine)
+
+        def write():
+            fault_point("save.written", step)
+            with open(os.path.join(tmp, META), "w") as f:
+                json.dump(full_meta, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            write_manifest(tmp, {rel: e for part in digested for rel, e in part.items()})
+            fsync_dir(tmp)
+            fault_point("save.sealed", step)
+
+        _on_rank0(write)
 
     def publish():
         old = _install(tmp, final, step, exchange or _exchange)
@@ -352,11 +345,13 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         os.replace(latest_tmp, os.path.join(ckpt_root, LATEST))
         fsync_dir(ckpt_root)
         fault_point("save.done", step)
-        _prune(ckpt_root, name, keep_last)
+        _prune(ckpt_root, name, keep_last, background=saver is not None)
+
+    strategy = DirectSaveStrategy()
 
     def finish():
         _barrier()
-        _on_rank0(seal)
+        seal(strategy.digests)
         _on_rank0(publish)
         _barrier()
 
@@ -368,11 +363,11 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         if saver is not None:
             # megatron's async writer (a forked process per save, see async_save.py); `finish`
             # runs on every rank once all writers are done, a failed writer raises everywhere.
-            saver.submit(dist_checkpointing.save(sd, tmp, async_sharded_save=True), finish)
+            saver.submit(dist_checkpointing.save(sd, tmp, sharded_strategy=strategy, async_sharded_save=True), finish)
             return final
-        dist_checkpointing.save(sd, tmp, sharded_strategy=DirectSaveStrategy())
+        dist_checkpointing.save(sd, tmp, sharded_strategy=strategy)
         _barrier()
-        _on_rank0(seal)
+        seal()
     except (OSError, CheckpointException) as err:
         full = _disk_full(err)
         if full is None:
@@ -389,15 +384,26 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
     return final
 
 
-def _prune(ckpt_root: str, saved: str, keep_last: Optional[int]) -> None:
+def _prune(ckpt_root: str, saved: str, keep_last: Optional[int], background: bool = False) -> None:
     """Keep the newest `keep_last` periodic checkpoints, every growth checkpoint (by the mark in
-    its meta.json) and the one just saved."""
+    its meta.json) and the one just saved. `background`: rename the others to `.tmp-` names at
+    once (never read; the next save removes what is left) and delete them in a thread: an async
+    save's publish runs on the training thread, and unlinking a large checkpoint takes longer
+    than everything else it does."""
     if keep_last is None:
         return
     removable = [d for d in list_checkpoints(ckpt_root)
                  if d != saved and not _is_growth_checkpoint(os.path.join(ckpt_root, d))]
-    for d in removable[:max(0, len(removable) - (keep_last - 1))]:
-        shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+    doomed = [os.path.join(ckpt_root, d) for d in removable[:max(0, len(removable) - (keep_last - 1))]]
+    if background:
+        trash = [f"{path}.tmp-pruned-{uuid.uuid4().hex[:8]}" for path in doomed]
+        for path, aside in zip(doomed, trash):
+            os.replace(path, aside)
+        threading.Thread(target=lambda: [shutil.rmtree(a, ignore_errors=True) for a in trash],
+                         name="prune-checkpoints", daemon=True).start()
+        return
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "events.jsonl", "config.yaml", "tb", "loss.png")

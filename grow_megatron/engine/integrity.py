@@ -96,11 +96,19 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_manifest(ckpt_dir: str) -> None:
-    """Digest every file of `ckpt_dir` into its manifest.json (synced to disk)."""
-    ranges = _item_ranges(ckpt_dir) if os.path.isfile(os.path.join(ckpt_dir, ".metadata")) else {}
+def rank_shard_files(ckpt_dir: str, rank: int) -> list[str]:
+    """The tensor shard files rank `rank` wrote (DCP names them `__<rank>_<n>.distcp`)."""
+    prefix = f"__{rank}_"
+    return [rel for rel in _files(ckpt_dir) if rel.startswith(prefix) and rel.endswith(".distcp")]
+
+
+def digest_files(ckpt_dir: str, rels: list[str]) -> dict[str, dict]:
+    """Manifest entries of `rels`: size plus per-item digests for a shard file whose stored
+    items tile it (from DCP's `.metadata`), else one digest of the whole file."""
+    ranges = (_item_ranges(ckpt_dir) if any(r.endswith(".distcp") for r in rels)
+              and os.path.isfile(os.path.join(ckpt_dir, ".metadata")) else {})
     files = {}
-    for rel in _files(ckpt_dir):
+    for rel in rels:
         full = os.path.join(ckpt_dir, rel)
         entry: dict = {"size": os.path.getsize(full)}
         if rel in ranges:
@@ -108,9 +116,19 @@ def write_manifest(ckpt_dir: str) -> None:
         else:
             entry["digest"] = file_digest(full)
         files[rel] = entry
+    return files
+
+
+def write_manifest(ckpt_dir: str, digested: Optional[dict[str, dict]] = None) -> None:
+    """Write `ckpt_dir`'s manifest.json (synced to disk). `digested`: entries already computed
+    (each rank digests the shard files it wrote, in parallel: one process reading a whole
+    multi-rank checkpoint would make every save as slow as reading it back); every other file
+    is digested here."""
+    digested = dict(digested or {})
+    files = {**digest_files(ckpt_dir, [r for r in _files(ckpt_dir) if r not in digested]), **digested}
     path = os.path.join(ckpt_dir, MANIFEST)
     with open(path, "w") as f:
-        json.dump({"algorithm": ALGORITHM, "files": files}, f, indent=1)
+        json.dump({"algorithm": ALGORITHM, "files": dict(sorted(files.items()))}, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
 
