@@ -1,4 +1,4 @@
-"""DP-sharded checkpoints (training/dp_shards.py): each data-parallel rank writes and reads only
+"""DP-sharded checkpoints (engine/dp_shards.py): each data-parallel rank writes and reads only
 its own flat range of every parameter's weights, fp32 main copy and AdamW moments."""
 import json
 import os

@@ -1,4 +1,4 @@
-"""Growth through a checkpoint (growth/offline.py) against the in-memory growth manager.
+"""Growth through a checkpoint (engine/offline_grow.py) against the in-memory growth manager.
 
 The two routes share nothing but the operator's source map: one re-indexes the global
 layer-stacked tensors of a checkpoint on disk, the other moves per-parameter state between

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from grow_megatron.analysis.data import load_tasks
-from grow_megatron.analysis.loading import check_model_dir, load_model
+from grow_megatron.convert.load import check_model_dir, load_model
 from grow_megatron.analysis.plots import plot_any
 from grow_megatron.analysis.suite import QUICK_N, Inputs, run_analysis
 from grow_megatron.config.base import ConfigError, to_dict

@@ -14,7 +14,7 @@ of a finished run) swaps the new directory with the old one in one atomic rename
 (RENAME_EXCHANGE) where the OS offers it, so a complete step_N exists at every instant; where
 it does not, the old copy is renamed aside first and `latest_checkpoint` (and the next save)
 fall back to it if the process dies in between. Every step of this sequence is a named fault
-point (training/faults.py), and tests kill the process at each.
+point (engine/faults.py), and tests kill the process at each.
 
 Tensors are written by torch.distributed.checkpoint's FileSystemWriter (dcp_writer.py): in
 the saving processes themselves, or for an async save in one forked process per rank that
@@ -139,7 +139,7 @@ def _sharded_state(engine: Engine, for_load: bool) -> tuple[dict, dict]:
     """(sharded state dict, {opt entry: (this rank's 1-d state tensor, piece list)}) for this rank's chunks.
 
     Every DP rank contributes, for every parameter, only its own flat range of the fp32 main
-    copy and moments (training/dp_shards.py: at most three rectangles of the global tensor,
+    copy and moments (engine/dp_shards.py: at most three rectangles of the global tensor,
     views of the optimizer's own tensors), so a save allocates and communicates nothing for the
     optimizer state, and a load reads only the local range, straight into the optimizer. The
     weights are written the same way (each DP rank its range, from the parameter itself) and
@@ -291,7 +291,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
     lives in meta.json, so every later run sees it). `keep_last` periodic checkpoints are kept.
     A full disk is reported in one line; the last good checkpoint stays `latest`. `exchange`
     swaps two directories atomically (default: renameat2 where the OS has it). `saver`: write
-    asynchronously (training/async_save.py): the shards are written by a background process and
+    asynchronously (engine/async_save.py): the shards are written by a background process and
     the rest of the sequence (seal, publish) runs once every rank's writer finished; the
     directory appears only then."""
     if saver is not None:  # one save in flight: the previous one is published first

@@ -7,7 +7,7 @@ plus zeroed output projections at the new positions for a function-preserving op
 
 Two uses: a user grows a trained checkpoint (e.g. a static model) and keeps training the
 deeper model from it, with its optimizer state and step; and it is an implementation of
-growth independent of the in-memory manager (growth/manager.py), which the tests hold to
+growth independent of the in-memory manager (engine/grow.py), which the tests hold to
 the same weights and state, bit for bit.
 
 The grown tensors go into a single-process engine at the new depth and out through
