@@ -193,6 +193,19 @@ def test_sigkill_leaves_no_process_and_group_sigterm_stops_cleanly(static_refere
     assert got == {s: v for s, v in static_reference.items() if s >= 2}
 
 
+def test_sigkilled_trainer_takes_its_async_writer_with_it(tmp_path):
+    """checkpoint.async_save: the forked writer of the step-2 save SIGKILLs the trainer before
+    writing and then waits (fault point save.writer): only the kernel's parent-death signal can
+    end it, and no process of the group is left (nor a helper process of megatron's writer);
+    the unfinished save never becomes a checkpoint."""
+    p = _start(micro_overrides(tmp_path, **STATIC, **{"checkpoint.interval": 2, "checkpoint.async_save": "on"}),
+               fault="save.writer:kill-parent-wait")
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == -signal.SIGKILL, err[-3000:]
+    assert not _wait_group_gone(p.pid, timeout=10), "the async writer outlived the SIGKILLed trainer"
+    assert latest_checkpoint(str(tmp_path / "checkpoints")) is None
+
+
 TORCHRUN = {**STATIC, "checkpoint.interval": 1}
 
 

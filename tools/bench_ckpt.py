@@ -176,17 +176,38 @@ def projection() -> str:
     return "\n".join(rows)
 
 
+def _blocking_seconds(profile) -> float:
+    """Time the training thread spent inside checkpoint code: save_checkpoint, and the async
+    saver's poll and wait where the loop calls them (not inside save_checkpoint, counted there)."""
+    import pstats
+
+    total = 0.0
+    for (path, _, func), (_, _, _, cum, callers) in pstats.Stats(profile).stats.items():
+        if path.endswith(os.path.join("engine", "checkpoint.py")) and func == "save_checkpoint":
+            total += cum
+        elif path.endswith(os.path.join("engine", "async_save.py")) and func in ("poll", "wait"):
+            total += sum(c[3] for (cpath, _, cfunc), c in callers.items()
+                         if not (cpath.endswith("checkpoint.py") and cfunc == "save_checkpoint"))
+    return total
+
+
 def stall(args) -> str:
     """What a periodic save costs the training loop, checkpoint.async_save off vs on, in one
-    process: the loop's wall time (first step end to the end of `train`, final save included)
-    with saves every --stall-interval steps, minus the same run without periodic saves, per
-    save. The async figure includes whatever the background writer takes from the training
-    process's cores (on a 2-core machine, a lot); the interval should leave the writer time to
-    finish, or the next save waits for it."""
+    process, two ways: *blocking*, the time the training thread spends in checkpoint code
+    (cProfile of the main thread; the writer process is not in it), per save; *wall*, the loop's
+    wall time (first step end to the end of `train`) with saves every --stall-interval steps
+    minus the same run without periodic saves, per save, which adds whatever the background
+    writer takes from the training process's cores (on a shared 2-core machine, a lot). The
+    interval should leave the writer time to finish, or the next save waits for it. `blocking`
+    is profiled from the first step's end to the last's, so it leaves out the final
+    (always synchronous) save; the steps after the last periodic save let its writer finish
+    and be published inside that window."""
+    import cProfile
+
     from grow_megatron.config.run import load_run_config
     from grow_megatron.training.loop import train
 
-    out = {}
+    wall, blocking = {}, {}
     n_saves = (args.stall_steps - 1) // args.stall_interval
     for mode in ("none", "off", "on"):
         run = tempfile.mkdtemp(prefix=f"stall_{mode}_")
@@ -199,14 +220,27 @@ def stall(args) -> str:
             "logging.tensorboard=false", f"checkpoint.interval={0 if mode == 'none' else args.stall_interval}",
             "checkpoint.keep_last=2", f"checkpoint.async_save={'off' if mode == 'none' else mode}"])
         ends = []
-        train(cfg, on_step=lambda engine, step, rec: ends.append(time.perf_counter()))
-        out[mode] = time.perf_counter() - ends[0]
+        profile = cProfile.Profile()
+
+        def on_step(engine, step, rec):
+            ends.append(time.perf_counter())
+            if step == 0:
+                profile.enable()
+            elif step == args.stall_steps - 1:
+                profile.disable()
+
+        train(cfg, on_step=on_step)
+        wall[mode] = time.perf_counter() - ends[0]
+        blocking[mode] = _blocking_seconds(profile)
         shutil.rmtree(run, ignore_errors=True)
-    per_step = out["none"] / (args.stall_steps - 1)
-    s_sync, s_async = ((out[m] - out["none"]) / n_saves for m in ("off", "on"))
-    return (f"| step (mean) | saves | stall per save, sync | stall per save, async | async / sync |\n"
-            f"|---|---|---|---|---|\n"
-            f"| {per_step:.3f} s | {n_saves} | {s_sync:.3f} s | {s_async:.3f} s | {s_async / s_sync:.2f} |")
+    per_step = wall["none"] / (args.stall_steps - 1)
+    w_sync, w_async = ((wall[m] - wall["none"]) / n_saves for m in ("off", "on"))
+    b_sync, b_async = (blocking[m] / n_saves for m in ("off", "on"))
+    return (f"| step (mean) | saves | blocking per save, sync | blocking per save, async | async / sync (blocking) "
+            f"| wall per save, sync | wall per save, async | async / sync (wall) |\n"
+            f"|---|---|---|---|---|---|---|---|\n"
+            f"| {per_step:.3f} s | {n_saves} | {b_sync:.3f} s | {b_async:.3f} s | {b_async / b_sync:.2f} "
+            f"| {w_sync:.3f} s | {w_async:.3f} s | {w_async / w_sync:.2f} |")
 
 
 def main() -> None:
@@ -222,7 +256,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="directory for results.json and table.md")
     ap.add_argument("--project", action="store_true", help="print the 7B / 70B projection table and exit")
     ap.add_argument("--stall", action="store_true", help="measure the step stall of sync vs async saves and exit")
-    ap.add_argument("--stall-steps", type=int, default=31)
+    ap.add_argument("--stall-steps", type=int, default=35)
     ap.add_argument("--stall-interval", type=int, default=5, help="steps between saves in --stall")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)

@@ -35,6 +35,7 @@ from megatron.core.dist_checkpointing.strategies.torch import (MCoreSavePlanner,
                                                                mcore_to_pyt_state_dict)
 from torch.distributed.checkpoint.api import CheckpointException
 
+from grow_megatron.engine.faults import fault_point
 from grow_megatron.engine.integrity import file_digest
 
 _RESULT = ".write_result.{rank}.pkl"  # the child's results; read and removed by the finalize step
@@ -112,6 +113,7 @@ def _write_in_child(writer: dcp.FileSystemWriter, plan, planner: MCoreSavePlanne
     # The parent's OpenMP thread pool does not survive fork (libgomp waits forever for its
     # threads at the first parallel copy): this process copies on one thread.
     torch.set_num_threads(1)
+    fault_point("save.writer")
     future = writer.write_data(plan, planner)
     future.wait()
     results = future.value()

@@ -14,6 +14,8 @@ FAULT_POINTS), `step.end` after each training step. Actions:
     term        SIGTERM to this process only
     term-group  SIGTERM to this process's whole process group (what Slurm and torchrun send)
     kill-parent SIGKILL to the parent process (the torchrun agent, for workers)
+    kill-parent-wait  the same, then wait for a signal for ever: the process is gone afterwards
+                only if something (the kernel's parent-death signal) kills it
 
 Reading the environment at every point keeps this free of module state; unarmed, a point
 costs one dict lookup.
@@ -37,8 +39,9 @@ FAULT_POINTS = (
     "save.latest",     # new `latest` written to its temporary name, not yet renamed over `latest`
     "save.done",       # `latest` names step_N; pruning of old checkpoints not yet done
     "step.end",        # a training step (and its metrics line) finished; STEP is its number
+    "save.writer",     # inside the forked writer of an async save (checkpoint.async_save), before it writes
 )
-ACTIONS = ("exit", "kill", "raise", "enospc", "term", "term-group", "kill-parent")
+ACTIONS = ("exit", "kill", "raise", "enospc", "term", "term-group", "kill-parent", "kill-parent-wait")
 
 
 class InjectedFault(BaseException):
@@ -77,5 +80,8 @@ def fault_point(name: str, step: Optional[int] = None) -> None:
         os.kill(os.getpid(), signal.SIGTERM)
     if action == "term-group":
         os.killpg(os.getpgid(0), signal.SIGTERM)
-    if action == "kill-parent":
+    if action in ("kill-parent", "kill-parent-wait"):
         os.kill(os.getppid(), signal.SIGKILL)
+    if action == "kill-parent-wait":
+        while True:  # outlive the parent unless something kills this process (the test's question)
+            signal.pause()
