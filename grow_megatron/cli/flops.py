@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from grow_megatron.cli.flags import add_flags, cli, options_from_args
 from grow_megatron.config.base import ConfigError
-from grow_megatron.config.model import PRESETS, ModelConfig, padded_vocab
-from grow_megatron.config.run import load_run_config
+from grow_megatron.config.model import PRESETS, ModelConfig
 from grow_megatron.growth import flops as F
 from grow_megatron.growth.schedule import GrowthPlan
 
@@ -87,54 +85,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def run_vocab(cfg, run_dir: str | None = None) -> tuple[int, str]:
-    """(vocabulary size the trainer builds, where it comes from) for a RunConfig; `run_dir`: a
-    trained run whose checkpoint gives the exact figure."""
-    if run_dir:
-        # torch and megatron-core: only for a trained run, not for every `flops` call.
-        from grow_megatron.engine.checkpoint import latest_checkpoint, tensor_specs
-        from grow_megatron.engine.keys import EMBED, model_key
-
-        ckpt = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
-        if ckpt is not None:
-            shape, _ = tensor_specs(ckpt)[model_key(EMBED)]
-            return shape[0], f"the embedding of {ckpt}"
-    tp = cfg.parallel.tensor_parallel
-    if cfg.model.vocab_size is not None:
-        v, source = cfg.model.vocab_size, "model.vocab_size"
-    elif cfg.data.tokenizer or not cfg.data.tokenizer_vocab_size:
-        from grow_megatron.data.tokenizer import load_tokenizer  # megatron-core, as above
-
-        v = load_tokenizer(cfg.data.tokenizer, eod_token=cfg.data.eod_token).vocab_size
-        source = f"tokenizer {cfg.data.tokenizer}" if cfg.data.tokenizer else "the embedded tokenizer"
-    else:  # the BPE the run trains on its data: as large as asked (not trained here)
-        v, source = cfg.data.tokenizer_vocab_size, "data.tokenizer_vocab_size"
-    padded = padded_vocab(v, tp)
-    return padded, source + (f", padded from {v} for tensor_parallel={tp}" if padded != v else "")
-
-
-def _from_run_config(path: str) -> dict[str, Any]:
-    """Shape, vocabulary, schedule, steps and batch of a YAML run config (grow_megatron.config.run)
-    or of a run directory's config.yaml."""
-    run_dir = path if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.yaml")) else None
-    cfg = load_run_config(os.path.join(run_dir, "config.yaml") if run_dir else path)
-    m = cfg.model
-    vocab, source = run_vocab(cfg, run_dir)
-    out: dict[str, Any] = {
-        "num_layers": m.num_layers, "hidden_size": m.hidden_size, "ffn_hidden_size": m.ffn_hidden_size,
-        "num_attention_heads": m.num_attention_heads, "num_query_groups": m.kv_heads, "seq_length": m.seq_length,
-        "steps": cfg.train.steps, "global_batch": cfg.train.global_batch_size,
-        "vocab_size": vocab, "vocab_source": source,
-    }
-    if m.loop is not None and m.loop.repeats > 1:
-        out["loop"] = {**m.loop.spec.to_dict(), "from_step": m.loop.from_step,
-                       "unrolled_depth": m.loop.spec.unrolled_depth(m.num_layers)}
-    if cfg.growth.enabled:
-        # The same PROP-alpha stage lengths the trainer's plan has (the operator does not change FLOPs).
-        out.update(block_size=cfg.growth.block_size, grow_steps=cfg.grow_steps, alpha=cfg.growth.alpha)
-    return out
-
-
 def resolve(args: FlopsOptions) -> tuple[ModelConfig, GrowthPlan | None, int, int, dict[str, Any]]:
     """(shape, plan or None, total_steps, tokens_per_step, plan parameters used) from all sources."""
     vals: dict[str, Any] = {}
@@ -148,7 +98,11 @@ def resolve(args: FlopsOptions) -> tuple[ModelConfig, GrowthPlan | None, int, in
         s = F.PaperSettings()
         vals.update(steps=s.total_steps, grow_steps=s.grow_steps, block_size=s.block_size, alpha=s.alpha)
     if args.config:
-        from_cfg = _from_run_config(args.config)
+        # torch and megatron-core (a checkpoint's or the tokenizer's vocabulary): only for a run
+        # config, so that `flops --preset` and `--help` stay quick.
+        from grow_megatron.engine.resolve import run_flops_inputs
+
+        from_cfg = run_flops_inputs(args.config)
         if "global_batch" in from_cfg:
             vals.pop("tokens_per_step", None)
         vals.update(from_cfg)
