@@ -58,8 +58,8 @@ def _mem() -> int:
     return psutil.Process().memory_info().rss
 
 
-def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: int, seq: int, mbs: int,
-              host_staging: bool = False) -> dict:
+def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: int, seq: int,
+              micro_batch_size: int, host_staging: bool = False) -> dict:
     from grow_megatron.config.model import PRESETS, ModelConfig
     from grow_megatron.config.training import OptimConfig
     from grow_megatron.engine.grow import grow
@@ -73,9 +73,9 @@ def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: i
     gpu = torch.cuda.is_available()
     spec = engine_spec(model, V, optim=OptimConfig(lr=1e-4, warmup_steps=0, decay_steps=0), bf16=gpu, tp=tp, pp=pp)
     e = build_engine(spec, depth)
-    t = torch.randint(0, V, (mbs, seq + 1))
-    mb = {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(mbs, seq),
-          "position_ids": torch.arange(seq).expand(mbs, seq)}
+    t = torch.randint(0, V, (micro_batch_size, seq + 1))
+    mb = {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(micro_batch_size, seq),
+          "position_ids": torch.arange(seq).expand(micro_batch_size, seq)}
     train_step(e, [mb], 1e-4)
     if gpu:
         torch.cuda.synchronize()
