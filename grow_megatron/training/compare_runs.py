@@ -98,6 +98,7 @@ def format_markdown(runs: Sequence[RunRecords], rows: list[dict]) -> str:
 
 def plot(runs: Sequence[RunRecords], out: str) -> str:
     """Three panels, loss against steps / tokens / FLOPs; growths as dotted lines in the run's colour."""
+    # matplotlib: pyplot's backend has to be chosen before pyplot is imported, and only plots need it.
     import matplotlib
 
     matplotlib.use("Agg")
