@@ -20,7 +20,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
-from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import PRESETS, ModelConfig
 from grow_megatron.growth import flops as F
@@ -79,10 +79,7 @@ class FlopsOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grow-megatron flops", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p, FlopsOptions)
-    return p
+    return command_parser("grow-megatron flops", __doc__, FlopsOptions)
 
 
 def resolve(args: FlopsOptions) -> tuple[ModelConfig, GrowthPlan | None, int, int, dict[str, Any]]:

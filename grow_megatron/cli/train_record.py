@@ -11,12 +11,11 @@ The JSON is rewritten after every step, so a run stopped by a time limit still l
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.cli.flags import cli, command_parser, options_from_args
 
 PROG = "python -m grow_megatron.cli.train_record"
 
@@ -34,8 +33,7 @@ class TrainRecordOptions:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p, TrainRecordOptions)
+    p = command_parser(PROG, __doc__, TrainRecordOptions)
     opts = options_from_args(TrainRecordOptions, p.parse_args(argv))
     # torch and megatron-core (seconds): once the arguments are good, so --help answers at once.
     from grow_megatron.bench.train_record import record_training
