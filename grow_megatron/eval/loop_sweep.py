@@ -98,15 +98,15 @@ def parse_repeats(text: str) -> list[int]:
     return reps
 
 
-def _score(model, tokenizer, cfg: SweepConfig, examples, heldout_batches, device) -> dict[str, Any]:
+def _score(model, tokenizer, cfg: SweepConfig, examples, heldout, device) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if examples:
         mc = S.evaluate_mc(S.hf_scorer(model, tokenizer, batch_size=cfg.batch_size), examples)
         out["primitives"] = {t: r.accuracy for t, r in mc.items()}
         out["accuracy"] = sum(out["primitives"].values()) / len(out["primitives"])
-    if heldout_batches:
+    if heldout:
         fn = S.hf_logits_fn(model)
-        out["nll"] = {path: S.heldout_nll(fn, batches, device=device).nll for path, batches in heldout_batches.items()}
+        out["nll"] = {path: S.heldout_nll(fn, batches, device=device).nll for path, batches in heldout.items()}
         out["mean_nll"] = sum(out["nll"].values()) / len(out["nll"])
     return out
 
