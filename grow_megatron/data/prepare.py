@@ -27,7 +27,6 @@ import sys
 import time
 from typing import Any, Callable, Iterator, Optional
 
-from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tqdm import tqdm
@@ -192,6 +191,9 @@ def prepare(source: str, out_prefix: str, tokenizer, *, text_field: str = "text"
     """Tokenize raw `source` into `out_prefix`.bin/.idx (+ .tokenizer.json, .manifest.json).
 
     Returns the manifest (with "skipped": True when the existing output already matched)."""
+    # megatron-core (seconds): not at import, so that `grow-megatron data --help` answers at once.
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
     out_prefix = os.path.abspath(os.path.expanduser(out_prefix))
     fp = source_fingerprint(source, text_field, tokenizer, field)
     old = read_manifest(out_prefix)
@@ -206,11 +208,11 @@ def prepare(source: str, out_prefix: str, tokenizer, *, text_field: str = "text"
         if not force and old and old.get("fingerprint") == fp["sha256"] and is_complete(out_prefix, old):
             return dict(old, skipped=True)
         return _prepare_locked(source, out_prefix, tokenizer, fp, text_field, num_workers, progress, field, name,
-                               text_field_path)
+                               text_field_path, DType, IndexedDatasetBuilder)
 
 
 def _prepare_locked(source, out_prefix, tokenizer, fp, text_field, num_workers, progress, field, name,
-                    text_field_path) -> dict:
+                    text_field_path, DType, IndexedDatasetBuilder) -> dict:
 
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
     tag = f"{os.getpid()}"
