@@ -82,7 +82,7 @@ class MetricsWriter:
             _truncate_from(path, resume_step)
         if tensorboard:
             try:
-                # tensorboard (an optional logger): only when asked for.
+                # torch (the writer imports it): not at import; `grow-megatron compare-runs` imports this module.
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=resume_step or None)
