@@ -289,7 +289,7 @@ def train_section(rec: dict) -> list[str]:
     env, st = rec.get("environment") or {}, rec.get("settings") or {}
     gpu = env.get("gpu") or {}
     out = ["## A short grown training run (train_record)", "",
-           f"`python -m grow_megatron.bench.train_record {rec.get('config')}` on "
+           f"`python -m grow_megatron.cli.train_record {rec.get('config')}` on "
            f"{gpu.get('name', env.get('device', '-'))}: {st.get('steps')} steps of {st.get('global_batch_size')} x "
            f"{st.get('seq_length')} tokens (micro-batch {st.get('micro_batch_size')}), "
            f"precision {st.get('precision')}, "

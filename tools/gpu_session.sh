@@ -16,7 +16,7 @@
 #   bench_1p7b   the same at SmolLM-1.7B shapes, batch 4x2048 (no per-stage part: the scaled run has it)
 #   kernels      tools/bench_kernels.py: our Triton kernels vs eager, torch.compile, Liger-Kernel
 #   train_short  examples/smollm360m_lidas_short.yaml through the real training loop: tokens/s
-#                around each growth, peak memory per stage (grow_megatron.bench.train_record)
+#                around each growth, peak memory per stage (grow_megatron.cli.train_record)
 #   growth       grow-megatron bench-growth: grow() latency and memory at 360M/1.7B shapes
 #
 # What comes back ($OUT holds at most 8 files): session.log, one JSON per step
@@ -125,7 +125,7 @@ step bench_360m 230 90 $GM bench examples/smollm360m_lidas.yaml --out $W/bench_3
 step bench_1p7b 200 90 $GM bench examples/smollm1.7b_lidas.yaml --out $W/bench_1p7b \
   --warmup 3 --steps-per-stage 6 --total-steps 60 --parts static,schedule,hf --profile ${BENCH_X[@]+"${BENCH_X[@]}"}
 step kernels 90 45 python3 tools/bench_kernels.py --out $W/kernels.json ${KERNELS_X[@]+"${KERNELS_X[@]}"}
-step train_short 150 90 python3 -m grow_megatron.bench.train_record examples/smollm360m_lidas_short.yaml \
+step train_short 150 90 python3 -m grow_megatron.cli.train_record examples/smollm360m_lidas_short.yaml \
   --out $W/train_short.json --set run_dir=$W/train_short --set checkpoint.save_at_growth=false \
   --set logging.progress=false --set logging.tensorboard=false ${TRAIN_X[@]+"${TRAIN_X[@]}"}
 step growth 90 40 $GM bench-growth "${GROWTH_ARGS[@]}" --out $W/growth.json

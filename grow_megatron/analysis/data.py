@@ -12,9 +12,12 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from grow_megatron.eval import primitives
+from grow_megatron.eval.scoring import encode_pair
 from grow_megatron.eval.tasks import MCExample
 
 
@@ -58,8 +61,6 @@ def load_token_data(path: str, tokenizer: Any | None, seq_len: int, max_sequence
     ext = os.path.splitext(path)[1].lower()
     if ext in (".npy", ".pt"):
         if ext == ".npy":
-            import numpy as np
-
             arr = torch.from_numpy(np.load(path)).long()
         else:
             arr = torch.as_tensor(torch.load(path, weights_only=True)).long()
@@ -85,8 +86,6 @@ def load_tasks(spec: str, n: int = 200, seed: int = 0) -> list[MCExample]:
     e.g. `grow-megatron eval --export-lm-eval` output) or, for a spec that is not a file,
     reasoning primitives by name ('varassign_math', 'paper', 'all', comma lists): n per task."""
     if not os.path.isfile(spec):
-        from grow_megatron.eval import primitives
-
         return [ex for task in primitives.parse_tasks(spec) for ex in primitives.generate(task, n, seed)]
     path = spec
     out = []
@@ -120,8 +119,6 @@ def encode_mc(examples: Sequence[MCExample], tokenizer: Any, max_length: int = 1
     """Token rows split into (prompt, choice) exactly as `grow-megatron eval` does
     (`eval.scoring.encode_pair`, lm-evaluation-harness's rule, no special tokens unless
     add_bos), so accuracies here match the evaluator's; long prompts are cut from the left."""
-    from grow_megatron.eval.scoring import encode_pair
-
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
 from grow_megatron.analysis.data import load_tasks
-from grow_megatron.convert.load import check_model_dir, load_model
 from grow_megatron.analysis.plots import plot_any
 from grow_megatron.analysis.suite import QUICK_N, Inputs, run_analysis
 from grow_megatron.config.base import ConfigError, to_dict
 from grow_megatron.config.loop import check_loop_arg
 from grow_megatron.config.options import cli
+from grow_megatron.convert.load import check_model_dir, load_model
 from grow_megatron.convert.looping import apply_loop_arg
 from grow_megatron.eval.scoring import context_length
 

@@ -74,6 +74,7 @@ class ResidualRunner:
         Default: positions 0..T-1 and a causal mask. position_ids (B,T) and segments (B,T)
         describe packed rows (data.MCBatch): a query attends causally to keys of segment 0
         (the shared prompt) and of its own segment."""
+        # transformers (seconds): not at import, so that `grow-megatron analyze --help` answers at once.
         from transformers.masking_utils import create_causal_mask
 
         T = h0.shape[1]

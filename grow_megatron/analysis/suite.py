@@ -23,6 +23,7 @@ from grow_megatron.convert.load import Loaded
 from grow_megatron.analysis.runner import ResidualRunner, first_changed
 from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
 from grow_megatron.analysis.sublayer import SublayerConfig, sublayer_analysis
+from grow_megatron.config.base import from_dict
 from grow_megatron.eval.tasks import MCExample
 
 CONFIGS: dict[str, type] = {
@@ -254,8 +255,6 @@ def sample_info(name: str, res: dict) -> dict[str, float | str]:
 
 def configs_for(names: Sequence[str], overrides: dict[str, dict] | None = None) -> dict[str, Any]:
     """Default configs of `names`, with per-analysis field overrides (name -> {field: value})."""
-    from grow_megatron.config.base import from_dict
-
     cfgs = {n: from_dict(CONFIGS[n], (overrides or {}).get(n, {}), n) for n in names}
     for n, c in cfgs.items():
         c.validate(n)

@@ -5,17 +5,22 @@ fixed character vocabulary.
 """
 from __future__ import annotations
 
+import copy
 import string
 
 import torch
 
+from grow_megatron.analysis.plots import plot_similarity
+from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
 from grow_megatron.eval.tasks import MCExample
+from grow_megatron.growth.operators import lidas, midas
 
 CHARS = string.ascii_lowercase + string.digits + " =+-*?.:,;()\n_>"
 
 
 def char_tokenizer():
     """A PreTrainedTokenizerFast over single characters (<s> prepended), vocab ~ 60."""
+    # transformers (seconds): only for the toy model, not for importing the analyses.
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
@@ -32,6 +37,7 @@ def char_tokenizer():
 def tiny_llama(layers: int = 4, hidden: int = 32, vocab: int = 128, heads: int = 4, kv_heads: int = 2,
                seed: int = 0, init_std: float = 0.2):
     """A random fp32 LlamaForCausalLM; a large init_std makes layers matter (non-trivial effects)."""
+    # transformers (seconds), as in char_tokenizer.
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
@@ -59,8 +65,6 @@ def toy_tasks(n: int = 8, seed: int = 0) -> list[MCExample]:
 def grow_by_source_map(model, source_map):
     """A deep copy of an HF Llama whose layer j is a copy of layer source_map[j] (SPEC 3),
     i.e. the weights right after a growth step; optimizer state is not part of an HF model."""
-    import copy
-
     grown = copy.deepcopy(model)
     grown.model.layers = torch.nn.ModuleList([copy.deepcopy(model.model.layers[i]) for i in source_map])
     grown.config.num_hidden_layers = len(source_map)
@@ -70,10 +74,6 @@ def grow_by_source_map(model, source_map):
 def example_figure(path: str = "docs/img/block_similarity_example.png") -> str:
     """The docs' example: block similarity of a random 12-layer model and of MIDAS / LIDAS
     growths 8 -> 12 (b = 4) of a random 8-layer model, right after growth."""
-    from grow_megatron.analysis.plots import plot_similarity
-    from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
-    from grow_megatron.growth.operators import lidas, midas
-
     small = tiny_llama(8, 32, 64, seed=1)
     cfg = SimilarityConfig(block_size=4)
     res = {"baseline (12 layers)": block_similarity(tiny_llama(12, 32, 64, seed=2), cfg),

@@ -20,6 +20,7 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
+from torch.profiler import ProfilerActivity, profile
 
 # Bytes a rank puts on the wire per call, for a tensor of S bytes (the argument named by the
 # index) in a group of p ranks, as a ring / point-to-point implementation sends them.
@@ -89,8 +90,6 @@ def tensor_bytes(counts: Counter) -> int:
 @contextlib.contextmanager
 def allocation_peak() -> Iterator[dict]:
     """{'peak': bytes}: the highest net tensor allocation inside the block (set when it ends)."""
-    from torch.profiler import ProfilerActivity, profile
-
     out = {"peak": 0}
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         yield out

@@ -17,16 +17,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
+import psutil
 import torch
 
 from grow_megatron.config.base import ConfigError
+from grow_megatron.config.model import PRESETS, ModelConfig
 from grow_megatron.config.options import cli
+from grow_megatron.config.training import OptimConfig
+from grow_megatron.engine.build import build_engine, destroy_engine, train_step
+from grow_megatron.engine.distributed import device_context, init_distributed
+from grow_megatron.engine.grow import grow
+from grow_megatron.engine.resolve import engine_spec
+from grow_megatron.growth.operators import get_operator
 
 
 class _PeakRSS:
     def __init__(self):
-        import psutil
-
         self.proc, self.peak, self.stop = psutil.Process(), 0, threading.Event()
 
     def rss(self) -> int:
@@ -53,29 +59,20 @@ class _PeakRSS:
 def _mem() -> int:
     if torch.cuda.is_available():
         return torch.cuda.memory_allocated()
-    import psutil
-
     return psutil.Process().memory_info().rss
 
 
-def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: int, seq: int, mbs: int,
-              host_staging: bool = False) -> dict:
-    from grow_megatron.config.model import PRESETS, ModelConfig
-    from grow_megatron.config.training import OptimConfig
-    from grow_megatron.engine.grow import grow
-    from grow_megatron.growth.operators import get_operator
-    from grow_megatron.engine.build import build_engine, destroy_engine, train_step
-    from grow_megatron.engine.resolve import engine_spec
-
+def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: int, seq: int,
+              micro_batch_size: int, host_staging: bool = False) -> dict:
     shape = {**PRESETS[preset], "num_layers": depth + block, "seq_length": seq}
     model = ModelConfig(**shape)
     V = model.vocab_size or 4096
     gpu = torch.cuda.is_available()
     spec = engine_spec(model, V, optim=OptimConfig(lr=1e-4, warmup_steps=0, decay_steps=0), bf16=gpu, tp=tp, pp=pp)
     e = build_engine(spec, depth)
-    t = torch.randint(0, V, (mbs, seq + 1))
-    mb = {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(mbs, seq),
-          "position_ids": torch.arange(seq).expand(mbs, seq)}
+    t = torch.randint(0, V, (micro_batch_size, seq + 1))
+    mb = {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(micro_batch_size, seq),
+          "position_ids": torch.arange(seq).expand(micro_batch_size, seq)}
     train_step(e, [mb], 1e-4)
     if gpu:
         torch.cuda.synchronize()
@@ -143,8 +140,6 @@ class GrowthBenchOptions:
 def run(opts: GrowthBenchOptions) -> list[dict]:
     """One row per (preset, depth, staging); printed and (with opts.out) saved as each one is done.
     TP and PP come from GM_TP and GM_PP (torchrun sets the world)."""
-    from grow_megatron.engine.distributed import device_context, init_distributed
-
     tp = int(os.environ.get("GM_TP", "1"))
     pp = int(os.environ.get("GM_PP", "1"))
     rows: list[dict] = []

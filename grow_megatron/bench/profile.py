@@ -12,6 +12,9 @@ import time
 from collections import defaultdict
 from typing import Callable, Iterable, Optional
 
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
 GEMM, ATTENTION, TRITON, ELEMENTWISE = "GEMM", "attention", "Triton (ours)", "elementwise/reduction"
 OPTIMIZER, COMMUNICATION, MEMORY = "optimizer", "communication", "memcpy/memset"
 CATEGORIES = (GEMM, ATTENTION, TRITON, ELEMENTWISE, OPTIMIZER, COMMUNICATION, MEMORY)
@@ -105,8 +108,6 @@ def breakdown(rows: Iterable[tuple[str, float]], *, steps: int, wall_s: float, b
 
 def _rows_from_events(events, gpu: bool) -> tuple[list[tuple[str, float]], list[tuple[float, float]]]:
     """(name, seconds) rows and (start, end) seconds of the device's work (GPU) or the aten ops (CPU)."""
-    from torch.autograd import DeviceType
-
     rows, spans = [], []
     for e in events:
         if gpu:
@@ -126,8 +127,6 @@ def profile_steps(step: Callable[[], object], steps: int, sync: Callable[[], Non
                   step_s_unprofiled: Optional[float] = None) -> dict:
     """Run `step` `steps` times under torch.profiler and return `breakdown` of it. Only the
     device is traced on a GPU (CPU op tracing would slow the host and inflate the idle share)."""
-    from torch.profiler import ProfilerActivity, profile
-
     acts = [ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]
     sync()
     with profile(activities=acts, record_shapes=False, profile_memory=False, with_stack=False) as prof:

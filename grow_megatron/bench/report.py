@@ -7,15 +7,16 @@ import os
 import platform
 import subprocess
 import sys
+from importlib.metadata import version
 from typing import Any, Optional
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 import torch
 
 
 def _version(module: str) -> Optional[str]:
     try:
-        from importlib.metadata import version
-
         return version(module)
     except Exception:  # not installed (or no metadata): recorded as absent, not an error
         return None
@@ -228,9 +229,6 @@ def _kernel_name(name: str, width: int = 90) -> str:
 
 def plot_throughput(schedule: dict, path: str, title: str) -> None:
     """Tokens/s per step of the grown and the static run, growth events marked (Agg, no pyplot)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(9, 4.5), dpi=120)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)

@@ -10,22 +10,27 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import inspect
 import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import psutil
 import torch
 
 from grow_megatron.growth import flops as F
 from grow_megatron.bench.config import DRY_RUN_LIMITS, DRY_RUN_MODEL, BenchConfig
+from grow_megatron.bench.profile import safe_profile
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.run import RunConfig, load_run_config
-from grow_megatron.engine.build import EngineSpec
+from grow_megatron.engine.build import EngineSpec, build_engine, destroy_engine, train_step
+from grow_megatron.engine.grow import grow, needs_host_staging
 from grow_megatron.engine.resolve import planned_layout, resolve_run
 from grow_megatron.growth.operators import get_operator
 from grow_megatron.growth.schedule import GrowthPlan, make_plan
+from grow_megatron.model.looping import apply_loop_to_engine
 
 
 # ----------------------------------------------------------------------------- setup
@@ -172,8 +177,6 @@ def peak_memory_gib() -> float:
     (an upper bound of what the measurement holds: no per-phase peak exists there)."""
     if on_gpu():
         return torch.cuda.max_memory_allocated() / 2**30
-    import psutil
-
     return psutil.Process().memory_info().rss / 2**30
 
 
@@ -257,14 +260,10 @@ class EngineBench:
 
     def grow(self, engine, growth):
         """A growth as the training loop does it (host staging where growth.host_staging says so)."""
-        from grow_megatron.engine.grow import grow, needs_host_staging
-
         return grow(engine, growth, host_staging=needs_host_staging(engine, growth,
                                                                     self.setup.cfg.growth.host_staging))
 
     def step(self, engine) -> dict:
-        from grow_megatron.engine.build import train_step
-
         return train_step(engine, self.batches, self.lr)
 
     def measure(self, engine) -> tuple[list[float], dict]:
@@ -280,8 +279,6 @@ class EngineBench:
 
     def static(self) -> dict:
         """The model at the final depth."""
-        from grow_megatron.engine.build import build_engine, destroy_engine
-
         depth = self.setup.shape.num_layers
         free_memory()
         reset_peak_memory()
@@ -289,8 +286,6 @@ class EngineBench:
         loop = self.setup.cfg.model.loop
         if loop is not None and loop.repeats > 1:
             # The final depth trains looped from loop.from_step: time that, count its unrolled depth.
-            from grow_megatron.model.looping import apply_loop_to_engine
-
             apply_loop_to_engine(engine, loop.spec)
             depth = loop.spec.unrolled_depth(depth)
         times, out = self.measure(engine)
@@ -298,8 +293,6 @@ class EngineBench:
                                                                 peak_memory_gib()),
                "last_loss": out.get("loss")}
         if self.bc.profile:  # after the peak memory is read: the profiler's buffers are not the model's
-            from grow_megatron.bench.profile import safe_profile
-
             res["profile"] = safe_profile(lambda: self.step(engine), self.bc.profile_steps, _sync, on_gpu(),
                                           res["step_s_median"])
         destroy_engine(engine)
@@ -307,8 +300,6 @@ class EngineBench:
 
     def stages(self) -> list[dict]:
         """Each stage's depth, reached by growing from the first (so grow() is exercised and timed)."""
-        from grow_megatron.engine.build import build_engine, destroy_engine
-
         plan = self.setup.plan
         assert plan is not None
         free_memory()
@@ -330,8 +321,6 @@ class EngineBench:
     def run(self, plan: Optional[GrowthPlan], total_steps: int) -> dict:
         """`total_steps` optimizer steps following `plan` (None: static at the final depth), growth
         included; per-step records for the plot."""
-        from grow_megatron.engine.build import build_engine, destroy_engine
-
         free_memory()
         depth0 = plan.initial_depth if plan is not None else self.setup.shape.num_layers
         build_s, engine = timed(lambda: build_engine(self.spec, depth0))
@@ -393,14 +382,13 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
     """transformers' LlamaForCausalLM with the engine's shapes: SDPA attention, tied embeddings,
     fp32 parameters under bf16 autocast, AdamW (fused on GPU), clip 1.0 as the engine does."""
     try:
+        # transformers: only the HF baseline needs it, and the engine parts must run without it.
         from transformers import LlamaConfig, LlamaForCausalLM
     except ImportError as err:  # the engine parts do not need it
         return {"skipped": f"transformers not importable: {err}"}
     m, o = setup.cfg.model, setup.cfg.optim
     gpu = on_gpu()
     dev = "cuda" if gpu else "cpu"
-    import inspect
-
     # transformers >= 5 takes the RoPE base in rope_parameters, older versions as rope_theta.
     v5 = "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters
     rope = ({"rope_parameters": {"rope_type": "default", "rope_theta": float(m.rope_theta)}} if v5
@@ -460,8 +448,6 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
                **summarize(times, tokens, Rates.of(setup.shape.with_layers(hf_cfg.num_hidden_layers), peak_flops),
                            peak_memory_gib()), "last_loss": loss}
         if bc.profile:
-            from grow_megatron.bench.profile import safe_profile
-
             res["profile"] = safe_profile(step, bc.profile_steps, _sync, gpu, res["step_s_median"])
         return res
     finally:

@@ -1,20 +1,18 @@
-"""A real training run (data pipeline, growth, eval, checkpoint) recorded for the benchmark notes:
-tokens/s per step and per stage around each growth, growth seconds, peak memory per stage.
-
-    python -m grow_megatron.bench.train_record examples/smollm360m_lidas_short.yaml --out train.json \\
-        [--set key=value ...]
-
-Unlike `grow-megatron bench` this goes through `training.loop.train`, so its step times include
-the data loader; it is the "does a grown run behave on the GPU" record, not the throughput figure.
-The JSON is rewritten after every step, so a run stopped by a time limit still leaves its record.
-"""
+"""A real training run recorded for the benchmark notes (its command: grow_megatron.cli.train_record):
+per-step tokens/s, depth, loss and peak memory, the growth events, and a per-depth summary, in a
+JSON file rewritten as the run goes (a run stopped by a time limit still leaves its record).
+The steps go through `training.loop.train`, so their times include the data loader."""
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
-import sys
-from typing import Optional
+
+import torch
+
+from grow_megatron.bench.report import environment
+from grow_megatron.config.run import load_run_config
+from grow_megatron.engine.distributed import shutdown_distributed, world_size_from_env
+from grow_megatron.training.loop import train
 
 
 def _summary(steps: list[dict], growths: list[dict]) -> list[dict]:
@@ -30,29 +28,17 @@ def _summary(steps: list[dict], growths: list[dict]) -> list[dict]:
     return out
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m grow_megatron.bench.train_record", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--out", required=True, help="JSON record path")
-    args = p.parse_args(argv)
-
-    import torch
-
-    from grow_megatron.bench.report import environment
-    from grow_megatron.config.run import load_run_config
-    from grow_megatron.engine.distributed import shutdown_distributed, world_size_from_env
-    from grow_megatron.training.loop import train
-
-    cfg = load_run_config(args.config, args.overrides, world_size=world_size_from_env())
+def record_training(config: str, overrides: list[str], out: str, argv: list[str], prog: str) -> dict:
+    """Train `config` (with `overrides`) and record it to the JSON file `out`; returns the record.
+    `argv` and `prog`: the command line, for the record's environment."""
+    cfg = load_run_config(config, overrides, world_size=world_size_from_env())
     gpu = torch.cuda.is_available()
-    record: dict = {"config": args.config, "overrides": args.overrides, "steps": [], "growths": [], "stages": [],
+    record: dict = {"config": config, "overrides": overrides, "steps": [], "growths": [], "stages": [],
                     "tokens_per_step": cfg.train.global_batch_size * cfg.model.seq_length}
 
     def write() -> None:
         record["stages"] = _summary(record["steps"], record["growths"]) if record["steps"] else []
-        with open(args.out, "w") as f:
+        with open(out, "w") as f:
             json.dump(record, f, indent=1)
 
     def on_step(engine, step: int, rec: dict) -> None:
@@ -66,9 +52,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             write()
 
     # Recorded first: a run that crashes or is stopped still says where it ran.
-    record["environment"] = environment(sys.argv[1:] if argv is None else list(argv),
-                                        {"world_size": world_size_from_env()},
-                                        prog="python -m grow_megatron.bench.train_record")
+    record["environment"] = environment(argv, {"world_size": world_size_from_env()}, prog=prog)
     record["settings"] = {"precision": cfg.train.precision, "kernels": cfg.model.kernels, "steps": cfg.train.steps,
                           "global_batch_size": cfg.train.global_batch_size,
                           "micro_batch_size": cfg.train.micro_batch_size, "seq_length": cfg.model.seq_length}
@@ -80,15 +64,4 @@ def main(argv: Optional[list[str]] = None) -> int:
     finally:
         write()
         shutdown_distributed()
-    if record["stages"]:
-        for s in record["stages"]:
-            mem = f", peak {s['peak_memory_gib']:.2f} GiB" if s["peak_memory_gib"] is not None else ""
-            print(f"depth {s['depth']:>3}: {s['steps']:>4} steps, median {s['tokens_per_s_median']:,.0f} tokens/s "
-                  f"(first step {s['first_step_tokens_per_s']:,.0f}){mem}", flush=True)
-    for g in record["growths"]:
-        print(f"growth at step {g['step']}: {g['old_depth']} -> {g['new_depth']} in {g['seconds']:.2f}s", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return record

@@ -17,14 +17,11 @@ import traceback
 from typing import Any, Callable, Optional
 
 from grow_megatron.bench.config import BenchConfig, peak_flops_for
-from grow_megatron.cli.flags import add_flags, options_from_args
+from grow_megatron.cli.flags import command_parser, options_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grow-megatron bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p, BenchConfig)
-    return p
+    return command_parser("grow-megatron bench", __doc__, BenchConfig)
 
 
 def _log(rank0: bool, msg: str) -> None:

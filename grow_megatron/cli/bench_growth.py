@@ -8,14 +8,11 @@ from __future__ import annotations
 import argparse
 
 from grow_megatron.bench.growth import GrowthBenchOptions, run
-from grow_megatron.cli.flags import add_flags, options_from_args
+from grow_megatron.cli.flags import command_parser, options_from_args
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grow-megatron bench-growth", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p, GrowthBenchOptions)
-    return p
+    return command_parser("grow-megatron bench-growth", __doc__, GrowthBenchOptions)
 
 
 def main(argv: list[str] | None = None) -> int:

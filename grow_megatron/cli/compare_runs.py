@@ -15,7 +15,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Optional
 
-from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.base import check_output_dir
 from grow_megatron.config.options import check_positive
 from grow_megatron.training.compare_runs import default_budgets, load_run, run_names, write_comparison
@@ -39,10 +39,7 @@ class CompareRunsOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grow-megatron compare-runs", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p, CompareRunsOptions)
-    return p
+    return command_parser("grow-megatron compare-runs", __doc__, CompareRunsOptions)
 
 
 def main(argv: list[str]) -> int:

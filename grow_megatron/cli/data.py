@@ -19,7 +19,6 @@ from grow_megatron.cli.flags import add_flags, cli, options_from_args
 from grow_megatron.config.base import ConfigError, from_dict
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.run import RunConfig, read_yaml
-from grow_megatron.data.corpus import make_default_corpus
 from grow_megatron.data.prepare import is_complete, prepare, read_manifest
 from grow_megatron.data.readers import first_chars, iter_texts, list_source_files
 
@@ -224,6 +223,8 @@ def _inspect(opts) -> int:
 
 
 def _make_default(opts) -> int:
+    from grow_megatron.data.corpus import make_default_corpus  # megatron-core, as in _prepare
+
     corpus, tok = make_default_corpus(opts.out, vocab_size=opts.vocab_size)
     print(f"wrote {corpus} ({os.path.getsize(corpus)} bytes) and {tok}")
     return 0

@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional
 
 import torch
 
-from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.base import ConfigError, check_output_dir
 from grow_megatron.config.loop import check_loop_arg
 from grow_megatron.config.options import check_positive
@@ -107,10 +107,7 @@ class EvalOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grow-megatron eval", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p, EvalOptions)
-    return p
+    return command_parser("grow-megatron eval", __doc__, EvalOptions)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 from grow_megatron.config.base import ConfigError, field_docs, from_dict
 from grow_megatron.config.options import cli, cli_meta, flag_name
 
-__all__ = ["add_flags", "cli", "flag_name", "given", "options_from_args"]
+__all__ = ["add_flags", "cli", "command_parser", "flag_name", "given", "options_from_args"]
 
 T = TypeVar("T")
 
@@ -44,6 +44,14 @@ def _default(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:
         return f.default_factory()
     return f.default
+
+
+def command_parser(prog: str, description: str, cls: type) -> argparse.ArgumentParser:
+    """The parser of a command whose flags are the fields of dataclass `cls`; `description` (the
+    command module's docstring) is shown as written, so its example command lines keep their layout."""
+    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_flags(p, cls)
+    return p
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, *, only_given: bool = False) -> None:

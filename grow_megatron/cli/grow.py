@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.base import ConfigError
 from grow_megatron.growth.operators import OPERATORS, get_operator
 
@@ -32,10 +32,7 @@ class GrowOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grow-megatron grow", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p, GrowOptions)
-    return p
+    return command_parser("grow-megatron grow", __doc__, GrowOptions)
 
 
 def main(argv: list[str]) -> int:

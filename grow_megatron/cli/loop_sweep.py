@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.base import ConfigError, check_output_dir
 from grow_megatron.config.options import check_positive
 from grow_megatron.convert.hf import HISTORY_FIELD
@@ -70,10 +70,7 @@ class LoopSweepOptions:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="grow-megatron loop-sweep", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p, LoopSweepOptions)
-    return p
+    return command_parser("grow-megatron loop-sweep", __doc__, LoopSweepOptions)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,13 +6,12 @@ stops after the current step and checkpoints; a second Ctrl-C aborts at once.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
-from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.run import load_run_config
 
 
@@ -29,9 +28,7 @@ class TrainOptions:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="grow-megatron train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_flags(p, TrainOptions)
+    p = command_parser("grow-megatron train", __doc__, TrainOptions)
     opts = options_from_args(TrainOptions, p.parse_args(argv))
     if opts.run_dir:
         opts.overrides.append(f"run_dir={opts.run_dir}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from grow_megatron.config.base import ConfigError
+
 _CLI_KEYS = frozenset({"positional", "flag", "metavar", "nargs", "append", "choices", "group", "type"})
 
 
@@ -48,8 +50,6 @@ def flag_of(obj: Any, name: str) -> str:
 
 def check_positive(obj: Any, *names: str) -> None:
     """One-line ConfigError naming the flag of the first of `names` that is set and below 1."""
-    from grow_megatron.config.base import ConfigError
-
     for name in names:
         v = getattr(obj, name)
         if v is not None and v < 1:

@@ -188,6 +188,22 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def config_world_size(path: str, overrides: list[str]) -> int:
+    """The world size the config is meant for: TP x PP (one data-parallel replica)."""
+    par = dict(read_yaml(path).get("parallel") or {})
+    for item in overrides:
+        key, value = parse_override(item)
+        if key.startswith("parallel."):
+            par[key[len("parallel."):]] = value
+    sizes = []
+    for name in ("tensor_parallel", "pipeline_parallel"):
+        v = par.get(name, 1)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"parallel.{name}", v, "must be a positive integer")
+        sizes.append(v)
+    return sizes[0] * sizes[1]
+
+
 def load_run_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,
                     world_size: int = 1) -> RunConfig:
     """Read a YAML run config, apply `key.sub=value` overrides, map and validate it. Paths come

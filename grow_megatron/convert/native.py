@@ -28,7 +28,7 @@ from grow_megatron.model.looping import apply_loop_to_engine
 
 def resolve_checkpoint(path: str) -> tuple[str, Optional[str]]:
     """(checkpoint dir, run dir or None) for a checkpoint dir or a run dir (its latest checkpoint)."""
-    from grow_megatron.engine.checkpoint import META, latest_checkpoint
+    from grow_megatron.engine.checkpoint import META, latest_checkpoint  # megatron-core: see the note at the top
 
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.exists(path):
@@ -54,7 +54,7 @@ class NativeReader:
         `main_params`: read the optimizer's fp32 main copies instead of the weights (the more
         precise weights of a bf16 run). Of the tensor shards only the tensors this reader
         reads are checked; every other file of the checkpoint is checked whole."""
-        from grow_megatron.engine.checkpoint import read_meta, tensor_specs
+        from grow_megatron.engine.checkpoint import read_meta, tensor_specs  # megatron-core: see the note at the top
 
         self.dir = ckpt_dir
         self.meta = read_meta(ckpt_dir)
@@ -108,7 +108,7 @@ class NativeReader:
     def read(self, name: str) -> torch.Tensor:
         """The whole global tensor of model-space `name` (the weight, or its main copy), through
         the checkpoint's one reader (one-line errors for truncated or damaged files)."""
-        from grow_megatron.engine.checkpoint import read_global_tensors
+        from grow_megatron.engine.checkpoint import read_global_tensors  # megatron-core: see the note at the top
 
         key = self._key(name)
         return read_global_tensors(self.dir, {key: self._read_specs[name]}, verify=False)[key]
@@ -120,6 +120,7 @@ class NativeReader:
 # --- engines (single process) --------------------------------------------------------------
 
 def _engine(model: ModelConfig, depth: int, vocab_size: int):
+    # megatron-core: see the note at the top
     from grow_megatron.engine.build import build_engine
     from grow_megatron.engine.distributed import init_distributed
     from grow_megatron.engine.resolve import engine_spec
@@ -137,7 +138,7 @@ def write_native_checkpoint(native: dict[str, torch.Tensor], model: ModelConfig,
     Must run inside `device_context()`. The tensors go into a single-process fp32 engine, whose
     optimizer has no state yet: save_checkpoint writes zero moments and step 0, exactly what
     a fresh optimizer holds."""
-    from grow_megatron.engine.checkpoint import save_checkpoint
+    from grow_megatron.engine.checkpoint import save_checkpoint  # megatron-core: see the note at the top
 
     engine = _engine(model, depth, vocab_size)
     chunk = engine.model[0].module
@@ -159,7 +160,7 @@ def native_logits(ckpt_dir: str, model: ModelConfig, tokens: torch.Tensor, loop=
     by `loop` (a LoopSpec) when given.
 
     Must run inside `device_context()`."""
-    from grow_megatron.engine.checkpoint import load_checkpoint
+    from grow_megatron.engine.checkpoint import load_checkpoint  # megatron-core: see the note at the top
 
     reader = NativeReader(ckpt_dir, verify=False)
     engine = _engine(model, reader.depth, reader.vocab_size)

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -23,11 +24,18 @@ import os
 import re
 from typing import Any
 
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.indexed_dataset import IndexedDataset
 import numpy as np
+import torch
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.data import DataConfig, split_vector
-from grow_megatron.data.tokenizer import Tokenizer, load_tokenizer
+from grow_megatron.data.assets import default_corpus_path
+from grow_megatron.data.prepare import has_indexed_files, prepare, read_manifest
+from grow_megatron.data.readers import first_chars, iter_texts, list_source_files, source_id
+from grow_megatron.data.tokenizer import DEFAULT_EOS, Tokenizer, load_tokenizer, train_bpe_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +45,7 @@ _MAX_ID_SCAN_BYTES = 1 << 30  # check token ids of manifest-less datasets up to 
 
 # --- distributed helpers (the data side must work with and without torch.distributed) -------
 def _dist():
-    import torch.distributed as dist
-
+    dist = torch.distributed
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
@@ -73,10 +80,6 @@ def build_tokenizer(cfg: DataConfig) -> Tokenizer:
 
 
 def _train_tokenizer_cached(cfg: DataConfig) -> str:
-    from grow_megatron.data.prepare import has_indexed_files
-    from grow_megatron.data.readers import first_chars, iter_texts, list_source_files
-    from grow_megatron.data.tokenizer import DEFAULT_EOS, train_bpe_tokenizer
-
     raw = []
     for i, (ds, w) in enumerate(zip(cfg.datasets, cfg.weights())):
         if w > 0 and not has_indexed_files(_strip_ext(ds.path)):
@@ -120,8 +123,6 @@ def _slug(text: str) -> str:
 def prepared_prefix(cfg: DataConfig, source: str, text_field: str, tokenizer: Tokenizer, name: str | None) -> str:
     """Where build_datasets prepares raw `source` (the cache directory, keyed by source,
     text field and tokenizer; a changed file re-prepares in place, see prepare.prepare)."""
-    from grow_megatron.data.readers import source_id
-
     src = source_id(source)
     digest = hashlib.sha256(json.dumps([src, text_field, tokenizer.sha256]).encode()).hexdigest()[:16]
     stem = _slug(name or os.path.basename(src.rstrip("/").replace(":", "_")).split(".")[0])
@@ -131,9 +132,6 @@ def prepared_prefix(cfg: DataConfig, source: str, text_field: str, tokenizer: To
 def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = True) -> list[tuple[str, float, str]]:
     """[(indexed-dataset prefix, weight, name)] of the mixture, with zero-weight datasets left
     out; raw sources are prepared (on rank 0) first. Checks tokenizers match."""
-    from grow_megatron.data.assets import default_corpus_path
-    from grow_megatron.data.prepare import has_indexed_files, prepare
-
     tf_paths: dict[str, str] = {}
     if cfg.is_default():
         entries = [(default_corpus_path(), 1.0, "default", "text", "data.datasets")]
@@ -147,8 +145,6 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
                     for i, ds in enumerate(cfg.datasets)}
 
     def prepare_all():
-        from grow_megatron.data.readers import list_source_files
-
         # Check everything cheap first (missing/empty sources, tokenizers of tokenized datasets),
         # so no hours of tokenizing go by before a bad entry further down the list shows.
         for path, _, _, _, field in entries:
@@ -177,8 +173,6 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
 
 def _check_tokenizers(items, tokenizer: Tokenizer) -> None:
     """Every dataset of a mixture must have been tokenized with one tokenizer: the run's."""
-    from grow_megatron.data.prepare import read_manifest
-
     seen: dict[str, tuple[str, str]] = {}
     for prefix, w, name, field in items:
         m = read_manifest(prefix)
@@ -201,10 +195,6 @@ def check_indexed(prefix: str, tokenizer: Tokenizer, field: str) -> None:
     otherwise fails deep inside megatron, some of them only mid-training when a sample reaches
     the damaged part. Checks the sizes its manifest records (if it has ours), that the index
     describes the .bin exactly (documents laid end to end), and the token ids (up to 1 GiB)."""
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    from grow_megatron.data.prepare import read_manifest
-
     redo = "re-prepare it from its source (grow-megatron data prepare --force)"
     m = read_manifest(prefix)
     for ext, key in ((".bin", "bin_bytes"), (".idx", "idx_bytes")):
@@ -241,24 +231,16 @@ def check_indexed(prefix: str, tokenizer: Tokenizer, field: str) -> None:
 
 
 def _documents(prefix: str) -> int:
-    from grow_megatron.data.prepare import read_manifest
-
     m = read_manifest(prefix)
     if m:
         return int(m["documents"])
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     return int(IndexedDataset(prefix, mmap=True).sequence_lengths.shape[0])
 
 
 def _tokens(prefix: str) -> int:
-    from grow_megatron.data.prepare import read_manifest
-
     m = read_manifest(prefix)
     if m and "tokens" in m:
         return int(m["tokens"])
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     ds = IndexedDataset(prefix, mmap=True)  # held while its memory-mapped lengths are read
     return int(ds.sequence_lengths.sum())
 
@@ -288,9 +270,6 @@ def build_datasets(cfg: DataConfig, *, seq_length: int, seed: int, train_samples
     validation documents when valid_samples is 0; None when the split has no validation part).
     `batch_tokens` (tokens of one global batch): warn when the whole corpus holds fewer, since
     every step then trains on the same few tokens again."""
-    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
-    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
-
     cfg.validate()
     if seq_length < 1:
         raise ConfigError("seq_length", seq_length, "must be >= 1")
@@ -334,8 +313,6 @@ def _index_cache_lock(path: str):
     as the files exist, so two processes on one machine (e.g. two runs or test sessions sharing
     the default cache) must not build the same cache at once. Only global rank 0 (or a single
     process) locks; the other ranks of a job wait for rank 0 inside megatron's own barrier."""
-    import fcntl
-
     dist = _dist()
     if dist is not None and dist.get_rank() != 0:
         yield
@@ -353,11 +330,10 @@ def _index_cache_lock(path: str):
 def _single_process_rank():
     """megatron-core 0.16.1's BlendedDataset calls torch.distributed.get_rank() on an index-cache
     miss even without a process group (blended_dataset.py:153); answer rank 0 then."""
-    import torch.distributed as dist
-
     if _dist() is not None:
         yield
         return
+    dist = torch.distributed
     orig = dist.get_rank
     dist.get_rank = lambda group=None: 0
     try:
@@ -387,8 +363,6 @@ def get_microbatches(ds, *, step: int, global_batch_size: int, micro_batch_size:
     """The micro-batches of DP rank `dp_rank` at global step `step`: a list of
     (global_batch_size / dp_size / micro_batch_size) dicts of `tokens`, `labels`,
     `position_ids` (long) and `loss_mask` (float), each [micro_batch_size, seq_length]."""
-    import torch
-
     per_rank = global_batch_size // dp_size if dp_size > 0 else 0
     if dp_size < 1 or micro_batch_size < 1 or global_batch_size % dp_size or per_rank % micro_batch_size:
         raise ValueError(f"global_batch_size={global_batch_size} must be a multiple of micro_batch_size * dp_size "

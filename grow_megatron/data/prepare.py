@@ -18,16 +18,21 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import glob
 import hashlib
 import json
+import multiprocessing as mp
 import os
 import sys
 import time
 from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
+from tokenizers import Tokenizer as HFTokenizer
+from tqdm import tqdm
 
 from grow_megatron.config.base import ConfigError
+from grow_megatron.data.readers import iter_texts, list_source_files, source_id
 
 FORMAT = "grow_megatron.data/1"
 MANIFEST_SUFFIX = ".manifest.json"
@@ -65,8 +70,6 @@ def has_indexed_files(prefix: str) -> bool:
 def source_fingerprint(source: str, text_field: str, tokenizer, field: str = "data.datasets[].path") -> dict:
     """What decides the prepared dataset's content: the source files (path, size, mtime), the
     text field and the tokenizer. Equal fingerprints -> re-preparing is a no-op."""
-    from grow_megatron.data.readers import list_source_files, source_id
-
     files = list_source_files(source, field)
     src = [{"path": p, "size": os.path.getsize(p), "mtime_ns": os.stat(p).st_mtime_ns} for p in files]
     fp = {"format": FORMAT, "source": source_id(source), "files": src,
@@ -82,8 +85,6 @@ _WORKER_EOD = 0
 
 def _init_worker(tok_json: str, eod: int) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one core per worker
-    from tokenizers import Tokenizer as HFTokenizer
-
     global _WORKER_TOK, _WORKER_EOD
     _WORKER_TOK, _WORKER_EOD = HFTokenizer.from_str(tok_json), eod
 
@@ -109,8 +110,6 @@ def _tokenized_batches(batches, tokenizer, num_workers: int):
         for texts in batches:
             yield _encode(texts, tokenizer._tok, tokenizer.eod)
         return
-    import multiprocessing as mp
-
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(num_workers, initializer=_init_worker, initargs=(tokenizer.to_json(), tokenizer.eod)) as pool:
         pending: collections.deque = collections.deque()
@@ -192,6 +191,7 @@ def prepare(source: str, out_prefix: str, tokenizer, *, text_field: str = "text"
     """Tokenize raw `source` into `out_prefix`.bin/.idx (+ .tokenizer.json, .manifest.json).
 
     Returns the manifest (with "skipped": True when the existing output already matched)."""
+    # megatron-core (seconds): not at import, so that `grow-megatron data --help` answers at once.
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
     out_prefix = os.path.abspath(os.path.expanduser(out_prefix))
@@ -202,8 +202,6 @@ def prepare(source: str, out_prefix: str, tokenizer, *, text_field: str = "text"
     os.makedirs(os.path.dirname(out_prefix), exist_ok=True)
     with prefix_lock(out_prefix + ".lock"):  # another process preparing the same output waits here
         # Holding the lock, any temporary file of this prefix is a leftover of a killed run.
-        import glob
-
         for suffix in (".bin", ".idx", MANIFEST_SUFFIX, TOKENIZER_SUFFIX):
             _remove(*glob.glob(glob.escape(out_prefix + suffix) + ".tmp.*"))
         old = read_manifest(out_prefix)
@@ -215,9 +213,6 @@ def prepare(source: str, out_prefix: str, tokenizer, *, text_field: str = "text"
 
 def _prepare_locked(source, out_prefix, tokenizer, fp, text_field, num_workers, progress, field, name,
                     text_field_path, DType, IndexedDatasetBuilder) -> dict:
-    from tqdm import tqdm
-
-    from grow_megatron.data.readers import iter_texts
 
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
     tag = f"{os.getpid()}"

@@ -118,6 +118,7 @@ def _check_field(columns, text_field: str, where: str, field: str) -> None:
 def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_field",
                batch_size: int = 1000, source_field: str = "data.datasets[].path") -> Iterator[list[str]]:
     """Yield lists of document texts of a raw source, in a fixed order. Empty/None texts skipped."""
+    # HF datasets (seconds to import): only where raw text is read, never in a run over prepared data.
     import datasets
 
     datasets.disable_progress_bars()
@@ -149,6 +150,7 @@ def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_f
 
 
 def _iter_hf(path: str, text_field: str, field: str, source_field: str, batch_size: int) -> Iterator[list[str]]:
+    # HF datasets: as in iter_texts.
     import datasets
 
     repo, config = parse_hf(path)

@@ -30,6 +30,7 @@ checkpoint written at one TP x PP x DP layout resumes at another.
 from __future__ import annotations
 
 import ctypes
+import datetime
 import errno
 import json
 import os
@@ -45,7 +46,9 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from grow_megatron.config.base import ConfigError
 
@@ -429,8 +432,6 @@ def prepare_run_dir(run_dir: str, resume: str) -> None:
                           f"{run_dir}/archive-<time>/ and start over")
 
     def archive():
-        import datetime
-
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
         dest = os.path.join(run_dir, f"archive-{stamp}")
         while os.path.exists(dest):
@@ -463,9 +464,6 @@ def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
 def tensor_specs(ckpt_dir: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """Shape and dtype of every global tensor of a checkpoint (weights and optimizer state),
     from its metadata: whatever TP x PP x DP layout wrote it, a tensor has one global shape."""
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
     try:
         md = FileSystemReader(ckpt_dir).read_metadata()
     except Exception as err:  # noqa: BLE001 - any failure to parse a user's file is reported, not raised
@@ -478,8 +476,6 @@ def read_global_tensors(ckpt_dir: str, specs: Optional[dict] = None, verify: boo
     """Whole global tensors by key (`specs` as tensor_specs gives them; default all), read in
     one process without a process group: DCP reassembles the shards of any layout. `verify`
     checks the files against the manifest first (readers that read key by key verify once)."""
-    from torch.distributed.checkpoint import FileSystemReader
-
     wanted = None if specs is None else set(specs).__contains__
     with verifying(ckpt_dir, enabled=verify, keys=wanted):
         specs = tensor_specs(ckpt_dir) if specs is None else specs

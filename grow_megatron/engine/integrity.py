@@ -22,6 +22,7 @@ import threading
 import warnings
 from typing import Callable, Optional
 
+from torch.distributed.checkpoint import FileSystemReader
 import xxhash
 
 from grow_megatron.config.base import ConfigError
@@ -52,8 +53,6 @@ def file_digest(path: str, offset: int = 0, length: Optional[int] = None) -> str
 def _item_ranges(ckpt_dir: str) -> dict[str, list[tuple[int, int, str]]]:
     """{shard file: [(offset, length, tensor key)]} from DCP's metadata, for the files whose
     items tile them exactly (anything else is digested whole)."""
-    from torch.distributed.checkpoint import FileSystemReader
-
     md = FileSystemReader(ckpt_dir).read_metadata()
     by_file: dict[str, list[tuple[int, int, str]]] = {}
     for index, info in md.storage_data.items():

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import os
 
+import psutil
+import torch
+
 from grow_megatron.config.base import ConfigError
 
 
@@ -55,9 +58,6 @@ _FIX = {
 
 def check_fits(cfg, vocab: int, tp: int, pp: int, dp: int, bf16: bool) -> dict[str, int]:
     """Raise ConfigError, naming the estimate and the memory available, when the run cannot fit."""
-    import psutil
-    import torch
-
     parts = estimate(cfg, vocab, tp, pp, dp, bf16)
     host_free = psutil.virtual_memory().available
     device = {k: parts[k] for k in ("model state", "activations")}

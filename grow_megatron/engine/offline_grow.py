@@ -19,10 +19,16 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 
+from megatron.core.dist_checkpointing import load_common_state_dict
 import torch
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.engine import keys
+from grow_megatron.engine.build import build_engine, destroy_engine
+from grow_megatron.engine.checkpoint import read_global_tensors, read_meta, save_checkpoint
+from grow_megatron.engine.distributed import init_distributed
+from grow_megatron.engine.optim_state import ensure_state_initialized, scatter_param_state, set_step_count
+from grow_megatron.engine.resolve import engine_spec
 from grow_megatron.growth.operators import Growth
 
 
@@ -52,14 +58,6 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
     growth history extended); returns its directory. `model`: the run's ModelConfig.
 
     Runs in one process inside `device_context()`."""
-    from megatron.core.dist_checkpointing import load_common_state_dict
-
-    from grow_megatron.engine.checkpoint import read_global_tensors, read_meta, save_checkpoint
-    from grow_megatron.engine.distributed import init_distributed
-    from grow_megatron.engine.build import build_engine, destroy_engine
-    from grow_megatron.engine.optim_state import ensure_state_initialized, scatter_param_state, set_step_count
-    from grow_megatron.engine.resolve import engine_spec
-
     meta = read_meta(src_dir)
     if meta["depth"] != growth.old_depth:
         raise ConfigError("checkpoint", src_dir, f"holds depth {meta['depth']}, the growth starts from "

@@ -8,19 +8,22 @@ the same in each of them, and every refusal of a config comes in one line before
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig, padded_vocab
-from grow_megatron.config.run import RunConfig
+from grow_megatron.config.run import RunConfig, load_run_config, run_config_path
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.data.datasets import build_tokenizer
-from grow_megatron.data.tokenizer import Tokenizer
+from grow_megatron.data.tokenizer import Tokenizer, load_tokenizer
 from grow_megatron.engine.build import EngineSpec
+from grow_megatron.engine.checkpoint import latest_checkpoint, tensor_specs
 from grow_megatron.engine.distributed import Layout
+from grow_megatron.engine.keys import EMBED, model_key
 from grow_megatron.engine.memory import check_fits
 from grow_megatron.growth.schedule import GrowthPlan, plan_from_config
 
@@ -119,3 +122,45 @@ def _vocab_size(model: ModelConfig, tokenizer: Optional[Tokenizer]) -> int:
                           f"its token ids would index past the embedding: leave it empty to take the tokenizer's, or "
                           f"set it >= {tokenizer.vocab_size}")
     return model.vocab_size or tokenizer.vocab_size
+
+
+def run_vocab(cfg: RunConfig, run_dir: Optional[str] = None) -> tuple[int, str]:
+    """(vocabulary size the trainer builds, where it comes from) for a RunConfig; `run_dir`: a
+    trained run whose checkpoint gives the exact figure."""
+    if run_dir:
+        ckpt = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+        if ckpt is not None:
+            shape, _ = tensor_specs(ckpt)[model_key(EMBED)]
+            return shape[0], f"the embedding of {ckpt}"
+    tp = cfg.parallel.tensor_parallel
+    if cfg.model.vocab_size is not None:
+        v, source = cfg.model.vocab_size, "model.vocab_size"
+    elif cfg.data.tokenizer or not cfg.data.tokenizer_vocab_size:
+        v = load_tokenizer(cfg.data.tokenizer, eod_token=cfg.data.eod_token).vocab_size
+        source = f"tokenizer {cfg.data.tokenizer}" if cfg.data.tokenizer else "the embedded tokenizer"
+    else:  # the BPE the run trains on its data: as large as asked (not trained here)
+        v, source = cfg.data.tokenizer_vocab_size, "data.tokenizer_vocab_size"
+    padded = padded_vocab(v, tp)
+    return padded, source + (f", padded from {v} for tensor_parallel={tp}" if padded != v else "")
+
+
+def run_flops_inputs(path: str) -> dict[str, Any]:
+    """Shape, vocabulary, schedule, steps and batch of a YAML run config (grow_megatron.config.run)
+    or of a run directory's config.yaml: what `grow-megatron flops` counts for a run."""
+    run_dir = path if os.path.isdir(path) and os.path.isfile(run_config_path(path)) else None
+    cfg = load_run_config(run_config_path(run_dir) if run_dir else path)
+    m = cfg.model
+    vocab, source = run_vocab(cfg, run_dir)
+    out: dict[str, Any] = {
+        "num_layers": m.num_layers, "hidden_size": m.hidden_size, "ffn_hidden_size": m.ffn_hidden_size,
+        "num_attention_heads": m.num_attention_heads, "num_query_groups": m.kv_heads, "seq_length": m.seq_length,
+        "steps": cfg.train.steps, "global_batch": cfg.train.global_batch_size,
+        "vocab_size": vocab, "vocab_source": source,
+    }
+    if m.loop is not None and m.loop.repeats > 1:
+        out["loop"] = {**m.loop.spec.to_dict(), "from_step": m.loop.from_step,
+                       "unrolled_depth": m.loop.spec.unrolled_depth(m.num_layers)}
+    if cfg.growth.enabled:
+        # The same PROP-alpha stage lengths the trainer's plan has (the operator does not change FLOPs).
+        out.update(block_size=cfg.growth.block_size, grow_steps=cfg.grow_steps, alpha=cfg.growth.alpha)
+    return out

@@ -19,9 +19,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from matplotlib.figure import Figure
+import numpy as np
+from tqdm import tqdm
+
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.loop import LoopSpec
+from grow_megatron.convert.looping import loop_hf_model
 from grow_megatron.eval import primitives as P
+from grow_megatron.eval import scoring as S
+from grow_megatron.eval.evaluate import heldout_batches
+from grow_megatron.growth.operators import lidas
 
 
 @dataclass
@@ -60,8 +68,6 @@ def history_blocks(history: Optional[dict]) -> list[tuple[int, int]]:
 
 
 def default_blocks(depth: int, history: Optional[dict], block_size: Optional[int] = None) -> list[tuple[int, int]]:
-    from grow_megatron.growth.operators import lidas
-
     blocks = history_blocks(history)
     if block_size is not None:
         blocks = [bl for bl in blocks if bl[1] - bl[0] == block_size]
@@ -92,26 +98,21 @@ def parse_repeats(text: str) -> list[int]:
     return reps
 
 
-def _score(model, tokenizer, cfg: SweepConfig, examples, heldout_batches, device) -> dict[str, Any]:
-    from grow_megatron.eval import scoring as S
-
+def _score(model, tokenizer, cfg: SweepConfig, examples, heldout, device) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if examples:
         mc = S.evaluate_mc(S.hf_scorer(model, tokenizer, batch_size=cfg.batch_size), examples)
         out["primitives"] = {t: r.accuracy for t, r in mc.items()}
         out["accuracy"] = sum(out["primitives"].values()) / len(out["primitives"])
-    if heldout_batches:
+    if heldout:
         fn = S.hf_logits_fn(model)
-        out["nll"] = {path: S.heldout_nll(fn, batches, device=device).nll for path, batches in heldout_batches.items()}
+        out["nll"] = {path: S.heldout_nll(fn, batches, device=device).nll for path, batches in heldout.items()}
         out["mean_nll"] = sum(out["nll"].values()) / len(out["nll"])
     return out
 
 
 def sweep(model, tokenizer, cfg: SweepConfig, device: str = "cpu", progress: bool = True) -> dict[str, Any]:
     """Scores of the plain model and of every (block, repeats > 1)."""
-    from grow_megatron.convert.looping import loop_hf_model
-    from grow_megatron.eval.evaluate import heldout_batches
-
     depth = len(model.model.layers)
     for s, e in cfg.blocks:
         LoopSpec(s, e, 1).check("--blocks", depth)
@@ -122,8 +123,6 @@ def sweep(model, tokenizer, cfg: SweepConfig, device: str = "cpu", progress: boo
     runs = [(bl, r) for bl in cfg.blocks for r in cfg.repeats if r > 1]
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(runs) + 1, desc="loop-sweep", unit="model", file=sys.stderr)
     t0 = time.perf_counter()
     plain = _score(model, tokenizer, cfg, examples, heldout, device)
@@ -162,9 +161,6 @@ def table(result: dict) -> str:
 
 def heatmap(result: dict, path: str, title: str = "") -> str:
     """Mean primitive accuracy and held-out NLL over (block, repeats); R = 1 is the plain model."""
-    import numpy as np
-    from matplotlib.figure import Figure
-
     blocks, reps = result["blocks"], result["repeats"]
     plain = result["rows"][0]
     by = {(tuple(r["block"]), r["repeats"]): r for r in result["rows"][1:]}

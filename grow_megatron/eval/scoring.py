@@ -29,6 +29,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from grow_megatron.eval.tasks import MCExample
 
@@ -248,8 +249,6 @@ def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequ
     out = [0.0] * len(splits)
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(order), desc="score", unit="prompt", leave=False)
     for start in range(0, len(order), batch_size):
         batch = order[start:start + batch_size]

@@ -120,6 +120,25 @@ def plan_from_config(cfg) -> GrowthPlan:
                      get_operator(g.operator, g.function_preserving), g.alpha)
 
 
+def describe_plan(cfg) -> dict:
+    """The plan of a RunConfig as `grow-megatron plan` prints it: each stage's depth, first step,
+    steps and pipeline split, and each growth with its step."""
+    plan = plan_from_config(cfg)
+    n_stages = cfg.parallel.num_virtual_stages
+    stages, start = [], 0
+    depth = plan.initial_depth
+    for i, steps in enumerate(plan.stage_steps):
+        if i > 0:
+            depth = plan.growths[i - 1].new_depth
+        last = i == len(plan.stage_steps) - 1
+        n = cfg.train.steps - start if last else steps
+        stages.append({"stage": i + 1, "depth": depth, "start_step": start, "steps": n,
+                       "pipeline_split": list(split_at(depth, n_stages, cfg.parallel.pipeline_split))})
+        start += steps
+    return {"operator": cfg.growth.operator, "block_size": cfg.growth.block_size, "stages": stages,
+            "growths": [{"step": b, **g.to_dict()} for b, g in zip(plan.boundaries, plan.growths)]}
+
+
 def _check_loop_in_one_stage(cfg) -> None:
     loop, par = cfg.model.loop, cfg.parallel
     split = split_at(cfg.model.num_layers, par.num_virtual_stages,

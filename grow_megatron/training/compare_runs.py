@@ -1,14 +1,7 @@
-"""Runs side by side at equal compute (the library of `grow-megatron compare-runs`).
-
-Overlays training and held-out loss against steps, tokens and training FLOPs (SPEC 6, the
-cumulative counts every metrics.jsonl record carries), growth events marked, and tabulates
-the losses at common FLOP budgets: each run's loss linearly interpolated at the budget
-between the two logged steps around it (held-out loss between the two evaluations around
-it; empty outside the evaluated range). The paper's central comparison, grown vs static at
-equal compute, is that table.
-
-`write_comparison` writes DIR/compare_runs.png, DIR/loss_at_flops.md and DIR/loss_at_flops.json.
-"""
+"""Runs side by side at equal compute, the library of `grow-megatron compare-runs` (whose help
+says what the comparison shows): each run's records read from its metrics.jsonl, losses
+interpolated at common FLOP budgets, and `write_comparison`, which writes
+DIR/compare_runs.png, DIR/loss_at_flops.md and DIR/loss_at_flops.json."""
 from __future__ import annotations
 
 import json
@@ -98,6 +91,7 @@ def format_markdown(runs: Sequence[RunRecords], rows: list[dict]) -> str:
 
 def plot(runs: Sequence[RunRecords], out: str) -> str:
     """Three panels, loss against steps / tokens / FLOPs; growths as dotted lines in the run's colour."""
+    # matplotlib: pyplot's backend has to be chosen before pyplot is imported, and only plots need it.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -11,6 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+import torch.distributed as dist
+
+from grow_megatron.config.base import ConfigError
+from grow_megatron.config.run import read_yaml, run_config_path
 from grow_megatron.growth import flops as F
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.growth.schedule import GrowthPlan
@@ -22,11 +26,6 @@ def recorded_total(meta: dict, run_dir: str) -> Optional[int]:
     before it was recorded) the run's config.yaml, read before this run replaces it."""
     if "train_steps" in meta:
         return int(meta["train_steps"])
-    import torch.distributed as dist
-
-    from grow_megatron.config.base import ConfigError
-    from grow_megatron.config.run import read_yaml, run_config_path
-
     steps = None
     if not dist.is_initialized() or dist.get_rank() == 0:
         try:

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 import torch
 from megatron.core import parallel_state
 
-from grow_megatron.config.base import ConfigError, check_output_dir
+from grow_megatron.config.base import ConfigError, check_output_dir, to_dict
 from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.config.training import TrainConfig
 from grow_megatron.data.datasets import build_datasets, describe_data, get_microbatches
@@ -52,8 +52,6 @@ def _wandb_settings(cfg: RunConfig) -> Optional[dict]:
     """MetricsWriter's W&B settings, or None when logging.wandb is off."""
     if not cfg.logging.wandb:
         return None
-    from grow_megatron.config.base import to_dict
-
     return {"project": cfg.logging.wandb_project, "name": cfg.logging.wandb_name or cfg.name, "config": to_dict(cfg)}
 
 

@@ -10,6 +10,8 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from grow_megatron.growth.flops import format_flops
+
 log = logging.getLogger(__name__)
 
 
@@ -44,8 +46,6 @@ class _Lines:
             parts.append(f"lr {rec['lr']:.3g}")
         parts.append(f"{rec['tokens_per_s']:,.0f} tok/s")
         if "flops" in rec:
-            from grow_megatron.growth.flops import format_flops
-
             parts.append(format_flops(rec["flops"]))
         print(" | ".join(parts), flush=True)
 
@@ -82,6 +82,7 @@ class MetricsWriter:
             _truncate_from(path, resume_step)
         if tensorboard:
             try:
+                # torch (the writer imports it): not at import; `grow-megatron compare-runs` imports this module.
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=resume_step or None)
@@ -145,6 +146,7 @@ class WandbSink:
     run continues its W&B run; its files go to $WANDB_DIR, or RUN_DIR when that is unset."""
 
     def __init__(self, run_dir: str, project: str, name: str, config: dict):
+        # wandb: an optional dependency.
         import wandb
 
         id_file = os.path.join(run_dir, "wandb_id")
@@ -219,6 +221,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 def plot_run(run_dir: str, out: Optional[str] = None) -> str:
     """RUN_DIR/loss.png: training and held-out loss over steps, depth on a second axis, growths marked."""
+    # matplotlib: pyplot's backend has to be chosen before pyplot is imported, and only plots need it.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -233,6 +236,7 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
 
 def loss_figure(run_dir: str):
     """The figure of plot_run (a pyplot figure; the caller closes it)."""
+# matplotlib, as in plot_run (whose backend is set by then).
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
