@@ -41,6 +41,9 @@ class VariantConfig:
     set: list[str] = field(default_factory=list)
     """`section.field=value` overrides of the base run config, as `grow-megatron train --set` takes
     them, e.g. [growth.operator=lidas] or [model.ln_scaling=true]."""
+    config: Optional[str] = None
+    """A run config file of this variant's own, used instead of the study's `base` (relative to
+    the study file), e.g. examples/smollm360m_lidas.yaml; base_set and `set` still apply."""
 
 
 @dataclass
@@ -233,7 +236,7 @@ class StudyConfig:
     def run_config(self, base_path: str, variant: VariantConfig, seed: int, run_dir: str) -> RunConfig:
         """The validated run config of one (variant, seed), as `train` will see it."""
         try:
-            return load_run_config(base_path, self.variant_overrides(variant, seed, run_dir),
+            return load_run_config(variant.config or base_path, self.variant_overrides(variant, seed, run_dir),
                                    world_size=self.world_size())
         except ConfigError as err:
             where = f"variants[{[v.name for v in self.variants].index(variant.name)}] ({variant.name})"
@@ -270,6 +273,10 @@ def load_study(path: str, overrides: Optional[list[str]] = None) -> tuple[StudyC
     _check_overrides(cfg.base_set, "base_set")
     for i, v in enumerate(cfg.variants):
         _check_overrides(v.set, f"variants[{i}].set")
+        if v.config is not None:
+            v.config = os.path.abspath(os.path.join(here, os.path.expanduser(v.config)))
+            check(os.path.isfile(v.config), f"variants[{i}].config", v.config,
+                  "file not found (a run config YAML, relative to the study file)")
     if isinstance(cfg.base, str):
         _check_variants(cfg, cfg.base)
         return cfg, cfg.base

@@ -209,6 +209,26 @@ def _figures(cfg: StudyConfig, layout, block_size: Optional[int]) -> dict[str, t
     return out
 
 
+def _eval_notes(cfg: StudyConfig, layout: Layout) -> list[str]:
+    """Chance level of the primitives accuracy and, if any, prompts cut to the context (then the
+    accuracies are not 5-shot numbers)."""
+    chance, cut = None, []
+    for s in cfg.seeds:
+        for v in cfg.variants:
+            ev = _read(layout.eval_json(v.name, s))
+            if not ev:
+                continue
+            m = ev.get("primitives_mean") or next(iter((ev.get("primitives") or {}).values()), None)
+            chance = m["chance"] if m else chance
+            if ev.get("truncated_prompts"):
+                cut.append(f"{label(cfg, v.name, s)} {ev['truncated_prompts']}")
+    out = []
+    if chance is not None:
+        out.append(f"Chance level of the primitives accuracy: {chance:.3f} (guessing uniformly among the choices).")
+    out.append("Prompts cut to the model's context (accuracies then not 5-shot): " + (", ".join(cut) if cut else "none") + ".")
+    return out + [""]
+
+
 def _machine() -> str:
     return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores ({platform.processor() or 'cpu'})"
 
@@ -227,7 +247,8 @@ def write_report(cfg: StudyConfig, layout: Layout, runner) -> str:
     L = [f"# Study: {cfg.name}", "",
          f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `grow-megatron study` on {_machine()}.", "",
          "| variant | run config overrides |", "|---|---|"]
-    L += [f"| {v.name} | {', '.join(f'`{o}`' for o in [*cfg.base_set, *v.set]) or '(base)'} |" for v in cfg.variants]
+    L += [f"| {v.name} | {f'`{v.config}` ' if v.config else ''}{', '.join(f'`{o}`' for o in [*cfg.base_set, *v.set]) or '(base)'} |"
+          for v in cfg.variants]
     some = next(iter(runner.configs.values()))
     L += ["", f"Base run config: `{runner.base_path}`; every variant trains {some.train.steps} steps x "
               f"{some.train.global_batch_size} sequences x {some.model.seq_length} tokens, seeds {cfg.seeds}. "
@@ -253,6 +274,7 @@ def write_report(cfg: StudyConfig, layout: Layout, runner) -> str:
         nll = f"{b['mean_nll']:.4f}" if "mean_nll" in b else "—"
         L.append(f"| {lp['variant']} looped {b['loop']} (seed {lp['seed']}) | {nll} | {acc} | — | — | — | — |")
     L.append("")
+    L += _eval_notes(cfg, layout)
     ref = cfg.variants[0].name
     lines = []
     for v in list(data["variants"])[1:]:
@@ -299,18 +321,21 @@ def write_report(cfg: StudyConfig, layout: Layout, runner) -> str:
         for p in paths:
             L += [f"![{name}]({rel(p)})", ""]
         L += [f"*{CAPTIONS[name]}*", ""]
-    L += ["## Steps", "", "| step | seconds | finished |", "|---|---|---|"]
-
-    total = 0.0
+    L += ["## Steps", "", "| step | wall (s) | CPU (s) | finished |", "|---|---|---|---|"]
+    total, cpu = 0.0, 0.0
     for step in plan(cfg):
         m = layout.marker(step)
         if os.path.isfile(m):
             mk = read_json(m)
             total += mk["seconds"]
-            L.append(f"| {step.title()} | {mk['seconds']:.0f} | {mk['finished']} |")
+            cpu += mk.get("cpu_seconds", math.nan)
+            L.append(f"| {step.title()} | {mk['seconds']:.0f} | {mk.get('cpu_seconds', math.nan):.0f} | {mk['finished']} |")
         else:
-            L.append(f"| {step.title()} | not done | |")
-    L += ["", f"Total time in steps: {total / 60:.1f} min (wall-clock of each command, process start included).", ""]
+            L.append(f"| {step.title()} | not done | | |")
+    L += ["", f"Total: {total / 60:.1f} min wall-clock in steps (process starts included), {cpu / 60:.1f} CPU-minutes "
+              f"(user + system of the commands; on a machine shared with other jobs the wall time is inflated, the "
+              f"CPU time is not: on {os.cpu_count()} idle cores the steps need at least {cpu / 60 / (os.cpu_count() or 1):.1f} "
+              "min).", ""]
     path = os.path.join(cfg.out_dir, "report.md")
     with open(path, "w") as f:
         f.write("\n".join(L))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -146,7 +147,7 @@ class Runner:
         if step.phase == "train":
             launch = [*cfg.launcher_words(), "-m", "grow_megatron.cli"] if cfg.launcher.strip() else self.python
             sets = [a for o in cfg.variant_overrides(self.variants[v], s, L.run_dir(v, s)) for a in ("--set", o)]
-            return [*launch, "train", self.base_path, *sets]
+            return [*launch, "train", self.variants[v].config or self.base_path, *sets]
         if step.phase == "convert":
             self._need(os.path.join(L.run_dir(v, s), "checkpoints"), step, "the trained run")
             return [*self.python, "convert", "to-hf", L.run_dir(v, s), L.hf_dir(v, s), "--force", "--no-progress"]
@@ -206,12 +207,14 @@ class Runner:
         return max(grown, key=score)
 
     # --- running -------------------------------------------------------------------------
-    def _execute(self, step: Step, argv: list[str]) -> float:
-        """Run one command with its output in the step's log (and on stdout when verbose)."""
+    def _execute(self, step: Step, argv: list[str]) -> tuple[float, float]:
+        """Run one command with its output in the step's log (and on stdout when verbose).
+        Returns (wall seconds, CPU seconds of the command and its children): on a machine
+        shared with other jobs the wall time is inflated, the CPU time is not."""
         log = self.layout.log(step)
         os.makedirs(os.path.dirname(log), exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), _children_cpu()
         with open(log, "w") as f:
             f.write("$ " + shlex.join(argv) + "\n")
             f.flush()
@@ -233,7 +236,7 @@ class Runner:
             with open(log) as f:
                 tail = f.readlines()[-LOG_TAIL:]
             raise StudyError(f"{step.title()} failed (exit code {rc}); log: {log}\n" + "".join(tail).rstrip())
-        return time.monotonic() - t0
+        return time.monotonic() - t0, _children_cpu() - cpu0
 
     def _after(self, step: Step, seconds: float) -> dict:
         """Phase outputs beyond the command's own, and the marker's extra fields."""
@@ -260,12 +263,12 @@ class Runner:
             left = eta.remaining(steps[k:])
             self.say(f"{k + 1}/{len(steps)} {step.title()} (elapsed {fmt_seconds(time.monotonic() - t_start)}, "
                      f"ETA {fmt_seconds(left)})")
-            seconds = self._execute(step, argv)
+            seconds, cpu = self._execute(step, argv)
             if hook and step.matches(hook):
                 raise StudyInterrupted(f"stopped after {step.title()} by {INTERRUPT_ENV}={hook} (before its marker)")
             extra = self._after(step, seconds)
             write_json(marker, {"phase": step.phase, "variant": step.variant, "seed": step.seed, "seconds": seconds,
-                                "command": shlex.join(argv), "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                "cpu_seconds": cpu, "command": shlex.join(argv), "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC",
                                                                                       time.gmtime()), **extra})
             eta.add(step, seconds)
             result.ran.append(step)
@@ -278,6 +281,12 @@ class Runner:
             result.report = write_report(cfg, self.layout, self)
             self.say(f"report: {result.report}")
         return result
+
+
+def _children_cpu() -> float:
+    """User + system CPU seconds of the finished child processes of this process (and theirs)."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def train_summary(run_dir: str, seconds: float) -> dict:
