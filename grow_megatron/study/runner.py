@@ -178,9 +178,19 @@ class Runner:
                     "--repeats", ",".join(map(str, lp.repeats)), "--device", cfg.device, "--quiet"]
             return argv + (["--blocks", lp.blocks] if lp.blocks else [])
         if step.phase == "compare-runs":
-            runs = [L.run_dir(v.name, s) for s in cfg.seeds for v in cfg.variants]
-            for r in runs:
-                self._need(os.path.join(r, "metrics.jsonl"), step, "a trained run")
+            # compare-runs names a run by its directory's name, and every run directory here is
+            # called `run`: it gets links named by the models' labels instead.
+            links = os.path.join(cfg.out_dir, "compare_runs", "runs")
+            os.makedirs(links, exist_ok=True)
+            runs = []
+            for s in cfg.seeds:
+                for var in cfg.variants:
+                    self._need(os.path.join(L.run_dir(var.name, s), "metrics.jsonl"), step, "a trained run")
+                    link = os.path.join(links, label(cfg, var.name, s))
+                    if os.path.islink(link):
+                        os.remove(link)
+                    os.symlink(L.run_dir(var.name, s), link)
+                    runs.append(link)
             return [*self.python, "compare-runs", *runs, "--out", os.path.join(cfg.out_dir, "compare_runs")]
         raise ValueError(f"no command for phase {step.phase!r}")
 
