@@ -9,6 +9,7 @@ checkpoint. See docs/study.md.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 
@@ -26,7 +27,7 @@ def main(argv: list[str]) -> int:
 
     cfg, base = load_study(args.study, args.overrides)
     try:
-        run_study(cfg, base, verbose=args.verbose)
+        run_study(cfg, base, verbose=args.verbose, command=shlex.join(["grow-megatron", "study", *argv]))
     except StudyError as err:
         print(f"grow-megatron study: {err}", file=sys.stderr)
         return 1

@@ -245,7 +245,8 @@ def write_report(cfg: StudyConfig, layout: Layout, runner) -> str:
     rel = lambda p: os.path.relpath(p, cfg.out_dir)  # noqa: E731
     n_seeds = len(cfg.seeds)
     L = [f"# Study: {cfg.name}", "",
-         f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `grow-megatron study` on {_machine()}.", "",
+         f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `grow-megatron study` on {_machine()}."
+         + (f" Command: `{runner.command_line}` (in {os.getcwd()})." if getattr(runner, "command_line", None) else ""), "",
          "| variant | run config overrides |", "|---|---|"]
     L += [f"| {v.name} | {f'`{v.config}` ' if v.config else ''}{', '.join(f'`{o}`' for o in [*cfg.base_set, *v.set]) or '(base)'} |"
           for v in cfg.variants]

@@ -108,8 +108,10 @@ class StudyRun:
 class Runner:
     """Runs the steps of one study (see module docstring)."""
 
-    def __init__(self, cfg: StudyConfig, base_path: str, verbose: bool = False, out: TextIO = sys.stdout):
+    def __init__(self, cfg: StudyConfig, base_path: str, verbose: bool = False, out: TextIO = sys.stdout,
+                 command: Optional[str] = None):
         self.cfg, self.base_path, self.verbose, self.out = cfg, base_path, verbose, out
+        self.command_line = command
         self.layout = Layout(cfg.out_dir)
         self.variants: dict[str, VariantConfig] = {v.name: v for v in cfg.variants}
         self.configs: dict[str, RunConfig] = {
@@ -323,8 +325,8 @@ def train_summary(run_dir: str, seconds: float) -> dict:
 
 
 def run_study(cfg: StudyConfig, base_path: str, verbose: bool = False,
-              out: TextIO = sys.stdout) -> StudyRun:
-    """Run (or resume) a study; see Runner."""
-    return Runner(cfg, base_path, verbose, out).run()
+              out: TextIO = sys.stdout, command: Optional[str] = None) -> StudyRun:
+    """Run (or resume) a study; see Runner. `command`: the command line, for the report."""
+    return Runner(cfg, base_path, verbose, out, command).run()
 
 
