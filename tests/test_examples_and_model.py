@@ -11,7 +11,9 @@ from grow_megatron.config.run import load_run_config
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "examples", "*.yaml"))),
+# examples/study_*.yaml are study files, not run configs (tests/test_study.py validates them).
+@pytest.mark.parametrize("path", sorted(p for p in glob.glob(os.path.join(ROOT, "examples", "*.yaml"))
+                                        if not os.path.basename(p).startswith("study_")),
                          ids=lambda p: os.path.basename(p))
 def test_example_configs_validate(path):
     # The paper-scale examples are written for 8 ranks.

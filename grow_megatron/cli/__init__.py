@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "plan": ("grow_megatron.cli.plan", "print the growth plan (stages, depths, source maps) of a config"),
     "grow": ("grow_megatron.cli.grow", "grow a trained checkpoint on disk, to keep training it deeper"),
     "compare-runs": ("grow_megatron.cli.compare_runs", "loss of runs against steps, tokens and FLOPs; loss at equal FLOPs"),
+    "study": ("grow_megatron.cli.study", "train variants at equal tokens, evaluate, analyse, and write one report"),
 }
 
 
