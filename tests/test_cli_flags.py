@@ -152,13 +152,13 @@ def _commands() -> dict[tuple[str, ...], list[type]]:
     from grow_megatron.analysis.suite import CONFIGS
     from grow_megatron.bench.config import BenchConfig
     from grow_megatron.bench.growth import GrowthBenchOptions
-    from grow_megatron.cli import analyze, compare_runs, convert, data, eval, flops, grow, loop_sweep, plan, train
+    from grow_megatron.cli import analyze, compare_runs, convert, data, eval, flops, grow, loop_sweep, plan, study, train
 
     out: dict[tuple[str, ...], list[type]] = {
         ("train",): [train.TrainOptions], ("plan",): [plan.PlanOptions], ("grow",): [grow.GrowOptions],
         ("flops",): [flops.FlopsOptions], ("bench",): [BenchConfig], ("bench-growth",): [GrowthBenchOptions],
         ("compare-runs",): [compare_runs.CompareRunsOptions], ("loop-sweep",): [loop_sweep.LoopSweepOptions],
-        ("eval",): [eval.EvalOptions],
+        ("eval",): [eval.EvalOptions], ("study",): [study.StudyOptions],
     }
     out.update({("convert", verb): [cls] for verb, cls in convert.VERBS.items()})
     out.update({("data", verb): [cls] for verb, cls in data.VERBS.items()})
