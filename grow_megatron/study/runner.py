@@ -38,6 +38,10 @@ BLOCK_ANALYSES = ("sublayer", "block-similarity")
 """Analyses with a block_size option: the study gives them the grown variants' block size."""
 
 
+_RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+               "GROUP_RANK", "TORCHELASTIC_RUN_ID")
+
+
 class StudyError(RuntimeError):
     """A step failed (its command exited non-zero) or cannot run; the message is one line plus
     the tail of the step's log."""
@@ -225,7 +229,11 @@ class Runner:
         shared with other jobs the wall time is inflated, the CPU time is not."""
         log = self.layout.log(step)
         os.makedirs(os.path.dirname(log), exist_ok=True)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Each command is a job of its own: a rendezvous inherited from this process (a study
+        # started inside a torchrun or Slurm step, or after an in-process run) would make a
+        # single-process command bind the same port, and torchrun sets its own.
+        env = {k: v for k, v in os.environ.items() if k not in _RENDEZVOUS}
+        env["PYTHONUNBUFFERED"] = "1"
         t0, cpu0 = time.monotonic(), _children_cpu()
         with open(log, "w") as f:
             f.write("$ " + shlex.join(argv) + "\n")
