@@ -167,6 +167,12 @@ class FusedSwiGLU(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [s, b, 2f] -> [s, b, f]
         return _kernels().swiglu_fused(x)
 
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None) -> dict:
+        """Nothing: it holds no state. megatron's MLP.sharded_state_dict asks every child module
+        for its part, so a checkpoint save with the kernels on failed without this (found by
+        tools/gpu_correct.py's smoke run)."""
+        return {}
+
 
 class GrowGPTModel(GPTModel):
     """megatron's GPTModel with the option of a fused linear + cross-entropy loss.
