@@ -358,12 +358,13 @@ def engine_configs(smoke: bool, work: str) -> list[dict]:
     ]
 
 
-def check_engine(spec: dict, work: str) -> dict:
+def check_engine(spec: dict, work: str, out: dict) -> dict:
+    """Fills `out` as the runs finish, so that a stop at the time limit keeps the runs done."""
     from grow_megatron.config.run import load_run_config
     from grow_megatron.growth.schedule import plan_from_config
     from grow_megatron.training.loop import train
 
-    out = {"name": spec["name"], "config": spec["config"], "shape": spec["shape"], "overrides": spec["set"]}
+    out.update(overrides=spec["set"])
 
     def cfg(run: str, kernels: str):
         sets = {**spec["set"], "model.kernels": kernels, "run_dir": os.path.join(work, spec["name"], run)}
@@ -411,6 +412,10 @@ def check_engine(spec: dict, work: str) -> dict:
 
 # ----------------------------------------------------------------------------- main
 
+def _or_dash(x) -> str:
+    return "-" if x is None else str(x)
+
+
 def _row(check: str, ok, detail: str) -> str:
     mark = {True: "ok", False: "FAILED", None: "undecided"}[ok]
     return f"{check:<58} {mark:<9} {detail}"
@@ -438,7 +443,8 @@ def print_table(data: dict) -> None:
     p = data.get("pytest")
     if p:
         print(_row("pytest (kernel tests on this device)", p.get("ok"),
-                   f"{p.get('passed')} passed, {len(p.get('failed') or [])} failed, {p.get('skipped')} skipped"
+                   f"{_or_dash(p.get('passed'))} passed, {len(p.get('failed') or [])} failed, "
+                   f"{_or_dash(p.get('skipped'))} skipped"
                    + (", TIMED OUT" if p.get("timed_out") else "")))
     for part, err in data["errors"].items():
         print(_row(f"part {part}", False, err[:100]))
@@ -510,14 +516,17 @@ def main(argv=None) -> int:
             for spec in engine_configs(args.smoke, work):
                 # Recorded (and printed below), not hidden: the ops that warn are where a run
                 # cannot be deterministic, the answer when a resume differs.
+                row = {"name": spec["name"], "config": spec["config"], "shape": spec["shape"]}
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     try:
-                        row = check_engine(spec, work)
+                        check_engine(spec, work, row)
+                    except KeyboardInterrupt:
+                        row["error"] = "stopped at the time limit while this config ran (the runs done are kept)"
+                        rep.data["engine"].append(row)
+                        raise
                     except Exception as e:
-                        row = {"name": spec["name"], "config": spec["config"], "shape": spec["shape"],
-                               "error": f"{type(e).__name__}: {str(e)[:300]}",
-                               "traceback": traceback.format_exc()[-3000:]}
+                        row.update(error=f"{type(e).__name__}: {str(e)[:300]}", traceback=traceback.format_exc()[-3000:])
                         print(f"[engine {spec['name']}] FAILED: {row['error']}", flush=True)
                 row["nondeterminism_warnings"] = sorted({str(w.message)[:300] for w in caught
                                                          if "determinis" in str(w.message)})
