@@ -47,7 +47,11 @@ T0=$SECONDS
 # Seconds for all steps, setup included. The device kills the command at timeout_s without
 # running the EXIT trap; a step stopped at its limit gets KILL_AFTER more seconds to write its
 # record, so timeout_s must exceed BUDGET + KILL_AFTER + the collection (~10 s): 560 for 480.
-BUDGET=${GS_BUDGET:-480}
+SMOKE=${GS_SMOKE:-}
+# The smoke mode runs on a shared CPU, far slower than the GPU for its tiny work: every limit
+# (and the budget) x GS_LIMIT_SCALE, 3 by default there; it checks the plumbing, not the timing.
+SCALE=${GS_LIMIT_SCALE:-$([ -n "$SMOKE" ] && echo 3 || echo 1)}
+BUDGET=${GS_BUDGET:-$((480 * SCALE))}
 KILL_AFTER=25
 STEPS=${GS_STEPS:-"correct bench_360m kernels bench_1p7b grown_360m growth train_short"}
 OUT=${OUT:-/tmp/gpu_session_out}  # the device tool sets OUT; elsewhere results stay in /tmp
@@ -56,7 +60,6 @@ mkdir -p "$OUT" "$W"
 exec > >(tee -a "$OUT/session.log") 2>&1
 export PYTHONUNBUFFERED=1 GROW_MEGATRON_CACHE=$W/cache TOKENIZERS_PARALLELISM=false
 
-SMOKE=${GS_SMOKE:-}
 left() { echo $((BUDGET - (SECONDS - T0))); }
 
 # Where each step leaves its result.
@@ -95,7 +98,7 @@ trap collect EXIT
 # KILL_AFTER seconds later. A step's outputs from an earlier call on the same (warm) machine
 # are removed first, so that nothing stale is collected as if it were this call's.
 step() {
-  local name=$1 limit=$2 min=$3; shift 3
+  local name=$1 limit=$(($2 * SCALE)) min=$3; shift 3
   case " $STEPS " in *" $name "*) ;; *) return 0 ;; esac
   local l; l=$(left)
   if (( l < min )); then echo "=== SKIP $name: ${l}s left, needs ${min}s"; return 0; fi
