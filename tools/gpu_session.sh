@@ -165,7 +165,7 @@ else
 fi
 # Reference batches of notes/h100-anchors.md: 8x2048 (360M), 4x2048 (1.7B) = the configs' micro-batches.
 # (${A[@]+"${A[@]}"}: an empty array under `set -u` on any bash.)
-step correct 150 60 python3 tools/gpu_correct.py --out $W/correct.json --work $W/correct --pytest-limit 120 \
+step correct 150 60 python3 tools/gpu_correct.py --out $W/correct.json --work $W/correct --pytest-limit $((120 * SCALE)) \
   ${CORRECT_X[@]+"${CORRECT_X[@]}"}
 step bench_360m 140 80 $GM bench examples/smollm360m_lidas.yaml --out $W/bench_360m \
   --warmup 3 --steps-per-stage 6 --parts static,hf --profile ${BENCH_X[@]+"${BENCH_X[@]}"}
