@@ -331,7 +331,7 @@ def check_sdpa(device: torch.device, smoke: bool) -> dict:
 
 # ----------------------------------------------------------------------------- engine
 
-def engine_configs(smoke: bool, work: str) -> list[dict]:
+def engine_configs(smoke: bool) -> list[dict]:
     """The two configs, as (name, base YAML, overrides). Growth 4 -> 8 layers (2 -> 4 in smoke)
     in a few steps, bf16 (the GPU default), no eval, no periodic checkpoint."""
     common = {"train.precision": "bf16", "train.eval_interval": 0, "checkpoint.interval": 0,
@@ -513,7 +513,7 @@ def main(argv=None) -> int:
             # ...); warn_only: an op without one warns instead of stopping the check.
             torch.use_deterministic_algorithms(True, warn_only=True)
             rep.data["environment"]["deterministic_algorithms"] = True
-            for spec in engine_configs(args.smoke, work):
+            for spec in engine_configs(args.smoke):
                 # Recorded (and printed below), not hidden: the ops that warn are where a run
                 # cannot be deterministic, the answer when a resume differs.
                 row = {"name": spec["name"], "config": spec["config"], "shape": spec["shape"]}
