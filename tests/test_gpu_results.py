@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -37,7 +38,8 @@ def test_cli_renders_every_section():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     md = proc.stdout
-    for heading in ("## GPU session steps", "## Training throughput vs Hugging Face Llama (issue 8)",
+    for heading in ("## GPU session steps", "## Correct on CUDA (issue 18, step 1)",
+                    "## Training throughput vs Hugging Face Llama (issue 8)",
                     "### Where the time goes, SmolLM-360M shapes", "## Kernels (issue 4)",
                     "## A short grown training run (train_record)", "## Growth-operation latency and memory"):
         assert heading in md, heading
@@ -134,7 +136,93 @@ def test_session_log_outcomes_and_missing_files(tmp_path):
     shutil.copy(os.path.join(DATA, "growth.json"), tmp_path)
     (tmp_path / "session.log").write_text(log)
     md = G.render(str(tmp_path))
-    assert "Not returned: bench_360m.json, bench_1p7b.json, kernels.json, train_short.json" in md
+    assert ("Not returned: correct.json, bench_360m.json, kernels.json, bench_1p7b.json, grown_360m.json, "
+            "train_short.json") in md
     rows = _json("growth.json")
     assert re.search(rf"\| {rows[0]['preset']} \| {rows[0]['old_depth']} -> {rows[0]['new_depth']} \| "
                      rf"kept on device \| {rows[0]['seconds']:.2f} \|", md)
+
+
+def _correct_report(**over) -> dict:
+    """A synthetic tools/gpu_correct.py report: one kernel passes, one fails, the SDPA check
+    passes, one engine config passes on/off and is undecided on resume, one pytest failure."""
+    sys.path.insert(0, os.path.join(ROOT, "tools"))
+    import gpu_correct as C
+
+    rep = {"environment": {"device": "NVIDIA H200", "capability": "9.0", "torch": "2.11.0", "cuda": "13.0",
+                           "cudnn": 91000, "triton": "3.6.0", "megatron_core": "0.16.1", "date_utc": "2026-12-01",
+                           "command": "gpu_correct.py --out c.json"}, "smoke": False, "errors": {},
+           "kernels": [
+               {"kernel": "rmsnorm", "case": "LN-Scaling", "shape": [16384, 960], "ok": True, "seconds": 1.5,
+                "errors": {"y": {"ours": 2.5e-3, "torch": 2.4e-3}}, "failures": []},
+               {"kernel": "fused_linear_ce", "case": "loss per token", "shape": [16384, 49152, 2048], "ok": False,
+                "seconds": 3.0, "errors": {"dw": {"ours": 9e-2, "torch": 4e-3}},
+                "failures": ["dw: torch.bfloat16 err 0.09 > 2.0 x torch's 0.004"]}],
+           "sdpa": [{"shape": "b8 hq15 hkv5 s2048 d64", "fused_accepts_native": {"flash": True, "efficient": False,
+                                                                               "cudnn": True},
+                     "engine_takes_native": True, "errors": {"out": {"native": 3e-3, "repeat": 3e-3}},
+                     "fwd_bwd_ms": {"native": 1.234, "repeat": 1.5}, "ok": True, "failures": []}],
+           "engine": [{"name": "360m-shape", "shape": "8x2048", "growth_steps": [2],
+                       "kernels_on": {"losses": {"0": 10.8312, "1": 10.5}, "peak_gib": 21.5},
+                       "kernels_off": {"losses": {"0": 10.8309, "1": 10.51}},
+                       "on_vs_off": C.losses_agree({"0": 10.8312, "1": 10.5}, {"0": 10.8309, "1": 10.51}, 2e-2),
+                       "resume": C.resume_verdict({"0": 1.0, "1": 2.0, "2": 3.0}, {"0": 1.0, "1": 2.5}, {"2": 3.0}, 2),
+                       "nondeterminism_warnings": ["flash attention backward is not deterministic"]}],
+           "pytest": {"files": ["tests/test_kernels_rope.py"], "passed": 9, "skipped": 0, "seconds": 40,
+                      "timed_out": False, "ok": False,
+                      "failed": [{"test": "tests.test_kernels_rope::test_x", "kind": "failure", "message": "boom"}]}}
+    rep.update(over)
+    rep["summary"] = C.summary(rep)
+    return rep
+
+
+def test_correct_section_marks_every_check():
+    rep = _correct_report()
+    md = "\n".join(G.correct_section(rep))
+    s = rep["summary"]
+    assert s["checks"] == 6 and s["passed"] == 3 and len(s["failed"]) == 2 and len(s["undecided"]) == 1
+    assert "**3 of 6 checks passed: MISSED.**" in md
+    assert _row(md, "rmsnorm")[1:5] == ["LN-Scaling", "16384x960", "ok", "y 2.5e-03 / 2.4e-03"]
+    assert _row(md, "fused_linear_ce")[3] == "FAILED"
+    assert "- fused_linear_ce loss per token: dw: torch.bfloat16 err 0.09" in md
+    sd = _row(md, "b8 hq15 hkv5 s2048 d64")
+    assert sd[1:3] == ["flash, cudnn", "True"] and sd[4:] == ["1.234 / 1.500", "ok"]
+    eng = _row(md, "360m-shape")
+    assert eng[3:5] == ["10.8312, 10.5000", "10.8309, 10.5100"]
+    assert eng[5].startswith("ok: max rel diff 9.5e-04")
+    assert eng[6].startswith("undecided (stop at 2): the device is not deterministic") and eng[7] == "21.50"
+    assert "- nondeterministic op (torch's warning): flash attention backward" in md
+    assert "9 passed, 1 failed, 0 skipped in 40 s: FAILED." in md and "- tests.test_kernels_rope::test_x" in md
+    # All passed: MET.
+    good = _correct_report(kernels=rep["kernels"][:1], engine=[], pytest=None)
+    assert "**2 of 2 checks passed: MET.**" in "\n".join(G.correct_section(good))
+
+
+def test_grown_360m_joins_the_360m_bench():
+    bench, grown = _json("bench_360m.json"), _json("grown_360m.json")
+    bench = {**bench, "errors": {"hf": "OOM"}}
+    grown = {**grown, "errors": {"stages": "killed"}}
+    merged = G.merge_grown(bench, grown)
+    assert merged["static"] == bench["static"] and merged["hf"] == bench["hf"]
+    assert merged["schedule"] == grown["schedule"] and merged["stages"] == grown["stages"]
+    assert merged["errors"] == {"hf": "OOM", "stages (grown_360m)": "killed"}
+    assert G.merge_grown(None, grown) is grown and G.merge_grown(bench, None) is bench
+    b = G.bench_rows("bench_360m", merged)
+    assert b["measured"] == grown["schedule"]["measured_speedup"] and b["static_tps"] == bench["static"]["tokens_per_s"]
+
+
+def test_results_missing_as_files_are_read_from_the_tar(tmp_path):
+    work = tmp_path / "work"
+    (work / "bench_1p7b").mkdir(parents=True)
+    shutil.copy(os.path.join(DATA, "bench_1p7b.json"), work / "bench_1p7b" / "report.json")
+    shutil.copy(os.path.join(DATA, "train_short.json"), work / "train_short.json")
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(os.path.join(DATA, "correct.json"), out)
+    with tarfile.open(out / "results.tar.gz", "w:gz") as t:
+        t.add(work, arcname=".")  # as gpu_session.sh makes it: tar -C $W .
+    md = G.render(str(out))
+    assert "## A short grown training run (train_record)" in md and "SmolLM-1.7B shapes" in md
+    assert ("Read from results.tar.gz: bench_1p7b.json (results.tar.gz:./bench_1p7b/report.json), "
+            "train_short.json (results.tar.gz:./train_short.json)") in md
+    assert "Not returned: session.log, bench_360m.json, kernels.json, grown_360m.json, growth.json (" in md

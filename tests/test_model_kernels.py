@@ -51,3 +51,12 @@ def test_kernels_match_reference_path(env, ln_scaling):
     for n in gr:
         err = (gk[n] - gr[n]).norm() / gr[n].norm().clamp_min(1e-30)
         assert err < 1e-4, (n, float(err))
+
+
+def test_checkpoint_state_is_the_same_with_kernels(env):
+    # megatron's MLP asks each child (the fused activation too) for its sharded state: the
+    # kernels must neither break a save nor change what is saved.
+    ek, _, _ = _loss_and_grads(True, False)
+    er, _, _ = _loss_and_grads(False, False)
+    keys_k = set(ek.chunks[0].sharded_state_dict())
+    assert keys_k == set(er.chunks[0].sharded_state_dict()) and keys_k

@@ -4,10 +4,12 @@
     python tools/gpu_results.py OUT_DIR            # the device tool's files_at folder
     python tools/gpu_results.py OUT_DIR > /tmp/gpu_tables.md
 
-Reads whichever of session.log, bench_360m.json, bench_1p7b.json, kernels.json,
-train_short.json and growth.json exist (a step that was skipped or cut short leaves its file
-out or partial) and prints one section per file, with the issues' targets marked MET / MISSED.
-A number missing from the input is printed as "-", never guessed.
+Reads whichever of session.log, correct.json, bench_360m.json, kernels.json, bench_1p7b.json,
+grown_360m.json, growth.json and train_short.json exist (a step that was skipped or cut short
+leaves its file out or partial; a JSON that is not a file of OUT_DIR is read from its
+results.tar.gz) and prints one section per step, with the issues' targets marked MET / MISSED.
+grown_360m (the 360M config's schedule and stages) joins bench_360m (its static and HF parts) in
+one report. A number missing from the input is printed as "-", never guessed.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import json
 import os
 import re
 import sys
+import tarfile
 from typing import Any, Optional
 
 # Issue 8: static engine tokens/s over HF + torch.compile, per model; grown vs static wall clock
@@ -193,6 +196,92 @@ def profile_section(reports: dict[str, dict]) -> list[str]:
     return out
 
 
+# ----------------------------------------------------------------------------- correct (issue 18, step 1)
+
+def _errs(errors: dict, a: str, b: str) -> str:
+    """'name a_err / b_err' per tensor, a compact cell."""
+    return "; ".join(f"{n} {_f(e.get(a), '.1e')} / {_f(e.get(b), '.1e')}" for n, e in (errors or {}).items())
+
+
+def _losses(rec: Optional[dict]) -> str:
+    return ", ".join(f"{v:.4f}" for v in ((rec or {}).get("losses") or {}).values()) or "-"
+
+
+def correct_section(rep: dict) -> list[str]:
+    env, summ = rep.get("environment") or {}, rep.get("summary") or {}
+    out = ["## Correct on CUDA (issue 18, step 1)", "",
+           f"`python {env.get('command', 'gpu_correct.py')}` ({env.get('date_utc', '-')}) on {env.get('device', '-')}"
+           + (f" (sm {env['capability']})" if env.get("capability") else "")
+           + f", torch {env.get('torch')}, CUDA {env.get('cuda')}, cuDNN {env.get('cudnn', '-')}, triton "
+             f"{env.get('triton')}, megatron-core {env.get('megatron_core')}."
+           + (" **SMOKE: tiny sizes on CPU; nothing below says anything about a GPU.**" if rep.get("smoke") else ""),
+           "",
+           f"**{summ.get('passed', 0)} of {summ.get('checks', 0)} checks passed: "
+           f"{'MET' if summ.get('ok') else 'MISSED'}.**"
+           + (f" Failed: {'; '.join(summ['failed'])}." if summ.get("failed") else "")
+           + (f" Undecided: {'; '.join(summ['undecided'])}." if summ.get("undecided") else ""), ""]
+    for part, err in (rep.get("errors") or {}).items():
+        out.append(f"- part `{part}`: {err}")
+    if rep.get("errors"):
+        out.append("")
+    if rep.get("kernels"):
+        out += ["Each Triton kernel against its PyTorch reference at the benchmark shapes, bf16, outputs and "
+                "gradients (outputs NaN-poisoned); pass: error against fp64 <= 2x PyTorch's own bf16 error. "
+                "Cells: relative error ours / PyTorch bf16, both against fp64.", "",
+                _table(["kernel", "case", "shape", "outcome", "errors (ours / torch)", "seconds"],
+                       [[k["kernel"], k["case"], "x".join(map(str, k["shape"])), _mark_check(k.get("ok")),
+                         k.get("error") or _errs(k.get("errors"), "ours", "torch"), _f(k.get("seconds"), ".1f")]
+                        for k in rep["kernels"]]), ""]
+        out += [f"- {k['kernel']} {k['case']}: {f}" for k in rep["kernels"] for f in k.get("failures") or []]
+    for sd in rep.get("sdpa") or []:
+        acc = sd.get("fused_accepts_native") or {}
+        ms = sd.get("fwd_bwd_ms") or {}
+        out += ["SDPA's native GQA (`enable_gqa`) against the repeat_interleave path, bf16, forward and backward "
+                "(cells: error native / repeat, against the repeat path in fp64):", "",
+                _table(["shape", "fused kernels taking native GQA", "engine takes native", "errors (native / repeat)",
+                        "fwd+bwd ms native / repeat", "outcome"],
+                       [[sd.get("shape", "-"), ", ".join(n for n, ok in acc.items() if ok) or "-",
+                         str(sd.get("engine_takes_native", "-")), sd.get("error") or _errs(sd.get("errors"), "native", "repeat"),
+                         f"{_f(ms.get('native'), '.3f')} / {_f(ms.get('repeat'), '.3f')}", _mark_check(sd.get("ok"))]]),
+                ""]
+    if rep.get("engine"):
+        rows = []
+        for e in rep["engine"]:
+            if e.get("error"):
+                rows.append([e["name"], e.get("shape", "-"), "-", "-", "-", f"FAILED: {e['error']}", "-", "-"])
+                continue
+            ov, r = e.get("on_vs_off") or {}, e.get("resume") or {}
+            on = e.get("kernels_on") or {}
+            rows.append([e["name"], e.get("shape", "-"), ", ".join(map(str, e.get("growth_steps") or [])) or "-",
+                         _losses(on), _losses(e.get("kernels_off")),
+                         f"{_mark_check(ov.get('ok'))}: max rel diff {_f(ov.get('max_rel_diff'), '.1e')} "
+                         f"(tol {_f(ov.get('rtol'), 'g')})" + (f"; {ov['note']}" if ov.get("note") else ""),
+                         f"{_mark_check(r.get('ok'))} (stop at {r.get('stop_at', '-')}): {r.get('verdict', '-')}; "
+                         f"max rel diff {_f(r.get('max_rel_diff'), '.1e')}",
+                         _f(on.get("peak_gib"), ".2f")])
+        out += ["The engine, bf16, under torch's deterministic algorithms: the same config with model.kernels on and "
+                "off (losses per step), and the kernels-on run stopped just after its growth, saved and resumed "
+                "(pass: the resumed run's losses equal the uninterrupted run's bit for bit).", "",
+                _table(["config", "shape", "growth at step", "losses, kernels on", "losses, kernels off",
+                        "on vs off", "grow, save, resume", "peak GiB (on)"], rows), ""]
+        warn = sorted({w for e in rep["engine"] for w in e.get("nondeterminism_warnings") or []})
+        out += [f"- nondeterministic op (torch's warning): {w}" for w in warn] + ([""] if warn else [])
+    p = rep.get("pytest")
+    if p:
+        out += [f"Kernel tests on this device (`pytest {' '.join(p.get('files') or [])}`): "
+                f"{_f(p.get('passed'), 'd')} passed, {len(p.get('failed') or [])} failed, {_f(p.get('skipped'), 'd')} "
+                f"skipped in {_f(p.get('seconds'), '.0f')} s" + (", **stopped at its time limit**" if p.get("timed_out") else "")
+                + f": {_mark_check(p.get('ok'))}.", ""]
+        out += [f"- {f['test']}: {f['kind']}: {f['message']}" for f in p.get("failed") or []]
+        if p.get("failed"):
+            out.append("")
+    return out
+
+
+def _mark_check(ok: Optional[bool]) -> str:
+    return {True: "ok", False: "FAILED", None: "undecided"}[ok]
+
+
 # ----------------------------------------------------------------------------- kernels
 
 def kernel_rows(rep: dict) -> list[dict]:
@@ -327,22 +416,73 @@ def growth_section(rows: list[dict]) -> list[str]:
 
 # ----------------------------------------------------------------------------- main
 
+# Each step's JSON, in the session's order, and where results.tar.gz holds it (the tar is of the
+# session's work folder, whose bench steps write DIR/report.json).
+RESULT_FILES = ("correct.json", "bench_360m.json", "kernels.json", "bench_1p7b.json", "grown_360m.json",
+                "growth.json", "train_short.json")
+TAR_MEMBERS = {"bench_360m.json": "bench_360m/report.json", "bench_1p7b.json": "bench_1p7b/report.json",
+               "grown_360m.json": "grown_360m/report.json"}
+
+
+def load_result(out_dir: str, name: str) -> tuple[Optional[Any], Optional[str]]:
+    """(the JSON, where it was read) from OUT_DIR/name, else from OUT_DIR/results.tar.gz."""
+    if (d := _load(os.path.join(out_dir, name))) is not None:
+        return d, name
+    tar = os.path.join(out_dir, "results.tar.gz")
+    if not os.path.exists(tar):
+        return None, None
+    member = TAR_MEMBERS.get(name, name)
+    with tarfile.open(tar) as t:
+        for m in (member, "./" + member):
+            try:
+                f = t.extractfile(m)
+            except KeyError:
+                continue
+            if f is not None:
+                return json.load(f), f"results.tar.gz:{m}"
+    return None, None
+
+
+def merge_grown(bench: Optional[dict], grown: Optional[dict]) -> Optional[dict]:
+    """bench_360m (static, HF) and grown_360m (schedule, stages) are two runs of the same config
+    and settings: one report, the grown run's parts and errors added to the static one's."""
+    if grown is None or bench is None:
+        return bench if grown is None else grown
+    out = dict(bench)
+    for key in ("schedule", "stages", "plot"):
+        if grown.get(key):
+            out[key] = grown[key]
+    out["errors"] = {**(bench.get("errors") or {}),
+                     **{f"{part} (grown_360m)": e for part, e in (grown.get("errors") or {}).items()}}
+    return out
+
+
 def render(out_dir: str) -> str:
     parts: list[str] = []
     log = os.path.join(out_dir, "session.log")
     if os.path.exists(log):
         with open(log, errors="replace") as f:
             parts += session_section(f.read())
-    reports = {n: r for n, _ in BENCH_FILES if (r := _load(os.path.join(out_dir, f"{n}.json"))) is not None}
-    parts += bench_section(reports)
-    if (k := _load(os.path.join(out_dir, "kernels.json"))) is not None:
-        parts += kernels_section(k)
-    if (t := _load(os.path.join(out_dir, "train_short.json"))) is not None:
-        parts += train_section(t)
-    if (g := _load(os.path.join(out_dir, "growth.json"))) is not None:
-        parts += growth_section(g)
-    missing = [f for f in ("session.log", "bench_360m.json", "bench_1p7b.json", "kernels.json", "train_short.json",
-                           "growth.json") if not os.path.exists(os.path.join(out_dir, f))]
+    got, where = {}, {}
+    for name in RESULT_FILES:
+        data, src = load_result(out_dir, name)
+        if data is not None:
+            got[name], where[name] = data, src
+    if "correct.json" in got:
+        parts += correct_section(got["correct.json"])
+    reports = {"bench_360m": merge_grown(got.get("bench_360m.json"), got.get("grown_360m.json")),
+               "bench_1p7b": got.get("bench_1p7b.json")}
+    parts += bench_section({n: r for n, r in reports.items() if r is not None})
+    if "kernels.json" in got:
+        parts += kernels_section(got["kernels.json"])
+    if "growth.json" in got:
+        parts += growth_section(got["growth.json"])
+    if "train_short.json" in got:
+        parts += train_section(got["train_short.json"])
+    from_tar = [f"{n} ({where[n]})" for n in RESULT_FILES if n in where and where[n] != n]
+    if from_tar:
+        parts += [f"Read from results.tar.gz: {', '.join(from_tar)}.", ""]
+    missing = [f for f in ("session.log",) + RESULT_FILES if f not in got and not os.path.exists(os.path.join(out_dir, f))]
     if missing:
         parts += [f"Not returned: {', '.join(missing)} (skipped, cut short before writing, or not asked for).", ""]
     return "\n".join(parts).rstrip() + "\n"

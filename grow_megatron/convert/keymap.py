@@ -91,7 +91,8 @@ def unfold_norm(weight: torch.Tensor, position: int) -> torch.Tensor:
 #   [ q heads g*r .. g*r+r-1 (r = heads / kv_heads) | k head g | v head g ]   each head_dim rows
 # (see megatron/core/transformer/attention.py, SelfAttention.get_query_key_value_tensors).
 # HF keeps q, k, v as separate matrices with heads in order; query head h uses kv head h // r
-# on both sides (HF's repeat_kv, our SDPAttention's repeat_interleave).
+# on both sides (HF's repeat_kv; our SDPAttention's repeat_interleave, or SDPA's enable_gqa, which
+# groups the same way).
 
 def split_qkv(qkv: torch.Tensor, model: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """megatron fused QKV [(hq + 2 hkv) * hd, d] -> q [hq*hd, d], k [hkv*hd, d], v [hkv*hd, d]."""

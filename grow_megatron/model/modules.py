@@ -61,6 +61,42 @@ class ScaledRMSNorm(torch.nn.Module):
         return f"{self.weight.numel()}, eps={self.eps}, scale={self.scale:.4f}"
 
 
+def native_gqa_is_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> bool:
+    """Whether SDPA with `enable_gqa=True` runs this call (q [b, hq, s, d], k/v [b, hkv, s, d],
+    causal) in a fused CUDA kernel (flash, memory-efficient or cuDNN), asked of torch's own
+    dispatch checks.
+
+    Why ask: where no fused kernel accepts unequal head counts (fp32 inputs, older GPUs, some
+    torch versions' memory-efficient kernel), `enable_gqa=True` silently falls back to the math
+    kernel, which materialises the [s, s] scores and is far slower than repeating k and v.
+    CPU always answers False: its kernels would give results that differ in the last bits
+    from the repeat path, and the CPU runs (README's main job, the tests) must stay bit-identical.
+    """
+    if not q.is_cuda or k.shape[1] == q.shape[1]:
+        return False
+    cuda = torch.backends.cuda
+    params = cuda.SDPAParams(q, k, v, None, dropout_p, True, True)
+    return any(can_use(params, False) for can_use in (cuda.can_use_flash_attention, cuda.can_use_efficient_attention,
+                                                       cuda.can_use_cudnn_attention))
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, native_gqa: bool, scale: float,
+                     dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal SDPA on q [b, hq, s, d] and k, v [b, hkv, s, d] (hkv divides hq).
+
+    native_gqa: let the kernel read each k/v head for its group of query heads (`enable_gqa`)
+    instead of materialising k and v repeated to hq heads (hq/hkv times their bytes, written and
+    read again, and their gradients summed back). Same function either way.
+    """
+    gqa = k.shape[1] != q.shape[1]
+    if gqa and not native_gqa:
+        rep = q.shape[1] // k.shape[1]
+        k = k.repeat_interleave(rep, dim=1)
+        v = v.repeat_interleave(rep, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout_p,
+                                          enable_gqa=gqa and native_gqa)
+
+
 class SDPAttention(MegatronModule):
     """Core attention: RoPE on q and k, then causal scaled_dot_product_attention.
 
@@ -87,12 +123,22 @@ class SDPAttention(MegatronModule):
         self.rope_base = float(getattr(config, "grow_rope_theta", 10000.0))
         self.use_kernel = _kernels_enabled(config)
         self._rope_cache: dict = {}
+        self._native_gqa_cache: dict = {}
 
     def _cos_sin(self, s: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         key = (s, str(device))
         if key not in self._rope_cache:
             self._rope_cache = {key: _kernels().rope_cos_sin(s, self.head_dim, self.rope_base, device)}
         return self._rope_cache[key]
+
+    def _native_gqa(self, q, k, v, dropout_p: float) -> bool:
+        """native_gqa_is_fused, asked once per layout rather than every step (one entry: the
+        shapes change only with the sequence length or batch)."""
+        key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, dropout_p > 0,
+               torch.is_grad_enabled() and q.requires_grad)
+        if key not in self._native_gqa_cache:
+            self._native_gqa_cache = {key: native_gqa_is_fused(q, k, v, dropout_p)}
+        return self._native_gqa_cache[key]
 
     def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None,
                 packed_seq_params=None):
@@ -104,12 +150,9 @@ class SDPAttention(MegatronModule):
         kernels = _kernels()
         query, key = (kernels.apply_rope if self.use_kernel else kernels.apply_rope_ref)(query, key, cos, sin)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
-        if self.kv_heads != self.heads:
-            rep = self.heads // self.kv_heads
-            k = k.repeat_interleave(rep, dim=1)
-            v = v.repeat_interleave(rep, dim=1)
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        dropout_p = self.dropout if self.training else 0.0
+        out = causal_attention(q, k, v, native_gqa=self._native_gqa(q, k, v, dropout_p), scale=self.softmax_scale,
+                               dropout_p=dropout_p)
         return out.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)  # [s, b, hq*d]
 
 
@@ -123,6 +166,12 @@ class FusedSwiGLU(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [s, b, 2f] -> [s, b, f]
         return _kernels().swiglu_fused(x)
+
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None) -> dict:
+        """Nothing: it holds no state. megatron's MLP.sharded_state_dict asks every child module
+        for its part, so a checkpoint save with the kernels on failed without this (found by
+        tools/gpu_correct.py's smoke run)."""
+        return {}
 
 
 class GrowGPTModel(GPTModel):
