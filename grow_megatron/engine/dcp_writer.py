@@ -36,7 +36,7 @@ from megatron.core.dist_checkpointing.strategies.torch import (MCoreSavePlanner,
 from torch.distributed.checkpoint.api import CheckpointException
 
 from grow_megatron.engine.faults import fault_point
-from grow_megatron.engine.integrity import file_digest
+from grow_megatron.engine.integrity import file_entry
 
 _RESULT = ".write_result.{rank}.pkl"  # the child's results; read and removed by the finalize step
 
@@ -88,22 +88,13 @@ def _plan(writer: dcp.FileSystemWriter, planner: MCoreSavePlanner, pyt_state_dic
 
 
 def _digests(checkpoint_dir: str, results) -> dict[str, dict]:
-    """integrity.py's manifest entries for the files these write results fill: per-item digests
-    where the items tile the file (as DCP writes them), else one digest of the whole file."""
+    """integrity.py's manifest entries for the files these write results fill (their items are
+    the results' storage records, so no `.metadata` is needed yet)."""
     by_file: dict[str, list] = {}
     for r in results:
         info = r.storage_data
         by_file.setdefault(info.relative_path, []).append((info.offset, info.length, r.index.fqn))
-    out = {}
-    for rel, items in by_file.items():
-        full = os.path.join(checkpoint_dir, rel)
-        size = os.path.getsize(full)
-        items.sort()
-        ends = [o + n for o, n, _ in items]
-        tiles = all(o == (ends[i - 1] if i else 0) for i, (o, _, _) in enumerate(items)) and ends[-1] == size
-        out[rel] = ({"size": size, "items": [[o, n, key, file_digest(full, o, n)] for o, n, key in items]} if tiles
-                    else {"size": size, "digest": file_digest(full)})
-    return out
+    return {rel: file_entry(os.path.join(checkpoint_dir, rel), items) for rel, items in by_file.items()}
 
 
 def _write_in_child(writer: dcp.FileSystemWriter, plan, planner: MCoreSavePlanner, checkpoint_dir: str,

@@ -50,25 +50,28 @@ def file_digest(path: str, offset: int = 0, length: Optional[int] = None) -> str
     return h.hexdigest()
 
 
-def _item_ranges(ckpt_dir: str) -> dict[str, list[tuple[int, int, str]]]:
-    """{shard file: [(offset, length, tensor key)]} from DCP's metadata, for the files whose
-    items tile them exactly (anything else is digested whole)."""
+def _stored_items(ckpt_dir: str) -> dict[str, list[tuple[int, int, str]]]:
+    """{shard file: [(offset, length, tensor key)]} from DCP's metadata."""
     md = FileSystemReader(ckpt_dir).read_metadata()
     by_file: dict[str, list[tuple[int, int, str]]] = {}
     for index, info in md.storage_data.items():
         by_file.setdefault(info.relative_path, []).append((info.offset, info.length, index.fqn))
-    out = {}
-    for rel, items in by_file.items():
-        items.sort()
-        end = 0
-        for offset, length, _ in items:
-            if offset != end:
-                break
-            end += length
-        else:
-            if end == os.path.getsize(os.path.join(ckpt_dir, rel)):
-                out[rel] = items
-    return out
+    return by_file
+
+
+def file_entry(path: str, items: Optional[list[tuple[int, int, str]]] = None) -> dict:
+    """The manifest entry of one file: its size, plus a digest per stored item when `items`
+    (offset, length, tensor key) tile the file exactly, else one digest of the whole file."""
+    size = os.path.getsize(path)
+    items = sorted(items or [])
+    end = 0
+    for offset, length, _ in items:
+        if offset != end:
+            break
+        end += length
+    if items and end == size:
+        return {"size": size, "items": [[o, n, key, file_digest(path, o, n)] for o, n, key in items]}
+    return {"size": size, "digest": file_digest(path)}
 
 
 def _files(ckpt_dir: str) -> list[str]:
@@ -102,20 +105,10 @@ def rank_shard_files(ckpt_dir: str, rank: int) -> list[str]:
 
 
 def digest_files(ckpt_dir: str, rels: list[str]) -> dict[str, dict]:
-    """Manifest entries of `rels`: size plus per-item digests for a shard file whose stored
-    items tile it (from DCP's `.metadata`), else one digest of the whole file."""
-    ranges = (_item_ranges(ckpt_dir) if any(r.endswith(".distcp") for r in rels)
-              and os.path.isfile(os.path.join(ckpt_dir, ".metadata")) else {})
-    files = {}
-    for rel in rels:
-        full = os.path.join(ckpt_dir, rel)
-        entry: dict = {"size": os.path.getsize(full)}
-        if rel in ranges:
-            entry["items"] = [[o, n, key, file_digest(full, o, n)] for o, n, key in ranges[rel]]
-        else:
-            entry["digest"] = file_digest(full)
-        files[rel] = entry
-    return files
+    """Manifest entries of `rels` (file_entry, the items of shard files from DCP's `.metadata`)."""
+    items = (_stored_items(ckpt_dir) if any(r.endswith(".distcp") for r in rels)
+             and os.path.isfile(os.path.join(ckpt_dir, ".metadata")) else {})
+    return {rel: file_entry(os.path.join(ckpt_dir, rel), items.get(rel)) for rel in rels}
 
 
 def write_manifest(ckpt_dir: str, digested: Optional[dict[str, dict]] = None) -> None:
