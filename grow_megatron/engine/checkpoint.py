@@ -42,7 +42,6 @@ import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from megatron.core import dist_checkpointing
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
@@ -54,6 +53,7 @@ from grow_megatron.config.base import ConfigError
 
 from grow_megatron.engine.build import Engine
 from grow_megatron.engine.dcp_writer import DirectSaveStrategy
+from grow_megatron.engine.distributed import barrier, broadcast_from_rank0, gather_on_rank0, rank
 from grow_megatron.engine.dp_shards import param_pieces
 from grow_megatron.engine.faults import fault_point
 from grow_megatron.engine.integrity import digest_files, fsync_dir, rank_shard_files, verifying, write_manifest
@@ -78,29 +78,7 @@ META_SCHEMA: dict[str, tuple[type, bool, str]] = {
 
 
 def _rank0() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
-def _barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
-def _broadcast_obj(obj):
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
-def _gather_obj(obj) -> list:
-    """`obj` of every rank, in rank order, on rank 0 (elsewhere: an empty list)."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return [obj]
-    out = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(obj, out, dst=0)
-    return out or []
+    return rank() == 0
 
 
 def _on_rank0(fn: Callable[[], None]) -> None:
@@ -112,7 +90,7 @@ def _on_rank0(fn: Callable[[], None]) -> None:
             fn()
         except OSError as err:
             failure = (err.errno, err.strerror, err.filename)
-    failure = _broadcast_obj(failure)
+    failure = broadcast_from_rank0(failure)
     if failure is not None:
         raise OSError(*failure) if failure[2] else OSError(*failure[:2])
 
@@ -301,7 +279,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         saver.wait()
     name = f"step_{step:08d}"
     final = os.path.join(ckpt_root, name)
-    tmp = _broadcast_obj(f"{final}.tmp-{uuid.uuid4().hex[:8]}" if _rank0() else None)
+    tmp = broadcast_from_rank0(f"{final}.tmp-{uuid.uuid4().hex[:8]}" if _rank0() else None)
     # Taken now, not when an async save is sealed: the caller's meta (e.g. its growth list) and
     # the engine may change while the shards are written. A re-save keeps the growth mark of
     # the copy it replaces.
@@ -318,8 +296,8 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         # Every rank digests the shard files it wrote, at the same time (an async writer did it
         # already: `mine`); rank 0 adds the rest.
         if mine is None:
-            mine = digest_files(tmp, rank_shard_files(tmp, dist.get_rank() if dist.is_initialized() else 0))
-        digested = _gather_obj(mine)
+            mine = digest_files(tmp, rank_shard_files(tmp, rank()))
+        digested = gather_on_rank0(mine)
 
         def write():
             fault_point("save.written", step)
@@ -353,14 +331,14 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
     strategy = DirectSaveStrategy()
 
     def finish():
-        _barrier()
+        barrier()
         seal(strategy.digests)
         _on_rank0(publish)
-        _barrier()
+        barrier()
 
     try:
         _on_rank0(begin)
-        _barrier()
+        barrier()
         sd, _ = _sharded_state(engine, for_load=False)
         sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
         if saver is not None:
@@ -369,7 +347,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
             saver.submit(dist_checkpointing.save(sd, tmp, sharded_strategy=strategy, async_sharded_save=True), finish)
             return final
         dist_checkpointing.save(sd, tmp, sharded_strategy=strategy)
-        _barrier()
+        barrier()
         seal()
     except (OSError, CheckpointException) as err:
         full = _disk_full(err)
@@ -383,7 +361,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
                                              f"run_dir on a larger disk; the partial save was removed and "
                                              f"{good or 'no checkpoint'} stays the last good one") from err
     _on_rank0(publish)
-    _barrier()
+    barrier()
     return final
 
 
@@ -443,7 +421,7 @@ def prepare_run_dir(run_dir: str, resume: str) -> None:
         fsync_dir(run_dir)
 
     _on_rank0(archive)
-    _barrier()
+    barrier()
 
 
 def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
@@ -524,7 +502,7 @@ def _load_verified(sd: dict, ckpt_dir: str) -> dict:
     except ConfigError as err:
         failure = (err.path, err.value, err.allowed)
     # Rank 0's verdict reaches every rank; a reader error (DCP raises it on every rank) stays.
-    verdict = _broadcast_obj(failure)
+    verdict = broadcast_from_rank0(failure)
     if failure is not None or verdict is not None:
         raise ConfigError(*(failure or verdict))
     return loaded

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
@@ -35,18 +34,11 @@ from megatron.core.dist_checkpointing.strategies.torch import (MCoreSavePlanner,
                                                                mcore_to_pyt_state_dict)
 from torch.distributed.checkpoint.api import CheckpointException
 
+from grow_megatron.engine.distributed import broadcast_from_rank0, gather_on_rank0, rank, scatter_from_rank0
 from grow_megatron.engine.faults import fault_point
 from grow_megatron.engine.integrity import file_entry
 
 _RESULT = ".write_result.{rank}.pkl"  # the child's results; read and removed by the finalize step
-
-
-def _rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def _to_pyt(sharded_state_dict):
@@ -68,23 +60,17 @@ def _stage_on_host(sharded_state_dict) -> None:
 def _plan(writer: dcp.FileSystemWriter, planner: MCoreSavePlanner, pyt_state_dict):
     """DCP's planning (torch's _save_state_dict: local plans gathered, one global plan made on
     rank 0 and scattered back). Returns this rank's final plan and, on rank 0, the metadata."""
-    coordinator = _rank() == 0
+    coordinator = rank() == 0
     planner.set_up_planner(state_dict=pyt_state_dict, storage_meta=writer.storage_meta(), is_coordinator=coordinator)
     writer.set_up_storage_writer(coordinator)
     local = writer.prepare_local_plan(planner.create_local_plan())
+    # Torch's _save_state_dict does the same through its private _DistWrapper.
+    plans = gather_on_rank0(local)
     metadata = None
-    if _world() == 1:
-        plans, metadata = planner.create_global_plan([local])
-        plans = writer.prepare_global_plan(plans)
-        return planner.finish_plan(plans[0]), metadata
-    gathered = [None] * _world() if coordinator else None
-    dist.gather_object(local, gathered, dst=0)
     if coordinator:
-        plans, metadata = planner.create_global_plan(gathered)
+        plans, metadata = planner.create_global_plan(plans)
         plans = writer.prepare_global_plan(plans)
-    mine = [None]
-    dist.scatter_object_list(mine, plans if coordinator else None, src=0)
-    return planner.finish_plan(mine[0]), metadata
+    return planner.finish_plan(scatter_from_rank0(plans if coordinator else None)), metadata
 
 
 def _digests(checkpoint_dir: str, results) -> dict[str, dict]:
@@ -130,43 +116,39 @@ class DirectSaveStrategy(AsyncSaveShardedStrategy):
     def can_handle_sharded_objects(self):
         return True
 
+    def _writer_and_planner(self, checkpoint_dir: str) -> tuple[dcp.FileSystemWriter, MCoreSavePlanner]:
+        return (dcp.FileSystemWriter(checkpoint_dir, thread_count=self.thread_count, sync_files=True),
+                MCoreSavePlanner(flatten_state_dict=False, can_run_decentralized_global_plan=False))
+
     def save(self, sharded_state_dict, checkpoint_dir) -> None:
-        writer = dcp.FileSystemWriter(str(checkpoint_dir), thread_count=self.thread_count, sync_files=True)
-        dcp.save(_to_pyt(sharded_state_dict), storage_writer=writer,
-                 planner=MCoreSavePlanner(flatten_state_dict=False, can_run_decentralized_global_plan=False))
+        writer, planner = self._writer_and_planner(str(checkpoint_dir))
+        dcp.save(_to_pyt(sharded_state_dict), storage_writer=writer, planner=planner)
 
     def async_save(self, sharded_state_dict, checkpoint_dir) -> AsyncRequest:
         checkpoint_dir = str(Path(checkpoint_dir))
         _stage_on_host(sharded_state_dict)
         pyt_state_dict = _to_pyt(sharded_state_dict)
-        writer = dcp.FileSystemWriter(checkpoint_dir, thread_count=self.thread_count, sync_files=True)
-        planner = MCoreSavePlanner(flatten_state_dict=False, can_run_decentralized_global_plan=False)
+        writer, planner = self._writer_and_planner(checkpoint_dir)
         plan, metadata = _plan(writer, planner, pyt_state_dict)
-        rank = _rank()
+        me = rank()
 
         def finalize() -> None:
-            path = os.path.join(checkpoint_dir, _RESULT.format(rank=rank))
+            path = os.path.join(checkpoint_dir, _RESULT.format(rank=me))
             mine = None
             if os.path.isfile(path):
                 with open(path, "rb") as f:
                     mine = pickle.load(f)
                 os.remove(path)
-            gathered = [mine]
-            if _world() > 1:
-                gathered = [None] * _world() if rank == 0 else None
-                dist.gather_object(mine, gathered, dst=0)
+            gathered = gather_on_rank0(mine)
             failed = None
-            if rank == 0:
+            if rank() == 0:
                 failed = [r for r, m in enumerate(gathered) if m is None]
                 if not failed:
                     writer.finish(metadata=metadata, results=[m["results"] for m in gathered])
-            if _world() > 1:
-                box = [failed]
-                dist.broadcast_object_list(box, src=0)
-                failed = box[0]
+            failed = broadcast_from_rank0(failed)
             if failed:
                 raise CheckpointException("async checkpoint write", {
                     r: RuntimeError(f"rank {r}'s checkpoint writer exited without writing its shards") for r in failed})
             self.digests = mine["digests"]
 
-        return AsyncRequest(_write_in_child, (writer, plan, planner, checkpoint_dir, rank), [finalize])
+        return AsyncRequest(_write_in_child, (writer, plan, planner, checkpoint_dir, me), [finalize])

@@ -92,6 +92,49 @@ def shutdown_distributed() -> None:
         dist.destroy_process_group()
 
 
+# Object collectives over the whole world, for the checkpoint code; in one process each is the
+# identity (no process group is needed to save or load single-process).
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def broadcast_from_rank0(obj):
+    """Rank 0's `obj` on every rank."""
+    if world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_on_rank0(obj) -> list:
+    """`obj` of every rank, in rank order, on rank 0 (elsewhere: an empty list)."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size() if rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
+    return out or []
+
+
+def scatter_from_rank0(objs: list | None):
+    """Element `r` of rank 0's `objs` on rank r."""
+    if world_size() == 1:
+        return objs[0]
+    box = [None]
+    dist.scatter_object_list(box, objs if rank() == 0 else None, src=0)
+    return box[0]
+
+
 def device_context():
     """The context the whole engine runs in: the CPU compatibility layer when there is no GPU."""
     return cpu_compat() if needs_cpu_compat() else contextlib.nullcontext()
