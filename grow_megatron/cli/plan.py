@@ -1,11 +1,10 @@
 """`grow-megatron plan CONFIG.yaml`: the growth plan of a run, without building anything."""
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import dataclass, field
 
-from grow_megatron.cli.flags import add_flags, cli, options_from_args
+from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.run import config_world_size, load_run_config
 from grow_megatron.growth.schedule import describe_plan
 
@@ -23,9 +22,7 @@ class PlanOptions:
 
 
 def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="grow-megatron plan", description=__doc__)
-    add_flags(p, PlanOptions)
-    opts = options_from_args(PlanOptions, p.parse_args(argv))
+    opts = options_from_args(PlanOptions, command_parser("grow-megatron plan", __doc__, PlanOptions).parse_args(argv))
     cfg = load_run_config(opts.config, opts.overrides, world_size=config_world_size(opts.config, opts.overrides))
     d = describe_plan(cfg)
     if opts.json:
