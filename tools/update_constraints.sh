@@ -21,6 +21,8 @@ python -m pytest -q tests
     echo "# The dependency versions the suite last passed with (tools/update_constraints.sh wrote it on"
     echo "# $(date -u +%Y-%m-%d), Python $(python -c 'import platform; print(platform.python_version())'), $torch_pin). README's install and .ci/run pass it with -c;"
     echo "# setup.py keeps ranges, so a user's own stack can still combine with the package."
+    echo "# torch, triton and nvidia-* are left out: README pins torch for CPU machines, and on a GPU machine the"
+    echo "# installed torch and the triton it pins must win (triton $(python -m pip show triton 2>/dev/null | sed -n 's/^Version: //p') was the one tested on CPU)."
     python -m pip freeze --exclude-editable | grep -viE '^(torch|triton|nvidia-[a-z0-9_-]+|pip|setuptools|wheel)==' | sort -f
 } > "$tmp/constraints.txt"
 mv "$tmp/constraints.txt" constraints.txt
