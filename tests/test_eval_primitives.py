@@ -1,4 +1,4 @@
-"""Reasoning primitives (SPEC 8): determinism, well-formed choices, unique correct answers,
+"""Reasoning primitives (docs/method.md §8): determinism, well-formed choices, unique correct answers,
 oracle and chance-level scorers."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Example configs parse; model parameter counts match SPEC 1 and transformers."""
+"""Example configs parse; model parameter counts match docs/method.md §1 and transformers."""
 import glob
 import os
 

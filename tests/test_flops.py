@@ -1,4 +1,4 @@
-"""SPEC 6 FLOPs accounting: Table 7 reproduced, per-stage sums, a hand-computed case."""
+"""docs/method.md §6 FLOPs accounting: Table 7 reproduced, per-stage sums, a hand-computed case."""
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +24,7 @@ def test_table7_static_exact(preset):
 
 
 def test_spec6_static_integers():
-    # Exact integer values behind SPEC 6's 613,527.5 and 4,813,222.1 PF.
+    # Exact integer values behind docs/method.md §6's 613,527.5 and 4,813,222.1 PF.
     assert F.paper_comparison("smollm-360m").static.flops == 613_527_488_299_008 * 10**6
     assert F.paper_comparison("smollm-1.7b").static.flops == 4_813_222_101_752_217_600_000
 
@@ -36,7 +36,7 @@ def test_table7_grown_and_ratio(preset):
     # All printed digits (3 decimals of a PF) are reproduced with the paper's stage rounding.
     assert round(c.grown.petaflops, 3) == grown_pf
     assert round(c.ratio, 3) == ratio
-    # SPEC 4's largest remainder moves a handful of steps into shallower stages: within 1e-5.
+    # docs/method.md §4's largest remainder moves a handful of steps into shallower stages: within 1e-5.
     s = F.paper_comparison(preset, rounding="spec")
     assert s.grown.flops < c.grown.flops
     assert abs(s.grown.petaflops - grown_pf) / grown_pf < 1e-5
@@ -100,14 +100,14 @@ def test_operator_does_not_matter_and_checks():
 
 
 def test_formula_params_match_hf_minus_norms():
-    # SPEC 1 counts (transformers LlamaForCausalLM, tied) = N + norm gains (2 per layer + final).
+    # docs/method.md §1 counts (transformers LlamaForCausalLM, tied) = N + norm gains (2 per layer + final).
     for preset, hf in (("smollm-360m", 361_821_120), ("smollm-1.7b", 1_711_376_384)):
         s = ModelConfig.from_preset(preset)
         assert F.formula_params(s) + (2 * s.num_layers + 1) * s.hidden_size == hf
 
 
 def test_mfu():
-    # notes/h100-anchors.md (tokens/s there are rounded to 3-4 significant digits).
+    # The H100 reference measurements in docs/benchmarks.md (tokens/s there are rounded to 3-4 digits).
     assert F.mfu(106_200, F.model_flops_per_token_causal(ModelConfig.from_preset("smollm-360m"))) == pytest.approx(0.274, abs=5e-4)
     assert F.mfu(36_700, F.model_flops_per_token_causal(ModelConfig.from_preset("smollm-1.7b"))) == pytest.approx(0.404, abs=1e-3)
     assert F.mfu(1.0, 989e12) == 1.0
@@ -159,7 +159,7 @@ def test_cli_run_config(tmp_path):
     out = tmp_path / "f.json"
     assert flops_main([cfg, "--json", str(out)]) == 0
     d = json.loads(out.read_text())
-    # The trainer's plan (SPEC 4 rounding) with 512 x 2048 = 2^20 tokens per step.
+    # The trainer's plan (docs/method.md §4 rounding) with 512 x 2048 = 2^20 tokens per step.
     assert d["grown"]["flops"] == F.paper_comparison("smollm-360m", "spec").grown.flops
     assert d["static"]["flops"] == F.paper_comparison("smollm-360m").static.flops
     assert flops_main([cfg, "--rounding", "paper", "--json", str(out)]) == 0

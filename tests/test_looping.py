@@ -1,4 +1,4 @@
-"""Looping a block (SPEC 10, docs/looping.md): native megatron and Hugging Face paths.
+"""Looping a block (docs/method.md §10, docs/looping.md): native megatron and Hugging Face paths.
 
 References: the plain model (r = 1), the unrolled model built by the growth machinery from the
 loop's source map (same weights, untied), the native looped model for the HF wrapper, and
@@ -219,7 +219,7 @@ def test_flops_count_the_unrolled_depth_from_from_step():
                         num_query_groups=2, vocab_size=4096, seq_length=128)
     looped = F.with_loop(F.static_flops(shape, 160, 2048), shape, from_step=140, unrolled_depth=20)
 
-    def per_token(L):  # SPEC 6 by hand: 6 N + 12 L s d, N = L (2d^2 + 2 d d_kv + 3 d f) + V d
+    def per_token(L):  # docs/method.md §6 by hand: 6 N + 12 L s d, N = L (2d^2 + 2 d d_kv + 3 d f) + V d
         d, dkv, f = 128, 64, 352
         return 6 * (L * (2 * d * d + 2 * d * dkv + 3 * d * f) + 4096 * d) + 12 * L * 128 * d
 

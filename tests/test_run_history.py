@@ -104,7 +104,7 @@ def test_run_config_is_saved_absolute(finished):
 
 
 def test_cumulative_tokens_and_flops_per_step(finished):
-    """Every step's record counts the tokens and SPEC 6 FLOPs trained so far, each step at the
+    """Every step's record counts the tokens and docs/method.md §6 FLOPs trained so far, each step at the
     depth it trained at (the record's own depth column)."""
     _, cfg, _ = finished
     recs = _metrics(cfg.run_dir)

@@ -1,4 +1,4 @@
-"""Growth operators (SPEC 3): pure functions (L, b) -> Growth.
+"""Growth operators (docs/method.md §3): pure functions (L, b) -> Growth.
 
 Every operator of this family inserts copies of b consecutive existing layers at one place.
 `Growth` records that (which layers are copied, where the copies go); the source map, the
@@ -78,7 +78,7 @@ def midas(L: int, b: int) -> Growth:
 
 
 def lidas(L: int, b: int) -> Growth:
-    """LIDAS (SPEC 3 fix): copy the b layers around the middle layer m = ceil(L/2) (1-indexed),
+    """LIDAS (docs/method.md §3 fix): copy the b layers around the middle layer m = ceil(L/2) (1-indexed),
     1-indexed m-ceil(b/2)+1 .. m+floor(b/2), inserted right after the last of them."""
     _check(L, b, need_blocks=False)
     m = math.ceil(L / 2)

@@ -15,7 +15,7 @@ from grow_megatron.config.base import ConfigError
 from grow_megatron.growth.flops import flops_unit, format_flops
 from grow_megatron.training.metrics import read_jsonl
 
-AXES = (("step", "step"), ("tokens", "tokens trained"), ("flops", "training FLOPs (SPEC 6)"))
+AXES = (("step", "step"), ("tokens", "tokens trained"), ("flops", "training FLOPs (paper count)"))
 
 
 @dataclass
