@@ -124,7 +124,7 @@ def _dp4_worker(rank, out):
         torch.manual_seed(0)
         e = build_engine(_dp4_model(), 2)
         g = torch.Generator().manual_seed(rank)
-        for s in range(2):
+        for _ in range(2):
             t = torch.randint(0, 128, (2, 9), generator=g)
             train_step(e, [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(2, 8),
                             "position_ids": torch.arange(8).expand(2, 8)}], 1e-2)

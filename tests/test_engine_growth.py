@@ -96,7 +96,7 @@ def test_function_preserving_growth_keeps_logits(env):
 def test_ln_scaling_follows_positions(env):
     e = _engine(8, ln_scaling=True)
     layers = list(e.local_layers())
-    ident = [id(l) for l in layers]
+    ident = [id(layer) for layer in layers]
     for i, layer in enumerate(layers):
         assert layer.input_layernorm.scale == pytest.approx(1 / (i + 1) ** 0.5)
         assert layer.pre_mlp_layernorm.scale == pytest.approx(1 / (i + 1) ** 0.5)

@@ -56,7 +56,7 @@ def _config_dir(root):
 def finished(tmp_path_factory):
     """A finished 12-step 4 -> 8 -> 12 run, trained from its config file in another directory."""
     root = tmp_path_factory.mktemp("history")
-    cfg_dir = _config_dir(root)
+    _config_dir(root)
     work = root / "work"
     work.mkdir()
     old = os.getcwd()
