@@ -29,6 +29,7 @@ setup(
         "matplotlib",
     ],
     # wandb: optional (logging.wandb); the tests log to it offline.
-    extras_require={"wandb": ["wandb"], "test": ["pytest", "pytest-timeout", "wandb", "import-linter"]},
+    extras_require={"wandb": ["wandb"],
+                    "test": ["pytest", "pytest-timeout", "wandb", "import-linter", "ruff==0.17.6"]},
     entry_points={"console_scripts": ["grow-megatron=grow_megatron.cli:main"]},
 )

@@ -36,15 +36,12 @@ def test_preset_param_counts_match_spec_and_transformers(preset, expected):
     assert sum(p.numel() for p in hf.parameters()) == expected
 
 
-def test_built_megatron_model_has_the_counted_parameters():
-    from grow_megatron.engine.distributed import device_context, init_distributed
-    from grow_megatron.engine.build import EngineSpec, build_engine
-    from grow_megatron.config.training import OptimConfig
+def test_built_megatron_model_has_the_counted_parameters(engine_env):
+    from grow_megatron.engine.build import build_engine
+    from grow_megatron.engine.resolve import engine_spec
 
     m = ModelConfig(num_layers=6, hidden_size=64, ffn_hidden_size=176, num_attention_heads=8, num_query_groups=2,
                     vocab_size=300, seq_length=32)
-    with device_context():
-        init_distributed(1, 1, seed=1)
-        e = build_engine(EngineSpec(m, OptimConfig(), 300, bf16=False, use_kernels=False), 6)
-        n = sum(p.numel() for p in e.model[0].module.parameters())
+    e = build_engine(engine_spec(m, 300), 6)
+    n = sum(p.numel() for p in e.model[0].module.parameters())
     assert n == m.num_params(300, 6)

@@ -17,19 +17,12 @@ from grow_megatron.convert.looping import loop_hf_model
 from grow_megatron.engine.grow import grow
 from grow_megatron.growth.operators import loop_growths
 from grow_megatron.model.looping import apply_loop_to_engine
-from grow_megatron.engine.distributed import device_context, init_distributed
-from grow_megatron.engine.build import EngineSpec, build_engine, run_microbatches
+from grow_megatron.engine.build import build_engine, run_microbatches
+from grow_megatron.engine.resolve import engine_spec
 
 from engine_helpers import random_batch
 
 V, S, DEPTH = 96, 12, 6
-
-
-@pytest.fixture(scope="module")
-def env():
-    with device_context():
-        init_distributed(1, 1, seed=5)
-        yield
 
 
 def _batch(seed, b=2):
@@ -39,7 +32,7 @@ def _batch(seed, b=2):
 def _engine(ln_scaling=True):
     model = ModelConfig(num_layers=DEPTH, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
                         num_query_groups=2, vocab_size=V, seq_length=S, ln_scaling=ln_scaling, kernels="off")
-    spec = EngineSpec(model, OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), V, bf16=False, use_kernels=False)
+    spec = engine_spec(model, V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0))
     torch.manual_seed(0)
     return build_engine(spec, DEPTH)
 
@@ -79,7 +72,7 @@ def test_loop_spec_positions_match_the_composed_growths():
     assert spec.extra_positions() == [[16, 17, 18, 19], [20, 21, 22, 23]]
 
 
-def test_r1_is_bit_identical_and_remove_restores_the_plain_model(env):
+def test_r1_is_bit_identical_and_remove_restores_the_plain_model(engine_env):
     e = _engine()
     b = _batch(0)
     plain = _logits(e, b)
@@ -93,7 +86,7 @@ def test_r1_is_bit_identical_and_remove_restores_the_plain_model(env):
 
 
 @pytest.mark.parametrize("ln_scaling", [True, False], ids=["ln-scaling", "plain-norms"])
-def test_looped_forward_and_grads_equal_the_unrolled_grown_model(env, ln_scaling):
+def test_looped_forward_and_grads_equal_the_unrolled_grown_model(engine_env, ln_scaling):
     spec = LoopSpec(2, 4, 3)
     looped = _engine(ln_scaling)
     unrolled = _engine(ln_scaling)
@@ -122,7 +115,7 @@ def test_looped_forward_and_grads_equal_the_unrolled_grown_model(env, ln_scaling
 # --- Hugging Face ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def native_run(env, tmp_path_factory):
+def native_run(engine_env, tmp_path_factory):
     """A native LN-Scaling checkpoint with random weights (norm gains too) and its HF model."""
     from grow_megatron.config.run import RunConfig, dump_run_config
     from grow_megatron.convert import load_as_hf
