@@ -31,11 +31,15 @@ def test_odd_block_count_midas_equals_lidas():
 
 def test_stable_identity_and_new_positions():
     g = lidas(8, 4)
+
+    def position_of_old(i):  # old layer i stays below the insertion point, moves up b above it
+        return i if i < g.insert_at else i + g.block_size
+
     # Old layers keep identity: their position maps back to themselves in the source map.
     for i in range(8):
-        assert g.source_map[g.position_of_old(i)] == i
+        assert g.source_map[position_of_old(i)] == i
     assert g.new_positions == (6, 7, 8, 9)
-    assert sorted(set(range(12)) - set(g.new_positions)) == sorted(g.position_of_old(i) for i in range(8))
+    assert sorted(set(range(12)) - set(g.new_positions)) == sorted(position_of_old(i) for i in range(8))
 
 
 def test_stacking_variants():

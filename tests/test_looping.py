@@ -15,7 +15,7 @@ from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.convert.looping import loop_hf_model
 from grow_megatron.engine.grow import grow
-from grow_megatron.growth.operators import loop_growths
+from grow_megatron.growth.operators import Growth
 from grow_megatron.model.looping import apply_loop_to_engine
 from grow_megatron.engine.build import build_engine, run_microbatches
 from grow_megatron.engine.resolve import engine_spec
@@ -58,6 +58,15 @@ def test_loop_spec_errors_are_one_line(text, why):
     with pytest.raises(ConfigError) as err:
         LoopSpec.parse(text, depth=DEPTH)
     assert why in str(err.value) and "\n" not in str(err.value) and "--loop" in str(err.value)
+
+
+def loop_growths(loop: LoopSpec, depth: int) -> list[Growth]:
+    """The growth steps whose composed source map is a loop's unrolled order: repeats-1
+    insertions of a copy of [start, end) right after the previous copy. The unrolled model they
+    build (untied) is the reference the looped model must equal."""
+    b = loop.block_size
+    return [Growth(depth + k * b, loop.start, b, loop.end + k * b, operator=f"loop {loop}")
+            for k in range(loop.repeats - 1)]
 
 
 def test_loop_spec_positions_match_the_composed_growths():

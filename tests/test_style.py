@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("grow_megatron", "kernels", "tools", "tests")
 
 
-@pytest.mark.parametrize("args", [("check",), ("format", "--check")], ids=["lint", "format"])
+@pytest.mark.parametrize("args", [("check", "--output-format", "concise"), ("format", "--check")],
+                         ids=["lint", "format"])
 def test_ruff(args):
     # ruff comes with the test extras (setup.py); a missing ruff is a broken environment, not a pass.
     proc = subprocess.run([sys.executable, "-m", "ruff", *args, *PATHS], cwd=ROOT, capture_output=True, text=True,

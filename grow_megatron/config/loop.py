@@ -20,8 +20,6 @@ from typing import Optional
 from grow_megatron.config.base import ConfigError, check
 
 SYNTAX = "START:ENDxR, e.g. 12:16x3 (layers 12..15, 0-indexed, applied 3 times in a row)"
-LOOP_HELP = ("loop a block at inference: START:ENDxR applies layers START..END-1 (0-indexed) R times in a row with "
-             "the same weights, e.g. 12:16x3 (docs/looping.md)")
 _PATTERN = re.compile(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*")
 
 

@@ -360,10 +360,3 @@ def compare(shape: ModelConfig, plan: GrowthPlan, total_steps: int, tokens_per_s
     """Static and grown FLOPs of `shape` trained for `total_steps` steps."""
     return FlopsComparison(shape, tokens_per_step, static_flops(shape, total_steps, tokens_per_step),
                            grown_flops(shape, plan, total_steps, tokens_per_step))
-
-
-def paper_comparison(preset: str, rounding: Literal["spec", "paper"] = "paper") -> FlopsComparison:
-    """Table 7 for a preset of docs/method.md §1 with the paper's settings."""
-    shape, cfg = ModelConfig.from_preset(preset), PAPER_SETTINGS[preset]
-    plan = prop_plan(shape.num_layers, cfg.block_size, cfg.grow_steps, cfg.alpha, rounding)
-    return compare(shape, plan, cfg.total_steps, cfg.tokens_per_step)

@@ -312,10 +312,3 @@ def _check_variants(cfg: StudyConfig, base_path: str) -> None:
                               f"trains {steps} steps x {gbs} sequences x {seq} tokens, {first} "
                               f"{budgets[first][0]} x {budgets[first][1]} x {budgets[first][2]}: the study compares "
                               "variants at equal tokens (set train.steps / batch / seq_length in base_set)")
-
-
-def to_yaml(cfg: StudyConfig) -> str:
-    from grow_megatron.config.base import to_dict
-
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
