@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PATHS = ("grow_megatron", "kernels", "tools", "tests")
 
 
-@pytest.mark.parametrize("args", [("check", "--output-format", "concise"), ("format", "--check")],
+@pytest.mark.parametrize("args", [("check", "--output-format", "concise"),
+                                  ("format", "--check", "--output-format", "concise")],
                          ids=["lint", "format"])
 def test_ruff(args):
     # ruff comes with the test extras (setup.py); a missing ruff is a broken environment, not a pass.
