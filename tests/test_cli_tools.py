@@ -7,7 +7,7 @@ from grow_megatron.cli import main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_plan_prints_spec_schedule(capsys):
+def test_plan_prints_the_paper_schedule(capsys):
     assert main(["plan", os.path.join(ROOT, "examples", "smollm360m_lidas.yaml"), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
     # docs/method.md §4: PROP-1, k = 8, T = 170000; the last stage also runs the 30k cooldown.

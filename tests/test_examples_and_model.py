@@ -23,7 +23,7 @@ def test_example_configs_validate(path):
 
 
 @pytest.mark.parametrize("preset,expected", [("smollm-360m", 361_821_120), ("smollm-1.7b", 1_711_376_384)])
-def test_preset_param_counts_match_spec_and_transformers(preset, expected):
+def test_preset_param_counts_match_method_and_transformers(preset, expected):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     m = ModelConfig(**PRESETS[preset])

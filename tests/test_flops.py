@@ -31,7 +31,7 @@ def test_table7_static_exact(preset):
         F.model_flops_per_token(ModelConfig.from_preset(preset))
 
 
-def test_spec6_static_integers():
+def test_static_flops_integers():
     # Exact integer values behind docs/method.md §6's 613,527.5 and 4,813,222.1 PF.
     assert paper_comparison("smollm-360m").static.flops == 613_527_488_299_008 * 10**6
     assert paper_comparison("smollm-1.7b").static.flops == 4_813_222_101_752_217_600_000

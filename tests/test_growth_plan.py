@@ -17,7 +17,7 @@ from grow_megatron.growth.schedule import MAX_ALPHA, make_plan, prop_alpha, step
         (6, 3, [0, 1, 2, 0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 1, 2, 3, 4, 5]),
     ],
 )
-def test_spec_source_maps(L, b, mid, lid):
+def test_worked_source_maps(L, b, mid, lid):
     assert list(midas(L, b).source_map) == mid
     assert list(lidas(L, b).source_map) == lid
 
@@ -56,7 +56,7 @@ def test_bad_operator_arguments():
         lidas(2, 4)
 
 
-def test_prop1_spec_example():
+def test_prop1_worked_example():
     assert prop_alpha(8, 170000, 1) == [4722, 9444, 14167, 18889, 23611, 28333, 33056, 37778]
 
 
