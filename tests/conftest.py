@@ -28,6 +28,7 @@ SLOW = (
     "test_data_distributed.py",
     "test_distributed.py",
     "test_gpu_results.py::test_cli_renders_every_section",
+    "test_import_names.py",
     "test_kernels_compile.py",
     "test_looping_training.py",
     "test_run_dir_lock.py",
