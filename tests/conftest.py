@@ -27,6 +27,7 @@ SLOW = (
     "test_checkpoint_sharded.py::test_dp4_save_writes_only_each_ranks_range",
     "test_data_distributed.py",
     "test_distributed.py",
+    "test_eval_lm_eval_real.py",
     "test_gpu_results.py::test_cli_renders_every_section",
     "test_import_names.py",
     "test_kernels_compile.py",
