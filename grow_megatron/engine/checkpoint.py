@@ -58,7 +58,8 @@ from grow_megatron.engine.distributed import barrier, broadcast_from_rank0, gath
 from grow_megatron.engine.dp_shards import param_pieces
 from grow_megatron.engine.faults import fault_point
 from grow_megatron import __version__
-from grow_megatron.engine.integrity import MANIFEST, META, digest_files, fsync_dir, rank_shard_files, verifying, write_manifest
+from grow_megatron.engine.integrity import (MANIFEST, META, digest_files, fsync_dir, pruned_under_reader,
+                                             rank_shard_files, verifying, write_manifest)
 from grow_megatron.engine.keys import MODEL, STATE_KEYS, state_key
 from grow_megatron.engine.optim_state import (ensure_state_initialized, local_range, local_state,
                                               optimizer_step_count, set_step_count)
@@ -462,14 +463,6 @@ def _vanished(err: BaseException) -> bool:
         for failure in (getattr(e, "failures", None) or {}).values():
             todo.extend(failure if isinstance(failure, tuple) else [failure])
     return False
-
-
-def pruned_under_reader(ckpt_dir: str) -> ConfigError:
-    """A checkpoint removed while it was read: a live trainer pruned it (checkpoint.keep_last)."""
-    return ConfigError("checkpoint", ckpt_dir, "was removed while it was being read (a trainer running in this run "
-                                               "directory pruned it, checkpoint.keep_last): nothing is damaged; read "
-                                               "again (the run directory reads its newest checkpoint, held while it "
-                                               "is read), or read a growth checkpoint, which is never pruned")
 
 
 HELD = ".held-"

@@ -132,6 +132,14 @@ def write_manifest(ckpt_dir: str, digested: Optional[dict[str, dict]] = None) ->
         os.fsync(f.fileno())
 
 
+def pruned_under_reader(ckpt_dir: str) -> ConfigError:
+    """A checkpoint removed while it was read: a live trainer pruned it (checkpoint.keep_last)."""
+    return ConfigError("checkpoint", ckpt_dir, "was removed while it was being read (a trainer running in this run "
+                                               "directory pruned it, checkpoint.keep_last): nothing is damaged; read "
+                                               "again (the run directory reads its newest checkpoint, held while it "
+                                               "is read), or read a growth checkpoint, which is never pruned")
+
+
 def _corrupt(path: str, why: str) -> ConfigError:
     ckpt = os.path.dirname(path)
     return ConfigError("checkpoint file", path, f"{why}: corrupted or edited after the checkpoint was written; "
@@ -145,6 +153,8 @@ def verify_checkpoint(ckpt_dir: str, keys: Optional[Callable[[str], bool]] = Non
     the stored items of the tensors it accepts are checked in shard files (a reader of some
     tensors); every other file is always checked whole."""
     path = os.path.join(ckpt_dir, MANIFEST)
+    if not os.path.isdir(ckpt_dir):
+        raise pruned_under_reader(ckpt_dir)
     if not os.path.isfile(path):
         writer = _manifest_era_writer(ckpt_dir)
         if writer is not None:
@@ -167,7 +177,7 @@ def verify_checkpoint(ckpt_dir: str, keys: Optional[Callable[[str], bool]] = Non
     for rel, entry in sorted(files.items()):
         full = os.path.join(ckpt_dir, rel)
         if not os.path.isfile(full):
-            raise _corrupt(full, "is missing")
+            raise pruned_under_reader(ckpt_dir) if not os.path.isdir(ckpt_dir) else _corrupt(full, "is missing")
         size = os.path.getsize(full)
         if size != entry["size"]:
             raise _corrupt(full, f"has {size} bytes where {entry['size']} were written")
