@@ -220,20 +220,21 @@ def load_run_config(path: Optional[str] = None, overrides: Optional[list[str]] =
     raw: dict = {}
     if path is not None:
         raw = read_yaml(path)
-        # The model is what a run trains; a file that names none would train the default one.
-        check("model" in raw or any(o.split("=", 1)[0].strip().startswith("model.")
-                                                  for o in overrides or []),
-              "config", path, f"names no model (it has {', '.join(map(str, raw)) or 'no sections'}): a run config "
-                              "needs a model section (model: {preset: tiny} or num_layers:, hidden_size:, ...; see "
-                              "examples/tiny_lidas.yaml)")
+    sections = list(raw)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
     raw = resolve_paths(dict(raw), os.getcwd(), run_dir=True)
     model = raw.get("model") or {}
     check(isinstance(model, dict), "model", model, "must be a mapping of ModelConfig fields (preset:, num_layers:, ...)")
+    named_model = "model" in raw
     raw["model"] = ModelConfig.from_preset_dict(dict(model))
-    return from_dict(RunConfig, raw).validate(world_size)
+    cfg = from_dict(RunConfig, raw)  # (a misspelt section is named first)
+    # The model is what a run trains; a file that names none would train the default one.
+    check(path is None or named_model, "config", path,
+          f"names no model (it has {', '.join(map(str, sections)) or 'no sections'}): a run config needs a model "
+          "section (model: {preset: tiny} or num_layers:, hidden_size:, ...; see examples/tiny_lidas.yaml)")
+    return cfg.validate(world_size)
 
 
 def dump_run_config(cfg: RunConfig) -> str:

@@ -8,6 +8,7 @@ checkpoint is byte-for-byte the format training writes and resumes from.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import weakref
@@ -82,15 +83,17 @@ class NativeReader:
                 self.source = newest
         self.dir = held or self.source
         self._release = weakref.finalize(self, release_checkpoint, held)
-        self.meta = read_meta(self.dir)
-        self.state = "param" if main_params else None
-        if verify:
-            verify_checkpoint(self.dir, keys=lambda key: self._owns(key))
+        with self._named():
+            self.meta = read_meta(self.dir)
+            self.state = "param" if main_params else None
+            if verify:
+                verify_checkpoint(self.dir, keys=lambda key: self._owns(key))
+            specs = tensor_specs(self.dir)
         # Model-space names: the weights' (shapes, dtypes) and the spec of what read() reads.
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, torch.dtype] = {}
         self._read_specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        for k, spec in tensor_specs(self.dir).items():
+        for k, spec in specs.items():
             parsed = keys.parse_state_key(k)
             if parsed is None:
                 continue
@@ -102,6 +105,18 @@ class NativeReader:
         if keys.EMBED not in self.shapes:
             raise ConfigError("checkpoint", self.source, f"holds no {keys.model_key(keys.EMBED)}: not a grow_megatron "
                                                       "checkpoint")
+
+    @contextlib.contextmanager
+    def _named(self):
+        """Errors name the checkpoint, not the reader's hold on it."""
+        try:
+            yield
+        except ConfigError as err:
+            if self.dir == self.source:
+                raise
+            fix = lambda text: text.replace(self.dir, self.source) if isinstance(text, str) else text  # noqa: E731
+            raise ConfigError(fix(err.path), fix(err.value), fix(err.allowed).replace(
+                os.path.basename(self.dir), os.path.basename(self.source))) from None
 
     def _key(self, name: str) -> str:
         """The checkpoint key read() reads for model-space `name`."""
@@ -136,7 +151,8 @@ class NativeReader:
         from grow_megatron.engine.checkpoint import read_global_tensors  # megatron-core: see the note at the top
 
         key = self._key(name)
-        return read_global_tensors(self.dir, {key: self._read_specs[name]}, verify=False)[key]
+        with self._named():
+            return read_global_tensors(self.dir, {key: self._read_specs[name]}, verify=False)[key]
 
     def check(self, model: ModelConfig) -> None:
         check_shapes(self.shapes, expected_native_shapes(model), f"checkpoint {self.source} vs its config")

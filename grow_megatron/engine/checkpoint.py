@@ -412,7 +412,7 @@ def _prune(ckpt_root: str, saved: str, keep_last: Optional[int], background: boo
         shutil.rmtree(path, ignore_errors=True)
 
 
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "events.jsonl", "config.yaml", "tb", "loss.png")
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "events.jsonl", "config.yaml", "config_history.jsonl", "tb", "loss.png")
 """What a run writes into its run_dir (checkpoint.resume=fresh moves these into an archive)."""
 
 
