@@ -121,9 +121,10 @@ def _train(run: ResolvedRun, *, stop_at: Optional[int], on_step) -> TrainResult:
     checkpoint."""
     cfg = run.cfg
     prepare_run_dir(cfg.run_dir, cfg.checkpoint.resume)
-    data = _Data.build(run)
     ckpt_root = _checkpoint_root(cfg)
-    start, engine = _resume(run, ckpt_root)
+    origin = _origin(cfg, ckpt_root)  # (a resume that changes the run stops here, before the data is built)
+    data = _Data.build(run)
+    start, engine = _resume(run, origin)
     history = start.growths
     compute = ComputeCount(cfg.model, run.vocab, _tokens_per_step(cfg),
                            history[0]["old_depth"] if history else engine.depth, start.checkpoint_meta)
@@ -238,17 +239,33 @@ class _Start:
         return (self.checkpoint_meta or {}).get("skipped_steps", 0)
 
 
-def _resume(run: ResolvedRun, ckpt_root: str) -> tuple[_Start, Engine]:
-    """The start of this call and its engine: built fresh at the plan's initial depth, or
-    loaded from the latest checkpoint (checkpoint.resume=auto)."""
-    cfg = run.cfg
+@dataclass(frozen=True)
+class _Origin:
+    """What this call resumes (nothing for a new run) and the run's identity, checked."""
+
+    checkpoint: Optional[str]
+    meta: Optional[dict]
+    identity: dict
+    changed: dict
+
+
+def _origin(cfg: RunConfig, ckpt_root: str) -> _Origin:
+    """The latest checkpoint (checkpoint.resume=auto) and its meta.json, and this run's identity
+    checked against the one it recorded."""
     resume_from = latest_checkpoint(ckpt_root) if cfg.checkpoint.resume == "auto" else None
     if resume_from is None and cfg.checkpoint.resume == "auto":
         _refuse_restart_over_lost_checkpoints(cfg, ckpt_root)
-    torch.manual_seed(cfg.train.seed)
     prior = read_meta(resume_from) if resume_from else None
+    return _Origin(resume_from, prior, *_checked_identity(cfg, prior, resume_from))
+
+
+def _resume(run: ResolvedRun, origin: _Origin) -> tuple[_Start, Engine]:
+    """The start of this call and its engine: built fresh at the plan's initial depth, or
+    loaded from the latest checkpoint."""
+    cfg = run.cfg
+    resume_from, prior = origin.checkpoint, origin.meta
+    torch.manual_seed(cfg.train.seed)
     start = prior["step"] if prior else 0
-    identity, changed = _checked_identity(cfg, prior, resume_from)
     plan = continued_plan(run.plan, prior)
     if prior:
         _check_resumed_depth(cfg, plan, resume_from, prior)
@@ -259,7 +276,7 @@ def _resume(run: ResolvedRun, ckpt_root: str) -> tuple[_Start, Engine]:
         load_checkpoint(engine, resume_from)
     else:
         engine = build_engine(run.spec, plan.initial_depth)
-    return _Start(start, resume_from, prior, plan, schedule, identity, changed), engine
+    return _Start(start, resume_from, prior, plan, schedule, origin.identity, origin.changed), engine
 
 
 def _checked_identity(cfg: RunConfig, prior: Optional[dict], checkpoint: Optional[str]) -> tuple[dict, dict]:
