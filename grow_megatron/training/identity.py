@@ -173,10 +173,15 @@ def _append(run_dir: str, record: dict, fresh: bool) -> None:
         os.fsync(f.fileno())
 
 
-def record_start(cfg: RunConfig, identity: dict) -> None:
-    """A new run (step 0): its history starts with its config and identity."""
-    _append(cfg.run_dir, {"step": 0, "kind": "start", "identity": identity["fields"], "config": to_dict(cfg)},
+def record_start(cfg: RunConfig, identity: dict, step: int = 0) -> None:
+    """A new run: its history starts with its config and identity (at step 0, or where a run
+    without a history, say one `grow` or `convert from-hf` wrote, is first trained)."""
+    _append(cfg.run_dir, {"step": step, "kind": "start", "identity": identity["fields"], "config": to_dict(cfg)},
             fresh=True)
+
+
+def has_history(run_dir: str) -> bool:
+    return os.path.isfile(history_path(run_dir))
 
 
 def record_changes(cfg: RunConfig, step: int, diff: dict[str, tuple[Any, Any]]) -> None:

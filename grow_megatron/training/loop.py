@@ -30,7 +30,7 @@ from grow_megatron.growth.schedule import GrowthPlan
 from grow_megatron.model.looping import LoopSchedule
 from grow_megatron.training.history import ComputeCount, Schedule, continued_plan, lr_schedule, plan_note
 from grow_megatron.training.identity import (changes as identity_changes, check_changes, describe_changes,
-                                             legacy_identity, record_changes, record_start, run_identity, write_current_config)
+                                             has_history, legacy_identity, record_changes, record_start, run_identity, write_current_config)
 from grow_megatron.training.metrics import MetricsWriter
 from grow_megatron.training.run_lock import run_dir_lock
 
@@ -286,7 +286,10 @@ def _checked_identity(cfg: RunConfig, prior: Optional[dict], checkpoint: Optiona
     result = None
     if rank() == 0:
         try:
-            recorded = (prior.get("identity") or legacy_identity(cfg.run_dir)) if prior else None
+            # A checkpoint at step 0 without an identity (`convert from-hf`) was never trained:
+            # the run's identity is the one its first step trains under.
+            recorded = (prior.get("identity") or (legacy_identity(cfg.run_dir) if prior["step"] else None)
+                        if prior else None)
             current = run_identity(cfg, (recorded or {}).get("file_stats"))
             diff = identity_changes(recorded, current) if recorded else {}
             check_changes(diff, cfg.accept_changes, prior["step"] if prior else 0, checkpoint, cfg.run_dir)
@@ -331,9 +334,9 @@ def _open_metrics(run: ResolvedRun, start: _Start, engine: Engine, data: _Data) 
     if layout.is_logging_rank:
         os.makedirs(cfg.run_dir, exist_ok=True)
         write_current_config(cfg)
-        if start.checkpoint is None:
-            record_start(cfg, start.identity)
-        elif start.changed:
+        if start.checkpoint is None or not has_history(cfg.run_dir):
+            record_start(cfg, start.identity, start.step)
+        if start.checkpoint is not None and start.changed:
             record_changes(cfg, start.step, start.changed)
             metrics.note(f"changes from step {start.step} on (recorded in config_history.jsonl): "
                          f"{describe_changes(start.changed)}")
