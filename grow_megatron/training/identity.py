@@ -127,7 +127,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 160 else text[:157] + "..."
 
 
-def changes(recorded: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+def identity_changes(recorded: dict, current: dict) -> dict[str, tuple[Any, Any]]:
     """{field: (recorded value, current value)} of the fields both identities have and that
     differ."""
     old, new = recorded["fields"], current["fields"]
@@ -141,9 +141,9 @@ def check_changes(diff: dict[str, tuple[Any, Any]], accepted: list[str], step: i
     again after a preemption, when the change is already recorded)."""
     for key in accepted:
         if _fixed(key):
-            raise ConfigError("accept_changes", key, "cannot be accepted on resume: the checkpoint, the growth plan or "
-                                                     "the data position depend on it; use `grow-megatron grow` (another "
-                                                     "depth) or a new run_dir")
+            raise ConfigError("accept_changes", key, "cannot be accepted on resume: the checkpoint, the growth plan "
+                                                     "or the data position depend on it; use `grow-megatron grow` "
+                                                     "(another depth) or a new run_dir")
     refused = {k: v for k, v in diff.items() if k not in EXTENDABLE and k not in accepted}
     if not refused:
         return

@@ -29,8 +29,9 @@ from grow_megatron.engine.resolve import ResolvedRun, resolve_run
 from grow_megatron.growth.schedule import GrowthPlan
 from grow_megatron.model.looping import LoopSchedule
 from grow_megatron.training.history import ComputeCount, Schedule, continued_plan, lr_schedule, plan_note
-from grow_megatron.training.identity import (changes as identity_changes, check_changes, describe_changes,
-                                             has_history, legacy_identity, record_changes, record_start, run_identity, write_current_config)
+from grow_megatron.training.identity import (check_changes, describe_changes, has_history, identity_changes,
+                                             legacy_identity, record_changes, record_start, run_identity,
+                                             write_current_config)
 from grow_megatron.training.metrics import MetricsWriter
 from grow_megatron.training.run_lock import run_dir_lock
 
@@ -296,6 +297,8 @@ def _checked_identity(cfg: RunConfig, prior: Optional[dict], checkpoint: Optiona
             result = ("ok", current, diff)
         except ConfigError as err:
             result = ("refused", err.path, err.value, err.allowed)
+        except OSError as err:  # a data file that cannot be read for its digest: never a hang of the other ranks
+            result = ("refused", "data", err.filename, f"cannot be read to digest it ({err.strerror})")
     result = broadcast_from_rank0(result)
     if result[0] == "refused":
         raise ConfigError(*result[1:])
