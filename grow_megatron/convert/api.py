@@ -59,7 +59,11 @@ class NativeSource:
             config = run_config_path(self.run_dir)
         self.run: RunInfo = read_run_info(config)
         # fp32 main params (the optimizer's copy) are the more precise weights of a bf16 run.
-        self.reader = NativeReader(self.ckpt_dir, main_params=main_params)
+        # A run directory reads its newest checkpoint: held against a live trainer's pruning,
+        # or, pruned before it could be held, the next newest (NativeReader).
+        given_run = os.path.abspath(os.path.expanduser(path)) == self.run_dir
+        self.reader = NativeReader(self.ckpt_dir, main_params=main_params, run_dir=self.run_dir if given_run else None)
+        self.ckpt_dir = self.reader.source
         stored = dataclasses.replace(self.run.model, num_layers=self.reader.depth, vocab_size=self.reader.vocab_size)
         self.reader.check(stored)
         # A loop-adapted model (model.loop, from its from_step on) exports as its unrolled depth:
