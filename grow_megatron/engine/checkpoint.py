@@ -336,23 +336,11 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         _on_rank0(publish)
         barrier()
 
-    try:
-        _on_rank0(begin)
-        barrier()
-        sd, _ = _sharded_state(engine, for_load=False)
-        sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
-        if saver is not None:
-            # megatron's async writer (a forked process per save, see async_save.py); `finish`
-            # runs on every rank once all writers are done, a failed writer raises everywhere.
-            saver.submit(dist_checkpointing.save(sd, tmp, sharded_strategy=strategy, async_sharded_save=True), finish)
-            return final
-        dist_checkpointing.save(sd, tmp, sharded_strategy=strategy)
-        barrier()
-        seal()
-    except (OSError, CheckpointException) as err:
+    def failed(err: BaseException) -> None:
+        """A full disk, in one line, with the partial save removed; anything else as it is."""
         full = _disk_full(err)
         if full is None:
-            raise
+            return
         if _rank0():
             shutil.rmtree(tmp, ignore_errors=True)
         good = latest_checkpoint(ckpt_root)
@@ -360,6 +348,25 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
                                              f"({full.filename or 'a checkpoint file'}): free disk space or set "
                                              f"run_dir on a larger disk; the partial save was removed and "
                                              f"{good or 'no checkpoint'} stays the last good one") from err
+
+    try:
+        _on_rank0(begin)
+        barrier()
+        sd, _ = _sharded_state(engine, for_load=False)
+        sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
+        if saver is not None:
+            # megatron's async writer (a forked process per save, see async_save.py); `finish`
+            # runs on every rank once all writers are done, a failed writer raises everywhere
+            # (through `failed`, at the step that finds it done).
+            saver.submit(dist_checkpointing.save(sd, tmp, sharded_strategy=strategy, async_sharded_save=True), finish,
+                         on_error=failed)
+            return final
+        dist_checkpointing.save(sd, tmp, sharded_strategy=strategy)
+        barrier()
+        seal()
+    except (OSError, CheckpointException) as err:
+        failed(err)
+        raise
     _on_rank0(publish)
     barrier()
     return final
