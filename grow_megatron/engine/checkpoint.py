@@ -29,14 +29,12 @@ checkpoint written at one TP x PP x DP layout resumes at another.
 """
 from __future__ import annotations
 
-import ctypes
 import datetime
 import errno
 import json
 import os
 import re
 import shutil
-import sys
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -58,6 +56,7 @@ from grow_megatron.engine.dp_shards import param_pieces
 from grow_megatron.engine.faults import fault_point
 from grow_megatron.engine.integrity import digest_files, fsync_dir, rank_shard_files, verifying, write_manifest
 from grow_megatron.engine.keys import MODEL, STATE_KEYS, state_key
+from grow_megatron.engine.staging import exchange_dirs as _exchange
 from grow_megatron.engine.optim_state import (ensure_state_initialized, local_range, local_state,
                                               optimizer_step_count, set_step_count)
 
@@ -186,24 +185,6 @@ def latest_checkpoint(ckpt_root: str) -> Optional[str]:
             return aside
     found = list_checkpoints(ckpt_root)
     return os.path.join(ckpt_root, found[-1]) if found else None
-
-
-def _exchange(a: str, b: str) -> bool:
-    """Atomically swap two directory entries (Linux renameat2 RENAME_EXCHANGE); False where the
-    OS or file system cannot (then nothing was changed)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)  # glibc >= 2.28
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), a)
 
 
 def _install(tmp: str, final: str, step: int, exchange: Callable[[str, str], bool]) -> Optional[str]:
