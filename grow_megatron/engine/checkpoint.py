@@ -29,7 +29,6 @@ checkpoint written at one TP x PP x DP layout resumes at another.
 """
 from __future__ import annotations
 
-import ctypes
 import datetime
 import errno
 import json
@@ -37,7 +36,6 @@ import os
 import re
 import shutil
 import socket
-import sys
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -61,6 +59,7 @@ from grow_megatron import __version__
 from grow_megatron.engine.integrity import (MANIFEST, META, digest_files, fsync_dir, pruned_under_reader,
                                              rank_shard_files, verifying, write_manifest)
 from grow_megatron.engine.keys import MODEL, STATE_KEYS, state_key
+from grow_megatron.engine.staging import exchange_dirs as _exchange
 from grow_megatron.engine.optim_state import (ensure_state_initialized, local_range, local_state,
                                               optimizer_step_count, set_step_count)
 
@@ -212,24 +211,6 @@ def unreadable_leftovers(ckpt_root: str) -> Optional[str]:
     return "; ".join(signs) or None
 
 
-def _exchange(a: str, b: str) -> bool:
-    """Atomically swap two directory entries (Linux renameat2 RENAME_EXCHANGE); False where the
-    OS or file system cannot (then nothing was changed)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)  # glibc >= 2.28
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), a)
-
-
 def _install(tmp: str, final: str, step: int, exchange: Callable[[str, str], bool]) -> Optional[str]:
     """Put the complete `tmp` at `final`; returns the old copy to delete (or None). A complete
     `final` (or, in the fallback, its .old- copy that readers fall back to) exists throughout."""
@@ -361,23 +342,11 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         _on_rank0(publish)
         barrier()
 
-    try:
-        _on_rank0(begin)
-        barrier()
-        sd, _ = _sharded_state(engine, for_load=False)
-        sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
-        if saver is not None:
-            # megatron's async writer (a forked process per save, see async_save.py); `finish`
-            # runs on every rank once all writers are done, a failed writer raises everywhere.
-            saver.submit(dist_checkpointing.save(sd, tmp, sharded_strategy=strategy, async_sharded_save=True), finish)
-            return final
-        dist_checkpointing.save(sd, tmp, sharded_strategy=strategy)
-        barrier()
-        seal()
-    except (OSError, CheckpointException) as err:
+    def failed(err: BaseException) -> None:
+        """A full disk, in one line, with the partial save removed; anything else as it is."""
         full = _disk_full(err)
         if full is None:
-            raise
+            return
         if _rank0():
             shutil.rmtree(tmp, ignore_errors=True)
         good = latest_checkpoint(ckpt_root)
@@ -385,6 +354,25 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
                                              f"({full.filename or 'a checkpoint file'}): free disk space or set "
                                              f"run_dir on a larger disk; the partial save was removed and "
                                              f"{good or 'no checkpoint'} stays the last good one") from err
+
+    try:
+        _on_rank0(begin)
+        barrier()
+        sd, _ = _sharded_state(engine, for_load=False)
+        sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
+        if saver is not None:
+            # megatron's async writer (a forked process per save, see async_save.py); `finish`
+            # runs on every rank once all writers are done, a failed writer raises everywhere
+            # (through `failed`, at the step that finds it done).
+            saver.submit(dist_checkpointing.save(sd, tmp, sharded_strategy=strategy, async_sharded_save=True), finish,
+                         on_error=failed)
+            return final
+        dist_checkpointing.save(sd, tmp, sharded_strategy=strategy)
+        barrier()
+        seal()
+    except (OSError, CheckpointException) as err:
+        failed(err)
+        raise
     _on_rank0(publish)
     barrier()
     return final
