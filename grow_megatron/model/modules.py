@@ -50,12 +50,8 @@ class ScaledRMSNorm(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [s, b, h]
         if self.use_kernel:
             return _kernels().rms_norm(x, self.weight, self.eps, scale=self.scale)
-        # fp32 statistics, as transformers' LlamaRMSNorm computes them (HF logit parity).
-        dtype = x.dtype
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        y = self.weight * y.to(dtype)
-        return y * self.scale if self.scale != 1.0 else y
+        # Rounded as transformers' LlamaRMSNorm (HF logit parity): kernels/rmsnorm.py's reference.
+        return _kernels().rms_norm_ref(x, self.weight, self.eps, self.scale)
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, eps={self.eps}, scale={self.scale:.4f}"
