@@ -27,6 +27,12 @@ class GrowTransformerConfig(TransformerConfig):
     """RoPE base, read by SDPAttention (which applies RoPE)."""
     grow_init_seed: int = 0
     """Seed of the initial weights; each layer's draw depends on it and the layer's global position."""
+    grow_fp8: str = "off"
+    """model.fp8: the torchao float8 recipe of the layers' linears (off: none)."""
+    grow_fp8_emulate: bool = False
+    """model.fp8_emulate: FP8 matmuls emulated in high precision (CPU tests)."""
+    grow_compile: bool = False
+    """model.compile: each transformer layer under torch.compile."""
 
 
 def _keep(tensor: torch.Tensor) -> torch.Tensor:
@@ -37,7 +43,8 @@ def _keep(tensor: torch.Tensor) -> torch.Tensor:
 def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype: torch.dtype = torch.float32,
                             bf16: bool = False, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                             pipeline_layout=None, use_kernels: bool = False, seed: int = 0,
-                            init_weights: bool = True) -> GrowTransformerConfig:
+                            init_weights: bool = True, fp8: str = "off", fp8_emulate: bool = False,
+                            compile: bool = False) -> GrowTransformerConfig:
     return GrowTransformerConfig(
         num_layers=num_layers,
         hidden_size=model.hidden_size,
@@ -82,6 +89,9 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
         grow_use_kernels=use_kernels,
         grow_init_seed=seed,
         grow_rope_theta=model.rope_theta,
+        grow_fp8=fp8,
+        grow_fp8_emulate=fp8_emulate,
+        grow_compile=compile,
     )
 
 
@@ -92,7 +102,8 @@ def build_model_chunk(config: GrowTransformerConfig, model: ModelConfig, vocab_s
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     if num_local_layers is None:
         num_local_layers = config.num_layers // config.pipeline_model_parallel_size
-    spec = TransformerBlockSubmodules(layer_specs=[decoder_layer_spec(config.grow_use_kernels)] * num_local_layers,
+    layer_spec = decoder_layer_spec(config.grow_use_kernels, fp8=config.grow_fp8 != "off")
+    spec = TransformerBlockSubmodules(layer_specs=[layer_spec] * num_local_layers,
                                       layer_norm=ScaledRMSNorm)
     model = GrowGPTModel(
         config=config,
@@ -108,4 +119,24 @@ def build_model_chunk(config: GrowTransformerConfig, model: ModelConfig, vocab_s
     )
     # The fused loss needs the whole vocabulary on one rank.
     model.fused_loss = config.grow_use_kernels and config.tensor_model_parallel_size == 1
+    if config.grow_compile:
+        compile_layers(model)
     return model
+
+
+def compile_layers(chunk: GrowGPTModel) -> None:
+    """torch.compile each transformer layer in place (per layer, as torchtitan compiles its
+    blocks). The layers share one code object and dynamo treats each module's parameters as
+    graph inputs, so the layers of a chunk, and those a growth builds, reuse the graphs the first
+    layer compiled: nothing in a layer's traced code depends on its position (SDPAttention's
+    RoPE table is rebuilt in the graph instead of read from a per-layer cache)."""
+    for layer in chunk.decoder.layers:
+        layer.compile()
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (its own counter): what a run's log
+    reports at start and after each growth."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])

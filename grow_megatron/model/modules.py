@@ -122,6 +122,10 @@ class SDPAttention(MegatronModule):
         self._native_gqa_cache: dict = {}
 
     def _cos_sin(self, s: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():
+            # A per-layer cache would put a guard on each layer's dict (a recompile per layer);
+            # in the graph the table is a few fused ops.
+            return _kernels().rope_cos_sin(s, self.head_dim, self.rope_base, device)
         key = (s, str(device))
         if key not in self._rope_cache:
             self._rope_cache = {key: _kernels().rope_cos_sin(s, self.head_dim, self.rope_base, device)}
@@ -130,6 +134,10 @@ class SDPAttention(MegatronModule):
     def _native_gqa(self, q, k, v, dropout_p: float) -> bool:
         """native_gqa_is_fused, asked once per layout rather than every step (one entry: the
         shapes change only with the sequence length or batch)."""
+        if torch.compiler.is_compiling():
+            # torch's dispatch checks do not trace, and a cache would guard per layer: compiled
+            # layers repeat k and v (the same function).
+            return False
         key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, dropout_p > 0,
                torch.is_grad_enabled() and q.requires_grad)
         if key not in self._native_gqa_cache:
