@@ -11,6 +11,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel.layers import RowParallelLinear
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, get_transformer_layer_offset
@@ -158,6 +159,17 @@ class SDPAttention(MegatronModule):
         out = causal_attention(q, k, v, native_gqa=self._native_gqa(q, k, v, dropout_p), scale=self.softmax_scale,
                                dropout_p=dropout_p)
         return out.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)  # [s, b, hq*d]
+
+
+class GrowRowParallelLinear(RowParallelLinear):
+    """megatron's RowParallelLinear, handing its matmul the layer's own TP group where megatron
+    passes None (it then looks the default group up, the same group, through a call that
+    torch.compile cannot trace: a graph break in every compiled layer)."""
+
+    def _forward_impl(self, input, weight, *args, **kwargs):
+        if kwargs.get("tp_group", 0) is None:
+            kwargs["tp_group"] = self.tp_group
+        return super()._forward_impl(input, weight, *args, **kwargs)
 
 
 class FusedSwiGLU(torch.nn.Module):

@@ -6,7 +6,7 @@ config switch, never inside the model's structure; parallel linears stay megatro
 from __future__ import annotations
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
-from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
+from megatron.core.tensor_parallel.layers import ColumnParallelLinear
 from megatron.core.transformer.attention import SelfAttention, SelfAttentionSubmodules
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.identity_op import IdentityOp
@@ -15,7 +15,8 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
 
 from grow_megatron.model.fp8 import Fp8ColumnParallelLinear, Fp8RowParallelLinear
-from grow_megatron.model.modules import FusedSwiGLU, GrowTransformerLayer, ScaledRMSNorm, SDPAttention
+from grow_megatron.model.modules import (FusedSwiGLU, GrowRowParallelLinear, GrowTransformerLayer, ScaledRMSNorm,
+                                         SDPAttention)
 
 
 def decoder_layer_spec(use_kernels: bool = False, fp8: bool = False) -> ModuleSpec:
@@ -24,7 +25,7 @@ def decoder_layer_spec(use_kernels: bool = False, fp8: bool = False) -> ModuleSp
     With kernels, the norms and RoPE switch to Triton inside our modules (they read the
     config), and the MLP's activation becomes the fused SwiGLU module. With fp8 the four linears
     run their matmuls in FP8 (model/fp8.py)."""
-    column, row = (Fp8ColumnParallelLinear, Fp8RowParallelLinear) if fp8 else (ColumnParallelLinear, RowParallelLinear)
+    column, row = (Fp8ColumnParallelLinear, Fp8RowParallelLinear) if fp8 else (ColumnParallelLinear, GrowRowParallelLinear)
     return ModuleSpec(
         module=GrowTransformerLayer,
         submodules=TransformerLayerSubmodules(
