@@ -59,7 +59,9 @@ class ModelConfig:
     ln_scaling: bool = False
     """LayerNorm-Scaling (SPEC 5): scale each pre-norm output of the layer at position l by 1/sqrt(l)."""
     kernels: Literal["auto", "on", "off"] = "auto"
-    """Fused Triton kernels: auto = on when a GPU is present, off = pure-PyTorch reference path."""
+    """Fused Triton kernels: on = all of them, off = the pure-PyTorch reference path, auto = on a
+    GPU each kernel timed against its reference at the run's shapes at start and on only where it
+    is faster (the run's first note lists them with the times); off without a GPU."""
     compile: bool = False
     """torch.compile each transformer layer (per layer, as torchtitan does). Layers of one shape
     share their compiled code, so a growth adds layers without compiling per layer; the run's

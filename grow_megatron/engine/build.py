@@ -47,6 +47,8 @@ class EngineSpec:
     """model.fp8: torchao float8 recipe of the layers' linears, or off."""
     fp8_emulate: bool = False
     """model.fp8_emulate: the FP8 matmuls emulated in high precision (CPU)."""
+    kernels: Optional[tuple[str, ...]] = None
+    """With use_kernels, the Triton kernels that run (kernels/select.py's names); None = all."""
 
     def split_for(self, depth: int) -> tuple[int, ...]:
         """Layers per (virtual) stage in layer order at `depth`."""
@@ -110,7 +112,8 @@ def build_engine(spec: EngineSpec, depth: int, init_weights: bool = True) -> Eng
         spec.model, num_layers=depth, params_dtype=torch.bfloat16 if spec.bf16 else torch.float32,
         bf16=spec.bf16, tensor_parallel=spec.tp, pipeline_parallel=spec.pp,
         pipeline_layout=_pipeline_layout(split, spec.pp), use_kernels=spec.use_kernels, seed=spec.seed,
-        init_weights=init_weights, fp8=spec.fp8, fp8_emulate=spec.fp8_emulate, compile=spec.compile)
+        init_weights=init_weights, fp8=spec.fp8, fp8_emulate=spec.fp8_emulate, compile=spec.compile,
+        kernels=spec.kernels if spec.use_kernels else ())
     ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
                                                use_distributed_optimizer=True, average_in_collective=True)
     model = []

@@ -18,8 +18,9 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, get_tr
 from megatron.core.utils import divide
 
 
-def _kernels_enabled(config: TransformerConfig) -> bool:
-    return bool(getattr(config, "grow_use_kernels", False))
+def _kernel_on(config: TransformerConfig, name: str) -> bool:
+    """Whether the Triton kernel `name` (kernels/select.py's KERNELS) runs in this model."""
+    return name in getattr(config, "grow_kernels", ())
 
 
 def _kernels():
@@ -46,7 +47,7 @@ class ScaledRMSNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
         self.eps = eps
         self.scale = 1.0
-        self.use_kernel = _kernels_enabled(config)
+        self.use_kernel = _kernel_on(config, "rmsnorm")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [s, b, h]
         if self.use_kernel:
@@ -118,7 +119,7 @@ class SDPAttention(MegatronModule):
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         self.rope_base = float(getattr(config, "grow_rope_theta", 10000.0))
-        self.use_kernel = _kernels_enabled(config)
+        self.use_kernel = _kernel_on(config, "rope")
         self._rope_cache: dict = {}
         self._native_gqa_cache: dict = {}
 

@@ -19,11 +19,11 @@ from grow_megatron.model.modules import (FusedSwiGLU, GrowRowParallelLinear, Gro
                                          SDPAttention)
 
 
-def decoder_layer_spec(use_kernels: bool = False, fp8: bool = False) -> ModuleSpec:
+def decoder_layer_spec(fused_swiglu: bool = False, fp8: bool = False) -> ModuleSpec:
     """Pre-norm LLaMA layer: ScaledRMSNorm -> RoPE + SDPA self-attention -> ScaledRMSNorm -> SwiGLU MLP.
 
-    With kernels, the norms and RoPE switch to Triton inside our modules (they read the
-    config), and the MLP's activation becomes the fused SwiGLU module. With fp8 the four linears
+    The norms and RoPE switch to their Triton kernels inside our modules (they read the
+    config); with fused_swiglu the MLP's activation becomes the fused SwiGLU module. With fp8 the four linears
     run their matmuls in FP8 (model/fp8.py)."""
     column, row = (Fp8ColumnParallelLinear, Fp8RowParallelLinear) if fp8 else (ColumnParallelLinear, GrowRowParallelLinear)
     return ModuleSpec(
@@ -45,7 +45,7 @@ def decoder_layer_spec(use_kernels: bool = False, fp8: bool = False) -> ModuleSp
             pre_mlp_layernorm=ScaledRMSNorm,
             mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(
                 linear_fc1=column, linear_fc2=row,
-                activation_func=FusedSwiGLU if use_kernels else None)),
+                activation_func=FusedSwiGLU if fused_swiglu else None)),
             mlp_bda=get_bias_dropout_add,
         ),
     )
