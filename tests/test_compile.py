@@ -6,7 +6,7 @@ import torch
 
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
-from grow_megatron.engine.build import build_engine, train_step
+from grow_megatron.engine.build import build_engine, run_microbatches, train_step
 from grow_megatron.engine.distributed import device_context, init_distributed
 from grow_megatron.engine.grow import grow
 from grow_megatron.engine.resolve import engine_spec
@@ -45,6 +45,15 @@ def test_compiled_layers_match_eager_and_growth_compiles_nothing_new(env):
     assert eager.chunks[0].state_dict().keys() == comp.chunks[0].state_dict().keys()
     torch._dynamo.reset()
     graphs0 = compiled_graphs()
+    # gradients of one backward: fp32 with the compiled kernels' reduction order (a real
+    # difference in the layer shows at >= 1e-3); after an AdamW step the parameters are no
+    # measure, AdamW's first update is about lr x sign(g) even where g is rounding noise
+    batch = [random_batch(99, V, S)]
+    la, lb = run_microbatches(eager, batch, False), run_microbatches(comp, batch, False)
+    assert abs(float(la) - float(lb)) <= 1e-5 * float(la)
+    ge = {k: p.main_grad.clone() for k, p in eager.named_parameters()}
+    gc = {k: p.main_grad.clone() for k, p in comp.named_parameters()}
+    assert max(_rel(gc[k], ge[k]) for k in ge) < 1e-4
     for step in range(2):
         batch = [random_batch(step, V, S)]
         a, b = train_step(eager, batch, 1e-2), train_step(comp, batch, 1e-2)
@@ -52,8 +61,6 @@ def test_compiled_layers_match_eager_and_growth_compiles_nothing_new(env):
         assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-4 * a["grad_norm"]
     after_start = compiled_graphs()
     assert after_start > graphs0  # it did compile
-    pe, pc = dict(eager.named_parameters()), dict(comp.named_parameters())
-    assert max(_rel(pc[k], pe[k]) for k in pe) < 1e-5
     # two growths (2 -> 4 -> 6 layers, LN-Scaling: each new position its own 1/sqrt(l)):
     # the new layers run on the graphs already compiled
     for g in (lidas(2, 2), lidas(4, 2)):

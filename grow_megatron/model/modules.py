@@ -46,12 +46,30 @@ class ScaledRMSNorm(torch.nn.Module):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
         self.eps = eps
+        # The factor again as a 0-d buffer (in no state dict) for compiled layers: a Python float
+        # is a constant to dynamo, so every new position (a growth's layers) would recompile.
+        self.register_buffer("scale_t", torch.ones((), dtype=torch.float32), persistent=False)
         self.scale = 1.0
         self.use_kernel = _kernel_on(config, "rmsnorm")
+
+    @property
+    def scale(self) -> float:
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        # A new tensor, not an in-place write: a backward pending on the old factor keeps it
+        # (model/looping.py changes the factor between applications of one layer).
+        self._scale = float(value)
+        self.scale_t = torch.full((), self._scale, dtype=torch.float32, device=self.scale_t.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [s, b, h]
         if self.use_kernel:
             return _kernels().rms_norm(x, self.weight, self.eps, scale=self.scale)
+        if torch.compiler.is_compiling():
+            # One graph for every position: the factor is a graph input (x 1.0 where there is none).
+            # (a 0-d fp32 factor keeps x's dtype and is applied in fp32, as a Python float is)
+            return _kernels().rms_norm_ref(x, self.weight, self.eps) * self.scale_t
         # Rounded as transformers' LlamaRMSNorm (HF logit parity): kernels/rmsnorm.py's reference.
         return _kernels().rms_norm_ref(x, self.weight, self.eps, self.scale)
 
