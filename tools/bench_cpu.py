@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -134,6 +135,14 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default="tiny,360m", help=f"comma-separated, of {', '.join(SHAPES)}")
@@ -156,7 +165,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(a.threads)
     from grow_megatron.engine.distributed import device_context, init_distributed, shutdown_distributed
 
-    results = {}
+    results, load0 = {}, os.getloadavg()[0]
     with device_context():
         init_distributed(1, 1, seed=0)
         try:
@@ -166,8 +175,8 @@ def main(argv=None) -> int:
         finally:
             shutdown_distributed()
     meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads",
-            "torch": torch.__version__}
+            "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+            "load_avg_start_end": [load0, os.getloadavg()[0]], "torch": torch.__version__}
     print(table(results))
     for s, r in results.items():
         if "engine_eager_profile" in r:
