@@ -27,6 +27,7 @@ from grow_megatron.engine.grow import grow, needs_host_staging
 from grow_megatron.engine.optim_state import nonfinite_state
 from grow_megatron.engine.resolve import ResolvedRun, resolve_run
 from grow_megatron.growth.schedule import GrowthPlan
+from grow_megatron.model.builder import compiled_graphs
 from grow_megatron.model.looping import LoopSchedule
 from grow_megatron.training.history import ComputeCount, Schedule, continued_plan, lr_schedule, plan_note
 from grow_megatron.training.identity import (check_changes, describe_changes, has_history, identity_changes,
@@ -372,6 +373,8 @@ class _RunState:
     """Non-finite steps skipped over the run's whole history (checkpointed)."""
     consecutive: int = 0
     """Of them, the ones in a row up to the last step."""
+    compiled_graphs: int = 0
+    """model.compile: graphs dynamo had compiled after the last step (new ones are noted)."""
 
 
 @dataclass(frozen=True)
@@ -453,6 +456,12 @@ def _step(cfg: RunConfig, schedule: Schedule, state: _RunState, data: _Data, ste
     dt = time.perf_counter() - t0
     rec = {"step": step, **out, "depth": state.engine.depth, "tokens_per_s": _tokens_per_step(cfg) / dt,
            "step_s": dt, **compute.at(step + 1, state.result.growths)}
+    if cfg.model.compile:
+        graphs = rec["compiled_graphs"] = compiled_graphs()
+        if graphs != state.compiled_graphs:
+            metrics.note(f"torch.compile: {graphs - state.compiled_graphs} graph(s) compiled at step {step} "
+                         f"(depth {state.engine.depth}, {graphs} in this process)")
+            state.compiled_graphs = graphs
     state.consecutive = 0 if out["update_ok"] else state.consecutive + 1
     if not out["update_ok"]:
         state.skipped += 1
