@@ -102,7 +102,8 @@ def test_a_nonfinite_state_is_never_checkpointed(tmp_path):
 
 
 def test_a_torn_last_metrics_line_is_dropped_with_one_warning(tmp_path, caplog):
-    from grow_megatron.training.metrics import MetricsWriter, read_jsonl
+    from grow_megatron.config.rundir import read_jsonl
+    from grow_megatron.training.metrics import MetricsWriter
 
     good = [{"step": s, "loss": 8.0 - s} for s in range(3)]
     path = tmp_path / "metrics.jsonl"

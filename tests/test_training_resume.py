@@ -30,8 +30,8 @@ def test_plan_of_micro_config(reference):
 
 def test_trains_through_two_growths(reference):
     cfg, res, depths = reference
-    assert [g["step"] for g in res.growths] == list(GROWTH_STEPS)
-    assert [(g["old_depth"], g["new_depth"]) for g in res.growths] == [(4, 8), (8, 12)]
+    assert [g.step for g in res.growths] == list(GROWTH_STEPS)
+    assert [(g.old_depth, g.new_depth) for g in res.growths] == [(4, 8), (8, 12)]
     assert [depths[s] for s in range(12)] == [4] * 2 + [8] * 3 + [12] * 7
     losses = [res.losses[s] for s in range(12)]
     assert all(l == l and l < 20 for l in losses)  # finite
@@ -58,7 +58,7 @@ def test_resume_reproduces_losses_exactly(reference, tmp_path, stop_at):
     got = {**first.losses, **second.losses}
     # Bit-for-bit: same weights, same AdamW state, same batches, deterministic CPU kernels.
     assert got == ref.losses
-    assert [g["step"] for g in second.growths] == list(GROWTH_STEPS)
+    assert [g.step for g in second.growths] == list(GROWTH_STEPS)
 
 
 STATIC = {"train.steps": 6, "growth.operator": "none", "growth.grow_steps": "null", "model.num_layers": 4}

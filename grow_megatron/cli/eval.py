@@ -22,6 +22,7 @@ import torch
 from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.base import ConfigError, check_output_dir
 from grow_megatron.config.loop import check_loop_arg
+from grow_megatron.config.rundir import CONFIG
 from grow_megatron.config.options import check_positive
 from grow_megatron.convert.load import load_model
 from grow_megatron.convert.looping import apply_loop_arg
@@ -94,7 +95,7 @@ class EvalOptions:
         if self.export_lm_eval:
             check_output_dir(self.export_lm_eval, "--export-lm-eval")
         if self.config and not Path(self.config).is_file():
-            raise ConfigError("--config", self.config, "no such file (give the run's config.yaml)")
+            raise ConfigError("--config", self.config, f"no such file (give the run's {CONFIG})")
         check_loop_arg(self.loop)
 
     @property

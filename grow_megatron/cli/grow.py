@@ -39,6 +39,7 @@ def main(argv: list[str]) -> int:
     opts = options_from_args(GrowOptions, build_parser().parse_args(argv))
     # torch and megatron-core (ten seconds): not for --help or a mistyped flag.
     from grow_megatron.config.run import read_run_info
+    from grow_megatron.config.rundir import CONFIG, GrowthEvent, RunDir
     from grow_megatron.convert.native import resolve_checkpoint
     from grow_megatron.engine.checkpoint import list_checkpoints, read_meta
     from grow_megatron.engine.distributed import device_context, shutdown_distributed
@@ -46,9 +47,9 @@ def main(argv: list[str]) -> int:
     from grow_megatron.training.grown_run import carry_run_records, grown_run_config
 
     ckpt, run_dir = resolve_checkpoint(opts.checkpoint)
-    config = opts.config or (os.path.join(run_dir, "config.yaml") if run_dir else None)
+    config = opts.config or (RunDir(run_dir).config if run_dir else None)
     if config is None:
-        raise ConfigError("--config", None, f"{ckpt} is not inside a run directory: give the run's config.yaml")
+        raise ConfigError("--config", None, f"{ckpt} is not inside a run directory: give the run's {CONFIG}")
     info = read_run_info(config)
     meta = read_meta(ckpt)
     depth = int(meta["depth"])
@@ -57,23 +58,24 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         raise ConfigError("--block-size", opts.block_size, f"{err} (the checkpoint has {depth} layers)") from None
     out = os.path.abspath(opts.out)
-    if list_checkpoints(os.path.join(out, "checkpoints")):
+    out_run = RunDir(out)
+    if list_checkpoints(out_run.checkpoints):
         raise ConfigError("--out", opts.out, "already holds checkpoints: choose a new directory")
     os.makedirs(out, exist_ok=True)
     try:
         with device_context():
-            new_ckpt = grow_checkpoint(ckpt, growth, info.model, os.path.join(out, "checkpoints"))
+            new_ckpt = grow_checkpoint(ckpt, growth, info.model, out_run.checkpoints)
     finally:
         shutdown_distributed()
-    with open(os.path.join(out, "config.yaml"), "w") as f:
+    with open(out_run.config, "w") as f:
         f.write(grown_run_config(config, growth, out))
     step = meta["step"]  # the grown checkpoint keeps the step it was grown at
-    carried = carry_run_records(run_dir, out, step, read_meta(new_ckpt)["growths"][-1]) if run_dir else 0
+    carried = carry_run_records(run_dir, out, step, GrowthEvent.from_dict(read_meta(new_ckpt)["growths"][-1])) if run_dir else 0
     print(f"grew {ckpt}: depth {depth} -> {growth.new_depth} ({growth.operator}), source map "
           f"{list(growth.source_map)}\nwrote {new_ckpt} (step {step}, optimizer state included)"
           + (f"; carried the source run's history ({carried} metrics records, growth events)" if run_dir else "")
           + "\n"
-          f"continue: grow-megatron train {os.path.join(out, 'config.yaml')} --set train.steps=<more than {step}> "
+          f"continue: grow-megatron train {out_run.config} --set train.steps=<more than {step}> "
           f"(the LR follows optim.on_extend: continue, the default, goes on from the source run's LR; "
           f"--set optim.on_extend=rewarmup warms it up again)")
     return 0

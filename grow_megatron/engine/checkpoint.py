@@ -30,7 +30,6 @@ checkpoint written at one TP x PP x DP layout resumes at another.
 from __future__ import annotations
 
 import ctypes
-import datetime
 import errno
 import json
 import os
@@ -50,10 +49,11 @@ from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
 from grow_megatron.config.base import ConfigError
+from grow_megatron.config.rundir import CHECKPOINTS
 
 from grow_megatron.engine.build import Engine
 from grow_megatron.engine.dcp_writer import DirectSaveStrategy
-from grow_megatron.engine.distributed import barrier, broadcast_from_rank0, gather_on_rank0, rank
+from grow_megatron.engine.distributed import barrier, broadcast_from_rank0, gather_on_rank0, on_rank0, rank
 from grow_megatron.engine.dp_shards import param_pieces
 from grow_megatron.engine.faults import fault_point
 from grow_megatron.engine.integrity import digest_files, fsync_dir, rank_shard_files, verifying, write_manifest
@@ -79,20 +79,6 @@ META_SCHEMA: dict[str, tuple[type, bool, str]] = {
 
 def _rank0() -> bool:
     return rank() == 0
-
-
-def _on_rank0(fn: Callable[[], None]) -> None:
-    """Run `fn` on rank 0; an OSError there is raised on every rank (instead of leaving the
-    others waiting at the next collective for a rank that has given up)."""
-    failure = None
-    if _rank0():
-        try:
-            fn()
-        except OSError as err:
-            failure = (err.errno, err.strerror, err.filename)
-    failure = broadcast_from_rank0(failure)
-    if failure is not None:
-        raise OSError(*failure) if failure[2] else OSError(*failure[:2])
 
 
 def _flatten(sd: dict, out: Optional[dict] = None, prefix: str = "") -> dict:
@@ -309,7 +295,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
             fsync_dir(tmp)
             fault_point("save.sealed", step)
 
-        _on_rank0(write)
+        on_rank0(write)
 
     def publish():
         old = _install(tmp, final, step, exchange or _exchange)
@@ -333,11 +319,11 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
     def finish():
         barrier()
         seal(strategy.digests)
-        _on_rank0(publish)
+        on_rank0(publish)
         barrier()
 
     try:
-        _on_rank0(begin)
+        on_rank0(begin)
         barrier()
         sd, _ = _sharded_state(engine, for_load=False)
         sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
@@ -360,7 +346,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
                                              f"({full.filename or 'a checkpoint file'}): free disk space or set "
                                              f"run_dir on a larger disk; the partial save was removed and "
                                              f"{good or 'no checkpoint'} stays the last good one") from err
-    _on_rank0(publish)
+    on_rank0(publish)
     barrier()
     return final
 
@@ -387,43 +373,6 @@ def _prune(ckpt_root: str, saved: str, keep_last: Optional[int], background: boo
         shutil.rmtree(path, ignore_errors=True)
 
 
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "events.jsonl", "config.yaml", "tb", "loss.png")
-"""What a run writes into its run_dir (checkpoint.resume=fresh moves these into an archive)."""
-
-
-def prepare_run_dir(run_dir: str, resume: str) -> None:
-    """Before any work: a run that must not resume (resume never/fresh) may not share its
-    run_dir with an earlier run: its checkpoints would sort among the old ones (pruned at once,
-    or picked by a later auto-resume). `never` refuses; `fresh` moves the old run's outputs to
-    run_dir/archive-<UTC time>/ (rank 0; every rank waits for it)."""
-    if resume == "auto":
-        return
-    root = os.path.join(run_dir, "checkpoints")
-    used = [p for p in (os.path.join(root, LATEST), *(os.path.join(root, d) for d in list_checkpoints(root)),
-                        os.path.join(run_dir, "metrics.jsonl")) if os.path.exists(p)]
-    if not used:
-        return
-    if resume == "never":
-        raise ConfigError("checkpoint.resume", resume,
-                          f"{run_dir} already holds a run ({os.path.relpath(used[-1], run_dir)}): use another run_dir, "
-                          f"checkpoint.resume=auto to continue it, or checkpoint.resume=fresh to move it to "
-                          f"{run_dir}/archive-<time>/ and start over")
-
-    def archive():
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        dest = os.path.join(run_dir, f"archive-{stamp}")
-        while os.path.exists(dest):
-            dest += "x"
-        os.makedirs(dest)
-        for name in RUN_OUTPUTS:
-            if os.path.exists(os.path.join(run_dir, name)):
-                os.replace(os.path.join(run_dir, name), os.path.join(dest, name))
-        fsync_dir(run_dir)
-
-    _on_rank0(archive)
-    barrier()
-
-
 def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
     """A checkpoint whose files cannot be parsed (truncated copy, disk full during a manual copy,
     edited meta.json): one line naming it and the way out, not torch's multi-line traceback."""
@@ -435,7 +384,7 @@ def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
     first = (str(err).strip().splitlines() or [""])[0][:200]
     why = f"{type(err).__name__}: {first}" if first else type(err).__name__
     return ConfigError("checkpoint", ckpt_dir, f"cannot be read, its files are truncated or corrupted "
-                                               f"({why}): use an earlier checkpoints/step_* (training resumes "
+                                               f"({why}): use an earlier {CHECKPOINTS}/step_* (training resumes "
                                                "from the newest complete one once this one is moved away)")
 
 
@@ -475,17 +424,17 @@ def read_meta(ckpt_dir: str) -> dict:
         raise unreadable_checkpoint(ckpt_dir, err) from err
     if not isinstance(meta, dict):
         raise ConfigError(path, type(meta).__name__, "must hold a JSON object: restore it or use an earlier "
-                                                     "checkpoints/step_*")
+                                                     f"{CHECKPOINTS}/step_*")
     for key, (tp, required, what) in META_SCHEMA.items():
         if key not in meta and not required:
             continue
         if key not in meta:
             raise ConfigError(f"{path}: {key}", "<missing>", f"must be {what}: restore the file or use an earlier "
-                                                              f"checkpoints/step_*")
+                                                              f"{CHECKPOINTS}/step_*")
         value = meta[key]
         if not isinstance(value, tp) or (tp is int and (isinstance(value, bool) or value < (key == "depth"))):
             raise ConfigError(f"{path}: {key}", value, f"must be {what}: restore the file or use an earlier "
-                                                       f"checkpoints/step_*")
+                                                       f"{CHECKPOINTS}/step_*")
     return meta
 
 

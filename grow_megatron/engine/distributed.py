@@ -117,6 +117,20 @@ def broadcast_from_rank0(obj):
     return box[0]
 
 
+def on_rank0(fn) -> None:
+    """Run `fn` on rank 0; an OSError there is raised on every rank (instead of leaving the
+    others waiting at the next collective for a rank that has given up)."""
+    failure = None
+    if rank() == 0:
+        try:
+            fn()
+        except OSError as err:
+            failure = (err.errno, err.strerror, err.filename)
+    failure = broadcast_from_rank0(failure)
+    if failure is not None:
+        raise OSError(*failure) if failure[2] else OSError(*failure[:2])
+
+
 def gather_on_rank0(obj) -> list:
     """`obj` of every rank, in rank order, on rank 0 (elsewhere: an empty list)."""
     if world_size() == 1:

@@ -26,6 +26,7 @@ from torch.distributed.checkpoint import FileSystemReader
 import xxhash
 
 from grow_megatron.config.base import ConfigError
+from grow_megatron.config.rundir import CHECKPOINTS
 
 MANIFEST = "manifest.json"
 ALGORITHM = "xxh3_128"
@@ -128,7 +129,7 @@ def write_manifest(ckpt_dir: str, digested: Optional[dict[str, dict]] = None) ->
 def _corrupt(path: str, why: str) -> ConfigError:
     ckpt = os.path.dirname(path)
     return ConfigError("checkpoint file", path, f"{why}: corrupted or edited after the checkpoint was written; "
-                                                f"use an earlier checkpoints/step_* (training resumes from the newest "
+                                                f"use an earlier {CHECKPOINTS}/step_* (training resumes from the newest "
                                                 f"complete one once {os.path.basename(ckpt)} is moved away)")
 
 

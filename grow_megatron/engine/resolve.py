@@ -16,7 +16,8 @@ import torch
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig, padded_vocab
-from grow_megatron.config.run import RunConfig, load_run_config, run_config_path
+from grow_megatron.config.run import RunConfig, load_run_config
+from grow_megatron.config.rundir import RunDir
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.data.datasets import build_tokenizer
 from grow_megatron.data.tokenizer import Tokenizer, load_tokenizer
@@ -124,11 +125,11 @@ def _vocab_size(model: ModelConfig, tokenizer: Optional[Tokenizer]) -> int:
     return model.vocab_size or tokenizer.vocab_size
 
 
-def run_vocab(cfg: RunConfig, run_dir: Optional[str] = None) -> tuple[int, str]:
-    """(vocabulary size the trainer builds, where it comes from) for a RunConfig; `run_dir`: a
-    trained run whose checkpoint gives the exact figure."""
-    if run_dir:
-        ckpt = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+def run_vocab(cfg: RunConfig, ckpt_root: Optional[str] = None) -> tuple[int, str]:
+    """(vocabulary size the trainer builds, where it comes from) for a RunConfig; `ckpt_root`: a
+    trained run's checkpoints, whose latest gives the exact figure."""
+    if ckpt_root:
+        ckpt = latest_checkpoint(ckpt_root)
         if ckpt is not None:
             shape, _ = tensor_specs(ckpt)[model_key(EMBED)]
             return shape[0], f"the embedding of {ckpt}"
@@ -147,10 +148,10 @@ def run_vocab(cfg: RunConfig, run_dir: Optional[str] = None) -> tuple[int, str]:
 def run_flops_inputs(path: str) -> dict[str, Any]:
     """Shape, vocabulary, schedule, steps and batch of a YAML run config (grow_megatron.config.run)
     or of a run directory's config.yaml: what `grow-megatron flops` counts for a run."""
-    run_dir = path if os.path.isdir(path) and os.path.isfile(run_config_path(path)) else None
-    cfg = load_run_config(run_config_path(run_dir) if run_dir else path)
+    run = RunDir(path) if os.path.isdir(path) and RunDir(path).is_run() else None
+    cfg = load_run_config(run.config if run else path)
     m = cfg.model
-    vocab, source = run_vocab(cfg, run_dir)
+    vocab, source = run_vocab(cfg, run.checkpoints if run else None)
     out: dict[str, Any] = {
         "num_layers": m.num_layers, "hidden_size": m.hidden_size, "ffn_hidden_size": m.ffn_hidden_size,
         "num_attention_heads": m.num_attention_heads, "num_query_groups": m.kv_heads, "seq_length": m.seq_length,

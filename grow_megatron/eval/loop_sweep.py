@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.loop import LoopSpec
+from grow_megatron.config.rundir import growth_events
 from grow_megatron.convert.looping import loop_hf_model
 from grow_megatron.eval import primitives as P
 from grow_megatron.eval import scoring as S
@@ -51,16 +52,16 @@ class SweepConfig:
 
 def history_blocks(history: Optional[dict]) -> list[tuple[int, int]]:
     """Blocks [start, end) of the final model that each recorded growth copied or inserted."""
-    growths = (history or {}).get("growths") or []
+    growths = growth_events((history or {}).get("growths"))
     out: list[tuple[int, int]] = []
     for k, g in enumerate(growths):
-        new = list(g["new_positions"])
+        new = list(g.new_positions)
         b, insert_at = len(new), new[0]
-        copied = [g["source_map"][p] for p in new]  # old positions of the copied layers
+        copied = [g.source_map[p] for p in new]  # old positions of the copied layers
         in_grown = [i if i < insert_at else i + b for i in copied]  # where they sit after g
         for block in (in_grown, new):
             for later in growths[k + 1:]:
-                lb, at = len(later["new_positions"]), later["new_positions"][0]
+                lb, at = len(later.new_positions), later.new_positions[0]
                 block = [p if p < at else p + lb for p in block]
             if block == list(range(block[0], block[0] + b)) and (block[0], block[0] + b) not in out:
                 out.append((block[0], block[0] + b))

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from grow_megatron.config.rundir import METRICS
 from grow_megatron.study.config import StudyConfig
 from grow_megatron.study.layout import Layout, Step, label, plan, read_json, write_json
 
@@ -262,7 +263,7 @@ def write_report(cfg: StudyConfig, layout: Layout, runner) -> str:
     L += [f"Cells: {spread_note}. NLL: `eval.json` held-out; primitives acc: mean accuracy over the tasks; depth score: "
           "`analysis/depth_score.json`; late top-5 overlap: `analysis/tuned_lens.json`, mean over layers "
           "[L/2, L-1) (the last layer's lens is the identity); train FLOPs: SPEC 6, cumulative in the run's "
-          "metrics.jsonl (`train.json`); train time: seconds spent in training steps (sum of step_s).", ""]
+          f"{METRICS} (`train.json`); train time: seconds spent in training steps (sum of step_s).", ""]
     L += ["| variant | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     cells = {v: {k: _cell_from(data["variants"][v]["cells"][k]) for k, *_ in COLUMNS} for v in data["variants"]}
     for v in data["variants"]:

@@ -26,6 +26,7 @@ from typing import Optional, TextIO
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.data import split_vector
 from grow_megatron.config.run import RunConfig
+from grow_megatron.config.rundir import RunDir
 from grow_megatron.study.config import StudyConfig, VariantConfig
 from grow_megatron.study.layout import Layout, Step, label, plan, read_json, write_json
 
@@ -155,7 +156,7 @@ class Runner:
             sets = [a for o in cfg.variant_overrides(self.variants[v], s, L.run_dir(v, s)) for a in ("--set", o)]
             return [*launch, "train", self.variants[v].config or self.base_path, *sets]
         if step.phase == "convert":
-            self._need(os.path.join(L.run_dir(v, s), "checkpoints"), step, "the trained run")
+            self._need(RunDir(L.run_dir(v, s)).checkpoints, step, "the trained run")
             return [*self.python, "convert", "to-hf", L.run_dir(v, s), L.hf_dir(v, s), "--force", "--no-progress"]
         if step.phase == "eval":
             self._need(os.path.join(L.hf_dir(v, s), "config.json"), step, "the HF export")
@@ -191,7 +192,7 @@ class Runner:
             runs = []
             for s in cfg.seeds:
                 for var in cfg.variants:
-                    self._need(os.path.join(L.run_dir(var.name, s), "metrics.jsonl"), step, "a trained run")
+                    self._need(RunDir(L.run_dir(var.name, s)).metrics, step, "a trained run")
                     link = os.path.join(links, label(cfg, var.name, s))
                     if os.path.islink(link):
                         os.remove(link)
@@ -314,7 +315,8 @@ def train_summary(run_dir: str, seconds: float) -> dict:
     after a resume is logged again), training FLOPs and tokens are cumulative (SPEC 6)."""
     by_step: dict[int, dict] = {}
     val = None
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    path = RunDir(run_dir).metrics
+    with open(path) as f:
         for line in f:
             if line.strip():
                 r = json.loads(line)
@@ -323,7 +325,7 @@ def train_summary(run_dir: str, seconds: float) -> dict:
                     if r.get("val_loss") is not None:
                         val = (r["step"], r["val_loss"])
     if not by_step:
-        raise StudyError(f"{run_dir}/metrics.jsonl has no training records")
+        raise StudyError(f"{path} has no training records")
     last = by_step[max(by_step)]
     return {"run_dir": run_dir, "steps": max(by_step) + 1, "final_depth": last["depth"], "tokens": last["tokens"],
             "flops": last["flops"], "final_loss": last["loss"],

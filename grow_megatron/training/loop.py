@@ -15,12 +15,12 @@ from megatron.core import parallel_state
 
 from grow_megatron.config.base import ConfigError, check_output_dir, to_dict
 from grow_megatron.config.run import RunConfig, dump_run_config
+from grow_megatron.config.rundir import GrowthEvent, RunDir, growth_events
 from grow_megatron.config.training import TrainConfig
 from grow_megatron.data.datasets import build_datasets, describe_data, get_microbatches
 from grow_megatron.engine.async_save import AsyncSaver
 from grow_megatron.engine.build import Engine, build_engine, eval_loss, poison_gradients, train_step
-from grow_megatron.engine.checkpoint import (latest_checkpoint, load_checkpoint, prepare_run_dir, read_meta,
-                                               save_checkpoint)
+from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from grow_megatron.engine.distributed import device_context, init_distributed
 from grow_megatron.engine.faults import fault_point
 from grow_megatron.engine.grow import grow, needs_host_staging
@@ -30,7 +30,7 @@ from grow_megatron.growth.schedule import GrowthPlan
 from grow_megatron.model.looping import LoopSchedule
 from grow_megatron.training.history import ComputeCount, Schedule, continued_plan, lr_schedule, plan_note
 from grow_megatron.training.metrics import MetricsWriter
-from grow_megatron.training.run_lock import run_dir_lock
+from grow_megatron.training.run_lock import prepare_run_dir, run_dir_lock
 
 FAULT_NAN_GRAD_STEP = "GROW_MEGATRON_FAULT_NAN_GRAD_STEP"
 """Fault injection (tests): the global step whose gradients are made NaN before the update."""
@@ -41,7 +41,7 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)
     """Training loss of every step run in this call, by global step."""
     eval_losses: dict[int, float] = field(default_factory=dict)
-    growths: list[dict] = field(default_factory=list)
+    growths: list[GrowthEvent] = field(default_factory=list)
     start_step: int = 0
     end_step: int = 0
     final_depth: int = 0
@@ -124,7 +124,7 @@ def _train(run: ResolvedRun, *, stop_at: Optional[int], on_step) -> TrainResult:
     start, engine = _resume(run, ckpt_root)
     history = start.growths
     compute = ComputeCount(cfg.model, run.vocab, _tokens_per_step(cfg),
-                           history[0]["old_depth"] if history else engine.depth, start.checkpoint_meta)
+                           history[0].old_depth if history else engine.depth, start.checkpoint_meta)
     state = _RunState(engine, TrainResult(start_step=start.step, run_dir=cfg.run_dir, growths=list(history)),
                       skipped=start.skipped)
     metrics = _open_metrics(run, start, engine, data)
@@ -167,7 +167,7 @@ def _tokens_per_step(cfg: RunConfig) -> int:
 
 
 def _checkpoint_root(cfg: RunConfig) -> str:
-    return os.path.join(cfg.run_dir, "checkpoints")
+    return RunDir(cfg.run_dir).checkpoints
 
 
 @dataclass(frozen=True)
@@ -222,9 +222,9 @@ class _Start:
     schedule: Schedule
 
     @property
-    def growths(self) -> list[dict]:
+    def growths(self) -> list[GrowthEvent]:
         """The growth events before the start, as recorded (offline growths included)."""
-        return (self.checkpoint_meta or {}).get("growths", [])
+        return growth_events((self.checkpoint_meta or {}).get("growths", []))
 
     @property
     def skipped(self) -> int:
@@ -260,7 +260,7 @@ def _check_resumed_depth(cfg: RunConfig, plan: GrowthPlan, checkpoint: str, prio
         raise ConfigError("checkpoint.resume", checkpoint,
                           f"holds depth {depth} at step {start}, but this config's growth plan gives depth "
                           f"{plan.depth_at(start)} there: resume with the config it was trained with "
-                          f"({os.path.join(cfg.run_dir, 'config.yaml')}), use another run_dir, or set "
+                          f"({RunDir(cfg.run_dir).config}), use another run_dir, or set "
                           f"checkpoint.resume=never")
 
 
@@ -272,7 +272,7 @@ def _open_metrics(run: ResolvedRun, start: _Start, engine: Engine, data: _Data) 
                             resume_step=start.step, wandb=_wandb_settings(cfg))
     if layout.is_logging_rank:
         os.makedirs(cfg.run_dir, exist_ok=True)
-        with open(os.path.join(cfg.run_dir, "config.yaml"), "w") as f:
+        with open(RunDir(cfg.run_dir).config, "w") as f:
             f.write(dump_run_config(cfg))
         vpp = run.spec.vpp
         metrics.note(f"{cfg.name}: {'resuming from ' + start.checkpoint if start.checkpoint else 'starting'} at step "
@@ -286,8 +286,8 @@ def _open_metrics(run: ResolvedRun, start: _Start, engine: Engine, data: _Data) 
     for g in start.growths:
         # A growth recorded at the resume step itself (an offline growth, `grow-megatron grow`) was
         # dropped from events.jsonl with the records the resumed run rewrites: put it back.
-        if g["step"] >= start.step:
-            metrics.event(g["step"], "growth", g)
+        if g.step >= start.step:
+            metrics.event(g.step, "growth", g.to_dict())
     return metrics
 
 
@@ -339,7 +339,7 @@ class _Checkpoints:
     def _meta(self, state: _RunState, done: int) -> dict:
         """What meta.json records besides the engine's own (step, depth, split)."""
         growths = state.result.growths
-        return {"growths": growths, "name": self.cfg.name, "stage_steps": list(self.start.plan.stage_steps),
+        return {"growths": [g.to_dict() for g in growths], "name": self.cfg.name, "stage_steps": list(self.start.plan.stage_steps),
                 "operator": self.cfg.growth.operator, **self.start.schedule.meta(), "skipped_steps": state.skipped,
                 "compute": {"step": done, **self.compute.at(done, growths)}}
 
@@ -354,12 +354,12 @@ def _grow_if_due(cfg: RunConfig, plan: GrowthPlan, state: _RunState, step: int, 
         t0 = time.perf_counter()
         staged = needs_host_staging(state.engine, g, cfg.growth.host_staging)
         state.engine = grow(state.engine, g, host_staging=staged)
-        event = {"step": step, "seconds": round(time.perf_counter() - t0, 4), **g.to_dict(),
-                 "pipeline_split": list(state.engine.split), "host_staged": staged}
+        event = GrowthEvent.of(step, g, seconds=round(time.perf_counter() - t0, 4),
+                               pipeline_split=list(state.engine.split), host_staged=staged)
         state.result.growths.append(event)
         metrics.note(f"growth at step {step}: depth {g.old_depth} -> {g.new_depth} ({g.operator}), "
-                     f"source map {list(g.source_map)}, {event['seconds']:.2f}s")
-        metrics.event(step, "growth", event)
+                     f"source map {list(g.source_map)}, {event.seconds:.2f}s")
+        metrics.event(step, "growth", event.to_dict())
 
 
 def _loop_if_due(cfg: RunConfig, loops: LoopSchedule, state: _RunState, step: int, metrics: MetricsWriter) -> None:
