@@ -136,20 +136,20 @@ def test_sigterm_stops_cleanly_and_resume_is_exact(reference, tmp_path):
 
 
 def test_truncated_checkpoint_is_named_on_resume(tmp_path):
-    from grow_megatron.config.base import ConfigError
+    from grow_megatron.config.base import CheckpointError
 
     cfg = micro_config(tmp_path)
     train(cfg, stop_at=1)
     ckpt = latest_checkpoint(os.path.join(cfg.run_dir, "checkpoints"))
     shard = next(f for f in sorted(os.listdir(ckpt)) if f.endswith(".distcp"))
     os.truncate(os.path.join(ckpt, shard), 1000)
-    with pytest.raises(ConfigError, match="where .* were written: corrupted or edited") as err:
+    with pytest.raises(CheckpointError, match="where .* were written: corrupted or edited") as err:
         train(micro_config(tmp_path))
     assert os.path.join(os.path.basename(ckpt), shard) in str(err.value)
     # A checkpoint without a manifest (written before manifests existed) is still refused in
     # one line, by the reader that trips over the truncated file.
     os.remove(os.path.join(ckpt, "manifest.json"))
     with pytest.warns(UserWarning, match="no manifest.json"), \
-            pytest.raises(ConfigError, match="cannot be read, its files are truncated or corrupted") as err:
+            pytest.raises(CheckpointError, match="cannot be read, its files are truncated or corrupted") as err:
         train(micro_config(tmp_path))
     assert os.path.basename(ckpt) in str(err.value)

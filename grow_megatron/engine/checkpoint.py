@@ -48,7 +48,7 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import CheckpointError, RunEnvironmentError
 from grow_megatron.config.rundir import CHECKPOINTS
 
 from grow_megatron.engine.build import Engine
@@ -342,7 +342,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         if _rank0():
             shutil.rmtree(tmp, ignore_errors=True)
         good = latest_checkpoint(ckpt_root)
-        raise ConfigError("checkpoint", tmp, f"ENOSPC (no space left on device) while saving step {step} "
+        raise RunEnvironmentError("checkpoint", tmp, f"ENOSPC (no space left on device) while saving step {step} "
                                              f"({full.filename or 'a checkpoint file'}): free disk space or set "
                                              f"run_dir on a larger disk; the partial save was removed and "
                                              f"{good or 'no checkpoint'} stays the last good one") from err
@@ -373,7 +373,7 @@ def _prune(ckpt_root: str, saved: str, keep_last: Optional[int], background: boo
         shutil.rmtree(path, ignore_errors=True)
 
 
-def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
+def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> CheckpointError:
     """A checkpoint whose files cannot be parsed (truncated copy, disk full during a manual copy,
     edited meta.json): one line naming it and the way out, not torch's multi-line traceback."""
     failures = getattr(err, "failures", None)  # DCP's CheckpointException wraps each rank's error
@@ -383,7 +383,7 @@ def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
             err = err[0]
     first = (str(err).strip().splitlines() or [""])[0][:200]
     why = f"{type(err).__name__}: {first}" if first else type(err).__name__
-    return ConfigError("checkpoint", ckpt_dir, f"cannot be read, its files are truncated or corrupted "
+    return CheckpointError("checkpoint", ckpt_dir, f"cannot be read, its files are truncated or corrupted "
                                                f"({why}): use an earlier {CHECKPOINTS}/step_* (training resumes "
                                                "from the newest complete one once this one is moved away)")
 
@@ -423,17 +423,17 @@ def read_meta(ckpt_dir: str) -> dict:
     except (ValueError, UnicodeDecodeError) as err:  # a truncated or hand-edited meta.json
         raise unreadable_checkpoint(ckpt_dir, err) from err
     if not isinstance(meta, dict):
-        raise ConfigError(path, type(meta).__name__, "must hold a JSON object: restore it or use an earlier "
+        raise CheckpointError(path, type(meta).__name__, "must hold a JSON object: restore it or use an earlier "
                                                      f"{CHECKPOINTS}/step_*")
     for key, (tp, required, what) in META_SCHEMA.items():
         if key not in meta and not required:
             continue
         if key not in meta:
-            raise ConfigError(f"{path}: {key}", "<missing>", f"must be {what}: restore the file or use an earlier "
+            raise CheckpointError(f"{path}: {key}", "<missing>", f"must be {what}: restore the file or use an earlier "
                                                               f"{CHECKPOINTS}/step_*")
         value = meta[key]
         if not isinstance(value, tp) or (tp is int and (isinstance(value, bool) or value < (key == "depth"))):
-            raise ConfigError(f"{path}: {key}", value, f"must be {what}: restore the file or use an earlier "
+            raise CheckpointError(f"{path}: {key}", value, f"must be {what}: restore the file or use an earlier "
                                                        f"{CHECKPOINTS}/step_*")
     return meta
 
@@ -448,12 +448,12 @@ def _load_verified(sd: dict, ckpt_dir: str) -> dict:
                 loaded = dist_checkpointing.load(sd, ckpt_dir)
             except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
                 raise unreadable_checkpoint(ckpt_dir, err) from err
-    except ConfigError as err:
+    except CheckpointError as err:
         failure = (err.path, err.value, err.allowed)
     # Rank 0's verdict reaches every rank; a reader error (DCP raises it on every rank) stays.
     verdict = broadcast_from_rank0(failure)
     if failure is not None or verdict is not None:
-        raise ConfigError(*(failure or verdict))
+        raise CheckpointError(*(failure or verdict))
     return loaded
 
 

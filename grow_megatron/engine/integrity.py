@@ -25,7 +25,7 @@ from typing import Callable, Optional
 from torch.distributed.checkpoint import FileSystemReader
 import xxhash
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import CheckpointError
 from grow_megatron.config.rundir import CHECKPOINTS
 
 MANIFEST = "manifest.json"
@@ -126,15 +126,15 @@ def write_manifest(ckpt_dir: str, digested: Optional[dict[str, dict]] = None) ->
         os.fsync(f.fileno())
 
 
-def _corrupt(path: str, why: str) -> ConfigError:
+def _corrupt(path: str, why: str) -> CheckpointError:
     ckpt = os.path.dirname(path)
-    return ConfigError("checkpoint file", path, f"{why}: corrupted or edited after the checkpoint was written; "
+    return CheckpointError("checkpoint file", path, f"{why}: corrupted or edited after the checkpoint was written; "
                                                 f"use an earlier {CHECKPOINTS}/step_* (training resumes from the newest "
                                                 f"complete one once {os.path.basename(ckpt)} is moved away)")
 
 
 def verify_checkpoint(ckpt_dir: str, keys: Optional[Callable[[str], bool]] = None) -> None:
-    """Raise a one-line ConfigError naming the first file whose size or digest differs from the
+    """Raise a one-line CheckpointError naming the first file whose size or digest differs from the
     manifest (or that is missing); warn once if the checkpoint predates manifests. `keys`: only
     the stored items of the tensors it accepts are checked in shard files (a reader of some
     tensors); every other file is always checked whole."""
@@ -177,7 +177,7 @@ def verifying(ckpt_dir: str, enabled: bool = True, keys: Optional[Callable[[str]
     def run():
         try:
             verify_checkpoint(ckpt_dir, keys)
-        except ConfigError as err:
+        except CheckpointError as err:
             failure.append(err)
 
     if not enabled:

@@ -18,7 +18,7 @@ from typing import Iterator
 
 from filelock import FileLock, Timeout
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import ConfigError, RunEnvironmentError
 from grow_megatron.config.rundir import ARCHIVE_PREFIX, RunDir
 from grow_megatron.engine.checkpoint import LATEST, list_checkpoints
 from grow_megatron.engine.distributed import barrier, on_rank0
@@ -35,7 +35,7 @@ def _holder(run_dir: str) -> str:
 
 @contextlib.contextmanager
 def run_dir_lock(run_dir: str) -> Iterator[None]:
-    """Hold RUN_DIR/train.lock while the body runs; refuse at once (ConfigError) when another
+    """Hold RUN_DIR/train.lock while the body runs; refuse at once (RunEnvironmentError) when another
     process holds it. Only a job's global rank 0 takes it, so a torchrun job is one holder and a
     second job on the same run_dir is refused at its rank 0 (torchrun then stops its workers)."""
     if int(os.environ.get("RANK", "0")) != 0:
@@ -46,7 +46,7 @@ def run_dir_lock(run_dir: str) -> Iterator[None]:
     try:
         lock.acquire(blocking=False)
     except Timeout:
-        raise ConfigError("run_dir", run_dir, f"is in use by another training process ({_holder(run_dir)}): wait for "
+        raise RunEnvironmentError("run_dir", run_dir, f"is in use by another training process ({_holder(run_dir)}): wait for "
                           "it to finish or stop it, or give this run another run_dir") from None
     holder = RunDir(run_dir).lock_holder
     try:
