@@ -27,13 +27,12 @@ from grow_megatron.config.base import ConfigError
 from grow_megatron.config.data import split_vector
 from grow_megatron.config.run import RunConfig
 from grow_megatron.config.rundir import RunDir
+# Fault injection (the study.step point): a test stops the study as a kill at the end of a step
+# would, without timing a real kill.
+from grow_megatron.engine.faults import ENV as FAULT_ENV, fault_armed
 from grow_megatron.study.config import StudyConfig, VariantConfig
 from grow_megatron.study.layout import Layout, Step, label, plan, read_json, write_json
 
-INTERRUPT_ENV = "GROW_MEGATRON_STUDY_INTERRUPT"
-"""Test hook: `PHASE[:VARIANT[:SEED]]`. The matching step stops the study right after its command
-succeeded and before its done-marker is written, i.e. as a kill at the end of that step would.
-It exists so that the resume path can be tested without timing a real kill."""
 LOG_TAIL = 20
 BLOCK_ANALYSES = ("sublayer", "block-similarity")
 """Analyses with a block_size option: the study gives them the grown variants' block size."""
@@ -49,7 +48,7 @@ class StudyError(RuntimeError):
 
 
 class StudyInterrupted(StudyError):
-    """The study stopped before finishing (Ctrl-C, or the INTERRUPT_ENV test hook)."""
+    """The study stopped before finishing (Ctrl-C, or the study.step fault point)."""
 
 
 def embedded_heldout(rc: RunConfig, path: str) -> str:
@@ -273,7 +272,6 @@ class Runner:
         if self.heldout is None:
             self.heldout = embedded_heldout(next(iter(self.configs.values())), self.layout.heldout())
         steps, eta, t_start = plan(cfg), Eta(), time.monotonic()
-        hook = os.environ.get(INTERRUPT_ENV)
         for k, step in enumerate(steps):
             marker = self.layout.marker(step)
             if os.path.isfile(marker):
@@ -285,8 +283,9 @@ class Runner:
             self.say(f"{k + 1}/{len(steps)} {step.title()} (elapsed {fmt_seconds(time.monotonic() - t_start)}, "
                      f"ETA {fmt_seconds(left)})")
             seconds, cpu = self._execute(step, argv)
-            if hook and step.matches(hook):
-                raise StudyInterrupted(f"stopped after {step.title()} by {INTERRUPT_ENV}={hook} (before its marker)")
+            if fault_armed("study.step", step):
+                raise StudyInterrupted(f"stopped after {step.title()} by {FAULT_ENV}={os.environ[FAULT_ENV]} "
+                                       "(before its marker)")
             extra = self._after(step, seconds)
             write_json(marker, {"phase": step.phase, "variant": step.variant, "seed": step.seed, "seconds": seconds,
                                 "cpu_seconds": cpu, "command": shlex.join(argv), "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC",

@@ -22,7 +22,7 @@ from grow_megatron.engine.async_save import AsyncSaver
 from grow_megatron.engine.build import Engine, build_engine, eval_loss, poison_gradients, train_step
 from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
 from grow_megatron.engine.distributed import device_context, init_distributed
-from grow_megatron.engine.faults import fault_point
+from grow_megatron.engine.faults import fault_armed, fault_point
 from grow_megatron.engine.grow import grow, needs_host_staging
 from grow_megatron.engine.optim_state import nonfinite_state
 from grow_megatron.engine.resolve import ResolvedRun, resolve_run
@@ -31,10 +31,6 @@ from grow_megatron.model.looping import LoopSchedule
 from grow_megatron.training.history import ComputeCount, Schedule, continued_plan, lr_schedule, plan_note
 from grow_megatron.training.metrics import MetricsWriter
 from grow_megatron.training.run_lock import prepare_run_dir, run_dir_lock
-
-FAULT_NAN_GRAD_STEP = "GROW_MEGATRON_FAULT_NAN_GRAD_STEP"
-"""Fault injection (tests): the global step whose gradients are made NaN before the update."""
-
 
 @dataclass
 class TrainResult:
@@ -375,11 +371,10 @@ def _step(cfg: RunConfig, schedule: Schedule, state: _RunState, data: _Data, ste
     """One optimizer step; its record. A step with a non-finite loss or gradients is skipped
     (the update is not applied); too many in a row stop the run."""
     tc = cfg.train
-    poison_at = int(os.environ.get(FAULT_NAN_GRAD_STEP, -1))
     t0 = time.perf_counter()
     microbatches = data.microbatches(step)
     out = train_step(state.engine, microbatches, schedule.lr(step),
-                     before_update=poison_gradients if step == poison_at else None)
+                     before_update=poison_gradients if fault_armed("step.grads", step) else None)
     dt = time.perf_counter() - t0
     rec = {"step": step, **out, "depth": state.engine.depth, "tokens_per_s": _tokens_per_step(cfg) / dt,
            "step_s": dt, **compute.at(step + 1, state.result.growths)}
