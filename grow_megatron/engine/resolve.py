@@ -12,8 +12,6 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
-
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig, padded_vocab
 from grow_megatron.config.run import RunConfig, load_run_config
@@ -23,6 +21,7 @@ from grow_megatron.data.datasets import build_tokenizer
 from grow_megatron.data.tokenizer import Tokenizer, load_tokenizer
 from grow_megatron.engine.build import EngineSpec
 from grow_megatron.engine.checkpoint import latest_checkpoint, tensor_specs
+from grow_megatron.engine.device import Device
 from grow_megatron.engine.distributed import Layout
 from grow_megatron.engine.keys import EMBED, model_key
 from grow_megatron.engine.memory import check_fits
@@ -55,12 +54,15 @@ class ResolvedRun:
 
 def engine_spec(model: ModelConfig, vocab_size: int, *, optim: Optional[OptimConfig] = None, bf16: bool = False,
                 use_kernels: bool = False, tp: int = 1, pp: int = 1, vpp: int = 1,
-                final_split: Optional[tuple[int, ...]] = None, seed: int = 0) -> EngineSpec:
+                final_split: Optional[tuple[int, ...]] = None, seed: int = 0,
+                device: Optional[Device] = None) -> EngineSpec:
     """The one constructor of EngineSpec. Without a run config (offline growth, conversion, the
     growth and checkpoint benchmarks) the defaults are a single-process fp32 engine on the
-    reference path; `optim` matters only to an engine that steps (default: OptimConfig())."""
+    reference path, on this process's device; `optim` matters only to an engine that steps
+    (default: OptimConfig())."""
     return EngineSpec(model, optim if optim is not None else OptimConfig(), vocab_size, bf16=bf16,
-                      use_kernels=use_kernels, tp=tp, pp=pp, vpp=vpp, final_split=final_split, seed=seed)
+                      use_kernels=use_kernels, tp=tp, pp=pp, vpp=vpp, final_split=final_split, seed=seed,
+                      device=device if device is not None else Device.local())
 
 
 def planned_layout(cfg: RunConfig, world: int, rank: int = 0) -> Layout:
@@ -78,9 +80,9 @@ def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
     data) only after the plan, precision and kernels passed. `random_tokens`: the run draws
     random token ids below model.vocab_size (the benchmark), so no tokenizer is built and the
     memory estimate, which counts the config's batches and data index, is not made. `device`:
-    "cuda" or "cpu", default the one this process has; auto precision and kernels follow it."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    "cuda" or "cpu", default the layout's (the one this process has); auto precision and kernels
+    follow it, and the engine is built on it."""
+    device = layout.device.type if device is None else device
     cfg.validate(layout.world)
     plan = plan_from_config(cfg)
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device == "cuda")
@@ -88,11 +90,12 @@ def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
     tokenizer = None if random_tokens else build_tokenizer(cfg.data)
     vocab = padded_vocab(_vocab_size(cfg.model, tokenizer), layout.tp)
     if not random_tokens:
-        check_fits(cfg, vocab, layout.tp, layout.pp, layout.dp, bf16)
+        check_fits(cfg, vocab, layout.tp, layout.pp, layout.dp, bf16, Device(device))
     par = cfg.parallel
     spec = engine_spec(cfg.model, vocab, optim=cfg.optim, bf16=bf16, use_kernels=use_kernels, tp=layout.tp,
                        pp=layout.pp, vpp=par.virtual_stages,
-                       final_split=tuple(par.pipeline_split) if par.pipeline_split else None, seed=cfg.train.seed)
+                       final_split=tuple(par.pipeline_split) if par.pipeline_split else None, seed=cfg.train.seed,
+                       device=Device(device))
     return ResolvedRun(cfg, layout, plan, bf16, use_kernels, vocab, spec, tokenizer)
 
 

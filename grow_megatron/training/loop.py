@@ -21,6 +21,7 @@ from grow_megatron.data.datasets import build_datasets, describe_data, get_micro
 from grow_megatron.engine.async_save import AsyncSaver
 from grow_megatron.engine.build import Engine, build_engine, eval_loss, poison_gradients, train_step
 from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta, save_checkpoint
+from grow_megatron.engine.device import Device
 from grow_megatron.engine.distributed import device_context, init_distributed
 from grow_megatron.engine.faults import fault_armed, fault_point
 from grow_megatron.engine.grow import grow, needs_host_staging
@@ -52,7 +53,7 @@ def _wandb_settings(cfg: RunConfig) -> Optional[dict]:
 
 
 @contextlib.contextmanager
-def _graceful_interrupt():
+def _graceful_interrupt(device: Device):
     """First Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption, `kill`): finish the running
     step, checkpoint, return. A second Ctrl-C: abort at once. Further SIGTERMs change nothing:
     a group signal reaches a torchrun worker twice (from the sender, then forwarded by the agent).
@@ -73,7 +74,7 @@ def _graceful_interrupt():
     def interrupted() -> bool:
         if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
             return flag["hit"]
-        hit = torch.tensor([float(flag["hit"])], device="cuda" if torch.cuda.is_available() else "cpu")
+        hit = torch.tensor([float(flag["hit"])], device=device.type)
         torch.distributed.all_reduce(hit, op=torch.distributed.ReduceOp.MAX)
         return bool(hit.item())
 
@@ -130,7 +131,7 @@ def _train(run: ResolvedRun, *, stop_at: Optional[int], on_step) -> TrainResult:
     loops = LoopSchedule(cfg.model.loop)
     pbar = metrics.progress(total=cfg.train.steps, initial=start.step, enabled=cfg.logging.progress,
                             interval=cfg.logging.print_interval)
-    with _graceful_interrupt() as interrupted:
+    with _graceful_interrupt(run.spec.device) as interrupted:
         for step in range(start.step, end):
             saves.poll()
             if interrupted():
