@@ -19,7 +19,7 @@ import yaml
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.study.config import load_study
-from grow_megatron.study.layout import Layout, Step, plan
+from grow_megatron.study.layout import Step, StudyLayout, plan
 from grow_megatron.study.report import late_overlap
 from grow_megatron.engine.faults import ENV
 from grow_megatron.study.runner import StudyInterrupted, run_study
@@ -54,7 +54,7 @@ def study(tmp_path_factory):
             run_study(cfg, base, out=log)
     finally:
         del os.environ[ENV]
-    layout = Layout(cfg.out_dir)
+    layout = StudyLayout(cfg.out_dir)
     interrupted = {"analyze_json": os.path.isfile(os.path.join(layout.analysis_dir("lidas", 0), "depth_score.json")),
                    "analyze_marker": os.path.isfile(layout.marker(Step("analyze", "lidas", 0))),
                    "report": os.path.isfile(os.path.join(cfg.out_dir, "report.md"))}

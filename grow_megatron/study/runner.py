@@ -31,7 +31,7 @@ from grow_megatron.config.rundir import RunDir
 # would, without timing a real kill.
 from grow_megatron.engine.faults import ENV as FAULT_ENV, fault_armed
 from grow_megatron.study.config import StudyConfig, VariantConfig
-from grow_megatron.study.layout import Layout, Step, label, plan, read_json, write_json
+from grow_megatron.study.layout import Step, StudyLayout, label, plan, read_json, write_json
 
 LOG_TAIL = 20
 BLOCK_ANALYSES = ("sublayer", "block-similarity")
@@ -116,7 +116,7 @@ class Runner:
                  command: Optional[str] = None):
         self.cfg, self.base_path, self.verbose, self.out = cfg, base_path, verbose, out
         self.command_line = command
-        self.layout = Layout(cfg.out_dir)
+        self.layout = StudyLayout(cfg.out_dir)
         self.variants: dict[str, VariantConfig] = {v.name: v for v in cfg.variants}
         self.configs: dict[str, RunConfig] = {
             v.name: cfg.run_config(base_path, v, cfg.seeds[0], self.layout.run_dir(v.name, cfg.seeds[0]))
