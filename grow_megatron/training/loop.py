@@ -33,6 +33,7 @@ from grow_megatron.training.history import ComputeCount, Schedule, continued_pla
 from grow_megatron.training.metrics import MetricsWriter
 from grow_megatron.training.run_lock import prepare_run_dir, run_dir_lock
 
+
 @dataclass
 class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)
