@@ -1,4 +1,5 @@
-"""Bad data input stops with one clear ConfigError line (field, value, what is allowed)."""
+"""Bad data input stops with one clear line (field, value, what is allowed): a ConfigError
+for the config, a DataError for the data."""
 from __future__ import annotations
 
 import json
@@ -125,7 +126,7 @@ def test_foreign_indexed_dataset_checked_against_vocab(tmp_path):
         b.finalize(str(tmp_path / f"{name}.idx"))
     train, _ = _build(DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "ok.bin"))], cache_dir=str(tmp_path / "c")))
     assert len(train) >= 10
-    with pytest.raises(ConfigError, match=r"big': holds token id 8999, beyond the run's tokenizer vocabulary \(4096"):
+    with pytest.raises(DataError, match=r"big': holds token id 8999, beyond the run's tokenizer vocabulary \(4096"):
         _build(DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "big"))], cache_dir=str(tmp_path / "c")))
 
 
@@ -161,7 +162,7 @@ def _damaged_copies(tmp_path, tok):
 ])
 def test_truncated_or_garbled_prepared_dataset_is_one_line(tmp_path, tok, name, message):
     damaged = _damaged_copies(tmp_path, tok)
-    with pytest.raises(ConfigError, match=r"^data.datasets\[0\].path = '.*" + message):
+    with pytest.raises(DataError, match=r"^data.datasets\[0\].path = '.*" + message):
         _build(DataConfig(datasets=[DatasetSpec(path=str(damaged[name]))], cache_dir=str(tmp_path / "c")))
 
 

@@ -182,10 +182,10 @@ def _check_tokenizers(items, tokenizer: Tokenizer) -> None:
         for other_sha, (other_field, other_prefix) in seen.items():
             if other_sha != sha:
                 raise DataError(field, prefix, f"was tokenized with tokenizer {sha[:12]} but {other_field} ({other_prefix}) "
-                                  f"with {other_sha[:12]}: every dataset of one mixture needs the same tokenizer (re-prepare one of them)")
+                                f"with {other_sha[:12]}: every dataset of one mixture needs the same tokenizer (re-prepare one of them)")
         seen.setdefault(sha, (field, prefix))
         if sha != tokenizer.sha256:
-            raise DataError(field, prefix, f"was tokenized with tokenizer {sha[:12]} ({m['tokenizer'].get('source')}), "
+            raise ConfigError(field, prefix, f"was tokenized with tokenizer {sha[:12]} ({m['tokenizer'].get('source')}), "
                               f"not the run's tokenizer {tokenizer.sha256[:12]} ({tokenizer.source}): set data.tokenizer to "
                               f"{m['tokenizer'].get('copy') or 'that tokenizer'} or re-prepare the dataset")
 
@@ -201,7 +201,7 @@ def check_indexed(prefix: str, tokenizer: Tokenizer, field: str) -> None:
         size = os.path.getsize(prefix + ext)
         if m is not None and key in m and size != m[key]:
             raise DataError(field, prefix, f"{ext} is {size} bytes but its manifest records {m[key]}: the file is "
-                              f"truncated or was replaced; {redo}")
+                            f"truncated or was replaced; {redo}")
     try:
         ds = IndexedDataset(prefix, mmap=True)  # held while its memory-mapped arrays are copied
         index = ds.index
@@ -212,7 +212,7 @@ def check_indexed(prefix: str, tokenizer: Tokenizer, field: str) -> None:
     except Exception as err:  # noqa: BLE001 - whatever megatron's reader trips on, the file is the cause
         why = (str(err).strip().splitlines() or [""])[0][:160]
         raise DataError(field, prefix, f"is not a readable megatron indexed dataset ({type(err).__name__}: {why}); "
-                          f"{redo}") from None
+                        f"{redo}") from None
     if len(lengths) == 0:
         raise DataError(field, prefix, "is an empty indexed dataset (no documents)")
     bin_bytes = os.path.getsize(prefix + ".bin")
@@ -220,14 +220,14 @@ def check_indexed(prefix: str, tokenizer: Tokenizer, field: str) -> None:
     if ((lengths < 0).any() or not np.array_equal(pointers, starts) or int(lengths.sum()) * itemsize != bin_bytes
             or docs[0] != 0 or docs[-1] != len(lengths) or (np.diff(docs) < 0).any()):
         raise DataError(field, prefix, f"has an index (.idx) that does not describe its .bin ({bin_bytes} bytes; the "
-                          f"index lists {int(lengths.clip(min=0).sum()) * itemsize}): one of them is truncated or "
-                          f"garbled; {redo}")
+                        f"index lists {int(lengths.clip(min=0).sum()) * itemsize}): one of them is truncated or "
+                        f"garbled; {redo}")
     if bin_bytes <= _MAX_ID_SCAN_BYTES:
         top = int(np.memmap(prefix + ".bin", dtype=index.dtype, mode="r").max())
         if top >= tokenizer.vocab_size:
             raise DataError(field, prefix, f"holds token id {top}, beyond the run's tokenizer vocabulary "
-                              f"({tokenizer.vocab_size}, {tokenizer.source}): it was made with another tokenizer, "
-                              f"or its .bin is garbled")
+                            f"({tokenizer.vocab_size}, {tokenizer.source}): it was made with another tokenizer, "
+                            f"or its .bin is garbled")
 
 
 def _documents(prefix: str) -> int:

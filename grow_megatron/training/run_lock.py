@@ -47,7 +47,7 @@ def run_dir_lock(run_dir: str) -> Iterator[None]:
         lock.acquire(blocking=False)
     except Timeout:
         raise RunEnvironmentError("run_dir", run_dir, f"is in use by another training process ({_holder(run_dir)}): wait for "
-                          "it to finish or stop it, or give this run another run_dir") from None
+                                  "it to finish or stop it, or give this run another run_dir") from None
     holder = RunDir(run_dir).lock_holder
     try:
         tmp = f"{holder}.tmp.{os.getpid()}"
