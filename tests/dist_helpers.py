@@ -18,7 +18,7 @@ def _train(rank: int, world: int, overrides: list[str], out_dir: str, stop_at) -
     res = train(cfg, stop_at=stop_at)
     if rank == 0:
         with open(os.path.join(out_dir, "result.json"), "w") as f:
-            json.dump({"losses": {str(k): v for k, v in res.losses.items()}, "growths": res.growths,
+            json.dump({"losses": {str(k): v for k, v in res.losses.items()}, "growths": [g.to_dict() for g in res.growths],
                        "final_depth": res.final_depth, "start": res.start_step, "end": res.end_step}, f)
     shutdown_distributed()
 

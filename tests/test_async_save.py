@@ -4,7 +4,7 @@ import os
 import pytest
 from torch.distributed.checkpoint.api import CheckpointException
 
-from grow_megatron.engine.async_save import KILL_WRITER_ENV
+from grow_megatron.engine.faults import ENV
 from grow_megatron.engine.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors
 from grow_megatron.training.loop import train
 
@@ -33,7 +33,7 @@ def test_killed_async_writer_leaves_previous_checkpoint_latest(tmp_path, monkeyp
     train(cfg, stop_at=2)  # a synchronous checkpoint at step 2
     root = os.path.join(tmp_path, "checkpoints")
     assert latest_checkpoint(root).endswith("step_00000002")
-    monkeypatch.setenv(KILL_WRITER_ENV, "1")
+    monkeypatch.setenv(ENV, "save.writer:exit")
     # The writer of the step-4 save dies; its finalisation (at the next step) reports it on every rank.
     with pytest.raises(CheckpointException) as err:
         train(micro_config(tmp_path, **STATIC, **{"checkpoint.async_save": "on"}))

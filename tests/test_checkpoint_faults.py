@@ -17,7 +17,7 @@ import sys
 import psutil
 import pytest
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import CheckpointError, ConfigError, RunEnvironmentError
 from grow_megatron.engine import checkpoint as ckpt_mod
 from grow_megatron.engine.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors, read_meta
 from grow_megatron.engine.faults import ENV, InjectedFault
@@ -268,7 +268,7 @@ def test_disk_full_is_one_line_keeps_last_good_and_cleans_up(static_run, tmp_pat
     good = latest_checkpoint(root)
     cfg = lambda: micro_config(run, **STATIC, **{"checkpoint.interval": 1})  # noqa: E731
     monkeypatch.setenv(ENV, "save.written@3:enospc")
-    with pytest.raises(ConfigError, match="ENOSPC") as err:
+    with pytest.raises(RunEnvironmentError, match="ENOSPC") as err:
         train(cfg())
     msg = str(err.value)
     assert "\n" not in msg and "step_00000003.tmp-" in msg and good in msg
@@ -310,7 +310,7 @@ def test_hand_edited_meta_is_one_line_naming_the_key(static_run, tmp_path, edit,
     edit(meta)
     with open(path, "w") as f:
         json.dump(meta, f)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(CheckpointError) as err:
         train(micro_config(run, **STATIC))
     assert f"meta.json: {key} = " in str(err.value) and "\n" not in str(err.value)
 
@@ -324,7 +324,7 @@ def test_corrupted_shard_is_refused_naming_the_file(static_run, tmp_path):
         f.seek(os.path.getsize(os.path.join(ckpt, shard)) // 2)
         f.write(os.urandom(64))
     for read in (lambda: read_global_tensors(ckpt), lambda: train(micro_config(run, **STATIC))):
-        with pytest.raises(ConfigError, match="differs? from what was written") as err:
+        with pytest.raises(CheckpointError, match="differs? from what was written") as err:
             read()
         assert os.path.join(os.path.basename(ckpt), shard) in str(err.value)
 
@@ -351,11 +351,11 @@ def test_a_reader_verifies_the_tensors_it_reads(static_run, tmp_path):
 
     damage(next(i for i in items if i[3].startswith("optimizer.") and i[2] > 64))
     NativeReader(ckpt)  # the weights are intact
-    with pytest.raises(ConfigError, match=r"\(optimizer\..*\) differ from what was written"):
+    with pytest.raises(CheckpointError, match=r"\(optimizer\..*\) differ from what was written"):
         read_global_tensors(ckpt)
     weight = next(i for i in items if i[3].startswith("model.") and i[2] > 64)
     damage(weight)
-    with pytest.raises(ConfigError, match=rf"{os.path.basename(ckpt)}/{weight[0]}.*\({weight[3]}\) differ") as err:
+    with pytest.raises(CheckpointError, match=rf"{os.path.basename(ckpt)}/{weight[0]}.*\({weight[3]}\) differ") as err:
         NativeReader(ckpt)
     assert "\n" not in str(err.value)
 

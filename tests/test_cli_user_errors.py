@@ -166,13 +166,13 @@ def test_convert_bad_out_dir_and_seq_length(tmp_path, capsys):
 
 
 def test_convert_corrupt_checkpoint_is_one_line(tmp_path, capsys):
-    from grow_megatron.config.base import ConfigError
+    from grow_megatron.config.base import CheckpointError
     from grow_megatron.convert.native import NativeReader
 
     ck = tmp_path / "step_00000001"
     ck.mkdir()
     (ck / "meta.json").write_text("{bad")
-    with pytest.raises(ConfigError, match="cannot be read, its files are truncated or corrupted"):
+    with pytest.raises(CheckpointError, match="cannot be read, its files are truncated or corrupted"):
         NativeReader(str(ck))
 
 

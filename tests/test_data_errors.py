@@ -1,4 +1,5 @@
-"""Bad data input stops with one clear ConfigError line (field, value, what is allowed)."""
+"""Bad data input stops with one clear line (field, value, what is allowed): a ConfigError
+for the config, a DataError for the data."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ import os
 
 import pytest
 
-from grow_megatron.config.base import ConfigError, from_dict
+from grow_megatron.config.base import ConfigError, DataError, from_dict
 from grow_megatron.config.data import DataConfig, DatasetSpec
 from grow_megatron.data.datasets import build_datasets
 from grow_megatron.data.prepare import prepare
@@ -33,14 +34,14 @@ def test_missing_and_empty_sources(tmp_path, tok):
     with pytest.raises(ConfigError, match=r"nope.jsonl': no such file or directory"):
         _build(DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "nope.jsonl"))], cache_dir=str(tmp_path)))
     (tmp_path / "empty.jsonl").write_text("")
-    with pytest.raises(ConfigError, match="empty file"):
+    with pytest.raises(DataError, match="empty file"):
         prepare(str(tmp_path / "empty.jsonl"), str(tmp_path / "o1"), tok, progress=False)
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "notes.csv").write_text("a,b\n")
-    with pytest.raises(ConfigError, match="directory holds no readable files"):
+    with pytest.raises(DataError, match="directory holds no readable files"):
         prepare(str(tmp_path / "d"), str(tmp_path / "o2"), tok, progress=False)
     blank = _jsonl(tmp_path / "blank.jsonl", ["", "   ", "\n"])
-    with pytest.raises(ConfigError, match=r"blank.jsonl': is empty: no non-empty documents in field 'text'"):
+    with pytest.raises(DataError, match=r"blank.jsonl': is empty: no non-empty documents in field 'text'"):
         prepare(blank, str(tmp_path / "o3"), tok, progress=False)
     # Nothing half-written was left behind, not even the lock file.
     assert not [p for p in os.listdir(tmp_path) if p.startswith("o")]
@@ -64,7 +65,7 @@ def test_tokenizer_mismatch_within_mixture(tmp_path, tok):
     prepare(b, str(tmp_path / "pb"), other, progress=False)
     cfg = DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "pa")), DatasetSpec(path=str(tmp_path / "pb"))],
                      cache_dir=str(tmp_path / "c"))
-    with pytest.raises(ConfigError, match=r"data.datasets\[1\].path = .*pb': was tokenized with tokenizer .* but "
+    with pytest.raises(DataError, match=r"data.datasets\[1\].path = .*pb': was tokenized with tokenizer .* but "
                                           r"data.datasets\[0\].path .* same tokenizer"):
         _build(cfg)
     # One dataset made with another tokenizer than the run's.
@@ -125,7 +126,7 @@ def test_foreign_indexed_dataset_checked_against_vocab(tmp_path):
         b.finalize(str(tmp_path / f"{name}.idx"))
     train, _ = _build(DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "ok.bin"))], cache_dir=str(tmp_path / "c")))
     assert len(train) >= 10
-    with pytest.raises(ConfigError, match=r"big': holds token id 8999, beyond the run's tokenizer vocabulary \(4096"):
+    with pytest.raises(DataError, match=r"big': holds token id 8999, beyond the run's tokenizer vocabulary \(4096"):
         _build(DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "big"))], cache_dir=str(tmp_path / "c")))
 
 
@@ -161,7 +162,7 @@ def _damaged_copies(tmp_path, tok):
 ])
 def test_truncated_or_garbled_prepared_dataset_is_one_line(tmp_path, tok, name, message):
     damaged = _damaged_copies(tmp_path, tok)
-    with pytest.raises(ConfigError, match=r"^data.datasets\[0\].path = '.*" + message):
+    with pytest.raises(DataError, match=r"^data.datasets\[0\].path = '.*" + message):
         _build(DataConfig(datasets=[DatasetSpec(path=str(damaged[name]))], cache_dir=str(tmp_path / "c")))
 
 

@@ -234,7 +234,7 @@ def test_sweep_default_blocks_follow_the_growth_history():
     from grow_megatron.growth.operators import lidas
 
     # The tiny LIDAS run: 4 -> 8 (copies 0..3 to 4..7), 8 -> 12 (copies 2..5 to 6..9).
-    history = {"growths": [lidas(4, 4).to_dict(), lidas(8, 4).to_dict()]}
+    history = {"growths": [{"step": 2, **lidas(4, 4).to_dict()}, {"step": 5, **lidas(8, 4).to_dict()}]}
     # 4..7 of the first growth are cut in two by the second insertion (at 6): not a block any more.
     assert history_blocks(history) == [(0, 4), (2, 6), (6, 10)]
     assert default_blocks(12, history) == [(0, 4), (2, 6), (6, 10)]

@@ -9,7 +9,7 @@ import sys
 from grow_megatron.cli import main as cli_main
 from grow_megatron.config.run import dump_run_config
 from grow_megatron.training.loop import train
-from grow_megatron.training.run_lock import HOLDER_NAME
+from grow_megatron.config.rundir import LOCK_HOLDER as HOLDER_NAME
 
 from engine_helpers import micro_config
 

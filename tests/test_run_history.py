@@ -16,7 +16,7 @@ from grow_megatron.data.assets import default_tokenizer_path
 from grow_megatron.data.corpus import iter_default_corpus
 from grow_megatron.engine.checkpoint import latest_checkpoint, read_meta
 from grow_megatron.training.loop import train
-from grow_megatron.training.metrics import read_jsonl
+from grow_megatron.config.rundir import read_jsonl
 
 PEAK, WARMUP, DECAY, STEPS, NEW = 3e-3, 2, 3, 12, 17
 REAL_GROWTHS = "4->8 at step 2, 8->12 at step 5"
@@ -96,7 +96,7 @@ def _metrics(run):
 
 def test_run_config_is_saved_absolute(finished):
     root, cfg, res = finished
-    assert res.end_step == STEPS and [g["step"] for g in res.growths] == [2, 5]
+    assert res.end_step == STEPS and [g.step for g in res.growths] == [2, 5]
     saved = load_run_config(os.path.join(cfg.run_dir, "config.yaml"))
     assert saved.run_dir == str(root / "work" / "runs" / "first")
     assert saved.data.tokenizer == str(root / "project" / "tok" / "tokenizer.json")

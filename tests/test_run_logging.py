@@ -11,7 +11,7 @@ import pytest
 from grow_megatron.cli import main as cli_main
 from grow_megatron.data.corpus import iter_default_corpus
 from grow_megatron.data.tokenizer import load_tokenizer
-from grow_megatron.training.metrics import read_jsonl
+from grow_megatron.config.rundir import read_jsonl
 
 from engine_helpers import micro_overrides
 

@@ -19,9 +19,10 @@ import yaml
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.study.config import load_study
-from grow_megatron.study.layout import Layout, Step, plan
+from grow_megatron.study.layout import Step, StudyLayout, plan
 from grow_megatron.study.report import late_overlap
-from grow_megatron.study.runner import INTERRUPT_ENV, StudyInterrupted, run_study
+from grow_megatron.engine.faults import ENV
+from grow_megatron.study.runner import StudyInterrupted, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ROOT / "examples" / "study_micro.yaml"
@@ -47,13 +48,13 @@ def study(tmp_path_factory):
     path = _micro(tmp, analysis=analysis)
     cfg, base = load_study(str(path))
     log = open(tmp / "study.log", "w")
-    os.environ[INTERRUPT_ENV] = "analyze:lidas:0"
+    os.environ[ENV] = "study.step@analyze:lidas:0:stop"
     try:
         with pytest.raises(StudyInterrupted):
             run_study(cfg, base, out=log)
     finally:
-        del os.environ[INTERRUPT_ENV]
-    layout = Layout(cfg.out_dir)
+        del os.environ[ENV]
+    layout = StudyLayout(cfg.out_dir)
     interrupted = {"analyze_json": os.path.isfile(os.path.join(layout.analysis_dir("lidas", 0), "depth_score.json")),
                    "analyze_marker": os.path.isfile(layout.marker(Step("analyze", "lidas", 0))),
                    "report": os.path.isfile(os.path.join(cfg.out_dir, "report.md"))}

@@ -10,7 +10,8 @@ import torch
 from grow_megatron.cli import main as cli_main
 from grow_megatron.config.run import load_run_config
 from grow_megatron.engine.checkpoint import latest_checkpoint, read_global_tensors, read_meta
-from grow_megatron.training.loop import FAULT_NAN_GRAD_STEP, train
+from grow_megatron.engine.faults import ENV
+from grow_megatron.training.loop import train
 from grow_megatron.engine.optim_state import gather_param_state, optimizer_step_count
 
 from engine_helpers import assert_same_tensors, micro_config
@@ -39,7 +40,7 @@ def _strict_jsonl(path: str) -> list[dict]:
 
 def test_a_step_with_nan_gradients_is_skipped_bit_for_bit(tmp_path, monkeypatch):
     # Step 3 lies inside the second stage (growths before steps 2 and 5): one engine around it.
-    monkeypatch.setenv(FAULT_NAN_GRAD_STEP, "3")
+    monkeypatch.setenv(ENV, "step.grads@3:nan")
     states, recs = {}, {}
 
     def keep(engine, step, rec):
@@ -102,7 +103,8 @@ def test_a_nonfinite_state_is_never_checkpointed(tmp_path):
 
 
 def test_a_torn_last_metrics_line_is_dropped_with_one_warning(tmp_path, caplog):
-    from grow_megatron.training.metrics import MetricsWriter, read_jsonl
+    from grow_megatron.config.rundir import read_jsonl
+    from grow_megatron.training.metrics import MetricsWriter
 
     good = [{"step": s, "loss": 8.0 - s} for s in range(3)]
     path = tmp_path / "metrics.jsonl"

@@ -30,8 +30,8 @@ def test_plan_of_micro_config(reference):
 
 def test_trains_through_two_growths(reference):
     cfg, res, depths = reference
-    assert [g["step"] for g in res.growths] == list(GROWTH_STEPS)
-    assert [(g["old_depth"], g["new_depth"]) for g in res.growths] == [(4, 8), (8, 12)]
+    assert [g.step for g in res.growths] == list(GROWTH_STEPS)
+    assert [(g.old_depth, g.new_depth) for g in res.growths] == [(4, 8), (8, 12)]
     assert [depths[s] for s in range(12)] == [4] * 2 + [8] * 3 + [12] * 7
     losses = [res.losses[s] for s in range(12)]
     assert all(loss == loss and loss < 20 for loss in losses)  # finite
@@ -58,7 +58,7 @@ def test_resume_reproduces_losses_exactly(reference, tmp_path, stop_at):
     got = {**first.losses, **second.losses}
     # Bit-for-bit: same weights, same AdamW state, same batches, deterministic CPU kernels.
     assert got == ref.losses
-    assert [g["step"] for g in second.growths] == list(GROWTH_STEPS)
+    assert [g.step for g in second.growths] == list(GROWTH_STEPS)
 
 
 STATIC = {"train.steps": 6, "growth.operator": "none", "growth.grow_steps": "null", "model.num_layers": 4}
@@ -136,19 +136,19 @@ def test_sigterm_stops_cleanly_and_resume_is_exact(reference, tmp_path):
 
 
 def test_truncated_checkpoint_is_named_on_resume(tmp_path):
-    from grow_megatron.config.base import ConfigError
+    from grow_megatron.config.base import CheckpointError
 
     cfg = micro_config(tmp_path)
     train(cfg, stop_at=1)
     ckpt = latest_checkpoint(os.path.join(cfg.run_dir, "checkpoints"))
     shard = next(f for f in sorted(os.listdir(ckpt)) if f.endswith(".distcp"))
     os.truncate(os.path.join(ckpt, shard), 1000)
-    with pytest.raises(ConfigError, match="where .* were written: corrupted or edited") as err:
+    with pytest.raises(CheckpointError, match="where .* were written: corrupted or edited") as err:
         train(micro_config(tmp_path))
     assert os.path.join(os.path.basename(ckpt), shard) in str(err.value)
     # Without its manifest, a checkpoint this version wrote (meta.json says so) is damaged:
     # refused in one line, never loaded unverified (tests/test_run_identity.py).
     os.remove(os.path.join(ckpt, "manifest.json"))
-    with pytest.raises(ConfigError, match="has no manifest.json, but its meta.json says grow_megatron") as err:
+    with pytest.raises(CheckpointError, match="has no manifest.json, but its meta.json says grow_megatron") as err:
         train(micro_config(tmp_path))
     assert os.path.basename(ckpt) in str(err.value)

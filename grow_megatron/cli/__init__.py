@@ -13,7 +13,7 @@ import warnings
 from typing import Iterator
 
 from grow_megatron import __version__
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import UserError
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -59,8 +59,9 @@ def main(argv: list[str] | None = None) -> int:
             # Inside the context: most of megatron's known warnings come at import.
             module = importlib.import_module(SUBCOMMANDS[name][0])
             return int(module.main(rest) or 0)
-    except ConfigError as err:
-        # Bad configuration is the user's to fix: one line, no traceback.
+    except UserError as err:
+        # Bad configuration, data, a bad checkpoint or a full disk is the user's to fix: one
+        # line, no traceback (the error's type says which).
         print(f"grow-megatron {name}: {err}", file=sys.stderr)
         return 2
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:

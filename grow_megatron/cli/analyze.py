@@ -21,7 +21,7 @@ from grow_megatron.analysis.report import compare
 from grow_megatron.analysis.run import AnalyzeOptions, run_on_models, write_analysis
 from grow_megatron.analysis.suite import CONFIGS, QUICK, InputError
 from grow_megatron.cli.flags import add_flags, cli, given, options_from_args
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import ConfigError, UserError
 
 ANALYSES = ("tuned-lens", "depth-score", "effects", "interventions", "sublayer", "block-similarity")
 DESCRIPTIONS = {
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         return _main(argv)
     # The user's to fix (bad option, missing input or model): one line, no traceback; also
     # when run as tools/analyze.py, without the dispatcher.
-    except (ConfigError, InputError, FileNotFoundError, NotImplementedError) as err:
+    except (UserError, InputError, FileNotFoundError, NotImplementedError) as err:
         print(f"grow-megatron analyze: {err}", file=sys.stderr)
         return 2
 

@@ -56,7 +56,7 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
     # torch and megatron-core (ten seconds), as in main; after TRITON_INTERPRET is set.
     import torch
 
-    from grow_megatron.bench import report as R
+    from grow_megatron.bench import report as bench_report
     from grow_megatron.bench.runner import EngineBench, hf_measure, on_gpu, resolve
     from grow_megatron.engine.distributed import device_context, init_distributed, world_size_from_env
 
@@ -73,7 +73,7 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
         lay = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, bc.seed,
                                vpp=cfg.parallel.virtual_stages)
         rank0 = lay.is_logging_rank
-        report["environment"] = R.environment(argv, {"world_size": lay.world, "tp": lay.tp, "pp": lay.pp,
+        report["environment"] = bench_report.environment(argv, {"world_size": lay.world, "tp": lay.tp, "pp": lay.pp,
                                                      "vpp": cfg.parallel.virtual_stages, "dp": lay.dp})
         # The engine's tokens/s is the whole job's: MFU is over the peak of all its GPUs.
         eb = EngineBench(bc, setup, lay.dp, lay.tp, lay.pp, peak * lay.world if peak else None)
@@ -113,7 +113,7 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
                 return None
             finally:
                 if rank0:  # partial results survive a later crash or a time limit
-                    R.write_outputs(report, bc.out)
+                    bench_report.write_outputs(report, bc.out)
 
         part("static", eb.static)
         if report.get("static"):
@@ -144,7 +144,7 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
                     _log(rank0, f"HF {name}: {_one_line(hf[name])}")
                 # Saved before the next variant: a compile that outlasts a time limit keeps eager's result.
                 if rank0:
-                    R.write_outputs(report, bc.out)
+                    bench_report.write_outputs(report, bc.out)
 
     with device_context():
         if setup.plan is None and ("stages" in bc.parts or "schedule" in bc.parts):
@@ -160,8 +160,8 @@ def run(bc: BenchConfig, argv: list[str]) -> int:
             for r in report.get("stages") or []:
                 _log(rank0, f"stage {r['stage']} depth {r['depth']}: {_one_line(r)}")
     if rank0:
-        paths = R.write_outputs(report, bc.out)
-        R.print_summary(report)
+        paths = bench_report.write_outputs(report, bc.out)
+        bench_report.print_summary(report)
         print(f"[bench] wrote {', '.join(paths.values())}", flush=True)
     if errors:
         print(f"grow-megatron bench: failed parts: {', '.join(errors)} (see report.json 'errors')", file=sys.stderr)

@@ -22,11 +22,12 @@ import torch
 from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.base import ConfigError, check_output_dir
 from grow_megatron.config.loop import check_loop_arg
+from grow_megatron.config.rundir import CONFIG
 from grow_megatron.config.options import check_positive
 from grow_megatron.convert.load import check_model_dir, load_model
 from grow_megatron.convert.looping import apply_loop_arg
-from grow_megatron.eval import primitives as P
-from grow_megatron.eval import scoring as S
+from grow_megatron.eval import primitives
+from grow_megatron.eval import scoring
 from grow_megatron.eval.evaluate import (DEFAULT_N, QUICK_CHUNKS, QUICK_N, evaluate_heldout, evaluate_primitives,
                                          format_mc)
 from grow_megatron.eval.lm_eval_adapter import LM_EVAL_INSTALL, export_tasks, lm_eval_command
@@ -94,7 +95,7 @@ class EvalOptions:
         if self.export_lm_eval:
             check_output_dir(self.export_lm_eval, "--export-lm-eval")
         if self.config and not Path(self.config).is_file():
-            raise ConfigError("--config", self.config, "no such file (give the run's config.yaml)")
+            raise ConfigError("--config", self.config, f"no such file (give the run's {CONFIG})")
         check_loop_arg(self.loop)
 
     @property
@@ -112,11 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    tasks = [] if args.tasks == "none" else P.parse_tasks(args.tasks)
+    tasks = [] if args.tasks == "none" else primitives.parse_tasks(args.tasks)
     opts = options_from_args(EvalOptions, args)
     n = opts.examples_per_task
-    cfg = P.PrimitivesConfig(num_shots=opts.shots).validate()
-    result: dict[str, Any] = {"template_version": P.TEMPLATE_VERSION, "seed": opts.seed, "n": n,
+    cfg = primitives.PrimitivesConfig(num_shots=opts.shots).validate()
+    result: dict[str, Any] = {"template_version": primitives.TEMPLATE_VERSION, "seed": opts.seed, "n": n,
                               "shots": opts.shots, "quick": opts.quick}
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device
@@ -146,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     loaded = load_model(opts.model, device, opts.dtype, accept="causal-lm", need_tokenizer=True, config=opts.config)
     model, tokenizer = loaded.model, loaded.tokenizer
     result["model"] = opts.model
-    result["context_length"] = S.context_length(model)
-    ctx = S.context_length(model) or 2048
+    result["context_length"] = scoring.context_length(model)
+    ctx = scoring.context_length(model) or 2048
     if opts.seq_length and opts.seq_length > ctx:
         raise ConfigError("--seq-length", opts.seq_length, f"exceeds the model's context of {ctx} tokens: "
                                                            f"use --seq-length {ctx} or less")
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         print(format_mc(mc))
         result["primitives"] = {t: r.to_dict() for t, r in mc.items()}
         if len(mc) > 1:
-            result["primitives_mean"] = S.mean_result(mc)
+            result["primitives_mean"] = scoring.mean_result(mc)
         result["truncated_prompts"] = cut
         result["primitives_seconds"] = seconds
 

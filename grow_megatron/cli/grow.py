@@ -40,6 +40,7 @@ def main(argv: list[str]) -> int:
     opts = options_from_args(GrowOptions, build_parser().parse_args(argv))
     # torch and megatron-core (ten seconds): not for --help or a mistyped flag.
     from grow_megatron.config.run import read_run_info
+    from grow_megatron.config.rundir import CONFIG, GrowthEvent, RunDir
     from grow_megatron.convert.native import resolve_checkpoint
     from grow_megatron.engine.checkpoint import list_checkpoints, read_meta
     from grow_megatron.engine.distributed import device_context, shutdown_distributed
@@ -49,9 +50,9 @@ def main(argv: list[str]) -> int:
     from grow_megatron.training.grown_run import carry_run_records, grown_run_config
 
     ckpt, run_dir = resolve_checkpoint(opts.checkpoint)
-    config = opts.config or (os.path.join(run_dir, "config.yaml") if run_dir else None)
+    config = opts.config or (RunDir(run_dir).config if run_dir else None)
     if config is None:
-        raise ConfigError("--config", None, f"{ckpt} is not inside a run directory: give the run's config.yaml")
+        raise ConfigError("--config", None, f"{ckpt} is not inside a run directory: give the run's {CONFIG}")
     info = read_run_info(config)
     meta = read_meta(ckpt)
     depth = int(meta["depth"])
@@ -65,7 +66,8 @@ def main(argv: list[str]) -> int:
     for left in remove_leftovers(out):
         print(f"note: an earlier grow into {out} did not finish (killed?); removed its incomplete output {left}",
               file=sys.stderr)
-    if list_checkpoints(os.path.join(out, "checkpoints")):
+    out_run = RunDir(out)
+    if list_checkpoints(out_run.checkpoints):
         raise ConfigError("--out", opts.out, "already holds checkpoints: choose a new directory")
     if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
         raise ConfigError("--out", opts.out, "exists and is not an empty directory: choose a new directory")
@@ -75,13 +77,14 @@ def main(argv: list[str]) -> int:
     with staged_dir(out, before_publish=lambda: fault_point("grow.staged")) as stage:
         try:
             with device_context():
-                staged_ckpt = grow_checkpoint(ckpt, growth, info.model, os.path.join(stage, "checkpoints"))
+                staged_ckpt = grow_checkpoint(ckpt, growth, info.model, RunDir(stage).checkpoints)
         finally:
             shutdown_distributed()
         fault_point("grow.checkpoint")
-        carried = carry_run_records(run_dir, stage, step, read_meta(staged_ckpt)["growths"][-1]) if run_dir else 0
+        carried = (carry_run_records(run_dir, stage, step, GrowthEvent.from_dict(read_meta(staged_ckpt)["growths"][-1]))
+                   if run_dir else 0)
         fault_point("grow.history")
-        with open(os.path.join(stage, "config.yaml"), "w") as f:  # its run_dir is OUT, not the staging name
+        with open(RunDir(stage).config, "w") as f:  # its run_dir is OUT, not the staging name
             f.write(grown_run_config(config, growth, out))
             f.flush()
             os.fsync(f.fileno())
@@ -90,7 +93,7 @@ def main(argv: list[str]) -> int:
           f"{list(growth.source_map)}\nwrote {new_ckpt} (step {step}, optimizer state included)"
           + (f"; carried the source run's history ({carried} metrics records, growth events)" if run_dir else "")
           + "\n"
-          f"continue: grow-megatron train {os.path.join(out, 'config.yaml')} --set train.steps=<more than {step}> "
+          f"continue: grow-megatron train {out_run.config} --set train.steps=<more than {step}> "
           f"(the LR follows optim.on_extend: continue, the default, goes on from the source run's LR; "
           f"--set optim.on_extend=rewarmup warms it up again)")
     return 0

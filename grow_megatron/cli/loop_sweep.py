@@ -26,7 +26,7 @@ from grow_megatron.config.base import ConfigError, check_output_dir
 from grow_megatron.config.options import check_positive
 from grow_megatron.convert.hf import HISTORY_FIELD
 from grow_megatron.convert.load import load_model
-from grow_megatron.eval import primitives as P
+from grow_megatron.eval import primitives
 from grow_megatron.eval.loop_sweep import (SweepConfig, default_blocks, history_blocks, parse_blocks, parse_repeats,
                                            sweep, write_sweep)
 
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     opts = options_from_args(LoopSweepOptions, build_parser().parse_args(argv))
-    tasks = [] if opts.tasks == "none" else P.parse_tasks(opts.tasks)
+    tasks = [] if opts.tasks == "none" else primitives.parse_tasks(opts.tasks)
     repeats = parse_repeats(opts.repeats)
     blocks = parse_blocks(opts.blocks) if opts.blocks else None
     check_positive(opts, "n", "batch_size", "seq_length", "max_chunks", "block_size")

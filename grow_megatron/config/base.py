@@ -22,12 +22,39 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A bad configuration value, phrased for the user: field path, value, what is allowed."""
+class UserError(Exception):
+    """A failure phrased for the user: what (a field, a file), its value, the way out. The CLI
+    prints it as one line without a traceback. The subclasses say what failed, so a caller can
+    tell a bad config from a fault of the data, a checkpoint or the machine; `except ConfigError`
+    still means "the configuration is wrong" only."""
 
     def __init__(self, path: str, value: Any, allowed: str):
         self.path, self.value, self.allowed = path, value, allowed
         super().__init__(f"{path} = {value!r}: {allowed}")
+
+    def __reduce__(self):
+        # Rebuilt from its three parts (a broadcast to other ranks, a forked writer's result).
+        return type(self), (self.path, self.value, self.allowed)
+
+
+class ConfigError(UserError, ValueError):
+    """A bad configuration value (a field, a flag, a config file): the user changes the config."""
+
+
+class DataError(UserError, ValueError):
+    """Input data that cannot be used as it is (an unreadable or empty corpus file, an indexed
+    dataset that is corrupted or was tokenized with another tokenizer, a tokenizer file that is
+    not one): the user fixes or re-prepares the data."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint that cannot be used (truncated, corrupted, edited, not a checkpoint): the
+    user restores it or picks an earlier one."""
+
+
+class RunEnvironmentError(UserError, RuntimeError):
+    """The machine or the environment cannot run it as it is (a full disk, a run directory held
+    by another trainer, a missing optional package): the user changes the environment."""
 
 
 def check(cond: bool, path: str, value: Any, allowed: str) -> None:

@@ -12,6 +12,7 @@ from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import (CheckpointConfig, GrowthConfig, LoggingConfig, OptimConfig,
                                            ParallelConfig, TrainConfig)
 from grow_megatron.config.data import DataConfig
+from grow_megatron.config.rundir import CONFIG
 
 
 @dataclass
@@ -156,14 +157,6 @@ def read_yaml(path: str, field: str = "config") -> dict:
     return resolve_paths(raw, os.path.dirname(os.path.abspath(path)), run_dir=False)
 
 
-RUN_CONFIG = "config.yaml"
-"""A run directory's resolved config (written by training, `convert from-hf` and `grow`)."""
-
-
-def run_config_path(run_dir: str) -> str:
-    return os.path.join(run_dir, RUN_CONFIG)
-
-
 @dataclass
 class RunInfo:
     """The parts of a run's config.yaml that reading its checkpoints needs."""
@@ -177,7 +170,7 @@ def read_run_info(config_path: str) -> RunInfo:
     """Model and data sections of a resolved run config (the rest is not validated: a TP=2 run's
     config must still be readable in a single process)."""
     if not os.path.isfile(config_path):
-        raise ConfigError("config", config_path, "file not found (give the run's config.yaml with --config)")
+        raise ConfigError("config", config_path, f"file not found (give the run's {CONFIG} with --config)")
     raw = read_yaml(config_path)
     model = from_dict(ModelConfig, ModelConfig.from_preset_dict(dict(raw.get("model") or {})), "model")
     model.validate()

@@ -17,7 +17,8 @@ from tqdm import tqdm
 from grow_megatron.config.base import ConfigError, to_dict
 from grow_megatron.config.data import DataConfig
 from grow_megatron.config.model import ModelConfig
-from grow_megatron.config.run import RunConfig, RunInfo, dump_run_config, read_run_info, run_config_path
+from grow_megatron.config.run import RunConfig, RunInfo, dump_run_config, read_run_info
+from grow_megatron.config.rundir import CHECKPOINTS, CONFIG, RunDir, growth_events
 from grow_megatron.convert import hf as H
 from grow_megatron.convert.keymap import (HF_EMBED, HF_NORM, hf_keys, hf_sources, hf_tensor_to_native,
                                           native_tensor_to_hf)
@@ -56,9 +57,9 @@ class NativeSource:
         self.ckpt_dir, self.run_dir = resolve_checkpoint(path)
         if config is None:
             if self.run_dir is None:
-                raise ConfigError("config", None, f"no config.yaml found for {self.ckpt_dir} (it is looked for in the "
+                raise ConfigError("config", None, f"no {CONFIG} found for {self.ckpt_dir} (it is looked for in the "
                                   "run directory two levels up); give the run's config with --config")
-            config = run_config_path(self.run_dir)
+            config = RunDir(self.run_dir).config
         self.run: RunInfo = read_run_info(config)
         # fp32 main params (the optimizer's copy) are the more precise weights of a bf16 run.
         # A run directory reads its newest checkpoint: held against a live trainer's pruning,
@@ -91,8 +92,8 @@ class NativeSource:
     def history(self) -> dict[str, Any]:
         """The growth record exported with the model (grow_megatron.json, config.json)."""
         m = self.reader.meta
-        growths = list(m.get("growths", []))
-        depths = [growths[0]["old_depth"]] + [g["new_depth"] for g in growths] if growths else [m["depth"]]
+        growths = growth_events(m.get("growths"))
+        depths = [growths[0].old_depth] + [g.new_depth for g in growths] if growths else [m["depth"]]
         return {
             "format_version": 1,
             "name": m.get("name"),
@@ -101,8 +102,8 @@ class NativeSource:
             "operator": m.get("operator"),
             "stage_steps": m.get("stage_steps"),
             "depths": depths,
-            "growth_steps": [g.get("step") for g in growths],
-            "growths": growths,
+            "growth_steps": [g.step for g in growths],
+            "growths": [g.to_dict() for g in growths],
             "ln_scaling": bool(self.shape.ln_scaling),
             "ln_scaling_folded_into_norms": bool(self.shape.ln_scaling),
             "source_checkpoint": self.ckpt_dir,
@@ -264,7 +265,7 @@ def hf_to_native_state_dict(weights: dict[str, torch.Tensor], shape: ModelConfig
 def _copy_tokenizer(hf_dir: str, out_dir: str) -> Optional[str]:
     if not os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
         return None
-    dst = os.path.join(out_dir, "tokenizer")
+    dst = RunDir(out_dir).tokenizer
     os.makedirs(dst, exist_ok=True)
     for name in H.TOKENIZER_FILES:
         if os.path.isfile(os.path.join(hf_dir, name)):
@@ -286,9 +287,9 @@ def from_hf(hf_dir: str, out_dir: str, *, ln_scaling: bool = False, seq_length: 
     shape = H.shape_from_hf_config(cfg, ln_scaling=ln_scaling, seq_length=seq_length)
     weights = H.load_hf_weights(hf_dir)
     H.check_hf_weights(weights, shape, cfg, hf_dir)
-    ckpt_root = os.path.join(out_dir, "checkpoints")
+    ckpt_root = RunDir(out_dir).checkpoints
     if os.path.isdir(ckpt_root) and os.listdir(ckpt_root):
-        raise ConfigError("out_dir", out_dir, "already holds checkpoints/: choose a new directory")
+        raise ConfigError("out_dir", out_dir, f"already holds {CHECKPOINTS}/: choose a new directory")
     native = hf_to_native_state_dict(weights, shape, progress)
     del weights
     os.makedirs(out_dir, exist_ok=True)
@@ -302,7 +303,7 @@ def from_hf(hf_dir: str, out_dir: str, *, ln_scaling: bool = False, seq_length: 
         if tok.vocab_size > shape.vocab_size:
             raise ConfigError("tokenizer", tok_dir, f"has {tok.vocab_size} tokens, more than the model's vocab_size "
                               f"{shape.vocab_size}")
-    with open(run_config_path(out_dir), "w") as f:
+    with open(RunDir(out_dir).config, "w") as f:
         f.write(dump_run_config(run_cfg))
     meta = {"growths": [], "name": run_name, "stage_steps": [], "operator": "none",
             "source": {"format": "huggingface", "path": hf_dir, "ln_scaling_unfolded": ln_scaling,
@@ -312,7 +313,7 @@ def from_hf(hf_dir: str, out_dir: str, *, ln_scaling: bool = False, seq_length: 
     with device_context():
         ckpt = write_native_checkpoint(native, shape, shape.num_layers, shape.vocab_size, ckpt_root, meta)
     return {"run_dir": out_dir, "checkpoint": ckpt, "depth": shape.num_layers, "tokenizer": tok_dir,
-            "config": run_config_path(out_dir), "seconds": time.perf_counter() - t0}
+            "config": RunDir(out_dir).config, "seconds": time.perf_counter() - t0}
 
 
 # --- checks ------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import torch
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import ConfigError, DataError
 from grow_megatron.convert.api import DTYPES, NativeSource, hf_tokenizer, native_to_hf_model
 from grow_megatron.convert.hf import Accept, check_model_type, is_llama_layout, llama_config, read_config
 from grow_megatron.convert.native import resolve_checkpoint
@@ -92,7 +92,7 @@ def load_model(path: str, device: str = "cpu", dtype="float32", *, accept: Accep
         src = NativeSource(path, config)
         try:
             ours = src.tokenizer()
-        except ConfigError:
+        except (ConfigError, DataError):
             if need_tokenizer:
                 raise
             ours = None

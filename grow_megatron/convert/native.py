@@ -18,7 +18,7 @@ import torch
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig
-from grow_megatron.config.run import run_config_path
+from grow_megatron.config.rundir import CHECKPOINTS, RunDir
 from grow_megatron.convert.keymap import check_shapes, expected_native_shapes
 from grow_megatron.engine import keys
 from grow_megatron.engine.integrity import verify_checkpoint
@@ -41,14 +41,14 @@ def resolve_checkpoint(path: str) -> tuple[str, Optional[str]]:
         raise ConfigError("checkpoint", path, "no such directory (give a checkpoint directory or a run directory)")
     if os.path.isfile(os.path.join(path, META)):
         parent = os.path.dirname(os.path.dirname(path))
-        return path, parent if os.path.isfile(run_config_path(parent)) else None
-    if os.path.isdir(os.path.join(path, "checkpoints")):
-        ckpt = latest_checkpoint(os.path.join(path, "checkpoints"))
+        return path, parent if RunDir(parent).is_run() else None
+    if os.path.isdir(RunDir(path).checkpoints):
+        ckpt = latest_checkpoint(RunDir(path).checkpoints)
         if ckpt is None:
-            raise ConfigError("checkpoint", path, "run directory has no complete checkpoint under checkpoints/")
+            raise ConfigError("checkpoint", path, f"run directory has no complete checkpoint under {CHECKPOINTS}/")
         return ckpt, path
     raise ConfigError("checkpoint", path, "is neither a checkpoint directory (with meta.json) nor a run directory "
-                                          "(with checkpoints/)")
+                                          f"(with {CHECKPOINTS}/)")
 
 
 class NativeReader:
@@ -77,7 +77,7 @@ class NativeReader:
                 held = hold_checkpoint(self.source)
                 break
             except CheckpointGone:
-                newest = latest_checkpoint(os.path.join(run_dir, "checkpoints")) if run_dir else None
+                newest = latest_checkpoint(RunDir(run_dir).checkpoints) if run_dir else None
                 if newest is None or attempt == _HOLD_TRIES - 1:
                     raise pruned_under_reader(self.source) from None
                 self.source = newest

@@ -30,7 +30,7 @@ from megatron.core.datasets.indexed_dataset import IndexedDataset
 import numpy as np
 import torch
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import ConfigError, DataError, UserError
 from grow_megatron.config.data import DataConfig, split_vector
 from grow_megatron.data.assets import default_corpus_path
 from grow_megatron.data.prepare import has_indexed_files, prepare, read_manifest
@@ -50,7 +50,7 @@ def _dist():
 
 
 def _rank0_then_share(fn):
-    """Run fn() on global rank 0 only and hand its result (or its ConfigError) to every rank."""
+    """Run fn() on global rank 0 only and hand its result (or its UserError) to every rank."""
     dist = _dist()
     if dist is None:
         return fn()
@@ -58,12 +58,12 @@ def _rank0_then_share(fn):
     if dist.get_rank() == 0:
         try:
             box[0] = ("ok", fn())
-        except ConfigError as err:
-            box[0] = ("err", (err.path, err.value, err.allowed))
+        except UserError as err:
+            box[0] = ("err", err)
     dist.broadcast_object_list(box, src=0)
     kind, payload = box[0]
     if kind == "err":
-        raise ConfigError(*payload)
+        raise payload
     return payload
 
 
@@ -181,8 +181,8 @@ def _check_tokenizers(items, tokenizer: Tokenizer) -> None:
         sha = m["tokenizer"]["sha256"]
         for other_sha, (other_field, other_prefix) in seen.items():
             if other_sha != sha:
-                raise ConfigError(field, prefix, f"was tokenized with tokenizer {sha[:12]} but {other_field} ({other_prefix}) "
-                                  f"with {other_sha[:12]}: every dataset of one mixture needs the same tokenizer (re-prepare one of them)")
+                raise DataError(field, prefix, f"was tokenized with tokenizer {sha[:12]} but {other_field} ({other_prefix}) "
+                                f"with {other_sha[:12]}: every dataset of one mixture needs the same tokenizer (re-prepare one of them)")
         seen.setdefault(sha, (field, prefix))
         if sha != tokenizer.sha256:
             raise ConfigError(field, prefix, f"was tokenized with tokenizer {sha[:12]} ({m['tokenizer'].get('source')}), "
@@ -200,8 +200,8 @@ def check_indexed(prefix: str, tokenizer: Tokenizer, field: str) -> None:
     for ext, key in ((".bin", "bin_bytes"), (".idx", "idx_bytes")):
         size = os.path.getsize(prefix + ext)
         if m is not None and key in m and size != m[key]:
-            raise ConfigError(field, prefix, f"{ext} is {size} bytes but its manifest records {m[key]}: the file is "
-                              f"truncated or was replaced; {redo}")
+            raise DataError(field, prefix, f"{ext} is {size} bytes but its manifest records {m[key]}: the file is "
+                            f"truncated or was replaced; {redo}")
     try:
         ds = IndexedDataset(prefix, mmap=True)  # held while its memory-mapped arrays are copied
         index = ds.index
@@ -211,23 +211,23 @@ def check_indexed(prefix: str, tokenizer: Tokenizer, field: str) -> None:
         itemsize = np.dtype(index.dtype).itemsize
     except Exception as err:  # noqa: BLE001 - whatever megatron's reader trips on, the file is the cause
         why = (str(err).strip().splitlines() or [""])[0][:160]
-        raise ConfigError(field, prefix, f"is not a readable megatron indexed dataset ({type(err).__name__}: {why}); "
-                          f"{redo}") from None
+        raise DataError(field, prefix, f"is not a readable megatron indexed dataset ({type(err).__name__}: {why}); "
+                        f"{redo}") from None
     if len(lengths) == 0:
-        raise ConfigError(field, prefix, "is an empty indexed dataset (no documents)")
+        raise DataError(field, prefix, "is an empty indexed dataset (no documents)")
     bin_bytes = os.path.getsize(prefix + ".bin")
     starts = np.concatenate([[0], np.cumsum(lengths[:-1])]) * itemsize
     if ((lengths < 0).any() or not np.array_equal(pointers, starts) or int(lengths.sum()) * itemsize != bin_bytes
             or docs[0] != 0 or docs[-1] != len(lengths) or (np.diff(docs) < 0).any()):
-        raise ConfigError(field, prefix, f"has an index (.idx) that does not describe its .bin ({bin_bytes} bytes; the "
-                          f"index lists {int(lengths.clip(min=0).sum()) * itemsize}): one of them is truncated or "
-                          f"garbled; {redo}")
+        raise DataError(field, prefix, f"has an index (.idx) that does not describe its .bin ({bin_bytes} bytes; the "
+                        f"index lists {int(lengths.clip(min=0).sum()) * itemsize}): one of them is truncated or "
+                        f"garbled; {redo}")
     if bin_bytes <= _MAX_ID_SCAN_BYTES:
         top = int(np.memmap(prefix + ".bin", dtype=index.dtype, mode="r").max())
         if top >= tokenizer.vocab_size:
-            raise ConfigError(field, prefix, f"holds token id {top}, beyond the run's tokenizer vocabulary "
-                              f"({tokenizer.vocab_size}, {tokenizer.source}): it was made with another tokenizer, "
-                              f"or its .bin is garbled")
+            raise DataError(field, prefix, f"holds token id {top}, beyond the run's tokenizer vocabulary "
+                            f"({tokenizer.vocab_size}, {tokenizer.source}): it was made with another tokenizer, "
+                            f"or its .bin is garbled")
 
 
 def _documents(prefix: str) -> int:

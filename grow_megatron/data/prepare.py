@@ -31,7 +31,7 @@ import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
 from tqdm import tqdm
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import DataError
 from grow_megatron.data.readers import iter_texts, list_source_files, source_id
 
 FORMAT = "grow_megatron.data/1"
@@ -235,7 +235,7 @@ def _prepare_locked(source, out_prefix, tokenizer, fp, text_field, num_workers, 
             bar.set_postfix(tokens=f"{n_tokens / 1e6:.1f}M", refresh=False)
         bar.close()
         if n_docs == 0:
-            raise ConfigError(field, source, f"is empty: no non-empty documents in field {text_field!r}")
+            raise DataError(field, source, f"is empty: no non-empty documents in field {text_field!r}")
         builder.finalize(tmp_idx)
         # Invalidate the old dataset first, then move the new files in; the manifest comes last.
         _remove(manifest_path(out_prefix), out_prefix + ".idx", out_prefix + ".bin")

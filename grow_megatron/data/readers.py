@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Iterable, Iterator
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import ConfigError, DataError
 
 _COMPRESSIONS = (".gz", ".xz", ".bz2", ".zst", ".lz4")
 _FORMATS = {
@@ -93,7 +93,7 @@ def list_source_files(path: str, field: str = "data.datasets[].path") -> list[st
         if file_format(path) is None:
             raise ConfigError(field, path, f"unsupported file type (supported: {SUPPORTED}, optionally compressed)")
         if os.path.getsize(path) == 0:
-            raise ConfigError(field, path, "is an empty file (no documents)")
+            raise DataError(field, path, "is an empty file (no documents)")
         return [path]
     if is_saved_dataset_dir(path):
         files = []
@@ -106,7 +106,7 @@ def list_source_files(path: str, field: str = "data.datasets[].path") -> list[st
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".") and file_format(n)]
     if not files:
-        raise ConfigError(field, path, f"directory holds no readable files (supported: {SUPPORTED}, optionally compressed)")
+        raise DataError(field, path, f"directory holds no readable files (supported: {SUPPORTED}, optionally compressed)")
     return sorted(files)
 
 
@@ -132,7 +132,7 @@ def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_f
         ds = datasets.load_from_disk(apath)
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
-                raise ConfigError(source_field, apath, f"saved DatasetDict has no 'train' split (splits: {', '.join(ds)})")
+                raise DataError(source_field, apath, f"saved DatasetDict has no 'train' split (splits: {', '.join(ds)})")
             ds = ds["train"]
         _check_field(ds.column_names, text_field, apath, field)
         for start in range(0, len(ds), batch_size):
@@ -144,7 +144,7 @@ def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_f
         try:
             ds = datasets.load_dataset(fmt, data_files=[file], split="train", streaming=True, **kwargs)
         except Exception as err:  # pragma: no cover - builder-specific failures
-            raise ConfigError(source_field, file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})") from None
+            raise DataError(source_field, file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})") from None
         tf = "text" if fmt == "text" else text_field
         yield from _checked_batches(ds, tf, file, field, source_field, batch_size, f"could not be read as {fmt}")
 
@@ -173,10 +173,10 @@ def _checked_batches(ds, text_field: str, where: str, field: str, source_field: 
                 _check_field(list(batch.keys()), text_field, where, field)
                 checked = True
             yield _clean(batch[text_field], where, text_field, field)
-    except ConfigError:
+    except (ConfigError, DataError):
         raise
     except Exception as err:
-        raise ConfigError(source_field, where, f"{failure} ({type(err).__name__}: {str(err)[:200]})") from None
+        raise DataError(source_field, where, f"{failure} ({type(err).__name__}: {str(err)[:200]})") from None
 
 
 def _clean(texts, where: str, text_field: str, field: str) -> list[str]:
@@ -185,7 +185,7 @@ def _clean(texts, where: str, text_field: str, field: str) -> list[str]:
         if t is None:
             continue
         if not isinstance(t, str):
-            raise ConfigError(field, text_field, f"column of {where} holds {type(t).__name__} values, not text")
+            raise DataError(field, text_field, f"column of {where} holds {type(t).__name__} values, not text")
         if t.strip():
             out.append(t)
     return out

@@ -20,7 +20,7 @@ from typing import Iterable
 
 from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import ConfigError, DataError
 from grow_megatron.data.assets import default_tokenizer_path
 
 # End-of-document tokens tried, in order, when a tokenizer does not name its eos token.
@@ -178,7 +178,7 @@ def load_tokenizer(path: str | None = None, *, eod_token: str | None = None, fie
     try:
         hf = HFTokenizer.from_file(file)
     except Exception as err:
-        raise ConfigError(field, path, f"is not a HF tokenizers tokenizer.json ({type(err).__name__}: {str(err)[:120]})") from None
+        raise DataError(field, path, f"is not a HF tokenizers tokenizer.json ({type(err).__name__}: {str(err)[:120]})") from None
     keep = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "model_max_length") if k in config}
     return Tokenizer(hf, _pick_eos(hf, config, path, eod_token), source=os.path.abspath(path), config=keep)
 

@@ -13,8 +13,8 @@ At most one save is in flight: submitting another first waits for the running on
 at the same steps. The training loop waits for the running save before its final save and
 on a stop (Ctrl-C, SIGTERM).
 
-Fault injection (tests): with GROW_MEGATRON_KILL_ASYNC_WRITER=1 in the environment the
-forked writer exits with status 1 before writing anything, as a writer killed mid-save would.
+Fault injection (tests): GROW_MEGATRON_FAULT=save.writer (engine/faults.py) makes the forked
+writer exit before writing anything, as a writer killed mid-save would.
 """
 from __future__ import annotations
 
@@ -27,13 +27,6 @@ from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQu
 from torch.distributed.checkpoint.api import CheckpointException
 
 from grow_megatron.engine.distributed import signal_on_parent_death
-
-KILL_WRITER_ENV = "GROW_MEGATRON_KILL_ASYNC_WRITER"
-
-
-def _killed_writer(*args, **kwargs) -> None:
-    os._exit(1)
-
 
 def _bound_writer(async_fn: Callable, trainer_pid: int, *args, **kwargs) -> None:
     """Runs in the forked writer. It must not outlive a SIGKILLed trainer (docs/reliability.md):
@@ -74,8 +67,6 @@ class AsyncSaver:
                 raise
 
         request = request._replace(finalize_fns=[finalize])
-        if os.environ.get(KILL_WRITER_ENV) == "1":
-            request = request._replace(async_fn=_killed_writer)
         request = request._replace(async_fn=functools.partial(_bound_writer, request.async_fn, os.getpid()))
         self._queue.schedule_async_request(request)
 

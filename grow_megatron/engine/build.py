@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import gc
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -20,6 +20,7 @@ from megatron.core.transformer.pipeline_parallel_layer_layout import PipelinePar
 
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
+from grow_megatron.engine.device import Device
 from grow_megatron.growth.partition import offsets, split_at
 from grow_megatron.model.builder import GrowTransformerConfig, build_model_chunk, make_transformer_config
 
@@ -49,6 +50,8 @@ class EngineSpec:
     """model.fp8_emulate: the FP8 matmuls emulated in high precision (CPU)."""
     kernels: Optional[tuple[str, ...]] = None
     """With use_kernels, the Triton kernels that run (kernels/select.py's names); None = all."""
+    device: Device = field(default_factory=Device.local)
+    """Where the engine computes (resolved once: engine.resolve, from the process's Layout)."""
 
     def split_for(self, depth: int) -> tuple[int, ...]:
         """Layers per (virtual) stage in layer order at `depth`."""
@@ -120,7 +123,7 @@ def build_engine(spec: EngineSpec, depth: int, init_weights: bool = True) -> Eng
     for c in range(spec.vpp):
         chunk = build_model_chunk(config, spec.model, spec.vocab_size, num_local_layers=split[c * spec.pp + pp_rank],
                                   vp_stage=c if spec.vpp > 1 else None)
-        if torch.cuda.is_available():
+        if spec.device.is_gpu:
             chunk.cuda(torch.cuda.current_device())
         # As megatron's own training does: later chunks in one bucket each, so that their
         # grad reduction order cannot interleave with the first chunk's buckets.
@@ -167,8 +170,7 @@ def destroy_engine(engine: Engine) -> None:
     engine.config.no_sync_func = None
     engine.config.finalize_model_grads_func = None
     gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    engine.spec.device.empty_cache()
 
 
 def _forward_step(data_iterator, model):
@@ -184,8 +186,8 @@ def _forward_step(data_iterator, model):
     return output, loss_func
 
 
-def _to_device(mb: dict) -> dict:
-    if torch.cuda.is_available():
+def _to_device(mb: dict, device: Device) -> dict:
+    if device.is_gpu:
         return {k: v.cuda(non_blocking=True) for k, v in mb.items()}
     return mb
 
@@ -198,7 +200,7 @@ def run_microbatches(engine: Engine, microbatches: list[dict], forward_only: boo
         engine.optimizer.zero_grad()
     seq = microbatches[0]["tokens"].shape[1]
     micro_batch_size = microbatches[0]["tokens"].shape[0]
-    batches = [_to_device(m) for m in microbatches]
+    batches = [_to_device(m, engine.spec.device) for m in microbatches]
     # The interleaved schedule reads one iterator per chunk, each over every micro-batch.
     data = iter(batches) if len(engine.model) == 1 else [iter(batches) for _ in engine.model]
     out = get_forward_backward_func()(
@@ -207,8 +209,7 @@ def run_microbatches(engine: Engine, microbatches: list[dict], forward_only: boo
         decoder_seq_length=seq, forward_only=forward_only)
     # Sum of (loss, tokens) over micro-batches, known on the last stage only: sum over the
     # pipeline group (zeros elsewhere), then over data-parallel replicas.
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    acc = torch.zeros(2, dtype=torch.float64, device=dev)
+    acc = torch.zeros(2, dtype=torch.float64, device=engine.spec.device.type)
     for d in out:
         acc += d["lm loss"].to(acc)
     if parallel_state.get_pipeline_model_parallel_world_size() > 1:

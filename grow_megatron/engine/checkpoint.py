@@ -29,7 +29,6 @@ checkpoint written at one TP x PP x DP layout resumes at another.
 """
 from __future__ import annotations
 
-import datetime
 import errno
 import json
 import os
@@ -48,11 +47,12 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import CheckpointError, ConfigError, RunEnvironmentError
+from grow_megatron.config.rundir import CHECKPOINTS, CONFIG
 
 from grow_megatron.engine.build import Engine
 from grow_megatron.engine.dcp_writer import DirectSaveStrategy
-from grow_megatron.engine.distributed import barrier, broadcast_from_rank0, gather_on_rank0, rank
+from grow_megatron.engine.distributed import barrier, broadcast_from_rank0, gather_on_rank0, on_rank0, rank
 from grow_megatron.engine.dp_shards import param_pieces
 from grow_megatron.engine.faults import fault_point
 from grow_megatron import __version__
@@ -85,20 +85,6 @@ checkpoint it wrote that has none)."""
 
 def _rank0() -> bool:
     return rank() == 0
-
-
-def _on_rank0(fn: Callable[[], None]) -> None:
-    """Run `fn` on rank 0; an OSError there is raised on every rank (instead of leaving the
-    others waiting at the next collective for a rank that has given up)."""
-    failure = None
-    if _rank0():
-        try:
-            fn()
-        except OSError as err:
-            failure = (err.errno, err.strerror, err.filename)
-    failure = broadcast_from_rank0(failure)
-    if failure is not None:
-        raise OSError(*failure) if failure[2] else OSError(*failure[:2])
 
 
 def _flatten(sd: dict, out: Optional[dict] = None, prefix: str = "") -> dict:
@@ -315,7 +301,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
             fsync_dir(tmp)
             fault_point("save.sealed", step)
 
-        _on_rank0(write)
+        on_rank0(write)
 
     def publish():
         old = _install(tmp, final, step, exchange or _exchange)
@@ -339,7 +325,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
     def finish():
         barrier()
         seal(strategy.digests)
-        _on_rank0(publish)
+        on_rank0(publish)
         barrier()
 
     def failed(err: BaseException) -> None:
@@ -350,13 +336,13 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         if _rank0():
             shutil.rmtree(tmp, ignore_errors=True)
         good = latest_checkpoint(ckpt_root)
-        raise ConfigError("checkpoint", tmp, f"ENOSPC (no space left on device) while saving step {step} "
+        raise RunEnvironmentError("checkpoint", tmp, f"ENOSPC (no space left on device) while saving step {step} "
                                              f"({full.filename or 'a checkpoint file'}): free disk space or set "
                                              f"run_dir on a larger disk; the partial save was removed and "
                                              f"{good or 'no checkpoint'} stays the last good one") from err
 
     try:
-        _on_rank0(begin)
+        on_rank0(begin)
         barrier()
         sd, _ = _sharded_state(engine, for_load=False)
         sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
@@ -373,7 +359,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
     except (OSError, CheckpointException) as err:
         failed(err)
         raise
-    _on_rank0(publish)
+    on_rank0(publish)
     barrier()
     return final
 
@@ -398,43 +384,6 @@ def _prune(ckpt_root: str, saved: str, keep_last: Optional[int], background: boo
         return
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
-
-
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "events.jsonl", "config.yaml", "config_history.jsonl", "tb", "loss.png")
-"""What a run writes into its run_dir (checkpoint.resume=fresh moves these into an archive)."""
-
-
-def prepare_run_dir(run_dir: str, resume: str) -> None:
-    """Before any work: a run that must not resume (resume never/fresh) may not share its
-    run_dir with an earlier run: its checkpoints would sort among the old ones (pruned at once,
-    or picked by a later auto-resume). `never` refuses; `fresh` moves the old run's outputs to
-    run_dir/archive-<UTC time>/ (rank 0; every rank waits for it)."""
-    if resume == "auto":
-        return
-    root = os.path.join(run_dir, "checkpoints")
-    used = [p for p in (os.path.join(root, LATEST), *(os.path.join(root, d) for d in list_checkpoints(root)),
-                        os.path.join(run_dir, "metrics.jsonl")) if os.path.exists(p)]
-    if not used:
-        return
-    if resume == "never":
-        raise ConfigError("checkpoint.resume", resume,
-                          f"{run_dir} already holds a run ({os.path.relpath(used[-1], run_dir)}): use another run_dir, "
-                          f"checkpoint.resume=auto to continue it, or checkpoint.resume=fresh to move it to "
-                          f"{run_dir}/archive-<time>/ and start over")
-
-    def archive():
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-        dest = os.path.join(run_dir, f"archive-{stamp}")
-        while os.path.exists(dest):
-            dest += "x"
-        os.makedirs(dest)
-        for name in RUN_OUTPUTS:
-            if os.path.exists(os.path.join(run_dir, name)):
-                os.replace(os.path.join(run_dir, name), os.path.join(dest, name))
-        fsync_dir(run_dir)
-
-    _on_rank0(archive)
-    barrier()
 
 
 def _vanished(err: BaseException) -> bool:
@@ -526,7 +475,7 @@ def release_checkpoint(held: Optional[str]) -> None:
         shutil.rmtree(held, ignore_errors=True)
 
 
-def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
+def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> CheckpointError:
     """A checkpoint whose files cannot be read, diagnosed: removed under the reader (pruned by
     a live trainer), a meta.json or files that do not parse (damage: truncated copy, hand edit),
     or files that verify but do not fit the reader. One line naming it and the way out, not
@@ -542,12 +491,12 @@ def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
     first = (str(err).strip().splitlines() or [""])[0][:200]
     why = f"{type(err).__name__}: {first}" if first else type(err).__name__
     if os.path.isfile(os.path.join(ckpt_dir, MANIFEST)) and os.path.isfile(os.path.join(ckpt_dir, META)):
-        return ConfigError("checkpoint", ckpt_dir, f"cannot be read by this reader ({why}) although its files are "
+        return CheckpointError("checkpoint", ckpt_dir, f"cannot be read by this reader ({why}) although its files are "
                                                    f"the ones written (its {MANIFEST} verifies): it does not fit what "
                                                    f"is read (another model config or grow_megatron version?); read "
-                                                   f"it with the config it was trained with (its run's config.yaml)")
-    return ConfigError("checkpoint", ckpt_dir, f"cannot be read, its files are truncated or corrupted "
-                                               f"({why}): use an earlier checkpoints/step_* (training resumes "
+                                                   f"it with the config it was trained with (its run's {CONFIG})")
+    return CheckpointError("checkpoint", ckpt_dir, f"cannot be read, its files are truncated or corrupted "
+                                               f"({why}): use an earlier {CHECKPOINTS}/step_* (training resumes "
                                                "from the newest complete one once this one is moved away)")
 
 
@@ -570,7 +519,7 @@ def check_shapes(sd: dict, ckpt_dir: str) -> None:
         raise ConfigError("checkpoint", ckpt_dir, f"{mismatch[0]}, but this config's model needs shape {mismatch[1]}: "
                                                   f"the checkpoint was trained with another model config (model.* "
                                                   f"shape fields); nothing is damaged: use the config it was trained "
-                                                  f"with (its run's config.yaml), or another run_dir for this model")
+                                                  f"with (its run's {CONFIG}), or another run_dir for this model")
 
 
 def _requested_shapes(obj, out: Optional[dict] = None) -> dict[str, tuple[int, ...]]:
@@ -622,18 +571,18 @@ def read_meta(ckpt_dir: str) -> dict:
     except (ValueError, UnicodeDecodeError) as err:  # a truncated or hand-edited meta.json
         raise unreadable_checkpoint(ckpt_dir, err) from err
     if not isinstance(meta, dict):
-        raise ConfigError(path, type(meta).__name__, "must hold a JSON object: restore it or use an earlier "
-                                                     "checkpoints/step_*")
+        raise CheckpointError(path, type(meta).__name__, "must hold a JSON object: restore it or use an earlier "
+                                                     f"{CHECKPOINTS}/step_*")
     for key, (tp, required, what) in META_SCHEMA.items():
         if key not in meta and not required:
             continue
         if key not in meta:
-            raise ConfigError(f"{path}: {key}", "<missing>", f"must be {what}: restore the file or use an earlier "
-                                                              f"checkpoints/step_*")
+            raise CheckpointError(f"{path}: {key}", "<missing>", f"must be {what}: restore the file or use an earlier "
+                                                              f"{CHECKPOINTS}/step_*")
         value = meta[key]
         if not isinstance(value, tp) or (tp is int and (isinstance(value, bool) or value < (key == "depth"))):
-            raise ConfigError(f"{path}: {key}", value, f"must be {what}: restore the file or use an earlier "
-                                                       f"checkpoints/step_*")
+            raise CheckpointError(f"{path}: {key}", value, f"must be {what}: restore the file or use an earlier "
+                                                       f"{CHECKPOINTS}/step_*")
     return meta
 
 
@@ -647,12 +596,12 @@ def _load_verified(sd: dict, ckpt_dir: str) -> dict:
                 loaded = dist_checkpointing.load(sd, ckpt_dir)
             except (Exception, CheckpointException) as err:  # noqa: BLE001 - a truncated .distcp fails anywhere in torch
                 raise unreadable_checkpoint(ckpt_dir, err) from err
-    except ConfigError as err:
+    except CheckpointError as err:
         failure = (err.path, err.value, err.allowed)
     # Rank 0's verdict reaches every rank; a reader error (DCP raises it on every rank) stays.
     verdict = broadcast_from_rank0(failure)
     if failure is not None or verdict is not None:
-        raise ConfigError(*(failure or verdict))
+        raise CheckpointError(*(failure or verdict))
     return loaded
 
 

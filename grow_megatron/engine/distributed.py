@@ -7,7 +7,7 @@ import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -15,6 +15,7 @@ from megatron.core import parallel_state
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
 from grow_megatron.compat import cpu_compat, needs_cpu_compat
+from grow_megatron.engine.device import Device
 
 
 def free_port() -> int:
@@ -30,6 +31,8 @@ class Layout:
     tp: int
     pp: int
     dp: int
+    device: Device = field(default_factory=Device.local)
+    """The device of this process (its GPU, or the CPU), decided by init_distributed."""
 
     @property
     def is_logging_rank(self) -> bool:
@@ -112,11 +115,10 @@ def init_distributed(tp: int, pp: int, seed: int, vpp: int = 1) -> Layout:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
             os.environ.setdefault("MASTER_PORT", str(free_port()))
             os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
-        if torch.cuda.is_available():
+        device = Device.local()
+        if device.is_gpu:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-            dist.init_process_group("nccl")
-        else:
-            dist.init_process_group("gloo")
+        dist.init_process_group(device.backend)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
@@ -125,7 +127,9 @@ def init_distributed(tp: int, pp: int, seed: int, vpp: int = 1) -> Layout:
     # On CPU the CUDA RNG tracker cannot be read; with dropout 0 the tracker is never used
     # for sampling, so the inference tracker (whose fork() is a no-op) is exact.
     model_parallel_cuda_manual_seed(seed, inference_rng_tracker=needs_cpu_compat(), force_reset_rng=True)
-    return Layout(world, dist.get_rank(), tp, pp, world // (tp * pp))
+    # The device the process group was started for (by this call or an earlier one).
+    device = Device("cuda" if dist.get_backend() == "nccl" else "cpu")
+    return Layout(world, dist.get_rank(), tp, pp, world // (tp * pp), device)
 
 
 def shutdown_distributed() -> None:
@@ -158,6 +162,20 @@ def broadcast_from_rank0(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_rank0(fn) -> None:
+    """Run `fn` on rank 0; an OSError there is raised on every rank (instead of leaving the
+    others waiting at the next collective for a rank that has given up)."""
+    failure = None
+    if rank() == 0:
+        try:
+            fn()
+        except OSError as err:
+            failure = (err.errno, err.strerror, err.filename)
+    failure = broadcast_from_rank0(failure)
+    if failure is not None:
+        raise OSError(*failure) if failure[2] else OSError(*failure[:2])
 
 
 def gather_on_rank0(obj) -> list:

@@ -91,7 +91,7 @@ def needs_host_staging(engine: Engine, growth: Growth, mode: str = "auto") -> bo
     one holds, scaled by depth) would not fit next to the old one in what the device has left."""
     if mode != "auto":
         return mode == "on"
-    if not torch.cuda.is_available():
+    if not engine.spec.device.is_gpu:
         return False  # host and device memory are one: staging would only copy
     held = torch.cuda.memory_allocated()
     free, _ = torch.cuda.mem_get_info()

@@ -28,7 +28,8 @@ from typing import Callable, Optional
 from torch.distributed.checkpoint import FileSystemReader
 import xxhash
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import CheckpointError
+from grow_megatron.config.rundir import CHECKPOINTS
 
 MANIFEST = "manifest.json"
 META = "meta.json"
@@ -132,23 +133,23 @@ def write_manifest(ckpt_dir: str, digested: Optional[dict[str, dict]] = None) ->
         os.fsync(f.fileno())
 
 
-def pruned_under_reader(ckpt_dir: str) -> ConfigError:
+def pruned_under_reader(ckpt_dir: str) -> CheckpointError:
     """A checkpoint removed while it was read: a live trainer pruned it (checkpoint.keep_last)."""
-    return ConfigError("checkpoint", ckpt_dir, "was removed while it was being read (a trainer running in this run "
+    return CheckpointError("checkpoint", ckpt_dir, "was removed while it was being read (a trainer running in this run "
                                                "directory pruned it, checkpoint.keep_last): nothing is damaged; read "
                                                "again (the run directory reads its newest checkpoint, held while it "
                                                "is read), or read a growth checkpoint, which is never pruned")
 
 
-def _corrupt(path: str, why: str) -> ConfigError:
+def _corrupt(path: str, why: str) -> CheckpointError:
     ckpt = os.path.dirname(path)
-    return ConfigError("checkpoint file", path, f"{why}: corrupted or edited after the checkpoint was written; "
-                                                f"use an earlier checkpoints/step_* (training resumes from the newest "
+    return CheckpointError("checkpoint file", path, f"{why}: corrupted or edited after the checkpoint was written; "
+                                                f"use an earlier {CHECKPOINTS}/step_* (training resumes from the newest "
                                                 f"complete one once {os.path.basename(ckpt)} is moved away)")
 
 
 def verify_checkpoint(ckpt_dir: str, keys: Optional[Callable[[str], bool]] = None) -> None:
-    """Raise a one-line ConfigError naming the first file whose size or digest differs from the
+    """Raise a one-line CheckpointError naming the first file whose size or digest differs from the
     manifest (or that is missing); warn once if the checkpoint predates manifests. `keys`: only
     the stored items of the tensors it accepts are checked in shard files (a reader of some
     tensors); every other file is always checked whole."""
@@ -158,10 +159,10 @@ def verify_checkpoint(ckpt_dir: str, keys: Optional[Callable[[str], bool]] = Non
     if not os.path.isfile(path):
         writer = _manifest_era_writer(ckpt_dir)
         if writer is not None:
-            raise ConfigError("checkpoint", ckpt_dir, f"has no {MANIFEST}, but its {META} says {writer} wrote it, "
+            raise CheckpointError("checkpoint", ckpt_dir, f"has no {MANIFEST}, but its {META} says {writer} wrote it, "
                                                       f"which always writes one: the checkpoint is damaged (files "
                                                       f"lost or removed), so it cannot be verified; use an earlier "
-                                                      f"checkpoints/step_* (training resumes from the newest complete "
+                                                      f"{CHECKPOINTS}/step_* (training resumes from the newest complete "
                                                       f"one once {os.path.basename(ckpt_dir)} is moved away)")
         warnings.warn(f"{ckpt_dir} has no {MANIFEST} (written by an older grow_megatron): its files are not "
                       f"verified", stacklevel=2)
@@ -214,7 +215,7 @@ def verifying(ckpt_dir: str, enabled: bool = True, keys: Optional[Callable[[str]
     def run():
         try:
             verify_checkpoint(ckpt_dir, keys)
-        except ConfigError as err:
+        except CheckpointError as err:
             failure.append(err)
 
     if not enabled:

@@ -23,6 +23,7 @@ import psutil
 import torch
 
 from grow_megatron.config.base import ConfigError
+from grow_megatron.engine.device import Device
 
 
 def _fmt(n: float) -> str:
@@ -56,18 +57,18 @@ _FIX = {
 }
 
 
-def check_fits(cfg, vocab: int, tp: int, pp: int, dp: int, bf16: bool) -> dict[str, int]:
+def check_fits(cfg, vocab: int, tp: int, pp: int, dp: int, bf16: bool, device: Device) -> dict[str, int]:
     """Raise ConfigError, naming the estimate and the memory available, when the run cannot fit."""
     parts = estimate(cfg, vocab, tp, pp, dp, bf16)
     host_free = psutil.virtual_memory().available
-    device = {k: parts[k] for k in ("model state", "activations")}
-    if torch.cuda.is_available():
-        checks = [(device, torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory, "GPU memory"),
+    on_device = {k: parts[k] for k in ("model state", "activations")}
+    if device.is_gpu:
+        checks = [(on_device, torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory, "GPU memory"),
                   ({"data index": parts["data index"]}, host_free, "host memory")]
     else:
         # CPU ranks of one machine share its memory.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-        checks = [({**{k: v * local for k, v in device.items()}, "data index": parts["data index"]}, host_free,
+        checks = [({**{k: v * local for k, v in on_device.items()}, "data index": parts["data index"]}, host_free,
                    "host memory")]
     for need, have, where in checks:
         total = sum(need.values())

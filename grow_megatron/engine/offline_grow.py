@@ -23,6 +23,7 @@ from megatron.core.dist_checkpointing import load_common_state_dict
 import torch
 
 from grow_megatron.config.base import ConfigError
+from grow_megatron.config.rundir import GrowthEvent
 from grow_megatron.engine import keys
 from grow_megatron.engine.build import build_engine, destroy_engine
 from grow_megatron.engine.checkpoint import read_global_tensors, read_meta, save_checkpoint
@@ -83,11 +84,11 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
         scatter_param_state(engine.optimizer, p, state)
     step = int(load_common_state_dict(src_dir)["common"]["optimizer_step"])
     set_step_count(engine.optimizer, step)
-    event = {"step": meta["step"], "seconds": round(time.perf_counter() - t0, 4), **growth.to_dict(),
-             "pipeline_split": [growth.new_depth], "offline": True}
+    event = GrowthEvent.of(meta["step"], growth, seconds=round(time.perf_counter() - t0, 4),
+                           pipeline_split=[growth.new_depth], offline=True)
     # The grown run is another run (its config.yaml, written by `grow`, is its identity).
     new_meta = {k: v for k, v in meta.items() if k not in ("step", "depth", "split", "identity")}
-    new_meta["growths"] = list(meta.get("growths", [])) + [event]
+    new_meta["growths"] = list(meta.get("growths", [])) + [event.to_dict()]
     try:
         return save_checkpoint(engine, out_root, meta["step"], new_meta)
     finally:

@@ -16,12 +16,14 @@ import torch
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig, padded_vocab
-from grow_megatron.config.run import RunConfig, load_run_config, run_config_path
+from grow_megatron.config.run import RunConfig, load_run_config
+from grow_megatron.config.rundir import RunDir
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.data.datasets import build_tokenizer
 from grow_megatron.data.tokenizer import Tokenizer, load_tokenizer
 from grow_megatron.engine.build import EngineSpec
 from grow_megatron.engine.checkpoint import latest_checkpoint, tensor_specs
+from grow_megatron.engine.device import Device
 from grow_megatron.engine.distributed import Layout
 from grow_megatron.engine.keys import EMBED, model_key
 from grow_megatron.engine.memory import check_fits
@@ -69,14 +71,15 @@ def engine_spec(model: ModelConfig, vocab_size: int, *, optim: Optional[OptimCon
                 use_kernels: bool = False, tp: int = 1, pp: int = 1, vpp: int = 1,
                 final_split: Optional[tuple[int, ...]] = None, seed: int = 0, compile: bool = False,
                 fp8: str = "off", fp8_emulate: bool = False,
-                kernels: Optional[tuple[str, ...]] = None) -> EngineSpec:
+                kernels: Optional[tuple[str, ...]] = None, device: Optional[Device] = None) -> EngineSpec:
     """The one constructor of EngineSpec. Without a run config (offline growth, conversion, the
     growth and checkpoint benchmarks) the defaults are a single-process fp32 engine on the
-    reference path, eager, without FP8; `optim` matters only to an engine that steps (default:
-    OptimConfig())."""
+    reference path, eager, without FP8, on this process's device; `optim` matters only to an
+    engine that steps (default: OptimConfig())."""
     return EngineSpec(model, optim if optim is not None else OptimConfig(), vocab_size, bf16=bf16,
                       use_kernels=use_kernels, tp=tp, pp=pp, vpp=vpp, final_split=final_split, seed=seed,
-                      compile=compile, fp8=fp8, fp8_emulate=fp8_emulate, kernels=kernels)
+                      compile=compile, fp8=fp8, fp8_emulate=fp8_emulate, kernels=kernels,
+                      device=device if device is not None else Device.local())
 
 
 def planned_layout(cfg: RunConfig, world: int, rank: int = 0) -> Layout:
@@ -94,9 +97,9 @@ def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
     data) only after the plan, precision and kernels passed. `random_tokens`: the run draws
     random token ids below model.vocab_size (the benchmark), so no tokenizer is built and the
     memory estimate, which counts the config's batches and data index, is not made. `device`:
-    "cuda" or "cpu", default the one this process has; auto precision and kernels follow it."""
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    "cuda" or "cpu", default the layout's (the one this process has); auto precision and kernels
+    follow it, and the engine is built on it."""
+    device = layout.device.type if device is None else device
     cfg.validate(layout.world)
     plan = plan_from_config(cfg)
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device == "cuda")
@@ -105,7 +108,7 @@ def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
     tokenizer = None if random_tokens else build_tokenizer(cfg.data)
     vocab = padded_vocab(_vocab_size(cfg.model, tokenizer), layout.tp)
     if not random_tokens:
-        check_fits(cfg, vocab, layout.tp, layout.pp, layout.dp, bf16)
+        check_fits(cfg, vocab, layout.tp, layout.pp, layout.dp, bf16, Device(device))
     kernels, timings = None, None
     if use_kernels and cfg.model.kernels == "auto":
         timings = _time_kernels(cfg, layout, vocab, bf16)
@@ -118,7 +121,7 @@ def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
                        pp=layout.pp, vpp=par.virtual_stages,
                        final_split=tuple(par.pipeline_split) if par.pipeline_split else None, seed=cfg.train.seed,
                        compile=cfg.model.compile, fp8=cfg.model.fp8, fp8_emulate=cfg.model.fp8_emulate,
-                       kernels=kernels)
+                       kernels=kernels, device=Device(device))
     return ResolvedRun(cfg, layout, plan, bf16, use_kernels, vocab, spec, tokenizer, timings)
 
 
@@ -187,11 +190,11 @@ def _vocab_size(model: ModelConfig, tokenizer: Optional[Tokenizer]) -> int:
     return model.vocab_size or tokenizer.vocab_size
 
 
-def run_vocab(cfg: RunConfig, run_dir: Optional[str] = None) -> tuple[int, str]:
-    """(vocabulary size the trainer builds, where it comes from) for a RunConfig; `run_dir`: a
-    trained run whose checkpoint gives the exact figure."""
-    if run_dir:
-        ckpt = latest_checkpoint(os.path.join(run_dir, "checkpoints"))
+def run_vocab(cfg: RunConfig, ckpt_root: Optional[str] = None) -> tuple[int, str]:
+    """(vocabulary size the trainer builds, where it comes from) for a RunConfig; `ckpt_root`: a
+    trained run's checkpoints, whose latest gives the exact figure."""
+    if ckpt_root:
+        ckpt = latest_checkpoint(ckpt_root)
         if ckpt is not None:
             shape, _ = tensor_specs(ckpt)[model_key(EMBED)]
             return shape[0], f"the embedding of {ckpt}"
@@ -210,10 +213,10 @@ def run_vocab(cfg: RunConfig, run_dir: Optional[str] = None) -> tuple[int, str]:
 def run_flops_inputs(path: str) -> dict[str, Any]:
     """Shape, vocabulary, schedule, steps and batch of a YAML run config (grow_megatron.config.run)
     or of a run directory's config.yaml: what `grow-megatron flops` counts for a run."""
-    run_dir = path if os.path.isdir(path) and os.path.isfile(run_config_path(path)) else None
-    cfg = load_run_config(run_config_path(run_dir) if run_dir else path)
+    run = RunDir(path) if os.path.isdir(path) and RunDir(path).is_run() else None
+    cfg = load_run_config(run.config if run else path)
     m = cfg.model
-    vocab, source = run_vocab(cfg, run_dir)
+    vocab, source = run_vocab(cfg, run.checkpoints if run else None)
     out: dict[str, Any] = {
         "num_layers": m.num_layers, "hidden_size": m.hidden_size, "ffn_hidden_size": m.ffn_hidden_size,
         "num_attention_heads": m.num_attention_heads, "num_query_groups": m.kv_heads, "seq_length": m.seq_length,

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from grow_megatron.config.base import ConfigError
-from grow_megatron.eval import primitives as P
-from grow_megatron.eval import scoring as S
+from grow_megatron.eval import primitives
+from grow_megatron.eval import scoring
 
 DEFAULT_N = 200
 """Examples per task of `grow-megatron eval`."""
@@ -48,9 +48,9 @@ def max_shots_that_fit(tasks: list[str], n: int, seed: int, shots: int, encode, 
                        longest_choice: int) -> int | None:
     """The most shots with which every prompt (plus its longest choice) fits `limit` tokens."""
     for k in range(shots - 1, -1, -1):
-        cfg = P.PrimitivesConfig(num_shots=k)
+        cfg = primitives.PrimitivesConfig(num_shots=k)
         if all(len(encode(ex.prompt)) + longest_choice - 1 <= limit
-               for t in tasks for ex in P.generate(t, n, seed, cfg)):
+               for t in tasks for ex in primitives.generate(t, n, seed, cfg)):
             return k
     return None
 
@@ -89,37 +89,37 @@ def estimate(scorer, examples, requests, device: str) -> tuple[list[list[float]]
 
 
 def evaluate_primitives(model, tokenizer, tasks: list[str], n: int, seed: int, shots: int, batch_size: int,
-                        add_bos: bool, device: str) -> tuple[dict[str, S.MCResult], int, float]:
+                        add_bos: bool, device: str) -> tuple[dict[str, scoring.MCResult], int, float]:
     """(results per task, prompts cut to the context, seconds) of `tasks` on a Hugging Face model."""
-    cfg = P.PrimitivesConfig(num_shots=shots).validate()
-    scorer = S.hf_scorer(model, tokenizer, batch_size=batch_size, add_bos=add_bos, progress=sys.stderr.isatty())
-    examples = [ex for t in tasks for ex in P.generate(t, n, seed, cfg)]
+    cfg = primitives.PrimitivesConfig(num_shots=shots).validate()
+    scorer = scoring.hf_scorer(model, tokenizer, batch_size=batch_size, add_bos=add_bos, progress=sys.stderr.isatty())
+    examples = [ex for t in tasks for ex in primitives.generate(t, n, seed, cfg)]
     t0 = time.perf_counter()
     requests = scorer.requests(examples)
-    truncated = S.truncated_prompts(examples, requests, scorer.max_length)
+    truncated = scoring.truncated_prompts(examples, requests, scorer.max_length)
     warn_truncation(truncated, examples, requests, scorer.max_length, tasks, n, seed, shots, scorer.encode)
     first, m = estimate(scorer, examples, requests, device)
     k = len(first)
     scores = first + (scorer.score(examples[k:], requests[m:]) if k < len(examples) else [])
-    return S.results_from_scores(scores, examples, truncated), sum(truncated.values()), time.perf_counter() - t0
+    return scoring.results_from_scores(scores, examples, truncated), sum(truncated.values()), time.perf_counter() - t0
 
 
 def heldout_batches(path: str, tokenizer, seq: int, batch_size: int, max_chunks: int | None) -> list:
     """The NLL batches of a held-out file: rows of seq + 1 tokens (T inputs predict T targets)."""
-    batches = S.chunk_tokens(read_heldout_ids(path, tokenizer), seq + 1, batch_size, max_chunks)
+    batches = scoring.chunk_tokens(read_heldout_ids(path, tokenizer), seq + 1, batch_size, max_chunks)
     if not batches:
         raise ConfigError("--heldout", path, f"has fewer than {seq + 1} tokens: give more text or a smaller --seq-length")
     return batches
 
 
 def evaluate_heldout(model, tokenizer, path: str, seq: int, batch_size: int, max_chunks: int | None,
-                     device: str) -> S.NLLResult:
+                     device: str) -> scoring.NLLResult:
     """Held-out NLL of the text in `path` at context length `seq`."""
     batches = heldout_batches(path, tokenizer, seq, batch_size, max_chunks)
-    return S.heldout_nll(S.hf_logits_fn(model), batches, device=device, vocab_size=len(tokenizer))
+    return scoring.heldout_nll(scoring.hf_logits_fn(model), batches, device=device, vocab_size=len(tokenizer))
 
 
-def format_mc(results: dict[str, S.MCResult]) -> str:
+def format_mc(results: dict[str, scoring.MCResult]) -> str:
     """The primitives table: accuracy ± standard error, chance, prompts cut; the mean row for several tasks."""
     lines = [f"{'task':<18} {'n':>6} {'acc':>7} {'±se':>6} {'chance':>7}  {'cut':>5}"]
     for r in results.values():
@@ -127,7 +127,7 @@ def format_mc(results: dict[str, S.MCResult]) -> str:
         lines.append(f"{r.task:<18} {r.n:>6} {100 * r.accuracy:>6.2f}% {100 * r.stderr:>5.2f} "
                      f"{100 * r.chance:>6.1f}%  {r.truncated:>5}{flag}")
     if len(results) > 1:
-        m = S.mean_result(results)
+        m = scoring.mean_result(results)
         lines.append(f"{'mean':<18} {m['n']:>6} {100 * m['accuracy']:>6.2f}% {100 * m['stderr']:>5.2f} "
                      f"{100 * m['chance']:>6.1f}%")
     lines.append("±se: binomial standard error; differences under about 2 se (between models or tasks) are noise. "

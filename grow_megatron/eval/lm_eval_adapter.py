@@ -19,7 +19,7 @@ from typing import Sequence
 
 import yaml
 
-from grow_megatron.eval import primitives as P
+from grow_megatron.eval import primitives
 from grow_megatron.eval.tasks import MCExample
 
 TASK_PREFIX = "gm_"
@@ -43,7 +43,7 @@ def task_config(task: str, data_file: str | Path) -> dict:
         "target_delimiter": "",
         "num_fewshot": 0,
         "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": {"version": float(P.TEMPLATE_VERSION), "template_version": P.TEMPLATE_VERSION},
+        "metadata": {"version": float(primitives.TEMPLATE_VERSION), "template_version": primitives.TEMPLATE_VERSION},
     }
 
 
@@ -53,13 +53,13 @@ def group_config(tasks: Sequence[str]) -> dict:
         "group": GROUP,
         "task": [TASK_PREFIX + t for t in tasks],
         "aggregate_metric_list": [{"metric": "acc", "aggregation": "mean", "weight_by_size": False}],
-        "metadata": {"version": float(P.TEMPLATE_VERSION)},
+        "metadata": {"version": float(primitives.TEMPLATE_VERSION)},
     }
 
 
 def example_to_doc(ex: MCExample, seed: int, index: int) -> dict:
     return {"prompt": ex.prompt, "choices": list(ex.choices), "answer": ex.answer, "task": ex.task,
-            "seed": seed, "index": index, "template_version": P.TEMPLATE_VERSION}
+            "seed": seed, "index": index, "template_version": primitives.TEMPLATE_VERSION}
 
 
 def doc_to_example(doc: dict) -> MCExample:
@@ -81,13 +81,13 @@ def read_jsonl(path: str | Path) -> list[MCExample]:
 
 
 def export_tasks(out_dir: str | Path, tasks: Sequence[str], n: int, seed: int = 0,
-                 config: P.PrimitivesConfig | None = None) -> list[Path]:
+                 config: primitives.PrimitivesConfig | None = None) -> list[Path]:
     """Write jsonl data + lm-eval YAML for each task and the group YAML; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for task in tasks:
-        data = write_jsonl(out / f"{task}.jsonl", P.generate(task, n, seed, config), seed)
+        data = write_jsonl(out / f"{task}.jsonl", primitives.generate(task, n, seed, config), seed)
         cfg = out / f"{TASK_PREFIX}{task}.yaml"
         cfg.write_text(yaml.safe_dump(task_config(task, data), sort_keys=False, allow_unicode=True))
         written += [data, cfg]

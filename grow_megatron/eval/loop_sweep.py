@@ -25,9 +25,10 @@ from tqdm import tqdm
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.loop import LoopSpec
+from grow_megatron.config.rundir import growth_events
 from grow_megatron.convert.looping import loop_hf_model
-from grow_megatron.eval import primitives as P
-from grow_megatron.eval import scoring as S
+from grow_megatron.eval import primitives
+from grow_megatron.eval import scoring
 from grow_megatron.eval.evaluate import heldout_batches
 from grow_megatron.growth.operators import lidas
 
@@ -40,7 +41,7 @@ class SweepConfig:
     """[start, end) blocks, 0-indexed."""
     repeats: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     """Repeat counts; 1 (the plain model) is always scored as the baseline."""
-    tasks: list[str] = field(default_factory=lambda: list(P.PAPER_TASKS))
+    tasks: list[str] = field(default_factory=lambda: list(primitives.PAPER_TASKS))
     n: int = 100
     seed: int = 0
     heldout: list[str] = field(default_factory=list)
@@ -51,16 +52,16 @@ class SweepConfig:
 
 def history_blocks(history: Optional[dict]) -> list[tuple[int, int]]:
     """Blocks [start, end) of the final model that each recorded growth copied or inserted."""
-    growths = (history or {}).get("growths") or []
+    growths = growth_events((history or {}).get("growths"))
     out: list[tuple[int, int]] = []
     for k, g in enumerate(growths):
-        new = list(g["new_positions"])
+        new = list(g.new_positions)
         b, insert_at = len(new), new[0]
-        copied = [g["source_map"][p] for p in new]  # old positions of the copied layers
+        copied = [g.source_map[p] for p in new]  # old positions of the copied layers
         in_grown = [i if i < insert_at else i + b for i in copied]  # where they sit after g
         for block in (in_grown, new):
             for later in growths[k + 1:]:
-                lb, at = len(later["new_positions"]), later["new_positions"][0]
+                lb, at = len(later.new_positions), later.new_positions[0]
                 block = [p if p < at else p + lb for p in block]
             if block == list(range(block[0], block[0] + b)) and (block[0], block[0] + b) not in out:
                 out.append((block[0], block[0] + b))
@@ -101,12 +102,12 @@ def parse_repeats(text: str) -> list[int]:
 def _score(model, tokenizer, cfg: SweepConfig, examples, heldout, device) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if examples:
-        mc = S.evaluate_mc(S.hf_scorer(model, tokenizer, batch_size=cfg.batch_size), examples)
+        mc = scoring.evaluate_mc(scoring.hf_scorer(model, tokenizer, batch_size=cfg.batch_size), examples)
         out["primitives"] = {t: r.accuracy for t, r in mc.items()}
         out["accuracy"] = sum(out["primitives"].values()) / len(out["primitives"])
     if heldout:
-        fn = S.hf_logits_fn(model)
-        out["nll"] = {path: S.heldout_nll(fn, batches, device=device).nll for path, batches in heldout.items()}
+        fn = scoring.hf_logits_fn(model)
+        out["nll"] = {path: scoring.heldout_nll(fn, batches, device=device).nll for path, batches in heldout.items()}
         out["mean_nll"] = sum(out["nll"].values()) / len(out["nll"])
     return out
 
@@ -116,7 +117,7 @@ def sweep(model, tokenizer, cfg: SweepConfig, device: str = "cpu", progress: boo
     depth = len(model.model.layers)
     for s, e in cfg.blocks:
         LoopSpec(s, e, 1).check("--blocks", depth)
-    examples = [ex for t in cfg.tasks for ex in P.generate(t, cfg.n, cfg.seed)]
+    examples = [ex for t in cfg.tasks for ex in primitives.generate(t, cfg.n, cfg.seed)]
     ctx = getattr(model.config, "max_position_embeddings", 2048) or 2048
     seq = cfg.seq_length or min(2048, ctx)
     heldout = {path: heldout_batches(path, tokenizer, seq, cfg.batch_size, cfg.max_chunks) for path in cfg.heldout}

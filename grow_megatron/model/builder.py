@@ -37,6 +37,13 @@ class GrowTransformerConfig(TransformerConfig):
     grow_compile: bool = False
     """model.compile: each transformer layer under torch.compile."""
 
+    def __post_init__(self) -> None:
+        # megatron's MLP applies a spec'd activation module to the whole gated fc1 output only
+        # when use_te_activation_func is set (the name is megatron's): that is where our fused
+        # SwiGLU plugs in, so it follows the kernel switch (grow_kernels: the kernels that run).
+        self.use_te_activation_func = self.grow_use_kernels and "swiglu" in self.grow_kernels
+        super().__post_init__()
+
 
 def _keep(tensor: torch.Tensor) -> torch.Tensor:
     """An init method that leaves the (about to be overwritten) tensor as allocated."""
@@ -82,9 +89,6 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
         masked_softmax_fusion=False,
         bias_dropout_fusion=False,
         apply_rope_fusion=False,
-        # megatron's MLP applies a spec'd activation module to the whole gated fc1 output when
-        # this is set: that is where our fused SwiGLU plugs in (the name is megatron's).
-        use_te_activation_func="swiglu" in kernels,
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
         grow_ln_scaling=model.ln_scaling,

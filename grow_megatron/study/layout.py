@@ -1,4 +1,4 @@
-"""A study's files and steps: where every output goes (Layout), the steps and their order (plan),
+"""A study's files and steps: where every output goes (StudyLayout), the steps and their order (plan),
 and the JSON reading/writing both the runner and the report use."""
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class Step:
         return all(w == h for w, h in zip(want, have))
 
 
-class Layout:
+class StudyLayout:
     """Where a study's files go (all under OUT_DIR)."""
 
     def __init__(self, out_dir: str):

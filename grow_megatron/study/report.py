@@ -17,8 +17,9 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
+from grow_megatron.config.rundir import METRICS
 from grow_megatron.study.config import StudyConfig
-from grow_megatron.study.layout import Layout, Step, label, plan, read_json, write_json
+from grow_megatron.study.layout import Step, StudyLayout, label, plan, read_json, write_json
 
 ANALYSIS_FILES = {"tuned-lens": "tuned_lens.json", "depth-score": "depth_score.json", "effects": "effects.json",
                   "interventions": "interventions.json", "sublayer": "sublayer.json",
@@ -209,7 +210,7 @@ def _figures(cfg: StudyConfig, layout, block_size: Optional[int]) -> dict[str, t
     return out
 
 
-def _eval_notes(cfg: StudyConfig, layout: Layout) -> list[str]:
+def _eval_notes(cfg: StudyConfig, layout: StudyLayout) -> list[str]:
     """Chance level of the primitives accuracy and, if any, prompts cut to the context (then the
     accuracies are not 5-shot numbers)."""
     chance, cut = None, []
@@ -233,7 +234,7 @@ def _machine() -> str:
     return f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores ({platform.processor() or 'cpu'})"
 
 
-def write_report(cfg: StudyConfig, layout: Layout, runner) -> str:
+def write_report(cfg: StudyConfig, layout: StudyLayout, runner) -> str:
     """Write OUT_DIR/report.md, summary.json and figures/; return the report's path. `runner`
     gives the held-out file, the variants' run configs, the base config path and the block size."""
     from grow_megatron.analysis.report import ORDER, TITLES, table
@@ -262,7 +263,7 @@ def write_report(cfg: StudyConfig, layout: Layout, runner) -> str:
     L += [f"Cells: {spread_note}. NLL: `eval.json` held-out; primitives acc: mean accuracy over the tasks; depth score: "
           "`analysis/depth_score.json`; late top-5 overlap: `analysis/tuned_lens.json`, mean over layers "
           "[L/2, L-1) (the last layer's lens is the identity); train FLOPs: docs/method.md §6, cumulative in the run's "
-          "metrics.jsonl (`train.json`); train time: seconds spent in training steps (sum of step_s).", ""]
+          f"{METRICS} (`train.json`); train time: seconds spent in training steps (sum of step_s).", ""]
     L += ["| variant | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     cells = {v: {k: _cell_from(data["variants"][v]["cells"][k]) for k, *_ in COLUMNS} for v in data["variants"]}
     for v in data["variants"]:

@@ -26,13 +26,13 @@ from typing import Optional, TextIO
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.data import split_vector
 from grow_megatron.config.run import RunConfig
+from grow_megatron.config.rundir import RunDir
+# Fault injection (the study.step point): a test stops the study as a kill at the end of a step
+# would, without timing a real kill.
+from grow_megatron.engine.faults import ENV as FAULT_ENV, fault_armed
 from grow_megatron.study.config import StudyConfig, VariantConfig
-from grow_megatron.study.layout import Layout, Step, label, plan, read_json, write_json
+from grow_megatron.study.layout import Step, StudyLayout, label, plan, read_json, write_json
 
-INTERRUPT_ENV = "GROW_MEGATRON_STUDY_INTERRUPT"
-"""Test hook: `PHASE[:VARIANT[:SEED]]`. The matching step stops the study right after its command
-succeeded and before its done-marker is written, i.e. as a kill at the end of that step would.
-It exists so that the resume path can be tested without timing a real kill."""
 LOG_TAIL = 20
 BLOCK_ANALYSES = ("sublayer", "block-similarity")
 """Analyses with a block_size option: the study gives them the grown variants' block size."""
@@ -48,7 +48,7 @@ class StudyError(RuntimeError):
 
 
 class StudyInterrupted(StudyError):
-    """The study stopped before finishing (Ctrl-C, or the INTERRUPT_ENV test hook)."""
+    """The study stopped before finishing (Ctrl-C, or the study.step fault point)."""
 
 
 def embedded_heldout(rc: RunConfig, path: str) -> str:
@@ -116,7 +116,7 @@ class Runner:
                  command: Optional[str] = None):
         self.cfg, self.base_path, self.verbose, self.out = cfg, base_path, verbose, out
         self.command_line = command
-        self.layout = Layout(cfg.out_dir)
+        self.layout = StudyLayout(cfg.out_dir)
         self.variants: dict[str, VariantConfig] = {v.name: v for v in cfg.variants}
         self.configs: dict[str, RunConfig] = {
             v.name: cfg.run_config(base_path, v, cfg.seeds[0], self.layout.run_dir(v.name, cfg.seeds[0]))
@@ -155,7 +155,7 @@ class Runner:
             sets = [a for o in cfg.variant_overrides(self.variants[v], s, L.run_dir(v, s)) for a in ("--set", o)]
             return [*launch, "train", self.variants[v].config or self.base_path, *sets]
         if step.phase == "convert":
-            self._need(os.path.join(L.run_dir(v, s), "checkpoints"), step, "the trained run")
+            self._need(RunDir(L.run_dir(v, s)).checkpoints, step, "the trained run")
             return [*self.python, "convert", "to-hf", L.run_dir(v, s), L.hf_dir(v, s), "--force", "--no-progress"]
         if step.phase == "eval":
             self._need(os.path.join(L.hf_dir(v, s), "config.json"), step, "the HF export")
@@ -191,7 +191,7 @@ class Runner:
             runs = []
             for s in cfg.seeds:
                 for var in cfg.variants:
-                    self._need(os.path.join(L.run_dir(var.name, s), "metrics.jsonl"), step, "a trained run")
+                    self._need(RunDir(L.run_dir(var.name, s)).metrics, step, "a trained run")
                     link = os.path.join(links, label(cfg, var.name, s))
                     if os.path.islink(link):
                         os.remove(link)
@@ -272,7 +272,6 @@ class Runner:
         if self.heldout is None:
             self.heldout = embedded_heldout(next(iter(self.configs.values())), self.layout.heldout())
         steps, eta, t_start = plan(cfg), Eta(), time.monotonic()
-        hook = os.environ.get(INTERRUPT_ENV)
         for k, step in enumerate(steps):
             marker = self.layout.marker(step)
             if os.path.isfile(marker):
@@ -284,8 +283,9 @@ class Runner:
             self.say(f"{k + 1}/{len(steps)} {step.title()} (elapsed {fmt_seconds(time.monotonic() - t_start)}, "
                      f"ETA {fmt_seconds(left)})")
             seconds, cpu = self._execute(step, argv)
-            if hook and step.matches(hook):
-                raise StudyInterrupted(f"stopped after {step.title()} by {INTERRUPT_ENV}={hook} (before its marker)")
+            if fault_armed("study.step", step):
+                raise StudyInterrupted(f"stopped after {step.title()} by {FAULT_ENV}={os.environ[FAULT_ENV]} "
+                                       "(before its marker)")
             extra = self._after(step, seconds)
             write_json(marker, {"phase": step.phase, "variant": step.variant, "seed": step.seed, "seconds": seconds,
                                 "cpu_seconds": cpu, "command": shlex.join(argv), "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC",
@@ -314,7 +314,8 @@ def train_summary(run_dir: str, seconds: float) -> dict:
     after a resume is logged again), training FLOPs and tokens are cumulative (docs/method.md §6)."""
     by_step: dict[int, dict] = {}
     val = None
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    path = RunDir(run_dir).metrics
+    with open(path) as f:
         for line in f:
             if line.strip():
                 r = json.loads(line)
@@ -323,7 +324,7 @@ def train_summary(run_dir: str, seconds: float) -> dict:
                     if r.get("val_loss") is not None:
                         val = (r["step"], r["val_loss"])
     if not by_step:
-        raise StudyError(f"{run_dir}/metrics.jsonl has no training records")
+        raise StudyError(f"{path} has no training records")
     last = by_step[max(by_step)]
     return {"run_dir": run_dir, "steps": max(by_step) + 1, "final_depth": last["depth"], "tokens": last["tokens"],
             "flops": last["flops"], "final_loss": last["loss"],

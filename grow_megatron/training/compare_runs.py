@@ -12,8 +12,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from grow_megatron.config.base import ConfigError
+from grow_megatron.config.rundir import METRICS, GrowthEvent, RunDir
 from grow_megatron.growth.flops import flops_unit, format_flops
-from grow_megatron.training.metrics import read_jsonl
 
 AXES = (("step", "step"), ("tokens", "tokens trained"), ("flops", "training FLOPs (paper count)"))
 
@@ -26,35 +26,34 @@ class RunRecords:
     records: list[dict]
     """metrics.jsonl records by increasing step, each with step, loss, tokens, flops (val_loss
     where evaluated)."""
-    growths: list[dict] = field(default_factory=list)
+    growths: list[GrowthEvent] = field(default_factory=list)
     """Growth events (events.jsonl), each with step, old_depth, new_depth."""
 
     def column(self, key: str, where: Optional[str] = None) -> np.ndarray:
         return np.array([r[key] for r in self.records if where is None or where in r], dtype=np.float64)
 
-    def at_growth(self, event: dict, axis: str) -> float:
-        """Position of a growth (before step event["step"]) on `axis`: the count after that many steps."""
+    def at_growth(self, event: GrowthEvent, axis: str) -> float:
+        """Position of a growth (before step event.step) on `axis`: the count after that many steps."""
         if axis == "step":
-            return float(event["step"])
+            return float(event.step)
         steps = self.column("step") + 1  # a record's counts are after its step
-        return float(np.interp(event["step"], np.concatenate([[0], steps]),
+        return float(np.interp(event.step, np.concatenate([[0], steps]),
                                np.concatenate([[0], self.column(axis)])))
 
 
 def load_run(run_dir: str, name: Optional[str] = None) -> RunRecords:
     """A run directory's records; ConfigError (one line) when it cannot be compared."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    if not os.path.isfile(path):
-        raise ConfigError("RUN", run_dir, "has no metrics.jsonl: give a run directory (the run_dir of a training run)")
-    recs = sorted((r for r in read_jsonl(path) if "step" in r and "loss" in r),
+    rd = RunDir(run_dir)
+    if not os.path.isfile(rd.metrics):
+        raise ConfigError("RUN", run_dir, f"has no {METRICS}: give a run directory (the run_dir of a training run)")
+    recs = sorted((r for r in rd.read_metrics() if "step" in r and "loss" in r),
                   key=lambda r: r["step"])
     if not recs:
-        raise ConfigError("RUN", run_dir, "has no training records in metrics.jsonl yet")
+        raise ConfigError("RUN", run_dir, f"has no training records in {METRICS} yet")
     if any("flops" not in r or "tokens" not in r for r in recs):
         raise ConfigError("RUN", run_dir, "has records without cumulative tokens/FLOPs (trained by a version of "
                                           "grow_megatron before they were logged): train it again to compare it")
-    growths = [e for e in read_jsonl(os.path.join(run_dir, "events.jsonl")) if e.get("kind") == "growth"]
-    return RunRecords(name or os.path.basename(os.path.normpath(run_dir)), recs, growths)
+    return RunRecords(name or os.path.basename(os.path.normpath(run_dir)), recs, rd.growth_events())
 
 
 def default_budgets(runs: Sequence[RunRecords], n: int) -> list[float]:

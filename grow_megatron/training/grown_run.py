@@ -9,22 +9,23 @@ import os
 import yaml
 
 from grow_megatron.config.run import read_yaml
+from grow_megatron.config.rundir import GrowthEvent, RunDir
 from grow_megatron.growth.operators import Growth
-from grow_megatron.training.metrics import read_jsonl
 
 
-def carry_run_records(src_run_dir: str, out_dir: str, step: int, growth_event: dict) -> int:
+def carry_run_records(src_run_dir: str, out_dir: str, step: int, growth_event: GrowthEvent) -> int:
     """Copy the source run's metrics.jsonl and events.jsonl records before `step` into the grown
     run's directory and add the offline growth to its events, so that its plots and
     compare-runs show the model's whole life. Returns the number of metrics records carried."""
     carried = 0
-    for name in ("metrics.jsonl", "events.jsonl"):
-        keep = [json.dumps(r) + "\n" for r in read_jsonl(os.path.join(src_run_dir, name)) if r.get("step", step) < step]
-        if name == "metrics.jsonl":
+    src, out = RunDir(src_run_dir), RunDir(out_dir)
+    for read, path in ((src.read_metrics, out.metrics), (src.read_events, out.events)):
+        keep = [json.dumps(r) + "\n" for r in read() if r.get("step", step) < step]
+        if path == out.metrics:
             carried = len(keep)
         else:
-            keep.append(json.dumps({"step": step, "kind": "growth", **growth_event}) + "\n")
-        with open(os.path.join(out_dir, name), "w", encoding="utf-8") as f:
+            keep.append(json.dumps(RunDir.event_record(step, "growth", growth_event.to_dict())) + "\n")
+        with open(path, "w", encoding="utf-8") as f:
             f.writelines(keep)
     return carried
 

@@ -14,7 +14,8 @@ from typing import Optional
 import torch.distributed as dist
 
 from grow_megatron.config.base import ConfigError
-from grow_megatron.config.run import read_yaml, run_config_path
+from grow_megatron.config.run import read_yaml
+from grow_megatron.config.rundir import GrowthEvent, RunDir
 from grow_megatron.growth import flops as F
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.growth.schedule import GrowthPlan
@@ -29,7 +30,7 @@ def recorded_total(meta: dict, run_dir: str) -> Optional[int]:
     steps = None
     if not dist.is_initialized() or dist.get_rank() == 0:
         try:
-            steps = (read_yaml(run_config_path(run_dir)).get("train") or {}).get("steps")
+            steps = (read_yaml(RunDir(run_dir).config).get("train") or {}).get("steps")
         except ConfigError:
             pass
     if dist.is_initialized() and dist.get_world_size() > 1:
@@ -80,10 +81,10 @@ def lr_schedule(optim: OptimConfig, total: int, start: int, meta: Optional[dict]
     return Schedule(optim, total, new, describe_extension(new, optim, old_total, start))
 
 
-def plan_note(plan: GrowthPlan, history: list[dict], depth: int, operator: str, block_size: int) -> Optional[str]:
+def plan_note(plan: GrowthPlan, history: list[GrowthEvent], depth: int, operator: str, block_size: int) -> Optional[str]:
     """The growth plan as this run will follow it: growths done (as recorded, offline ones
     included) and growths to come."""
-    done = [f"{g['old_depth']}->{g['new_depth']} at step {g['step']}" + (" (offline)" if g.get("offline") else "")
+    done = [f"{g.old_depth}->{g.new_depth} at step {g.step}" + (" (offline)" if g.offline else "")
             for g in history]
     todo = [f"{g.old_depth}->{g.new_depth} at step {b}" for b, g in zip(plan.boundaries, plan.growths)
             if g.old_depth >= depth]
@@ -113,10 +114,10 @@ class ComputeCount:
         self.loop_point = ([(loop.from_step, loop.spec.unrolled_depth(model.num_layers))]
                            if loop is not None and loop.repeats > 1 else [])
 
-    def at(self, done: int, growths: list[dict]) -> dict:
+    def at(self, done: int, growths: list[GrowthEvent]) -> dict:
         """{"tokens", "flops"} after `done` global steps; `growths`: the run's growth events."""
         a = self.anchor
         flops = a["flops"] + F.training_flops(self.shape, self.tokens_per_step, self.initial_depth,
-                                              [(g["step"], g["new_depth"]) for g in growths] + self.loop_point,
+                                              [(g.step, g.new_depth) for g in growths] + self.loop_point,
                                               a["step"], done)
         return {"tokens": a["tokens"] + (done - a["step"]) * self.tokens_per_step, "flops": flops}

@@ -26,12 +26,11 @@ from typing import Any, Optional
 
 from grow_megatron.config.base import ConfigError, from_dict, to_dict
 from grow_megatron.config.model import ModelConfig
-from grow_megatron.config.run import RUN_CONFIG, RunConfig, dump_run_config, read_yaml
+from grow_megatron.config.run import RunConfig, dump_run_config, read_yaml
+from grow_megatron.config.rundir import RunDir
 from grow_megatron.data.assets import default_corpus_path, default_tokenizer_path
 from grow_megatron.engine.integrity import file_digest
 
-HISTORY = "config_history.jsonl"
-"""RUN_DIR's record of the config: the start record, then one record per deliberate change."""
 
 EXTENDABLE = ("train.steps",)
 """Identity fields a resume may change without declaring it (training a run further)."""
@@ -49,7 +48,7 @@ _HUB = "hf:"
 
 
 def history_path(run_dir: str) -> str:
-    return os.path.join(run_dir, HISTORY)
+    return RunDir(run_dir).config_history
 
 
 def _digest(path: str, cache: dict, seen: dict) -> Optional[str]:
@@ -103,7 +102,7 @@ def legacy_identity(run_dir: str) -> Optional[dict]:
     """The identity of a run whose checkpoint predates recorded identities (or was written by
     `grow` / `convert from-hf`): from its config.yaml, read before this run replaces it; None
     without one. It has no content digests (they are not compared)."""
-    path = os.path.join(run_dir, RUN_CONFIG)
+    path = RunDir(run_dir).config
     if not os.path.isfile(path):
         return None
     try:
@@ -157,7 +156,7 @@ def check_changes(diff: dict[str, tuple[Any, Any]], accepted: list[str], step: i
     if fixed:
         ways.append(f"({', '.join(fixed)} cannot change within a run)")
     raise ConfigError("config", run_dir, f"differs from the run it resumes ({checkpoint}, step {step}) in {what}: "
-                                         f"resume with the run's config ({os.path.join(run_dir, RUN_CONFIG)}), or "
+                                         f"resume with the run's config ({RunDir(run_dir).config}), or "
                                          + ", ".join(ways))
 
 
@@ -204,7 +203,7 @@ def write_current_config(cfg: RunConfig) -> None:
     a reader never sees half of it). `accept_changes` is not kept: it declares one resume's
     changes, not the run's."""
     cur = dataclasses.replace(cfg, accept_changes=[])
-    path = os.path.join(cfg.run_dir, RUN_CONFIG)
+    path = RunDir(cfg.run_dir).config
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(dump_run_config(cur))

@@ -15,14 +15,16 @@ from megatron.core import parallel_state
 
 from grow_megatron.config.base import ConfigError, check_output_dir, to_dict
 from grow_megatron.config.run import RunConfig
+from grow_megatron.config.rundir import GrowthEvent, RunDir, growth_events
 from grow_megatron.config.training import TrainConfig
 from grow_megatron.data.datasets import build_datasets, describe_data, get_microbatches
 from grow_megatron.engine.async_save import AsyncSaver
 from grow_megatron.engine.build import Engine, build_engine, eval_loss, poison_gradients, train_step
-from grow_megatron.engine.checkpoint import (latest_checkpoint, load_checkpoint, prepare_run_dir, read_meta,
-                                               save_checkpoint, unreadable_leftovers)
+from grow_megatron.engine.checkpoint import (latest_checkpoint, load_checkpoint, read_meta, save_checkpoint,
+                                               unreadable_leftovers)
+from grow_megatron.engine.device import Device
 from grow_megatron.engine.distributed import broadcast_from_rank0, device_context, init_distributed, rank
-from grow_megatron.engine.faults import fault_point
+from grow_megatron.engine.faults import fault_armed, fault_point
 from grow_megatron.engine.grow import grow, needs_host_staging
 from grow_megatron.engine.optim_state import nonfinite_state
 from grow_megatron.engine.resolve import ResolvedRun, resolve_run
@@ -34,10 +36,7 @@ from grow_megatron.training.identity import (check_changes, describe_changes, ha
                                              legacy_identity, record_changes, record_start, run_identity,
                                              write_current_config)
 from grow_megatron.training.metrics import MetricsWriter
-from grow_megatron.training.run_lock import run_dir_lock
-
-FAULT_NAN_GRAD_STEP = "GROW_MEGATRON_FAULT_NAN_GRAD_STEP"
-"""Fault injection (tests): the global step whose gradients are made NaN before the update."""
+from grow_megatron.training.run_lock import prepare_run_dir, run_dir_lock
 
 
 @dataclass
@@ -45,7 +44,7 @@ class TrainResult:
     losses: dict[int, float] = field(default_factory=dict)
     """Training loss of every step run in this call, by global step."""
     eval_losses: dict[int, float] = field(default_factory=dict)
-    growths: list[dict] = field(default_factory=list)
+    growths: list[GrowthEvent] = field(default_factory=list)
     start_step: int = 0
     end_step: int = 0
     final_depth: int = 0
@@ -60,7 +59,7 @@ def _wandb_settings(cfg: RunConfig) -> Optional[dict]:
 
 
 @contextlib.contextmanager
-def _graceful_interrupt():
+def _graceful_interrupt(device: Device):
     """First Ctrl-C (SIGINT) or SIGTERM (a scheduler's preemption, `kill`): finish the running
     step, checkpoint, return. A second Ctrl-C: abort at once. Further SIGTERMs change nothing:
     a group signal reaches a torchrun worker twice (from the sender, then forwarded by the agent).
@@ -81,7 +80,7 @@ def _graceful_interrupt():
     def interrupted() -> bool:
         if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
             return flag["hit"]
-        hit = torch.tensor([float(flag["hit"])], device="cuda" if torch.cuda.is_available() else "cpu")
+        hit = torch.tensor([float(flag["hit"])], device=device.type)
         torch.distributed.all_reduce(hit, op=torch.distributed.ReduceOp.MAX)
         return bool(hit.item())
 
@@ -129,7 +128,7 @@ def _train(run: ResolvedRun, *, stop_at: Optional[int], on_step) -> TrainResult:
     start, engine = _resume(run, origin)
     history = start.growths
     compute = ComputeCount(cfg.model, run.vocab, _tokens_per_step(cfg),
-                           history[0]["old_depth"] if history else engine.depth, start.checkpoint_meta)
+                           history[0].old_depth if history else engine.depth, start.checkpoint_meta)
     state = _RunState(engine, TrainResult(start_step=start.step, run_dir=cfg.run_dir, growths=list(history)),
                       skipped=start.skipped)
     metrics = _open_metrics(run, start, engine, data)
@@ -139,7 +138,7 @@ def _train(run: ResolvedRun, *, stop_at: Optional[int], on_step) -> TrainResult:
     loops = LoopSchedule(cfg.model.loop)
     pbar = metrics.progress(total=cfg.train.steps, initial=start.step, enabled=cfg.logging.progress,
                             interval=cfg.logging.print_interval)
-    with _graceful_interrupt() as interrupted:
+    with _graceful_interrupt(run.spec.device) as interrupted:
         for step in range(start.step, end):
             saves.poll()
             if interrupted():
@@ -172,7 +171,7 @@ def _tokens_per_step(cfg: RunConfig) -> int:
 
 
 def _checkpoint_root(cfg: RunConfig) -> str:
-    return os.path.join(cfg.run_dir, "checkpoints")
+    return RunDir(cfg.run_dir).checkpoints
 
 
 @dataclass(frozen=True)
@@ -231,9 +230,9 @@ class _Start:
     """Deliberate changes of the identity taking effect at this start: {field: (old, new)}."""
 
     @property
-    def growths(self) -> list[dict]:
+    def growths(self) -> list[GrowthEvent]:
         """The growth events before the start, as recorded (offline growths included)."""
-        return (self.checkpoint_meta or {}).get("growths", [])
+        return growth_events((self.checkpoint_meta or {}).get("growths", []))
 
     @property
     def skipped(self) -> int:
@@ -313,7 +312,7 @@ def _refuse_restart_over_lost_checkpoints(cfg: RunConfig, ckpt_root: str) -> Non
     if left is not None:
         raise ConfigError("checkpoint.resume", "auto",
                           f"{ckpt_root} held checkpoints but none is complete and readable now ({left}): this run is "
-                          f"not started over from step 0 (that would truncate {cfg.run_dir}/metrics.jsonl); put its "
+                          f"not started over from step 0 (that would truncate {RunDir(cfg.run_dir).metrics}); put its "
                           f"step_* directories back, or set checkpoint.resume=fresh to archive the run and start "
                           f"over, or use another run_dir")
 
@@ -325,7 +324,7 @@ def _check_resumed_depth(cfg: RunConfig, plan: GrowthPlan, checkpoint: str, prio
         raise ConfigError("checkpoint.resume", checkpoint,
                           f"holds depth {depth} at step {start}, but this config's growth plan gives depth "
                           f"{plan.depth_at(start)} there: resume with the config it was trained with "
-                          f"({os.path.join(cfg.run_dir, 'config.yaml')}), use another run_dir, or set "
+                          f"({RunDir(cfg.run_dir).config}), use another run_dir, or set "
                           f"checkpoint.resume=never")
 
 
@@ -342,7 +341,7 @@ def _open_metrics(run: ResolvedRun, start: _Start, engine: Engine, data: _Data) 
             record_start(cfg, start.identity, start.step)
         if start.checkpoint is not None and start.changed:
             record_changes(cfg, start.step, start.changed)
-            metrics.note(f"changes from step {start.step} on (recorded in config_history.jsonl): "
+            metrics.note(f"changes from step {start.step} on (recorded in the run's config history): "
                          f"{describe_changes(start.changed)}")
         vpp = run.spec.vpp
         metrics.note(f"{cfg.name}: {'resuming from ' + start.checkpoint if start.checkpoint else 'starting'} at step "
@@ -356,8 +355,8 @@ def _open_metrics(run: ResolvedRun, start: _Start, engine: Engine, data: _Data) 
     for g in start.growths:
         # A growth recorded at the resume step itself (an offline growth, `grow-megatron grow`) was
         # dropped from events.jsonl with the records the resumed run rewrites: put it back.
-        if g["step"] >= start.step:
-            metrics.event(g["step"], "growth", g)
+        if g.step >= start.step:
+            metrics.event(g.step, "growth", g.to_dict())
     return metrics
 
 
@@ -411,7 +410,7 @@ class _Checkpoints:
     def _meta(self, state: _RunState, done: int) -> dict:
         """What meta.json records besides the engine's own (step, depth, split)."""
         growths = state.result.growths
-        return {"growths": growths, "name": self.cfg.name, "identity": self.start.identity,
+        return {"growths": [g.to_dict() for g in growths], "name": self.cfg.name, "identity": self.start.identity,
                 "stage_steps": list(self.start.plan.stage_steps),
                 "operator": self.cfg.growth.operator, **self.start.schedule.meta(), "skipped_steps": state.skipped,
                 "compute": {"step": done, **self.compute.at(done, growths)}}
@@ -427,12 +426,12 @@ def _grow_if_due(cfg: RunConfig, plan: GrowthPlan, state: _RunState, step: int, 
         t0 = time.perf_counter()
         staged = needs_host_staging(state.engine, g, cfg.growth.host_staging)
         state.engine = grow(state.engine, g, host_staging=staged)
-        event = {"step": step, "seconds": round(time.perf_counter() - t0, 4), **g.to_dict(),
-                 "pipeline_split": list(state.engine.split), "host_staged": staged}
+        event = GrowthEvent.of(step, g, seconds=round(time.perf_counter() - t0, 4),
+                               pipeline_split=list(state.engine.split), host_staged=staged)
         state.result.growths.append(event)
         metrics.note(f"growth at step {step}: depth {g.old_depth} -> {g.new_depth} ({g.operator}), "
-                     f"source map {list(g.source_map)}, {event['seconds']:.2f}s")
-        metrics.event(step, "growth", event)
+                     f"source map {list(g.source_map)}, {event.seconds:.2f}s")
+        metrics.event(step, "growth", event.to_dict())
 
 
 def _loop_if_due(cfg: RunConfig, loops: LoopSchedule, state: _RunState, step: int, metrics: MetricsWriter) -> None:
@@ -448,11 +447,10 @@ def _step(cfg: RunConfig, schedule: Schedule, state: _RunState, data: _Data, ste
     """One optimizer step; its record. A step with a non-finite loss or gradients is skipped
     (the update is not applied); too many in a row stop the run."""
     tc = cfg.train
-    poison_at = int(os.environ.get(FAULT_NAN_GRAD_STEP, -1))
     t0 = time.perf_counter()
     microbatches = data.microbatches(step)
     out = train_step(state.engine, microbatches, schedule.lr(step),
-                     before_update=poison_gradients if step == poison_at else None)
+                     before_update=poison_gradients if fault_armed("step.grads", step) else None)
     dt = time.perf_counter() - t0
     rec = {"step": step, **out, "depth": state.engine.depth, "tokens_per_s": _tokens_per_step(cfg) / dt,
            "step_s": dt, **compute.at(step + 1, state.result.growths)}

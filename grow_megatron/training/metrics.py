@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import math
 import os
 import sys
@@ -10,9 +9,8 @@ from typing import Optional
 
 from tqdm import tqdm
 
+from grow_megatron.config.rundir import RunDir
 from grow_megatron.growth.flops import format_flops
-
-log = logging.getLogger(__name__)
 
 
 class _Progress:
@@ -76,16 +74,15 @@ class MetricsWriter:
         if not enabled:
             return
         os.makedirs(run_dir, exist_ok=True)
-        self.metrics_path = os.path.join(run_dir, "metrics.jsonl")
-        self.events_path = os.path.join(run_dir, "events.jsonl")
-        for path in (self.metrics_path, self.events_path):
-            _truncate_from(path, resume_step)
+        rd = RunDir(run_dir)
+        self.metrics_path, self.events_path = rd.metrics, rd.events
+        rd.truncate_records(resume_step)
         if tensorboard:
             try:
                 # torch (the writer imports it): not at import; `grow-megatron compare-runs` imports this module.
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(os.path.join(run_dir, "tb"), purge_step=resume_step or None)
+                self.tb = SummaryWriter(RunDir(run_dir).tensorboard, purge_step=resume_step or None)
             except ImportError:
                 self.tb = None
         if wandb is not None:
@@ -107,8 +104,7 @@ class MetricsWriter:
     def log(self, rec: dict) -> None:
         if not self.enabled:
             return
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(_json_safe(rec), allow_nan=False) + "\n")
+        RunDir.append(self.metrics_path, _json_safe(rec))
         if self.tb is not None:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -119,8 +115,7 @@ class MetricsWriter:
     def event(self, step: int, kind: str, data: dict) -> None:
         if not self.enabled:
             return
-        with open(self.events_path, "a") as f:
-            f.write(json.dumps({"step": step, "kind": kind, **data}) + "\n")
+        RunDir.append(self.events_path, RunDir.event_record(step, kind, data))
         if self.tb is not None:
             self.tb.add_text(kind, json.dumps(data), step)
         if self.wandb is not None:
@@ -149,7 +144,7 @@ class WandbSink:
         # wandb: an optional dependency.
         import wandb
 
-        id_file = os.path.join(run_dir, "wandb_id")
+        id_file = RunDir(run_dir).wandb_id
         run_id = None
         if os.path.isfile(id_file):
             with open(id_file) as f:
@@ -181,44 +176,6 @@ def _json_safe(rec: dict) -> dict:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()}
 
 
-def _parse_lines(path: str) -> list[tuple[str, dict]]:
-    """(line, record) for each readable line. A crash mid-write tears the last line; that must not
-    block every later resume, so unreadable lines are dropped with one warning."""
-    out, torn = [], []
-    with open(path) as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                rec = None
-            if not isinstance(rec, dict):
-                torn.append(n)
-                continue
-            out.append((line if line.endswith("\n") else line + "\n", rec))
-    if torn:
-        log.warning(f"warning: {path}: dropped {len(torn)} unreadable line(s) (line {', '.join(map(str, torn))}; "
-                    "a write cut off by a crash)")
-    return out
-
-
-def _truncate_from(path: str, step: int) -> None:
-    if not os.path.exists(path):
-        return
-    keep = [line for line, rec in _parse_lines(path) if rec.get("step", -1) < step]
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(keep)
-    os.replace(tmp, path)
-
-
-def read_jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    return [rec for _, rec in _parse_lines(path)]
-
-
 def plot_run(run_dir: str, out: Optional[str] = None) -> str:
     """RUN_DIR/loss.png: training and held-out loss over steps, depth on a second axis, growths marked."""
     # matplotlib: pyplot's backend has to be chosen before pyplot is imported, and only plots need it.
@@ -228,7 +185,7 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
     import matplotlib.pyplot as plt
 
     fig = loss_figure(run_dir)
-    out = out or os.path.join(run_dir, "loss.png")
+    out = out or RunDir(run_dir).loss_plot
     fig.savefig(out, dpi=120)
     plt.close(fig)
     return out
@@ -240,8 +197,8 @@ def loss_figure(run_dir: str):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    recs = read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
-    events = [e for e in read_jsonl(os.path.join(run_dir, "events.jsonl")) if e.get("kind") == "growth"]
+    recs = RunDir(run_dir).read_metrics()
+    events = RunDir(run_dir).growth_events()
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot([r["step"] for r in recs], [math.nan if r["loss"] is None else r["loss"] for r in recs], lw=1,
             label="train loss")
@@ -249,8 +206,8 @@ def loss_figure(run_dir: str):
     if ev:
         ax.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", ms=3, label="held-out loss")
     for e in events:
-        ax.axvline(e["step"], color="grey", ls="--", lw=0.8)
-        ax.text(e["step"], ax.get_ylim()[1], f" {e['old_depth']}→{e['new_depth']}", va="top", fontsize=8, color="grey")
+        ax.axvline(e.step, color="grey", ls="--", lw=0.8)
+        ax.text(e.step, ax.get_ylim()[1], f" {e.old_depth}→{e.new_depth}", va="top", fontsize=8, color="grey")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax2 = ax.twinx()
