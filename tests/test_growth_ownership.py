@@ -143,8 +143,7 @@ def _grow_worker(rank, out, tp, pp, bf16):
         # after real steps (moments non-zero, different data on each DP rank).
         for i, (op, staged) in enumerate([(get_operator("lidas"), False),
                                           (get_operator("midas", function_preserving=True), True)]):
-            for s in range(2):
-                train_step(e, [random_batch(100 * i + 10 * dp_rank + s, V, S)], 1e-2)
+            train_step(e, [random_batch(100 * i + dp_rank, V, S)], 1e-2)
             states.update(_states(e, f"before{i}"))
             with count_comm() as c:
                 e = grow(e, op(e.depth, 4), host_staging=staged)
@@ -158,8 +157,8 @@ def _grow_worker(rank, out, tp, pp, bf16):
             json.dump({"dp": parallel_state.get_data_parallel_world_size(), "growths": comm}, f)
 
 
-@pytest.mark.parametrize("world,tp,pp,bf16", [(2, 1, 1, False), (4, 1, 1, True), (4, 1, 2, False), (4, 2, 1, False)],
-                         ids=["dp2", "dp4-bf16", "pp2-dp2", "tp2-dp2"])
+@pytest.mark.parametrize("world,tp,pp,bf16", [(4, 1, 1, True), (4, 1, 2, False), (4, 2, 1, False)],
+                         ids=["dp4-bf16", "pp2-dp2", "tp2-dp2"])
 def test_grown_state_equals_the_source_map_of_the_whole_state(tmp_path, world, tp, pp, bf16):
     from dist_helpers import run_ranks
 

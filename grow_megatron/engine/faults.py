@@ -3,7 +3,8 @@
     GROW_MEGATRON_FAULT=POINT[@STEP][:ACTION]
 
 fires ACTION whenever the process reaches POINT (with that step, if given), on global rank 0
-only. Points are named where they sit: `save.*` inside save_checkpoint (see
+only, and not in a worker torchrun restarted (`--max-restarts`, TORCHELASTIC_RESTART_COUNT > 0):
+an injected fault stands for one crash, which the restarted job must get past. Points are named where they sit: `save.*` inside save_checkpoint (see
 FAULT_POINTS), `step.end` after each training step. Actions:
 
     exit        os._exit(FAULT_EXIT_CODE): dies on the spot, no cleanup, no flushing (default)
@@ -65,7 +66,7 @@ def fault_point(name: str, step: Optional[int] = None) -> None:
     armed = _armed()
     if armed is None or armed[0] != name or (armed[1] is not None and armed[1] != step):
         return
-    if os.environ.get("RANK", "0") != "0":
+    if os.environ.get("RANK", "0") != "0" or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
         return
     action = armed[2]
     if action == "exit":
