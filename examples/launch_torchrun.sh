@@ -27,6 +27,10 @@ NNODES=${NNODES:-1}
 NODE_RANK=${NODE_RANK:-0}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 MASTER_PORT=${MASTER_PORT:-29500}
+# A restarted round must not reuse the first round's rendezvous store: torch 2.13 shares it by
+# default, and the restarted workers' gloo/NCCL setup then reads the dead workers' addresses and
+# hangs in init_process_group (seen with --max-restarts on gloo).
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 exec torchrun --nnodes "$NNODES" --node-rank "$NODE_RANK" --nproc-per-node "$NPROC" --max-restarts "${MAX_RESTARTS:-0}" \
   --rdzv-backend c10d --rdzv-endpoint "$MASTER_ADDR:$MASTER_PORT" --rdzv-id "${RDZV_ID:-grow_megatron}" \
   -m grow_megatron.cli train "$CONFIG" "$@"

@@ -29,7 +29,8 @@ def _stubs(tmp_path):
         'while [ "$1" != torchrun ]; do shift; done\nexec "$@"\n')
     (bin_dir / "scontrol").write_text(
         '#!/usr/bin/env bash\n[ "$1 $2 $3" = "show hostnames node[17-18]" ] || exit 3\nprintf "node17\\nnode18\\n"\n')
-    (bin_dir / "torchrun").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$STUB_LOG/torchrun"\n')
+    (bin_dir / "torchrun").write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@" > "$STUB_LOG/torchrun"\n'
+                                      'echo "$TORCH_DISABLE_SHARE_RDZV_TCP_STORE" > "$STUB_LOG/torchrun.env"\n')
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     return bin_dir
@@ -66,6 +67,8 @@ def test_slurm_script_runs_one_torchrun_per_node_with_the_jobs_rendezvous(tmp_pa
         "c10d", "node17:29500", "4242")
     assert "--node-rank" not in tr  # c10d assigns node ranks
     assert tr[tr.index("-m"):] == ["-m", "grow_megatron.cli", "train", "cfg.yaml", "--set", "train.steps=10"]
+    # Each restart round gets a fresh rendezvous store (a shared one hangs the restarted workers).
+    assert _recorded(tmp_path, "torchrun.env") == ["1"]
 
 
 def test_slurm_script_takes_overrides_from_the_environment(tmp_path):
@@ -94,6 +97,7 @@ def test_torchrun_script_passes_max_restarts(tmp_path):
     tr = _recorded(tmp_path, "torchrun")
     assert (_flag(tr, "--nproc-per-node"), _flag(tr, "--max-restarts"), _flag(tr, "--nnodes")) == ("2", "2", "1")
     assert tr[tr.index("-m"):] == ["-m", "grow_megatron.cli", "train", "cfg.yaml", "--set", "a=b"]
+    assert _recorded(tmp_path, "torchrun.env") == ["1"]
 
 
 # A 2-rank static run of 6 steps with a checkpoint every 2: the fault kills rank 0 after step 3,
