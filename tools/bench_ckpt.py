@@ -75,6 +75,10 @@ def worker(args) -> None:
         rec["grow_tensor_bytes"] = acc.tensor_bytes(comm)
         rec["grow_calls"] = sum(v for k, v in comm.items() if k.endswith("#calls"))
         rec["slice_params"] = sum(p.numel() for p in e.chunks[0].parameters())
+        if args.growth_only:
+            with open(os.path.join(args.dir, f"rank{rank}.json"), "w") as f:
+                json.dump(rec, f)
+            return
         root = os.path.join(args.dir, "ckpt")
         # The first save of a process starts megatron's writer machinery (the same for both
         # designs, seconds on a busy CPU): a small engine's save takes it out of the timings.
@@ -116,7 +120,7 @@ def run_one(variant_path: str, world: int, tp: int, args, workdir: str) -> list[
     if shape["heads"] % tp or shape["groups"] % tp:  # SmolLM-360M's 15 heads / 5 groups do not split over TP=2
         shape.update(heads=16, groups=4)
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--dir", workdir, "--tp", str(tp)] + [
-        f"--{k}={v}" for k, v in shape.items()]
+        f"--{k}={v}" for k, v in shape.items()] + (["--growth-only"] if args.growth_only else [])
     procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.DEVNULL,
                               stderr=open(os.path.join(workdir, f"stderr{r}.txt"), "w")) for r in range(world)]
     if any([p.wait() != 0 for p in procs]):
@@ -143,6 +147,18 @@ def table(results: dict) -> str:
     return "\n".join(rows)
 
 
+def growth_table(results: dict) -> str:
+    mb = 1e6
+    rows = ["| layout | design | growth: bytes sent / rank (max, MB) | growth: calls / rank (max) | growth s (max) | "
+            "slice (params) |", "|" + "---|" * 6]
+    for layout, by_design in results.items():
+        for design, ranks in by_design.items():
+            mx = lambda k: max(r[k] for r in ranks)  # noqa: E731
+            rows.append(f"| {layout} | {design} | {mx('grow_tensor_bytes') / mb:.1f} | {mx('grow_calls')} | "
+                        f"{mx('grow_s'):.2f} | {mx('slice_params')} |")
+    return "\n".join(rows)
+
+
 # Projection (docs/benchmarks.md): (name, params N, layers L, TP, PP) and the GPU counts.
 PROJECTED = (("7B", 6.74e9, 32, 2, 1), ("70B", 69.0e9, 80, 8, 4))
 GPUS = (64, 128, 256, 512)
@@ -156,13 +172,14 @@ def projection() -> str:
                 DP rank 0 writes 14 S, the others nothing;
       new save: device memory 0 (views; the writer stages its 14 S / DP in host memory), nothing
                 sent, every rank writes 14 S / DP;
-      growth (every parameter of the grown slice is rewritten): both all-reduce the state,
-                2 (DP-1)/DP x 12 S sent; old in one call per parameter, new one per layer
-                (the same bytes in ~6x fewer, larger messages); P2P between stages is the
-                same bytes, one message per layer instead of per parameter."""
+      growth (every parameter of the grown slice is rewritten): before, every rank
+                all-reduced each layer's whole state, 2 (DP-1)/DP x 12 S sent; by ownership a
+                rank sends at most its old ranges, 12 S / DP (what it keeps locally is less;
+                measured at DP=4 the largest rank sent exactly that), plus, under PP, the
+                weights and ranges of the layers that change stage (a few layers per growth)."""
     gb = 1e9
     rows = ["| model | GPUs | TP x PP x DP | slice S | save: device memory old / new (GB) | save: sent old / new "
-            "(GB) | written per rank old (rank 0) / new (GB) | growth: sent per rank, both (GB) |",
+            "(GB) | written per rank old (rank 0) / new (GB) | growth: sent per rank, all-reduce / by ownership (GB) |",
             "|" + "---|" * 8]
     for name, n, _, tp, pp in PROJECTED:
         for g in GPUS:
@@ -172,7 +189,8 @@ def projection() -> str:
             sl = n / (tp * pp)
             rows.append(f"| {name} | {g} | {tp} x {pp} x {dp} | {sl / 1e9:.2f}B | {STATE * sl / gb:.1f} / 0 | "
                         f"{2 * (dp - 1) / dp * STATE * sl / gb:.1f} / 0 | {(STATE + WEIGHT) * sl / gb:.1f} / "
-                        f"{(STATE + WEIGHT) * sl / dp / gb:.2f} | {2 * (dp - 1) / dp * STATE * sl / gb:.1f} |")
+                        f"{(STATE + WEIGHT) * sl / dp / gb:.2f} | {2 * (dp - 1) / dp * STATE * sl / gb:.1f} / "
+                        f"{STATE * sl / dp / gb:.2f} |")
     return "\n".join(rows)
 
 
@@ -258,6 +276,9 @@ def main() -> None:
     ap.add_argument("--stall", action="store_true", help="measure the step stall of sync vs async saves and exit")
     ap.add_argument("--stall-steps", type=int, default=35)
     ap.add_argument("--stall-interval", type=int, default=5, help="steps between saves in --stall")
+    ap.add_argument("--growth-only", action="store_true",
+                    help="measure only the growth (bytes, calls, seconds per rank); e.g. with --old-rev of the "
+                         "executor that all-reduced whole layers")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     ap.add_argument("--tp", type=int, default=1, help=argparse.SUPPRESS)
@@ -296,7 +317,7 @@ def main() -> None:
                                    "results": results}, f, indent=1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    md = table(results)
+    md = growth_table(results) if args.growth_only else table(results)
     print(md)
     if args.out:
         with open(os.path.join(args.out, "table.md"), "w") as f:

@@ -29,7 +29,7 @@ _TENSOR_CALLS = {
     "all_gather_into_tensor": (1, lambda S, p: (p - 1) * S),  # S: this rank's input
     "all_gather": (1, lambda S, p: (p - 1) * S),
     "reduce_scatter_tensor": (1, lambda S, p: (p - 1) * S // p),  # S: the full input
-    "all_to_all_single": (1, lambda S, p: (p - 1) * S // p),
+    "all_to_all_single": (1, lambda S, p: (p - 1) * S // p),  # equal blocks; with split sizes: the others' blocks
     "broadcast": (0, lambda S, p: S if p > 1 else 0),  # counted on every rank: an upper bound for non-roots
     "reduce": (0, lambda S, p: S if p > 1 else 0),
     "send": (0, lambda S, p: S), "isend": (0, lambda S, p: S),
@@ -58,7 +58,12 @@ def count_comm() -> Iterator[Counter]:
         def counted(*args, **kwargs):
             arg = args[index] if len(args) > index else next(iter(kwargs.values()), None)
             group = kwargs.get("group")
-            counts[name] += size(arg, dist.get_world_size(group) if dist.is_initialized() else 1)
+            splits = args[3] if len(args) > 3 else kwargs.get("input_split_sizes")
+            if name == "all_to_all_single" and splits:  # uneven: all but this rank's own block
+                row = _nbytes(arg) // max(1, arg.shape[0]) if arg.numel() else 0
+                counts[name] += row * (sum(splits) - splits[dist.get_rank(group)])
+            else:
+                counts[name] += size(arg, dist.get_world_size(group) if dist.is_initialized() else 1)
             counts[name + "#calls"] += 1
             return fn(*args, **kwargs)
 

@@ -4,9 +4,11 @@ Every fault the package can inject goes through it.
     GROW_MEGATRON_FAULT=POINT[@STEP][:ACTION]
 
 fires ACTION whenever the process reaches POINT (with that step, if given), on global rank 0
-only. Points are named where they sit: `save.*` inside save_checkpoint (see
-FAULT_POINTS), `step.end` after each training step, `grow.*` and `export.*` in the staged
-outputs of `grow-megatron grow` and `convert to-hf` (engine/staging.py). Process actions (fault_point):
+only, and not in a worker torchrun restarted (`--max-restarts`, TORCHELASTIC_RESTART_COUNT > 0):
+an injected fault stands for one crash, which the restarted job must get past. Points are named
+where they sit: `save.*` inside save_checkpoint (see FAULT_POINTS), `step.end` after each
+training step, `grow.*` and `export.*` in the staged outputs of `grow-megatron grow` and
+`convert to-hf` (engine/staging.py). Process actions (fault_point):
 
     exit        os._exit(FAULT_EXIT_CODE): dies on the spot, no cleanup, no flushing (default)
     kill        SIGKILL to this process
@@ -103,7 +105,7 @@ def fault_point(name: str, step: Optional[int] = None) -> None:
     armed = _armed()
     if not _names(armed, name, step) or name in CALLER_ACTIONS:
         return
-    if os.environ.get("RANK", "0") != "0":
+    if os.environ.get("RANK", "0") != "0" or int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
         return
     action = armed[2]
     if action == "exit":

@@ -5,6 +5,7 @@ parameter's fp32 main copy and AdamW moments. Growth (copy a layer's state to an
 position) and resharding checkpoints both want the state per parameter, shaped like the
 parameter (this rank's TP shard). `gather_param_state` assembles that from the DP shards;
 `scatter_param_state` writes it back into a (new) optimizer, each rank keeping its range.
+Growth moves only ranges (`dp_span_tables`: every DP rank's range of every parameter).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from grow_megatron.engine.keys import STATE_KEYS
+from grow_megatron.growth.ownership import dp_spans
 
 
 def _inner_optimizers(optimizer):
@@ -93,30 +95,34 @@ def gather_param_state(optimizer, param: torch.nn.Parameter) -> dict[str, torch.
     return {k: v.view(param.shape) for k, v in full.items()}
 
 
-def gather_states(engine, params: list) -> list[dict[str, torch.Tensor]]:
-    """gather_param_state for several parameters (a layer) with one all-reduce over the DP
-    group: each rank writes its ranges into one zeroed buffer holding all of them (ranges of
-    different DP ranks are disjoint, so the sum assembles every tensor). An all-gather of the
-    ranks' ranges would send half as much when every rank owns an equal part of the layer,
-    but megatron cuts each grad bucket (many layers) into DP parts, so one rank often owns
-    most of a layer and equal-size all-gather blocks would be padded to the whole layer."""
-    if not params:
-        return []
-    sizes = [p.numel() for p in params]
-    flat = torch.zeros(len(STATE_KEYS) * sum(sizes), dtype=torch.float32, device=params[0].device)
-    full = [dict(zip(STATE_KEYS, chunk.split(size))) for chunk, size in
-            zip(flat.split([len(STATE_KEYS) * n for n in sizes]), sizes)]  # views into flat
-    for p, f in zip(params, full):
-        rng = local_range(engine.optimizer, p)
-        if rng is None:
-            continue
-        state = local_state(engine.optimizer, p)
-        for k in STATE_KEYS:
-            if k in state:  # before the first step AdamW has no moments yet: zero by definition
-                f[k][rng[0]:rng[1]] = state[k].detach().float().view(-1)
-    if parallel_state.get_data_parallel_world_size() > 1:
-        dist.all_reduce(flat, group=parallel_state.get_data_parallel_group())
-    return [{k: v.view(p.shape) for k, v in f.items()} for f, p in zip(full, params)]
+def dp_span_tables(model, optimizer) -> dict:
+    """{param: every DP rank's span of it} for the parameters of the DDP chunks `model`, from
+    megatron's buffer layout (growth.ownership.dp_spans). This rank's entry is checked against
+    what its optimizer holds, so a change of megatron's partitioning fails here, loudly."""
+    dp, me = parallel_state.get_data_parallel_world_size(), parallel_state.get_data_parallel_rank()
+    out = {}
+    for m in model:
+        for buf in m.buffers + m.expert_parallel_buffers:
+            for p, (start, end, bucket_id) in buf.param_index_map.items():
+                bucket = buf.buckets[bucket_id]
+                spans = dp_spans(start, end, bucket.offset, bucket.grad_data.numel(), dp)
+                if spans[me] != local_range(optimizer, p):
+                    raise RuntimeError(f"DP rank {me}: computed span {spans[me]} of a parameter of shape "
+                                       f"{tuple(p.shape)}, the optimizer holds {local_range(optimizer, p)}")
+                out[p] = spans
+    return out
+
+
+def own_state(optimizer, param) -> Optional[dict[str, torch.Tensor]]:
+    """local_state to read, with every key of STATE_KEYS (before the first step AdamW has no
+    moments yet, which are zero by definition). Detached: with fp32 weights the main copy is a
+    view of the parameter, and a copy that recorded autograd history would keep the
+    parameter's gradient hooks, and so the whole old engine, alive."""
+    state = local_state(optimizer, param)
+    if state is None:
+        return None
+    return {k: state[k].detach() if k in state else torch.zeros_like(state["param"], requires_grad=False)
+            for k in STATE_KEYS}
 
 
 def scatter_param_state(optimizer, param: torch.nn.Parameter, state: dict[str, torch.Tensor]) -> None:
