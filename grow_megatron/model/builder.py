@@ -37,7 +37,9 @@ def _keep(tensor: torch.Tensor) -> torch.Tensor:
 def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype: torch.dtype = torch.float32,
                             bf16: bool = False, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                             pipeline_layout=None, use_kernels: bool = False, seed: int = 0,
-                            init_weights: bool = True) -> GrowTransformerConfig:
+                            init_weights: bool = True, **megatron_options) -> GrowTransformerConfig:
+    """megatron_options: further TransformerConfig fields (sequence parallelism, recompute,
+    overlapped p2p: engine.build.ScaleOptions.transformer_options)."""
     return GrowTransformerConfig(
         num_layers=num_layers,
         hidden_size=model.hidden_size,
@@ -82,6 +84,7 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
         grow_use_kernels=use_kernels,
         grow_init_seed=seed,
         grow_rope_theta=model.rope_theta,
+        **megatron_options,
     )
 
 

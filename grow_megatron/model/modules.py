@@ -43,6 +43,10 @@ class ScaledRMSNorm(torch.nn.Module):
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_: object):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        # Under sequence parallelism each TP rank normalises its own s/TP tokens, so the gain's
+        # gradient is a partial sum: megatron's finalize_model_grads all-reduces the grads of
+        # params marked this way over TP (its WrappedTorchNorm refuses sequence parallelism).
+        self.weight.sequence_parallel = config.sequence_parallel
         self.eps = eps
         self.scale = 1.0
         self.use_kernel = _kernels_enabled(config)
