@@ -57,6 +57,15 @@ class ScaleOptions:
     recompute_modules: tuple[str, ...] = ("core_attn",)
     """selective: the submodules whose activations are recomputed."""
 
+    def describe(self) -> str:
+        """One phrase for the run's first note."""
+        on = [name for name, flag in (("grad reduce", self.overlap_grad_reduce), ("param gather",
+              self.overlap_param_gather), ("p2p", self.overlap_p2p_comm)) if flag]
+        recompute = self.recompute + (f" ({self.recompute_method}, {self.recompute_num_layers})" if self.recompute == "full"
+                                      else f" ({', '.join(self.recompute_modules)})" if self.recompute == "selective" else "")
+        return (f"overlap {' + '.join(on) if on else 'off'}, sequence parallel {'on' if self.sequence_parallel else 'off'}, "
+                f"recompute {recompute}")
+
     def transformer_options(self) -> dict:
         """The TransformerConfig fields these settings set."""
         out = {"sequence_parallel": self.sequence_parallel}
@@ -204,6 +213,19 @@ def sync_params(engine: Engine) -> None:
     if engine.spec.scale.overlap_param_gather:
         for m in engine.model:
             m.start_param_sync(force_sync=True)
+
+
+def relearn_grad_ready(engine: Engine) -> None:
+    """After the model's use of its parameters changed (a loop applied to a built engine, so a
+    looped layer's gradients arrive several times per backward): with overlap_grad_reduce, DDP
+    starts a bucket's reduce once each of its params reported as many gradients as it counted in
+    the engine's first step, so it would start before the second use's gradients arrived. This
+    makes the next step count again, as megatron's first step does (its reduce then waits for
+    the end of backward)."""
+    for m in engine.model:
+        for group in m.bucket_groups + m.expert_parallel_bucket_groups:
+            group.is_first_batch = True
+            group.golden_per_param_grad_ready_counts = {}
 
 
 def destroy_engine(engine: Engine) -> None:

@@ -20,7 +20,7 @@ from grow_megatron.config.run import RunConfig, load_run_config, run_config_path
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.data.datasets import build_tokenizer
 from grow_megatron.data.tokenizer import Tokenizer, load_tokenizer
-from grow_megatron.engine.build import EngineSpec
+from grow_megatron.engine.build import EngineSpec, ScaleOptions
 from grow_megatron.engine.checkpoint import latest_checkpoint, tensor_specs
 from grow_megatron.engine.distributed import Layout
 from grow_megatron.engine.keys import EMBED, model_key
@@ -48,18 +48,22 @@ class ResolvedRun:
     """The run's tokenizer; None for a run on random tokens (the benchmark)."""
 
     def describe(self) -> str:
-        """Precision, kernels and vocabulary, as the run's first note states them."""
-        return f"{'bf16' if self.bf16 else 'fp32'}, kernels {'on' if self.use_kernels else 'off'}, vocab {self.vocab}"
+        """Precision, kernels, vocabulary and the scale settings, as the run's first note states them."""
+        return (f"{'bf16' if self.bf16 else 'fp32'}, kernels {'on' if self.use_kernels else 'off'}, vocab {self.vocab}, "
+                f"{self.spec.scale.describe()}")
 
 
 def engine_spec(model: ModelConfig, vocab_size: int, *, optim: Optional[OptimConfig] = None, bf16: bool = False,
                 use_kernels: bool = False, tp: int = 1, pp: int = 1, vpp: int = 1,
-                final_split: Optional[tuple[int, ...]] = None, seed: int = 0) -> EngineSpec:
+                final_split: Optional[tuple[int, ...]] = None, seed: int = 0,
+                scale: Optional[ScaleOptions] = None) -> EngineSpec:
     """The one constructor of EngineSpec. Without a run config (offline growth, conversion, the
     growth and checkpoint benchmarks) the defaults are a single-process fp32 engine on the
-    reference path; `optim` matters only to an engine that steps (default: OptimConfig())."""
+    reference path with no overlap, sequence parallelism or recompute; `optim` matters only to
+    an engine that steps (default: OptimConfig())."""
     return EngineSpec(model, optim if optim is not None else OptimConfig(), vocab_size, bf16=bf16,
-                      use_kernels=use_kernels, tp=tp, pp=pp, vpp=vpp, final_split=final_split, seed=seed)
+                      use_kernels=use_kernels, tp=tp, pp=pp, vpp=vpp, final_split=final_split, seed=seed,
+                      scale=scale if scale is not None else ScaleOptions())
 
 
 def planned_layout(cfg: RunConfig, world: int, rank: int = 0) -> Layout:
@@ -91,8 +95,34 @@ def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
     par = cfg.parallel
     spec = engine_spec(cfg.model, vocab, optim=cfg.optim, bf16=bf16, use_kernels=use_kernels, tp=layout.tp,
                        pp=layout.pp, vpp=par.virtual_stages,
-                       final_split=tuple(par.pipeline_split) if par.pipeline_split else None, seed=cfg.train.seed)
+                       final_split=tuple(par.pipeline_split) if par.pipeline_split else None, seed=cfg.train.seed,
+                       scale=scale_options(cfg, device))
+    _check_recompute_groups(cfg, plan, spec)
     return ResolvedRun(cfg, layout, plan, bf16, use_kernels, vocab, spec, tokenizer)
+
+
+def scale_options(cfg: RunConfig, device: str) -> ScaleOptions:
+    """parallel.* overlap and sequence parallelism (auto decided for `device`) and train.recompute."""
+    par, tc = cfg.parallel, cfg.train
+    return ScaleOptions(**par.resolved_scale(device, cfg.model.seq_length), bucket_size=par.bucket_size,
+                        align_grad_reduce=par.align_grad_reduce, align_param_gather=par.align_param_gather,
+                        recompute=tc.recompute, recompute_method=tc.recompute_method,
+                        recompute_num_layers=tc.recompute_num_layers, recompute_modules=tuple(tc.recompute_modules))
+
+
+def _check_recompute_groups(cfg: RunConfig, plan: GrowthPlan, spec: EngineSpec) -> None:
+    """Uniform full recompute walks each stage's layers in groups of recompute_num_layers (megatron
+    indexes past the stage's last layer otherwise): the groups must tile every stage at every depth
+    the run will have."""
+    tc = cfg.train
+    if tc.recompute != "full" or tc.recompute_method != "uniform" or tc.recompute_num_layers == 1:
+        return
+    for depth in sorted({plan.initial_depth, *(g.new_depth for g in plan.growths)}):
+        split = spec.split_for(depth)
+        if any(n % tc.recompute_num_layers for n in split):
+            raise ConfigError("train.recompute_num_layers", tc.recompute_num_layers,
+                              f"must divide the layers of every pipeline stage, but depth {depth} splits into "
+                              f"{list(split)}: use a divisor of them, 1, or train.recompute_method=block")
 
 
 def _use_kernels(setting: str, device: str) -> bool:
