@@ -1,0 +1,271 @@
+"""Training at scale (issue 24 items 1-3): communication overlap, sequence parallelism and
+activation recompute give the training of the plain engine, across a growth and a resume at
+another layout, and really do what they are for.
+
+Tolerances: recompute re-runs the same fp32 operations on the same inputs, so its gradients and
+losses are compared bit for bit. Overlap changes how the distributed optimizer cuts its ranges
+(one range per bucket instead of one per buffer), so the grad-norm's partial sums add up in
+another order; sequence parallelism sums the norms' gain gradients over two sequence halves
+(then over TP) instead of over the whole sequence. Both are fp32 reduce-order changes (~1e-7
+relative per operation): the losses are compared with test_distributed.py's bound for the same
+kind of change over a dozen AdamW steps, rel 1e-5, while a missing gradient (an un-reduced
+norm gain, a bucket reduced before its last gradient arrived) moves the loss by O(1e-3) within
+two steps.
+"""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from grow_megatron.config.base import ConfigError
+from grow_megatron.config.model import ModelConfig
+from grow_megatron.config.run import load_run_config
+from grow_megatron.config.training import OptimConfig, ParallelConfig
+from grow_megatron.engine.build import EngineSpec, ScaleOptions, build_engine, run_microbatches
+from grow_megatron.engine.distributed import Layout, device_context, init_distributed
+from grow_megatron.engine.resolve import resolve_run
+
+from dist_helpers import run_ranks
+from engine_helpers import micro_overrides, random_batch
+
+LOSS_RTOL = 1e-5
+
+
+# ---------------------------------------------------------------- config and resolution
+
+def test_auto_is_on_for_a_gpu_job_and_off_on_cpu():
+    par = ParallelConfig(tensor_parallel=2, pipeline_parallel=2, virtual_stages=2)
+    assert par.resolved_scale("cuda", 64) == {"overlap_grad_reduce": True, "overlap_param_gather": True,
+                                              "overlap_p2p_comm": True, "sequence_parallel": True}
+    assert not any(par.resolved_scale("cpu", 64).values())
+    # A sequence TP does not divide keeps auto sequence parallelism off; overlap off turns the
+    # param gather's auto off with it.
+    par = ParallelConfig(tensor_parallel=2, overlap_grad_reduce="off", sequence_parallel="auto")
+    assert par.resolved_scale("cuda", 63) == {"overlap_grad_reduce": False, "overlap_param_gather": False,
+                                              "overlap_p2p_comm": False, "sequence_parallel": False}
+
+
+@pytest.mark.parametrize("overrides,world,field", [
+    ({"parallel.sequence_parallel": "on"}, 1, "parallel.sequence_parallel"),
+    ({"parallel.sequence_parallel": "on", "parallel.tensor_parallel": 2, "model.seq_length": 33}, 2,
+     "parallel.sequence_parallel"),
+    ({"parallel.overlap_param_gather": "on"}, 1, "parallel.overlap_param_gather"),
+    ({"parallel.overlap_p2p_comm": "on", "parallel.pipeline_parallel": 2}, 2, "parallel.overlap_p2p_comm"),
+    ({"parallel.bucket_size": 0}, 1, "parallel.bucket_size"),
+    ({"train.recompute_num_layers": 0}, 1, "train.recompute_num_layers"),
+    ({"train.recompute_modules": "[layernorm]"}, 1, "train.recompute_modules"),
+])
+def test_bad_scale_settings_are_refused_in_one_line(tmp_path, overrides, world, field):
+    with pytest.raises(ConfigError) as err:
+        load_run_config(None, micro_overrides(tmp_path, **overrides), world_size=world)
+    assert err.value.path == field
+
+
+def test_uniform_recompute_groups_must_tile_every_stage_at_every_depth(tmp_path):
+    # 4 -> 8 -> 12 layers on one stage: groups of 4 tile every depth, groups of 8 do not.
+    cfg = load_run_config(None, micro_overrides(tmp_path, **{"train.recompute": "full",
+                                                             "train.recompute_num_layers": 4}))
+    assert resolve_run(cfg, Layout(1, 0, 1, 1, 1), random_tokens=True).spec.scale.recompute_num_layers == 4
+    cfg.train.recompute_num_layers = 8
+    with pytest.raises(ConfigError, match="depth 4 splits into"):
+        resolve_run(cfg, Layout(1, 0, 1, 1, 1), random_tokens=True)
+    cfg.train.recompute_method = "block"  # the first 8 layers of a stage: any depth
+    resolve_run(cfg, Layout(1, 0, 1, 1, 1), random_tokens=True)
+
+
+# ---------------------------------------------------------------- recompute: same grads, less memory
+
+V, S, B = 96, 128, 8
+
+
+def _peak_activation_bytes(fn, tmp_path) -> int:
+    """Peak of the CPU allocator's allocated bytes while `fn` runs, above what was allocated when
+    it started (torch.profiler's memory events carry the allocator's running total)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    trace = tmp_path / "trace.json"
+    prof.export_chrome_trace(str(trace))
+    mem = [e["args"] for e in json.loads(trace.read_text())["traceEvents"] if e.get("name") == "[memory]"]
+    assert mem, "the profiler recorded no allocation"
+    return max(m["Total Allocated"] for m in mem) - (mem[0]["Total Allocated"] - mem[0]["Bytes"])
+
+
+def test_recompute_gives_bit_equal_gradients_with_less_activation_memory(tmp_path):
+    model = ModelConfig(num_layers=4, hidden_size=64, ffn_hidden_size=160, num_attention_heads=4,
+                        num_query_groups=2, vocab_size=V, seq_length=S)
+    batches = [random_batch(s, V, S, B) for s in range(2)]
+    grads, peaks = {}, {}
+    with device_context():
+        init_distributed(1, 1, seed=3)
+        for mode, kw in (("none", {}), ("selective", {"recompute": "selective"}),
+                         ("full", {"recompute": "full"})):
+            torch.manual_seed(0)
+            spec = EngineSpec(model, OptimConfig(), V, bf16=False, use_kernels=False, scale=ScaleOptions(**kw))
+            e = build_engine(spec, 4)
+            run_microbatches(e, batches, forward_only=False)  # warm-up: lazy caches (RoPE) built
+            loss = []
+            peaks[mode] = _peak_activation_bytes(lambda: loss.append(run_microbatches(e, batches, forward_only=False)),
+                                                 tmp_path)
+            grads[mode] = {n: p.main_grad.clone() for n, p in e.named_parameters()}
+            grads[mode]["loss"] = loss[0].reshape(1)
+    for mode in ("selective", "full"):
+        for name, g in grads["none"].items():
+            assert torch.equal(grads[mode][name], g), (mode, name)
+    # Full recompute keeps one [s, b, h] input per layer instead of every intermediate: far below
+    # half. Selective drops the attention's RoPE'd q/k, repeated k/v and output per layer.
+    assert peaks["full"] < 0.5 * peaks["none"], peaks
+    assert peaks["selective"] < peaks["none"], peaks
+
+
+# ---------------------------------------------------------------- multi-rank: growth and resume
+
+# 8 steps, 4 -> 8 -> 12 layers with growths before steps 1 and 3. Phase 1 trains steps 0-2 at
+# TP=2 x DP=2 (so step 2 is the grown engine's second step, the first whose bucket reduces the
+# backward hooks start); phase 2 resumes at TP=2 x PP=2 for steps 3-4 (growth at 3).
+_BASE = {"train.steps": 8, "growth.grow_steps": 6, "optim.decay_steps": 3}
+_VARIANTS = {
+    "off": {},
+    "overlap": {"parallel.overlap_grad_reduce": "on", "parallel.overlap_param_gather": "on",
+                "parallel.bucket_size": 5000},
+    "sp": {"parallel.sequence_parallel": "on"},
+    "full": {"train.recompute": "full"},
+    "selective": {"train.recompute": "selective"},
+    "all": {"parallel.overlap_grad_reduce": "on", "parallel.overlap_param_gather": "on",
+            "parallel.bucket_size": 5000, "parallel.sequence_parallel": "on", "train.recompute": "full"},
+}
+
+
+class _Probe:
+    """Hooks on each engine the run builds (attached after its first step): whether a bucket's
+    reduce is in flight when the backward pass reaches the first layer (i.e. before backward
+    returns), how many times per step the last layer and its core attention run forward
+    (recompute runs them again in backward), and the sequence length a layer sees."""
+
+    def __init__(self):
+        self.engine_id = None
+        self.steps = []
+        self.cur = None
+
+    def on_step(self, engine, step, rec):
+        if self.cur is not None and self.engine_id == id(engine):  # a step of the probed engine
+            self.steps.append({"step": step, **self.cur})
+        if self.engine_id != id(engine):
+            self.engine_id = id(engine)
+            self._attach(engine)
+        self.cur = {"in_flight": [], "layer_calls": 0, "attn_calls": 0, "seq": None, "depth": engine.depth}
+
+    def _attach(self, engine):
+        import weakref
+
+        ddp = weakref.ref(engine.model[0])
+        layers = engine.chunks[0].decoder.layers
+        first, last = layers[0], layers[-1]
+
+        def in_flight(module, grad_in, grad_out):
+            if self.cur is not None:
+                self.cur["in_flight"].append(any(g.grad_reduce_handle is not None for g in ddp().bucket_groups))
+
+        def count(key):
+            def hook(module, args, output):
+                if self.cur is not None:
+                    self.cur[key] += 1
+            return hook
+
+        def seq(module, args, kwargs, output):
+            if self.cur is not None:
+                self.cur["seq"] = output[0].shape[0]
+
+        if not engine.config.recompute_granularity:  # a full backward hook needs autograd in forward
+            first.register_full_backward_hook(in_flight)
+        last.register_forward_hook(count("layer_calls"))
+        last.self_attention.core_attention.register_forward_hook(count("attn_calls"))
+        first.register_forward_hook(seq, with_kwargs=True)
+
+
+def _scale_worker(rank, root):
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    from grow_megatron.training.loop import train
+
+    def cfg(name, tp, pp, variant):
+        return load_run_config(None, micro_overrides(os.path.join(root, name), **_BASE, **_VARIANTS[variant],
+                                                     **{"parallel.tensor_parallel": tp,
+                                                        "parallel.pipeline_parallel": pp}), world_size=4)
+
+    out = {}
+    for name in _VARIANTS:  # phase 1: TP=2 x DP=2, steps 0-2 (growth 4 -> 8 before step 1)
+        probe = _Probe()
+        res = train(cfg(name, 2, 1, name), stop_at=3, on_step=probe.on_step)
+        out[name] = {"losses": res.losses, "probe": probe.steps, "growths": [g["step"] for g in res.growths]}
+    if rank == 0:  # the plain run's checkpoint, resumed with everything on
+        shutil.copytree(os.path.join(root, "off"), os.path.join(root, "cross"))
+    dist.barrier()
+    parallel_state.destroy_model_parallel()  # phase 2: TP=2 x PP=2 (same processes, new layout)
+    for name, variant in [(n, n) for n in _VARIANTS] + [("cross", "all")]:
+        probe = _Probe()
+        res = train(cfg(name, 2, 2, variant), stop_at=5, on_step=probe.on_step)
+        out.setdefault(name, {"losses": {}, "probe": [], "growths": []})
+        out[name]["losses"].update(res.losses)
+        out[name]["probe2"] = probe.steps
+        out[name]["growths"] += [g["step"] for g in res.growths if g["step"] >= 3]
+        out[name]["pp_first"] = parallel_state.is_pipeline_first_stage()
+    # Rank 0 is the first pipeline stage in phase 2; its probe saw layers 0.. of each engine.
+    if rank == 0:
+        with open(os.path.join(root, "result.json"), "w") as f:
+            json.dump(out, f)
+
+
+@pytest.fixture(scope="module")
+def scale_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    run_ranks(4, _scale_worker, str(root), out_dir=str(root), timeout=900)
+    with open(root / "result.json") as f:
+        res = json.load(f)
+    for r in res.values():
+        r["losses"] = {int(k): v for k, v in r["losses"].items()}
+    return res
+
+
+def test_every_feature_trains_like_the_plain_engine_across_growth_and_resume(scale_runs):
+    off = scale_runs["off"]
+    assert sorted(off["losses"]) == [0, 1, 2, 3, 4] and off["growths"] == [1, 3]
+    for name in ("full", "selective"):  # the same operations again: bit for bit
+        assert scale_runs[name]["losses"] == off["losses"], name
+    for name in ("overlap", "sp", "all", "cross"):
+        run = scale_runs[name]
+        assert sorted(run["losses"]) == sorted(off["losses"]), name
+        for step, loss in off["losses"].items():
+            if name == "cross" and step < 3:
+                continue  # steps 0-2 were not run again: the plain run's checkpoint resumed
+            assert run["losses"][step] == pytest.approx(loss, rel=LOSS_RTOL), (name, step)
+
+
+def test_overlapped_reduce_is_in_flight_before_backward_returns(scale_runs):
+    # Step 2 is the grown engine's second step: megatron's first step of an engine learns how
+    # many gradients each parameter gets and reduces at the end; from then on the backward hooks
+    # start each bucket's reduce-scatter as soon as its gradients are complete.
+    for name, expect in (("overlap", True), ("off", False)):
+        (step2,) = [s for s in scale_runs[name]["probe"] if s["step"] == 2]
+        assert step2["in_flight"] and all(x is expect for x in step2["in_flight"]), (name, step2)
+
+
+def test_sequence_parallel_and_recompute_follow_the_growth(scale_runs):
+    """The probed steps run grown engines (depth 8 in phase 1, 12 in phase 2): each got the
+    setting from the rebuilt spec, so its layers see s/TP tokens with sequence parallelism and
+    run forward twice (the recompute) with full recompute, the core attention twice with
+    selective recompute."""
+    seq = 32
+    for name in _VARIANTS:
+        steps = scale_runs[name]["probe"] + scale_runs[name]["probe2"]
+        assert {s["depth"] for s in steps} == {8, 12}, name
+        for s in steps:
+            mb = 1 if s["depth"] == 8 else 2  # DP=2 in phase 1, DP=1 in phase 2 (4 sequences of 2)
+            layer = 2 if name in ("full", "all") else 1
+            attn = 2 if name in ("full", "all", "selective") else 1
+            assert (s["layer_calls"], s["attn_calls"]) == (layer * mb, attn * mb), (name, s)
+            assert s["seq"] == (seq // 2 if name in ("sp", "all") else seq), (name, s)
