@@ -131,6 +131,22 @@ _VARIANTS = {
 }
 
 
+def _tp_spread(engine) -> float:
+    """Largest difference between the TP ranks' copies of the first layer's norm gain. Every TP
+    rank holds the whole gain and updates it from its own gradient, so the copies stay equal only
+    if the gradients were all-reduced over TP (under sequence parallelism each rank's gradient
+    covers its s/TP tokens only)."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+
+    w = engine.chunks[0].decoder.layers[0].input_layernorm.weight.detach()
+    hi, lo = w.clone(), w.clone()
+    group = parallel_state.get_tensor_model_parallel_group()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX, group=group)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN, group=group)
+    return float((hi - lo).max())
+
+
 class _Probe:
     """Hooks on each engine the run builds (attached after its first step): whether a bucket's
     reduce is in flight when the backward pass reaches the first layer (i.e. before backward
@@ -144,7 +160,7 @@ class _Probe:
 
     def on_step(self, engine, step, rec):
         if self.cur is not None and self.engine_id == id(engine):  # a step of the probed engine
-            self.steps.append({"step": step, **self.cur})
+            self.steps.append({"step": step, **self.cur, "norm_tp_spread": _tp_spread(engine)})
         if self.engine_id != id(engine):
             self.engine_id = id(engine)
             self._attach(engine)
@@ -248,9 +264,10 @@ def test_overlapped_reduce_is_in_flight_before_backward_returns(scale_runs):
 
 def test_sequence_parallel_and_recompute_follow_the_growth(scale_runs):
     """The probed steps run grown engines (depth 8 in phase 1, 12 in phase 2): each got the
-    setting from the rebuilt spec, so its layers see s/TP tokens with sequence parallelism and
-    run forward twice (the recompute) with full recompute, the core attention twice with
-    selective recompute."""
+    setting from the rebuilt spec, so its layers see s/TP tokens with sequence parallelism (and
+    the TP ranks' norm gains stay equal: their gradients were all-reduced over TP), and run
+    forward twice (the recompute) with full recompute, the core attention twice with selective
+    recompute."""
     seq = 32
     for name in _VARIANTS:
         steps = scale_runs[name]["probe"] + scale_runs[name]["probe2"]
@@ -261,3 +278,4 @@ def test_sequence_parallel_and_recompute_follow_the_growth(scale_runs):
             attn = 2 if name in ("full", "all") else 1  # "all" recomputes selectively
             assert (s["layer_calls"], s["attn_calls"]) == (layer * mb, attn * mb), (name, s)
             assert s["seq"] == (seq // 2 if name in ("sp", "all") else seq), (name, s)
+            assert s["norm_tp_spread"] == 0.0, (name, s)

@@ -3,6 +3,7 @@
 
     python tools/bench_scale.py --out runs/bench_scale.json                # SmolLM-360M widths, 4 layers, 2 ranks
     python tools/bench_scale.py --hidden 64 --ffn 160 --heads 4 --groups 2 --vocab 256 --seq 64 --steps 2  # quick
+    python tools/bench_scale.py --world 1 --seq 2048 --out scale.json     # one GPU (tools/gpu_session.sh)
 
 Two phases in the same 2 processes: DP=2 (TP=1) runs off, overlapped DP communication
 (parallel.overlap_grad_reduce + overlap_param_gather, --bucket-size parameters per bucket),
@@ -12,7 +13,10 @@ hidden/16 channels: the same widths otherwise). Each variant builds its engine, 
 warm-up step, one step under torch.profiler's memory accounting (the peak of net allocation
 above what the engine holds: activations and temporaries; and what it holds: weights, grads,
 optimizer state), then --steps timed steps; variants alternate over --rounds rounds and step
-times are medians. Every rank reports; the table shows the maximum over ranks.
+times are medians. Every rank reports; the table shows the maximum over ranks. --world 1 (one
+GPU: NCCL takes one rank per device) runs the first phase's variants at DP=1 (overlap then only
+exercises the hooks and buckets) and no TP phase. On a GPU the engine is bf16 and memory is
+torch.cuda's allocator (peak allocated during the step above the allocated before it).
 """
 from __future__ import annotations
 
@@ -46,11 +50,28 @@ def _batches(vocab: int, seq: int, micro: int, n: int, seed: int) -> list[dict]:
     return out
 
 
+def _step_peak(fn) -> int:
+    """Peak bytes allocated while `fn` runs, above what was allocated before it."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    from grow_megatron.bench.accounting import allocation_peak
+
+    with allocation_peak() as mem:
+        fn()
+    return mem["peak"]
+
+
 def _phase(args, tp: int, variants: dict, rank: int) -> dict:
     import torch
     from megatron.core import parallel_state
 
-    from grow_megatron.bench.accounting import allocation_peak
     from grow_megatron.config.model import ModelConfig
     from grow_megatron.config.training import OptimConfig
     from grow_megatron.engine.build import ScaleOptions, build_engine, destroy_engine, train_step
@@ -76,13 +97,11 @@ def _phase(args, tp: int, variants: dict, rank: int) -> dict:
                 kw["bucket_size"] = args.bucket_size
             torch.manual_seed(0)
             spec = engine_spec(model, args.vocab, optim=OptimConfig(lr=1e-4, warmup_steps=0, decay_steps=0),
-                               tp=tp, scale=ScaleOptions(**kw))
+                               tp=tp, bf16=torch.cuda.is_available(), scale=ScaleOptions(**kw))
             e = build_engine(spec, args.layers)
             train_step(e, batches, 1e-4)  # warm-up: lazy buffers, DDP's first-step bookkeeping
             if r == 0:
-                with allocation_peak() as mem:
-                    train_step(e, batches, 1e-4)
-                rec[name]["peak_bytes"] = mem["peak"]
+                rec[name]["peak_bytes"] = _step_peak(lambda: train_step(e, batches, 1e-4))
                 rec[name]["held_bytes"] = sum(
                     t.numel() * t.element_size() for m in e.model for b in m.buffers for t in (b.param_data, b.grad_data)
                     if t is not None) + sum(
@@ -108,7 +127,10 @@ def _worker(rank: int, world: int, port: int, args) -> None:
     from grow_megatron.engine.distributed import device_context, shutdown_distributed
 
     with device_context():
-        rec = {"dp2": _phase(args, 1, DP_VARIANTS, rank), "tp2": _phase(args, 2, TP_VARIANTS, rank)}
+        rec = {"dp": _phase(args, 1, DP_VARIANTS, rank),
+               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+        if world == 2:
+            rec["tp2"] = _phase(args, 2, TP_VARIANTS, rank)
         shutdown_distributed()
     with open(f"{args.out}.rank{rank}", "w") as f:
         json.dump(rec, f)
@@ -116,19 +138,21 @@ def _worker(rank: int, world: int, port: int, args) -> None:
 
 def _table(ranks: list[dict], args) -> tuple[str, list[dict]]:
     rows = []
-    for phase, variants in (("dp2", DP_VARIANTS), ("tp2", TP_VARIANTS)):
+    for phase, variants in (("dp", DP_VARIANTS), ("tp2", TP_VARIANTS)):
+        if phase not in ranks[0]:
+            continue
         for name in variants:
             per = [r[phase][name] for r in ranks]
-            rows.append({"variant": name, "layout": "DP=2" if phase == "dp2" else "TP=2",
+            rows.append({"variant": name, "layout": f"DP={len(ranks)}" if phase == "dp" else "TP=2",
                          "peak_activation_MiB": max(p["peak_bytes"] for p in per) / 2**20,
                          "held_MiB": max(p["held_bytes"] for p in per) / 2**20,
                          "step_s_median": max(statistics.median(p["step_s"]) for p in per),
-                         "loss": per[0]["loss"]})
-    lines = ["| layout | variant | peak activations + temporaries per rank (MiB) | weights, grads, optimizer state per rank (MiB) | step time, median (s) |",
-             "|---|---|---|---|---|"]
+                         "loss": per[0]["loss"], "device": ranks[0].get("device", "cpu")})
+    lines = ["| layout | variant | peak activations + temporaries per rank (MiB) | weights, grads, optimizer state per rank (MiB) | step time, median (s) | loss after the last step |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['layout']} | {r['variant']} | {r['peak_activation_MiB']:.0f} | {r['held_MiB']:.0f} | "
-                     f"{r['step_s_median']:.2f} |")
+                     f"{r['step_s_median']:.2f} | {r['loss']:.6f} |")
     return "\n".join(lines), rows
 
 
@@ -147,6 +171,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3, help="timed steps per variant and round")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
+    p.add_argument("--world", type=int, default=2, choices=(1, 2), help="ranks (1: one GPU, no TP phase)")
     p.add_argument("--out", default="runs/bench_scale.json")
     args = p.parse_args(argv)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -155,7 +180,7 @@ def main(argv=None) -> int:
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     t0 = time.time()
-    procs = [ctx.Process(target=_worker, args=(r, 2, port, args)) for r in range(2)]
+    procs = [ctx.Process(target=_worker, args=(r, args.world, port, args)) for r in range(args.world)]
     for proc in procs:
         proc.start()
     for proc in procs:
@@ -164,7 +189,7 @@ def main(argv=None) -> int:
         print(f"a rank failed: exit codes {[proc.exitcode for proc in procs]}", file=sys.stderr)
         return 1
     ranks = []
-    for r in range(2):
+    for r in range(args.world):
         with open(f"{args.out}.rank{r}") as f:
             ranks.append(json.load(f))
         os.remove(f"{args.out}.rank{r}")
