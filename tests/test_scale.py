@@ -279,3 +279,18 @@ def test_sequence_parallel_and_recompute_follow_the_growth(scale_runs):
             assert (s["layer_calls"], s["attn_calls"]) == (layer * mb, attn * mb), (name, s)
             assert s["seq"] == (seq // 2 if name in ("sp", "all") else seq), (name, s)
             assert s["norm_tp_spread"] == 0.0, (name, s)
+
+
+def test_memory_estimate_counts_recompute_and_sequence_parallelism(tmp_path):
+    from grow_megatron.engine.memory import estimate
+
+    base = {"model.seq_length": 1024, "train.micro_batch_size": 4, "train.global_batch_size": 8}
+    plain = load_run_config(None, micro_overrides(tmp_path, **base))
+    full = load_run_config(None, micro_overrides(tmp_path, **base, **{"train.recompute": "full"}))
+    logits = 4 * 1024 * 4096 * 4 * 3  # micro-batch x seq x vocab, fp32, three copies: unchanged
+    acts = {name: estimate(c, 4096, 2, 1, 1, False, sp)["activations"] - logits
+            for name, c, sp in (("plain", plain, False), ("sp", plain, True), ("full", full, False))}
+    assert acts["sp"] * 2 == acts["plain"]
+    # 13 layers (12 + the embedding's share) keep 68 fp32 bytes per token and unit; full recompute
+    # keeps their 4-byte inputs and one layer's 68.
+    assert acts["full"] * 68 * 13 == acts["plain"] * (13 * 4 + 68)

@@ -90,13 +90,14 @@ def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
     use_kernels = _use_kernels(cfg.model.kernels, device)
     tokenizer = None if random_tokens else build_tokenizer(cfg.data)
     vocab = padded_vocab(_vocab_size(cfg.model, tokenizer), layout.tp)
+    scale = scale_options(cfg, device)
     if not random_tokens:
-        check_fits(cfg, vocab, layout.tp, layout.pp, layout.dp, bf16)
+        check_fits(cfg, vocab, layout.tp, layout.pp, layout.dp, bf16, scale.sequence_parallel)
     par = cfg.parallel
     spec = engine_spec(cfg.model, vocab, optim=cfg.optim, bf16=bf16, use_kernels=use_kernels, tp=layout.tp,
                        pp=layout.pp, vpp=par.virtual_stages,
                        final_split=tuple(par.pipeline_split) if par.pipeline_split else None, seed=cfg.train.seed,
-                       scale=scale_options(cfg, device))
+                       scale=scale)
     _check_recompute_groups(cfg, plan, spec)
     return ResolvedRun(cfg, layout, plan, bf16, use_kernels, vocab, spec, tokenizer)
 
