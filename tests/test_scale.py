@@ -287,7 +287,7 @@ def test_memory_estimate_counts_recompute_and_sequence_parallelism(tmp_path):
     base = {"model.seq_length": 1024, "train.micro_batch_size": 4, "train.global_batch_size": 8}
     plain = load_run_config(None, micro_overrides(tmp_path, **base))
     full = load_run_config(None, micro_overrides(tmp_path, **base, **{"train.recompute": "full"}))
-    logits = 4 * 1024 * 4096 * 4 * 3  # micro-batch x seq x vocab, fp32, three copies: unchanged
+    logits = 4 * 1024 * (4096 // 2) * 4 * 3  # micro-batch x seq x vocab / TP, fp32, three copies: unchanged
     acts = {name: estimate(c, 4096, 2, 1, 1, False, sp)["activations"] - logits
             for name, c, sp in (("plain", plain, False), ("sp", plain, True), ("full", full, False))}
     assert acts["sp"] * 2 == acts["plain"]
