@@ -119,7 +119,9 @@ def test_recompute_gives_bit_equal_gradients_with_less_activation_memory():
 
 # 8 steps, 4 -> 8 -> 12 layers with growths before steps 1 and 3. Phase 1 trains steps 0-2 at
 # TP=2 x DP=2 (so step 2 is the grown engine's second step, the first whose bucket reduces the
-# backward hooks start); phase 2 resumes at TP=2 x PP=2 for steps 3-4 (growth at 3).
+# backward hooks start); phase 2 resumes at TP=2 x PP=2 for steps 3-4 (growth at 3); phase 3
+# resumes two of them at PP=2 x 2 virtual stages x DP=2 for steps 5-6. One spawn of 4 ranks for
+# all of it: starting the processes costs more than the training.
 _BASE = {"train.steps": 8, "growth.grow_steps": 6, "optim.decay_steps": 3}
 _OVERLAP = {"parallel.overlap_grad_reduce": "on", "parallel.overlap_param_gather": "on", "parallel.bucket_size": 5000}
 _VARIANTS = {
@@ -222,6 +224,16 @@ def _scale_worker(rank, root):
         out[name]["probe2"] = probe.steps
         out[name]["growths"] += [g["step"] for g in res.growths if g["step"] >= 3]
         out[name]["pp_first"] = parallel_state.is_pipeline_first_stage()
+    # Phase 3: PP=2 x 2 virtual stages x DP=2, steps 5-6 resumed from phase 2's checkpoints, the
+    # interleaved schedule with and without overlapped p2p, grad reduce and param gather.
+    parallel_state.destroy_model_parallel()
+    for name, extra in (("off", {}), ("overlap", {"parallel.overlap_p2p_comm": "on"})):
+        c = load_run_config(None, micro_overrides(os.path.join(root, name), **_BASE, **_VARIANTS[name], **extra,
+                                                  **{"parallel.pipeline_parallel": 2, "parallel.virtual_stages": 2,
+                                                     "train.micro_batch_size": 1}), world_size=4)
+        res = train(c, stop_at=7)
+        out[name]["losses3"] = res.losses
+        out[name]["overlap_p2p"] = c.parallel.overlap_p2p_comm
     # Rank 0 is the first pipeline stage in phase 2; its probe saw layers 0.. of each engine.
     if rank == 0:
         with open(os.path.join(root, "result.json"), "w") as f:
@@ -235,7 +247,9 @@ def scale_runs(tmp_path_factory):
     with open(root / "result.json") as f:
         res = json.load(f)
     for r in res.values():
-        r["losses"] = {int(k): v for k, v in r["losses"].items()}
+        for key in ("losses", "losses3"):
+            if key in r:
+                r[key] = {int(k): v for k, v in r[key].items()}
     return res
 
 
@@ -251,6 +265,13 @@ def test_every_feature_trains_like_the_plain_engine_across_growth_and_resume(sca
             if name == "cross" and step < 3:
                 continue  # steps 0-2 were not run again: the plain run's checkpoint resumed
             assert run["losses"][step] == pytest.approx(loss, rel=LOSS_RTOL), (name, step)
+
+
+def test_interleaved_pipeline_with_overlapped_p2p_trains_like_the_plain_one(scale_runs):
+    off, on = scale_runs["off"]["losses3"], scale_runs["overlap"]["losses3"]
+    assert sorted(off) == sorted(on) == [5, 6] and scale_runs["overlap"]["overlap_p2p"] == "on"
+    for step, loss in off.items():
+        assert on[step] == pytest.approx(loss, rel=LOSS_RTOL), step
 
 
 def test_overlapped_reduce_is_in_flight_before_backward_returns(scale_runs):

@@ -209,7 +209,8 @@ def sync_params(engine: Engine) -> None:
     """Make every rank's model weights current. With parallel.overlap_param_gather the
     distributed optimizer's step leaves the other DP ranks' ranges of the weights to an
     all-gather that the next forward's pre-hooks start; anything that reads the weights
-    outside a forward (a checkpoint save, a growth, a test) calls this first. A no-op otherwise."""
+    outside a forward (a checkpoint save, a test) calls this first; a growth reads the optimizer's
+    ranges, which are current. A no-op without overlap_param_gather."""
     if engine.spec.scale.overlap_param_gather:
         for m in engine.model:
             m.start_param_sync(force_sync=True)
