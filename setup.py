@@ -28,7 +28,13 @@ setup(
         "tensorboard",
         "matplotlib",
     ],
-    # wandb: optional (logging.wandb); the tests log to it offline.
-    extras_require={"wandb": ["wandb"], "test": ["pytest", "pytest-timeout", "wandb", "import-linter"]},
+    # wandb: optional (logging.wandb); the tests log to it offline. lm-eval[hf] (it brings
+    # accelerate): the tests run the real harness on an export (plain lm-eval cannot run --model hf).
+    # ruff: pinned, since tests/test_style.py checks lint and format and the rules move between releases.
+    # Tested versions of all of these: constraints.txt (README's install passes it with -c).
+    extras_require={
+        "wandb": ["wandb"],
+        "test": ["pytest", "pytest-timeout", "wandb", "import-linter", "lm-eval[hf]>=0.4", "ruff==0.17.6"],
+    },
     entry_points={"console_scripts": ["grow-megatron=grow_megatron.cli:main"]},
 )

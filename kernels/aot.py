@@ -58,7 +58,7 @@ def _configs():
                         dict(DO="*bf16", G="*bf16", U="*bf16", DG="*bf16", DU="*bf16", stride_do=F, stride_g=st,
                              stride_u=st, stride_dg=st, stride_du=st, F=F),
                         dict(BLOCK=B, EMULATE_RTNE=False), warps))
-    for s, b, hq, hk, d in ((2048, 8, 15, 5, 64), (2048, 8, 32, 32, 64)):
+    for _s, b, hq, hk, d in ((2048, 8, 15, 5, 64), (2048, 8, 32, 32, 64)):
         # q, k as views of a fused qkv [s, b, hq + 2hk, d]; outputs contiguous
         hs = hq + 2 * hk
         sig = dict(Q="*bf16", K="*bf16", QO="*bf16", KO="*bf16", COS="*bf16", SIN="*bf16",

@@ -4,14 +4,9 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
-import socket
 import traceback
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from grow_megatron.engine.distributed import free_port
 
 
 def _train(rank: int, world: int, overrides: list[str], out_dir: str, stop_at) -> None:
@@ -55,7 +50,7 @@ def run_ranks(world: int, fn, *args, out_dir: str, timeout: float = 300) -> None
     """Call the module-level function fn(rank, *args) in `world` fresh gloo-ready processes."""
     os.makedirs(out_dir, exist_ok=True)
     ctx = mp.get_context("spawn")
-    port = _free_port()
+    port = free_port()
     procs = [ctx.Process(target=_fn_worker, args=(r, world, port, fn, args, out_dir)) for r in range(world)]
     for p in procs:
         p.start()

@@ -2,18 +2,15 @@
 its own flat range of every parameter's weights, fp32 main copy and AdamW moments."""
 import json
 import os
-import sys
 
 import pytest
 import torch
 
 from grow_megatron.engine.dp_shards import param_pieces, pieces, row_segments
+from make_v1_checkpoint import batch as fixture_batch, spec as fixture_spec  # tests/data (setup.cfg pythonpath)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "data", "ckpt_v1", "step_00000002")
-sys.path.insert(0, os.path.join(HERE, "data"))
-
-from make_v1_checkpoint import batch as fixture_batch, spec as fixture_spec  # noqa: E402
 
 
 def _place(pcs, global_shape):
@@ -71,20 +68,17 @@ def test_gated_fc1_factory_rows_go_to_gate_and_up_halves():
     assert got[[0, 1, 4, 5]].isnan().all()
 
 
-def test_first_format_checkpoint_resumes_exactly():
+def test_first_format_checkpoint_resumes_exactly(engine_env):
     """tests/data/ckpt_v1 was written by the code before this format (whole optimizer tensors
     per slice): it loads, and the next two steps give the losses the uninterrupted run had."""
     from grow_megatron.engine.checkpoint import load_checkpoint
-    from grow_megatron.engine.distributed import device_context, init_distributed
     from grow_megatron.engine.build import build_engine, train_step
 
     with open(os.path.join(os.path.dirname(FIXTURE), "expected_losses.json")) as f:
         expected = json.load(f)
-    with device_context():
-        init_distributed(1, 1, seed=3)
-        e = build_engine(fixture_spec(), 2, init_weights=False)
-        load_checkpoint(e, FIXTURE)
-        assert [train_step(e, [fixture_batch(s)], 1e-2)["loss"] for s in (2, 3)] == expected
+    e = build_engine(fixture_spec(), 2, init_weights=False)
+    load_checkpoint(e, FIXTURE)
+    assert [train_step(e, [fixture_batch(s)], 1e-2)["loss"] for s in (2, 3)] == expected
 
 
 def _global_key(name):
@@ -100,11 +94,11 @@ def _global_key(name):
 def _dp4_model():
     from grow_megatron.config.model import ModelConfig
     from grow_megatron.config.training import OptimConfig
-    from grow_megatron.engine.build import EngineSpec
+    from grow_megatron.engine.resolve import engine_spec
 
     m = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=96, num_attention_heads=4, num_query_groups=2,
                     vocab_size=128, seq_length=8)
-    return EngineSpec(m, OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), 128, bf16=False, use_kernels=False)
+    return engine_spec(m, 128, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0))
 
 
 def _dp4_worker(rank, out):
@@ -124,7 +118,7 @@ def _dp4_worker(rank, out):
         torch.manual_seed(0)
         e = build_engine(_dp4_model(), 2)
         g = torch.Generator().manual_seed(rank)
-        for s in range(2):
+        for _ in range(2):
             t = torch.randint(0, 128, (2, 9), generator=g)
             train_step(e, [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(2, 8),
                             "position_ids": torch.arange(8).expand(2, 8)}], 1e-2)

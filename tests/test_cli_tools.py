@@ -7,10 +7,10 @@ from grow_megatron.cli import main
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_plan_prints_spec_schedule(capsys):
+def test_plan_prints_the_paper_schedule(capsys):
     assert main(["plan", os.path.join(ROOT, "examples", "smollm360m_lidas.yaml"), "--json"]) == 0
     plan = json.loads(capsys.readouterr().out)
-    # SPEC 4: PROP-1, k = 8, T = 170000; the last stage also runs the 30k cooldown.
+    # docs/method.md §4: PROP-1, k = 8, T = 170000; the last stage also runs the 30k cooldown.
     assert [s["steps"] for s in plan["stages"]] == [4722, 9444, 14167, 18889, 23611, 28333, 33056, 37778 + 30000]
     assert [s["depth"] for s in plan["stages"]] == list(range(4, 33, 4))
     assert plan["growths"][1]["source_map"] == [0, 1, 2, 3, 4, 5, 2, 3, 4, 5, 6, 7]  # LIDAS 8 -> 12

@@ -22,8 +22,8 @@ from grow_megatron.convert.keymap import merge_qkv, split_qkv
 from grow_megatron.engine.grow import grow
 from grow_megatron.growth.operators import get_operator
 from grow_megatron.engine.checkpoint import save_checkpoint
-from grow_megatron.engine.distributed import device_context, init_distributed
-from grow_megatron.engine.build import EngineSpec, build_engine
+from grow_megatron.engine.build import build_engine
+from grow_megatron.engine.resolve import engine_spec
 
 from engine_helpers import assert_same_tensors
 
@@ -31,19 +31,12 @@ V = 4096  # the embedded tokenizer's vocabulary, so exports carry a working toke
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def env():
-    with device_context():
-        init_distributed(1, 1, seed=3)
-        yield
-
-
 def make_run(run_dir, *, heads=4, kv=2, ln_scaling=False, depth=4, grown=False, seed=0, bf16=False, hidden=32):
     """A run dir with one checkpoint of random weights (norm gains too, so a missing LN-Scaling
     fold shows); `grown`: grown 4 -> 8 by LIDAS right before saving."""
     model = ModelConfig(num_layers=8, hidden_size=hidden, ffn_hidden_size=48, num_attention_heads=heads,
                         num_query_groups=kv, vocab_size=V, seq_length=16, ln_scaling=ln_scaling, kernels="off")
-    spec = EngineSpec(model, OptimConfig(warmup_steps=0, decay_steps=0), V, bf16=bf16, use_kernels=False)
+    spec = engine_spec(model, V, optim=OptimConfig(warmup_steps=0, decay_steps=0), bf16=bf16)
     torch.manual_seed(seed)
     engine = build_engine(spec, depth)
     g = torch.Generator().manual_seed(seed)
@@ -79,7 +72,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_export_logit_parity(env, tmp_path, case):
+def test_export_logit_parity(engine_env, tmp_path, case):
     ckpt = make_run(tmp_path / "run", **CASES[case])
     out = to_hf(str(tmp_path / "run"), str(tmp_path / "hf"), progress=False)
     assert out["depth"] == (8 if CASES[case].get("grown") else 4)
@@ -92,7 +85,7 @@ def test_export_logit_parity(env, tmp_path, case):
     assert cfg["grow_megatron_history"]["ln_scaling_folded_into_norms"] == CASES[case]["ln_scaling"]
 
 
-def test_export_records_growth_and_tokenizer(env, tmp_path):
+def test_export_records_growth_and_tokenizer(engine_env, tmp_path):
     make_run(tmp_path / "run", ln_scaling=True, grown=True)
     to_hf(str(tmp_path / "run"), str(tmp_path / "hf"), progress=False)
     hist = json.loads((tmp_path / "hf" / "grow_megatron.json").read_text())
@@ -114,7 +107,7 @@ def test_export_records_growth_and_tokenizer(env, tmp_path):
     assert "lm_head.weight" not in load_file(str(tmp_path / "hf" / "model.safetensors"))
 
 
-def test_round_trip_is_exact_and_native_matches_hf(env, tmp_path):
+def test_round_trip_is_exact_and_native_matches_hf(engine_env, tmp_path):
     make_run(tmp_path / "run", heads=4, kv=2, ln_scaling=True, grown=True)
     to_hf(str(tmp_path / "run"), str(tmp_path / "hf1"), progress=False)
     back = from_hf(str(tmp_path / "hf1"), str(tmp_path / "run2"), progress=False)
@@ -131,7 +124,7 @@ def test_round_trip_is_exact_and_native_matches_hf(env, tmp_path):
     assert meta["source"]["history"]["depths"] == [4, 8]
 
 
-def test_from_hf_with_ln_scaling_restores_the_scaled_model(env, tmp_path):
+def test_from_hf_with_ln_scaling_restores_the_scaled_model(engine_env, tmp_path):
     make_run(tmp_path / "run", ln_scaling=True, grown=True, seed=5)
     to_hf(str(tmp_path / "run"), str(tmp_path / "hf"), progress=False)
     back = from_hf(str(tmp_path / "hf"), str(tmp_path / "run2"), ln_scaling=True, progress=False)
@@ -147,7 +140,7 @@ def test_from_hf_with_ln_scaling_restores_the_scaled_model(env, tmp_path):
         assert torch.equal(new.read(key), orig.read(key))
 
 
-def test_load_as_hf_native_equals_exported(env, tmp_path):
+def test_load_as_hf_native_equals_exported(engine_env, tmp_path):
     make_run(tmp_path / "run", ln_scaling=True)
     to_hf(str(tmp_path / "run"), str(tmp_path / "hf"), progress=False)
     m1, t1 = load_as_hf(str(tmp_path / "run"), dtype="float32")
@@ -176,7 +169,7 @@ def test_qkv_split_merge_inverse_and_layout():
     assert torch.equal(merge_qkv(q, k, v, shape), qkv)
 
 
-def test_plain_hf_model_imports_and_trains_on(env, tmp_path):
+def test_plain_hf_model_imports_and_trains_on(engine_env, tmp_path):
     """A Llama made by transformers (not by us): from-hf parity, then `train` continues from it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -208,7 +201,7 @@ def test_plain_hf_model_imports_and_trains_on(env, tmp_path):
     torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
 
 
-def test_bf16_checkpoint_exports_model_or_main_params(env, tmp_path):
+def test_bf16_checkpoint_exports_model_or_main_params(engine_env, tmp_path):
     ckpt = make_run(tmp_path / "run", ln_scaling=True, bf16=True)
     assert to_hf(str(tmp_path / "run"), str(tmp_path / "hf16"), progress=False)["dtype"] == "torch.bfloat16"
     assert to_hf(ckpt, str(tmp_path / "hf32"), main_params=True, progress=False)["dtype"] == "torch.float32"
@@ -222,7 +215,7 @@ def test_bf16_checkpoint_exports_model_or_main_params(env, tmp_path):
     assert compare_logits(ckpt, str(tmp_path / "hf32")) < TOL
 
 
-def test_to_hf_refuses_an_existing_export_and_writes_files_by_umask(env, tmp_path, capsys):
+def test_to_hf_refuses_an_existing_export_and_writes_files_by_umask(engine_env, tmp_path, capsys):
     from grow_megatron.cli import main as gm_main
     from grow_megatron.convert.api import text_tokens
     from grow_megatron.data import build_tokenizer

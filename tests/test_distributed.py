@@ -14,7 +14,8 @@ import torch
 
 from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta
 from grow_megatron.engine.distributed import device_context, init_distributed
-from grow_megatron.engine.build import EngineSpec, build_engine
+from grow_megatron.engine.build import build_engine
+from grow_megatron.engine.resolve import engine_spec
 from grow_megatron.training.loop import train
 from grow_megatron.engine.optim_state import gather_param_state
 
@@ -37,7 +38,7 @@ def _final_state(run_dir, cfg):
     meta = read_meta(ckpt)
     with device_context():
         init_distributed(1, 1, seed=0)
-        spec = EngineSpec(cfg.model, cfg.optim, 4096, bf16=False, use_kernels=False)
+        spec = engine_spec(cfg.model, 4096, optim=cfg.optim)
         e = build_engine(spec, meta["depth"])
         load_checkpoint(e, ckpt)
         return {n: gather_param_state(e.optimizer, p) for n, p in e.named_parameters()}

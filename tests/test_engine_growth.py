@@ -8,21 +8,14 @@ from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.engine.grow import grow
 from grow_megatron.growth.operators import get_operator
-from grow_megatron.engine.distributed import device_context, init_distributed
-from grow_megatron.engine.build import EngineSpec, build_engine, run_microbatches, train_step
+from grow_megatron.engine.build import build_engine, run_microbatches, train_step
+from grow_megatron.engine.resolve import engine_spec
 from grow_megatron.engine.optim_state import gather_param_state, optimizer_step_count
 
 from engine_helpers import random_batch
 
 V, S = 96, 16
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
-
-
-@pytest.fixture
-def env():
-    with device_context():
-        init_distributed(1, 1, seed=7)
-        yield
 
 
 def _batch(seed, b=2):
@@ -32,7 +25,7 @@ def _batch(seed, b=2):
 def _engine(depth, ln_scaling=False, bf16=False):
     model = ModelConfig(num_layers=12, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
                         num_query_groups=2, vocab_size=V, seq_length=S, ln_scaling=ln_scaling)
-    spec = EngineSpec(model, OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), V, bf16=bf16, use_kernels=False)
+    spec = engine_spec(model, V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), bf16=bf16)
     torch.manual_seed(0)
     return build_engine(spec, depth)
 
@@ -45,7 +38,7 @@ def _state(engine):
                          [("midas", 8, False, False), ("lidas", 8, False, False), ("top", 4, False, False),
                           ("bottom", 4, False, False), ("lidas", 8, True, False), ("midas", 8, True, True)],
                          ids=["midas", "lidas", "top", "bottom", "lidas-bf16", "midas-bf16-host-staged"])
-def test_new_layers_copy_weights_and_adam_state(env, operator, old, bf16, staged):
+def test_new_layers_copy_weights_and_adam_state(engine_env, operator, old, bf16, staged):
     # bf16: the model params are bf16, the distributed optimizer keeps fp32 main shards; both move.
     e = _engine(4, bf16=bf16)
     depth = e.depth
@@ -79,7 +72,7 @@ def test_new_layers_copy_weights_and_adam_state(env, operator, old, bf16, staged
     assert torch.isfinite(torch.tensor(train_step(e2, [_batch(99)], 1e-2)["loss"]))
 
 
-def test_function_preserving_growth_keeps_logits(env):
+def test_function_preserving_growth_keeps_logits(engine_env):
     e = _engine(4)
     for s in range(2):
         train_step(e, [_batch(s)], 1e-2)
@@ -93,10 +86,10 @@ def test_function_preserving_growth_keeps_logits(env):
     assert float(run_microbatches(plain, probe, forward_only=True)) != pytest.approx(before, abs=1e-3)
 
 
-def test_ln_scaling_follows_positions(env):
+def test_ln_scaling_follows_positions(engine_env):
     e = _engine(8, ln_scaling=True)
     layers = list(e.local_layers())
-    ident = [id(l) for l in layers]
+    ident = [id(layer) for layer in layers]
     for i, layer in enumerate(layers):
         assert layer.input_layernorm.scale == pytest.approx(1 / (i + 1) ** 0.5)
         assert layer.pre_mlp_layernorm.scale == pytest.approx(1 / (i + 1) ** 0.5)
@@ -130,7 +123,7 @@ def _live_tensor_bytes() -> int:
 
 
 @pytest.mark.parametrize("staged", [False, True], ids=["live", "host-staged"])
-def test_growth_frees_the_old_model(env, staged):
+def test_growth_frees_the_old_model(engine_env, staged):
     base = _live_tensor_bytes()
     e = _engine(4)
     for s in range(2):
@@ -147,7 +140,7 @@ def test_growth_frees_the_old_model(env, staged):
     assert grown == pytest.approx(_live_tensor_bytes() - after, rel=0.05)
 
 
-def test_host_staging_frees_the_old_engine_before_building_the_new(env, monkeypatch):
+def test_host_staging_frees_the_old_engine_before_building_the_new(engine_env, monkeypatch):
     """The point of staging: when the grown engine is allocated, no parameter, gradient buffer
     or optimizer state of the old one is alive (device peak max(old, new), not old + new)."""
     import gc

@@ -1,16 +1,17 @@
-"""Reasoning primitives (SPEC 8): determinism, well-formed choices, unique correct answers,
+"""Reasoning primitives (docs/method.md §8): determinism, well-formed choices, unique correct answers,
 oracle and chance-level scorers."""
 from __future__ import annotations
 
 import hashlib
 import math
+import random
 import re
 
 import pytest
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.eval import primitives as P
-from grow_megatron.eval.scoring import OracleScorer, RandomScorer, evaluate_mc
+from grow_megatron.eval.scoring import evaluate_mc
 from grow_megatron.eval.tasks import MCExample
 
 TASKS = list(P.TASKS)
@@ -110,6 +111,25 @@ def test_templates_versioned():
     assert P.TEMPLATE_VERSION == "1"
     for task, h in GOLDEN_V1.items():
         assert hashlib.sha256(repr(P.make_example(task, 0, 0)).encode()).hexdigest()[:16] == h, task
+
+
+class OracleScorer:
+    """Knows the answers: 0 for the correct choice, -1 for the others (a scorer's upper bound)."""
+
+    def score(self, examples):
+        return [[0.0 if j == ex.answer else -1.0 for j in range(len(ex.choices))] for ex in examples]
+
+
+class RandomScorer:
+    """Uniformly random scores from its own seeded RNG (ties have probability 0): accuracy =
+    chance in expectation."""
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def score(self, examples):
+        rng = random.Random(self.seed)
+        return [[rng.random() for _ in ex.choices] for ex in examples]
 
 
 def test_oracle_scorer_is_perfect():

@@ -1,4 +1,4 @@
-"""Example configs parse; model parameter counts match SPEC 1 and transformers."""
+"""Example configs parse; model parameter counts match docs/method.md §1 and transformers."""
 import glob
 import os
 
@@ -23,7 +23,7 @@ def test_example_configs_validate(path):
 
 
 @pytest.mark.parametrize("preset,expected", [("smollm-360m", 361_821_120), ("smollm-1.7b", 1_711_376_384)])
-def test_preset_param_counts_match_spec_and_transformers(preset, expected):
+def test_preset_param_counts_match_method_and_transformers(preset, expected):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     m = ModelConfig(**PRESETS[preset])
@@ -36,15 +36,12 @@ def test_preset_param_counts_match_spec_and_transformers(preset, expected):
     assert sum(p.numel() for p in hf.parameters()) == expected
 
 
-def test_built_megatron_model_has_the_counted_parameters():
-    from grow_megatron.engine.distributed import device_context, init_distributed
-    from grow_megatron.engine.build import EngineSpec, build_engine
-    from grow_megatron.config.training import OptimConfig
+def test_built_megatron_model_has_the_counted_parameters(engine_env):
+    from grow_megatron.engine.build import build_engine
+    from grow_megatron.engine.resolve import engine_spec
 
     m = ModelConfig(num_layers=6, hidden_size=64, ffn_hidden_size=176, num_attention_heads=8, num_query_groups=2,
                     vocab_size=300, seq_length=32)
-    with device_context():
-        init_distributed(1, 1, seed=1)
-        e = build_engine(EngineSpec(m, OptimConfig(), 300, bf16=False, use_kernels=False), 6)
-        n = sum(p.numel() for p in e.model[0].module.parameters())
+    e = build_engine(engine_spec(m, 300), 6)
+    n = sum(p.numel() for p in e.model[0].module.parameters())
     assert n == m.num_params(300, 6)

@@ -1,4 +1,4 @@
-"""SPEC 6 FLOPs accounting: Table 7 reproduced, per-stage sums, a hand-computed case."""
+"""docs/method.md §6 FLOPs accounting: Table 7 reproduced, per-stage sums, a hand-computed case."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,31 +13,39 @@ from grow_megatron.growth.schedule import GrowthPlan, make_plan
 from grow_megatron.growth.operators import lidas, midas
 
 
+def paper_comparison(preset: str, rounding: str = "paper") -> F.FlopsComparison:
+    """Table 7 for a preset of docs/method.md §1 with the paper's settings (F.PAPER_SETTINGS), as
+    `grow-megatron flops --paper` assembles it."""
+    shape, cfg = ModelConfig.from_preset(preset), F.PAPER_SETTINGS[preset]
+    plan = F.prop_plan(shape.num_layers, cfg.block_size, cfg.grow_steps, cfg.alpha, rounding)
+    return F.compare(shape, plan, cfg.total_steps, cfg.tokens_per_step)
+
+
 @pytest.mark.parametrize("preset", ["smollm-360m", "smollm-1.7b"])
 def test_table7_static_exact(preset):
     static_pf, _, _ = F.PAPER_TABLE7[preset]
-    c = F.paper_comparison(preset)
+    c = paper_comparison(preset)
     # The paper prints 3 decimals; the integer FLOPs are exact, so compare after rounding.
     assert round(c.static.petaflops, 3) == static_pf
     assert c.static.flops == 200_000 * F.PAPER_SETTINGS[preset].tokens_per_step * \
         F.model_flops_per_token(ModelConfig.from_preset(preset))
 
 
-def test_spec6_static_integers():
-    # Exact integer values behind SPEC 6's 613,527.5 and 4,813,222.1 PF.
-    assert F.paper_comparison("smollm-360m").static.flops == 613_527_488_299_008 * 10**6
-    assert F.paper_comparison("smollm-1.7b").static.flops == 4_813_222_101_752_217_600_000
+def test_static_flops_integers():
+    # Exact integer values behind docs/method.md §6's 613,527.5 and 4,813,222.1 PF.
+    assert paper_comparison("smollm-360m").static.flops == 613_527_488_299_008 * 10**6
+    assert paper_comparison("smollm-1.7b").static.flops == 4_813_222_101_752_217_600_000
 
 
 @pytest.mark.parametrize("preset", ["smollm-360m", "smollm-1.7b"])
 def test_table7_grown_and_ratio(preset):
     _, grown_pf, ratio = F.PAPER_TABLE7[preset]
-    c = F.paper_comparison(preset, rounding="paper")
+    c = paper_comparison(preset, rounding="paper")
     # All printed digits (3 decimals of a PF) are reproduced with the paper's stage rounding.
     assert round(c.grown.petaflops, 3) == grown_pf
     assert round(c.ratio, 3) == ratio
-    # SPEC 4's largest remainder moves a handful of steps into shallower stages: within 1e-5.
-    s = F.paper_comparison(preset, rounding="spec")
+    # docs/method.md §4's largest remainder moves a handful of steps into shallower stages: within 1e-5.
+    s = paper_comparison(preset, rounding="spec")
     assert s.grown.flops < c.grown.flops
     assert abs(s.grown.petaflops - grown_pf) / grown_pf < 1e-5
     assert round(s.ratio, 3) == ratio
@@ -46,7 +54,7 @@ def test_table7_grown_and_ratio(preset):
 def test_paper_stage_steps():
     assert F.paper_stage_steps(8, 170_000) == [4722, 9444, 14166, 18888, 23611, 28333, 33055, 37777]
     assert F.paper_stage_steps(6, 170_000) == [8095, 16190, 24285, 32380, 40476, 48571]
-    c = F.paper_comparison("smollm-360m")
+    c = paper_comparison("smollm-360m")
     assert [s.depth for s in c.grown.stages] == [4, 8, 12, 16, 20, 24, 28, 32]
     # Last stage: its own 37777 + 4 rounding leftovers + 30000 cooldown, all at full depth.
     assert c.grown.stages[-1].steps == 37_777 + 4 + 30_000
@@ -55,7 +63,7 @@ def test_paper_stage_steps():
 @pytest.mark.parametrize("preset", ["smollm-360m", "smollm-1.7b"])
 @pytest.mark.parametrize("rounding", ["spec", "paper"])
 def test_stage_sums(preset, rounding):
-    c = F.paper_comparison(preset, rounding)
+    c = paper_comparison(preset, rounding)
     for run in (c.static, c.grown):
         assert run.steps == 200_000
         assert run.tokens == 200_000 * c.tokens_per_step
@@ -87,7 +95,7 @@ def test_operator_does_not_matter_and_checks():
     shape = ModelConfig.from_preset("smollm-360m")
     a = F.grown_flops(shape, make_plan(32, 4, 170_000, midas), 200_000, 2**20)
     b = F.grown_flops(shape, make_plan(32, 4, 170_000, lidas), 200_000, 2**20)
-    assert a.flops == b.flops == F.paper_comparison("smollm-360m", "spec").grown.flops
+    assert a.flops == b.flops == paper_comparison("smollm-360m", "spec").grown.flops
     with pytest.raises(ValueError, match="grows to 24"):
         F.grown_flops(shape, make_plan(24, 4, 100, midas), 200, 1)
     with pytest.raises(ValueError, match="ends before"):
@@ -100,14 +108,14 @@ def test_operator_does_not_matter_and_checks():
 
 
 def test_formula_params_match_hf_minus_norms():
-    # SPEC 1 counts (transformers LlamaForCausalLM, tied) = N + norm gains (2 per layer + final).
+    # docs/method.md §1 counts (transformers LlamaForCausalLM, tied) = N + norm gains (2 per layer + final).
     for preset, hf in (("smollm-360m", 361_821_120), ("smollm-1.7b", 1_711_376_384)):
         s = ModelConfig.from_preset(preset)
         assert F.formula_params(s) + (2 * s.num_layers + 1) * s.hidden_size == hf
 
 
 def test_mfu():
-    # notes/h100-anchors.md (tokens/s there are rounded to 3-4 significant digits).
+    # The H100 reference measurements in docs/benchmarks.md (tokens/s there are rounded to 3-4 digits).
     assert F.mfu(106_200, F.model_flops_per_token_causal(ModelConfig.from_preset("smollm-360m"))) == pytest.approx(0.274, abs=5e-4)
     assert F.mfu(36_700, F.model_flops_per_token_causal(ModelConfig.from_preset("smollm-1.7b"))) == pytest.approx(0.404, abs=1e-3)
     assert F.mfu(1.0, 989e12) == 1.0
@@ -159,9 +167,9 @@ def test_cli_run_config(tmp_path):
     out = tmp_path / "f.json"
     assert flops_main([cfg, "--json", str(out)]) == 0
     d = json.loads(out.read_text())
-    # The trainer's plan (SPEC 4 rounding) with 512 x 2048 = 2^20 tokens per step.
-    assert d["grown"]["flops"] == F.paper_comparison("smollm-360m", "spec").grown.flops
-    assert d["static"]["flops"] == F.paper_comparison("smollm-360m").static.flops
+    # The trainer's plan (docs/method.md §4 rounding) with 512 x 2048 = 2^20 tokens per step.
+    assert d["grown"]["flops"] == paper_comparison("smollm-360m", "spec").grown.flops
+    assert d["static"]["flops"] == paper_comparison("smollm-360m").static.flops
     assert flops_main([cfg, "--rounding", "paper", "--json", str(out)]) == 0
     assert round(json.loads(out.read_text())["grown"]["petaflops"], 3) == 476147.897
 

@@ -1,4 +1,4 @@
-"""Growth operators, PROP-alpha and partitions against SPEC.md's hand-worked examples."""
+"""Growth operators, PROP-alpha and partitions against the hand-worked examples of docs/method.md §3, §4."""
 import math
 
 import pytest
@@ -17,13 +17,13 @@ from grow_megatron.growth.schedule import MAX_ALPHA, make_plan, prop_alpha, step
         (6, 3, [0, 1, 2, 0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 1, 2, 3, 4, 5]),
     ],
 )
-def test_spec_source_maps(L, b, mid, lid):
+def test_worked_source_maps(L, b, mid, lid):
     assert list(midas(L, b).source_map) == mid
     assert list(lidas(L, b).source_map) == lid
 
 
 def test_odd_block_count_midas_equals_lidas():
-    # SPEC 3: "MIDAS and LIDAS coincide for an odd number of blocks".
+    # docs/method.md §3: "MIDAS and LIDAS coincide for an odd number of blocks".
     for b in (2, 3, 4):
         for n in (1, 3, 5):
             assert midas(n * b, b).source_map == lidas(n * b, b).source_map
@@ -31,11 +31,15 @@ def test_odd_block_count_midas_equals_lidas():
 
 def test_stable_identity_and_new_positions():
     g = lidas(8, 4)
+
+    def position_of_old(i):  # old layer i stays below the insertion point, moves up b above it
+        return i if i < g.insert_at else i + g.block_size
+
     # Old layers keep identity: their position maps back to themselves in the source map.
     for i in range(8):
-        assert g.source_map[g.position_of_old(i)] == i
+        assert g.source_map[position_of_old(i)] == i
     assert g.new_positions == (6, 7, 8, 9)
-    assert sorted(set(range(12)) - set(g.new_positions)) == sorted(g.position_of_old(i) for i in range(8))
+    assert sorted(set(range(12)) - set(g.new_positions)) == sorted(position_of_old(i) for i in range(8))
 
 
 def test_stacking_variants():
@@ -52,7 +56,7 @@ def test_bad_operator_arguments():
         lidas(2, 4)
 
 
-def test_prop1_spec_example():
+def test_prop1_worked_example():
     assert prop_alpha(8, 170000, 1) == [4722, 9444, 14167, 18889, 23611, 28333, 33056, 37778]
 
 
@@ -97,7 +101,7 @@ def test_transfer_plan_moves_between_stages():
 
 def test_transfer_plan_interleaved_stages():
     """PP=2 x 2 virtual stages: stage s runs on rank s mod 2, so rank 0 holds stages 0 and 2."""
-    g = lidas(4, 4)  # [0,1,2,3, 0,1,2,3] (SPEC 3), split (1,1,1,1) -> (2,2,2,2)
+    g = lidas(4, 4)  # [0,1,2,3, 0,1,2,3] (docs/method.md §3), split (1,1,1,1) -> (2,2,2,2)
     moves = transfer_plan(g, balanced_split(4, 4), balanced_split(8, 4), pp=2)
     assert [m.dst_stage for m in moves] == [0, 0, 1, 1, 2, 2, 3, 3]
     assert [m.dst_rank for m in moves] == [0, 0, 1, 1, 0, 0, 1, 1]
@@ -114,7 +118,7 @@ def test_transfer_plan_interleaved_stages():
 @pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0, 2.5, 3.0, MAX_ALPHA])
 def test_steps_for_every_stage_suffice(k, alpha):
     need = steps_for_every_stage(k, alpha)
-    assert need == math.ceil(sum(i**alpha for i in range(1, k + 1)))  # SPEC 4's denominator
+    assert need == math.ceil(sum(i**alpha for i in range(1, k + 1)))  # docs/method.md §4's denominator
     assert min(prop_alpha(k, need, alpha)) >= 1
     assert min(prop_alpha(k, need * 3 + 1, alpha)) >= 1
 

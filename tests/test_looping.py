@@ -1,4 +1,4 @@
-"""Looping a block (SPEC 10, docs/looping.md): native megatron and Hugging Face paths.
+"""Looping a block (docs/method.md §10, docs/looping.md): native megatron and Hugging Face paths.
 
 References: the plain model (r = 1), the unrolled model built by the growth machinery from the
 loop's source map (same weights, untied), the native looped model for the HF wrapper, and
@@ -15,21 +15,14 @@ from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.convert.looping import loop_hf_model
 from grow_megatron.engine.grow import grow
-from grow_megatron.growth.operators import loop_growths
+from grow_megatron.growth.operators import Growth
 from grow_megatron.model.looping import apply_loop_to_engine
-from grow_megatron.engine.distributed import device_context, init_distributed
-from grow_megatron.engine.build import EngineSpec, build_engine, run_microbatches
+from grow_megatron.engine.build import build_engine, run_microbatches
+from grow_megatron.engine.resolve import engine_spec
 
 from engine_helpers import random_batch
 
 V, S, DEPTH = 96, 12, 6
-
-
-@pytest.fixture(scope="module")
-def env():
-    with device_context():
-        init_distributed(1, 1, seed=5)
-        yield
 
 
 def _batch(seed, b=2):
@@ -39,7 +32,7 @@ def _batch(seed, b=2):
 def _engine(ln_scaling=True):
     model = ModelConfig(num_layers=DEPTH, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
                         num_query_groups=2, vocab_size=V, seq_length=S, ln_scaling=ln_scaling, kernels="off")
-    spec = EngineSpec(model, OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), V, bf16=False, use_kernels=False)
+    spec = engine_spec(model, V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0))
     torch.manual_seed(0)
     return build_engine(spec, DEPTH)
 
@@ -67,6 +60,15 @@ def test_loop_spec_errors_are_one_line(text, why):
     assert why in str(err.value) and "\n" not in str(err.value) and "--loop" in str(err.value)
 
 
+def loop_growths(loop: LoopSpec, depth: int) -> list[Growth]:
+    """The growth steps whose composed source map is a loop's unrolled order: repeats-1
+    insertions of a copy of [start, end) right after the previous copy. The unrolled model they
+    build (untied) is the reference the looped model must equal."""
+    b = loop.block_size
+    return [Growth(depth + k * b, loop.start, b, loop.end + k * b, operator=f"loop {loop}")
+            for k in range(loop.repeats - 1)]
+
+
 def test_loop_spec_positions_match_the_composed_growths():
     spec = LoopSpec.parse("12:16x3", depth=24)
     assert spec.unrolled_depth(24) == 32
@@ -79,7 +81,7 @@ def test_loop_spec_positions_match_the_composed_growths():
     assert spec.extra_positions() == [[16, 17, 18, 19], [20, 21, 22, 23]]
 
 
-def test_r1_is_bit_identical_and_remove_restores_the_plain_model(env):
+def test_r1_is_bit_identical_and_remove_restores_the_plain_model(engine_env):
     e = _engine()
     b = _batch(0)
     plain = _logits(e, b)
@@ -93,7 +95,7 @@ def test_r1_is_bit_identical_and_remove_restores_the_plain_model(env):
 
 
 @pytest.mark.parametrize("ln_scaling", [True, False], ids=["ln-scaling", "plain-norms"])
-def test_looped_forward_and_grads_equal_the_unrolled_grown_model(env, ln_scaling):
+def test_looped_forward_and_grads_equal_the_unrolled_grown_model(engine_env, ln_scaling):
     spec = LoopSpec(2, 4, 3)
     looped = _engine(ln_scaling)
     unrolled = _engine(ln_scaling)
@@ -122,7 +124,7 @@ def test_looped_forward_and_grads_equal_the_unrolled_grown_model(env, ln_scaling
 # --- Hugging Face ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def native_run(env, tmp_path_factory):
+def native_run(engine_env, tmp_path_factory):
     """A native LN-Scaling checkpoint with random weights (norm gains too) and its HF model."""
     from grow_megatron.config.run import RunConfig, dump_run_config
     from grow_megatron.convert import load_as_hf
@@ -219,7 +221,7 @@ def test_flops_count_the_unrolled_depth_from_from_step():
                         num_query_groups=2, vocab_size=4096, seq_length=128)
     looped = F.with_loop(F.static_flops(shape, 160, 2048), shape, from_step=140, unrolled_depth=20)
 
-    def per_token(L):  # SPEC 6 by hand: 6 N + 12 L s d, N = L (2d^2 + 2 d d_kv + 3 d f) + V d
+    def per_token(L):  # docs/method.md §6 by hand: 6 N + 12 L s d, N = L (2d^2 + 2 d d_kv + 3 d f) + V d
         d, dkv, f = 128, 64, 352
         return 6 * (L * (2 * d * d + 2 * d * dkv + 3 * d * f) + 4096 * d) + 12 * L * 128 * d
 

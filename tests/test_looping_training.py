@@ -78,7 +78,7 @@ def test_loop_training_multi_rank_equals_single_process(static_single, tmp_path,
 
 
 def test_logged_flops_count_the_unrolled_depth_from_from_step(reference):
-    """SPEC 6 at each step's depth, with a looped step costing its unrolled copies (12 layers,
+    """docs/method.md §6 at each step's depth, with a looped step costing its unrolled copies (12 layers,
     block 4:8 twice -> 16): per-step FLOPs in metrics.jsonl against flops.py by hand."""
     import json
 

@@ -8,24 +8,16 @@ import pytest
 import torch
 
 from grow_megatron.config.model import ModelConfig
-from grow_megatron.config.training import OptimConfig
-from grow_megatron.engine.distributed import device_context, init_distributed
-from grow_megatron.engine.build import EngineSpec, build_engine, run_microbatches
+from grow_megatron.engine.build import build_engine, run_microbatches
+from grow_megatron.engine.resolve import engine_spec
 
 V, S = 257, 24
-
-
-@pytest.fixture
-def env():
-    with device_context():
-        init_distributed(1, 1, seed=3)
-        yield
 
 
 def _loss_and_grads(use_kernels, ln_scaling):
     model = ModelConfig(num_layers=2, hidden_size=48, ffn_hidden_size=80, num_attention_heads=4,
                         num_query_groups=2, vocab_size=V, seq_length=S, ln_scaling=ln_scaling)
-    spec = EngineSpec(model, OptimConfig(), V, bf16=False, use_kernels=use_kernels, seed=11)
+    spec = engine_spec(model, V, use_kernels=use_kernels, seed=11)
     torch.manual_seed(0)
     e = build_engine(spec, 2)
     g = torch.Generator().manual_seed(5)
@@ -38,7 +30,7 @@ def _loss_and_grads(use_kernels, ln_scaling):
 
 
 @pytest.mark.parametrize("ln_scaling", [False, True])
-def test_kernels_match_reference_path(env, ln_scaling):
+def test_kernels_match_reference_path(engine_env, ln_scaling):
     ek, lk, gk = _loss_and_grads(True, ln_scaling)
     layer = ek.local_layers()[0]
     # The kernels are really in use.
@@ -53,7 +45,7 @@ def test_kernels_match_reference_path(env, ln_scaling):
         assert err < 1e-4, (n, float(err))
 
 
-def test_checkpoint_state_is_the_same_with_kernels(env):
+def test_checkpoint_state_is_the_same_with_kernels(engine_env):
     # megatron's MLP asks each child (the fused activation too) for its sharded state: the
     # kernels must neither break a save nor change what is saved.
     ek, _, _ = _loss_and_grads(True, False)

@@ -14,7 +14,8 @@ from grow_megatron.engine.offline_grow import grow_checkpoint, grow_tensors
 from grow_megatron.growth.operators import get_operator, lidas
 from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta
 from grow_megatron.engine.distributed import device_context, init_distributed
-from grow_megatron.engine.build import EngineSpec, build_engine
+from grow_megatron.engine.build import build_engine
+from grow_megatron.engine.resolve import engine_spec
 from grow_megatron.training.loop import train
 from grow_megatron.engine.optim_state import gather_param_state, optimizer_step_count
 
@@ -56,7 +57,7 @@ def _grow_both_ways(cfg, ckpt, growth, out_root, bf16=False):
     """(engine grown in memory, engine loaded from the checkpoint grown on disk), both at the new depth."""
     from grow_megatron.engine.grow import grow
 
-    spec = EngineSpec(cfg.model, cfg.optim, 4096, bf16=bf16, use_kernels=False)
+    spec = engine_spec(cfg.model, 4096, optim=cfg.optim, bf16=bf16)
     with device_context():
         init_distributed(1, 1, seed=0)
         e = build_engine(spec, growth.old_depth, init_weights=False)

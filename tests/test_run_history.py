@@ -56,7 +56,7 @@ def _config_dir(root):
 def finished(tmp_path_factory):
     """A finished 12-step 4 -> 8 -> 12 run, trained from its config file in another directory."""
     root = tmp_path_factory.mktemp("history")
-    cfg_dir = _config_dir(root)
+    _config_dir(root)
     work = root / "work"
     work.mkdir()
     old = os.getcwd()
@@ -104,7 +104,7 @@ def test_run_config_is_saved_absolute(finished):
 
 
 def test_cumulative_tokens_and_flops_per_step(finished):
-    """Every step's record counts the tokens and SPEC 6 FLOPs trained so far, each step at the
+    """Every step's record counts the tokens and docs/method.md §6 FLOPs trained so far, each step at the
     depth it trained at (the record's own depth column)."""
     _, cfg, _ = finished
     recs = _metrics(cfg.run_dir)

@@ -123,7 +123,7 @@ def test_report_table_equals_the_per_variant_json(study):
         recs = [json.loads(ln) for ln in Path(layout.run_dir(v, 0), "metrics.jsonl").read_text().splitlines() if ln]
         last = max((r for r in recs if "loss" in r), key=lambda r: r["step"])
         assert (tr["flops"], tr["tokens"], tr["steps"]) == (last["flops"], last["tokens"], 8)
-    # Grown runs train fewer FLOPs for the same tokens (SPEC 6).
+    # Grown runs train fewer FLOPs for the same tokens (docs/method.md §6).
     assert _num(rows["lidas"][4]) < _num(rows["static"][4])
     # The looped row is the best R > 1 row of the loop sweep of the variant the marker names.
     sweep = json.loads(Path(layout.loop_dir(0), "loop_sweep.json").read_text())

@@ -34,7 +34,7 @@ def test_trains_through_two_growths(reference):
     assert [(g["old_depth"], g["new_depth"]) for g in res.growths] == [(4, 8), (8, 12)]
     assert [depths[s] for s in range(12)] == [4] * 2 + [8] * 3 + [12] * 7
     losses = [res.losses[s] for s in range(12)]
-    assert all(l == l and l < 20 for l in losses)  # finite
+    assert all(loss == loss and loss < 20 for loss in losses)  # finite
     # Falling: the last three steps are well below the first three (ln(4096) = 8.3 at init).
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3 - 0.5
     # Outputs a person looks at.

@@ -121,7 +121,7 @@ def run_one(variant_path: str, world: int, tp: int, args, workdir: str) -> list[
                               stderr=open(os.path.join(workdir, f"stderr{r}.txt"), "w")) for r in range(world)]
     if any([p.wait() != 0 for p in procs]):
         tails = [open(os.path.join(workdir, f"stderr{r}.txt")).read()[-2000:] for r in range(world)]
-        raise RuntimeError("a rank failed (exit codes %s):\n%s" % ([p.returncode for p in procs], "\n".join(tails)))
+        raise RuntimeError(f"a rank failed (exit codes {[p.returncode for p in procs]}):\n" + "\n".join(tails))
     out = [json.load(open(os.path.join(workdir, f"rank{r}.json"))) for r in range(world)]
     for d in ("ckpt", "warmup"):
         shutil.rmtree(os.path.join(workdir, d), ignore_errors=True)

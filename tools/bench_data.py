@@ -177,10 +177,11 @@ def main(argv=None) -> int:
     print("-" * 69)
     print(f"{'tokenizer alone, 1 core (tokens/s)':<52} {res['tokenizer_core_tokens_per_s']:>16,}")
     for row in res["prepare"]:
-        print(f"{'prepare end to end, %d worker(s) (tokens/s)' % row['workers']:<52} {row['tokens_per_s']:>16,}")
-        print(f"{'prepare end to end, %d worker(s) (MB/s of text)' % row['workers']:<52} {row['MB_per_s']:>16}")
+        print(f"{'prepare end to end, ' + str(row['workers']) + ' worker(s) (tokens/s)':<52} {row['tokens_per_s']:>16,}")
+        print(f"{'prepare end to end, ' + str(row['workers']) + ' worker(s) (MB/s of text)':<52} {row['MB_per_s']:>16}")
     lo = res["loader"]
-    print(f"{'get_microbatches gbs %d x seq %d, mbs %d (ms/step, median)' % (lo['gbs'], lo['seq'], lo['mbs']):<52} {lo['ms_per_step_median']:>16}")
+    loader = f"get_microbatches gbs {lo['gbs']} x seq {lo['seq']}, mbs {lo['mbs']} (ms/step, median)"
+    print(f"{loader:<52} {lo['ms_per_step_median']:>16}")
     print(f"{'tiny torch fwd+bwd+AdamW, 4x128, same batch (ms/step)':<52} {res['tiny_torch_step_ms']:>16}")
     print(f"{'loader share of that step':<52} {100 * res['loader_share_of_tiny_step']:>15.2f}%")
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

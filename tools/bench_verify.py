@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     os.makedirs(ckpt, exist_ok=True)
     gen = torch.Generator().manual_seed(0)
     sd = {k: torch.randn(spec[k], generator=gen) for k in tqdm(keys, desc="tensors")}
-    t_save = timed(lambda: dcp.save(sd, storage_writer=dcp.FileSystemWriter(ckpt, thread_count=2), no_dist=True))
+    t_save = timed(lambda sd=sd: dcp.save(sd, storage_writer=dcp.FileSystemWriter(ckpt, thread_count=2), no_dist=True))
     t_manifest = timed(lambda: write_manifest(ckpt))
     del sd
     size = sum(os.path.getsize(os.path.join(ckpt, f)) for f in os.listdir(ckpt))

@@ -162,8 +162,8 @@ def bench_section(reports: dict[str, dict]) -> list[str]:
     if any((r.get("errors") or {}) for r in reports.values()):
         out.append("")
     out += [_table(["model, batch x seq", "static tokens/s", "HF eager tokens/s", "HF compile tokens/s",
-                        "static / HF eager", "static / HF compile", "static MFU (SPEC 6 / causal)",
-                        "HF compile MFU (SPEC 6 / causal)", "peak GiB static / HF compile"], rows), ""]
+                        "static / HF eager", "static / HF compile", "static MFU (paper / causal)",
+                        "HF compile MFU (paper / causal)", "peak GiB static / HF compile"], rows), ""]
     out += ["Grown vs static (the config's PROP schedule compressed; targets: measured / predicted >= "
             f"{EFFICIENCY_TARGET:.0%}, growth time < {GROWTH_SHARE_TARGET:.0%} of the grown run):", "",
             _table(["model", "predicted speedup", "measured (wall)", "measured (steps only)", "measured / predicted",
@@ -173,7 +173,7 @@ def bench_section(reports: dict[str, dict]) -> list[str]:
         rep = reports.get(name)
         if rep and (rep.get("stages") or []):
             out += [f"Per stage, {label} (grown through grow()):", "",
-                    _table(["stage", "depth", "tokens/s", "MFU (SPEC 6)", "peak GiB", "grow() s"],
+                    _table(["stage", "depth", "tokens/s", "MFU (paper)", "peak GiB", "grow() s"],
                            [[str(r["stage"]), str(r["depth"]), _f(r["tokens_per_s"], ",.0f"), _pct(r.get("mfu")),
                              _f(r["peak_memory_gib"], ".1f"), _f(r.get("grow_s"), ".2f")] for r in rep["stages"]]), ""]
     out += profile_section(reports)

@@ -170,7 +170,7 @@ else
   CORRECT_X=() BENCH_X=() KERNELS_X=() TRAIN_X=() SCALE_X=()
   GROWTH_ARGS=(--preset smollm-360m --preset smollm-1.7b --depth 16 --seq 2048 --mbs 1 --staging off,on)
 fi
-# Reference batches of notes/h100-anchors.md: 8x2048 (360M), 4x2048 (1.7B) = the configs' micro-batches.
+# Reference batches of the H100 measurements in docs/benchmarks.md: 8x2048 (360M), 4x2048 (1.7B) = the configs' micro-batches.
 # (${A[@]+"${A[@]}"}: an empty array under `set -u` on any bash.)
 step correct 150 60 python3 tools/gpu_correct.py --out $W/correct.json --work $W/correct --pytest-limit $((120 * SCALE)) \
   ${CORRECT_X[@]+"${CORRECT_X[@]}"}

@@ -1,4 +1,4 @@
-"""Depth analyses of (grown) Llama-shaped models (SPEC 7, paper Section 4 / Appendix B).
+"""Depth analyses of (grown) Llama-shaped models (docs/method.md §7, paper Section 4 / Appendix B).
 
 Library use (all functions take an HF `LlamaForCausalLM` wrapped in a `ResidualRunner`):
 

@@ -97,7 +97,7 @@ def interventions_cost(L: int, n_batches: int, tokens: float, rest_steps: Sequen
 
 
 def effects_cost(runner: ResidualRunner, n_batches: int, tokens: float, jobs: Sequence[tuple[str, int]],
-                 local: bool, later_unembed: bool = True) -> CostEstimate:
+                 local: bool) -> CostEstimate:
     """jobs: (part, settings per batch) per heatmap; each setting resumes L runs at s."""
     L, U = runner.num_layers, unembed_passes(runner)
     per_batch = 0.0

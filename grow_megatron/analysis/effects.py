@@ -1,4 +1,4 @@
-"""Skip-effect heatmaps and the depth score (SPEC 7; Csordás et al. 2025, paper App. B).
+"""Skip-effect heatmaps and the depth score (docs/method.md §7; Csordás et al. 2025, paper App. B).
 
 Skipping a (sub)layer replaces its contribution by zero. Two position regimes:
   current: skip at every token, measure at every token;

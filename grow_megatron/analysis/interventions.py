@@ -1,4 +1,4 @@
-"""Benchmarked interventions (SPEC 7): re-score a multiple-choice task after changing the
+"""Benchmarked interventions (docs/method.md §7): re-score a multiple-choice task after changing the
 layer order — swap two adjacent windows of k layers, skip k consecutive layers, reverse k
 consecutive layers — at every valid start position.
 

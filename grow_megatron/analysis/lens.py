@@ -1,4 +1,4 @@
-"""Tuned lens (SPEC 7; Belrose et al. 2023): per-layer affine translators to the final norm input.
+"""Tuned lens (docs/method.md §7; Belrose et al. 2023): per-layer affine translators to the final norm input.
 
 Translator i maps the residual output of layer i, h_{i+1}, to h + A_i h + c_i (A_i = 0, c_i = 0
 at init, so an untrained lens is the logit lens); logits = lm_head(norm(translator(h))).

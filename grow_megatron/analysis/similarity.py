@@ -1,4 +1,4 @@
-"""Block weight similarity (SPEC 7): concatenate all MLP weights of each block of b layers into
+"""Block weight similarity (docs/method.md §7): concatenate all MLP weights of each block of b layers into
 one vector and take the cosine similarity between every pair of blocks."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Sublayer statistics (SPEC 7): relative contribution and cosine to the residual stream.
+"""Sublayer statistics (docs/method.md §7): relative contribution and cosine to the residual stream.
 
 For layer i with residual input h_i, attention output a_i and MLP output m_i:
   attention: ||a_i|| / ||h_i||          and cos(a_i, h_i)

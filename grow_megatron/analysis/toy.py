@@ -63,7 +63,7 @@ def toy_tasks(n: int = 8, seed: int = 0) -> list[MCExample]:
 
 
 def grow_by_source_map(model, source_map):
-    """A deep copy of an HF Llama whose layer j is a copy of layer source_map[j] (SPEC 3),
+    """A deep copy of an HF Llama whose layer j is a copy of layer source_map[j] (docs/method.md §3),
     i.e. the weights right after a growth step; optimizer state is not part of an HF model."""
     grown = copy.deepcopy(model)
     grown.model.layers = torch.nn.ModuleList([copy.deepcopy(model.model.layers[i]) for i in source_map])

@@ -9,8 +9,8 @@ from grow_megatron.config.options import cli, comma_list
 
 # Dense (no sparsity) bf16 tensor-core peaks from the vendor datasheets, in FLOP/s, matched
 # against torch.cuda.get_device_name() in order (first substring hit wins, so the PCIe H100
-# comes before the generic "H100", whose 80GB HBM3 part is the SXM board). SPEC 6's MFU
-# denominator is the H100 SXM figure; anything not listed needs --peak-tflops.
+# comes before the generic "H100", whose 80GB HBM3 part is the SXM board). The MFU denominator
+# of docs/method.md §6 is the H100 SXM figure; anything not listed needs --peak-tflops.
 DEVICE_PEAK_BF16: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756e12),
     ("H100 NVL", 835e12),

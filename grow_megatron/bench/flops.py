@@ -28,7 +28,7 @@ class FlopsOptions:
     config: Optional[str] = field(default=None, metadata=cli(positional=True))
     """YAML run config or run directory (model shape, vocabulary, growth plan, steps, batch)"""
     preset: Optional[str] = field(default=None, metadata=cli(choices=sorted(F.PAPER_SETTINGS)))
-    """SPEC 1 model preset"""
+    """model preset (docs/method.md §1)"""
     paper: bool = False
     """the paper's Table 7 settings: 200k steps, PROP-1, b=4, growth over the first 170k steps, 2^20 (360M) /
     2^21 (1.7B) tokens per step, and its stage rounding"""
@@ -49,7 +49,7 @@ class FlopsOptions:
     steps: Optional[int] = field(default=None, metadata=_SCHEDULE)
     """total training steps"""
     grow_steps: Optional[int] = field(default=None, metadata=_SCHEDULE)
-    """steps until the final depth (T of SPEC 4)"""
+    """steps until the final depth (T of docs/method.md §4)"""
     block_size: Optional[int] = field(default=None, metadata=_SCHEDULE)
     """layers added per growth (b); also the starting depth"""
     alpha: Optional[float] = field(default=None, metadata=_SCHEDULE)
@@ -59,8 +59,8 @@ class FlopsOptions:
     global_batch: Optional[int] = field(default=None, metadata=_SCHEDULE)
     """global batch in sequences (tokens per step = this x seq)"""
     rounding: Optional[Literal["spec", "paper"]] = field(default=None, metadata=_SCHEDULE)
-    """stage lengths: 'spec' = SPEC 4 largest remainder (what the trainer runs, default), 'paper' = floors with
-    the leftover steps at full depth (reproduces Table 7; default with --paper)"""
+    """stage lengths: 'spec' = largest remainder, docs/method.md §4 (what the trainer runs,
+    default), 'paper' = floors with the leftover steps at full depth (reproduces Table 7; default with --paper)"""
     json: Optional[str] = field(default=None, metadata=cli(metavar="PATH"))
     """also write the result as JSON ('-' for stdout)"""
 

@@ -4,7 +4,7 @@ static run) and the Hugging Face baseline, all timed the same way.
 Timing: every timed region is bracketed by torch.cuda.synchronize() (no-ops on CPU) and a
 host clock; each figure is the median over `steps_per_stage` steps after `warmup` untimed
 steps. Tokens are random ids drawn once and kept on the device, as in the reference
-measurements (notes/h100-anchors.md): the data pipeline is not what is measured here.
+measurements (docs/benchmarks.md, H100): the data pipeline is not what is measured here.
 """
 from __future__ import annotations
 
@@ -191,9 +191,9 @@ class Rates:
     """What a throughput becomes in FLOPs terms for one model shape."""
 
     flops_per_token: int
-    """SPEC 6: 6N + 12 L s d."""
+    """docs/method.md §6: 6N + 12 L s d."""
     flops_per_token_causal: int
-    """6N + 6 L s d (causal attention halved), the convention of notes/h100-anchors.md."""
+    """6N + 6 L s d (causal attention halved), the convention of the H100 reference in docs/benchmarks.md."""
     peak_flops: Optional[float]
 
     @classmethod

@@ -23,7 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("grow_megatron.cli.eval", "held-out NLL and reasoning-primitive evaluation"),
     "loop-sweep": ("grow_megatron.cli.loop_sweep", "inference-time looping of blocks: primitives and NLL per (block, repeats)"),
     "analyze": ("grow_megatron.cli.analyze", "depth analyses (tuned lens, depth score, interventions, ...)"),
-    "flops": ("grow_megatron.cli.flops", "training FLOPs of a static vs a grown run (SPEC 6)"),
+    "flops": ("grow_megatron.cli.flops", "training FLOPs of a static vs a grown run (docs/method.md §6)"),
     "bench": ("grow_megatron.cli.bench", "timed grown-vs-static training throughput"),
     "bench-growth": ("grow_megatron.cli.bench_growth", "latency and memory of one growth of a trained engine"),
     "plan": ("grow_megatron.cli.plan", "print the growth plan (stages, depths, source maps) of a config"),

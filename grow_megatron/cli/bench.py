@@ -1,5 +1,5 @@
 """`grow-megatron bench`: timed training throughput of the engine, static and grown, next to
-Hugging Face Llama (eager and torch.compile), with FLOPs-based MFU (SPEC 6).
+Hugging Face Llama (eager and torch.compile), with FLOPs-based MFU (docs/method.md §6).
 
     grow-megatron bench examples/smollm360m_lidas.yaml --out runs/bench_360m      # one GPU
     torchrun --nproc-per-node 2 -m grow_megatron.cli bench CONFIG --set parallel.tensor_parallel=2

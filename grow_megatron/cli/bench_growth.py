@@ -2,6 +2,8 @@
 
     grow-megatron bench-growth --preset smollm-360m --depth 4 --depth 16 --seq 2048 --staging off,on --out g.json
     GM_PP=2 torchrun --nproc-per-node 2 -m grow_megatron.cli bench-growth --preset smollm-360m --depth 8
+
+Each run builds the engine at --depth, trains one step and grows by one block (docs/benchmarks.md).
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`grow-megatron compare-runs RUN [RUN...] [--out DIR]`: runs side by side at equal compute.
 
-Overlays training and held-out loss against steps, tokens and training FLOPs (SPEC 6, the
+Overlays training and held-out loss against steps, tokens and training FLOPs (docs/method.md §6, the
 cumulative counts every metrics.jsonl record carries), growth events marked, and tabulates
 the losses at common FLOP budgets: each run's loss linearly interpolated at the budget
 between the two logged steps around it (held-out loss between the two evaluations around

@@ -162,7 +162,7 @@ def _prepare_config(opts) -> int:
     if opts.workers:
         cfg.num_workers = opts.workers
     tok = build_tokenizer(cfg)
-    for prefix, w, name in resolve_datasets(cfg, tok, progress=not opts.no_progress):
+    for prefix, _w, _name in resolve_datasets(cfg, tok, progress=not opts.no_progress):
         m = read_manifest(prefix)
         if m:
             _report(m, f"ready (built {m['created']})")

@@ -1,4 +1,4 @@
-"""`grow-megatron eval`: reasoning primitives (SPEC 8) and held-out NLL of a model.
+"""`grow-megatron eval`: reasoning primitives (docs/method.md §8) and held-out NLL of a model.
 
     grow-megatron eval HF_DIR --tasks paper --n 200 --seed 0 [--heldout val.txt] [--json out.json]
     grow-megatron eval HF_DIR --quick                                  # 50 examples per task, 32 NLL windows

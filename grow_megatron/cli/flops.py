@@ -1,4 +1,4 @@
-"""`grow-megatron flops`: training FLOPs of a static vs a grown run (SPEC 6), table and JSON.
+"""`grow-megatron flops`: training FLOPs of a static vs a grown run (docs/method.md §6), table and JSON.
 
     grow-megatron flops --preset smollm-360m --paper          # Table 7 of the paper
     grow-megatron flops run.yaml [--json out.json]            # a run config

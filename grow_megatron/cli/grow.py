@@ -20,7 +20,7 @@ class GrowOptions:
     checkpoint: str = field(metadata=cli(positional=True))
     """a run directory (its latest checkpoint) or one checkpoint directory"""
     operator: str = field(metadata=cli(choices=sorted(OPERATORS)))
-    """growth operator (SPEC 3)"""
+    """growth operator (docs/method.md §3)"""
     block_size: int
     """layers to add (b)"""
     out: str

@@ -1,14 +1,14 @@
-"""`grow-megatron loop-sweep MODEL`: inference-time looping over blocks and repeats (SPEC 10).
+"""`grow-megatron loop-sweep MODEL`: inference-time looping over blocks and repeats (docs/method.md §10).
 
     grow-megatron loop-sweep MODEL --out DIR [--blocks 4:8,6:10] [--repeats 1,2,3,4]
         [--tasks paper --n 100 --seed 0] [--heldout FILE] [--seq-length 128]
 
 For every (block, repeats) the model (an HF directory, a native run or checkpoint) is looped
-with `--loop START:ENDxR` semantics and scored on the reasoning primitives (SPEC 8) and the
+with `--loop START:ENDxR` semantics and scored on the reasoning primitives (docs/method.md §8) and the
 held-out NLL; R = 1 is the plain model, scored once and shown as the baseline row. Writes
 DIR/loop_sweep.json, DIR/loop_sweep.md (the table) and DIR/loop_sweep.png (heatmaps).
 
-Default blocks (SPEC 10): the blocks the model's growths copied and the copies they inserted,
+Default blocks (docs/method.md §10): the blocks the model's growths copied and the copies they inserted,
 at their positions in the final model (read from the growth history that native checkpoints
 and our HF exports carry; a block that a later growth cut in two is skipped); for a model
 with no history, the b layers around the middle (LIDAS's rule).

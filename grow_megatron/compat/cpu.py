@@ -1,6 +1,6 @@
 """CPU compatibility layer for megatron-core (the one documented exception to "never patch").
 
-megatron-core assumes CUDA on paths we use (see shared/notes/megatron-core-on-cpu.md):
+megatron-core assumes CUDA on paths we use (docs/architecture.md, "The CPU compatibility layer"):
 `torch.cuda.current_device()` as the device of new tensors, `torch.cuda.synchronize()`,
 literal `device="cuda"` allocations, `Tensor.cuda()`, and `param.type() ==
 'torch.cuda.FloatTensor'` checks in the distributed optimizer. Inside `cpu_compat()`:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from grow_megatron.config.base import ConfigError, check
 
-# SPEC §9: the paper's SmolLM-corpus mixture, by proportion.
+# docs/method.md §9: the paper's SmolLM-corpus mixture, by proportion.
 PAPER_MIXTURE: dict[str, float] = {
     "fineweb-edu": 0.70,
     "cosmopedia-v2": 0.15,
@@ -67,7 +67,7 @@ class DataConfig:
 
     preset: str | None = None
     """A named mixture whose weights fill in the datasets' empty weights by `name`:
-    `smollm-corpus` (SPEC §9: fineweb-edu 0.70, cosmopedia-v2 0.15, python-edu 0.09,
+    `smollm-corpus` (docs/method.md §9: fineweb-edu 0.70, cosmopedia-v2 0.15, python-edu 0.09,
     open-web-math 0.06; give each one's local path)."""
 
     tokenizer: str | None = None

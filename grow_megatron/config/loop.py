@@ -1,4 +1,4 @@
-"""Loop specs (SPEC 10): a block of layers applied several times in a row with the same weights.
+"""Loop specs (docs/method.md §10): a block of layers applied several times in a row with the same weights.
 
 `LoopSpec` is the one place a loop is parsed (`12:16x3` on a command line), validated against
 a depth and turned into positions; everything that runs a looped model (the megatron engine,
@@ -20,8 +20,6 @@ from typing import Optional
 from grow_megatron.config.base import ConfigError, check
 
 SYNTAX = "START:ENDxR, e.g. 12:16x3 (layers 12..15, 0-indexed, applied 3 times in a row)"
-LOOP_HELP = ("loop a block at inference: START:ENDxR applies layers START..END-1 (0-indexed) R times in a row with "
-             "the same weights, e.g. 12:16x3 (docs/looping.md)")
 _PATTERN = re.compile(r"\s*(-?\d+)\s*:\s*(-?\d+)\s*[xX]\s*(-?\d+)\s*")
 
 
@@ -66,7 +64,7 @@ class LoopSpec:
         return depth + (self.repeats - 1) * self.block_size
 
     def source_map(self, depth: int) -> tuple[int, ...]:
-        """For each unrolled position, the layer whose weights it applies (SPEC 10)."""
+        """For each unrolled position, the layer whose weights it applies (docs/method.md §10)."""
         block = tuple(range(self.start, self.end))
         return tuple(range(self.end)) + block * (self.repeats - 1) + tuple(range(self.end, depth))
 
@@ -87,7 +85,7 @@ class LoopSpec:
 
 @dataclass
 class LoopConfig:
-    """Loop-adapted training (SPEC 10): from `from_step` on, layers [start, end) are applied
+    """Loop-adapted training (docs/method.md §10): from `from_step` on, layers [start, end) are applied
     `repeats` times with tied weights (their gradients summed into one parameter set)."""
 
     start: int = 0

@@ -1,4 +1,4 @@
-"""Model shape and feature switches (SPEC 1, 5)."""
+"""Model shape and feature switches (docs/method.md §1, §5)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,7 @@ def padded_vocab(vocab: int, tp: int) -> int:
     return vocab if vocab % tp == 0 else math.ceil(vocab / (128 * tp)) * 128 * tp
 
 
-# SPEC 1. `tiny` is ours: small enough to train on two CPU cores in minutes.
+# docs/method.md §1. `tiny` is ours: small enough to train on two CPU cores in minutes.
 PRESETS: dict[str, dict] = {
     "smollm-360m": dict(num_layers=32, hidden_size=960, ffn_hidden_size=2560, num_attention_heads=15,
                         num_query_groups=5, vocab_size=49152, seq_length=2048),
@@ -54,7 +54,8 @@ class ModelConfig:
     init_std: float = 0.02
     """Std of the normal weight init."""
     ln_scaling: bool = False
-    """LayerNorm-Scaling (SPEC 5): scale each pre-norm output of the layer at position l by 1/sqrt(l)."""
+    """LayerNorm-Scaling (docs/method.md §5): scale each pre-norm output of the layer at position l by
+    1/sqrt(l)."""
     kernels: Literal["auto", "on", "off"] = "auto"
     """Fused Triton kernels: auto = on when a GPU is present, off = pure-PyTorch reference path."""
     loop: Optional[LoopConfig] = None
@@ -72,7 +73,7 @@ class ModelConfig:
 
     @classmethod
     def from_preset(cls, preset: str) -> "ModelConfig":
-        """The SPEC 1 shape `preset` (the vocabulary of `tiny` is left to the tokenizer)."""
+        """The shape of `preset` (docs/method.md §1) (the vocabulary of `tiny` is left to the tokenizer)."""
         return cls(**cls.from_preset_dict({"preset": preset}))
 
     def with_layers(self, num_layers: int) -> "ModelConfig":

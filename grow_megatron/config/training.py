@@ -24,7 +24,7 @@ would never finish computing)."""
 
 @dataclass
 class GrowthConfig:
-    """How depth grows (SPEC 3, 4). operator: none trains the static model at model.num_layers."""
+    """How depth grows (docs/method.md §3, §4). operator: none trains the static model at model.num_layers."""
 
     operator: Literal["none", "midas", "lidas", "top", "bottom"] = "none"
     """Growth operator; none = static training."""
@@ -66,7 +66,7 @@ class GrowthConfig:
 
 @dataclass
 class OptimConfig:
-    """AdamW with a warmup-stable-decay schedule (SPEC 2)."""
+    """AdamW with a warmup-stable-decay schedule (docs/method.md §2)."""
 
     lr: float = 3e-3
     """Peak learning rate."""

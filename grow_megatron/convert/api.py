@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict
-from typing import Any, Optional, Union
+from typing import Any, Optional
 
 import torch
 from safetensors.torch import save_file
@@ -25,7 +25,7 @@ from grow_megatron.convert.native import NativeReader, resolve_checkpoint, write
 from grow_megatron.engine.keys import EMBED, FINAL_NORM, LAYER_SUFFIXES, layer_key
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DTypeLike = Union[str, torch.dtype, None]
+DTypeLike = str | torch.dtype | None
 
 
 def _dtype(dtype: DTypeLike, default: torch.dtype) -> torch.dtype:

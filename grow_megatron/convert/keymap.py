@@ -18,7 +18,7 @@ checkpoint key format), the HF names this module's.
     decoder.layers.mlp.linear_fc1.weight[i]            model.layers.i.mlp.{gate,up}_proj.weight        (split rows)
     decoder.layers.mlp.linear_fc2.weight[i]            model.layers.i.mlp.down_proj.weight
 
-    * only with LN-Scaling (SPEC 5): the factor of the layer's 1-indexed position is folded
+    * only with LN-Scaling (docs/method.md §5): the factor of the layer's 1-indexed position is folded
       into the norm gain, so the export is a plain Llama.
 
 No q/k permutation is needed: megatron's RoPE (rotary_interleaved=False) rotates halves of

@@ -1,4 +1,4 @@
-"""Inference-time looping of a Hugging Face Llama (SPEC 10), with `generate` and its KV cache.
+"""Inference-time looping of a Hugging Face Llama (docs/method.md §10), with `generate` and its KV cache.
 
 `loop_hf_model(model, spec)` replaces `model.model.layers` by the unrolled list: positions
 below the block's end keep their modules; every later position u (the repeated applications

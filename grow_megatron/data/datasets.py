@@ -174,7 +174,7 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
 def _check_tokenizers(items, tokenizer: Tokenizer) -> None:
     """Every dataset of a mixture must have been tokenized with one tokenizer: the run's."""
     seen: dict[str, tuple[str, str]] = {}
-    for prefix, w, name, field in items:
+    for prefix, _w, _name, field in items:
         m = read_manifest(prefix)
         if m is None:
             continue
@@ -250,7 +250,7 @@ def _check_split(cfg: DataConfig, mixture, sizes: list[int]) -> None:
     would loop forever inside megatron, so refuse it here."""
     vec = split_vector(cfg.split)
     bounds = np.concatenate([[0.0], np.cumsum(vec)])
-    for prefix, w, name in mixture:
+    for prefix, _w, name in mixture:
         n = _documents(prefix)
         for i, part in enumerate(("train", "validation")):
             beg, end = int(round(bounds[i] * n)), int(round(bounds[i + 1] * n))

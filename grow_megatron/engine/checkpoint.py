@@ -520,7 +520,7 @@ def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
         loaded = _load_verified(sd, ckpt_dir)
         for c, chunk in enumerate(engine.chunks):
             chunk.load_state_dict(_unflatten_model(loaded["model"][f"chunk{c}"]), strict=False)
-        for entry, (flat, requested) in targets.items():
+        for entry, (_flat, requested) in targets.items():
             # DCP reads into the requested pieces, which are views of the optimizer's tensors;
             # copy what came back in case a backend returned new tensors.
             for want, got in zip(requested, loaded["optimizer"][entry]):

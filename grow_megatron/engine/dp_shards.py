@@ -3,7 +3,7 @@
 megatron's distributed optimizer gives each DP rank a contiguous flat range [s, e) of every
 parameter (of its TP x PP slice): its fp32 main copy and AdamW moments exist only there.
 megatron saves such ranges as `ShardedTensor`s with a `flattened_range`, which its torch_dist
-backend refuses on CPU (shared/notes). A flat range of a row-major tensor [rows, cols] is
+backend refuses on CPU (docs/architecture.md, "The CPU compatibility layer"). A flat range of a row-major tensor [rows, cols] is
 however a union of at most three rectangles: the tail of its first row, a block of whole rows,
 and the head of its last row. Each of these is an ordinary (uneven, `axis_fragmentations=None`)
 ShardedTensor at a global offset, which torch DCP stores and reshards like any other chunk.

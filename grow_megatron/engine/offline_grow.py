@@ -1,4 +1,4 @@
-"""Growth through a checkpoint (DESIGN.md's second route): grow a model on disk.
+"""Growth through a checkpoint (docs/architecture.md, "Growth"): grow a model on disk.
 
 A checkpoint stores every layer parameter, and its fp32 main copy and AdamW moments, as one
 global tensor with a leading layer axis (megatron's sharded format, reassembled from whatever

@@ -1,4 +1,4 @@
-"""Reasoning primitives (SPEC 8; paper Appendix C, after Saunshi et al. 2024): seeded 5-shot
+"""Reasoning primitives (docs/method.md §8; paper Appendix C, after Saunshi et al. 2024): seeded 5-shot
 multiple-choice generators for copying and variable assignment.
 
 Every template string lives in `TEMPLATES` below and is versioned by `TEMPLATE_VERSION`:
@@ -95,7 +95,7 @@ wave wax week wheel whip wind window wing winter wire wolf wood wool word worm y
 
 @dataclass(frozen=True)
 class PrimitivesConfig:
-    """Sizes of the generated tasks (SPEC 8 defaults: 5 shots, 10 copy choices, 5 variables)."""
+    """Sizes of the generated tasks (docs/method.md §8 defaults: 5 shots, 10 copy choices, 5 variables)."""
 
     num_shots: int = 5
     """Solved examples before the query."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import random
 from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol, Sequence
 
@@ -400,25 +399,6 @@ def hf_scorer(model: torch.nn.Module, tokenizer, batch_size: int = 16, add_bos: 
 def context_length(model: torch.nn.Module) -> int | None:
     """The longest input an HF model has position embeddings for (None when it does not say)."""
     return getattr(model.config, "max_position_embeddings", None)
-
-
-class OracleScorer:
-    """Knows the answers: 0 for the correct choice, -1 for the others (a scorer's upper bound)."""
-
-    def score(self, examples: Sequence[MCExample]) -> list[list[float]]:
-        return [[0.0 if j == ex.answer else -1.0 for j in range(len(ex.choices))] for ex in examples]
-
-
-@dataclass
-class RandomScorer:
-    """Uniformly random scores (ties have probability 0): accuracy = chance in expectation."""
-
-    seed: int = 0
-    """Seed of its own RNG, so a run is reproducible."""
-
-    def score(self, examples: Sequence[MCExample]) -> list[list[float]]:
-        rng = random.Random(self.seed)
-        return [[rng.random() for _ in ex.choices] for ex in examples]
 
 
 def predictions(scores: Sequence[Sequence[float]]) -> list[int]:

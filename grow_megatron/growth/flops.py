@@ -1,4 +1,4 @@
-"""Training FLOPs accounting (SPEC 6) and model FLOPs per token for MFU.
+"""Training FLOPs accounting (docs/method.md §6) and model FLOPs per token for MFU.
 
 Per token: 6 N + 12 L s d with N = L (2 d^2 + 2 d d_kv + 3 d f) + V d (no norms), the
 convention of the paper's Table 7. A grown run sums this over its stages, each stage
@@ -8,8 +8,8 @@ the petaFLOP figures (1 PF = 1e15 FLOPs) are floats.
 How Table 7 counts (verified to all printed digits, see `paper_stage_steps`): stages
 1..k start at depth b; growth stage i trains floor(i / sum_j j * T) steps (T = 170,000);
 every step not given to a growth stage (the 30,000 cooldown steps plus the rounding
-leftovers, 4 steps at 360M and 3 at 1.7B) runs at full depth. SPEC 4's largest-remainder
-rounding gives those leftover steps to the growth stages instead, which lowers the grown
+leftovers, 4 steps at 360M and 3 at 1.7B) runs at full depth. The largest-remainder
+rounding of docs/method.md §4 gives those leftover steps to the growth stages instead, which lowers the grown
 total by 3.46 PF (360M) / 34.20 PF (1.7B); `rounding="paper"` reproduces Table 7.
 """
 from __future__ import annotations
@@ -29,12 +29,12 @@ UNITS = (("PFLOP", 10**15), ("TFLOP", 10**12), ("GFLOP", 10**9), ("MFLOP", 10**6
 """Units for printed FLOP counts, largest first. PFLOP is the largest so that big runs read in
 the paper's unit (Table 7 quotes PF)."""
 H100_SXM_BF16_PEAK = 989e12
-"""Dense bf16 peak of an H100 SXM in FLOP/s, the MFU denominator of SPEC 6."""
+"""Dense bf16 peak of an H100 SXM in FLOP/s, the MFU denominator of docs/method.md §6."""
 
 
 SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
                 "vocab_size", "seq_length")
-"""The ModelConfig fields the formula reads (SPEC 1 names): L, d, f, heads, kv heads, V, s."""
+"""The ModelConfig fields the formula reads (docs/method.md §1): L, d, f, heads, kv heads, V, s."""
 
 
 def check_shape(model: ModelConfig) -> ModelConfig:
@@ -118,14 +118,14 @@ def format_flops(flops: float, unit: tuple[str, int] | None = None) -> str:
 
 
 def formula_params(shape: ModelConfig) -> int:
-    """N of SPEC 6: L (2 d^2 + 2 d d_kv + 3 d f) + V d. Norm gains are not counted."""
+    """N of docs/method.md §6: L (2 d^2 + 2 d d_kv + 3 d f) + V d. Norm gains are not counted."""
     check_shape(shape)
     d, f = shape.hidden_size, shape.ffn_hidden_size
     return shape.num_layers * (2 * d * d + 2 * d * shape.kv_size + 3 * d * f) + shape.vocab_size * d
 
 
 def model_flops_per_token(shape: ModelConfig) -> int:
-    """Training FLOPs per token (forward + backward), SPEC 6 / Table 7: 6 N + 12 L s d.
+    """Training FLOPs per token (forward + backward), docs/method.md §6 / Table 7: 6 N + 12 L s d.
 
     The attention term counts the full s x s score matrix (no causal saving), as the paper does.
     `shape` must give a vocab_size (see flops_shape).
@@ -136,8 +136,9 @@ def model_flops_per_token(shape: ModelConfig) -> int:
 def model_flops_per_token_causal(shape: ModelConfig) -> int:
     """6 N + 6 L s d: attention halved because a causal mask skips half the score matrix.
 
-    The convention of notes/h100-anchors.md and of flash-attention style MFU figures; use it
-    only to compare with numbers quoted that way. SPEC 6's MFU uses `model_flops_per_token`.
+    The convention of the H100 reference measurements (docs/benchmarks.md) and of flash-attention
+    style MFU figures; use it
+    only to compare with numbers quoted that way. MFU (docs/method.md §6) uses `model_flops_per_token`.
     """
     return 6 * formula_params(shape) + 6 * shape.num_layers * shape.seq_length * shape.hidden_size
 
@@ -222,7 +223,7 @@ def run_flops(shape: ModelConfig, depths: Sequence[int], steps: Sequence[int], t
 def training_flops(shape: ModelConfig, tokens_per_step: int, initial_depth: int,
                    growths: Sequence[tuple[int, int]], start: int, end: int) -> int:
     """FLOPs of global steps start..end-1 of a run that starts at `initial_depth` and, for each
-    (step, depth) in `growths`, trains at that depth from that step on (SPEC 6: every step at
+    (step, depth) in `growths`, trains at that depth from that step on (docs/method.md §6: every step at
     the depth that trains it). Exact integers; O(growths), not O(steps)."""
     points = [(0, initial_depth)] + sorted(growths)
     total = 0
@@ -236,7 +237,7 @@ def training_flops(shape: ModelConfig, tokens_per_step: int, initial_depth: int,
 
 def with_loop(run: RunFlops, shape: ModelConfig, from_step: int, unrolled_depth: int) -> RunFlops:
     """`run` with every step from `from_step` on at `unrolled_depth` (loop-adapted training,
-    SPEC 10: a looped block costs what its unrolled copies cost). The loop starts at the final
+    docs/method.md §10: a looped block costs what its unrolled copies cost). The loop starts at the final
     depth, so only steps at shape.num_layers change."""
     stages, start = [], 0
     for s in run.stages:
@@ -298,7 +299,7 @@ def prop_plan(final_depth: int, block_size: int, grow_steps: int, alpha: float =
               rounding: Literal["spec", "paper"] = "spec") -> GrowthPlan:
     """A PROP-alpha GrowthPlan for FLOPs purposes (MIDAS insertion; FLOPs do not depend on where).
 
-    rounding="spec": SPEC 4 largest remainder (what the trainer runs); "paper": Table 7's floors.
+    rounding="spec": largest remainder, docs/method.md §4 (what the trainer runs); "paper": Table 7's floors.
     """
     if final_depth % block_size:
         raise ValueError(f"final depth {final_depth} is not a multiple of block size {block_size}")
@@ -359,10 +360,3 @@ def compare(shape: ModelConfig, plan: GrowthPlan, total_steps: int, tokens_per_s
     """Static and grown FLOPs of `shape` trained for `total_steps` steps."""
     return FlopsComparison(shape, tokens_per_step, static_flops(shape, total_steps, tokens_per_step),
                            grown_flops(shape, plan, total_steps, tokens_per_step))
-
-
-def paper_comparison(preset: str, rounding: Literal["spec", "paper"] = "paper") -> FlopsComparison:
-    """Table 7 for a SPEC 1 preset with the paper's settings."""
-    shape, cfg = ModelConfig.from_preset(preset), PAPER_SETTINGS[preset]
-    plan = prop_plan(shape.num_layers, cfg.block_size, cfg.grow_steps, cfg.alpha, rounding)
-    return compare(shape, plan, cfg.total_steps, cfg.tokens_per_step)

@@ -1,4 +1,4 @@
-"""Growth operators (SPEC 3): pure functions (L, b) -> Growth.
+"""Growth operators (docs/method.md §3): pure functions (L, b) -> Growth.
 
 Every operator of this family inserts copies of b consecutive existing layers at one place.
 `Growth` records that (which layers are copied, where the copies go); the source map, the
@@ -53,10 +53,6 @@ class Growth:
         """Positions in the grown model that hold freshly inserted layers."""
         return tuple(range(self.insert_at, self.insert_at + self.block_size))
 
-    def position_of_old(self, i: int) -> int:
-        """Where old layer i (which keeps its identity) sits after the growth."""
-        return i if i < self.insert_at else i + self.block_size
-
     def to_dict(self) -> dict:
         return {"operator": self.operator, "old_depth": self.old_depth, "new_depth": self.new_depth,
                 "source_map": list(self.source_map), "new_positions": list(self.new_positions),
@@ -78,7 +74,7 @@ def midas(L: int, b: int) -> Growth:
 
 
 def lidas(L: int, b: int) -> Growth:
-    """LIDAS (SPEC 3 fix): copy the b layers around the middle layer m = ceil(L/2) (1-indexed),
+    """LIDAS (docs/method.md §3 fix): copy the b layers around the middle layer m = ceil(L/2) (1-indexed),
     1-indexed m-ceil(b/2)+1 .. m+floor(b/2), inserted right after the last of them."""
     _check(L, b, need_blocks=False)
     m = math.ceil(L / 2)
@@ -116,13 +112,3 @@ def get_operator(name: str, function_preserving: bool = False) -> Callable[[int,
         return Growth(g.old_depth, g.copy_start, g.block_size, g.insert_at, zero_outputs=True, operator=f"{name}+fp")
 
     return fp
-
-
-def loop_growths(loop, depth: int) -> list[Growth]:
-    """The growth steps whose composed source map is a loop's unrolled order (config/loop.py's
-    LoopSpec over a model of `depth` layers): repeats-1 insertions of a copy of [start, end)
-    right after the previous copy. The unrolled model they build (untied) is the reference the
-    looped model must equal."""
-    b = loop.block_size
-    return [Growth(depth + k * b, loop.start, b, loop.end + k * b, operator=f"loop {loop}")
-            for k in range(loop.repeats - 1)]

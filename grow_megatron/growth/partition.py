@@ -1,4 +1,4 @@
-"""Pipeline partition and growth transfer plans: pure functions of integers (DESIGN.md)."""
+"""Pipeline partition and growth transfer plans: pure functions of integers (docs/architecture.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,4 @@
-"""Stage schedules (SPEC 4) and the growth plan: pure integer arithmetic, no torch."""
+"""Stage schedules (docs/method.md §4) and the growth plan: pure integer arithmetic, no torch."""
 from __future__ import annotations
 
 import math
@@ -16,7 +16,7 @@ def largest_remainder(weights: list[Fraction] | list[float], total: int) -> list
     """Split `total` into integers proportional to `weights`, summing exactly to `total`.
 
     Floors first, then the leftover units go to the largest remainders; ties go to the
-    earlier entry (SPEC 4).
+    earlier entry (docs/method.md §4).
     """
     s = sum(weights)
     exact = [w * total / s for w in weights]

@@ -1,4 +1,4 @@
-"""A looped block on the megatron model (SPEC 10): layers [s, e) applied r times, weights tied.
+"""A looped block on the megatron model (docs/method.md §10): layers [s, e) applied r times, weights tied.
 
 The model keeps its L layers (parameters, checkpoints, growth and the optimizer see the plain
 model, so tied weights have one parameter set and one optimizer state, and their gradient is

@@ -31,7 +31,7 @@ def _kernels():
 
 
 class ScaledRMSNorm(torch.nn.Module):
-    """RMSNorm whose output is multiplied by `scale`, the LN-Scaling factor 1/sqrt(l) (SPEC 5).
+    """RMSNorm whose output is multiplied by `scale`, the LN-Scaling factor 1/sqrt(l) (docs/method.md §5).
 
     The factor belongs to the layer's position, not to its weights: the owning layer sets it
     from its layer number (GrowTransformerLayer.set_layer_number) and it is never a parameter,

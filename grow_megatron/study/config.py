@@ -28,7 +28,7 @@ PHASES = ("train", "convert", "eval", "analyze", "loop", "report")
 """Every phase of a study, in the order they run. train/convert/eval/analyze run per variant and
 seed, loop once per seed of the looped variant, report once."""
 ANALYSES = ("tuned-lens", "depth-score", "effects", "interventions", "sublayer", "block-similarity")
-"""The depth analyses of SPEC 7 (the names of `grow-megatron analyze`)."""
+"""The depth analyses of docs/method.md §7 (the names of `grow-megatron analyze`)."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
@@ -79,7 +79,7 @@ class EvalConfig:
 
 @dataclass
 class AnalysisConfig:
-    """The `analyze` phase: the depth analyses of SPEC 7 (`grow-megatron analyze compare`)."""
+    """The `analyze` phase: the depth analyses of docs/method.md §7 (`grow-megatron analyze compare`)."""
 
     analyses: list[str] = field(default_factory=lambda: list(ANALYSES))
     """Which analyses: any of tuned-lens, depth-score, effects, interventions, sublayer, block-similarity."""
@@ -312,10 +312,3 @@ def _check_variants(cfg: StudyConfig, base_path: str) -> None:
                               f"trains {steps} steps x {gbs} sequences x {seq} tokens, {first} "
                               f"{budgets[first][0]} x {budgets[first][1]} x {budgets[first][2]}: the study compares "
                               "variants at equal tokens (set train.steps / batch / seq_length in base_set)")
-
-
-def to_yaml(cfg: StudyConfig) -> str:
-    from grow_megatron.config.base import to_dict
-
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-

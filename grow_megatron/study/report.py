@@ -261,7 +261,7 @@ def write_report(cfg: StudyConfig, layout: Layout, runner) -> str:
                    "windows for the NLL, bootstrap for the depth score)")
     L += [f"Cells: {spread_note}. NLL: `eval.json` held-out; primitives acc: mean accuracy over the tasks; depth score: "
           "`analysis/depth_score.json`; late top-5 overlap: `analysis/tuned_lens.json`, mean over layers "
-          "[L/2, L-1) (the last layer's lens is the identity); train FLOPs: SPEC 6, cumulative in the run's "
+          "[L/2, L-1) (the last layer's lens is the identity); train FLOPs: docs/method.md §6, cumulative in the run's "
           "metrics.jsonl (`train.json`); train time: seconds spent in training steps (sum of step_s).", ""]
     L += ["| variant | " + " | ".join(h for _, h, _ in COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     cells = {v: {k: _cell_from(data["variants"][v]["cells"][k]) for k, *_ in COLUMNS} for v in data["variants"]}
@@ -307,7 +307,7 @@ def write_report(cfg: StudyConfig, layout: Layout, runner) -> str:
     if os.path.isfile(cmp_png):
         L += ["## Training", "", f"![loss vs steps, tokens, FLOPs]({rel(cmp_png)})", "",
               "*Training and held-out loss against steps, tokens and training FLOPs (dotted: growths). Read: the "
-              "grown runs spend fewer FLOPs for the same tokens (SPEC 6); compare losses at equal FLOPs in "
+              "grown runs spend fewer FLOPs for the same tokens (docs/method.md §6); compare losses at equal FLOPs in "
               f"[loss_at_flops.md]({rel(os.path.join(cfg.out_dir, 'compare_runs', 'loss_at_flops.md'))}).*", ""]
     L += ["## Depth analyses", "",
           "Figures: every model on shared axes, drawn by `grow_megatron.analysis.plots` from the per-variant "

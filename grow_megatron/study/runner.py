@@ -311,7 +311,7 @@ def _children_cpu() -> float:
 
 def train_summary(run_dir: str, seconds: float) -> dict:
     """A finished run's totals from its metrics.jsonl: the last record per step wins (a step re-run
-    after a resume is logged again), training FLOPs and tokens are cumulative (SPEC 6)."""
+    after a resume is logged again), training FLOPs and tokens are cumulative (docs/method.md §6)."""
     by_step: dict[int, dict] = {}
     val = None
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:

@@ -15,7 +15,7 @@ from grow_megatron.config.base import ConfigError
 from grow_megatron.growth.flops import flops_unit, format_flops
 from grow_megatron.training.metrics import read_jsonl
 
-AXES = (("step", "step"), ("tokens", "tokens trained"), ("flops", "training FLOPs (SPEC 6)"))
+AXES = (("step", "step"), ("tokens", "tokens trained"), ("flops", "training FLOPs (paper count)"))
 
 
 @dataclass
@@ -122,7 +122,7 @@ def plot(runs: Sequence[RunRecords], out: str) -> str:
         ax.set_ylim(bottom - 0.05 * (top - bottom), top + 0.05 * (top - bottom))
     axes[0].set_ylabel("loss (nats/token)")
     for run, c in zip(runs, colors):
-        for g in run.growths[:1]:
+        for _ in run.growths[:1]:
             axes[0].plot([], [], color=c, ls=":", lw=1, label=f"{run.name} growths")
     axes[0].legend(fontsize=8, loc="upper right")
     fig.suptitle("loss against steps, tokens and training FLOPs (dotted: growths)")

@@ -98,7 +98,7 @@ def plan_note(plan: GrowthPlan, history: list[dict], depth: int, operator: str, 
 
 
 class ComputeCount:
-    """Cumulative training tokens and FLOPs (SPEC 6, each step at its own depth) after any
+    """Cumulative training tokens and FLOPs (docs/method.md §6, each step at its own depth) after any
     number of steps, derived from the checkpoint's counts and the growth history: the same
     numbers whether a run went through in one go or was resumed."""
 

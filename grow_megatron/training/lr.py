@@ -1,4 +1,4 @@
-"""Warmup-stable-decay learning rate (SPEC 2): one schedule over the whole run, growth or not."""
+"""Warmup-stable-decay learning rate (docs/method.md §2): one schedule over the whole run, growth or not."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,7 +14,7 @@ def lr_at(step: int, cfg: OptimConfig, total_steps: int) -> float:
 
     Warmup reaches the peak at step warmup_steps - 1; the decay starts at
     total_steps - decay_steps, where lr(t) = peak * (1 - sqrt((t - start) / decay_steps))
-    for 1-sqrt (SPEC 2), floored at min_lr.
+    for 1-sqrt (docs/method.md §2), floored at min_lr.
     """
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps

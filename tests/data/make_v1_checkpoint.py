@@ -18,6 +18,7 @@ from grow_megatron.config.training import OptimConfig
 from grow_megatron.engine.checkpoint import save_checkpoint
 from grow_megatron.engine.distributed import device_context, init_distributed
 from grow_megatron.engine.build import EngineSpec, build_engine, train_step
+from grow_megatron.engine.resolve import engine_spec
 
 V, S = 64, 8
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,8 +34,7 @@ def batch(seed: int, b: int = 2) -> dict:
 
 
 def spec() -> EngineSpec:
-    return EngineSpec(ModelConfig(**MODEL), OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), V, bf16=False,
-                      use_kernels=False)
+    return engine_spec(ModelConfig(**MODEL), V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0))
 
 
 if __name__ == "__main__":
