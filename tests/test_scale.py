@@ -19,16 +19,15 @@ import shutil
 import pytest
 import torch
 
+from dist_helpers import run_ranks
+from engine_helpers import micro_overrides, random_batch
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.run import load_run_config
-from grow_megatron.config.training import OptimConfig, ParallelConfig
-from grow_megatron.engine.build import EngineSpec, ScaleOptions, build_engine, run_microbatches
+from grow_megatron.config.training import ParallelConfig
+from grow_megatron.engine.build import ScaleOptions, build_engine, run_microbatches
 from grow_megatron.engine.distributed import Layout, device_context, init_distributed
-from grow_megatron.engine.resolve import resolve_run
-
-from dist_helpers import run_ranks
-from engine_helpers import micro_overrides, random_batch
+from grow_megatron.engine.resolve import engine_spec, resolve_run
 
 LOSS_RTOL = 1e-5
 
@@ -99,7 +98,7 @@ def test_recompute_gives_bit_equal_gradients_with_less_activation_memory():
         for mode, kw in (("none", {}), ("selective", {"recompute": "selective"}),
                          ("full", {"recompute": "full"})):
             torch.manual_seed(0)
-            spec = EngineSpec(model, OptimConfig(), V, bf16=False, use_kernels=False, scale=ScaleOptions(**kw))
+            spec = engine_spec(model, V, scale=ScaleOptions(**kw))
             e = build_engine(spec, 4)
             run_microbatches(e, batches, forward_only=False)  # warm-up: lazy caches (RoPE) built
             loss = []
