@@ -10,9 +10,10 @@ Two phases in the same 2 processes: DP=2 (TP=1) runs off, overlapped DP communic
 selective and full recompute; then TP=2 (DP=1) runs sequence parallelism off and on (where TP=2
 does not divide the heads, e.g. SmolLM-360M's 15 / 5, the TP phase uses 16 / 4 heads of
 hidden/16 channels: the same widths otherwise). Each variant builds its engine, takes one
-warm-up step, one step under torch.profiler's memory accounting (the peak of net allocation
-above what the engine holds: activations and temporaries; and what it holds: weights, grads,
-optimizer state), then --steps timed steps; variants alternate over --rounds rounds and step
+warm-up step, one forward + backward under torch.profiler's memory accounting (the peak of net
+allocation above what the engine holds: activations and temporaries; the optimizer step, the
+same for every variant, is left out), what the engine holds (weights, grad buffers, optimizer
+state), then --steps timed training steps; variants alternate over --rounds rounds and step
 times are medians. Every rank reports; the table shows the maximum over ranks. --world 1 (one
 GPU: NCCL takes one rank per device) runs the first phase's variants at DP=1 (overlap then only
 exercises the hooks and buckets) and no TP phase. On a GPU the engine is bf16 and memory is
@@ -74,7 +75,7 @@ def _phase(args, tp: int, variants: dict, rank: int) -> dict:
 
     from grow_megatron.config.model import ModelConfig
     from grow_megatron.config.training import OptimConfig
-    from grow_megatron.engine.build import ScaleOptions, build_engine, destroy_engine, train_step
+    from grow_megatron.engine.build import ScaleOptions, build_engine, destroy_engine, run_microbatches, train_step
     from grow_megatron.engine.distributed import init_distributed
     from grow_megatron.engine.resolve import engine_spec
 
@@ -100,8 +101,8 @@ def _phase(args, tp: int, variants: dict, rank: int) -> dict:
                                tp=tp, bf16=torch.cuda.is_available(), scale=ScaleOptions(**kw))
             e = build_engine(spec, args.layers)
             train_step(e, batches, 1e-4)  # warm-up: lazy buffers, DDP's first-step bookkeeping
-            if r == 0:
-                rec[name]["peak_bytes"] = _step_peak(lambda: train_step(e, batches, 1e-4))
+            if r == 0:  # forward + backward: the optimizer's own temporaries are the same for all variants
+                rec[name]["peak_bytes"] = _step_peak(lambda: run_microbatches(e, batches, forward_only=False))
                 rec[name]["held_bytes"] = sum(
                     t.numel() * t.element_size() for m in e.model for b in m.buffers for t in (b.param_data, b.grad_data)
                     if t is not None) + sum(
@@ -148,7 +149,7 @@ def _table(ranks: list[dict], args) -> tuple[str, list[dict]]:
                          "held_MiB": max(p["held_bytes"] for p in per) / 2**20,
                          "step_s_median": max(statistics.median(p["step_s"]) for p in per),
                          "loss": per[0]["loss"], "device": ranks[0].get("device", "cpu")})
-    lines = ["| layout | variant | peak activations + temporaries per rank (MiB) | weights, grads, optimizer state per rank (MiB) | step time, median (s) | loss after the last step |",
+    lines = ["| layout | variant | forward + backward: peak activations + temporaries per rank (MiB) | weights, grads, optimizer state per rank (MiB) | step time, median (s) | loss after the last step |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['layout']} | {r['variant']} | {r['peak_activation_MiB']:.0f} | {r['held_MiB']:.0f} | "
