@@ -69,6 +69,29 @@ def _step_peak(fn) -> int:
     return mem["peak"]
 
 
+def _kept_after_forward(engine, batch) -> int:
+    """Bytes still allocated after one micro-batch's forward (with autograd): what the model keeps
+    for its backward (activations, the loss's softmax), above what was allocated before."""
+    import torch
+
+    from torch.profiler import ProfilerActivity, profile
+
+    model = engine.model[0]
+    if torch.cuda.is_available():
+        batch = {k: v.cuda() for k, v in batch.items()}
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        out = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+        torch.cuda.synchronize()
+        kept = torch.cuda.memory_allocated() - before
+    else:
+        with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            out = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+        kept = sum(e.nbytes() for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    del out
+    return kept
+
+
 def _phase(args, tp: int, variants: dict, rank: int) -> dict:
     import torch
     from megatron.core import parallel_state
@@ -103,6 +126,7 @@ def _phase(args, tp: int, variants: dict, rank: int) -> dict:
             train_step(e, batches, 1e-4)  # warm-up: lazy buffers, DDP's first-step bookkeeping
             if r == 0:  # forward + backward: the optimizer's own temporaries are the same for all variants
                 rec[name]["peak_bytes"] = _step_peak(lambda: run_microbatches(e, batches, forward_only=False))
+                rec[name]["kept_bytes"] = _kept_after_forward(e, batches[0])
                 rec[name]["held_bytes"] = sum(
                     t.numel() * t.element_size() for m in e.model for b in m.buffers for t in (b.param_data, b.grad_data)
                     if t is not None) + sum(
@@ -147,13 +171,14 @@ def _table(ranks: list[dict], args) -> tuple[str, list[dict]]:
             rows.append({"variant": name, "layout": f"DP={len(ranks)}" if phase == "dp" else "TP=2",
                          "peak_activation_MiB": max(p["peak_bytes"] for p in per) / 2**20,
                          "held_MiB": max(p["held_bytes"] for p in per) / 2**20,
+                         "kept_after_forward_MiB": max(p.get("kept_bytes", 0) for p in per) / 2**20,
                          "step_s_median": max(statistics.median(p["step_s"]) for p in per),
                          "loss": per[0]["loss"], "device": ranks[0].get("device", "cpu")})
-    lines = ["| layout | variant | forward + backward: peak activations + temporaries per rank (MiB) | weights, grads, optimizer state per rank (MiB) | step time, median (s) | loss after the last step |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| layout | variant | kept for backward after one micro-batch's forward (MiB) | forward + backward: peak activations + temporaries per rank (MiB) | weights, grads, optimizer state per rank (MiB) | step time, median (s) | loss after the last step |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['layout']} | {r['variant']} | {r['peak_activation_MiB']:.0f} | {r['held_MiB']:.0f} | "
-                     f"{r['step_s_median']:.2f} | {r['loss']:.6f} |")
+        lines.append(f"| {r['layout']} | {r['variant']} | {r['kept_after_forward_MiB']:.0f} | {r['peak_activation_MiB']:.0f} | "
+                     f"{r['held_MiB']:.0f} | {r['step_s_median']:.2f} | {r['loss']:.6f} |")
     return "\n".join(lines), rows
 
 
