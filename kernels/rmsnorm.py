@@ -17,6 +17,7 @@ double the backward's traffic), the two slow ways of reducing over rows.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
 
@@ -282,11 +283,18 @@ def rms_norm(x, weight, eps=1e-5, scale=1.0, residual=None):
 
 
 def rms_norm_ref(x, weight, eps=1e-5, scale=1.0, residual=None):
-    """Plain PyTorch version of `rms_norm`: fp32 math (fp64 for fp64 inputs), cast back to x's dtype."""
+    """Plain PyTorch version of `rms_norm`, rounded as transformers' LlamaRMSNorm rounds: the
+    statistics and the normalisation in fp32 (fp64 for fp64 inputs), cast to x's dtype, and
+    only then multiplied by the weight (then by the LN-Scaling factor). The one reference of
+    RMSNorm: the model's path without kernels runs it and the kernel's tests compare against it
+    (the kernel applies the weight before its single rounding, which a low-precision test
+    allows: it is at least as close to the fp64 result)."""
     inp = x if residual is None else x + residual
-    xf = inp.to(torch.promote_types(inp.dtype, torch.float32))
-    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.to(xf.dtype) * scale
-    y = y.to(x.dtype)
+    acc = torch.promote_types(inp.dtype, torch.float32)
+    y = F.rms_norm(inp.to(acc), (inp.shape[-1],), eps=eps).to(x.dtype)
+    y = (weight * y).to(x.dtype)
+    if scale != 1.0:
+        y = y * scale
     return y if residual is None else (y, inp)
 
 

@@ -152,9 +152,12 @@ def apply_rope(q, k, cos, sin):
     return RoPEFunction.apply(q, k, cos, sin)
 
 
-def _rotate_half(x):
+def _rotate(x, c1, c2, s1, s2):
+    """x * cos + rotate_half(x) * sin without materialising rotate_half(x): each half is one
+    multiply-add, and only the result is concatenated. Bit-identical to transformers'
+    `q * cos + cat(-x2, x1) * sin` (negating a product is exact)."""
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
+    return torch.cat((x1 * c1 - x2 * s1, x2 * c2 + x1 * s2), dim=-1)
 
 
 def apply_rope_ref(q, k, cos, sin):
@@ -163,8 +166,9 @@ def apply_rope_ref(q, k, cos, sin):
     acc = torch.promote_types(q.dtype, torch.float32)
     c = cos.reshape(cos.shape[0], d)[:s].to(acc)[:, None, None, :]  # [s, 1, 1, d]
     sn = sin.reshape(sin.shape[0], d)[:s].to(acc)[:, None, None, :]
-    qf, kf = q.to(acc), k.to(acc)
-    return (qf * c + _rotate_half(qf) * sn).to(q.dtype), (kf * c + _rotate_half(kf) * sn).to(k.dtype)
+    c1, c2 = c.chunk(2, dim=-1)
+    s1, s2 = sn.chunk(2, dim=-1)
+    return _rotate(q.to(acc), c1, c2, s1, s2).to(q.dtype), _rotate(k.to(acc), c1, c2, s1, s2).to(k.dtype)
 
 
 def rope_cos_sin(seq_len: int, head_dim: int, base: float = 10000.0, device=None, dtype=torch.float32):

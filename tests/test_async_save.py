@@ -61,3 +61,25 @@ def test_async_checkpoints_at_dp2_equal_the_synchronous_ones(tmp_path):
         assert not [f for f in os.listdir(os.path.join(roots[1], name)) if f.startswith(".write_result")]
         assert_same_tensors(*(read_global_tensors(os.path.join(r, name)) for r in roots))
     assert not [d for d in os.listdir(roots[1]) if not d.startswith("step_") and d != "latest"]
+
+
+def test_a_failed_async_writer_says_why_and_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    """The forked writer hits ENOSPC (the fault hook inside it): the trainer reports it as the
+    synchronous path does (one line, the partial save removed, the last good checkpoint named)
+    instead of 'exited without writing'; any other failure of the writer is named too."""
+    from grow_megatron.config.base import ConfigError
+    from grow_megatron.engine.faults import ENV
+
+    cfg = lambda: micro_config(tmp_path, **STATIC, **{"checkpoint.async_save": "on"})  # noqa: E731
+    train(micro_config(tmp_path, **STATIC), stop_at=2)
+    root = os.path.join(tmp_path, "checkpoints")
+    monkeypatch.setenv(ENV, "save.writer:enospc")
+    with pytest.raises(ConfigError, match="ENOSPC") as err:
+        train(cfg())
+    assert "\n" not in str(err.value) and "step_00000002 stays the last good one" in str(err.value)
+    assert list_checkpoints(root) == ["step_00000002"]
+    assert not [d for d in os.listdir(root) if ".tmp-" in d]
+    monkeypatch.setenv(ENV, "save.writer:raise")
+    with pytest.raises(CheckpointException) as err:
+        train(cfg())
+    assert "checkpoint writer failed: InjectedFault" in str(err.value)

@@ -59,3 +59,36 @@ def test_command():
     cmd = A.lm_eval_command("/m", "/t", batch_size=8)
     assert cmd.startswith("HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 lm_eval --model hf")
     assert "pretrained=/m,dtype=float32" in cmd and "--tasks gm_primitives" in cmd and "--batch_size 8" in cmd
+
+
+def test_printed_command_runs_where_the_user_is(tmp_path, capsys, monkeypatch):
+    """Issue 25, finding 8: the device the user has (not a hard-coded cuda), the add_bos_token
+    that `eval` scores with (lm-eval's default lets the tokenizer decide), lm-eval[hf] named as
+    what to install, and for a native checkpoint the `to-hf` export that lm-eval can read."""
+    import torch
+
+    from grow_megatron.cli.eval import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["--export-lm-eval", str(tmp_path / "t"), "--tasks", "varassign_code", "--n", "2", "--add-bos"]) == 0
+    out = capsys.readouterr().out
+    assert "--device cpu" in out and "--device cuda" not in out
+    assert "add_bos_token=True" in out and "pip install 'lm-eval[hf]'" in out
+    assert main(["--export-lm-eval", str(tmp_path / "t2"), "--tasks", "varassign_code", "--n", "2",
+                 "--device", "cuda:1"]) == 0
+    assert "--device cuda:1" in capsys.readouterr().out
+
+
+def test_a_native_model_is_exported_first_in_the_printed_commands(tmp_path, capsys, monkeypatch):
+    from grow_megatron.cli import eval as E
+
+    # A native run directory: check_model_dir says so (None); nothing is loaded in this test.
+    monkeypatch.setattr(E, "check_model_dir", lambda path, accept: None)
+    monkeypatch.setattr(E, "load_model", lambda *a, **k: (_ for _ in ()).throw(SystemExit(0)))
+    try:
+        E.main(["runs/r/", "--export-lm-eval", str(tmp_path), "--tasks", "varassign_code", "--n", "2"])
+    except SystemExit:
+        pass
+    lines = capsys.readouterr().out.splitlines()
+    i = next(i for i, line in enumerate(lines) if line.startswith("grow-megatron convert to-hf runs/r/ runs/r-hf"))
+    assert "pretrained=runs/r-hf," in lines[i + 1]

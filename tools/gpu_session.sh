@@ -35,6 +35,8 @@
 #                         and each stage grown through grow() (bench --parts schedule,stages)
 #   growth       60 / 30  5. grow-megatron bench-growth: grow() latency and memory at depth 16,
 #                         360M and 1.7B shapes, the old engine kept on the device vs host-staged
+#   fp8_360m    100 / 50  6. issue 23: the 360M static engine with model.fp8=rowwise (torchao float8
+#                         linears), beside bench_360m's bf16 number
 #   train_short 150 / 90  -  a real grown training run (train_record): only in a second lending
 # Expected on the H200 (guesses until the first run corrects them): setup 30, correct ~110,
 # bench_360m ~110, kernels ~60, bench_1p7b ~120: about 430 s, so grown_360m is likely cut short
@@ -59,7 +61,7 @@ SMOKE=${GS_SMOKE:-}
 SCALE=${GS_LIMIT_SCALE:-$([ -n "$SMOKE" ] && echo 3 || echo 1)}
 BUDGET=${GS_BUDGET:-$((480 * SCALE))}
 KILL_AFTER=25
-STEPS=${GS_STEPS:-"correct scale bench_360m kernels bench_1p7b grown_360m growth train_short"}
+STEPS=${GS_STEPS:-"correct scale bench_360m kernels bench_1p7b grown_360m growth fp8_360m train_short"}
 OUT=${OUT:-/tmp/gpu_session_out}  # the device tool sets OUT; elsewhere results stay in /tmp
 W=${GS_WORK:-/tmp/gs}             # full outputs; only a few files fit back through $OUT
 mkdir -p "$OUT" "$W"
@@ -71,7 +73,7 @@ left() { echo $((BUDGET - (SECONDS - T0))); }
 # Where each step leaves its result.
 result_of() {
   case $1 in
-    bench_360m|bench_1p7b|grown_360m) echo "$W/$1/report.json" ;;
+    bench_360m|bench_1p7b|grown_360m|fp8_360m) echo "$W/$1/report.json" ;;
     *) echo "$W/$1.json" ;;
   esac
 }
@@ -166,8 +168,9 @@ if [ -n "$SMOKE" ]; then
            --set optim.decay_steps=2)
   GROWTH_ARGS=(--preset tiny --depth 4 --seq 64 --mbs 1 --staging off,on)
   SCALE_X=(--hidden 64 --ffn 160 --heads 4 --groups 2 --vocab 256 --seq 64 --micro 1 --steps 1)
+  FP8_X=(--dry-run --set model.fp8_emulate=true)  # CPU: torchao's emulated FP8 matmuls
 else
-  CORRECT_X=() BENCH_X=() KERNELS_X=() TRAIN_X=() SCALE_X=()
+  CORRECT_X=() BENCH_X=() KERNELS_X=() TRAIN_X=() FP8_X=() SCALE_X=()
   GROWTH_ARGS=(--preset smollm-360m --preset smollm-1.7b --depth 16 --seq 2048 --mbs 1 --staging off,on)
 fi
 # Reference batches of the H100 measurements in docs/benchmarks.md: 8x2048 (360M), 4x2048 (1.7B) = the configs' micro-batches.
@@ -184,6 +187,10 @@ step bench_1p7b 140 80 $GM bench examples/smollm1.7b_lidas.yaml --out $W/bench_1
 step grown_360m 100 50 $GM bench examples/smollm360m_lidas.yaml --out $W/grown_360m \
   --warmup 3 --steps-per-stage 6 --total-steps 100 --parts schedule,stages ${BENCH_X[@]+"${BENCH_X[@]}"}
 step growth 60 30 $GM bench-growth "${GROWTH_ARGS[@]}" --out $W/growth.json
+# model.fp8 (issue 23): the 360M engine static with torchao's rowwise FP8 linears, to set beside
+# bench_360m's bf16 static number (same config, batch and steps).
+step fp8_360m 100 50 $GM bench examples/smollm360m_lidas.yaml --out $W/fp8_360m \
+  --warmup 3 --steps-per-stage 6 --parts static --set model.fp8=rowwise ${FP8_X[@]+"${FP8_X[@]}"}
 step train_short 150 90 python3 -m grow_megatron.cli.train_record examples/smollm360m_lidas_short.yaml \
   --out $W/train_short.json --set run_dir=$W/train_short --set checkpoint.save_at_growth=false \
   --set logging.progress=false --set logging.tensorboard=false ${TRAIN_X[@]+"${TRAIN_X[@]}"}

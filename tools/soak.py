@@ -1,6 +1,6 @@
 """Soak test: kill a tiny grown run at random moments, resume it, and check nothing was lost.
 
-    python tools/soak.py --points 50 --out runs/soak [--seed 0] [--json runs/soak/soak.json]
+    python tools/soak.py --points 50 --out runs/soak [--seed 0] [--json runs/soak/soak.json] [--dp 2] [--async-save]
 
 One uninterrupted reference run, then for each point: start `grow-megatron train` in its own
 process group, send SIGKILL or SIGTERM to the whole group (as Slurm / torchrun / `kill -PGID`
@@ -22,6 +22,7 @@ The run is examples/tiny_lidas.yaml shrunk to width 64 and 24 steps, with a chec
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -43,9 +44,14 @@ OVERRIDES = {
 }
 
 
-def train_cmd(run_dir: str) -> list[str]:
-    sets = [a for k, v in OVERRIDES.items() for a in ("--set", f"{k}={v}")]
-    return [sys.executable, "-m", "grow_megatron.cli", "train", CONFIG, *sets, "--run-dir", run_dir]
+def train_cmd(run_dir: str, dp: int = 1, async_save: bool = False) -> list[str]:
+    """The run's command: one process, or `dp` data-parallel ranks under torchrun (its agent and
+    workers share the process group that the kill signals)."""
+    over = {**OVERRIDES, "checkpoint.async_save": "on" if async_save else "off"}
+    sets = [a for k, v in over.items() for a in ("--set", f"{k}={v}")]
+    launch = [sys.executable] if dp == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                               "--nproc-per-node", str(dp)]
+    return [*launch, "-m", "grow_megatron.cli", "train", CONFIG, *sets, "--run-dir", run_dir]
 
 
 def env() -> dict:
@@ -100,8 +106,8 @@ def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def run_to_end(run_dir: str, log) -> int:
-    return subprocess.run(train_cmd(run_dir), env=env(), stdout=log, stderr=subprocess.STDOUT).returncode
+def run_to_end(run_dir: str, log, cmd=train_cmd) -> int:
+    return subprocess.run(cmd(run_dir), env=env(), stdout=log, stderr=subprocess.STDOUT).returncode
 
 
 def _lines(path: str) -> int:
@@ -112,14 +118,14 @@ def _lines(path: str) -> int:
         return -1
 
 
-def kill_point(run_dir: str, delay: float, after_step: int | None, sig: signal.Signals, log) -> dict:
+def kill_point(run_dir: str, delay: float, after_step: int | None, sig: signal.Signals, log, cmd=train_cmd) -> dict:
     """Start a run and signal its process group: `delay` s after it started or, with
     `after_step`, `delay` s after its metrics.jsonl got the line of that step (setup time and
     step times vary on a shared machine, so kills are aimed by progress, not by the clock);
     wait for it; what it left."""
     root = os.path.join(run_dir, "checkpoints")
     metrics = os.path.join(run_dir, "metrics.jsonl")
-    proc = subprocess.Popen(train_cmd(run_dir), env=env(), stdout=log, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cmd(run_dir), env=env(), stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     seen: set[str] = set()
     t0 = None if after_step is not None else time.monotonic()
@@ -158,7 +164,10 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/soak")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="result file (default OUT/soak.json)")
+    p.add_argument("--dp", type=int, default=1, help="data-parallel ranks (torchrun --nproc-per-node; default 1)")
+    p.add_argument("--async-save", action="store_true", help="checkpoint.async_save: on (forked writers)")
     args = p.parse_args(argv)
+    cmd = functools.partial(train_cmd, dp=args.dp, async_save=args.async_save)
     rng = random.Random(args.seed)
     out = os.path.abspath(args.out)
     shutil.rmtree(out, ignore_errors=True)
@@ -167,7 +176,7 @@ def main(argv=None) -> int:
 
     ref_dir = os.path.join(out, "reference")
     t0 = time.monotonic()
-    proc = subprocess.Popen(train_cmd(ref_dir), env=env(), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd(ref_dir), env=env(), stdout=log, stderr=subprocess.STDOUT)
     first_step = None  # when the first metrics line appeared: kills land between it and the end
     while proc.poll() is None:
         if first_step is None and os.path.exists(os.path.join(ref_dir, "metrics.jsonl")):
@@ -193,7 +202,7 @@ def main(argv=None) -> int:
         after_step = rng.randrange(steps) if in_training else None
         delay = rng.uniform(0.0, step_seconds) if in_training else rng.uniform(0.0, first_step)
         run_dir = os.path.join(out, f"point{i:03d}")
-        k = kill_point(run_dir, delay, after_step, sig, log)
+        k = kill_point(run_dir, delay, after_step, sig, log, cmd)
         row = {"point": i, "signal": sig.name, "phase": "training" if in_training else "setup",
                "after_step": after_step, "delay_s": round(delay, 2), **k}
         try:
@@ -205,7 +214,7 @@ def main(argv=None) -> int:
             row["error"] = f"{type(err).__name__}: {err}"[:300]
         seen = k["seen_latest"]
         row["lost"] = seen is not None and (row["latest_step"] is None or row["latest_step"] < int(seen[5:]))
-        rc = run_to_end(run_dir, log)
+        rc = run_to_end(run_dir, log, cmd)
         row["resumed"] = rc == 0
         try:
             got_step, got = read_latest(run_dir)
@@ -243,7 +252,7 @@ def write_result(rows, args, ref_seconds, first_step, argv) -> dict:
         "checkpoints_lost": sum(r["lost"] for r in rows),
         "poisoned_latest": sum(r["poisoned_latest"] for r in rows),
         "orphan_processes": sum(r["orphans"] for r in rows),
-        "reference_seconds": round(ref_seconds, 1), "first_step_seconds": round(first_step, 1), "seed": args.seed,
+        "dp": args.dp, "async_save": args.async_save, "reference_seconds": round(ref_seconds, 1), "first_step_seconds": round(first_step, 1), "seed": args.seed,
         "command": " ".join(["python", "tools/soak.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     with open(args.json or os.path.join(os.path.abspath(args.out), "soak.json"), "w") as f:

@@ -76,6 +76,41 @@ def main(argv: list[str] | None = None) -> int:
         # traceback of wherever Ctrl-C landed tells the user nothing.
         print(f"grow-megatron {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:
+        # A peer rank that died mid-collective: one line on each survivor instead of gloo's
+        # traceback (only a command that started a process group can see one).
+        if "grow_megatron.engine.distributed" not in sys.modules:
+            raise
+        from grow_megatron.engine.distributed import peer_exit_message
+
+        line = peer_exit_message(err)
+        if line is None:
+            raise
+        print(f"grow-megatron {name}: {line}", file=sys.stderr)
+        return 1
+    except BaseException as err:
+        # torch DCP wraps a reader's or writer's error in CheckpointException (a BaseException
+        # whose text holds a traceback per rank): a missing or unusable path in it is the same
+        # one line as above (e.g. a checkpoint file removed while it was read).
+        path_err = _checkpoint_path_error(err)
+        if path_err is None:
+            raise
+        changed = (" (the checkpoint changed while it was read: a running trainer may have replaced or pruned it; "
+                   "run again to read its newest checkpoint)" if isinstance(path_err, FileNotFoundError) else "")
+        print(f"grow-megatron {name}: {path_err.filename!r}: {_os_reason(path_err)}{changed}", file=sys.stderr)
+        return 2
+
+
+def _checkpoint_path_error(err: BaseException) -> OSError | None:
+    """The path error inside a torch DCP CheckpointException (its failures: {rank: (exception,
+    traceback)}), or None."""
+    if type(err).__name__ != "CheckpointException":
+        return None
+    for failure in (getattr(err, "failures", None) or {}).values():
+        exc = failure[0] if isinstance(failure, tuple) else failure
+        if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)) and exc.filename:
+            return exc
+    return None
 
 
 def _os_reason(err: OSError) -> str:

@@ -123,6 +123,9 @@ def _run(cmd: str, opts) -> int:
         out = convert.to_hf(opts.ckpt, opts.out_dir, config=opts.config, dtype=opts.dtype,
                             main_params=opts.main_params, tokenizer=not opts.no_tokenizer,
                             progress=not opts.no_progress, force=opts.force)
+        for left in out["removed_leftovers"]:
+            print(f"note: an earlier export to {opts.out_dir} did not finish (killed?); removed its incomplete "
+                  f"output {left}", file=sys.stderr)
         print(f"wrote {out['out_dir']}: LlamaForCausalLM, {out['depth']} layers, {out['params']:,} parameters, "
               f"{out['dtype'].replace('torch.', '')}" + (", LN-Scaling folded into the norm gains" if out["ln_scaling_folded"] else "")
               + f" ({out['seconds']:.1f}s)")

@@ -23,13 +23,13 @@ from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.base import ConfigError, check_output_dir
 from grow_megatron.config.loop import check_loop_arg
 from grow_megatron.config.options import check_positive
-from grow_megatron.convert.load import load_model
+from grow_megatron.convert.load import check_model_dir, load_model
 from grow_megatron.convert.looping import apply_loop_arg
 from grow_megatron.eval import primitives as P
 from grow_megatron.eval import scoring as S
 from grow_megatron.eval.evaluate import (DEFAULT_N, QUICK_CHUNKS, QUICK_N, evaluate_heldout, evaluate_primitives,
                                          format_mc)
-from grow_megatron.eval.lm_eval_adapter import export_tasks, lm_eval_command
+from grow_megatron.eval.lm_eval_adapter import LM_EVAL_INSTALL, export_tasks, lm_eval_command
 
 
 @dataclass
@@ -119,16 +119,23 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"template_version": P.TEMPLATE_VERSION, "seed": opts.seed, "n": n,
                               "shots": opts.shots, "quick": opts.quick}
 
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device
     if opts.export_lm_eval:
         written = export_tasks(opts.export_lm_eval, tasks, n=n, seed=opts.seed, config=cfg)
-        print(f"wrote {len(written)} files to {opts.export_lm_eval}; run e.g.:")
-        print(lm_eval_command(opts.model or "HF_DIR", opts.export_lm_eval))
+        print(f"wrote {len(written)} files to {opts.export_lm_eval}; score them with lm-evaluation-harness "
+              f"({LM_EVAL_INSTALL}), e.g.:")
+        hf_dir = opts.model or "HF_DIR"
+        if opts.model and check_model_dir(opts.model, "causal-lm") is None:
+            # lm-eval reads a Hugging Face directory: a native checkpoint is exported first.
+            hf_dir = f"{opts.model.rstrip('/')}-hf"
+            print(f"grow-megatron convert to-hf {opts.model} {hf_dir}")
+        print(lm_eval_command(hf_dir, opts.export_lm_eval, batch_size=opts.batch_size, dtype=opts.dtype,
+                              device=device, add_bos=opts.add_bos))
         if not opts.model:
             return 0
     if not opts.model:
         raise ConfigError("MODEL", None, "give a model directory (or --export-lm-eval DIR alone)")
 
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device
     try:
         dev = torch.device(device)
     except RuntimeError:

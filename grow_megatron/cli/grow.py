@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -42,7 +43,9 @@ def main(argv: list[str]) -> int:
     from grow_megatron.convert.native import resolve_checkpoint
     from grow_megatron.engine.checkpoint import list_checkpoints, read_meta
     from grow_megatron.engine.distributed import device_context, shutdown_distributed
+    from grow_megatron.engine.faults import fault_point
     from grow_megatron.engine.offline_grow import grow_checkpoint
+    from grow_megatron.engine.staging import remove_leftovers, staged_dir
     from grow_megatron.training.grown_run import carry_run_records, grown_run_config
 
     ckpt, run_dir = resolve_checkpoint(opts.checkpoint)
@@ -57,18 +60,32 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         raise ConfigError("--block-size", opts.block_size, f"{err} (the checkpoint has {depth} layers)") from None
     out = os.path.abspath(opts.out)
+    # A grow killed before it published left only its staging directory (OUT itself never
+    # exists half-written): say so and start over.
+    for left in remove_leftovers(out):
+        print(f"note: an earlier grow into {out} did not finish (killed?); removed its incomplete output {left}",
+              file=sys.stderr)
     if list_checkpoints(os.path.join(out, "checkpoints")):
         raise ConfigError("--out", opts.out, "already holds checkpoints: choose a new directory")
-    os.makedirs(out, exist_ok=True)
-    try:
-        with device_context():
-            new_ckpt = grow_checkpoint(ckpt, growth, info.model, os.path.join(out, "checkpoints"))
-    finally:
-        shutdown_distributed()
-    with open(os.path.join(out, "config.yaml"), "w") as f:
-        f.write(grown_run_config(config, growth, out))
+    if os.path.exists(out) and (not os.path.isdir(out) or os.listdir(out)):
+        raise ConfigError("--out", opts.out, "exists and is not an empty directory: choose a new directory")
     step = meta["step"]  # the grown checkpoint keeps the step it was grown at
-    carried = carry_run_records(run_dir, out, step, read_meta(new_ckpt)["growths"][-1]) if run_dir else 0
+    # Everything is written into a staging directory that becomes OUT by one rename once the
+    # checkpoint, the history and config.yaml are all in it (engine/staging.py).
+    with staged_dir(out, before_publish=lambda: fault_point("grow.staged")) as stage:
+        try:
+            with device_context():
+                staged_ckpt = grow_checkpoint(ckpt, growth, info.model, os.path.join(stage, "checkpoints"))
+        finally:
+            shutdown_distributed()
+        fault_point("grow.checkpoint")
+        carried = carry_run_records(run_dir, stage, step, read_meta(staged_ckpt)["growths"][-1]) if run_dir else 0
+        fault_point("grow.history")
+        with open(os.path.join(stage, "config.yaml"), "w") as f:  # its run_dir is OUT, not the staging name
+            f.write(grown_run_config(config, growth, out))
+            f.flush()
+            os.fsync(f.fileno())
+    new_ckpt = os.path.join(out, os.path.relpath(staged_ckpt, stage))
     print(f"grew {ckpt}: depth {depth} -> {growth.new_depth} ({growth.operator}), source map "
           f"{list(growth.source_map)}\nwrote {new_ckpt} (step {step}, optimizer state included)"
           + (f"; carried the source run's history ({carried} metrics records, growth events)" if run_dir else "")

@@ -16,6 +16,9 @@ def padded_vocab(vocab: int, tp: int) -> int:
     return vocab if vocab % tp == 0 else math.ceil(vocab / (128 * tp)) * 128 * tp
 
 
+FP8_RECIPES = ("off", "tensorwise", "rowwise")
+"""model.fp8's values: off, or torchao's float8 training recipe of that name."""
+
 # docs/method.md §1. `tiny` is ours: small enough to train on two CPU cores in minutes.
 PRESETS: dict[str, dict] = {
     "smollm-360m": dict(num_layers=32, hidden_size=960, ffn_hidden_size=2560, num_attention_heads=15,
@@ -57,7 +60,20 @@ class ModelConfig:
     """LayerNorm-Scaling (docs/method.md §5): scale each pre-norm output of the layer at position l by
     1/sqrt(l)."""
     kernels: Literal["auto", "on", "off"] = "auto"
-    """Fused Triton kernels: auto = on when a GPU is present, off = pure-PyTorch reference path."""
+    """Fused Triton kernels: on = all of them, off = the pure-PyTorch reference path, auto = on a
+    GPU each kernel timed against its reference at the run's shapes at start and on only where it
+    is faster (the run's first note lists them with the times); off without a GPU."""
+    compile: bool = False
+    """torch.compile each transformer layer (per layer, as torchtitan does). Layers of one shape
+    share their compiled code, so a growth adds layers without compiling per layer; the run's
+    log counts the graphs compiled. The first steps after start and growth pay the compile."""
+    fp8: Literal["off", "tensorwise", "rowwise"] = "off"
+    """FP8 linear layers (torchao float8 training): tensorwise or rowwise scaling of inputs,
+    weights and gradients. Needs a GPU with FP8 (compute capability >= 8.9) and
+    tensor_parallel 1; weights, checkpoints and growth stay in the training precision."""
+    fp8_emulate: bool = False
+    """Run model.fp8's scaling and casts with the matmuls emulated in high precision, on any
+    device (tests on CPU; slower than no FP8, never a speed-up)."""
     loop: Optional[LoopConfig] = None
     """Loop-adapted training (docs/looping.md): {start, end, repeats, from_step}; empty = no loop."""
 
@@ -108,6 +124,7 @@ class ModelConfig:
         check(self.norm_eps > 0, f"{path}.norm_eps", self.norm_eps, "must be > 0")
         check(self.init_std > 0, f"{path}.init_std", self.init_std, "must be > 0")
         check(self.rope_theta > 0, f"{path}.rope_theta", self.rope_theta, "must be > 0")
+        check(self.fp8 in FP8_RECIPES, f"{path}.fp8", self.fp8, f"must be one of {', '.join(FP8_RECIPES)}")
 
     def num_params(self, vocab_size: Optional[int] = None, num_layers: Optional[int] = None) -> int:
         """Parameter count with tied embeddings (norm gains included), as transformers counts it."""

@@ -33,6 +33,12 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    accept_changes: list[str] = field(default_factory=list)
+    """Fields of the run's identity (training/identity.py: data sources, optim.*, train.seed)
+    that this resume changes on purpose, e.g. --set accept_changes=[data.datasets]; each change
+    is recorded with its step in RUN_DIR/config_history.jsonl. Without it a resume that changes
+    one is refused (train.steps needs none: training a run further). The model, the growth
+    plan, the global batch size and the tokenizer cannot change within a run."""
 
     @property
     def grow_steps(self) -> int:
@@ -142,7 +148,10 @@ def read_yaml(path: str, field: str = "config") -> dict:
     except yaml.YAMLError as err:
         # The error spans several lines (the offending line and a caret); keep one.
         raise ConfigError(field, path, f"is not valid YAML: {' '.join(str(err).split())}") from None
-    raw = raw or {}
+    # An empty file (or one of comments only) is no config: read as "all defaults" it trains a
+    # default model into ./runs/run, e.g. from the config.yaml of an interrupted `grow`.
+    check(raw is not None, field, path, "is empty: a run config is a mapping of sections (model:, train:, ...; "
+                                        "see examples/tiny_lidas.yaml)")
     check(isinstance(raw, dict), field, path, "must hold a mapping of sections (model:, growth:, ...)")
     return resolve_paths(raw, os.path.dirname(os.path.abspath(path)), run_dir=False)
 
@@ -211,14 +220,21 @@ def load_run_config(path: Optional[str] = None, overrides: Optional[list[str]] =
     raw: dict = {}
     if path is not None:
         raw = read_yaml(path)
+    sections = list(raw)
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(raw, key, value)
     raw = resolve_paths(dict(raw), os.getcwd(), run_dir=True)
     model = raw.get("model") or {}
     check(isinstance(model, dict), "model", model, "must be a mapping of ModelConfig fields (preset:, num_layers:, ...)")
+    named_model = "model" in raw
     raw["model"] = ModelConfig.from_preset_dict(dict(model))
-    return from_dict(RunConfig, raw).validate(world_size)
+    cfg = from_dict(RunConfig, raw)  # (a misspelt section is named first)
+    # The model is what a run trains; a file that names none would train the default one.
+    check(path is None or named_model, "config", path,
+          f"names no model (it has {', '.join(map(str, sections)) or 'no sections'}): a run config needs a model "
+          "section (model: {preset: tiny} or num_layers:, hidden_size:, ...; see examples/tiny_lidas.yaml)")
+    return cfg.validate(world_size)
 
 
 def dump_run_config(cfg: RunConfig) -> str:

@@ -22,6 +22,8 @@ from grow_megatron.convert import hf as H
 from grow_megatron.convert.keymap import (HF_EMBED, HF_NORM, hf_keys, hf_sources, hf_tensor_to_native,
                                           native_tensor_to_hf)
 from grow_megatron.convert.native import NativeReader, resolve_checkpoint, write_json, write_native_checkpoint
+from grow_megatron.engine.faults import fault_point
+from grow_megatron.engine.staging import remove_leftovers, staged_dir
 from grow_megatron.engine.keys import EMBED, FINAL_NORM, LAYER_SUFFIXES, layer_key
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -59,7 +61,11 @@ class NativeSource:
             config = run_config_path(self.run_dir)
         self.run: RunInfo = read_run_info(config)
         # fp32 main params (the optimizer's copy) are the more precise weights of a bf16 run.
-        self.reader = NativeReader(self.ckpt_dir, main_params=main_params)
+        # A run directory reads its newest checkpoint: held against a live trainer's pruning,
+        # or, pruned before it could be held, the next newest (NativeReader).
+        given_run = os.path.abspath(os.path.expanduser(path)) == self.run_dir
+        self.reader = NativeReader(self.ckpt_dir, main_params=main_params, run_dir=self.run_dir if given_run else None)
+        self.ckpt_dir = self.reader.source
         stored = dataclasses.replace(self.run.model, num_layers=self.reader.depth, vocab_size=self.reader.vocab_size)
         self.reader.check(stored)
         # A loop-adapted model (model.loop, from its from_step on) exports as its unrolled depth:
@@ -153,10 +159,14 @@ def to_hf(ckpt: str, out_dir: str, *, config: Optional[str] = None, dtype: DType
     """Write a transformers LlamaForCausalLM directory for a native checkpoint (or a run's latest).
 
     LN-Scaling is folded into the norm gains, so the result is a plain Llama. An existing,
-    non-empty out_dir is refused unless force (its files are then overwritten). Returns a summary."""
+    non-empty out_dir is refused unless force (it is then replaced whole). The export is written
+    into a staging directory beside out_dir (config.json last) and renamed into place when
+    complete (engine/staging.py), so a kill never leaves a partial export that transformers
+    would load; what a killed export left is removed (and listed in the summary). Returns a summary."""
     from transformers import GenerationConfig  # seconds to import; only exports need it
 
     t0 = time.perf_counter()
+    removed = remove_leftovers(out_dir)
     if not force and os.path.isdir(out_dir) and os.listdir(out_dir):
         raise ConfigError("OUT_DIR", out_dir, "already exists and is not empty: choose a new directory, or pass "
                                               "--force to overwrite the export in it")
@@ -167,20 +177,21 @@ def to_hf(ckpt: str, out_dir: str, *, config: Optional[str] = None, dtype: DType
         raise ConfigError("data.tokenizer", tok.source, f"has {tok.vocab_size} tokens but the checkpoint's embedding "
                           f"only {src.shape.vocab_size}: this is not the run's tokenizer")
     sd = native_to_hf_state_dict(src, dt, progress)
-    os.makedirs(out_dir, exist_ok=True)
     cfg = _hf_config_for(src, dt, tok)
-    weights = os.path.join(out_dir, "model.safetensors")
-    save_file(sd, weights, metadata={"format": "pt"})
-    # safetensors writes 0600; give it the mode every other file here gets (0666 less the umask).
-    os.chmod(weights, 0o666 & ~_umask())
-    H.write_hf_config(cfg, out_dir)
-    GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id).save_pretrained(out_dir)
-    if tok is not None:
-        tok.save(out_dir)
-    write_json(os.path.join(out_dir, H.HISTORY_FILE), src.history())
+    with staged_dir(out_dir, replace=force, before_publish=lambda: fault_point("export.staged")) as stage:
+        weights = os.path.join(stage, "model.safetensors")
+        save_file(sd, weights, metadata={"format": "pt"})
+        # safetensors writes 0600; give it the mode every other file here gets (0666 less the umask).
+        os.chmod(weights, 0o666 & ~_umask())
+        fault_point("export.weights")
+        GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id).save_pretrained(stage)
+        if tok is not None:
+            tok.save(stage)
+        write_json(os.path.join(stage, H.HISTORY_FILE), src.history())
+        H.write_hf_config(cfg, stage)  # last: without config.json a directory is no model to transformers
     return {"out_dir": out_dir, "checkpoint": src.ckpt_dir, "depth": src.shape.num_layers, "dtype": str(dt),
             "params": sum(t.numel() for t in sd.values()), "ln_scaling_folded": src.shape.ln_scaling,
-            "tokenizer": tok is not None, "seconds": time.perf_counter() - t0}
+            "tokenizer": tok is not None, "seconds": time.perf_counter() - t0, "removed_leftovers": removed}
 
 
 def _no_init():

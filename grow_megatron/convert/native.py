@@ -8,8 +8,10 @@ checkpoint is byte-for-byte the format training writes and resumes from.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import weakref
 from typing import Optional
 
 import torch
@@ -21,6 +23,10 @@ from grow_megatron.convert.keymap import check_shapes, expected_native_shapes
 from grow_megatron.engine import keys
 from grow_megatron.engine.integrity import verify_checkpoint
 from grow_megatron.model.looping import apply_loop_to_engine
+
+_HOLD_TRIES = 5
+"""Newest checkpoints tried when each is pruned before it could be held (a trainer saving and
+pruning faster than a hold takes: a handful of directory entries)."""
 
 # The engine modules that import megatron-core (seconds) are imported in the functions that use
 # them: eval and analyze of a Hugging Face directory go through convert/ and never need them.
@@ -48,24 +54,46 @@ def resolve_checkpoint(path: str) -> tuple[str, Optional[str]]:
 class NativeReader:
     """Global tensors of one checkpoint, read one key at a time."""
 
-    def __init__(self, ckpt_dir: str, verify: bool = True, main_params: bool = False):
+    def __init__(self, ckpt_dir: str, verify: bool = True, main_params: bool = False,
+                 run_dir: Optional[str] = None):
         """`verify`: check the files against the checkpoint's manifest once, here (reads are
         then unchecked); off for callers that load through load_checkpoint, which verifies.
         `main_params`: read the optimizer's fp32 main copies instead of the weights (the more
         precise weights of a bf16 run). Of the tensor shards only the tensors this reader
-        reads are checked; every other file of the checkpoint is checked whole."""
-        from grow_megatron.engine.checkpoint import read_meta, tensor_specs  # megatron-core: see the note at the top
+        reads are checked; every other file of the checkpoint is checked whole.
 
-        self.dir = ckpt_dir
-        self.meta = read_meta(ckpt_dir)
-        self.state = "param" if main_params else None
-        if verify:
-            verify_checkpoint(ckpt_dir, keys=lambda key: self._owns(key))
+        The checkpoint is held first (engine.checkpoint.hold_checkpoint): a trainer running
+        beside this reader may prune it meanwhile without pulling the files away. `run_dir`:
+        `ckpt_dir` is that run's newest checkpoint, so one pruned before it could be held is
+        replaced by the run's new newest one. `source` is the checkpoint read, `dir` where its
+        files are read from."""
+        # megatron-core: see the note at the top
+        from grow_megatron.engine.checkpoint import (CheckpointGone, hold_checkpoint, latest_checkpoint,
+                                                     pruned_under_reader, read_meta, release_checkpoint, tensor_specs)
+
+        self.source = ckpt_dir
+        for attempt in range(_HOLD_TRIES):
+            try:
+                held = hold_checkpoint(self.source)
+                break
+            except CheckpointGone:
+                newest = latest_checkpoint(os.path.join(run_dir, "checkpoints")) if run_dir else None
+                if newest is None or attempt == _HOLD_TRIES - 1:
+                    raise pruned_under_reader(self.source) from None
+                self.source = newest
+        self.dir = held or self.source
+        self._release = weakref.finalize(self, release_checkpoint, held)
+        with self._named():
+            self.meta = read_meta(self.dir)
+            self.state = "param" if main_params else None
+            if verify:
+                verify_checkpoint(self.dir, keys=lambda key: self._owns(key))
+            specs = tensor_specs(self.dir)
         # Model-space names: the weights' (shapes, dtypes) and the spec of what read() reads.
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, torch.dtype] = {}
         self._read_specs: dict[str, tuple[tuple[int, ...], torch.dtype]] = {}
-        for k, spec in tensor_specs(ckpt_dir).items():
+        for k, spec in specs.items():
             parsed = keys.parse_state_key(k)
             if parsed is None:
                 continue
@@ -75,8 +103,20 @@ class NativeReader:
             if state == self.state:
                 self._read_specs[name] = spec
         if keys.EMBED not in self.shapes:
-            raise ConfigError("checkpoint", ckpt_dir, f"holds no {keys.model_key(keys.EMBED)}: not a grow_megatron "
+            raise ConfigError("checkpoint", self.source, f"holds no {keys.model_key(keys.EMBED)}: not a grow_megatron "
                                                       "checkpoint")
+
+    @contextlib.contextmanager
+    def _named(self):
+        """Errors name the checkpoint, not the reader's hold on it."""
+        try:
+            yield
+        except ConfigError as err:
+            if self.dir == self.source:
+                raise
+            fix = lambda text: text.replace(self.dir, self.source) if isinstance(text, str) else text  # noqa: E731
+            raise ConfigError(fix(err.path), fix(err.value), fix(err.allowed).replace(
+                os.path.basename(self.dir), os.path.basename(self.source))) from None
 
     def _key(self, name: str) -> str:
         """The checkpoint key read() reads for model-space `name`."""
@@ -111,10 +151,11 @@ class NativeReader:
         from grow_megatron.engine.checkpoint import read_global_tensors  # megatron-core: see the note at the top
 
         key = self._key(name)
-        return read_global_tensors(self.dir, {key: self._read_specs[name]}, verify=False)[key]
+        with self._named():
+            return read_global_tensors(self.dir, {key: self._read_specs[name]}, verify=False)[key]
 
     def check(self, model: ModelConfig) -> None:
-        check_shapes(self.shapes, expected_native_shapes(model), f"checkpoint {self.dir} vs its config")
+        check_shapes(self.shapes, expected_native_shapes(model), f"checkpoint {self.source} vs its config")
 
 
 # --- engines (single process) --------------------------------------------------------------
@@ -164,7 +205,7 @@ def native_logits(ckpt_dir: str, model: ModelConfig, tokens: torch.Tensor, loop=
 
     reader = NativeReader(ckpt_dir, verify=False)
     engine = _engine(model, reader.depth, reader.vocab_size)
-    load_checkpoint(engine, ckpt_dir)
+    load_checkpoint(engine, reader.dir)
     if loop is not None:
         apply_loop_to_engine(engine, loop)
     chunk = engine.model[0].module.eval()

@@ -21,9 +21,10 @@ from __future__ import annotations
 import functools
 import os
 import signal
-from typing import Callable
+from typing import Callable, Optional
 
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue, AsyncRequest
+from torch.distributed.checkpoint.api import CheckpointException
 
 from grow_megatron.engine.distributed import signal_on_parent_death
 
@@ -54,11 +55,25 @@ class AsyncSaver:
     def __init__(self) -> None:
         self._queue = AsyncCallsQueue(persistent=False)
 
-    def submit(self, request: AsyncRequest, publish: Callable[[], None]) -> None:
+    def submit(self, request: AsyncRequest, publish: Callable[[], None],
+               on_error: Optional[Callable[[BaseException], None]] = None) -> None:
         """Start writing `request` (from dist_checkpointing.save(..., async_sharded_save=True));
-        `publish` runs on every rank once all of them finished writing."""
+        `publish` runs on every rank once all of them finished writing. `on_error` sees a
+        failed write or publish first (on every rank, at the poll or wait that finds it) and
+        may raise in its place (save_checkpoint: a full disk in one line)."""
         self.wait()
-        request.add_finalize_fn(publish)
+        steps = [*request.finalize_fns, publish]
+
+        def finalize() -> None:
+            try:
+                for fn in steps:
+                    fn()
+            except (OSError, CheckpointException) as err:
+                if on_error is not None:
+                    on_error(err)
+                raise
+
+        request = request._replace(finalize_fns=[finalize])
         if os.environ.get(KILL_WRITER_ENV) == "1":
             request = request._replace(async_fn=_killed_writer)
         request = request._replace(async_fn=functools.partial(_bound_writer, request.async_fn, os.getpid()))

@@ -95,6 +95,14 @@ class EngineSpec:
     """User-given split at the final depth; other depths are balanced."""
     seed: int = 0
     """Seed of the initial weights (layout-independent, see GrowTransformerLayer)."""
+    compile: bool = False
+    """model.compile: each transformer layer under torch.compile."""
+    fp8: str = "off"
+    """model.fp8: torchao float8 recipe of the layers' linears, or off."""
+    fp8_emulate: bool = False
+    """model.fp8_emulate: the FP8 matmuls emulated in high precision (CPU)."""
+    kernels: Optional[tuple[str, ...]] = None
+    """With use_kernels, the Triton kernels that run (kernels/select.py's names); None = all."""
     scale: ScaleOptions = field(default_factory=ScaleOptions)
     """Communication overlap, sequence parallelism and activation recompute (resolved; default all off)."""
 
@@ -160,7 +168,8 @@ def build_engine(spec: EngineSpec, depth: int, init_weights: bool = True) -> Eng
         spec.model, num_layers=depth, params_dtype=torch.bfloat16 if spec.bf16 else torch.float32,
         bf16=spec.bf16, tensor_parallel=spec.tp, pipeline_parallel=spec.pp,
         pipeline_layout=_pipeline_layout(split, spec.pp), use_kernels=spec.use_kernels, seed=spec.seed,
-        init_weights=init_weights, **spec.scale.transformer_options())
+        init_weights=init_weights, fp8=spec.fp8, fp8_emulate=spec.fp8_emulate, compile=spec.compile,
+        kernels=spec.kernels if spec.use_kernels else (), **spec.scale.transformer_options())
     sc = spec.scale
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=True, overlap_grad_reduce=sc.overlap_grad_reduce,
@@ -186,8 +195,23 @@ def build_engine(spec: EngineSpec, depth: int, init_weights: bool = True) -> Eng
         # moments and step untouched) and reported by step() as not successful.
         loss_scale=1.0)
     optimizer = get_megatron_optimizer(opt_config, model)
+    _fused_torch_adam(optimizer)
     _set_schedule_hooks(config, model, sc)
     return Engine(spec, depth, split, config, model, optimizer)
+
+
+def _fused_torch_adam(optimizer) -> None:
+    """Run torch's AdamW (megatron's choice without TransformerEngine or apex, so always on CPU)
+    as its fused kernel: one pass over each parameter's state instead of a dozen elementwise ops
+    per tensor (torch picks the per-tensor loop by default on CPU). Same update formula and the
+    same state tensors, so checkpoints and growth are unaffected."""
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    for opt in inner:
+        torch_opt = getattr(opt, "optimizer", None)
+        if isinstance(torch_opt, torch.optim.Adam) and not torch_opt.state:
+            for group in torch_opt.param_groups:
+                group["foreach"], group["fused"] = False, True
+            torch_opt._step_supports_amp_scaling = True
 
 
 def _set_schedule_hooks(config: GrowTransformerConfig, model: list[DistributedDataParallel], sc: ScaleOptions) -> None:

@@ -29,14 +29,13 @@ checkpoint written at one TP x PP x DP layout resumes at another.
 """
 from __future__ import annotations
 
-import ctypes
 import datetime
 import errno
 import json
 import os
 import re
 import shutil
-import sys
+import socket
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Callable, Optional
@@ -56,15 +55,17 @@ from grow_megatron.engine.dcp_writer import DirectSaveStrategy
 from grow_megatron.engine.distributed import barrier, broadcast_from_rank0, gather_on_rank0, rank
 from grow_megatron.engine.dp_shards import param_pieces
 from grow_megatron.engine.faults import fault_point
-from grow_megatron.engine.integrity import digest_files, fsync_dir, rank_shard_files, verifying, write_manifest
+from grow_megatron import __version__
+from grow_megatron.engine.integrity import (MANIFEST, META, digest_files, fsync_dir, pruned_under_reader,
+                                             rank_shard_files, verifying, write_manifest)
 from grow_megatron.engine.keys import MODEL, STATE_KEYS, state_key
+from grow_megatron.engine.staging import exchange_dirs as _exchange
 from grow_megatron.engine.optim_state import (ensure_state_initialized, local_range, local_state,
                                               optimizer_step_count, set_step_count)
 
 if TYPE_CHECKING:
     from grow_megatron.engine.async_save import AsyncSaver
 
-META = "meta.json"
 LATEST = "latest"
 _STEP_DIR = re.compile(r"step_\d+")
 # meta.json keys readers rely on: (type, required, what it is); bool is not an int here.
@@ -75,6 +76,11 @@ META_SCHEMA: dict[str, tuple[type, bool, str]] = {
     "growths": (list, False, "a list of growth events"),
     "growth_checkpoint": (bool, False, "true or false"),
 }
+
+
+WRITTEN_BY = f"grow_megatron {__version__}"
+"""meta.json's `written_by`: this version always writes a manifest (integrity.py refuses a
+checkpoint it wrote that has none)."""
 
 
 def _rank0() -> bool:
@@ -188,22 +194,21 @@ def latest_checkpoint(ckpt_root: str) -> Optional[str]:
     return os.path.join(ckpt_root, found[-1]) if found else None
 
 
-def _exchange(a: str, b: str) -> bool:
-    """Atomically swap two directory entries (Linux renameat2 RENAME_EXCHANGE); False where the
-    OS or file system cannot (then nothing was changed)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    renameat2 = getattr(libc, "renameat2", None)  # glibc >= 2.28
-    if renameat2 is None:
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
-        return True
-    err = ctypes.get_errno()
-    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
-        return False
-    raise OSError(err, os.strerror(err), a)
+def unreadable_leftovers(ckpt_root: str) -> Optional[str]:
+    """What shows that `ckpt_root` held checkpoints when none of them is complete and readable
+    now (`latest` naming a step that is gone, step directories without meta.json), or None
+    for a run that never wrote one. A resume must not start such a run over from step 0."""
+    if not os.path.isdir(ckpt_root):
+        return None
+    signs = []
+    latest = os.path.join(ckpt_root, LATEST)
+    if os.path.isfile(latest):
+        with open(latest) as f:
+            signs.append(f"{LATEST} names {f.read().strip() or 'nothing'}")
+    steps = sorted(d for d in os.listdir(ckpt_root) if _STEP_DIR.fullmatch(d.split(".")[0]) and ".tmp-" not in d)
+    if steps:
+        signs.append(f"{', '.join(steps)} without a readable {META}")
+    return "; ".join(signs) or None
 
 
 def _install(tmp: str, final: str, step: int, exchange: Callable[[str, str], bool]) -> Optional[str]:
@@ -284,6 +289,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
     # the engine may change while the shards are written. A re-save keeps the growth mark of
     # the copy it replaces.
     full_meta = json.loads(json.dumps({**meta, "step": step, "depth": engine.depth, "split": list(engine.split),
+                                       "written_by": WRITTEN_BY,
                                        "growth_checkpoint": growth or (_rank0() and _is_growth_checkpoint(final))}))
 
     def begin():
@@ -336,23 +342,11 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         _on_rank0(publish)
         barrier()
 
-    try:
-        _on_rank0(begin)
-        barrier()
-        sd, _ = _sharded_state(engine, for_load=False)
-        sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
-        if saver is not None:
-            # megatron's async writer (a forked process per save, see async_save.py); `finish`
-            # runs on every rank once all writers are done, a failed writer raises everywhere.
-            saver.submit(dist_checkpointing.save(sd, tmp, sharded_strategy=strategy, async_sharded_save=True), finish)
-            return final
-        dist_checkpointing.save(sd, tmp, sharded_strategy=strategy)
-        barrier()
-        seal()
-    except (OSError, CheckpointException) as err:
+    def failed(err: BaseException) -> None:
+        """A full disk, in one line, with the partial save removed; anything else as it is."""
         full = _disk_full(err)
         if full is None:
-            raise
+            return
         if _rank0():
             shutil.rmtree(tmp, ignore_errors=True)
         good = latest_checkpoint(ckpt_root)
@@ -360,6 +354,25 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
                                              f"({full.filename or 'a checkpoint file'}): free disk space or set "
                                              f"run_dir on a larger disk; the partial save was removed and "
                                              f"{good or 'no checkpoint'} stays the last good one") from err
+
+    try:
+        _on_rank0(begin)
+        barrier()
+        sd, _ = _sharded_state(engine, for_load=False)
+        sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
+        if saver is not None:
+            # megatron's async writer (a forked process per save, see async_save.py); `finish`
+            # runs on every rank once all writers are done, a failed writer raises everywhere
+            # (through `failed`, at the step that finds it done).
+            saver.submit(dist_checkpointing.save(sd, tmp, sharded_strategy=strategy, async_sharded_save=True), finish,
+                         on_error=failed)
+            return final
+        dist_checkpointing.save(sd, tmp, sharded_strategy=strategy)
+        barrier()
+        seal()
+    except (OSError, CheckpointException) as err:
+        failed(err)
+        raise
     _on_rank0(publish)
     barrier()
     return final
@@ -387,7 +400,7 @@ def _prune(ckpt_root: str, saved: str, keep_last: Optional[int], background: boo
         shutil.rmtree(path, ignore_errors=True)
 
 
-RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "events.jsonl", "config.yaml", "tb", "loss.png")
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "events.jsonl", "config.yaml", "config_history.jsonl", "tb", "loss.png")
 """What a run writes into its run_dir (checkpoint.resume=fresh moves these into an archive)."""
 
 
@@ -424,9 +437,103 @@ def prepare_run_dir(run_dir: str, resume: str) -> None:
     barrier()
 
 
+def _vanished(err: BaseException) -> bool:
+    """Whether `err` (or a failure DCP wrapped in it) is a file that is not there."""
+    seen, todo = set(), [err]
+    while todo:
+        e = todo.pop()
+        if not isinstance(e, BaseException) or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, FileNotFoundError):
+            return True
+        todo.extend([e.__cause__, e.__context__])
+        for failure in (getattr(e, "failures", None) or {}).values():
+            todo.extend(failure if isinstance(failure, tuple) else [failure])
+    return False
+
+
+HELD = ".held-"
+"""Prefix of a reader's hold on a checkpoint (hold_checkpoint): `.held-<host>-<pid>-<id>-<step>`."""
+
+
+class CheckpointGone(Exception):
+    """The checkpoint to hold was removed (pruned) before all of its files were held."""
+
+
+def _hold_owner_alive(name: str) -> bool:
+    """Whether the reader that made hold `name` may still run (another host: assume so)."""
+    parts = name[len(HELD):].split("-")  # host, pid, id, step name
+    if len(parts) != 4 or parts[0] != socket.gethostname().replace("-", "_"):
+        return True
+    try:
+        os.kill(int(parts[1]), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _drop_dead_holds(ckpt_root: str) -> None:
+    """Remove the holds of readers that died (SIGKILL) without releasing them."""
+    for d in os.listdir(ckpt_root):
+        if d.startswith(HELD) and not _hold_owner_alive(d):
+            shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+
+
+def hold_checkpoint(ckpt_dir: str) -> Optional[str]:
+    """A reader's own copy of a checkpoint's directory entries: hard links to its files in
+    `<checkpoints>/.held-*`, so a trainer pruning (removing) the checkpoint meanwhile cannot
+    pull the files away from the reader; it costs no copy and no space until the original is
+    removed. Returns the held directory (release it with release_checkpoint), or None where
+    links cannot be made there (read-only or foreign file system: read in place). Raises
+    CheckpointGone when the checkpoint was removed before everything was held.
+
+    Files are linked through a descriptor of the checkpoint directory: a re-save that
+    exchanges the directory with a new copy meanwhile cannot mix the two copies."""
+    ckpt_dir = os.path.abspath(ckpt_dir)
+    root, name = os.path.split(ckpt_dir)
+    host = socket.gethostname().replace("-", "_")
+    held = os.path.join(root, f"{HELD}{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}")
+    try:
+        _drop_dead_holds(root)
+        fd = os.open(ckpt_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        raise CheckpointGone(ckpt_dir) from None
+    except OSError:
+        return None
+    try:
+        os.mkdir(held)
+        for entry in os.listdir(fd):
+            os.link(entry, os.path.join(held, entry), src_dir_fd=fd, follow_symlinks=False)
+        if not os.path.isfile(os.path.join(held, META)):
+            raise FileNotFoundError(os.path.join(ckpt_dir, META))
+    except FileNotFoundError:
+        shutil.rmtree(held, ignore_errors=True)
+        raise CheckpointGone(ckpt_dir) from None
+    except OSError:  # no hard links here (EPERM, EXDEV, EROFS, a subdirectory, ...): read in place
+        shutil.rmtree(held, ignore_errors=True)
+        return None
+    finally:
+        os.close(fd)
+    return held
+
+
+def release_checkpoint(held: Optional[str]) -> None:
+    """Drop a hold (hold_checkpoint); the original files stay as they are."""
+    if held:
+        shutil.rmtree(held, ignore_errors=True)
+
+
 def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
-    """A checkpoint whose files cannot be parsed (truncated copy, disk full during a manual copy,
-    edited meta.json): one line naming it and the way out, not torch's multi-line traceback."""
+    """A checkpoint whose files cannot be read, diagnosed: removed under the reader (pruned by
+    a live trainer), a meta.json or files that do not parse (damage: truncated copy, hand edit),
+    or files that verify but do not fit the reader. One line naming it and the way out, not
+    torch's multi-line traceback. (A model of another shape is named before any read:
+    `check_shapes`; damage in a checkpoint with a manifest is named by verification.)"""
+    if not os.path.isdir(ckpt_dir) or _vanished(err):
+        return pruned_under_reader(ckpt_dir)
     failures = getattr(err, "failures", None)  # DCP's CheckpointException wraps each rank's error
     if failures:
         err = next(iter(failures.values()))
@@ -434,9 +541,50 @@ def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> ConfigError:
             err = err[0]
     first = (str(err).strip().splitlines() or [""])[0][:200]
     why = f"{type(err).__name__}: {first}" if first else type(err).__name__
+    if os.path.isfile(os.path.join(ckpt_dir, MANIFEST)) and os.path.isfile(os.path.join(ckpt_dir, META)):
+        return ConfigError("checkpoint", ckpt_dir, f"cannot be read by this reader ({why}) although its files are "
+                                                   f"the ones written (its {MANIFEST} verifies): it does not fit what "
+                                                   f"is read (another model config or grow_megatron version?); read "
+                                                   f"it with the config it was trained with (its run's config.yaml)")
     return ConfigError("checkpoint", ckpt_dir, f"cannot be read, its files are truncated or corrupted "
                                                f"({why}): use an earlier checkpoints/step_* (training resumes "
                                                "from the newest complete one once this one is moved away)")
+
+
+def check_shapes(sd: dict, ckpt_dir: str) -> None:
+    """Before a load: every tensor the engine asks for is in the checkpoint with the same
+    global shape. A model of another shape (a changed model.hidden_size, num_layers, ...) is
+    a config mismatch, named as one; DCP would report it as an unreadable file."""
+    stored = tensor_specs(ckpt_dir)
+    mismatch = None
+    for key, shape in sorted(_requested_shapes(sd).items()):
+        have = stored.get(key)
+        if have is None or tuple(have[0]) != shape:
+            held = f"holds {key} with shape {list(have[0])}" if have is not None else f"holds no {key}"
+            mismatch = (held, list(shape))
+            break
+    # Each pipeline rank asks for its own layers: all ranks agree before the collective load.
+    found = [m for m in gather_on_rank0(mismatch) if m is not None]
+    mismatch = broadcast_from_rank0(found[0] if found else None)
+    if mismatch is not None:
+        raise ConfigError("checkpoint", ckpt_dir, f"{mismatch[0]}, but this config's model needs shape {mismatch[1]}: "
+                                                  f"the checkpoint was trained with another model config (model.* "
+                                                  f"shape fields); nothing is damaged: use the config it was trained "
+                                                  f"with (its run's config.yaml), or another run_dir for this model")
+
+
+def _requested_shapes(obj, out: Optional[dict] = None) -> dict[str, tuple[int, ...]]:
+    """{key: global shape} of every ShardedTensor in a (nested) sharded state dict."""
+    out = {} if out is None else out
+    if isinstance(obj, dict):
+        for v in obj.values():
+            _requested_shapes(v, out)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            _requested_shapes(v, out)
+    elif isinstance(obj, ShardedTensor):
+        out[obj.key] = tuple(obj.global_shape)
+    return out
 
 
 def tensor_specs(ckpt_dir: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -515,6 +663,7 @@ def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
         raise ValueError(f"checkpoint {ckpt_dir} holds depth {meta['depth']}, engine has {engine.depth}")
     ensure_state_initialized(engine.optimizer)
     sd, targets = _sharded_state(engine, for_load=True)
+    check_shapes(sd, ckpt_dir)
     sd["common"] = {"optimizer_step": 0}
     with torch.no_grad():
         loaded = _load_verified(sd, ckpt_dir)

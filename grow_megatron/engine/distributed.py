@@ -61,6 +61,49 @@ def stop_with_launcher() -> None:
         os.kill(os.getpid(), signal.SIGTERM)
 
 
+# How gloo reports that the other end of a collective went away (the peer process died).
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+def _exited_local_ranks() -> list[int]:
+    """Global ranks of this node's torchrun workers whose process is gone or a zombie: the
+    workers are the children of this worker's agent, each with RANK in its environment
+    (Linux /proc; empty elsewhere or when nothing can be read)."""
+    try:
+        me, local = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+        expected = {me - local + i for i in range(int(os.environ["LOCAL_WORLD_SIZE"]))} - {me}
+        agent = os.getppid()
+        alive = set()
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()  # after "(comm)": state, ppid, ...
+                if int(fields[1]) != agent or fields[0] == "Z":
+                    continue
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+                if b"RANK" in env:
+                    alive.add(int(env[b"RANK"]))
+            except (OSError, ValueError, IndexError):
+                continue
+        return sorted(expected - alive)
+    except (KeyError, ValueError, OSError):
+        return []
+
+
+def peer_exit_message(err: BaseException) -> str | None:
+    """The one line for a collective that failed because another rank's process exited (gloo's
+    "Connection closed by peer"), naming that rank where this node can see it; None for any
+    other error."""
+    text = str(err)
+    if not isinstance(err, RuntimeError) or not any(s in text for s in _PEER_GONE):
+        return None
+    gone = _exited_local_ranks()
+    who = f"rank {', '.join(map(str, gone))}" if gone else "another rank (on another node, or it could not be named)"
+    return (f"{who} exited; this rank ({os.environ.get('RANK', '?')}) stops; resume with the same command "
+            f"(the last complete checkpoint is what it resumes from; the exited rank's own output says why it stopped)")
+
+
 def init_distributed(tp: int, pp: int, seed: int, vpp: int = 1) -> Layout:
     """Initialise torch.distributed and megatron's parallel_state (idempotent per process)."""
     stop_with_launcher()

@@ -4,7 +4,8 @@
 
 fires ACTION whenever the process reaches POINT (with that step, if given), on global rank 0
 only. Points are named where they sit: `save.*` inside save_checkpoint (see
-FAULT_POINTS), `step.end` after each training step. Actions:
+FAULT_POINTS), `step.end` after each training step, `grow.*` and `export.*` in the staged
+outputs of `grow-megatron grow` and `convert to-hf` (engine/staging.py). Actions:
 
     exit        os._exit(FAULT_EXIT_CODE): dies on the spot, no cleanup, no flushing (default)
     kill        SIGKILL to this process
@@ -40,6 +41,11 @@ FAULT_POINTS = (
     "save.done",       # `latest` names step_N; pruning of old checkpoints not yet done
     "step.end",        # a training step (and its metrics line) finished; STEP is its number
     "save.writer",     # inside the forked writer of an async save (checkpoint.async_save), before it writes
+    "grow.checkpoint", # `grow`: the grown checkpoint written in OUT's staging dir, no history or config.yaml yet
+    "grow.history",    # `grow`: the source run's metrics/events copied too, config.yaml not yet written
+    "grow.staged",     # `grow`: everything in the staging dir, not yet renamed to OUT
+    "export.weights",  # `convert to-hf`: model.safetensors in the staging dir, no config.json/tokenizer yet
+    "export.staged",   # `convert to-hf`: the whole export in the staging dir, not yet renamed to OUT_DIR
 )
 ACTIONS = ("exit", "kill", "raise", "enospc", "term", "term-group", "kill-parent", "kill-parent-wait")
 

@@ -11,7 +11,10 @@ an attacker, and runs at memory speed (~15 GB/s on one core, releasing the GIL).
 checkpoint does not fit in the page cache, a separate pass would read it from disk twice, so
 loaders verify *while* they read (`verifying`): both passes stream the same files at the same
 time and the disk serves them about once (docs/benchmarks.md). Checkpoints written before
-manifests existed load with a warning.
+manifests existed load with a warning; a checkpoint whose meta.json shows it was written by a
+version that always writes the manifest (`written_by`, or the `growth_checkpoint` mark that came
+with manifests) and has none is damaged, and refused: loading it unverified is how a corrupted
+shard turns into NaN steps.
 """
 from __future__ import annotations
 
@@ -28,6 +31,10 @@ import xxhash
 from grow_megatron.config.base import ConfigError
 
 MANIFEST = "manifest.json"
+META = "meta.json"
+"""A checkpoint's own record (step, depth, growths, who wrote it); checkpoint.py reads and writes it."""
+MANIFEST_ERA_KEYS = ("written_by", "growth_checkpoint")
+"""meta.json keys that only versions writing a manifest with every checkpoint put there."""
 ALGORITHM = "xxh3_128"
 _CHUNK = 16 << 20  # large reads: the hash, not the syscalls, should be the cost
 
@@ -125,6 +132,14 @@ def write_manifest(ckpt_dir: str, digested: Optional[dict[str, dict]] = None) ->
         os.fsync(f.fileno())
 
 
+def pruned_under_reader(ckpt_dir: str) -> ConfigError:
+    """A checkpoint removed while it was read: a live trainer pruned it (checkpoint.keep_last)."""
+    return ConfigError("checkpoint", ckpt_dir, "was removed while it was being read (a trainer running in this run "
+                                               "directory pruned it, checkpoint.keep_last): nothing is damaged; read "
+                                               "again (the run directory reads its newest checkpoint, held while it "
+                                               "is read), or read a growth checkpoint, which is never pruned")
+
+
 def _corrupt(path: str, why: str) -> ConfigError:
     ckpt = os.path.dirname(path)
     return ConfigError("checkpoint file", path, f"{why}: corrupted or edited after the checkpoint was written; "
@@ -138,7 +153,16 @@ def verify_checkpoint(ckpt_dir: str, keys: Optional[Callable[[str], bool]] = Non
     the stored items of the tensors it accepts are checked in shard files (a reader of some
     tensors); every other file is always checked whole."""
     path = os.path.join(ckpt_dir, MANIFEST)
+    if not os.path.isdir(ckpt_dir):
+        raise pruned_under_reader(ckpt_dir)
     if not os.path.isfile(path):
+        writer = _manifest_era_writer(ckpt_dir)
+        if writer is not None:
+            raise ConfigError("checkpoint", ckpt_dir, f"has no {MANIFEST}, but its {META} says {writer} wrote it, "
+                                                      f"which always writes one: the checkpoint is damaged (files "
+                                                      f"lost or removed), so it cannot be verified; use an earlier "
+                                                      f"checkpoints/step_* (training resumes from the newest complete "
+                                                      f"one once {os.path.basename(ckpt_dir)} is moved away)")
         warnings.warn(f"{ckpt_dir} has no {MANIFEST} (written by an older grow_megatron): its files are not "
                       f"verified", stacklevel=2)
         return
@@ -153,7 +177,7 @@ def verify_checkpoint(ckpt_dir: str, keys: Optional[Callable[[str], bool]] = Non
     for rel, entry in sorted(files.items()):
         full = os.path.join(ckpt_dir, rel)
         if not os.path.isfile(full):
-            raise _corrupt(full, "is missing")
+            raise pruned_under_reader(ckpt_dir) if not os.path.isdir(ckpt_dir) else _corrupt(full, "is missing")
         size = os.path.getsize(full)
         if size != entry["size"]:
             raise _corrupt(full, f"has {size} bytes where {entry['size']} were written")
@@ -164,6 +188,20 @@ def verify_checkpoint(ckpt_dir: str, keys: Optional[Callable[[str], bool]] = Non
                                          f"written ({ALGORITHM} digest)")
         elif file_digest(full) != entry["digest"]:
             raise _corrupt(full, f"its content differs from what was written ({ALGORITHM} digest)")
+
+
+def _manifest_era_writer(ckpt_dir: str) -> Optional[str]:
+    """Who wrote `ckpt_dir`, if its meta.json shows a version that always writes a manifest
+    (None for older checkpoints and for a meta.json that cannot be read: that is reported by
+    its reader)."""
+    try:
+        with open(os.path.join(ckpt_dir, META), encoding="utf-8") as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not any(k in meta for k in MANIFEST_ERA_KEYS):
+        return None
+    return str(meta.get("written_by") or "a grow_megatron version with manifests")
 
 
 @contextlib.contextmanager

@@ -85,7 +85,8 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
     set_step_count(engine.optimizer, step)
     event = {"step": meta["step"], "seconds": round(time.perf_counter() - t0, 4), **growth.to_dict(),
              "pipeline_split": [growth.new_depth], "offline": True}
-    new_meta = {k: v for k, v in meta.items() if k not in ("step", "depth", "split")}
+    # The grown run is another run (its config.yaml, written by `grow`, is its identity).
+    new_meta = {k: v for k, v in meta.items() if k not in ("step", "depth", "split", "identity")}
     new_meta["growths"] = list(meta.get("growths", [])) + [event]
     try:
         return save_checkpoint(engine, out_root, meta["step"], new_meta)

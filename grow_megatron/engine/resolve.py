@@ -46,23 +46,37 @@ class ResolvedRun:
     spec: EngineSpec
     tokenizer: Optional[Tokenizer]
     """The run's tokenizer; None for a run on random tokens (the benchmark)."""
+    kernel_timings: Optional[dict] = None
+    """model.kernels=auto on a GPU: {kernel: (kernel ms, reference ms)} that chose spec.kernels."""
 
     def describe(self) -> str:
         """Precision, kernels, vocabulary and the scale settings, as the run's first note states them."""
-        return (f"{'bf16' if self.bf16 else 'fp32'}, kernels {'on' if self.use_kernels else 'off'}, vocab {self.vocab}, "
-                f"{self.spec.scale.describe()}")
+        s = self.spec
+        kernels = "on" if self.use_kernels else "off"
+        if self.kernel_timings is not None:
+            from grow_megatron.kernels.select import describe
+
+            kernels = describe(s.kernels or (), self.kernel_timings)
+        elif self.use_kernels and s.kernels is not None:
+            kernels = f"on: {', '.join(s.kernels)}"
+        extra = (", compiled per layer" if s.compile else "") + (
+            f", fp8 {s.fp8}{' (emulated)' if s.fp8_emulate else ''}" if s.fp8 != "off" else "")
+        return (f"{'bf16' if self.bf16 else 'fp32'}, kernels {kernels}, "
+                f"vocab {self.vocab}{extra}, {s.scale.describe()}")
 
 
 def engine_spec(model: ModelConfig, vocab_size: int, *, optim: Optional[OptimConfig] = None, bf16: bool = False,
                 use_kernels: bool = False, tp: int = 1, pp: int = 1, vpp: int = 1,
-                final_split: Optional[tuple[int, ...]] = None, seed: int = 0,
-                scale: Optional[ScaleOptions] = None) -> EngineSpec:
+                final_split: Optional[tuple[int, ...]] = None, seed: int = 0, compile: bool = False,
+                fp8: str = "off", fp8_emulate: bool = False,
+                kernels: Optional[tuple[str, ...]] = None, scale: Optional[ScaleOptions] = None) -> EngineSpec:
     """The one constructor of EngineSpec. Without a run config (offline growth, conversion, the
     growth and checkpoint benchmarks) the defaults are a single-process fp32 engine on the
-    reference path with no overlap, sequence parallelism or recompute; `optim` matters only to
-    an engine that steps (default: OptimConfig())."""
+    reference path, eager, without FP8, overlap, sequence parallelism or recompute; `optim` matters
+    only to an engine that steps (default: OptimConfig())."""
     return EngineSpec(model, optim if optim is not None else OptimConfig(), vocab_size, bf16=bf16,
                       use_kernels=use_kernels, tp=tp, pp=pp, vpp=vpp, final_split=final_split, seed=seed,
+                      compile=compile, fp8=fp8, fp8_emulate=fp8_emulate, kernels=kernels,
                       scale=scale if scale is not None else ScaleOptions())
 
 
@@ -88,18 +102,43 @@ def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
     plan = plan_from_config(cfg)
     bf16 = cfg.train.precision == "bf16" or (cfg.train.precision == "auto" and device == "cuda")
     use_kernels = _use_kernels(cfg.model.kernels, device)
+    _check_fp8(cfg, layout, device)
     tokenizer = None if random_tokens else build_tokenizer(cfg.data)
     vocab = padded_vocab(_vocab_size(cfg.model, tokenizer), layout.tp)
     scale = scale_options(cfg, device)
     if not random_tokens:
         check_fits(cfg, vocab, layout.tp, layout.pp, layout.dp, bf16, scale.sequence_parallel)
+    kernels, timings = None, None
+    if use_kernels and cfg.model.kernels == "auto":
+        timings = _time_kernels(cfg, layout, vocab, bf16)
+        from grow_megatron.kernels.select import winners
+
+        kernels = winners(timings)
+        use_kernels = bool(kernels)
     par = cfg.parallel
     spec = engine_spec(cfg.model, vocab, optim=cfg.optim, bf16=bf16, use_kernels=use_kernels, tp=layout.tp,
                        pp=layout.pp, vpp=par.virtual_stages,
                        final_split=tuple(par.pipeline_split) if par.pipeline_split else None, seed=cfg.train.seed,
-                       scale=scale)
+                       compile=cfg.model.compile, fp8=cfg.model.fp8, fp8_emulate=cfg.model.fp8_emulate,
+                       kernels=kernels, scale=scale)
     _check_recompute_groups(cfg, plan, spec)
-    return ResolvedRun(cfg, layout, plan, bf16, use_kernels, vocab, spec, tokenizer)
+    return ResolvedRun(cfg, layout, plan, bf16, use_kernels, vocab, spec, tokenizer, timings)
+
+
+def _time_kernels(cfg: RunConfig, layout: Layout, vocab: int, bf16: bool) -> dict:
+    """model.kernels=auto: each kernel against its reference at this run's per-rank shapes, timed
+    on rank 0 (every rank must build the same model) and sent to the others."""
+    from grow_megatron.engine.distributed import broadcast_from_rank0, rank
+    from grow_megatron.kernels.select import Shapes, time_kernels
+
+    m, tp = cfg.model, layout.tp
+    timings = None
+    if rank() == 0:
+        shapes = Shapes(tokens=cfg.train.micro_batch_size * m.seq_length, hidden=m.hidden_size,
+                        ffn=m.ffn_hidden_size // tp, heads=m.num_attention_heads // tp,
+                        kv_heads=max(1, m.kv_heads // tp), head_dim=m.head_dim, vocab=vocab, seq=m.seq_length)
+        timings = time_kernels(shapes, torch.bfloat16 if bf16 else torch.float32, "cuda")
+    return broadcast_from_rank0(timings)
 
 
 def scale_options(cfg: RunConfig, device: str) -> ScaleOptions:
@@ -138,6 +177,26 @@ def _use_kernels(setting: str, device: str) -> bool:
                           "the Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1 to run them, slowly, in "
                           "Triton's interpreter on CPU); use model.kernels=auto or off")
     return True
+
+
+def _check_fp8(cfg: RunConfig, layout: Layout, device: str) -> None:
+    """model.fp8 runs where it can, else one line saying why and what to set."""
+    fp8 = cfg.model.fp8
+    if fp8 == "off":
+        return
+    if layout.tp > 1:
+        raise ConfigError("model.fp8", fp8, f"runs with parallel.tensor_parallel 1 only (this run has {layout.tp}): "
+                                            "set model.fp8=off or tensor_parallel=1")
+    if cfg.model.fp8_emulate:
+        return
+    if device != "cuda" or not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)):
+        raise ConfigError("model.fp8", fp8, "needs a GPU with FP8 matmuls (compute capability >= 8.9, e.g. H100), "
+                                            "and this process has none: set model.fp8=off (or model.fp8_emulate=true "
+                                            "to run the FP8 casts with emulated matmuls, for tests)")
+    try:
+        import torchao.float8  # noqa: F401
+    except ImportError as err:
+        raise ConfigError("model.fp8", fp8, f"needs torchao (pip install torchao): {err}") from None
 
 
 def _vocab_size(model: ModelConfig, tokenizer: Optional[Tokenizer]) -> int:

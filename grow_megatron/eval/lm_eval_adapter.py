@@ -98,9 +98,16 @@ def export_tasks(out_dir: str | Path, tasks: Sequence[str], n: int, seed: int = 
     return written
 
 
+LM_EVAL_INSTALL = "pip install 'lm-eval[hf]'"
+"""What runs the printed command: lm-evaluation-harness with its Hugging Face model backend."""
+
+
 def lm_eval_command(model_dir: str, include_path: str | Path, tasks: str = GROUP, batch_size: int = 16,
-                    dtype: str = "float32", device: str = "cuda") -> str:
-    """The shell command that evaluates an exported HF model on the exported tasks, offline."""
+                    dtype: str = "float32", device: str = "cpu", add_bos: bool = False) -> str:
+    """The shell command that evaluates an exported HF model (`convert to-hf`'s output, not a
+    native checkpoint) on the exported tasks, offline, on `device`, scoring what `grow-megatron
+    eval` scores: `add_bos_token` is passed explicitly, because lm-eval's default (None) lets the
+    tokenizer decide, and a tokenizer whose post-processor prepends BOS (Llama's) would get one."""
     return (f"HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 lm_eval --model hf "
-            f"--model_args pretrained={model_dir},dtype={dtype} --include_path {include_path} "
-            f"--tasks {tasks} --device {device} --batch_size {batch_size}")
+            f"--model_args pretrained={model_dir},dtype={dtype},add_bos_token={add_bos} "
+            f"--include_path {include_path} --tasks {tasks} --device {device} --batch_size {batch_size}")

@@ -22,11 +22,20 @@ class GrowTransformerConfig(TransformerConfig):
     grow_ln_scaling: bool = False
     """LN-Scaling: pre-norm outputs of the layer at position l scaled by 1/sqrt(l)."""
     grow_use_kernels: bool = False
-    """Use the fused Triton kernels instead of the PyTorch reference path."""
+    """Some fused Triton kernel runs (grow_kernels says which)."""
+    grow_kernels: tuple = ()
+    """The Triton kernels that run (names of kernels/select.py's KERNELS); the others take the
+    PyTorch reference path."""
     grow_rope_theta: float = 10000.0
     """RoPE base, read by SDPAttention (which applies RoPE)."""
     grow_init_seed: int = 0
     """Seed of the initial weights; each layer's draw depends on it and the layer's global position."""
+    grow_fp8: str = "off"
+    """model.fp8: the torchao float8 recipe of the layers' linears (off: none)."""
+    grow_fp8_emulate: bool = False
+    """model.fp8_emulate: FP8 matmuls emulated in high precision (CPU tests)."""
+    grow_compile: bool = False
+    """model.compile: each transformer layer under torch.compile."""
 
 
 def _keep(tensor: torch.Tensor) -> torch.Tensor:
@@ -37,9 +46,15 @@ def _keep(tensor: torch.Tensor) -> torch.Tensor:
 def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype: torch.dtype = torch.float32,
                             bf16: bool = False, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                             pipeline_layout=None, use_kernels: bool = False, seed: int = 0,
-                            init_weights: bool = True, **megatron_options) -> GrowTransformerConfig:
-    """megatron_options: further TransformerConfig fields (sequence parallelism, recompute,
-    overlapped p2p: engine.build.ScaleOptions.transformer_options)."""
+                            init_weights: bool = True, fp8: str = "off", fp8_emulate: bool = False,
+                            compile: bool = False, kernels: Optional[tuple[str, ...]] = None,
+                            **megatron_options) -> GrowTransformerConfig:
+    """`kernels`: the Triton kernels to run; None = all of them with use_kernels, none without.
+    megatron_options: further TransformerConfig fields (sequence parallelism, recompute, overlapped
+    p2p: engine.build.ScaleOptions.transformer_options)."""
+    if kernels is None:
+        kernels = _all_kernels() if use_kernels else ()
+    use_kernels = bool(kernels)
     return GrowTransformerConfig(
         num_layers=num_layers,
         hidden_size=model.hidden_size,
@@ -72,7 +87,7 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
         apply_rope_fusion=False,
         # megatron's MLP applies a spec'd activation module to the whole gated fc1 output when
         # this is set: that is where our fused SwiGLU plugs in (the name is megatron's).
-        use_te_activation_func=use_kernels,
+        use_te_activation_func="swiglu" in kernels,
         persist_layer_norm=False,
         gradient_accumulation_fusion=False,
         grow_ln_scaling=model.ln_scaling,
@@ -82,10 +97,21 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
         **({} if init_weights else {"init_method": _keep, "output_layer_init_method": _keep,
                                     "embedding_init_method": _keep}),
         grow_use_kernels=use_kernels,
+        grow_kernels=tuple(kernels),
         grow_init_seed=seed,
         grow_rope_theta=model.rope_theta,
+        grow_fp8=fp8,
+        grow_fp8_emulate=fp8_emulate,
+        grow_compile=compile,
         **megatron_options,
     )
+
+
+def _all_kernels() -> tuple[str, ...]:
+    # Imported only when kernels are wanted: the reference path must not need triton.
+    from grow_megatron.kernels.select import KERNELS
+
+    return KERNELS
 
 
 def build_model_chunk(config: GrowTransformerConfig, model: ModelConfig, vocab_size: int,
@@ -95,7 +121,8 @@ def build_model_chunk(config: GrowTransformerConfig, model: ModelConfig, vocab_s
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     if num_local_layers is None:
         num_local_layers = config.num_layers // config.pipeline_model_parallel_size
-    spec = TransformerBlockSubmodules(layer_specs=[decoder_layer_spec(config.grow_use_kernels)] * num_local_layers,
+    layer_spec = decoder_layer_spec("swiglu" in config.grow_kernels, fp8=config.grow_fp8 != "off")
+    spec = TransformerBlockSubmodules(layer_specs=[layer_spec] * num_local_layers,
                                       layer_norm=ScaledRMSNorm)
     model = GrowGPTModel(
         config=config,
@@ -110,5 +137,25 @@ def build_model_chunk(config: GrowTransformerConfig, model: ModelConfig, vocab_s
         vp_stage=vp_stage,
     )
     # The fused loss needs the whole vocabulary on one rank.
-    model.fused_loss = config.grow_use_kernels and config.tensor_model_parallel_size == 1
+    model.fused_loss = "loss" in config.grow_kernels and config.tensor_model_parallel_size == 1
+    if config.grow_compile:
+        compile_layers(model)
     return model
+
+
+def compile_layers(chunk: GrowGPTModel) -> None:
+    """torch.compile each transformer layer in place (per layer, as torchtitan compiles its
+    blocks). The layers share one code object and dynamo treats each module's parameters as
+    graph inputs, so the layers of a chunk, and those a growth builds, reuse the graphs the first
+    layer compiled: nothing in a layer's traced code depends on its position (SDPAttention's
+    RoPE table is rebuilt in the graph instead of read from a per-layer cache)."""
+    for layer in chunk.decoder.layers:
+        layer.compile()
+
+
+def compiled_graphs() -> int:
+    """Graphs dynamo has compiled in this process so far (its own counter): what a run's log
+    reports at start and after each growth."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])

@@ -11,14 +11,16 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from megatron.core.models.gpt import GPTModel
+from megatron.core.tensor_parallel.layers import RowParallelLinear
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 from megatron.core.transformer.transformer_layer import TransformerLayer, get_transformer_layer_offset
 from megatron.core.utils import divide
 
 
-def _kernels_enabled(config: TransformerConfig) -> bool:
-    return bool(getattr(config, "grow_use_kernels", False))
+def _kernel_on(config: TransformerConfig, name: str) -> bool:
+    """Whether the Triton kernel `name` (kernels/select.py's KERNELS) runs in this model."""
+    return name in getattr(config, "grow_kernels", ())
 
 
 def _kernels():
@@ -48,18 +50,32 @@ class ScaledRMSNorm(torch.nn.Module):
         # params marked this way over TP (its WrappedTorchNorm refuses sequence parallelism).
         self.weight.sequence_parallel = config.sequence_parallel
         self.eps = eps
+        # The factor again as a 0-d buffer (in no state dict) for compiled layers: a Python float
+        # is a constant to dynamo, so every new position (a growth's layers) would recompile.
+        self.register_buffer("scale_t", torch.ones((), dtype=torch.float32), persistent=False)
         self.scale = 1.0
-        self.use_kernel = _kernels_enabled(config)
+        self.use_kernel = _kernel_on(config, "rmsnorm")
+
+    @property
+    def scale(self) -> float:
+        return self._scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        # A new tensor, not an in-place write: a backward pending on the old factor keeps it
+        # (model/looping.py changes the factor between applications of one layer).
+        self._scale = float(value)
+        self.scale_t = torch.full((), self._scale, dtype=torch.float32, device=self.scale_t.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [s, b, h]
         if self.use_kernel:
             return _kernels().rms_norm(x, self.weight, self.eps, scale=self.scale)
-        # fp32 statistics, as transformers' LlamaRMSNorm computes them (HF logit parity).
-        dtype = x.dtype
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        y = self.weight * y.to(dtype)
-        return y * self.scale if self.scale != 1.0 else y
+        if torch.compiler.is_compiling():
+            # One graph for every position: the factor is a graph input (x 1.0 where there is none).
+            # (a 0-d fp32 factor keeps x's dtype and is applied in fp32, as a Python float is)
+            return _kernels().rms_norm_ref(x, self.weight, self.eps) * self.scale_t
+        # Rounded as transformers' LlamaRMSNorm (HF logit parity): kernels/rmsnorm.py's reference.
+        return _kernels().rms_norm_ref(x, self.weight, self.eps, self.scale)
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, eps={self.eps}, scale={self.scale:.4f}"
@@ -125,11 +141,15 @@ class SDPAttention(MegatronModule):
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         self.rope_base = float(getattr(config, "grow_rope_theta", 10000.0))
-        self.use_kernel = _kernels_enabled(config)
+        self.use_kernel = _kernel_on(config, "rope")
         self._rope_cache: dict = {}
         self._native_gqa_cache: dict = {}
 
     def _cos_sin(self, s: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        if torch.compiler.is_compiling():
+            # A per-layer cache would put a guard on each layer's dict (a recompile per layer);
+            # in the graph the table is a few fused ops.
+            return _kernels().rope_cos_sin(s, self.head_dim, self.rope_base, device)
         key = (s, str(device))
         if key not in self._rope_cache:
             self._rope_cache = {key: _kernels().rope_cos_sin(s, self.head_dim, self.rope_base, device)}
@@ -138,6 +158,10 @@ class SDPAttention(MegatronModule):
     def _native_gqa(self, q, k, v, dropout_p: float) -> bool:
         """native_gqa_is_fused, asked once per layout rather than every step (one entry: the
         shapes change only with the sequence length or batch)."""
+        if torch.compiler.is_compiling():
+            # torch's dispatch checks do not trace, and a cache would guard per layer: compiled
+            # layers repeat k and v (the same function).
+            return False
         key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, dropout_p > 0,
                torch.is_grad_enabled() and q.requires_grad)
         if key not in self._native_gqa_cache:
@@ -158,6 +182,17 @@ class SDPAttention(MegatronModule):
         out = causal_attention(q, k, v, native_gqa=self._native_gqa(q, k, v, dropout_p), scale=self.softmax_scale,
                                dropout_p=dropout_p)
         return out.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)  # [s, b, hq*d]
+
+
+class GrowRowParallelLinear(RowParallelLinear):
+    """megatron's RowParallelLinear, handing its matmul the layer's own TP group where megatron
+    passes None (it then looks the default group up, the same group, through a call that
+    torch.compile cannot trace: a graph break in every compiled layer)."""
+
+    def _forward_impl(self, input, weight, *args, **kwargs):
+        if kwargs.get("tp_group", 0) is None:
+            kwargs["tp_group"] = self.tp_group
+        return super()._forward_impl(input, weight, *args, **kwargs)
 
 
 class FusedSwiGLU(torch.nn.Module):

@@ -14,22 +14,26 @@ import torch
 from megatron.core import parallel_state
 
 from grow_megatron.config.base import ConfigError, check_output_dir, to_dict
-from grow_megatron.config.run import RunConfig, dump_run_config
+from grow_megatron.config.run import RunConfig
 from grow_megatron.config.training import TrainConfig
 from grow_megatron.data.datasets import build_datasets, describe_data, get_microbatches
 from grow_megatron.engine.async_save import AsyncSaver
 from grow_megatron.engine.build import (Engine, build_engine, eval_loss, poison_gradients, relearn_grad_ready,
                                          sync_params, train_step)
 from grow_megatron.engine.checkpoint import (latest_checkpoint, load_checkpoint, prepare_run_dir, read_meta,
-                                               save_checkpoint)
-from grow_megatron.engine.distributed import device_context, init_distributed
+                                               save_checkpoint, unreadable_leftovers)
+from grow_megatron.engine.distributed import broadcast_from_rank0, device_context, init_distributed, rank
 from grow_megatron.engine.faults import fault_point
 from grow_megatron.engine.grow import grow, needs_host_staging
 from grow_megatron.engine.optim_state import nonfinite_state
 from grow_megatron.engine.resolve import ResolvedRun, resolve_run
 from grow_megatron.growth.schedule import GrowthPlan
+from grow_megatron.model.builder import compiled_graphs
 from grow_megatron.model.looping import LoopSchedule
 from grow_megatron.training.history import ComputeCount, Schedule, continued_plan, lr_schedule, plan_note
+from grow_megatron.training.identity import (check_changes, describe_changes, has_history, identity_changes,
+                                             legacy_identity, record_changes, record_start, run_identity,
+                                             write_current_config)
 from grow_megatron.training.metrics import MetricsWriter
 from grow_megatron.training.run_lock import run_dir_lock
 
@@ -120,9 +124,10 @@ def _train(run: ResolvedRun, *, stop_at: Optional[int], on_step) -> TrainResult:
     checkpoint."""
     cfg = run.cfg
     prepare_run_dir(cfg.run_dir, cfg.checkpoint.resume)
-    data = _Data.build(run)
     ckpt_root = _checkpoint_root(cfg)
-    start, engine = _resume(run, ckpt_root)
+    origin = _origin(cfg, ckpt_root)  # (a resume that changes the run stops here, before the data is built)
+    data = _Data.build(run)
+    start, engine = _resume(run, origin)
     history = start.growths
     compute = ComputeCount(cfg.model, run.vocab, _tokens_per_step(cfg),
                            history[0]["old_depth"] if history else engine.depth, start.checkpoint_meta)
@@ -221,6 +226,10 @@ class _Start:
     plan: GrowthPlan
     """The growth plan as the run follows it (the stage steps it was started with)."""
     schedule: Schedule
+    identity: dict
+    """The run's identity (training/identity.py), recorded in every checkpoint."""
+    changed: dict
+    """Deliberate changes of the identity taking effect at this start: {field: (old, new)}."""
 
     @property
     def growths(self) -> list[dict]:
@@ -233,13 +242,32 @@ class _Start:
         return (self.checkpoint_meta or {}).get("skipped_steps", 0)
 
 
-def _resume(run: ResolvedRun, ckpt_root: str) -> tuple[_Start, Engine]:
-    """The start of this call and its engine: built fresh at the plan's initial depth, or
-    loaded from the latest checkpoint (checkpoint.resume=auto)."""
-    cfg = run.cfg
+@dataclass(frozen=True)
+class _Origin:
+    """What this call resumes (nothing for a new run) and the run's identity, checked."""
+
+    checkpoint: Optional[str]
+    meta: Optional[dict]
+    identity: dict
+    changed: dict
+
+
+def _origin(cfg: RunConfig, ckpt_root: str) -> _Origin:
+    """The latest checkpoint (checkpoint.resume=auto) and its meta.json, and this run's identity
+    checked against the one it recorded."""
     resume_from = latest_checkpoint(ckpt_root) if cfg.checkpoint.resume == "auto" else None
-    torch.manual_seed(cfg.train.seed)
+    if resume_from is None and cfg.checkpoint.resume == "auto":
+        _refuse_restart_over_lost_checkpoints(cfg, ckpt_root)
     prior = read_meta(resume_from) if resume_from else None
+    return _Origin(resume_from, prior, *_checked_identity(cfg, prior, resume_from))
+
+
+def _resume(run: ResolvedRun, origin: _Origin) -> tuple[_Start, Engine]:
+    """The start of this call and its engine: built fresh at the plan's initial depth, or
+    loaded from the latest checkpoint."""
+    cfg = run.cfg
+    resume_from, prior = origin.checkpoint, origin.meta
+    torch.manual_seed(cfg.train.seed)
     start = prior["step"] if prior else 0
     plan = continued_plan(run.plan, prior)
     if prior:
@@ -251,7 +279,44 @@ def _resume(run: ResolvedRun, ckpt_root: str) -> tuple[_Start, Engine]:
         load_checkpoint(engine, resume_from)
     else:
         engine = build_engine(run.spec, plan.initial_depth)
-    return _Start(start, resume_from, prior, plan, schedule), engine
+    return _Start(start, resume_from, prior, plan, schedule, origin.identity, origin.changed), engine
+
+
+def _checked_identity(cfg: RunConfig, prior: Optional[dict], checkpoint: Optional[str]) -> tuple[dict, dict]:
+    """This run's identity and, on a resume, its deliberate changes to the recorded one (a
+    change that is not deliberate is refused here, before the engine is built). Rank 0 reads
+    the data to digest it; every rank gets its identity or its refusal."""
+    result = None
+    if rank() == 0:
+        try:
+            # A checkpoint at step 0 without an identity (`convert from-hf`) was never trained:
+            # the run's identity is the one its first step trains under.
+            recorded = (prior.get("identity") or (legacy_identity(cfg.run_dir) if prior["step"] else None)
+                        if prior else None)
+            current = run_identity(cfg, (recorded or {}).get("file_stats"))
+            diff = identity_changes(recorded, current) if recorded else {}
+            check_changes(diff, cfg.accept_changes, prior["step"] if prior else 0, checkpoint, cfg.run_dir)
+            result = ("ok", current, diff)
+        except ConfigError as err:
+            result = ("refused", err.path, err.value, err.allowed)
+        except OSError as err:  # a data file that cannot be read for its digest: never a hang of the other ranks
+            result = ("refused", "data", err.filename, f"cannot be read to digest it ({err.strerror})")
+    result = broadcast_from_rank0(result)
+    if result[0] == "refused":
+        raise ConfigError(*result[1:])
+    return result[1], result[2]
+
+
+def _refuse_restart_over_lost_checkpoints(cfg: RunConfig, ckpt_root: str) -> None:
+    """A run whose checkpoints were all moved away or cannot be read is not a new run: starting
+    it from step 0 would truncate its metrics.jsonl and overwrite its records."""
+    left = unreadable_leftovers(ckpt_root)
+    if left is not None:
+        raise ConfigError("checkpoint.resume", "auto",
+                          f"{ckpt_root} held checkpoints but none is complete and readable now ({left}): this run is "
+                          f"not started over from step 0 (that would truncate {cfg.run_dir}/metrics.jsonl); put its "
+                          f"step_* directories back, or set checkpoint.resume=fresh to archive the run and start "
+                          f"over, or use another run_dir")
 
 
 def _check_resumed_depth(cfg: RunConfig, plan: GrowthPlan, checkpoint: str, prior: dict) -> None:
@@ -273,8 +338,13 @@ def _open_metrics(run: ResolvedRun, start: _Start, engine: Engine, data: _Data) 
                             resume_step=start.step, wandb=_wandb_settings(cfg))
     if layout.is_logging_rank:
         os.makedirs(cfg.run_dir, exist_ok=True)
-        with open(os.path.join(cfg.run_dir, "config.yaml"), "w") as f:
-            f.write(dump_run_config(cfg))
+        write_current_config(cfg)
+        if start.checkpoint is None or not has_history(cfg.run_dir):
+            record_start(cfg, start.identity, start.step)
+        if start.checkpoint is not None and start.changed:
+            record_changes(cfg, start.step, start.changed)
+            metrics.note(f"changes from step {start.step} on (recorded in config_history.jsonl): "
+                         f"{describe_changes(start.changed)}")
         vpp = run.spec.vpp
         metrics.note(f"{cfg.name}: {'resuming from ' + start.checkpoint if start.checkpoint else 'starting'} at step "
                      f"{start.step}, depth {engine.depth}, {layout.world} rank(s) (TP={layout.tp} PP={layout.pp}"
@@ -304,6 +374,8 @@ class _RunState:
     """Non-finite steps skipped over the run's whole history (checkpointed)."""
     consecutive: int = 0
     """Of them, the ones in a row up to the last step."""
+    compiled_graphs: int = 0
+    """model.compile: graphs dynamo had compiled after the last step (new ones are noted)."""
 
 
 @dataclass(frozen=True)
@@ -341,7 +413,8 @@ class _Checkpoints:
     def _meta(self, state: _RunState, done: int) -> dict:
         """What meta.json records besides the engine's own (step, depth, split)."""
         growths = state.result.growths
-        return {"growths": growths, "name": self.cfg.name, "stage_steps": list(self.start.plan.stage_steps),
+        return {"growths": growths, "name": self.cfg.name, "identity": self.start.identity,
+                "stage_steps": list(self.start.plan.stage_steps),
                 "operator": self.cfg.growth.operator, **self.start.schedule.meta(), "skipped_steps": state.skipped,
                 "compute": {"step": done, **self.compute.at(done, growths)}}
 
@@ -386,6 +459,12 @@ def _step(cfg: RunConfig, schedule: Schedule, state: _RunState, data: _Data, ste
     dt = time.perf_counter() - t0
     rec = {"step": step, **out, "depth": state.engine.depth, "tokens_per_s": _tokens_per_step(cfg) / dt,
            "step_s": dt, **compute.at(step + 1, state.result.growths)}
+    if cfg.model.compile:
+        graphs = rec["compiled_graphs"] = compiled_graphs()
+        if graphs != state.compiled_graphs:
+            metrics.note(f"torch.compile: {graphs - state.compiled_graphs} graph(s) compiled at step {step} "
+                         f"(depth {state.engine.depth}, {graphs} in this process)")
+            state.compiled_graphs = graphs
     state.consecutive = 0 if out["update_ok"] else state.consecutive + 1
     if not out["update_ok"]:
         state.skipped += 1
