@@ -73,7 +73,6 @@ def _kept_after_forward(engine, batch) -> int:
     """Bytes still allocated after one micro-batch's forward (with autograd): what the model keeps
     for its backward (activations, the loss's softmax), above what was allocated before."""
     import torch
-
     from torch.profiler import ProfilerActivity, profile
 
     model = engine.model[0]
