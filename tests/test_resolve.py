@@ -7,6 +7,7 @@ from grow_megatron.bench.config import BenchConfig
 from grow_megatron.bench.runner import resolve as bench_resolve
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.run import dump_run_config, load_run_config
+from grow_megatron.engine.build import ScaleOptions
 from grow_megatron.engine.distributed import Layout
 from grow_megatron.engine.resolve import engine_spec, planned_layout, resolve_run
 from grow_megatron.growth.schedule import plan_from_config
@@ -26,7 +27,8 @@ def test_cpu_defaults_fp32_reference_path_and_the_tokenizers_vocab(tmp_path):
     assert not run.bf16 and not run.use_kernels
     # The embedded default tokenizer has 4096 tokens; TP=1 needs no padding.
     assert run.tokenizer is not None and run.tokenizer.vocab_size == 4096 and run.vocab == 4096
-    assert run.describe() == "fp32, kernels off, vocab 4096"
+    assert run.describe() == ("fp32, kernels off, vocab 4096, overlap off, sequence parallel off, recompute none")
+    assert run.spec.scale == ScaleOptions()  # every `auto` of the scale options is off on CPU
     assert run.plan == plan_from_config(cfg)
     assert run.plan.boundaries == (2, 5)  # PROP-1 over 9 growth steps, 3 stages: [2, 3, 4]
     s = run.spec

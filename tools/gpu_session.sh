@@ -20,6 +20,12 @@
 #                         each Triton kernel vs its reference at the benchmark shapes (bf16, fwd +
 #                         bwd), SDPA native GQA vs repeat, the tiny and a 360M-shape config with
 #                         kernels on/off, one growth, save, resume
+#   scale        90 / 40  1b. tools/bench_scale.py --world 1 (issue 24): SmolLM-360M widths, 4 layers,
+#                         2 x 4 x 2048 tokens per step, bf16: peak memory (torch.cuda) and step time
+#                         with recompute none / selective / full and with DP overlap on (at DP=1 on
+#                         one GPU it only exercises megatron's buckets and hooks under NCCL); the
+#                         losses say whether recompute stayed exact on CUDA. Sequence parallelism
+#                         needs TP > 1, i.e. two GPUs: not in a one-chip session
 #   bench_360m  140 / 80  2. grow-megatron bench, SmolLM-360M shapes, batch 8x2048: the engine static
 #                         vs HF Llama eager and torch.compile, with a torch.profiler breakdown
 #   kernels      80 / 40  3. tools/bench_kernels.py: our kernels vs eager, torch.compile, Liger-Kernel
@@ -55,7 +61,7 @@ SMOKE=${GS_SMOKE:-}
 SCALE=${GS_LIMIT_SCALE:-$([ -n "$SMOKE" ] && echo 3 || echo 1)}
 BUDGET=${GS_BUDGET:-$((480 * SCALE))}
 KILL_AFTER=25
-STEPS=${GS_STEPS:-"correct bench_360m kernels bench_1p7b grown_360m growth fp8_360m train_short"}
+STEPS=${GS_STEPS:-"correct scale bench_360m kernels bench_1p7b grown_360m growth fp8_360m train_short"}
 OUT=${OUT:-/tmp/gpu_session_out}  # the device tool sets OUT; elsewhere results stay in /tmp
 W=${GS_WORK:-/tmp/gs}             # full outputs; only a few files fit back through $OUT
 mkdir -p "$OUT" "$W"
@@ -161,15 +167,18 @@ if [ -n "$SMOKE" ]; then
            --set train.micro_batch_size=2 --set train.eval_interval=6 --set optim.warmup_steps=2
            --set optim.decay_steps=2)
   GROWTH_ARGS=(--preset tiny --depth 4 --seq 64 --mbs 1 --staging off,on)
+  SCALE_X=(--hidden 64 --ffn 160 --heads 4 --groups 2 --vocab 256 --seq 64 --micro 1 --steps 1)
   FP8_X=(--dry-run --set model.fp8_emulate=true)  # CPU: torchao's emulated FP8 matmuls
 else
-  CORRECT_X=() BENCH_X=() KERNELS_X=() TRAIN_X=() FP8_X=()
+  CORRECT_X=() BENCH_X=() KERNELS_X=() TRAIN_X=() FP8_X=() SCALE_X=()
   GROWTH_ARGS=(--preset smollm-360m --preset smollm-1.7b --depth 16 --seq 2048 --mbs 1 --staging off,on)
 fi
 # Reference batches of the H100 measurements in docs/benchmarks.md: 8x2048 (360M), 4x2048 (1.7B) = the configs' micro-batches.
 # (${A[@]+"${A[@]}"}: an empty array under `set -u` on any bash.)
 step correct 150 60 python3 tools/gpu_correct.py --out $W/correct.json --work $W/correct --pytest-limit $((120 * SCALE)) \
   ${CORRECT_X[@]+"${CORRECT_X[@]}"}
+step scale 90 40 python3 tools/bench_scale.py --world 1 --seq 2048 --micro 4 --microbatches 2 --steps 3 --rounds 1 \
+  --out $W/scale.json ${SCALE_X[@]+"${SCALE_X[@]}"}
 step bench_360m 140 80 $GM bench examples/smollm360m_lidas.yaml --out $W/bench_360m \
   --warmup 3 --steps-per-stage 6 --parts static,hf --profile ${BENCH_X[@]+"${BENCH_X[@]}"}
 step kernels 80 40 python3 tools/bench_kernels.py --out $W/kernels.json ${KERNELS_X[@]+"${KERNELS_X[@]}"}

@@ -11,6 +11,12 @@ literal `device="cuda"` allocations, `Tensor.cuda()`, and `param.type() ==
   and answers the CUDA type name from `Tensor.type()`, so megatron's dtype checks accept CPU
   tensors.
 
+Activation recompute (megatron's CheckpointFunction) saves and restores the CUDA RNG state
+around each recomputed region. On CPU there is no CUDA generator (the CPU generator, which
+dropout uses here, is saved beside it): `torch.cuda.random.get_rng_state` answers an empty
+state, and the restore, which torch queues for a CUDA initialisation that can never happen,
+is dropped instead of piling up in `torch.cuda._queued_calls` for the life of the process.
+
 It is entered once per process by the engine when no GPU is present, so the same engine
 (TP/PP/DP included, with gloo) runs on a laptop and in CI. Nothing here is active on GPU.
 """
@@ -54,14 +60,31 @@ class _CudaToCpuMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+class _NoCudaQueue(list):
+    """torch.cuda's queue of calls deferred to CUDA initialisation, on a machine where CUDA is
+    never initialised: nothing is kept (megatron's recompute restores the CUDA RNG state through
+    it twice per recomputed region)."""
+
+    def append(self, item) -> None:
+        pass
+
+
+def _no_cuda_rng_state(device: Any = "cuda") -> torch.Tensor:
+    return torch.empty(0, dtype=torch.uint8)
+
+
 @contextlib.contextmanager
 def cpu_compat() -> Iterator[None]:
     """Let megatron-core run on CPU tensors for the duration of the context."""
-    saved = (torch.cuda.current_device, torch.cuda.synchronize)
+    saved = (torch.cuda.current_device, torch.cuda.synchronize, torch.cuda.random.get_rng_state,
+             torch.cuda._queued_calls)
     torch.cuda.current_device = lambda: _CPU  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+    torch.cuda.random.get_rng_state = _no_cuda_rng_state  # type: ignore[assignment]
+    torch.cuda._queued_calls = _NoCudaQueue(saved[3])  # type: ignore[attr-defined]
     try:
         with _CudaToCpuMode():
             yield
     finally:
-        torch.cuda.current_device, torch.cuda.synchronize = saved
+        (torch.cuda.current_device, torch.cuda.synchronize, torch.cuda.random.get_rng_state,
+         torch.cuda._queued_calls) = saved

@@ -68,7 +68,7 @@ class RunConfig:
             counts += (("train.eval_batches", tc.eval_batches, tc.eval_batches, "evaluation"),)
         self.parallel.validate(world_size, self.model.num_layers, self.model.num_attention_heads, self.model.kv_heads,
                                initial_layers=self.growth.block_size if self.growth.enabled else None,
-                               microbatches=counts)
+                               microbatches=counts, seq_length=self.model.seq_length)
         if self.model.loop is not None:
             self._validate_loop()
         self.data.validate()

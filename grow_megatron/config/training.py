@@ -1,7 +1,7 @@
 """Growth, optimisation, parallelism, checkpoint and logging configs."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from grow_megatron.config.base import ConfigError, check
@@ -9,6 +9,11 @@ from grow_megatron.config.base import ConfigError, check
 OPERATORS = ("midas", "lidas", "top", "bottom")
 """The growth operators' names; growth/operators.py maps each to its function (and checks it
 has one for every name here)."""
+
+RECOMPUTE_MODULES = ("core_attn", "mlp")
+"""Submodules train.recompute=selective may recompute: megatron's recompute_modules that exist in
+our dense layer ("layernorm" is left out: megatron's output-discarding checkpoint behind it needs
+Transformer Engine)."""
 
 MAX_ALPHA = 10.0
 """Largest PROP-alpha exponent accepted. At alpha = 10 stage 1 already gets under 2e-5 of the
@@ -137,6 +142,23 @@ class TrainConfig:
     """A step whose loss or gradients are not finite (inf/NaN on any rank) is skipped: no update to
     weights or AdamW state, counted in metrics.jsonl. This many skipped steps in a row stop the run
     (before any checkpoint of a diverged state is written), naming the last good checkpoint."""
+    recompute: Literal["none", "selective", "full"] = "none"
+    """Activation recompute (megatron's recompute_granularity): none keeps every activation for
+    backward; selective recomputes the submodules in recompute_modules (default the core
+    attention: RoPE'd q/k, the GQA-repeated k/v and the attention output are not kept); full
+    keeps only each recomputed layer's input and runs its forward again in backward (about one
+    more forward pass of compute for the smallest activation memory). Layers a growth adds get
+    the same setting (the engine is rebuilt from it at every depth)."""
+    recompute_method: Literal["uniform", "block"] = "uniform"
+    """recompute=full only (megatron's recompute_method): uniform = every layer, in groups of
+    recompute_num_layers layers whose inputs are kept; block = only the first recompute_num_layers
+    layers of each pipeline stage (the rest keep their activations)."""
+    recompute_num_layers: int = 1
+    """recompute=full only: layers per recomputed group (uniform; must divide the layers of every
+    pipeline stage at every depth of the growth plan) or recomputed layers per stage (block)."""
+    recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])
+    """recompute=selective only: which submodules are recomputed: core_attn (megatron's default)
+    and/or mlp."""
 
     def validate(self, dp_size: int = 1, path: str = "train") -> None:
         check(self.steps > 0, f"{path}.steps", self.steps, "must be a positive integer")
@@ -152,6 +174,11 @@ class TrainConfig:
         check(self.eval_batches > 0 or not self.eval_interval, f"{path}.eval_batches", self.eval_batches,
               "must be positive while evaluation is on (or set train.eval_interval=0)")
         check(self.log_interval > 0, f"{path}.log_interval", self.log_interval, "must be positive")
+        check(self.recompute_num_layers >= 1, f"{path}.recompute_num_layers", self.recompute_num_layers,
+              "must be a positive integer")
+        bad = [m for m in self.recompute_modules if m not in RECOMPUTE_MODULES]
+        check(bool(self.recompute_modules) and not bad, f"{path}.recompute_modules", self.recompute_modules,
+              f"must list one or more of {', '.join(RECOMPUTE_MODULES)}")
 
 
 @dataclass
@@ -172,6 +199,37 @@ class ParallelConfig:
     pipeline_split: Optional[list[int]] = None
     """Layers per pipeline stage at the final depth, in layer order (pipeline_parallel x
     virtual_stages entries); default balanced (sizes differ by at most one)."""
+    overlap_grad_reduce: Literal["auto", "on", "off"] = "auto"
+    """Reduce-scatter each bucket of data-parallel gradients as soon as the backward pass has
+    produced them (megatron DDP's backward hooks), overlapping the network with the rest of the
+    backward pass instead of waiting for its end. auto: on where a GPU runs the job; off on CPU,
+    where gloo's background collectives compete with the compute for the same cores and one
+    bucket keeps CPU runs bit-identical to earlier releases."""
+    overlap_param_gather: Literal["auto", "on", "off"] = "auto"
+    """Distributed optimizer: all-gather the updated weights bucket by bucket during the next
+    forward pass (forward pre-hooks wait for each bucket just before its first use) instead of
+    right after the update. Needs overlap_grad_reduce. auto: the same as overlap_grad_reduce."""
+    bucket_size: Optional[int] = None
+    """Parameters per gradient bucket when overlapping: smaller buckets start communicating earlier
+    but pay more per-call latency. Empty: megatron's max(40M, 1M x data-parallel size). Pipeline
+    stages after the first, and model chunks after the first, use one bucket (their reduce is off
+    the critical path), as megatron does."""
+    align_grad_reduce: bool = True
+    """Pipeline parallelism with overlap: start a model chunk's gradient reduce when its last
+    micro-batch's backward ends, from the schedule (megatron's grad_sync_func), so every stage
+    launches its reduce at the same point; false: when the bucket's last gradient arrives."""
+    align_param_gather: bool = True
+    """Pipeline parallelism with overlap_param_gather: every stage starts its first all-gather
+    together from the schedule (megatron's param_sync_func)."""
+    overlap_p2p_comm: Literal["auto", "on", "off"] = "auto"
+    """Interleaved schedule (virtual_stages > 1): the activations sent between pipeline stages
+    travel asynchronously while the next micro-batch computes. auto: on where a GPU runs an
+    interleaved pipeline."""
+    sequence_parallel: Literal["auto", "on", "off"] = "auto"
+    """With tensor_parallel > 1: each TP rank keeps only seq_length / TP tokens of the norms,
+    residuals and dropout ([s/TP, b, h] instead of [s, b, h]), and TP's all-reduces become
+    reduce-scatter + all-gather (same bytes). Needs model.seq_length divisible by
+    tensor_parallel. auto: on where a GPU runs a TP > 1 job and the sequence divides."""
 
     @property
     def num_virtual_stages(self) -> int:
@@ -180,10 +238,11 @@ class ParallelConfig:
 
     def validate(self, world_size: int, num_layers: int, heads: int, kv_heads: int, path: str = "parallel",
                  initial_layers: Optional[int] = None,
-                 microbatches: tuple[tuple[str, object, int, str], ...] = ()) -> None:
+                 microbatches: tuple[tuple[str, object, int, str], ...] = (),
+                 seq_length: Optional[int] = None) -> None:
         """initial_layers: depth at step 0 (the growth's first stage); microbatches: (field, value,
         micro-batch count, how the count follows) for every micro-batch count the pipeline schedule
-        will see (training step, evaluation)."""
+        will see (training step, evaluation); seq_length: model.seq_length (sequence parallelism)."""
         tp, pp, v = self.tensor_parallel, self.pipeline_parallel, self.virtual_stages
         check(tp > 0, f"{path}.tensor_parallel", tp, "must be positive")
         check(pp > 0, f"{path}.pipeline_parallel", pp, "must be positive")
@@ -194,6 +253,7 @@ class ParallelConfig:
               f"tensor_parallel x pipeline_parallel ({tp} x {pp}) must divide the world size ({world_size})")
         check(heads % tp == 0 and kv_heads % tp == 0, f"{path}.tensor_parallel", tp,
               f"must divide the attention heads ({heads}) and key/value heads ({kv_heads})")
+        self._validate_scale(path, seq_length)
         n = self.num_virtual_stages
         first = num_layers if initial_layers is None else initial_layers
         what = "pipeline stages" if v == 1 else f"virtual stages ({pp} ranks x {v})"
@@ -213,6 +273,33 @@ class ParallelConfig:
                 check(count % pp == 0, name, value,
                       f"gives {count} micro-batch(es) per pipeline pass ({how}); the interleaved schedule "
                       f"(parallel.virtual_stages={v}) needs a multiple of pipeline_parallel ({pp})")
+
+    def _validate_scale(self, path: str, seq_length: Optional[int]) -> None:
+        tp = self.tensor_parallel
+        check(self.bucket_size is None or self.bucket_size > 0, f"{path}.bucket_size", self.bucket_size,
+              "must be a positive number of parameters (or empty for megatron's default)")
+        check(self.overlap_param_gather != "on" or self.overlap_grad_reduce == "on", f"{path}.overlap_param_gather",
+              self.overlap_param_gather, f"needs {path}.overlap_grad_reduce=on (it is {self.overlap_grad_reduce})")
+        check(self.overlap_p2p_comm != "on" or self.virtual_stages > 1, f"{path}.overlap_p2p_comm",
+              self.overlap_p2p_comm, f"overlaps the interleaved schedule's sends: needs {path}.virtual_stages > 1")
+        if self.sequence_parallel == "on":
+            check(tp > 1, f"{path}.sequence_parallel", "on",
+                  f"splits the sequence over tensor-parallel ranks: needs {path}.tensor_parallel > 1")
+            check(seq_length is None or seq_length % tp == 0, f"{path}.sequence_parallel", "on",
+                  f"needs model.seq_length ({seq_length}) divisible by {path}.tensor_parallel ({tp})")
+
+    def resolved_scale(self, device: str, seq_length: int) -> dict:
+        """The on/off of each `auto` here for a job on `device` ("cuda" or "cpu")."""
+        gpu = device == "cuda"
+
+        def on(value: str, auto: bool) -> bool:
+            return value == "on" or (value == "auto" and auto)
+
+        grad = on(self.overlap_grad_reduce, gpu)
+        return {"overlap_grad_reduce": grad, "overlap_param_gather": on(self.overlap_param_gather, grad),
+                "overlap_p2p_comm": on(self.overlap_p2p_comm, gpu and self.virtual_stages > 1),
+                "sequence_parallel": on(self.sequence_parallel, gpu and self.tensor_parallel > 1
+                                        and seq_length % self.tensor_parallel == 0)}
 
 
 @dataclass

@@ -25,6 +25,60 @@ from grow_megatron.growth.partition import offsets, split_at
 from grow_megatron.model.builder import GrowTransformerConfig, build_model_chunk, make_transformer_config
 
 
+@dataclass(frozen=True)
+class ScaleOptions:
+    """The resolved settings that make megatron train at scale (parallel.* and train.recompute,
+    `auto` already decided by engine.resolve). The engine is rebuilt from them at every depth,
+    so a growth's new engine gets the same buckets, hooks, sequence-parallel regions and
+    recompute as the old one."""
+
+    overlap_grad_reduce: bool = False
+    """DP gradient reduce-scatter per bucket, started by DDP's backward hooks while backward runs."""
+    overlap_param_gather: bool = False
+    """Distributed optimizer's parameter all-gather per bucket, started lazily by forward
+    pre-hooks of the next forward (needs overlap_grad_reduce)."""
+    bucket_size: Optional[int] = None
+    """Parameters per DP bucket (None: megatron's max(4e7, 1e6 x DP)); only with overlap_grad_reduce."""
+    align_grad_reduce: bool = True
+    """Pipeline schedules start each chunk's grad reduce at its last backward (megatron's
+    grad_sync_func), on every stage at the same point of the schedule."""
+    align_param_gather: bool = True
+    """Pipeline schedules start every stage's param all-gather together (param_sync_func)."""
+    overlap_p2p_comm: bool = False
+    """Interleaved schedule: pipeline sends/receives run asynchronously beside compute."""
+    sequence_parallel: bool = False
+    """Norms, residuals and dropout of each TP rank hold s/TP of the sequence (TP > 1)."""
+    recompute: str = "none"
+    """none | selective | full (megatron's recompute_granularity)."""
+    recompute_method: str = "uniform"
+    """full: uniform (every group of recompute_num_layers layers) or block (the first
+    recompute_num_layers layers of each stage)."""
+    recompute_num_layers: int = 1
+    """See recompute_method."""
+    recompute_modules: tuple[str, ...] = ("core_attn",)
+    """selective: the submodules whose activations are recomputed."""
+
+    def describe(self) -> str:
+        """One phrase for the run's first note."""
+        on = [name for name, flag in (("grad reduce", self.overlap_grad_reduce), ("param gather",
+              self.overlap_param_gather), ("p2p", self.overlap_p2p_comm)) if flag]
+        recompute = self.recompute + (f" ({self.recompute_method}, {self.recompute_num_layers})" if self.recompute == "full"
+                                      else f" ({', '.join(self.recompute_modules)})" if self.recompute == "selective" else "")
+        return (f"overlap {' + '.join(on) if on else 'off'}, sequence parallel {'on' if self.sequence_parallel else 'off'}, "
+                f"recompute {recompute}")
+
+    def transformer_options(self) -> dict:
+        """The TransformerConfig fields these settings set."""
+        out = {"sequence_parallel": self.sequence_parallel}
+        if self.overlap_p2p_comm:
+            out.update(overlap_p2p_comm=True, batch_p2p_comm=False)
+        if self.recompute != "none":
+            out.update(recompute_granularity=self.recompute, recompute_modules=list(self.recompute_modules),
+                       recompute_method=self.recompute_method if self.recompute == "full" else None,
+                       recompute_num_layers=self.recompute_num_layers if self.recompute == "full" else None)
+        return out
+
+
 @dataclass
 class EngineSpec:
     """Everything needed to (re)build an engine at any depth; made by engine.resolve.engine_spec."""
@@ -52,6 +106,8 @@ class EngineSpec:
     """With use_kernels, the Triton kernels that run (kernels/select.py's names); None = all."""
     device: Device = field(default_factory=Device.local)
     """Where the engine computes (resolved once: engine.resolve, from the process's Layout)."""
+    scale: ScaleOptions = field(default_factory=ScaleOptions)
+    """Communication overlap, sequence parallelism and activation recompute (resolved; default all off)."""
 
     def split_for(self, depth: int) -> tuple[int, ...]:
         """Layers per (virtual) stage in layer order at `depth`."""
@@ -116,9 +172,12 @@ def build_engine(spec: EngineSpec, depth: int, init_weights: bool = True) -> Eng
         bf16=spec.bf16, tensor_parallel=spec.tp, pipeline_parallel=spec.pp,
         pipeline_layout=_pipeline_layout(split, spec.pp), use_kernels=spec.use_kernels, seed=spec.seed,
         init_weights=init_weights, fp8=spec.fp8, fp8_emulate=spec.fp8_emulate, compile=spec.compile,
-        kernels=spec.kernels if spec.use_kernels else ())
-    ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                               use_distributed_optimizer=True, average_in_collective=True)
+        kernels=spec.kernels if spec.use_kernels else (), **spec.scale.transformer_options())
+    sc = spec.scale
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=True, overlap_grad_reduce=sc.overlap_grad_reduce,
+        overlap_param_gather=sc.overlap_param_gather, align_param_gather=sc.align_param_gather,
+        bucket_size=sc.bucket_size, use_distributed_optimizer=True, average_in_collective=True)
     model = []
     for c in range(spec.vpp):
         chunk = build_model_chunk(config, spec.model, spec.vocab_size, num_local_layers=split[c * spec.pp + pp_rank],
@@ -140,8 +199,7 @@ def build_engine(spec: EngineSpec, depth: int, init_weights: bool = True) -> Eng
         loss_scale=1.0)
     optimizer = get_megatron_optimizer(opt_config, model)
     _fused_torch_adam(optimizer)
-    config.no_sync_func = model[0].no_sync if len(model) == 1 else [m.no_sync for m in model]
-    config.finalize_model_grads_func = finalize_model_grads
+    _set_schedule_hooks(config, model, sc)
     return Engine(spec, depth, split, config, model, optimizer)
 
 
@@ -159,6 +217,45 @@ def _fused_torch_adam(optimizer) -> None:
             torch_opt._step_supports_amp_scaling = True
 
 
+def _set_schedule_hooks(config: GrowTransformerConfig, model: list[DistributedDataParallel], sc: ScaleOptions) -> None:
+    """What megatron's schedules call on the DDP chunks (as Megatron-LM's training sets them):
+    no_sync around all but the last micro-batch, the aligned grad reduce and param gather of a
+    pipeline, and the end-of-step grad finalize (TP norm grads, tied embedding, DP reduce wait)."""
+    def one_or_list(fns):
+        return fns[0] if len(fns) == 1 else fns
+
+    config.no_sync_func = one_or_list([m.no_sync for m in model])
+    if sc.overlap_grad_reduce and sc.align_grad_reduce:
+        config.grad_sync_func = one_or_list([m.start_grad_sync for m in model])
+    if sc.overlap_param_gather and sc.align_param_gather:
+        config.param_sync_func = one_or_list([m.start_param_sync for m in model])
+    config.finalize_model_grads_func = finalize_model_grads
+
+
+def sync_params(engine: Engine) -> None:
+    """Make every rank's model weights current. With parallel.overlap_param_gather the
+    distributed optimizer's step leaves the other DP ranks' ranges of the weights to an
+    all-gather that the next forward's pre-hooks start; anything that reads the weights
+    outside a forward (a checkpoint save, a test) calls this first; a growth reads the optimizer's
+    ranges, which are current. A no-op without overlap_param_gather."""
+    if engine.spec.scale.overlap_param_gather:
+        for m in engine.model:
+            m.start_param_sync(force_sync=True)
+
+
+def relearn_grad_ready(engine: Engine) -> None:
+    """After the model's use of its parameters changed (a loop applied to a built engine, so a
+    looped layer's gradients arrive several times per backward): with overlap_grad_reduce, DDP
+    starts a bucket's reduce once each of its params reported as many gradients as it counted in
+    the engine's first step, so it would start before the second use's gradients arrived. This
+    makes the next step count again, as megatron's first step does (its reduce then waits for
+    the end of backward)."""
+    for m in engine.model:
+        for group in m.bucket_groups + m.expert_parallel_bucket_groups:
+            group.is_first_batch = True
+            group.golden_per_param_grad_ready_counts = {}
+
+
 def destroy_engine(engine: Engine) -> None:
     """Drop every reference the engine holds so that its memory can be freed (growth).
 
@@ -168,6 +265,7 @@ def destroy_engine(engine: Engine) -> None:
     engine.model.clear()
     engine.optimizer = None
     engine.config.no_sync_func = None
+    engine.config.grad_sync_func = engine.config.param_sync_func = None
     engine.config.finalize_model_grads_func = None
     gc.collect()
     engine.spec.device.empty_cache()

@@ -10,8 +10,10 @@ somewhere near" from "cannot possibly fit":
   bf16);
 * activations kept for backward: 34 bytes per token and hidden unit per layer in 16-bit
   (Korthikanti et al. 2022, without the attention-score term, which fused attention does not
-  keep), doubled in fp32, for the micro-batches a 1F1B pipeline holds; plus the logits
-  (and their softmax and gradient) in fp32;
+  keep), doubled in fp32, for the micro-batches a 1F1B pipeline holds; divided by TP under
+  sequence parallelism; with full recompute only each layer's input (2 or 4 bytes) plus one
+  layer's activations while it is recomputed; plus the logits (and their softmax and
+  gradient) in fp32;
 * megatron's sample indices for train.steps x global_batch_size samples: 16 bytes per sample
   (sample index, 2 x int32, and shuffle index, int64), built in host memory.
 """
@@ -34,15 +36,19 @@ def _fmt(n: float) -> str:
     return f"{n:.3g} PiB"
 
 
-def estimate(cfg, vocab: int, tp: int, pp: int, dp: int, bf16: bool) -> dict[str, int]:
+def estimate(cfg, vocab: int, tp: int, pp: int, dp: int, bf16: bool,
+             sequence_parallel: bool = False) -> dict[str, int]:
     """Bytes per rank of {model state, activations} and host bytes of {data index}."""
     m, tc = cfg.model, cfg.train
     params = m.num_params(vocab) // (tp * pp)
     state = params * ((2 if bf16 else 4) + 4) + params * (12 if bf16 else 8) // dp
     in_flight = min(pp, tc.global_batch_size // (tc.micro_batch_size * dp)) if pp > 1 else 1
-    tokens = tc.micro_batch_size * m.seq_length
-    acts = (tokens * m.hidden_size * 34 * (1 if bf16 else 2) * (m.num_layers // pp + 1) * in_flight
-            + tokens * (vocab // tp) * 4 * 3)
+    tokens = tc.micro_batch_size * m.seq_length // (tp if sequence_parallel else 1)
+    width = 2 if bf16 else 4
+    layers = m.num_layers // pp + 1
+    per_layer = tokens * m.hidden_size * 17 * width  # 34 bytes in 16-bit
+    kept = layers * tokens * m.hidden_size * width + per_layer if tc.recompute == "full" else layers * per_layer
+    acts = kept * in_flight + tc.micro_batch_size * m.seq_length * (vocab // tp) * 4 * 3
     return {"model state": state, "activations": acts, "data index": tc.steps * tc.global_batch_size * 16}
 
 
@@ -57,9 +63,10 @@ _FIX = {
 }
 
 
-def check_fits(cfg, vocab: int, tp: int, pp: int, dp: int, bf16: bool, device: Device) -> dict[str, int]:
+def check_fits(cfg, vocab: int, tp: int, pp: int, dp: int, bf16: bool, device: Device,
+               sequence_parallel: bool = False) -> dict[str, int]:
     """Raise ConfigError, naming the estimate and the memory available, when the run cannot fit."""
-    parts = estimate(cfg, vocab, tp, pp, dp, bf16)
+    parts = estimate(cfg, vocab, tp, pp, dp, bf16, sequence_parallel)
     host_free = psutil.virtual_memory().available
     on_device = {k: parts[k] for k in ("model state", "activations")}
     if device.is_gpu:

@@ -21,7 +21,7 @@ from grow_megatron.config.rundir import RunDir
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.data.datasets import build_tokenizer
 from grow_megatron.data.tokenizer import Tokenizer, load_tokenizer
-from grow_megatron.engine.build import EngineSpec
+from grow_megatron.engine.build import EngineSpec, ScaleOptions
 from grow_megatron.engine.checkpoint import latest_checkpoint, tensor_specs
 from grow_megatron.engine.device import Device
 from grow_megatron.engine.distributed import Layout
@@ -52,7 +52,7 @@ class ResolvedRun:
     """model.kernels=auto on a GPU: {kernel: (kernel ms, reference ms)} that chose spec.kernels."""
 
     def describe(self) -> str:
-        """Precision, kernels and vocabulary, as the run's first note states them."""
+        """Precision, kernels, vocabulary and the scale settings, as the run's first note states them."""
         s = self.spec
         kernels = "on" if self.use_kernels else "off"
         if self.kernel_timings is not None:
@@ -64,21 +64,23 @@ class ResolvedRun:
         extra = (", compiled per layer" if s.compile else "") + (
             f", fp8 {s.fp8}{' (emulated)' if s.fp8_emulate else ''}" if s.fp8 != "off" else "")
         return (f"{'bf16' if self.bf16 else 'fp32'}, kernels {kernels}, "
-                f"vocab {self.vocab}{extra}")
+                f"vocab {self.vocab}{extra}, {s.scale.describe()}")
 
 
 def engine_spec(model: ModelConfig, vocab_size: int, *, optim: Optional[OptimConfig] = None, bf16: bool = False,
                 use_kernels: bool = False, tp: int = 1, pp: int = 1, vpp: int = 1,
                 final_split: Optional[tuple[int, ...]] = None, seed: int = 0, compile: bool = False,
                 fp8: str = "off", fp8_emulate: bool = False,
-                kernels: Optional[tuple[str, ...]] = None, device: Optional[Device] = None) -> EngineSpec:
+                kernels: Optional[tuple[str, ...]] = None, scale: Optional[ScaleOptions] = None,
+                device: Optional[Device] = None) -> EngineSpec:
     """The one constructor of EngineSpec. Without a run config (offline growth, conversion, the
     growth and checkpoint benchmarks) the defaults are a single-process fp32 engine on the
-    reference path, eager, without FP8, on this process's device; `optim` matters only to an
-    engine that steps (default: OptimConfig())."""
+    reference path, eager, without FP8, overlap, sequence parallelism or recompute, on this
+    process's device; `optim` matters only to an engine that steps (default: OptimConfig())."""
     return EngineSpec(model, optim if optim is not None else OptimConfig(), vocab_size, bf16=bf16,
                       use_kernels=use_kernels, tp=tp, pp=pp, vpp=vpp, final_split=final_split, seed=seed,
                       compile=compile, fp8=fp8, fp8_emulate=fp8_emulate, kernels=kernels,
+                      scale=scale if scale is not None else ScaleOptions(),
                       device=device if device is not None else Device.local())
 
 
@@ -107,8 +109,9 @@ def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
     _check_fp8(cfg, layout, device)
     tokenizer = None if random_tokens else build_tokenizer(cfg.data)
     vocab = padded_vocab(_vocab_size(cfg.model, tokenizer), layout.tp)
+    scale = scale_options(cfg, device)
     if not random_tokens:
-        check_fits(cfg, vocab, layout.tp, layout.pp, layout.dp, bf16, Device(device))
+        check_fits(cfg, vocab, layout.tp, layout.pp, layout.dp, bf16, Device(device), scale.sequence_parallel)
     kernels, timings = None, None
     if use_kernels and cfg.model.kernels == "auto":
         timings = _time_kernels(cfg, layout, vocab, bf16)
@@ -121,7 +124,8 @@ def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
                        pp=layout.pp, vpp=par.virtual_stages,
                        final_split=tuple(par.pipeline_split) if par.pipeline_split else None, seed=cfg.train.seed,
                        compile=cfg.model.compile, fp8=cfg.model.fp8, fp8_emulate=cfg.model.fp8_emulate,
-                       kernels=kernels, device=Device(device))
+                       kernels=kernels, scale=scale, device=Device(device))
+    _check_recompute_groups(cfg, plan, spec)
     return ResolvedRun(cfg, layout, plan, bf16, use_kernels, vocab, spec, tokenizer, timings)
 
 
@@ -139,6 +143,30 @@ def _time_kernels(cfg: RunConfig, layout: Layout, vocab: int, bf16: bool) -> dic
                         kv_heads=max(1, m.kv_heads // tp), head_dim=m.head_dim, vocab=vocab, seq=m.seq_length)
         timings = time_kernels(shapes, torch.bfloat16 if bf16 else torch.float32, "cuda")
     return broadcast_from_rank0(timings)
+
+
+def scale_options(cfg: RunConfig, device: str) -> ScaleOptions:
+    """parallel.* overlap and sequence parallelism (auto decided for `device`) and train.recompute."""
+    par, tc = cfg.parallel, cfg.train
+    return ScaleOptions(**par.resolved_scale(device, cfg.model.seq_length), bucket_size=par.bucket_size,
+                        align_grad_reduce=par.align_grad_reduce, align_param_gather=par.align_param_gather,
+                        recompute=tc.recompute, recompute_method=tc.recompute_method,
+                        recompute_num_layers=tc.recompute_num_layers, recompute_modules=tuple(tc.recompute_modules))
+
+
+def _check_recompute_groups(cfg: RunConfig, plan: GrowthPlan, spec: EngineSpec) -> None:
+    """Uniform full recompute walks each stage's layers in groups of recompute_num_layers (megatron
+    indexes past the stage's last layer otherwise): the groups must tile every stage at every depth
+    the run will have."""
+    tc = cfg.train
+    if tc.recompute != "full" or tc.recompute_method != "uniform" or tc.recompute_num_layers == 1:
+        return
+    for depth in sorted({plan.initial_depth, *(g.new_depth for g in plan.growths)}):
+        split = spec.split_for(depth)
+        if any(n % tc.recompute_num_layers for n in split):
+            raise ConfigError("train.recompute_num_layers", tc.recompute_num_layers,
+                              f"must divide the layers of every pipeline stage, but depth {depth} splits into "
+                              f"{list(split)}: use a divisor of them, 1, or train.recompute_method=block")
 
 
 def _use_kernels(setting: str, device: str) -> bool:

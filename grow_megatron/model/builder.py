@@ -54,8 +54,11 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
                             bf16: bool = False, tensor_parallel: int = 1, pipeline_parallel: int = 1,
                             pipeline_layout=None, use_kernels: bool = False, seed: int = 0,
                             init_weights: bool = True, fp8: str = "off", fp8_emulate: bool = False,
-                            compile: bool = False, kernels: Optional[tuple[str, ...]] = None) -> GrowTransformerConfig:
-    """`kernels`: the Triton kernels to run; None = all of them with use_kernels, none without."""
+                            compile: bool = False, kernels: Optional[tuple[str, ...]] = None,
+                            **megatron_options) -> GrowTransformerConfig:
+    """`kernels`: the Triton kernels to run; None = all of them with use_kernels, none without.
+    megatron_options: further TransformerConfig fields (sequence parallelism, recompute, overlapped
+    p2p: engine.build.ScaleOptions.transformer_options)."""
     if kernels is None:
         kernels = _all_kernels() if use_kernels else ()
     use_kernels = bool(kernels)
@@ -104,6 +107,7 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
         grow_fp8=fp8,
         grow_fp8_emulate=fp8_emulate,
         grow_compile=compile,
+        **megatron_options,
     )
 
 

@@ -45,6 +45,10 @@ class ScaledRMSNorm(torch.nn.Module):
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_: object):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
+        # Under sequence parallelism each TP rank normalises its own s/TP tokens, so the gain's
+        # gradient is a partial sum: megatron's finalize_model_grads all-reduces the grads of
+        # params marked this way over TP (its WrappedTorchNorm refuses sequence parallelism).
+        self.weight.sequence_parallel = config.sequence_parallel
         self.eps = eps
         # The factor again as a 0-d buffer (in no state dict) for compiled layers: a Python float
         # is a constant to dynamo, so every new position (a growth's layers) would recompile.

@@ -19,7 +19,8 @@ from grow_megatron.config.rundir import GrowthEvent, RunDir, growth_events
 from grow_megatron.config.training import TrainConfig
 from grow_megatron.data.datasets import build_datasets, describe_data, get_microbatches
 from grow_megatron.engine.async_save import AsyncSaver
-from grow_megatron.engine.build import Engine, build_engine, eval_loss, poison_gradients, train_step
+from grow_megatron.engine.build import (Engine, build_engine, eval_loss, poison_gradients, relearn_grad_ready,
+                                         sync_params, train_step)
 from grow_megatron.engine.checkpoint import (latest_checkpoint, load_checkpoint, read_meta, save_checkpoint,
                                                unreadable_leftovers)
 from grow_megatron.engine.device import Device
@@ -399,6 +400,7 @@ class _Checkpoints:
         is on and `asynchronous`); `kw`: save_checkpoint's growth and keep_last."""
         # A diverged state must never become a checkpoint, let alone `latest`: resuming it
         # would fail forever. Stop instead, pointing at the last good one.
+        sync_params(state.engine)  # the weights, not only the optimizer's ranges, are saved
         bad = nonfinite_state(state.engine.model, state.engine.optimizer)
         if bad:
             raise FloatingPointError(f"the model state after step {done} holds non-finite {', '.join(bad)}, so it was "
@@ -437,6 +439,7 @@ def _grow_if_due(cfg: RunConfig, plan: GrowthPlan, state: _RunState, step: int, 
 def _loop_if_due(cfg: RunConfig, loops: LoopSchedule, state: _RunState, step: int, metrics: MetricsWriter) -> None:
     """Keep model.loop applied from its from_step on (to every engine a growth or resume builds)."""
     if loops.update(state.engine, step):
+        relearn_grad_ready(state.engine)  # the looped block's params now get gradients several times
         loop = cfg.model.loop
         metrics.note(f"looping from step {step}: layers {loop.start}..{loop.end - 1} applied {loop.repeats} times "
                      f"(unrolled depth {loop.spec.unrolled_depth(state.engine.depth)})")
