@@ -17,7 +17,7 @@ import shutil
 
 import pytest
 
-from grow_megatron.config.base import ConfigError
+from grow_megatron.config.base import CheckpointError, ConfigError
 from grow_megatron.config.run import load_run_config
 from grow_megatron.data.corpus import iter_default_corpus
 from grow_megatron.engine.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors, read_meta
@@ -233,9 +233,9 @@ def test_a_checkpoint_pruned_before_it_is_held_is_named_as_pruned(tmp_path):
     train(micro_config(run, **STATIC), stop_at=1)
     ckpt = latest_checkpoint(str(run / "checkpoints"))
     shutil.rmtree(ckpt)
-    with pytest.raises(ConfigError, match="was removed while it was being read .* nothing is damaged"):
+    with pytest.raises(CheckpointError, match="was removed while it was being read .* nothing is damaged"):
         NativeReader(ckpt)
-    with pytest.raises(ConfigError, match="was removed while it was being read"):
+    with pytest.raises(CheckpointError, match="was removed while it was being read"):
         read_global_tensors(ckpt)
 
 
@@ -250,13 +250,13 @@ def test_a_checkpoint_of_ours_without_its_manifest_is_refused_as_damaged(tmp_pat
     with open(os.path.join(ckpt, shard), "r+b") as f:
         f.seek(256)
         f.write(b"\xff" * 64)
-    with pytest.raises(ConfigError) as err:
+    with pytest.raises(CheckpointError) as err:
         train(micro_config(run, **STATIC))
     msg = _one_line(err)
     assert "has no manifest.json, but its meta.json says grow_megatron" in msg and "damaged" in msg
     from grow_megatron.convert.native import NativeReader
 
-    with pytest.raises(ConfigError, match="has no manifest.json, but"):
+    with pytest.raises(CheckpointError, match="has no manifest.json, but"):
         NativeReader(ckpt)
 
 
