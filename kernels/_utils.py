@@ -1,4 +1,5 @@
 """Small helpers shared by the kernels: output allocation, launch sizing, availability."""
+
 from __future__ import annotations
 
 import os

@@ -8,6 +8,7 @@ cuobjdump): the questions METHOD.md says to answer before spending device time. 
 the kernels compile for the GPU, which the interpreter-only CPU tests cannot (the interpreter
 accepts some code the compiler rejects). Uses the ptxas/cuobjdump that ship inside Triton.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,6 +27,7 @@ def _configs():
     from . import fused_linear_ce as ce
     from . import rmsnorm as rn
     from . import rope as rp
+
     sw = sys.modules[__package__ + ".swiglu"]  # the package exports a function named swiglu
 
     out = []
@@ -33,50 +35,176 @@ def _configs():
         bh = triton.next_power_of_2(H)
         fc, bc = rn.fwd_config(H), rn.bwd_config(H)
         for res in (False, True):
-            sig = dict(X="*bf16", RES="*bf16", Y="*bf16", RES_OUT="*bf16", W="*bf16", RSTD="*fp32",
-                       stride_x=H, stride_res=H, stride_y=H, stride_res_out=H, M=16384, H=H, eps="fp32", scale="fp32")
-            out.append((f"rmsnorm fwd H={H} residual={res}", rn._rms_norm_fwd_kernel, sig,
-                        dict(HAS_RESIDUAL=res, BLOCK_M=fc["BLOCK_M"], BLOCK_H=bh, EMULATE_RTNE=False), fc["num_warps"]))
-        sig = dict(DY="*bf16", X="*bf16", W="*bf16", RSTD="*fp32", DRES_OUT="*bf16", DX="*bf16", DRES_IN="*bf16",
-                   DW_PARTIAL="*fp32", stride_dy=H, stride_x=H, stride_dres=H, stride_dx=H, stride_dres_in=H,
-                   M=16384, H=H, scale="fp32")
-        out.append((f"rmsnorm bwd H={H}", rn._rms_norm_bwd_kernel, sig,
-                    dict(HAS_DRES=True, SEPARATE_DRES_IN=False, BLOCK_M=bc["BLOCK_M"], BLOCK_H=bh, EMULATE_RTNE=False),
-                    bc["num_warps"]))
+            sig = dict(
+                X="*bf16",
+                RES="*bf16",
+                Y="*bf16",
+                RES_OUT="*bf16",
+                W="*bf16",
+                RSTD="*fp32",
+                stride_x=H,
+                stride_res=H,
+                stride_y=H,
+                stride_res_out=H,
+                M=16384,
+                H=H,
+                eps="fp32",
+                scale="fp32",
+            )
+            out.append(
+                (
+                    f"rmsnorm fwd H={H} residual={res}",
+                    rn._rms_norm_fwd_kernel,
+                    sig,
+                    dict(HAS_RESIDUAL=res, BLOCK_M=fc["BLOCK_M"], BLOCK_H=bh, EMULATE_RTNE=False),
+                    fc["num_warps"],
+                )
+            )
+        sig = dict(
+            DY="*bf16",
+            X="*bf16",
+            W="*bf16",
+            RSTD="*fp32",
+            DRES_OUT="*bf16",
+            DX="*bf16",
+            DRES_IN="*bf16",
+            DW_PARTIAL="*fp32",
+            stride_dy=H,
+            stride_x=H,
+            stride_dres=H,
+            stride_dx=H,
+            stride_dres_in=H,
+            M=16384,
+            H=H,
+            scale="fp32",
+        )
+        out.append(
+            (
+                f"rmsnorm bwd H={H}",
+                rn._rms_norm_bwd_kernel,
+                sig,
+                dict(HAS_DRES=True, SEPARATE_DRES_IN=False, BLOCK_M=bc["BLOCK_M"], BLOCK_H=bh, EMULATE_RTNE=False),
+                bc["num_warps"],
+            )
+        )
     bn, bp = rn.sum_partials_blocks(660, 2048)  # 132 SMs x 5 programs
-    out.append(("rmsnorm dweight reduce", rn._sum_partials_kernel, dict(PARTIAL="*fp32", OUT="*bf16", P=660, H=2048),
-                dict(BLOCK_P=bp, BLOCK_N=bn, EMULATE_RTNE=False), 4))
+    out.append(
+        (
+            "rmsnorm dweight reduce",
+            rn._sum_partials_kernel,
+            dict(PARTIAL="*fp32", OUT="*bf16", P=660, H=2048),
+            dict(BLOCK_P=bp, BLOCK_N=bn, EMULATE_RTNE=False),
+            4,
+        )
+    )
     for F in (2560, 8192):
         B = sw._block(F)
         warps = max(1, min(8, B // 256))
         for fused in (False, True):
             st = 2 * F if fused else F
-            out.append((f"swiglu fwd F={F}{' fused' if fused else ''}", sw._swiglu_fwd_kernel,
-                        dict(G="*bf16", U="*bf16", O="*bf16", stride_g=st, stride_u=st, stride_o=F, F=F),
-                        dict(BLOCK=B, EMULATE_RTNE=False), warps))
-            out.append((f"swiglu bwd F={F}{' fused' if fused else ''}", sw._swiglu_bwd_kernel,
-                        dict(DO="*bf16", G="*bf16", U="*bf16", DG="*bf16", DU="*bf16", stride_do=F, stride_g=st,
-                             stride_u=st, stride_dg=st, stride_du=st, F=F),
-                        dict(BLOCK=B, EMULATE_RTNE=False), warps))
+            out.append(
+                (
+                    f"swiglu fwd F={F}{' fused' if fused else ''}",
+                    sw._swiglu_fwd_kernel,
+                    dict(G="*bf16", U="*bf16", O="*bf16", stride_g=st, stride_u=st, stride_o=F, F=F),
+                    dict(BLOCK=B, EMULATE_RTNE=False),
+                    warps,
+                )
+            )
+            out.append(
+                (
+                    f"swiglu bwd F={F}{' fused' if fused else ''}",
+                    sw._swiglu_bwd_kernel,
+                    dict(
+                        DO="*bf16",
+                        G="*bf16",
+                        U="*bf16",
+                        DG="*bf16",
+                        DU="*bf16",
+                        stride_do=F,
+                        stride_g=st,
+                        stride_u=st,
+                        stride_dg=st,
+                        stride_du=st,
+                        F=F,
+                    ),
+                    dict(BLOCK=B, EMULATE_RTNE=False),
+                    warps,
+                )
+            )
     for _s, b, hq, hk, d in ((2048, 8, 15, 5, 64), (2048, 8, 32, 32, 64)):
         # q, k as views of a fused qkv [s, b, hq + 2hk, d]; outputs contiguous
         hs = hq + 2 * hk
-        sig = dict(Q="*bf16", K="*bf16", QO="*bf16", KO="*bf16", COS="*bf16", SIN="*bf16",
-                   sq_s=b * hs * d, sq_b=hs * d, sq_h=d, sk_s=b * hs * d, sk_b=hs * d, sk_h=d,
-                   sqo_s=b * hq * d, sqo_b=hq * d, sqo_h=d, sko_s=b * hk * d, sko_b=hk * d, sko_h=d,
-                   stride_cos=d, stride_sin=d, B=b, HQ=hq, HK=hk, HALF=d // 2)
-        out.append((f"rope {hq}/{hk}x{d}", rp._rope_kernel, sig,
-                    dict(BACKWARD=False, BLOCK_HQ=triton.next_power_of_2(hq), BLOCK_HK=triton.next_power_of_2(hk),
-                         BLOCK_D2=triton.next_power_of_2(d // 2), EMULATE_RTNE=False),
-                    rp._warps(hq, hk, d // 2)))
+        sig = dict(
+            Q="*bf16",
+            K="*bf16",
+            QO="*bf16",
+            KO="*bf16",
+            COS="*bf16",
+            SIN="*bf16",
+            sq_s=b * hs * d,
+            sq_b=hs * d,
+            sq_h=d,
+            sk_s=b * hs * d,
+            sk_b=hs * d,
+            sk_h=d,
+            sqo_s=b * hq * d,
+            sqo_b=hq * d,
+            sqo_h=d,
+            sko_s=b * hk * d,
+            sko_b=hk * d,
+            sko_h=d,
+            stride_cos=d,
+            stride_sin=d,
+            B=b,
+            HQ=hq,
+            HK=hk,
+            HALF=d // 2,
+        )
+        out.append(
+            (
+                f"rope {hq}/{hk}x{d}",
+                rp._rope_kernel,
+                sig,
+                dict(
+                    BACKWARD=False,
+                    BLOCK_HQ=triton.next_power_of_2(hq),
+                    BLOCK_HK=triton.next_power_of_2(hk),
+                    BLOCK_D2=triton.next_power_of_2(d // 2),
+                    EMULATE_RTNE=False,
+                ),
+                rp._warps(hq, hk, d // 2),
+            )
+        )
     V = 49152
-    out.append(("ce fwd row pass V=49152", ce._ce_fwd_kernel,
-                dict(LOGITS="*bf16", TARGET="*i64", LOSS="*fp32", LSE="*fp32", stride_l=V, V=V, ignore_index=-100),
-                dict(BLOCK_V=4096), 8))
-    out.append(("ce bwd block Vc=8192", ce._ce_bwd_kernel,
-                dict(LOGITS="*bf16", TARGET="*i64", LSE="*fp32", GRAD_LOSS="*fp32", stride_l=8192, stride_g=1,
-                     Vc=8192, v_start=8192, ignore_index=-100),
-                dict(BLOCK_V=2048, EMULATE_RTNE=False), 8))
+    out.append(
+        (
+            "ce fwd row pass V=49152",
+            ce._ce_fwd_kernel,
+            dict(LOGITS="*bf16", TARGET="*i64", LOSS="*fp32", LSE="*fp32", stride_l=V, V=V, ignore_index=-100),
+            dict(BLOCK_V=4096),
+            8,
+        )
+    )
+    out.append(
+        (
+            "ce bwd block Vc=8192",
+            ce._ce_bwd_kernel,
+            dict(
+                LOGITS="*bf16",
+                TARGET="*i64",
+                LSE="*fp32",
+                GRAD_LOSS="*fp32",
+                stride_l=8192,
+                stride_g=1,
+                Vc=8192,
+                v_start=8192,
+                ignore_index=-100,
+            ),
+            dict(BLOCK_V=2048, EMULATE_RTNE=False),
+            8,
+        )
+    )
     return out
 
 
@@ -94,7 +222,7 @@ def _signature(kernel, args: dict, constexprs: dict):
             if v.startswith("*"):
                 attrs[(i,)] = [["tt.divisibility", 16]]
         else:
-            sig[name] = "i32" if -2**31 <= v < 2**31 else "i64"
+            sig[name] = "i32" if -(2**31) <= v < 2**31 else "i64"
             if v % 16 == 0:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     return sig, attrs
@@ -102,6 +230,7 @@ def _signature(kernel, args: dict, constexprs: dict):
 
 def _tool(name: str) -> str:
     import triton
+
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
@@ -117,8 +246,11 @@ def compile_report(arch: int = 90, only: str = "") -> list[dict]:
         row = dict(kernel=label, num_warps=warps)
         try:
             sig, attrs = _signature(kernel, args, constexprs)
-            k = triton.compile(ASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
-                               target=GPUTarget("cuda", arch, 32), options=dict(num_warps=warps))
+            k = triton.compile(
+                ASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
+                target=GPUTarget("cuda", arch, 32),
+                options=dict(num_warps=warps),
+            )
         except Exception as e:
             row["error"] = f"{type(e).__name__}: {str(e)[:500]}"
             rows.append(row)
@@ -135,7 +267,9 @@ def compile_report(arch: int = 90, only: str = "") -> list[dict]:
             row[name] = int(m.group(1)) if m else None
         for op in ("LDG", "STG"):
             widths = {}
-            for w in re.findall(rf"\b{op}\.E(?:\.(?:EL|LU|EF|NA|STRONG\.\w+|CONSTANT|\w*CACHE\w*))*(?:\.(U8|S8|U16|S16|64|128))?", sass):
+            for w in re.findall(
+                rf"\b{op}\.E(?:\.(?:EL|LU|EF|NA|STRONG\.\w+|CONSTANT|\w*CACHE\w*))*(?:\.(U8|S8|U16|S16|64|128))?", sass
+            ):
                 key = {"": "32", "U8": "8", "S8": "8", "U16": "16", "S16": "16"}.get(w, w)
                 widths[key] = widths.get(key, 0) + 1
             row[op.lower() + "_bits"] = widths
@@ -161,8 +295,10 @@ def main(argv=None) -> int:
             if "error" in r:
                 print(f"{r['kernel']:<34} ERROR {r['error']}")
                 continue
-            print(f"{r['kernel']:<34} {r['num_warps']:>5} {r['registers'] or '-':>5} {r['local_bytes'] or 0:>7}  "
-                  f"LDG {r['ldg_bits']}  STG {r['stg_bits']}")
+            print(
+                f"{r['kernel']:<34} {r['num_warps']:>5} {r['registers'] or '-':>5} {r['local_bytes'] or 0:>7}  "
+                f"LDG {r['ldg_bits']}  STG {r['stg_bits']}"
+            )
     return 1 if any("error" in r for r in rows) else 0
 
 

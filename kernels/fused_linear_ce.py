@@ -26,6 +26,7 @@ Memory: one chunk buffer (default 2^27 elements: 256 MiB in bf16) + lse + the dh
 accumulator (N*d fp32), against the unfused path's [N, V] logits in bf16, their fp32 copy,
 log_softmax output and gradient.
 """
+
 from __future__ import annotations
 
 import torch
@@ -62,8 +63,17 @@ def _ce_fwd_kernel(LOGITS, TARGET, LOSS, LSE, stride_l, V, ignore_index, BLOCK_V
 
 @triton.jit
 def _ce_bwd_kernel(
-    LOGITS, TARGET, LSE, GRAD_LOSS, stride_l, stride_g, Vc, v_start, ignore_index,
-    BLOCK_V: tl.constexpr, EMULATE_RTNE: tl.constexpr,
+    LOGITS,
+    TARGET,
+    LSE,
+    GRAD_LOSS,
+    stride_l,
+    stride_g,
+    Vc,
+    v_start,
+    ignore_index,
+    BLOCK_V: tl.constexpr,
+    EMULATE_RTNE: tl.constexpr,
 ):
     # In place: a [N, Vc] block of logits becomes g_i * (softmax - onehot) for vocab v_start + col.
     row = tl.program_id(0).to(tl.int64)
@@ -114,7 +124,9 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, ignore_index, chunk_size):
         if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-            raise ValueError(f"need hidden [N, d] and weight [V, d], got {tuple(hidden.shape)} and {tuple(weight.shape)}")
+            raise ValueError(
+                f"need hidden [N, d] and weight [V, d], got {tuple(hidden.shape)} and {tuple(weight.shape)}"
+            )
         N, _ = hidden.shape
         V = weight.shape[0]
         targets = targets.reshape(-1).contiguous()
@@ -136,8 +148,15 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
                     logits = buf[: end - start]
                     torch.mm(hidden[start:end], w.t(), out=logits)
                     _ce_fwd_kernel[(end - start,)](
-                        logits, targets[start:end], loss[start:end], lse[start:end],
-                        logits.stride(0), V, ignore_index, BLOCK_V=block_v, num_warps=8 if block_v >= 2048 else 4,
+                        logits,
+                        targets[start:end],
+                        loss[start:end],
+                        lse[start:end],
+                        logits.stride(0),
+                        V,
+                        ignore_index,
+                        BLOCK_V=block_v,
+                        num_warps=8 if block_v >= 2048 else 4,
                     )
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.ignore_index = ignore_index
@@ -154,8 +173,13 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
         dev = hidden.device
         dh = dw = None
         if N == 0 or not (need_h or need_w):
-            return (torch.zeros_like(hidden) if need_h else None,
-                    torch.zeros_like(weight) if need_w else None, None, None, None)
+            return (
+                torch.zeros_like(hidden) if need_h else None,
+                torch.zeros_like(weight) if need_w else None,
+                None,
+                None,
+                None,
+            )
         # grad_loss of a .sum() arrives expanded (stride 0): index it by its stride, no copy.
         vc = max(1, min(V, _round_rows(max(1, ctx.chunk_elems // N))))
         with torch.autocast(dev.type, enabled=False):
@@ -172,8 +196,17 @@ class FusedLinearCrossEntropyFunction(torch.autograd.Function):
                 w_c = w[vs:ve]  # [n_v, d]
                 torch.mm(hidden, w_c.t(), out=block)
                 _ce_bwd_kernel[(N, triton.cdiv(n_v, block_v))](
-                    block, targets, lse, grad_loss, block.stride(0), grad_loss.stride(0),
-                    n_v, vs, ctx.ignore_index, BLOCK_V=block_v, EMULATE_RTNE=_utils.emulate_rtne(),
+                    block,
+                    targets,
+                    lse,
+                    grad_loss,
+                    block.stride(0),
+                    grad_loss.stride(0),
+                    n_v,
+                    vs,
+                    ctx.ignore_index,
+                    BLOCK_V=block_v,
+                    EMULATE_RTNE=_utils.emulate_rtne(),
                     num_warps=8 if block_v >= 2048 else 4,
                 )
                 if need_w:

@@ -14,6 +14,7 @@ second small kernel sums the [programs, H] partials. That keeps dweight off atom
 would serialize 16k rows onto H addresses) and off a [rows, H] fp32 temporary (which would
 double the backward's traffic), the two slow ways of reducing over rows.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,9 +31,20 @@ _MAX_FUSED_H = 65536
 
 @triton.jit
 def _rms_norm_fwd_kernel(
-    X, RES, Y, RES_OUT, W, RSTD,
-    stride_x, stride_res, stride_y, stride_res_out,
-    M, H, eps, scale,
+    X,
+    RES,
+    Y,
+    RES_OUT,
+    W,
+    RSTD,
+    stride_x,
+    stride_res,
+    stride_y,
+    stride_res_out,
+    M,
+    H,
+    eps,
+    scale,
     HAS_RESIDUAL: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_H: tl.constexpr,
@@ -69,9 +81,22 @@ def _rms_norm_fwd_kernel(
 
 @triton.jit
 def _rms_norm_bwd_kernel(
-    DY, X, W, RSTD, DRES_OUT, DX, DRES_IN, DW_PARTIAL,
-    stride_dy, stride_x, stride_dres, stride_dx, stride_dres_in,
-    M, H, scale,
+    DY,
+    X,
+    W,
+    RSTD,
+    DRES_OUT,
+    DX,
+    DRES_IN,
+    DW_PARTIAL,
+    stride_dy,
+    stride_x,
+    stride_dres,
+    stride_dx,
+    stride_dres_in,
+    M,
+    H,
+    scale,
     HAS_DRES: tl.constexpr,
     SEPARATE_DRES_IN: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -105,11 +130,16 @@ def _rms_norm_bwd_kernel(
         if HAS_DRES:
             dres = tl.load(DRES_OUT + rows64[:, None] * stride_dres + cols[None, :], mask=mask, other=0.0)
             dx += dres.to(tl.float32)
-        tl.store(DX + rows64[:, None] * stride_dx + cols[None, :], cast(dx, DX.dtype.element_ty, EMULATE_RTNE), mask=mask)
+        tl.store(
+            DX + rows64[:, None] * stride_dx + cols[None, :], cast(dx, DX.dtype.element_ty, EMULATE_RTNE), mask=mask
+        )
         if SEPARATE_DRES_IN:
             # residual kept in a wider dtype than x: its gradient must not pass through x's.
-            tl.store(DRES_IN + rows64[:, None] * stride_dres_in + cols[None, :],
-                     cast(dx, DRES_IN.dtype.element_ty, EMULATE_RTNE), mask=mask)
+            tl.store(
+                DRES_IN + rows64[:, None] * stride_dres_in + cols[None, :],
+                cast(dx, DRES_IN.dtype.element_ty, EMULATE_RTNE),
+                mask=mask,
+            )
         dw_acc += tl.sum(dy * xhat, axis=0)
 
     tl.store(DW_PARTIAL + pid * H + cols, dw_acc * scale, mask=col_mask)
@@ -197,11 +227,25 @@ def rms_norm_forward(x2, weight, res2, eps: float, scale: float, res_dtype=None,
     if M > 0:
         cfg = config or fwd_config(H)
         _rms_norm_fwd_kernel[(triton.cdiv(M, cfg["BLOCK_M"]),)](
-            x2, res2 if has_res else x2, y, res_out if has_res else y, weight, rstd,
-            x2.stride(0), res2.stride(0) if has_res else 0, y.stride(0), res_out.stride(0) if has_res else 0,
-            M, H, float(eps), float(scale),
-            HAS_RESIDUAL=has_res, BLOCK_M=cfg["BLOCK_M"], BLOCK_H=triton.next_power_of_2(H),
-            EMULATE_RTNE=_utils.emulate_rtne(), num_warps=cfg["num_warps"],
+            x2,
+            res2 if has_res else x2,
+            y,
+            res_out if has_res else y,
+            weight,
+            rstd,
+            x2.stride(0),
+            res2.stride(0) if has_res else 0,
+            y.stride(0),
+            res_out.stride(0) if has_res else 0,
+            M,
+            H,
+            float(eps),
+            float(scale),
+            HAS_RESIDUAL=has_res,
+            BLOCK_M=cfg["BLOCK_M"],
+            BLOCK_H=triton.next_power_of_2(H),
+            EMULATE_RTNE=_utils.emulate_rtne(),
+            num_warps=cfg["num_warps"],
         )
     return y, res_out, rstd
 
@@ -226,11 +270,28 @@ def rms_norm_backward(dy2, inp, weight, rstd, dres2, scale: float, x_dtype, res_
         partial = _utils.empty((nprog, H), torch.float32, dev)
         has_dres = dres2 is not None
         _rms_norm_bwd_kernel[(nprog,)](
-            dy2, inp, weight, rstd, dres2 if has_dres else dy2, dx, dres_in, partial,
-            dy2.stride(0), inp.stride(0), dres2.stride(0) if has_dres else 0, dx.stride(0), dres_in.stride(0),
-            M, H, float(scale),
-            HAS_DRES=has_dres, SEPARATE_DRES_IN=separate, BLOCK_M=block_m, BLOCK_H=triton.next_power_of_2(H),
-            EMULATE_RTNE=_utils.emulate_rtne(), num_warps=cfg["num_warps"],
+            dy2,
+            inp,
+            weight,
+            rstd,
+            dres2 if has_dres else dy2,
+            dx,
+            dres_in,
+            partial,
+            dy2.stride(0),
+            inp.stride(0),
+            dres2.stride(0) if has_dres else 0,
+            dx.stride(0),
+            dres_in.stride(0),
+            M,
+            H,
+            float(scale),
+            HAS_DRES=has_dres,
+            SEPARATE_DRES_IN=separate,
+            BLOCK_M=block_m,
+            BLOCK_H=triton.next_power_of_2(H),
+            EMULATE_RTNE=_utils.emulate_rtne(),
+            num_warps=cfg["num_warps"],
         )
         dw = sum_partials(partial, weight.dtype)
     return dx, (dres_in if res_dtype is not None else None), dw

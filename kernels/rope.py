@@ -15,6 +15,7 @@ rotate-half is linear, out = x*cos + R(x)*sin, so backward is dx = g*cos + R^T(g
 R^T([v1, v2]) = [v2, -v1]: the same kernel with (sin1, sin2) replaced by (-sin2, -sin1).
 cos and sin are treated as constants (no gradient), as they are in every model we build.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,8 +27,9 @@ from ._utils import cast
 
 
 @triton.jit
-def _rotate_heads(X, O, stride_h, stride_oh, NH, HALF, c1, c2, s1, s2, d, dmask, BLOCK_H: tl.constexpr,
-                  EMULATE_RTNE: tl.constexpr):
+def _rotate_heads(
+    X, O, stride_h, stride_oh, NH, HALF, c1, c2, s1, s2, d, dmask, BLOCK_H: tl.constexpr, EMULATE_RTNE: tl.constexpr
+):
     h = tl.arange(0, BLOCK_H)  # [BH]
     mask = (h < NH)[:, None] & dmask[None, :]  # [BH, BD2]
     x_off = h[:, None] * stride_h + d[None, :]
@@ -42,11 +44,30 @@ def _rotate_heads(X, O, stride_h, stride_oh, NH, HALF, c1, c2, s1, s2, d, dmask,
 
 @triton.jit
 def _rope_kernel(
-    Q, K, QO, KO, COS, SIN,
-    sq_s, sq_b, sq_h, sk_s, sk_b, sk_h,
-    sqo_s, sqo_b, sqo_h, sko_s, sko_b, sko_h,
-    stride_cos, stride_sin,
-    B, HQ, HK, HALF,
+    Q,
+    K,
+    QO,
+    KO,
+    COS,
+    SIN,
+    sq_s,
+    sq_b,
+    sq_h,
+    sk_s,
+    sk_b,
+    sk_h,
+    sqo_s,
+    sqo_b,
+    sqo_h,
+    sko_s,
+    sko_b,
+    sko_h,
+    stride_cos,
+    stride_sin,
+    B,
+    HQ,
+    HK,
+    HALF,
     BACKWARD: tl.constexpr,
     BLOCK_HQ: tl.constexpr,
     BLOCK_HK: tl.constexpr,
@@ -64,10 +85,38 @@ def _rope_kernel(
     s2 = tl.load(SIN + si * stride_sin + HALF + d, mask=dmask, other=0.0).to(tl.float32)
     if BACKWARD:
         s1, s2 = -s2, -s1
-    _rotate_heads(Q + si * sq_s + bi * sq_b, QO + si * sqo_s + bi * sqo_b, sq_h, sqo_h, HQ, HALF,
-                  c1, c2, s1, s2, d, dmask, BLOCK_HQ, EMULATE_RTNE)
-    _rotate_heads(K + si * sk_s + bi * sk_b, KO + si * sko_s + bi * sko_b, sk_h, sko_h, HK, HALF,
-                  c1, c2, s1, s2, d, dmask, BLOCK_HK, EMULATE_RTNE)
+    _rotate_heads(
+        Q + si * sq_s + bi * sq_b,
+        QO + si * sqo_s + bi * sqo_b,
+        sq_h,
+        sqo_h,
+        HQ,
+        HALF,
+        c1,
+        c2,
+        s1,
+        s2,
+        d,
+        dmask,
+        BLOCK_HQ,
+        EMULATE_RTNE,
+    )
+    _rotate_heads(
+        K + si * sk_s + bi * sk_b,
+        KO + si * sko_s + bi * sko_b,
+        sk_h,
+        sko_h,
+        HK,
+        HALF,
+        c1,
+        c2,
+        s1,
+        s2,
+        d,
+        dmask,
+        BLOCK_HK,
+        EMULATE_RTNE,
+    )
 
 
 def _last_dim_unit(t: torch.Tensor) -> torch.Tensor:
@@ -99,11 +148,30 @@ def _launch(q, k, cos, sin, backward: bool):
         return qo, ko
     half = d // 2
     _rope_kernel[(s * b,)](
-        q, k, qo, ko, cos, sin,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        qo.stride(0), qo.stride(1), qo.stride(2), ko.stride(0), ko.stride(1), ko.stride(2),
-        cos.stride(0), sin.stride(0),
-        b, hq, hk, half,
+        q,
+        k,
+        qo,
+        ko,
+        cos,
+        sin,
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        qo.stride(0),
+        qo.stride(1),
+        qo.stride(2),
+        ko.stride(0),
+        ko.stride(1),
+        ko.stride(2),
+        cos.stride(0),
+        sin.stride(0),
+        b,
+        hq,
+        hk,
+        half,
         BACKWARD=backward,
         BLOCK_HQ=triton.next_power_of_2(hq),
         BLOCK_HK=triton.next_power_of_2(hk),

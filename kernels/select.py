@@ -6,10 +6,11 @@ own benchmark loop; a kernel is on where its median is below the reference's. Me
 start costs about a second on a GPU and answers for this GPU, this torch and these shapes,
 which no table written once could. The decision itself (`winners`) is a pure function.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -42,8 +43,17 @@ def describe(on: tuple[str, ...], timings: dict[str, tuple[float, float]]) -> st
 
 
 def _cases(s: Shapes, dtype, device) -> dict[str, tuple[Callable, Callable, list]]:
-    from . import (apply_rope, apply_rope_ref, fused_linear_cross_entropy, fused_linear_cross_entropy_ref, rms_norm,
-                   rms_norm_ref, rope_cos_sin, swiglu_fused, swiglu_fused_ref)
+    from . import (
+        apply_rope,
+        apply_rope_ref,
+        fused_linear_cross_entropy,
+        fused_linear_cross_entropy_ref,
+        rms_norm,
+        rms_norm_ref,
+        rope_cos_sin,
+        swiglu_fused,
+        swiglu_fused_ref,
+    )
 
     def t(*shape, scale=1.0):
         return (torch.randn(*shape, device=device, dtype=torch.float32) * scale).to(dtype).requires_grad_()
@@ -57,11 +67,17 @@ def _cases(s: Shapes, dtype, device) -> dict[str, tuple[Callable, Callable, list
     h, emb = t(s.tokens, s.hidden), t(s.vocab, s.hidden, scale=0.02)
     return {
         "rmsnorm": (lambda: rms_norm(x, w), lambda: rms_norm_ref(x, w), [x, w]),
-        "rope": (lambda: sum(o.float().sum() for o in apply_rope(q, k, cos, sin)),
-                 lambda: sum(o.float().sum() for o in apply_rope_ref(q, k, cos, sin)), [q, k]),
+        "rope": (
+            lambda: sum(o.float().sum() for o in apply_rope(q, k, cos, sin)),
+            lambda: sum(o.float().sum() for o in apply_rope_ref(q, k, cos, sin)),
+            [q, k],
+        ),
         "swiglu": (lambda: swiglu_fused(fc1), lambda: swiglu_fused_ref(fc1), [fc1]),
-        "loss": (lambda: fused_linear_cross_entropy(h, emb, targets), lambda: fused_linear_cross_entropy_ref(h, emb, targets),
-                 [h, emb]),
+        "loss": (
+            lambda: fused_linear_cross_entropy(h, emb, targets),
+            lambda: fused_linear_cross_entropy_ref(h, emb, targets),
+            [h, emb],
+        ),
     }
 
 
@@ -71,6 +87,7 @@ def time_kernels(s: Shapes, dtype: torch.dtype, device) -> dict[str, tuple[float
 
     out = {}
     for name, (ours, ref, leaves) in _cases(s, dtype, device).items():
+
         def fwd_bwd(fn=None, leaves=leaves):
             y = fn()
             y.float().sum().backward()

@@ -10,6 +10,7 @@ bytes at copy speed: wide vector loads (>= 8 bf16 a thread) and enough programs 
 Backward recomputes sigmoid from the saved inputs rather than saving silu(gate): recomputing is
 free next to memory traffic, and saving would cost an extra [..., F] write and read.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,9 +35,19 @@ def _swiglu_fwd_kernel(G, U, O, stride_g, stride_u, stride_o, F, BLOCK: tl.const
 
 @triton.jit
 def _swiglu_bwd_kernel(
-    DO, G, U, DG, DU,
-    stride_do, stride_g, stride_u, stride_dg, stride_du,
-    F, BLOCK: tl.constexpr, EMULATE_RTNE: tl.constexpr,
+    DO,
+    G,
+    U,
+    DG,
+    DU,
+    stride_do,
+    stride_g,
+    stride_u,
+    stride_dg,
+    stride_du,
+    F,
+    BLOCK: tl.constexpr,
+    EMULATE_RTNE: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)  # [BLOCK]
@@ -67,7 +78,15 @@ def _launch_fwd(g2, u2, out):
         return
     B = _block(F)
     _swiglu_fwd_kernel[(M, triton.cdiv(F, B))](
-        g2, u2, out, g2.stride(0), u2.stride(0), out.stride(0), F, BLOCK=B, EMULATE_RTNE=_utils.emulate_rtne(),
+        g2,
+        u2,
+        out,
+        g2.stride(0),
+        u2.stride(0),
+        out.stride(0),
+        F,
+        BLOCK=B,
+        EMULATE_RTNE=_utils.emulate_rtne(),
         num_warps=max(1, min(8, B // 256)),
     )
 
@@ -78,9 +97,20 @@ def _launch_bwd(do2, g2, u2, dg, du):
         return
     B = _block(F)
     _swiglu_bwd_kernel[(M, triton.cdiv(F, B))](
-        do2, g2, u2, dg, du,
-        do2.stride(0), g2.stride(0), u2.stride(0), dg.stride(0), du.stride(0),
-        F, BLOCK=B, EMULATE_RTNE=_utils.emulate_rtne(), num_warps=max(1, min(8, B // 256)),
+        do2,
+        g2,
+        u2,
+        dg,
+        du,
+        do2.stride(0),
+        g2.stride(0),
+        u2.stride(0),
+        dg.stride(0),
+        du.stride(0),
+        F,
+        BLOCK=B,
+        EMULATE_RTNE=_utils.emulate_rtne(),
+        num_warps=max(1, min(8, B // 256)),
     )
 
 

@@ -1,4 +1,5 @@
 """Helpers for checking kernels against references (used by tests and the benchmark)."""
+
 from __future__ import annotations
 
 import torch
@@ -71,8 +72,12 @@ def outputs_and_grads(fn, args, diff, upstream, cast=None, **kwargs):
     args are detached copies (cast to `cast` when given, e.g. torch.float64 for the fp64
     reference); `upstream` are fp64 tensors cast to each output's dtype.
     """
-    args = [a.detach().to(cast if cast is not None and a.is_floating_point() else a.dtype).clone()
-            if isinstance(a, torch.Tensor) else a for a in args]
+    args = [
+        a.detach().to(cast if cast is not None and a.is_floating_point() else a.dtype).clone()
+        if isinstance(a, torch.Tensor)
+        else a
+        for a in args
+    ]
     for i in diff:
         args[i].requires_grad_(True)
     outs = fn(*args, **kwargs)

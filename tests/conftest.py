@@ -6,6 +6,7 @@ torchrun, subprocess and end-to-end training tests. `python -m pytest -q tests` 
 test is slow when it is marked `@pytest.mark.slow` or named in SLOW below (whole modules, or
 one test of a module: the list keeps the tier of every test file visible in one place).
 """
+
 import os
 
 import torch

@@ -1,4 +1,5 @@
 """Run a training config on several CPU ranks (gloo), as torchrun would, from inside a test."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,16 @@ def _train(rank: int, world: int, overrides: list[str], out_dir: str, stop_at) -
     res = train(cfg, stop_at=stop_at)
     if rank == 0:
         with open(os.path.join(out_dir, "result.json"), "w") as f:
-            json.dump({"losses": {str(k): v for k, v in res.losses.items()}, "growths": [g.to_dict() for g in res.growths],
-                       "final_depth": res.final_depth, "start": res.start_step, "end": res.end_step}, f)
+            json.dump(
+                {
+                    "losses": {str(k): v for k, v in res.losses.items()},
+                    "growths": [g.to_dict() for g in res.growths],
+                    "final_depth": res.final_depth,
+                    "start": res.start_step,
+                    "end": res.end_step,
+                },
+                f,
+            )
     shutdown_distributed()
 
 
@@ -33,8 +42,14 @@ def run_world(world: int, overrides: list[str], out_dir: str, stop_at=None, time
 
 
 def _fn_worker(rank: int, world: int, port: int, fn, args, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        OMP_NUM_THREADS="1",
+    )
     try:
         import torch
 
@@ -61,4 +76,6 @@ def run_ranks(world: int, fn, *args, out_dir: str, timeout: float = 300) -> None
             p.kill()
     errors = [open(os.path.join(out_dir, f)).read() for f in sorted(os.listdir(out_dir)) if f.startswith("error_")]
     if errors or any(p.exitcode != 0 for p in procs):
-        raise RuntimeError(f"{world}-rank call failed (exit codes {[p.exitcode for p in procs]}):\n" + "\n".join(errors))
+        raise RuntimeError(
+            f"{world}-rank call failed (exit codes {[p.exitcode for p in procs]}):\n" + "\n".join(errors)
+        )

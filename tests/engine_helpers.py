@@ -1,4 +1,5 @@
 """Small configs shared by the engine tests (one place to keep them fast)."""
+
 from __future__ import annotations
 
 from grow_megatron.config.run import load_run_config
@@ -52,5 +53,9 @@ def random_batch(seed: int, vocab: int, seq: int, b: int = 2) -> dict:
 
     g = torch.Generator().manual_seed(seed)
     t = torch.randint(0, vocab, (b, seq + 1), generator=g)
-    return {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(b, seq),
-            "position_ids": torch.arange(seq).expand(b, seq)}
+    return {
+        "tokens": t[:, :-1],
+        "labels": t[:, 1:],
+        "loss_mask": torch.ones(b, seq),
+        "position_ids": torch.arange(seq).expand(b, seq),
+    }

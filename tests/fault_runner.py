@@ -1,5 +1,6 @@
 """Train a config given as overrides in this process (or as a torchrun worker); used by the
 fault tests as a real process to signal and kill. Prints a JSON line with the result on rank 0."""
+
 import json
 import os
 import sys
@@ -15,5 +16,9 @@ if __name__ == "__main__":
     finally:
         shutdown_distributed()
     if os.environ.get("RANK", "0") == "0":
-        print(json.dumps({"start": res.start_step, "end": res.end_step,
-                          "losses": {str(k): v for k, v in res.losses.items()}}), flush=True)
+        print(
+            json.dumps(
+                {"start": res.start_step, "end": res.end_step, "losses": {str(k): v for k, v in res.losses.items()}}
+            ),
+            flush=True,
+        )

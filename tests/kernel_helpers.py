@@ -1,4 +1,5 @@
 """What every kernel test module shares: the device, the skip rule, and poisoned outputs."""
+
 import pytest
 import torch
 
@@ -7,8 +8,9 @@ from grow_megatron.kernels.testing import poisoned_empty
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-requires_triton = pytest.mark.skipif(not triton_available("cpu") and not torch.cuda.is_available(),
-                                     reason="needs CUDA or TRITON_INTERPRET=1")
+requires_triton = pytest.mark.skipif(
+    not triton_available("cpu") and not torch.cuda.is_available(), reason="needs CUDA or TRITON_INTERPRET=1"
+)
 
 
 @pytest.fixture

@@ -1,17 +1,22 @@
 """Hand-checkable properties of the depth analyses on tiny random Llama models."""
+
 import pytest
 import torch
 
 from grow_megatron.analysis.data import encode_mc, token_batches
-from grow_megatron.analysis.effects import (DepthScoreConfig, EffectsConfig, depth_score, depth_score_analysis,
-                                            effects_analysis)
+from grow_megatron.analysis.effects import (
+    DepthScoreConfig,
+    EffectsConfig,
+    depth_score,
+    depth_score_analysis,
+    effects_analysis,
+)
 from grow_megatron.analysis.interventions import InterventionConfig, intervention_analysis
 from grow_megatron.analysis.runner import ResidualRunner, Skip, reverse_order, swap_order
 from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
 from grow_megatron.analysis.sublayer import SublayerConfig, sublayer_analysis
 from grow_megatron.analysis.toy import char_tokenizer, grow_by_source_map, tiny_llama, toy_tasks
 from grow_megatron.growth.operators import lidas, midas
-
 
 # Tiny matmuls: extra threads only add synchronisation overhead on a shared 2-core box.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -153,6 +158,7 @@ def test_mc_scoring_matches_the_evaluator():
         assert scores.tolist() == pytest.approx(want, abs=1e-4)
         assert 0.0 <= accuracy(enc, scores) <= 1.0
 
+
 def test_sublayer_stats_match_hooked_activations():
     m = tiny_llama(layers=3, seed=1)
     batches = _batches(n=3, bs=2)
@@ -161,8 +167,19 @@ def test_sublayer_stats_match_hooked_activations():
     got = {}
     hooks = []
     for i, blk in enumerate(m.model.layers):
-        hooks.append(blk.register_forward_pre_hook(lambda mod, args, kw, i=i: got.__setitem__(("h", i), kw.get("hidden_states", args[0] if args else None)), with_kwargs=True))
-        hooks.append(blk.self_attn.register_forward_hook(lambda mod, args, kw, out, i=i: got.__setitem__(("a", i), out[0]), with_kwargs=True))
+        hooks.append(
+            blk.register_forward_pre_hook(
+                lambda mod, args, kw, i=i: got.__setitem__(
+                    ("h", i), kw.get("hidden_states", args[0] if args else None)
+                ),
+                with_kwargs=True,
+            )
+        )
+        hooks.append(
+            blk.self_attn.register_forward_hook(
+                lambda mod, args, kw, out, i=i: got.__setitem__(("a", i), out[0]), with_kwargs=True
+            )
+        )
         hooks.append(blk.mlp.register_forward_hook(lambda mod, args, out, i=i: got.__setitem__(("m", i), out)))
     rel = torch.zeros(3, 2)
     cos = torch.zeros(3, 2)
@@ -209,7 +226,13 @@ def test_future_skip_matches_hf_forward_hooks():
     (tb,) = token_batches([list(range(3, 13)), list(range(20, 27))], 2)
     skip, meas = settings(tb, "future", BoundaryConfig(boundaries=[0.5]))[0]
     # t = floor(0.5 * (len - 1)): 4 for length 10, 3 for length 7.
-    assert skip[0].nonzero().flatten().tolist() == [0, 1, 2, 3, 4] and meas[0].nonzero().flatten().tolist() == [5, 6, 7, 8, 9]
+    assert skip[0].nonzero().flatten().tolist() == [0, 1, 2, 3, 4] and meas[0].nonzero().flatten().tolist() == [
+        5,
+        6,
+        7,
+        8,
+        9,
+    ]
     assert skip[1].nonzero().flatten().tolist() == [0, 1, 2, 3] and meas[1].nonzero().flatten().tolist() == [4, 5, 6]
     keep = (~skip).unsqueeze(-1).float()
     r = ResidualRunner(m)
@@ -217,7 +240,8 @@ def test_future_skip_matches_hf_forward_hooks():
         # Layer skip: the layer's output equals its input at skipped positions.
         h = m.model.layers[1].register_forward_hook(
             lambda mod, args, kw, out: kw.get("hidden_states", args[0] if args else None) * (1 - keep) + out * keep,
-            with_kwargs=True)
+            with_kwargs=True,
+        )
         want = m(tb.ids).logits
         h.remove()
         got = r.run(tb.ids, skips=[Skip(1, "layer", skip)])

@@ -1,6 +1,7 @@
 """The fast paths of the analyses (shared-prompt packing, resumed residual streams) give the
 numbers of a naive recomputation: every (example, choice) row run through a full Hugging Face
 forward of the reordered model."""
+
 import pytest
 import torch
 
@@ -19,8 +20,13 @@ TOL = 1e-4
 def _tasks() -> list[MCExample]:
     """Ragged on purpose: 2-5 choices of 1-3 characters, prompts of different lengths."""
     prompts = ["a=1; b=2; a=?", "x=7; y=3; z=1; y=?", "q=5; q=?", "m=2; n=8; o=4; p=6; n=?", "k=9; k=?"]
-    choices = [(" 1", " 2"), (" 3", " 13", " 7"), (" 5", " 55", " 555", " 0"), (" 8", " 2", " 4", " 6", " 86"),
-               (" 9", " 19", " 91")]
+    choices = [
+        (" 1", " 2"),
+        (" 3", " 13", " 7"),
+        (" 5", " 55", " 555", " 0"),
+        (" 8", " 2", " 4", " 6", " 86"),
+        (" 9", " 19", " 91"),
+    ]
     return [MCExample(p, c, i % len(c), "toy") for i, (p, c) in enumerate(zip(prompts, choices))]
 
 
@@ -89,18 +95,25 @@ def test_quick_preset_and_cost_line(tmp_path, capsys):
     printed before the work."""
     import json
 
-    from grow_megatron.cli.analyze import main as analyze_main
     from grow_megatron.analysis.toy import toy_tasks
+    from grow_megatron.cli.analyze import main as analyze_main
 
     model = tmp_path / "tiny"
     tiny_llama(layers=4, vocab=64).save_pretrained(model)
     char_tokenizer().save_pretrained(model)
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text("\n".join(json.dumps({"prompt": e.prompt, "choices": list(e.choices), "answer": e.answer})
-                               for e in toy_tasks(3)))
+    tasks.write_text(
+        "\n".join(
+            json.dumps({"prompt": e.prompt, "choices": list(e.choices), "answer": e.answer}) for e in toy_tasks(3)
+        )
+    )
     out = tmp_path / "out"
-    assert analyze_main(["interventions", str(model), "--tasks", str(tasks), "--out", str(out), "--quick",
-                         "--skip-sizes", "1"]) == 0
+    assert (
+        analyze_main(
+            ["interventions", str(model), "--tasks", str(tasks), "--out", str(out), "--quick", "--skip-sizes", "1"]
+        )
+        == 0
+    )
     cfg = json.loads((out / "interventions.json").read_text())["config"]
     assert cfg["swap_sizes"] == [1, 2, 4] and cfg["reverse_sizes"] == [4] and cfg["skip_sizes"] == [1]
     err = capsys.readouterr().err

@@ -1,17 +1,23 @@
 """Tuned lens properties and a CLI smoke test on a saved tiny model."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from grow_megatron.cli.analyze import main as analyze_main
 from grow_megatron.analysis.data import encode_mc, token_batches
-from grow_megatron.analysis.lens import (LensConfig, TunedLens, early_exit_accuracy, evaluate_lens, lens_logits,
-                                         train_lens)
+from grow_megatron.analysis.lens import (
+    LensConfig,
+    TunedLens,
+    early_exit_accuracy,
+    evaluate_lens,
+    lens_logits,
+    train_lens,
+)
 from grow_megatron.analysis.runner import ResidualRunner
 from grow_megatron.analysis.toy import char_tokenizer, tiny_llama, toy_tasks
-
+from grow_megatron.cli.analyze import main as analyze_main
 
 # Tiny matmuls: extra threads only add synchronisation overhead on a shared 2-core box.
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,8 +69,25 @@ def test_cli_writes_json_and_png(tmp_path):
     _save_tiny(model)
     np.save(tmp_path / "ids.npy", _seqs(n=6).numpy())
     out = tmp_path / "out"
-    rc = analyze_main(["sublayer", str(model), str(model), "--labels", "a", "b", "--data", str(tmp_path / "ids.npy"),
-                       "--out", str(out), "--block-size", "2", "--batch-size", "3", "--quiet"])
+    rc = analyze_main(
+        [
+            "sublayer",
+            str(model),
+            str(model),
+            "--labels",
+            "a",
+            "b",
+            "--data",
+            str(tmp_path / "ids.npy"),
+            "--out",
+            str(out),
+            "--block-size",
+            "2",
+            "--batch-size",
+            "3",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     res = json.loads((out / "sublayer.json").read_text())
     assert res["config"]["block_size"] == 2 and set(res["models"]) == {"a", "b"}
@@ -72,14 +95,29 @@ def test_cli_writes_json_and_png(tmp_path):
     assert (out / "sublayer.png").stat().st_size > 1000
     rc = analyze_main(["block-similarity", str(model), "--out", str(out), "--block-size", "2", "--quiet"])
     assert rc == 0 and (out / "block-similarity.png").exists()
-    assert json.loads((out / "block_similarity.json").read_text())["models"]["tiny"]["similarity"][0][0] == \
-        pytest.approx(1.0)
+    assert json.loads((out / "block_similarity.json").read_text())["models"]["tiny"]["similarity"][0][
+        0
+    ] == pytest.approx(1.0)
     # Tuned lens: train, save, then evaluate the saved lens instead of training again.
     ids = str(tmp_path / "ids.npy")
     assert analyze_main(["tuned-lens", str(model), "--data", ids, "--out", str(out), "--steps", "2", "--quiet"]) == 0
     first = json.loads((out / "tuned_lens.json").read_text())["models"]["tiny"]
-    assert analyze_main(["tuned-lens", str(model), "--data", ids, "--out", str(out / "again"), "--lens",
-                         first["lens_path"], "--quiet"]) == 0
+    assert (
+        analyze_main(
+            [
+                "tuned-lens",
+                str(model),
+                "--data",
+                ids,
+                "--out",
+                str(out / "again"),
+                "--lens",
+                first["lens_path"],
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     again = json.loads((out / "again" / "tuned_lens.json").read_text())["models"]["tiny"]
     assert again["kl"] == pytest.approx(first["kl"]) and again["kl"][-1] == 0.0
     # Missing inputs are a one-line error, not a traceback.
@@ -97,23 +135,54 @@ def test_compare_report_covers_all_analyses(tmp_path):
     model = tmp_path / "tiny"
     _save_tiny(model)
     tasks = tmp_path / "tasks.jsonl"
-    tasks.write_text("\n".join(json.dumps({"prompt": e.prompt, "choices": list(e.choices), "answer": e.answer})
-                               for e in toy_tasks(3)))
+    tasks.write_text(
+        "\n".join(
+            json.dumps({"prompt": e.prompt, "choices": list(e.choices), "answer": e.answer}) for e in toy_tasks(3)
+        )
+    )
     out = tmp_path / "cmp"
-    sets = ["tuned-lens.steps=2", "tuned-lens.max_sequences=3", "depth-score.max_sequences=2",
-            "effects.max_sequences=2", "effects.parts=[layer]", "sublayer.max_sequences=2",
-            "interventions.swap_sizes=[1]", "interventions.skip_sizes=[1]", "interventions.reverse_sizes=[4]",
-            "block-similarity.block_size=2"]
-    argv = ["compare", str(model), str(model), "--labels", "base", "grown", "--tasks", str(tasks), "--out", str(out),
-            "--quiet", "--mark-blocks", "2"]
+    sets = [
+        "tuned-lens.steps=2",
+        "tuned-lens.max_sequences=3",
+        "depth-score.max_sequences=2",
+        "effects.max_sequences=2",
+        "effects.parts=[layer]",
+        "sublayer.max_sequences=2",
+        "interventions.swap_sizes=[1]",
+        "interventions.skip_sizes=[1]",
+        "interventions.reverse_sizes=[4]",
+        "block-similarity.block_size=2",
+    ]
+    argv = [
+        "compare",
+        str(model),
+        str(model),
+        "--labels",
+        "base",
+        "grown",
+        "--tasks",
+        str(tasks),
+        "--out",
+        str(out),
+        "--quiet",
+        "--mark-blocks",
+        "2",
+    ]
     for s in sets:
         argv += ["--set", s]
     assert analyze_main(argv) == 0
     report = (out / "report.md").read_text()
     for name in ("depth_score", "tuned_lens", "interventions", "sublayer", "effects", "block_similarity"):
         assert (out / f"{name}.json").exists() and f"{name}.json" in report
-    for fig in ("depth-score.png", "tuned-lens.png", "interventions.png", "sublayer.png", "effects_output.png",
-                "effects_layer_future.png", "block-similarity.png"):
+    for fig in (
+        "depth-score.png",
+        "tuned-lens.png",
+        "interventions.png",
+        "sublayer.png",
+        "effects_output.png",
+        "effects_layer_future.png",
+        "block-similarity.png",
+    ):
         assert (out / fig).exists() and fig in report
     ee = json.loads((out / "tuned_lens.json").read_text())["models"]["base"]["early_exit"]
     assert ee["accuracy"][-1] == ee["final_accuracy"]

@@ -1,5 +1,6 @@
 """Properties of the analysis figures and report that keep them from misleading: integer
 layer ticks, shared colour scales, chance lines, noise verdicts (issue 14, items 2 and 7)."""
+
 import json
 import math
 
@@ -35,27 +36,58 @@ def figs(tmp_path_factory):
 
 
 def _ramp(scale):
-    return [[scale * (i + 1) * (j + 1) / L ** 2 if j > i else 0.0 for j in range(L)] for i in range(L)]
+    return [[scale * (i + 1) * (j + 1) / L**2 if j > i else 0.0 for j in range(L)] for i in range(L)]
 
 
 def _results(scale: float, acc: float) -> dict[str, dict]:
     lin = [0.1 * i for i in range(L)]
     eff = {"propagated": _ramp(scale), "local": _ramp(scale / 2), "output_max": lin, "output_mean": lin}
     return {
-        "tuned-lens": {"kl": lin, "top_k_overlap": [0.5] * L, "top_k": 5, "num_layers": L, "tokens": 99,
-                       "early_exit": {"accuracy": [acc] * L, "final_accuracy": acc, "relative_accuracy": [1.0] * L,
-                                      "examples": 50, "final_se": 0.05, "chance_accuracy": 0.2}},
-        "depth-score": {"depth_score": 2.5, "depth_score_se": 0.2, "relative_depth_score": 2.5 / (L - 1),
-                        "distribution": [1 / L] * L, "mean_dout": lin, "num_layers": L, "examples": 8},
-        "effects": {"num_layers": L, "examples": 4,
-                    "effects": {f"{p}/{m}": eff for p in ("layer", "attn", "mlp") for m in ("current", "future")}},
-        "interventions": {"num_layers": L, "examples": 50, "baseline_accuracy": acc, "baseline_se": 0.05,
-                          "chance_accuracy": 0.2,
-                          "interventions": {"swap": {"1": {"starts": list(range(L - 1)), "accuracy": [acc - 0.1] * (L - 1),
-                                                           "se": [0.05] * (L - 1)}}}},
-        "sublayer": {f"{n}_{s}": ([40.0] + [0.3 + 0.01 * i for i in range(L - 1)]) if s == "rel" else [0.1] * L
-                     for n in ("attn", "mlp", "layer") for s in ("rel", "cos")} | {"num_layers": L, "tokens": 99,
-                                                                                     "block_size": 3},
+        "tuned-lens": {
+            "kl": lin,
+            "top_k_overlap": [0.5] * L,
+            "top_k": 5,
+            "num_layers": L,
+            "tokens": 99,
+            "early_exit": {
+                "accuracy": [acc] * L,
+                "final_accuracy": acc,
+                "relative_accuracy": [1.0] * L,
+                "examples": 50,
+                "final_se": 0.05,
+                "chance_accuracy": 0.2,
+            },
+        },
+        "depth-score": {
+            "depth_score": 2.5,
+            "depth_score_se": 0.2,
+            "relative_depth_score": 2.5 / (L - 1),
+            "distribution": [1 / L] * L,
+            "mean_dout": lin,
+            "num_layers": L,
+            "examples": 8,
+        },
+        "effects": {
+            "num_layers": L,
+            "examples": 4,
+            "effects": {f"{p}/{m}": eff for p in ("layer", "attn", "mlp") for m in ("current", "future")},
+        },
+        "interventions": {
+            "num_layers": L,
+            "examples": 50,
+            "baseline_accuracy": acc,
+            "baseline_se": 0.05,
+            "chance_accuracy": 0.2,
+            "interventions": {
+                "swap": {"1": {"starts": list(range(L - 1)), "accuracy": [acc - 0.1] * (L - 1), "se": [0.05] * (L - 1)}}
+            },
+        },
+        "sublayer": {
+            f"{n}_{s}": ([40.0] + [0.3 + 0.01 * i for i in range(L - 1)]) if s == "rel" else [0.1] * L
+            for n in ("attn", "mlp", "layer")
+            for s in ("rel", "cos")
+        }
+        | {"num_layers": L, "tokens": 99, "block_size": 3},
         "block-similarity": {"similarity": [[1.0, 0.2], [0.2, 1.0]], "block_size": 3},
     }
 
@@ -76,7 +108,7 @@ def test_effect_heatmaps_share_one_labelled_colour_scale(figs):
     fig = figs["effects_layer_future.png"]
     images = [im for ax in fig.axes for im in ax.images]
     assert len(images) == 4  # 2 models x (propagated, local)
-    vmax = 5.5 * (L - 1) * L / L ** 2  # the larger model's maximum, used by both
+    vmax = 5.5 * (L - 1) * L / L**2  # the larger model's maximum, used by both
     assert [im.get_clim() for im in images] == [(0.0, pytest.approx(vmax))] * 4
     bars = [ax for ax in fig.axes if not ax.images]  # the colour-bar axes
     assert bars and all("relative change" in ax.get_ylabel() for ax in bars)

@@ -1,17 +1,23 @@
 """checkpoint.async_save: training continues while a checkpoint is written (CPU, one process)."""
+
 import os
 
 import pytest
 from torch.distributed.checkpoint.api import CheckpointException
 
-from grow_megatron.engine.faults import ENV
+from engine_helpers import assert_same_tensors, micro_config, micro_overrides
 from grow_megatron.engine.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors
+from grow_megatron.engine.faults import ENV
 from grow_megatron.training.loop import train
 
-from engine_helpers import assert_same_tensors, micro_config, micro_overrides
-
-STATIC = {"train.steps": 6, "growth.operator": "none", "growth.grow_steps": "null", "model.num_layers": 4,
-          "checkpoint.interval": 2, "checkpoint.keep_last": 3}
+STATIC = {
+    "train.steps": 6,
+    "growth.operator": "none",
+    "growth.grow_steps": "null",
+    "model.num_layers": 4,
+    "checkpoint.interval": 2,
+    "checkpoint.keep_last": 3,
+}
 
 
 def test_async_checkpoints_hold_the_state_of_their_step(tmp_path):
@@ -21,8 +27,9 @@ def test_async_checkpoints_hold_the_state_of_their_step(tmp_path):
     asy = train(micro_config(tmp_path / "async", **STATIC, **{"checkpoint.async_save": "on"}))
     assert asy.losses == sync.losses
     roots = [os.path.join(tmp_path, r, "checkpoints") for r in ("sync", "async")]
-    assert list_checkpoints(roots[0]) == list_checkpoints(roots[1]) == ["step_00000002", "step_00000004",
-                                                                        "step_00000006"]
+    assert (
+        list_checkpoints(roots[0]) == list_checkpoints(roots[1]) == ["step_00000002", "step_00000004", "step_00000006"]
+    )
     for name in ("step_00000002", "step_00000004"):
         assert_same_tensors(*(read_global_tensors(os.path.join(r, name)) for r in roots))
     assert latest_checkpoint(roots[1]).endswith("step_00000006")
@@ -47,15 +54,15 @@ def test_async_checkpoints_at_dp2_equal_the_synchronous_ones(tmp_path):
     """Two ranks, each forking its own writer: every checkpoint holds what the synchronous run
     saved, bit for bit, and its manifest (digested by the writers) verifies."""
     from dist_helpers import run_world
-
     from grow_megatron.engine.integrity import verify_checkpoint
 
     sets = {**STATIC, "train.global_batch_size": 4, "train.micro_batch_size": 2}
     for mode in ("off", "on"):
         run_world(2, micro_overrides(tmp_path / mode, **sets, **{"checkpoint.async_save": mode}), str(tmp_path / mode))
     roots = [os.path.join(tmp_path, m, "checkpoints") for m in ("off", "on")]
-    assert list_checkpoints(roots[0]) == list_checkpoints(roots[1]) == ["step_00000002", "step_00000004",
-                                                                        "step_00000006"]
+    assert (
+        list_checkpoints(roots[0]) == list_checkpoints(roots[1]) == ["step_00000002", "step_00000004", "step_00000006"]
+    )
     for name in list_checkpoints(roots[1]):
         verify_checkpoint(os.path.join(roots[1], name))
         assert not [f for f in os.listdir(os.path.join(roots[1], name)) if f.startswith(".write_result")]

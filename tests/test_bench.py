@@ -5,6 +5,7 @@ vs static, HF baseline, report writers) with tiny shapes, so this is the CI chec
 benchmark's plumbing. It runs in a subprocess: the benchmark initialises a process group and
 megatron's parallel state, which must not leak into other tests.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,10 @@ import sys
 import pytest
 import torch
 
-from grow_megatron.growth import flops as F
-from grow_megatron.config.model import ModelConfig
 from grow_megatron.bench.config import BenchConfig, peak_flops_for
 from grow_megatron.bench.runner import resolve
+from grow_megatron.config.model import ModelConfig
+from grow_megatron.growth import flops as F
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "examples", "tiny_lidas.yaml")
@@ -37,16 +38,31 @@ def _child_env(**extra) -> dict:
 
 def _bench(args: list[str], **env) -> subprocess.CompletedProcess:
     e = _child_env(OMP_NUM_THREADS="2", **env)
-    return subprocess.run([sys.executable, "-m", "grow_megatron.cli", "bench", *args], cwd=ROOT, env=e,
-                          capture_output=True, text=True, timeout=170)
+    return subprocess.run(
+        [sys.executable, "-m", "grow_megatron.cli", "bench", *args],
+        cwd=ROOT,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
 
 
 def _finite_positive(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
 
 
-THROUGHPUT_KEYS = ("tokens_per_s", "tflops", "tflops_causal", "mfu", "mfu_causal", "step_s_median",
-                   "peak_memory_gib", "flops_per_token", "flops_per_token_causal")
+THROUGHPUT_KEYS = (
+    "tokens_per_s",
+    "tflops",
+    "tflops_causal",
+    "mfu",
+    "mfu_causal",
+    "step_s_median",
+    "peak_memory_gib",
+    "flops_per_token",
+    "flops_per_token_causal",
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +125,14 @@ def test_schedule_flops_add_up_and_speedups(dry_run):
     # Proportions kept: growth over grow_steps of the config's steps, scaled.
     gs = rep["settings"]["growth"]
     assert s["grow_steps"] == max(3, round(total * gs["config_grow_steps"] / gs["config_steps"]))
-    for key in ("measured_speedup", "measured_speedup_train_only", "efficiency", "growth_s", "grown_tflops",
-                "static_tflops"):
+    for key in (
+        "measured_speedup",
+        "measured_speedup_train_only",
+        "efficiency",
+        "growth_s",
+        "grown_tflops",
+        "static_tflops",
+    ):
         assert _finite_positive(s[key]), key
     assert s["measured_speedup"] == pytest.approx(s["static"]["wall_s"] / s["grown"]["wall_s"])
     assert [e["new_depth"] for e in s["grown"]["growths"]] == [8, 12]
@@ -140,12 +162,39 @@ def test_resolve_scaled_schedule_and_peaks():
 
 def test_torchrun_two_pipeline_stages(tmp_path):
     """Multi-rank: 2 pipeline ranks x 2 virtual stages under torchrun (gloo), rank 0 writes the report."""
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m",
-                           "grow_megatron.cli", "bench", TINY, "--dry-run", "--out", str(tmp_path),
-                           "--set", "parallel.pipeline_parallel=2", "--set", "parallel.virtual_stages=2",
-                           "--set", "model.num_layers=8", "--set", "train.micro_batch_size=8", "--microbatches", "2",
-                           "--parts", "static,schedule,hf"],
-                          cwd=ROOT, env=_child_env(OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=170)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "grow_megatron.cli",
+            "bench",
+            TINY,
+            "--dry-run",
+            "--out",
+            str(tmp_path),
+            "--set",
+            "parallel.pipeline_parallel=2",
+            "--set",
+            "parallel.virtual_stages=2",
+            "--set",
+            "model.num_layers=8",
+            "--set",
+            "train.micro_batch_size=8",
+            "--microbatches",
+            "2",
+            "--parts",
+            "static,schedule,hf",
+        ],
+        cwd=ROOT,
+        env=_child_env(OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rep = json.loads((tmp_path / "report.json").read_text())
     assert rep["errors"] == {} and rep["environment"]["world_size"] == 2 and rep["environment"]["pp"] == 2

@@ -7,6 +7,7 @@ never through timing. In-process tests use the `raise` action (an InjectedFault 
 `except Exception`, so the disk holds what a kill at that point leaves); the subprocess tests
 kill for real.
 """
+
 import json
 import os
 import shutil
@@ -17,14 +18,13 @@ import sys
 import psutil
 import pytest
 
+from engine_helpers import assert_same_tensors, micro_config, micro_overrides
 from grow_megatron.config.base import CheckpointError, ConfigError, RunEnvironmentError
 from grow_megatron.engine import checkpoint as ckpt_mod
 from grow_megatron.engine.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors, read_meta
 from grow_megatron.engine.faults import ENV, InjectedFault
 from grow_megatron.engine.integrity import verify_checkpoint
 from grow_megatron.training.loop import train
-
-from engine_helpers import assert_same_tensors, micro_config, micro_overrides
 
 # micro_config grows before steps 2 and 5; with save_at_growth each growth writes step_2 / step_5;
 # the reference also keeps its state after step 7, where the resumed runs below stop.
@@ -41,8 +41,11 @@ def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
     res = train(micro_config(d, **SAVES, **{"checkpoint.interval": STOP}))
     root = os.path.join(d, "checkpoints")
-    return res.losses, read_global_tensors(latest_checkpoint(root)), read_global_tensors(
-        os.path.join(root, f"step_{STOP:08d}"))
+    return (
+        res.losses,
+        read_global_tensors(latest_checkpoint(root)),
+        read_global_tensors(os.path.join(root, f"step_{STOP:08d}")),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +87,7 @@ def test_resave_keeps_a_complete_copy_at_every_instant(reference, at_step5, tmp_
             out = fn(*a, **k)
             check(f"after {fn.__name__}{a}")
             return out
+
         return wrapper
 
     extra = {**SAVES, "checkpoint.interval": 3, "checkpoint.keep_last": 1}
@@ -133,8 +137,9 @@ def _start(args, fault=None, torchrun=False):
     if torchrun:
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", RUNNER, *args]
     # Its own process group (session), as a job under Slurm or a shell pipeline has.
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def _group(pgid):
@@ -198,8 +203,10 @@ def test_sigkilled_trainer_takes_its_async_writer_with_it(tmp_path):
     writing and then waits (fault point save.writer): only the kernel's parent-death signal can
     end it, and no process of the group is left (nor a helper process of megatron's writer);
     the unfinished save never becomes a checkpoint."""
-    p = _start(micro_overrides(tmp_path, **STATIC, **{"checkpoint.interval": 2, "checkpoint.async_save": "on"}),
-               fault="save.writer:kill-parent-wait")
+    p = _start(
+        micro_overrides(tmp_path, **STATIC, **{"checkpoint.interval": 2, "checkpoint.async_save": "on"}),
+        fault="save.writer:kill-parent-wait",
+    )
     _, err = p.communicate(timeout=300)
     assert p.returncode == -signal.SIGKILL, err[-3000:]
     assert not _wait_group_gone(p.pid, timeout=10), "the async writer outlived the SIGKILLed trainer"
@@ -240,6 +247,7 @@ def test_torchrun_workers_stop_when_the_launcher_dies(tmp_path):
 def test_sigterm_during_the_final_save_lets_it_finish(tmp_path, monkeypatch):
     """SIGTERM while the last checkpoint is being written (the soak found the final save
     outside the loop's handlers: the process died half-way): the save completes."""
+
     def unhandled(signum, frame):  # what runs if no training handler is installed
         raise RuntimeError("SIGTERM reached the default handler: the run would have been killed")
 
@@ -298,10 +306,15 @@ def test_disk_full_is_found_inside_dcp_failures():
     assert ckpt_mod._disk_full(CheckpointException("other", {0: (OSError(errno.EIO, "I/O error"), "")})) is None
 
 
-@pytest.mark.parametrize("edit,key", [(lambda m: m.pop("depth"), "depth"),
-                                      (lambda m: m.__setitem__("step", "2"), "step"),
-                                      (lambda m: m.__setitem__("split", 4), "split")],
-                         ids=["missing-key", "string-step", "int-split"])
+@pytest.mark.parametrize(
+    "edit,key",
+    [
+        (lambda m: m.pop("depth"), "depth"),
+        (lambda m: m.__setitem__("step", "2"), "step"),
+        (lambda m: m.__setitem__("split", 4), "split"),
+    ],
+    ids=["missing-key", "string-step", "int-split"],
+)
 def test_hand_edited_meta_is_one_line_naming_the_key(static_run, tmp_path, edit, key):
     run, root = _copy(static_run, tmp_path)
     path = os.path.join(latest_checkpoint(root), "meta.json")

@@ -1,5 +1,6 @@
 """DP-sharded checkpoints (engine/dp_shards.py): each data-parallel rank writes and reads only
 its own flat range of every parameter's weights, fp32 main copy and AdamW moments."""
+
 import json
 import os
 
@@ -7,7 +8,8 @@ import pytest
 import torch
 
 from grow_megatron.engine.dp_shards import param_pieces, pieces, row_segments
-from make_v1_checkpoint import batch as fixture_batch, spec as fixture_spec  # tests/data (setup.cfg pythonpath)
+from make_v1_checkpoint import batch as fixture_batch  # tests/data (setup.cfg pythonpath)
+from make_v1_checkpoint import spec as fixture_spec
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FIXTURE = os.path.join(HERE, "data", "ckpt_v1", "step_00000002")
@@ -38,7 +40,7 @@ def test_pieces_of_dp_ranges_tile_the_tensor(shape, seed):
     tp_axis = len(shape) - 1
     sh = ShardedTensor.from_rank_offsets("k", local, (0, 1, 3), (tp_axis + 1, 1, 2), prepend_axis_num=1)
     expected = torch.full(sh.global_shape, float("nan"))
-    expected[1, ..., shape[-1]:] = local
+    expected[1, ..., shape[-1] :] = local
     cover = torch.zeros(sh.global_shape)
     for s, e in _cuts(local.numel(), 4, seed):
         flat = local.view(-1)[s:e]
@@ -71,8 +73,8 @@ def test_gated_fc1_factory_rows_go_to_gate_and_up_halves():
 def test_first_format_checkpoint_resumes_exactly(engine_env):
     """tests/data/ckpt_v1 was written by the code before this format (whole optimizer tensors
     per slice): it loads, and the next two steps give the losses the uninterrupted run had."""
-    from grow_megatron.engine.checkpoint import load_checkpoint
     from grow_megatron.engine.build import build_engine, train_step
+    from grow_megatron.engine.checkpoint import load_checkpoint
 
     with open(os.path.join(os.path.dirname(FIXTURE), "expected_losses.json")) as f:
         expected = json.load(f)
@@ -91,13 +93,21 @@ def _global_key(name):
 
 # --- a 4-rank data-parallel save (one spawn of 4 processes) ---------------------------------
 
+
 def _dp4_model():
     from grow_megatron.config.model import ModelConfig
     from grow_megatron.config.training import OptimConfig
     from grow_megatron.engine.resolve import engine_spec
 
-    m = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=96, num_attention_heads=4, num_query_groups=2,
-                    vocab_size=128, seq_length=8)
+    m = ModelConfig(
+        num_layers=2,
+        hidden_size=64,
+        ffn_hidden_size=96,
+        num_attention_heads=4,
+        num_query_groups=2,
+        vocab_size=128,
+        seq_length=8,
+    )
     return engine_spec(m, 128, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0))
 
 
@@ -105,12 +115,12 @@ def _dp4_worker(rank, out):
     from megatron.core import parallel_state
 
     from grow_megatron.bench.accounting import allocation_peak, count_comm, tensor_bytes
-    from grow_megatron.engine.grow import grow
-    from grow_megatron.growth.operators import lidas
+    from grow_megatron.engine.build import build_engine, train_step
     from grow_megatron.engine.checkpoint import load_checkpoint, read_global_tensors, save_checkpoint
     from grow_megatron.engine.distributed import device_context, init_distributed
-    from grow_megatron.engine.build import build_engine, train_step
+    from grow_megatron.engine.grow import grow
     from grow_megatron.engine.optim_state import gather_param_state, local_range, local_state
+    from grow_megatron.growth.operators import lidas
 
     with device_context():
         init_distributed(1, 1, seed=5)
@@ -120,8 +130,18 @@ def _dp4_worker(rank, out):
         g = torch.Generator().manual_seed(rank)
         for _ in range(2):
             t = torch.randint(0, 128, (2, 9), generator=g)
-            train_step(e, [{"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(2, 8),
-                            "position_ids": torch.arange(8).expand(2, 8)}], 1e-2)
+            train_step(
+                e,
+                [
+                    {
+                        "tokens": t[:, :-1],
+                        "labels": t[:, 1:],
+                        "loss_mask": torch.ones(2, 8),
+                        "position_ids": torch.arange(8).expand(2, 8),
+                    }
+                ],
+                1e-2,
+            )
         # Reference for the single-process load: the whole state, assembled by all-reduce.
         ref = {n: gather_param_state(e.optimizer, p) for n, p in e.named_parameters()}
         if rank == 0:
@@ -148,7 +168,7 @@ def _dp4_worker(rank, out):
         e3 = grow(e2, growth)
         for n, p in e3.named_parameters():
             layer, key = _global_key(n)
-            src = n if layer is None else f"decoder.layers.{growth.source_map[layer]}.{key[len('decoder.layers.'):]}"
+            src = n if layer is None else f"decoder.layers.{growth.source_map[layer]}.{key[len('decoder.layers.') :]}"
             st = gather_param_state(e3.optimizer, p)
             for k in st:
                 assert torch.equal(st[k], before[src][k]), (n, k)
@@ -164,9 +184,17 @@ def _dp4_worker(rank, out):
                     t = whole[f"optimizer.{k}.model.{key}"]
                     assert torch.equal(st[k], t[layer] if layer is not None else t), (n, k)
         with open(os.path.join(out, f"rank{rank}.json"), "w") as fh:
-            json.dump({"peak": mem["peak"], "written": written, "state_bytes": 12 * sum(
-                p.numel() for p in params.values()), "max_param_state": 12 * max(p.numel() for p in params.values()),
-                "tensor_comm": tensor_bytes(comm), "comm": dict(comm)}, fh)
+            json.dump(
+                {
+                    "peak": mem["peak"],
+                    "written": written,
+                    "state_bytes": 12 * sum(p.numel() for p in params.values()),
+                    "max_param_state": 12 * max(p.numel() for p in params.values()),
+                    "tensor_comm": tensor_bytes(comm),
+                    "comm": dict(comm),
+                },
+                fh,
+            )
 
 
 def test_dp4_save_writes_only_each_ranks_range(tmp_path):
@@ -176,10 +204,9 @@ def test_dp4_save_writes_only_each_ranks_range(tmp_path):
     the whole state assembled by all-reduce. Growth at DP=4 copies every layer's state bit for
     bit, and the first format loads at DP=4 too."""
     from dist_helpers import run_ranks
-
+    from grow_megatron.engine.build import build_engine
     from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_global_tensors
     from grow_megatron.engine.distributed import device_context, init_distributed
-    from grow_megatron.engine.build import build_engine
     from grow_megatron.engine.optim_state import gather_param_state
 
     run_ranks(4, _dp4_worker, str(tmp_path), out_dir=str(tmp_path))

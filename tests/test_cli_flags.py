@@ -1,9 +1,10 @@
 """cli/flags.py: a command's flags from its options dataclass, and back; every command's --help."""
+
 import argparse
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 import pytest
 
@@ -26,9 +27,9 @@ class Example:
     """how many steps"""
     lr: float = 1e-3
     """learning rate"""
-    name: Optional[str] = None
+    name: str | None = None
     """a name (default: the input's)"""
-    limit: Optional[int] = None
+    limit: int | None = None
     """at most this many"""
     mode: Literal["fast", "exact"] = "exact"
     """how to run"""
@@ -42,7 +43,7 @@ class Example:
     """an override (repeatable)"""
     parts: tuple[str, ...] = field(default=("a", "b"), metadata=cli(nargs=None, type=comma_list))
     """a comma list of parts"""
-    model: Optional[str] = field(default=None, metadata=cli(positional=True))
+    model: str | None = field(default=None, metadata=cli(positional=True))
     """an optional second positional"""
     block: int = field(default=4, metadata=cli(group="shape", metavar="B"))
     """block size"""
@@ -94,12 +95,47 @@ def test_flags_follow_the_annotations_and_docstrings():
 
 
 def test_parsed_flags_come_back_as_the_dataclass():
-    opts = options_from_args(Example, _parser().parse_args(["in.txt", "m", "--out", "o", "--steps", "3", "--mode", "fast",
-                                                            "--verbose", "--no-progress", "--sizes", "4", "8",
-                                                            "--set", "a=1", "--set", "b=2", "--parts", "x, y",
-                                                            "--limit", "7"]))
-    assert opts == Example(source="in.txt", out="o", steps=3, mode="fast", verbose=True, progress=False,
-                           sizes=[4, 8], overrides=["a=1", "b=2"], parts=("x", "y"), limit=7, model="m")
+    opts = options_from_args(
+        Example,
+        _parser().parse_args(
+            [
+                "in.txt",
+                "m",
+                "--out",
+                "o",
+                "--steps",
+                "3",
+                "--mode",
+                "fast",
+                "--verbose",
+                "--no-progress",
+                "--sizes",
+                "4",
+                "8",
+                "--set",
+                "a=1",
+                "--set",
+                "b=2",
+                "--parts",
+                "x, y",
+                "--limit",
+                "7",
+            ]
+        ),
+    )
+    assert opts == Example(
+        source="in.txt",
+        out="o",
+        steps=3,
+        mode="fast",
+        verbose=True,
+        progress=False,
+        sizes=[4, 8],
+        overrides=["a=1", "b=2"],
+        parts=("x", "y"),
+        limit=7,
+        model="m",
+    )
     defaults = options_from_args(Example, _parser().parse_args(["in.txt", "--out", "o"]))
     assert defaults == Example(source="in.txt", out="o")
     # A repeated flag's list is fresh on each parse, not the field's default object.
@@ -152,18 +188,40 @@ def _commands() -> dict[tuple[str, ...], list[type]]:
     from grow_megatron.analysis.suite import CONFIGS
     from grow_megatron.bench.config import BenchConfig
     from grow_megatron.bench.growth import GrowthBenchOptions
-    from grow_megatron.cli import analyze, compare_runs, convert, data, eval, flops, grow, loop_sweep, plan, study, train
+    from grow_megatron.cli import (
+        analyze,
+        compare_runs,
+        convert,
+        data,
+        eval,
+        flops,
+        grow,
+        loop_sweep,
+        plan,
+        study,
+        train,
+    )
 
     out: dict[tuple[str, ...], list[type]] = {
-        ("train",): [train.TrainOptions], ("plan",): [plan.PlanOptions], ("grow",): [grow.GrowOptions],
-        ("flops",): [flops.FlopsOptions], ("bench",): [BenchConfig], ("bench-growth",): [GrowthBenchOptions],
-        ("compare-runs",): [compare_runs.CompareRunsOptions], ("loop-sweep",): [loop_sweep.LoopSweepOptions],
-        ("eval",): [eval.EvalOptions], ("study",): [study.StudyOptions],
+        ("train",): [train.TrainOptions],
+        ("plan",): [plan.PlanOptions],
+        ("grow",): [grow.GrowOptions],
+        ("flops",): [flops.FlopsOptions],
+        ("bench",): [BenchConfig],
+        ("bench-growth",): [GrowthBenchOptions],
+        ("compare-runs",): [compare_runs.CompareRunsOptions],
+        ("loop-sweep",): [loop_sweep.LoopSweepOptions],
+        ("eval",): [eval.EvalOptions],
+        ("study",): [study.StudyOptions],
     }
     out.update({("convert", verb): [cls] for verb, cls in convert.VERBS.items()})
     out.update({("data", verb): [cls] for verb, cls in data.VERBS.items()})
-    out.update({("analyze", name): [analyze.options_class(name)] + ([CONFIGS[name]] if name in CONFIGS else [])
-                for name in analyze.DESCRIPTIONS})
+    out.update(
+        {
+            ("analyze", name): [analyze.options_class(name)] + ([CONFIGS[name]] if name in CONFIGS else [])
+            for name in analyze.DESCRIPTIONS
+        }
+    )
     return out
 
 
@@ -179,11 +237,15 @@ def test_help_lists_every_option(argv, capsys):
     text = capsys.readouterr().out
     for cls in _commands()[argv]:
         for f in dataclasses.fields(cls):
-            shown = f.name if f.metadata.get("cli", {}).get("positional") and "metavar" not in f.metadata["cli"] \
+            shown = (
+                f.name
+                if f.metadata.get("cli", {}).get("positional") and "metavar" not in f.metadata["cli"]
                 else flag_name(f)
+            )
             # As a whole word: "--n" must not pass on the strength of "--no-progress".
-            assert re.search(rf"(?<![\w-]){re.escape(shown)}(?![\w-])", text), \
+            assert re.search(rf"(?<![\w-]){re.escape(shown)}(?![\w-])", text), (
                 f"{' '.join(argv)} --help does not list {shown}"
+            )
 
 
 def test_a_bad_flag_value_is_one_line_from_the_command(tmp_path, capsys):

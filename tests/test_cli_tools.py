@@ -1,4 +1,5 @@
 """The small commands: `grow-megatron plan` and the growth benchmark."""
+
 import json
 import os
 

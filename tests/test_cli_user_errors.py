@@ -1,6 +1,7 @@
 """A user's bad input, across the subcommands: one line naming the value and the fix, exit code 2.
 
 Each case is cheap: the error must come before any model is built or any data is tokenized."""
+
 import json
 import types
 
@@ -26,15 +27,18 @@ def _repo_root(monkeypatch):
     monkeypatch.chdir(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.mark.parametrize("override,fragments", [
-    ("train.steps=[1", ["--set = 'train.steps=[1'", "not valid YAML"]),
-    ("=5", ["--set", "the key must be a dotted field name"]),
-    ("trian.steps=10", ["trian", "did you mean train?"]),
-    ("optim.lr=inf", ["optim.lr = inf", "must be a finite number"]),
-    ("optim.lr=.nan", ["optim.lr = nan", "must be a finite number"]),
-    ("parallel.tensor_parallel=0", ["parallel.tensor_parallel = 0", "must be positive"]),
-    ("model=[1, 2]", ["model = [1, 2]", "must be a mapping of ModelConfig fields"]),
-])
+@pytest.mark.parametrize(
+    "override,fragments",
+    [
+        ("train.steps=[1", ["--set = 'train.steps=[1'", "not valid YAML"]),
+        ("=5", ["--set", "the key must be a dotted field name"]),
+        ("trian.steps=10", ["trian", "did you mean train?"]),
+        ("optim.lr=inf", ["optim.lr = inf", "must be a finite number"]),
+        ("optim.lr=.nan", ["optim.lr = nan", "must be a finite number"]),
+        ("parallel.tensor_parallel=0", ["parallel.tensor_parallel = 0", "must be positive"]),
+        ("model=[1, 2]", ["model = [1, 2]", "must be a mapping of ModelConfig fields"]),
+    ],
+)
 def test_bad_set_overrides(override, fragments):
     from grow_megatron.config.base import ConfigError
     from grow_megatron.config.run import load_run_config
@@ -45,12 +49,15 @@ def test_bad_set_overrides(override, fragments):
         assert f in str(err.value)
 
 
-@pytest.mark.parametrize("text,fragments", [
-    ("model:\n\tpreset: tiny\n", ["is not valid YAML", "line 2"]),
-    ("- a\n- b\n", ["must hold a mapping of sections"]),
-    ("trian:\n  steps: 5\n", ["trian", "did you mean train?"]),
-    ("model:\n  preset: tiny\n  kernel: on\n", ["model.kernel", "did you mean kernels?"]),
-])
+@pytest.mark.parametrize(
+    "text,fragments",
+    [
+        ("model:\n\tpreset: tiny\n", ["is not valid YAML", "line 2"]),
+        ("- a\n- b\n", ["must hold a mapping of sections"]),
+        ("trian:\n  steps: 5\n", ["trian", "did you mean train?"]),
+        ("model:\n  preset: tiny\n  kernel: on\n", ["model.kernel", "did you mean kernels?"]),
+    ],
+)
 def test_bad_yaml_files_via_flops(tmp_path, capsys, text, fragments):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(text)
@@ -86,17 +93,69 @@ def test_plan_bad_config_is_one_line(capsys, tmp_path):
     _one_line(capsys, "must hold a mapping of sections")
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["--preset", "smollm-360m", "--steps", "0", "--block-size", "4", "--tokens-per-step", "1000"],
-     ["--steps = 0", "positive integer"]),
-    (["--preset", "smollm-360m", "--steps", "100", "--tokens-per-step", "0"], ["--tokens-per-step = 0"]),
-    (["--preset", "smollm-360m", "--steps", "100", "--alpha", "-1", "--block-size", "4", "--tokens-per-step", "10"],
-     ["--alpha = -1.0", "must be >= 0"]),
-    (["--preset", "smollm-360m", "--steps", "10", "--grow-steps", "20", "--block-size", "4",
-      "--tokens-per-step", "10"], ["--grow-steps = 20", "must be <= the total steps (10)"]),
-    (["--layers", "-8", "--hidden", "64", "--ffn", "256", "--heads", "4", "--kv-heads", "2", "--vocab", "100",
-      "--seq", "16", "--steps", "10", "--tokens-per-step", "10"], ["--layers = -8"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (
+            ["--preset", "smollm-360m", "--steps", "0", "--block-size", "4", "--tokens-per-step", "1000"],
+            ["--steps = 0", "positive integer"],
+        ),
+        (["--preset", "smollm-360m", "--steps", "100", "--tokens-per-step", "0"], ["--tokens-per-step = 0"]),
+        (
+            [
+                "--preset",
+                "smollm-360m",
+                "--steps",
+                "100",
+                "--alpha",
+                "-1",
+                "--block-size",
+                "4",
+                "--tokens-per-step",
+                "10",
+            ],
+            ["--alpha = -1.0", "must be >= 0"],
+        ),
+        (
+            [
+                "--preset",
+                "smollm-360m",
+                "--steps",
+                "10",
+                "--grow-steps",
+                "20",
+                "--block-size",
+                "4",
+                "--tokens-per-step",
+                "10",
+            ],
+            ["--grow-steps = 20", "must be <= the total steps (10)"],
+        ),
+        (
+            [
+                "--layers",
+                "-8",
+                "--hidden",
+                "64",
+                "--ffn",
+                "256",
+                "--heads",
+                "4",
+                "--kv-heads",
+                "2",
+                "--vocab",
+                "100",
+                "--seq",
+                "16",
+                "--steps",
+                "10",
+                "--tokens-per-step",
+                "10",
+            ],
+            ["--layers = -8"],
+        ),
+    ],
+)
 def test_flops_bad_flags(capsys, args, fragments):
     assert cli_main(["flops", *args]) == 2
     _one_line(capsys, *fragments)
@@ -132,13 +191,16 @@ def test_data_prepare_config_checks_every_section(tmp_path, capsys):
     _one_line(capsys, "dat = ", "did you mean data?")
 
 
-@pytest.mark.parametrize("args,fragments", [
-    (["/no/such/model"], ["MODEL = '/no/such/model'", "no such directory"]),
-    (["{tmp}", "--heldout", "{tmp}/missing.txt"], ["--heldout", "no such file"]),
-    (["{tmp}", "--batch-size", "0"], ["--batch-size = 0"]),
-    (["{tmp}", "--json", "{tmp}/f.txt/out.json"], ["--json", "is an existing file"]),
-    (["--export-lm-eval", "{tmp}/f.txt"], ["--export-lm-eval", "is an existing file"]),
-])
+@pytest.mark.parametrize(
+    "args,fragments",
+    [
+        (["/no/such/model"], ["MODEL = '/no/such/model'", "no such directory"]),
+        (["{tmp}", "--heldout", "{tmp}/missing.txt"], ["--heldout", "no such file"]),
+        (["{tmp}", "--batch-size", "0"], ["--batch-size = 0"]),
+        (["{tmp}", "--json", "{tmp}/f.txt/out.json"], ["--json", "is an existing file"]),
+        (["--export-lm-eval", "{tmp}/f.txt"], ["--export-lm-eval", "is an existing file"]),
+    ],
+)
 def test_eval_bad_args_before_loading(tmp_path, capsys, args, fragments):
     (tmp_path / "f.txt").write_text("x")
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
@@ -187,19 +249,43 @@ def test_compare_runs_bad_input(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("override,fragments", [
-    # Each used to try allocating terabytes (or run into an index error mid-training).
-    ("train.steps=1000000000000", ["train.steps = 1000000000000: the run needs about", "TiB of host memory",
-                                   "data index 233 TiB; a rough estimate), but", "is available: lower train.steps"]),
-    ("model.hidden_size=1048576", ["model.hidden_size = 1048576: the run needs about", "(model state ",
-                                   " TiB, activations ",
-                                   "is available: use a smaller model"]),
-    ("model.seq_length=1000000000", ["model.seq_length = 1000000000: the run needs about", "activations ",
-                                     " PiB, data index 40 KiB; a rough estimate), but ",
-                                     "is available: lower model.seq_length"]),
-    ("model.vocab_size=100", ["model.vocab_size = 100: is smaller than the tokenizer's vocabulary (4096, <embedded>)",
-                              "set it >= 4096"]),
-])
+@pytest.mark.parametrize(
+    "override,fragments",
+    [
+        # Each used to try allocating terabytes (or run into an index error mid-training).
+        (
+            "train.steps=1000000000000",
+            [
+                "train.steps = 1000000000000: the run needs about",
+                "TiB of host memory",
+                "data index 233 TiB; a rough estimate), but",
+                "is available: lower train.steps",
+            ],
+        ),
+        (
+            "model.hidden_size=1048576",
+            [
+                "model.hidden_size = 1048576: the run needs about",
+                "(model state ",
+                " TiB, activations ",
+                "is available: use a smaller model",
+            ],
+        ),
+        (
+            "model.seq_length=1000000000",
+            [
+                "model.seq_length = 1000000000: the run needs about",
+                "activations ",
+                " PiB, data index 40 KiB; a rough estimate), but ",
+                "is available: lower model.seq_length",
+            ],
+        ),
+        (
+            "model.vocab_size=100",
+            ["model.vocab_size = 100: is smaller than the tokenizer's vocabulary (4096, <embedded>)", "set it >= 4096"],
+        ),
+    ],
+)
 def test_train_refuses_impossible_sizes_before_any_work(tmp_path, capsys, override, fragments):
     run_dir = tmp_path / "run"
     assert cli_main(["train", EXAMPLE, "--run-dir", str(run_dir), "--set", override]) == 2

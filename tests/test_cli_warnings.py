@@ -1,5 +1,6 @@
 """The dispatcher silences megatron's known warnings by exact message, category and module, and
 only while a command runs."""
+
 import warnings
 
 from grow_megatron.cli import known_warnings_quiet

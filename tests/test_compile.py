@@ -1,9 +1,11 @@
 """model.compile: each layer compiled, the same numbers as eager within fp32 tolerance, a growth
 that compiles nothing new (the grown layers reuse the first layer's graphs), and the same
 checkpoint state as an eager engine."""
+
 import pytest
 import torch
 
+from engine_helpers import random_batch
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.engine.build import build_engine, run_microbatches, train_step
@@ -13,11 +15,17 @@ from grow_megatron.engine.resolve import engine_spec
 from grow_megatron.growth.operators import lidas
 from grow_megatron.model.builder import compiled_graphs
 
-from engine_helpers import random_batch
-
 V, S = 96, 16
-MODEL = ModelConfig(num_layers=6, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
-                    vocab_size=V, seq_length=S, ln_scaling=True)
+MODEL = ModelConfig(
+    num_layers=6,
+    hidden_size=32,
+    ffn_hidden_size=64,
+    num_attention_heads=4,
+    num_query_groups=2,
+    vocab_size=V,
+    seq_length=S,
+    ln_scaling=True,
+)
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
 """Relative paths in a run config: data paths follow the config file, run_dir and --set paths
 follow the current directory, and the run's saved config.yaml holds them all absolute."""
+
 import os
 
 import yaml
 
-from grow_megatron.config.run import dump_run_config, load_run_config
-from grow_megatron.config.run import read_run_info
+from grow_megatron.config.run import dump_run_config, load_run_config, read_run_info
 
 CONFIG = """\
 run_dir: out/run1

@@ -1,4 +1,5 @@
 """Conversion refuses what it cannot represent, with one line naming the field (never garbage)."""
+
 import json
 import os
 
@@ -15,8 +16,16 @@ def hf_dir(tmp_path, name="m", edit_config=None, edit_weights=None, **cfg_kwargs
     """A tiny random LlamaForCausalLM directory, then optional edits of its config / weights."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    kw = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
-              num_key_value_heads=2, max_position_embeddings=16, tie_word_embeddings=True)
+    kw = dict(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        tie_word_embeddings=True,
+    )
     kw.update(cfg_kwargs)
     torch.manual_seed(0)
     d = str(tmp_path / name)
@@ -55,8 +64,12 @@ CASES = {
     "mlp_bias": (dict(mlp_bias=True), None, None, "mlp_bias"),
     "activation": (dict(hidden_act="gelu"), None, None, "hidden_act"),
     "head_dim": (dict(head_dim=16), None, None, "head_dim"),
-    "rope_scaling_v5": ({}, _set(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}),
-                        None, "rope_parameters.rope_type"),
+    "rope_scaling_v5": (
+        {},
+        _set(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}),
+        None,
+        "rope_parameters.rope_type",
+    ),
     "rope_scaling_v4": ({}, _set(rope_scaling={"type": "dynamic", "factor": 2.0}), None, "rope_scaling.rope_type"),
     "rope_theta": ({}, _set(rope_parameters={"rope_type": "default", "rope_theta": 10000.5}), None, "rope_theta"),
     "model_type": ({}, _set(model_type="gpt2"), None, "model_type"),
@@ -157,11 +170,13 @@ def test_eval_names_a_missing_tokenizer(tmp_path, capsys):
 
 def test_missing_path_says_no_such_directory(tmp_path, capsys):
     capsys.readouterr()
-    for cmd in (["convert", "to-hf", str(tmp_path / "nope"), str(tmp_path / "hf")],
-                ["convert", "check", str(tmp_path / "nope")],
-                ["convert", "from-hf", str(tmp_path / "nope"), str(tmp_path / "r")],
-                ["eval", str(tmp_path / "nope"), "--device", "cpu"],
-                ["analyze", "sublayer", str(tmp_path / "nope"), "--out", str(tmp_path / "a")]):
+    for cmd in (
+        ["convert", "to-hf", str(tmp_path / "nope"), str(tmp_path / "hf")],
+        ["convert", "check", str(tmp_path / "nope")],
+        ["convert", "from-hf", str(tmp_path / "nope"), str(tmp_path / "r")],
+        ["eval", str(tmp_path / "nope"), "--device", "cpu"],
+        ["analyze", "sublayer", str(tmp_path / "nope"), "--out", str(tmp_path / "a")],
+    ):
         assert gm_main(cmd) == 2, cmd
         _one_line_err(capsys, "no such directory")
 
@@ -171,14 +186,23 @@ def test_from_hf_accepts_mistral_without_sliding_window(tmp_path):
     native model's logits equal transformers' Mistral forward (fp32)."""
     from transformers import MistralConfig, MistralForCausalLM
 
-    from grow_megatron.convert.native import native_logits
     from grow_megatron.config.run import read_run_info
+    from grow_megatron.convert.native import native_logits
     from grow_megatron.engine.distributed import device_context
 
     torch.manual_seed(0)
-    cfg = MistralConfig(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16,
-                        sliding_window=None, tie_word_embeddings=True, rms_norm_eps=1e-5)
+    cfg = MistralConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        sliding_window=None,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+    )
     mistral = MistralForCausalLM(cfg).float().eval()
     d = str(tmp_path / "mistral")
     mistral.save_pretrained(d)

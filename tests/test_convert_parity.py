@@ -7,6 +7,7 @@ ulps of the activations: ~1e-6 measured on these tiny models. 1e-4 leaves two or
 magnitude for that while any real mapping error (a swapped head, an unfolded gain, a wrong
 half of fc1) moves logits by 1e-2 or more.
 """
+
 import json
 import os
 
@@ -14,18 +15,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from engine_helpers import assert_same_tensors
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.run import RunConfig, dump_run_config
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.convert import compare_logits, from_hf, load_as_hf, to_hf
 from grow_megatron.convert.keymap import merge_qkv, split_qkv
-from grow_megatron.engine.grow import grow
-from grow_megatron.growth.operators import get_operator
-from grow_megatron.engine.checkpoint import save_checkpoint
 from grow_megatron.engine.build import build_engine
+from grow_megatron.engine.checkpoint import save_checkpoint
+from grow_megatron.engine.grow import grow
 from grow_megatron.engine.resolve import engine_spec
-
-from engine_helpers import assert_same_tensors
+from grow_megatron.growth.operators import get_operator
 
 V = 4096  # the embedded tokenizer's vocabulary, so exports carry a working tokenizer
 TOL = 1e-4
@@ -34,8 +34,17 @@ TOL = 1e-4
 def make_run(run_dir, *, heads=4, kv=2, ln_scaling=False, depth=4, grown=False, seed=0, bf16=False, hidden=32):
     """A run dir with one checkpoint of random weights (norm gains too, so a missing LN-Scaling
     fold shows); `grown`: grown 4 -> 8 by LIDAS right before saving."""
-    model = ModelConfig(num_layers=8, hidden_size=hidden, ffn_hidden_size=48, num_attention_heads=heads,
-                        num_query_groups=kv, vocab_size=V, seq_length=16, ln_scaling=ln_scaling, kernels="off")
+    model = ModelConfig(
+        num_layers=8,
+        hidden_size=hidden,
+        ffn_hidden_size=48,
+        num_attention_heads=heads,
+        num_query_groups=kv,
+        vocab_size=V,
+        seq_length=16,
+        ln_scaling=ln_scaling,
+        kernels="off",
+    )
     spec = engine_spec(model, V, optim=OptimConfig(warmup_steps=0, decay_steps=0), bf16=bf16)
     torch.manual_seed(seed)
     engine = build_engine(spec, depth)
@@ -95,8 +104,8 @@ def test_export_records_growth_and_tokenizer(engine_env, tmp_path):
     from transformers import AutoTokenizer, GenerationConfig
 
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
-    from grow_megatron.data import build_tokenizer
     from grow_megatron.config.data import DataConfig
+    from grow_megatron.data import build_tokenizer
 
     ours = build_tokenizer(DataConfig())
     text = "def f(x):\n    return x + 1"
@@ -153,13 +162,17 @@ def test_load_as_hf_native_equals_exported(engine_env, tmp_path):
 
 
 def test_qkv_split_merge_inverse_and_layout():
-    shape = ModelConfig(num_layers=1, hidden_size=12, ffn_hidden_size=8, num_attention_heads=6, num_query_groups=2,
-                        vocab_size=4)  # head_dim 2
+    shape = ModelConfig(
+        num_layers=1, hidden_size=12, ffn_hidden_size=8, num_attention_heads=6, num_query_groups=2, vocab_size=4
+    )  # head_dim 2
     # Rows labelled by megatron's layout: per group g, [q heads of g, k_g, v_g].
     rows = []
     for g in range(2):
-        rows += [("q", g * 3 + j, r) for j in range(3) for r in range(2)] + [("k", g, r) for r in range(2)] + \
-                [("v", g, r) for r in range(2)]
+        rows += (
+            [("q", g * 3 + j, r) for j in range(3) for r in range(2)]
+            + [("k", g, r) for r in range(2)]
+            + [("v", g, r) for r in range(2)]
+        )
     code = {"q": 0, "k": 100, "v": 200}
     qkv = torch.tensor([[code[t] + 10 * h + r] for t, h, r in rows], dtype=torch.float32)  # [20, 1]
     q, k, v = split_qkv(qkv, shape)
@@ -173,31 +186,52 @@ def test_plain_hf_model_imports_and_trains_on(engine_env, tmp_path):
     """A Llama made by transformers (not by us): from-hf parity, then `train` continues from it."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from grow_megatron.config.data import DataConfig
     from grow_megatron.config.run import load_run_config
     from grow_megatron.convert.native import NativeReader
     from grow_megatron.data import build_tokenizer
-    from grow_megatron.config.data import DataConfig
     from grow_megatron.training.loop import train
 
     torch.manual_seed(1)
-    cfg = LlamaConfig(vocab_size=V, hidden_size=32, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=16, tie_word_embeddings=True, rms_norm_eps=1e-6,
-                      rope_theta=500.0, initializer_range=0.1)
+    cfg = LlamaConfig(
+        vocab_size=V,
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        rope_theta=500.0,
+        initializer_range=0.1,
+    )
     hf = str(tmp_path / "hf")
     LlamaForCausalLM(cfg).save_pretrained(hf)
     build_tokenizer(DataConfig()).save(hf)
     out = from_hf(hf, str(tmp_path / "run"), progress=False)
     assert compare_logits(out["checkpoint"], hf) < TOL
-    run_cfg = load_run_config(out["config"], ["train.steps=1", "train.global_batch_size=2", "train.micro_batch_size=2",
-                                              "optim.lr=1e-9", "optim.warmup_steps=0", "optim.decay_steps=0",
-                                              "logging.progress=false", "logging.tensorboard=false"])
+    run_cfg = load_run_config(
+        out["config"],
+        [
+            "train.steps=1",
+            "train.global_batch_size=2",
+            "train.micro_batch_size=2",
+            "optim.lr=1e-9",
+            "optim.warmup_steps=0",
+            "optim.decay_steps=0",
+            "logging.progress=false",
+            "logging.tensorboard=false",
+        ],
+    )
     assert run_cfg.model.norm_eps == 1e-6 and run_cfg.model.rope_theta == 500.0 and run_cfg.data.tokenizer
     res = train(run_cfg)
     assert res.start_step == 0 and res.end_step == 1 and res.final_depth == 3
     # It trained from the converted weights (a fresh init would be ~0.1 away, the update is ~1e-9).
     before = NativeReader(out["checkpoint"]).read("decoder.layers.mlp.linear_fc1.weight")
     after = NativeReader(os.path.join(out["run_dir"], "checkpoints", "step_00000001")).read(
-        "decoder.layers.mlp.linear_fc1.weight")
+        "decoder.layers.mlp.linear_fc1.weight"
+    )
     torch.testing.assert_close(after, before, atol=1e-6, rtol=0)
 
 
@@ -217,9 +251,9 @@ def test_bf16_checkpoint_exports_model_or_main_params(engine_env, tmp_path):
 
 def test_to_hf_refuses_an_existing_export_and_writes_files_by_umask(engine_env, tmp_path, capsys):
     from grow_megatron.cli import main as gm_main
+    from grow_megatron.config.data import DataConfig
     from grow_megatron.convert.api import text_tokens
     from grow_megatron.data import build_tokenizer
-    from grow_megatron.config.data import DataConfig
 
     make_run(tmp_path / "run")
     run, hf = str(tmp_path / "run"), tmp_path / "hf"

@@ -1,5 +1,6 @@
 """build_datasets under torch.distributed (2 gloo ranks): rank 0 prepares, every rank gets the
 same samples, and an error found on rank 0 reaches every rank as the same ConfigError."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,14 @@ def _worker(rank: int, world: int, init: str, cache: str, good: str, bad: str, o
     mb = get_microbatches(train, step=1, global_batch_size=8, micro_batch_size=2, dp_rank=rank, dp_size=world)
     res["tokens"] = torch.cat([m["tokens"] for m in mb]).tolist()
     try:
-        build_datasets(DataConfig(datasets=[DatasetSpec(path=bad)], cache_dir=cache), seq_length=16, seed=5,
-                       train_samples=64, valid_samples=4, progress=False)
+        build_datasets(
+            DataConfig(datasets=[DatasetSpec(path=bad)], cache_dir=cache),
+            seq_length=16,
+            seed=5,
+            train_samples=64,
+            valid_samples=4,
+            progress=False,
+        )
     except ConfigError as err:
         res["error"] = str(err)
     dist.barrier()
@@ -47,8 +54,14 @@ def test_two_ranks(tmp_path):
     from grow_megatron.config.data import DataConfig, DatasetSpec
     from grow_megatron.data.datasets import build_datasets, get_microbatches
 
-    train, _ = build_datasets(DataConfig(datasets=[DatasetSpec(path=str(good))], cache_dir=str(tmp_path / "cache1"),
-                                         split="90,10,0"), seq_length=16, seed=5, train_samples=64, valid_samples=4, progress=False)
+    train, _ = build_datasets(
+        DataConfig(datasets=[DatasetSpec(path=str(good))], cache_dir=str(tmp_path / "cache1"), split="90,10,0"),
+        seq_length=16,
+        seed=5,
+        train_samples=64,
+        valid_samples=4,
+        progress=False,
+    )
     ref = get_microbatches(train, step=1, global_batch_size=8, micro_batch_size=8)[0]["tokens"].tolist()
     assert r0["tokens"] + r1["tokens"] == ref
     prepared = tmp_path / "cache" / "prepared"

@@ -1,5 +1,6 @@
 """Bad data input stops with one clear line (field, value, what is allowed): a ConfigError
 for the config, a DataError for the data."""
+
 from __future__ import annotations
 
 import json
@@ -63,10 +64,15 @@ def test_tokenizer_mismatch_within_mixture(tmp_path, tok):
     other = train_bpe_tokenizer([f"gamma {i} delta" for i in range(200)], vocab_size=300)
     prepare(a, str(tmp_path / "pa"), tok, progress=False)
     prepare(b, str(tmp_path / "pb"), other, progress=False)
-    cfg = DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "pa")), DatasetSpec(path=str(tmp_path / "pb"))],
-                     cache_dir=str(tmp_path / "c"))
-    with pytest.raises(DataError, match=r"data.datasets\[1\].path = .*pb': was tokenized with tokenizer .* but "
-                                          r"data.datasets\[0\].path .* same tokenizer"):
+    cfg = DataConfig(
+        datasets=[DatasetSpec(path=str(tmp_path / "pa")), DatasetSpec(path=str(tmp_path / "pb"))],
+        cache_dir=str(tmp_path / "c"),
+    )
+    with pytest.raises(
+        DataError,
+        match=r"data.datasets\[1\].path = .*pb': was tokenized with tokenizer .* but "
+        r"data.datasets\[0\].path .* same tokenizer",
+    ):
         _build(cfg)
     # One dataset made with another tokenizer than the run's.
     cfg = DataConfig(datasets=[DatasetSpec(path=str(tmp_path / "pb"))], cache_dir=str(tmp_path / "c"))
@@ -78,8 +84,10 @@ def test_tokenizer_mismatch_within_mixture(tmp_path, tok):
 
 
 def test_bad_weights_split_and_tokenizer_paths(tmp_path):
-    for weights, msg in (([-1.0, 1.0], r"data.datasets\[0\].weight = -1.0: must be a finite number >= 0"),
-                         ([0.0, 0.0], r"data.datasets = \[0.0, 0.0\]: weights may not all be zero")):
+    for weights, msg in (
+        ([-1.0, 1.0], r"data.datasets\[0\].weight = -1.0: must be a finite number >= 0"),
+        ([0.0, 0.0], r"data.datasets = \[0.0, 0.0\]: weights may not all be zero"),
+    ):
         cfg = DataConfig(datasets=[DatasetSpec(path="/x", weight=w) for w in weights])
         with pytest.raises(ConfigError, match=msg):
             cfg.validate()
@@ -101,7 +109,9 @@ def test_bad_weights_split_and_tokenizer_paths(tmp_path):
 def test_split_leaving_a_part_empty(tmp_path):
     src = _jsonl(tmp_path / "few.jsonl", ["one document", "another one", "a third"])
     cfg = DataConfig(datasets=[DatasetSpec(path=src)], cache_dir=str(tmp_path), split="98,2,0")
-    with pytest.raises(ConfigError, match=r"data.split = '98,2,0': leaves dataset few \(3 documents.*no validation documents"):
+    with pytest.raises(
+        ConfigError, match=r"data.split = '98,2,0': leaves dataset few \(3 documents.*no validation documents"
+    ):
         _build(cfg)
 
 
@@ -152,14 +162,23 @@ def _damaged_copies(tmp_path, tok):
     return out
 
 
-@pytest.mark.parametrize("name,message", [
-    ("bin_truncated", r"d': \.bin is \d+ bytes but its manifest records \d+: the file is truncated or was replaced; "
-                      r"re-prepare it"),
-    ("bin_truncated_no_manifest", r"d': has an index \(\.idx\) that does not describe its \.bin \(\d+ bytes; the index "
-                                  r"lists \d+\): one of them is truncated or garbled"),
-    ("idx_garbled", r"d': has an index \(\.idx\) that does not describe its \.bin"),
-    ("idx_header", r"d': is not a readable megatron indexed dataset \(AssertionError: bad header"),
-])
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        (
+            "bin_truncated",
+            r"d': \.bin is \d+ bytes but its manifest records \d+: the file is truncated or was replaced; "
+            r"re-prepare it",
+        ),
+        (
+            "bin_truncated_no_manifest",
+            r"d': has an index \(\.idx\) that does not describe its \.bin \(\d+ bytes; the index "
+            r"lists \d+\): one of them is truncated or garbled",
+        ),
+        ("idx_garbled", r"d': has an index \(\.idx\) that does not describe its \.bin"),
+        ("idx_header", r"d': is not a readable megatron indexed dataset \(AssertionError: bad header"),
+    ],
+)
 def test_truncated_or_garbled_prepared_dataset_is_one_line(tmp_path, tok, name, message):
     damaged = _damaged_copies(tmp_path, tok)
     with pytest.raises(DataError, match=r"^data.datasets\[0\].path = '.*" + message):
@@ -172,9 +191,11 @@ def test_corpus_smaller_than_one_global_batch_warns_once(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         build_datasets(cfg, seq_length=8, seed=0, train_samples=4, valid_samples=0, progress=False, batch_tokens=32)
     warned = [r.getMessage() for r in caplog.records if "fewer than one global batch" in r.getMessage()]
-    assert warned == ["warning: the data holds 2 tokens, fewer than one global batch (32 tokens = "
-                      "train.global_batch_size x model.seq_length): every step repeats the same text; add data or "
-                      "lower train.global_batch_size / model.seq_length"]
+    assert warned == [
+        "warning: the data holds 2 tokens, fewer than one global batch (32 tokens = "
+        "train.global_batch_size x model.seq_length): every step repeats the same text; add data or "
+        "lower train.global_batch_size / model.seq_length"
+    ]
     caplog.clear()
     with caplog.at_level("WARNING"):  # a batch the corpus covers: quiet
         build_datasets(cfg, seq_length=1, seed=0, train_samples=4, valid_samples=0, progress=False, batch_tokens=2)
@@ -185,8 +206,12 @@ def test_prepare_leaves_no_lock_file(tmp_path, tok):
     src = _jsonl(tmp_path / "a.jsonl", ["hello world", "more text"])
     (tmp_path / "out.lock").write_text("")  # left by a killed run: reused, then removed
     prepare(src, str(tmp_path / "out"), tok, progress=False)
-    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("out")) == \
-        ["out.bin", "out.idx", "out.manifest.json", "out.tokenizer.json"]
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("out")) == [
+        "out.bin",
+        "out.idx",
+        "out.manifest.json",
+        "out.tokenizer.json",
+    ]
 
 
 def test_prefix_lock_waiter_retries_on_a_fresh_file(tmp_path):

@@ -1,4 +1,5 @@
 """Data pipeline: raw text -> .bin/.idx round trip, manifests, mixtures, deterministic order, errors."""
+
 from __future__ import annotations
 
 import json
@@ -13,16 +14,20 @@ from grow_megatron.config.base import ConfigError, from_dict
 from grow_megatron.config.data import DataConfig, DatasetSpec
 from grow_megatron.data.datasets import build_datasets, build_tokenizer, get_microbatches, sample_indices
 from grow_megatron.data.prepare import is_complete, prepare, read_manifest
-from grow_megatron.data.tokenizer import load_tokenizer, train_bpe_tokenizer
+from grow_megatron.data.tokenizer import load_tokenizer
 
-WORDS = ("alpha beta gamma delta epsilon zeta theta lambda sigma omega river stone cloud light "
-         "def return import class yield lambda 0 1 2 3 4 5 6 7 8 9 ü é 漢字 — ").split()
+WORDS = (
+    "alpha beta gamma delta epsilon zeta theta lambda sigma omega river stone cloud light "
+    "def return import class yield lambda 0 1 2 3 4 5 6 7 8 9 ü é 漢字 — "
+).split()
 
 
 def _docs(n: int, seed: int, prefix: str = "") -> list[str]:
     rng = random.Random(seed)
-    return [prefix + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 60))) + ("\n" if i % 3 else "")
-            for i in range(n)]
+    return [
+        prefix + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 60))) + ("\n" if i % 3 else "")
+        for i in range(n)
+    ]
 
 
 def _jsonl(path, texts, field="text"):
@@ -90,8 +95,13 @@ def test_readers_formats(work, tok):
     ds = datasets.Dataset.from_dict({"content": texts})
     ds.save_to_disk(str(work / "saved"))
     arrow_file = [f for f in os.listdir(work / "saved") if f.endswith(".arrow")][0]
-    for name, src in (("parquet", d / "a.parquet"), ("json", d / "b.json"), ("gz", d / "c.jsonl.gz"),
-                      ("saved", work / "saved"), ("arrow", work / "saved" / arrow_file)):
+    for name, src in (
+        ("parquet", d / "a.parquet"),
+        ("json", d / "b.json"),
+        ("gz", d / "c.jsonl.gz"),
+        ("saved", work / "saved"),
+        ("arrow", work / "saved" / arrow_file),
+    ):
         prepare(str(src), str(work / f"fmt_{name}"), tok, text_field="content", progress=False)
         assert _read_docs(str(work / f"fmt_{name}")) == want, name
     # A directory of files: sorted by path, all formats together.
@@ -142,8 +152,11 @@ def mixture(work, tok):
 
 def test_mixture_proportions(work, mixture):
     weights = [0.5, 0.3, 0.2]
-    cfg = DataConfig(datasets=[DatasetSpec(path=p, weight=w) for p, w in zip(mixture, weights)],
-                     cache_dir=str(work / "cache"), split="95,5,0")
+    cfg = DataConfig(
+        datasets=[DatasetSpec(path=p, weight=w) for p, w in zip(mixture, weights)],
+        cache_dir=str(work / "cache"),
+        split="95,5,0",
+    )
     n = 10_000
     train, valid = build_datasets(cfg, seq_length=32, seed=3, train_samples=n, valid_samples=100, progress=False)
     assert len(train) >= n and len(valid) >= 100
@@ -164,8 +177,10 @@ def test_mixture_proportions(work, mixture):
 
 def test_same_seed_same_order_resume_and_dp_independence(work, mixture):
     def cfg(cache):
-        return DataConfig(datasets=[DatasetSpec(path=mixture[0], weight=2), DatasetSpec(path=mixture[1], weight=1)],
-                          cache_dir=str(work / cache))
+        return DataConfig(
+            datasets=[DatasetSpec(path=mixture[0], weight=2), DatasetSpec(path=mixture[1], weight=1)],
+            cache_dir=str(work / cache),
+        )
 
     kw = dict(seq_length=16, seed=7, train_samples=64 * 20, valid_samples=8, progress=False)
     a, _ = build_datasets(cfg("cache_a"), **kw)
@@ -180,8 +195,13 @@ def test_same_seed_same_order_resume_and_dp_independence(work, mixture):
             assert all((ref[k] == np.concatenate([m[k] for m in got])).all() for k in ref)
         # The global batch is the same whatever the DP layout and micro-batch size.
         for dp, mbs in ((2, 2), (4, 1), (4, 4), (8, 2)):
-            parts = [m["tokens"] for r in range(dp)
-                     for m in get_microbatches(a, step=step, global_batch_size=gbs, micro_batch_size=mbs, dp_rank=r, dp_size=dp)]
+            parts = [
+                m["tokens"]
+                for r in range(dp)
+                for m in get_microbatches(
+                    a, step=step, global_batch_size=gbs, micro_batch_size=mbs, dp_rank=r, dp_size=dp
+                )
+            ]
             assert (np.concatenate(parts) == ref["tokens"].numpy()).all()
         other = get_microbatches(d, step=step, global_batch_size=gbs, micro_batch_size=gbs)[0]
         assert not (other["tokens"] == ref["tokens"]).all()
@@ -226,8 +246,12 @@ def test_tokenizer_save_loads_in_transformers(tmp_path, tok):
 
 
 def test_trained_tokenizer_from_config(work, mixture):
-    cfg = DataConfig(datasets=[DatasetSpec(path=mixture[0])], tokenizer_vocab_size=320,
-                     tokenizer_train_chars=20_000, cache_dir=str(work / "cache_tok"))
+    cfg = DataConfig(
+        datasets=[DatasetSpec(path=mixture[0])],
+        tokenizer_vocab_size=320,
+        tokenizer_train_chars=20_000,
+        cache_dir=str(work / "cache_tok"),
+    )
     t1 = build_tokenizer(cfg)
     assert t1.vocab_size <= 320 and t1.detokenize(t1.tokenize("AAA alpha")) == "AAA alpha"
     assert build_tokenizer(cfg).sha256 == t1.sha256  # cached, not retrained
@@ -237,12 +261,14 @@ def test_trained_tokenizer_from_config(work, mixture):
 
 def test_preset_mixture_config(tmp_path):
     names = ["fineweb-edu", "cosmopedia-v2", "python-edu", "open-web-math"]
-    cfg = from_dict(DataConfig, {"preset": "smollm-corpus",
-                                 "datasets": [{"name": n, "path": f"/d/{n}"} for n in names]}, "data").validate()
+    cfg = from_dict(
+        DataConfig, {"preset": "smollm-corpus", "datasets": [{"name": n, "path": f"/d/{n}"} for n in names]}, "data"
+    ).validate()
     assert cfg.weights() == [0.70, 0.15, 0.09, 0.06]
     with pytest.raises(ConfigError, match=r"data.datasets = .*missing: open-web-math"):
-        from_dict(DataConfig, {"preset": "smollm-corpus",
-                               "datasets": [{"name": n, "path": "/x"} for n in names[:3]]}).validate()
+        from_dict(
+            DataConfig, {"preset": "smollm-corpus", "datasets": [{"name": n, "path": "/x"} for n in names[:3]]}
+        ).validate()
 
 
 def test_split_forms():
@@ -266,8 +292,10 @@ def test_hf_source_local_hub_layout(work, tok):
     a, b = _docs(30, 21, "alpha "), _docs(20, 22, "beta ")
     pq.write_table(pa.table({"text": a}), repo / "alpha" / "train-00000-of-00001.parquet")
     pq.write_table(pa.table({"text": b, "n": list(range(len(b)))}), repo / "beta" / "train-00000-of-00001.parquet")
-    (repo / "README.md").write_text("---\nconfigs:\n- config_name: alpha\n  data_files: alpha/*.parquet\n"
-                                    "- config_name: beta\n  data_files: beta/*.parquet\n---\n# test repo\n")
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: alpha\n  data_files: alpha/*.parquet\n"
+        "- config_name: beta\n  data_files: beta/*.parquet\n---\n# test repo\n"
+    )
     for cfg_name, texts in (("alpha", a), ("beta", b)):
         m = prepare(f"hf:{repo}:{cfg_name}", str(work / f"hub_{cfg_name}"), tok, progress=False)
         assert _read_docs(str(work / f"hub_{cfg_name}")) == [tok.tokenize(t) + [tok.eod] for t in texts]
@@ -290,7 +318,9 @@ def test_cli_prepare_config_and_inspect(work, mixture, capsys):
     from grow_megatron.cli import main
 
     run = work / "run.yaml"
-    run.write_text(f"name: t\ndata:\n  cache_dir: {work / 'cache_cli'}\n  datasets:\n    - {{path: {mixture[0]}, weight: 1}}\n")
+    run.write_text(
+        f"name: t\ndata:\n  cache_dir: {work / 'cache_cli'}\n  datasets:\n    - {{path: {mixture[0]}, weight: 1}}\n"
+    )
     assert main(["data", "prepare", "--config", str(run), "--no-progress", "--workers", "1"]) == 0
     first = capsys.readouterr().out
     assert "documents" in first and "built" in first

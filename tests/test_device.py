@@ -1,21 +1,23 @@
 """The device is decided once and passed down (engine/device.py): the process's Layout holds it,
 resolve_run derives precision from it and hands it to the EngineSpec, and the engine built from
 that spec computes there."""
+
 import dataclasses
 
 import torch
 
+from engine_helpers import micro_overrides
 from grow_megatron.config.run import load_run_config
 from grow_megatron.engine.build import build_engine, destroy_engine
 from grow_megatron.engine.device import Device
 from grow_megatron.engine.distributed import device_context, init_distributed
 from grow_megatron.engine.resolve import planned_layout, resolve_run
 
-from engine_helpers import micro_overrides
-
 
 def _cfg(tmp_path):
-    return load_run_config(None, micro_overrides(tmp_path / "run", **{"model.vocab_size": 4096, "model.kernels": "off"}))
+    return load_run_config(
+        None, micro_overrides(tmp_path / "run", **{"model.vocab_size": 4096, "model.kernels": "off"})
+    )
 
 
 def test_device_names_its_module_and_backend():

@@ -7,20 +7,20 @@ this stays below 1e-5 relative in the loss; weights move by lr * m / sqrt(v) per
 rounding-level change in m or v shows up at most ~lr * 1e-3 = 3e-6 per step: 1e-4 absolute
 covers 12 steps with margin while any real mistake (a wrong layer, a missing moment) is O(1e-2).
 """
+
 import os
 
 import pytest
 import torch
 
-from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta
-from grow_megatron.engine.distributed import device_context, init_distributed
-from grow_megatron.engine.build import build_engine
-from grow_megatron.engine.resolve import engine_spec
-from grow_megatron.training.loop import train
-from grow_megatron.engine.optim_state import gather_param_state
-
 from dist_helpers import run_world
 from engine_helpers import assert_same_tensors, micro_config, micro_overrides
+from grow_megatron.engine.build import build_engine
+from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta
+from grow_megatron.engine.distributed import device_context, init_distributed
+from grow_megatron.engine.optim_state import gather_param_state
+from grow_megatron.engine.resolve import engine_spec
+from grow_megatron.training.loop import train
 
 LOSS_RTOL = 1e-5
 STATE_ATOL = 1e-4
@@ -68,8 +68,10 @@ def test_grown_multi_rank_run_equals_single_process(single, tmp_path, world, tp,
     ref_cfg, _ = single
     ref = micro_config(tmp_path / "ref", **{"growth.operator": operator}) if operator != "lidas" else ref_cfg
     ref_res = train(ref) if operator != "lidas" else single[1]
-    ov = micro_overrides(tmp_path / "dist", **{"parallel.tensor_parallel": tp, "parallel.pipeline_parallel": pp,
-                                               "growth.operator": operator})
+    ov = micro_overrides(
+        tmp_path / "dist",
+        **{"parallel.tensor_parallel": tp, "parallel.pipeline_parallel": pp, "growth.operator": operator},
+    )
     res = run_world(world, ov, str(tmp_path / "out"))
     _assert_same_run(res, ref_res.losses)
     # Balanced stages after each growth: 4 -> 8 -> 12 layers on PP=2.
@@ -85,8 +87,10 @@ def test_interleaved_pipeline_with_data_parallel_equals_single_process(single, t
     smaller than the reference (the interleaved schedule needs PP micro-batches per rank), which
     changes only the summation order of the token-mean loss."""
     ref_cfg, ref_res = single
-    ov = micro_overrides(tmp_path / "dist", **{"parallel.pipeline_parallel": 2, "parallel.virtual_stages": 2,
-                                               "train.micro_batch_size": 1})
+    ov = micro_overrides(
+        tmp_path / "dist",
+        **{"parallel.pipeline_parallel": 2, "parallel.virtual_stages": 2, "train.micro_batch_size": 1},
+    )
     res = run_world(4, ov, str(tmp_path / "out"))
     _assert_same_run(res, ref_res.losses)
     assert [g["pipeline_split"] for g in res["growths"]] == [[2, 2, 2, 2], [3, 3, 3, 3]]
@@ -101,12 +105,20 @@ def test_save_pp1_resume_interleaved(single, tmp_path):
     user split, (2,2,2,2) -> (2,4,3,3)."""
     ref_cfg, ref_res = single
     first = train(micro_config(tmp_path), stop_at=4)
-    ov = micro_overrides(tmp_path, **{"parallel.pipeline_parallel": 2, "parallel.virtual_stages": 2,
-                                      "growth.host_staging": "on", "parallel.pipeline_split": "[2, 4, 3, 3]"})
+    ov = micro_overrides(
+        tmp_path,
+        **{
+            "parallel.pipeline_parallel": 2,
+            "parallel.virtual_stages": 2,
+            "growth.host_staging": "on",
+            "parallel.pipeline_split": "[2, 4, 3, 3]",
+        },
+    )
     second = run_world(2, ov, str(tmp_path / "out"))
     assert second["start"] == 4 and second["final_depth"] == 12
     assert [(g["host_staged"], g["pipeline_split"]) for g in second["growths"] if g["step"] >= 4] == [
-        (True, [2, 4, 3, 3])]
+        (True, [2, 4, 3, 3])
+    ]
     _assert_same_run({"losses": {**first.losses, **second["losses"]}}, ref_res.losses)
 
 
@@ -141,8 +153,11 @@ def test_export_and_offline_growth_are_layout_free(single, tmp_path):
     ref_cfg, _ = single
     shutil.copytree(ref_cfg.run_dir, tmp_path / "run")
     # Resuming at the last step trains nothing and checkpoints again, now from 4 ranks.
-    res = run_world(4, micro_overrides(tmp_path / "run", **{"parallel.tensor_parallel": 2,
-                                                           "parallel.pipeline_parallel": 2}), str(tmp_path / "out"))
+    res = run_world(
+        4,
+        micro_overrides(tmp_path / "run", **{"parallel.tensor_parallel": 2, "parallel.pipeline_parallel": 2}),
+        str(tmp_path / "out"),
+    )
     assert res["start"] == res["end"] == 12
     to_hf(ref_cfg.run_dir, str(tmp_path / "hf_single"), progress=False)
     to_hf(str(tmp_path / "run"), str(tmp_path / "hf_tp2pp2"), progress=False)
@@ -150,8 +165,8 @@ def test_export_and_offline_growth_are_layout_free(single, tmp_path):
     b = load_file(str(tmp_path / "hf_tp2pp2" / "model.safetensors"))
     assert_same_tensors(a, b)
 
-    from grow_megatron.engine.offline_grow import grow_checkpoint
     from grow_megatron.engine.checkpoint import read_global_tensors
+    from grow_megatron.engine.offline_grow import grow_checkpoint
     from grow_megatron.growth.operators import midas
 
     grown = []
@@ -159,7 +174,8 @@ def test_export_and_offline_growth_are_layout_free(single, tmp_path):
         ckpt = latest_checkpoint(os.path.join(run, "checkpoints"))
         with device_context():
             init_distributed(1, 1, seed=0)
-            grown.append(read_global_tensors(grow_checkpoint(ckpt, midas(12, 4), ref_cfg.model,
-                                                             os.path.join(run, "grown"))))
+            grown.append(
+                read_global_tensors(grow_checkpoint(ckpt, midas(12, 4), ref_cfg.model, os.path.join(run, "grown")))
+            )
     assert grown[0]["model.decoder.layers.mlp.linear_fc1.weight"].shape[0] == 16
     assert_same_tensors(grown[0], grown[1])

@@ -1,18 +1,18 @@
 """Growth on a real megatron engine: weights and AdamW state follow the source map."""
+
 import re
 
 import pytest
 import torch
 
+from engine_helpers import random_batch
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
-from grow_megatron.engine.grow import grow
-from grow_megatron.growth.operators import get_operator
 from grow_megatron.engine.build import build_engine, run_microbatches, train_step
-from grow_megatron.engine.resolve import engine_spec
+from grow_megatron.engine.grow import grow
 from grow_megatron.engine.optim_state import gather_param_state, optimizer_step_count
-
-from engine_helpers import random_batch
+from grow_megatron.engine.resolve import engine_spec
+from grow_megatron.growth.operators import get_operator
 
 V, S = 96, 16
 _LAYER = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
@@ -23,8 +23,16 @@ def _batch(seed, b=2):
 
 
 def _engine(depth, ln_scaling=False, bf16=False):
-    model = ModelConfig(num_layers=12, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
-                        num_query_groups=2, vocab_size=V, seq_length=S, ln_scaling=ln_scaling)
+    model = ModelConfig(
+        num_layers=12,
+        hidden_size=32,
+        ffn_hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        vocab_size=V,
+        seq_length=S,
+        ln_scaling=ln_scaling,
+    )
     spec = engine_spec(model, V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), bf16=bf16)
     torch.manual_seed(0)
     return build_engine(spec, depth)
@@ -34,10 +42,18 @@ def _state(engine):
     return {n: gather_param_state(engine.optimizer, p) for n, p in engine.named_parameters()}
 
 
-@pytest.mark.parametrize("operator,old,bf16,staged",
-                         [("midas", 8, False, False), ("lidas", 8, False, False), ("top", 4, False, False),
-                          ("bottom", 4, False, False), ("lidas", 8, True, False), ("midas", 8, True, True)],
-                         ids=["midas", "lidas", "top", "bottom", "lidas-bf16", "midas-bf16-host-staged"])
+@pytest.mark.parametrize(
+    "operator,old,bf16,staged",
+    [
+        ("midas", 8, False, False),
+        ("lidas", 8, False, False),
+        ("top", 4, False, False),
+        ("bottom", 4, False, False),
+        ("lidas", 8, True, False),
+        ("midas", 8, True, True),
+    ],
+    ids=["midas", "lidas", "top", "bottom", "lidas-bf16", "midas-bf16-host-staged"],
+)
 def test_new_layers_copy_weights_and_adam_state(engine_env, operator, old, bf16, staged):
     # bf16: the model params are bf16, the distributed optimizer keeps fp32 main shards; both move.
     e = _engine(4, bf16=bf16)

@@ -2,6 +2,7 @@
 
 `except ConfigError` means "the configuration is wrong" only; every UserError is still one
 line at the CLI (exit status 2)."""
+
 import json
 import os
 import pickle

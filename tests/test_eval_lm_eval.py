@@ -4,6 +4,7 @@ lm_eval itself is not installed here; these tests check the files against the wa
 0.4 builds multiple-choice requests from a task config (context = doc_to_text(doc), one
 request per choice with continuation target_delimiter + choice, gold = doc_to_target(doc)).
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,10 @@ def test_printed_command_runs_where_the_user_is(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "--device cpu" in out and "--device cuda" not in out
     assert "add_bos_token=True" in out and "pip install 'lm-eval[hf]'" in out
-    assert main(["--export-lm-eval", str(tmp_path / "t2"), "--tasks", "varassign_code", "--n", "2",
-                 "--device", "cuda:1"]) == 0
+    assert (
+        main(["--export-lm-eval", str(tmp_path / "t2"), "--tasks", "varassign_code", "--n", "2", "--device", "cuda:1"])
+        == 0
+    )
     assert "--device cuda:1" in capsys.readouterr().out
 
 

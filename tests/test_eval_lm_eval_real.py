@@ -9,6 +9,7 @@ likelihood summed over a few tokens differs by a few fp32 ulps of values around 
 about a hundred ulps there, while one wrong token (a BOS added, a space moved) changes a score
 by 1 or more.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,13 +25,12 @@ transformers = pytest.importorskip("transformers")
 
 import torch  # noqa: E402
 
+from engine_helpers import micro_config  # noqa: E402
 from grow_megatron.convert import to_hf  # noqa: E402
 from grow_megatron.eval import lm_eval_adapter as A  # noqa: E402
 from grow_megatron.eval import primitives as P  # noqa: E402
 from grow_megatron.eval import scoring as S  # noqa: E402
 from grow_megatron.training.loop import train  # noqa: E402
-
-from engine_helpers import micro_config  # noqa: E402
 
 TASKS = ["varassign_basic", "copying_words"]
 N = 6
@@ -43,10 +43,27 @@ def _lm_eval(export: Path, tasks_dir: Path, out: Path) -> subprocess.CompletedPr
     rendezvous = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE")
     env = {k: v for k, v in os.environ.items() if k not in rendezvous}
     env.update(HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "lm_eval", "run", "--model", "hf",
-           "--model_args", f"pretrained={export},dtype=float32", "--device", "cpu", "--batch_size", "4",
-           "--include_path", str(tasks_dir), "--tasks", ",".join(A.TASK_PREFIX + t for t in TASKS),
-           "--log_samples", "--output_path", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lm_eval",
+        "run",
+        "--model",
+        "hf",
+        "--model_args",
+        f"pretrained={export},dtype=float32",
+        "--device",
+        "cpu",
+        "--batch_size",
+        "4",
+        "--include_path",
+        str(tasks_dir),
+        "--tasks",
+        ",".join(A.TASK_PREFIX + t for t in TASKS),
+        "--log_samples",
+        "--output_path",
+        str(out),
+    ]
     return subprocess.run(cmd, cwd=out.parent, env=env, capture_output=True, text=True, timeout=600)
 
 

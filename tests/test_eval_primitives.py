@@ -1,5 +1,6 @@
 """Reasoning primitives (docs/method.md §8): determinism, well-formed choices, unique correct answers,
 oracle and chance-level scorers."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,19 +29,25 @@ def _solve(task: str, block: str) -> tuple[str, list[str]]:
     if task.startswith("copying"):
         words = body.split("\n")[-1].split(" ")
         n = len(words)
-        seq, run = words[:P.PrimitivesConfig().copy_length], words[P.PrimitivesConfig().copy_length:]
+        seq, run = words[: P.PrimitivesConfig().copy_length], words[P.PrimitivesConfig().copy_length :]
         assert len(seq) + len(run) == n
-        hits = [i for i in range(len(seq) - len(run)) if seq[i:i + len(run)] == run]
+        hits = [i for i in range(len(seq) - len(run)) if seq[i : i + len(run)] == run]
         assert len(hits) == 1, "the repeated run must occur exactly once in the sequence"
         return seq[hits[0] + len(run)], seq
     lines = [ln for ln in body.split("\n") if ln and not ln.endswith(":")]
     facts, query = lines[:-1], lines[-1]
-    pat = {"varassign_basic": r"^(\w)=(\d+)$", "varassign_code": r"^(\w) = (\d+)$",
-           "varassign_math": r"^Let (\w) be (\d+)\.$"}[task]
+    pat = {
+        "varassign_basic": r"^(\w)=(\d+)$",
+        "varassign_code": r"^(\w) = (\d+)$",
+        "varassign_math": r"^Let (\w) be (\d+)\.$",
+    }[task]
     values = dict(re.match(pat, f).groups() for f in facts)
     assert len(values) == len(facts), "variable names must be distinct"
-    name = {"varassign_basic": r"^(\w)=$", "varassign_code": r"^print\((\w)\)  # prints$",
-            "varassign_math": r"^What is (\w)\?$"}[task]
+    name = {
+        "varassign_basic": r"^(\w)=$",
+        "varassign_code": r"^print\((\w)\)  # prints$",
+        "varassign_math": r"^What is (\w)\?$",
+    }[task]
     q = re.match(name, query).group(1)
     return values[q], list(values.values())
 
@@ -101,9 +108,12 @@ def test_real_words_and_letters():
 # Golden fingerprints of example 0 (seed 0) per task. A template or sampling change breaks
 # these on purpose: bump TEMPLATE_VERSION, then update the hashes.
 GOLDEN_V1 = {
-    "copying_letters": "716f9a92b516b57e", "copying_random": "28410c186f55cc12",
-    "copying_words": "93110ce2c59cd812", "varassign_basic": "6fe35bde457d967b",
-    "varassign_code": "cfa3cbcdb47b0b94", "varassign_math": "92e268e2fa635ad6",
+    "copying_letters": "716f9a92b516b57e",
+    "copying_random": "28410c186f55cc12",
+    "copying_words": "93110ce2c59cd812",
+    "varassign_basic": "6fe35bde457d967b",
+    "varassign_code": "cfa3cbcdb47b0b94",
+    "varassign_math": "92e268e2fa635ad6",
 }
 
 

@@ -1,5 +1,6 @@
 """MC scoring and held-out NLL against direct computations on a tiny random HF Llama, and the
 `grow-megatron eval` command end to end on a saved tiny model."""
+
 from __future__ import annotations
 
 import json
@@ -23,22 +24,34 @@ def _tokenizer():
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     corpus = [ex.prompt for t in P.TASKS for ex in P.generate(t, 10, seed=99)]
     tok.train_from_iterator(corpus, trainer)
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>",
-                                                eos_token="<|endoftext|>")
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
 
 
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
     tokenizer = _tokenizer()
-    cfg = transformers.LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=1024, tie_word_embeddings=True,
-                                   rms_norm_eps=1e-5)
+    cfg = transformers.LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+    )
     model = transformers.LlamaForCausalLM(cfg).float().eval()
     return model, tokenizer
 
@@ -47,7 +60,7 @@ def _hand_score(model, tokenizer, prompt: str, choice: str) -> float:
     """Sum of log p(choice tokens | prompt), one unpadded sequence, no helper code."""
     ctx = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     whole = tokenizer(prompt + choice, add_special_tokens=False)["input_ids"]
-    assert whole[:len(ctx)] == ctx
+    assert whole[: len(ctx)] == ctx
     ids = torch.tensor([whole])
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits.float(), -1)[0]
@@ -57,8 +70,11 @@ def _hand_score(model, tokenizer, prompt: str, choice: str) -> float:
 def test_mc_scores_equal_hand_computation(tiny):
     model, tokenizer = tiny
     one_shot = P.PrimitivesConfig(num_shots=1)  # short prompts keep the test fast
-    examples = [P.make_example("varassign_math", 0, 0, one_shot), P.make_example("copying_words", 0, 1, one_shot),
-                MCExample("Fill in blank:\n\nx=1\nx=", ("1", "12", " 7"), 1, "custom")]
+    examples = [
+        P.make_example("varassign_math", 0, 0, one_shot),
+        P.make_example("copying_words", 0, 1, one_shot),
+        MCExample("Fill in blank:\n\nx=1\nx=", ("1", "12", " 7"), 1, "custom"),
+    ]
     # Batch size 4 over 18 requests of different lengths: padding and reordering are exercised.
     scores = S.hf_scorer(model, tokenizer, batch_size=4).score(examples)
     for ex, sc in zip(examples, scores):
@@ -103,8 +119,10 @@ def test_encode_pair_moves_trailing_space():
 def test_heldout_nll_equals_cross_entropy(tiny):
     model, _ = tiny
     g = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, model.config.vocab_size, (3, 17), generator=g),
-               torch.randint(0, model.config.vocab_size, (2, 17), generator=g)]
+    batches = [
+        torch.randint(0, model.config.vocab_size, (3, 17), generator=g),
+        torch.randint(0, model.config.vocab_size, (2, 17), generator=g),
+    ]
     res = S.heldout_nll(S.hf_logits_fn(model), batches)
     ids = torch.cat(batches)
     with torch.no_grad():
@@ -115,7 +133,7 @@ def test_heldout_nll_equals_cross_entropy(tiny):
     # Standard error of the mean over the 5 windows (each window's mean NLL is one sample).
     per_window = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none").double().mean(1)
     assert res.windows == 5
-    assert res.stderr == pytest.approx(float(per_window.std() / 5 ** 0.5), rel=1e-4)
+    assert res.stderr == pytest.approx(float(per_window.std() / 5**0.5), rel=1e-4)
     assert S.heldout_nll(S.hf_logits_fn(model), batches, vocab_size=400).chance == pytest.approx(5.991465, abs=1e-6)
     assert res.perplexity == pytest.approx(float(torch.exp(want)), rel=1e-5)
 
@@ -136,9 +154,32 @@ def test_eval_cli_end_to_end(tiny, tmp_path, capsys):
     text = tmp_path / "heldout.txt"
     text.write_text(" ".join(P.REAL_WORDS))
     out = tmp_path / "r.json"
-    assert main([str(tmp_path / "hf"), "--tasks", "copying_words,varassign_basic", "--n", "3", "--seed", "0", "--shots", "1",
-                 "--heldout", str(text), "--seq-length", "64", "--batch-size", "8", "--device", "cpu",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "hf"),
+                "--tasks",
+                "copying_words,varassign_basic",
+                "--n",
+                "3",
+                "--seed",
+                "0",
+                "--shots",
+                "1",
+                "--heldout",
+                str(text),
+                "--seq-length",
+                "64",
+                "--batch-size",
+                "8",
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert set(res["primitives"]) == {"copying_words", "varassign_basic"}
     assert res["primitives"]["copying_words"]["n"] == 3
@@ -181,16 +222,20 @@ def test_cached_prefix_scorer_equals_reference(tiny):
     examples.append(MCExample(examples[0].prompt, examples[0].choices, examples[0].answer, "same_prompt"))
     rows = []
     hook = model.register_forward_pre_hook(
-        lambda mod, args, kw: rows.append((kw.get("cache", kw.get("past_key_values")) is not None,
-                                           *kw["input_ids"].shape)), with_kwargs=True)
+        lambda mod, args, kw: rows.append(
+            (kw.get("cache", kw.get("past_key_values")) is not None, *kw["input_ids"].shape)
+        ),
+        with_kwargs=True,
+    )
     try:
         fast = S.hf_scorer(model, tokenizer, batch_size=2).score(examples)
     finally:
         hook.remove()
     ref = S.hf_scorer(model, tokenizer, batch_size=2, reference=True).score(examples)
     assert [len(f) for f in fast] == [len(ex.choices) for ex in examples]
-    assert torch.allclose(torch.tensor([x for f in fast for x in f]), torch.tensor([x for r in ref for x in r]),
-                          rtol=0, atol=2e-5)
+    assert torch.allclose(
+        torch.tensor([x for f in fast for x in f]), torch.tensor([x for r in ref for x in r]), rtol=0, atol=2e-5
+    )
     assert S.predictions(fast) == S.predictions(ref)
     # Prefix forwards (no cache yet): one row per distinct prompt, the repeated prompt included
     # once; continuation forwards: one row per prompt of the batch, all its choices in it.
@@ -215,8 +260,10 @@ def test_cached_prefix_scorer_at_the_context_limit(tiny):
         assert fast[0] == pytest.approx(ref[0], abs=2e-5)
         assert S.predictions(fast) == S.predictions(ref)
     # The cut really changes the numbers (so the test above compares truncated scoring).
-    assert _fast_and_reference(model, tokenizer, examples, 4, fits - 20)[0] != \
-        _fast_and_reference(model, tokenizer, examples, 4, fits)[0]
+    assert (
+        _fast_and_reference(model, tokenizer, examples, 4, fits - 20)[0]
+        != _fast_and_reference(model, tokenizer, examples, 4, fits)[0]
+    )
 
 
 def test_near_chance_and_mean_stderr():
@@ -276,14 +323,50 @@ def test_eval_quick_preset(tiny, tmp_path):
     text = tmp_path / "heldout.txt"
     text.write_text(" ".join(P.REAL_WORDS * 4))
     out = tmp_path / "q.json"
-    assert main([str(tmp_path / "hf"), "--quick", "--tasks", "varassign_basic", "--shots", "0", "--heldout", str(text),
-                 "--seq-length", "8", "--device", "cpu", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "hf"),
+                "--quick",
+                "--tasks",
+                "varassign_basic",
+                "--shots",
+                "0",
+                "--heldout",
+                str(text),
+                "--seq-length",
+                "8",
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads(out.read_text())
     assert res["quick"] and res["n"] == QUICK_N == res["primitives"]["varassign_basic"]["n"]
     assert res["heldout"][str(text)]["windows"] == QUICK_CHUNKS  # the text has more windows than that
     # An explicit --n wins over the preset.
-    assert main([str(tmp_path / "hf"), "--quick", "--n", "3", "--tasks", "varassign_basic", "--shots", "0",
-                 "--device", "cpu", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                str(tmp_path / "hf"),
+                "--quick",
+                "--n",
+                "3",
+                "--tasks",
+                "varassign_basic",
+                "--shots",
+                "0",
+                "--device",
+                "cpu",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["n"] == 3
 
 
@@ -297,8 +380,11 @@ def test_cached_prefix_scorer_batches_ragged_prompts_like_the_reference(tiny):
     ulp, far below 2e-5."""
     model, tokenizer = tiny
     zero, one = P.PrimitivesConfig(num_shots=0), P.PrimitivesConfig(num_shots=1)
-    examples = [P.make_example(t, 0, i, cfg) for t in ("copying_words", "varassign_code", "varassign_math")
-                for i, cfg in ((0, zero), (1, one))]
+    examples = [
+        P.make_example(t, 0, i, cfg)
+        for t in ("copying_words", "varassign_code", "varassign_math")
+        for i, cfg in ((0, zero), (1, one))
+    ]
     examples.append(MCExample("x=1\nx=", (" 1", " 12 and then some", "9", " 7 7 7 7 7"), 1, "custom"))
     enc = lambda s: tokenizer(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     reqs = S.mc_requests(examples, enc)
@@ -311,9 +397,11 @@ def test_cached_prefix_scorer_batches_ragged_prompts_like_the_reference(tiny):
         for batch_size in (1, 3, 64):
             calls = []
             hook = model.register_forward_pre_hook(
-                lambda mod, args, kw: calls.append((kw.get("cache", kw.get("past_key_values")) is not None,
-                                              tuple(kw["input_ids"].shape))),
-                with_kwargs=True)
+                lambda mod, args, kw: calls.append(
+                    (kw.get("cache", kw.get("past_key_values")) is not None, tuple(kw["input_ids"].shape))
+                ),
+                with_kwargs=True,
+            )
             try:
                 fast = S.hf_scorer(model, tokenizer, batch_size=batch_size, max_length=max_length).score(examples)
             finally:

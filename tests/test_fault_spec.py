@@ -1,4 +1,5 @@
 """The one fault-injection mechanism (engine/faults.py): how GROW_MEGATRON_FAULT is read."""
+
 import pytest
 
 from grow_megatron.engine.faults import ENV, InjectedFault, fault_armed, fault_point

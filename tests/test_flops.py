@@ -1,4 +1,5 @@
 """docs/method.md §6 FLOPs accounting: Table 7 reproduced, per-stage sums, a hand-computed case."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -6,11 +7,11 @@ import json
 
 import pytest
 
-from grow_megatron.growth import flops as F
 from grow_megatron.cli.flops import main as flops_main
 from grow_megatron.config.model import ModelConfig
-from grow_megatron.growth.schedule import GrowthPlan, make_plan
+from grow_megatron.growth import flops as F
 from grow_megatron.growth.operators import lidas, midas
+from grow_megatron.growth.schedule import GrowthPlan, make_plan
 
 
 def paper_comparison(preset: str, rounding: str = "paper") -> F.FlopsComparison:
@@ -27,8 +28,9 @@ def test_table7_static_exact(preset):
     c = paper_comparison(preset)
     # The paper prints 3 decimals; the integer FLOPs are exact, so compare after rounding.
     assert round(c.static.petaflops, 3) == static_pf
-    assert c.static.flops == 200_000 * F.PAPER_SETTINGS[preset].tokens_per_step * \
-        F.model_flops_per_token(ModelConfig.from_preset(preset))
+    assert c.static.flops == 200_000 * F.PAPER_SETTINGS[preset].tokens_per_step * F.model_flops_per_token(
+        ModelConfig.from_preset(preset)
+    )
 
 
 def test_static_flops_integers():
@@ -73,8 +75,15 @@ def test_stage_sums(preset, rounding):
 
 
 def test_tiny_hand_computed():
-    shape = ModelConfig(num_layers=2, hidden_size=4, ffn_hidden_size=8, num_attention_heads=2,
-                        num_query_groups=1, vocab_size=10, seq_length=3)
+    shape = ModelConfig(
+        num_layers=2,
+        hidden_size=4,
+        ffn_hidden_size=8,
+        num_attention_heads=2,
+        num_query_groups=1,
+        vocab_size=10,
+        seq_length=3,
+    )
     assert shape.kv_size == 2
     # N = 2 * (2*16 + 2*4*2 + 3*4*8) + 10*4 = 2 * 144 + 40
     assert F.formula_params(shape) == 328
@@ -101,8 +110,17 @@ def test_operator_does_not_matter_and_checks():
     with pytest.raises(ValueError, match="ends before"):
         F.grown_flops(shape, make_plan(32, 4, 1000, midas), 500, 1)
     with pytest.raises(ValueError, match="not divisible"):
-        F.check_shape(ModelConfig(num_layers=2, hidden_size=10, ffn_hidden_size=8, num_attention_heads=3,
-                                  num_query_groups=1, vocab_size=10, seq_length=3))
+        F.check_shape(
+            ModelConfig(
+                num_layers=2,
+                hidden_size=10,
+                ffn_hidden_size=8,
+                num_attention_heads=3,
+                num_query_groups=1,
+                vocab_size=10,
+                seq_length=3,
+            )
+        )
     static = F.grown_flops(shape, GrowthPlan(32, (0,), ()), 100, 7)
     assert static.flops == F.static_flops(shape, 100, 7).flops
 
@@ -116,8 +134,12 @@ def test_formula_params_match_hf_minus_norms():
 
 def test_mfu():
     # The H100 reference measurements in docs/benchmarks.md (tokens/s there are rounded to 3-4 digits).
-    assert F.mfu(106_200, F.model_flops_per_token_causal(ModelConfig.from_preset("smollm-360m"))) == pytest.approx(0.274, abs=5e-4)
-    assert F.mfu(36_700, F.model_flops_per_token_causal(ModelConfig.from_preset("smollm-1.7b"))) == pytest.approx(0.404, abs=1e-3)
+    assert F.mfu(106_200, F.model_flops_per_token_causal(ModelConfig.from_preset("smollm-360m"))) == pytest.approx(
+        0.274, abs=5e-4
+    )
+    assert F.mfu(36_700, F.model_flops_per_token_causal(ModelConfig.from_preset("smollm-1.7b"))) == pytest.approx(
+        0.404, abs=1e-3
+    )
     assert F.mfu(1.0, 989e12) == 1.0
 
 
@@ -136,9 +158,32 @@ def test_cli_paper_table_and_json(tmp_path, capsys):
 
 def test_cli_explicit_flags(capsys, tmp_path):
     out = tmp_path / "f.json"
-    argv = ["--layers", "2", "--hidden", "4", "--ffn", "8", "--heads", "2", "--kv-heads", "1", "--vocab", "10",
-            "--seq", "3", "--steps", "10", "--grow-steps", "6", "--block-size", "1", "--global-batch", "2",
-            "--json", str(out)]
+    argv = [
+        "--layers",
+        "2",
+        "--hidden",
+        "4",
+        "--ffn",
+        "8",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--vocab",
+        "10",
+        "--seq",
+        "3",
+        "--steps",
+        "10",
+        "--grow-steps",
+        "6",
+        "--block-size",
+        "1",
+        "--global-batch",
+        "2",
+        "--json",
+        str(out),
+    ]
     assert flops_main(argv) == 0
     d = json.loads(out.read_text())
     assert d["grown"]["flops"] == 123_264 and d["static"]["flops"] == 135_360
@@ -161,9 +206,12 @@ def _write(tmp_path, text):
 
 def test_cli_run_config(tmp_path):
     pytest.importorskip("grow_megatron.config.run")
-    cfg = _write(tmp_path, "model: {preset: smollm-360m}\ngrowth: {operator: lidas, block_size: 4}\n"
-                           "train: {steps: 200000, global_batch_size: 512, micro_batch_size: 8}\n"
-                           "optim: {decay_steps: 30000}\n")
+    cfg = _write(
+        tmp_path,
+        "model: {preset: smollm-360m}\ngrowth: {operator: lidas, block_size: 4}\n"
+        "train: {steps: 200000, global_batch_size: 512, micro_batch_size: 8}\n"
+        "optim: {decay_steps: 30000}\n",
+    )
     out = tmp_path / "f.json"
     assert flops_main([cfg, "--json", str(out)]) == 0
     d = json.loads(out.read_text())
@@ -176,11 +224,13 @@ def test_cli_run_config(tmp_path):
 
 def test_cli_run_config_tiny_and_static(tmp_path, capsys):
     pytest.importorskip("grow_megatron.config.run")
-    from grow_megatron.config.base import ConfigError
 
-    tiny = _write(tmp_path, "model: {preset: tiny}\ngrowth: {operator: midas, block_size: 2}\n"
-                            "train: {steps: 100, global_batch_size: 8, micro_batch_size: 4}\n"
-                            "optim: {warmup_steps: 5, decay_steps: 20}\n")
+    tiny = _write(
+        tmp_path,
+        "model: {preset: tiny}\ngrowth: {operator: midas, block_size: 2}\n"
+        "train: {steps: 100, global_batch_size: 8, micro_batch_size: 4}\n"
+        "optim: {warmup_steps: 5, decay_steps: 20}\n",
+    )
     out = tmp_path / "f.json"
     # No model.vocab_size: the trainer's vocabulary is the embedded tokenizer's, so is flops'.
     from grow_megatron.data.tokenizer import load_tokenizer
@@ -198,19 +248,29 @@ def test_cli_run_config_tiny_and_static(tmp_path, capsys):
     d = json.loads(out.read_text())
     assert [s["depth"] for s in d["grown"]["stages"]] == [2, 4, 6, 8]
     assert sum(s["steps"] for s in d["grown"]["stages"][:-1]) + d["grown"]["stages"][-1]["steps"] == 100
-    static = _write(tmp_path, "model: {preset: smollm-1.7b}\n"
-                              "train: {steps: 1000, global_batch_size: 8, micro_batch_size: 4}\n"
-                              "optim: {warmup_steps: 5, decay_steps: 20}\n")
+    static = _write(
+        tmp_path,
+        "model: {preset: smollm-1.7b}\n"
+        "train: {steps: 1000, global_batch_size: 8, micro_batch_size: 4}\n"
+        "optim: {warmup_steps: 5, decay_steps: 20}\n",
+    )
     assert flops_main([static, "--json", str(out)]) == 0
     d = json.loads(out.read_text())
-    assert "grown" not in d and d["static"]["flops"] == 1000 * 8 * 2048 * F.model_flops_per_token(ModelConfig.from_preset("smollm-1.7b"))
+    assert "grown" not in d and d["static"]["flops"] == 1000 * 8 * 2048 * F.model_flops_per_token(
+        ModelConfig.from_preset("smollm-1.7b")
+    )
 
 
 def test_shape_from_configs():
     s = ModelConfig.from_preset("smollm-360m")
     hf = pytest.importorskip("transformers").LlamaConfig(
-        vocab_size=49152, hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
-        num_key_value_heads=5)
+        vocab_size=49152,
+        hidden_size=960,
+        intermediate_size=2560,
+        num_hidden_layers=32,
+        num_attention_heads=15,
+        num_key_value_heads=5,
+    )
     from grow_megatron.convert.hf import shape_from_hf_config
 
     # A transformers config is read by the conversion's one reader; it counts like the preset.
@@ -229,8 +289,10 @@ def test_shape_from_configs():
 
 def test_cli_prints_the_shape_line(capsys):
     assert flops_main(["--preset", "smollm-360m", "--paper"]) == 0
-    assert ("model: ModelShape(num_layers=32, hidden_size=960, ffn_hidden_size=2560, num_attention_heads=15, "
-            "num_query_groups=5, vocab_size=49152, seq_length=2048)\n") in capsys.readouterr().out
+    assert (
+        "model: ModelShape(num_layers=32, hidden_size=960, ffn_hidden_size=2560, num_attention_heads=15, "
+        "num_query_groups=5, vocab_size=49152, seq_length=2048)\n"
+    ) in capsys.readouterr().out
 
 
 def test_format_flops_units():

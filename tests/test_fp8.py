@@ -1,9 +1,11 @@
 """model.fp8 on CPU through torchao's emulated float8 matmuls: the scaling math against an
 independent reference, the engine's linears converted (layers added by a growth too), the same
 checkpoint state as without FP8, and the config refusals."""
+
 import pytest
 import torch
 
+from engine_helpers import micro_config, random_batch
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
@@ -13,8 +15,6 @@ from grow_megatron.engine.grow import grow
 from grow_megatron.engine.resolve import engine_spec, planned_layout, resolve_run
 from grow_megatron.growth.operators import lidas
 from grow_megatron.model.fp8 import Fp8ColumnParallelLinear, Fp8RowParallelLinear, float8_configs, fp8_linear
-
-from engine_helpers import micro_config, random_batch
 
 E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
 
@@ -72,8 +72,15 @@ def test_rowwise_matches_the_scaling_math_forward():
 
 
 V, S = 96, 16
-MODEL = ModelConfig(num_layers=4, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
-                    vocab_size=V, seq_length=S)
+MODEL = ModelConfig(
+    num_layers=4,
+    hidden_size=32,
+    ffn_hidden_size=64,
+    num_attention_heads=4,
+    num_query_groups=2,
+    vocab_size=V,
+    seq_length=S,
+)
 
 
 @pytest.fixture
@@ -84,14 +91,17 @@ def env():
 
 
 def _engine(fp8, depth=2):
-    spec = engine_spec(MODEL, V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), fp8=fp8,
-                       fp8_emulate=fp8 != "off")
+    spec = engine_spec(
+        MODEL, V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), fp8=fp8, fp8_emulate=fp8 != "off"
+    )
     torch.manual_seed(0)  # the embedding's draw (the layers seed themselves)
     return build_engine(spec, depth)
 
 
 def _fp8_linears(engine):
-    return [m for c in engine.chunks for m in c.modules() if isinstance(m, (Fp8ColumnParallelLinear, Fp8RowParallelLinear))]
+    return [
+        m for c in engine.chunks for m in c.modules() if isinstance(m, (Fp8ColumnParallelLinear, Fp8RowParallelLinear))
+    ]
 
 
 @pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])

@@ -1,5 +1,6 @@
 """tools/gpu_correct.py's verdicts, on hand-made inputs (its GPU checks run in the GPU session;
 the CPU smoke run of the whole script is tools/gpu_session.sh's GS_SMOKE mode)."""
+
 from __future__ import annotations
 
 import os
@@ -22,12 +23,16 @@ def test_losses_agree_within_tolerance_only():
     assert not C.losses_agree({}, {}, 2e-2)["ok"]
 
 
-@pytest.mark.parametrize("first,second,ok,verdict", [
-    ({"0": 1.0, "1": 2.0}, {"2": 3.0, "3": 4.0}, True, "exact"),
-    ({"0": 1.0, "1": 2.0}, {"2": 3.0, "3": 4.5}, False, "the resumed steps differ"),
-    ({"0": 1.0, "1": 2.1}, {"2": 3.0, "3": 4.5}, None, "the device is not deterministic"),
-    ({"0": 1.0, "1": 2.0}, {"2": 3.0}, False, "steps differ"),
-], ids=["exact", "resume-wrong", "nondeterministic", "step-missing"])
+@pytest.mark.parametrize(
+    "first,second,ok,verdict",
+    [
+        ({"0": 1.0, "1": 2.0}, {"2": 3.0, "3": 4.0}, True, "exact"),
+        ({"0": 1.0, "1": 2.0}, {"2": 3.0, "3": 4.5}, False, "the resumed steps differ"),
+        ({"0": 1.0, "1": 2.1}, {"2": 3.0, "3": 4.5}, None, "the device is not deterministic"),
+        ({"0": 1.0, "1": 2.0}, {"2": 3.0}, False, "steps differ"),
+    ],
+    ids=["exact", "resume-wrong", "nondeterministic", "step-missing"],
+)
 def test_resume_verdict(first, second, ok, verdict):
     full = {"0": 1.0, "1": 2.0, "2": 3.0, "3": 4.0}
     r = C.resume_verdict(full, first, second, stop_at=2)
@@ -37,24 +42,33 @@ def test_resume_verdict(first, second, ok, verdict):
 
 def test_junit_summary(tmp_path):
     xml = tmp_path / "j.xml"
-    xml.write_text('<testsuites><testsuite tests="4" failures="1" errors="1" skipped="1">'
-                   '<testcase classname="tests.a" name="t1"/>'
-                   '<testcase classname="tests.a" name="t2"><failure message="assert 1 == 2">x</failure></testcase>'
-                   '<testcase classname="tests.b" name="t3"><error message="setup broke">y</error></testcase>'
-                   '<testcase classname="tests.b" name="t4"><skipped message="no"/></testcase>'
-                   '</testsuite></testsuites>')
+    xml.write_text(
+        '<testsuites><testsuite tests="4" failures="1" errors="1" skipped="1">'
+        '<testcase classname="tests.a" name="t1"/>'
+        '<testcase classname="tests.a" name="t2"><failure message="assert 1 == 2">x</failure></testcase>'
+        '<testcase classname="tests.b" name="t3"><error message="setup broke">y</error></testcase>'
+        '<testcase classname="tests.b" name="t4"><skipped message="no"/></testcase>'
+        "</testsuite></testsuites>"
+    )
     s = C.junit_summary(str(xml))
     assert (s["tests"], s["passed"], s["skipped"]) == (4, 1, 1)
     assert [(f["test"], f["kind"], f["message"]) for f in s["failed"]] == [
-        ("tests.a::t2", "failure", "assert 1 == 2"), ("tests.b::t3", "error", "setup broke")]
+        ("tests.a::t2", "failure", "assert 1 == 2"),
+        ("tests.b::t3", "error", "setup broke"),
+    ]
 
 
 def test_summary_counts_failed_and_undecided():
-    data = {"kernels": [{"kernel": "k", "case": "c", "shape": [1], "ok": True}],
-            "sdpa": [{"shape": "s", "ok": False}],
-            "engine": [{"name": "e", "on_vs_off": {"ok": True}, "resume": {"ok": None}},
-                       {"name": "f", "error": "RuntimeError: x"}],
-            "pytest": {"ok": True}, "errors": {"interrupted": "stopped"}}
+    data = {
+        "kernels": [{"kernel": "k", "case": "c", "shape": [1], "ok": True}],
+        "sdpa": [{"shape": "s", "ok": False}],
+        "engine": [
+            {"name": "e", "on_vs_off": {"ok": True}, "resume": {"ok": None}},
+            {"name": "f", "error": "RuntimeError: x"},
+        ],
+        "pytest": {"ok": True},
+        "errors": {"interrupted": "stopped"},
+    }
     s = C.summary(data)
     assert s["checks"] == 7 and s["passed"] == 3 and not s["ok"]
     assert s["failed"] == ["sdpa native GQA s", "engine f: RuntimeError: x", "part interrupted: stopped"]

@@ -1,6 +1,7 @@
 """tools/gpu_results.py on what the GPU session's smoke mode returned (tests/data/gpu_session_smoke:
 the CPU run of `GS_SMOKE=1 bash tools/gpu_session.sh`, per-step lists cut): the tables carry
 the inputs' numbers, ratios are ratios of the inputs, targets are marked by their thresholds."""
+
 from __future__ import annotations
 
 import copy
@@ -34,14 +35,23 @@ def _row(md: str, first_cell: str) -> list[str]:
 
 
 def test_cli_renders_every_section():
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "gpu_results.py"), DATA],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "tools", "gpu_results.py"), DATA],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     md = proc.stdout
-    for heading in ("## GPU session steps", "## Correct on CUDA (issue 18, step 1)",
-                    "## Training throughput vs Hugging Face Llama (issue 8)",
-                    "### Where the time goes, SmolLM-360M shapes", "## Kernels (issue 4)",
-                    "## A short grown training run (train_record)", "## Growth-operation latency and memory"):
+    for heading in (
+        "## GPU session steps",
+        "## Correct on CUDA (issue 18, step 1)",
+        "## Training throughput vs Hugging Face Llama (issue 8)",
+        "### Where the time goes, SmolLM-360M shapes",
+        "## Kernels (issue 4)",
+        "## A short grown training run (train_record)",
+        "## Growth-operation latency and memory",
+    ):
         assert heading in md, heading
     assert "Smoke mode" in md and "DRY RUN" in md and "Not returned" not in md
     assert _row(md, "bench_1p7b")[1:] == ["ok", "80"]
@@ -59,8 +69,15 @@ def test_static_vs_hf_ratio_is_the_ratio_of_the_inputs():
     assert row[4] == f"{b['ratio_eager']:.2f}x" and "not measured" in row[5]
 
 
-@pytest.mark.parametrize("name,factor,mark", [("bench_360m", 1.25, "MISSED"), ("bench_360m", 1.35, "MET"),
-                                              ("bench_1p7b", 1.25, "MET"), ("bench_1p7b", 1.15, "MISSED")])
+@pytest.mark.parametrize(
+    "name,factor,mark",
+    [
+        ("bench_360m", 1.25, "MISSED"),
+        ("bench_360m", 1.35, "MET"),
+        ("bench_1p7b", 1.25, "MET"),
+        ("bench_1p7b", 1.15, "MISSED"),
+    ],
+)
 def test_hf_compile_target_per_model(name, factor, mark):
     rep = copy.deepcopy(_json(f"{name}.json"))
     tps = rep["static"]["tokens_per_s"]
@@ -91,10 +108,16 @@ def test_grown_vs_static_and_growth_share():
 def test_kernel_rows_speedups_and_targets():
     rep = _json("kernels.json")
     rows = G.kernel_rows(rep)
-    ours = {(r["kernel"], tuple(r["shape"]), r["mode"]): r["ms"] for r in rep["results"] if r["provider"] == "ours"
-            and r["mode"] != "check"}
-    eager = {(r["kernel"], tuple(r["shape"]), r["mode"]): r["ms"] for r in rep["results"]
-             if r["provider"].startswith("eager") and r["mode"] != "check"}
+    ours = {
+        (r["kernel"], tuple(r["shape"]), r["mode"]): r["ms"]
+        for r in rep["results"]
+        if r["provider"] == "ours" and r["mode"] != "check"
+    }
+    eager = {
+        (r["kernel"], tuple(r["shape"]), r["mode"]): r["ms"]
+        for r in rep["results"]
+        if r["provider"].startswith("eager") and r["mode"] != "check"
+    }
     assert {(g["kernel"], tuple(g["shape"]), g["mode"]) for g in rows} == set(ours)
     for g in rows:
         key = (g["kernel"], tuple(g["shape"]), g["mode"])
@@ -127,20 +150,29 @@ def test_train_short_growths_before_after():
 
 
 def test_session_log_outcomes_and_missing_files(tmp_path):
-    log = ("=== bench_360m: rc=124 in 230s (stopped at its time limit)\n=== kernels: rc=1 in 12s\n"
-           "=== SKIP growth: 30s left, needs 40s\nnoise\n=== train_short: rc=0 in 140s\n")
+    log = (
+        "=== bench_360m: rc=124 in 230s (stopped at its time limit)\n=== kernels: rc=1 in 12s\n"
+        "=== SKIP growth: 30s left, needs 40s\nnoise\n=== train_short: rc=0 in 140s\n"
+    )
     steps = G.session_steps(log)
     assert [(s["step"], s["outcome"]) for s in steps] == [
-        ("bench_360m", "stopped at its time limit"), ("kernels", "failed (exit 1)"),
-        ("growth", "skipped: 30s left, needs 40s"), ("train_short", "ok")]
+        ("bench_360m", "stopped at its time limit"),
+        ("kernels", "failed (exit 1)"),
+        ("growth", "skipped: 30s left, needs 40s"),
+        ("train_short", "ok"),
+    ]
     shutil.copy(os.path.join(DATA, "growth.json"), tmp_path)
     (tmp_path / "session.log").write_text(log)
     md = G.render(str(tmp_path))
-    assert ("Not returned: correct.json, bench_360m.json, kernels.json, bench_1p7b.json, grown_360m.json, "
-            "train_short.json") in md
+    assert (
+        "Not returned: correct.json, bench_360m.json, kernels.json, bench_1p7b.json, grown_360m.json, train_short.json"
+    ) in md
     rows = _json("growth.json")
-    assert re.search(rf"\| {rows[0]['preset']} \| {rows[0]['old_depth']} -> {rows[0]['new_depth']} \| "
-                     rf"kept on device \| {rows[0]['seconds']:.2f} \|", md)
+    assert re.search(
+        rf"\| {rows[0]['preset']} \| {rows[0]['old_depth']} -> {rows[0]['new_depth']} \| "
+        rf"kept on device \| {rows[0]['seconds']:.2f} \|",
+        md,
+    )
 
 
 def _correct_report(**over) -> dict:
@@ -149,28 +181,73 @@ def _correct_report(**over) -> dict:
     sys.path.insert(0, os.path.join(ROOT, "tools"))
     import gpu_correct as C
 
-    rep = {"environment": {"device": "NVIDIA H200", "capability": "9.0", "torch": "2.11.0", "cuda": "13.0",
-                           "cudnn": 91000, "triton": "3.6.0", "megatron_core": "0.16.1", "date_utc": "2026-12-01",
-                           "command": "gpu_correct.py --out c.json"}, "smoke": False, "errors": {},
-           "kernels": [
-               {"kernel": "rmsnorm", "case": "LN-Scaling", "shape": [16384, 960], "ok": True, "seconds": 1.5,
-                "errors": {"y": {"ours": 2.5e-3, "torch": 2.4e-3}}, "failures": []},
-               {"kernel": "fused_linear_ce", "case": "loss per token", "shape": [16384, 49152, 2048], "ok": False,
-                "seconds": 3.0, "errors": {"dw": {"ours": 9e-2, "torch": 4e-3}},
-                "failures": ["dw: torch.bfloat16 err 0.09 > 2.0 x torch's 0.004"]}],
-           "sdpa": [{"shape": "b8 hq15 hkv5 s2048 d64", "fused_accepts_native": {"flash": True, "efficient": False,
-                                                                               "cudnn": True},
-                     "engine_takes_native": True, "errors": {"out": {"native": 3e-3, "repeat": 3e-3}},
-                     "fwd_bwd_ms": {"native": 1.234, "repeat": 1.5}, "ok": True, "failures": []}],
-           "engine": [{"name": "360m-shape", "shape": "8x2048", "growth_steps": [2],
-                       "kernels_on": {"losses": {"0": 10.8312, "1": 10.5}, "peak_gib": 21.5},
-                       "kernels_off": {"losses": {"0": 10.8309, "1": 10.51}},
-                       "on_vs_off": C.losses_agree({"0": 10.8312, "1": 10.5}, {"0": 10.8309, "1": 10.51}, 2e-2),
-                       "resume": C.resume_verdict({"0": 1.0, "1": 2.0, "2": 3.0}, {"0": 1.0, "1": 2.5}, {"2": 3.0}, 2),
-                       "nondeterminism_warnings": ["flash attention backward is not deterministic"]}],
-           "pytest": {"files": ["tests/test_kernels_rope.py"], "passed": 9, "skipped": 0, "seconds": 40,
-                      "timed_out": False, "ok": False,
-                      "failed": [{"test": "tests.test_kernels_rope::test_x", "kind": "failure", "message": "boom"}]}}
+    rep = {
+        "environment": {
+            "device": "NVIDIA H200",
+            "capability": "9.0",
+            "torch": "2.11.0",
+            "cuda": "13.0",
+            "cudnn": 91000,
+            "triton": "3.6.0",
+            "megatron_core": "0.16.1",
+            "date_utc": "2026-12-01",
+            "command": "gpu_correct.py --out c.json",
+        },
+        "smoke": False,
+        "errors": {},
+        "kernels": [
+            {
+                "kernel": "rmsnorm",
+                "case": "LN-Scaling",
+                "shape": [16384, 960],
+                "ok": True,
+                "seconds": 1.5,
+                "errors": {"y": {"ours": 2.5e-3, "torch": 2.4e-3}},
+                "failures": [],
+            },
+            {
+                "kernel": "fused_linear_ce",
+                "case": "loss per token",
+                "shape": [16384, 49152, 2048],
+                "ok": False,
+                "seconds": 3.0,
+                "errors": {"dw": {"ours": 9e-2, "torch": 4e-3}},
+                "failures": ["dw: torch.bfloat16 err 0.09 > 2.0 x torch's 0.004"],
+            },
+        ],
+        "sdpa": [
+            {
+                "shape": "b8 hq15 hkv5 s2048 d64",
+                "fused_accepts_native": {"flash": True, "efficient": False, "cudnn": True},
+                "engine_takes_native": True,
+                "errors": {"out": {"native": 3e-3, "repeat": 3e-3}},
+                "fwd_bwd_ms": {"native": 1.234, "repeat": 1.5},
+                "ok": True,
+                "failures": [],
+            }
+        ],
+        "engine": [
+            {
+                "name": "360m-shape",
+                "shape": "8x2048",
+                "growth_steps": [2],
+                "kernels_on": {"losses": {"0": 10.8312, "1": 10.5}, "peak_gib": 21.5},
+                "kernels_off": {"losses": {"0": 10.8309, "1": 10.51}},
+                "on_vs_off": C.losses_agree({"0": 10.8312, "1": 10.5}, {"0": 10.8309, "1": 10.51}, 2e-2),
+                "resume": C.resume_verdict({"0": 1.0, "1": 2.0, "2": 3.0}, {"0": 1.0, "1": 2.5}, {"2": 3.0}, 2),
+                "nondeterminism_warnings": ["flash attention backward is not deterministic"],
+            }
+        ],
+        "pytest": {
+            "files": ["tests/test_kernels_rope.py"],
+            "passed": 9,
+            "skipped": 0,
+            "seconds": 40,
+            "timed_out": False,
+            "ok": False,
+            "failed": [{"test": "tests.test_kernels_rope::test_x", "kind": "failure", "message": "boom"}],
+        },
+    }
     rep.update(over)
     rep["summary"] = C.summary(rep)
     return rep
@@ -223,6 +300,8 @@ def test_results_missing_as_files_are_read_from_the_tar(tmp_path):
         t.add(work, arcname=".")  # as gpu_session.sh makes it: tar -C $W .
     md = G.render(str(out))
     assert "## A short grown training run (train_record)" in md and "SmolLM-1.7B shapes" in md
-    assert ("Read from results.tar.gz: bench_1p7b.json (results.tar.gz:./bench_1p7b/report.json), "
-            "train_short.json (results.tar.gz:./train_short.json)") in md
+    assert (
+        "Read from results.tar.gz: bench_1p7b.json (results.tar.gz:./bench_1p7b/report.json), "
+        "train_short.json (results.tar.gz:./train_short.json)"
+    ) in md
     assert "Not returned: session.log, bench_360m.json, kernels.json, grown_360m.json, growth.json (" in md

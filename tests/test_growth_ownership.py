@@ -2,6 +2,7 @@
 whom, against an element-by-element reference, and the grown engine at DP=2 / DP=4 / PP2 x DP2
 / TP2 x DP2 against the source map applied to the whole state (what the growth did before it
 moved only ranges: an all-reduce of every layer's whole state), bit for bit, with the bytes."""
+
 import json
 import os
 import random
@@ -20,8 +21,10 @@ def _owner_of_each_element(spans, n):
     return owner
 
 
-@pytest.mark.parametrize("start,end,offset,numel,dp", [
-    (0, 10, 0, 12, 4), (5, 17, 0, 24, 4), (100, 164, 96, 128, 2), (7, 8, 0, 8, 8), (0, 30, 0, 30, 1)])
+@pytest.mark.parametrize(
+    "start,end,offset,numel,dp",
+    [(0, 10, 0, 12, 4), (5, 17, 0, 24, 4), (100, 164, 96, 128, 2), (7, 8, 0, 8, 8), (0, 30, 0, 30, 1)],
+)
 def test_dp_spans_are_megatrons_equal_bucket_parts(start, end, offset, numel, dp):
     spans = dp_spans(start, end, offset, numel, dp)
     part = numel // dp
@@ -58,8 +61,11 @@ def test_plan_delivers_every_new_element_from_its_old_owner(seed):
         for e in range(p.start, p.end):
             assert (p.param, e) not in got, "an element delivered twice"
             got[p.param, e] = (p.src, p.dst)
-    want = {(i, e): (o, w) for i, n in enumerate(sizes)
-            for e, (o, w) in enumerate(zip(_owner_of_each_element(old[i], n), _owner_of_each_element(new[i], n)))}
+    want = {
+        (i, e): (o, w)
+        for i, n in enumerate(sizes)
+        for e, (o, w) in enumerate(zip(_owner_of_each_element(old[i], n), _owner_of_each_element(new[i], n)))
+    }
     assert got == want
     for rank in range(dp):
         send, recv = exchange_sizes(plan, rank, dp)
@@ -75,12 +81,15 @@ def test_unchanged_owners_mean_no_traffic():
     assert plan[0] == Piece(0, 0, 0, 0, 6)
 
 
-@pytest.mark.parametrize("old,new,match", [
-    ([((0, 4), (5, 8))], [((0, 4), (4, 8))], "does not continue"),
-    ([((0, 4), (4, 8))], [((0, 4), (4, 9))], "8 elements before, 9 after"),
-    ([((0, 4), (4, 8))], [((0, 8),)], "2 DP ranks before, 1 after"),
-    ([((0, 4),)], [], "1 source parameters for 0"),
-])
+@pytest.mark.parametrize(
+    "old,new,match",
+    [
+        ([((0, 4), (5, 8))], [((0, 4), (4, 8))], "does not continue"),
+        ([((0, 4), (4, 8))], [((0, 4), (4, 9))], "8 elements before, 9 after"),
+        ([((0, 4), (4, 8))], [((0, 8),)], "2 DP ranks before, 1 after"),
+        ([((0, 4),)], [], "1 source parameters for 0"),
+    ],
+)
 def test_plan_refuses_layouts_that_are_not_partitions(old, new, match):
     with pytest.raises(ValueError, match=match):
         ownership_plan(old, new)
@@ -96,10 +105,18 @@ def _spec(tp, pp, bf16):
     from grow_megatron.config.training import OptimConfig
     from grow_megatron.engine.build import EngineSpec
 
-    m = ModelConfig(num_layers=12, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4, num_query_groups=2,
-                    vocab_size=V, seq_length=S)
-    return EngineSpec(m, OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), V, bf16=bf16, use_kernels=False,
-                      tp=tp, pp=pp)
+    m = ModelConfig(
+        num_layers=12,
+        hidden_size=32,
+        ffn_hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        vocab_size=V,
+        seq_length=S,
+    )
+    return EngineSpec(
+        m, OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), V, bf16=bf16, use_kernels=False, tp=tp, pp=pp
+    )
 
 
 def _states(engine, tag):
@@ -125,13 +142,12 @@ def _states(engine, tag):
 def _grow_worker(rank, out, tp, pp, bf16):
     from megatron.core import parallel_state
 
+    from engine_helpers import random_batch
     from grow_megatron.bench.accounting import count_comm, tensor_bytes
     from grow_megatron.engine.build import build_engine, train_step
     from grow_megatron.engine.distributed import device_context, init_distributed
     from grow_megatron.engine.grow import grow
     from grow_megatron.growth.operators import get_operator
-
-    from engine_helpers import random_batch
 
     with device_context():
         init_distributed(tp, pp, seed=3)
@@ -141,14 +157,20 @@ def _grow_worker(rank, out, tp, pp, bf16):
         states, comm = {}, []
         # Two growths: a live LIDAS one, then a host-staged, function-preserving MIDAS one, each
         # after real steps (moments non-zero, different data on each DP rank).
-        for i, (op, staged) in enumerate([(get_operator("lidas"), False),
-                                          (get_operator("midas", function_preserving=True), True)]):
+        for i, (op, staged) in enumerate(
+            [(get_operator("lidas"), False), (get_operator("midas", function_preserving=True), True)]
+        ):
             train_step(e, [random_batch(100 * i + dp_rank, V, S)], 1e-2)
             states.update(_states(e, f"before{i}"))
             with count_comm() as c:
                 e = grow(e, op(e.depth, 4), host_staging=staged)
-            comm.append({"bytes": tensor_bytes(c), "calls": sum(v for k, v in c.items() if k.endswith("#calls")),
-                         "slice": sum(p.numel() for p in e.chunks[0].parameters())})
+            comm.append(
+                {
+                    "bytes": tensor_bytes(c),
+                    "calls": sum(v for k, v in c.items() if k.endswith("#calls")),
+                    "slice": sum(p.numel() for p in e.chunks[0].parameters()),
+                }
+            )
             states.update(_states(e, f"after{i}"))
         assert torch.isfinite(torch.tensor(train_step(e, [random_batch(999, V, S)], 1e-2)["loss"]))
         if dp_rank == 0:  # the whole state is the same on every DP rank
@@ -157,11 +179,11 @@ def _grow_worker(rank, out, tp, pp, bf16):
             json.dump({"dp": parallel_state.get_data_parallel_world_size(), "growths": comm}, f)
 
 
-@pytest.mark.parametrize("world,tp,pp,bf16", [(4, 1, 1, True), (4, 1, 2, False), (4, 2, 1, False)],
-                         ids=["dp4-bf16", "pp2-dp2", "tp2-dp2"])
+@pytest.mark.parametrize(
+    "world,tp,pp,bf16", [(4, 1, 1, True), (4, 1, 2, False), (4, 2, 1, False)], ids=["dp4-bf16", "pp2-dp2", "tp2-dp2"]
+)
 def test_grown_state_equals_the_source_map_of_the_whole_state(tmp_path, world, tp, pp, bf16):
     from dist_helpers import run_ranks
-
     from grow_megatron.engine.keys import OUTPUT_PROJECTIONS
     from grow_megatron.growth.operators import get_operator
 
@@ -186,8 +208,12 @@ def test_grown_state_equals_the_source_map_of_the_whole_state(tmp_path, world, t
             assert torch.equal(st[k], want), (key, k)
         seen.add((i, tprank, where))
     # Every position of both grown models, and every stage's other parameters, on every TP rank.
-    assert seen == {(i, str(t), w) for i, g in enumerate(growths) for t in range(tp)
-                    for w in [f"L{j}" for j in range(g.new_depth)] + [f"P{r}" for r in range(pp)]}
+    assert seen == {
+        (i, str(t), w)
+        for i, g in enumerate(growths)
+        for t in range(tp)
+        for w in [f"L{j}" for j in range(g.new_depth)] + [f"P{r}" for r in range(pp)]
+    }
     assert any(states[k]["exp_avg_sq"].abs().sum() > 0 for k in states)
     # Bytes: the old executor all-reduced every parameter's whole state, 2 (DP-1)/DP x 12 bytes
     # per parameter of the grown slice (ring cost); each rank now receives only pieces of its

@@ -1,4 +1,5 @@
 """Growth operators, PROP-alpha and partitions against the hand-worked examples of docs/method.md §3, §4."""
+
 import math
 
 import pytest

@@ -5,6 +5,7 @@ first on sys.path, where our `kernels/` folder would shadow Hugging Face's `kern
 transformers imports. Each check runs a fresh interpreter with the repository root as its working
 directory and `-c`, which is exactly the sys.path that `python -m pytest` gets.
 """
+
 import importlib.metadata
 import importlib.util
 import json

@@ -1,4 +1,5 @@
 """The public API the model integration calls: names, signatures, availability helper."""
+
 import inspect
 import os
 

@@ -1,4 +1,5 @@
 """tools/bench_kernels.py: the CPU dry run goes through every benchmark path and writes sane JSON."""
+
 import json
 import math
 
@@ -17,8 +18,9 @@ def test_refuses_without_gpu(tmp_path, capsys):
     assert not out.exists()
 
 
-@pytest.mark.skipif(not triton_available("cpu") and not torch.cuda.is_available(),
-                    reason="needs CUDA or TRITON_INTERPRET=1")
+@pytest.mark.skipif(
+    not triton_available("cpu") and not torch.cuda.is_available(), reason="needs CUDA or TRITON_INTERPRET=1"
+)
 def test_dry_run_writes_well_formed_json(tmp_path, capsys):
     out = tmp_path / "k.json"
     assert main(["--dry-run", "--tune", "--out", str(out)]) == 0

@@ -5,6 +5,7 @@ inputs' dtype and the cross-entropy in fp32 (fp64 for the fp64 reference).
 Tolerances (kernels/testing.py): fp32 norm-wise relative difference <= 1e-5; bf16 error
 against fp64 <= 2x the unfused PyTorch path's own bf16 error. Outputs are allocated NaN-filled.
 """
+
 import pytest
 import torch
 
@@ -14,7 +15,6 @@ from grow_megatron.kernels import (
     fused_linear_cross_entropy_ref,
 )
 from grow_megatron.kernels.testing import compare_kernel, randn, seeded
-
 from kernel_helpers import DEVICE, KERNEL_TEST_MARKS, poison_outputs  # noqa: F401 (fixture)
 
 pytestmark = KERNEL_TEST_MARKS
@@ -40,9 +40,15 @@ def _case(dtype, seed, n=N, d=D, v=V):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_matches_reference(dtype, chunk_size):
     hidden, weight, targets, upstream = _case(dtype, 1000 + (chunk_size or 0) + (dtype == torch.bfloat16))
-    failures = compare_kernel(fused_linear_cross_entropy, fused_linear_cross_entropy_ref,
-                              [hidden, weight, targets, IGNORE, chunk_size], [0, 1], upstream, dtype,
-                              ["loss", "dhidden", "dweight"])
+    failures = compare_kernel(
+        fused_linear_cross_entropy,
+        fused_linear_cross_entropy_ref,
+        [hidden, weight, targets, IGNORE, chunk_size],
+        [0, 1],
+        upstream,
+        dtype,
+        ["loss", "dhidden", "dweight"],
+    )
     assert not failures, failures
 
 

@@ -4,16 +4,15 @@ Tolerances (kernels/testing.py): fp32 norm-wise relative difference <= 1e-5 from
 reference; bf16/fp16 error against an fp64 reference <= 2x PyTorch's own error on the same
 low-precision inputs. Outputs are allocated NaN-filled, so an unwritten element fails.
 """
+
 import math
 import zlib
 
 import pytest
 import torch
 
-from grow_megatron.kernels import RMSNorm, rms_norm, rms_norm_ref
-from grow_megatron.kernels import _utils
+from grow_megatron.kernels import RMSNorm, _utils, rms_norm, rms_norm_ref
 from grow_megatron.kernels.testing import compare_kernel, randn, seeded
-
 from kernel_helpers import DEVICE, KERNEL_TEST_MARKS, poison_outputs  # noqa: F401 (fixture)
 
 pytestmark = KERNEL_TEST_MARKS
@@ -56,8 +55,15 @@ def test_fp16_and_mixed_dtypes():
     x, w, res, upstream = _case((6, 130), torch.float16, True, 11, w_dtype=torch.float32, res_dtype=torch.float32)
     y, r = rms_norm(x, w, 1e-6, 0.25, res)
     assert y.dtype == torch.float16 and r.dtype == torch.float32
-    failures = compare_kernel(rms_norm, rms_norm_ref, [x, w, 1e-6, 0.25, res], [0, 1, 4], upstream, torch.float16,
-                              ["y", "new_residual", "dx", "dweight", "dresidual"])
+    failures = compare_kernel(
+        rms_norm,
+        rms_norm_ref,
+        [x, w, 1e-6, 0.25, res],
+        [0, 1, 4],
+        upstream,
+        torch.float16,
+        ["y", "new_residual", "dx", "dweight", "dresidual"],
+    )
     assert not failures, failures
 
 
@@ -72,8 +78,9 @@ def test_many_rows_use_several_programs_in_backward():
     # More row tiles than persistent programs: each program loops and its dweight partial
     # must cover every tile it visited.
     x, w, _, upstream = _case((97, 33), torch.float32, False, 5)
-    failures = compare_kernel(rms_norm, rms_norm_ref, [x, w, 1e-5, 0.7], [0, 1], upstream, torch.float32,
-                              ["y", "dx", "dweight"])
+    failures = compare_kernel(
+        rms_norm, rms_norm_ref, [x, w, 1e-5, 0.7], [0, 1], upstream, torch.float32, ["y", "dx", "dweight"]
+    )
     assert not failures, failures
 
 

@@ -3,6 +3,7 @@
 Tolerances (kernels/testing.py): fp32 norm-wise relative difference <= 1e-5; bf16 error
 against fp64 <= 2x PyTorch's own bf16 error. Outputs are allocated NaN-filled.
 """
+
 import zlib
 
 import pytest
@@ -10,7 +11,6 @@ import torch
 
 from grow_megatron.kernels import RotaryEmbedding, apply_rope, apply_rope_ref, rope_cos_sin
 from grow_megatron.kernels.testing import compare_kernel, randn, seeded
-
 from kernel_helpers import DEVICE, KERNEL_TEST_MARKS, poison_outputs  # noqa: F401 (fixture)
 
 pytestmark = KERNEL_TEST_MARKS
@@ -19,12 +19,13 @@ pytestmark = KERNEL_TEST_MARKS
 def _qk_from_fused(s, b, hq, hk, d, dtype, g):
     # q and k as megatron gets them: strided views into one fused qkv projection output.
     qkv = randn((s, b, hq + 2 * hk, d), dtype, g).to(DEVICE)
-    return qkv[:, :, :hq], qkv[:, :, hq:hq + hk]
+    return qkv[:, :, :hq], qkv[:, :, hq : hq + hk]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("s,b,hq,hk,d", [(5, 3, 6, 2, 64), (7, 2, 3, 3, 10), (4, 1, 5, 1, 128)],
-                         ids=["gqa-64", "mha-10", "mqa-128"])
+@pytest.mark.parametrize(
+    "s,b,hq,hk,d", [(5, 3, 6, 2, 64), (7, 2, 3, 3, 10), (4, 1, 5, 1, 128)], ids=["gqa-64", "mha-10", "mqa-128"]
+)
 def test_matches_reference(s, b, hq, hk, d, dtype):
     g = seeded(zlib.crc32(repr((s, b, hq, hk, d, dtype)).encode()))
     q, k = _qk_from_fused(s, b, hq, hk, d, dtype, g)
@@ -32,8 +33,9 @@ def test_matches_reference(s, b, hq, hk, d, dtype):
     # sin/cos cover the whole circle
     cos, sin = rope_cos_sin(s + 3, d, base=10.0, device=DEVICE)
     upstream = [randn(q.shape, torch.float64, g).to(DEVICE), randn(k.shape, torch.float64, g).to(DEVICE)]
-    failures = compare_kernel(apply_rope, apply_rope_ref, [q, k, cos, sin], [0, 1], upstream, dtype,
-                              ["q_rot", "k_rot", "dq", "dk"])
+    failures = compare_kernel(
+        apply_rope, apply_rope_ref, [q, k, cos, sin], [0, 1], upstream, dtype, ["q_rot", "k_rot", "dq", "dk"]
+    )
     assert not failures, failures
 
 
@@ -46,8 +48,9 @@ def test_arbitrary_cos_sin_and_megatron_shape():
     cos = randn((s, 1, 1, d), torch.float32, g).to(DEVICE)
     sin = randn((s, 1, 1, d), torch.float32, g).to(DEVICE)
     upstream = [randn(q.shape, torch.float64, g).to(DEVICE), randn(k.shape, torch.float64, g).to(DEVICE)]
-    failures = compare_kernel(apply_rope, apply_rope_ref, [q, k, cos, sin], [0, 1], upstream, torch.float32,
-                              ["q_rot", "k_rot", "dq", "dk"])
+    failures = compare_kernel(
+        apply_rope, apply_rope_ref, [q, k, cos, sin], [0, 1], upstream, torch.float32, ["q_rot", "k_rot", "dq", "dk"]
+    )
     assert not failures, failures
 
 

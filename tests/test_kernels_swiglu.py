@@ -3,6 +3,7 @@
 Tolerances (kernels/testing.py): fp32 norm-wise relative difference <= 1e-5; bf16 error
 against fp64 <= 2x PyTorch's own bf16 error. Outputs are allocated NaN-filled.
 """
+
 import zlib
 
 import pytest
@@ -10,7 +11,6 @@ import torch
 
 from grow_megatron.kernels import SwiGLU, swiglu, swiglu_fused, swiglu_fused_ref, swiglu_ref
 from grow_megatron.kernels.testing import compare_kernel, randn, seeded
-
 from kernel_helpers import DEVICE, KERNEL_TEST_MARKS, poison_outputs  # noqa: F401 (fixture)
 
 pytestmark = KERNEL_TEST_MARKS

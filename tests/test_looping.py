@@ -4,23 +4,23 @@ References: the plain model (r = 1), the unrolled model built by the growth mach
 loop's source map (same weights, untied), the native looped model for the HF wrapper, and
 generation without a cache for generation with one.
 """
+
 import os
 
 import pytest
 import torch
 
+from engine_helpers import random_batch
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.loop import LoopSpec
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.convert.looping import loop_hf_model
+from grow_megatron.engine.build import build_engine, run_microbatches
 from grow_megatron.engine.grow import grow
+from grow_megatron.engine.resolve import engine_spec
 from grow_megatron.growth.operators import Growth
 from grow_megatron.model.looping import apply_loop_to_engine
-from grow_megatron.engine.build import build_engine, run_microbatches
-from grow_megatron.engine.resolve import engine_spec
-
-from engine_helpers import random_batch
 
 V, S, DEPTH = 96, 12, 6
 
@@ -30,8 +30,17 @@ def _batch(seed, b=2):
 
 
 def _engine(ln_scaling=True):
-    model = ModelConfig(num_layers=DEPTH, hidden_size=32, ffn_hidden_size=64, num_attention_heads=4,
-                        num_query_groups=2, vocab_size=V, seq_length=S, ln_scaling=ln_scaling, kernels="off")
+    model = ModelConfig(
+        num_layers=DEPTH,
+        hidden_size=32,
+        ffn_hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        vocab_size=V,
+        seq_length=S,
+        ln_scaling=ln_scaling,
+        kernels="off",
+    )
     spec = engine_spec(model, V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0))
     torch.manual_seed(0)
     return build_engine(spec, DEPTH)
@@ -51,9 +60,16 @@ def _logits(engine, batch):
         return chunk(batch["tokens"], batch["position_ids"], None)  # [b, s, V]
 
 
-@pytest.mark.parametrize("text,why", [("3:3x2", "empty block"), ("2:7x2", "past the model's depth 6"),
-                                      ("2:4x0", "R must be >= 1"), ("2-4x2", "must look like"),
-                                      ("-1:2x2", "START must be >= 0")])
+@pytest.mark.parametrize(
+    "text,why",
+    [
+        ("3:3x2", "empty block"),
+        ("2:7x2", "past the model's depth 6"),
+        ("2:4x0", "R must be >= 1"),
+        ("2-4x2", "must look like"),
+        ("-1:2x2", "START must be >= 0"),
+    ],
+)
 def test_loop_spec_errors_are_one_line(text, why):
     with pytest.raises(ConfigError) as err:
         LoopSpec.parse(text, depth=DEPTH)
@@ -65,8 +81,9 @@ def loop_growths(loop: LoopSpec, depth: int) -> list[Growth]:
     insertions of a copy of [start, end) right after the previous copy. The unrolled model they
     build (untied) is the reference the looped model must equal."""
     b = loop.block_size
-    return [Growth(depth + k * b, loop.start, b, loop.end + k * b, operator=f"loop {loop}")
-            for k in range(loop.repeats - 1)]
+    return [
+        Growth(depth + k * b, loop.start, b, loop.end + k * b, operator=f"loop {loop}") for k in range(loop.repeats - 1)
+    ]
 
 
 def test_loop_spec_positions_match_the_composed_growths():
@@ -123,6 +140,7 @@ def test_looped_forward_and_grads_equal_the_unrolled_grown_model(engine_env, ln_
 
 # --- Hugging Face ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def native_run(engine_env, tmp_path_factory):
     """A native LN-Scaling checkpoint with random weights (norm gains too) and its HF model."""
@@ -135,12 +153,16 @@ def native_run(engine_env, tmp_path_factory):
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in e.named_parameters():
-            p.copy_((1 + 0.3 * torch.randn(p.shape, generator=g)) if name.endswith("layernorm.weight")
-                    else 0.1 * torch.randn(p.shape, generator=g))
+            p.copy_(
+                (1 + 0.3 * torch.randn(p.shape, generator=g))
+                if name.endswith("layernorm.weight")
+                else 0.1 * torch.randn(p.shape, generator=g)
+            )
     with open(os.path.join(run_dir, "config.yaml"), "w") as f:
         f.write(dump_run_config(RunConfig(name="t", run_dir=str(run_dir), model=e.spec.model)))
-    save_checkpoint(e, os.path.join(run_dir, "checkpoints"), 1,
-                    {"growths": [], "name": "t", "stage_steps": [], "operator": "none"})
+    save_checkpoint(
+        e, os.path.join(run_dir, "checkpoints"), 1, {"growths": [], "name": "t", "stage_steps": [], "operator": "none"}
+    )
     model, _ = load_as_hf(str(run_dir))
     return e, model, run_dir
 
@@ -197,8 +219,7 @@ def test_export_of_a_looped_model_is_the_unrolled_plain_llama(native_run, tmp_pa
     looped_cfg = tmp_path / "looped.yaml"  # the same checkpoint, read as a loop-adapted run's
     model = replace(engine.spec.model, loop=LoopConfig(spec.start, spec.end, spec.repeats, from_step=0))
     looped_cfg.write_text(dump_run_config(RunConfig(name="t", run_dir=str(run_dir), model=model)))
-    info = to_hf(str(run_dir), str(tmp_path / "hf"), config=str(looped_cfg), tokenizer=False,
-                 progress=False)
+    info = to_hf(str(run_dir), str(tmp_path / "hf"), config=str(looped_cfg), tokenizer=False, progress=False)
     assert info["depth"] == spec.unrolled_depth(DEPTH) == 12
     hf = LlamaForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()  # a plain Llama: copies, no wrapper
     assert hf.config.num_hidden_layers == 12
@@ -217,8 +238,15 @@ def test_flops_count_the_unrolled_depth_from_from_step():
     from grow_megatron.config.model import ModelConfig
     from grow_megatron.growth import flops as F
 
-    shape = ModelConfig(num_layers=12, hidden_size=128, ffn_hidden_size=352, num_attention_heads=4,
-                        num_query_groups=2, vocab_size=4096, seq_length=128)
+    shape = ModelConfig(
+        num_layers=12,
+        hidden_size=128,
+        ffn_hidden_size=352,
+        num_attention_heads=4,
+        num_query_groups=2,
+        vocab_size=4096,
+        seq_length=128,
+    )
     looped = F.with_loop(F.static_flops(shape, 160, 2048), shape, from_step=140, unrolled_depth=20)
 
     def per_token(L):  # docs/method.md §6 by hand: 6 N + 12 L s d, N = L (2d^2 + 2 d d_kv + 3 d f) + V d
@@ -245,10 +273,29 @@ def test_sweep_default_blocks_follow_the_growth_history():
 def test_sweep_table_and_heatmap(tmp_path):
     from grow_megatron.eval.loop_sweep import heatmap, table
 
-    rows = [{"block": None, "repeats": 1, "loop": None, "unrolled_depth": 6, "primitives": {"t": 0.2},
-             "accuracy": 0.2, "mean_nll": 5.0}]
-    rows += [{"block": [1, 3], "repeats": r, "loop": f"1:3x{r}", "unrolled_depth": 6 + 2 * (r - 1),
-              "primitives": {"t": 0.1 * r}, "accuracy": 0.1 * r, "mean_nll": 5.0 + r} for r in (2, 3)]
+    rows = [
+        {
+            "block": None,
+            "repeats": 1,
+            "loop": None,
+            "unrolled_depth": 6,
+            "primitives": {"t": 0.2},
+            "accuracy": 0.2,
+            "mean_nll": 5.0,
+        }
+    ]
+    rows += [
+        {
+            "block": [1, 3],
+            "repeats": r,
+            "loop": f"1:3x{r}",
+            "unrolled_depth": 6 + 2 * (r - 1),
+            "primitives": {"t": 0.1 * r},
+            "accuracy": 0.1 * r,
+            "mean_nll": 5.0 + r,
+        }
+        for r in (2, 3)
+    ]
     result = {"tasks": ["t"], "blocks": [[1, 3]], "repeats": [1, 2, 3], "rows": rows}
     md = table(result).splitlines()
     assert md[2].startswith("| plain (baseline) | 6 | 20.0 | 20.0 | 5.0000 |")
@@ -256,9 +303,14 @@ def test_sweep_table_and_heatmap(tmp_path):
     assert os.path.getsize(heatmap(result, str(tmp_path / "h.png"))) > 1000
 
 
-@pytest.mark.parametrize("argv", [["eval", "MODEL", "--loop", "3:3x2"], ["loop-sweep", "MODEL", "--out", "x",
-                                                                         "--repeats", "0,2"],
-                                  ["analyze", "depth-score", "MODEL", "--out", "x", "--loop", "2:4x"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "MODEL", "--loop", "3:3x2"],
+        ["loop-sweep", "MODEL", "--out", "x", "--repeats", "0,2"],
+        ["analyze", "depth-score", "MODEL", "--out", "x", "--loop", "2:4x"],
+    ],
+)
 def test_cli_loop_errors_are_one_line_before_loading(argv, capsys, tmp_path):
     from grow_megatron.cli import main
 

@@ -1,16 +1,16 @@
 """Loop-adapted training (model.loop, docs/looping.md): exact resume around from_step on CPU,
 and TP2 / DP2 equal to the single-process run (tolerances as in test_distributed.py)."""
+
 import os
 
 import pytest
 
+from dist_helpers import run_world
+from engine_helpers import micro_config, micro_overrides
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.run import load_run_config
 from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.training.loop import train
-
-from dist_helpers import run_world
-from engine_helpers import micro_config, micro_overrides
 
 # micro_config grows 4 -> 8 -> 12 until step 9 (grow_steps); the loop starts there.
 LOOP = "{start: 4, end: 8, repeats: 2, from_step: 9}"
@@ -50,15 +50,27 @@ def test_resume_around_from_step_is_exact(reference, tmp_path, stop_at):
 
 def test_loop_block_across_pipeline_stages_is_one_line():
     with pytest.raises(ConfigError) as err:
-        plan_from_config(load_run_config(None, micro_overrides(
-            "/tmp/x", **{"model.loop": "{start: 4, end: 8, repeats: 2, from_step: 9}",
-                         "parallel.pipeline_parallel": 2}), world_size=2))
+        plan_from_config(
+            load_run_config(
+                None,
+                micro_overrides(
+                    "/tmp/x",
+                    **{"model.loop": "{start: 4, end: 8, repeats: 2, from_step: 9}", "parallel.pipeline_parallel": 2},
+                ),
+                world_size=2,
+            )
+        )
     assert "within one pipeline stage" in str(err.value) and "\n" not in str(err.value)
 
 
 # A static 8-layer model keeps the multi-rank runs short; the loop starts mid-run.
-STATIC = {"growth.operator": "none", "model.num_layers": 8, "train.steps": 5,
-          "model.loop": "{start: 2, end: 5, repeats: 3, from_step: 2}", "model.ln_scaling": True}
+STATIC = {
+    "growth.operator": "none",
+    "model.num_layers": 8,
+    "train.steps": 5,
+    "model.loop": "{start: 2, end: 5, repeats: 3, from_step: 2}",
+    "model.ln_scaling": True,
+}
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +81,9 @@ def static_single(tmp_path_factory):
 @pytest.mark.parametrize("tp", [2, 1], ids=["tp2", "dp2"])
 def test_loop_training_multi_rank_equals_single_process(static_single, tmp_path, tp):
     single = static_single
-    res = run_world(2, micro_overrides(tmp_path / "dist", **STATIC, **{"parallel.tensor_parallel": tp}),
-                    str(tmp_path / "out"))
+    res = run_world(
+        2, micro_overrides(tmp_path / "dist", **STATIC, **{"parallel.tensor_parallel": tp}), str(tmp_path / "out")
+    )
     assert sorted(res["losses"]) == sorted(single.losses)
     for step, loss in single.losses.items():
         assert res["losses"][step] == pytest.approx(loss, rel=1e-5), step

@@ -1,4 +1,5 @@
 """optim.on_extend without training: the schedule of a run whose train.steps changes."""
+
 import math
 
 import pytest
@@ -19,8 +20,9 @@ def test_continue_before_the_decay_is_a_run_of_the_new_length(style):
     """Resumed at step 17 of 40 (constant phase), extended to 60: exactly the 60-step schedule."""
     cfg = OptimConfig(lr=3e-3, min_lr=1e-4, warmup_steps=5, decay_steps=10, decay_style=style)
     seg = extend_schedule(base_segment(cfg, 40), cfg, 17, 60)
-    assert [seg.lr(s, cfg) for s in range(17, 60)] == pytest.approx([lr_at(s, cfg, 60) for s in range(17, 60)],
-                                                                    rel=1e-14)
+    assert [seg.lr(s, cfg) for s in range(17, 60)] == pytest.approx(
+        [lr_at(s, cfg, 60) for s in range(17, 60)], rel=1e-14
+    )
 
 
 def test_continue_in_the_decay_stretches_what_is_left():

@@ -4,6 +4,7 @@ CPU runs the kernels under TRITON_INTERPRET=1 in fp32, so the only differences a
 orders inside the kernels (fp32, ~1e-7 relative per reduction): 1e-5 relative on the loss and
 1e-4 relative on every gradient (norm-wise) leaves room for that and none for a wrong kernel.
 """
+
 import pytest
 import torch
 
@@ -15,15 +16,27 @@ V, S = 257, 24
 
 
 def _loss_and_grads(use_kernels, ln_scaling):
-    model = ModelConfig(num_layers=2, hidden_size=48, ffn_hidden_size=80, num_attention_heads=4,
-                        num_query_groups=2, vocab_size=V, seq_length=S, ln_scaling=ln_scaling)
+    model = ModelConfig(
+        num_layers=2,
+        hidden_size=48,
+        ffn_hidden_size=80,
+        num_attention_heads=4,
+        num_query_groups=2,
+        vocab_size=V,
+        seq_length=S,
+        ln_scaling=ln_scaling,
+    )
     spec = engine_spec(model, V, use_kernels=use_kernels, seed=11)
     torch.manual_seed(0)
     e = build_engine(spec, 2)
     g = torch.Generator().manual_seed(5)
     t = torch.randint(0, V, (2, S + 1), generator=g)
-    mb = {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(2, S),
-          "position_ids": torch.arange(S).expand(2, S)}
+    mb = {
+        "tokens": t[:, :-1],
+        "labels": t[:, 1:],
+        "loss_mask": torch.ones(2, S),
+        "position_ids": torch.arange(S).expand(2, S),
+    }
     loss = float(run_microbatches(e, [mb], forward_only=False))
     grads = {n: p.main_grad.clone() for n, p in e.named_parameters()}
     return e, loss, grads

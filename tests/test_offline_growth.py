@@ -4,22 +4,22 @@ The two routes share nothing but the operator's source map: one re-indexes the g
 layer-stacked tensors of a checkpoint on disk, the other moves per-parameter state between
 live megatron engines. Both only copy (or zero) values, so they must agree bit for bit.
 """
+
 import os
 
 import pytest
 import torch
 
+from engine_helpers import micro_config
 from grow_megatron.cli import main as cli_main
-from grow_megatron.engine.offline_grow import grow_checkpoint, grow_tensors
-from grow_megatron.growth.operators import get_operator, lidas
+from grow_megatron.engine.build import build_engine
 from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta
 from grow_megatron.engine.distributed import device_context, init_distributed
-from grow_megatron.engine.build import build_engine
-from grow_megatron.engine.resolve import engine_spec
-from grow_megatron.training.loop import train
+from grow_megatron.engine.offline_grow import grow_checkpoint, grow_tensors
 from grow_megatron.engine.optim_state import gather_param_state, optimizer_step_count
-
-from engine_helpers import micro_config
+from grow_megatron.engine.resolve import engine_spec
+from grow_megatron.growth.operators import get_operator, lidas
+from grow_megatron.training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -40,17 +40,31 @@ def test_grow_tensors_hand_example():
     """LIDAS 4 -> 8 (source map [0,1,2,3,0,1,2,3]) with zeroed outputs on a 4-layer stack."""
     g = get_operator("lidas", function_preserving=True)(4, 4)
     w = torch.arange(4.0).view(4, 1, 1).expand(4, 2, 2).clone()
-    out = grow_tensors({"model.decoder.layers.mlp.linear_fc2.weight": w,
-                        "optimizer.exp_avg.model.decoder.layers.mlp.linear_fc2.weight": w,
-                        "model.decoder.layers.input_layernorm.weight": w[:, 0],
-                        "model.embedding.word_embeddings.weight": w[0]}, g)
+    out = grow_tensors(
+        {
+            "model.decoder.layers.mlp.linear_fc2.weight": w,
+            "optimizer.exp_avg.model.decoder.layers.mlp.linear_fc2.weight": w,
+            "model.decoder.layers.input_layernorm.weight": w[:, 0],
+            "model.embedding.word_embeddings.weight": w[0],
+        },
+        g,
+    )
     assert out["model.decoder.layers.mlp.linear_fc2.weight"][:, 0, 0].tolist() == [0, 1, 2, 3, 0, 0, 0, 0]
     # Moments are copied, as the in-memory manager does: only the function is preserved.
-    assert out["optimizer.exp_avg.model.decoder.layers.mlp.linear_fc2.weight"][:, 0, 0].tolist() == [0, 1, 2, 3,
-                                                                                                   0, 1, 2, 3]
+    assert out["optimizer.exp_avg.model.decoder.layers.mlp.linear_fc2.weight"][:, 0, 0].tolist() == [
+        0,
+        1,
+        2,
+        3,
+        0,
+        1,
+        2,
+        3,
+    ]
     assert out["model.decoder.layers.input_layernorm.weight"][:, 0].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
     assert out["model.embedding.word_embeddings.weight"] is w[0] or torch.equal(
-        out["model.embedding.word_embeddings.weight"], w[0])
+        out["model.embedding.word_embeddings.weight"], w[0]
+    )
 
 
 def _grow_both_ways(cfg, ckpt, growth, out_root, bf16=False):
@@ -112,8 +126,9 @@ def test_cli_grow_then_train_continues(pre_growth, tmp_path, capsys):
 
 def test_cli_bad_block_size_is_named(pre_growth, tmp_path, capsys):
     cfg, _ = pre_growth
-    assert cli_main(["grow", cfg.run_dir, "--operator", "midas", "--block-size", "3", "--out",
-                     str(tmp_path / "x")]) == 2
+    assert (
+        cli_main(["grow", cfg.run_dir, "--operator", "midas", "--block-size", "3", "--out", str(tmp_path / "x")]) == 2
+    )
     err = capsys.readouterr().err
     assert "--block-size = 3" in err and "the checkpoint has 4 layers" in err
 

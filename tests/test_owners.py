@@ -6,6 +6,7 @@ including attribute docstrings) and comments may mention the format; they are no
 The bare weight prefix `model.` is not checked textually: config paths (`model.vocab_size`)
 and transformers' own key prefix share the spelling.
 """
+
 import ast
 from pathlib import Path
 
@@ -15,17 +16,26 @@ PACKAGE = Path(__file__).resolve().parents[1] / "grow_megatron"
 OWNER = PACKAGE / "engine" / "keys.py"
 # Substrings only our checkpoint keys contain (transformers' Llama names differ: self_attn,
 # post_attention_layernorm, gate_proj, embed_tokens, lm_head).
-KEY_LITERALS = ("optimizer.param", "optimizer.exp_avg", "decoder.layers", "decoder.final_layernorm",
-                "embedding.word_embeddings", "self_attention.linear_", "mlp.linear_fc", "pre_mlp_layernorm",
-                "output_layer.weight")
+KEY_LITERALS = (
+    "optimizer.param",
+    "optimizer.exp_avg",
+    "decoder.layers",
+    "decoder.final_layernorm",
+    "embedding.word_embeddings",
+    "self_attention.linear_",
+    "mlp.linear_fc",
+    "pre_mlp_layernorm",
+    "output_layer.weight",
+)
 EXACT = ("optimizer.",)
 """Constants that are exactly a key prefix (f"optimizer.{state}.{key}" builds a key by hand)."""
 
 
 def _code_strings(tree: ast.AST):
     """(line, text) of every string constant that is not a docstring."""
-    docs = {id(node.value) for node in ast.walk(tree)
-            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)}
+    docs = {
+        id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    }
     for node in ast.walk(tree):
         if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
             yield node.lineno, node.value
@@ -50,21 +60,28 @@ def test_the_owner_spells_it_and_docstrings_do_not_count(tmp_path):
     # The scan finds the literals where they are (so it can fail), and skips documentation.
     assert _offences(OWNER)
     probe = tmp_path / "probe.py"
-    probe.write_text('"""Keys: optimizer.exp_avg.model.decoder.layers.x"""\n'
-                     'X = 1\n"""An attribute docstring: decoder.layers."""\n'
-                     '# a comment: optimizer.param.model.\n'
-                     'def f(state, key):\n    return f"optimizer.{state}.{key}"\n'
-                     'K = "model.decoder.layers."\n')
+    probe.write_text(
+        '"""Keys: optimizer.exp_avg.model.decoder.layers.x"""\n'
+        'X = 1\n"""An attribute docstring: decoder.layers."""\n'
+        "# a comment: optimizer.param.model.\n"
+        'def f(state, key):\n    return f"optimizer.{state}.{key}"\n'
+        'K = "model.decoder.layers."\n'
+    )
     assert sorted(o.split(":")[1] for o in _offences(probe, tmp_path)) == ["6", "7"]
 
 
-@pytest.mark.parametrize("key,parsed", [
-    ("model.embedding.word_embeddings.weight", (None, "embedding.word_embeddings.weight")),
-    ("optimizer.exp_avg_sq.model.decoder.layers.mlp.linear_fc2.weight",
-     ("exp_avg_sq", "decoder.layers.mlp.linear_fc2.weight")),
-    ("optimizer.param.model.decoder.final_layernorm.weight", ("param", "decoder.final_layernorm.weight")),
-    ("common.optimizer_step", None),
-])
+@pytest.mark.parametrize(
+    "key,parsed",
+    [
+        ("model.embedding.word_embeddings.weight", (None, "embedding.word_embeddings.weight")),
+        (
+            "optimizer.exp_avg_sq.model.decoder.layers.mlp.linear_fc2.weight",
+            ("exp_avg_sq", "decoder.layers.mlp.linear_fc2.weight"),
+        ),
+        ("optimizer.param.model.decoder.final_layernorm.weight", ("param", "decoder.final_layernorm.weight")),
+        ("common.optimizer_step", None),
+    ],
+)
 def test_key_helpers_round_trip(key, parsed):
     from grow_megatron.engine import keys
 

@@ -5,6 +5,7 @@ docstrings and comments are documentation, not code): a file name only a run dir
 (`metrics.jsonl`, `config.yaml`, ...) may not appear in any string, and the generic names
 (`checkpoints`, `tb`, ...) may not be a whole string constant or a path component of one.
 """
+
 import re
 from pathlib import Path
 
@@ -16,7 +17,8 @@ DISTINCT = ("metrics.jsonl", "events.jsonl", "config.yaml", "train.lock", "loss.
 GENERIC = ("checkpoints", "tb")
 """Names that are also ordinary words: only a whole constant or a path component (`/tb`,
 `checkpoints/`) counts."""
-_PATH_PART = re.compile(r"(^|/)(%s)$|\b(%s)/" % ("|".join(GENERIC), "|".join(GENERIC)))
+_GENERIC = "|".join(GENERIC)
+_PATH_PART = re.compile(rf"(^|/)({_GENERIC})$|\b({_GENERIC})/")
 
 
 def _offences(path: Path, root: Path = PACKAGE.parent) -> list[str]:
@@ -39,13 +41,15 @@ def test_run_directory_names_are_spelled_in_config_rundir_only():
 def test_a_planted_spelling_fails_and_docstrings_do_not_count(tmp_path):
     assert _offences(OWNER)  # the owner spells them, so the scan can find them
     probe = tmp_path / "probe.py"
-    probe.write_text('"""Writes RUN_DIR/metrics.jsonl and checkpoints/."""\n'
-                     '# a comment: config.yaml\n'
-                     'import os\n'
-                     'def f(run_dir):\n    return os.path.join(run_dir, "checkpoints")\n'
-                     'def g(run_dir):\n    return f"{run_dir}/events.jsonl"\n'
-                     'MSG = "no checkpoints were written"\n'
-                     'H = "checkpoints/step_0"\n'
-                     'E = f"{run_dir} has no checkpoint under checkpoints/"\n'
-                     'T = "stdout"\n')
+    probe.write_text(
+        '"""Writes RUN_DIR/metrics.jsonl and checkpoints/."""\n'
+        "# a comment: config.yaml\n"
+        "import os\n"
+        'def f(run_dir):\n    return os.path.join(run_dir, "checkpoints")\n'
+        'def g(run_dir):\n    return f"{run_dir}/events.jsonl"\n'
+        'MSG = "no checkpoints were written"\n'
+        'H = "checkpoints/step_0"\n'
+        'E = f"{run_dir} has no checkpoint under checkpoints/"\n'
+        'T = "stdout"\n'
+    )
     assert sorted(int(o.split(":")[1]) for o in _offences(probe, tmp_path)) == [5, 7, 9, 10]

@@ -2,17 +2,23 @@
 each survivor with one line naming it (not gloo's ~50-line "Connection closed by peer"
 traceback), and the same command resumes; a path error that torch DCP wraps in
 CheckpointException (a reader whose checkpoint file went away) is the CLI's usual one line."""
+
 import os
 import subprocess
 import sys
 
+from engine_helpers import micro_overrides
 from grow_megatron.engine.faults import ENV
 
-from engine_helpers import micro_overrides
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SETS = {"train.steps": 4, "growth.operator": "none", "growth.grow_steps": "null", "model.num_layers": 4,
-        "optim.decay_steps": 2, "checkpoint.interval": 1}
+SETS = {
+    "train.steps": 4,
+    "growth.operator": "none",
+    "growth.grow_steps": "null",
+    "model.num_layers": 4,
+    "optim.decay_steps": 2,
+    "checkpoint.interval": 1,
+}
 
 
 def _torchrun_train(run_dir, fault=None):
@@ -22,9 +28,26 @@ def _torchrun_train(run_dir, fault=None):
     if fault:
         env[ENV] = fault
     args = [a for kv in micro_overrides(run_dir, **SETS) for a in ("--set", kv)]
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           "-m", "grow_megatron.cli", "train", "examples/tiny_static.yaml", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "grow_megatron.cli",
+            "train",
+            "examples/tiny_static.yaml",
+            *args,
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_a_dying_rank_is_one_line_on_the_survivor_and_the_same_command_resumes(tmp_path):

@@ -9,6 +9,7 @@
 
 Each scan is shown to find a planted violation, so it can fail.
 """
+
 import ast
 import re
 from pathlib import Path
@@ -20,14 +21,27 @@ from conftest import SLOW
 ROOT = Path(__file__).resolve().parents[1]
 OWNER = ROOT / "grow_megatron" / "engine" / "resolve.py"
 CODE_DIRS = ("grow_megatron", "kernels", "tools", "tests")
-TEXT_GLOBS = ("README.md", "docs/**/*.md", "examples/*", "grow_megatron/**/*.py", "kernels/**/*.py", "tools/*",
-              "tests/**/*.py", "setup.py", "setup.cfg", "ruff.toml", ".ci/*")
+TEXT_GLOBS = (
+    "README.md",
+    "docs/**/*.md",
+    "examples/*",
+    "grow_megatron/**/*.py",
+    "kernels/**/*.py",
+    "tools/*",
+    "tests/**/*.py",
+    "setup.py",
+    "setup.cfg",
+    "ruff.toml",
+    ".ci/*",
+)
 
 METHOD = ROOT / "docs" / "method.md"
 METHOD_REF = re.compile(r"docs/method\.md((?:(?:,? and |, | )§\d+)+)")
 DOC_PATH = re.compile(r"(?<![\w/.])docs/[\w./-]+\.md")
-OUTSIDE = re.compile(r"SPEC\.md|\bSPEC §?\d|\bSPEC's|DESIGN\.md|\.\./shared|\bshared/(?:notes|SPEC|DESIGN|reference)"
-                     r"|notes/(?:h100-anchors|megatron-core-on-cpu)")
+OUTSIDE = re.compile(
+    r"SPEC\.md|\bSPEC §?\d|\bSPEC's|DESIGN\.md|\.\./shared|\bshared/(?:notes|SPEC|DESIGN|reference)"
+    r"|notes/(?:h100-anchors|megatron-core-on-cpu)"
+)
 
 
 def _engine_spec_calls(path: Path, root: Path = ROOT) -> list[str]:
@@ -43,18 +57,25 @@ def _engine_spec_calls(path: Path, root: Path = ROOT) -> list[str]:
 
 def test_engine_spec_is_constructed_only_by_engine_spec():
     assert _engine_spec_calls(OWNER), "engine/resolve.py must construct it (the scan would find nothing)"
-    offences = [o for d in CODE_DIRS for path in sorted((ROOT / d).rglob("*.py")) if path != OWNER
-                for o in _engine_spec_calls(path)]
+    offences = [
+        o
+        for d in CODE_DIRS
+        for path in sorted((ROOT / d).rglob("*.py"))
+        if path != OWNER
+        for o in _engine_spec_calls(path)
+    ]
     assert not offences, "build it with grow_megatron.engine.resolve.engine_spec instead:\n" + "\n".join(offences)
 
 
 def test_the_engine_spec_scan_finds_a_planted_constructor(tmp_path):
     probe = tmp_path / "probe.py"
-    probe.write_text('"""EngineSpec(model, optim, 64) in a docstring is no call."""\n'
-                     "from grow_megatron.engine import build\n"
-                     "from grow_megatron.engine.build import EngineSpec\n"
-                     "a = EngineSpec(None, None, 64, bf16=False, use_kernels=False)\n"
-                     "b = build.EngineSpec(None, None, 64, bf16=False, use_kernels=False)\n")
+    probe.write_text(
+        '"""EngineSpec(model, optim, 64) in a docstring is no call."""\n'
+        "from grow_megatron.engine import build\n"
+        "from grow_megatron.engine.build import EngineSpec\n"
+        "a = EngineSpec(None, None, 64, bf16=False, use_kernels=False)\n"
+        "b = build.EngineSpec(None, None, 64, bf16=False, use_kernels=False)\n"
+    )
     assert [o.split(":")[1] for o in _engine_spec_calls(probe, tmp_path)] == ["4", "5"]
 
 
@@ -76,8 +97,11 @@ def _reference_offences(path: Path, text: str, sections: set[int]) -> list[str]:
     for n, line in enumerate(text.splitlines(), 1):
         where = f"{path}:{n}"
         for refs in METHOD_REF.findall(line):
-            out += [f"{where}: docs/method.md has no section {s}" for s in map(int, re.findall(r"§(\d+)", refs))
-                    if s not in sections]
+            out += [
+                f"{where}: docs/method.md has no section {s}"
+                for s in map(int, re.findall(r"§(\d+)", refs))
+                if s not in sections
+            ]
         out += [f"{where}: {p} does not exist" for p in DOC_PATH.findall(line) if not (ROOT / p).exists()]
         out += [f"{where}: {m.group(0)!r} points outside the repository" for m in OUTSIDE.finditer(line)]
     return out
@@ -86,26 +110,40 @@ def _reference_offences(path: Path, text: str, sections: set[int]) -> list[str]:
 def test_references_name_sections_and_files_that_exist():
     sections = _method_sections()
     assert sections == set(range(1, len(sections) + 1)) and len(sections) >= 10, sorted(sections)
-    offences = [o for path in _text_files() if path.name != "test_repo_rules.py"
-                for o in _reference_offences(path.relative_to(ROOT), path.read_text(errors="replace"), sections)]
+    offences = [
+        o
+        for path in _text_files()
+        if path.name != "test_repo_rules.py"
+        for o in _reference_offences(path.relative_to(ROOT), path.read_text(errors="replace"), sections)
+    ]
     # docs/method.md's own cross-references ("§5", "(§10)") name its sections too.
-    offences += [f"docs/method.md: no section {s}" for s in map(int, re.findall(r"§(\d+)", METHOD.read_text()))
-                 if s not in sections]
+    offences += [
+        f"docs/method.md: no section {s}"
+        for s in map(int, re.findall(r"§(\d+)", METHOD.read_text()))
+        if s not in sections
+    ]
     assert not offences, "\n".join(offences)
 
 
 def test_the_reference_scan_finds_planted_offences():
-    text = ("see docs/method.md §3 and §4; docs/method.md §1, §2, §4, §9\n"  # fine
-            "see docs/method.md §11\n"
-            "docs/method.md §6, §42\n"
-            "in docs/nowhere.md\n"
-            "the formulas of SPEC 6 and ../shared/SPEC.md, DESIGN.md, shared/notes/megatron-core-on-cpu.md\n")
+    text = (
+        "see docs/method.md §3 and §4; docs/method.md §1, §2, §4, §9\n"  # fine
+        "see docs/method.md §11\n"
+        "docs/method.md §6, §42\n"
+        "in docs/nowhere.md\n"
+        "the formulas of SPEC 6 and ../shared/SPEC.md, DESIGN.md, shared/notes/megatron-core-on-cpu.md\n"
+    )
     offences = _reference_offences(Path("probe.md"), text, set(range(1, 11)))
     assert [o.split(": ", 1)[1] for o in offences] == [
-        "docs/method.md has no section 11", "docs/method.md has no section 42", "docs/nowhere.md does not exist",
-        "'SPEC 6' points outside the repository", "'../shared' points outside the repository",
-        "'SPEC.md' points outside the repository", "'DESIGN.md' points outside the repository",
-        "'shared/notes' points outside the repository"]
+        "docs/method.md has no section 11",
+        "docs/method.md has no section 42",
+        "docs/nowhere.md does not exist",
+        "'SPEC 6' points outside the repository",
+        "'../shared' points outside the repository",
+        "'SPEC.md' points outside the repository",
+        "'DESIGN.md' points outside the repository",
+        "'shared/notes' points outside the repository",
+    ]
 
 
 @pytest.mark.parametrize("entry", SLOW)

@@ -1,8 +1,10 @@
 """resolve_run: a config and a layout in, the run's plan, precision, kernels, vocabulary and engine
 spec out, the same for training and the benchmark; every refusal is one line."""
+
 import pytest
 import torch
 
+from engine_helpers import micro_config, micro_overrides
 from grow_megatron.bench.config import BenchConfig
 from grow_megatron.bench.runner import resolve as bench_resolve
 from grow_megatron.config.base import ConfigError
@@ -12,8 +14,6 @@ from grow_megatron.engine.distributed import Layout
 from grow_megatron.engine.resolve import engine_spec, planned_layout, resolve_run
 from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.training.loop import train
-
-from engine_helpers import micro_config, micro_overrides
 
 
 def _cfg(tmp_path, world=1, **extra):
@@ -33,7 +33,17 @@ def test_cpu_defaults_fp32_reference_path_and_the_tokenizers_vocab(tmp_path):
     assert run.plan.boundaries == (2, 5)  # PROP-1 over 9 growth steps, 3 stages: [2, 3, 4]
     s = run.spec
     assert (s.model, s.optim, s.vocab_size, s.bf16, s.use_kernels, s.tp, s.pp, s.vpp, s.final_split, s.seed) == (
-        cfg.model, cfg.optim, 4096, False, False, 1, 1, 1, None, cfg.train.seed)
+        cfg.model,
+        cfg.optim,
+        4096,
+        False,
+        False,
+        1,
+        1,
+        1,
+        None,
+        cfg.train.seed,
+    )
 
 
 def test_auto_precision_follows_the_device(tmp_path):
@@ -80,8 +90,9 @@ def test_vocab_refusals_are_one_line(tmp_path):
 
 
 def test_an_unrunnable_plan_is_refused_as_plan_from_config_refuses_it(tmp_path):
-    cfg = load_run_config(None, ["model.preset=tiny", "growth.operator=lidas", "growth.alpha=10",
-                                 f"run_dir={tmp_path / 'run'}"])
+    cfg = load_run_config(
+        None, ["model.preset=tiny", "growth.operator=lidas", "growth.alpha=10", f"run_dir={tmp_path / 'run'}"]
+    )
     with pytest.raises(ConfigError) as expected:
         plan_from_config(cfg)
     with pytest.raises(ConfigError) as err:
@@ -93,15 +104,31 @@ def test_engine_spec_defaults_are_a_single_process_fp32_reference_engine(tmp_pat
     cfg = _cfg(tmp_path)
     s = engine_spec(cfg.model, 512)
     assert (s.vocab_size, s.bf16, s.use_kernels, s.tp, s.pp, s.vpp, s.final_split, s.seed) == (
-        512, False, False, 1, 1, 1, None, 0)
+        512,
+        False,
+        False,
+        1,
+        1,
+        1,
+        None,
+        0,
+    )
 
 
 def test_the_benchmark_builds_the_engine_training_builds(tmp_path):
     # The spec training really built (read from its engine), against the benchmark's for the same
     # config file (its seed is the config's: the benchmark otherwise seeds with --seed).
-    cfg = micro_config(tmp_path / "run", **{"model.vocab_size": 4096, "train.steps": 3, "growth.operator": "none",
-                                            "growth.grow_steps": "null", "optim.decay_steps": 1,
-                                            "model.num_layers": 4})
+    cfg = micro_config(
+        tmp_path / "run",
+        **{
+            "model.vocab_size": 4096,
+            "train.steps": 3,
+            "growth.operator": "none",
+            "growth.grow_steps": "null",
+            "optim.decay_steps": 1,
+            "model.num_layers": 4,
+        },
+    )
     path = tmp_path / "run.yaml"
     path.write_text(dump_run_config(cfg))
     specs = []

@@ -1,6 +1,7 @@
 """A run keeps its history when trained further: growths where they happened, an explicit LR
 policy (optim.on_extend), cumulative tokens/FLOPs that go on from the checkpoint, paths that
 work from another directory, and an offline-grown run that carries its source's records."""
+
 import itertools
 import json
 import math
@@ -9,14 +10,14 @@ import shutil
 
 import pytest
 
-from grow_megatron.growth import flops as F
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.run import load_run_config
+from grow_megatron.config.rundir import read_jsonl
 from grow_megatron.data.assets import default_tokenizer_path
 from grow_megatron.data.corpus import iter_default_corpus
 from grow_megatron.engine.checkpoint import latest_checkpoint, read_meta
+from grow_megatron.growth import flops as F
 from grow_megatron.training.loop import train
-from grow_megatron.config.rundir import read_jsonl
 
 PEAK, WARMUP, DECAY, STEPS, NEW = 3e-3, 2, 3, 12, 17
 REAL_GROWTHS = "4->8 at step 2, 8->12 at step 5"
@@ -86,8 +87,15 @@ def _train_more(run, monkeypatch, tmp_path, stop_at, *overrides):
 
 def _shape(num_layers: int) -> ModelConfig:
     """micro_overrides' shape at `num_layers` layers, with the embedded tokenizer's vocab."""
-    return ModelConfig(num_layers=num_layers, hidden_size=64, ffn_hidden_size=160, num_attention_heads=4,
-                       num_query_groups=2, vocab_size=4096, seq_length=32)
+    return ModelConfig(
+        num_layers=num_layers,
+        hidden_size=64,
+        ffn_hidden_size=160,
+        num_attention_heads=4,
+        num_query_groups=2,
+        vocab_size=4096,
+        seq_length=32,
+    )
 
 
 def _metrics(run):
@@ -175,8 +183,11 @@ def test_offline_grown_run_carries_its_history(finished, tmp_path, monkeypatch, 
     source = _metrics(cfg.run_dir)
     assert _metrics(out) == source
     events = read_jsonl(os.path.join(out, "events.jsonl"))
-    assert [(e["step"], e["new_depth"], bool(e.get("offline"))) for e in events] == \
-        [(2, 8, False), (5, 12, False), (12, 16, True)]
+    assert [(e["step"], e["new_depth"], bool(e.get("offline"))) for e in events] == [
+        (2, 8, False),
+        (5, 12, False),
+        (12, 16, True),
+    ]
     capsys.readouterr()
     _train_more(out, monkeypatch, tmp_path, None, "train.steps=14")
     text = capsys.readouterr().out
@@ -214,8 +225,9 @@ def test_compare_runs_loss_at_equal_flops(finished, tmp_path, monkeypatch, capsy
     printed = capsys.readouterr().out
     table = json.loads((out / "loss_at_flops.json").read_text())
     assert table["runs"] == ["first", "static"]
-    runs = {name: [_metrics(d)[s] for s in range(STEPS)] for name, d in (("first", cfg.run_dir),
-                                                                           ("static", static.run_dir))}
+    runs = {
+        name: [_metrics(d)[s] for s in range(STEPS)] for name, d in (("first", cfg.run_dir), ("static", static.run_dir))
+    }
     common = min(recs[-1]["flops"] for recs in runs.values())
     assert common == runs["first"][-1]["flops"] < runs["static"][-1]["flops"]  # growing is cheaper
     assert [row["flops"] for row in table["rows"]] == pytest.approx([common * k / 5 for k in range(1, 6)])
@@ -225,8 +237,11 @@ def test_compare_runs_loss_at_equal_flops(finished, tmp_path, monkeypatch, capsy
             assert row[name]["loss"] == pytest.approx(_by_hand(x, [r["loss"] for r in recs], row["flops"]), rel=1e-12)
             ev = [r for r in recs if "val_loss" in r]
             want = _by_hand([r["flops"] for r in ev], [r["val_loss"] for r in ev], row["flops"])
-            assert (row[name]["val_loss"] is None) if want is None else \
-                row[name]["val_loss"] == pytest.approx(want, rel=1e-12)
+            assert (
+                (row[name]["val_loss"] is None)
+                if want is None
+                else row[name]["val_loss"] == pytest.approx(want, rel=1e-12)
+            )
     # Both runs are evaluated at steps 5 and 11: at the last budget (the grown run's total) the
     # grown run has its held-out loss, and the static one (more FLOPs per step) one too.
     assert table["rows"][-1]["first"]["val_loss"] == pytest.approx(runs["first"][-1]["val_loss"], rel=1e-12)
@@ -260,5 +275,6 @@ def test_compute_counts_survive_an_interrupted_run(finished, tmp_path):
     train(load_run_config(saved, [f"run_dir={run}"]))
     got, want = _metrics(run), _metrics(cfg.run_dir)
     assert sorted(got) == list(range(STEPS))
-    assert [(got[s]["tokens"], got[s]["flops"]) for s in range(STEPS)] == \
-        [(want[s]["tokens"], want[s]["flops"]) for s in range(STEPS)]
+    assert [(got[s]["tokens"], got[s]["flops"]) for s in range(STEPS)] == [
+        (want[s]["tokens"], want[s]["flops"]) for s in range(STEPS)
+    ]

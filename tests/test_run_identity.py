@@ -9,6 +9,7 @@ Each test fails on the code before the issue: drift continued silently, the shap
 called "truncated or corrupted", the reader failed on the pruned files, the run restarted from
 step 0 (truncating metrics.jsonl), the manifest-less checkpoint loaded with a warning, and the
 empty config trained a default model into ./runs/run."""
+
 import itertools
 import json
 import os
@@ -17,17 +18,16 @@ import shutil
 
 import pytest
 
+from engine_helpers import micro_config
 from grow_megatron.config.base import CheckpointError, ConfigError
 from grow_megatron.config.run import load_run_config
 from grow_megatron.data.corpus import iter_default_corpus
+from grow_megatron.engine import keys
 from grow_megatron.engine.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors, read_meta
 from grow_megatron.engine.faults import ENV, InjectedFault
 from grow_megatron.engine.integrity import write_manifest
-from grow_megatron.engine import keys
 from grow_megatron.training.identity import read_history
 from grow_megatron.training.loop import train
-
-from engine_helpers import micro_config
 
 STATIC = {"train.steps": 6, "growth.operator": "none", "growth.grow_steps": "null", "model.num_layers": 4}
 
@@ -48,8 +48,11 @@ def _copy(src, tmp_path):
 
 def _files(run):
     """Bytes of the run's records: a refusal must leave them as they were."""
-    return {n: (run / n).read_bytes() for n in ("metrics.jsonl", "config.yaml", "config_history.jsonl")
-            if (run / n).exists()}
+    return {
+        n: (run / n).read_bytes()
+        for n in ("metrics.jsonl", "config.yaml", "config_history.jsonl")
+        if (run / n).exists()
+    }
 
 
 def _one_line(err) -> str:
@@ -68,11 +71,14 @@ def test_the_identity_is_recorded_at_the_first_step(lidas_at3):
     assert meta["identity"]["fields"] == fields
 
 
-@pytest.mark.parametrize("override,field,recorded,now", [
-    ({"growth.operator": "midas"}, "growth.operator", "lidas", "midas"),
-    ({"train.global_batch_size": 8}, "train.global_batch_size", "4", "8"),
-    ({"train.seed": 7}, "train.seed", "1234", "7"),
-])
+@pytest.mark.parametrize(
+    "override,field,recorded,now",
+    [
+        ({"growth.operator": "midas"}, "growth.operator", "lidas", "midas"),
+        ({"train.global_batch_size": 8}, "train.global_batch_size", "4", "8"),
+        ({"train.seed": 7}, "train.seed", "1234", "7"),
+    ],
+)
 def test_drift_on_resume_is_refused_naming_each_field(lidas_at3, tmp_path, override, field, recorded, now):
     run = _copy(lidas_at3, tmp_path)
     before = _files(run)
@@ -135,7 +141,8 @@ def test_data_source_changes_are_refused_or_recorded_when_deliberate(tmp_path):
     with pytest.raises(ConfigError) as err:  # another source
         train(micro_config(run, **data(b)))
     assert "data.datasets: recorded" in _one_line(err) and "--set accept_changes=[data.content,data.datasets]" in str(
-        err.value)
+        err.value
+    )
     with open(a, "a") as f:  # the same path, other content
         f.write(json.dumps({"text": "one more document"}) + "\n")
     with pytest.raises(ConfigError) as err:
@@ -155,8 +162,11 @@ def test_data_source_changes_are_refused_or_recorded_when_deliberate(tmp_path):
     assert train(load_run_config(str(run / "config.yaml"))).start_step == 4
     # Fields the data position or the checkpoint depend on cannot be accepted.
     with pytest.raises(ConfigError, match="accept_changes = 'train.global_batch_size': cannot be accepted"):
-        train(micro_config(run, **data(b), **{"train.global_batch_size": 8,
-                                              "accept_changes": "[train.global_batch_size]"}))
+        train(
+            micro_config(
+                run, **data(b), **{"train.global_batch_size": 8, "accept_changes": "[train.global_batch_size]"}
+            )
+        )
 
 
 def test_extending_train_steps_is_recorded_with_its_step(tmp_path):
@@ -270,12 +280,15 @@ def test_a_checkpoint_from_before_manifests_still_loads_with_a_warning():
     assert reader.depth == 2
 
 
-@pytest.mark.parametrize("text,fragment", [
-    ("", "is empty"),
-    ("# all commented out\n", "is empty"),
-    ("- model\n- train\n", "must hold a mapping of sections"),
-    ("name: x\nrun_dir: somewhere\n", "names no model (it has name, run_dir)"),
-])
+@pytest.mark.parametrize(
+    "text,fragment",
+    [
+        ("", "is empty"),
+        ("# all commented out\n", "is empty"),
+        ("- model\n- train\n", "must hold a mapping of sections"),
+        ("name: x\nrun_dir: somewhere\n", "names no model (it has name, run_dir)"),
+    ],
+)
 def test_a_run_config_without_a_run_is_refused_in_one_line(tmp_path, monkeypatch, capsys, text, fragment):
     """An empty config.yaml (say, of an interrupted `grow`) used to train a default model into
     ./runs/run."""

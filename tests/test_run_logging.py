@@ -1,6 +1,7 @@
 """What a researcher reads of a run: plain progress lines in a redirected log, the data and its
 size at the start, held-out loss lines, a final line with the steps this command ran, and the
 same scalars in Weights & Biases (offline) as in metrics.jsonl."""
+
 import glob
 import json
 import os
@@ -8,12 +9,11 @@ import struct
 
 import pytest
 
+from engine_helpers import micro_overrides
 from grow_megatron.cli import main as cli_main
+from grow_megatron.config.rundir import read_jsonl
 from grow_megatron.data.corpus import iter_default_corpus
 from grow_megatron.data.tokenizer import load_tokenizer
-from grow_megatron.config.rundir import read_jsonl
-
-from engine_helpers import micro_overrides
 
 
 def wandb_history(run_file: str) -> list[dict]:
@@ -31,8 +31,8 @@ def wandb_history(run_file: str) -> list[dict]:
         if left < 7:  # block trailer padding
             pos += left
             continue
-        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
-        chunk = data[pos + 7:pos + 7 + length]
+        length, kind = struct.unpack("<HB", data[pos + 4 : pos + 7])
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 0 and length == 0:
             continue
@@ -41,8 +41,9 @@ def wandb_history(run_file: str) -> list[dict]:
             rec = pb.Record()
             rec.ParseFromString(pending)
             if rec.WhichOneof("record_type") == "history":
-                rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                             for item in rec.history.item})
+                rows.append(
+                    {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in rec.history.item}
+                )
     return rows
 
 
@@ -54,8 +55,16 @@ def test_run_log_lines_and_wandb(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     (tmp_path / "run.yaml").write_text("model: {preset: tiny}\n")
     args = ["train", str(tmp_path / "run.yaml")]
-    for item in micro_overrides(run, **{"logging.progress": True, "logging.wandb": True, "logging.print_interval": 5,
-                                        "train.eval_interval": 6, "train.eval_batches": 2}):
+    for item in micro_overrides(
+        run,
+        **{
+            "logging.progress": True,
+            "logging.wandb": True,
+            "logging.print_interval": 5,
+            "train.eval_interval": 6,
+            "train.eval_batches": 2,
+        },
+    ):
         args += ["--set", item]
     assert cli_main(args) == 0
     captured = capsys.readouterr()
@@ -74,8 +83,10 @@ def test_run_log_lines_and_wandb(tmp_path, monkeypatch, capsys):
     train_docs = round(0.98 * len(docs))  # megatron's document-range split of "98,2,0"
     tok = load_tokenizer(None)
     tokens = sum(len(tok.tokenize(text)) + 1 for text in docs[:train_docs])  # + end-of-document
-    assert f"the embedded corpus ({train_docs:,} documents, {tokens:,} tokens); the whole run trains 1,536 tokens = " \
+    assert (
+        f"the embedded corpus ({train_docs:,} documents, {tokens:,} tokens); the whole run trains 1,536 tokens = "
         f"{1536 / tokens:.3g} epochs" in data_line
+    )
     # Held-out loss lines (steps 6 and 12) and the final line with the steps run.
     for step in (5, 11):
         assert f"step {step + 1}/12: held-out loss {recs[step]['val_loss']:.4f}" in out

@@ -12,6 +12,7 @@ kind of change over a dozen AdamW steps, rel 1e-5, while a missing gradient (an 
 norm gain, a bucket reduced before its last gradient arrived) moves the loss by O(1e-3) within
 two steps.
 """
+
 import json
 import os
 import shutil
@@ -34,28 +35,43 @@ LOSS_RTOL = 1e-5
 
 # ---------------------------------------------------------------- config and resolution
 
+
 def test_auto_is_on_for_a_gpu_job_and_off_on_cpu():
     par = ParallelConfig(tensor_parallel=2, pipeline_parallel=2, virtual_stages=2)
-    assert par.resolved_scale("cuda", 64) == {"overlap_grad_reduce": True, "overlap_param_gather": True,
-                                              "overlap_p2p_comm": True, "sequence_parallel": True}
+    assert par.resolved_scale("cuda", 64) == {
+        "overlap_grad_reduce": True,
+        "overlap_param_gather": True,
+        "overlap_p2p_comm": True,
+        "sequence_parallel": True,
+    }
     assert not any(par.resolved_scale("cpu", 64).values())
     # A sequence TP does not divide keeps auto sequence parallelism off; overlap off turns the
     # param gather's auto off with it.
     par = ParallelConfig(tensor_parallel=2, overlap_grad_reduce="off", sequence_parallel="auto")
-    assert par.resolved_scale("cuda", 63) == {"overlap_grad_reduce": False, "overlap_param_gather": False,
-                                              "overlap_p2p_comm": False, "sequence_parallel": False}
+    assert par.resolved_scale("cuda", 63) == {
+        "overlap_grad_reduce": False,
+        "overlap_param_gather": False,
+        "overlap_p2p_comm": False,
+        "sequence_parallel": False,
+    }
 
 
-@pytest.mark.parametrize("overrides,world,field", [
-    ({"parallel.sequence_parallel": "on"}, 1, "parallel.sequence_parallel"),
-    ({"parallel.sequence_parallel": "on", "parallel.tensor_parallel": 2, "model.seq_length": 33}, 2,
-     "parallel.sequence_parallel"),
-    ({"parallel.overlap_param_gather": "on"}, 1, "parallel.overlap_param_gather"),
-    ({"parallel.overlap_p2p_comm": "on", "parallel.pipeline_parallel": 2}, 2, "parallel.overlap_p2p_comm"),
-    ({"parallel.bucket_size": 0}, 1, "parallel.bucket_size"),
-    ({"train.recompute_num_layers": 0}, 1, "train.recompute_num_layers"),
-    ({"train.recompute_modules": "[layernorm]"}, 1, "train.recompute_modules"),
-])
+@pytest.mark.parametrize(
+    "overrides,world,field",
+    [
+        ({"parallel.sequence_parallel": "on"}, 1, "parallel.sequence_parallel"),
+        (
+            {"parallel.sequence_parallel": "on", "parallel.tensor_parallel": 2, "model.seq_length": 33},
+            2,
+            "parallel.sequence_parallel",
+        ),
+        ({"parallel.overlap_param_gather": "on"}, 1, "parallel.overlap_param_gather"),
+        ({"parallel.overlap_p2p_comm": "on", "parallel.pipeline_parallel": 2}, 2, "parallel.overlap_p2p_comm"),
+        ({"parallel.bucket_size": 0}, 1, "parallel.bucket_size"),
+        ({"train.recompute_num_layers": 0}, 1, "train.recompute_num_layers"),
+        ({"train.recompute_modules": "[layernorm]"}, 1, "train.recompute_modules"),
+    ],
+)
 def test_bad_scale_settings_are_refused_in_one_line(tmp_path, overrides, world, field):
     with pytest.raises(ConfigError) as err:
         load_run_config(None, micro_overrides(tmp_path, **overrides), world_size=world)
@@ -64,8 +80,12 @@ def test_bad_scale_settings_are_refused_in_one_line(tmp_path, overrides, world, 
 
 def test_uniform_recompute_groups_must_tile_every_stage_at_every_depth(tmp_path):
     # 4 -> 8 -> 12 layers on one stage: groups of 4 tile every depth, groups of 8 do not.
-    cfg = load_run_config(None, micro_overrides(tmp_path, **{"train.recompute": "full", "model.vocab_size": 256,
-                                                             "train.recompute_num_layers": 4}))
+    cfg = load_run_config(
+        None,
+        micro_overrides(
+            tmp_path, **{"train.recompute": "full", "model.vocab_size": 256, "train.recompute_num_layers": 4}
+        ),
+    )
     assert resolve_run(cfg, Layout(1, 0, 1, 1, 1), random_tokens=True).spec.scale.recompute_num_layers == 4
     cfg.train.recompute_num_layers = 8
     with pytest.raises(ConfigError, match="depth 4 splits into"):
@@ -89,14 +109,20 @@ def _peak_activation_bytes(fn) -> int:
 
 
 def test_recompute_gives_bit_equal_gradients_with_less_activation_memory():
-    model = ModelConfig(num_layers=4, hidden_size=64, ffn_hidden_size=160, num_attention_heads=4,
-                        num_query_groups=2, vocab_size=V, seq_length=S)
+    model = ModelConfig(
+        num_layers=4,
+        hidden_size=64,
+        ffn_hidden_size=160,
+        num_attention_heads=4,
+        num_query_groups=2,
+        vocab_size=V,
+        seq_length=S,
+    )
     batches = [random_batch(s, V, S, B) for s in range(2)]
     grads, peaks = {}, {}
     with device_context():
         init_distributed(1, 1, seed=3)
-        for mode, kw in (("none", {}), ("selective", {"recompute": "selective"}),
-                         ("full", {"recompute": "full"})):
+        for mode, kw in (("none", {}), ("selective", {"recompute": "selective"}), ("full", {"recompute": "full"})):
             torch.manual_seed(0)
             spec = engine_spec(model, V, scale=ScaleOptions(**kw))
             e = build_engine(spec, 4)
@@ -182,6 +208,7 @@ class _Probe:
             def hook(module, args, output):
                 if self.cur is not None:
                     self.cur[key] += 1
+
             return hook
 
         def seq(module, args, kwargs, output):
@@ -202,9 +229,16 @@ def _scale_worker(rank, root):
     from grow_megatron.training.loop import train
 
     def cfg(name, tp, pp, variant):
-        return load_run_config(None, micro_overrides(os.path.join(root, name), **_BASE, **_VARIANTS[variant],
-                                                     **{"parallel.tensor_parallel": tp,
-                                                        "parallel.pipeline_parallel": pp}), world_size=4)
+        return load_run_config(
+            None,
+            micro_overrides(
+                os.path.join(root, name),
+                **_BASE,
+                **_VARIANTS[variant],
+                **{"parallel.tensor_parallel": tp, "parallel.pipeline_parallel": pp},
+            ),
+            world_size=4,
+        )
 
     out = {}
     for name in _VARIANTS:  # phase 1: TP=2 x DP=2, steps 0-2 (growth 4 -> 8 before step 1)
@@ -227,9 +261,17 @@ def _scale_worker(rank, root):
     # interleaved schedule with and without overlapped p2p, grad reduce and param gather.
     parallel_state.destroy_model_parallel()
     for name, extra in (("off", {}), ("overlap", {"parallel.overlap_p2p_comm": "on"})):
-        c = load_run_config(None, micro_overrides(os.path.join(root, name), **_BASE, **_VARIANTS[name], **extra,
-                                                  **{"parallel.pipeline_parallel": 2, "parallel.virtual_stages": 2,
-                                                     "train.micro_batch_size": 1}), world_size=4)
+        c = load_run_config(
+            None,
+            micro_overrides(
+                os.path.join(root, name),
+                **_BASE,
+                **_VARIANTS[name],
+                **extra,
+                **{"parallel.pipeline_parallel": 2, "parallel.virtual_stages": 2, "train.micro_batch_size": 1},
+            ),
+            world_size=4,
+        )
         res = train(c, stop_at=7)
         out[name]["losses3"] = res.losses
         out[name]["overlap_p2p"] = c.parallel.overlap_p2p_comm
@@ -308,8 +350,10 @@ def test_memory_estimate_counts_recompute_and_sequence_parallelism(tmp_path):
     plain = load_run_config(None, micro_overrides(tmp_path, **base))
     full = load_run_config(None, micro_overrides(tmp_path, **base, **{"train.recompute": "full"}))
     logits = 4 * 1024 * (4096 // 2) * 4 * 3  # micro-batch x seq x vocab / TP, fp32, three copies: unchanged
-    acts = {name: estimate(c, 4096, 2, 1, 1, False, sp)["activations"] - logits
-            for name, c, sp in (("plain", plain, False), ("sp", plain, True), ("full", full, False))}
+    acts = {
+        name: estimate(c, 4096, 2, 1, 1, False, sp)["activations"] - logits
+        for name, c, sp in (("plain", plain, False), ("sp", plain, True), ("full", full, False))
+    }
     assert acts["sp"] * 2 == acts["plain"]
     # 13 layers (12 + the embedding's share) keep 68 fp32 bytes per token and unit; full recompute
     # keeps their 4-byte inputs and one layer's 68.

@@ -6,6 +6,7 @@ in fp32 on odd shapes. Both are the same fp32 arithmetic in other orders (the CP
 differ between the two calls), so outputs and gradients agree to a few ulps: FP32_RTOL (1e-5
 norm-wise) leaves room for that and none for a wrong head grouping, which shows up at ~1.
 """
+
 import pytest
 import torch
 
@@ -16,7 +17,9 @@ from grow_megatron.model.modules import causal_attention, native_gqa_is_fused
 
 def _qkv(b, hq, hkv, s, d, seed):
     g = seeded(seed)
-    return [randn(shape, torch.float32, g).requires_grad_() for shape in ((b, hq, s, d), (b, hkv, s, d), (b, hkv, s, d))]
+    return [
+        randn(shape, torch.float32, g).requires_grad_() for shape in ((b, hq, s, d), (b, hkv, s, d), (b, hkv, s, d))
+    ]
 
 
 def _out_and_grads(native, q, k, v, upstream, scale):
@@ -27,8 +30,11 @@ def _out_and_grads(native, q, k, v, upstream, scale):
     return [out.detach().clone()] + [t.grad.clone() for t in (q, k, v)]
 
 
-@pytest.mark.parametrize("b,hq,hkv,s,d", [(3, 15, 5, 37, 10), (2, 6, 2, 1, 8), (1, 4, 1, 19, 6), (2, 5, 5, 11, 4)],
-                         ids=["360m-heads", "one-token", "mqa", "mha"])
+@pytest.mark.parametrize(
+    "b,hq,hkv,s,d",
+    [(3, 15, 5, 37, 10), (2, 6, 2, 1, 8), (1, 4, 1, 19, 6), (2, 5, 5, 11, 4)],
+    ids=["360m-heads", "one-token", "mqa", "mha"],
+)
 def test_native_gqa_equals_repeat_path(b, hq, hkv, s, d):
     q, k, v = _qkv(b, hq, hkv, s, d, seed=hq * 1000 + s)
     upstream = randn((b, hq, s, d), torch.float32, seeded(s))
@@ -45,8 +51,9 @@ def test_a_wrong_grouping_would_fail():
     # h // r) change the output by O(1).
     q, k, v = _qkv(2, 6, 2, 9, 8, seed=5)
     right = causal_attention(q, k, v, native_gqa=False, scale=0.3)
-    wrong = torch.nn.functional.scaled_dot_product_attention(q, k.repeat(1, 3, 1, 1), v.repeat(1, 3, 1, 1),
-                                                             is_causal=True, scale=0.3)
+    wrong = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat(1, 3, 1, 1), v.repeat(1, 3, 1, 1), is_causal=True, scale=0.3
+    )
     assert rel_err(wrong, right) > 0.1
 
 
@@ -61,8 +68,9 @@ def test_module_with_native_path_forced(monkeypatch):
     path is forced on CPU."""
     from megatron.core.transformer.transformer_config import TransformerConfig
 
-    cfg = TransformerConfig(num_layers=1, hidden_size=60, num_attention_heads=6, num_query_groups=2,
-                            attention_dropout=0.0)  # dropout draws differ between two calls
+    cfg = TransformerConfig(
+        num_layers=1, hidden_size=60, num_attention_heads=6, num_query_groups=2, attention_dropout=0.0
+    )  # dropout draws differ between two calls
     s, b = 13, 3
     g = seeded(7)
     qkv = [randn((s, b, h, 10), torch.float32, g) for h in (6, 2, 2)]

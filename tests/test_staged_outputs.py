@@ -2,19 +2,19 @@
 6): a kill at each fault point (engine/faults.py) leaves no OUT at all, only a staging directory
 named `OUT.incomplete-*`, which the next run into OUT names and removes; a half-written OUT can
 never be read as complete (`train OUT/config.yaml` finds no config; transformers finds no model)."""
+
 import json
 import os
 
 import pytest
 import yaml
 
+from engine_helpers import micro_config
 from grow_megatron.cli import main as cli_main
 from grow_megatron.engine.checkpoint import latest_checkpoint
 from grow_megatron.engine.faults import ENV, InjectedFault
 from grow_megatron.engine.staging import leftovers
 from grow_megatron.training.loop import train
-
-from engine_helpers import micro_config
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,9 @@ def _grow(src, out):
 
 
 @pytest.mark.parametrize("point", ["grow.checkpoint", "grow.history", "grow.staged"])
-def test_a_grow_killed_at_each_point_publishes_nothing_and_the_rerun_says_so(source_run, tmp_path, monkeypatch,
-                                                                             capsys, point):
+def test_a_grow_killed_at_each_point_publishes_nothing_and_the_rerun_says_so(
+    source_run, tmp_path, monkeypatch, capsys, point
+):
     out = tmp_path / "grown"
     monkeypatch.setenv(ENV, f"{point}:raise")  # the disk state a kill at that point leaves
     with pytest.raises(InjectedFault):

@@ -6,6 +6,7 @@ loops the grown one, all through the real commands as subprocesses. It is run on
 fixture) in three invocations: interrupted by the test hook right after the grown variant's
 analyze command (before its marker), resumed, and run again with nothing left to do.
 """
+
 import copy
 import json
 import math
@@ -18,10 +19,10 @@ import pytest
 import yaml
 
 from grow_megatron.config.base import ConfigError
+from grow_megatron.engine.faults import ENV
 from grow_megatron.study.config import load_study
 from grow_megatron.study.layout import Step, StudyLayout, plan
 from grow_megatron.study.report import late_overlap
-from grow_megatron.engine.faults import ENV
 from grow_megatron.study.runner import StudyInterrupted, run_study
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,8 +44,11 @@ def study(tmp_path_factory):
     # The table's analyses only (depth score, tuned lens) and fewer steps: the full set runs in
     # examples/study_micro.yaml; here every subprocess counts.
     raw = yaml.safe_load(MICRO.read_text())
-    analysis = dict(raw["analysis"], analyses=["depth-score", "tuned-lens"],
-                    set=[s for s in raw["analysis"]["set"] if s.split(".")[0] in ("depth-score", "tuned-lens")])
+    analysis = dict(
+        raw["analysis"],
+        analyses=["depth-score", "tuned-lens"],
+        set=[s for s in raw["analysis"]["set"] if s.split(".")[0] in ("depth-score", "tuned-lens")],
+    )
     path = _micro(tmp, analysis=analysis)
     cfg, base = load_study(str(path))
     log = open(tmp / "study.log", "w")
@@ -55,9 +59,11 @@ def study(tmp_path_factory):
     finally:
         del os.environ[ENV]
     layout = StudyLayout(cfg.out_dir)
-    interrupted = {"analyze_json": os.path.isfile(os.path.join(layout.analysis_dir("lidas", 0), "depth_score.json")),
-                   "analyze_marker": os.path.isfile(layout.marker(Step("analyze", "lidas", 0))),
-                   "report": os.path.isfile(os.path.join(cfg.out_dir, "report.md"))}
+    interrupted = {
+        "analyze_json": os.path.isfile(os.path.join(layout.analysis_dir("lidas", 0), "depth_score.json")),
+        "analyze_marker": os.path.isfile(layout.marker(Step("analyze", "lidas", 0))),
+        "report": os.path.isfile(os.path.join(cfg.out_dir, "report.md")),
+    }
     resumed = run_study(cfg, base, out=log)
     again = run_study(cfg, base, out=log)
     return {"cfg": cfg, "layout": layout, "interrupted": interrupted, "resumed": resumed, "again": again}
@@ -82,7 +88,7 @@ def _table(report: str) -> dict[str, list[str]]:
     lines = report.split("## Summary", 1)[1].splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith("| variant |"))
     rows = {}
-    for ln in lines[start + 2:]:
+    for ln in lines[start + 2 :]:
         if not ln.startswith("|"):
             break
         cells = [c.strip() for c in ln.strip("|").split("|")]
@@ -152,19 +158,36 @@ def test_several_seeds_give_mean_and_spread(tmp_path):
     assert "larger than the seed spread" in _verdict("x", Cell(1.0, 0.1, "sd", 2), c, "{:.3f}")
 
 
-@pytest.mark.parametrize("change, field", [
-    ({"seeds": [0, 0]}, "seeds"),
-    ({"phases": ["train", "plot"]}, "phases[1]"),
-    ({"variants": [{"name": "static", "set": ["growth.operator=none"]},
-                   {"name": "bad", "set": ["growth.operator=sideways"]}]}, "variants[1] (bad): growth.operator"),
-    ({"variants": [{"name": "static", "set": ["growth.operator=none"]},
-                   {"name": "long", "set": ["growth.operator=lidas", "train.steps=16"]}]}, "variants[1].set"),
-    ({"variants": [{"name": "a/b", "set": []}]}, "variants[0].name"),
-    ({"trian": 1}, "trian"),
-    ({"loop": {"of": "nonesuch"}}, "loop.of"),
-    ({"launcher": "no-such-launcher --nproc-per-node 2"}, "launcher"),
-    ({"analysis": {"analyses": ["depth-score", "x-ray"]}}, "analysis.analyses[1]"),
-])
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"seeds": [0, 0]}, "seeds"),
+        ({"phases": ["train", "plot"]}, "phases[1]"),
+        (
+            {
+                "variants": [
+                    {"name": "static", "set": ["growth.operator=none"]},
+                    {"name": "bad", "set": ["growth.operator=sideways"]},
+                ]
+            },
+            "variants[1] (bad): growth.operator",
+        ),
+        (
+            {
+                "variants": [
+                    {"name": "static", "set": ["growth.operator=none"]},
+                    {"name": "long", "set": ["growth.operator=lidas", "train.steps=16"]},
+                ]
+            },
+            "variants[1].set",
+        ),
+        ({"variants": [{"name": "a/b", "set": []}]}, "variants[0].name"),
+        ({"trian": 1}, "trian"),
+        ({"loop": {"of": "nonesuch"}}, "loop.of"),
+        ({"launcher": "no-such-launcher --nproc-per-node 2"}, "launcher"),
+        ({"analysis": {"analyses": ["depth-score", "x-ray"]}}, "analysis.analyses[1]"),
+    ],
+)
 def test_a_bad_study_value_is_one_line_naming_the_field(tmp_path, capsys, change, field):
     path = _micro(tmp_path, **copy.deepcopy(change))
     with pytest.raises(ConfigError) as err:

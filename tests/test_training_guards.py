@@ -1,5 +1,6 @@
 """Guards of the training loop against bad numbers: a step with non-finite gradients is skipped
 (megatron's found-inf check), a diverged state is never checkpointed, metrics stay valid JSON."""
+
 import json
 import math
 import os
@@ -7,14 +8,13 @@ import os
 import pytest
 import torch
 
+from engine_helpers import assert_same_tensors, micro_config
 from grow_megatron.cli import main as cli_main
 from grow_megatron.config.run import load_run_config
 from grow_megatron.engine.checkpoint import latest_checkpoint, read_global_tensors, read_meta
 from grow_megatron.engine.faults import ENV
-from grow_megatron.training.loop import train
 from grow_megatron.engine.optim_state import gather_param_state, optimizer_step_count
-
-from engine_helpers import assert_same_tensors, micro_config
+from grow_megatron.training.loop import train
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "tiny_lidas.yaml")
 STATIC = {"train.steps": 6, "growth.operator": "none", "growth.grow_steps": "null", "model.num_layers": 4}
@@ -31,6 +31,7 @@ def _state(engine) -> dict:
 
 def _strict_jsonl(path: str) -> list[dict]:
     """Parse as strict JSON: a bare NaN/Infinity (what json.dumps writes by default) fails."""
+
     def refuse(const):
         raise ValueError(f"{const} is not JSON")
 
@@ -51,8 +52,9 @@ def test_a_step_with_nan_gradients_is_skipped_bit_for_bit(tmp_path, monkeypatch)
     # step before it did: the same state a run that never saw the bad batch holds.
     assert_same_tensors(states[3], states[2])
     assert int(states[3]["adam_step"]) == 3 and int(states[4]["adam_step"]) == 4
-    assert not torch.equal(states[4]["weight.embedding.word_embeddings.weight"],
-                           states[3]["weight.embedding.word_embeddings.weight"])  # training went on
+    assert not torch.equal(
+        states[4]["weight.embedding.word_embeddings.weight"], states[3]["weight.embedding.word_embeddings.weight"]
+    )  # training went on
     assert [s for s, r in recs.items() if not r["update_ok"]] == [3]
     assert all(math.isfinite(v) for v in res.losses.values())
     lines = _strict_jsonl(os.path.join(tmp_path, "metrics.jsonl"))
@@ -67,8 +69,13 @@ def test_a_diverging_run_stops_in_one_line_at_its_last_good_checkpoint(tmp_path,
     # step 1 on the gradients overflow (NaN grad norm), and the old loop applied them anyway and
     # checkpointed the NaN weights after step 1.
     run_dir = tmp_path / "run"
-    sets = {"optim.lr": "1e6", "checkpoint.interval": 2, "train.eval_interval": 0,
-            "logging.progress": "false", "logging.tensorboard": "false"}
+    sets = {
+        "optim.lr": "1e6",
+        "checkpoint.interval": 2,
+        "train.eval_interval": 0,
+        "logging.progress": "false",
+        "logging.tensorboard": "false",
+    }
     args = [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
     assert cli_main(["train", EXAMPLE, "--run-dir", str(run_dir), *args]) == 1
     cfg = load_run_config(EXAMPLE, [f"run_dir={run_dir}"])
@@ -96,8 +103,11 @@ def test_a_nonfinite_state_is_never_checkpointed(tmp_path):
                 next(engine.chunks[0].parameters()).view(-1)[0] = float("inf")
 
     cfg = micro_config(tmp_path, **STATIC, **{"checkpoint.interval": 2})
-    with pytest.raises(FloatingPointError, match=r"the model state after step 4 holds non-finite weights.*, so "
-                                                 r"it was not checkpointed: .*last good checkpoint is .*step_00000002"):
+    with pytest.raises(
+        FloatingPointError,
+        match=r"the model state after step 4 holds non-finite weights.*, so "
+        r"it was not checkpointed: .*last good checkpoint is .*step_00000002",
+    ):
         train(cfg, on_step=overflow_after_step_3)
     assert read_meta(latest_checkpoint(os.path.join(tmp_path, "checkpoints")))["step"] == 2
 
@@ -130,13 +140,20 @@ def test_a_nonfinite_loss_with_finite_gradients_is_skipped_too(tmp_path):
 
     def empty_batch_after_step_0(engine, step, rec):
         g = torch.Generator().manual_seed(0)
-        mbs = [{"tokens": torch.randint(0, 4096, (2, 32), generator=g),  # 2 micro-batches of [2, 32]
+        mbs = [
+            {
+                "tokens": torch.randint(0, 4096, (2, 32), generator=g),  # 2 micro-batches of [2, 32]
                 "labels": torch.randint(0, 4096, (2, 32), generator=g),
-                "loss_mask": torch.zeros(2, 32), "position_ids": torch.arange(32).repeat(2, 1)} for _ in range(2)]
+                "loss_mask": torch.zeros(2, 32),
+                "position_ids": torch.arange(32).repeat(2, 1),
+            }
+            for _ in range(2)
+        ]
         before = _state(engine)
         seen["out"] = train_step(engine, mbs, lr=3e-3)
-        seen["grads_finite"] = all(torch.isfinite(p.main_grad).all()
-                                   for m in engine.model for p in m.module.parameters())
+        seen["grads_finite"] = all(
+            torch.isfinite(p.main_grad).all() for m in engine.model for p in m.module.parameters()
+        )
         seen["same"] = before, _state(engine)
 
     train(micro_config(tmp_path, **STATIC), stop_at=1, on_step=empty_batch_after_step_0)

@@ -1,14 +1,14 @@
 """End-to-end training through two growths, and exact resume around a growth (CPU, fp32)."""
+
 import os
 
 import pytest
 
+from engine_helpers import micro_config
 from grow_megatron.engine import checkpoint as ckpt_mod
 from grow_megatron.engine.checkpoint import latest_checkpoint, read_meta
 from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.training.loop import train
-
-from engine_helpers import micro_config
 
 # PROP-1 over grow_steps=9 with 3 stages: [2, 3, 4] -> growths before steps 2 and 5.
 GROWTH_STEPS = (2, 5)
@@ -44,8 +44,9 @@ def test_trains_through_two_growths(reference):
     assert meta["step"] == 12 and meta["depth"] == 12 and len(meta["growths"]) == 2
 
 
-@pytest.mark.parametrize("stop_at", [GROWTH_STEPS[1], GROWTH_STEPS[1] + 1],
-                         ids=["just-before-growth", "just-after-growth"])
+@pytest.mark.parametrize(
+    "stop_at", [GROWTH_STEPS[1], GROWTH_STEPS[1] + 1], ids=["just-before-growth", "just-after-growth"]
+)
 def test_resume_reproduces_losses_exactly(reference, tmp_path, stop_at):
     _, ref, _ = reference
     cfg = micro_config(tmp_path)

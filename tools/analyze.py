@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Depth analyses from tools/: same as `grow-megatron analyze ...` (see docs/analysis.md).
 
-    python tools/analyze.py depth-score runs/baseline_hf runs/midas_hf --data heldout.txt --out out/
+python tools/analyze.py depth-score runs/baseline_hf runs/midas_hf --data heldout.txt --out out/
 """
+
 import os
 import sys
 

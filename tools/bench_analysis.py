@@ -17,6 +17,7 @@ intervention resumed from the stored state before its first changed layer:
 Checked: every per-choice log-likelihood agrees within fp32 rounding (relative 256 ulp of the
 score) and every accuracy is equal. Also timed the same way: early-exit (logit lens) scoring.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,17 @@ def tiny_model(seed: int = 0):
     from grow_megatron.data.assets import default_tokenizer_path
 
     tok = PreTrainedTokenizerFast(tokenizer_file=default_tokenizer_path())
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=128, intermediate_size=352, num_hidden_layers=12,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                      tie_word_embeddings=False, initializer_range=0.1)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=12,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=False,
+        initializer_range=0.1,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval(), tok
 
@@ -63,9 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="HF model directory with tokenizer (default: random tiny-preset Llama)")
     p.add_argument("--n", type=int, default=2, help="examples per primitive task (5 tasks)")
     p.add_argument("--batch-size", type=int, default=16, help="rows per forward (packed rows after)")
-    p.add_argument("--sizes", choices=("default", "small"), default="default",
-                   help="interventions: the defaults (swap 1,2,4,8; skip 1,2,4; reverse 4) or small "
-                        "(swap 1; skip 1; reverse 4) for a busy machine")
+    p.add_argument(
+        "--sizes",
+        choices=("default", "small"),
+        default="default",
+        help="interventions: the defaults (swap 1,2,4,8; skip 1,2,4; reverse 4) or small "
+        "(swap 1; skip 1; reverse 4) for a busy machine",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     p.add_argument("--json", default="runs/bench_analysis.json", help="where to write the results")
     args = p.parse_args(argv)
@@ -73,8 +86,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from grow_megatron.analysis.data import accuracy, encode_mc, load_tasks
     from grow_megatron.analysis.interventions import InterventionConfig, intervention_scores
-    from grow_megatron.convert.load import load_model
     from grow_megatron.analysis.runner import ResidualRunner
+    from grow_megatron.convert.load import load_model
 
     if args.model:
         loaded = load_model(args.model)
@@ -88,8 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.sizes == "small":
         cfg = InterventionConfig(swap_sizes=[1], skip_sizes=[1], reverse_sizes=[4], batch_size=args.batch_size)
     L = runner.num_layers
-    print(f"model: {args.model or 'random tiny-preset Llama'} ({L} layers), {len(examples)} examples, "
-          f"{len(enc.seqs)} (example, choice) rows, {sum(map(len, enc.seqs))} tokens unpacked", file=sys.stderr)
+    print(
+        f"model: {args.model or 'random tiny-preset Llama'} ({L} layers), {len(examples)} examples, "
+        f"{len(enc.seqs)} (example, choice) rows, {sum(map(len, enc.seqs))} tokens unpacked",
+        file=sys.stderr,
+    )
 
     rows = []
     with torch.no_grad():
@@ -100,25 +116,49 @@ def main(argv: list[str] | None = None) -> int:
     acc1 = [accuracy(enc, b1)] + [accuracy(enc, s1[j]) for j in range(len(flat))]
     if acc0 != acc1:
         raise SystemExit("interventions: accuracies differ between before and after")
-    rows.append({"what": f"interventions ({len(flat)} orders + unmodified)", "before_s": t_before,
-                 "after_s": t_after, "speedup": t_before / t_after, "max_abs_loglik_diff": d,
-                 "accuracies_equal": True})
+    rows.append(
+        {
+            "what": f"interventions ({len(flat)} orders + unmodified)",
+            "before_s": t_before,
+            "after_s": t_after,
+            "speedup": t_before / t_after,
+            "max_abs_loglik_diff": d,
+            "accuracies_equal": True,
+        }
+    )
 
     ee0, t0 = _timed(lambda: _early_exit(runner, enc, args.batch_size, pack=False))
     ee1, t1 = _timed(lambda: _early_exit(runner, enc, args.batch_size, pack=True))
     if ee0["accuracy"] != ee1["accuracy"]:
         raise SystemExit("early exit: accuracies differ between before and after")
-    rows.append({"what": f"early exit, logit lens ({L} exits)", "before_s": t0, "after_s": t1,
-                 "speedup": t0 / t1, "accuracies_equal": True})
+    rows.append(
+        {
+            "what": f"early exit, logit lens ({L} exits)",
+            "before_s": t0,
+            "after_s": t1,
+            "speedup": t0 / t1,
+            "accuracies_equal": True,
+        }
+    )
 
-    print(f"\n| scoring | before (s) | after (s) | speed-up |\n|---|---|---|---|")
+    print("\n| scoring | before (s) | after (s) | speed-up |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['what']} | {r['before_s']:.1f} | {r['after_s']:.1f} | {r['speedup']:.2f}x |")
-    out = {"command": "python tools/bench_analysis.py " + " ".join(sys.argv[1:] if argv is None else argv),
-           "interventions": len(flat), "model": args.model or "random tiny-preset Llama (12 x 128, vocab 4096)", "layers": L,
-           "examples": len(examples), "rows": len(enc.seqs), "tokens_unpacked": sum(map(len, enc.seqs)),
-           "threads": args.threads, "machine": platform.machine(), "python": platform.python_version(),
-           "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "results": rows}
+    out = {
+        "command": "python tools/bench_analysis.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "interventions": len(flat),
+        "model": args.model or "random tiny-preset Llama (12 x 128, vocab 4096)",
+        "layers": L,
+        "examples": len(examples),
+        "rows": len(enc.seqs),
+        "tokens_unpacked": sum(map(len, enc.seqs)),
+        "threads": args.threads,
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "results": rows,
+    }
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump(out, f, indent=1)

@@ -15,6 +15,7 @@ before (allocation_peak), bytes of .distcp files the rank wrote, and wall times.
 Optimizer state is initialised without training (values do not change any of these costs); an
 unmeasured save of a small engine first starts megatron's writer machinery in each process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,9 @@ LAYOUTS = {"DP1": (1, 1), "DP2": (2, 1), "DP4": (4, 1), "TP2xDP2": (4, 2)}  # na
 
 def _accounting():
     """grow_megatron.bench.accounting of this tree, also when the old package is on the path."""
-    spec = importlib.util.spec_from_file_location("accounting", os.path.join(ROOT, "grow_megatron", "bench",
-                                                                             "accounting.py"))
+    spec = importlib.util.spec_from_file_location(
+        "accounting", os.path.join(ROOT, "grow_megatron", "bench", "accounting.py")
+    )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -45,13 +47,13 @@ def worker(args) -> None:
     import torch.distributed as dist
 
     from grow_megatron.config.model import ModelConfig
-    from grow_megatron.engine.grow import grow
-    from grow_megatron.growth.operators import lidas
+    from grow_megatron.engine.build import build_engine
     from grow_megatron.engine.checkpoint import load_checkpoint, save_checkpoint
     from grow_megatron.engine.distributed import device_context, init_distributed
-    from grow_megatron.engine.build import build_engine
-    from grow_megatron.engine.resolve import engine_spec
+    from grow_megatron.engine.grow import grow
     from grow_megatron.engine.optim_state import ensure_state_initialized
+    from grow_megatron.engine.resolve import engine_spec
+    from grow_megatron.growth.operators import lidas
 
     acc = _accounting()
     torch.set_num_threads(1)
@@ -59,9 +61,15 @@ def worker(args) -> None:
     with device_context():
         init_distributed(args.tp, 1, seed=0)
         rank = dist.get_rank()
-        model = ModelConfig(num_layers=args.layers, hidden_size=args.hidden, ffn_hidden_size=args.ffn,
-                            num_attention_heads=args.heads, num_query_groups=args.groups, vocab_size=args.vocab,
-                            seq_length=128)
+        model = ModelConfig(
+            num_layers=args.layers,
+            hidden_size=args.hidden,
+            ffn_hidden_size=args.ffn,
+            num_attention_heads=args.heads,
+            num_query_groups=args.groups,
+            vocab_size=args.vocab,
+            seq_length=128,
+        )
         spec = engine_spec(model, args.vocab, tp=args.tp)
         half = args.layers // 2
         e = build_engine(spec, half)
@@ -82,8 +90,15 @@ def worker(args) -> None:
         root = os.path.join(args.dir, "ckpt")
         # The first save of a process starts megatron's writer machinery (the same for both
         # designs, seconds on a busy CPU): a small engine's save takes it out of the timings.
-        small = ModelConfig(num_layers=2, hidden_size=64, ffn_hidden_size=128, num_attention_heads=4,
-                            num_query_groups=2, vocab_size=128, seq_length=128)
+        small = ModelConfig(
+            num_layers=2,
+            hidden_size=64,
+            ffn_hidden_size=128,
+            num_attention_heads=4,
+            num_query_groups=2,
+            vocab_size=128,
+            seq_length=128,
+        )
         w = build_engine(engine_spec(small, 128, tp=args.tp), 2)
         ensure_state_initialized(w.optimizer)
         save_checkpoint(w, os.path.join(args.dir, "warmup"), 0, {})
@@ -96,8 +111,11 @@ def worker(args) -> None:
         rec["save_peak"] = mem["peak"]
         rec["save_tensor_bytes"] = acc.tensor_bytes(comm)
         rec["save_object_bytes"] = sum(v for k, v in comm.items() if "object" in k and not k.endswith("#calls"))
-        rec["written"] = sum(os.path.getsize(os.path.join(ckpt, f)) for f in os.listdir(ckpt)
-                             if f.startswith(f"__{rank}_") and f.endswith(".distcp"))
+        rec["written"] = sum(
+            os.path.getsize(os.path.join(ckpt, f))
+            for f in os.listdir(ckpt)
+            if f.startswith(f"__{rank}_") and f.endswith(".distcp")
+        )
         e2 = build_engine(spec, args.layers, init_weights=False)
         del e
         dist.barrier()
@@ -114,15 +132,31 @@ def worker(args) -> None:
 
 def run_one(variant_path: str, world: int, tp: int, args, workdir: str) -> list[dict]:
     os.makedirs(workdir, exist_ok=True)
-    env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(29500 + os.getpid() % 1000 + world + tp),
-               WORLD_SIZE=str(world), OMP_NUM_THREADS="1", PYTHONPATH=variant_path)
+    env = dict(
+        os.environ,
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(29500 + os.getpid() % 1000 + world + tp),
+        WORLD_SIZE=str(world),
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=variant_path,
+    )
     shape = {k: getattr(args, k) for k in ("layers", "hidden", "ffn", "heads", "groups", "vocab")}
     if shape["heads"] % tp or shape["groups"] % tp:  # SmolLM-360M's 15 heads / 5 groups do not split over TP=2
         shape.update(heads=16, groups=4)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--dir", workdir, "--tp", str(tp)] + [
-        f"--{k}={v}" for k, v in shape.items()] + (["--growth-only"] if args.growth_only else [])
-    procs = [subprocess.Popen(cmd, env=dict(env, RANK=str(r), LOCAL_RANK=str(r)), stdout=subprocess.DEVNULL,
-                              stderr=open(os.path.join(workdir, f"stderr{r}.txt"), "w")) for r in range(world)]
+    cmd = (
+        [sys.executable, os.path.abspath(__file__), "--worker", "--dir", workdir, "--tp", str(tp)]
+        + [f"--{k}={v}" for k, v in shape.items()]
+        + (["--growth-only"] if args.growth_only else [])
+    )
+    procs = [
+        subprocess.Popen(
+            cmd,
+            env=dict(env, RANK=str(r), LOCAL_RANK=str(r)),
+            stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(workdir, f"stderr{r}.txt"), "w"),
+        )
+        for r in range(world)
+    ]
     if any([p.wait() != 0 for p in procs]):
         tails = [open(os.path.join(workdir, f"stderr{r}.txt")).read()[-2000:] for r in range(world)]
         raise RuntimeError(f"a rank failed (exit codes {[p.returncode for p in procs]}):\n" + "\n".join(tails))
@@ -134,28 +168,38 @@ def run_one(variant_path: str, world: int, tp: int, args, workdir: str) -> list[
 
 def table(results: dict) -> str:
     mb = 1e6
-    rows = ["| layout | design | save: added memory / rank (max, MB) | save: tensor bytes sent / rank (MB) | "
-            "written / rank (max, MB) | save s | load: added memory (max, MB) | load s | growth: bytes sent / rank "
-            "(MB) | growth: calls / rank | growth s |", "|" + "---|" * 11]
+    rows = [
+        "| layout | design | save: added memory / rank (max, MB) | save: tensor bytes sent / rank (MB) | "
+        "written / rank (max, MB) | save s | load: added memory (max, MB) | load s | growth: bytes sent / rank "
+        "(MB) | growth: calls / rank | growth s |",
+        "|" + "---|" * 11,
+    ]
     for layout, by_design in results.items():
         for design, ranks in by_design.items():
             mx = lambda k: max(r[k] for r in ranks)  # noqa: E731
-            rows.append(f"| {layout} | {design} | {mx('save_peak') / mb:.0f} | {mx('save_tensor_bytes') / mb:.1f} | "
-                        f"{mx('written') / mb:.0f} | {mx('save_s'):.2f} | {mx('load_peak') / mb:.0f} | "
-                        f"{mx('load_s'):.2f} | {mx('grow_tensor_bytes') / mb:.0f} | {mx('grow_calls')} | "
-                        f"{mx('grow_s'):.2f} |")
+            rows.append(
+                f"| {layout} | {design} | {mx('save_peak') / mb:.0f} | {mx('save_tensor_bytes') / mb:.1f} | "
+                f"{mx('written') / mb:.0f} | {mx('save_s'):.2f} | {mx('load_peak') / mb:.0f} | "
+                f"{mx('load_s'):.2f} | {mx('grow_tensor_bytes') / mb:.0f} | {mx('grow_calls')} | "
+                f"{mx('grow_s'):.2f} |"
+            )
     return "\n".join(rows)
 
 
 def growth_table(results: dict) -> str:
     mb = 1e6
-    rows = ["| layout | design | growth: bytes sent / rank (max, MB) | growth: calls / rank (max) | growth s (max) | "
-            "slice (params) |", "|" + "---|" * 6]
+    rows = [
+        "| layout | design | growth: bytes sent / rank (max, MB) | growth: calls / rank (max) | growth s (max) | "
+        "slice (params) |",
+        "|" + "---|" * 6,
+    ]
     for layout, by_design in results.items():
         for design, ranks in by_design.items():
             mx = lambda k: max(r[k] for r in ranks)  # noqa: E731
-            rows.append(f"| {layout} | {design} | {mx('grow_tensor_bytes') / mb:.1f} | {mx('grow_calls')} | "
-                        f"{mx('grow_s'):.2f} | {mx('slice_params')} |")
+            rows.append(
+                f"| {layout} | {design} | {mx('grow_tensor_bytes') / mb:.1f} | {mx('grow_calls')} | "
+                f"{mx('grow_s'):.2f} | {mx('slice_params')} |"
+            )
     return "\n".join(rows)
 
 
@@ -178,19 +222,23 @@ def projection() -> str:
                 measured at DP=4 the largest rank sent exactly that), plus, under PP, the
                 weights and ranges of the layers that change stage (a few layers per growth)."""
     gb = 1e9
-    rows = ["| model | GPUs | TP x PP x DP | slice S | save: device memory old / new (GB) | save: sent old / new "
-            "(GB) | written per rank old (rank 0) / new (GB) | growth: sent per rank, all-reduce / by ownership (GB) |",
-            "|" + "---|" * 8]
+    rows = [
+        "| model | GPUs | TP x PP x DP | slice S | save: device memory old / new (GB) | save: sent old / new "
+        "(GB) | written per rank old (rank 0) / new (GB) | growth: sent per rank, all-reduce / by ownership (GB) |",
+        "|" + "---|" * 8,
+    ]
     for name, n, _, tp, pp in PROJECTED:
         for g in GPUS:
             dp = g // (tp * pp)
             if dp < 1:
                 continue
             sl = n / (tp * pp)
-            rows.append(f"| {name} | {g} | {tp} x {pp} x {dp} | {sl / 1e9:.2f}B | {STATE * sl / gb:.1f} / 0 | "
-                        f"{2 * (dp - 1) / dp * STATE * sl / gb:.1f} / 0 | {(STATE + WEIGHT) * sl / gb:.1f} / "
-                        f"{(STATE + WEIGHT) * sl / dp / gb:.2f} | {2 * (dp - 1) / dp * STATE * sl / gb:.1f} / "
-                        f"{STATE * sl / dp / gb:.2f} |")
+            rows.append(
+                f"| {name} | {g} | {tp} x {pp} x {dp} | {sl / 1e9:.2f}B | {STATE * sl / gb:.1f} / 0 | "
+                f"{2 * (dp - 1) / dp * STATE * sl / gb:.1f} / 0 | {(STATE + WEIGHT) * sl / gb:.1f} / "
+                f"{(STATE + WEIGHT) * sl / dp / gb:.2f} | {2 * (dp - 1) / dp * STATE * sl / gb:.1f} / "
+                f"{STATE * sl / dp / gb:.2f} |"
+            )
     return "\n".join(rows)
 
 
@@ -204,8 +252,11 @@ def _blocking_seconds(profile) -> float:
         if path.endswith(os.path.join("engine", "checkpoint.py")) and func == "save_checkpoint":
             total += cum
         elif path.endswith(os.path.join("engine", "async_save.py")) and func in ("poll", "wait"):
-            total += sum(c[3] for (cpath, _, cfunc), c in callers.items()
-                         if not (cpath.endswith("checkpoint.py") and cfunc == "save_checkpoint"))
+            total += sum(
+                c[3]
+                for (cpath, _, cfunc), c in callers.items()
+                if not (cpath.endswith("checkpoint.py") and cfunc == "save_checkpoint")
+            )
     return total
 
 
@@ -229,14 +280,31 @@ def stall(args) -> str:
     n_saves = (args.stall_steps - 1) // args.stall_interval
     for mode in ("none", "off", "on"):
         run = tempfile.mkdtemp(prefix=f"stall_{mode}_")
-        cfg = load_run_config(None, [
-            f"run_dir={run}", "model.preset=tiny", f"model.num_layers={args.layers}", f"model.hidden_size={args.hidden}",
-            f"model.ffn_hidden_size={args.ffn}", f"model.num_attention_heads={args.heads}",
-            f"model.num_query_groups={args.groups}", "model.seq_length=64", "growth.operator=none",
-            f"train.steps={args.stall_steps}", "train.global_batch_size=2", "train.micro_batch_size=2",
-            "train.eval_interval=0", "optim.warmup_steps=1", "optim.decay_steps=1", "logging.progress=false",
-            "logging.tensorboard=false", f"checkpoint.interval={0 if mode == 'none' else args.stall_interval}",
-            "checkpoint.keep_last=2", f"checkpoint.async_save={'off' if mode == 'none' else mode}"])
+        cfg = load_run_config(
+            None,
+            [
+                f"run_dir={run}",
+                "model.preset=tiny",
+                f"model.num_layers={args.layers}",
+                f"model.hidden_size={args.hidden}",
+                f"model.ffn_hidden_size={args.ffn}",
+                f"model.num_attention_heads={args.heads}",
+                f"model.num_query_groups={args.groups}",
+                "model.seq_length=64",
+                "growth.operator=none",
+                f"train.steps={args.stall_steps}",
+                "train.global_batch_size=2",
+                "train.micro_batch_size=2",
+                "train.eval_interval=0",
+                "optim.warmup_steps=1",
+                "optim.decay_steps=1",
+                "logging.progress=false",
+                "logging.tensorboard=false",
+                f"checkpoint.interval={0 if mode == 'none' else args.stall_interval}",
+                "checkpoint.keep_last=2",
+                f"checkpoint.async_save={'off' if mode == 'none' else mode}",
+            ],
+        )
         ends = []
         profile = cProfile.Profile()
 
@@ -254,11 +322,13 @@ def stall(args) -> str:
     per_step = wall["none"] / (args.stall_steps - 1)
     w_sync, w_async = ((wall[m] - wall["none"]) / n_saves for m in ("off", "on"))
     b_sync, b_async = (blocking[m] / n_saves for m in ("off", "on"))
-    return (f"| step (mean) | saves | blocking per save, sync | blocking per save, async | async / sync (blocking) "
-            f"| wall per save, sync | wall per save, async | async / sync (wall) |\n"
-            f"|---|---|---|---|---|---|---|---|\n"
-            f"| {per_step:.3f} s | {n_saves} | {b_sync:.3f} s | {b_async:.3f} s | {b_async / b_sync:.2f} "
-            f"| {w_sync:.3f} s | {w_async:.3f} s | {w_async / w_sync:.2f} |")
+    return (
+        f"| step (mean) | saves | blocking per save, sync | blocking per save, async | async / sync (blocking) "
+        f"| wall per save, sync | wall per save, async | async / sync (wall) |\n"
+        f"|---|---|---|---|---|---|---|---|\n"
+        f"| {per_step:.3f} s | {n_saves} | {b_sync:.3f} s | {b_async:.3f} s | {b_async / b_sync:.2f} "
+        f"| {w_sync:.3f} s | {w_async:.3f} s | {w_async / w_sync:.2f} |"
+    )
 
 
 def main() -> None:
@@ -276,9 +346,12 @@ def main() -> None:
     ap.add_argument("--stall", action="store_true", help="measure the step stall of sync vs async saves and exit")
     ap.add_argument("--stall-steps", type=int, default=35)
     ap.add_argument("--stall-interval", type=int, default=5, help="steps between saves in --stall")
-    ap.add_argument("--growth-only", action="store_true",
-                    help="measure only the growth (bytes, calls, seconds per rank); e.g. with --old-rev of the "
-                         "executor that all-reduced whole layers")
+    ap.add_argument(
+        "--growth-only",
+        action="store_true",
+        help="measure only the growth (bytes, calls, seconds per rank); e.g. with --old-rev of the "
+        "executor that all-reduced whole layers",
+    )
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     ap.add_argument("--tp", type=int, default=1, help=argparse.SUPPRESS)
@@ -298,8 +371,9 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench_ckpt_")
     old = os.path.join(tmp, "old")
     os.makedirs(old)
-    archive = subprocess.run(["git", "-C", ROOT, "archive", args.old_rev, "grow_megatron"], check=True,
-                             capture_output=True).stdout
+    archive = subprocess.run(
+        ["git", "-C", ROOT, "archive", args.old_rev, "grow_megatron"], check=True, capture_output=True
+    ).stdout
     subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
     results: dict = {}
     try:
@@ -307,14 +381,21 @@ def main() -> None:
             world, tp = LAYOUTS[layout]
             for design, path in (("old", old), ("new", ROOT)):
                 t0 = time.perf_counter()
-                results.setdefault(layout, {})[design] = run_one(path, world, tp, args, os.path.join(tmp, layout,
-                                                                                                     design))
+                results.setdefault(layout, {})[design] = run_one(
+                    path, world, tp, args, os.path.join(tmp, layout, design)
+                )
                 print(f"{layout} {design}: {time.perf_counter() - t0:.0f}s", file=sys.stderr, flush=True)
                 if args.out:  # kept as it comes: a later layout may run out of memory
                     os.makedirs(args.out, exist_ok=True)
                     with open(os.path.join(args.out, "results.json"), "w") as f:
-                        json.dump({"args": {k: v for k, v in vars(args).items() if k not in ("worker", "dir")},
-                                   "results": results}, f, indent=1)
+                        json.dump(
+                            {
+                                "args": {k: v for k, v in vars(args).items() if k not in ("worker", "dir")},
+                                "results": results,
+                            },
+                            f,
+                            indent=1,
+                        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     md = growth_table(results) if args.growth_only else table(results)

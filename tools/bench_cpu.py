@@ -12,6 +12,7 @@ tokens, the same shape and batch for all. Warm-up steps (compilation included) a
 each variant's number is the median over all its timed steps. Then torch.profiler's top
 entries of one engine eager step. Prints a table and writes JSON (--out).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,12 @@ VARIANTS = ("engine_eager", "engine_compiled", "hf_eager", "hf_compiled")
 def _batch(sh: dict, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     t = torch.randint(0, sh["vocab"], (sh["batch"], sh["seq"] + 1), generator=g)
-    return {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(sh["batch"], sh["seq"]),
-            "position_ids": torch.arange(sh["seq"]).expand(sh["batch"], sh["seq"])}
+    return {
+        "tokens": t[:, :-1],
+        "labels": t[:, 1:],
+        "loss_mask": torch.ones(sh["batch"], sh["seq"]),
+        "position_ids": torch.arange(sh["seq"]).expand(sh["batch"], sh["seq"]),
+    }
 
 
 def _engine_step(sh: dict, compiled: bool):
@@ -46,9 +51,17 @@ def _engine_step(sh: dict, compiled: bool):
     from grow_megatron.engine.build import build_engine, train_step
     from grow_megatron.engine.resolve import engine_spec
 
-    model = ModelConfig(num_layers=sh["layers"], hidden_size=sh["hidden"], ffn_hidden_size=sh["ffn"],
-                        num_attention_heads=sh["heads"], num_query_groups=sh["kv"], vocab_size=sh["vocab"],
-                        seq_length=sh["seq"], kernels="off", compile=compiled)
+    model = ModelConfig(
+        num_layers=sh["layers"],
+        hidden_size=sh["hidden"],
+        ffn_hidden_size=sh["ffn"],
+        num_attention_heads=sh["heads"],
+        num_query_groups=sh["kv"],
+        vocab_size=sh["vocab"],
+        seq_length=sh["seq"],
+        kernels="off",
+        compile=compiled,
+    )
     optim = OptimConfig(lr=1e-3, warmup_steps=0, decay_steps=0, clip_grad=1.0)
     torch.manual_seed(0)
     engine = build_engine(engine_spec(model, sh["vocab"], optim=optim, compile=compiled), sh["layers"])
@@ -59,10 +72,20 @@ def _engine_step(sh: dict, compiled: bool):
 def _hf_step(sh: dict, compiled: bool):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=sh["vocab"], hidden_size=sh["hidden"], intermediate_size=sh["ffn"],
-                      num_hidden_layers=sh["layers"], num_attention_heads=sh["heads"], num_key_value_heads=sh["kv"],
-                      max_position_embeddings=sh["seq"], rms_norm_eps=1e-5, tie_word_embeddings=True,
-                      attention_bias=False, mlp_bias=False, use_cache=False)
+    cfg = LlamaConfig(
+        vocab_size=sh["vocab"],
+        hidden_size=sh["hidden"],
+        intermediate_size=sh["ffn"],
+        num_hidden_layers=sh["layers"],
+        num_attention_heads=sh["heads"],
+        num_key_value_heads=sh["kv"],
+        max_position_embeddings=sh["seq"],
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        mlp_bias=False,
+        use_cache=False,
+    )
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg)
@@ -93,8 +116,12 @@ def _profile(step, top: int) -> list[dict]:
 
 def bench_shape(name: str, variants: list[str], rounds: int, steps: int, warmup: int, top: int) -> dict:
     sh = SHAPES[name]
-    makers = {"engine_eager": lambda: _engine_step(sh, False), "engine_compiled": lambda: _engine_step(sh, True),
-              "hf_eager": lambda: _hf_step(sh, False), "hf_compiled": lambda: _hf_step(sh, True)}
+    makers = {
+        "engine_eager": lambda: _engine_step(sh, False),
+        "engine_compiled": lambda: _engine_step(sh, True),
+        "hf_eager": lambda: _hf_step(sh, False),
+        "hf_compiled": lambda: _hf_step(sh, True),
+    }
     fns, first, losses = {}, {}, {}
     for v in variants:
         fns[v] = makers[v]()
@@ -110,27 +137,44 @@ def bench_shape(name: str, variants: list[str], rounds: int, steps: int, warmup:
                 t0 = time.perf_counter()
                 losses[v] = fns[v]()
                 times[v].append(time.perf_counter() - t0)
-        print(f"[{name}] round {r + 1}/{rounds}: " + ", ".join(f"{v} {statistics.median(times[v]):.3f}s"
-                                                              for v in variants), flush=True)
-    out = {"shape": sh, "warmup_s": first, "step_s": times, "last_loss": losses,
-           "median_s": {v: statistics.median(t) for v, t in times.items()}}
+        print(
+            f"[{name}] round {r + 1}/{rounds}: "
+            + ", ".join(f"{v} {statistics.median(times[v]):.3f}s" for v in variants),
+            flush=True,
+        )
+    out = {
+        "shape": sh,
+        "warmup_s": first,
+        "step_s": times,
+        "last_loss": losses,
+        "median_s": {v: statistics.median(t) for v, t in times.items()},
+    }
     med = out["median_s"]
-    out["ratios"] = {k: med[a] / med[b] for k, a, b in (("engine_eager/hf_eager", "engine_eager", "hf_eager"),
-                                                       ("engine_compiled/hf_compiled", "engine_compiled", "hf_compiled"),
-                                                       ("engine_compiled/engine_eager", "engine_compiled", "engine_eager"))
-                     if a in med and b in med}
+    out["ratios"] = {
+        k: med[a] / med[b]
+        for k, a, b in (
+            ("engine_eager/hf_eager", "engine_eager", "hf_eager"),
+            ("engine_compiled/hf_compiled", "engine_compiled", "hf_compiled"),
+            ("engine_compiled/engine_eager", "engine_compiled", "engine_eager"),
+        )
+        if a in med and b in med
+    }
     if top and "engine_eager" in fns:
         out["engine_eager_profile"] = _profile(fns["engine_eager"], top)
     return out
 
 
 def table(results: dict) -> str:
-    lines = ["| shape | " + " | ".join(f"{v} (s)" for v in VARIANTS) + " | engine/HF eager | engine/HF compiled |",
-             "|---|" + "---:|" * (len(VARIANTS) + 2)]
+    lines = [
+        "| shape | " + " | ".join(f"{v} (s)" for v in VARIANTS) + " | engine/HF eager | engine/HF compiled |",
+        "|---|" + "---:|" * (len(VARIANTS) + 2),
+    ]
     for name, r in results.items():
         med, rat = r["median_s"], r["ratios"]
         cells = [f"{med[v]:.3f}" if v in med else "-" for v in VARIANTS]
-        ratios = [f"{rat[k]:.2f}" if k in rat else "-" for k in ("engine_eager/hf_eager", "engine_compiled/hf_compiled")]
+        ratios = [
+            f"{rat[k]:.2f}" if k in rat else "-" for k in ("engine_eager/hf_eager", "engine_compiled/hf_compiled")
+        ]
         lines.append(f"| {name} | " + " | ".join(cells + ratios) + " |")
     return "\n".join(lines)
 
@@ -174,9 +218,13 @@ def main(argv=None) -> int:
                 torch._dynamo.reset()
         finally:
             shutdown_distributed()
-    meta = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": " ".join(sys.argv),
-            "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
-            "load_avg_start_end": [load0, os.getloadavg()[0]], "torch": torch.__version__}
+    meta = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join(sys.argv),
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads",
+        "load_avg_start_end": [load0, os.getloadavg()[0]],
+        "torch": torch.__version__,
+    }
     print(table(results))
     for s, r in results.items():
         if "engine_eager_profile" in r:

@@ -14,6 +14,7 @@
    4 heads, SwiGLU 512, vocab 4096, fp32, the same 16 x 256 batch) on this CPU: ms per step,
    and the loader's share of it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,20 +112,25 @@ def main(argv=None) -> int:
 
     import torch
 
+    from grow_megatron.bench.report import cpu_model
     from grow_megatron.config.data import DataConfig
     from grow_megatron.data.datasets import build_datasets, get_microbatches
     from grow_megatron.data.prepare import prepare
-    from grow_megatron.bench.report import cpu_model
     from grow_megatron.data.tokenizer import load_tokenizer
 
     torch.set_num_threads(os.cpu_count() or 1)
     tmp = tempfile.TemporaryDirectory(dir=args.workdir) if not args.workdir else None
     work = args.workdir or tmp.name
     os.makedirs(work, exist_ok=True)
-    res: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu_count": os.cpu_count(),
-                 "machine": f"{platform.machine()} {cpu_model()}".strip(), "python": platform.python_version(),
-                 "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-                 "torch": torch.__version__, "command": "python tools/bench_data.py " + " ".join(argv or sys.argv[1:])}
+    res: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu_count": os.cpu_count(),
+        "machine": f"{platform.machine()} {cpu_model()}".strip(),
+        "python": platform.python_version(),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "torch": torch.__version__,
+        "command": "python tools/bench_data.py " + " ".join(argv or sys.argv[1:]),
+    }
     tok = load_tokenizer(None)
 
     src = os.path.join(work, "corpus")
@@ -147,15 +153,30 @@ def main(argv=None) -> int:
     res["prepare"] = []
     for w in [int(x) for x in args.workers.split(",")]:
         m = prepare(src, os.path.join(work, f"out_w{w}"), tok, num_workers=w, progress=False, force=True)
-        row = {"workers": w, "seconds": m["seconds"], "tokens": m["tokens"], "tokens_per_s": round(m["tokens"] / m["seconds"]),
-               "MB_per_s": round(nbytes / 1e6 / m["seconds"], 2)}
+        row = {
+            "workers": w,
+            "seconds": m["seconds"],
+            "tokens": m["tokens"],
+            "tokens_per_s": round(m["tokens"] / m["seconds"]),
+            "MB_per_s": round(nbytes / 1e6 / m["seconds"], 2),
+        }
         res["prepare"].append(row)
-        print(f"prepare, {w} worker(s): {row['tokens_per_s']:,} tokens/s ({row['MB_per_s']} MB/s, {m['seconds']} s)", flush=True)
+        print(
+            f"prepare, {w} worker(s): {row['tokens_per_s']:,} tokens/s ({row['MB_per_s']} MB/s, {m['seconds']} s)",
+            flush=True,
+        )
 
     # Loader overhead on the embedded default dataset.
     cfg = DataConfig(cache_dir=os.path.join(work, "cache"))
-    train, _ = build_datasets(cfg, seq_length=args.seq, seed=1, train_samples=args.gbs * (args.steps + 10),
-                              valid_samples=0, tokenizer=tok, progress=False)
+    train, _ = build_datasets(
+        cfg,
+        seq_length=args.seq,
+        seed=1,
+        train_samples=args.gbs * (args.steps + 10),
+        valid_samples=0,
+        tokenizer=tok,
+        progress=False,
+    )
     for s in range(5):  # warm the page cache and megatron's caches
         get_microbatches(train, step=s, global_batch_size=args.gbs, micro_batch_size=args.mbs)
     times = []
@@ -163,10 +184,15 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         get_microbatches(train, step=s, global_batch_size=args.gbs, micro_batch_size=args.mbs)
         times.append(1000 * (time.perf_counter() - t0))
-    res["loader"] = {"gbs": args.gbs, "mbs": args.mbs, "seq": args.seq, "steps": args.steps,
-                     "ms_per_step_median": round(statistics.median(times), 3),
-                     "ms_per_step_mean": round(statistics.fmean(times), 3),
-                     "ms_per_step_p95": round(sorted(times)[int(0.95 * len(times))], 3)}
+    res["loader"] = {
+        "gbs": args.gbs,
+        "mbs": args.mbs,
+        "seq": args.seq,
+        "steps": args.steps,
+        "ms_per_step_median": round(statistics.median(times), 3),
+        "ms_per_step_mean": round(statistics.fmean(times), 3),
+        "ms_per_step_p95": round(sorted(times)[int(0.95 * len(times))], 3),
+    }
     step_ms = tiny_step_ms(args.gbs, args.seq)
     res["tiny_torch_step_ms"] = round(step_ms, 1)
     res["loader_share_of_tiny_step"] = round(res["loader"]["ms_per_step_median"] / step_ms, 5)
@@ -177,7 +203,9 @@ def main(argv=None) -> int:
     print("-" * 69)
     print(f"{'tokenizer alone, 1 core (tokens/s)':<52} {res['tokenizer_core_tokens_per_s']:>16,}")
     for row in res["prepare"]:
-        print(f"{'prepare end to end, ' + str(row['workers']) + ' worker(s) (tokens/s)':<52} {row['tokens_per_s']:>16,}")
+        print(
+            f"{'prepare end to end, ' + str(row['workers']) + ' worker(s) (tokens/s)':<52} {row['tokens_per_s']:>16,}"
+        )
         print(f"{'prepare end to end, ' + str(row['workers']) + ' worker(s) (MB/s of text)':<52} {row['MB_per_s']:>16}")
     lo = res["loader"]
     loader = f"get_microbatches gbs {lo['gbs']} x seq {lo['seq']}, mbs {lo['mbs']} (ms/step, median)"

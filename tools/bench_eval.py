@@ -13,6 +13,7 @@ weights: speed does not depend on what the weights learned, and random weights m
 near-ties, so the accuracy check is strict. At context 128 the 5-shot prompts (215-350
 tokens) are cut from the left by both scorers alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,17 @@ def tiny_model(layers: int, context: int, seed: int = 0):
 
     shape = PRESETS["tiny"]
     tok = load_tokenizer(None)
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, hidden_size=shape["hidden_size"],
-                      intermediate_size=shape["ffn_hidden_size"], num_hidden_layers=layers,
-                      num_attention_heads=shape["num_attention_heads"], num_key_value_heads=shape["num_query_groups"],
-                      max_position_embeddings=context, tie_word_embeddings=True, rms_norm_eps=1e-5)
+    cfg = LlamaConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=shape["hidden_size"],
+        intermediate_size=shape["ffn_hidden_size"],
+        num_hidden_layers=layers,
+        num_attention_heads=shape["num_attention_heads"],
+        num_key_value_heads=shape["num_query_groups"],
+        max_position_embeddings=context,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).float().eval(), hf_tokenizer(tok)
 
@@ -92,10 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     truncated = sum(S.truncated_prompts(examples, reqs, max_len).values())
     params = sum(t.numel() for t in model.parameters())
     tok_ref, tok_fast = work_tokens(reqs, max_len)
-    print(f"model: {name} ({params / 1e6:.1f}M parameters); {len(examples)} prompts, {len(reqs)} choices, "
-          f"{truncated} prompts cut to the context of {max_len}; {args.threads} threads", file=sys.stderr)
+    print(
+        f"model: {name} ({params / 1e6:.1f}M parameters); {len(examples)} prompts, {len(reqs)} choices, "
+        f"{truncated} prompts cut to the context of {max_len}; {args.threads} threads",
+        file=sys.stderr,
+    )
 
-    run(fast, examples[:1], reqs[:len(examples[0].choices)])  # one-time costs (allocator, kernels) off the clock
+    run(fast, examples[:1], reqs[: len(examples[0].choices)])  # one-time costs (allocator, kernels) off the clock
     fast_scores, t_fast, c_fast = run(fast, examples, reqs)
     ref_scores, t_ref, c_ref = run(ref, examples, reqs)
     diffs = [abs(a - b) for fs, rs in zip(fast_scores, ref_scores) for a, b in zip(fs, rs)]
@@ -106,32 +117,58 @@ def main(argv: list[str] | None = None) -> int:
     # fp32 rounding of sums of log-probs of magnitude ~|score|: a few ulp of the largest.
     tol = 64 * torch.finfo(torch.float32).eps * max(1.0, max(abs(x) for s in ref_scores for x in s))
 
-    print(f"{'scorer':<34} {'wall s':>8} {'CPU s':>8} {'prompts/CPU s':>14} {'speedup (CPU)':>14} "
-          f"{'+ tokenize CPU s':>17} {'speedup':>8}")
-    for label, t, c, e in (("reference (1 forward per choice)", t_ref, c_ref, enc_ref),
-                           ("KV-cached shared prefix", t_fast, c_fast, enc_fast)):
-        print(f"{label:<34} {t:>8.2f} {c:>8.2f} {len(examples) / c:>14.1f} {c_ref / c:>13.1f}x "
-              f"{c + e:>17.2f} {(c_ref + enc_ref) / (c + e):>7.1f}x")
+    print(
+        f"{'scorer':<34} {'wall s':>8} {'CPU s':>8} {'prompts/CPU s':>14} {'speedup (CPU)':>14} "
+        f"{'+ tokenize CPU s':>17} {'speedup':>8}"
+    )
+    for label, t, c, e in (
+        ("reference (1 forward per choice)", t_ref, c_ref, enc_ref),
+        ("KV-cached shared prefix", t_fast, c_fast, enc_fast),
+    ):
+        print(
+            f"{label:<34} {t:>8.2f} {c:>8.2f} {len(examples) / c:>14.1f} {c_ref / c:>13.1f}x "
+            f"{c + e:>17.2f} {(c_ref + enc_ref) / (c + e):>7.1f}x"
+        )
     print(f"{'task':<18} {'acc ref':>8} {'acc fast':>9}")
     for t in acc_ref:
         print(f"{t:<18} {100 * acc_ref[t].accuracy:>7.1f}% {100 * acc_fast[t].accuracy:>8.1f}%")
-    print(f"accuracies equal: {same_acc}; predictions equal: {same_pred}; max |Δ log-likelihood| "
-          f"{max(diffs):.2e} (fp32 tolerance {tol:.1e})")
-    print(f"tokens through the decoder layers: reference {tok_ref:,}, cached {tok_fast:,} ({tok_ref / tok_fast:.2f}x "
-          f"fewer; with the output layer run at every reference position, this bounds the speed-up of any exact "
-          f"prefix sharing)")
+    print(
+        f"accuracies equal: {same_acc}; predictions equal: {same_pred}; max |Δ log-likelihood| "
+        f"{max(diffs):.2e} (fp32 tolerance {tol:.1e})"
+    )
+    print(
+        f"tokens through the decoder layers: reference {tok_ref:,}, cached {tok_fast:,} ({tok_ref / tok_fast:.2f}x "
+        f"fewer; with the output layer run at every reference position, this bounds the speed-up of any exact "
+        f"prefix sharing)"
+    )
     result = {
-        "model": name, "parameters": params, "prompts": len(examples), "choices": len(reqs),
-        "truncated_prompts": truncated, "context_length": max_len, "n": args.n, "tasks": args.tasks,
-        "shots": args.shots, "batch_size": args.batch_size, "threads": args.threads,
-        "seconds_reference": t_ref, "seconds_fast": t_fast, "cpu_seconds_reference": c_ref,
-        "cpu_seconds_fast": c_fast, "speedup_cpu": c_ref / c_fast, "speedup_wall": t_ref / t_fast,
-        "tokenize_cpu_seconds_reference": enc_ref, "tokenize_cpu_seconds_fast": enc_fast,
+        "model": name,
+        "parameters": params,
+        "prompts": len(examples),
+        "choices": len(reqs),
+        "truncated_prompts": truncated,
+        "context_length": max_len,
+        "n": args.n,
+        "tasks": args.tasks,
+        "shots": args.shots,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "seconds_reference": t_ref,
+        "seconds_fast": t_fast,
+        "cpu_seconds_reference": c_ref,
+        "cpu_seconds_fast": c_fast,
+        "speedup_cpu": c_ref / c_fast,
+        "speedup_wall": t_ref / t_fast,
+        "tokenize_cpu_seconds_reference": enc_ref,
+        "tokenize_cpu_seconds_fast": enc_fast,
         "speedup_cpu_with_tokenizing": (c_ref + enc_ref) / (c_fast + enc_fast),
-        "decoder_tokens_reference": tok_ref, "decoder_tokens_fast": tok_fast,
-        "accuracies_equal": same_acc, "predictions_equal": same_pred, "max_abs_loglik_diff": max(diffs),
-        "loglik_tolerance": tol, "accuracy": {t: {"reference": acc_ref[t].accuracy, "fast": acc_fast[t].accuracy}
-                                              for t in acc_ref},
+        "decoder_tokens_reference": tok_ref,
+        "decoder_tokens_fast": tok_fast,
+        "accuracies_equal": same_acc,
+        "predictions_equal": same_pred,
+        "max_abs_loglik_diff": max(diffs),
+        "loglik_tolerance": tol,
+        "accuracy": {t: {"reference": acc_ref[t].accuracy, "fast": acc_fast[t].accuracy} for t in acc_ref},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }

@@ -6,6 +6,7 @@
 
 Without a GPU (and without --dry-run) it exits with code 2. See docs/kernels.md.
 """
+
 import os
 import sys
 

@@ -19,6 +19,7 @@ GPU: NCCL takes one rank per device) runs the first phase's variants at DP=1 (ov
 exercises the hooks and buckets) and no TP phase. On a GPU the engine is bf16 and memory is
 torch.cuda's allocator (peak allocated during the step above the allocated before it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,14 @@ def _batches(vocab: int, seq: int, micro: int, n: int, seed: int) -> list[dict]:
     out = []
     for _ in range(n):
         t = torch.randint(0, vocab, (micro, seq + 1), generator=g)
-        out.append({"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(micro, seq),
-                    "position_ids": torch.arange(seq).expand(micro, seq)})
+        out.append(
+            {
+                "tokens": t[:, :-1],
+                "labels": t[:, 1:],
+                "loss_mask": torch.ones(micro, seq),
+                "position_ids": torch.arange(seq).expand(micro, seq),
+            }
+        )
     return out
 
 
@@ -107,30 +114,50 @@ def _phase(args, tp: int, variants: dict, rank: int) -> dict:
     heads, groups = args.heads, args.groups
     if heads % tp or groups % tp:
         heads, groups = 16, 4
-    model = ModelConfig(num_layers=args.layers, hidden_size=args.hidden, ffn_hidden_size=args.ffn,
-                        num_attention_heads=heads, num_query_groups=groups,
-                        vocab_size=args.vocab, seq_length=args.seq)
+    model = ModelConfig(
+        num_layers=args.layers,
+        hidden_size=args.hidden,
+        ffn_hidden_size=args.ffn,
+        num_attention_heads=heads,
+        num_query_groups=groups,
+        vocab_size=args.vocab,
+        seq_length=args.seq,
+    )
     dp_rank = parallel_state.get_data_parallel_rank()
     batches = _batches(args.vocab, args.seq, args.micro, args.microbatches, seed=dp_rank)
     rec = {name: {"step_s": []} for name in variants}
     for r in range(args.rounds):
-        for name in (variants if r % 2 == 0 else list(variants)[::-1]):
+        for name in variants if r % 2 == 0 else list(variants)[::-1]:
             kw = dict(variants[name])
             if kw.get("overlap_grad_reduce"):
                 kw["bucket_size"] = args.bucket_size
             torch.manual_seed(0)
-            spec = engine_spec(model, args.vocab, optim=OptimConfig(lr=1e-4, warmup_steps=0, decay_steps=0),
-                               tp=tp, bf16=torch.cuda.is_available(), scale=ScaleOptions(**kw))
+            spec = engine_spec(
+                model,
+                args.vocab,
+                optim=OptimConfig(lr=1e-4, warmup_steps=0, decay_steps=0),
+                tp=tp,
+                bf16=torch.cuda.is_available(),
+                scale=ScaleOptions(**kw),
+            )
             e = build_engine(spec, args.layers)
             train_step(e, batches, 1e-4)  # warm-up: lazy buffers, DDP's first-step bookkeeping
             if r == 0:  # forward + backward: the optimizer's own temporaries are the same for all variants
                 rec[name]["peak_bytes"] = _step_peak(lambda: run_microbatches(e, batches, forward_only=False))
                 rec[name]["kept_bytes"] = _kept_after_forward(e, batches[0])
                 rec[name]["held_bytes"] = sum(
-                    t.numel() * t.element_size() for m in e.model for b in m.buffers for t in (b.param_data, b.grad_data)
-                    if t is not None) + sum(
-                    v.numel() * v.element_size() for opt in getattr(e.optimizer, "chained_optimizers", [e.optimizer])
-                    for st in opt.optimizer.state.values() for v in st.values() if torch.is_tensor(v))
+                    t.numel() * t.element_size()
+                    for m in e.model
+                    for b in m.buffers
+                    for t in (b.param_data, b.grad_data)
+                    if t is not None
+                ) + sum(
+                    v.numel() * v.element_size()
+                    for opt in getattr(e.optimizer, "chained_optimizers", [e.optimizer])
+                    for st in opt.optimizer.state.values()
+                    for v in st.values()
+                    if torch.is_tensor(v)
+                )
             for _ in range(args.steps):
                 t0 = time.perf_counter()
                 out = train_step(e, batches, 1e-4)
@@ -143,16 +170,19 @@ def _phase(args, tp: int, variants: dict, rank: int) -> dict:
 
 
 def _worker(rank: int, world: int, port: int, args) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     import torch
 
     torch.set_num_threads(args.threads)
     from grow_megatron.engine.distributed import device_context, shutdown_distributed
 
     with device_context():
-        rec = {"dp": _phase(args, 1, DP_VARIANTS, rank),
-               "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+        rec = {
+            "dp": _phase(args, 1, DP_VARIANTS, rank),
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        }
         if world == 2:
             rec["tp2"] = _phase(args, 2, TP_VARIANTS, rank)
         shutdown_distributed()
@@ -167,17 +197,27 @@ def _table(ranks: list[dict], args) -> tuple[str, list[dict]]:
             continue
         for name in variants:
             per = [r[phase][name] for r in ranks]
-            rows.append({"variant": name, "layout": f"DP={len(ranks)}" if phase == "dp" else "TP=2",
-                         "peak_activation_MiB": max(p["peak_bytes"] for p in per) / 2**20,
-                         "held_MiB": max(p["held_bytes"] for p in per) / 2**20,
-                         "kept_after_forward_MiB": max(p.get("kept_bytes", 0) for p in per) / 2**20,
-                         "step_s_median": max(statistics.median(p["step_s"]) for p in per),
-                         "loss": per[0]["loss"], "device": ranks[0].get("device", "cpu")})
-    lines = ["| layout | variant | kept for backward after one micro-batch's forward (MiB) | forward + backward: peak activations + temporaries per rank (MiB) | weights, grads, optimizer state per rank (MiB) | step time, median (s) | loss after the last step |",
-             "|---|---|---|---|---|---|---|"]
+            rows.append(
+                {
+                    "variant": name,
+                    "layout": f"DP={len(ranks)}" if phase == "dp" else "TP=2",
+                    "peak_activation_MiB": max(p["peak_bytes"] for p in per) / 2**20,
+                    "held_MiB": max(p["held_bytes"] for p in per) / 2**20,
+                    "kept_after_forward_MiB": max(p.get("kept_bytes", 0) for p in per) / 2**20,
+                    "step_s_median": max(statistics.median(p["step_s"]) for p in per),
+                    "loss": per[0]["loss"],
+                    "device": ranks[0].get("device", "cpu"),
+                }
+            )
+    lines = [
+        "| layout | variant | kept for backward after one micro-batch's forward (MiB) | forward + backward: peak activations + temporaries per rank (MiB) | weights, grads, optimizer state per rank (MiB) | step time, median (s) | loss after the last step |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['layout']} | {r['variant']} | {r['kept_after_forward_MiB']:.0f} | {r['peak_activation_MiB']:.0f} | "
-                     f"{r['held_MiB']:.0f} | {r['step_s_median']:.2f} | {r['loss']:.6f} |")
+        lines.append(
+            f"| {r['layout']} | {r['variant']} | {r['kept_after_forward_MiB']:.0f} | {r['peak_activation_MiB']:.0f} | "
+            f"{r['held_MiB']:.0f} | {r['step_s_median']:.2f} | {r['loss']:.6f} |"
+        )
     return "\n".join(lines), rows
 
 

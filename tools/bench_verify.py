@@ -21,6 +21,7 @@ and reports the medians and the ratios. Whether the files come from the page cac
 disk depends on the machine (this benchmark does not drop caches on a shared machine);
 the output says how much of the checkpoint the page cache held (/proc/meminfo Cached).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     shapes = global_shapes(args.preset, args.layers)
     model_keys = [f"model.{k}" for k in shapes]
     keys = model_keys + [f"optimizer.{s}.{k}" for s in STATES for k in shapes]
-    spec = {k: shapes[k.split(".", 2)[-1] if k.startswith("optimizer.") else k[len("model."):]] for k in keys}
+    spec = {k: shapes[k.split(".", 2)[-1] if k.startswith("optimizer.") else k[len("model.") :]] for k in keys}
     params = sum(torch.Size(s).numel() for s in shapes.values())
     root = args.dir or tempfile.mkdtemp(prefix="bench_verify_")
     ckpt = os.path.join(root, "step_00000000")
@@ -115,8 +116,14 @@ def main(argv=None) -> int:
         verify_checkpoint(ckpt, keys=is_model)
         load(model_keys)
 
-    times: dict[str, list[float]] = {"verify": [], "full_load": [], "full_load_verified": [], "model_load": [],
-                                     "verify_model": [], "model_load_verified": []}
+    times: dict[str, list[float]] = {
+        "verify": [],
+        "full_load": [],
+        "full_load_verified": [],
+        "model_load": [],
+        "verify_model": [],
+        "model_load_verified": [],
+    }
     for _ in tqdm(range(args.repeat), desc="rounds"):
         times["verify"].append(timed(lambda: verify_checkpoint(ckpt)))
         times["full_load"].append(timed(lambda: load(keys)))
@@ -126,9 +133,14 @@ def main(argv=None) -> int:
         times["model_load_verified"].append(timed(model_load_verified))
     med = {k: statistics.median(v) for k, v in times.items()}
     result = {
-        "preset": args.preset, "layers": args.layers or PRESETS[args.preset]["num_layers"], "params": params,
-        "checkpoint_bytes": size, "files": len(os.listdir(ckpt)), "save_s": round(t_save, 3),
-        "manifest_write_s": round(t_manifest, 3), "median_s": {k: round(v, 3) for k, v in med.items()},
+        "preset": args.preset,
+        "layers": args.layers or PRESETS[args.preset]["num_layers"],
+        "params": params,
+        "checkpoint_bytes": size,
+        "files": len(os.listdir(ckpt)),
+        "save_s": round(t_save, 3),
+        "manifest_write_s": round(t_manifest, 3),
+        "median_s": {k: round(v, 3) for k, v in med.items()},
         "all_s": {k: [round(x, 3) for x in v] for k, v in times.items()},
         "verify_over_full_load": round(med["verify"] / med["full_load"], 4),
         "verified_full_load_over_full_load": round(med["full_load_verified"] / med["full_load"], 4),

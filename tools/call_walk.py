@@ -15,6 +15,7 @@ the others are where the walk itself leaves a layer it had gone down to. Methods
 resolved: the count is of what a reader can follow by name. Standard library only, so it runs
 on any checkout (the same script counts before and after a change).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,9 @@ class Module:
         self.name = name
         path = _module_path(name)
         self.tree = ast.parse(path.read_text()) if path else ast.Module(body=[], type_ignores=[])
-        self.defs = {n.name: n for n in self.tree.body
-                     if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+        self.defs = {
+            n.name: n for n in self.tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+        }
         self.names: dict[str, str] = {}  # local name -> "module:attr" or "module:" (a module alias)
         for node in ast.walk(self.tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(PKG):
@@ -125,8 +127,10 @@ def main() -> None:
     if args.tree:
         for f in order:
             print(f)
-    print(f"{len(order)} functions, {len(set(pkgs))} packages ({', '.join(sorted(set(pkgs)))}), "
-          f"{len(climbs)} climbs, {len(inner)} of them not back from a leaf")
+    print(
+        f"{len(order)} functions, {len(set(pkgs))} packages ({', '.join(sorted(set(pkgs)))}), "
+        f"{len(climbs)} climbs, {len(inner)} of them not back from a leaf"
+    )
     for a, b in climbs:
         print(f"  climb{'' if a in leaves else ' (not from a leaf)'}: {a} -> {b}")
 

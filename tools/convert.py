@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Checkpoint conversion from tools/: same as `grow-megatron convert ...` (see docs/convert.md).
 
-    python tools/convert.py to-hf runs/tiny_lidas /tmp/tiny_hf
-    python tools/convert.py from-hf /tmp/tiny_hf runs/from_hf
+python tools/convert.py to-hf runs/tiny_lidas /tmp/tiny_hf
+python tools/convert.py from-hf /tmp/tiny_hf runs/from_hf
 """
+
 import os
 import sys
 

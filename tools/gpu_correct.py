@@ -24,6 +24,7 @@ The JSON (--out) is rewritten after every check, so a run stopped at a time limi
 checked; a table is printed at the end. Exit code: 0 all checks passed, 1 a check failed, 2 no
 GPU (without --smoke). tools/gpu_results.py turns the JSON into docs/benchmarks.md's table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,7 @@ import time
 import traceback
 import warnings
 import xml.etree.ElementTree as ET
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 
@@ -57,13 +58,20 @@ EXIT_NO_GPU = 2
 # through a growth: the tolerance of tests/test_training_resume.py's bf16-vs-fp32 comparison
 # (8 mantissa bits, ~0.4% per op, over a dozen steps).
 LOSS_RTOL_BF16 = 2e-2
-PYTEST_FILES = ["tests/test_kernels_rmsnorm.py", "tests/test_kernels_swiglu.py", "tests/test_kernels_rope.py",
-                "tests/test_kernels_fused_linear_ce.py", "tests/test_kernels_api.py", "tests/test_model_kernels.py",
-                "tests/test_sdpa_gqa.py"]
+PYTEST_FILES = [
+    "tests/test_kernels_rmsnorm.py",
+    "tests/test_kernels_swiglu.py",
+    "tests/test_kernels_rope.py",
+    "tests/test_kernels_fused_linear_ce.py",
+    "tests/test_kernels_api.py",
+    "tests/test_model_kernels.py",
+    "tests/test_sdpa_gqa.py",
+]
 PARTS = ("pytest", "kernels", "sdpa", "engine")
 
 
 # ----------------------------------------------------------------------------- verdicts (pure)
+
 
 def losses_agree(a: dict, b: dict, rtol: float) -> dict:
     """Two runs' losses by step: the largest relative difference and whether every step is within rtol."""
@@ -71,8 +79,12 @@ def losses_agree(a: dict, b: dict, rtol: float) -> dict:
     diffs = [abs(a[s] - b[s]) / max(abs(b[s]), 1e-12) for s in steps]
     finite = all(math.isfinite(a[s]) and math.isfinite(b[s]) for s in steps)
     worst = max(diffs) if diffs else None
-    return {"steps": len(steps), "max_rel_diff": worst, "rtol": rtol,
-            "ok": bool(steps) and finite and set(a) == set(b) and worst <= rtol}
+    return {
+        "steps": len(steps),
+        "max_rel_diff": worst,
+        "rtol": rtol,
+        "ok": bool(steps) and finite and set(a) == set(b) and worst <= rtol,
+    }
 
 
 def resume_verdict(full: dict, first: dict, second: dict, stop_at: int) -> dict:
@@ -86,8 +98,13 @@ def resume_verdict(full: dict, first: dict, second: dict, stop_at: int) -> dict:
     pre_equal = all(first.get(s) == full[s] for s in pre)
     post_equal = all(second.get(s) == full[s] for s in post)
     diffs = [abs(got[s] - full[s]) / max(abs(full[s]), 1e-12) for s in full if s in got]
-    out = {"stop_at": stop_at, "pre_stop_equal": pre_equal, "resumed_equal": post_equal,
-           "max_rel_diff": max(diffs) if diffs else None, "resumed_from": min((int(s) for s in second), default=None)}
+    out = {
+        "stop_at": stop_at,
+        "pre_stop_equal": pre_equal,
+        "resumed_equal": post_equal,
+        "max_rel_diff": max(diffs) if diffs else None,
+        "resumed_from": min((int(s) for s in second), default=None),
+    }
     if set(got) != set(full):
         return {**out, "ok": False, "verdict": f"steps differ: {sorted(map(int, got))} vs {sorted(map(int, full))}"}
     if pre_equal and post_equal:
@@ -107,21 +124,34 @@ def junit_summary(path: str) -> dict:
         for tag in ("failure", "error"):
             el = case.find(tag)
             if el is not None:
-                failures.append({"test": f"{case.get('classname')}::{case.get('name')}", "kind": tag,
-                                 "message": (el.get("message") or "")[:300]})
+                failures.append(
+                    {
+                        "test": f"{case.get('classname')}::{case.get('name')}",
+                        "kind": tag,
+                        "message": (el.get("message") or "")[:300],
+                    }
+                )
     counts["passed"] = counts["tests"] - counts["failures"] - counts["errors"] - counts["skipped"]
     return {**counts, "failed": failures}
 
 
 # ----------------------------------------------------------------------------- report
 
+
 class Report:
     """The JSON, rewritten after every check."""
 
     def __init__(self, path: str, smoke: bool, device: torch.device):
         self.path = path
-        self.data: dict = {"environment": _environment(device, smoke), "smoke": smoke,
-                           "pytest": None, "kernels": [], "sdpa": [], "engine": [], "errors": {}}
+        self.data: dict = {
+            "environment": _environment(device, smoke),
+            "smoke": smoke,
+            "pytest": None,
+            "kernels": [],
+            "sdpa": [],
+            "engine": [],
+            "errors": {},
+        }
         self.write()
 
     def write(self) -> None:
@@ -140,26 +170,38 @@ def summary(data: dict) -> dict:
         if e.get("error"):
             checks.append((f"engine {e['name']}: {e['error'][:120]}", False))
         else:
-            checks += [(f"engine {e['name']}: kernels on vs off", (e.get("on_vs_off") or {}).get("ok")),
-                       (f"engine {e['name']}: resume", (e.get("resume") or {}).get("ok"))]
+            checks += [
+                (f"engine {e['name']}: kernels on vs off", (e.get("on_vs_off") or {}).get("ok")),
+                (f"engine {e['name']}: resume", (e.get("resume") or {}).get("ok")),
+            ]
     p = data.get("pytest")
     if p:
         checks.append(("pytest", p.get("ok")))
     checks += [(f"part {k}: {v[:120]}", False) for k, v in data.get("errors", {}).items()]
     failed = [n for n, ok in checks if ok is False]
     undecided = [n for n, ok in checks if ok is None]
-    return {"checks": len(checks), "passed": sum(ok is True for _, ok in checks), "failed": failed,
-            "undecided": undecided, "ok": bool(checks) and not failed and not undecided}
+    return {
+        "checks": len(checks),
+        "passed": sum(ok is True for _, ok in checks),
+        "failed": failed,
+        "undecided": undecided,
+        "ok": bool(checks) and not failed and not undecided,
+    }
 
 
 def _environment(device: torch.device, smoke: bool) -> dict:
     import importlib.metadata as md
 
-    env = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
-           "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]), "torch": torch.__version__,
-           "cuda": torch.version.cuda, "python": platform.python_version(),
-           "device": torch.cuda.get_device_name(device) if device.type == "cuda"
-           else f"cpu ({platform.processor() or platform.machine()})"}
+    env = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "python": platform.python_version(),
+        "device": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or platform.machine()})",
+    }
     for name in ("triton", "megatron-core", "transformers"):
         try:
             env[name.replace("-", "_")] = md.version(name)
@@ -173,15 +215,27 @@ def _environment(device: torch.device, smoke: bool) -> dict:
 
 # ----------------------------------------------------------------------------- pytest (background)
 
+
 def start_pytest(junit: str, select: str, limit_s: int) -> tuple[subprocess.Popen, float]:
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "junit_family=xunit1",
-           f"--junitxml={junit}", *PYTEST_FILES] + (["-k", select] if select else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-o",
+        "junit_family=xunit1",
+        f"--junitxml={junit}",
+        *PYTEST_FILES,
+    ] + (["-k", select] if select else [])
     env = {**os.environ, "CI": "true"}
     log = open(junit + ".log", "w")
     print(f"[pytest] {' '.join(cmd)} (background, limit {limit_s}s)", flush=True)
     # Own process group: a time limit ends pytest and every process it started.
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True), time.time()
+    return subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    ), time.time()
 
 
 def finish_pytest(proc: subprocess.Popen, t0: float, junit: str, limit_s: float) -> dict:
@@ -197,8 +251,7 @@ def finish_pytest(proc: subprocess.Popen, t0: float, junit: str, limit_s: float)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    out = {"rc": proc.returncode, "seconds": round(time.time() - t0, 1), "timed_out": timed_out,
-           "files": PYTEST_FILES}
+    out = {"rc": proc.returncode, "seconds": round(time.time() - t0, 1), "timed_out": timed_out, "files": PYTEST_FILES}
     with open(junit + ".log", errors="replace") as f:
         out["tail"] = f.read()[-1500:]
     if os.path.exists(junit):
@@ -211,6 +264,7 @@ def finish_pytest(proc: subprocess.Popen, t0: float, junit: str, limit_s: float)
 
 # ----------------------------------------------------------------------------- kernels
 
+
 def _rand(shape, dtype, gen, device, scale=1.0):
     return (torch.randn(shape, generator=gen, device=device, dtype=torch.float32) * scale).to(dtype)
 
@@ -218,49 +272,99 @@ def _rand(shape, dtype, gen, device, scale=1.0):
 def kernel_cases(device: torch.device, smoke: bool) -> list[tuple[str, str, tuple, Callable]]:
     """(kernel, case, shape, make) at kernels/bench.py's benchmark shapes (its dry-run shapes in
     smoke mode); make(gen) -> (fn, ref_fn, args, diff, upstream, names)."""
-    from grow_megatron.kernels import (apply_rope, apply_rope_ref, fused_linear_cross_entropy,
-                                       fused_linear_cross_entropy_ref, rms_norm, rms_norm_ref, rope_cos_sin, swiglu,
-                                       swiglu_fused, swiglu_fused_ref, swiglu_ref)
+    from grow_megatron.kernels import (
+        apply_rope,
+        apply_rope_ref,
+        fused_linear_cross_entropy,
+        fused_linear_cross_entropy_ref,
+        rms_norm,
+        rms_norm_ref,
+        rope_cos_sin,
+        swiglu,
+        swiglu_fused,
+        swiglu_fused_ref,
+        swiglu_ref,
+    )
     from grow_megatron.kernels.bench import CE_SHAPES, RMSNORM_SHAPES, ROPE_SHAPES, SWIGLU_SHAPES, _shapes
 
     bf, dev = torch.bfloat16, device
     up = lambda shape, g: _rand(shape, torch.float64, g, dev)  # noqa: E731 (upstream grads, fp64)
     cases = []
     for M, H in _shapes(RMSNORM_SHAPES, smoke):
+
         def norm(g, M=M, H=H):
             x, w = _rand((M, H), bf, g, dev), (1 + _rand((H,), torch.float32, g, dev, 0.3)).to(bf)
             return rms_norm, rms_norm_ref, [x, w, 1e-5, 1 / math.sqrt(12)], [0, 1], [up((M, H), g)], ["y", "dx", "dw"]
 
         def norm_res(g, M=M, H=H):
-            x, w, r = _rand((M, H), bf, g, dev), (1 + _rand((H,), torch.float32, g, dev, 0.3)).to(bf), \
-                _rand((M, H), bf, g, dev)
-            return (rms_norm, rms_norm_ref, [x, w, 1e-5, 1 / math.sqrt(12), r], [0, 1, 4],
-                    [up((M, H), g), up((M, H), g)], ["y", "new_residual", "dx", "dw", "dresidual"])
+            x, w, r = (
+                _rand((M, H), bf, g, dev),
+                (1 + _rand((H,), torch.float32, g, dev, 0.3)).to(bf),
+                _rand((M, H), bf, g, dev),
+            )
+            return (
+                rms_norm,
+                rms_norm_ref,
+                [x, w, 1e-5, 1 / math.sqrt(12), r],
+                [0, 1, 4],
+                [up((M, H), g), up((M, H), g)],
+                ["y", "new_residual", "dx", "dw", "dresidual"],
+            )
+
         cases += [("rmsnorm", "LN-Scaling", (M, H), norm), ("rmsnorm", "residual", (M, H), norm_res)]
     for M, F in _shapes(SWIGLU_SHAPES, smoke):
+
         def sw(g, M=M, F=F):
-            return (swiglu, swiglu_ref, [_rand((M, F), bf, g, dev, 3.0), _rand((M, F), bf, g, dev)], [0, 1],
-                    [up((M, F), g)], ["out", "dgate", "dup"])
+            return (
+                swiglu,
+                swiglu_ref,
+                [_rand((M, F), bf, g, dev, 3.0), _rand((M, F), bf, g, dev)],
+                [0, 1],
+                [up((M, F), g)],
+                ["out", "dgate", "dup"],
+            )
 
         def sw_fused(g, M=M, F=F):
-            return (swiglu_fused, swiglu_fused_ref, [_rand((M, 2 * F), bf, g, dev, 3.0)], [0], [up((M, F), g)],
-                    ["out", "dx"])
+            return (
+                swiglu_fused,
+                swiglu_fused_ref,
+                [_rand((M, 2 * F), bf, g, dev, 3.0)],
+                [0],
+                [up((M, F), g)],
+                ["out", "dx"],
+            )
+
         cases += [("swiglu", "separate", (M, F), sw), ("swiglu", "fused [M,2F]", (M, F), sw_fused)]
     for s, b, hq, hk, d in _shapes(ROPE_SHAPES, smoke):
+
         def rope(g, s=s, b=b, hq=hq, hk=hk, d=d):
             cos, sin = rope_cos_sin(s, d, device=dev)
-            return (apply_rope, apply_rope_ref, [_rand((s, b, hq, d), bf, g, dev), _rand((s, b, hk, d), bf, g, dev),
-                                                 cos, sin], [0, 1], [up((s, b, hq, d), g), up((s, b, hk, d), g)],
-                    ["q", "k", "dq", "dk"])
+            return (
+                apply_rope,
+                apply_rope_ref,
+                [_rand((s, b, hq, d), bf, g, dev), _rand((s, b, hk, d), bf, g, dev), cos, sin],
+                [0, 1],
+                [up((s, b, hq, d), g), up((s, b, hk, d), g)],
+                ["q", "k", "dq", "dk"],
+            )
+
         cases.append(("rope", "q,k", (s, b, hq, hk, d), rope))
     for N, V, D in _shapes(CE_SHAPES, smoke):
+
         def ce(g, N=N, V=V, D=D):
             h = _rand((N, D), bf, g, dev, 4 / math.sqrt(D))  # logits of std ~4, as in kernels/bench.py
             w = _rand((V, D), bf, g, dev)
             t = torch.randint(0, V, (N,), generator=g, device=dev)
             t[::17] = -100  # ignored tokens
-            return (fused_linear_cross_entropy, fused_linear_cross_entropy_ref, [h, w, t], [0, 1],
-                    [torch.rand((N,), generator=g, device=dev, dtype=torch.float64)], ["loss", "dh", "dw"])
+            return (
+                fused_linear_cross_entropy,
+                fused_linear_cross_entropy_ref,
+                [h, w, t],
+                [0, 1],
+                [torch.rand((N,), generator=g, device=dev, dtype=torch.float64)],
+                ["loss", "dh", "dw"],
+            )
+
         cases.append(("fused_linear_ce", "loss per token", (N, V, D), ce))
     return cases
 
@@ -287,6 +391,7 @@ def check_kernel(make: Callable, seed: int, device: torch.device) -> dict:
 
 # ----------------------------------------------------------------------------- SDPA native GQA
 
+
 def check_sdpa(device: torch.device, smoke: bool) -> dict:
     """Native GQA (enable_gqa) vs the repeat path at the 360M attention shape: both against an
     fp64 reference (the repeat path in fp64), bf16, forward and backward."""
@@ -302,18 +407,26 @@ def check_sdpa(device: torch.device, smoke: bool) -> dict:
     if device.type == "cuda":
         cuda = torch.backends.cuda
         params = cuda.SDPAParams(q, k, v, None, 0.0, True, True)
-        out["fused_accepts_native"] = {n: bool(f(params, False)) for n, f in (
-            ("flash", cuda.can_use_flash_attention), ("efficient", cuda.can_use_efficient_attention),
-            ("cudnn", cuda.can_use_cudnn_attention))}
+        out["fused_accepts_native"] = {
+            n: bool(f(params, False))
+            for n, f in (
+                ("flash", cuda.can_use_flash_attention),
+                ("efficient", cuda.can_use_efficient_attention),
+                ("cudnn", cuda.can_use_cudnn_attention),
+            )
+        }
     out["engine_takes_native"] = native_gqa_is_fused(q, k, v, 0.0)
     names = ["out", "dq", "dk", "dv"]
-    attn = lambda native: (lambda q, k, v: causal_attention(q, k, v, native_gqa=native, scale=scale))  # noqa: E731
+    attn = lambda native: lambda q, k, v: causal_attention(q, k, v, native_gqa=native, scale=scale)  # noqa: E731
     native = outputs_and_grads(attn(True), [q, k, v], [0, 1, 2], upstream)
     repeat = outputs_and_grads(attn(False), [q, k, v], [0, 1, 2], upstream)
     ref64 = outputs_and_grads(attn(False), [q, k, v], [0, 1, 2], upstream, cast=torch.float64)
     errs = {n: {"native": rel_err(a, c), "repeat": rel_err(r, c)} for n, a, r, c in zip(names, native, repeat, ref64)}
-    failures = [f"{n}: native err {e['native']:.3g} > {LOWP_ERR_RATIO} x repeat's {e['repeat']:.3g}"
-                for n, e in errs.items() if not e["native"] <= LOWP_ERR_RATIO * e["repeat"] + 1e-7]
+    failures = [
+        f"{n}: native err {e['native']:.3g} > {LOWP_ERR_RATIO} x repeat's {e['repeat']:.3g}"
+        for n, e in errs.items()
+        if not e["native"] <= LOWP_ERR_RATIO * e["repeat"] + 1e-7
+    ]
     out.update(errors=errs, failures=failures, ok=not failures)
     if device.type == "cuda":
         import triton.testing
@@ -324,37 +437,81 @@ def check_sdpa(device: torch.device, smoke: bool) -> dict:
             dy = upstream[0].to(torch.bfloat16)
             ms["native" if native_gqa else "repeat"] = triton.testing.do_bench(
                 lambda: causal_attention(qq, kk, vv, native_gqa=native_gqa, scale=scale).backward(dy),
-                grad_to_none=[qq, kk, vv], warmup=10, rep=50, return_mode="median")
+                grad_to_none=[qq, kk, vv],
+                warmup=10,
+                rep=50,
+                return_mode="median",
+            )
         out["fwd_bwd_ms"] = ms
     return out
 
 
 # ----------------------------------------------------------------------------- engine
 
+
 def engine_configs(smoke: bool) -> list[dict]:
     """The two configs, as (name, base YAML, overrides). Growth 4 -> 8 layers (2 -> 4 in smoke)
     in a few steps, bf16 (the GPU default), no eval, no periodic checkpoint."""
-    common = {"train.precision": "bf16", "train.eval_interval": 0, "checkpoint.interval": 0,
-              "checkpoint.save_at_growth": False, "logging.progress": False, "logging.tensorboard": False,
-              "optim.warmup_steps": 1, "optim.decay_steps": 1}
+    common = {
+        "train.precision": "bf16",
+        "train.eval_interval": 0,
+        "checkpoint.interval": 0,
+        "checkpoint.save_at_growth": False,
+        "logging.progress": False,
+        "logging.tensorboard": False,
+        "optim.warmup_steps": 1,
+        "optim.decay_steps": 1,
+    }
     if smoke:
-        small = {"model.num_layers": 4, "growth.block_size": 2, "train.steps": 4, "growth.grow_steps": 3,
-                 "model.seq_length": 32, "train.global_batch_size": 2, "train.micro_batch_size": 2}
+        small = {
+            "model.num_layers": 4,
+            "growth.block_size": 2,
+            "train.steps": 4,
+            "growth.grow_steps": 3,
+            "model.seq_length": 32,
+            "train.global_batch_size": 2,
+            "train.micro_batch_size": 2,
+        }
         return [
-            {"name": "tiny", "config": "examples/tiny_lidas.yaml", "shape": "width 64, 2 -> 4 layers, 2x32",
-             "set": {**common, **small, "model.hidden_size": 64, "model.ffn_hidden_size": 160}},
-            {"name": "360m-shape", "config": "examples/smollm360m_lidas_short.yaml",
-             "shape": "15/5 heads of 8, 2 -> 4 layers, 2x32",
-             "set": {**common, **small, "model.hidden_size": 120, "model.ffn_hidden_size": 160,
-                     "model.vocab_size": 4096}},
+            {
+                "name": "tiny",
+                "config": "examples/tiny_lidas.yaml",
+                "shape": "width 64, 2 -> 4 layers, 2x32",
+                "set": {**common, **small, "model.hidden_size": 64, "model.ffn_hidden_size": 160},
+            },
+            {
+                "name": "360m-shape",
+                "config": "examples/smollm360m_lidas_short.yaml",
+                "shape": "15/5 heads of 8, 2 -> 4 layers, 2x32",
+                "set": {
+                    **common,
+                    **small,
+                    "model.hidden_size": 120,
+                    "model.ffn_hidden_size": 160,
+                    "model.vocab_size": 4096,
+                },
+            },
         ]
     return [
-        {"name": "tiny", "config": "examples/tiny_lidas.yaml", "shape": "tiny preset, 4 -> 8 layers, 16x128",
-         "set": {**common, "model.num_layers": 8, "train.steps": 6, "growth.grow_steps": 6}},
-        {"name": "360m-shape", "config": "examples/smollm360m_lidas_short.yaml",
-         "shape": "SmolLM-360M layers (960, 15/5 heads, ffn 2560, vocab 49152), 4 -> 8 layers, 8x2048",
-         "set": {**common, "model.num_layers": 8, "train.steps": 6, "growth.grow_steps": 6,
-                 "train.global_batch_size": 8, "train.micro_batch_size": 8}},
+        {
+            "name": "tiny",
+            "config": "examples/tiny_lidas.yaml",
+            "shape": "tiny preset, 4 -> 8 layers, 16x128",
+            "set": {**common, "model.num_layers": 8, "train.steps": 6, "growth.grow_steps": 6},
+        },
+        {
+            "name": "360m-shape",
+            "config": "examples/smollm360m_lidas_short.yaml",
+            "shape": "SmolLM-360M layers (960, 15/5 heads, ffn 2560, vocab 49152), 4 -> 8 layers, 8x2048",
+            "set": {
+                **common,
+                "model.num_layers": 8,
+                "train.steps": 6,
+                "growth.grow_steps": 6,
+                "train.global_batch_size": 8,
+                "train.micro_batch_size": 8,
+            },
+        },
     ]
 
 
@@ -370,14 +527,18 @@ def check_engine(spec: dict, work: str, out: dict) -> dict:
         sets = {**spec["set"], "model.kernels": kernels, "run_dir": os.path.join(work, spec["name"], run)}
         return load_run_config(os.path.join(ROOT, spec["config"]), [f"{k}={v}" for k, v in sets.items()])
 
-    def run(run_name: str, kernels: str, stop_at: Optional[int] = None) -> dict:
+    def run(run_name: str, kernels: str, stop_at: int | None = None) -> dict:
         seen = {}
 
         def on_step(engine, step, rec):
             if not seen:
                 layer = engine.local_layers()[0]
-                seen["kernels_in_use"] = bool(engine.chunks[0].fused_loss and layer.input_layernorm.use_kernel
-                                              and layer.self_attention.core_attention.use_kernel)
+                seen["kernels_in_use"] = bool(
+                    engine.chunks[0].fused_loss
+                    and layer.input_layernorm.use_kernel
+                    and layer.self_attention.core_attention.use_kernel
+                )
+
         t = time.time()
         c = cfg(run_name, kernels)
         res = train(c, stop_at=stop_at, on_step=on_step)
@@ -385,14 +546,21 @@ def check_engine(spec: dict, work: str, out: dict) -> dict:
             # train() turns SIGINT (the session's time limit) into a clean early stop; here it
             # must end the checks, not start the next run.
             raise KeyboardInterrupt
-        rec = {"losses": {str(k): v for k, v in sorted(res.losses.items())}, "seconds": round(time.time() - t, 1),
-               "growths": [{k: g.get(k) for k in ("step", "old_depth", "new_depth", "seconds")} for g in res.growths],
-               "start_step": res.start_step, **seen}
+        rec = {
+            "losses": {str(k): v for k, v in sorted(res.losses.items())},
+            "seconds": round(time.time() - t, 1),
+            "growths": [{k: g.get(k) for k in ("step", "old_depth", "new_depth", "seconds")} for g in res.growths],
+            "start_step": res.start_step,
+            **seen,
+        }
         if torch.cuda.is_available():
             rec["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             torch.cuda.reset_peak_memory_stats()
-        print(f"[engine {spec['name']}] {run_name}: {len(rec['losses'])} steps in {rec['seconds']}s, "
-              f"losses {[round(v, 4) for v in rec['losses'].values()]}", flush=True)
+        print(
+            f"[engine {spec['name']}] {run_name}: {len(rec['losses'])} steps in {rec['seconds']}s, "
+            f"losses {[round(v, 4) for v in rec['losses'].values()]}",
+            flush=True,
+        )
         return rec
 
     boundaries = plan_from_config(cfg("plan", "off")).boundaries
@@ -405,12 +573,16 @@ def check_engine(spec: dict, work: str, out: dict) -> dict:
         out["on_vs_off"].update(ok=False, note="model.kernels=on but the engine did not use the kernels")
     first = run("split", "on", stop_at=stop_at)
     second = run("split", "on")
-    out["resume"] = {**resume_verdict(out["kernels_on"]["losses"], first["losses"], second["losses"], stop_at),
-                     "first": first, "second": second}
+    out["resume"] = {
+        **resume_verdict(out["kernels_on"]["losses"], first["losses"], second["losses"], stop_at),
+        "first": first,
+        "second": second,
+    }
     return out
 
 
 # ----------------------------------------------------------------------------- main
+
 
 def _or_dash(x) -> str:
     return "-" if x is None else str(x)
@@ -422,40 +594,57 @@ def _row(check: str, ok, detail: str) -> str:
 
 
 def print_table(data: dict) -> None:
-    print("\n--- correct on " + data["environment"]["device"] + (" (SMOKE: tiny sizes on CPU)" if data["smoke"] else ""))
+    print(
+        "\n--- correct on " + data["environment"]["device"] + (" (SMOKE: tiny sizes on CPU)" if data["smoke"] else "")
+    )
     for k in data["kernels"]:
-        worst = max(((e["ours"] / e["torch"] if e["torch"] else float("inf")) for e in k.get("errors", {}).values()),
-                    default=None)
+        worst = max(
+            ((e["ours"] / e["torch"] if e["torch"] else float("inf")) for e in k.get("errors", {}).values()),
+            default=None,
+        )
         detail = k.get("error") or (f"worst ours/torch error {worst:.2f}" if worst is not None else "")
         print(_row(f"kernel {k['kernel']} {k['case']} {'x'.join(map(str, k['shape']))}", k.get("ok"), detail))
     for s in data["sdpa"]:
-        detail = s.get("error") or (f"engine takes native: {s.get('engine_takes_native')}, ms native/repeat "
-                                    f"{s.get('fwd_bwd_ms')}")
+        detail = s.get("error") or (
+            f"engine takes native: {s.get('engine_takes_native')}, ms native/repeat {s.get('fwd_bwd_ms')}"
+        )
         print(_row(f"sdpa native GQA {s['shape']}", s.get("ok"), detail))
     for e in data["engine"]:
         if e.get("error"):
             print(_row(f"engine {e['name']}", False, e["error"][:100]))
             continue
         ov, r = e.get("on_vs_off") or {}, e.get("resume") or {}
-        print(_row(f"engine {e['name']}: kernels on vs off", ov.get("ok"),
-                   f"max rel diff {ov.get('max_rel_diff')} (tol {ov.get('rtol')})"))
+        print(
+            _row(
+                f"engine {e['name']}: kernels on vs off",
+                ov.get("ok"),
+                f"max rel diff {ov.get('max_rel_diff')} (tol {ov.get('rtol')})",
+            )
+        )
         print(_row(f"engine {e['name']}: grow, save at {r.get('stop_at')}, resume", r.get("ok"), r.get("verdict", "")))
     p = data.get("pytest")
     if p:
-        print(_row("pytest (kernel tests on this device)", p.get("ok"),
-                   f"{_or_dash(p.get('passed'))} passed, {len(p.get('failed') or [])} failed, "
-                   f"{_or_dash(p.get('skipped'))} skipped"
-                   + (", TIMED OUT" if p.get("timed_out") else "")))
+        print(
+            _row(
+                "pytest (kernel tests on this device)",
+                p.get("ok"),
+                f"{_or_dash(p.get('passed'))} passed, {len(p.get('failed') or [])} failed, "
+                f"{_or_dash(p.get('skipped'))} skipped" + (", TIMED OUT" if p.get("timed_out") else ""),
+            )
+        )
     for part, err in data["errors"].items():
         print(_row(f"part {part}", False, err[:100]))
     s = data["summary"]
-    print(f"--- {s['passed']}/{s['checks']} checks passed; failed: {s['failed'] or 'none'}; "
-          f"undecided: {s['undecided'] or 'none'}")
+    print(
+        f"--- {s['passed']}/{s['checks']} checks passed; failed: {s['failed'] or 'none'}; "
+        f"undecided: {s['undecided'] or 'none'}"
+    )
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="python tools/gpu_correct.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python tools/gpu_correct.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", required=True, help="JSON results path")
     p.add_argument("--work", default=None, help="folder for run dirs and the junit file (default: beside --out)")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny sizes: checks this script, proves nothing")
@@ -491,12 +680,24 @@ def main(argv=None) -> int:
                     try:
                         row = check_kernel(make, 1000 + i, device)
                     except Exception as e:  # a crash is this case's finding, not the end of the checks
-                        row = {"ok": False, "error": f"{type(e).__name__}: {str(e)[:300]}",
-                               "traceback": traceback.format_exc()[-2000:]}
-                    rep.data["kernels"].append({"kernel": kernel, "case": case, "shape": list(shape),
-                                                "seconds": round(time.time() - t, 2), **row})
-                    print(f"[kernels] {kernel} {case} {shape}: {'ok' if row['ok'] else row.get('failures') or row['error']}",
-                          flush=True)
+                        row = {
+                            "ok": False,
+                            "error": f"{type(e).__name__}: {str(e)[:300]}",
+                            "traceback": traceback.format_exc()[-2000:],
+                        }
+                    rep.data["kernels"].append(
+                        {
+                            "kernel": kernel,
+                            "case": case,
+                            "shape": list(shape),
+                            "seconds": round(time.time() - t, 2),
+                            **row,
+                        }
+                    )
+                    print(
+                        f"[kernels] {kernel} {case} {shape}: {'ok' if row['ok'] else row.get('failures') or row['error']}",
+                        flush=True,
+                    )
                     rep.write()
             except Exception as e:
                 rep.data["errors"]["kernels"] = f"{type(e).__name__}: {e}"
@@ -505,8 +706,14 @@ def main(argv=None) -> int:
             try:
                 rep.data["sdpa"].append(check_sdpa(device, args.smoke))
             except Exception as e:
-                rep.data["sdpa"].append({"shape": "360M attention", "ok": False, "error": f"{type(e).__name__}: {e}",
-                                         "traceback": traceback.format_exc()[-2000:]})
+                rep.data["sdpa"].append(
+                    {
+                        "shape": "360M attention",
+                        "ok": False,
+                        "error": f"{type(e).__name__}: {e}",
+                        "traceback": traceback.format_exc()[-2000:],
+                    }
+                )
             rep.write()
         if "engine" in parts:
             # Deterministic algorithms where torch has them (flash attention's backward, index_add,
@@ -526,14 +733,20 @@ def main(argv=None) -> int:
                         rep.data["engine"].append(row)
                         raise
                     except Exception as e:
-                        row.update(error=f"{type(e).__name__}: {str(e)[:300]}", traceback=traceback.format_exc()[-3000:])
+                        row.update(
+                            error=f"{type(e).__name__}: {str(e)[:300]}", traceback=traceback.format_exc()[-3000:]
+                        )
                         print(f"[engine {spec['name']}] FAILED: {row['error']}", flush=True)
-                row["nondeterminism_warnings"] = sorted({str(w.message)[:300] for w in caught
-                                                         if "determinis" in str(w.message)})
+                row["nondeterminism_warnings"] = sorted(
+                    {str(w.message)[:300] for w in caught if "determinis" in str(w.message)}
+                )
                 for w in row["nondeterminism_warnings"]:
                     print(f"[engine {spec['name']}] nondeterministic op: {w}", flush=True)
-                print(f"[engine {spec['name']}] {len(caught)} warnings in all "
-                      f"({len(row['nondeterminism_warnings'])} about determinism, kept in the JSON)", flush=True)
+                print(
+                    f"[engine {spec['name']}] {len(caught)} warnings in all "
+                    f"({len(row['nondeterminism_warnings'])} about determinism, kept in the JSON)",
+                    flush=True,
+                )
                 rep.data["engine"].append(row)
                 rep.write()
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ hit each point of the save sequence through explicit fault hooks.
 The run is examples/tiny_lidas.yaml shrunk to width 64 and 24 steps, with a checkpoint every
 3 steps and growths at steps 3 and 10 (step_3 is saved twice: periodic, then before the growth).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,10 +38,21 @@ import psutil
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "examples", "tiny_lidas.yaml")
 OVERRIDES = {
-    "model.hidden_size": 64, "model.ffn_hidden_size": 160, "model.num_attention_heads": 4,
-    "model.num_query_groups": 2, "model.seq_length": 32, "train.steps": 24, "train.global_batch_size": 4,
-    "train.micro_batch_size": 2, "train.eval_interval": 0, "optim.warmup_steps": 2, "optim.decay_steps": 4,
-    "checkpoint.interval": 3, "checkpoint.keep_last": 2, "logging.progress": "false", "logging.tensorboard": "false",
+    "model.hidden_size": 64,
+    "model.ffn_hidden_size": 160,
+    "model.num_attention_heads": 4,
+    "model.num_query_groups": 2,
+    "model.seq_length": 32,
+    "train.steps": 24,
+    "train.global_batch_size": 4,
+    "train.micro_batch_size": 2,
+    "train.eval_interval": 0,
+    "optim.warmup_steps": 2,
+    "optim.decay_steps": 4,
+    "checkpoint.interval": 3,
+    "checkpoint.keep_last": 2,
+    "logging.progress": "false",
+    "logging.tensorboard": "false",
 }
 
 
@@ -49,8 +61,11 @@ def train_cmd(run_dir: str, dp: int = 1, async_save: bool = False) -> list[str]:
     workers share the process group that the kill signals)."""
     over = {**OVERRIDES, "checkpoint.async_save": "on" if async_save else "off"}
     sets = [a for k, v in over.items() for a in ("--set", f"{k}={v}")]
-    launch = [sys.executable] if dp == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                               "--nproc-per-node", str(dp)]
+    launch = (
+        [sys.executable]
+        if dp == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(dp)]
+    )
     return [*launch, "-m", "grow_megatron.cli", "train", CONFIG, *sets, "--run-dir", run_dir]
 
 
@@ -125,8 +140,7 @@ def kill_point(run_dir: str, delay: float, after_step: int | None, sig: signal.S
     wait for it; what it left."""
     root = os.path.join(run_dir, "checkpoints")
     metrics = os.path.join(run_dir, "metrics.jsonl")
-    proc = subprocess.Popen(cmd(run_dir), env=env(), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd(run_dir), env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     seen: set[str] = set()
     t0 = None if after_step is not None else time.monotonic()
     while proc.poll() is None and (t0 is None or time.monotonic() - t0 < delay):
@@ -154,8 +168,7 @@ def kill_point(run_dir: str, delay: float, after_step: int | None, sig: signal.S
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    return {"rc": rc, "signalled": signalled, "orphans": len(orphans),
-            "seen_latest": max(seen) if seen else None}
+    return {"rc": rc, "signalled": signalled, "orphans": len(orphans), "seen_latest": max(seen) if seen else None}
 
 
 def main(argv=None) -> int:
@@ -189,8 +202,11 @@ def main(argv=None) -> int:
     ref_losses = losses(ref_dir)
     ref_step, ref_tensors = read_latest(ref_dir)
     step_seconds = (ref_seconds - first_step) / len(ref_losses)
-    print(f"reference: {len(ref_losses)} steps to step {ref_step} in {ref_seconds:.1f}s (first step logged "
-          f"after {first_step:.1f}s)", flush=True)
+    print(
+        f"reference: {len(ref_losses)} steps to step {ref_step} in {ref_seconds:.1f}s (first step logged "
+        f"after {first_step:.1f}s)",
+        flush=True,
+    )
 
     rows = []
     for i in range(args.points):
@@ -203,8 +219,14 @@ def main(argv=None) -> int:
         delay = rng.uniform(0.0, step_seconds) if in_training else rng.uniform(0.0, first_step)
         run_dir = os.path.join(out, f"point{i:03d}")
         k = kill_point(run_dir, delay, after_step, sig, log, cmd)
-        row = {"point": i, "signal": sig.name, "phase": "training" if in_training else "setup",
-               "after_step": after_step, "delay_s": round(delay, 2), **k}
+        row = {
+            "point": i,
+            "signal": sig.name,
+            "phase": "training" if in_training else "setup",
+            "after_step": after_step,
+            "delay_s": round(delay, 2),
+            **k,
+        }
         try:
             step, _ = read_latest(run_dir)
             row["latest_step"] = step
@@ -225,34 +247,57 @@ def main(argv=None) -> int:
             row["error"] = f"{type(err).__name__}: {err}"[:300]
         row["bit_equal"] = row["losses_equal"] and row["tensors_equal"]
         rows.append(row)
-        print(f"{i:3d} {sig.name:7s} {row['phase']:8s} step {after_step} +{delay:5.1f}s rc={k['rc']:4d} "
-              f"latest={row['latest_step']} "
-              f"orphans={k['orphans']} resumed={row['resumed']} bit_equal={row['bit_equal']}", flush=True)
+        print(
+            f"{i:3d} {sig.name:7s} {row['phase']:8s} step {after_step} +{delay:5.1f}s rc={k['rc']:4d} "
+            f"latest={row['latest_step']} "
+            f"orphans={k['orphans']} resumed={row['resumed']} bit_equal={row['bit_equal']}",
+            flush=True,
+        )
         shutil.rmtree(os.path.join(run_dir, "checkpoints"), ignore_errors=True)
         write_result(rows, args, ref_seconds, first_step, argv)  # after every point: a stopped soak still reports
 
     summary = write_result(rows, args, ref_seconds, first_step, argv)
     print()
     print("| measure | count |\n|---|---|")
-    for k in ("points", "sigkill", "sigterm_group", "signalled_while_running", "in_training_phase", "resumed",
-              "bit_equal", "checkpoints_lost", "poisoned_latest", "orphan_processes"):
+    for k in (
+        "points",
+        "sigkill",
+        "sigterm_group",
+        "signalled_while_running",
+        "in_training_phase",
+        "resumed",
+        "bit_equal",
+        "checkpoints_lost",
+        "poisoned_latest",
+        "orphan_processes",
+    ):
         print(f"| {k} | {summary[k]} |")
-    ok = (summary["resumed"] == summary["bit_equal"] == len(rows) and not summary["checkpoints_lost"]
-          and not summary["poisoned_latest"] and not summary["orphan_processes"])
+    ok = (
+        summary["resumed"] == summary["bit_equal"] == len(rows)
+        and not summary["checkpoints_lost"]
+        and not summary["poisoned_latest"]
+        and not summary["orphan_processes"]
+    )
     return 0 if ok else 1
 
 
 def write_result(rows, args, ref_seconds, first_step, argv) -> dict:
     summary = {
-        "points": len(rows), "sigkill": sum(r["signal"] == "SIGKILL" for r in rows),
+        "points": len(rows),
+        "sigkill": sum(r["signal"] == "SIGKILL" for r in rows),
         "sigterm_group": sum(r["signal"] == "SIGTERM" for r in rows),
         "signalled_while_running": sum(r["signalled"] for r in rows),
         "in_training_phase": sum(r["phase"] == "training" and r["signalled"] for r in rows),
-        "resumed": sum(r["resumed"] for r in rows), "bit_equal": sum(r["bit_equal"] for r in rows),
+        "resumed": sum(r["resumed"] for r in rows),
+        "bit_equal": sum(r["bit_equal"] for r in rows),
         "checkpoints_lost": sum(r["lost"] for r in rows),
         "poisoned_latest": sum(r["poisoned_latest"] for r in rows),
         "orphan_processes": sum(r["orphans"] for r in rows),
-        "dp": args.dp, "async_save": args.async_save, "reference_seconds": round(ref_seconds, 1), "first_step_seconds": round(first_step, 1), "seed": args.seed,
+        "dp": args.dp,
+        "async_save": args.async_save,
+        "reference_seconds": round(ref_seconds, 1),
+        "first_step_seconds": round(first_step, 1),
+        "seed": args.seed,
         "command": " ".join(["python", "tools/soak.py", *(argv if argv is not None else sys.argv[1:])]),
     }
     with open(args.json or os.path.join(os.path.abspath(args.out), "soak.json"), "w") as f:

@@ -8,11 +8,12 @@ The estimate ignores attention's quadratic term beyond the probe's length and th
 overhead of tiny models, and a shared machine's load changes under it: a guide (within a
 factor of about 2 on an idle machine), not a promise.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 
@@ -41,9 +42,11 @@ class CostEstimate:
         return self.passes * self.tokens_per_batch * per_pass_token
 
     def line(self, label: str, name: str) -> str:
-        return (f"[analyze] {name} on {label}: {self.what}; estimated {format_seconds(self.seconds)} "
-                f"(probe: one {self.num_layers}-layer forward of {self.probe_tokens} tokens in "
-                f"{self.probe_seconds:.2f} s)")
+        return (
+            f"[analyze] {name} on {label}: {self.what}; estimated {format_seconds(self.seconds)} "
+            f"(probe: one {self.num_layers}-layer forward of {self.probe_tokens} tokens in "
+            f"{self.probe_seconds:.2f} s)"
+        )
 
 
 def format_seconds(s: float) -> str:
@@ -87,17 +90,23 @@ def mean_tokens(shapes: Sequence[torch.Size]) -> float:
     return sum(s[0] * s[1] for s in shapes) / max(1, len(shapes))
 
 
-def interventions_cost(L: int, n_batches: int, tokens: float, rest_steps: Sequence[int], examples: int,
-                       rows: int) -> CostEstimate:
+def interventions_cost(
+    L: int, n_batches: int, tokens: float, rest_steps: Sequence[int], examples: int, rows: int
+) -> CostEstimate:
     """rest_steps: per intervention, the layers it runs after the reused prefix."""
     passes = n_batches * (L + sum(rest_steps))
-    return CostEstimate(f"{examples} examples ({rows} choices, {n_batches} packed batches) x "
-                        f"({L} + {sum(rest_steps)} resumed layers of {len(rest_steps)} interventions) = "
-                        f"{passes:,} layer passes", passes, tokens)
+    return CostEstimate(
+        f"{examples} examples ({rows} choices, {n_batches} packed batches) x "
+        f"({L} + {sum(rest_steps)} resumed layers of {len(rest_steps)} interventions) = "
+        f"{passes:,} layer passes",
+        passes,
+        tokens,
+    )
 
 
-def effects_cost(runner: ResidualRunner, n_batches: int, tokens: float, jobs: Sequence[tuple[str, int]],
-                 local: bool) -> CostEstimate:
+def effects_cost(
+    runner: ResidualRunner, n_batches: int, tokens: float, jobs: Sequence[tuple[str, int]], local: bool
+) -> CostEstimate:
     """jobs: (part, settings per batch) per heatmap; each setting resumes L runs at s."""
     L, U = runner.num_layers, unembed_passes(runner)
     per_batch = 0.0

@@ -4,13 +4,15 @@ Both come as right-padded (B,T) id tensors plus per-row lengths (see runner.py f
 padding needs no mask). Multiple-choice rows are one (example, choice) pair each; a choice is
 scored by the summed log-likelihood of its tokens, and the example's prediction is the argmax.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,7 +42,7 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int = 0) -> TokenBatch:
     T = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.as_tensor(list(s), dtype=torch.long)
+        ids[i, : len(s)] = torch.as_tensor(list(s), dtype=torch.long)
     return TokenBatch(ids, torch.tensor([len(s) for s in seqs], dtype=torch.long))
 
 
@@ -48,7 +50,7 @@ def token_batches(data: Tensor | Sequence[Sequence[int]], batch_size: int) -> li
     """Split sequences (N,T) or a list of id lists into right-padded batches."""
     rows = [list(map(int, r)) for r in (data.tolist() if isinstance(data, Tensor) else data)]
     rows = [r for r in rows if len(r) >= 2]
-    return [pad_batch(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
+    return [pad_batch(rows[i : i + batch_size]) for i in range(0, len(rows), batch_size)]
 
 
 def load_token_data(path: str, tokenizer: Any | None, seq_len: int, max_sequences: int) -> list[list[int]]:
@@ -66,7 +68,7 @@ def load_token_data(path: str, tokenizer: Any | None, seq_len: int, max_sequence
             arr = torch.as_tensor(torch.load(path, weights_only=True)).long()
         if arr.dim() == 1:
             n = arr.numel() // seq_len
-            arr = arr[:n * seq_len].view(n, seq_len)
+            arr = arr[: n * seq_len].view(n, seq_len)
         return [r[:seq_len] for r in arr.tolist()][:max_sequences]
     if tokenizer is None:
         raise ValueError(f"{path}: text data needs the model's tokenizer, and the model has none")
@@ -75,7 +77,7 @@ def load_token_data(path: str, tokenizer: Any | None, seq_len: int, max_sequence
     out: list[list[int]] = []
     for text in texts:
         ids = tokenizer(text)["input_ids"]
-        out.extend(ids[i:i + seq_len] for i in range(0, len(ids), seq_len) if len(ids[i:i + seq_len]) >= 2)
+        out.extend(ids[i : i + seq_len] for i in range(0, len(ids), seq_len) if len(ids[i : i + seq_len]) >= 2)
         if len(out) >= max_sequences:
             break
     return out[:max_sequences]
@@ -114,11 +116,13 @@ class EncodedMC:
     """Choice index of each row."""
 
 
-def encode_mc(examples: Sequence[MCExample], tokenizer: Any, max_length: int = 1024,
-              add_bos: bool = False) -> EncodedMC:
+def encode_mc(
+    examples: Sequence[MCExample], tokenizer: Any, max_length: int = 1024, add_bos: bool = False
+) -> EncodedMC:
     """Token rows split into (prompt, choice) exactly as `grow-megatron eval` does
     (`eval.scoring.encode_pair`, lm-evaluation-harness's rule, no special tokens unless
     add_bos), so accuracies here match the evaluator's; long prompts are cut from the left."""
+
     def encode(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -188,10 +192,10 @@ def mc_batches(enc: EncodedMC, batch_size: int, pack: bool = True) -> list[MCBat
     order = sorted(range(len(groups)), key=lambda i: length[i])
     out = []
     for i in range(0, len(order), batch_size):
-        chunk = [groups[j] for j in order[i:i + batch_size]]
+        chunk = [groups[j] for j in order[i : i + batch_size]]
         seqs, pos, seg = [], [], []
         idx, tgt, who, rows = [], [], [], []
-        T = max(length[j] for j in order[i:i + batch_size])
+        T = max(length[j] for j in order[i : i + batch_size])
         for b, g in enumerate(chunk):
             P = enc.starts[g[0]]
             seq, p, sg = list(enc.seqs[g[0]][:P]), list(range(P)), [0] * P
@@ -212,8 +216,17 @@ def mc_batches(enc: EncodedMC, batch_size: int, pack: bool = True) -> list[MCBat
             seg.append(sg + [-1] * (T - len(sg)))
         tb = pad_batch(seqs)
         packed = pack and any(len(g) > 1 for g in chunk)
-        out.append(MCBatch(tb, rows, torch.tensor(idx), torch.tensor(tgt), torch.tensor(who),
-                           torch.tensor(pos) if packed else None, torch.tensor(seg) if packed else None))
+        out.append(
+            MCBatch(
+                tb,
+                rows,
+                torch.tensor(idx),
+                torch.tensor(tgt),
+                torch.tensor(who),
+                torch.tensor(pos) if packed else None,
+                torch.tensor(seg) if packed else None,
+            )
+        )
     return out
 
 

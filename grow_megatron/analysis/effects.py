@@ -11,11 +11,12 @@ The output effect is the L2 norm of the change of the softmaxed output distribut
 Heatmaps aggregate by max over examples, positions and boundaries; the depth score uses, per
 layer, the mean over examples of the max over future positions and boundaries.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -39,12 +40,21 @@ class BoundaryConfig:
 
     def validate(self, path: str = "") -> None:
         p = f"{path}." if path else ""
-        check(bool(self.boundaries or self.boundary_positions), f"{p}boundaries", self.boundaries,
-              "needs at least one boundary")
-        check(all(0 <= f <= 1 for f in self.boundaries), f"{p}boundaries", self.boundaries,
-              "fractions must lie in [0, 1]")
-        check(all(t >= 0 for t in self.boundary_positions), f"{p}boundary_positions", self.boundary_positions,
-              "must be >= 0")
+        check(
+            bool(self.boundaries or self.boundary_positions),
+            f"{p}boundaries",
+            self.boundaries,
+            "needs at least one boundary",
+        )
+        check(
+            all(0 <= f <= 1 for f in self.boundaries), f"{p}boundaries", self.boundaries, "fractions must lie in [0, 1]"
+        )
+        check(
+            all(t >= 0 for t in self.boundary_positions),
+            f"{p}boundary_positions",
+            self.boundary_positions,
+            "must be >= 0",
+        )
         for name in ("batch_size", "seq_len", "max_sequences"):
             if hasattr(self, name):
                 check(getattr(self, name) >= 1, f"{p}{name}", getattr(self, name), "must be >= 1")
@@ -77,10 +87,18 @@ class EffectsConfig(DepthScoreConfig):
 
     def validate(self, path: str = "effects") -> None:
         super().validate(path)
-        check(bool(self.parts) and all(p in PARTS for p in self.parts), f"{path}.parts", self.parts,
-              f"choose from {', '.join(PARTS)}")
-        check(bool(self.modes) and all(m in ("current", "future") for m in self.modes), f"{path}.modes",
-              self.modes, "choose from current, future")
+        check(
+            bool(self.parts) and all(p in PARTS for p in self.parts),
+            f"{path}.parts",
+            self.parts,
+            f"choose from {', '.join(PARTS)}",
+        )
+        check(
+            bool(self.modes) and all(m in ("current", "future") for m in self.modes),
+            f"{path}.modes",
+            self.modes,
+            "choose from current, future",
+        )
 
 
 def depth_score(effects: Sequence[float]) -> float:
@@ -142,8 +160,9 @@ def _source(runner: ResidualRunner, hs: Tensor, ctx: Context, part: str, s: int)
 
 
 @torch.no_grad()
-def _batch_effects(runner: ResidualRunner, tb: TokenBatch, part: str, mode: str, cfg: BoundaryConfig,
-                   later: bool, local: bool) -> dict[str, Tensor]:
+def _batch_effects(
+    runner: ResidualRunner, tb: TokenBatch, part: str, mode: str, cfg: BoundaryConfig, later: bool, local: bool
+) -> dict[str, Tensor]:
     """Per-example maxima over positions and boundaries for one batch.
 
     Returns 'output' (L,B) and, if asked, 'propagated' and 'local' (L_src,L_tgt,B) with zeros
@@ -167,8 +186,14 @@ def _batch_effects(runner: ResidualRunner, tb: TokenBatch, part: str, mode: str,
                 if step > s:
                     row[step] = _mmax(_rel_change(a + m, hs[step + 1] - hs[step]), meas).cpu()
 
-            hL = runner.run(h=hs[s], start=s, ctx=ctx, skips=[Skip(s, part, skip_pos)],
-                            observer=observe if later else None, return_hidden=True)
+            hL = runner.run(
+                h=hs[s],
+                start=s,
+                ctx=ctx,
+                skips=[Skip(s, part, skip_pos)],
+                observer=observe if later else None,
+                return_hidden=True,
+            )
             dp = (torch.softmax(runner.unembed(hL).float(), dim=-1) - probs).norm(dim=-1)  # (B,T)
             out["output"][s] = torch.maximum(out["output"][s], _mmax(dp, meas).cpu())
             if later:
@@ -182,8 +207,9 @@ def _batch_effects(runner: ResidualRunner, tb: TokenBatch, part: str, mode: str,
     return out
 
 
-def depth_score_analysis(runner: ResidualRunner, batches: Sequence[TokenBatch], cfg: DepthScoreConfig,
-                         progress: bool = True) -> dict:
+def depth_score_analysis(
+    runner: ResidualRunner, batches: Sequence[TokenBatch], cfg: DepthScoreConfig, progress: bool = True
+) -> dict:
     """Logit-effect depth score: mean over examples of the max future output effect per layer."""
     per_example = []
     for tb in tqdm(batches, desc="depth score", disable=not progress):
@@ -201,18 +227,24 @@ def depth_score_analysis(runner: ResidualRunner, batches: Sequence[TokenBatch], 
         "depth_score_se": bootstrap_se(dout),
         "num_layers": L,
         "examples": sum(tb.ids.shape[0] for tb in batches),
-        "boundaries": list(cfg.boundaries), "boundary_positions": list(cfg.boundary_positions),
+        "boundaries": list(cfg.boundaries),
+        "boundary_positions": list(cfg.boundary_positions),
     }
 
 
-def effects_analysis(runner: ResidualRunner, batches: Sequence[TokenBatch], cfg: EffectsConfig,
-                     progress: bool = True) -> dict:
+def effects_analysis(
+    runner: ResidualRunner, batches: Sequence[TokenBatch], cfg: EffectsConfig, progress: bool = True
+) -> dict:
     """All heatmaps: for each part and mode, the (source x target) propagated and local
     relative-change maxima and the per-source output effect (max and mean of per-example max)."""
     cfg.validate()
-    res: dict = {"num_layers": runner.num_layers, "examples": sum(tb.ids.shape[0] for tb in batches),
-                 "boundaries": list(cfg.boundaries), "boundary_positions": list(cfg.boundary_positions),
-                 "effects": {}}
+    res: dict = {
+        "num_layers": runner.num_layers,
+        "examples": sum(tb.ids.shape[0] for tb in batches),
+        "boundaries": list(cfg.boundaries),
+        "boundary_positions": list(cfg.boundary_positions),
+        "effects": {},
+    }
     jobs = [(p, m) for p in cfg.parts for m in cfg.modes]
     bar = tqdm(total=len(jobs) * len(batches), desc="skip effects", disable=not progress)
     for part, mode in jobs:
@@ -222,9 +254,11 @@ def effects_analysis(runner: ResidualRunner, batches: Sequence[TokenBatch], cfg:
                 acc.setdefault(k, []).append(v)
             bar.update(1)
         cat = {k: torch.cat(v, dim=-1) for k, v in acc.items()}
-        entry = {"propagated": cat["propagated"].amax(-1).tolist(),
-                 "output_max": cat["output"].amax(-1).tolist(),
-                 "output_mean": cat["output"].mean(-1).tolist()}
+        entry = {
+            "propagated": cat["propagated"].amax(-1).tolist(),
+            "output_max": cat["output"].amax(-1).tolist(),
+            "output_mean": cat["output"].mean(-1).tolist(),
+        }
         if "local" in cat:
             entry["local"] = cat["local"].amax(-1).tolist()
         res["effects"][f"{part}/{mode}"] = entry

@@ -6,6 +6,7 @@ Per batch the unmodified residual states are computed once (the one stored copy)
 intervened order resumes from the state before its first changed step, so an intervention at
 layer s costs L - s layers instead of L.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,8 +15,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from grow_megatron.analysis.data import (EncodedMC, accuracy, accuracy_se, chance_accuracy, choice_logliks,
-                                         mc_batches)
+from grow_megatron.analysis.data import EncodedMC, accuracy, accuracy_se, chance_accuracy, choice_logliks, mc_batches
 from grow_megatron.analysis.runner import ResidualRunner, first_changed, reverse_order, skip_order, swap_order
 from grow_megatron.config.base import check
 
@@ -63,13 +63,18 @@ Intervention = tuple[str, int, int, list[int]]
 
 
 def flat_interventions(L: int, cfg: InterventionConfig) -> list[Intervention]:
-    return [(kind, k, s, o) for kind, d in intervention_orders(L, cfg).items() for k, starts in d.items()
-            for s, o in starts.items()]
+    return [
+        (kind, k, s, o)
+        for kind, d in intervention_orders(L, cfg).items()
+        for k, starts in d.items()
+        for s, o in starts.items()
+    ]
 
 
 @torch.no_grad()
-def intervention_scores(runner: ResidualRunner, enc: EncodedMC, cfg: InterventionConfig, progress: bool = True,
-                        pack: bool = True) -> tuple[Tensor, Tensor, list[Intervention]]:
+def intervention_scores(
+    runner: ResidualRunner, enc: EncodedMC, cfg: InterventionConfig, progress: bool = True, pack: bool = True
+) -> tuple[Tensor, Tensor, list[Intervention]]:
     """Per-row choice log-likelihoods: unmodified (R,) and per intervention (J,R).
 
     Per batch the unmodified residual states are computed once; an intervention whose first
@@ -84,8 +89,9 @@ def intervention_scores(runner: ResidualRunner, enc: EncodedMC, cfg: Interventio
     bar = tqdm(total=len(batches) * (len(flat) + 1), desc="interventions", disable=not progress)
     for mb in batches:
         rows = torch.tensor(mb.rows)
-        hs, ctx = runner.hidden_states(mb.batch.ids.to(runner.device), position_ids=mb.position_ids,
-                                       segments=mb.segments)  # (L+1,B,T,d)
+        hs, ctx = runner.hidden_states(
+            mb.batch.ids.to(runner.device), position_ids=mb.position_ids, segments=mb.segments
+        )  # (L+1,B,T,d)
         base[rows] = choice_logliks(hs[-1], mb, runner.unembed).cpu()
         bar.update(1)
         for j, (_, _, _, order) in enumerate(flat):
@@ -97,15 +103,22 @@ def intervention_scores(runner: ResidualRunner, enc: EncodedMC, cfg: Interventio
     return base, scores, flat
 
 
-def intervention_analysis(runner: ResidualRunner, enc: EncodedMC, cfg: InterventionConfig,
-                          progress: bool = True) -> dict:
+def intervention_analysis(
+    runner: ResidualRunner, enc: EncodedMC, cfg: InterventionConfig, progress: bool = True
+) -> dict:
     """Accuracy of the unmodified model and of every intervention (kind -> k -> per start),
     with the number of examples, binomial standard errors and the chance accuracy."""
     base, scores, flat = intervention_scores(runner, enc, cfg, progress)
     n = len(enc.answers)
     acc0 = accuracy(enc, base)
-    res: dict = {"num_layers": runner.num_layers, "examples": n, "baseline_accuracy": acc0,
-                 "baseline_se": accuracy_se(acc0, n), "chance_accuracy": chance_accuracy(enc), "interventions": {}}
+    res: dict = {
+        "num_layers": runner.num_layers,
+        "examples": n,
+        "baseline_accuracy": acc0,
+        "baseline_se": accuracy_se(acc0, n),
+        "chance_accuracy": chance_accuracy(enc),
+        "interventions": {},
+    }
     for j, (kind, k, s, _) in enumerate(flat):
         res["interventions"].setdefault(kind, {}).setdefault(str(k), {"starts": [], "accuracy": [], "se": []})
         e = res["interventions"][kind][str(k)]

@@ -5,18 +5,27 @@ at init, so an untrained lens is the logit lens); logits = lm_head(norm(translat
 Trained to minimise KL(final || lens) on held-out text. The last layer's output already is
 the final norm's input, so its identity translator is exact (KL = 0).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from grow_megatron.analysis.data import (EncodedMC, TokenBatch, accuracy, accuracy_se, chance_accuracy, choice_logliks,
-                                         mc_batches)
+from grow_megatron.analysis.data import (
+    EncodedMC,
+    TokenBatch,
+    accuracy,
+    accuracy_se,
+    chance_accuracy,
+    choice_logliks,
+    mc_batches,
+)
 from grow_megatron.analysis.runner import ResidualRunner
 from grow_megatron.config.base import check
 
@@ -74,7 +83,7 @@ class TunedLens(nn.Module):
         torch.save({"A": self.A.detach().cpu(), "c": self.c.detach().cpu(), "meta": dict(meta or {})}, path)
 
     @classmethod
-    def load(cls, path: str, device: str | torch.device = "cpu") -> "TunedLens":
+    def load(cls, path: str, device: str | torch.device = "cpu") -> TunedLens:
         state = torch.load(path, map_location=device, weights_only=True)
         lens = cls(*state["A"].shape[:2]).to(device)
         with torch.no_grad():
@@ -95,16 +104,16 @@ def _kl(final_logp: Tensor, lens_logits_: Tensor) -> Tensor:
     return (final_logp.exp() * (final_logp - lp)).sum(-1)
 
 
-def train_lens(runner: ResidualRunner, batches: Sequence[TokenBatch], cfg: LensConfig,
-               progress: bool = True) -> TunedLens:
+def train_lens(
+    runner: ResidualRunner, batches: Sequence[TokenBatch], cfg: LensConfig, progress: bool = True
+) -> TunedLens:
     """Fit one translator per layer on `batches`; the model stays frozen."""
     L, d = runner.num_layers, runner.core.config.hidden_size
     lens = TunedLens(L, d).to(runner.device)
     if not batches:
         return lens
     if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(lens.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True,
-                              weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(lens.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay)
     else:
         opt = torch.optim.AdamW(lens.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     # Freeze the model while training (no .grad on lm_head/norm), then restore its flags.
@@ -119,8 +128,14 @@ def train_lens(runner: ResidualRunner, batches: Sequence[TokenBatch], cfg: LensC
     return lens
 
 
-def _fit(runner: ResidualRunner, lens: TunedLens, opt: torch.optim.Optimizer, batches: Sequence[TokenBatch],
-         cfg: LensConfig, progress: bool) -> None:
+def _fit(
+    runner: ResidualRunner,
+    lens: TunedLens,
+    opt: torch.optim.Optimizer,
+    batches: Sequence[TokenBatch],
+    cfg: LensConfig,
+    progress: bool,
+) -> None:
     L = runner.num_layers
     for step in tqdm(range(cfg.steps), desc="tuned lens", disable=not progress):
         tb = batches[step % len(batches)]
@@ -141,8 +156,9 @@ def _fit(runner: ResidualRunner, lens: TunedLens, opt: torch.optim.Optimizer, ba
 
 
 @torch.no_grad()
-def evaluate_lens(runner: ResidualRunner, lens: TunedLens | None, batches: Sequence[TokenBatch],
-                  top_k: int = 5, progress: bool = True) -> dict:
+def evaluate_lens(
+    runner: ResidualRunner, lens: TunedLens | None, batches: Sequence[TokenBatch], top_k: int = 5, progress: bool = True
+) -> dict:
     """Per layer (0..L-1, early exit after that layer): mean KL(final || lens) and mean top-k
     overlap |topk(lens) ∩ topk(final)| / k, over all real tokens."""
     L = runner.num_layers
@@ -164,8 +180,14 @@ def evaluate_lens(runner: ResidualRunner, lens: TunedLens | None, batches: Seque
 
 
 @torch.no_grad()
-def early_exit_accuracy(runner: ResidualRunner, lens: TunedLens | None, enc: EncodedMC, batch_size: int = 16,
-                        progress: bool = True, pack: bool = True) -> dict:
+def early_exit_accuracy(
+    runner: ResidualRunner,
+    lens: TunedLens | None,
+    enc: EncodedMC,
+    batch_size: int = 16,
+    progress: bool = True,
+    pack: bool = True,
+) -> dict:
     """MC accuracy when exiting after each layer through the lens (index L-1 = the full model
     when the last translator is the identity), and the same relative to the full model.
     pack: all choices of a prompt in one row (data.MCBatch); False: one row per choice."""
@@ -180,8 +202,9 @@ def early_exit_accuracy(runner: ResidualRunner, lens: TunedLens | None, enc: Enc
             out = h + a + m
             cache[step] = choice_logliks(out, mb, lambda x, s=step: lens_logits(runner, lens, s, x)).cpu()
 
-        hL = runner.run(mb.batch.ids, observer=observe, return_hidden=True, position_ids=mb.position_ids,
-                        segments=mb.segments)
+        hL = runner.run(
+            mb.batch.ids, observer=observe, return_hidden=True, position_ids=mb.position_ids, segments=mb.segments
+        )
         for i in range(L):
             scores[i, rows] = cache[i]
         final[rows] = choice_logliks(hL, mb, runner.unembed).cpu()
@@ -189,5 +212,11 @@ def early_exit_accuracy(runner: ResidualRunner, lens: TunedLens | None, enc: Enc
     full = accuracy(enc, final)
     rel = [a / full if full > 0 else math.nan for a in acc]
     n = len(enc.answers)
-    return {"accuracy": acc, "final_accuracy": full, "relative_accuracy": rel, "examples": n,
-            "final_se": accuracy_se(full, n), "chance_accuracy": chance_accuracy(enc)}
+    return {
+        "accuracy": acc,
+        "final_accuracy": full,
+        "relative_accuracy": rel,
+        "examples": n,
+        "final_se": accuracy_se(full, n),
+        "chance_accuracy": chance_accuracy(enc),
+    }

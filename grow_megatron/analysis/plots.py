@@ -3,11 +3,12 @@
 Every function takes {model label: result dict} as produced by the analysis functions, so one
 call overlays several models (baseline vs MIDAS vs LIDAS), and returns the written paths.
 """
+
 from __future__ import annotations
 
 import math
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -39,8 +40,9 @@ def _block_lines(ax, num_layers: int, block_size: int | None) -> None:
             ax.axvline(x, color="0.75", lw=0.8, zorder=0)
 
 
-def _lines(ax, results: dict[str, dict], key: str, title: str, ylabel: str, block_size: int | None = None,
-           x0: int = 0) -> None:
+def _lines(
+    ax, results: dict[str, dict], key: str, title: str, ylabel: str, block_size: int | None = None, x0: int = 0
+) -> None:
     L = 0
     for label, res in results.items():
         ys = res.get(key)
@@ -74,13 +76,24 @@ def plot_lens(results: dict[str, dict], path: str, block_size: int | None = None
         # 0; an empty panel would read as "no data", so fall back to absolute accuracy then.
         relative = all(ee["final_accuracy"] > 0 for ee in acc.values())
         key, what = ("relative_accuracy", "accuracy / final") if relative else ("accuracy", "accuracy")
-        _lines(axes[2], acc, key, f"Early-exit {what} (n = {n})", "relative accuracy" if relative else "accuracy",
-               block_size)
+        _lines(
+            axes[2],
+            acc,
+            key,
+            f"Early-exit {what} (n = {n})",
+            "relative accuracy" if relative else "accuracy",
+            block_size,
+        )
         for i, (lbl, ee) in enumerate(acc.items()):
             ch, final = ee.get("chance_accuracy", math.nan), ee["final_accuracy"]
             if not math.isnan(ch):
-                axes[2].axhline(ch / final if relative else ch, color=f"C{i}", ls=":", lw=1,
-                                label=f"{lbl}: chance" + (" / final" if relative else ""))
+                axes[2].axhline(
+                    ch / final if relative else ch,
+                    color=f"C{i}",
+                    ls=":",
+                    lw=1,
+                    label=f"{lbl}: chance" + (" / final" if relative else ""),
+                )
         axes[2].legend(fontsize=7, loc="best")
     return [_save(fig, path)]
 
@@ -91,8 +104,13 @@ def plot_depth_score(results: dict[str, dict], path: str) -> list[str]:
     labels = list(results)
     scores = [results[lbl]["depth_score"] for lbl in labels]
     ses = [results[lbl].get("depth_score_se", math.nan) for lbl in labels]
-    a0.bar(range(len(labels)), scores, yerr=[0 if math.isnan(e) else e for e in ses], capsize=4,
-           color=[f"C{i}" for i in range(len(labels))])
+    a0.bar(
+        range(len(labels)),
+        scores,
+        yerr=[0 if math.isnan(e) else e for e in ses],
+        capsize=4,
+        color=[f"C{i}" for i in range(len(labels))],
+    )
     a0.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
     a0.set_ylabel("depth score (expected layer)")
     L = max(r["num_layers"] for r in results.values())
@@ -102,14 +120,24 @@ def plot_depth_score(results: dict[str, dict], path: str) -> list[str]:
     a0.set_title(f"Depth score (n = {n}, ± 1 SE)", fontsize=10)
     for i, (sc, se) in enumerate(zip(scores, ses)):
         if not math.isnan(sc):
-            a0.text(i, sc, f"{sc:.2f}" + ("" if math.isnan(se) else f" ± {se:.2f}"), ha="center", va="bottom",
-                    fontsize=8)
+            a0.text(
+                i, sc, f"{sc:.2f}" + ("" if math.isnan(se) else f" ± {se:.2f}"), ha="center", va="bottom", fontsize=8
+            )
     _lines(a1, results, "distribution", "Normalised future output effect per layer", "share of effect")
     return [_save(fig, path)]
 
 
-def _heat(ax, mat, title: str, xlabel: str = "effect on layer", ylabel: str = "skipped layer",
-          vmin=None, vmax=None, cmap: str = "viridis", cbar_label: str = ""):
+def _heat(
+    ax,
+    mat,
+    title: str,
+    xlabel: str = "effect on layer",
+    ylabel: str = "skipped layer",
+    vmin=None,
+    vmax=None,
+    cmap: str = "viridis",
+    cbar_label: str = "",
+):
     im = ax.imshow(mat, cmap=cmap, vmin=vmin, vmax=vmax, origin="upper", aspect="equal", interpolation="nearest")
     n_rows, n_cols = len(mat), len(mat[0]) if len(mat) else 0
     step = max(1, max(n_rows, n_cols) // 12)  # at most ~12 integer ticks per axis
@@ -145,25 +173,36 @@ def plot_effects(results: dict[str, dict], out_dir: str, prefix: str = "effects"
         cols = ["propagated"] + (["local"] if "local" in first["effects"][key] else [])
         mats = {(lbl, c): _mask_upper(res["effects"][key][c]) for lbl, res in results.items() for c in cols}
         vmax = _finite_max(mats.values())
-        fig, axes = _subplots(len(results), len(cols), figsize=(4.4 * len(cols), 3.8 * len(results)),
-                              squeeze=False)
+        fig, axes = _subplots(len(results), len(cols), figsize=(4.4 * len(cols), 3.8 * len(results)), squeeze=False)
         for r, label in enumerate(results):
             for c, col in enumerate(cols):
-                _heat(axes[r][c], mats[(label, col)], f"{label}: {key} skip, {col}", vmin=0.0, vmax=vmax,
-                      cbar_label="max relative change ||c'-c|| / ||c||")
+                _heat(
+                    axes[r][c],
+                    mats[(label, col)],
+                    f"{label}: {key} skip, {col}",
+                    vmin=0.0,
+                    vmax=vmax,
+                    cbar_label="max relative change ||c'-c|| / ||c||",
+                )
         paths.append(_save(fig, os.path.join(out_dir, f"{prefix}_{key.replace('/', '_')}.png")))
     parts = list(dict.fromkeys(k.split("/")[0] for k in keys))
     modes = list(dict.fromkeys(k.split("/")[1] for k in keys))
-    fig, axes = _subplots(len(parts), len(modes), figsize=(4.6 * len(modes), 3.2 * len(parts)), squeeze=False,
-                          sharey=True)
+    fig, axes = _subplots(
+        len(parts), len(modes), figsize=(4.6 * len(modes), 3.2 * len(parts)), squeeze=False, sharey=True
+    )
     for r, part in enumerate(parts):
         for c, mode in enumerate(modes):
             ax, key = axes[r][c], f"{part}/{mode}"
             if key not in keys:
                 ax.axis("off")
                 continue
-            _lines(ax, {lbl: res["effects"][key] for lbl, res in results.items()}, "output_max",
-                   f"output effect of skipping: {part}, {mode}", "max ||Δ softmax||₂")
+            _lines(
+                ax,
+                {lbl: res["effects"][key] for lbl, res in results.items()},
+                "output_max",
+                f"output effect of skipping: {part}, {mode}",
+                "max ||Δ softmax||₂",
+            )
             ax.set_xlabel("skipped layer")
             ax.tick_params(labelleft=True)
     return paths + [_save(fig, os.path.join(out_dir, f"{prefix}_output.png"))]
@@ -227,8 +266,11 @@ def plot_interventions(results: dict[str, dict], path: str, block_size: int | No
     for idx in range(n, nrow * ncol):
         axes[idx // ncol][idx % ncol].axis("off")
     ex = sorted({r.get("examples", 0) for r in results.values()})
-    fig.suptitle(f"Accuracy after each intervention (n = {', '.join(map(str, ex))} examples per point; "
-                 "band: unmodified ± 1 SE; dotted: chance)", fontsize=10)
+    fig.suptitle(
+        f"Accuracy after each intervention (n = {', '.join(map(str, ex))} examples per point; "
+        "band: unmodified ± 1 SE; dotted: chance)",
+        fontsize=10,
+    )
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 5), fontsize=8, frameon=False)
     # Room for the suptitle and for the legend below the panels.
@@ -277,8 +319,7 @@ def plot_sublayer(results: dict[str, dict], path: str, block_size: int | None = 
     _lines(axes[1][1], results, "mlp_cos", "MLP cos(m, h + a)", "cosine", block_size)
     for ax, key in ((axes[0][0], "attn_rel"), (axes[1][0], "mlp_rel")):
         if _robust_ylim(ax, results, key):
-            ax.set_title(ax.get_title() + " (layer 0 off scale ▲" + (", log" if ax.get_yscale() == "log" else "")
-                         + ")")
+            ax.set_title(ax.get_title() + " (layer 0 off scale ▲" + (", log" if ax.get_yscale() == "log" else "") + ")")
     n = sorted({r.get("tokens", 0) for r in results.values()})
     fig.suptitle(f"Sublayer statistics, mean over n = {', '.join(map(str, n))} tokens", fontsize=10)
     return [_save(fig, path)]
@@ -290,14 +331,24 @@ def plot_similarity(results: dict[str, dict], path: str) -> list[str]:
     n = len(results)
     fig, axes = _subplots(1, n, figsize=(4.2 * n, 3.8), squeeze=False)
     for ax, (label, res) in zip(axes[0], results.items()):
-        _heat(ax, res["similarity"], f"{label}: MLP weight cosine (b={res['block_size']})", xlabel="block",
-              ylabel="block", vmin=-1, vmax=1, cmap="RdBu_r", cbar_label="cosine similarity")
+        _heat(
+            ax,
+            res["similarity"],
+            f"{label}: MLP weight cosine (b={res['block_size']})",
+            xlabel="block",
+            ylabel="block",
+            vmin=-1,
+            vmax=1,
+            cmap="RdBu_r",
+            cbar_label="cosine similarity",
+        )
         nb = len(res["similarity"])
         for i in range(nb):
             for j in range(nb):
                 v = res["similarity"][i][j]
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if abs(v) > 0.6 else "black")
+                ax.text(
+                    j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if abs(v) > 0.6 else "black"
+                )
     return [_save(fig, path)]
 
 
@@ -319,5 +370,12 @@ def plot_any(name: str, results: dict[str, dict], out_dir: str, block_size: int 
     raise ValueError(f"no figure for analysis {name!r}")
 
 
-__all__: Sequence[str] = ("plot_any", "plot_lens", "plot_depth_score", "plot_effects", "plot_interventions",
-                          "plot_sublayer", "plot_similarity")
+__all__: Sequence[str] = (
+    "plot_any",
+    "plot_lens",
+    "plot_depth_score",
+    "plot_effects",
+    "plot_interventions",
+    "plot_sublayer",
+    "plot_similarity",
+)

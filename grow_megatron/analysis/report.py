@@ -3,6 +3,7 @@
 The report has one section per analysis: a table of headline numbers per model (see
 suite.summarize), the figures with the models overlaid, and a link to the full JSON.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,10 +36,12 @@ def applicable(has_tokens: bool, has_tasks: bool) -> list[str]:
     return out
 
 
-NOISE_NOTE = ("± is one standard error: binomial for accuracies (add-two estimate, so 0 of n correct is not ± 0); bootstrap over examples for the "
-              "depth score. A difference between two models is *within noise* when it is smaller than two standard "
-              "errors of the difference, sqrt(se1² + se2²). Chance: the accuracy of guessing uniformly among each "
-              "example's choices. n: what the numbers average over.")
+NOISE_NOTE = (
+    "± is one standard error: binomial for accuracies (add-two estimate, so 0 of n correct is not ± 0); bootstrap over examples for the "
+    "depth score. A difference between two models is *within noise* when it is smaller than two standard "
+    "errors of the difference, sqrt(se1² + se2²). Chance: the accuracy of guessing uniformly among each "
+    "example's choices. n: what the numbers average over."
+)
 
 
 def _fmt(v) -> str:
@@ -83,11 +86,17 @@ def table(name: str, results: dict[str, dict]) -> list[str]:
     return lines
 
 
-def markdown(results: dict[str, dict[str, dict]], files: dict[str, list[str]], out_dir: str, models: list[str],
-             labels: list[str]) -> str:
-    lines = ["# Depth analysis comparison", "",
-             f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `grow-megatron analyze compare`.", "",
-             "| label | model |", "|---|---|"]
+def markdown(
+    results: dict[str, dict[str, dict]], files: dict[str, list[str]], out_dir: str, models: list[str], labels: list[str]
+) -> str:
+    lines = [
+        "# Depth analysis comparison",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} by `grow-megatron analyze compare`.",
+        "",
+        "| label | model |",
+        "|---|---|",
+    ]
     lines += [f"| {lbl} | `{m}` |" for lbl, m in zip(labels, models)]
     lines += ["", NOISE_NOTE, ""]
     for name in ORDER:

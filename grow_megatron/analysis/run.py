@@ -1,5 +1,6 @@
 """Running analyses over several models: the options every analysis shares, the models loaded one
 at a time, the results written as DIR/<analysis>.json with their figures."""
+
 from __future__ import annotations
 
 import gc
@@ -8,7 +9,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from grow_megatron.analysis.data import load_tasks
 from grow_megatron.analysis.plots import plot_any
@@ -29,31 +30,31 @@ class AnalyzeOptions:
     """Hugging Face Llama model directories"""
     out: str
     """output directory for JSON, figures (and lenses)"""
-    labels: Optional[list[str]] = None
+    labels: list[str] | None = None
     """legend labels, one per model (default: directory names)"""
     device: str = "cpu"
     """torch device, e.g. cpu or cuda"""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype the models are loaded in"""
-    data: Optional[str] = None
+    data: str | None = None
     """held-out text (.txt, .jsonl with 'text') or token ids (.npy/.pt)"""
-    tasks: Optional[str] = None
+    tasks: str | None = None
     """multiple-choice task: JSONL of {prompt, choices, answer, task}, or reasoning primitive names as for
     `grow-megatron eval --tasks` (e.g. varassign_math, paper)"""
-    n: Optional[int] = None
+    n: int | None = None
     """examples per primitive task (with task names; default 200, 50 with --quick)"""
     seed: int = 0
     """seed of the primitive tasks (with task names)"""
     add_bos: bool = False
     """prepend BOS to task prompts (as `grow-megatron eval`)"""
-    mark_blocks: Optional[int] = field(default=None, metadata=cli(metavar="B"))
+    mark_blocks: int | None = field(default=None, metadata=cli(metavar="B"))
     """mark every B-th layer in line plots (default: the config's block_size, if any)"""
     quiet: bool = False
     """no progress bars (and no cost estimate)"""
     quick: bool = False
     """cheaper settings for a first look (fewer examples, sequences, lens steps and intervention sizes; see
     docs/analysis.md); explicit options override them"""
-    loop: Optional[str] = field(default=None, metadata=cli(metavar="SPEC"))
+    loop: str | None = field(default=None, metadata=cli(metavar="SPEC"))
     """loop a block at inference: START:ENDxR applies layers START..END-1 (0-indexed) R times in a row with the
     same weights, e.g. 12:16x3 (docs/looping.md); applied to every MODEL"""
 
@@ -82,8 +83,9 @@ def json_safe(x: Any) -> Any:
     return x
 
 
-def run_on_models(names: list[str], opts: AnalyzeOptions, cfgs: dict[str, Any],
-                  lens_paths: list[str] | None = None) -> dict[str, dict[str, dict]]:
+def run_on_models(
+    names: list[str], opts: AnalyzeOptions, cfgs: dict[str, Any], lens_paths: list[str] | None = None
+) -> dict[str, dict[str, dict]]:
     """analysis -> label -> result. Models are loaded one at a time and freed after use."""
     for path in opts.models:  # every model's type, before the first one is loaded
         check_model_dir(path, "llama")
@@ -96,13 +98,15 @@ def run_on_models(names: list[str], opts: AnalyzeOptions, cfgs: dict[str, Any],
             apply_loop_arg(loaded.model, opts.loop)
         if tasks and not opts.quiet:
             warn_over_context(tasks, loaded, label)
-        inputs = Inputs(data_path=opts.data, tasks=tasks, lens_path=lens_paths[i] if lens_paths else None,
-                        add_bos=opts.add_bos)
+        inputs = Inputs(
+            data_path=opts.data, tasks=tasks, lens_path=lens_paths[i] if lens_paths else None, add_bos=opts.add_bos
+        )
         for name in names:
             if not opts.quiet:
                 print(f"[analyze] {name} on {label}", file=sys.stderr)
-            results[name][label] = run_analysis(name, loaded, cfgs[name], inputs, out_dir=opts.out,
-                                                progress=not opts.quiet)
+            results[name][label] = run_analysis(
+                name, loaded, cfgs[name], inputs, out_dir=opts.out, progress=not opts.quiet
+            )
         del loaded
         gc.collect()
     return results
@@ -118,10 +122,13 @@ def warn_over_context(tasks: list, loaded: Any, label: str) -> int:
     lengths = [len(loaded.tokenizer(ex.prompt + max(ex.choices, key=len))["input_ids"]) for ex in tasks]
     over = sum(n > ctx for n in lengths)
     if over:
-        print(f"WARNING: {over} of {len(tasks)} task prompts of {label} are longer than its context of {ctx} tokens "
-              f"(longest {max(lengths)}): positions past {ctx} were never trained, so the task numbers measure "
-              f"extrapolation. Fix: a model trained with a longer model.seq_length, or shorter tasks "
-              f"(a JSONL task file).", file=sys.stderr)
+        print(
+            f"WARNING: {over} of {len(tasks)} task prompts of {label} are longer than its context of {ctx} tokens "
+            f"(longest {max(lengths)}): positions past {ctx} were never trained, so the task numbers measure "
+            f"extrapolation. Fix: a model trained with a longer model.seq_length, or shorter tasks "
+            f"(a JSONL task file).",
+            file=sys.stderr,
+        )
     return over
 
 
@@ -131,6 +138,16 @@ def write_analysis(name: str, cfg: Any, results: dict[str, dict], out_dir: str, 
     figs = plot_any(name, results, out_dir, block)
     path = os.path.join(out_dir, f"{name.replace('-', '_')}.json")
     with open(path, "w") as f:
-        json.dump(json_safe({"analysis": name, "config": to_dict(cfg), "models": results,
-                             "figures": [os.path.basename(p) for p in figs]}), f, indent=1)
+        json.dump(
+            json_safe(
+                {
+                    "analysis": name,
+                    "config": to_dict(cfg),
+                    "models": results,
+                    "figures": [os.path.basename(p) for p in figs],
+                }
+            ),
+            f,
+            indent=1,
+        )
     return [path, *figs]

@@ -13,10 +13,12 @@ mlp, norm, lm_head) so that an analysis can
 Batches are right-padded: with a causal mask, padding after a sequence cannot influence its
 real tokens, so no padding mask is needed and lengths are tracked by the analyses themselves.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -87,6 +89,7 @@ class ResidualRunner:
 
             def and_mask(b: Tensor, head: Tensor, q: Tensor, kv: Tensor) -> Tensor:
                 return (seg[b, kv] == 0) | (seg[b, kv] == seg[b, q])
+
         # The cache argument is passed positionally: transformers renamed it (past_key_values -> cache).
         # Mask positions are always 0..T-1 (causal order in the row); rotary positions are separate.
         mask = create_causal_mask(self.core.config, h0, None, None, and_mask_function=and_mask)
@@ -99,8 +102,9 @@ class ResidualRunner:
     def attn(self, layer: int, h: Tensor, ctx: Context) -> Tensor:
         """a = self_attn(input_layernorm(h)), (B,T,d)."""
         blk = self.layers[layer]
-        out, _ = blk.self_attn(hidden_states=blk.input_layernorm(h), position_embeddings=ctx.position_embeddings,
-                               attention_mask=ctx.mask)
+        out, _ = blk.self_attn(
+            hidden_states=blk.input_layernorm(h), position_embeddings=ctx.position_embeddings, attention_mask=ctx.mask
+        )
         return out
 
     def mlp(self, layer: int, x: Tensor) -> Tensor:
@@ -118,10 +122,20 @@ class ResidualRunner:
         return self.model.lm_head(self.core.norm(h))
 
     # ----------------------------------------------------------------- full runs
-    def run(self, input_ids: Tensor | None = None, *, order: Sequence[int] | None = None,
-            skips: Sequence[Skip] = (), observer: Observer | None = None, h: Tensor | None = None,
-            start: int = 0, ctx: Context | None = None, return_hidden: bool = False,
-            position_ids: Tensor | None = None, segments: Tensor | None = None) -> Tensor:
+    def run(
+        self,
+        input_ids: Tensor | None = None,
+        *,
+        order: Sequence[int] | None = None,
+        skips: Sequence[Skip] = (),
+        observer: Observer | None = None,
+        h: Tensor | None = None,
+        start: int = 0,
+        ctx: Context | None = None,
+        return_hidden: bool = False,
+        position_ids: Tensor | None = None,
+        segments: Tensor | None = None,
+    ) -> Tensor:
         """Logits (B,T,V) (or the final residual (B,T,d) with return_hidden).
 
         order: layer indices to execute (default 0..L-1); layers may repeat or be left out.
@@ -149,8 +163,13 @@ class ResidualRunner:
             h = h + a + m
         return h if return_hidden else self.unembed(h)
 
-    def hidden_states(self, input_ids: Tensor, order: Sequence[int] | None = None, position_ids: Tensor | None = None,
-                      segments: Tensor | None = None) -> tuple[Tensor, Context]:
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        order: Sequence[int] | None = None,
+        position_ids: Tensor | None = None,
+        segments: Tensor | None = None,
+    ) -> tuple[Tensor, Context]:
         """All residual states (L+1,B,T,d): h_0 (embeddings) .. h_L (final-norm input).
 
         This is the one stored copy of the activations analyses keep; contributions are
@@ -185,7 +204,7 @@ def swap_order(L: int, start: int, k: int) -> list[int]:
     if start < 0 or start + 2 * k > L:
         raise ValueError(f"cannot swap windows of {k} at {start} in {L} layers")
     o = list(range(L))
-    return o[:start] + o[start + k:start + 2 * k] + o[start:start + k] + o[start + 2 * k:]
+    return o[:start] + o[start + k : start + 2 * k] + o[start : start + k] + o[start + 2 * k :]
 
 
 def skip_order(L: int, start: int, k: int) -> list[int]:
@@ -200,7 +219,7 @@ def reverse_order(L: int, start: int, k: int, base: Sequence[int] | None = None)
     o = list(range(L)) if base is None else list(base)
     if start < 0 or start + k > len(o):
         raise ValueError(f"cannot reverse {k} layers at {start} in {len(o)} layers")
-    return o[:start] + o[start:start + k][::-1] + o[start + k:]
+    return o[:start] + o[start : start + k][::-1] + o[start + k :]
 
 
 def first_changed(order: Sequence[int], L: int) -> int:

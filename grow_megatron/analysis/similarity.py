@@ -1,5 +1,6 @@
 """Block weight similarity (docs/method.md §7): concatenate all MLP weights of each block of b layers into
 one vector and take the cosine similarity between every pair of blocks."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,11 +36,17 @@ def block_similarity(model: torch.nn.Module, cfg: SimilarityConfig) -> dict:
     vecs = []
     for s in starts:
         # Parameters in a fixed name order, so equal blocks give equal vectors.
-        parts = [p.detach().float().flatten() for i in range(s, s + b)
-                 for _, p in sorted(layers[i].mlp.named_parameters())]
+        parts = [
+            p.detach().float().flatten() for i in range(s, s + b) for _, p in sorted(layers[i].mlp.named_parameters())
+        ]
         vecs.append(torch.cat(parts))
     V = torch.stack(vecs)  # (n_blocks, P)
     V = V / V.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     sim = V @ V.T  # (n,n)
-    return {"block_size": b, "offset": cfg.offset, "blocks": [[s, s + b - 1] for s in starts],
-            "similarity": sim.tolist(), "num_layers": L}
+    return {
+        "block_size": b,
+        "offset": cfg.offset,
+        "blocks": [[s, s + b - 1] for s in starts],
+        "similarity": sim.tolist(),
+        "num_layers": L,
+    }

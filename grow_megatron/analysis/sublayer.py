@@ -7,10 +7,11 @@ For layer i with residual input h_i, attention output a_i and MLP output m_i:
 each computed per token and averaged over all real tokens. Nothing is stored beyond running
 sums: the observer reduces each layer's activations as they are produced.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -49,8 +50,9 @@ def _ratio_cos(x: Tensor, ref: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @torch.no_grad()
-def sublayer_analysis(runner: ResidualRunner, batches: Sequence[TokenBatch], cfg: SublayerConfig,
-                      progress: bool = True) -> dict:
+def sublayer_analysis(
+    runner: ResidualRunner, batches: Sequence[TokenBatch], cfg: SublayerConfig, progress: bool = True
+) -> dict:
     L = runner.num_layers
     names = ("attn", "mlp", "layer")
     sums = {f"{n}_{s}": torch.zeros(L, dtype=torch.float64) for n in names for s in ("rel", "cos")}

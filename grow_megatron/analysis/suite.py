@@ -4,26 +4,36 @@
 options live in its own dataclass config (see CONFIGS). Inputs are token sequences (text
 data, or the prompts of a task when no text is given) and/or multiple-choice examples.
 """
+
 from __future__ import annotations
 
 import math
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from grow_megatron.analysis import cost
-from grow_megatron.analysis.data import MCBatch, TokenBatch, accuracy_se, encode_mc, load_token_data, mc_batches, token_batches
+from grow_megatron.analysis.data import (
+    MCBatch,
+    TokenBatch,
+    accuracy_se,
+    encode_mc,
+    load_token_data,
+    mc_batches,
+    token_batches,
+)
 from grow_megatron.analysis.effects import DepthScoreConfig, EffectsConfig, depth_score_analysis, effects_analysis
 from grow_megatron.analysis.interventions import InterventionConfig, flat_interventions, intervention_analysis
 from grow_megatron.analysis.lens import LensConfig, TunedLens, early_exit_accuracy, evaluate_lens, train_lens
-from grow_megatron.convert.load import Loaded
 from grow_megatron.analysis.runner import ResidualRunner, first_changed
 from grow_megatron.analysis.similarity import SimilarityConfig, block_similarity
 from grow_megatron.analysis.sublayer import SublayerConfig, sublayer_analysis
 from grow_megatron.config.base import from_dict
+from grow_megatron.convert.load import Loaded
 from grow_megatron.eval.tasks import MCExample
 
 CONFIGS: dict[str, type] = {
@@ -88,8 +98,15 @@ def _n_settings(cfg: Any, mode: str) -> int:
     return 1 if mode == "current" else len(cfg.boundary_positions or cfg.boundaries)
 
 
-def estimate(name: str, runner: ResidualRunner, cfg: Any, batches: Sequence[TokenBatch] = (),
-             mc: Sequence[MCBatch] = (), examples: int = 0, n_held: int = 0) -> cost.CostEstimate | None:
+def estimate(
+    name: str,
+    runner: ResidualRunner,
+    cfg: Any,
+    batches: Sequence[TokenBatch] = (),
+    mc: Sequence[MCBatch] = (),
+    examples: int = 0,
+    n_held: int = 0,
+) -> cost.CostEstimate | None:
     """The cost of analysis `name` on these batches, with a timed probe (None: negligible)."""
     L, U = runner.num_layers, cost.unembed_passes(runner)
     shapes = [b.batch.ids.shape for b in mc] or [b.ids.shape for b in batches]
@@ -114,13 +131,15 @@ def estimate(name: str, runner: ResidualRunner, cfg: Any, batches: Sequence[Toke
         return None
     longest = max(range(nb), key=lambda i: shapes[i][0] * shapes[i][1])
     if mc:
-        return cost.probe(runner, mc[longest].batch.ids, est, position_ids=mc[longest].position_ids,
-                          segments=mc[longest].segments)
+        return cost.probe(
+            runner, mc[longest].batch.ids, est, position_ids=mc[longest].position_ids, segments=mc[longest].segments
+        )
     return cost.probe(runner, batches[longest].ids, est)
 
 
-def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: str | None = None,
-                 progress: bool = True) -> dict:
+def run_analysis(
+    name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: str | None = None, progress: bool = True
+) -> dict:
     """Run analysis `name` on one model; out_dir receives by-products (a trained lens).
     With progress, first prints the estimated cost (see cost.py) to stderr."""
     if name not in CONFIGS:
@@ -137,8 +156,11 @@ def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: s
             raise InputError(f"{name} needs the model's tokenizer to encode the task")
         enc = encode_mc(inputs.tasks, loaded.tokenizer, cfg.max_length, inputs.add_bos)
         if progress:
-            _announce(estimate(name, runner, cfg, mc=mc_batches(enc, cfg.batch_size), examples=len(enc.answers)),
-                      loaded.name, name)
+            _announce(
+                estimate(name, runner, cfg, mc=mc_batches(enc, cfg.batch_size), examples=len(enc.answers)),
+                loaded.name,
+                name,
+            )
         return intervention_analysis(runner, enc, cfg, progress)
 
     seqs = token_sequences(loaded, inputs, cfg.seq_len, cfg.max_sequences)
@@ -156,15 +178,25 @@ def run_analysis(name: str, loaded: Loaded, cfg: Any, inputs: Inputs, out_dir: s
     train, held = (seqs[:-n_eval], seqs[-n_eval:]) if n_eval > 0 else (seqs, seqs)
     if progress:
         steps = 0 if inputs.lens_path else cfg.steps
-        _announce(estimate(name, runner, replace(cfg, steps=steps), token_batches(train, cfg.batch_size),
-                           n_held=len(token_batches(held, cfg.batch_size))), loaded.name, name)
+        _announce(
+            estimate(
+                name,
+                runner,
+                replace(cfg, steps=steps),
+                token_batches(train, cfg.batch_size),
+                n_held=len(token_batches(held, cfg.batch_size)),
+            ),
+            loaded.name,
+            name,
+        )
     res: dict = {}
     if inputs.lens_path:
         lens = TunedLens.load(inputs.lens_path, runner.device)
         want = (runner.num_layers, runner.core.config.hidden_size)
         if tuple(lens.A.shape[:2]) != want:
-            raise InputError(f"lens {inputs.lens_path} has (layers, hidden) = {tuple(lens.A.shape[:2])}, "
-                             f"the model {want}")
+            raise InputError(
+                f"lens {inputs.lens_path} has (layers, hidden) = {tuple(lens.A.shape[:2])}, the model {want}"
+            )
         res["lens_path"] = inputs.lens_path
     else:
         lens = train_lens(runner, token_batches(train, cfg.batch_size), cfg, progress)
@@ -192,13 +224,18 @@ def summarize(name: str, res: dict) -> dict[str, float | tuple[float, float]]:
     if name == "depth-score":
         se = res.get("depth_score_se", math.nan)
         L = res["num_layers"]
-        return {"depth score": (res["depth_score"], se),
-                "relative depth score": (res["relative_depth_score"], se / (L - 1) if L > 1 else math.nan)}
+        return {
+            "depth score": (res["depth_score"], se),
+            "relative depth score": (res["relative_depth_score"], se / (L - 1) if L > 1 else math.nan),
+        }
     if name == "tuned-lens":
         L = res["num_layers"]
         half = res["top_k_overlap"][: max(1, L // 2)]
-        out: dict = {"mean KL": sum(res["kl"]) / L, f"mean top-{res['top_k']} overlap": sum(res["top_k_overlap"]) / L,
-                     "overlap first half": sum(half) / len(half)}
+        out: dict = {
+            "mean KL": sum(res["kl"]) / L,
+            f"mean top-{res['top_k']} overlap": sum(res["top_k_overlap"]) / L,
+            "overlap first half": sum(half) / len(half),
+        }
         if "early_exit" in res:
             ee = res["early_exit"]
             out["final accuracy"] = (ee["final_accuracy"], ee.get("final_se", math.nan))
@@ -217,13 +254,19 @@ def summarize(name: str, res: dict) -> dict[str, float | tuple[float, float]]:
         return out
     if name == "sublayer":
         L = res["num_layers"]
-        return {"mean attn rel": sum(res["attn_rel"]) / L, "mean attn cos": sum(res["attn_cos"]) / L,
-                "mean mlp rel": sum(res["mlp_rel"]) / L, "mean mlp cos": sum(res["mlp_cos"]) / L}
+        return {
+            "mean attn rel": sum(res["attn_rel"]) / L,
+            "mean attn cos": sum(res["attn_cos"]) / L,
+            "mean mlp rel": sum(res["mlp_rel"]) / L,
+            "mean mlp cos": sum(res["mlp_cos"]) / L,
+        }
     if name == "block-similarity":
         s = res["similarity"]
         off = [s[i][j] for i in range(len(s)) for j in range(len(s)) if i != j]
-        return {"max off-diagonal cosine": max(off) if off else math.nan,
-                "mean off-diagonal cosine": sum(off) / len(off) if off else math.nan}
+        return {
+            "max off-diagonal cosine": max(off) if off else math.nan,
+            "mean off-diagonal cosine": sum(off) / len(off) if off else math.nan,
+        }
     if name == "effects":
         out = {}
         for key, e in res["effects"].items():

@@ -3,6 +3,7 @@
 Nothing here touches the network: the model is built from a config, the tokenizer from a
 fixed character vocabulary.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,19 +31,36 @@ def char_tokenizer():
     tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )
 
 
-def tiny_llama(layers: int = 4, hidden: int = 32, vocab: int = 128, heads: int = 4, kv_heads: int = 2,
-               seed: int = 0, init_std: float = 0.2):
+def tiny_llama(
+    layers: int = 4,
+    hidden: int = 32,
+    vocab: int = 128,
+    heads: int = 4,
+    kv_heads: int = 2,
+    seed: int = 0,
+    init_std: float = 0.2,
+):
     """A random fp32 LlamaForCausalLM; a large init_std makes layers matter (non-trivial effects)."""
     # transformers (seconds), as in char_tokenizer.
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=256,
-                      initializer_range=init_std, tie_word_embeddings=False, attn_implementation="eager")
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        initializer_range=init_std,
+        tie_word_embeddings=False,
+        attn_implementation="eager",
+    )
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()
 
@@ -76,7 +94,9 @@ def example_figure(path: str = "docs/img/block_similarity_example.png") -> str:
     growths 8 -> 12 (b = 4) of a random 8-layer model, right after growth."""
     small = tiny_llama(8, 32, 64, seed=1)
     cfg = SimilarityConfig(block_size=4)
-    res = {"baseline (12 layers)": block_similarity(tiny_llama(12, 32, 64, seed=2), cfg),
-           "MIDAS 8->12": block_similarity(grow_by_source_map(small, midas(8, 4).source_map), cfg),
-           "LIDAS 8->12": block_similarity(grow_by_source_map(small, lidas(8, 4).source_map), cfg)}
+    res = {
+        "baseline (12 layers)": block_similarity(tiny_llama(12, 32, 64, seed=2), cfg),
+        "MIDAS 8->12": block_similarity(grow_by_source_map(small, midas(8, 4).source_map), cfg),
+        "LIDAS 8->12": block_similarity(grow_by_source_map(small, lidas(8, 4).source_map), cfg),
+    }
     return plot_similarity(res, path)[0]

@@ -11,12 +11,13 @@ above what was allocated when it started, from the profiler's allocation/free re
 CPU allocator has no memory statistics of its own; on a GPU these are the device's events).
 Only tensors count: Python objects (pickled plans, dicts) are not torch allocations.
 """
+
 from __future__ import annotations
 
 import contextlib
 import pickle
 from collections import Counter
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.distributed as dist
@@ -32,8 +33,10 @@ _TENSOR_CALLS = {
     "all_to_all_single": (1, lambda S, p: (p - 1) * S // p),  # equal blocks; with split sizes: the others' blocks
     "broadcast": (0, lambda S, p: S if p > 1 else 0),  # counted on every rank: an upper bound for non-roots
     "reduce": (0, lambda S, p: S if p > 1 else 0),
-    "send": (0, lambda S, p: S), "isend": (0, lambda S, p: S),
-    "recv": (0, lambda S, p: 0), "irecv": (0, lambda S, p: 0),
+    "send": (0, lambda S, p: S),
+    "isend": (0, lambda S, p: S),
+    "recv": (0, lambda S, p: 0),
+    "irecv": (0, lambda S, p: 0),
 }
 _OBJECT_CALLS = {"all_gather_object": 1, "gather_object": 0, "broadcast_object_list": 0, "scatter_object_list": 1}
 
@@ -98,8 +101,9 @@ def allocation_peak() -> Iterator[dict]:
     out = {"peak": 0}
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         yield out
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
     now = peak = 0
     for e in events:  # frees of tensors allocated before the block lower `now`: they are gone too
         now += e.nbytes()

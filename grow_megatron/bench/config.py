@@ -1,9 +1,9 @@
 """Options of `grow-megatron bench` and the device peak table used for MFU."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Optional
 
 from grow_megatron.config.options import cli, comma_list
 
@@ -21,7 +21,7 @@ DEVICE_PEAK_BF16: tuple[tuple[str, float], ...] = (
 )
 
 
-def peak_flops_for(device_name: str) -> Optional[float]:
+def peak_flops_for(device_name: str) -> float | None:
     """Dense bf16 peak of a GPU by name, or None when it is not in DEVICE_PEAK_BF16."""
     for key, peak in DEVICE_PEAK_BF16:
         if key.lower() in device_name.lower():
@@ -42,13 +42,13 @@ class BenchConfig:
     """Timed steps per measurement (static model, each stage, HF baseline); the figure is their median."""
     warmup: int = 3
     """Untimed steps before each measurement (allocator growth, cuBLAS heuristics, autotuning, compilation)."""
-    batch: Optional[int] = None
+    batch: int | None = None
     """Sequences per micro-batch per data-parallel rank; default the config's train.micro_batch_size."""
     microbatches: int = 1
     """Micro-batches accumulated per optimizer step."""
-    seq: Optional[int] = None
+    seq: int | None = None
     """Sequence length; default the config's model.seq_length."""
-    vocab: Optional[int] = None
+    vocab: int | None = None
     """Vocabulary size when the config leaves it to the tokenizer (random tokens need no tokenizer)."""
     total_steps: int = 100
     """Length of the scaled-down grown-vs-static run: the config's PROP schedule with its proportions
@@ -57,10 +57,11 @@ class BenchConfig:
     """Also time transformers' LlamaForCausalLM with the same shapes (single process only)."""
     hf_compile: bool = True
     """Time the HF baseline under torch.compile as well as eager (GPU only; never in a dry run)."""
-    parts: tuple[str, ...] = field(default=("static", "stages", "schedule", "hf"),
-                                   metadata=cli(nargs=None, type=comma_list))
+    parts: tuple[str, ...] = field(
+        default=("static", "stages", "schedule", "hf"), metadata=cli(nargs=None, type=comma_list)
+    )
     """Which measurements to run: a comma list among static, stages, schedule, hf (default: all)."""
-    peak_tflops: Optional[float] = None
+    peak_tflops: float | None = None
     """Dense bf16 peak (TFLOP/s) for MFU (default: by GPU name from DEVICE_PEAK_BF16, H100 = 989)."""
     out: str = "runs/bench"
     """Directory for report.json, report.md and throughput.png."""
@@ -80,6 +81,14 @@ class BenchConfig:
 
 # Dry-run shape: the config's depth/growth structure is kept (capped to three blocks), the
 # width is shrunk so that every stage of every part runs on two CPU cores in seconds.
-DRY_RUN_MODEL = MappingProxyType({"hidden_size": 64, "ffn_hidden_size": 160, "num_attention_heads": 4,
-                                  "num_query_groups": 2, "vocab_size": 256, "seq_length": 32})
+DRY_RUN_MODEL = MappingProxyType(
+    {
+        "hidden_size": 64,
+        "ffn_hidden_size": 160,
+        "num_attention_heads": 4,
+        "num_query_groups": 2,
+        "vocab_size": 256,
+        "seq_length": 32,
+    }
+)
 DRY_RUN_LIMITS = MappingProxyType({"steps_per_stage": 2, "warmup": 1, "batch": 2, "total_steps": 12})

@@ -1,11 +1,12 @@
 """`grow-megatron flops` below its flags: the options, their resolution from a preset, the paper's
 settings, a run config and the flags (explicit flags > run config > preset > the paper's), and
 the static vs grown comparison. The counting itself is growth/flops.py's."""
+
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import PRESETS, ModelConfig
@@ -14,8 +15,13 @@ from grow_megatron.growth import flops as F
 from grow_megatron.growth.schedule import GrowthPlan
 
 _SHAPE_FLAGS = {  # flag -> ModelConfig field
-    "layers": "num_layers", "hidden": "hidden_size", "ffn": "ffn_hidden_size", "heads": "num_attention_heads",
-    "kv_heads": "num_query_groups", "vocab": "vocab_size", "seq": "seq_length",
+    "layers": "num_layers",
+    "hidden": "hidden_size",
+    "ffn": "ffn_hidden_size",
+    "heads": "num_attention_heads",
+    "kv_heads": "num_query_groups",
+    "vocab": "vocab_size",
+    "seq": "seq_length",
 }
 _SHAPE = cli(group="model shape")
 _SCHEDULE = cli(group="schedule")
@@ -25,43 +31,43 @@ _SCHEDULE = cli(group="schedule")
 class FlopsOptions:
     """Options of `grow-megatron flops`."""
 
-    config: Optional[str] = field(default=None, metadata=cli(positional=True))
+    config: str | None = field(default=None, metadata=cli(positional=True))
     """YAML run config or run directory (model shape, vocabulary, growth plan, steps, batch)"""
-    preset: Optional[str] = field(default=None, metadata=cli(choices=sorted(F.PAPER_SETTINGS)))
+    preset: str | None = field(default=None, metadata=cli(choices=sorted(F.PAPER_SETTINGS)))
     """model preset (docs/method.md §1)"""
     paper: bool = False
     """the paper's Table 7 settings: 200k steps, PROP-1, b=4, growth over the first 170k steps, 2^20 (360M) /
     2^21 (1.7B) tokens per step, and its stage rounding"""
-    layers: Optional[int] = field(default=None, metadata=_SHAPE)
+    layers: int | None = field(default=None, metadata=_SHAPE)
     """num_layers"""
-    hidden: Optional[int] = field(default=None, metadata=_SHAPE)
+    hidden: int | None = field(default=None, metadata=_SHAPE)
     """hidden_size"""
-    ffn: Optional[int] = field(default=None, metadata=_SHAPE)
+    ffn: int | None = field(default=None, metadata=_SHAPE)
     """ffn_hidden_size"""
-    heads: Optional[int] = field(default=None, metadata=_SHAPE)
+    heads: int | None = field(default=None, metadata=_SHAPE)
     """num_attention_heads"""
-    kv_heads: Optional[int] = field(default=None, metadata=_SHAPE)
+    kv_heads: int | None = field(default=None, metadata=_SHAPE)
     """num_query_groups"""
-    vocab: Optional[int] = field(default=None, metadata=_SHAPE)
+    vocab: int | None = field(default=None, metadata=_SHAPE)
     """vocab_size"""
-    seq: Optional[int] = field(default=None, metadata=_SHAPE)
+    seq: int | None = field(default=None, metadata=_SHAPE)
     """seq_length"""
-    steps: Optional[int] = field(default=None, metadata=_SCHEDULE)
+    steps: int | None = field(default=None, metadata=_SCHEDULE)
     """total training steps"""
-    grow_steps: Optional[int] = field(default=None, metadata=_SCHEDULE)
+    grow_steps: int | None = field(default=None, metadata=_SCHEDULE)
     """steps until the final depth (T of docs/method.md §4)"""
-    block_size: Optional[int] = field(default=None, metadata=_SCHEDULE)
+    block_size: int | None = field(default=None, metadata=_SCHEDULE)
     """layers added per growth (b); also the starting depth"""
-    alpha: Optional[float] = field(default=None, metadata=_SCHEDULE)
+    alpha: float | None = field(default=None, metadata=_SCHEDULE)
     """PROP-alpha exponent (default 1)"""
-    tokens_per_step: Optional[int] = field(default=None, metadata=_SCHEDULE)
+    tokens_per_step: int | None = field(default=None, metadata=_SCHEDULE)
     """global batch in tokens"""
-    global_batch: Optional[int] = field(default=None, metadata=_SCHEDULE)
+    global_batch: int | None = field(default=None, metadata=_SCHEDULE)
     """global batch in sequences (tokens per step = this x seq)"""
-    rounding: Optional[Literal["spec", "paper"]] = field(default=None, metadata=_SCHEDULE)
+    rounding: Literal["spec", "paper"] | None = field(default=None, metadata=_SCHEDULE)
     """stage lengths: 'spec' = largest remainder, docs/method.md §4 (what the trainer runs,
     default), 'paper' = floors with the leftover steps at full depth (reproduces Table 7; default with --paper)"""
-    json: Optional[str] = field(default=None, metadata=cli(metavar="PATH"))
+    json: str | None = field(default=None, metadata=cli(metavar="PATH"))
     """also write the result as JSON ('-' for stdout)"""
 
 
@@ -72,8 +78,13 @@ def resolve(args: FlopsOptions) -> tuple[ModelConfig, GrowthPlan | None, int, in
         vals.update(PRESETS[args.preset])
         if args.paper:
             s = F.PAPER_SETTINGS[args.preset]
-            vals.update(steps=s.total_steps, grow_steps=s.grow_steps, block_size=s.block_size, alpha=s.alpha,
-                        tokens_per_step=s.tokens_per_step)
+            vals.update(
+                steps=s.total_steps,
+                grow_steps=s.grow_steps,
+                block_size=s.block_size,
+                alpha=s.alpha,
+                tokens_per_step=s.tokens_per_step,
+            )
     elif args.paper:
         s = F.PaperSettings()
         vals.update(steps=s.total_steps, grow_steps=s.grow_steps, block_size=s.block_size, alpha=s.alpha)
@@ -100,8 +111,9 @@ def resolve(args: FlopsOptions) -> tuple[ModelConfig, GrowthPlan | None, int, in
     missing = [f for f in _SHAPE_FLAGS.values() if f not in vals]
     if missing:
         flags = [("--" + k.replace("_", "-")) for k, f in _SHAPE_FLAGS.items() if f in missing]
-        raise ConfigError("model", None, f"missing {', '.join(missing)}: give --preset, a run config or "
-                                         f"{' '.join(flags)}")
+        raise ConfigError(
+            "model", None, f"missing {', '.join(missing)}: give --preset, a run config or {' '.join(flags)}"
+        )
     for flag, name in _SHAPE_FLAGS.items():
         _positive(vals[name], "--" + flag.replace("_", "-"), name)
     try:
@@ -132,8 +144,9 @@ def resolve(args: FlopsOptions) -> tuple[ModelConfig, GrowthPlan | None, int, in
         b = vals.get("block_size", 4)
         grow = vals.get("grow_steps", vals["steps"])
         if grow > vals["steps"]:
-            raise ConfigError("--grow-steps", grow, f"must be <= the total steps ({vals['steps']}): growth has to end "
-                                                    "within the run")
+            raise ConfigError(
+                "--grow-steps", grow, f"must be <= the total steps ({vals['steps']}): growth has to end within the run"
+            )
         alpha = vals.get("alpha", 1.0)
         try:
             plan = F.prop_plan(shape.num_layers, b, grow, alpha, rounding)
@@ -161,9 +174,11 @@ def compute(args: FlopsOptions) -> tuple[list[str], dict[str, Any]]:
     if plan is None:
         # No growth schedule anywhere: report the static run alone rather than guess one.
         run = _looped(F.static_flops(shape, steps, tps), shape, used)
-        texts.append(f"static run (no growth schedule given): {F.format_flops(run.flops)} "
-                     f"({F.model_flops_per_token(shape):,} FLOPs/token)"
-                     + (f"; vocab={used['vocab']}" if "vocab" in used else ""))
+        texts.append(
+            f"static run (no growth schedule given): {F.format_flops(run.flops)} "
+            f"({F.model_flops_per_token(shape):,} FLOPs/token)"
+            + (f"; vocab={used['vocab']}" if "vocab" in used else "")
+        )
         result: dict[str, Any] = {"static": run.to_dict(), "shape": F.shape_dict(shape)}
     else:
         try:

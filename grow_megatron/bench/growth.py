@@ -7,6 +7,7 @@ torch.cuda's allocator; on CPU it is the process RSS sampled every 5 ms (an uppe
 includes the allocator's caching). `grow-megatron bench-growth` runs it; under torchrun for
 multi-rank layouts.
 """
+
 from __future__ import annotations
 
 import gc
@@ -15,7 +16,6 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import psutil
 import torch
@@ -62,8 +62,17 @@ def _mem() -> int:
     return psutil.Process().memory_info().rss
 
 
-def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: int, seq: int,
-              micro_batch_size: int, host_staging: bool = False) -> dict:
+def bench_one(
+    preset: str,
+    depth: int,
+    block: int,
+    operator: str,
+    tp: int,
+    pp: int,
+    seq: int,
+    micro_batch_size: int,
+    host_staging: bool = False,
+) -> dict:
     shape = {**PRESETS[preset], "num_layers": depth + block, "seq_length": seq}
     model = ModelConfig(**shape)
     V = model.vocab_size or 4096
@@ -71,8 +80,12 @@ def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: i
     spec = engine_spec(model, V, optim=OptimConfig(lr=1e-4, warmup_steps=0, decay_steps=0), bf16=gpu, tp=tp, pp=pp)
     e = build_engine(spec, depth)
     t = torch.randint(0, V, (micro_batch_size, seq + 1))
-    mb = {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(micro_batch_size, seq),
-          "position_ids": torch.arange(seq).expand(micro_batch_size, seq)}
+    mb = {
+        "tokens": t[:, :-1],
+        "labels": t[:, 1:],
+        "loss_mask": torch.ones(micro_batch_size, seq),
+        "position_ids": torch.arange(seq).expand(micro_batch_size, seq),
+    }
     train_step(e, [mb], 1e-4)
     if gpu:
         torch.cuda.synchronize()
@@ -98,19 +111,30 @@ def bench_one(preset: str, depth: int, block: int, operator: str, tp: int, pp: i
     gc.collect()
     if gpu:
         torch.cuda.empty_cache()
-    return {"preset": preset, "old_depth": depth, "new_depth": depth + block, "operator": operator,
-            "tp": tp, "pp": pp, "host_staged": host_staging, "params_after_local": params, "seconds": round(seconds, 3),
-            "mem_before_gib": round(before / 2**30, 3), "mem_peak_gib": round(peak / 2**30, 3),
-            "mem_after_gib": round(after / 2**30, 3), "device": torch.cuda.get_device_name() if gpu else "cpu"}
+    return {
+        "preset": preset,
+        "old_depth": depth,
+        "new_depth": depth + block,
+        "operator": operator,
+        "tp": tp,
+        "pp": pp,
+        "host_staged": host_staging,
+        "params_after_local": params,
+        "seconds": round(seconds, 3),
+        "mem_before_gib": round(before / 2**30, 3),
+        "mem_peak_gib": round(peak / 2**30, 3),
+        "mem_after_gib": round(after / 2**30, 3),
+        "device": torch.cuda.get_device_name() if gpu else "cpu",
+    }
 
 
 @dataclass
 class GrowthBenchOptions:
     """What `grow-megatron bench-growth` measures."""
 
-    preset: Optional[list[str]] = field(default=None, metadata=cli(append=True))
+    preset: list[str] | None = field(default=None, metadata=cli(append=True))
     """model shape (repeatable; default smollm-360m)"""
-    depth: Optional[list[int]] = field(default=None, metadata=cli(append=True))
+    depth: list[int] | None = field(default=None, metadata=cli(append=True))
     """depth before the growth (repeatable; default 4, 8 and 16)"""
     block: int = 4
     """layers added by the growth (b)"""
@@ -123,7 +147,7 @@ class GrowthBenchOptions:
     staging: str = "off"
     """comma list of off,on: growth with the old engine kept on the device, or staged through host memory and
     freed first (growth.host_staging)"""
-    out: Optional[str] = None
+    out: str | None = None
     """JSON file for the results"""
 
     def validate(self) -> None:
@@ -147,17 +171,22 @@ def run(opts: GrowthBenchOptions) -> list[dict]:
         lay = init_distributed(tp, pp, seed=0)
         for preset in opts.preset or ["smollm-360m"]:
             for depth, staging in [(d, s) for d in opts.depth or [4, 8, 16] for s in opts.staging_modes()]:
-                rows.append(bench_one(preset, depth, opts.block, opts.operator, tp, pp, opts.seq, opts.mbs,
-                                      host_staging=staging))
+                rows.append(
+                    bench_one(
+                        preset, depth, opts.block, opts.operator, tp, pp, opts.seq, opts.mbs, host_staging=staging
+                    )
+                )
                 if opts.out and lay.rank == 0:  # a run stopped by a time limit keeps the rows it has
                     _write(opts.out, rows)
                 if lay.rank == 0:
                     r = rows[-1]
-                    print(f"{r['preset']:>12} {r['old_depth']:>3}->{r['new_depth']:<3} TPxPP={tp}x{pp} "
-                          f"{'host-staged' if r['host_staged'] else 'live':>11} "
-                          f"{r['seconds']:>8.2f} s  mem before {r['mem_before_gib']:.2f} GiB, "
-                          f"peak {r['mem_peak_gib']:.2f} GiB, after {r['mem_after_gib']:.2f} GiB ({r['device']})",
-                          flush=True)
+                    print(
+                        f"{r['preset']:>12} {r['old_depth']:>3}->{r['new_depth']:<3} TPxPP={tp}x{pp} "
+                        f"{'host-staged' if r['host_staged'] else 'live':>11} "
+                        f"{r['seconds']:>8.2f} s  mem before {r['mem_before_gib']:.2f} GiB, "
+                        f"peak {r['mem_peak_gib']:.2f} GiB, after {r['mem_after_gib']:.2f} GiB ({r['device']})",
+                        flush=True,
+                    )
     return rows
 
 
@@ -166,4 +195,3 @@ def _write(path: str, rows: list) -> None:
     with open(tmp, "w") as f:
         json.dump(rows, f, indent=1)
     os.replace(tmp, path)
-

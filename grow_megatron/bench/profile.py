@@ -5,12 +5,13 @@ is tested on hand-written rows; `profile_steps` is the only part that touches th
 On a GPU the rows are the device's kernels, copies and fills (their device time); in a CPU
 dry run they are the aten ops' self CPU time, which checks the plumbing and nothing else.
 """
+
 from __future__ import annotations
 
 import re
 import time
 from collections import defaultdict
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
@@ -21,8 +22,16 @@ CATEGORIES = (GEMM, ATTENTION, TRITON, ELEMENTWISE, OPTIMIZER, COMMUNICATION, ME
 
 # The @triton.jit functions of grow_megatron.kernels (a test keeps this list in step with the
 # sources); the profiler names a Triton launch after its function.
-OUR_TRITON_KERNELS = ("_rms_norm_fwd_kernel", "_rms_norm_bwd_kernel", "_sum_partials_kernel", "_rope_kernel",
-                      "_swiglu_fwd_kernel", "_swiglu_bwd_kernel", "_ce_fwd_kernel", "_ce_bwd_kernel")
+OUR_TRITON_KERNELS = (
+    "_rms_norm_fwd_kernel",
+    "_rms_norm_bwd_kernel",
+    "_sum_partials_kernel",
+    "_rope_kernel",
+    "_swiglu_fwd_kernel",
+    "_swiglu_bwd_kernel",
+    "_ce_fwd_kernel",
+    "_ce_bwd_kernel",
+)
 
 # First match wins. Attention comes before GEMM because fused attention kernels are often
 # cutlass/xmma templates too (fmha_cutlassF..., cudnn ..._sdpa_..._wgmma...); copies and
@@ -64,8 +73,16 @@ def busy_seconds(intervals: Iterable[tuple[float, float]]) -> float:
     return total
 
 
-def breakdown(rows: Iterable[tuple[str, float]], *, steps: int, wall_s: float, busy_s: float,
-              step_s_unprofiled: Optional[float] = None, top: int = 15, time_kind: str = "cuda") -> dict:
+def breakdown(
+    rows: Iterable[tuple[str, float]],
+    *,
+    steps: int,
+    wall_s: float,
+    busy_s: float,
+    step_s_unprofiled: float | None = None,
+    top: int = 15,
+    time_kind: str = "cuda",
+) -> dict:
     """Group (name, seconds) rows into CATEGORIES (our Triton kernels also one by one) and the
     `top` names by time; `idle_fraction` is the share of the profiled wall time in which no
     row ran (host overhead, launch gaps, synchronisation)."""
@@ -82,21 +99,38 @@ def breakdown(rows: Iterable[tuple[str, float]], *, steps: int, wall_s: float, b
         if c == TRITON:
             triton[next(k for k in OUR_TRITON_KERNELS if k in name)] += sec
 
-    def frac(x: float) -> Optional[float]:
+    def frac(x: float) -> float | None:
         return x / total if total > 0 else None
 
     ranked = sorted(by_name.items(), key=lambda kv: -kv[1][0])[:top]
     out = {
-        "time_kind": time_kind, "steps": steps, "wall_s": wall_s, "device_time_s": total, "busy_s": busy_s,
-        "wall_ms_per_step": 1e3 * wall_s / steps, "device_ms_per_step": 1e3 * total / steps,
+        "time_kind": time_kind,
+        "steps": steps,
+        "wall_s": wall_s,
+        "device_time_s": total,
+        "busy_s": busy_s,
+        "wall_ms_per_step": 1e3 * wall_s / steps,
+        "device_ms_per_step": 1e3 * total / steps,
         "busy_ms_per_step": 1e3 * busy_s / steps,
         "idle_fraction": max(0.0, 1.0 - busy_s / wall_s) if wall_s > 0 else None,
-        "categories": [{"category": c, "seconds": s, "ms_per_step": 1e3 * s / steps, "fraction": frac(s)}
-                       for c, s in cats.items()],
-        "triton_kernels": [{"name": k, "seconds": s, "ms_per_step": 1e3 * s / steps, "fraction": frac(s)}
-                           for k, s in sorted(triton.items(), key=lambda kv: -kv[1])],
-        "top": [{"name": n, "category": categorize(n), "seconds": s, "calls": c, "ms_per_step": 1e3 * s / steps,
-                 "fraction": frac(s)} for n, (s, c) in ranked],
+        "categories": [
+            {"category": c, "seconds": s, "ms_per_step": 1e3 * s / steps, "fraction": frac(s)} for c, s in cats.items()
+        ],
+        "triton_kernels": [
+            {"name": k, "seconds": s, "ms_per_step": 1e3 * s / steps, "fraction": frac(s)}
+            for k, s in sorted(triton.items(), key=lambda kv: -kv[1])
+        ],
+        "top": [
+            {
+                "name": n,
+                "category": categorize(n),
+                "seconds": s,
+                "calls": c,
+                "ms_per_step": 1e3 * s / steps,
+                "fraction": frac(s),
+            }
+            for n, (s, c) in ranked
+        ],
     }
     # The profiler slows the host (each launch is traced), so the idle share is also given
     # against the unprofiled step time: kernel durations hardly change under the profiler.
@@ -123,8 +157,9 @@ def _rows_from_events(events, gpu: bool) -> tuple[list[tuple[str, float]], list[
     return rows, spans
 
 
-def profile_steps(step: Callable[[], object], steps: int, sync: Callable[[], None], gpu: bool,
-                  step_s_unprofiled: Optional[float] = None) -> dict:
+def profile_steps(
+    step: Callable[[], object], steps: int, sync: Callable[[], None], gpu: bool, step_s_unprofiled: float | None = None
+) -> dict:
     """Run `step` `steps` times under torch.profiler and return `breakdown` of it. Only the
     device is traced on a GPU (CPU op tracing would slow the host and inflate the idle share)."""
     acts = [ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]
@@ -137,16 +172,23 @@ def profile_steps(step: Callable[[], object], steps: int, sync: Callable[[], Non
         wall = time.perf_counter() - t0
     t1 = time.perf_counter()
     rows, spans = _rows_from_events(prof.events(), gpu)
-    res = breakdown(rows, steps=steps, wall_s=wall, busy_s=busy_seconds(spans), step_s_unprofiled=step_s_unprofiled,
-                    time_kind="cuda" if gpu else "cpu (dry run: aten ops' self time)")
+    res = breakdown(
+        rows,
+        steps=steps,
+        wall_s=wall,
+        busy_s=busy_seconds(spans),
+        step_s_unprofiled=step_s_unprofiled,
+        time_kind="cuda" if gpu else "cpu (dry run: aten ops' self time)",
+    )
     res["parse_s"] = time.perf_counter() - t1
     if not rows:
         res["note"] = "the profiler recorded no device work"
     return res
 
 
-def safe_profile(step: Callable[[], object], steps: int, sync: Callable[[], None], gpu: bool,
-                 step_s_unprofiled: Optional[float] = None) -> dict:
+def safe_profile(
+    step: Callable[[], object], steps: int, sync: Callable[[], None], gpu: bool, step_s_unprofiled: float | None = None
+) -> dict:
     """profile_steps, but a profiler failure is recorded instead of losing the measurement."""
     try:
         return profile_steps(step, steps, sync, gpu, step_s_unprofiled)

@@ -6,6 +6,7 @@ host clock; each figure is the median over `steps_per_stage` steps after `warmup
 steps. Tokens are random ids drawn once and kept on the device, as in the reference
 measurements (docs/benchmarks.md, H100): the data pipeline is not what is measured here.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,13 +14,13 @@ import gc
 import inspect
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import psutil
 import torch
 
-from grow_megatron.growth import flops as F
 from grow_megatron.bench.config import DRY_RUN_LIMITS, DRY_RUN_MODEL, BenchConfig
 from grow_megatron.bench.profile import safe_profile
 from grow_megatron.config.base import ConfigError
@@ -28,12 +29,13 @@ from grow_megatron.config.run import RunConfig, load_run_config
 from grow_megatron.engine.build import EngineSpec, build_engine, destroy_engine, train_step
 from grow_megatron.engine.grow import grow, needs_host_staging
 from grow_megatron.engine.resolve import planned_layout, resolve_run
+from grow_megatron.growth import flops as F
 from grow_megatron.growth.operators import get_operator
 from grow_megatron.growth.schedule import GrowthPlan, make_plan
 from grow_megatron.model.looping import apply_loop_to_engine
 
-
 # ----------------------------------------------------------------------------- setup
+
 
 @dataclass(frozen=True)
 class Setup:
@@ -48,9 +50,9 @@ class Setup:
     """Final-depth shape for the FLOPs formula (seq = the benchmark's sequence length)."""
     spec: EngineSpec
     """The engine as training would build it for this config (engine.resolve.resolve_run)."""
-    plan: Optional[GrowthPlan]
+    plan: GrowthPlan | None
     """The config's growth plan (None for a static config): gives the stage depths."""
-    scaled_plan: Optional[GrowthPlan]
+    scaled_plan: GrowthPlan | None
     """The same PROP schedule compressed to bench.total_steps."""
     scaled_grow_steps: int
 
@@ -88,17 +90,22 @@ def resolve(bc: BenchConfig, world_size: int = 1, on_gpu: bool = False) -> tuple
     """Apply the dry-run limits, read the run config and derive shapes and schedules."""
     extra: list[str] = []
     if bc.dry_run:
-        bc = dataclasses.replace(bc, hf_compile=False, **{
-            k: min(getattr(bc, k) or v, v) for k, v in DRY_RUN_LIMITS.items()})
+        bc = dataclasses.replace(
+            bc, hf_compile=False, **{k: min(getattr(bc, k) or v, v) for k, v in DRY_RUN_LIMITS.items()}
+        )
         first = _load(bc, [], world_size)
         # Keep the growth structure (block size, operator, PROP proportions) but at most three
         # blocks deep, so that there are growths to time and every stage is quick.
         b = first.growth.block_size if first.growth.enabled else 2
         layers = min(first.model.num_layers, 3 * b) if first.growth.enabled else min(first.model.num_layers, 4)
         extra = [f"model.{k}={v}" for k, v in DRY_RUN_MODEL.items()] + [
-            f"model.num_layers={layers}", "model.kernels='off'", "train.precision=fp32",
+            f"model.num_layers={layers}",
+            "model.kernels='off'",
+            "train.precision=fp32",
             # The data parallel batch of the config must still divide: one micro-batch of bc.batch.
-            f"train.micro_batch_size={bc.batch}", f"train.global_batch_size={bc.batch * world_size}"]
+            f"train.micro_batch_size={bc.batch}",
+            f"train.global_batch_size={bc.batch * world_size}",
+        ]
         if first.growth.enabled and first.growth.grow_steps is not None:
             extra.append(f"growth.grow_steps={max(first.grow_steps, 3)}")
     for name, v in (("seq", bc.seq), ("vocab", bc.vocab)):
@@ -106,25 +113,36 @@ def resolve(bc: BenchConfig, world_size: int = 1, on_gpu: bool = False) -> tuple
             raise ConfigError(name, v, "must be a positive integer")
     # The benchmark's own shape and seed go into the config, so that the engine is resolved
     # from it exactly as training resolves its own.
-    extra += ([f"model.seq_length={bc.seq}"] if bc.seq else []) + (
-        [f"model.vocab_size={bc.vocab}"] if bc.vocab else []) + [f"train.seed={bc.seed}"]
+    extra += (
+        ([f"model.seq_length={bc.seq}"] if bc.seq else [])
+        + ([f"model.vocab_size={bc.vocab}"] if bc.vocab else [])
+        + [f"train.seed={bc.seed}"]
+    )
     cfg = _load(bc, extra, world_size)
     m = cfg.model
     batch = bc.batch or cfg.train.micro_batch_size
     if m.vocab_size is None:
-        raise ConfigError("model.vocab_size", None, "is empty in the run config (the trainer takes the "
-                                                    "tokenizer's): pass --vocab")
-    for name, v in (("batch", batch), ("microbatches", bc.microbatches),
-                    ("steps_per_stage", bc.steps_per_stage), ("total_steps", bc.total_steps),
-                    ("profile_steps", bc.profile_steps)):
+        raise ConfigError(
+            "model.vocab_size", None, "is empty in the run config (the trainer takes the tokenizer's): pass --vocab"
+        )
+    for name, v in (
+        ("batch", batch),
+        ("microbatches", bc.microbatches),
+        ("steps_per_stage", bc.steps_per_stage),
+        ("total_steps", bc.total_steps),
+        ("profile_steps", bc.profile_steps),
+    ):
         if v < 1:
             raise ConfigError(name, v, "must be a positive integer")
     if bc.warmup < 0:
         raise ConfigError("warmup", bc.warmup, "must be >= 0")
     pp, vpp = cfg.parallel.pipeline_parallel, cfg.parallel.virtual_stages
     if vpp > 1 and bc.microbatches % pp:
-        raise ConfigError("microbatches", bc.microbatches, f"the interleaved pipeline (parallel.virtual_stages={vpp}) "
-                                                           f"needs a multiple of pipeline_parallel ({pp})")
+        raise ConfigError(
+            "microbatches",
+            bc.microbatches,
+            f"the interleaved pipeline (parallel.virtual_stages={vpp}) needs a multiple of pipeline_parallel ({pp})",
+        )
     bad = [p for p in bc.parts if p not in BenchConfig.PARTS]
     if bad:
         raise ConfigError("parts", ",".join(bad), f"must be among {', '.join(BenchConfig.PARTS)}")
@@ -139,15 +157,21 @@ def resolve(bc: BenchConfig, world_size: int = 1, on_gpu: bool = False) -> tuple
         # Same proportions: growth phase / whole run as in the config, each stage >= 1 step.
         scaled_grow = max(k, round(bc.total_steps * cfg.grow_steps / cfg.train.steps))
         if scaled_grow > bc.total_steps:
-            raise ConfigError("total_steps", bc.total_steps,
-                              f"is too short for {k} growth stages of at least one step each")
-        scaled = make_plan(m.num_layers, b, scaled_grow, get_operator(cfg.growth.operator,
-                                                                      cfg.growth.function_preserving),
-                           cfg.growth.alpha)
+            raise ConfigError(
+                "total_steps", bc.total_steps, f"is too short for {k} growth stages of at least one step each"
+            )
+        scaled = make_plan(
+            m.num_layers,
+            b,
+            scaled_grow,
+            get_operator(cfg.growth.operator, cfg.growth.function_preserving),
+            cfg.growth.alpha,
+        )
     return bc, Setup(cfg, batch, bc.microbatches, shape, run.spec, plan, scaled, scaled_grow)
 
 
 # ----------------------------------------------------------------------------- timing helpers
+
 
 def on_gpu() -> bool:
     return torch.cuda.is_available()
@@ -194,10 +218,10 @@ class Rates:
     """docs/method.md §6: 6N + 12 L s d."""
     flops_per_token_causal: int
     """6N + 6 L s d (causal attention halved), the convention of the H100 reference in docs/benchmarks.md."""
-    peak_flops: Optional[float]
+    peak_flops: float | None
 
     @classmethod
-    def of(cls, shape: ModelConfig, peak_flops: Optional[float]) -> "Rates":
+    def of(cls, shape: ModelConfig, peak_flops: float | None) -> Rates:
         return cls(F.model_flops_per_token(shape), F.model_flops_per_token_causal(shape), peak_flops)
 
 
@@ -206,13 +230,19 @@ def summarize(step_times: list[float], tokens_per_step: int, rates: Rates, memor
     med = statistics.median(step_times)
     tps = tokens_per_step / med
     out = {
-        "steps_timed": len(step_times), "tokens_per_step": tokens_per_step,
-        "step_s_median": med, "step_s_min": min(step_times), "step_s_max": max(step_times),
+        "steps_timed": len(step_times),
+        "tokens_per_step": tokens_per_step,
+        "step_s_median": med,
+        "step_s_min": min(step_times),
+        "step_s_max": max(step_times),
         "tokens_per_s": tps,
-        "flops_per_token": rates.flops_per_token, "flops_per_token_causal": rates.flops_per_token_causal,
+        "flops_per_token": rates.flops_per_token,
+        "flops_per_token_causal": rates.flops_per_token_causal,
         "tflops": tps * rates.flops_per_token / 1e12,
         "tflops_causal": tps * rates.flops_per_token_causal / 1e12,
-        "mfu": None, "mfu_causal": None, "peak_memory_gib": memory_gib,
+        "mfu": None,
+        "mfu_causal": None,
+        "peak_memory_gib": memory_gib,
     }
     if rates.peak_flops:
         out["mfu"] = F.mfu(tps, rates.flops_per_token, rates.peak_flops)
@@ -228,13 +258,18 @@ def random_microbatches(n: int, batch: int, seq: int, vocab: int, seed: int) -> 
     out = []
     for _ in range(n):
         t = torch.randint(0, vocab, (batch, seq + 1), generator=gen)
-        mb = {"tokens": t[:, :-1].contiguous(), "labels": t[:, 1:].contiguous(),
-              "loss_mask": torch.ones(batch, seq), "position_ids": torch.arange(seq).expand(batch, seq).contiguous()}
+        mb = {
+            "tokens": t[:, :-1].contiguous(),
+            "labels": t[:, 1:].contiguous(),
+            "loss_mask": torch.ones(batch, seq),
+            "position_ids": torch.arange(seq).expand(batch, seq).contiguous(),
+        }
         out.append({k: v.to(dev) for k, v in mb.items()})
     return out
 
 
 # ----------------------------------------------------------------------------- engine parts
+
 
 @dataclass
 class EngineBench:
@@ -245,7 +280,7 @@ class EngineBench:
     dp: int
     tp: int
     pp: int
-    peak_flops: Optional[float]
+    peak_flops: float | None
 
     def __post_init__(self) -> None:
         s = self.setup
@@ -260,8 +295,7 @@ class EngineBench:
 
     def grow(self, engine, growth):
         """A growth as the training loop does it (host staging where growth.host_staging says so)."""
-        return grow(engine, growth, host_staging=needs_host_staging(engine, growth,
-                                                                    self.setup.cfg.growth.host_staging))
+        return grow(engine, growth, host_staging=needs_host_staging(engine, growth, self.setup.cfg.growth.host_staging))
 
     def step(self, engine) -> dict:
         return train_step(engine, self.batches, self.lr)
@@ -289,12 +323,16 @@ class EngineBench:
             apply_loop_to_engine(engine, loop.spec)
             depth = loop.spec.unrolled_depth(depth)
         times, out = self.measure(engine)
-        res = {"depth": depth, "build_s": build_s, **summarize(times, self.tokens_per_step, self.rates(depth),
-                                                                peak_memory_gib()),
-               "last_loss": out.get("loss")}
+        res = {
+            "depth": depth,
+            "build_s": build_s,
+            **summarize(times, self.tokens_per_step, self.rates(depth), peak_memory_gib()),
+            "last_loss": out.get("loss"),
+        }
         if self.bc.profile:  # after the peak memory is read: the profiler's buffers are not the model's
-            res["profile"] = safe_profile(lambda: self.step(engine), self.bc.profile_steps, _sync, on_gpu(),
-                                          res["step_s_median"])
+            res["profile"] = safe_profile(
+                lambda: self.step(engine), self.bc.profile_steps, _sync, on_gpu(), res["step_s_median"]
+            )
         destroy_engine(engine)
         return res
 
@@ -312,13 +350,19 @@ class EngineBench:
             free_memory()
             reset_peak_memory()
             times, out = self.measure(engine)
-            rows.append({"stage": i + 1, "depth": depth, "grow_s": grow_s,
-                         **summarize(times, self.tokens_per_step, self.rates(depth), peak_memory_gib()),
-                         "last_loss": out.get("loss")})
+            rows.append(
+                {
+                    "stage": i + 1,
+                    "depth": depth,
+                    "grow_s": grow_s,
+                    **summarize(times, self.tokens_per_step, self.rates(depth), peak_memory_gib()),
+                    "last_loss": out.get("loss"),
+                }
+            )
         destroy_engine(engine)
         return rows
 
-    def run(self, plan: Optional[GrowthPlan], total_steps: int) -> dict:
+    def run(self, plan: GrowthPlan | None, total_steps: int) -> dict:
         """`total_steps` optimizer steps following `plan` (None: static at the final depth), growth
         included; per-step records for the plot."""
         free_memory()
@@ -333,13 +377,26 @@ class EngineBench:
                 dt, engine = timed(lambda: self.grow(engine, g))
                 growths.append({"step": step, "old_depth": g.old_depth, "new_depth": g.new_depth, "seconds": dt})
             dt, out = timed(lambda: self.step(engine))
-            records.append({"step": step, "depth": engine.depth, "step_s": dt,
-                            "tokens_per_s": self.tokens_per_step / dt, "loss": out["loss"]})
+            records.append(
+                {
+                    "step": step,
+                    "depth": engine.depth,
+                    "step_s": dt,
+                    "tokens_per_s": self.tokens_per_step / dt,
+                    "loss": out["loss"],
+                }
+            )
         _sync()
         wall = time.perf_counter() - t_start
         destroy_engine(engine)
-        return {"build_s": build_s, "wall_s": wall, "train_s": sum(r["step_s"] for r in records),
-                "growth_s": sum(g["seconds"] for g in growths), "growths": growths, "steps": records}
+        return {
+            "build_s": build_s,
+            "wall_s": wall,
+            "train_s": sum(r["step_s"] for r in records),
+            "growth_s": sum(g["seconds"] for g in growths),
+            "growths": growths,
+            "steps": records,
+        }
 
     def schedule(self) -> dict:
         """The scaled PROP run, grown and static, next to the FLOPs-predicted speedup."""
@@ -357,20 +414,31 @@ class EngineBench:
         for st in cmp.grown.stages:
             recs = [r for r in grown["steps"] if r["depth"] == st.depth]
             secs = sum(r["step_s"] for r in recs)
-            stages.append({**st.to_dict(), "seconds": secs,
-                           "step_s_median": statistics.median(r["step_s"] for r in recs) if recs else None,
-                           "tflops": st.flops / secs / 1e12 if secs else None})
+            stages.append(
+                {
+                    **st.to_dict(),
+                    "seconds": secs,
+                    "step_s_median": statistics.median(r["step_s"] for r in recs) if recs else None,
+                    "tflops": st.flops / secs / 1e12 if secs else None,
+                }
+            )
         return {
-            "total_steps": total, "grow_steps": s.scaled_grow_steps, "stage_steps": list(plan.stage_steps),
-            "boundaries": list(plan.boundaries), "operator": s.cfg.growth.operator,
+            "total_steps": total,
+            "grow_steps": s.scaled_grow_steps,
+            "stage_steps": list(plan.stage_steps),
+            "boundaries": list(plan.boundaries),
+            "operator": s.cfg.growth.operator,
             "tokens_per_step": self.tokens_per_step,
             "flops": cmp.to_dict(),
             "predicted_speedup": predicted,
             "measured_speedup": measured,
             "measured_speedup_train_only": measured_train_only,
             "efficiency": measured / predicted,
-            "growth_s": grown["growth_s"], "growth_fraction_of_grown_wall": grown["growth_s"] / grown["wall_s"],
-            "grown": {k: v for k, v in grown.items()}, "static": static, "grown_stages": stages,
+            "growth_s": grown["growth_s"],
+            "growth_fraction_of_grown_wall": grown["growth_s"] / grown["wall_s"],
+            "grown": {k: v for k, v in grown.items()},
+            "static": static,
+            "grown_stages": stages,
             "grown_tflops": cmp.grown.flops / grown["wall_s"] / 1e12,
             "static_tflops": cmp.static.flops / static["wall_s"] / 1e12,
         }
@@ -378,7 +446,8 @@ class EngineBench:
 
 # ----------------------------------------------------------------------------- HF baseline
 
-def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Optional[float]) -> dict:
+
+def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: float | None) -> dict:
     """transformers' LlamaForCausalLM with the engine's shapes: SDPA attention, tied embeddings,
     fp32 parameters under bf16 autocast, AdamW (fused on GPU), clip 1.0 as the engine does."""
     try:
@@ -391,15 +460,28 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
     dev = "cuda" if gpu else "cpu"
     # transformers >= 5 takes the RoPE base in rope_parameters, older versions as rope_theta.
     v5 = "rope_parameters" in inspect.signature(LlamaConfig.__init__).parameters
-    rope = ({"rope_parameters": {"rope_type": "default", "rope_theta": float(m.rope_theta)}} if v5
-            else {"rope_theta": m.rope_theta})
-    hf_cfg = LlamaConfig(vocab_size=setup.vocab, hidden_size=m.hidden_size, intermediate_size=m.ffn_hidden_size,
-                         # With model.loop: the unrolled plain Llama, the same compute as the looped engine.
-                         num_hidden_layers=(m.loop.spec.unrolled_depth(m.num_layers) if m.loop is not None
-                                            else m.num_layers), num_attention_heads=m.num_attention_heads,
-                         num_key_value_heads=m.kv_heads, max_position_embeddings=setup.seq, rms_norm_eps=m.norm_eps,
-                         tie_word_embeddings=True, initializer_range=m.init_std, attention_bias=False, mlp_bias=False,
-                         use_cache=False, **rope)
+    rope = (
+        {"rope_parameters": {"rope_type": "default", "rope_theta": float(m.rope_theta)}}
+        if v5
+        else {"rope_theta": m.rope_theta}
+    )
+    hf_cfg = LlamaConfig(
+        vocab_size=setup.vocab,
+        hidden_size=m.hidden_size,
+        intermediate_size=m.ffn_hidden_size,
+        # With model.loop: the unrolled plain Llama, the same compute as the looped engine.
+        num_hidden_layers=(m.loop.spec.unrolled_depth(m.num_layers) if m.loop is not None else m.num_layers),
+        num_attention_heads=m.num_attention_heads,
+        num_key_value_heads=m.kv_heads,
+        max_position_embeddings=setup.seq,
+        rms_norm_eps=m.norm_eps,
+        tie_word_embeddings=True,
+        initializer_range=m.init_std,
+        attention_bias=False,
+        mlp_bias=False,
+        use_cache=False,
+        **rope,
+    )
     hf_cfg._attn_implementation = "sdpa"
     free_memory()
     reset_peak_memory()
@@ -410,11 +492,18 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
     try:
         model.train()
         params = sum(p.numel() for p in model.parameters())
-        opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), eps=o.eps,
-                                weight_decay=o.weight_decay, fused=gpu and not bc.dry_run)
+        opt = torch.optim.AdamW(
+            model.parameters(),
+            lr=o.lr,
+            betas=(o.beta1, o.beta2),
+            eps=o.eps,
+            weight_decay=o.weight_decay,
+            fused=gpu and not bc.dry_run,
+        )
         fwd = torch.compile(model) if compiled else model
-        ids = [mb["tokens"] for mb in random_microbatches(setup.microbatches, setup.batch, setup.seq, setup.vocab,
-                                                          bc.seed)]
+        ids = [
+            mb["tokens"] for mb in random_microbatches(setup.microbatches, setup.batch, setup.seq, setup.vocab, bc.seed)
+        ]
         # bf16 autocast on GPU (as the reference measurements); a dry run on CPU stays fp32.
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=setup.bf16 and gpu)
 
@@ -440,13 +529,23 @@ def hf_measure(setup: Setup, bc: BenchConfig, compiled: bool, peak_flops: Option
             times.append(dt)
         tokens = setup.tokens_per_step(1)
         # Read back what transformers actually chose (it may fall back from a requested implementation).
-        res = {"model": "transformers.LlamaForCausalLM",
-               "attn_implementation": getattr(model.config, "_attn_implementation", None), "compiled": compiled,
-               "fused_adamw": gpu and not bc.dry_run, "autocast_bf16": setup.bf16 and gpu, "params": params,
-               "first_step_s": compile_s,
-               "depth": hf_cfg.num_hidden_layers,
-               **summarize(times, tokens, Rates.of(setup.shape.with_layers(hf_cfg.num_hidden_layers), peak_flops),
-                           peak_memory_gib()), "last_loss": loss}
+        res = {
+            "model": "transformers.LlamaForCausalLM",
+            "attn_implementation": getattr(model.config, "_attn_implementation", None),
+            "compiled": compiled,
+            "fused_adamw": gpu and not bc.dry_run,
+            "autocast_bf16": setup.bf16 and gpu,
+            "params": params,
+            "first_step_s": compile_s,
+            "depth": hf_cfg.num_hidden_layers,
+            **summarize(
+                times,
+                tokens,
+                Rates.of(setup.shape.with_layers(hf_cfg.num_hidden_layers), peak_flops),
+                peak_memory_gib(),
+            ),
+            "last_loss": loss,
+        }
         if bc.profile:
             res["profile"] = safe_profile(step, bc.profile_steps, _sync, gpu, res["step_s_median"])
         return res

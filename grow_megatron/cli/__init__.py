@@ -4,13 +4,14 @@ Each subcommand is a module of this package (its flags and output; the work is d
 library below it) and exposes `main(argv) -> int`. Modules are imported lazily so that `grow-megatron flops` does not pay for importing
 megatron-core, and a failure in one subcommand's imports cannot break the others.
 """
+
 from __future__ import annotations
 
 import contextlib
 import importlib
 import sys
 import warnings
-from typing import Iterator
+from collections.abc import Iterator
 
 from grow_megatron import __version__
 from grow_megatron.config.base import UserError
@@ -21,14 +22,20 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "data": ("grow_megatron.cli.data", "prepare tokenizers and indexed datasets"),
     "convert": ("grow_megatron.cli.convert", "convert checkpoints to and from Hugging Face Llama"),
     "eval": ("grow_megatron.cli.eval", "held-out NLL and reasoning-primitive evaluation"),
-    "loop-sweep": ("grow_megatron.cli.loop_sweep", "inference-time looping of blocks: primitives and NLL per (block, repeats)"),
+    "loop-sweep": (
+        "grow_megatron.cli.loop_sweep",
+        "inference-time looping of blocks: primitives and NLL per (block, repeats)",
+    ),
     "analyze": ("grow_megatron.cli.analyze", "depth analyses (tuned lens, depth score, interventions, ...)"),
     "flops": ("grow_megatron.cli.flops", "training FLOPs of a static vs a grown run (docs/method.md §6)"),
     "bench": ("grow_megatron.cli.bench", "timed grown-vs-static training throughput"),
     "bench-growth": ("grow_megatron.cli.bench_growth", "latency and memory of one growth of a trained engine"),
     "plan": ("grow_megatron.cli.plan", "print the growth plan (stages, depths, source maps) of a config"),
     "grow": ("grow_megatron.cli.grow", "grow a trained checkpoint on disk, to keep training it deeper"),
-    "compare-runs": ("grow_megatron.cli.compare_runs", "loss of runs against steps, tokens and FLOPs; loss at equal FLOPs"),
+    "compare-runs": (
+        "grow_megatron.cli.compare_runs",
+        "loss of runs against steps, tokens and FLOPs; loss at equal FLOPs",
+    ),
     "study": ("grow_megatron.cli.study", "train variants at equal tokens, evaluate, analyse, and write one report"),
 }
 
@@ -96,8 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         path_err = _checkpoint_path_error(err)
         if path_err is None:
             raise
-        changed = (" (the checkpoint changed while it was read: a running trainer may have replaced or pruned it; "
-                   "run again to read its newest checkpoint)" if isinstance(path_err, FileNotFoundError) else "")
+        changed = (
+            " (the checkpoint changed while it was read: a running trainer may have replaced or pruned it; "
+            "run again to read its newest checkpoint)"
+            if isinstance(path_err, FileNotFoundError)
+            else ""
+        )
         print(f"grow-megatron {name}: {path_err.filename!r}: {_os_reason(path_err)}{changed}", file=sys.stderr)
         return 2
 
@@ -109,7 +120,10 @@ def _checkpoint_path_error(err: BaseException) -> OSError | None:
         return None
     for failure in (getattr(err, "failures", None) or {}).values():
         exc = failure[0] if isinstance(failure, tuple) else failure
-        if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)) and exc.filename:
+        if (
+            isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError))
+            and exc.filename
+        ):
             return exc
     return None
 
@@ -135,10 +149,16 @@ KNOWN_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
     (UserWarning, r"Transformer Engine and Apex are not installed\. Falling back to ", r"megatron[._]"),
     (UserWarning, r"Apex is not installed\. Falling back to Torch Norm", r"megatron\.core\."),
     (UserWarning, r"full scope is deprecated\. Use empty cuda_graph_scope", r"megatron\.core\.transformer\."),
-    (UserWarning, r"The \.grad attribute of a Tensor that is not a leaf Tensor is being accessed",
-     r"(megatron\.core\.|grow_megatron\.compat\.cpu$)"),
-    (FutureWarning, r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
-     r"torch\.distributed\."),
+    (
+        UserWarning,
+        r"The \.grad attribute of a Tensor that is not a leaf Tensor is being accessed",
+        r"(megatron\.core\.|grow_megatron\.compat\.cpu$)",
+    ),
+    (
+        FutureWarning,
+        r"`torch\.distributed\.(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
+        r"torch\.distributed\.",
+    ),
     (FutureWarning, r"Please use DTensor instead and we are deprecating ShardedTensor", r"(megatron|torch)\."),
 )
 

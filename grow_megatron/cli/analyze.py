@@ -7,13 +7,14 @@ Each analysis writes DIR/<analysis>.json ({"analysis", "config", "models": {labe
 and its figure(s) with all given models overlaid. Options of an analysis are the fields of
 its config dataclass (see `--help` of each).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
@@ -39,10 +40,11 @@ DESCRIPTIONS = {
 class CompareOptions(AnalyzeOptions):
     """`analyze compare`: the common options, which analyses, and their config overrides."""
 
-    analyses: Optional[list[str]] = field(default=None, metadata=cli(choices=ANALYSES))
+    analyses: list[str] | None = field(default=None, metadata=cli(choices=ANALYSES))
     """which analyses (default: every one the given inputs allow)"""
-    overrides: list[str] = field(default_factory=list,
-                                 metadata=cli(flag="--set", append=True, metavar="ANALYSIS.FIELD=VALUE"))
+    overrides: list[str] = field(
+        default_factory=list, metadata=cli(flag="--set", append=True, metavar="ANALYSIS.FIELD=VALUE")
+    )
     """config override, e.g. --set depth-score.max_sequences=32 (repeatable)"""
 
 
@@ -50,7 +52,7 @@ class CompareOptions(AnalyzeOptions):
 class TunedLensOptions(AnalyzeOptions):
     """`analyze tuned-lens`: the common options and saved lenses."""
 
-    lens: Optional[list[str]] = None
+    lens: list[str] | None = None
     """saved lenses (one per model) to evaluate instead of training"""
 
     def validate(self) -> None:
@@ -103,8 +105,10 @@ def _main(argv: list[str] | None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in DESCRIPTIONS:
-        print(f"grow-megatron analyze: unknown analysis {name!r}; choose one of: {', '.join(DESCRIPTIONS)}",
-              file=sys.stderr)
+        print(
+            f"grow-megatron analyze: unknown analysis {name!r}; choose one of: {', '.join(DESCRIPTIONS)}",
+            file=sys.stderr,
+        )
         return 2
     args = build_parser(name).parse_args(rest)
     opts: Any = options_from_args(options_class(name), args)

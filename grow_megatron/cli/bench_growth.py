@@ -5,6 +5,7 @@
 
 Each run builds the engine at --depth, trains one step and grows by one block (docs/benchmarks.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,4 +21,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     run(options_from_args(GrowthBenchOptions, build_parser().parse_args(argv)))
     return 0
-

@@ -9,11 +9,11 @@ equal compute, is that table.
 
 Writes DIR/compare_runs.png, DIR/loss_at_flops.md and DIR/loss_at_flops.json; prints the table.
 """
+
 from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass, field
-from typing import Optional
 
 from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.base import check_output_dir
@@ -31,7 +31,7 @@ class CompareRunsOptions:
     """output directory (default ./compare_runs)"""
     budgets: int = 5
     """number of FLOP budgets, evenly spaced up to the smallest run's total (default 5)"""
-    at: Optional[list[float]] = field(default=None, metadata=cli(metavar="FLOPS"))
+    at: list[float] | None = field(default=None, metadata=cli(metavar="FLOPS"))
     """explicit FLOP budgets instead"""
 
     def validate(self) -> None:

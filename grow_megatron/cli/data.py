@@ -1,11 +1,12 @@
 """`grow-megatron data ...`: prepare indexed datasets, train tokenizers, inspect what was built.
 
-  grow-megatron data prepare SOURCE --out PREFIX [--tokenizer T] [--text-field F] [--workers N]
-  grow-megatron data prepare --config RUN.yaml        (every raw dataset of the run's data: section)
-  grow-megatron data train-tokenizer SOURCE... --vocab-size N --out DIR [--sample-chars C]
-  grow-megatron data inspect PREFIX [--samples K]
-  grow-megatron data make-default-corpus [--out DIR]  (regenerate the embedded corpus + tokenizer)
+grow-megatron data prepare SOURCE --out PREFIX [--tokenizer T] [--text-field F] [--workers N]
+grow-megatron data prepare --config RUN.yaml        (every raw dataset of the run's data: section)
+grow-megatron data train-tokenizer SOURCE... --vocab-size N --out DIR [--sample-chars C]
+grow-megatron data inspect PREFIX [--samples K]
+grow-megatron data make-default-corpus [--out DIR]  (regenerate the embedded corpus + tokenizer)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,6 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 from grow_megatron.cli.flags import add_flags, cli, options_from_args
 from grow_megatron.config.base import ConfigError, from_dict
@@ -27,16 +27,16 @@ from grow_megatron.data.readers import first_chars, iter_texts, list_source_file
 class DataPrepareOptions:
     """tokenize a raw source into PREFIX.bin/.idx (+ manifest); a no-op when up to date"""
 
-    source: Optional[str] = field(default=None, metadata=cli(positional=True))
+    source: str | None = field(default=None, metadata=cli(positional=True))
     """a .jsonl/.json/.parquet/.arrow/.txt/.md file (optionally compressed), a directory of such files, or a
     datasets.save_to_disk directory"""
-    out: Optional[str] = None
+    out: str | None = None
     """output prefix: writes OUT.bin, OUT.idx, OUT.tokenizer.json, OUT.manifest.json"""
-    config: Optional[str] = None
+    config: str | None = None
     """a run YAML: prepare every raw dataset of its data: section into the cache"""
-    tokenizer: Optional[str] = None
+    tokenizer: str | None = None
     """tokenizer.json or HF tokenizer directory (default: the embedded one)"""
-    eod_token: Optional[str] = None
+    eod_token: str | None = None
     """end-of-document token (default: the tokenizer's eos token)"""
     text_field: str = "text"
     """column holding the text (default: text)"""
@@ -82,18 +82,24 @@ class InspectOptions:
 class MakeCorpusOptions:
     """regenerate the embedded corpus and its tokenizer"""
 
-    out: Optional[str] = None
+    out: str | None = None
     """directory (default: the package's assets directory)"""
     vocab_size: int = 4096
     """vocabulary size of the tokenizer"""
 
 
-VERBS = {"prepare": DataPrepareOptions, "train-tokenizer": TrainTokenizerOptions, "inspect": InspectOptions,
-         "make-default-corpus": MakeCorpusOptions}
+VERBS = {
+    "prepare": DataPrepareOptions,
+    "train-tokenizer": TrainTokenizerOptions,
+    "inspect": InspectOptions,
+    "make-default-corpus": MakeCorpusOptions,
+}
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="grow-megatron data", description="Prepare tokenizers and megatron indexed datasets.")
+    ap = argparse.ArgumentParser(
+        prog="grow-megatron data", description="Prepare tokenizers and megatron indexed datasets."
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     for verb, cls in VERBS.items():
         add_flags(sub.add_parser(verb, help=cls.__doc__), cls)
@@ -103,8 +109,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     opts = options_from_args(VERBS[args.cmd], args)
-    return {"prepare": _prepare, "train-tokenizer": _train, "inspect": _inspect,
-            "make-default-corpus": _make_default}[args.cmd](opts)
+    return {"prepare": _prepare, "train-tokenizer": _train, "inspect": _inspect, "make-default-corpus": _make_default}[
+        args.cmd
+    ](opts)
 
 
 def _prepare(opts) -> int:
@@ -118,18 +125,32 @@ def _prepare(opts) -> int:
     if not opts.source:
         raise ConfigError("SOURCE", None, "missing: give a file or directory to tokenize (or --config RUN.yaml)")
     if not opts.out:
-        raise ConfigError("--out", None, "missing: give the output prefix, e.g. --out data/mycorpus "
-                                         "(writes data/mycorpus.bin/.idx)")
+        raise ConfigError(
+            "--out", None, "missing: give the output prefix, e.g. --out data/mycorpus (writes data/mycorpus.bin/.idx)"
+        )
     if opts.workers < 1:
         raise ConfigError("--workers", opts.workers, "must be >= 1")
     out = opts.out[:-4] if opts.out.endswith((".bin", ".idx")) else opts.out
     if os.path.isdir(out):
-        raise ConfigError("--out", opts.out, "is a directory: give a file prefix inside it, e.g. "
-                                             f"{os.path.join(opts.out, 'data')} (writes data.bin/.idx there)")
+        raise ConfigError(
+            "--out",
+            opts.out,
+            "is a directory: give a file prefix inside it, e.g. "
+            f"{os.path.join(opts.out, 'data')} (writes data.bin/.idx there)",
+        )
     _writable_dir(os.path.dirname(os.path.abspath(out)), "--out", opts.out)
     tok = load_tokenizer(opts.tokenizer, eod_token=opts.eod_token, field="--tokenizer")
-    m = prepare(opts.source, out, tok, text_field=opts.text_field, num_workers=opts.workers,
-                progress=not opts.no_progress, force=opts.force, field="SOURCE", text_field_path="--text-field")
+    m = prepare(
+        opts.source,
+        out,
+        tok,
+        text_field=opts.text_field,
+        num_workers=opts.workers,
+        progress=not opts.no_progress,
+        force=opts.force,
+        field="SOURCE",
+        text_field_path="--text-field",
+    )
     _report(m)
     return 0
 
@@ -139,15 +160,19 @@ def _writable_dir(path: str, field: str, value: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
-        raise ConfigError(field, value, f"cannot create directory {path} ({err.strerror}): choose a writable path") from None
+        raise ConfigError(
+            field, value, f"cannot create directory {path} ({err.strerror}): choose a writable path"
+        ) from None
     if not os.access(path, os.W_OK):
         raise ConfigError(field, value, f"directory {path} is not writable: choose a writable path")
 
 
 def _report(m: dict, state: str | None = None) -> None:
     state = state or ("up to date (nothing to do)" if m.get("skipped") else f"built in {m['seconds']:.1f}s")
-    print(f"{m['prefix']}: {m['documents']} documents, {m['tokens']} tokens ({m['dtype']}), "
-          f"tokenizer {m['tokenizer']['sha256'][:12]} vocab {m['tokenizer']['vocab_size']}: {state}")
+    print(
+        f"{m['prefix']}: {m['documents']} documents, {m['tokens']} tokens ({m['dtype']}), "
+        f"tokenizer {m['tokenizer']['sha256'][:12]} vocab {m['tokenizer']['vocab_size']}: {state}"
+    )
 
 
 def _prepare_config(opts) -> int:
@@ -191,7 +216,9 @@ def _train(opts) -> int:
 
     tok = train_bpe_tokenizer(sample(), vocab_size=opts.vocab_size, eod_token=opts.eod_token)
     files = tok.save(opts.out)
-    print(f"trained BPE vocab {tok.vocab_size} (eod {opts.eod_token!r} = {tok.eod}), sha {tok.sha256[:12]}: {', '.join(files)}")
+    print(
+        f"trained BPE vocab {tok.vocab_size} (eod {opts.eod_token!r} = {tok.eod}), sha {tok.sha256[:12]}: {', '.join(files)}"
+    )
     return 0
 
 

@@ -8,6 +8,7 @@ MODEL is a Hugging Face causal-LM directory (config.json + weights + tokenizer f
 native grow_megatron checkpoint / run directory (converted in memory); both go through
 grow_megatron.convert.load, which checks the model type before loading anything.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,21 +16,26 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 
 from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.base import ConfigError, check_output_dir
 from grow_megatron.config.loop import check_loop_arg
-from grow_megatron.config.rundir import CONFIG
 from grow_megatron.config.options import check_positive
+from grow_megatron.config.rundir import CONFIG
 from grow_megatron.convert.load import check_model_dir, load_model
 from grow_megatron.convert.looping import apply_loop_arg
-from grow_megatron.eval import primitives
-from grow_megatron.eval import scoring
-from grow_megatron.eval.evaluate import (DEFAULT_N, QUICK_CHUNKS, QUICK_N, evaluate_heldout, evaluate_primitives,
-                                         format_mc)
+from grow_megatron.eval import primitives, scoring
+from grow_megatron.eval.evaluate import (
+    DEFAULT_N,
+    QUICK_CHUNKS,
+    QUICK_N,
+    evaluate_heldout,
+    evaluate_primitives,
+    format_mc,
+)
 from grow_megatron.eval.lm_eval_adapter import LM_EVAL_INSTALL, export_tasks, lm_eval_command
 
 
@@ -37,12 +43,12 @@ from grow_megatron.eval.lm_eval_adapter import LM_EVAL_INSTALL, export_tasks, lm
 class EvalOptions:
     """Options of `grow-megatron eval`."""
 
-    model: Optional[str] = field(default=None, metadata=cli(positional=True))
+    model: str | None = field(default=None, metadata=cli(positional=True))
     """HF model directory (or a native checkpoint, via grow_megatron.convert)"""
     tasks: str = "paper"
     """'paper' (Table 6's five), 'all', 'none', or a comma list of: copying_letters, copying_random, copying_words,
     varassign_basic, varassign_code, varassign_math"""
-    n: Optional[int] = None
+    n: int | None = None
     """examples per task (default 200; 50 with --quick)"""
     quick: bool = False
     """a cheap first look: 50 examples per task and at most 32 held-out windows per file (standard errors are
@@ -54,9 +60,9 @@ class EvalOptions:
     heldout: list[str] = field(default_factory=list, metadata=cli(append=True, metavar="FILE"))
     """held-out text for NLL: plain text (one stream) or .jsonl with a 'text' field per document (documents
     joined with EOS); repeatable"""
-    seq_length: Optional[int] = None
+    seq_length: int | None = None
     """NLL context length (default: min(2048, the model's))"""
-    max_chunks: Optional[int] = None
+    max_chunks: int | None = None
     """at most this many NLL sequences per file"""
     batch_size: int = 16
     """(context, choice) rows or NLL sequences per forward pass"""
@@ -66,15 +72,15 @@ class EvalOptions:
     """dtype the model is loaded in"""
     add_bos: bool = False
     """prepend the BOS token to every MC context"""
-    config: Optional[str] = None
+    config: str | None = None
     """a native checkpoint's run config.yaml, when the checkpoint was copied out of its run directory (default:
     RUN_DIR/config.yaml)"""
-    json: Optional[str] = field(default=None, metadata=cli(metavar="PATH"))
+    json: str | None = field(default=None, metadata=cli(metavar="PATH"))
     """write results as JSON ('-' for stdout)"""
-    loop: Optional[str] = field(default=None, metadata=cli(metavar="SPEC"))
+    loop: str | None = field(default=None, metadata=cli(metavar="SPEC"))
     """loop a block at inference: START:ENDxR applies layers START..END-1 (0-indexed) R times in a row with the
     same weights, e.g. 12:16x3 (docs/looping.md)"""
-    export_lm_eval: Optional[str] = field(default=None, metadata=cli(metavar="DIR"))
+    export_lm_eval: str | None = field(default=None, metadata=cli(metavar="DIR"))
     """write the tasks as lm-evaluation-harness jsonl + yaml into DIR (see docs/eval.md)"""
 
     def validate(self) -> None:
@@ -103,7 +109,7 @@ class EvalOptions:
         return self.n if self.n is not None else (QUICK_N if self.quick else DEFAULT_N)
 
     @property
-    def chunks(self) -> Optional[int]:
+    def chunks(self) -> int | None:
         return QUICK_CHUNKS if self.quick and self.max_chunks is None else self.max_chunks
 
 
@@ -117,21 +123,36 @@ def main(argv: list[str] | None = None) -> int:
     opts = options_from_args(EvalOptions, args)
     n = opts.examples_per_task
     cfg = primitives.PrimitivesConfig(num_shots=opts.shots).validate()
-    result: dict[str, Any] = {"template_version": primitives.TEMPLATE_VERSION, "seed": opts.seed, "n": n,
-                              "shots": opts.shots, "quick": opts.quick}
+    result: dict[str, Any] = {
+        "template_version": primitives.TEMPLATE_VERSION,
+        "seed": opts.seed,
+        "n": n,
+        "shots": opts.shots,
+        "quick": opts.quick,
+    }
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if opts.device == "auto" else opts.device
     if opts.export_lm_eval:
         written = export_tasks(opts.export_lm_eval, tasks, n=n, seed=opts.seed, config=cfg)
-        print(f"wrote {len(written)} files to {opts.export_lm_eval}; score them with lm-evaluation-harness "
-              f"({LM_EVAL_INSTALL}), e.g.:")
+        print(
+            f"wrote {len(written)} files to {opts.export_lm_eval}; score them with lm-evaluation-harness "
+            f"({LM_EVAL_INSTALL}), e.g.:"
+        )
         hf_dir = opts.model or "HF_DIR"
         if opts.model and check_model_dir(opts.model, "causal-lm") is None:
             # lm-eval reads a Hugging Face directory: a native checkpoint is exported first.
             hf_dir = f"{opts.model.rstrip('/')}-hf"
             print(f"grow-megatron convert to-hf {opts.model} {hf_dir}")
-        print(lm_eval_command(hf_dir, opts.export_lm_eval, batch_size=opts.batch_size, dtype=opts.dtype,
-                              device=device, add_bos=opts.add_bos))
+        print(
+            lm_eval_command(
+                hf_dir,
+                opts.export_lm_eval,
+                batch_size=opts.batch_size,
+                dtype=opts.dtype,
+                device=device,
+                add_bos=opts.add_bos,
+            )
+        )
         if not opts.model:
             return 0
     if not opts.model:
@@ -150,15 +171,19 @@ def main(argv: list[str] | None = None) -> int:
     result["context_length"] = scoring.context_length(model)
     ctx = scoring.context_length(model) or 2048
     if opts.seq_length and opts.seq_length > ctx:
-        raise ConfigError("--seq-length", opts.seq_length, f"exceeds the model's context of {ctx} tokens: "
-                                                           f"use --seq-length {ctx} or less")
+        raise ConfigError(
+            "--seq-length",
+            opts.seq_length,
+            f"exceeds the model's context of {ctx} tokens: use --seq-length {ctx} or less",
+        )
     if opts.loop:
         apply_loop_arg(model, opts.loop)
     result["loop"] = opts.loop
 
     if tasks:
-        mc, cut, seconds = evaluate_primitives(model, tokenizer, tasks, n, opts.seed, opts.shots, opts.batch_size,
-                                               opts.add_bos, device)
+        mc, cut, seconds = evaluate_primitives(
+            model, tokenizer, tasks, n, opts.seed, opts.shots, opts.batch_size, opts.add_bos, device
+        )
         print(format_mc(mc))
         result["primitives"] = {t: r.to_dict() for t, r in mc.items()}
         if len(mc) > 1:
@@ -172,8 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in opts.heldout:
             r = evaluate_heldout(model, tokenizer, path, seq, opts.batch_size, opts.chunks, device)
             se = f"{r.stderr:.4f}" if r.windows > 1 else "n/a"
-            print(f"held-out {path}: NLL {r.nll:.4f} ± {se} nats/token (se over {r.windows} windows of "
-                  f"{seq} tokens; {r.tokens:,} tokens; ppl {r.perplexity:.2f}; uniform guess {r.chance:.2f})")
+            print(
+                f"held-out {path}: NLL {r.nll:.4f} ± {se} nats/token (se over {r.windows} windows of "
+                f"{seq} tokens; {r.tokens:,} tokens; ppl {r.perplexity:.2f}; uniform guess {r.chance:.2f})"
+            )
             result["heldout"][path] = r.to_dict() | {"seq_length": seq}
 
     if opts.json:

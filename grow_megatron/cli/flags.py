@@ -16,6 +16,7 @@ dataclasses can live in the layers below cli). Parsed values go back through
 `config.base.from_dict` and the dataclass's `validate()`, so a bad value is a one-line
 ConfigError that names the flag.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,7 +50,9 @@ def _default(f: dataclasses.Field) -> Any:
 def command_parser(prog: str, description: str, cls: type) -> argparse.ArgumentParser:
     """The parser of a command whose flags are the fields of dataclass `cls`; `description` (the
     command module's docstring) is shown as written, so its example command lines keep their layout."""
-    p = argparse.ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_flags(p, cls)
     return p
 
@@ -115,8 +118,9 @@ def _help(doc: str | None, default: Any, always: bool) -> str | None:
     """The field's docstring, with its default where the docstring does not give it."""
     if doc is None:
         return None
-    shown = (default not in (None, False, dataclasses.MISSING) and not (isinstance(default, (list, tuple))
-                                                                        and not default))
+    shown = default not in (None, False, dataclasses.MISSING) and not (
+        isinstance(default, (list, tuple)) and not default
+    )
     if always or (shown and "default" not in doc):
         text = (",".join(map(str, default)) or "none") if isinstance(default, (list, tuple)) else default
         doc = f"{doc} (default: {text})"
@@ -131,8 +135,11 @@ def _converter(tp: Any) -> Any:
 
 def given(cls: type, args: argparse.Namespace) -> dict[str, Any]:
     """The fields of `cls` the user gave (not None) in `args` (of a parser built with only_given)."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
-            if f.init and getattr(args, f.name, None) is not None}
+    return {
+        f.name: getattr(args, f.name)
+        for f in dataclasses.fields(cls)
+        if f.init and getattr(args, f.name, None) is not None
+    }
 
 
 def options_from_args(cls: type[T], args: argparse.Namespace | dict[str, Any], path: str | None = None) -> T:

@@ -11,6 +11,7 @@ The vocabulary of a run config is the one the trainer builds the model with: mod
 else the tokenizer's (data.tokenizer, or the embedded one), padded for tensor parallelism; a
 run directory with checkpoints gives it exactly, from the embedding's shape.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,13 +1,13 @@
 """`grow-megatron grow CHECKPOINT --operator lidas --block-size 4 --out NEW_RUN_DIR`:
 grow a trained checkpoint on disk (weights, fp32 main copies, AdamW moments and step), then
 keep training the deeper model with `grow-megatron train NEW_RUN_DIR/config.yaml`."""
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.base import ConfigError
@@ -28,7 +28,7 @@ class GrowOptions:
     """new run directory (config.yaml + checkpoints/)"""
     function_preserving: bool = False
     """zero the copies' output projections: the grown model computes the same function"""
-    config: Optional[str] = None
+    config: str | None = None
     """the source run's config.yaml (default: the one in its run directory)"""
 
 
@@ -64,8 +64,10 @@ def main(argv: list[str]) -> int:
     # A grow killed before it published left only its staging directory (OUT itself never
     # exists half-written): say so and start over.
     for left in remove_leftovers(out):
-        print(f"note: an earlier grow into {out} did not finish (killed?); removed its incomplete output {left}",
-              file=sys.stderr)
+        print(
+            f"note: an earlier grow into {out} did not finish (killed?); removed its incomplete output {left}",
+            file=sys.stderr,
+        )
     out_run = RunDir(out)
     if list_checkpoints(out_run.checkpoints):
         raise ConfigError("--out", opts.out, "already holds checkpoints: choose a new directory")
@@ -81,19 +83,24 @@ def main(argv: list[str]) -> int:
         finally:
             shutdown_distributed()
         fault_point("grow.checkpoint")
-        carried = (carry_run_records(run_dir, stage, step, GrowthEvent.from_dict(read_meta(staged_ckpt)["growths"][-1]))
-                   if run_dir else 0)
+        carried = (
+            carry_run_records(run_dir, stage, step, GrowthEvent.from_dict(read_meta(staged_ckpt)["growths"][-1]))
+            if run_dir
+            else 0
+        )
         fault_point("grow.history")
         with open(RunDir(stage).config, "w") as f:  # its run_dir is OUT, not the staging name
             f.write(grown_run_config(config, growth, out))
             f.flush()
             os.fsync(f.fileno())
     new_ckpt = os.path.join(out, os.path.relpath(staged_ckpt, stage))
-    print(f"grew {ckpt}: depth {depth} -> {growth.new_depth} ({growth.operator}), source map "
-          f"{list(growth.source_map)}\nwrote {new_ckpt} (step {step}, optimizer state included)"
-          + (f"; carried the source run's history ({carried} metrics records, growth events)" if run_dir else "")
-          + "\n"
-          f"continue: grow-megatron train {out_run.config} --set train.steps=<more than {step}> "
-          f"(the LR follows optim.on_extend: continue, the default, goes on from the source run's LR; "
-          f"--set optim.on_extend=rewarmup warms it up again)")
+    print(
+        f"grew {ckpt}: depth {depth} -> {growth.new_depth} ({growth.operator}), source map "
+        f"{list(growth.source_map)}\nwrote {new_ckpt} (step {step}, optimizer state included)"
+        + (f"; carried the source run's history ({carried} metrics records, growth events)" if run_dir else "")
+        + "\n"
+        f"continue: grow-megatron train {out_run.config} --set train.steps=<more than {step}> "
+        f"(the LR follows optim.on_extend: continue, the default, goes on from the source run's LR; "
+        f"--set optim.on_extend=rewarmup warms it up again)"
+    )
     return 0

@@ -13,13 +13,14 @@ at their positions in the final model (read from the growth history that native 
 and our HF exports carry; a block that a later growth cut in two is skipped); for a model
 with no history, the b layers around the middle (LIDAS's rule).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.base import ConfigError, check_output_dir
@@ -27,8 +28,15 @@ from grow_megatron.config.options import check_positive
 from grow_megatron.convert.hf import HISTORY_FIELD
 from grow_megatron.convert.load import load_model
 from grow_megatron.eval import primitives
-from grow_megatron.eval.loop_sweep import (SweepConfig, default_blocks, history_blocks, parse_blocks, parse_repeats,
-                                           sweep, write_sweep)
+from grow_megatron.eval.loop_sweep import (
+    SweepConfig,
+    default_blocks,
+    history_blocks,
+    parse_blocks,
+    parse_repeats,
+    sweep,
+    write_sweep,
+)
 
 
 @dataclass
@@ -39,9 +47,9 @@ class LoopSweepOptions:
     """HF model directory, native run directory or checkpoint directory"""
     out: str
     """output directory (loop_sweep.json, .md, .png)"""
-    blocks: Optional[str] = None
+    blocks: str | None = None
     """comma list of START:END blocks (default: from the growth history, see above)"""
-    block_size: Optional[int] = None
+    block_size: int | None = None
     """size of the default blocks (default: the growth history's, or 4)"""
     repeats: str = "1,2,3,4"
     """comma list of repeat counts (default 1,2,3,4)"""
@@ -53,9 +61,9 @@ class LoopSweepOptions:
     """seed of the primitive tasks"""
     heldout: list[str] = field(default_factory=list, metadata=cli(append=True, metavar="FILE"))
     """held-out text (.txt, or .jsonl with 'text') for NLL; repeatable"""
-    seq_length: Optional[int] = None
+    seq_length: int | None = None
     """NLL context length (default: min(2048, the model's))"""
-    max_chunks: Optional[int] = None
+    max_chunks: int | None = None
     """at most this many NLL sequences per file"""
     batch_size: int = 16
     """(context, choice) rows or NLL sequences per forward pass"""
@@ -63,7 +71,7 @@ class LoopSweepOptions:
     """torch device, e.g. cpu or cuda"""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """dtype the model is loaded in"""
-    config: Optional[str] = None
+    config: str | None = None
     """a native checkpoint's run config.yaml (default: RUN_DIR/config.yaml)"""
     quiet: bool = False
     """no progress bar"""
@@ -87,14 +95,23 @@ def main(argv: list[str] | None = None) -> int:
     check_output_dir(opts.out, "--out")
     # Looping re-applies Llama decoder layers, so only Llama-layout models are accepted; the
     # primitives need the tokenizer (the loader names the missing files in one line).
-    loaded = load_model(opts.model, opts.device, opts.dtype, accept="llama", need_tokenizer=bool(tasks),
-                        config=opts.config)
+    loaded = load_model(
+        opts.model, opts.device, opts.dtype, accept="llama", need_tokenizer=bool(tasks), config=opts.config
+    )
     model, tokenizer = loaded.model, loaded.tokenizer
     depth = len(model.model.layers)
     history = getattr(model.config, HISTORY_FIELD, None)
-    cfg = SweepConfig(blocks=blocks or default_blocks(depth, history, opts.block_size), repeats=repeats, tasks=tasks,
-                      n=opts.n, seed=opts.seed, heldout=list(opts.heldout), seq_length=opts.seq_length,
-                      max_chunks=opts.max_chunks, batch_size=opts.batch_size)
+    cfg = SweepConfig(
+        blocks=blocks or default_blocks(depth, history, opts.block_size),
+        repeats=repeats,
+        tasks=tasks,
+        n=opts.n,
+        seed=opts.seed,
+        heldout=list(opts.heldout),
+        seq_length=opts.seq_length,
+        max_chunks=opts.max_chunks,
+        batch_size=opts.batch_size,
+    )
     result = sweep(model, tokenizer, cfg, device=opts.device, progress=not opts.quiet)
     result["model"] = opts.model
     result["growth_history_blocks"] = history_blocks(history)

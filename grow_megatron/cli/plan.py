@@ -1,4 +1,5 @@
 """`grow-megatron plan CONFIG.yaml`: the growth plan of a run, without building anything."""
+
 from __future__ import annotations
 
 import json

@@ -6,6 +6,7 @@ the best grown variant at inference; writes OUT_DIR/report.md. Running it again 
 step that finished (done-markers) and resumes an interrupted training run from its newest
 checkpoint. See docs/study.md.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -30,7 +31,9 @@ class StudyOptions:
 
 
 def main(argv: list[str]) -> int:
-    opts = options_from_args(StudyOptions, command_parser("grow-megatron study", __doc__, StudyOptions).parse_args(argv))
+    opts = options_from_args(
+        StudyOptions, command_parser("grow-megatron study", __doc__, StudyOptions).parse_args(argv)
+    )
     cfg, base = load_study(opts.study, opts.overrides)
     try:
         run_study(cfg, base, verbose=opts.verbose, command=shlex.join(["grow-megatron", "study", *argv]))

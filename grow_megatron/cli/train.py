@@ -4,12 +4,12 @@ Trains (or grows) the model the run config describes; outputs go to its run_dir.
 same command again resumes from the newest checkpoint there (checkpoint.resume: auto). Ctrl-C
 stops after the current step and checkpoints; a second Ctrl-C aborts at once.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 from grow_megatron.cli.flags import cli, command_parser, options_from_args
 from grow_megatron.config.run import load_run_config
@@ -23,7 +23,7 @@ class TrainOptions:
     """run config YAML (see examples/)"""
     overrides: list[str] = field(default_factory=list, metadata=cli(flag="--set", append=True, metavar="KEY=VALUE"))
     """override a config field, e.g. --set train.steps=50 (repeatable)"""
-    run_dir: Optional[str] = None
+    run_dir: str | None = None
     """shorthand for --set run_dir=DIR"""
 
 
@@ -50,9 +50,11 @@ def main(argv: list[str]) -> int:
     if not res.losses:
         # Re-running a finished run resumes at its last step and trains nothing: say so, or
         # the user is left with an empty progress bar and no idea why.
-        print(f"nothing to do: {cfg.run_dir} is already trained to step {res.end_step} (train.steps = "
-              f"{cfg.train.steps}); raise train.steps to continue (the LR then follows optim.on_extend, default "
-              f"continue), or give another --run-dir for a new run")
+        print(
+            f"nothing to do: {cfg.run_dir} is already trained to step {res.end_step} (train.steps = "
+            f"{cfg.train.steps}); raise train.steps to continue (the LR then follows optim.on_extend, default "
+            f"continue), or give another --run-dir for a new run"
+        )
         return 0
     print(final_line(res, cfg.train.steps, cfg.run_dir))
     return 0
@@ -67,6 +69,8 @@ def final_line(res, total: int, run_dir: str) -> str:
         held_out = f", held-out loss {res.eval_losses[step]:.4f} (step {step + 1})"
     ran = f"ran steps {res.start_step}..{res.end_step}"
     if res.end_step < total:
-        return (f"stopped: {ran} of {total} (checkpointed), depth {res.final_depth}, last loss {last:.4f}{held_out}; "
-                f"run the same command again to resume")
+        return (
+            f"stopped: {ran} of {total} (checkpointed), depth {res.final_depth}, last loss {last:.4f}{held_out}; "
+            f"run the same command again to resume"
+        )
     return f"done: {ran}, final depth {res.final_depth}, last loss {last:.4f}{held_out}; outputs in {run_dir}"

@@ -9,11 +9,11 @@ Unlike `grow-megatron bench` this goes through `training.loop.train`, so its ste
 the data loader; it is the "does a grown run behave on the GPU" record, not the throughput figure.
 The JSON is rewritten after every step, so a run stopped by a time limit still leaves its record.
 """
+
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 from grow_megatron.cli.flags import cli, command_parser, options_from_args
 
@@ -32,18 +32,20 @@ class TrainRecordOptions:
     """override a config field (repeatable)"""
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = command_parser(PROG, __doc__, TrainRecordOptions)
     opts = options_from_args(TrainRecordOptions, p.parse_args(argv))
     # torch and megatron-core (seconds): once the arguments are good, so --help answers at once.
     from grow_megatron.bench.train_record import record_training
 
-    record = record_training(opts.config, opts.overrides, opts.out, sys.argv[1:] if argv is None else list(argv),
-                             PROG)
+    record = record_training(opts.config, opts.overrides, opts.out, sys.argv[1:] if argv is None else list(argv), PROG)
     for s in record["stages"]:
         mem = f", peak {s['peak_memory_gib']:.2f} GiB" if s["peak_memory_gib"] is not None else ""
-        print(f"depth {s['depth']:>3}: {s['steps']:>4} steps, median {s['tokens_per_s_median']:,.0f} tokens/s "
-              f"(first step {s['first_step_tokens_per_s']:,.0f}){mem}", flush=True)
+        print(
+            f"depth {s['depth']:>3}: {s['steps']:>4} steps, median {s['tokens_per_s_median']:,.0f} tokens/s "
+            f"(first step {s['first_step_tokens_per_s']:,.0f}){mem}",
+            flush=True,
+        )
     for g in record["growths"]:
         print(f"growth at step {g['step']}: {g['old_depth']} -> {g['new_depth']} in {g['seconds']:.2f}s", flush=True)
     return 0

@@ -20,10 +20,12 @@ is dropped instead of piling up in `torch.cuda._queued_calls` for the life of th
 It is entered once per process by the engine when no GPU is present, so the same engine
 (TP/PP/DP included, with gloo) runs on a laptop and in CI. Nothing here is active on GPU.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -76,8 +78,12 @@ def _no_cuda_rng_state(device: Any = "cuda") -> torch.Tensor:
 @contextlib.contextmanager
 def cpu_compat() -> Iterator[None]:
     """Let megatron-core run on CPU tensors for the duration of the context."""
-    saved = (torch.cuda.current_device, torch.cuda.synchronize, torch.cuda.random.get_rng_state,
-             torch.cuda._queued_calls)
+    saved = (
+        torch.cuda.current_device,
+        torch.cuda.synchronize,
+        torch.cuda.random.get_rng_state,
+        torch.cuda._queued_calls,
+    )
     torch.cuda.current_device = lambda: _CPU  # type: ignore[assignment]
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
     torch.cuda.random.get_rng_state = _no_cuda_rng_state  # type: ignore[assignment]
@@ -86,5 +92,9 @@ def cpu_compat() -> Iterator[None]:
         with _CudaToCpuMode():
             yield
     finally:
-        (torch.cuda.current_device, torch.cuda.synchronize, torch.cuda.random.get_rng_state,
-         torch.cuda._queued_calls) = saved
+        (
+            torch.cuda.current_device,
+            torch.cuda.synchronize,
+            torch.cuda.random.get_rng_state,
+            torch.cuda._queued_calls,
+        ) = saved

@@ -6,6 +6,7 @@ and types, and each config's `validate()` checks values. Everything wrong with a
 reported as a `ConfigError` naming the field path, the bad value and what is allowed, so the
 CLI can print one line instead of a traceback.
 """
+
 from __future__ import annotations
 
 import ast
@@ -171,6 +172,7 @@ def _near(key: str, names: set[str]) -> list[str]:
 
 def to_dict(cfg: Any) -> dict[str, Any]:
     """Plain-dict (YAML/JSON-serialisable) form of a dataclass config."""
+
     def conv(v: Any) -> Any:
         if dataclasses.is_dataclass(v):
             return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
@@ -194,6 +196,10 @@ def field_docs(cls: type) -> dict[str, str]:
         body = tree.body[0].body  # type: ignore[attr-defined]
         for node, nxt in zip(body, body[1:]):
             if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-                if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                if (
+                    isinstance(nxt, ast.Expr)
+                    and isinstance(nxt.value, ast.Constant)
+                    and isinstance(nxt.value.value, str)
+                ):
                     docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs

@@ -3,6 +3,7 @@
 With no `data:` section (or `datasets: []`) a run trains on the embedded default corpus with
 the embedded tokenizer; see docs/data.md.
 """
+
 from __future__ import annotations
 
 import math
@@ -102,28 +103,48 @@ class DataConfig:
     eod_mask_loss: bool = False
     """Mask the loss on end-of-document tokens (off: the model learns to predict document ends)."""
 
-    def validate(self, path: str = "data") -> "DataConfig":
+    def validate(self, path: str = "data") -> DataConfig:
         p = lambda name: f"{path}.{name}"  # noqa: E731
-        check(self.preset is None or self.preset in PRESETS, p("preset"), self.preset,
-              f"must be one of {', '.join(PRESETS)} or empty")
+        check(
+            self.preset is None or self.preset in PRESETS,
+            p("preset"),
+            self.preset,
+            f"must be one of {', '.join(PRESETS)} or empty",
+        )
         for i, ds in enumerate(self.datasets):
             q = f"{path}.datasets[{i}]"
-            check(isinstance(ds.path, str) and ds.path.strip() != "", f"{q}.path", ds.path,
-                  "must name an indexed dataset prefix or a raw source file/directory")
+            check(
+                isinstance(ds.path, str) and ds.path.strip() != "",
+                f"{q}.path",
+                ds.path,
+                "must name an indexed dataset prefix or a raw source file/directory",
+            )
             if ds.weight is not None:
-                check(math.isfinite(ds.weight) and ds.weight >= 0, f"{q}.weight", ds.weight,
-                      "must be a finite number >= 0")
+                check(
+                    math.isfinite(ds.weight) and ds.weight >= 0,
+                    f"{q}.weight",
+                    ds.weight,
+                    "must be a finite number >= 0",
+                )
             if ds.text_field is not None:
                 check(ds.text_field.strip() != "", f"{q}.text_field", ds.text_field, "may not be blank")
             if self.preset is not None:
                 names = PRESETS[self.preset]
-                check(ds.name in names, f"{q}.name", ds.name,
-                      f"with preset {self.preset} must be one of {', '.join(names)}")
+                check(
+                    ds.name in names,
+                    f"{q}.name",
+                    ds.name,
+                    f"with preset {self.preset} must be one of {', '.join(names)}",
+                )
         if self.preset is not None:
             given = [d.name for d in self.datasets]
             missing = [n for n in PRESETS[self.preset] if n not in given]
-            check(not missing, p("datasets"), given,
-                  f"preset {self.preset} needs a local path for each of {', '.join(PRESETS[self.preset])} (missing: {', '.join(missing)})")
+            check(
+                not missing,
+                p("datasets"),
+                given,
+                f"preset {self.preset} needs a local path for each of {', '.join(PRESETS[self.preset])} (missing: {', '.join(missing)})",
+            )
             dup = sorted({n for n in given if given.count(n) > 1})
             check(not dup, p("datasets"), given, f"names each preset dataset once (repeated: {', '.join(dup)})")
         if self.datasets:
@@ -131,10 +152,18 @@ class DataConfig:
             check(sum(weights) > 0, p("datasets"), weights, "weights may not all be zero")
         check(self.text_field.strip() != "", p("text_field"), self.text_field, "may not be blank")
         if self.tokenizer_vocab_size is not None:
-            check(self.tokenizer_vocab_size >= 300, p("tokenizer_vocab_size"), self.tokenizer_vocab_size,
-                  "must be at least 300 (256 byte tokens + merges + specials)")
-            check(self.tokenizer is None, p("tokenizer_vocab_size"), self.tokenizer_vocab_size,
-                  "trains a new tokenizer, so data.tokenizer must be empty (use one or the other)")
+            check(
+                self.tokenizer_vocab_size >= 300,
+                p("tokenizer_vocab_size"),
+                self.tokenizer_vocab_size,
+                "must be at least 300 (256 byte tokens + merges + specials)",
+            )
+            check(
+                self.tokenizer is None,
+                p("tokenizer_vocab_size"),
+                self.tokenizer_vocab_size,
+                "trains a new tokenizer, so data.tokenizer must be empty (use one or the other)",
+            )
         check(self.tokenizer_train_chars > 0, p("tokenizer_train_chars"), self.tokenizer_train_chars, "must be > 0")
         split_vector(self.split, p("split"))
         check(self.num_workers >= 1, p("num_workers"), self.num_workers, "must be >= 1")
@@ -160,7 +189,7 @@ class DataConfig:
         return not self.datasets
 
 
-def split_vector(split: "str | list[float]", path: str = "data.split") -> list[float]:
+def split_vector(split: str | list[float], path: str = "data.split") -> list[float]:
     """Parse "98,2,0" / "98,2" / "0.98 0.02" / [0.98, 0.02] into three proportions summing to 1."""
     if isinstance(split, (list, tuple)):
         parts = [str(v) for v in split]

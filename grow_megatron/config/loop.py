@@ -11,11 +11,11 @@ unrolled (1-indexed) position u**, and layers above the block move up by (r-1)(e
 model is then exactly the unrolled model with tied weights, which is what the growth machinery
 builds from the same source map, and what `convert to-hf` writes as a plain Llama.
 """
+
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
 
 from grow_megatron.config.base import ConfigError, check
 
@@ -32,7 +32,7 @@ class LoopSpec:
     repeats: int = 1
 
     @classmethod
-    def parse(cls, text: str, field: str = "--loop", depth: Optional[int] = None) -> "LoopSpec":
+    def parse(cls, text: str, field: str = "--loop", depth: int | None = None) -> LoopSpec:
         """`START:ENDxR` -> LoopSpec, checked (and checked against `depth` when given)."""
         m = _PATTERN.fullmatch(str(text))
         if m is None:
@@ -41,15 +41,24 @@ class LoopSpec:
         spec.check(field, depth)
         return spec
 
-    def check(self, field: str = "--loop", depth: Optional[int] = None) -> "LoopSpec":
+    def check(self, field: str = "--loop", depth: int | None = None) -> LoopSpec:
         """One-line ConfigError for an empty block, a block past `depth`, or repeats < 1."""
         text = str(self)
         check(self.start >= 0, field, text, "START must be >= 0 (layers are 0-indexed)")
-        check(self.end > self.start, field, text, "empty block: END must be greater than START (the block is "
-                                                  "layers START..END-1)")
+        check(
+            self.end > self.start,
+            field,
+            text,
+            "empty block: END must be greater than START (the block is layers START..END-1)",
+        )
         if depth is not None:
-            check(self.end <= depth, field, text, f"END is past the model's depth {depth}: the block must lie "
-                                                  f"within layers 0..{depth - 1} (END <= {depth})")
+            check(
+                self.end <= depth,
+                field,
+                text,
+                f"END is past the model's depth {depth}: the block must lie "
+                f"within layers 0..{depth - 1} (END <= {depth})",
+            )
         check(self.repeats >= 1, field, text, "R must be >= 1 (R = 1 is the plain model)")
         return self
 
@@ -101,18 +110,26 @@ class LoopConfig:
     def spec(self) -> LoopSpec:
         return LoopSpec(self.start, self.end, self.repeats)
 
-    def validate(self, num_layers: int, total_steps: int, grow_steps: Optional[int], path: str = "model.loop") -> None:
+    def validate(self, num_layers: int, total_steps: int, grow_steps: int | None, path: str = "model.loop") -> None:
         self.spec.check(path, num_layers)
-        check(0 <= self.from_step <= total_steps, f"{path}.from_step", self.from_step,
-              f"must be in 0..train.steps ({total_steps})")
+        check(
+            0 <= self.from_step <= total_steps,
+            f"{path}.from_step",
+            self.from_step,
+            f"must be in 0..train.steps ({total_steps})",
+        )
         if grow_steps is not None:
-            check(self.from_step >= grow_steps, f"{path}.from_step", self.from_step,
-                  f"must be >= growth.grow_steps ({grow_steps}): loop once the model has its final depth")
+            check(
+                self.from_step >= grow_steps,
+                f"{path}.from_step",
+                self.from_step,
+                f"must be >= growth.grow_steps ({grow_steps}): loop once the model has its final depth",
+            )
 
     def active_at(self, step: int) -> bool:
         return step >= self.from_step and self.repeats > 1
 
 
-def check_loop_arg(text: Optional[str]) -> Optional[LoopSpec]:
+def check_loop_arg(text: str | None) -> LoopSpec | None:
     """A --loop value's syntax, checked before any model is loaded (the depth is checked on apply)."""
     return None if text is None else LoopSpec.parse(text)

@@ -1,10 +1,11 @@
 """Model shape and feature switches (docs/method.md §1, §5)."""
+
 from __future__ import annotations
 
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 from grow_megatron.config.base import ConfigError, check
 from grow_megatron.config.loop import LoopConfig
@@ -21,12 +22,33 @@ FP8_RECIPES = ("off", "tensorwise", "rowwise")
 
 # docs/method.md §1. `tiny` is ours: small enough to train on two CPU cores in minutes.
 PRESETS: dict[str, dict] = {
-    "smollm-360m": dict(num_layers=32, hidden_size=960, ffn_hidden_size=2560, num_attention_heads=15,
-                        num_query_groups=5, vocab_size=49152, seq_length=2048),
-    "smollm-1.7b": dict(num_layers=24, hidden_size=2048, ffn_hidden_size=8192, num_attention_heads=32,
-                        num_query_groups=32, vocab_size=49152, seq_length=2048),
-    "tiny": dict(num_layers=8, hidden_size=128, ffn_hidden_size=352, num_attention_heads=4,
-                 num_query_groups=2, vocab_size=None, seq_length=128),
+    "smollm-360m": dict(
+        num_layers=32,
+        hidden_size=960,
+        ffn_hidden_size=2560,
+        num_attention_heads=15,
+        num_query_groups=5,
+        vocab_size=49152,
+        seq_length=2048,
+    ),
+    "smollm-1.7b": dict(
+        num_layers=24,
+        hidden_size=2048,
+        ffn_hidden_size=8192,
+        num_attention_heads=32,
+        num_query_groups=32,
+        vocab_size=49152,
+        seq_length=2048,
+    ),
+    "tiny": dict(
+        num_layers=8,
+        hidden_size=128,
+        ffn_hidden_size=352,
+        num_attention_heads=4,
+        num_query_groups=2,
+        vocab_size=None,
+        seq_length=128,
+    ),
 }
 
 
@@ -34,7 +56,7 @@ PRESETS: dict[str, dict] = {
 class ModelConfig:
     """A LLaMA-style decoder (RMSNorm, SwiGLU, RoPE, tied embeddings, no biases)."""
 
-    preset: Optional[str] = None
+    preset: str | None = None
     """Start from a named shape (smollm-360m, smollm-1.7b, tiny); fields given here override it."""
     num_layers: int = 8
     """Final depth. With growth, training starts at growth.block_size layers and ends here."""
@@ -44,9 +66,9 @@ class ModelConfig:
     """SwiGLU inner width f."""
     num_attention_heads: int = 4
     """Query heads; must divide hidden_size."""
-    num_query_groups: Optional[int] = None
+    num_query_groups: int | None = None
     """Key/value heads (GQA); must divide num_attention_heads. None = same as heads (MHA)."""
-    vocab_size: Optional[int] = None
+    vocab_size: int | None = None
     """Vocabulary size; None takes the tokenizer's."""
     seq_length: int = 128
     """Training context length."""
@@ -74,7 +96,7 @@ class ModelConfig:
     fp8_emulate: bool = False
     """Run model.fp8's scaling and casts with the matmuls emulated in high precision, on any
     device (tests on CPU; slower than no FP8, never a speed-up)."""
-    loop: Optional[LoopConfig] = None
+    loop: LoopConfig | None = None
     """Loop-adapted training (docs/looping.md): {start, end, repeats, from_step}; empty = no loop."""
 
     @classmethod
@@ -88,11 +110,11 @@ class ModelConfig:
         return {**PRESETS[preset], **data}
 
     @classmethod
-    def from_preset(cls, preset: str) -> "ModelConfig":
+    def from_preset(cls, preset: str) -> ModelConfig:
         """The shape of `preset` (docs/method.md §1) (the vocabulary of `tiny` is left to the tokenizer)."""
         return cls(**cls.from_preset_dict({"preset": preset}))
 
-    def with_layers(self, num_layers: int) -> "ModelConfig":
+    def with_layers(self, num_layers: int) -> ModelConfig:
         """The same model at another depth."""
         return dataclasses.replace(self, num_layers=num_layers)
 
@@ -113,20 +135,37 @@ class ModelConfig:
         for name in ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "seq_length"):
             v = getattr(self, name)
             check(v > 0, f"{path}.{name}", v, "must be a positive integer")
-        check(self.hidden_size % self.num_attention_heads == 0, f"{path}.num_attention_heads",
-              self.num_attention_heads, f"must divide hidden_size ({self.hidden_size})")
-        check(self.kv_heads > 0 and self.num_attention_heads % self.kv_heads == 0, f"{path}.num_query_groups",
-              self.num_query_groups, f"must divide num_attention_heads ({self.num_attention_heads})")
-        check(self.head_dim % 2 == 0, f"{path}.hidden_size", self.hidden_size,
-              "hidden_size / num_attention_heads must be even (RoPE rotates pairs)")
+        check(
+            self.hidden_size % self.num_attention_heads == 0,
+            f"{path}.num_attention_heads",
+            self.num_attention_heads,
+            f"must divide hidden_size ({self.hidden_size})",
+        )
+        check(
+            self.kv_heads > 0 and self.num_attention_heads % self.kv_heads == 0,
+            f"{path}.num_query_groups",
+            self.num_query_groups,
+            f"must divide num_attention_heads ({self.num_attention_heads})",
+        )
+        check(
+            self.head_dim % 2 == 0,
+            f"{path}.hidden_size",
+            self.hidden_size,
+            "hidden_size / num_attention_heads must be even (RoPE rotates pairs)",
+        )
         if self.vocab_size is not None:
-            check(self.vocab_size > 0, f"{path}.vocab_size", self.vocab_size, "must be positive (or empty for the tokenizer's)")
+            check(
+                self.vocab_size > 0,
+                f"{path}.vocab_size",
+                self.vocab_size,
+                "must be positive (or empty for the tokenizer's)",
+            )
         check(self.norm_eps > 0, f"{path}.norm_eps", self.norm_eps, "must be > 0")
         check(self.init_std > 0, f"{path}.init_std", self.init_std, "must be > 0")
         check(self.rope_theta > 0, f"{path}.rope_theta", self.rope_theta, "must be > 0")
         check(self.fp8 in FP8_RECIPES, f"{path}.fp8", self.fp8, f"must be one of {', '.join(FP8_RECIPES)}")
 
-    def num_params(self, vocab_size: Optional[int] = None, num_layers: Optional[int] = None) -> int:
+    def num_params(self, vocab_size: int | None = None, num_layers: int | None = None) -> int:
         """Parameter count with tied embeddings (norm gains included), as transformers counts it."""
         V = vocab_size or self.vocab_size
         L = self.num_layers if num_layers is None else num_layers

@@ -2,6 +2,7 @@
 
 It lives in config, not in cli, because options dataclasses live next to the library they drive
 (analysis, bench, eval...), which may not import the cli layer."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,18 +1,25 @@
 """RunConfig: one YAML file per run, mapped onto the component dataclasses."""
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
 from grow_megatron.config.base import ConfigError, check, from_dict, to_dict
-from grow_megatron.config.model import ModelConfig
-from grow_megatron.config.training import (CheckpointConfig, GrowthConfig, LoggingConfig, OptimConfig,
-                                           ParallelConfig, TrainConfig)
 from grow_megatron.config.data import DataConfig
+from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.rundir import CONFIG
+from grow_megatron.config.training import (
+    CheckpointConfig,
+    GrowthConfig,
+    LoggingConfig,
+    OptimConfig,
+    ParallelConfig,
+    TrainConfig,
+)
 
 
 @dataclass
@@ -48,7 +55,7 @@ class RunConfig:
             return self.growth.grow_steps
         return max(1, self.train.steps - self.optim.decay_steps)
 
-    def validate(self, world_size: int = 1) -> "RunConfig":
+    def validate(self, world_size: int = 1) -> RunConfig:
         check(bool(self.name.strip()), "name", self.name, "may not be empty")
         self.model.validate()
         # max(): a zero TP/PP must reach parallel.validate's message, not divide by zero here.
@@ -58,17 +65,33 @@ class RunConfig:
         self.growth.validate(self.model.num_layers, self.train.steps)
         if self.growth.enabled:
             k = self.model.num_layers // self.growth.block_size
-            check(self.grow_steps >= k, "growth.grow_steps", self.grow_steps,
-                  f"must give each of the {k} stages at least one step")
+            check(
+                self.grow_steps >= k,
+                "growth.grow_steps",
+                self.grow_steps,
+                f"must give each of the {k} stages at least one step",
+            )
         tc = self.train
         mbs_per_step = tc.global_batch_size // (tc.micro_batch_size * dp)
-        counts = (("train.global_batch_size", tc.global_batch_size, mbs_per_step,
-                   f"/ micro_batch_size {tc.micro_batch_size} / data-parallel size {dp}"),)
+        counts = (
+            (
+                "train.global_batch_size",
+                tc.global_batch_size,
+                mbs_per_step,
+                f"/ micro_batch_size {tc.micro_batch_size} / data-parallel size {dp}",
+            ),
+        )
         if tc.eval_interval:
             counts += (("train.eval_batches", tc.eval_batches, tc.eval_batches, "evaluation"),)
-        self.parallel.validate(world_size, self.model.num_layers, self.model.num_attention_heads, self.model.kv_heads,
-                               initial_layers=self.growth.block_size if self.growth.enabled else None,
-                               microbatches=counts, seq_length=self.model.seq_length)
+        self.parallel.validate(
+            world_size,
+            self.model.num_layers,
+            self.model.num_attention_heads,
+            self.model.kv_heads,
+            initial_layers=self.growth.block_size if self.growth.enabled else None,
+            microbatches=counts,
+            seq_length=self.model.seq_length,
+        )
         if self.model.loop is not None:
             self._validate_loop()
         self.data.validate()
@@ -79,13 +102,14 @@ class RunConfig:
     def _validate_loop(self) -> None:
         # Where the block sits against the pipeline stages is checked with the plan
         # (growth.schedule.plan_from_config), which owns the layer split.
-        self.model.loop.validate(self.model.num_layers, self.train.steps,
-                                 self.grow_steps if self.growth.enabled else None)
+        self.model.loop.validate(
+            self.model.num_layers, self.train.steps, self.grow_steps if self.growth.enabled else None
+        )
+
 
 def _set_dotted(d: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
-    check(all(keys), "--set", f"{dotted}={value}",
-          "the key must be a dotted field name, e.g. --set train.steps=100")
+    check(all(keys), "--set", f"{dotted}={value}", "the key must be a dotted field name, e.g. --set train.steps=100")
     for k in keys[:-1]:
         if d.get(k) is None:  # absent, or a section left empty in the YAML (`train:`)
             d[k] = {}
@@ -102,7 +126,7 @@ def _absolute(path: str, base: str) -> str:
     """`path` made absolute from directory `base` (with ~ expanded); `hf:REPO[:CONFIG]` is
     rewritten only when REPO is a local directory there (a hub name stays a name)."""
     if path.startswith(HF_PREFIX):
-        rest = path[len(HF_PREFIX):]
+        rest = path[len(HF_PREFIX) :]
         repo, sep, config = rest.rpartition(":") if ":" in rest else (rest, "", "")
         if not sep or not config or "/" in config:
             repo, sep, config = rest, "", ""
@@ -151,8 +175,12 @@ def read_yaml(path: str, field: str = "config") -> dict:
         raise ConfigError(field, path, f"is not valid YAML: {' '.join(str(err).split())}") from None
     # An empty file (or one of comments only) is no config: read as "all defaults" it trains a
     # default model into ./runs/run, e.g. from the config.yaml of an interrupted `grow`.
-    check(raw is not None, field, path, "is empty: a run config is a mapping of sections (model:, train:, ...; "
-                                        "see examples/tiny_lidas.yaml)")
+    check(
+        raw is not None,
+        field,
+        path,
+        "is empty: a run config is a mapping of sections (model:, train:, ...; see examples/tiny_lidas.yaml)",
+    )
     check(isinstance(raw, dict), field, path, "must hold a mapping of sections (model:, growth:, ...)")
     return resolve_paths(raw, os.path.dirname(os.path.abspath(path)), run_dir=False)
 
@@ -185,8 +213,9 @@ def parse_override(item: str) -> tuple[str, Any]:
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
-        raise ConfigError("--set", item, "the value is not valid YAML (quote it, e.g. --set "
-                          f"'{key.strip()}=\"...\"')") from None
+        raise ConfigError(
+            "--set", item, f"the value is not valid YAML (quote it, e.g. --set '{key.strip()}=\"...\"')"
+        ) from None
     return key.strip(), value
 
 
@@ -196,7 +225,7 @@ def config_world_size(path: str, overrides: list[str]) -> int:
     for item in overrides:
         key, value = parse_override(item)
         if key.startswith("parallel."):
-            par[key[len("parallel."):]] = value
+            par[key[len("parallel.") :]] = value
     sizes = []
     for name in ("tensor_parallel", "pipeline_parallel"):
         v = par.get(name, 1)
@@ -206,8 +235,7 @@ def config_world_size(path: str, overrides: list[str]) -> int:
     return sizes[0] * sizes[1]
 
 
-def load_run_config(path: Optional[str] = None, overrides: Optional[list[str]] = None,
-                    world_size: int = 1) -> RunConfig:
+def load_run_config(path: str | None = None, overrides: list[str] | None = None, world_size: int = 1) -> RunConfig:
     """Read a YAML run config, apply `key.sub=value` overrides, map and validate it. Paths come
     out absolute (see resolve_paths)."""
     raw: dict = {}
@@ -219,14 +247,20 @@ def load_run_config(path: Optional[str] = None, overrides: Optional[list[str]] =
         _set_dotted(raw, key, value)
     raw = resolve_paths(dict(raw), os.getcwd(), run_dir=True)
     model = raw.get("model") or {}
-    check(isinstance(model, dict), "model", model, "must be a mapping of ModelConfig fields (preset:, num_layers:, ...)")
+    check(
+        isinstance(model, dict), "model", model, "must be a mapping of ModelConfig fields (preset:, num_layers:, ...)"
+    )
     named_model = "model" in raw
     raw["model"] = ModelConfig.from_preset_dict(dict(model))
     cfg = from_dict(RunConfig, raw)  # (a misspelt section is named first)
     # The model is what a run trains; a file that names none would train the default one.
-    check(path is None or named_model, "config", path,
-          f"names no model (it has {', '.join(map(str, sections)) or 'no sections'}): a run config needs a model "
-          "section (model: {preset: tiny} or num_layers:, hidden_size:, ...; see examples/tiny_lidas.yaml)")
+    check(
+        path is None or named_model,
+        "config",
+        path,
+        f"names no model (it has {', '.join(map(str, sections)) or 'no sections'}): a run config needs a model "
+        "section (model: {preset: tiny} or num_layers:, hidden_size:, ...; see examples/tiny_lidas.yaml)",
+    )
     return cfg.validate(world_size)
 
 

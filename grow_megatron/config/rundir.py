@@ -17,6 +17,7 @@ spelled anywhere else in the package.
 `GrowthEvent` is the one record of a growth as it happened (meta.json's `growths`, events.jsonl,
 the history exported with a model); `Growth` (growth/operators.py) is the plan it executed.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -62,22 +63,29 @@ class GrowthEvent:
     seconds: float = 0.0
     pipeline_split: list[int] = field(default_factory=list)
     """Layers per (virtual) pipeline stage after the growth."""
-    host_staged: Optional[bool] = None
+    host_staged: bool | None = None
     """In-memory growths: whether the old state went through host memory (None: not recorded)."""
     offline: bool = False
     """Grown on disk by `grow-megatron grow`."""
 
     @classmethod
-    def of(cls, step: int, growth: Any, **how: Any) -> "GrowthEvent":
+    def of(cls, step: int, growth: Any, **how: Any) -> GrowthEvent:
         """The event of `growth` (a growth.operators.Growth) applied before `step`."""
         return cls(step=step, **growth.to_dict(), **how)
 
     def to_dict(self) -> dict:
         """The JSON record (meta.json, events.jsonl), keys in their historical order."""
-        out = {"step": self.step, "seconds": self.seconds, "operator": self.operator, "old_depth": self.old_depth,
-               "new_depth": self.new_depth, "source_map": list(self.source_map),
-               "new_positions": list(self.new_positions), "zero_outputs": self.zero_outputs,
-               "pipeline_split": list(self.pipeline_split)}
+        out = {
+            "step": self.step,
+            "seconds": self.seconds,
+            "operator": self.operator,
+            "old_depth": self.old_depth,
+            "new_depth": self.new_depth,
+            "source_map": list(self.source_map),
+            "new_positions": list(self.new_positions),
+            "zero_outputs": self.zero_outputs,
+            "pipeline_split": list(self.pipeline_split),
+        }
         if self.host_staged is not None:
             out["host_staged"] = self.host_staged
         if self.offline:
@@ -85,13 +93,13 @@ class GrowthEvent:
         return out
 
     @classmethod
-    def from_dict(cls, rec: dict) -> "GrowthEvent":
+    def from_dict(cls, rec: dict) -> GrowthEvent:
         """Read a JSON record back (an events.jsonl line's `kind` is ignored)."""
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in rec.items() if k in names})
 
 
-def growth_events(records: Optional[list]) -> list[GrowthEvent]:
+def growth_events(records: list | None) -> list[GrowthEvent]:
     """meta.json's (or an exported history's) `growths` list as events."""
     return [g if isinstance(g, GrowthEvent) else GrowthEvent.from_dict(g) for g in records or []]
 
@@ -215,8 +223,10 @@ def _parse_lines(path: str) -> list[tuple[str, dict]]:
                 continue
             out.append((line if line.endswith("\n") else line + "\n", rec))
     if torn:
-        log.warning(f"warning: {path}: dropped {len(torn)} unreadable line(s) (line {', '.join(map(str, torn))}; "
-                    "a write cut off by a crash)")
+        log.warning(
+            f"warning: {path}: dropped {len(torn)} unreadable line(s) (line {', '.join(map(str, torn))}; "
+            "a write cut off by a crash)"
+        )
     return out
 
 

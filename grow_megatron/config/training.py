@@ -1,8 +1,9 @@
 """Growth, optimisation, parallelism, checkpoint and logging configs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from grow_megatron.config.base import ConfigError, check
 
@@ -35,7 +36,7 @@ class GrowthConfig:
     alpha: float = 1.0
     """PROP-alpha exponent: stage i trains i^alpha / sum_j j^alpha of grow_steps; 0 to 10 (beyond
     10 the early stages get next to nothing). Every stage must get at least one step."""
-    grow_steps: Optional[int] = None
+    grow_steps: int | None = None
     """Steps until the final depth is reached (paper: 170k of 200k). Default: train.steps minus
     optim.decay_steps, i.e. growth ends where the LR decay starts."""
     host_staging: Literal["auto", "on", "off"] = "auto"
@@ -50,18 +51,38 @@ class GrowthConfig:
     def validate(self, num_layers: int, total_steps: int, path: str = "growth") -> None:
         if not self.enabled:
             return
-        check(self.operator in OPERATORS, f"{path}.operator", self.operator,
-              f"must be none or one of {', '.join(OPERATORS)}")
+        check(
+            self.operator in OPERATORS,
+            f"{path}.operator",
+            self.operator,
+            f"must be none or one of {', '.join(OPERATORS)}",
+        )
         check(self.block_size > 0, f"{path}.block_size", self.block_size, "must be a positive integer")
-        check(num_layers % self.block_size == 0, f"{path}.block_size", self.block_size,
-              f"must divide model.num_layers ({num_layers}) so that growth ends at the final depth")
-        check(num_layers // self.block_size >= 2, f"{path}.block_size", self.block_size,
-              f"gives a single stage for model.num_layers={num_layers}: nothing to grow (use operator: none)")
-        check(0 <= self.alpha <= MAX_ALPHA, f"{path}.alpha", self.alpha,
-              f"must be in [0, {MAX_ALPHA:g}] (PROP-alpha; 1 is the paper's PROP-1)")
+        check(
+            num_layers % self.block_size == 0,
+            f"{path}.block_size",
+            self.block_size,
+            f"must divide model.num_layers ({num_layers}) so that growth ends at the final depth",
+        )
+        check(
+            num_layers // self.block_size >= 2,
+            f"{path}.block_size",
+            self.block_size,
+            f"gives a single stage for model.num_layers={num_layers}: nothing to grow (use operator: none)",
+        )
+        check(
+            0 <= self.alpha <= MAX_ALPHA,
+            f"{path}.alpha",
+            self.alpha,
+            f"must be in [0, {MAX_ALPHA:g}] (PROP-alpha; 1 is the paper's PROP-1)",
+        )
         if self.grow_steps is not None:
-            check(0 < self.grow_steps <= total_steps, f"{path}.grow_steps", self.grow_steps,
-                  f"must be in 1..train.steps ({total_steps})")
+            check(
+                0 < self.grow_steps <= total_steps,
+                f"{path}.grow_steps",
+                self.grow_steps,
+                f"must be in 1..train.steps ({total_steps})",
+            )
 
 
 @dataclass
@@ -96,9 +117,9 @@ class OptimConfig:
     constant = keep the last LR until the end. rewarmup = linear warmup from the last LR to
     rewarmup_lr over rewarmup_steps, constant, then the usual decay over the last decay_steps.
     Training prints which applies."""
-    rewarmup_steps: Optional[int] = None
+    rewarmup_steps: int | None = None
     """Length of the re-warmup of on_extend=rewarmup; empty: warmup_steps."""
-    rewarmup_lr: Optional[float] = None
+    rewarmup_lr: float | None = None
     """Peak LR of the re-warmup of on_extend=rewarmup; empty: lr."""
 
     def validate(self, total_steps: int, path: str = "optim") -> None:
@@ -106,16 +127,28 @@ class OptimConfig:
         check(0 <= self.min_lr <= self.lr, f"{path}.min_lr", self.min_lr, f"must be in [0, lr={self.lr}]")
         check(self.warmup_steps >= 0, f"{path}.warmup_steps", self.warmup_steps, "must be >= 0")
         check(self.decay_steps >= 0, f"{path}.decay_steps", self.decay_steps, "must be >= 0")
-        check(self.warmup_steps + self.decay_steps <= total_steps, f"{path}.decay_steps", self.decay_steps,
-              f"warmup_steps ({self.warmup_steps}) + decay_steps must fit in train.steps ({total_steps})")
+        check(
+            self.warmup_steps + self.decay_steps <= total_steps,
+            f"{path}.decay_steps",
+            self.decay_steps,
+            f"warmup_steps ({self.warmup_steps}) + decay_steps must fit in train.steps ({total_steps})",
+        )
         check(0 <= self.beta1 < 1, f"{path}.beta1", self.beta1, "must be in [0, 1)")
         check(0 <= self.beta2 < 1, f"{path}.beta2", self.beta2, "must be in [0, 1)")
         check(self.weight_decay >= 0, f"{path}.weight_decay", self.weight_decay, "must be >= 0")
         check(self.clip_grad >= 0, f"{path}.clip_grad", self.clip_grad, "must be >= 0 (0 disables clipping)")
-        check(self.rewarmup_steps is None or self.rewarmup_steps >= 0, f"{path}.rewarmup_steps",
-              self.rewarmup_steps, "must be >= 0 (or empty for warmup_steps)")
-        check(self.rewarmup_lr is None or self.rewarmup_lr > 0, f"{path}.rewarmup_lr", self.rewarmup_lr,
-              "must be > 0 (or empty for lr)")
+        check(
+            self.rewarmup_steps is None or self.rewarmup_steps >= 0,
+            f"{path}.rewarmup_steps",
+            self.rewarmup_steps,
+            "must be >= 0 (or empty for warmup_steps)",
+        )
+        check(
+            self.rewarmup_lr is None or self.rewarmup_lr > 0,
+            f"{path}.rewarmup_lr",
+            self.rewarmup_lr,
+            "must be > 0 (or empty for lr)",
+        )
 
 
 @dataclass
@@ -162,23 +195,42 @@ class TrainConfig:
 
     def validate(self, dp_size: int = 1, path: str = "train") -> None:
         check(self.steps > 0, f"{path}.steps", self.steps, "must be a positive integer")
-        check(0 <= self.seed < 2**32, f"{path}.seed", self.seed,
-              "must be in 0..2**32-1 (numpy's and megatron's seeds are unsigned 32-bit)")
+        check(
+            0 <= self.seed < 2**32,
+            f"{path}.seed",
+            self.seed,
+            "must be in 0..2**32-1 (numpy's and megatron's seeds are unsigned 32-bit)",
+        )
         check(self.max_skipped_steps >= 1, f"{path}.max_skipped_steps", self.max_skipped_steps, "must be >= 1")
         check(self.micro_batch_size > 0, f"{path}.micro_batch_size", self.micro_batch_size, "must be positive")
         check(self.global_batch_size > 0, f"{path}.global_batch_size", self.global_batch_size, "must be positive")
-        check(self.global_batch_size % (self.micro_batch_size * dp_size) == 0, f"{path}.global_batch_size",
-              self.global_batch_size,
-              f"must be a multiple of micro_batch_size x data-parallel size ({self.micro_batch_size} x {dp_size})")
+        check(
+            self.global_batch_size % (self.micro_batch_size * dp_size) == 0,
+            f"{path}.global_batch_size",
+            self.global_batch_size,
+            f"must be a multiple of micro_batch_size x data-parallel size ({self.micro_batch_size} x {dp_size})",
+        )
         check(self.eval_interval >= 0, f"{path}.eval_interval", self.eval_interval, "must be >= 0")
-        check(self.eval_batches > 0 or not self.eval_interval, f"{path}.eval_batches", self.eval_batches,
-              "must be positive while evaluation is on (or set train.eval_interval=0)")
+        check(
+            self.eval_batches > 0 or not self.eval_interval,
+            f"{path}.eval_batches",
+            self.eval_batches,
+            "must be positive while evaluation is on (or set train.eval_interval=0)",
+        )
         check(self.log_interval > 0, f"{path}.log_interval", self.log_interval, "must be positive")
-        check(self.recompute_num_layers >= 1, f"{path}.recompute_num_layers", self.recompute_num_layers,
-              "must be a positive integer")
+        check(
+            self.recompute_num_layers >= 1,
+            f"{path}.recompute_num_layers",
+            self.recompute_num_layers,
+            "must be a positive integer",
+        )
         bad = [m for m in self.recompute_modules if m not in RECOMPUTE_MODULES]
-        check(bool(self.recompute_modules) and not bad, f"{path}.recompute_modules", self.recompute_modules,
-              f"must list one or more of {', '.join(RECOMPUTE_MODULES)}")
+        check(
+            bool(self.recompute_modules) and not bad,
+            f"{path}.recompute_modules",
+            self.recompute_modules,
+            f"must list one or more of {', '.join(RECOMPUTE_MODULES)}",
+        )
 
 
 @dataclass
@@ -196,7 +248,7 @@ class ParallelConfig:
     bubble by this factor at the cost of more point-to-point traffic. Needs pipeline_parallel > 1,
     at least one layer per virtual stage at the initial depth, and the micro-batches of a step
     (and train.eval_batches) a multiple of pipeline_parallel."""
-    pipeline_split: Optional[list[int]] = None
+    pipeline_split: list[int] | None = None
     """Layers per pipeline stage at the final depth, in layer order (pipeline_parallel x
     virtual_stages entries); default balanced (sizes differ by at most one)."""
     overlap_grad_reduce: Literal["auto", "on", "off"] = "auto"
@@ -209,7 +261,7 @@ class ParallelConfig:
     """Distributed optimizer: all-gather the updated weights bucket by bucket during the next
     forward pass (forward pre-hooks wait for each bucket just before its first use) instead of
     right after the update. Needs overlap_grad_reduce. auto: the same as overlap_grad_reduce."""
-    bucket_size: Optional[int] = None
+    bucket_size: int | None = None
     """Parameters per gradient bucket when overlapping: smaller buckets start communicating earlier
     but pay more per-call latency. Empty: megatron's max(40M, 1M x data-parallel size). Pipeline
     stages after the first, and model chunks after the first, use one bucket (their reduce is off
@@ -236,10 +288,17 @@ class ParallelConfig:
         """Pipeline stages in layer order: pipeline_parallel x virtual_stages."""
         return self.pipeline_parallel * self.virtual_stages
 
-    def validate(self, world_size: int, num_layers: int, heads: int, kv_heads: int, path: str = "parallel",
-                 initial_layers: Optional[int] = None,
-                 microbatches: tuple[tuple[str, object, int, str], ...] = (),
-                 seq_length: Optional[int] = None) -> None:
+    def validate(
+        self,
+        world_size: int,
+        num_layers: int,
+        heads: int,
+        kv_heads: int,
+        path: str = "parallel",
+        initial_layers: int | None = None,
+        microbatches: tuple[tuple[str, object, int, str], ...] = (),
+        seq_length: int | None = None,
+    ) -> None:
         """initial_layers: depth at step 0 (the growth's first stage); microbatches: (field, value,
         micro-batch count, how the count follows) for every micro-batch count the pipeline schedule
         will see (training step, evaluation); seq_length: model.seq_length (sequence parallelism)."""
@@ -247,46 +306,92 @@ class ParallelConfig:
         check(tp > 0, f"{path}.tensor_parallel", tp, "must be positive")
         check(pp > 0, f"{path}.pipeline_parallel", pp, "must be positive")
         check(v > 0, f"{path}.virtual_stages", v, "must be positive")
-        check(v == 1 or pp > 1, f"{path}.virtual_stages", v,
-              "needs pipeline_parallel > 1 (virtual stages interleave layers over pipeline ranks)")
-        check(world_size % (tp * pp) == 0, f"{path}.tensor_parallel", tp,
-              f"tensor_parallel x pipeline_parallel ({tp} x {pp}) must divide the world size ({world_size})")
-        check(heads % tp == 0 and kv_heads % tp == 0, f"{path}.tensor_parallel", tp,
-              f"must divide the attention heads ({heads}) and key/value heads ({kv_heads})")
+        check(
+            v == 1 or pp > 1,
+            f"{path}.virtual_stages",
+            v,
+            "needs pipeline_parallel > 1 (virtual stages interleave layers over pipeline ranks)",
+        )
+        check(
+            world_size % (tp * pp) == 0,
+            f"{path}.tensor_parallel",
+            tp,
+            f"tensor_parallel x pipeline_parallel ({tp} x {pp}) must divide the world size ({world_size})",
+        )
+        check(
+            heads % tp == 0 and kv_heads % tp == 0,
+            f"{path}.tensor_parallel",
+            tp,
+            f"must divide the attention heads ({heads}) and key/value heads ({kv_heads})",
+        )
         self._validate_scale(path, seq_length)
         n = self.num_virtual_stages
         first = num_layers if initial_layers is None else initial_layers
         what = "pipeline stages" if v == 1 else f"virtual stages ({pp} ranks x {v})"
         field = f"{path}.pipeline_parallel" if v == 1 else f"{path}.virtual_stages"
-        check(first >= n, field, pp if v == 1 else v,
-              f"every one of the {n} {what} needs at least one layer, but the model "
-              + (f"starts with growth.block_size={first} layers" if initial_layers is not None
-                 else f"has {first} layers"))
+        check(
+            first >= n,
+            field,
+            pp if v == 1 else v,
+            f"every one of the {n} {what} needs at least one layer, but the model "
+            + (
+                f"starts with growth.block_size={first} layers" if initial_layers is not None else f"has {first} layers"
+            ),
+        )
         if self.pipeline_split is not None:
-            check(len(self.pipeline_split) == n and sum(self.pipeline_split) == num_layers
-                  and min(self.pipeline_split) > 0, f"{path}.pipeline_split", self.pipeline_split,
-                  f"must list {n} positive layer counts summing to model.num_layers ({num_layers})")
+            check(
+                len(self.pipeline_split) == n
+                and sum(self.pipeline_split) == num_layers
+                and min(self.pipeline_split) > 0,
+                f"{path}.pipeline_split",
+                self.pipeline_split,
+                f"must list {n} positive layer counts summing to model.num_layers ({num_layers})",
+            )
         if v > 1:
             # megatron's interleaved schedule runs micro-batches in groups of pipeline_parallel
             # per virtual stage; a ragged last group would stall the pipeline, so it refuses.
             for name, value, count, how in microbatches:
-                check(count % pp == 0, name, value,
-                      f"gives {count} micro-batch(es) per pipeline pass ({how}); the interleaved schedule "
-                      f"(parallel.virtual_stages={v}) needs a multiple of pipeline_parallel ({pp})")
+                check(
+                    count % pp == 0,
+                    name,
+                    value,
+                    f"gives {count} micro-batch(es) per pipeline pass ({how}); the interleaved schedule "
+                    f"(parallel.virtual_stages={v}) needs a multiple of pipeline_parallel ({pp})",
+                )
 
-    def _validate_scale(self, path: str, seq_length: Optional[int]) -> None:
+    def _validate_scale(self, path: str, seq_length: int | None) -> None:
         tp = self.tensor_parallel
-        check(self.bucket_size is None or self.bucket_size > 0, f"{path}.bucket_size", self.bucket_size,
-              "must be a positive number of parameters (or empty for megatron's default)")
-        check(self.overlap_param_gather != "on" or self.overlap_grad_reduce == "on", f"{path}.overlap_param_gather",
-              self.overlap_param_gather, f"needs {path}.overlap_grad_reduce=on (it is {self.overlap_grad_reduce})")
-        check(self.overlap_p2p_comm != "on" or self.virtual_stages > 1, f"{path}.overlap_p2p_comm",
-              self.overlap_p2p_comm, f"overlaps the interleaved schedule's sends: needs {path}.virtual_stages > 1")
+        check(
+            self.bucket_size is None or self.bucket_size > 0,
+            f"{path}.bucket_size",
+            self.bucket_size,
+            "must be a positive number of parameters (or empty for megatron's default)",
+        )
+        check(
+            self.overlap_param_gather != "on" or self.overlap_grad_reduce == "on",
+            f"{path}.overlap_param_gather",
+            self.overlap_param_gather,
+            f"needs {path}.overlap_grad_reduce=on (it is {self.overlap_grad_reduce})",
+        )
+        check(
+            self.overlap_p2p_comm != "on" or self.virtual_stages > 1,
+            f"{path}.overlap_p2p_comm",
+            self.overlap_p2p_comm,
+            f"overlaps the interleaved schedule's sends: needs {path}.virtual_stages > 1",
+        )
         if self.sequence_parallel == "on":
-            check(tp > 1, f"{path}.sequence_parallel", "on",
-                  f"splits the sequence over tensor-parallel ranks: needs {path}.tensor_parallel > 1")
-            check(seq_length is None or seq_length % tp == 0, f"{path}.sequence_parallel", "on",
-                  f"needs model.seq_length ({seq_length}) divisible by {path}.tensor_parallel ({tp})")
+            check(
+                tp > 1,
+                f"{path}.sequence_parallel",
+                "on",
+                f"splits the sequence over tensor-parallel ranks: needs {path}.tensor_parallel > 1",
+            )
+            check(
+                seq_length is None or seq_length % tp == 0,
+                f"{path}.sequence_parallel",
+                "on",
+                f"needs model.seq_length ({seq_length}) divisible by {path}.tensor_parallel ({tp})",
+            )
 
     def resolved_scale(self, device: str, seq_length: int) -> dict:
         """The on/off of each `auto` here for a job on `device` ("cuda" or "cpu")."""
@@ -296,10 +401,14 @@ class ParallelConfig:
             return value == "on" or (value == "auto" and auto)
 
         grad = on(self.overlap_grad_reduce, gpu)
-        return {"overlap_grad_reduce": grad, "overlap_param_gather": on(self.overlap_param_gather, grad),
-                "overlap_p2p_comm": on(self.overlap_p2p_comm, gpu and self.virtual_stages > 1),
-                "sequence_parallel": on(self.sequence_parallel, gpu and self.tensor_parallel > 1
-                                        and seq_length % self.tensor_parallel == 0)}
+        return {
+            "overlap_grad_reduce": grad,
+            "overlap_param_gather": on(self.overlap_param_gather, grad),
+            "overlap_p2p_comm": on(self.overlap_p2p_comm, gpu and self.virtual_stages > 1),
+            "sequence_parallel": on(
+                self.sequence_parallel, gpu and self.tensor_parallel > 1 and seq_length % self.tensor_parallel == 0
+            ),
+        }
 
 
 @dataclass
@@ -334,7 +443,7 @@ class LoggingConfig:
     progress: bool = True
     """Progress on rank 0: a tqdm bar on a terminal; when stderr is not a terminal (a log file,
     a batch job), a plain line every print_interval steps instead."""
-    print_interval: Optional[int] = None
+    print_interval: int | None = None
     """Steps between the plain progress lines of a non-terminal log; empty: about 20 lines per run."""
     tensorboard: bool = True
     """Write TensorBoard scalars to RUN_DIR/tb."""
@@ -344,16 +453,21 @@ class LoggingConfig:
     RUN_DIR/wandb_id, so a resumed run continues the same W&B run."""
     wandb_project: str = "grow_megatron"
     """W&B project."""
-    wandb_name: Optional[str] = None
+    wandb_name: str | None = None
     """W&B run name; empty: the run's name."""
 
     def validate(self, path: str = "logging") -> None:
-        check(self.print_interval is None or self.print_interval > 0, f"{path}.print_interval", self.print_interval,
-              "must be positive (or empty for about 20 lines per run)")
+        check(
+            self.print_interval is None or self.print_interval > 0,
+            f"{path}.print_interval",
+            self.print_interval,
+            "must be positive (or empty for about 20 lines per run)",
+        )
         check(bool(self.wandb_project.strip()), f"{path}.wandb_project", self.wandb_project, "may not be empty")
         if self.wandb:
             try:
                 import wandb  # noqa: F401
             except ImportError:
-                raise ConfigError(f"{path}.wandb", True, "needs the wandb library: pip install wandb, or set "
-                                                         "logging.wandb=false") from None
+                raise ConfigError(
+                    f"{path}.wandb", True, "needs the wandb library: pip install wandb, or set logging.wandb=false"
+                ) from None

@@ -1,4 +1,5 @@
 """Conversions: native checkpoint -> HF Llama directory / in-memory model, and HF -> native run dir."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +9,7 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -20,12 +21,18 @@ from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.run import RunConfig, RunInfo, dump_run_config, read_run_info
 from grow_megatron.config.rundir import CHECKPOINTS, CONFIG, RunDir, growth_events
 from grow_megatron.convert import hf as H
-from grow_megatron.convert.keymap import (HF_EMBED, HF_NORM, hf_keys, hf_sources, hf_tensor_to_native,
-                                          native_tensor_to_hf)
+from grow_megatron.convert.keymap import (
+    HF_EMBED,
+    HF_NORM,
+    hf_keys,
+    hf_sources,
+    hf_tensor_to_native,
+    native_tensor_to_hf,
+)
 from grow_megatron.convert.native import NativeReader, resolve_checkpoint, write_json, write_native_checkpoint
 from grow_megatron.engine.faults import fault_point
-from grow_megatron.engine.staging import remove_leftovers, staged_dir
 from grow_megatron.engine.keys import EMBED, FINAL_NORM, LAYER_SUFFIXES, layer_key
+from grow_megatron.engine.staging import remove_leftovers, staged_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTypeLike = str | torch.dtype | None
@@ -50,15 +57,20 @@ def _progress(iterable, total: int, desc: str, enabled: bool):
 
 # --- native -> HF ----------------------------------------------------------------------------
 
+
 class NativeSource:
     """A native checkpoint opened for export: reader, run config, shape."""
 
-    def __init__(self, path: str, config: Optional[str] = None, main_params: bool = False):
+    def __init__(self, path: str, config: str | None = None, main_params: bool = False):
         self.ckpt_dir, self.run_dir = resolve_checkpoint(path)
         if config is None:
             if self.run_dir is None:
-                raise ConfigError("config", None, f"no {CONFIG} found for {self.ckpt_dir} (it is looked for in the "
-                                  "run directory two levels up); give the run's config with --config")
+                raise ConfigError(
+                    "config",
+                    None,
+                    f"no {CONFIG} found for {self.ckpt_dir} (it is looked for in the "
+                    "run directory two levels up); give the run's config with --config",
+                )
             config = RunDir(self.run_dir).config
         self.run: RunInfo = read_run_info(config)
         # fp32 main params (the optimizer's copy) are the more precise weights of a bf16 run.
@@ -73,8 +85,9 @@ class NativeSource:
         # copies of the tied layers, each with the LN-Scaling factor of its unrolled position.
         loop = self.run.model.loop
         self.loop = loop.spec if loop is not None and loop.active_at(int(self.reader.meta.get("step") or 0)) else None
-        self.shape: ModelConfig = stored if self.loop is None else stored.with_layers(
-            self.loop.unrolled_depth(stored.num_layers))
+        self.shape: ModelConfig = (
+            stored if self.loop is None else stored.with_layers(self.loop.unrolled_depth(stored.num_layers))
+        )
 
     @property
     def source_map(self) -> tuple[int, ...]:
@@ -108,8 +121,9 @@ class NativeSource:
             "ln_scaling_folded_into_norms": bool(self.shape.ln_scaling),
             "source_checkpoint": self.ckpt_dir,
             "source": m.get("source"),
-            "loop": None if self.loop is None else {**self.loop.to_dict(), "source_map": list(self.source_map),
-                                                    "unrolled_from_depth": self.reader.depth},
+            "loop": None
+            if self.loop is None
+            else {**self.loop.to_dict(), "source_map": list(self.source_map), "unrolled_from_depth": self.reader.depth},
             "model": {k: (to_dict(v) if dataclasses.is_dataclass(v) else v) for k, v in vars(self.run.model).items()},
         }
 
@@ -119,11 +133,13 @@ class NativeSource:
         return build_tokenizer(self.run.data)
 
 
-def native_to_hf_state_dict(src: NativeSource, dtype: torch.dtype, progress: bool = False) -> "OrderedDict[str, torch.Tensor]":
+def native_to_hf_state_dict(
+    src: NativeSource, dtype: torch.dtype, progress: bool = False
+) -> OrderedDict[str, torch.Tensor]:
     """HF tensors of the whole model. Streams one stacked native tensor at a time, so the peak
     is the output plus one [L, ...] tensor, not two copies of the model."""
     shape = src.shape
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     out[HF_EMBED] = src.read(EMBED).to(dtype)
     steps = [(s, i) for s in LAYER_SUFFIXES for i in range(shape.num_layers)]
     sources = src.source_map
@@ -155,8 +171,17 @@ def _umask() -> int:
     return mask
 
 
-def to_hf(ckpt: str, out_dir: str, *, config: Optional[str] = None, dtype: DTypeLike = None,
-          main_params: bool = False, tokenizer: bool = True, progress: bool = True, force: bool = False) -> dict:
+def to_hf(
+    ckpt: str,
+    out_dir: str,
+    *,
+    config: str | None = None,
+    dtype: DTypeLike = None,
+    main_params: bool = False,
+    tokenizer: bool = True,
+    progress: bool = True,
+    force: bool = False,
+) -> dict:
     """Write a transformers LlamaForCausalLM directory for a native checkpoint (or a run's latest).
 
     LN-Scaling is folded into the norm gains, so the result is a plain Llama. An existing,
@@ -169,14 +194,21 @@ def to_hf(ckpt: str, out_dir: str, *, config: Optional[str] = None, dtype: DType
     t0 = time.perf_counter()
     removed = remove_leftovers(out_dir)
     if not force and os.path.isdir(out_dir) and os.listdir(out_dir):
-        raise ConfigError("OUT_DIR", out_dir, "already exists and is not empty: choose a new directory, or pass "
-                                              "--force to overwrite the export in it")
+        raise ConfigError(
+            "OUT_DIR",
+            out_dir,
+            "already exists and is not empty: choose a new directory, or pass --force to overwrite the export in it",
+        )
     src = NativeSource(ckpt, config, main_params)
     dt = _dtype(dtype, src.default_dtype)
     tok = src.tokenizer() if tokenizer else None
     if tok is not None and tok.vocab_size > src.shape.vocab_size:
-        raise ConfigError("data.tokenizer", tok.source, f"has {tok.vocab_size} tokens but the checkpoint's embedding "
-                          f"only {src.shape.vocab_size}: this is not the run's tokenizer")
+        raise ConfigError(
+            "data.tokenizer",
+            tok.source,
+            f"has {tok.vocab_size} tokens but the checkpoint's embedding "
+            f"only {src.shape.vocab_size}: this is not the run's tokenizer",
+        )
     sd = native_to_hf_state_dict(src, dt, progress)
     cfg = _hf_config_for(src, dt, tok)
     with staged_dir(out_dir, replace=force, before_publish=lambda: fault_point("export.staged")) as stage:
@@ -190,9 +222,17 @@ def to_hf(ckpt: str, out_dir: str, *, config: Optional[str] = None, dtype: DType
             tok.save(stage)
         write_json(os.path.join(stage, H.HISTORY_FILE), src.history())
         H.write_hf_config(cfg, stage)  # last: without config.json a directory is no model to transformers
-    return {"out_dir": out_dir, "checkpoint": src.ckpt_dir, "depth": src.shape.num_layers, "dtype": str(dt),
-            "params": sum(t.numel() for t in sd.values()), "ln_scaling_folded": src.shape.ln_scaling,
-            "tokenizer": tok is not None, "seconds": time.perf_counter() - t0, "removed_leftovers": removed}
+    return {
+        "out_dir": out_dir,
+        "checkpoint": src.ckpt_dir,
+        "depth": src.shape.num_layers,
+        "dtype": str(dt),
+        "params": sum(t.numel() for t in sd.values()),
+        "ln_scaling_folded": src.shape.ln_scaling,
+        "tokenizer": tok is not None,
+        "seconds": time.perf_counter() - t0,
+        "removed_leftovers": removed,
+    }
 
 
 def _no_init():
@@ -237,13 +277,19 @@ def hf_tokenizer(tok):
 
 # --- HF -> native ----------------------------------------------------------------------------
 
-def hf_to_native_state_dict(weights: dict[str, torch.Tensor], shape: ModelConfig,
-                            progress: bool = False) -> dict[str, torch.Tensor]:
+
+def hf_to_native_state_dict(
+    weights: dict[str, torch.Tensor], shape: ModelConfig, progress: bool = False
+) -> dict[str, torch.Tensor]:
     """Global native tensors (stacked layer axis, fp32) from HF tensors. Consumes `weights`
     (entries are popped once used) so the peak stays near one copy of the model."""
     out: dict[str, torch.Tensor] = {}
-    bar = _progress(range(len(LAYER_SUFFIXES) * shape.num_layers), len(LAYER_SUFFIXES) * shape.num_layers,
-                    f"from-hf ({shape.num_layers} layers x {len(LAYER_SUFFIXES)} tensors)", progress)
+    bar = _progress(
+        range(len(LAYER_SUFFIXES) * shape.num_layers),
+        len(LAYER_SUFFIXES) * shape.num_layers,
+        f"from-hf ({shape.num_layers} layers x {len(LAYER_SUFFIXES)} tensors)",
+        progress,
+    )
     it = iter(bar)
     for suffix in LAYER_SUFFIXES:
         per_layer = []
@@ -262,7 +308,7 @@ def hf_to_native_state_dict(weights: dict[str, torch.Tensor], shape: ModelConfig
     return out
 
 
-def _copy_tokenizer(hf_dir: str, out_dir: str) -> Optional[str]:
+def _copy_tokenizer(hf_dir: str, out_dir: str) -> str | None:
     if not os.path.isfile(os.path.join(hf_dir, "tokenizer.json")):
         return None
     dst = RunDir(out_dir).tokenizer
@@ -273,8 +319,15 @@ def _copy_tokenizer(hf_dir: str, out_dir: str) -> Optional[str]:
     return dst
 
 
-def from_hf(hf_dir: str, out_dir: str, *, ln_scaling: bool = False, seq_length: Optional[int] = None,
-            name: Optional[str] = None, progress: bool = True) -> dict:
+def from_hf(
+    hf_dir: str,
+    out_dir: str,
+    *,
+    ln_scaling: bool = False,
+    seq_length: int | None = None,
+    name: str | None = None,
+    progress: bool = True,
+) -> dict:
     """Write a run directory OUT_DIR (config.yaml, checkpoints/step_00000000, tokenizer/) holding the
     HF model as a step-0 native checkpoint with a fresh optimizer, ready for `grow-megatron train`.
 
@@ -301,24 +354,43 @@ def from_hf(hf_dir: str, out_dir: str, *, ln_scaling: bool = False, seq_length: 
 
         tok = build_tokenizer(run_cfg.data)
         if tok.vocab_size > shape.vocab_size:
-            raise ConfigError("tokenizer", tok_dir, f"has {tok.vocab_size} tokens, more than the model's vocab_size "
-                              f"{shape.vocab_size}")
+            raise ConfigError(
+                "tokenizer",
+                tok_dir,
+                f"has {tok.vocab_size} tokens, more than the model's vocab_size {shape.vocab_size}",
+            )
     with open(RunDir(out_dir).config, "w") as f:
         f.write(dump_run_config(run_cfg))
-    meta = {"growths": [], "name": run_name, "stage_steps": [], "operator": "none",
-            "source": {"format": "huggingface", "path": hf_dir, "ln_scaling_unfolded": ln_scaling,
-                       "history": cfg.get(H.HISTORY_FIELD)}}
+    meta = {
+        "growths": [],
+        "name": run_name,
+        "stage_steps": [],
+        "operator": "none",
+        "source": {
+            "format": "huggingface",
+            "path": hf_dir,
+            "ln_scaling_unfolded": ln_scaling,
+            "history": cfg.get(H.HISTORY_FIELD),
+        },
+    }
     from grow_megatron.engine.distributed import device_context  # megatron-core: see convert/native.py
 
     with device_context():
         ckpt = write_native_checkpoint(native, shape, shape.num_layers, shape.vocab_size, ckpt_root, meta)
-    return {"run_dir": out_dir, "checkpoint": ckpt, "depth": shape.num_layers, "tokenizer": tok_dir,
-            "config": RunDir(out_dir).config, "seconds": time.perf_counter() - t0}
+    return {
+        "run_dir": out_dir,
+        "checkpoint": ckpt,
+        "depth": shape.num_layers,
+        "tokenizer": tok_dir,
+        "config": RunDir(out_dir).config,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 # --- checks ------------------------------------------------------------------------------------
 
-def text_tokens(ckpt: str, text_file: str, *, config: Optional[str] = None, max_rows: int = 4) -> torch.Tensor:
+
+def text_tokens(ckpt: str, text_file: str, *, config: str | None = None, max_rows: int = 4) -> torch.Tensor:
     """Token ids [rows, seq] of a text file under the run's tokenizer: up to max_rows
     consecutive windows of the run's context length (one shorter row if the text is short)."""
     src = NativeSource(ckpt, config)
@@ -336,4 +408,4 @@ def text_tokens(ckpt: str, text_file: str, *, config: Optional[str] = None, max_
     rows = min(max_rows, len(ids) // seq)
     if rows == 0:
         return torch.tensor([ids], dtype=torch.long)  # [1, len]
-    return torch.tensor(ids[:rows * seq], dtype=torch.long).view(rows, seq)  # [rows, seq]
+    return torch.tensor(ids[: rows * seq], dtype=torch.long).view(rows, seq)  # [rows, seq]

@@ -9,13 +9,14 @@ What is accepted (`accept`):
   "causal-lm"  `eval`: any model type transformers has a causal-LM class for; Llama-layout
                ones load as above, others through `AutoModelForCausalLM`.
 """
+
 from __future__ import annotations
 
 import json
 import math
 import os
 from collections.abc import Mapping
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import torch
 from safetensors.torch import load_file
@@ -61,21 +62,22 @@ def read_config(path: str, field: str = "MODEL") -> dict:
     return cfg
 
 
-def _binding_window(cfg: dict, seq_length: Optional[int] = None) -> Optional[tuple[int, int]]:
+def _binding_window(cfg: dict, seq_length: int | None = None) -> tuple[int, int] | None:
     """(sliding_window, context) of a Mistral config whose window is shorter than its context."""
     window = cfg.get("sliding_window")
     ctx = max(int(cfg.get("max_position_embeddings") or 0), int(seq_length or 0))
     return (int(window), ctx) if window is not None and int(window) < ctx else None
 
 
-def is_llama_layout(cfg: dict, seq_length: Optional[int] = None) -> bool:
+def is_llama_layout(cfg: dict, seq_length: int | None = None) -> bool:
     """Whether an HF config is a Llama network (loadable as LlamaForCausalLM)."""
     mt = cfg.get("model_type")
     return mt == "llama" or (mt == "mistral" and _binding_window(cfg, seq_length) is None)
 
 
-def check_model_type(cfg: dict, accept: Accept = "llama", where: str = "config.json",
-                     seq_length: Optional[int] = None) -> None:
+def check_model_type(
+    cfg: dict, accept: Accept = "llama", where: str = "config.json", seq_length: int | None = None
+) -> None:
     """Raise one UnsupportedModelError (a ConfigError) unless the HF config `cfg` is a model
     `accept` admits (module docstring). seq_length: the context the model will run at (for
     mistral's window)."""
@@ -91,10 +93,13 @@ def check_model_type(cfg: dict, accept: Accept = "llama", where: str = "config.j
             return  # e.g. a windowed Mistral: transformers' own class runs it
     if model_type == "mistral":
         window, ctx = _binding_window(cfg, seq_length)
-        raise UnsupportedModelError(f"{where} sliding_window", window,
-                                    f"is shorter than the context ({ctx}): the model is not a Llama; only Mistral "
-                                    "models whose window never binds (sliding_window null or >= the context) are "
-                                    "accepted")
+        raise UnsupportedModelError(
+            f"{where} sliding_window",
+            window,
+            f"is shorter than the context ({ctx}): the model is not a Llama; only Mistral "
+            "models whose window never binds (sliding_window null or >= the context) are "
+            "accepted",
+        )
     raise UnsupportedModelError(f"{where} model_type", model_type, f"this command needs {_accepts(accept)}")
 
 
@@ -107,8 +112,12 @@ def rope_theta_of(cfg: dict) -> float:
         if isinstance(value, dict):
             kind = value.get("rope_type", value.get("type", "default"))
             if kind not in (None, "default"):
-                raise _unsupported(f"{field}.rope_type", kind, "only plain RoPE is supported (no scaling: linear, "
-                                   "dynamic, yarn, llama3, ...); use a model without rope scaling")
+                raise _unsupported(
+                    f"{field}.rope_type",
+                    kind,
+                    "only plain RoPE is supported (no scaling: linear, "
+                    "dynamic, yarn, llama3, ...); use a model without rope scaling",
+                )
         elif value is not None:
             raise _unsupported(field, value, "must be a mapping or null")
     theta = (params or {}).get("rope_theta", cfg.get("rope_theta", 10000.0))
@@ -119,7 +128,7 @@ def rope_theta_of(cfg: dict) -> float:
     return theta
 
 
-def shape_from_hf_config(cfg, *, ln_scaling: bool = False, seq_length: Optional[int] = None) -> ModelConfig:
+def shape_from_hf_config(cfg, *, ln_scaling: bool = False, seq_length: int | None = None) -> ModelConfig:
     """The ModelConfig of an HF config (a config.json dict or a transformers config object; the
     one reader of them), or one UnsupportedModelError naming the field. Fused kernels off: the
     model is converted on whatever machine reads it; a run turns them on in its config."""
@@ -140,34 +149,65 @@ def shape_from_hf_config(cfg, *, ln_scaling: bool = False, seq_length: Optional[
         raise _unsupported("num_attention_heads", heads, f"must divide hidden_size ({d})")
     head_dim = int(cfg.get("head_dim") or d // heads)
     if head_dim != d // heads:
-        raise _unsupported("head_dim", head_dim, f"must equal hidden_size / num_attention_heads = {d // heads} "
-                           "(grow_megatron derives head_dim from them)")
+        raise _unsupported(
+            "head_dim",
+            head_dim,
+            f"must equal hidden_size / num_attention_heads = {d // heads} (grow_megatron derives head_dim from them)",
+        )
     if heads % kv:
         raise _unsupported("num_key_value_heads", kv, f"must divide num_attention_heads ({heads})")
     if head_dim % 2:
         raise _unsupported("head_dim", head_dim, "must be even (RoPE rotates halves)")
-    return ModelConfig(num_layers=int(cfg["num_hidden_layers"]), hidden_size=d,
-                       ffn_hidden_size=int(cfg["intermediate_size"]), num_attention_heads=heads, num_query_groups=kv,
-                       vocab_size=int(cfg["vocab_size"]), norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-                       rope_theta=theta, seq_length=int(seq_length or cfg.get("max_position_embeddings") or 2048),
-                       ln_scaling=ln_scaling, kernels="off")
+    return ModelConfig(
+        num_layers=int(cfg["num_hidden_layers"]),
+        hidden_size=d,
+        ffn_hidden_size=int(cfg["intermediate_size"]),
+        num_attention_heads=heads,
+        num_query_groups=kv,
+        vocab_size=int(cfg["vocab_size"]),
+        norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
+        rope_theta=theta,
+        seq_length=int(seq_length or cfg.get("max_position_embeddings") or 2048),
+        ln_scaling=ln_scaling,
+        kernels="off",
+    )
 
 
-def make_hf_config(model: ModelConfig, *, bos_token_id: Optional[int], eos_token_id: Optional[int], dtype: torch.dtype,
-                   history: Optional[dict] = None):
+def make_hf_config(
+    model: ModelConfig,
+    *,
+    bos_token_id: int | None,
+    eos_token_id: int | None,
+    dtype: torch.dtype,
+    history: dict | None = None,
+):
     """A plain Llama config (LN-Scaling is folded into the weights, never a config switch)."""
     from transformers import LlamaConfig  # seconds to import (see check_model_type)
 
     extra = {HISTORY_FIELD: history} if history is not None else {}
     cfg = LlamaConfig(
-        vocab_size=model.vocab_size, hidden_size=model.hidden_size, intermediate_size=model.ffn_hidden_size,
-        num_hidden_layers=model.num_layers, num_attention_heads=model.num_attention_heads,
-        num_key_value_heads=model.kv_heads, head_dim=model.head_dim, hidden_act="silu",
-        max_position_embeddings=model.seq_length, rms_norm_eps=model.norm_eps,
+        vocab_size=model.vocab_size,
+        hidden_size=model.hidden_size,
+        intermediate_size=model.ffn_hidden_size,
+        num_hidden_layers=model.num_layers,
+        num_attention_heads=model.num_attention_heads,
+        num_key_value_heads=model.kv_heads,
+        head_dim=model.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=model.seq_length,
+        rms_norm_eps=model.norm_eps,
         rope_parameters={"rope_type": "default", "rope_theta": float(model.rope_theta)},
-        tie_word_embeddings=True, attention_bias=False, mlp_bias=False, attention_dropout=0.0,
-        bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=None,
-        architectures=["LlamaForCausalLM"], dtype=str(dtype).replace("torch.", ""), **extra)
+        tie_word_embeddings=True,
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=0.0,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=None,
+        architectures=["LlamaForCausalLM"],
+        dtype=str(dtype).replace("torch.", ""),
+        **extra,
+    )
     return cfg
 
 
@@ -217,17 +257,24 @@ def check_hf_weights(weights: dict[str, torch.Tensor], model: ModelConfig, cfg: 
     """Every tensor present with the right shape; biases and untied heads refused by name."""
     biases = [k for k in weights if k.endswith(".bias")]
     if biases:
-        raise UnsupportedModelError(f"weights {biases[0]}", "present",
-                                    "grow_megatron models have no biases; convert a bias-free model")
+        raise UnsupportedModelError(
+            f"weights {biases[0]}", "present", "grow_megatron models have no biases; convert a bias-free model"
+        )
     if HF_HEAD in weights:
         head, emb = weights[HF_HEAD], weights.get(HF_EMBED)
         if not cfg.get("tie_word_embeddings", False) and not (emb is not None and torch.equal(head, emb)):
-            raise _unsupported("tie_word_embeddings", cfg.get("tie_word_embeddings", False),
-                               "grow_megatron ties the output head to the input embedding; this model has a "
-                               "separate lm_head.weight, which would be lost")
+            raise _unsupported(
+                "tie_word_embeddings",
+                cfg.get("tie_word_embeddings", False),
+                "grow_megatron ties the output head to the input embedding; this model has a "
+                "separate lm_head.weight, which would be lost",
+            )
     elif not cfg.get("tie_word_embeddings", False):
-        raise _unsupported("tie_word_embeddings", False, "no lm_head.weight either: set tie_word_embeddings true "
-                           "if the head is the embedding")
+        raise _unsupported(
+            "tie_word_embeddings",
+            False,
+            "no lm_head.weight either: set tie_word_embeddings true if the head is the embedding",
+        )
     shapes = {k: tuple(v.shape) for k, v in weights.items() if k != HF_HEAD}
     check_shapes(shapes, expected_hf_shapes(model), f"weights of {hf_dir}", allow_extra=IGNORABLE)
 
@@ -236,8 +283,11 @@ def llama_config(cfg: dict):
     """A transformers LlamaConfig of a Llama-layout config dict (a Mistral one included)."""
     from transformers import LlamaConfig  # seconds to import (see check_model_type)
 
-    d = {k: v for k, v in cfg.items() if k not in ("model_type", "architectures", "sliding_window",
-                                                   "transformers_version")}
+    d = {
+        k: v
+        for k, v in cfg.items()
+        if k not in ("model_type", "architectures", "sliding_window", "transformers_version")
+    }
     d["architectures"] = ["LlamaForCausalLM"]
     return LlamaConfig(**d)
 

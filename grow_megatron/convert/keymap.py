@@ -26,10 +26,11 @@ each head (x1, x2 = x[:d/2], x[d/2:]) exactly like transformers' `rotate_half`, 
 a head are in the same order on both sides. (Meta's original Llama weights rotate interleaved
 pairs, which is what the permute in HF's convert_llama_weights_to_hf.py is for.)
 """
+
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -94,6 +95,7 @@ def unfold_norm(weight: torch.Tensor, position: int) -> torch.Tensor:
 # on both sides (HF's repeat_kv; our SDPAttention's repeat_interleave, or SDPA's enable_gqa, which
 # groups the same way).
 
+
 def split_qkv(qkv: torch.Tensor, model: ModelConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """megatron fused QKV [(hq + 2 hkv) * hd, d] -> q [hq*hd, d], k [hkv*hd, d], v [hkv*hd, d]."""
     g, hd = model.kv_heads, model.head_dim
@@ -102,10 +104,10 @@ def split_qkv(qkv: torch.Tensor, model: ModelConfig) -> tuple[torch.Tensor, torc
     expected = (model.num_attention_heads + 2 * g) * hd
     if qkv.shape[0] != expected:
         raise ValueError(f"linear_qkv has {qkv.shape[0]} rows, expected (heads + 2 kv_heads) * head_dim = {expected}")
-    grouped = qkv.reshape(g, r + 2, hd, d_in)          # [g, r+2, hd, d]
-    q = grouped[:, :r].reshape(g * r * hd, d_in)       # [hq*hd, d]; group-major = head order
-    k = grouped[:, r].reshape(g * hd, d_in)            # [hkv*hd, d]
-    v = grouped[:, r + 1].reshape(g * hd, d_in)        # [hkv*hd, d]
+    grouped = qkv.reshape(g, r + 2, hd, d_in)  # [g, r+2, hd, d]
+    q = grouped[:, :r].reshape(g * r * hd, d_in)  # [hq*hd, d]; group-major = head order
+    k = grouped[:, r].reshape(g * hd, d_in)  # [hkv*hd, d]
+    v = grouped[:, r + 1].reshape(g * hd, d_in)  # [hkv*hd, d]
     return q.contiguous(), k.contiguous(), v.contiguous()
 
 
@@ -114,15 +116,16 @@ def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, model: ModelCon
     g, hd = model.kv_heads, model.head_dim
     r = model.num_attention_heads // g
     d_in = q.shape[-1]
-    qg = q.reshape(g, r, hd, d_in)                     # [g, r, hd, d]
-    kg = k.reshape(g, 1, hd, d_in)                     # [g, 1, hd, d]
-    vg = v.reshape(g, 1, hd, d_in)                     # [g, 1, hd, d]
+    qg = q.reshape(g, r, hd, d_in)  # [g, r, hd, d]
+    kg = k.reshape(g, 1, hd, d_in)  # [g, 1, hd, d]
+    vg = v.reshape(g, 1, hd, d_in)  # [g, 1, hd, d]
     return torch.cat([qg, kg, vg], dim=1).reshape((g * (r + 2)) * hd, d_in).contiguous()
 
 
 # --- SwiGLU fc1 --------------------------------------------------------------------------
 # megatron's gated fc1 is cat([gate, up]) along rows and computes silu(first half) * second
 # half (megatron/core/transformer/mlp.py glu); HF: down(silu(gate(x)) * up(x)).
+
 
 def split_fc1(fc1: torch.Tensor, model: ModelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """[2f, d] -> gate [f, d], up [f, d]."""
@@ -133,10 +136,11 @@ def split_fc1(fc1: torch.Tensor, model: ModelConfig) -> tuple[torch.Tensor, torc
 
 
 def merge_fc1(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return torch.cat([gate, up], dim=0).contiguous()   # [2f, d]
+    return torch.cat([gate, up], dim=0).contiguous()  # [2f, d]
 
 
 # --- one tensor at a time (what streaming conversions call) ----------------------------------
+
 
 def native_tensor_to_hf(suffix: str, i: int, t: torch.Tensor, model: ModelConfig) -> dict[str, torch.Tensor]:
     """Layer i's native tensor `suffix` (no layer axis) -> the HF tensor(s) it becomes."""
@@ -181,8 +185,17 @@ def hf_tensor_to_native(suffix: str, i: int, hf: dict[str, torch.Tensor], model:
 def hf_sources(suffix: str, i: int) -> list[str]:
     """The HF tensors of layer i that native `suffix` is made of."""
     keys = hf_layer_keys(i)
-    return [keys[r] for r in {INPUT_NORM: ("input_norm",), MLP_NORM: ("mlp_norm",), QKV: ("q", "k", "v"),
-                              PROJ: ("o",), FC1: ("gate", "up"), FC2: ("down",)}[suffix]]
+    return [
+        keys[r]
+        for r in {
+            INPUT_NORM: ("input_norm",),
+            MLP_NORM: ("mlp_norm",),
+            QKV: ("q", "k", "v"),
+            PROJ: ("o",),
+            FC1: ("gate", "up"),
+            FC2: ("down",),
+        }[suffix]
+    ]
 
 
 def expected_hf_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -191,9 +204,19 @@ def expected_hf_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
     out: dict[str, tuple[int, ...]] = {HF_EMBED: (V, d), HF_NORM: (d,)}
     for i in range(model.num_layers):
         k = hf_layer_keys(i)
-        out.update({k["input_norm"]: (d,), k["mlp_norm"]: (d,), k["q"]: (q, d), k["k"]: (kv, d),
-                    k["v"]: (kv, d), k["o"]: (d, q), k["gate"]: (f, d), k["up"]: (f, d),
-                    k["down"]: (d, f)})
+        out.update(
+            {
+                k["input_norm"]: (d,),
+                k["mlp_norm"]: (d,),
+                k["q"]: (q, d),
+                k["k"]: (kv, d),
+                k["v"]: (kv, d),
+                k["o"]: (d, q),
+                k["gate"]: (f, d),
+                k["up"]: (f, d),
+                k["down"]: (d, f),
+            }
+        )
     return out
 
 
@@ -202,21 +225,32 @@ def expected_native_shapes(model: ModelConfig) -> dict[str, tuple[int, ...]]:
     d, f, V, L = model.hidden_size, model.ffn_hidden_size, model.vocab_size, model.num_layers
     q, kv = _q_rows(model), model.kv_size
     return {
-        EMBED: (V, d), FINAL_NORM: (d,),
-        layer_key(INPUT_NORM): (L, d), layer_key(MLP_NORM): (L, d),
+        EMBED: (V, d),
+        FINAL_NORM: (d,),
+        layer_key(INPUT_NORM): (L, d),
+        layer_key(MLP_NORM): (L, d),
         layer_key(QKV): (L, q + 2 * kv, d),
         layer_key(PROJ): (L, d, q),
-        layer_key(FC1): (L, 2 * f, d), layer_key(FC2): (L, d, f),
+        layer_key(FC1): (L, 2 * f, d),
+        layer_key(FC2): (L, d, f),
     }
 
 
-def check_shapes(tensors: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], where: str,
-                 allow_extra: Iterable[str] = ()) -> None:
+def check_shapes(
+    tensors: dict[str, tuple[int, ...]],
+    expected: dict[str, tuple[int, ...]],
+    where: str,
+    allow_extra: Iterable[str] = (),
+) -> None:
     """Raise one readable error for missing, unexpected or mis-shaped tensors."""
     allow = tuple(allow_extra)
     missing = [k for k in expected if k not in tensors]
     extra = [k for k in tensors if k not in expected and not any(k.endswith(a) for a in allow)]
-    bad = [f"{k} {tuple(tensors[k])} != {expected[k]}" for k in expected if k in tensors and tuple(tensors[k]) != expected[k]]
+    bad = [
+        f"{k} {tuple(tensors[k])} != {expected[k]}"
+        for k in expected
+        if k in tensors and tuple(tensors[k]) != expected[k]
+    ]
     problems = []
     if missing:
         problems.append(f"missing {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")

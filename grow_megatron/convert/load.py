@@ -6,11 +6,12 @@ check_model_type, whose `accept` says what is accepted), and stops with one line
 it accepts. Without that check `LlamaForCausalLM.from_pretrained` on, say, a GPT-2 directory
 silently fills in Llama defaults (4096 wide, 32 layers) and loads no weights.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -35,15 +36,19 @@ class Loaded:
     """Label used in JSON results and figure legends."""
 
 
-def check_model_dir(path: str, accept: Accept = "llama", field: str = "MODEL") -> Optional[dict]:
+def check_model_dir(path: str, accept: Accept = "llama", field: str = "MODEL") -> dict | None:
     """Check a model path before anything is loaded: an HF directory's config.json (returned)
     against `accept`; a native checkpoint or run directory (None returned) is a Llama."""
     if not os.path.exists(path):
-        raise ConfigError(field, path, "no such directory (give a Hugging Face model directory, a run directory "
-                                       "or a checkpoint directory)")
+        raise ConfigError(
+            field,
+            path,
+            "no such directory (give a Hugging Face model directory, a run directory or a checkpoint directory)",
+        )
     if not os.path.isdir(path):
-        raise ConfigError(field, path, "is a file: give a Hugging Face model directory, a run directory or a "
-                                       "checkpoint directory")
+        raise ConfigError(
+            field, path, "is a file: give a Hugging Face model directory, a run directory or a checkpoint directory"
+        )
     if not os.path.isfile(os.path.join(path, "config.json")):
         resolve_checkpoint(path)  # one line when it is no checkpoint either
         return None
@@ -56,8 +61,12 @@ def load_tokenizer(path: str, required: bool):
     """The directory's HF tokenizer; None (or, when required, one line naming what is missing)."""
     if not any(os.path.isfile(os.path.join(path, f)) for f in TOKENIZER_FILES):
         if required:
-            raise ConfigError("MODEL", path, f"has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy the "
-                                             "model's tokenizer files into it (`convert to-hf` writes them)")
+            raise ConfigError(
+                "MODEL",
+                path,
+                f"has no tokenizer (none of {', '.join(TOKENIZER_FILES)}): copy the "
+                "model's tokenizer files into it (`convert to-hf` writes them)",
+            )
         return None
     # transformers is imported where it is used: it takes seconds (the model classes tens of
     # seconds), and a native checkpoint's path through here never needs these.
@@ -67,7 +76,9 @@ def load_tokenizer(path: str, required: bool):
         return AutoTokenizer.from_pretrained(path)
     except (ValueError, OSError, KeyError) as e:
         if required:
-            raise ConfigError("MODEL", path, f"its tokenizer files do not load ({str(e).splitlines()[0][:200]})") from None
+            raise ConfigError(
+                "MODEL", path, f"its tokenizer files do not load ({str(e).splitlines()[0][:200]})"
+            ) from None
         return None
 
 
@@ -79,8 +90,16 @@ def _dtype(dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_model(path: str, device: str = "cpu", dtype="float32", *, accept: Accept = "llama",
-               need_tokenizer: bool = False, config: Optional[str] = None, name: Optional[str] = None) -> Loaded:
+def load_model(
+    path: str,
+    device: str = "cpu",
+    dtype="float32",
+    *,
+    accept: Accept = "llama",
+    need_tokenizer: bool = False,
+    config: str | None = None,
+    name: str | None = None,
+) -> Loaded:
     """An eval-mode model (+ tokenizer) from an HF directory, a native checkpoint or a run
     directory (converted in memory, LN-Scaling folded). Checks the path first (check_model_dir).
 
@@ -110,7 +129,7 @@ def load_model(path: str, device: str = "cpu", dtype="float32", *, accept: Accep
     return Loaded(model.to(device).eval(), tok, label)
 
 
-def load_as_hf(path: str, device: str = "cpu", dtype=torch.float32, *, config: Optional[str] = None):
+def load_as_hf(path: str, device: str = "cpu", dtype=torch.float32, *, config: str | None = None):
     """(LlamaForCausalLM in eval mode, HF tokenizer or None) for an HF dir, a native checkpoint dir
     or a run dir. `dtype` may be a torch dtype or a name."""
     got = load_model(path, device, dtype, accept="llama", config=config)

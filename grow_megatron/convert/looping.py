@@ -13,10 +13,10 @@ export of an LN-Scaling model has the factor 1/sqrt(l) folded into its norm gain
 its grow_megatron history), so an application of layer l at unrolled position u multiplies
 the norm outputs by sqrt(l)/sqrt(u); a model without LN-Scaling needs nothing.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
@@ -78,14 +78,14 @@ class HFLoop:
             setattr(self.model.config, LOOP_ATTR, None)
             self._layers = None
 
-    def __enter__(self) -> "HFLoop":
+    def __enter__(self) -> HFLoop:
         return self
 
     def __exit__(self, *exc) -> None:
         self.remove()
 
 
-def loop_hf_model(model, spec: LoopSpec, ln_folded: Optional[bool] = None) -> HFLoop:
+def loop_hf_model(model, spec: LoopSpec, ln_folded: bool | None = None) -> HFLoop:
     """Loop `model` (a LlamaForCausalLM, or the same module layout) in place."""
     core = model.model
     depth = len(core.layers)
@@ -109,8 +109,7 @@ def loop_hf_model(model, spec: LoopSpec, ln_folded: Optional[bool] = None) -> HF
     return HFLoop(model, spec, original, depth)
 
 
-
-def apply_loop_arg(model, text: Optional[str]) -> Optional[HFLoop]:
+def apply_loop_arg(model, text: str | None) -> HFLoop | None:
     """`--loop TEXT` applied to a loaded HF model (one-line ConfigError if it does not fit)."""
     if text is None:
         return None

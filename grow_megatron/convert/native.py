@@ -6,13 +6,13 @@ whole with `no_dist=True`, whatever TP x PP x DP layout wrote it (DCP reassemble
 Writing goes through a real single-process engine and `save_checkpoint`, so a converted
 checkpoint is byte-for-byte the format training writes and resumes from.
 """
+
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import weakref
-from typing import Optional
 
 import torch
 
@@ -32,7 +32,7 @@ pruning faster than a hold takes: a handful of directory entries)."""
 # them: eval and analyze of a Hugging Face directory go through convert/ and never need them.
 
 
-def resolve_checkpoint(path: str) -> tuple[str, Optional[str]]:
+def resolve_checkpoint(path: str) -> tuple[str, str | None]:
     """(checkpoint dir, run dir or None) for a checkpoint dir or a run dir (its latest checkpoint)."""
     from grow_megatron.engine.checkpoint import META, latest_checkpoint  # megatron-core: see the note at the top
 
@@ -47,15 +47,17 @@ def resolve_checkpoint(path: str) -> tuple[str, Optional[str]]:
         if ckpt is None:
             raise ConfigError("checkpoint", path, f"run directory has no complete checkpoint under {CHECKPOINTS}/")
         return ckpt, path
-    raise ConfigError("checkpoint", path, "is neither a checkpoint directory (with meta.json) nor a run directory "
-                                          f"(with {CHECKPOINTS}/)")
+    raise ConfigError(
+        "checkpoint",
+        path,
+        f"is neither a checkpoint directory (with meta.json) nor a run directory (with {CHECKPOINTS}/)",
+    )
 
 
 class NativeReader:
     """Global tensors of one checkpoint, read one key at a time."""
 
-    def __init__(self, ckpt_dir: str, verify: bool = True, main_params: bool = False,
-                 run_dir: Optional[str] = None):
+    def __init__(self, ckpt_dir: str, verify: bool = True, main_params: bool = False, run_dir: str | None = None):
         """`verify`: check the files against the checkpoint's manifest once, here (reads are
         then unchecked); off for callers that load through load_checkpoint, which verifies.
         `main_params`: read the optimizer's fp32 main copies instead of the weights (the more
@@ -68,8 +70,15 @@ class NativeReader:
         replaced by the run's new newest one. `source` is the checkpoint read, `dir` where its
         files are read from."""
         # megatron-core: see the note at the top
-        from grow_megatron.engine.checkpoint import (CheckpointGone, hold_checkpoint, latest_checkpoint,
-                                                     pruned_under_reader, read_meta, release_checkpoint, tensor_specs)
+        from grow_megatron.engine.checkpoint import (
+            CheckpointGone,
+            hold_checkpoint,
+            latest_checkpoint,
+            pruned_under_reader,
+            read_meta,
+            release_checkpoint,
+            tensor_specs,
+        )
 
         self.source = ckpt_dir
         for attempt in range(_HOLD_TRIES):
@@ -103,8 +112,9 @@ class NativeReader:
             if state == self.state:
                 self._read_specs[name] = spec
         if keys.EMBED not in self.shapes:
-            raise ConfigError("checkpoint", self.source, f"holds no {keys.model_key(keys.EMBED)}: not a grow_megatron "
-                                                      "checkpoint")
+            raise ConfigError(
+                "checkpoint", self.source, f"holds no {keys.model_key(keys.EMBED)}: not a grow_megatron checkpoint"
+            )
 
     @contextlib.contextmanager
     def _named(self):
@@ -115,8 +125,11 @@ class NativeReader:
             if self.dir == self.source:
                 raise
             fix = lambda text: text.replace(self.dir, self.source) if isinstance(text, str) else text  # noqa: E731
-            raise ConfigError(fix(err.path), fix(err.value), fix(err.allowed).replace(
-                os.path.basename(self.dir), os.path.basename(self.source))) from None
+            raise ConfigError(
+                fix(err.path),
+                fix(err.value),
+                fix(err.allowed).replace(os.path.basename(self.dir), os.path.basename(self.source)),
+            ) from None
 
     def _key(self, name: str) -> str:
         """The checkpoint key read() reads for model-space `name`."""
@@ -160,6 +173,7 @@ class NativeReader:
 
 # --- engines (single process) --------------------------------------------------------------
 
+
 def _engine(model: ModelConfig, depth: int, vocab_size: int):
     # megatron-core: see the note at the top
     from grow_megatron.engine.build import build_engine
@@ -172,8 +186,9 @@ def _engine(model: ModelConfig, depth: int, vocab_size: int):
     return build_engine(engine_spec(model, vocab_size), depth)
 
 
-def write_native_checkpoint(native: dict[str, torch.Tensor], model: ModelConfig, depth: int, vocab_size: int,
-                            ckpt_root: str, meta: dict) -> str:
+def write_native_checkpoint(
+    native: dict[str, torch.Tensor], model: ModelConfig, depth: int, vocab_size: int, ckpt_root: str, meta: dict
+) -> str:
     """Save global native tensors (stacked layer axis) as step-0 checkpoint with fresh AdamW state.
 
     Must run inside `device_context()`. The tensors go into a single-process fp32 engine, whose

@@ -1,7 +1,6 @@
 """The parity check of a conversion: native logits against Hugging Face logits."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 
@@ -10,8 +9,9 @@ from grow_megatron.convert.load import load_as_hf
 from grow_megatron.convert.native import NativeReader, native_logits, resolve_checkpoint
 
 
-def compare_logits(ckpt: str, hf: Optional[str] = None, *, tokens: Optional[torch.Tensor] = None,
-                   config: Optional[str] = None, seed: int = 0) -> float:
+def compare_logits(
+    ckpt: str, hf: str | None = None, *, tokens: torch.Tensor | None = None, config: str | None = None, seed: int = 0
+) -> float:
     """Max |native logits - HF logits| (fp32) on `tokens` (default: 2 random rows of 16 tokens;
     `text_tokens` makes them from real text).
 

@@ -5,6 +5,7 @@ Public API (imported lazily, so `import grow_megatron.data` stays cheap):
 `sample_indices`, `load_tokenizer`, `train_bpe_tokenizer`, `prepare`, `Tokenizer`.
 See docs/data.md.
 """
+
 from __future__ import annotations
 
 import importlib

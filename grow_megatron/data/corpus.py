@@ -14,6 +14,7 @@ documents shuffled with a fixed seed (so megatron's document-range train/valid s
 fair sample). Regenerate with `grow-megatron data make-default-corpus` (which also retrains
 the shipped tokenizer, see tokenizer.train_default_tokenizer).
 """
+
 from __future__ import annotations
 
 import ast
@@ -21,20 +22,30 @@ import io
 import json
 import lzma
 import os
+import pydoc_data.topics as topics
 import random
 import sysconfig
-from typing import Iterator
-
-import pydoc_data.topics as topics
+from collections.abc import Iterator
 
 from grow_megatron.data.assets import CORPUS_FILE, TOKENIZER_FILE, assets_dir, default_corpus_path
 from grow_megatron.data.tokenizer import train_bpe_tokenizer
 
 # Directories of the standard library left out: tests, vendored or generated code.
-_SKIP_DIRS = {"test", "tests", "idle_test", "__pycache__", "site-packages", "lib2to3", "ensurepip",
-              "pydoc_data", "turtledemo", "venv", "distutils"}
+_SKIP_DIRS = {
+    "test",
+    "tests",
+    "idle_test",
+    "__pycache__",
+    "site-packages",
+    "lib2to3",
+    "ensurepip",
+    "pydoc_data",
+    "turtledemo",
+    "venv",
+    "distutils",
+}
 _CODE_BUDGET = 1_800_000  # characters of Python source in the corpus
-_CODE_MAX_FILE = 60_000   # skip larger modules in the code part (keeps the mix varied)
+_CODE_MAX_FILE = 60_000  # skip larger modules in the code part (keeps the mix varied)
 
 
 def iter_default_corpus(path: str | None = None) -> Iterator[dict]:

@@ -13,6 +13,7 @@
   contiguous slice. The order depends only on the seed (through the dataset) and the step:
   not on the parallel layout and not on growth; resuming at step t gives the next batch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,11 +25,11 @@ import os
 import re
 from typing import Any
 
+import numpy as np
+import torch
 from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
-import numpy as np
-import torch
 
 from grow_megatron.config.base import ConfigError, DataError, UserError
 from grow_megatron.config.data import DataConfig, split_vector
@@ -86,24 +87,39 @@ def _train_tokenizer_cached(cfg: DataConfig) -> str:
             files = list_source_files(ds.path, f"data.datasets[{i}].path")
             raw.append((ds, w, [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in files]))
     if not raw:
-        raise ConfigError("data.tokenizer_vocab_size", cfg.tokenizer_vocab_size,
-                          "trains on raw datasets, but every dataset is already tokenized (.bin/.idx): set data.tokenizer instead")
-    key = json.dumps([cfg.tokenizer_vocab_size, cfg.tokenizer_train_chars, cfg.eod_token, cfg.text_field,
-                      [(d.text_field, w, f) for d, w, f in raw]], sort_keys=True)
+        raise ConfigError(
+            "data.tokenizer_vocab_size",
+            cfg.tokenizer_vocab_size,
+            "trains on raw datasets, but every dataset is already tokenized (.bin/.idx): set data.tokenizer instead",
+        )
+    key = json.dumps(
+        [
+            cfg.tokenizer_vocab_size,
+            cfg.tokenizer_train_chars,
+            cfg.eod_token,
+            cfg.text_field,
+            [(d.text_field, w, f) for d, w, f in raw],
+        ],
+        sort_keys=True,
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    out = os.path.join(cfg.resolved_cache_dir(), "tokenizers", f"bpe{cfg.tokenizer_vocab_size}-{digest}", "tokenizer.json")
+    out = os.path.join(
+        cfg.resolved_cache_dir(), "tokenizers", f"bpe{cfg.tokenizer_vocab_size}-{digest}", "tokenizer.json"
+    )
     if os.path.isfile(out):
         return out
     total_w = sum(w for _, w, _ in raw)
 
     def sample():
         for ds, w, _ in raw:
-            yield from first_chars(iter_texts(ds.path, ds.text_field or cfg.text_field,
-                                              source_field="data.datasets[].path"),
-                                   int(cfg.tokenizer_train_chars * w / total_w))
+            yield from first_chars(
+                iter_texts(ds.path, ds.text_field or cfg.text_field, source_field="data.datasets[].path"),
+                int(cfg.tokenizer_train_chars * w / total_w),
+            )
 
-    tok = train_bpe_tokenizer(sample(), vocab_size=cfg.tokenizer_vocab_size, out_path=out,
-                              eod_token=cfg.eod_token or DEFAULT_EOS)
+    tok = train_bpe_tokenizer(
+        sample(), vocab_size=cfg.tokenizer_vocab_size, out_path=out, eod_token=cfg.eod_token or DEFAULT_EOS
+    )
     tok.save(os.path.dirname(out))
     return out
 
@@ -139,10 +155,19 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
         entries = []
         for i, (ds, w) in enumerate(zip(cfg.datasets, cfg.weights())):
             if w > 0:
-                entries.append((ds.path, w, ds.name or _slug(os.path.basename(ds.path.rstrip("/")).split(".")[0]),
-                                ds.text_field or cfg.text_field, f"data.datasets[{i}].path"))
-        tf_paths = {f"data.datasets[{i}].path": (f"data.datasets[{i}].text_field" if ds.text_field else "data.text_field")
-                    for i, ds in enumerate(cfg.datasets)}
+                entries.append(
+                    (
+                        ds.path,
+                        w,
+                        ds.name or _slug(os.path.basename(ds.path.rstrip("/")).split(".")[0]),
+                        ds.text_field or cfg.text_field,
+                        f"data.datasets[{i}].path",
+                    )
+                )
+        tf_paths = {
+            f"data.datasets[{i}].path": (f"data.datasets[{i}].text_field" if ds.text_field else "data.text_field")
+            for i, ds in enumerate(cfg.datasets)
+        }
 
     def prepare_all():
         # Check everything cheap first (missing/empty sources, tokenizers of tokenized datasets),
@@ -152,8 +177,9 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
                 list_source_files(path, field)
             else:
                 check_indexed(_strip_ext(path), tokenizer, field)
-        _check_tokenizers([(_strip_ext(p), w, n, f) for p, w, n, _, f in entries if has_indexed_files(_strip_ext(p))],
-                          tokenizer)
+        _check_tokenizers(
+            [(_strip_ext(p), w, n, f) for p, w, n, _, f in entries if has_indexed_files(_strip_ext(p))], tokenizer
+        )
         res = []
         for path, w, name, tf, field in entries:
             prefix = _strip_ext(path)
@@ -161,8 +187,17 @@ def resolve_datasets(cfg: DataConfig, tokenizer: Tokenizer, *, progress: bool = 
                 res.append((prefix, w, name, field))
                 continue
             target = prepared_prefix(cfg, path, tf, tokenizer, name)
-            prepare(path, target, tokenizer, text_field=tf, num_workers=cfg.num_workers, progress=progress,
-                    field=field, name=name, text_field_path=tf_paths.get(field, "data.text_field"))
+            prepare(
+                path,
+                target,
+                tokenizer,
+                text_field=tf,
+                num_workers=cfg.num_workers,
+                progress=progress,
+                field=field,
+                name=name,
+                text_field_path=tf_paths.get(field, "data.text_field"),
+            )
             res.append((target, w, name, field))
         return res
 
@@ -181,13 +216,21 @@ def _check_tokenizers(items, tokenizer: Tokenizer) -> None:
         sha = m["tokenizer"]["sha256"]
         for other_sha, (other_field, other_prefix) in seen.items():
             if other_sha != sha:
-                raise DataError(field, prefix, f"was tokenized with tokenizer {sha[:12]} but {other_field} ({other_prefix}) "
-                                f"with {other_sha[:12]}: every dataset of one mixture needs the same tokenizer (re-prepare one of them)")
+                raise DataError(
+                    field,
+                    prefix,
+                    f"was tokenized with tokenizer {sha[:12]} but {other_field} ({other_prefix}) "
+                    f"with {other_sha[:12]}: every dataset of one mixture needs the same tokenizer (re-prepare one of them)",
+                )
         seen.setdefault(sha, (field, prefix))
         if sha != tokenizer.sha256:
-            raise ConfigError(field, prefix, f"was tokenized with tokenizer {sha[:12]} ({m['tokenizer'].get('source')}), "
-                              f"not the run's tokenizer {tokenizer.sha256[:12]} ({tokenizer.source}): set data.tokenizer to "
-                              f"{m['tokenizer'].get('copy') or 'that tokenizer'} or re-prepare the dataset")
+            raise ConfigError(
+                field,
+                prefix,
+                f"was tokenized with tokenizer {sha[:12]} ({m['tokenizer'].get('source')}), "
+                f"not the run's tokenizer {tokenizer.sha256[:12]} ({tokenizer.source}): set data.tokenizer to "
+                f"{m['tokenizer'].get('copy') or 'that tokenizer'} or re-prepare the dataset",
+            )
 
 
 def check_indexed(prefix: str, tokenizer: Tokenizer, field: str) -> None:
@@ -200,8 +243,12 @@ def check_indexed(prefix: str, tokenizer: Tokenizer, field: str) -> None:
     for ext, key in ((".bin", "bin_bytes"), (".idx", "idx_bytes")):
         size = os.path.getsize(prefix + ext)
         if m is not None and key in m and size != m[key]:
-            raise DataError(field, prefix, f"{ext} is {size} bytes but its manifest records {m[key]}: the file is "
-                            f"truncated or was replaced; {redo}")
+            raise DataError(
+                field,
+                prefix,
+                f"{ext} is {size} bytes but its manifest records {m[key]}: the file is "
+                f"truncated or was replaced; {redo}",
+            )
     try:
         ds = IndexedDataset(prefix, mmap=True)  # held while its memory-mapped arrays are copied
         index = ds.index
@@ -211,23 +258,38 @@ def check_indexed(prefix: str, tokenizer: Tokenizer, field: str) -> None:
         itemsize = np.dtype(index.dtype).itemsize
     except Exception as err:  # noqa: BLE001 - whatever megatron's reader trips on, the file is the cause
         why = (str(err).strip().splitlines() or [""])[0][:160]
-        raise DataError(field, prefix, f"is not a readable megatron indexed dataset ({type(err).__name__}: {why}); "
-                        f"{redo}") from None
+        raise DataError(
+            field, prefix, f"is not a readable megatron indexed dataset ({type(err).__name__}: {why}); {redo}"
+        ) from None
     if len(lengths) == 0:
         raise DataError(field, prefix, "is an empty indexed dataset (no documents)")
     bin_bytes = os.path.getsize(prefix + ".bin")
     starts = np.concatenate([[0], np.cumsum(lengths[:-1])]) * itemsize
-    if ((lengths < 0).any() or not np.array_equal(pointers, starts) or int(lengths.sum()) * itemsize != bin_bytes
-            or docs[0] != 0 or docs[-1] != len(lengths) or (np.diff(docs) < 0).any()):
-        raise DataError(field, prefix, f"has an index (.idx) that does not describe its .bin ({bin_bytes} bytes; the "
-                        f"index lists {int(lengths.clip(min=0).sum()) * itemsize}): one of them is truncated or "
-                        f"garbled; {redo}")
+    if (
+        (lengths < 0).any()
+        or not np.array_equal(pointers, starts)
+        or int(lengths.sum()) * itemsize != bin_bytes
+        or docs[0] != 0
+        or docs[-1] != len(lengths)
+        or (np.diff(docs) < 0).any()
+    ):
+        raise DataError(
+            field,
+            prefix,
+            f"has an index (.idx) that does not describe its .bin ({bin_bytes} bytes; the "
+            f"index lists {int(lengths.clip(min=0).sum()) * itemsize}): one of them is truncated or "
+            f"garbled; {redo}",
+        )
     if bin_bytes <= _MAX_ID_SCAN_BYTES:
         top = int(np.memmap(prefix + ".bin", dtype=index.dtype, mode="r").max())
         if top >= tokenizer.vocab_size:
-            raise DataError(field, prefix, f"holds token id {top}, beyond the run's tokenizer vocabulary "
-                            f"({tokenizer.vocab_size}, {tokenizer.source}): it was made with another tokenizer, "
-                            f"or its .bin is garbled")
+            raise DataError(
+                field,
+                prefix,
+                f"holds token id {top}, beyond the run's tokenizer vocabulary "
+                f"({tokenizer.vocab_size}, {tokenizer.source}): it was made with another tokenizer, "
+                f"or its .bin is garbled",
+            )
 
 
 def _documents(prefix: str) -> int:
@@ -255,13 +317,26 @@ def _check_split(cfg: DataConfig, mixture, sizes: list[int]) -> None:
         for i, part in enumerate(("train", "validation")):
             beg, end = int(round(bounds[i] * n)), int(round(bounds[i + 1] * n))
             if sizes[i] > 0 and vec[i] > 0 and end <= beg:
-                raise ConfigError("data.split", cfg.split, f"leaves dataset {name} ({n} documents, {prefix}) no {part} "
-                                  f"documents: give it more documents or a larger {part} share")
+                raise ConfigError(
+                    "data.split",
+                    cfg.split,
+                    f"leaves dataset {name} ({n} documents, {prefix}) no {part} "
+                    f"documents: give it more documents or a larger {part} share",
+                )
 
 
 # --- datasets ----------------------------------------------------------------------------
-def build_datasets(cfg: DataConfig, *, seq_length: int, seed: int, train_samples: int, valid_samples: int,
-                   tokenizer: Tokenizer | None = None, progress: bool = True, batch_tokens: int = 0):
+def build_datasets(
+    cfg: DataConfig,
+    *,
+    seq_length: int,
+    seed: int,
+    train_samples: int,
+    valid_samples: int,
+    tokenizer: Tokenizer | None = None,
+    progress: bool = True,
+    batch_tokens: int = 0,
+):
     """(train_ds, valid_ds): megatron GPTDataset (one dataset) or BlendedDataset (mixture).
 
     `ds[i]` is a dict of `tokens`, `labels`, `position_ids` (long) and `loss_mask` (float),
@@ -274,7 +349,11 @@ def build_datasets(cfg: DataConfig, *, seq_length: int, seed: int, train_samples
     if seq_length < 1:
         raise ConfigError("seq_length", seq_length, "must be >= 1")
     if train_samples < 1 or valid_samples < 0:
-        raise ConfigError("train_samples/valid_samples", (train_samples, valid_samples), "need train_samples >= 1 and valid_samples >= 0")
+        raise ConfigError(
+            "train_samples/valid_samples",
+            (train_samples, valid_samples),
+            "need train_samples >= 1 and valid_samples >= 0",
+        )
     tok = tokenizer or build_tokenizer(cfg)
     mixture = resolve_datasets(cfg, tok, progress=progress)
     sizes = [int(train_samples), int(valid_samples), 0]
@@ -282,9 +361,11 @@ def build_datasets(cfg: DataConfig, *, seq_length: int, seed: int, train_samples
     corpus = sum(_tokens(p) for p, _, _ in mixture)
     dist = _dist()
     if corpus < batch_tokens and (dist is None or dist.get_rank() == 0):
-        log.warning(f"warning: the data holds {corpus} tokens, fewer than one global batch ({batch_tokens} tokens = "
-                    f"train.global_batch_size x model.seq_length): every step repeats the same text; add data or "
-                    f"lower train.global_batch_size / model.seq_length")
+        log.warning(
+            f"warning: the data holds {corpus} tokens, fewer than one global batch ({batch_tokens} tokens = "
+            f"train.global_batch_size x model.seq_length): every step repeats the same text; add data or "
+            f"lower train.global_batch_size / model.seq_length"
+        )
     vec = split_vector(cfg.split)
     prefixes = [p for p, _, _ in mixture]
     weights = [w for _, w, _ in mixture] if len(mixture) > 1 else None
@@ -343,7 +424,9 @@ def _single_process_rank():
 
 
 # --- batches -----------------------------------------------------------------------------
-def sample_indices(*, step: int, global_batch_size: int, dp_rank: int, dp_size: int, length: int | None = None) -> list[int]:
+def sample_indices(
+    *, step: int, global_batch_size: int, dp_rank: int, dp_size: int, length: int | None = None
+) -> list[int]:
     """The dataset indices DP rank `dp_rank` reads at global step `step` (wrapping around at
     `length`, if given, deterministically)."""
     if global_batch_size % dp_size:
@@ -358,22 +441,25 @@ def sample_indices(*, step: int, global_batch_size: int, dp_rank: int, dp_size: 
     return [i % length for i in idx] if length else idx
 
 
-def get_microbatches(ds, *, step: int, global_batch_size: int, micro_batch_size: int, dp_rank: int = 0,
-                     dp_size: int = 1) -> list[dict]:
+def get_microbatches(
+    ds, *, step: int, global_batch_size: int, micro_batch_size: int, dp_rank: int = 0, dp_size: int = 1
+) -> list[dict]:
     """The micro-batches of DP rank `dp_rank` at global step `step`: a list of
     (global_batch_size / dp_size / micro_batch_size) dicts of `tokens`, `labels`,
     `position_ids` (long) and `loss_mask` (float), each [micro_batch_size, seq_length]."""
     per_rank = global_batch_size // dp_size if dp_size > 0 else 0
     if dp_size < 1 or micro_batch_size < 1 or global_batch_size % dp_size or per_rank % micro_batch_size:
-        raise ValueError(f"global_batch_size={global_batch_size} must be a multiple of micro_batch_size * dp_size "
-                         f"= {micro_batch_size} * {dp_size}")
+        raise ValueError(
+            f"global_batch_size={global_batch_size} must be a multiple of micro_batch_size * dp_size "
+            f"= {micro_batch_size} * {dp_size}"
+        )
     n = len(ds)
     if n == 0:
         raise ValueError("the dataset is empty")
     idx = sample_indices(step=step, global_batch_size=global_batch_size, dp_rank=dp_rank, dp_size=dp_size, length=n)
     out = []
     for m in range(0, per_rank, micro_batch_size):
-        items = [ds[i] for i in idx[m:m + micro_batch_size]]
+        items = [ds[i] for i in idx[m : m + micro_batch_size]]
         out.append({k: torch.stack([it[k] for it in items]) for k in BATCH_KEYS})
     return out
 
@@ -386,7 +472,9 @@ def describe_data(train_ds, tokens_to_train: int, cfg: DataConfig) -> str:
     if cfg.is_default():
         names = ["the embedded corpus"]
     else:  # the mixture's order (resolve_datasets leaves zero weights out)
-        names = [ds.name or os.path.basename(ds.path.rstrip("/")) for ds, w in zip(cfg.datasets, cfg.weights()) if w > 0]
+        names = [
+            ds.name or os.path.basename(ds.path.rstrip("/")) for ds, w in zip(cfg.datasets, cfg.weights()) if w > 0
+        ]
     parts, total = [], 0
     for ds, w, name in zip(datasets, weights, names):
         tokens = int(ds.dataset.sequence_lengths[ds.indices].sum())

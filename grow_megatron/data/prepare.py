@@ -13,6 +13,7 @@ Everything is written to temporary names and renamed into place; the old manifes
 first and the new one written last, so an interrupted run never leaves a dataset that looks
 complete. Re-running on unchanged inputs with the same tokenizer is a no-op.
 """
+
 from __future__ import annotations
 
 import collections
@@ -25,7 +26,8 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 from tokenizers import Tokenizer as HFTokenizer
@@ -58,7 +60,7 @@ def is_complete(prefix: str, manifest: dict | None = None) -> bool:
     if not m:
         return False
     try:
-        return (os.path.getsize(prefix + ".bin") == m["bin_bytes"] and os.path.getsize(prefix + ".idx") == m["idx_bytes"])
+        return os.path.getsize(prefix + ".bin") == m["bin_bytes"] and os.path.getsize(prefix + ".idx") == m["idx_bytes"]
     except (OSError, KeyError):
         return False
 
@@ -72,8 +74,14 @@ def source_fingerprint(source: str, text_field: str, tokenizer, field: str = "da
     text field and the tokenizer. Equal fingerprints -> re-preparing is a no-op."""
     files = list_source_files(source, field)
     src = [{"path": p, "size": os.path.getsize(p), "mtime_ns": os.stat(p).st_mtime_ns} for p in files]
-    fp = {"format": FORMAT, "source": source_id(source), "files": src,
-          "text_field": text_field, "tokenizer_sha256": tokenizer.sha256, "eod": tokenizer.eod}
+    fp = {
+        "format": FORMAT,
+        "source": source_id(source),
+        "files": src,
+        "text_field": text_field,
+        "tokenizer_sha256": tokenizer.sha256,
+        "eod": tokenizer.eod,
+    }
     fp["sha256"] = hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()
     return fp
 
@@ -98,7 +106,7 @@ def _encode(texts: list[str], tok=None, eod: int | None = None) -> tuple[np.ndar
     flat = np.empty(int(lengths.sum()), dtype=np.int64)
     pos = 0
     for e, n in zip(encs, lengths):
-        flat[pos:pos + n - 1] = e.ids
+        flat[pos : pos + n - 1] = e.ids
         flat[pos + n - 1] = eod
         pos += n
     return flat, lengths
@@ -152,7 +160,7 @@ def _remove(*paths: str) -> None:
 
 
 @contextlib.contextmanager
-def prefix_lock(path: str, on_open: Optional[Callable[[], None]] = None) -> Iterator[None]:
+def prefix_lock(path: str, on_open: Callable[[], None] | None = None) -> Iterator[None]:
     """An exclusive lock on `path` that leaves no file behind.
 
     The holder unlinks the lock file before it unlocks. A process that was waiting on the old
@@ -185,9 +193,19 @@ def prefix_lock(path: str, on_open: Optional[Callable[[], None]] = None) -> Iter
         os.close(fd)  # releases the lock
 
 
-def prepare(source: str, out_prefix: str, tokenizer, *, text_field: str = "text", num_workers: int = 1,
-            progress: bool = True, force: bool = False, field: str = "data.datasets[].path",
-            name: str | None = None, text_field_path: str = "data.text_field") -> dict:
+def prepare(
+    source: str,
+    out_prefix: str,
+    tokenizer,
+    *,
+    text_field: str = "text",
+    num_workers: int = 1,
+    progress: bool = True,
+    force: bool = False,
+    field: str = "data.datasets[].path",
+    name: str | None = None,
+    text_field_path: str = "data.text_field",
+) -> dict:
     """Tokenize raw `source` into `out_prefix`.bin/.idx (+ .tokenizer.json, .manifest.json).
 
     Returns the manifest (with "skipped": True when the existing output already matched)."""
@@ -207,12 +225,36 @@ def prepare(source: str, out_prefix: str, tokenizer, *, text_field: str = "text"
         old = read_manifest(out_prefix)
         if not force and old and old.get("fingerprint") == fp["sha256"] and is_complete(out_prefix, old):
             return dict(old, skipped=True)
-        return _prepare_locked(source, out_prefix, tokenizer, fp, text_field, num_workers, progress, field, name,
-                               text_field_path, DType, IndexedDatasetBuilder)
+        return _prepare_locked(
+            source,
+            out_prefix,
+            tokenizer,
+            fp,
+            text_field,
+            num_workers,
+            progress,
+            field,
+            name,
+            text_field_path,
+            DType,
+            IndexedDatasetBuilder,
+        )
 
 
-def _prepare_locked(source, out_prefix, tokenizer, fp, text_field, num_workers, progress, field, name,
-                    text_field_path, DType, IndexedDatasetBuilder) -> dict:
+def _prepare_locked(
+    source,
+    out_prefix,
+    tokenizer,
+    fp,
+    text_field,
+    num_workers,
+    progress,
+    field,
+    name,
+    text_field_path,
+    DType,
+    IndexedDatasetBuilder,
+) -> dict:
 
     dtype = DType.optimal_dtype(tokenizer.vocab_size)
     tag = f"{os.getpid()}"
@@ -220,8 +262,14 @@ def _prepare_locked(source, out_prefix, tokenizer, fp, text_field, num_workers, 
     t0 = time.time()
     builder = IndexedDatasetBuilder(tmp_bin, dtype=dtype)
     n_docs = n_tokens = 0
-    bar = tqdm(desc=f"tokenize {name or os.path.basename(source.rstrip('/'))}", unit="doc", disable=not progress,
-               file=sys.stderr, mininterval=0.5, dynamic_ncols=True)
+    bar = tqdm(
+        desc=f"tokenize {name or os.path.basename(source.rstrip('/'))}",
+        unit="doc",
+        disable=not progress,
+        file=sys.stderr,
+        mininterval=0.5,
+        dynamic_ncols=True,
+    )
     try:
         batches = _rechunk(iter_texts(source, text_field, field=text_field_path, source_field=field))
         for flat, lengths in _tokenized_batches(batches, tokenizer, num_workers):

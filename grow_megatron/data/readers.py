@@ -10,18 +10,24 @@ a Hugging Face hub dataset (e.g. `hf:HuggingFaceTB/smollm-corpus:cosmopedia-v2`,
 network) or a local directory laid out like a hub dataset repository (data files found by
 HF's patterns or by the `configs:` of its README.md) -- the same code path, tested locally.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from grow_megatron.config.base import ConfigError, DataError
 
 _COMPRESSIONS = (".gz", ".xz", ".bz2", ".zst", ".lz4")
 _FORMATS = {
-    ".jsonl": "json", ".json": "json", ".ndjson": "json",
-    ".parquet": "parquet", ".arrow": "arrow",
-    ".txt": "text", ".md": "text", ".text": "text",
+    ".jsonl": "json",
+    ".json": "json",
+    ".ndjson": "json",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".txt": "text",
+    ".md": "text",
+    ".text": "text",
 }
 SUPPORTED = ", ".join(sorted(_FORMATS))
 
@@ -50,7 +56,7 @@ HF_PREFIX = "hf:"
 
 def parse_hf(path: str) -> tuple[str, str | None]:
     """'hf:REPO[:CONFIG]' -> (REPO, CONFIG); a local REPO directory is made absolute."""
-    rest = path[len(HF_PREFIX):]
+    rest = path[len(HF_PREFIX) :]
     repo, config = rest, None
     if ":" in rest:
         head, tail = rest.rsplit(":", 1)
@@ -106,7 +112,9 @@ def list_source_files(path: str, field: str = "data.datasets[].path") -> list[st
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         files += [os.path.join(root, n) for n in sorted(names) if not n.startswith(".") and file_format(n)]
     if not files:
-        raise DataError(field, path, f"directory holds no readable files (supported: {SUPPORTED}, optionally compressed)")
+        raise DataError(
+            field, path, f"directory holds no readable files (supported: {SUPPORTED}, optionally compressed)"
+        )
     return sorted(files)
 
 
@@ -115,8 +123,14 @@ def _check_field(columns, text_field: str, where: str, field: str) -> None:
         raise ConfigError(field, text_field, f"is not a column of {where} (columns: {', '.join(map(str, columns))})")
 
 
-def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_field",
-               batch_size: int = 1000, source_field: str = "data.datasets[].path") -> Iterator[list[str]]:
+def iter_texts(
+    path: str,
+    text_field: str = "text",
+    *,
+    field: str = "data.text_field",
+    batch_size: int = 1000,
+    source_field: str = "data.datasets[].path",
+) -> Iterator[list[str]]:
     """Yield lists of document texts of a raw source, in a fixed order. Empty/None texts skipped."""
     # HF datasets (seconds to import): only where raw text is read, never in a run over prepared data.
     import datasets
@@ -132,11 +146,13 @@ def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_f
         ds = datasets.load_from_disk(apath)
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
-                raise DataError(source_field, apath, f"saved DatasetDict has no 'train' split (splits: {', '.join(ds)})")
+                raise DataError(
+                    source_field, apath, f"saved DatasetDict has no 'train' split (splits: {', '.join(ds)})"
+                )
             ds = ds["train"]
         _check_field(ds.column_names, text_field, apath, field)
         for start in range(0, len(ds), batch_size):
-            yield _clean(ds[start:start + batch_size][text_field], apath, text_field, field)
+            yield _clean(ds[start : start + batch_size][text_field], apath, text_field, field)
         return
     for file in files:
         fmt = file_format(file)
@@ -144,7 +160,9 @@ def iter_texts(path: str, text_field: str = "text", *, field: str = "data.text_f
         try:
             ds = datasets.load_dataset(fmt, data_files=[file], split="train", streaming=True, **kwargs)
         except Exception as err:  # pragma: no cover - builder-specific failures
-            raise DataError(source_field, file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})") from None
+            raise DataError(
+                source_field, file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})"
+            ) from None
         tf = "text" if fmt == "text" else text_field
         yield from _checked_batches(ds, tf, file, field, source_field, batch_size, f"could not be read as {fmt}")
 
@@ -157,13 +175,17 @@ def _iter_hf(path: str, text_field: str, field: str, source_field: str, batch_si
     try:
         ds = datasets.load_dataset(repo, config, split="train", streaming=True)
     except Exception as err:
-        raise ConfigError(source_field, path, "could not be opened with datasets.load_dataset "
-                          f"({type(err).__name__}: {str(err)[:200]})") from None
+        raise ConfigError(
+            source_field,
+            path,
+            f"could not be opened with datasets.load_dataset ({type(err).__name__}: {str(err)[:200]})",
+        ) from None
     yield from _checked_batches(ds, text_field, path, field, source_field, batch_size, "could not be read")
 
 
-def _checked_batches(ds, text_field: str, where: str, field: str, source_field: str, batch_size: int,
-                     failure: str) -> Iterator[list[str]]:
+def _checked_batches(
+    ds, text_field: str, where: str, field: str, source_field: str, batch_size: int, failure: str
+) -> Iterator[list[str]]:
     """Text batches of a HF dataset: the text field checked on the first batch, any reader
     failure turned into one ConfigError naming the source."""
     checked = False

@@ -10,15 +10,17 @@ Sources: a `tokenizer.json` file, a HF tokenizer directory holding one, or the e
 default (a 4096-token byte-level BPE trained on the embedded corpus). `train_bpe_tokenizer`
 trains a byte-level BPE of a chosen vocabulary size with HF `tokenizers`.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 from collections import OrderedDict
-from typing import Iterable
+from collections.abc import Iterable
 
-from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from grow_megatron.config.base import ConfigError, DataError
 from grow_megatron.data.assets import default_tokenizer_path
@@ -123,8 +125,13 @@ class Tokenizer(_Base):
 
     def describe(self) -> dict:
         """What a manifest records about the tokenizer."""
-        return {"sha256": self.sha256, "vocab_size": self.vocab_size, "eod": self.eod,
-                "eod_token": self.eod_token, "source": self.source}
+        return {
+            "sha256": self.sha256,
+            "vocab_size": self.vocab_size,
+            "eod": self.eod,
+            "eod_token": self.eod_token,
+            "source": self.source,
+        }
 
     def __repr__(self) -> str:
         return f"Tokenizer(source={self.source!r}, vocab_size={self.vocab_size}, eod={self.eod})"
@@ -148,12 +155,17 @@ def _pick_eos(hf_tokenizer, config: dict, source: str, eod_token: str | None) ->
     for cand in EOS_CANDIDATES:
         if hf_tokenizer.token_to_id(cand) is not None:
             return cand
-    raise ConfigError("data.tokenizer", source,
-                      f"no end-of-document token found (tried eos_token of tokenizer_config.json and {', '.join(EOS_CANDIDATES)}); "
-                      "set data.eod_token to one of its tokens")
+    raise ConfigError(
+        "data.tokenizer",
+        source,
+        f"no end-of-document token found (tried eos_token of tokenizer_config.json and {', '.join(EOS_CANDIDATES)}); "
+        "set data.eod_token to one of its tokens",
+    )
 
 
-def load_tokenizer(path: str | None = None, *, eod_token: str | None = None, field: str = "data.tokenizer") -> Tokenizer:
+def load_tokenizer(
+    path: str | None = None, *, eod_token: str | None = None, field: str = "data.tokenizer"
+) -> Tokenizer:
     """Load a `tokenizer.json`, a HF tokenizer directory holding one, or (path None) the embedded default."""
     if path is None:
         return Tokenizer(HFTokenizer.from_file(default_tokenizer_path()), eod_token or DEFAULT_EOS, source="<embedded>")
@@ -162,7 +174,11 @@ def load_tokenizer(path: str | None = None, *, eod_token: str | None = None, fie
     if os.path.isdir(path):
         file = os.path.join(path, "tokenizer.json")
         if not os.path.isfile(file):
-            raise ConfigError(field, path, "directory has no tokenizer.json (give a tokenizer.json file or a HF tokenizer directory with one)")
+            raise ConfigError(
+                field,
+                path,
+                "directory has no tokenizer.json (give a tokenizer.json file or a HF tokenizer directory with one)",
+            )
         cfg_file = os.path.join(path, "tokenizer_config.json")
         if os.path.isfile(cfg_file):
             with open(cfg_file, encoding="utf-8") as f:
@@ -174,27 +190,42 @@ def load_tokenizer(path: str | None = None, *, eod_token: str | None = None, fie
             with open(cfg_file, encoding="utf-8") as f:
                 config = json.load(f)
     else:
-        raise ConfigError(field, path, "no such file or directory (give a tokenizer.json file or a HF tokenizer directory)")
+        raise ConfigError(
+            field, path, "no such file or directory (give a tokenizer.json file or a HF tokenizer directory)"
+        )
     try:
         hf = HFTokenizer.from_file(file)
     except Exception as err:
-        raise DataError(field, path, f"is not a HF tokenizers tokenizer.json ({type(err).__name__}: {str(err)[:120]})") from None
+        raise DataError(
+            field, path, f"is not a HF tokenizers tokenizer.json ({type(err).__name__}: {str(err)[:120]})"
+        ) from None
     keep = {k: config[k] for k in ("bos_token", "eos_token", "unk_token", "model_max_length") if k in config}
     return Tokenizer(hf, _pick_eos(hf, config, path, eod_token), source=os.path.abspath(path), config=keep)
 
 
-def train_bpe_tokenizer(texts: Iterable[str], *, vocab_size: int, out_path: str | None = None,
-                        eod_token: str = DEFAULT_EOS, min_frequency: int = 2) -> Tokenizer:
+def train_bpe_tokenizer(
+    texts: Iterable[str],
+    *,
+    vocab_size: int,
+    out_path: str | None = None,
+    eod_token: str = DEFAULT_EOS,
+    min_frequency: int = 2,
+) -> Tokenizer:
     """Train a byte-level BPE (HF `tokenizers`) of `vocab_size` tokens (the end-of-document token
     is id 0) on `texts`; write it to `out_path` (tokenizer.json) atomically if given."""
     if vocab_size < 300:
-        raise ConfigError("data.tokenizer_vocab_size", vocab_size, "must be at least 300 (256 byte tokens + merges + specials)")
+        raise ConfigError(
+            "data.tokenizer_vocab_size", vocab_size, "must be at least 300 (256 byte tokens + merges + specials)"
+        )
     tok = HFTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=[eod_token],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=[eod_token],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     if out_path:

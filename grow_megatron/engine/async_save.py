@@ -16,17 +16,19 @@ on a stop (Ctrl-C, SIGTERM).
 Fault injection (tests): GROW_MEGATRON_FAULT=save.writer (engine/faults.py) makes the forked
 writer exit before writing anything, as a writer killed mid-save would.
 """
+
 from __future__ import annotations
 
 import functools
 import os
 import signal
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue, AsyncRequest
 from torch.distributed.checkpoint.api import CheckpointException
 
 from grow_megatron.engine.distributed import signal_on_parent_death
+
 
 def _bound_writer(async_fn: Callable, trainer_pid: int, *args, **kwargs) -> None:
     """Runs in the forked writer. It must not outlive a SIGKILLed trainer (docs/reliability.md):
@@ -48,8 +50,12 @@ class AsyncSaver:
     def __init__(self) -> None:
         self._queue = AsyncCallsQueue(persistent=False)
 
-    def submit(self, request: AsyncRequest, publish: Callable[[], None],
-               on_error: Optional[Callable[[BaseException], None]] = None) -> None:
+    def submit(
+        self,
+        request: AsyncRequest,
+        publish: Callable[[], None],
+        on_error: Callable[[BaseException], None] | None = None,
+    ) -> None:
         """Start writing `request` (from dist_checkpointing.save(..., async_sharded_save=True));
         `publish` runs on every rank once all of them finished writing. `on_error` sees a
         failed write or publish first (on every rank, at the poll or wait that finds it) and

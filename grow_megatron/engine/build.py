@@ -3,12 +3,13 @@
 An Engine is rebuilt at every growth (engine/grow.py moves the state across); everything
 that outlives a growth (step, LR schedule, data position) lives in the training loop.
 """
+
 from __future__ import annotations
 
 import gc
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
@@ -37,7 +38,7 @@ class ScaleOptions:
     overlap_param_gather: bool = False
     """Distributed optimizer's parameter all-gather per bucket, started lazily by forward
     pre-hooks of the next forward (needs overlap_grad_reduce)."""
-    bucket_size: Optional[int] = None
+    bucket_size: int | None = None
     """Parameters per DP bucket (None: megatron's max(4e7, 1e6 x DP)); only with overlap_grad_reduce."""
     align_grad_reduce: bool = True
     """Pipeline schedules start each chunk's grad reduce at its last backward (megatron's
@@ -60,12 +61,26 @@ class ScaleOptions:
 
     def describe(self) -> str:
         """One phrase for the run's first note."""
-        on = [name for name, flag in (("grad reduce", self.overlap_grad_reduce), ("param gather",
-              self.overlap_param_gather), ("p2p", self.overlap_p2p_comm)) if flag]
-        recompute = self.recompute + (f" ({self.recompute_method}, {self.recompute_num_layers})" if self.recompute == "full"
-                                      else f" ({', '.join(self.recompute_modules)})" if self.recompute == "selective" else "")
-        return (f"overlap {' + '.join(on) if on else 'off'}, sequence parallel {'on' if self.sequence_parallel else 'off'}, "
-                f"recompute {recompute}")
+        on = [
+            name
+            for name, flag in (
+                ("grad reduce", self.overlap_grad_reduce),
+                ("param gather", self.overlap_param_gather),
+                ("p2p", self.overlap_p2p_comm),
+            )
+            if flag
+        ]
+        recompute = self.recompute + (
+            f" ({self.recompute_method}, {self.recompute_num_layers})"
+            if self.recompute == "full"
+            else f" ({', '.join(self.recompute_modules)})"
+            if self.recompute == "selective"
+            else ""
+        )
+        return (
+            f"overlap {' + '.join(on) if on else 'off'}, sequence parallel {'on' if self.sequence_parallel else 'off'}, "
+            f"recompute {recompute}"
+        )
 
     def transformer_options(self) -> dict:
         """The TransformerConfig fields these settings set."""
@@ -73,9 +88,12 @@ class ScaleOptions:
         if self.overlap_p2p_comm:
             out.update(overlap_p2p_comm=True, batch_p2p_comm=False)
         if self.recompute != "none":
-            out.update(recompute_granularity=self.recompute, recompute_modules=list(self.recompute_modules),
-                       recompute_method=self.recompute_method if self.recompute == "full" else None,
-                       recompute_num_layers=self.recompute_num_layers if self.recompute == "full" else None)
+            out.update(
+                recompute_granularity=self.recompute,
+                recompute_modules=list(self.recompute_modules),
+                recompute_method=self.recompute_method if self.recompute == "full" else None,
+                recompute_num_layers=self.recompute_num_layers if self.recompute == "full" else None,
+            )
         return out
 
 
@@ -92,7 +110,7 @@ class EngineSpec:
     pp: int = 1
     vpp: int = 1
     """Model chunks per pipeline rank (interleaved schedule); the split then has pp x vpp stages."""
-    final_split: Optional[tuple[int, ...]] = None
+    final_split: tuple[int, ...] | None = None
     """User-given split at the final depth; other depths are balanced."""
     seed: int = 0
     """Seed of the initial weights (layout-independent, see GrowTransformerLayer)."""
@@ -102,7 +120,7 @@ class EngineSpec:
     """model.fp8: torchao float8 recipe of the layers' linears, or off."""
     fp8_emulate: bool = False
     """model.fp8_emulate: the FP8 matmuls emulated in high precision (CPU)."""
-    kernels: Optional[tuple[str, ...]] = None
+    kernels: tuple[str, ...] | None = None
     """With use_kernels, the Triton kernels that run (kernels/select.py's names); None = all."""
     device: Device = field(default_factory=Device.local)
     """Where the engine computes (resolved once: engine.resolve, from the process's Layout)."""
@@ -114,7 +132,7 @@ class EngineSpec:
         return split_at(depth, self.pp * self.vpp, self.final_split)
 
 
-def _pipeline_layout(split: tuple[int, ...], pp: int) -> Optional[PipelineParallelLayerLayout]:
+def _pipeline_layout(split: tuple[int, ...], pp: int) -> PipelineParallelLayerLayout | None:
     if len(split) == 1:
         return None
     # megatron reads a flat layout as virtual stages in layer order (stage s on rank s mod pp),
@@ -147,8 +165,11 @@ class Engine:
     def layers_by_position(self) -> dict[int, torch.nn.Module]:
         """This rank's transformer layers keyed by global position (0-based)."""
         first = offsets(self.split)
-        return {first[stage] + i: layer for stage, chunk in zip(self.local_stages(), self.chunks)
-                for i, layer in enumerate(chunk.decoder.layers)}
+        return {
+            first[stage] + i: layer
+            for stage, chunk in zip(self.local_stages(), self.chunks)
+            for i, layer in enumerate(chunk.decoder.layers)
+        }
 
     def local_layers(self) -> list[torch.nn.Module]:
         """This rank's transformer layers in layer order."""
@@ -168,35 +189,66 @@ def build_engine(spec: EngineSpec, depth: int, init_weights: bool = True) -> Eng
     split = spec.split_for(depth)
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     config = make_transformer_config(
-        spec.model, num_layers=depth, params_dtype=torch.bfloat16 if spec.bf16 else torch.float32,
-        bf16=spec.bf16, tensor_parallel=spec.tp, pipeline_parallel=spec.pp,
-        pipeline_layout=_pipeline_layout(split, spec.pp), use_kernels=spec.use_kernels, seed=spec.seed,
-        init_weights=init_weights, fp8=spec.fp8, fp8_emulate=spec.fp8_emulate, compile=spec.compile,
-        kernels=spec.kernels if spec.use_kernels else (), **spec.scale.transformer_options())
+        spec.model,
+        num_layers=depth,
+        params_dtype=torch.bfloat16 if spec.bf16 else torch.float32,
+        bf16=spec.bf16,
+        tensor_parallel=spec.tp,
+        pipeline_parallel=spec.pp,
+        pipeline_layout=_pipeline_layout(split, spec.pp),
+        use_kernels=spec.use_kernels,
+        seed=spec.seed,
+        init_weights=init_weights,
+        fp8=spec.fp8,
+        fp8_emulate=spec.fp8_emulate,
+        compile=spec.compile,
+        kernels=spec.kernels if spec.use_kernels else (),
+        **spec.scale.transformer_options(),
+    )
     sc = spec.scale
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, overlap_grad_reduce=sc.overlap_grad_reduce,
-        overlap_param_gather=sc.overlap_param_gather, align_param_gather=sc.align_param_gather,
-        bucket_size=sc.bucket_size, use_distributed_optimizer=True, average_in_collective=True)
+        grad_reduce_in_fp32=True,
+        overlap_grad_reduce=sc.overlap_grad_reduce,
+        overlap_param_gather=sc.overlap_param_gather,
+        align_param_gather=sc.align_param_gather,
+        bucket_size=sc.bucket_size,
+        use_distributed_optimizer=True,
+        average_in_collective=True,
+    )
     model = []
     for c in range(spec.vpp):
-        chunk = build_model_chunk(config, spec.model, spec.vocab_size, num_local_layers=split[c * spec.pp + pp_rank],
-                                  vp_stage=c if spec.vpp > 1 else None)
+        chunk = build_model_chunk(
+            config,
+            spec.model,
+            spec.vocab_size,
+            num_local_layers=split[c * spec.pp + pp_rank],
+            vp_stage=c if spec.vpp > 1 else None,
+        )
         if spec.device.is_gpu:
             chunk.cuda(torch.cuda.current_device())
         # As megatron's own training does: later chunks in one bucket each, so that their
         # grad reduction order cannot interleave with the first chunk's buckets.
-        model.append(DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk,
-                                             disable_bucketing=c > 0))
+        model.append(
+            DistributedDataParallel(config=config, ddp_config=ddp_config, module=chunk, disable_bucketing=c > 0)
+        )
     o = spec.optim
     opt_config = OptimizerConfig(
-        optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.beta1,
-        adam_beta2=o.beta2, adam_eps=o.eps, clip_grad=o.clip_grad, bf16=spec.bf16,
-        params_dtype=config.params_dtype, use_distributed_optimizer=True,
+        optimizer="adam",
+        lr=o.lr,
+        min_lr=o.min_lr,
+        weight_decay=o.weight_decay,
+        adam_beta1=o.beta1,
+        adam_beta2=o.beta2,
+        adam_eps=o.eps,
+        clip_grad=o.clip_grad,
+        bf16=spec.bf16,
+        params_dtype=config.params_dtype,
+        use_distributed_optimizer=True,
         # A constant scale of 1 changes no gradient bit but turns on megatron's own check: a step
         # whose gradients hold an inf/NaN on any rank is skipped (weights, main copies, AdamW
         # moments and step untouched) and reported by step() as not successful.
-        loss_scale=1.0)
+        loss_scale=1.0,
+    )
     optimizer = get_megatron_optimizer(opt_config, model)
     _fused_torch_adam(optimizer)
     _set_schedule_hooks(config, model, sc)
@@ -221,6 +273,7 @@ def _set_schedule_hooks(config: GrowTransformerConfig, model: list[DistributedDa
     """What megatron's schedules call on the DDP chunks (as Megatron-LM's training sets them):
     no_sync around all but the last micro-batch, the aligned grad reduce and param gather of a
     pipeline, and the end-of-step grad finalize (TP norm grads, tied embedding, DP reduce wait)."""
+
     def one_or_list(fns):
         return fns[0] if len(fns) == 1 else fns
 
@@ -302,9 +355,15 @@ def run_microbatches(engine: Engine, microbatches: list[dict], forward_only: boo
     # The interleaved schedule reads one iterator per chunk, each over every micro-batch.
     data = iter(batches) if len(engine.model) == 1 else [iter(batches) for _ in engine.model]
     out = get_forward_backward_func()(
-        forward_step_func=_forward_step, data_iterator=data,
-        model=engine.model, num_microbatches=len(microbatches), seq_length=seq, micro_batch_size=micro_batch_size,
-        decoder_seq_length=seq, forward_only=forward_only)
+        forward_step_func=_forward_step,
+        data_iterator=data,
+        model=engine.model,
+        num_microbatches=len(microbatches),
+        seq_length=seq,
+        micro_batch_size=micro_batch_size,
+        decoder_seq_length=seq,
+        forward_only=forward_only,
+    )
     # Sum of (loss, tokens) over micro-batches, known on the last stage only: sum over the
     # pipeline group (zeros elsewhere), then over data-parallel replicas.
     acc = torch.zeros(2, dtype=torch.float64, device=engine.spec.device.type)
@@ -322,8 +381,9 @@ def set_lr(engine: Engine, lr: float) -> None:
         group["lr"] = lr * group.get("lr_mult", 1.0)
 
 
-def train_step(engine: Engine, microbatches: list[dict], lr: float,
-               before_update: Optional[Callable[[Engine], None]] = None) -> dict:
+def train_step(
+    engine: Engine, microbatches: list[dict], lr: float, before_update: Callable[[Engine], None] | None = None
+) -> dict:
     """One optimizer step; returns loss, grad norm (None when skipped) and whether the update was
     applied. A step with a non-finite loss or non-finite gradients is skipped: the optimizer state
     is left exactly as it was. `before_update` runs between backward and the update (fault tests)."""
@@ -335,8 +395,12 @@ def train_step(engine: Engine, microbatches: list[dict], lr: float,
     if not math.isfinite(loss):
         return {"loss": loss, "grad_norm": None, "update_ok": False, "lr": lr}
     ok, grad_norm, _ = engine.optimizer.step()
-    return {"loss": loss, "grad_norm": float(grad_norm) if ok and grad_norm is not None else None,
-            "update_ok": bool(ok), "lr": lr}
+    return {
+        "loss": loss,
+        "grad_norm": float(grad_norm) if ok and grad_norm is not None else None,
+        "update_ok": bool(ok),
+        "lr": lr,
+    }
 
 
 def poison_gradients(engine: Engine) -> None:

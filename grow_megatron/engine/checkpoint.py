@@ -27,6 +27,7 @@ model sharded state dict, three more with the same sharding (fp32 main copy, exp
 exp_avg_sq). dist_checkpointing then reshards weights and optimizer state alike, so a
 checkpoint written at one TP x PP x DP layout resumes at another.
 """
+
 from __future__ import annotations
 
 import errno
@@ -37,7 +38,8 @@ import shutil
 import socket
 import threading
 import uuid
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -47,21 +49,33 @@ from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+from grow_megatron import __version__
 from grow_megatron.config.base import CheckpointError, ConfigError, RunEnvironmentError
 from grow_megatron.config.rundir import CHECKPOINTS, CONFIG
-
 from grow_megatron.engine.build import Engine
 from grow_megatron.engine.dcp_writer import DirectSaveStrategy
 from grow_megatron.engine.distributed import barrier, broadcast_from_rank0, gather_on_rank0, on_rank0, rank
 from grow_megatron.engine.dp_shards import param_pieces
 from grow_megatron.engine.faults import fault_point
-from grow_megatron import __version__
-from grow_megatron.engine.integrity import (MANIFEST, META, digest_files, fsync_dir, pruned_under_reader,
-                                             rank_shard_files, verifying, write_manifest)
+from grow_megatron.engine.integrity import (
+    MANIFEST,
+    META,
+    digest_files,
+    fsync_dir,
+    pruned_under_reader,
+    rank_shard_files,
+    verifying,
+    write_manifest,
+)
 from grow_megatron.engine.keys import MODEL, STATE_KEYS, state_key
+from grow_megatron.engine.optim_state import (
+    ensure_state_initialized,
+    local_range,
+    local_state,
+    optimizer_step_count,
+    set_step_count,
+)
 from grow_megatron.engine.staging import exchange_dirs as _exchange
-from grow_megatron.engine.optim_state import (ensure_state_initialized, local_range, local_state,
-                                              optimizer_step_count, set_step_count)
 
 if TYPE_CHECKING:
     from grow_megatron.engine.async_save import AsyncSaver
@@ -87,7 +101,7 @@ def _rank0() -> bool:
     return rank() == 0
 
 
-def _flatten(sd: dict, out: Optional[dict] = None, prefix: str = "") -> dict:
+def _flatten(sd: dict, out: dict | None = None, prefix: str = "") -> dict:
     out = {} if out is None else out
     for k, v in sd.items():
         if isinstance(v, dict):
@@ -132,7 +146,7 @@ def _sharded_state(engine: Engine, for_load: bool) -> tuple[dict, dict]:
                 if rng is None:
                     del parent[key]
                 else:
-                    parent[key] = param_pieces(sh, p, p.detach().view(-1)[rng[0]:rng[1]], rng[0])
+                    parent[key] = param_pieces(sh, p, p.detach().view(-1)[rng[0] : rng[1]], rng[0])
             if rng is None:
                 continue
             state = local_state(engine.optimizer, p)
@@ -150,11 +164,12 @@ def _sharded_state(engine: Engine, for_load: bool) -> tuple[dict, dict]:
 def list_checkpoints(ckpt_root: str) -> list[str]:
     if not os.path.isdir(ckpt_root):
         return []
-    return sorted(d for d in os.listdir(ckpt_root)
-                  if _STEP_DIR.fullmatch(d) and os.path.isfile(os.path.join(ckpt_root, d, META)))
+    return sorted(
+        d for d in os.listdir(ckpt_root) if _STEP_DIR.fullmatch(d) and os.path.isfile(os.path.join(ckpt_root, d, META))
+    )
 
 
-def _aside_copy(ckpt_root: str, name: str) -> Optional[str]:
+def _aside_copy(ckpt_root: str, name: str) -> str | None:
     """The complete old copy of step `name` left by a re-save killed between moving it aside
     and renaming the new one into place (rename fallback only)."""
     if not os.path.isdir(ckpt_root):
@@ -165,7 +180,7 @@ def _aside_copy(ckpt_root: str, name: str) -> Optional[str]:
     return None
 
 
-def latest_checkpoint(ckpt_root: str) -> Optional[str]:
+def latest_checkpoint(ckpt_root: str) -> str | None:
     """Path of the newest complete checkpoint, or None."""
     path = os.path.join(ckpt_root, LATEST)
     if os.path.isfile(path):
@@ -180,7 +195,7 @@ def latest_checkpoint(ckpt_root: str) -> Optional[str]:
     return os.path.join(ckpt_root, found[-1]) if found else None
 
 
-def unreadable_leftovers(ckpt_root: str) -> Optional[str]:
+def unreadable_leftovers(ckpt_root: str) -> str | None:
     """What shows that `ckpt_root` held checkpoints when none of them is complete and readable
     now (`latest` naming a step that is gone, step directories without meta.json), or None
     for a run that never wrote one. A resume must not start such a run over from step 0."""
@@ -197,7 +212,7 @@ def unreadable_leftovers(ckpt_root: str) -> Optional[str]:
     return "; ".join(signs) or None
 
 
-def _install(tmp: str, final: str, step: int, exchange: Callable[[str, str], bool]) -> Optional[str]:
+def _install(tmp: str, final: str, step: int, exchange: Callable[[str, str], bool]) -> str | None:
     """Put the complete `tmp` at `final`; returns the old copy to delete (or None). A complete
     `final` (or, in the fallback, its .old- copy that readers fall back to) exists throughout."""
     if not os.path.exists(final):
@@ -237,7 +252,7 @@ def _is_growth_checkpoint(ckpt_dir: str) -> bool:
         return False
 
 
-def _disk_full(err: BaseException) -> Optional[OSError]:
+def _disk_full(err: BaseException) -> OSError | None:
     """The ENOSPC OSError inside `err` (DCP wraps each rank's failure), or None."""
     seen = set()
     todo = [err]
@@ -254,9 +269,17 @@ def _disk_full(err: BaseException) -> Optional[OSError]:
     return None
 
 
-def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, growth: bool = False,
-                    keep_last: Optional[int] = None, exchange: Optional[Callable[[str, str], bool]] = None,
-                    saver: Optional["AsyncSaver"] = None) -> str:
+def save_checkpoint(
+    engine: Engine,
+    ckpt_root: str,
+    step: int,
+    meta: dict,
+    *,
+    growth: bool = False,
+    keep_last: int | None = None,
+    exchange: Callable[[str, str], bool] | None = None,
+    saver: AsyncSaver | None = None,
+) -> str:
     """Save the engine after `step` completed steps; returns the checkpoint directory.
 
     `growth` marks a checkpoint written right before a growth: pruning keeps those (the flag
@@ -274,9 +297,18 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
     # Taken now, not when an async save is sealed: the caller's meta (e.g. its growth list) and
     # the engine may change while the shards are written. A re-save keeps the growth mark of
     # the copy it replaces.
-    full_meta = json.loads(json.dumps({**meta, "step": step, "depth": engine.depth, "split": list(engine.split),
-                                       "written_by": WRITTEN_BY,
-                                       "growth_checkpoint": growth or (_rank0() and _is_growth_checkpoint(final))}))
+    full_meta = json.loads(
+        json.dumps(
+            {
+                **meta,
+                "step": step,
+                "depth": engine.depth,
+                "split": list(engine.split),
+                "written_by": WRITTEN_BY,
+                "growth_checkpoint": growth or (_rank0() and _is_growth_checkpoint(final)),
+            }
+        )
+    )
 
     def begin():
         os.makedirs(ckpt_root, exist_ok=True)
@@ -284,7 +316,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         fault_point("save.begin", step)
         os.makedirs(tmp)
 
-    def seal(mine: Optional[dict] = None):
+    def seal(mine: dict | None = None):
         # Every rank digests the shard files it wrote, at the same time (an async writer did it
         # already: `mine`); rank 0 adds the rest.
         if mine is None:
@@ -336,10 +368,14 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
         if _rank0():
             shutil.rmtree(tmp, ignore_errors=True)
         good = latest_checkpoint(ckpt_root)
-        raise RunEnvironmentError("checkpoint", tmp, f"ENOSPC (no space left on device) while saving step {step} "
-                                             f"({full.filename or 'a checkpoint file'}): free disk space or set "
-                                             f"run_dir on a larger disk; the partial save was removed and "
-                                             f"{good or 'no checkpoint'} stays the last good one") from err
+        raise RunEnvironmentError(
+            "checkpoint",
+            tmp,
+            f"ENOSPC (no space left on device) while saving step {step} "
+            f"({full.filename or 'a checkpoint file'}): free disk space or set "
+            f"run_dir on a larger disk; the partial save was removed and "
+            f"{good or 'no checkpoint'} stays the last good one",
+        ) from err
 
     try:
         on_rank0(begin)
@@ -350,8 +386,11 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
             # megatron's async writer (a forked process per save, see async_save.py); `finish`
             # runs on every rank once all writers are done, a failed writer raises everywhere
             # (through `failed`, at the step that finds it done).
-            saver.submit(dist_checkpointing.save(sd, tmp, sharded_strategy=strategy, async_sharded_save=True), finish,
-                         on_error=failed)
+            saver.submit(
+                dist_checkpointing.save(sd, tmp, sharded_strategy=strategy, async_sharded_save=True),
+                finish,
+                on_error=failed,
+            )
             return final
         dist_checkpointing.save(sd, tmp, sharded_strategy=strategy)
         barrier()
@@ -364,7 +403,7 @@ def save_checkpoint(engine: Engine, ckpt_root: str, step: int, meta: dict, *, gr
     return final
 
 
-def _prune(ckpt_root: str, saved: str, keep_last: Optional[int], background: bool = False) -> None:
+def _prune(ckpt_root: str, saved: str, keep_last: int | None, background: bool = False) -> None:
     """Keep the newest `keep_last` periodic checkpoints, every growth checkpoint (by the mark in
     its meta.json) and the one just saved. `background`: rename the others to `.tmp-` names at
     once (never read; the next save removes what is left) and delete them in a thread: an async
@@ -372,15 +411,17 @@ def _prune(ckpt_root: str, saved: str, keep_last: Optional[int], background: boo
     than everything else it does."""
     if keep_last is None:
         return
-    removable = [d for d in list_checkpoints(ckpt_root)
-                 if d != saved and not _is_growth_checkpoint(os.path.join(ckpt_root, d))]
-    doomed = [os.path.join(ckpt_root, d) for d in removable[:max(0, len(removable) - (keep_last - 1))]]
+    removable = [
+        d for d in list_checkpoints(ckpt_root) if d != saved and not _is_growth_checkpoint(os.path.join(ckpt_root, d))
+    ]
+    doomed = [os.path.join(ckpt_root, d) for d in removable[: max(0, len(removable) - (keep_last - 1))]]
     if background:
         trash = [f"{path}.tmp-pruned-{uuid.uuid4().hex[:8]}" for path in doomed]
         for path, aside in zip(doomed, trash):
             os.replace(path, aside)
-        threading.Thread(target=lambda: [shutil.rmtree(a, ignore_errors=True) for a in trash],
-                         name="prune-checkpoints", daemon=True).start()
+        threading.Thread(
+            target=lambda: [shutil.rmtree(a, ignore_errors=True) for a in trash], name="prune-checkpoints", daemon=True
+        ).start()
         return
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
@@ -412,7 +453,7 @@ class CheckpointGone(Exception):
 
 def _hold_owner_alive(name: str) -> bool:
     """Whether the reader that made hold `name` may still run (another host: assume so)."""
-    parts = name[len(HELD):].split("-")  # host, pid, id, step name
+    parts = name[len(HELD) :].split("-")  # host, pid, id, step name
     if len(parts) != 4 or parts[0] != socket.gethostname().replace("-", "_"):
         return True
     try:
@@ -431,7 +472,7 @@ def _drop_dead_holds(ckpt_root: str) -> None:
             shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
 
 
-def hold_checkpoint(ckpt_dir: str) -> Optional[str]:
+def hold_checkpoint(ckpt_dir: str) -> str | None:
     """A reader's own copy of a checkpoint's directory entries: hard links to its files in
     `<checkpoints>/.held-*`, so a trainer pruning (removing) the checkpoint meanwhile cannot
     pull the files away from the reader; it costs no copy and no space until the original is
@@ -469,7 +510,7 @@ def hold_checkpoint(ckpt_dir: str) -> Optional[str]:
     return held
 
 
-def release_checkpoint(held: Optional[str]) -> None:
+def release_checkpoint(held: str | None) -> None:
     """Drop a hold (hold_checkpoint); the original files stay as they are."""
     if held:
         shutil.rmtree(held, ignore_errors=True)
@@ -491,13 +532,21 @@ def unreadable_checkpoint(ckpt_dir: str, err: BaseException) -> CheckpointError:
     first = (str(err).strip().splitlines() or [""])[0][:200]
     why = f"{type(err).__name__}: {first}" if first else type(err).__name__
     if os.path.isfile(os.path.join(ckpt_dir, MANIFEST)) and os.path.isfile(os.path.join(ckpt_dir, META)):
-        return CheckpointError("checkpoint", ckpt_dir, f"cannot be read by this reader ({why}) although its files are "
-                                                   f"the ones written (its {MANIFEST} verifies): it does not fit what "
-                                                   f"is read (another model config or grow_megatron version?); read "
-                                                   f"it with the config it was trained with (its run's {CONFIG})")
-    return CheckpointError("checkpoint", ckpt_dir, f"cannot be read, its files are truncated or corrupted "
-                                               f"({why}): use an earlier {CHECKPOINTS}/step_* (training resumes "
-                                               "from the newest complete one once this one is moved away)")
+        return CheckpointError(
+            "checkpoint",
+            ckpt_dir,
+            f"cannot be read by this reader ({why}) although its files are "
+            f"the ones written (its {MANIFEST} verifies): it does not fit what "
+            f"is read (another model config or grow_megatron version?); read "
+            f"it with the config it was trained with (its run's {CONFIG})",
+        )
+    return CheckpointError(
+        "checkpoint",
+        ckpt_dir,
+        f"cannot be read, its files are truncated or corrupted "
+        f"({why}): use an earlier {CHECKPOINTS}/step_* (training resumes "
+        "from the newest complete one once this one is moved away)",
+    )
 
 
 def check_shapes(sd: dict, ckpt_dir: str) -> None:
@@ -516,13 +565,17 @@ def check_shapes(sd: dict, ckpt_dir: str) -> None:
     found = [m for m in gather_on_rank0(mismatch) if m is not None]
     mismatch = broadcast_from_rank0(found[0] if found else None)
     if mismatch is not None:
-        raise ConfigError("checkpoint", ckpt_dir, f"{mismatch[0]}, but this config's model needs shape {mismatch[1]}: "
-                                                  f"the checkpoint was trained with another model config (model.* "
-                                                  f"shape fields); nothing is damaged: use the config it was trained "
-                                                  f"with (its run's {CONFIG}), or another run_dir for this model")
+        raise ConfigError(
+            "checkpoint",
+            ckpt_dir,
+            f"{mismatch[0]}, but this config's model needs shape {mismatch[1]}: "
+            f"the checkpoint was trained with another model config (model.* "
+            f"shape fields); nothing is damaged: use the config it was trained "
+            f"with (its run's {CONFIG}), or another run_dir for this model",
+        )
 
 
-def _requested_shapes(obj, out: Optional[dict] = None) -> dict[str, tuple[int, ...]]:
+def _requested_shapes(obj, out: dict | None = None) -> dict[str, tuple[int, ...]]:
     """{key: global shape} of every ShardedTensor in a (nested) sharded state dict."""
     out = {} if out is None else out
     if isinstance(obj, dict):
@@ -543,11 +596,14 @@ def tensor_specs(ckpt_dir: str) -> dict[str, tuple[tuple[int, ...], torch.dtype]
         md = FileSystemReader(ckpt_dir).read_metadata()
     except Exception as err:  # noqa: BLE001 - any failure to parse a user's file is reported, not raised
         raise unreadable_checkpoint(ckpt_dir, err) from err
-    return {k: (tuple(v.size), v.properties.dtype) for k, v in md.state_dict_metadata.items()
-            if isinstance(v, TensorStorageMetadata)}
+    return {
+        k: (tuple(v.size), v.properties.dtype)
+        for k, v in md.state_dict_metadata.items()
+        if isinstance(v, TensorStorageMetadata)
+    }
 
 
-def read_global_tensors(ckpt_dir: str, specs: Optional[dict] = None, verify: bool = True) -> dict[str, torch.Tensor]:
+def read_global_tensors(ckpt_dir: str, specs: dict | None = None, verify: bool = True) -> dict[str, torch.Tensor]:
     """Whole global tensors by key (`specs` as tensor_specs gives them; default all), read in
     one process without a process group: DCP reassembles the shards of any layout. `verify`
     checks the files against the manifest first (readers that read key by key verify once)."""
@@ -571,18 +627,23 @@ def read_meta(ckpt_dir: str) -> dict:
     except (ValueError, UnicodeDecodeError) as err:  # a truncated or hand-edited meta.json
         raise unreadable_checkpoint(ckpt_dir, err) from err
     if not isinstance(meta, dict):
-        raise CheckpointError(path, type(meta).__name__, "must hold a JSON object: restore it or use an earlier "
-                                                     f"{CHECKPOINTS}/step_*")
+        raise CheckpointError(
+            path, type(meta).__name__, f"must hold a JSON object: restore it or use an earlier {CHECKPOINTS}/step_*"
+        )
     for key, (tp, required, what) in META_SCHEMA.items():
         if key not in meta and not required:
             continue
         if key not in meta:
-            raise CheckpointError(f"{path}: {key}", "<missing>", f"must be {what}: restore the file or use an earlier "
-                                                              f"{CHECKPOINTS}/step_*")
+            raise CheckpointError(
+                f"{path}: {key}",
+                "<missing>",
+                f"must be {what}: restore the file or use an earlier {CHECKPOINTS}/step_*",
+            )
         value = meta[key]
         if not isinstance(value, tp) or (tp is int and (isinstance(value, bool) or value < (key == "depth"))):
-            raise CheckpointError(f"{path}: {key}", value, f"must be {what}: restore the file or use an earlier "
-                                                       f"{CHECKPOINTS}/step_*")
+            raise CheckpointError(
+                f"{path}: {key}", value, f"must be {what}: restore the file or use an earlier {CHECKPOINTS}/step_*"
+            )
     return meta
 
 
@@ -630,4 +691,4 @@ def load_checkpoint(engine: Engine, ckpt_dir: str) -> dict:
 
 def _unflatten_model(model_sd: dict) -> dict:
     """Loaded MODEL-prefixed entries back to the module's state-dict names."""
-    return {k[len(MODEL):]: v for k, v in _flatten(model_sd).items() if torch.is_tensor(v)}
+    return {k[len(MODEL) :]: v for k, v in _flatten(model_sd).items() if torch.is_tensor(v)}

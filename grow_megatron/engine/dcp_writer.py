@@ -23,6 +23,7 @@ exceptions only reach `threading.excepthook` (a traceback on stderr, and a resul
 silently lacks their files); it collects them and raises the first, and names a full disk
 that torch reported as a short zip record ("unexpected pos") as the ENOSPC it is.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,9 +32,9 @@ import os
 import pickle
 import shutil
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from traceback import StackSummary
-from typing import Iterator, Optional
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -41,9 +42,11 @@ from megatron.core.dist_checkpointing.dict_utils import dict_list_map_inplace
 from megatron.core.dist_checkpointing.mapping import ShardedTensor
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncRequest
 from megatron.core.dist_checkpointing.strategies.base import AsyncSaveShardedStrategy
-from megatron.core.dist_checkpointing.strategies.torch import (MCoreSavePlanner,
-                                                               _replace_state_dict_keys_with_sharded_keys,
-                                                               mcore_to_pyt_state_dict)
+from megatron.core.dist_checkpointing.strategies.torch import (
+    MCoreSavePlanner,
+    _replace_state_dict_keys_with_sharded_keys,
+    mcore_to_pyt_state_dict,
+)
 from torch.distributed.checkpoint.api import CheckpointException
 
 from grow_megatron.engine.distributed import broadcast_from_rank0, gather_on_rank0, rank, scatter_from_rank0
@@ -82,7 +85,7 @@ def _writer_thread_failures() -> Iterator[list[BaseException]]:
         threading.excepthook = previous
 
 
-def _first_disk_full(errors: list[BaseException]) -> Optional[OSError]:
+def _first_disk_full(errors: list[BaseException]) -> OSError | None:
     for e in errors:
         while e is not None:
             if isinstance(e, OSError) and e.errno == errno.ENOSPC:
@@ -112,13 +115,15 @@ class _CheckedWriter(dcp.FileSystemWriter):
 
 
 def _to_pyt(sharded_state_dict):
-    sharded_state_dict, _, _ = _replace_state_dict_keys_with_sharded_keys(sharded_state_dict,
-                                                                          keep_only_main_replica=True)
+    sharded_state_dict, _, _ = _replace_state_dict_keys_with_sharded_keys(
+        sharded_state_dict, keep_only_main_replica=True
+    )
     return mcore_to_pyt_state_dict(sharded_state_dict, False)
 
 
 def _stage_on_host(sharded_state_dict) -> None:
     """Device tensors -> host copies (the forked writer cannot touch the GPU); host tensors stay."""
+
     def stage(x):
         if isinstance(x, ShardedTensor) and x.data is not None and x.data.device.type != "cpu":
             x.data = x.data.to("cpu")
@@ -153,8 +158,9 @@ def _digests(checkpoint_dir: str, results) -> dict[str, dict]:
     return {rel: file_entry(os.path.join(checkpoint_dir, rel), items) for rel, items in by_file.items()}
 
 
-def _write_in_child(writer: dcp.FileSystemWriter, plan, planner: MCoreSavePlanner, checkpoint_dir: str,
-                    rank: int, report_fd: int) -> None:
+def _write_in_child(
+    writer: dcp.FileSystemWriter, plan, planner: MCoreSavePlanner, checkpoint_dir: str, rank: int, report_fd: int
+) -> None:
     """The forked writer: write this rank's items, digest them, leave both in a result file
     (renamed into place, so a file present is a complete result). A failure is reported through
     `report_fd` (what it was, its errno and file) instead of as a traceback on stderr."""
@@ -173,14 +179,18 @@ def _write_in_child(writer: dcp.FileSystemWriter, plan, planner: MCoreSavePlanne
             os.fsync(f.fileno())
         os.replace(out + ".tmp", out)
     except BaseException as err:  # noqa: BLE001 (this process's last act: say why, then exit 1)
-        report = {"type": type(err).__name__, "message": str(err)[:_REPORT_LIMIT],
-                  "errno": getattr(err, "errno", None), "strerror": getattr(err, "strerror", None),
-                  "filename": getattr(err, "filename", None)}
+        report = {
+            "type": type(err).__name__,
+            "message": str(err)[:_REPORT_LIMIT],
+            "errno": getattr(err, "errno", None),
+            "strerror": getattr(err, "strerror", None),
+            "filename": getattr(err, "filename", None),
+        }
         os.write(report_fd, pickle.dumps(report))
         os._exit(1)
 
 
-def _read_report(read_fd: int) -> Optional[dict]:
+def _read_report(read_fd: int) -> dict | None:
     """What a failed child wrote to its pipe (it has exited: whatever it wrote is there)."""
     os.set_blocking(read_fd, False)
     data = b""
@@ -194,14 +204,17 @@ def _read_report(read_fd: int) -> Optional[dict]:
         return None
 
 
-def _writer_failure(r: int, report: Optional[dict]) -> BaseException:
+def _writer_failure(r: int, report: dict | None) -> BaseException:
     """The exception that stands for rank r's failed writer (an OSError where it had one, so
     that save_checkpoint recognises a full disk)."""
     if report is None:
         return RuntimeError(f"rank {r}'s checkpoint writer exited without writing its shards (killed?)")
     if report["errno"] is not None:
-        return OSError(report["errno"], report["strerror"] or report["message"],
-                       *([report["filename"]] if report["filename"] else []))
+        return OSError(
+            report["errno"],
+            report["strerror"] or report["message"],
+            *([report["filename"]] if report["filename"] else []),
+        )
     return RuntimeError(f"rank {r}'s checkpoint writer failed: {report['type']}: {report['message']}")
 
 
@@ -213,15 +226,17 @@ class DirectSaveStrategy(AsyncSaveShardedStrategy):
     def __init__(self, thread_count: int = 2):
         super().__init__("torch_dist", 1)
         self.thread_count = thread_count
-        self.digests: Optional[dict[str, dict]] = None
+        self.digests: dict[str, dict] | None = None
 
     @property
     def can_handle_sharded_objects(self):
         return True
 
     def _writer_and_planner(self, checkpoint_dir: str) -> tuple[dcp.FileSystemWriter, MCoreSavePlanner]:
-        return (_CheckedWriter(checkpoint_dir, thread_count=self.thread_count, sync_files=True),
-                MCoreSavePlanner(flatten_state_dict=False, can_run_decentralized_global_plan=False))
+        return (
+            _CheckedWriter(checkpoint_dir, thread_count=self.thread_count, sync_files=True),
+            MCoreSavePlanner(flatten_state_dict=False, can_run_decentralized_global_plan=False),
+        )
 
     def save(self, sharded_state_dict, checkpoint_dir) -> None:
         writer, planner = self._writer_and_planner(str(checkpoint_dir))
@@ -253,8 +268,10 @@ class DirectSaveStrategy(AsyncSaveShardedStrategy):
                     writer.finish(metadata=metadata, results=[m["results"] for m in gathered])
             failed = broadcast_from_rank0(failed)
             if failed:
-                raise CheckpointException("async checkpoint write", {
-                    r: (_writer_failure(r, report), StackSummary()) for r, report in failed.items()})
+                raise CheckpointException(
+                    "async checkpoint write",
+                    {r: (_writer_failure(r, report), StackSummary()) for r, report in failed.items()},
+                )
             self.digests = mine["digests"]
 
         return AsyncRequest(_write_in_child, (writer, plan, planner, checkpoint_dir, me, report_fd), [finalize])

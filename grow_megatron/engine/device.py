@@ -5,6 +5,7 @@ growth executor and the training loop ask it instead of torch.cuda.is_available(
 
 One GPU per process (torchrun's LOCAL_RANK) or the CPU; on the CPU the engine runs inside
 compat.cpu's context (engine.distributed.device_context)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ class Device:
     type: Literal["cuda", "cpu"]
 
     @classmethod
-    def local(cls) -> "Device":
+    def local(cls) -> Device:
         """The device this process has: its GPU when there is one."""
         return cls("cuda" if torch.cuda.is_available() else "cpu")
 

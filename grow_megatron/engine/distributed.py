@@ -1,4 +1,5 @@
 """Process-group setup: torchrun or a plain single process, GPU (nccl) or CPU (gloo)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -103,8 +104,10 @@ def peer_exit_message(err: BaseException) -> str | None:
         return None
     gone = _exited_local_ranks()
     who = f"rank {', '.join(map(str, gone))}" if gone else "another rank (on another node, or it could not be named)"
-    return (f"{who} exited; this rank ({os.environ.get('RANK', '?')}) stops; resume with the same command "
-            f"(the last complete checkpoint is what it resumes from; the exited rank's own output says why it stopped)")
+    return (
+        f"{who} exited; this rank ({os.environ.get('RANK', '?')}) stops; resume with the same command "
+        f"(the last complete checkpoint is what it resumes from; the exited rank's own output says why it stopped)"
+    )
 
 
 def init_distributed(tp: int, pp: int, seed: int, vpp: int = 1) -> Layout:
@@ -121,8 +124,10 @@ def init_distributed(tp: int, pp: int, seed: int, vpp: int = 1) -> Layout:
         dist.init_process_group(device.backend)
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
-            virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None)
+            tensor_model_parallel_size=tp,
+            pipeline_model_parallel_size=pp,
+            virtual_pipeline_model_parallel_size=vpp if vpp > 1 else None,
+        )
     world = dist.get_world_size()
     # On CPU the CUDA RNG tracker cannot be read; with dropout 0 the tracker is never used
     # for sampling, so the inference tracker (whose fork() is a no-op) is exact.
@@ -141,6 +146,7 @@ def shutdown_distributed() -> None:
 
 # Object collectives over the whole world, for the checkpoint code; in one process each is the
 # identity (no process group is needed to save or load single-process).
+
 
 def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0

@@ -15,10 +15,10 @@ The global tensors are the model's (same keys, shapes, offsets as megatron's mod
 dict), so checkpoints written whole per slice (the first format) and whole-tensor readers
 (offline growth, export) need nothing special.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
@@ -38,8 +38,9 @@ class RowSegment:
 
 
 def _segment(sh: ShardedTensor, row0: int) -> RowSegment:
-    return RowSegment(row0, sh.local_shape[0], sh.key, tuple(sh.global_shape), tuple(sh.global_offset),
-                      sh.prepend_axis_num)
+    return RowSegment(
+        row0, sh.local_shape[0], sh.key, tuple(sh.global_shape), tuple(sh.global_offset), sh.prepend_axis_num
+    )
 
 
 def row_segments(sh, param: torch.Tensor) -> list[RowSegment]:
@@ -54,8 +55,13 @@ def row_segments(sh, param: torch.Tensor) -> list[RowSegment]:
     # ShardedTensor it builds then says which local rows it takes.
     rows = torch.arange(param.shape[0]).view((-1,) + (1,) * (param.dim() - 1)).expand(param.shape)
     built = sh.build_fn(sh.key, rows, sh.replica_id, None)
-    built = list(built.values()) if isinstance(built, dict) else list(built) if isinstance(built, (list, tuple)) \
+    built = (
+        list(built.values())
+        if isinstance(built, dict)
+        else list(built)
+        if isinstance(built, (list, tuple))
         else [built]
+    )
     out = []
     for part in built:
         idx = part.data.reshape(part.data.shape[0], -1)[:, 0]
@@ -73,8 +79,9 @@ def dp_replica_id(replica_id):
     return 0
 
 
-def pieces(segments: list[RowSegment], flat: torch.Tensor, start: int, row_len: int, key: str,
-           replica_id) -> list[ShardedTensor]:
+def pieces(
+    segments: list[RowSegment], flat: torch.Tensor, start: int, row_len: int, key: str, replica_id
+) -> list[ShardedTensor]:
     """ShardedTensors covering the flat range [start, start + flat.numel()) of a parameter with
     rows of `row_len` elements; `flat` holds that range (views of it become the pieces' data).
     `key`: the checkpoint key (the segments' model key, or a state's key for it)."""
@@ -90,13 +97,14 @@ def pieces(segments: list[RowSegment], flat: torch.Tensor, start: int, row_len: 
             else:  # whole rows
                 n = (b - a) // row_len * row_len
                 rect = (n // row_len, row_len)
-            out.append(_piece(seg, flat[a - start:a - start + n], row - seg.row0, col, rect, key, replica_id))
+            out.append(_piece(seg, flat[a - start : a - start + n], row - seg.row0, col, rect, key, replica_id))
             a += n
     return out
 
 
-def _piece(seg: RowSegment, data: torch.Tensor, row: int, col: int, rect: tuple[int, int], key: str,
-           replica_id) -> ShardedTensor:
+def _piece(
+    seg: RowSegment, data: torch.Tensor, row: int, col: int, rect: tuple[int, int], key: str, replica_id
+) -> ShardedTensor:
     lead = (1,) * seg.axis  # the layer axis (and any other prepended axis) as explicit size-1 axes
     two_d = len(seg.global_shape) - seg.axis == 2
     local = lead + (rect if two_d else (rect[0] * rect[1],))
@@ -104,13 +112,22 @@ def _piece(seg: RowSegment, data: torch.Tensor, row: int, col: int, rect: tuple[
     offset[seg.axis] += row if two_d else row + col
     if two_d:
         offset[seg.axis + 1] += col
-    return ShardedTensor(key=key, data=data.view(local), dtype=data.dtype, local_shape=local,
-                         global_shape=seg.global_shape, global_offset=tuple(offset), axis_fragmentations=None,
-                         replica_id=replica_id, prepend_axis_num=0)
+    return ShardedTensor(
+        key=key,
+        data=data.view(local),
+        dtype=data.dtype,
+        local_shape=local,
+        global_shape=seg.global_shape,
+        global_offset=tuple(offset),
+        axis_fragmentations=None,
+        replica_id=replica_id,
+        prepend_axis_num=0,
+    )
 
 
-def param_pieces(sh, param: torch.Tensor, flat: torch.Tensor, start: int, key: Optional[str] = None
-                 ) -> list[ShardedTensor]:
+def param_pieces(
+    sh, param: torch.Tensor, flat: torch.Tensor, start: int, key: str | None = None
+) -> list[ShardedTensor]:
     """`pieces` for a model ShardedTensor/factory `sh` of `param`: rows of param.shape[1:]."""
     row_len = param[0].numel() if param.dim() == 2 else 1
     return pieces(row_segments(sh, param), flat, start, row_len, key or sh.key, dp_replica_id(sh.replica_id))

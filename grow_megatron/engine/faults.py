@@ -31,34 +31,34 @@ Two points have a fault their caller performs (fault_armed), on every rank:
 Reading the environment at every point keeps this free of module state; unarmed, a point
 costs one dict lookup.
 """
+
 from __future__ import annotations
 
 import errno
 import os
 import signal
-from typing import Optional
 
 ENV = "GROW_MEGATRON_FAULT"
 FAULT_EXIT_CODE = 86
 
 FAULT_POINTS = (
-    "save.begin",      # stale .tmp-* removed, nothing of this save written yet
-    "save.written",    # every rank's tensor files in step_N.tmp-*, no meta.json/manifest yet
-    "save.sealed",     # meta.json and manifest.json written and synced in the .tmp-* dir
-    "save.swapped",    # .tmp-* renamed to (or exchanged with) step_N; the old copy not yet removed
-    "save.aside",      # (rename fallback only) old step_N moved aside, new one not yet in place
-    "save.latest",     # new `latest` written to its temporary name, not yet renamed over `latest`
-    "save.done",       # `latest` names step_N; pruning of old checkpoints not yet done
-    "step.end",        # a training step (and its metrics line) finished; STEP is its number
-    "save.writer",     # inside the forked writer of an async save (checkpoint.async_save), before it writes
-    "grow.checkpoint", # `grow`: the grown checkpoint written in OUT's staging dir, no history or config.yaml yet
-    "grow.history",    # `grow`: the source run's metrics/events copied too, config.yaml not yet written
-    "grow.staged",     # `grow`: everything in the staging dir, not yet renamed to OUT
+    "save.begin",  # stale .tmp-* removed, nothing of this save written yet
+    "save.written",  # every rank's tensor files in step_N.tmp-*, no meta.json/manifest yet
+    "save.sealed",  # meta.json and manifest.json written and synced in the .tmp-* dir
+    "save.swapped",  # .tmp-* renamed to (or exchanged with) step_N; the old copy not yet removed
+    "save.aside",  # (rename fallback only) old step_N moved aside, new one not yet in place
+    "save.latest",  # new `latest` written to its temporary name, not yet renamed over `latest`
+    "save.done",  # `latest` names step_N; pruning of old checkpoints not yet done
+    "step.end",  # a training step (and its metrics line) finished; STEP is its number
+    "save.writer",  # inside the forked writer of an async save (checkpoint.async_save), before it writes
+    "grow.checkpoint",  # `grow`: the grown checkpoint written in OUT's staging dir, no history or config.yaml yet
+    "grow.history",  # `grow`: the source run's metrics/events copied too, config.yaml not yet written
+    "grow.staged",  # `grow`: everything in the staging dir, not yet renamed to OUT
     "export.weights",  # `convert to-hf`: model.safetensors in the staging dir, no config.json/tokenizer yet
-    "export.staged",   # `convert to-hf`: the whole export in the staging dir, not yet renamed to OUT_DIR
-    "step.grads",      # a training step's gradients, before the update (action nan)
-    "study.step",      # a study step's command ran, its marker not yet written (action stop); STEP: the
-                       # study step, PHASE[:VARIANT[:SEED]]
+    "export.staged",  # `convert to-hf`: the whole export in the staging dir, not yet renamed to OUT_DIR
+    "step.grads",  # a training step's gradients, before the update (action nan)
+    "study.step",  # a study step's command ran, its marker not yet written (action stop); STEP: the
+    # study step, PHASE[:VARIANT[:SEED]]
 )
 ACTIONS = ("exit", "kill", "raise", "enospc", "term", "term-group", "kill-parent", "kill-parent-wait")
 CALLER_ACTIONS = {"step.grads": "nan", "study.step": "stop"}
@@ -69,7 +69,7 @@ class InjectedFault(BaseException):
     """Raised by the `raise` action; a BaseException so that ordinary error handling skips it."""
 
 
-def _armed() -> Optional[tuple[str, Optional[str], str]]:
+def _armed() -> tuple[str, str | None, str] | None:
     """(point, step or None, action) of the armed fault. A study step holds colons, so the
     action is the part after the last one when that names an action."""
     spec = os.environ.get(ENV)
@@ -82,8 +82,10 @@ def _armed() -> Optional[tuple[str, Optional[str], str]]:
     action = action or CALLER_ACTIONS.get(point, "exit")
     allowed = (CALLER_ACTIONS[point],) if point in CALLER_ACTIONS else ACTIONS
     if point not in FAULT_POINTS or action not in allowed:
-        raise ValueError(f"{ENV}={spec!r}: point must be one of {FAULT_POINTS}, action one of {ACTIONS} "
-                         f"(step.grads: nan, study.step: stop)")
+        raise ValueError(
+            f"{ENV}={spec!r}: point must be one of {FAULT_POINTS}, action one of {ACTIONS} "
+            f"(step.grads: nan, study.step: stop)"
+        )
     return point, step or None, action
 
 
@@ -100,7 +102,7 @@ def fault_armed(name: str, step=None) -> bool:
     return _names(armed, name, step)
 
 
-def fault_point(name: str, step: Optional[int] = None) -> None:
+def fault_point(name: str, step: int | None = None) -> None:
     """Fire the armed fault if it names this point (and step); a no-op otherwise."""
     armed = _armed()
     if not _names(armed, name, step) or name in CALLER_ACTIONS:

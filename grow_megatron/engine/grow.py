@@ -20,22 +20,30 @@ ranges. Where the device cannot hold both engines (the last growth of a model th
 of the GPU), host staging first copies this rank's old weights and ranges to host memory and
 frees the old engine, so the device peak is the larger engine plus one layer.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
+from grow_megatron.engine.build import Engine, build_engine, destroy_engine
 from grow_megatron.engine.keys import OUTPUT_PROJECTIONS
+from grow_megatron.engine.optim_state import (
+    STATE_KEYS,
+    dp_span_tables,
+    ensure_state_initialized,
+    local_state,
+    optimizer_step_count,
+    own_state,
+    set_step_count,
+)
 from grow_megatron.growth.operators import Growth
 from grow_megatron.growth.ownership import exchange_sizes, ownership_plan
 from grow_megatron.growth.partition import transfer_plan
-from grow_megatron.engine.build import Engine, build_engine, destroy_engine
-from grow_megatron.engine.optim_state import (STATE_KEYS, dp_span_tables, ensure_state_initialized, local_state,
-                                                optimizer_step_count, own_state, set_step_count)
 
 
 def _layer_params(engine: Engine) -> dict[int, dict[str, torch.nn.Parameter]]:
@@ -47,8 +55,12 @@ def _other_params(engine: Engine) -> dict[str, torch.nn.Parameter]:
     """Parameters outside the transformer layers (embedding, final norm, output layer), keyed by
     chunk and name: the chunk structure of a rank is the same at every depth."""
     layer_ids = {id(p) for layer in engine.layers_by_position().values() for p in layer.parameters()}
-    return {f"{c}:{name}": p for c, chunk in enumerate(engine.chunks)
-            for name, p in chunk.named_parameters() if id(p) not in layer_ids}
+    return {
+        f"{c}:{name}": p
+        for c, chunk in enumerate(engine.chunks)
+        for name, p in chunk.named_parameters()
+        if id(p) not in layer_ids
+    }
 
 
 def _pp_peer(pp_rank: int) -> int:
@@ -64,7 +76,7 @@ class _Held:
     """The whole parameter (this TP x PP slice), replicated over DP."""
     spans: tuple
     """Every DP rank's range of the flattened parameter (None: owns none of it)."""
-    state: Optional[dict[str, torch.Tensor]]
+    state: dict[str, torch.Tensor] | None
     """{param (fp32 main copy), exp_avg, exp_avg_sq} over this rank's range, 1-d; None: no range."""
 
 
@@ -94,13 +106,21 @@ def _host_source(engine: Engine) -> _Source:
     tables = dp_span_tables(engine.model, engine.optimizer)
 
     def stage(named):
-        host = {n: _Held(h.weight.to("cpu", copy=True), h.spans,
-                         None if h.state is None else {k: v.to("cpu", copy=True) for k, v in h.state.items()})
-                for n, h in _held(engine, named, tables).items()}
+        host = {
+            n: _Held(
+                h.weight.to("cpu", copy=True),
+                h.spans,
+                None if h.state is None else {k: v.to("cpu", copy=True) for k, v in h.state.items()},
+            )
+            for n, h in _held(engine, named, tables).items()
+        }
         dev = {n: p.device for n, p in named.items()}
-        return lambda: {n: _Held(h.weight.to(dev[n]), h.spans,
-                                 None if h.state is None else {k: v.to(dev[n]) for k, v in h.state.items()})
-                        for n, h in host.items()}
+        return lambda: {
+            n: _Held(
+                h.weight.to(dev[n]), h.spans, None if h.state is None else {k: v.to(dev[n]) for k, v in h.state.items()}
+            )
+            for n, h in host.items()
+        }
 
     return ({pos: stage(params) for pos, params in _layer_params(engine).items()}, stage(_other_params(engine)))
 
@@ -187,8 +207,7 @@ def _fill(new: Engine, growth: Growth, old_split: tuple[int, ...], old_layers, o
         _place(new, dst, held, tables, zero)
 
 
-def _place(new: Engine, dst: dict[str, torch.nn.Parameter], held: dict[str, _Held], tables: dict,
-           zero) -> None:
+def _place(new: Engine, dst: dict[str, torch.nn.Parameter], held: dict[str, _Held], tables: dict, zero) -> None:
     """Set the parameters `dst` (name in layer -> new param) from `held` (the same names): the
     weights from this rank's copy, the state of this DP rank's new ranges from the ranks that
     held each piece (one all-to-all over the DP group, skipped by every rank alike when no
@@ -208,7 +227,7 @@ def _place(new: Engine, dst: dict[str, torch.nn.Parameter], held: dict[str, _Hel
         def source(piece):  # the piece of a held state, as [keys, size]
             h = held[names[piece.param]]
             a = piece.start - h.spans[me][0]
-            return torch.stack([h.state[k][a:a + piece.size] for k in STATE_KEYS])
+            return torch.stack([h.state[k][a : a + piece.size] for k in STATE_KEYS])
 
         received = {}
         if any(p.src != p.dst for p in plan):
@@ -217,12 +236,13 @@ def _place(new: Engine, dst: dict[str, torch.nn.Parameter], held: dict[str, _Hel
             dev = dst[names[0]].device
             send = torch.cat(outgoing) if outgoing else torch.empty(0, dtype=torch.float32, device=dev)
             recv = torch.empty(keys * sum(recv_sizes), dtype=torch.float32, device=dev)
-            dist.all_to_all_single(recv, send, [keys * n for n in recv_sizes], [keys * n for n in send_sizes],
-                                   group=group)
+            dist.all_to_all_single(
+                recv, send, [keys * n for n in recv_sizes], [keys * n for n in send_sizes], group=group
+            )
             pos = 0
             for p in plan:  # sorted by source rank: the order of the blocks in `recv`
                 if p.dst == me and p.src != me:
-                    received[p] = recv[pos:pos + keys * p.size].view(keys, p.size)
+                    received[p] = recv[pos : pos + keys * p.size].view(keys, p.size)
                     pos += keys * p.size
         for p in plan:
             if p.dst != me:
@@ -231,7 +251,7 @@ def _place(new: Engine, dst: dict[str, torch.nn.Parameter], held: dict[str, _Hel
             state = local_state(new.optimizer, dst[names[p.param]])
             a = p.start - tables[dst[names[p.param]]][me][0]
             for k, row in zip(STATE_KEYS, data):
-                state[k][a:a + p.size].copy_(row)
+                state[k][a : a + p.size].copy_(row)
         for n in names:
             state = local_state(new.optimizer, dst[n]) if n in zero else None
             if state is not None:
@@ -243,8 +263,9 @@ def _send(held: dict[str, _Held], peer: int) -> None:
     the weights and this rank's ranges of the state, in (name, state key) order."""
     names = sorted(held)
     dev = held[names[0]].weight.device
-    header = torch.tensor([[s if s is not None else (-1, -1) for s in held[n].spans] for n in names],
-                          dtype=torch.int64, device=dev)
+    header = torch.tensor(
+        [[s if s is not None else (-1, -1) for s in held[n].spans] for n in names], dtype=torch.int64, device=dev
+    )
     parts = [held[n].weight.reshape(-1).float() for n in names]
     parts += [held[n].state[k] for n in names if held[n].state is not None for k in STATE_KEYS]
     dist.send(header, peer)
@@ -259,8 +280,9 @@ def _recv(dst: dict[str, torch.nn.Parameter], peer: int) -> dict[str, _Held]:
     dist.recv(header, peer)
     spans = {n: tuple(None if a < 0 else (a, b) for a, b in row) for n, row in zip(names, header.tolist())}
     own = {n: 0 if spans[n][me] is None else spans[n][me][1] - spans[n][me][0] for n in names}
-    buf = torch.empty(sum(dst[n].numel() for n in names) + len(STATE_KEYS) * sum(own.values()),
-                      dtype=torch.float32, device=dev)
+    buf = torch.empty(
+        sum(dst[n].numel() for n in names) + len(STATE_KEYS) * sum(own.values()), dtype=torch.float32, device=dev
+    )
     dist.recv(buf, peer)
     weights = list(buf.split([dst[n].numel() for n in names] + [len(STATE_KEYS) * sum(own.values())]))
     states = weights.pop().split([len(STATE_KEYS) * own[n] for n in names if own[n]])

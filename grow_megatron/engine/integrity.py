@@ -16,6 +16,7 @@ version that always writes the manifest (`written_by`, or the `growth_checkpoint
 with manifests) and has none is damaged, and refused: loading it unverified is how a corrupted
 shard turns into NaN steps.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -23,10 +24,10 @@ import json
 import os
 import threading
 import warnings
-from typing import Callable, Optional
+from collections.abc import Callable
 
-from torch.distributed.checkpoint import FileSystemReader
 import xxhash
+from torch.distributed.checkpoint import FileSystemReader
 
 from grow_megatron.config.base import CheckpointError
 from grow_megatron.config.rundir import CHECKPOINTS
@@ -40,7 +41,7 @@ ALGORITHM = "xxh3_128"
 _CHUNK = 16 << 20  # large reads: the hash, not the syscalls, should be the cost
 
 
-def file_digest(path: str, offset: int = 0, length: Optional[int] = None) -> str:
+def file_digest(path: str, offset: int = 0, length: int | None = None) -> str:
     """Digest of `length` bytes of `path` from `offset` (default: to the end)."""
     h = xxhash.xxh3_128()
     buf = bytearray(_CHUNK)
@@ -67,7 +68,7 @@ def _stored_items(ckpt_dir: str) -> dict[str, list[tuple[int, int, str]]]:
     return by_file
 
 
-def file_entry(path: str, items: Optional[list[tuple[int, int, str]]] = None) -> dict:
+def file_entry(path: str, items: list[tuple[int, int, str]] | None = None) -> dict:
     """The manifest entry of one file: its size, plus a digest per stored item when `items`
     (offset, length, tensor key) tile the file exactly, else one digest of the whole file."""
     size = os.path.getsize(path)
@@ -114,12 +115,15 @@ def rank_shard_files(ckpt_dir: str, rank: int) -> list[str]:
 
 def digest_files(ckpt_dir: str, rels: list[str]) -> dict[str, dict]:
     """Manifest entries of `rels` (file_entry, the items of shard files from DCP's `.metadata`)."""
-    items = (_stored_items(ckpt_dir) if any(r.endswith(".distcp") for r in rels)
-             and os.path.isfile(os.path.join(ckpt_dir, ".metadata")) else {})
+    items = (
+        _stored_items(ckpt_dir)
+        if any(r.endswith(".distcp") for r in rels) and os.path.isfile(os.path.join(ckpt_dir, ".metadata"))
+        else {}
+    )
     return {rel: file_entry(os.path.join(ckpt_dir, rel), items.get(rel)) for rel in rels}
 
 
-def write_manifest(ckpt_dir: str, digested: Optional[dict[str, dict]] = None) -> None:
+def write_manifest(ckpt_dir: str, digested: dict[str, dict] | None = None) -> None:
     """Write `ckpt_dir`'s manifest.json (synced to disk). `digested`: entries already computed
     (each rank digests the shard files it wrote, in parallel: one process reading a whole
     multi-rank checkpoint would make every save as slow as reading it back); every other file
@@ -135,20 +139,28 @@ def write_manifest(ckpt_dir: str, digested: Optional[dict[str, dict]] = None) ->
 
 def pruned_under_reader(ckpt_dir: str) -> CheckpointError:
     """A checkpoint removed while it was read: a live trainer pruned it (checkpoint.keep_last)."""
-    return CheckpointError("checkpoint", ckpt_dir, "was removed while it was being read (a trainer running in this run "
-                                               "directory pruned it, checkpoint.keep_last): nothing is damaged; read "
-                                               "again (the run directory reads its newest checkpoint, held while it "
-                                               "is read), or read a growth checkpoint, which is never pruned")
+    return CheckpointError(
+        "checkpoint",
+        ckpt_dir,
+        "was removed while it was being read (a trainer running in this run "
+        "directory pruned it, checkpoint.keep_last): nothing is damaged; read "
+        "again (the run directory reads its newest checkpoint, held while it "
+        "is read), or read a growth checkpoint, which is never pruned",
+    )
 
 
 def _corrupt(path: str, why: str) -> CheckpointError:
     ckpt = os.path.dirname(path)
-    return CheckpointError("checkpoint file", path, f"{why}: corrupted or edited after the checkpoint was written; "
-                                                f"use an earlier {CHECKPOINTS}/step_* (training resumes from the newest "
-                                                f"complete one once {os.path.basename(ckpt)} is moved away)")
+    return CheckpointError(
+        "checkpoint file",
+        path,
+        f"{why}: corrupted or edited after the checkpoint was written; "
+        f"use an earlier {CHECKPOINTS}/step_* (training resumes from the newest "
+        f"complete one once {os.path.basename(ckpt)} is moved away)",
+    )
 
 
-def verify_checkpoint(ckpt_dir: str, keys: Optional[Callable[[str], bool]] = None) -> None:
+def verify_checkpoint(ckpt_dir: str, keys: Callable[[str], bool] | None = None) -> None:
     """Raise a one-line CheckpointError naming the first file whose size or digest differs from the
     manifest (or that is missing); warn once if the checkpoint predates manifests. `keys`: only
     the stored items of the tensors it accepts are checked in shard files (a reader of some
@@ -159,13 +171,19 @@ def verify_checkpoint(ckpt_dir: str, keys: Optional[Callable[[str], bool]] = Non
     if not os.path.isfile(path):
         writer = _manifest_era_writer(ckpt_dir)
         if writer is not None:
-            raise CheckpointError("checkpoint", ckpt_dir, f"has no {MANIFEST}, but its {META} says {writer} wrote it, "
-                                                      f"which always writes one: the checkpoint is damaged (files "
-                                                      f"lost or removed), so it cannot be verified; use an earlier "
-                                                      f"{CHECKPOINTS}/step_* (training resumes from the newest complete "
-                                                      f"one once {os.path.basename(ckpt_dir)} is moved away)")
-        warnings.warn(f"{ckpt_dir} has no {MANIFEST} (written by an older grow_megatron): its files are not "
-                      f"verified", stacklevel=2)
+            raise CheckpointError(
+                "checkpoint",
+                ckpt_dir,
+                f"has no {MANIFEST}, but its {META} says {writer} wrote it, "
+                f"which always writes one: the checkpoint is damaged (files "
+                f"lost or removed), so it cannot be verified; use an earlier "
+                f"{CHECKPOINTS}/step_* (training resumes from the newest complete "
+                f"one once {os.path.basename(ckpt_dir)} is moved away)",
+            )
+        warnings.warn(
+            f"{ckpt_dir} has no {MANIFEST} (written by an older grow_megatron): its files are not verified",
+            stacklevel=2,
+        )
         return
     try:
         with open(path) as f:
@@ -185,13 +203,16 @@ def verify_checkpoint(ckpt_dir: str, keys: Optional[Callable[[str], bool]] = Non
         if "items" in entry:
             for offset, length, key, digest in entry["items"]:
                 if (keys is None or keys(key)) and file_digest(full, offset, length) != digest:
-                    raise _corrupt(full, f"its bytes {offset}..{offset + length} ({key}) differ from what was "
-                                         f"written ({ALGORITHM} digest)")
+                    raise _corrupt(
+                        full,
+                        f"its bytes {offset}..{offset + length} ({key}) differ from what was "
+                        f"written ({ALGORITHM} digest)",
+                    )
         elif file_digest(full) != entry["digest"]:
             raise _corrupt(full, f"its content differs from what was written ({ALGORITHM} digest)")
 
 
-def _manifest_era_writer(ckpt_dir: str) -> Optional[str]:
+def _manifest_era_writer(ckpt_dir: str) -> str | None:
     """Who wrote `ckpt_dir`, if its meta.json shows a version that always writes a manifest
     (None for older checkpoints and for a meta.json that cannot be read: that is reported by
     its reader)."""
@@ -206,7 +227,7 @@ def _manifest_era_writer(ckpt_dir: str) -> Optional[str]:
 
 
 @contextlib.contextmanager
-def verifying(ckpt_dir: str, enabled: bool = True, keys: Optional[Callable[[str], bool]] = None):
+def verifying(ckpt_dir: str, enabled: bool = True, keys: Callable[[str], bool] | None = None):
     """Verify `ckpt_dir` in a thread while the body loads it; the verdict is raised on exit,
     before the caller uses what it loaded. If the body fails (a torn file trips the reader), a
     manifest mismatch is the error reported: it names the file."""

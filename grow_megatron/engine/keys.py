@@ -11,9 +11,8 @@ A decoder layer's parameters are stored stacked: `model.decoder.layers.<suffix>`
 leading layer axis of size depth (megatron's sharded keys), while the modules name them
 `decoder.layers.<i>.<suffix>`.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 MODEL = "model."
 """Prefix of every weight's key (megatron's sharded state dict, built with this prefix)."""
@@ -55,15 +54,15 @@ def model_key(name: str) -> str:
     return MODEL + name
 
 
-def parse_state_key(key: str) -> Optional[tuple[Optional[str], str]]:
+def parse_state_key(key: str) -> tuple[str | None, str] | None:
     """(optimizer state or None for the weight itself, model-space name) of a checkpoint key;
     None for a key that is neither a weight nor a weight's optimizer state."""
     if key.startswith(MODEL):
-        return None, key[len(MODEL):]
+        return None, key[len(MODEL) :]
     for state in STATE_KEYS:
         prefix = state_key(state, MODEL)
         if key.startswith(prefix):
-            return state, key[len(prefix):]
+            return state, key[len(prefix) :]
     return None
 
 
@@ -72,15 +71,15 @@ def layer_key(suffix: str) -> str:
     return LAYERS + suffix
 
 
-def layer_suffix(name: str) -> Optional[str]:
+def layer_suffix(name: str) -> str | None:
     """The layer suffix of a stacked model-space name (None for a non-layer name)."""
-    return name[len(LAYERS):] if name.startswith(LAYERS) else None
+    return name[len(LAYERS) :] if name.startswith(LAYERS) else None
 
 
-def stacked_name(param_name: str) -> tuple[str, Optional[int]]:
+def stacked_name(param_name: str) -> tuple[str, int | None]:
     """(model-space name in a checkpoint, layer index or None) of a module parameter name:
     `decoder.layers.<i>.<suffix>` is layer i of the stacked `decoder.layers.<suffix>`."""
     if not param_name.startswith(LAYERS):
         return param_name, None
-    i, suffix = param_name[len(LAYERS):].split(".", 1)
+    i, suffix = param_name[len(LAYERS) :].split(".", 1)
     return layer_key(suffix), int(i)

@@ -17,6 +17,7 @@ somewhere near" from "cannot possibly fit":
 * megatron's sample indices for train.steps x global_batch_size samples: 16 bytes per sample
   (sample index, 2 x int32, and shuffle index, int64), built in host memory.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,7 @@ def _fmt(n: float) -> str:
     return f"{n:.3g} PiB"
 
 
-def estimate(cfg, vocab: int, tp: int, pp: int, dp: int, bf16: bool,
-             sequence_parallel: bool = False) -> dict[str, int]:
+def estimate(cfg, vocab: int, tp: int, pp: int, dp: int, bf16: bool, sequence_parallel: bool = False) -> dict[str, int]:
     """Bytes per rank of {model state, activations} and host bytes of {data index}."""
     m, tc = cfg.model, cfg.train
     params = m.num_params(vocab) // (tp * pp)
@@ -54,35 +54,53 @@ def estimate(cfg, vocab: int, tp: int, pp: int, dp: int, bf16: bool,
 
 # What to change when a part is too big: (field, value getter, fix).
 _FIX = {
-    "model state": ("model.hidden_size", lambda cfg: cfg.model.hidden_size,
-                    "use a smaller model (model.hidden_size / num_layers / ffn_hidden_size) or split it over more "
-                    "ranks (parallel.tensor_parallel / pipeline_parallel)"),
-    "activations": ("model.seq_length", lambda cfg: cfg.model.seq_length,
-                    "lower model.seq_length or train.micro_batch_size, or split over more ranks"),
+    "model state": (
+        "model.hidden_size",
+        lambda cfg: cfg.model.hidden_size,
+        "use a smaller model (model.hidden_size / num_layers / ffn_hidden_size) or split it over more "
+        "ranks (parallel.tensor_parallel / pipeline_parallel)",
+    ),
+    "activations": (
+        "model.seq_length",
+        lambda cfg: cfg.model.seq_length,
+        "lower model.seq_length or train.micro_batch_size, or split over more ranks",
+    ),
     "data index": ("train.steps", lambda cfg: cfg.train.steps, "lower train.steps or train.global_batch_size"),
 }
 
 
-def check_fits(cfg, vocab: int, tp: int, pp: int, dp: int, bf16: bool, device: Device,
-               sequence_parallel: bool = False) -> dict[str, int]:
+def check_fits(
+    cfg, vocab: int, tp: int, pp: int, dp: int, bf16: bool, device: Device, sequence_parallel: bool = False
+) -> dict[str, int]:
     """Raise ConfigError, naming the estimate and the memory available, when the run cannot fit."""
     parts = estimate(cfg, vocab, tp, pp, dp, bf16, sequence_parallel)
     host_free = psutil.virtual_memory().available
     on_device = {k: parts[k] for k in ("model state", "activations")}
     if device.is_gpu:
-        checks = [(on_device, torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory, "GPU memory"),
-                  ({"data index": parts["data index"]}, host_free, "host memory")]
+        checks = [
+            (on_device, torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory, "GPU memory"),
+            ({"data index": parts["data index"]}, host_free, "host memory"),
+        ]
     else:
         # CPU ranks of one machine share its memory.
         local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
-        checks = [({**{k: v * local for k, v in on_device.items()}, "data index": parts["data index"]}, host_free,
-                   "host memory")]
+        checks = [
+            (
+                {**{k: v * local for k, v in on_device.items()}, "data index": parts["data index"]},
+                host_free,
+                "host memory",
+            )
+        ]
     for need, have, where in checks:
         total = sum(need.values())
         if total > have:
             worst = max(need, key=need.get)
             field, value, fix = _FIX[worst]
             detail = ", ".join(f"{k} {_fmt(v)}" for k, v in need.items())
-            raise ConfigError(field, value(cfg), f"the run needs about {_fmt(total)} of {where} ({detail}; a rough "
-                              f"estimate), but {_fmt(have)} is available: {fix}")
+            raise ConfigError(
+                field,
+                value(cfg),
+                f"the run needs about {_fmt(total)} of {where} ({detail}; a rough "
+                f"estimate), but {_fmt(have)} is available: {fix}",
+            )
     return parts

@@ -14,13 +14,14 @@ The grown tensors go into a single-process engine at the new depth and out throu
 save_checkpoint, so the result is exactly the format training writes and resumes from, at
 any layout. Memory: the whole checkpoint plus one engine, in one process (an offline tool).
 """
+
 from __future__ import annotations
 
 import time
 from dataclasses import replace
 
-from megatron.core.dist_checkpointing import load_common_state_dict
 import torch
+from megatron.core.dist_checkpointing import load_common_state_dict
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.rundir import GrowthEvent
@@ -61,16 +62,16 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
     Runs in one process inside `device_context()`."""
     meta = read_meta(src_dir)
     if meta["depth"] != growth.old_depth:
-        raise ConfigError("checkpoint", src_dir, f"holds depth {meta['depth']}, the growth starts from "
-                                                 f"{growth.old_depth}")
+        raise ConfigError(
+            "checkpoint", src_dir, f"holds depth {meta['depth']}, the growth starts from {growth.old_depth}"
+        )
     t0 = time.perf_counter()
     tensors = grow_tensors(read_global_tensors(src_dir), growth)
     embed = tensors[keys.model_key(keys.EMBED)]
     layout = init_distributed(1, 1, seed=0)
     if layout.world != 1:
         raise RuntimeError("offline growth runs in a single process (do not launch it with torchrun)")
-    spec = engine_spec(replace(model, num_layers=growth.new_depth), embed.shape[0],
-                       bf16=embed.dtype == torch.bfloat16)
+    spec = engine_spec(replace(model, num_layers=growth.new_depth), embed.shape[0], bf16=embed.dtype == torch.bfloat16)
     engine = build_engine(spec, growth.new_depth, init_weights=False)
     ensure_state_initialized(engine.optimizer)
     for name, p in engine.named_parameters():
@@ -84,8 +85,13 @@ def grow_checkpoint(src_dir: str, growth: Growth, model, out_root: str) -> str:
         scatter_param_state(engine.optimizer, p, state)
     step = int(load_common_state_dict(src_dir)["common"]["optimizer_step"])
     set_step_count(engine.optimizer, step)
-    event = GrowthEvent.of(meta["step"], growth, seconds=round(time.perf_counter() - t0, 4),
-                           pipeline_split=[growth.new_depth], offline=True)
+    event = GrowthEvent.of(
+        meta["step"],
+        growth,
+        seconds=round(time.perf_counter() - t0, 4),
+        pipeline_split=[growth.new_depth],
+        offline=True,
+    )
     # The grown run is another run (its config.yaml, written by `grow`, is its identity).
     new_meta = {k: v for k, v in meta.items() if k not in ("step", "depth", "split", "identity")}
     new_meta["growths"] = list(meta.get("growths", [])) + [event.to_dict()]

@@ -7,9 +7,8 @@ parameter (this rank's TP shard). `gather_param_state` assembles that from the D
 `scatter_param_state` writes it back into a (new) optimizer, each rank keeping its range.
 Growth moves only ranges (`dp_span_tables`: every DP rank's range of every parameter).
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import torch.distributed as dist
@@ -44,12 +43,12 @@ def _local_range(opt, param):
     return r.start, r.end
 
 
-def local_range(optimizer, param) -> Optional[tuple[int, int]]:
+def local_range(optimizer, param) -> tuple[int, int] | None:
     """This DP rank's [start, end) of the flattened `param` (its TP x PP slice), or None."""
     return _local_range(_owner(optimizer, param), param)
 
 
-def local_state(optimizer, param) -> Optional[dict[str, torch.Tensor]]:
+def local_state(optimizer, param) -> dict[str, torch.Tensor] | None:
     """This DP rank's flat range of the main copy and moments of `param`: the optimizer's own
     1-d tensors (writing into them sets the state), or None if another DP rank owns all of it."""
     opt = _owner(optimizer, param)
@@ -86,7 +85,7 @@ def gather_param_state(optimizer, param: torch.nn.Parameter) -> dict[str, torch.
         # Before the first step AdamW has no moments yet: they are zero by definition.
         for k in STATE_KEYS:
             if k in shard:
-                full[k][rng[0]:rng[1]] = shard[k].detach().float().view(-1)
+                full[k][rng[0] : rng[1]] = shard[k].detach().float().view(-1)
     if parallel_state.get_data_parallel_world_size() > 1:
         # Ranges of different DP ranks are disjoint, so a sum assembles the whole tensor.
         flat = torch.stack([full[k] for k in STATE_KEYS])
@@ -107,13 +106,15 @@ def dp_span_tables(model, optimizer) -> dict:
                 bucket = buf.buckets[bucket_id]
                 spans = dp_spans(start, end, bucket.offset, bucket.grad_data.numel(), dp)
                 if spans[me] != local_range(optimizer, p):
-                    raise RuntimeError(f"DP rank {me}: computed span {spans[me]} of a parameter of shape "
-                                       f"{tuple(p.shape)}, the optimizer holds {local_range(optimizer, p)}")
+                    raise RuntimeError(
+                        f"DP rank {me}: computed span {spans[me]} of a parameter of shape "
+                        f"{tuple(p.shape)}, the optimizer holds {local_range(optimizer, p)}"
+                    )
                 out[p] = spans
     return out
 
 
-def own_state(optimizer, param) -> Optional[dict[str, torch.Tensor]]:
+def own_state(optimizer, param) -> dict[str, torch.Tensor] | None:
     """local_state to read, with every key of STATE_KEYS (before the first step AdamW has no
     moments yet, which are zero by definition). Detached: with fp32 weights the main copy is a
     view of the parameter, and a copy that recorded autograd history would keep the
@@ -121,8 +122,10 @@ def own_state(optimizer, param) -> Optional[dict[str, torch.Tensor]]:
     state = local_state(optimizer, param)
     if state is None:
         return None
-    return {k: state[k].detach() if k in state else torch.zeros_like(state["param"], requires_grad=False)
-            for k in STATE_KEYS}
+    return {
+        k: state[k].detach() if k in state else torch.zeros_like(state["param"], requires_grad=False)
+        for k in STATE_KEYS
+    }
 
 
 def scatter_param_state(optimizer, param: torch.nn.Parameter, state: dict[str, torch.Tensor]) -> None:
@@ -135,7 +138,7 @@ def scatter_param_state(optimizer, param: torch.nn.Parameter, state: dict[str, t
             return
         shard = opt._get_main_param_and_optimizer_states(param)
         for k in STATE_KEYS:
-            shard[k].copy_(state[k].reshape(-1)[rng[0]:rng[1]].view_as(shard[k]))
+            shard[k].copy_(state[k].reshape(-1)[rng[0] : rng[1]].view_as(shard[k]))
 
 
 def set_step_count(optimizer, step: int) -> None:
@@ -153,8 +156,9 @@ def nonfinite_state(model_chunks, optimizer) -> list[str]:
     NaN on any rank; empty when everything is finite. Every rank gets the same answer, so all
     of them take the same decision about the save that follows."""
     kinds = ("weights", "main copies", "exp_avg", "exp_avg_sq")
-    bad = torch.zeros(len(kinds), dtype=torch.float32,
-                      device=next(p for m in model_chunks for p in m.parameters()).device)
+    bad = torch.zeros(
+        len(kinds), dtype=torch.float32, device=next(p for m in model_chunks for p in m.parameters()).device
+    )
     for m in model_chunks:
         for p in m.parameters():
             if not torch.isfinite(p).all():

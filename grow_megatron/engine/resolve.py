@@ -6,11 +6,12 @@ Training, the benchmark, offline growth and conversion all take their spec from 
 setting (`train.precision: auto`, `model.kernels: auto`, an unpadded vocabulary under TP) means
 the same in each of them, and every refusal of a config comes in one line before any work.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -46,9 +47,9 @@ class ResolvedRun:
     """The vocabulary the model is built with: model.vocab_size or the tokenizer's, padded so
     that every TP rank holds an equal slice."""
     spec: EngineSpec
-    tokenizer: Optional[Tokenizer]
+    tokenizer: Tokenizer | None
     """The run's tokenizer; None for a run on random tokens (the benchmark)."""
-    kernel_timings: Optional[dict] = None
+    kernel_timings: dict | None = None
     """model.kernels=auto on a GPU: {kernel: (kernel ms, reference ms)} that chose spec.kernels."""
 
     def describe(self) -> str:
@@ -62,26 +63,52 @@ class ResolvedRun:
         elif self.use_kernels and s.kernels is not None:
             kernels = f"on: {', '.join(s.kernels)}"
         extra = (", compiled per layer" if s.compile else "") + (
-            f", fp8 {s.fp8}{' (emulated)' if s.fp8_emulate else ''}" if s.fp8 != "off" else "")
-        return (f"{'bf16' if self.bf16 else 'fp32'}, kernels {kernels}, "
-                f"vocab {self.vocab}{extra}, {s.scale.describe()}")
+            f", fp8 {s.fp8}{' (emulated)' if s.fp8_emulate else ''}" if s.fp8 != "off" else ""
+        )
+        return f"{'bf16' if self.bf16 else 'fp32'}, kernels {kernels}, vocab {self.vocab}{extra}, {s.scale.describe()}"
 
 
-def engine_spec(model: ModelConfig, vocab_size: int, *, optim: Optional[OptimConfig] = None, bf16: bool = False,
-                use_kernels: bool = False, tp: int = 1, pp: int = 1, vpp: int = 1,
-                final_split: Optional[tuple[int, ...]] = None, seed: int = 0, compile: bool = False,
-                fp8: str = "off", fp8_emulate: bool = False,
-                kernels: Optional[tuple[str, ...]] = None, scale: Optional[ScaleOptions] = None,
-                device: Optional[Device] = None) -> EngineSpec:
+def engine_spec(
+    model: ModelConfig,
+    vocab_size: int,
+    *,
+    optim: OptimConfig | None = None,
+    bf16: bool = False,
+    use_kernels: bool = False,
+    tp: int = 1,
+    pp: int = 1,
+    vpp: int = 1,
+    final_split: tuple[int, ...] | None = None,
+    seed: int = 0,
+    compile: bool = False,
+    fp8: str = "off",
+    fp8_emulate: bool = False,
+    kernels: tuple[str, ...] | None = None,
+    scale: ScaleOptions | None = None,
+    device: Device | None = None,
+) -> EngineSpec:
     """The one constructor of EngineSpec. Without a run config (offline growth, conversion, the
     growth and checkpoint benchmarks) the defaults are a single-process fp32 engine on the
     reference path, eager, without FP8, overlap, sequence parallelism or recompute, on this
     process's device; `optim` matters only to an engine that steps (default: OptimConfig())."""
-    return EngineSpec(model, optim if optim is not None else OptimConfig(), vocab_size, bf16=bf16,
-                      use_kernels=use_kernels, tp=tp, pp=pp, vpp=vpp, final_split=final_split, seed=seed,
-                      compile=compile, fp8=fp8, fp8_emulate=fp8_emulate, kernels=kernels,
-                      scale=scale if scale is not None else ScaleOptions(),
-                      device=device if device is not None else Device.local())
+    return EngineSpec(
+        model,
+        optim if optim is not None else OptimConfig(),
+        vocab_size,
+        bf16=bf16,
+        use_kernels=use_kernels,
+        tp=tp,
+        pp=pp,
+        vpp=vpp,
+        final_split=final_split,
+        seed=seed,
+        compile=compile,
+        fp8=fp8,
+        fp8_emulate=fp8_emulate,
+        kernels=kernels,
+        scale=scale if scale is not None else ScaleOptions(),
+        device=device if device is not None else Device.local(),
+    )
 
 
 def planned_layout(cfg: RunConfig, world: int, rank: int = 0) -> Layout:
@@ -91,8 +118,9 @@ def planned_layout(cfg: RunConfig, world: int, rank: int = 0) -> Layout:
     return Layout(world, rank, tp, pp, world // (tp * pp))
 
 
-def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
-                device: Optional[str] = None) -> ResolvedRun:
+def resolve_run(
+    cfg: RunConfig, layout: Layout, *, random_tokens: bool = False, device: str | None = None
+) -> ResolvedRun:
     """Resolve `cfg` for `layout`, refusing an unrunnable config in one line (ConfigError).
 
     The checks run cheapest first, and the tokenizer (which may be trained, once, on the raw
@@ -120,11 +148,24 @@ def resolve_run(cfg: RunConfig, layout: Layout, *, random_tokens: bool = False,
         kernels = winners(timings)
         use_kernels = bool(kernels)
     par = cfg.parallel
-    spec = engine_spec(cfg.model, vocab, optim=cfg.optim, bf16=bf16, use_kernels=use_kernels, tp=layout.tp,
-                       pp=layout.pp, vpp=par.virtual_stages,
-                       final_split=tuple(par.pipeline_split) if par.pipeline_split else None, seed=cfg.train.seed,
-                       compile=cfg.model.compile, fp8=cfg.model.fp8, fp8_emulate=cfg.model.fp8_emulate,
-                       kernels=kernels, scale=scale, device=Device(device))
+    spec = engine_spec(
+        cfg.model,
+        vocab,
+        optim=cfg.optim,
+        bf16=bf16,
+        use_kernels=use_kernels,
+        tp=layout.tp,
+        pp=layout.pp,
+        vpp=par.virtual_stages,
+        final_split=tuple(par.pipeline_split) if par.pipeline_split else None,
+        seed=cfg.train.seed,
+        compile=cfg.model.compile,
+        fp8=cfg.model.fp8,
+        fp8_emulate=cfg.model.fp8_emulate,
+        kernels=kernels,
+        scale=scale,
+        device=Device(device),
+    )
     _check_recompute_groups(cfg, plan, spec)
     return ResolvedRun(cfg, layout, plan, bf16, use_kernels, vocab, spec, tokenizer, timings)
 
@@ -138,9 +179,16 @@ def _time_kernels(cfg: RunConfig, layout: Layout, vocab: int, bf16: bool) -> dic
     m, tp = cfg.model, layout.tp
     timings = None
     if rank() == 0:
-        shapes = Shapes(tokens=cfg.train.micro_batch_size * m.seq_length, hidden=m.hidden_size,
-                        ffn=m.ffn_hidden_size // tp, heads=m.num_attention_heads // tp,
-                        kv_heads=max(1, m.kv_heads // tp), head_dim=m.head_dim, vocab=vocab, seq=m.seq_length)
+        shapes = Shapes(
+            tokens=cfg.train.micro_batch_size * m.seq_length,
+            hidden=m.hidden_size,
+            ffn=m.ffn_hidden_size // tp,
+            heads=m.num_attention_heads // tp,
+            kv_heads=max(1, m.kv_heads // tp),
+            head_dim=m.head_dim,
+            vocab=vocab,
+            seq=m.seq_length,
+        )
         timings = time_kernels(shapes, torch.bfloat16 if bf16 else torch.float32, "cuda")
     return broadcast_from_rank0(timings)
 
@@ -148,10 +196,16 @@ def _time_kernels(cfg: RunConfig, layout: Layout, vocab: int, bf16: bool) -> dic
 def scale_options(cfg: RunConfig, device: str) -> ScaleOptions:
     """parallel.* overlap and sequence parallelism (auto decided for `device`) and train.recompute."""
     par, tc = cfg.parallel, cfg.train
-    return ScaleOptions(**par.resolved_scale(device, cfg.model.seq_length), bucket_size=par.bucket_size,
-                        align_grad_reduce=par.align_grad_reduce, align_param_gather=par.align_param_gather,
-                        recompute=tc.recompute, recompute_method=tc.recompute_method,
-                        recompute_num_layers=tc.recompute_num_layers, recompute_modules=tuple(tc.recompute_modules))
+    return ScaleOptions(
+        **par.resolved_scale(device, cfg.model.seq_length),
+        bucket_size=par.bucket_size,
+        align_grad_reduce=par.align_grad_reduce,
+        align_param_gather=par.align_param_gather,
+        recompute=tc.recompute,
+        recompute_method=tc.recompute_method,
+        recompute_num_layers=tc.recompute_num_layers,
+        recompute_modules=tuple(tc.recompute_modules),
+    )
 
 
 def _check_recompute_groups(cfg: RunConfig, plan: GrowthPlan, spec: EngineSpec) -> None:
@@ -164,9 +218,12 @@ def _check_recompute_groups(cfg: RunConfig, plan: GrowthPlan, spec: EngineSpec) 
     for depth in sorted({plan.initial_depth, *(g.new_depth for g in plan.growths)}):
         split = spec.split_for(depth)
         if any(n % tc.recompute_num_layers for n in split):
-            raise ConfigError("train.recompute_num_layers", tc.recompute_num_layers,
-                              f"must divide the layers of every pipeline stage, but depth {depth} splits into "
-                              f"{list(split)}: use a divisor of them, 1, or train.recompute_method=block")
+            raise ConfigError(
+                "train.recompute_num_layers",
+                tc.recompute_num_layers,
+                f"must divide the layers of every pipeline stage, but depth {depth} splits into "
+                f"{list(split)}: use a divisor of them, 1, or train.recompute_method=block",
+            )
 
 
 def _use_kernels(setting: str, device: str) -> bool:
@@ -177,9 +234,12 @@ def _use_kernels(setting: str, device: str) -> bool:
     from grow_megatron.kernels import triton_available
 
     if not triton_available(device):
-        raise ConfigError("model.kernels", setting,
-                          "the Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1 to run them, slowly, in "
-                          "Triton's interpreter on CPU); use model.kernels=auto or off")
+        raise ConfigError(
+            "model.kernels",
+            setting,
+            "the Triton kernels need a CUDA GPU (or TRITON_INTERPRET=1 to run them, slowly, in "
+            "Triton's interpreter on CPU); use model.kernels=auto or off",
+        )
     return True
 
 
@@ -189,36 +249,50 @@ def _check_fp8(cfg: RunConfig, layout: Layout, device: str) -> None:
     if fp8 == "off":
         return
     if layout.tp > 1:
-        raise ConfigError("model.fp8", fp8, f"runs with parallel.tensor_parallel 1 only (this run has {layout.tp}): "
-                                            "set model.fp8=off or tensor_parallel=1")
+        raise ConfigError(
+            "model.fp8",
+            fp8,
+            f"runs with parallel.tensor_parallel 1 only (this run has {layout.tp}): "
+            "set model.fp8=off or tensor_parallel=1",
+        )
     if cfg.model.fp8_emulate:
         return
     if device != "cuda" or not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)):
-        raise ConfigError("model.fp8", fp8, "needs a GPU with FP8 matmuls (compute capability >= 8.9, e.g. H100), "
-                                            "and this process has none: set model.fp8=off (or model.fp8_emulate=true "
-                                            "to run the FP8 casts with emulated matmuls, for tests)")
+        raise ConfigError(
+            "model.fp8",
+            fp8,
+            "needs a GPU with FP8 matmuls (compute capability >= 8.9, e.g. H100), "
+            "and this process has none: set model.fp8=off (or model.fp8_emulate=true "
+            "to run the FP8 casts with emulated matmuls, for tests)",
+        )
     try:
         import torchao.float8  # noqa: F401
     except ImportError as err:
         raise ConfigError("model.fp8", fp8, f"needs torchao (pip install torchao): {err}") from None
 
 
-def _vocab_size(model: ModelConfig, tokenizer: Optional[Tokenizer]) -> int:
+def _vocab_size(model: ModelConfig, tokenizer: Tokenizer | None) -> int:
     """model.vocab_size, or the tokenizer's; never smaller than the tokenizer's."""
     if tokenizer is None:
         if model.vocab_size is None:
-            raise ConfigError("model.vocab_size", None, "is empty, and a run on random tokens has no tokenizer to "
-                                                        "take the vocabulary from: set it")
+            raise ConfigError(
+                "model.vocab_size",
+                None,
+                "is empty, and a run on random tokens has no tokenizer to take the vocabulary from: set it",
+            )
         return model.vocab_size
     if model.vocab_size is not None and model.vocab_size < tokenizer.vocab_size:
-        raise ConfigError("model.vocab_size", model.vocab_size,
-                          f"is smaller than the tokenizer's vocabulary ({tokenizer.vocab_size}, {tokenizer.source}), so "
-                          f"its token ids would index past the embedding: leave it empty to take the tokenizer's, or "
-                          f"set it >= {tokenizer.vocab_size}")
+        raise ConfigError(
+            "model.vocab_size",
+            model.vocab_size,
+            f"is smaller than the tokenizer's vocabulary ({tokenizer.vocab_size}, {tokenizer.source}), so "
+            f"its token ids would index past the embedding: leave it empty to take the tokenizer's, or "
+            f"set it >= {tokenizer.vocab_size}",
+        )
     return model.vocab_size or tokenizer.vocab_size
 
 
-def run_vocab(cfg: RunConfig, ckpt_root: Optional[str] = None) -> tuple[int, str]:
+def run_vocab(cfg: RunConfig, ckpt_root: str | None = None) -> tuple[int, str]:
     """(vocabulary size the trainer builds, where it comes from) for a RunConfig; `ckpt_root`: a
     trained run's checkpoints, whose latest gives the exact figure."""
     if ckpt_root:
@@ -246,14 +320,23 @@ def run_flops_inputs(path: str) -> dict[str, Any]:
     m = cfg.model
     vocab, source = run_vocab(cfg, run.checkpoints if run else None)
     out: dict[str, Any] = {
-        "num_layers": m.num_layers, "hidden_size": m.hidden_size, "ffn_hidden_size": m.ffn_hidden_size,
-        "num_attention_heads": m.num_attention_heads, "num_query_groups": m.kv_heads, "seq_length": m.seq_length,
-        "steps": cfg.train.steps, "global_batch": cfg.train.global_batch_size,
-        "vocab_size": vocab, "vocab_source": source,
+        "num_layers": m.num_layers,
+        "hidden_size": m.hidden_size,
+        "ffn_hidden_size": m.ffn_hidden_size,
+        "num_attention_heads": m.num_attention_heads,
+        "num_query_groups": m.kv_heads,
+        "seq_length": m.seq_length,
+        "steps": cfg.train.steps,
+        "global_batch": cfg.train.global_batch_size,
+        "vocab_size": vocab,
+        "vocab_source": source,
     }
     if m.loop is not None and m.loop.repeats > 1:
-        out["loop"] = {**m.loop.spec.to_dict(), "from_step": m.loop.from_step,
-                       "unrolled_depth": m.loop.spec.unrolled_depth(m.num_layers)}
+        out["loop"] = {
+            **m.loop.spec.to_dict(),
+            "from_step": m.loop.from_step,
+            "unrolled_depth": m.loop.spec.unrolled_depth(m.num_layers),
+        }
     if cfg.growth.enabled:
         # The same PROP-alpha stage lengths the trainer's plan has (the operator does not change FLOPs).
         out.update(block_size=cfg.growth.block_size, grow_steps=cfg.grow_steps, alpha=cfg.growth.alpha)

@@ -8,6 +8,7 @@ complete. A staging directory left by a killed run is found by the next run into
 directories in one renameat2(RENAME_EXCHANGE) where the OS offers it (checkpoint.py re-saves a
 step the same way), so a complete OUT exists at every instant.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,7 +18,7 @@ import os
 import shutil
 import sys
 import uuid
-from typing import Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
 
 STAGING = ".incomplete-"
 
@@ -66,8 +67,7 @@ def remove_leftovers(out: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def staged_dir(out: str, replace: bool = False,
-               before_publish: Optional[Callable[[], None]] = None) -> Iterator[str]:
+def staged_dir(out: str, replace: bool = False, before_publish: Callable[[], None] | None = None) -> Iterator[str]:
     """Yield a new, empty staging directory beside OUT; when the block completes, it becomes OUT
     by one rename. OUT must not exist or be an empty directory, unless `replace` (then the old
     OUT is swapped out and removed). An error in the block removes the staging directory; a

@@ -11,11 +11,12 @@ The YAML reproduces `grow_megatron.eval.scoring` exactly: the 5 shots are alread
 each prompt (num_fewshot 0), each choice carries its leading space (target_delimiter ""),
 and lm-eval's `acc` is the same summed log-likelihood argmax. See docs/eval.md.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import yaml
 
@@ -58,13 +59,21 @@ def group_config(tasks: Sequence[str]) -> dict:
 
 
 def example_to_doc(ex: MCExample, seed: int, index: int) -> dict:
-    return {"prompt": ex.prompt, "choices": list(ex.choices), "answer": ex.answer, "task": ex.task,
-            "seed": seed, "index": index, "template_version": primitives.TEMPLATE_VERSION}
+    return {
+        "prompt": ex.prompt,
+        "choices": list(ex.choices),
+        "answer": ex.answer,
+        "task": ex.task,
+        "seed": seed,
+        "index": index,
+        "template_version": primitives.TEMPLATE_VERSION,
+    }
 
 
 def doc_to_example(doc: dict) -> MCExample:
-    return MCExample(prompt=doc["prompt"], choices=tuple(doc["choices"]), answer=int(doc["answer"]),
-                     task=doc.get("task", ""))
+    return MCExample(
+        prompt=doc["prompt"], choices=tuple(doc["choices"]), answer=int(doc["answer"]), task=doc.get("task", "")
+    )
 
 
 def write_jsonl(path: str | Path, examples: Sequence[MCExample], seed: int = 0) -> Path:
@@ -80,8 +89,9 @@ def read_jsonl(path: str | Path) -> list[MCExample]:
         return [doc_to_example(json.loads(line)) for line in fh if line.strip()]
 
 
-def export_tasks(out_dir: str | Path, tasks: Sequence[str], n: int, seed: int = 0,
-                 config: primitives.PrimitivesConfig | None = None) -> list[Path]:
+def export_tasks(
+    out_dir: str | Path, tasks: Sequence[str], n: int, seed: int = 0, config: primitives.PrimitivesConfig | None = None
+) -> list[Path]:
     """Write jsonl data + lm-eval YAML for each task and the group YAML; returns the paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,12 +112,21 @@ LM_EVAL_INSTALL = "pip install 'lm-eval[hf]'"
 """What runs the printed command: lm-evaluation-harness with its Hugging Face model backend."""
 
 
-def lm_eval_command(model_dir: str, include_path: str | Path, tasks: str = GROUP, batch_size: int = 16,
-                    dtype: str = "float32", device: str = "cpu", add_bos: bool = False) -> str:
+def lm_eval_command(
+    model_dir: str,
+    include_path: str | Path,
+    tasks: str = GROUP,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    device: str = "cpu",
+    add_bos: bool = False,
+) -> str:
     """The shell command that evaluates an exported HF model (`convert to-hf`'s output, not a
     native checkpoint) on the exported tasks, offline, on `device`, scoring what `grow-megatron
     eval` scores: `add_bos_token` is passed explicitly, because lm-eval's default (None) lets the
     tokenizer decide, and a tokenizer whose post-processor prepends BOS (Llama's) would get one."""
-    return (f"HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 lm_eval --model hf "
-            f"--model_args pretrained={model_dir},dtype={dtype},add_bos_token={add_bos} "
-            f"--include_path {include_path} --tasks {tasks} --device {device} --batch_size {batch_size}")
+    return (
+        f"HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 lm_eval --model hf "
+        f"--model_args pretrained={model_dir},dtype={dtype},add_bos_token={add_bos} "
+        f"--include_path {include_path} --tasks {tasks} --device {device} --batch_size {batch_size}"
+    )

@@ -10,6 +10,7 @@ at their positions in the final model (read from the growth history that native 
 and our HF exports carry; a block that a later growth cut in two is skipped); for a model
 with no history, the b layers around the middle (LIDAS's rule).
 """
+
 from __future__ import annotations
 
 import json
@@ -17,18 +18,17 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
-from matplotlib.figure import Figure
 import numpy as np
+from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.loop import LoopSpec
 from grow_megatron.config.rundir import growth_events
 from grow_megatron.convert.looping import loop_hf_model
-from grow_megatron.eval import primitives
-from grow_megatron.eval import scoring
+from grow_megatron.eval import primitives, scoring
 from grow_megatron.eval.evaluate import heldout_batches
 from grow_megatron.growth.operators import lidas
 
@@ -45,12 +45,12 @@ class SweepConfig:
     n: int = 100
     seed: int = 0
     heldout: list[str] = field(default_factory=list)
-    seq_length: Optional[int] = None
-    max_chunks: Optional[int] = None
+    seq_length: int | None = None
+    max_chunks: int | None = None
     batch_size: int = 16
 
 
-def history_blocks(history: Optional[dict]) -> list[tuple[int, int]]:
+def history_blocks(history: dict | None) -> list[tuple[int, int]]:
     """Blocks [start, end) of the final model that each recorded growth copied or inserted."""
     growths = growth_events((history or {}).get("growths"))
     out: list[tuple[int, int]] = []
@@ -60,7 +60,7 @@ def history_blocks(history: Optional[dict]) -> list[tuple[int, int]]:
         copied = [g.source_map[p] for p in new]  # old positions of the copied layers
         in_grown = [i if i < insert_at else i + b for i in copied]  # where they sit after g
         for block in (in_grown, new):
-            for later in growths[k + 1:]:
+            for later in growths[k + 1 :]:
                 lb, at = len(later.new_positions), later.new_positions[0]
                 block = [p if p < at else p + lb for p in block]
             if block == list(range(block[0], block[0] + b)) and (block[0], block[0] + b) not in out:
@@ -68,7 +68,7 @@ def history_blocks(history: Optional[dict]) -> list[tuple[int, int]]:
     return sorted(out)
 
 
-def default_blocks(depth: int, history: Optional[dict], block_size: Optional[int] = None) -> list[tuple[int, int]]:
+def default_blocks(depth: int, history: dict | None, block_size: int | None = None) -> list[tuple[int, int]]:
     blocks = history_blocks(history)
     if block_size is not None:
         blocks = [bl for bl in blocks if bl[1] - bl[0] == block_size]
@@ -134,15 +134,25 @@ def sweep(model, tokenizer, cfg: SweepConfig, device: str = "cpu", progress: boo
         spec = LoopSpec(s, e, r)
         with loop_hf_model(model, spec):
             scores = _score(model, tokenizer, cfg, examples, heldout, device)
-        rows.append({"block": [s, e], "repeats": r, "loop": str(spec), "unrolled_depth": spec.unrolled_depth(depth),
-                     **scores})
+        rows.append(
+            {"block": [s, e], "repeats": r, "loop": str(spec), "unrolled_depth": spec.unrolled_depth(depth), **scores}
+        )
         if bar:
             bar.update(1)
     if bar:
         bar.close()
-    return {"depth": depth, "blocks": [list(b) for b in cfg.blocks], "repeats": cfg.repeats, "tasks": cfg.tasks,
-            "n": cfg.n, "seed": cfg.seed, "heldout": cfg.heldout, "seq_length": seq, "rows": rows,
-            "seconds": time.perf_counter() - t0}
+    return {
+        "depth": depth,
+        "blocks": [list(b) for b in cfg.blocks],
+        "repeats": cfg.repeats,
+        "tasks": cfg.tasks,
+        "n": cfg.n,
+        "seed": cfg.seed,
+        "heldout": cfg.heldout,
+        "seq_length": seq,
+        "rows": rows,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def table(result: dict) -> str:
@@ -165,9 +175,14 @@ def heatmap(result: dict, path: str, title: str = "") -> str:
     blocks, reps = result["blocks"], result["repeats"]
     plain = result["rows"][0]
     by = {(tuple(r["block"]), r["repeats"]): r for r in result["rows"][1:]}
-    panels = [(k, lbl, cmap) for k, lbl, cmap in (("accuracy", "mean primitive accuracy (%)", "viridis"),
-                                                  ("mean_nll", "held-out NLL (nats/token)", "magma_r"))
-              if k in plain]
+    panels = [
+        (k, lbl, cmap)
+        for k, lbl, cmap in (
+            ("accuracy", "mean primitive accuracy (%)", "viridis"),
+            ("mean_nll", "held-out NLL (nats/token)", "magma_r"),
+        )
+        if k in plain
+    ]
     fig = Figure(figsize=(4.2 * len(panels) + 0.6, 0.55 * len(blocks) + 1.8))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, (key, label, cmap) in zip(axes, panels):
@@ -178,8 +193,15 @@ def heatmap(result: dict, path: str, title: str = "") -> str:
         for i in range(grid.shape[0]):
             for j in range(grid.shape[1]):
                 r, g, b_, _ = im.cmap(im.norm(grid[i, j]))
-                ax.text(j, i, fmt.format(grid[i, j]), ha="center", va="center", fontsize=8,
-                        color="black" if 0.299 * r + 0.587 * g + 0.114 * b_ > 0.5 else "white")
+                ax.text(
+                    j,
+                    i,
+                    fmt.format(grid[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="black" if 0.299 * r + 0.587 * g + 0.114 * b_ > 0.5 else "white",
+                )
         ax.set_xticks(range(len(reps)), [str(r) for r in reps])
         ax.set_yticks(range(len(blocks)), [f"{b[0]}:{b[1]}" for b in blocks])
         ax.set_xlabel("repeats R (1 = plain model)")
@@ -202,6 +224,11 @@ def write_sweep(result: dict, out_dir: str, model: str) -> tuple[str, list[str]]
         json.dump(result, f, indent=1)
     with open(paths[1], "w") as f:
         f.write(md + "\n")
-    paths.append(heatmap(result, os.path.join(out_dir, "loop_sweep.png"),
-                         title=f"{os.path.basename(os.path.normpath(model))}: looping a block at inference"))
+    paths.append(
+        heatmap(
+            result,
+            os.path.join(out_dir, "loop_sweep.png"),
+            title=f"{os.path.basename(os.path.normpath(model))}: looping a block at inference",
+        )
+    )
     return md, paths

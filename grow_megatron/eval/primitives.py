@@ -12,13 +12,14 @@ sequence's own words (10, chance 10%): every distractor appears in the context.
 Variable assignment: `num_vars` statements with distinct names and values, one name
 queried; the choices are the assigned values (5, chance 20%).
 """
+
 from __future__ import annotations
 
 import random
 import string
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 from grow_megatron.config.base import ConfigError, check
 from grow_megatron.eval.tasks import MCExample
@@ -26,44 +27,58 @@ from grow_megatron.eval.tasks import MCExample
 TEMPLATE_VERSION = "1"
 """Bump on any change to TEMPLATES, the word list or the sampling, so results stay comparable."""
 
-TEMPLATES: Mapping[str, Mapping[str, str]] = MappingProxyType({
-    # The paper's header for copying ("the blank") and for variable assignment ("blank") differ;
-    # both kept verbatim from its Appendix C examples.
-    "copying": MappingProxyType({
-        "header": "Fill in the blank:\n",
-        "sequence_sep": " ",
-        "query": "{context} ____ . ->",
-    }),
-    "varassign_basic": MappingProxyType({
-        "header": "Fill in blank:\n\n",
-        "fact": "{name}={value}",
-        "query": "{name}=____ . ->",
-    }),
-    "varassign_code": MappingProxyType({
-        "header": "Fill in blank:\n\n",
-        "fact": "{name} = {value}",
-        "query": "print({name})  # prints ____ . ->",
-    }),
-    "varassign_math": MappingProxyType({
-        "header": "Fill in blank:\n\n",
-        "fact": "Let {name} be {value}.",
-        "query": "What is {name}? ____ . ->",
-    }),
-    "common": MappingProxyType({
-        "answer": " {answer}",  # choices carry their separator (MCExample convention)
-        "shot_sep": "\n\n",
-        "line_sep": "\n",
-    }),
-})
+TEMPLATES: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        # The paper's header for copying ("the blank") and for variable assignment ("blank") differ;
+        # both kept verbatim from its Appendix C examples.
+        "copying": MappingProxyType(
+            {
+                "header": "Fill in the blank:\n",
+                "sequence_sep": " ",
+                "query": "{context} ____ . ->",
+            }
+        ),
+        "varassign_basic": MappingProxyType(
+            {
+                "header": "Fill in blank:\n\n",
+                "fact": "{name}={value}",
+                "query": "{name}=____ . ->",
+            }
+        ),
+        "varassign_code": MappingProxyType(
+            {
+                "header": "Fill in blank:\n\n",
+                "fact": "{name} = {value}",
+                "query": "print({name})  # prints ____ . ->",
+            }
+        ),
+        "varassign_math": MappingProxyType(
+            {
+                "header": "Fill in blank:\n\n",
+                "fact": "Let {name} be {value}.",
+                "query": "What is {name}? ____ . ->",
+            }
+        ),
+        "common": MappingProxyType(
+            {
+                "answer": " {answer}",  # choices carry their separator (MCExample convention)
+                "shot_sep": "\n\n",
+                "line_sep": "\n",
+            }
+        ),
+    }
+)
 
-TASKS: Mapping[str, str] = MappingProxyType({
-    "copying_letters": "copying, random single letters",
-    "copying_random": "copying, random 3-letter words (paper: 'Copying (random words)')",
-    "copying_words": "copying, real English words (paper: 'Copying (real words)')",
-    "varassign_basic": "variable assignment, `o=23` lines",
-    "varassign_code": "variable assignment as program statements, queried with print()",
-    "varassign_math": "variable assignment in words, 'Let o be 23.'",
-})
+TASKS: Mapping[str, str] = MappingProxyType(
+    {
+        "copying_letters": "copying, random single letters",
+        "copying_random": "copying, random 3-letter words (paper: 'Copying (random words)')",
+        "copying_words": "copying, real English words (paper: 'Copying (real words)')",
+        "varassign_basic": "variable assignment, `o=23` lines",
+        "varassign_code": "variable assignment as program statements, queried with print()",
+        "varassign_math": "variable assignment in words, 'Let o be 23.'",
+    }
+)
 """Task name -> what it is."""
 
 PAPER_TASKS = ("copying_random", "copying_words", "varassign_basic", "varassign_code", "varassign_math")
@@ -71,7 +86,8 @@ PAPER_TASKS = ("copying_random", "copying_words", "varassign_basic", "varassign_
 
 # Short, common, lowercase English words (no repeats); a list of several hundred keeps the
 # chance that a real-word sequence repeats a word across shots low.
-REAL_WORDS: tuple[str, ...] = tuple("""
+REAL_WORDS: tuple[str, ...] = tuple(
+    """
 act age air arm art bag ball band bank bar base bath bear bed bell belt bird boat body bone
 book boot bowl box boy bread brick bridge brush bus cake call camp can cap car card care cart
 case cat chair chalk cheese chest child city class clock cloud coat coin cold corn cost cotton
@@ -90,7 +106,8 @@ sky sleep smile snake snow soap sock soup spoon spring star stem step stick ston
 story street sugar summer sun table tail tea team tent test thread throat thumb ticket tiger
 time toe tooth town toy train tree truck tub turkey twig uncle vase voice wall watch water
 wave wax week wheel whip wind window wing winter wire wolf wood wool word worm yard year zoo
-""".split())
+""".split()
+)
 
 
 @dataclass(frozen=True)
@@ -110,15 +127,27 @@ class PrimitivesConfig:
     max_value: int = 29
     """Largest assigned value (inclusive)."""
 
-    def validate(self) -> "PrimitivesConfig":
+    def validate(self) -> PrimitivesConfig:
         check(self.num_shots >= 0, "num_shots", self.num_shots, "must be >= 0")
-        check(2 <= self.copy_length <= 26, "copy_length", self.copy_length,
-              "must be in 2..26 (sequences use distinct letters in the letters variant)")
-        check(1 <= self.copy_query < self.copy_length, "copy_query", self.copy_query,
-              f"must be in 1..{self.copy_length - 1} (the run needs a following word)")
+        check(
+            2 <= self.copy_length <= 26,
+            "copy_length",
+            self.copy_length,
+            "must be in 2..26 (sequences use distinct letters in the letters variant)",
+        )
+        check(
+            1 <= self.copy_query < self.copy_length,
+            "copy_query",
+            self.copy_query,
+            f"must be in 1..{self.copy_length - 1} (the run needs a following word)",
+        )
         check(2 <= self.num_vars <= 26, "num_vars", self.num_vars, "must be in 2..26 (one letter per variable)")
-        check(self.max_value - self.min_value + 1 >= self.num_vars, "max_value", self.max_value,
-              f"need at least num_vars={self.num_vars} distinct values from min_value={self.min_value}")
+        check(
+            self.max_value - self.min_value + 1 >= self.num_vars,
+            "max_value",
+            self.max_value,
+            f"need at least num_vars={self.num_vars} distinct values from min_value={self.min_value}",
+        )
         return self
 
 
@@ -148,7 +177,7 @@ def _copying(rng: random.Random, variant: str, cfg: PrimitivesConfig) -> _Solved
     t = TEMPLATES["copying"]
     seq = _random_words(rng, cfg.copy_length, variant)
     start = rng.randrange(cfg.copy_length - cfg.copy_query)
-    run = seq[start:start + cfg.copy_query]
+    run = seq[start : start + cfg.copy_query]
     context = t["sequence_sep"].join(seq + run)
     return _Solved(t["header"] + t["query"].format(context=context), tuple(seq), seq[start + cfg.copy_query])
 

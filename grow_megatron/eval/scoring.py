@@ -19,12 +19,14 @@ distinct context is run once with the KV cache on (up to batch_size contexts of 
 per forward, only their last positions through the output layer), and the choices of all
 those contexts are then scored against that cache in one more forward.
 """
+
 from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +46,14 @@ class MCScorer(Protocol):
     def score(self, examples: Sequence[MCExample]) -> list[list[float]]: ...
 
 
-def continuation_logprobs(logits_fn: LogitsFn, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
-                          batch_size: int = 16, pad_id: int = 0, max_length: int | None = None,
-                          device: torch.device | str | None = None) -> list[float]:
+def continuation_logprobs(
+    logits_fn: LogitsFn,
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+    batch_size: int = 16,
+    pad_id: int = 0,
+    max_length: int | None = None,
+    device: torch.device | str | None = None,
+) -> list[float]:
     """Sum of log p(continuation tokens | context) for each (context_ids, continuation_ids).
 
     The context must be non-empty (prepend a BOS/EOS id if the model needs something to
@@ -68,18 +75,18 @@ def continuation_logprobs(logits_fn: LogitsFn, requests: Sequence[tuple[Sequence
     items.sort(key=lambda it: -len(it[1]))
     out = [0.0] * len(items)
     for start in range(0, len(items), batch_size):
-        chunk = items[start:start + batch_size]
+        chunk = items[start : start + batch_size]
         width = len(chunk[0][1])
         ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         for row, (_, inp, _) in enumerate(chunk):
-            ids[row, :len(inp)] = torch.tensor(inp, dtype=torch.long)
+            ids[row, : len(inp)] = torch.tensor(inp, dtype=torch.long)
         with torch.no_grad():
             logits = logits_fn(ids if device is None else ids.to(device))
             for row, (i, inp, cont) in enumerate(chunk):
                 n = len(cont)
                 # Input position p predicts seq[p + 1]: the continuation is the last n targets.
                 # Normalise only those rows: a full (B, T, V) fp32 log_softmax would not fit at V=49152.
-                logp = torch.log_softmax(logits[row, len(inp) - n:len(inp)].float(), dim=-1)
+                logp = torch.log_softmax(logits[row, len(inp) - n : len(inp)].float(), dim=-1)
                 tgt = torch.tensor(cont, dtype=torch.long, device=logp.device)
                 out[i] = float(logp.gather(-1, tgt[:, None]).sum())
     return out
@@ -99,14 +106,18 @@ def encode_pair(encode: Encode, context: str, continuation: str) -> tuple[list[i
     context, continuation = _move_space(context, continuation)
     whole = encode(context + continuation)
     ctx = encode(context)
-    if whole[:len(ctx)] == ctx and len(whole) > len(ctx):
-        return ctx, whole[len(ctx):]
+    if whole[: len(ctx)] == ctx and len(whole) > len(ctx):
+        return ctx, whole[len(ctx) :]
     # The tokenizer merged across the boundary: fall back to separate encodings.
     return ctx, encode(continuation)
 
 
-def mc_requests(examples: Sequence[MCExample], encode: Encode, prefix_ids: Sequence[int] = (),
-                encode_batch: Callable[[list[str]], list[list[int]]] | None = None) -> list[tuple[list[int], list[int]]]:
+def mc_requests(
+    examples: Sequence[MCExample],
+    encode: Encode,
+    prefix_ids: Sequence[int] = (),
+    encode_batch: Callable[[list[str]], list[list[int]]] | None = None,
+) -> list[tuple[list[int], list[int]]]:
     """(context ids, continuation ids) of every choice of every example, in order. With
     encode_batch, every distinct text is encoded once, in one call (a prompt is shared by all
     its choices)."""
@@ -122,6 +133,7 @@ def mc_requests(examples: Sequence[MCExample], encode: Encode, prefix_ids: Seque
 
         def encode(text: str) -> list[int]:  # noqa: F811 - the table first, the fallback split rarely
             return table[text] if text in table else single(text)
+
     reqs = []
     for ex in examples:
         for choice in ex.choices:
@@ -133,13 +145,14 @@ def mc_requests(examples: Sequence[MCExample], encode: Encode, prefix_ids: Seque
 def _per_example(flat: Sequence[float], examples: Sequence[MCExample]) -> list[list[float]]:
     out, k = [], 0
     for ex in examples:
-        out.append(list(flat[k:k + len(ex.choices)]))
+        out.append(list(flat[k : k + len(ex.choices)]))
         k += len(ex.choices)
     return out
 
 
-def truncated_prompts(examples: Sequence[MCExample], requests: Sequence[tuple[Sequence[int], Sequence[int]]],
-                      max_length: int | None) -> dict[str, int]:
+def truncated_prompts(
+    examples: Sequence[MCExample], requests: Sequence[tuple[Sequence[int], Sequence[int]]], max_length: int | None
+) -> dict[str, int]:
     """Per task, how many examples have a choice whose scoring input (context + continuation
     minus its last token) is longer than max_length, i.e. loses tokens from the left."""
     out = {ex.task: 0 for ex in examples}
@@ -148,7 +161,7 @@ def truncated_prompts(examples: Sequence[MCExample], requests: Sequence[tuple[Se
     k = 0
     for ex in examples:
         n = len(ex.choices)
-        if any(len(ctx) + len(cont) - 1 > max_length for ctx, cont in requests[k:k + n]):
+        if any(len(ctx) + len(cont) - 1 > max_length for ctx, cont in requests[k : k + n]):
             out[ex.task] += 1
         k += n
     return out
@@ -175,8 +188,9 @@ class LogLikelihoodScorer:
     def requests(self, examples: Sequence[MCExample]) -> list[tuple[list[int], list[int]]]:
         return mc_requests(examples, self.encode, self.prefix_ids)
 
-    def score(self, examples: Sequence[MCExample],
-              requests: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None) -> list[list[float]]:
+    def score(
+        self, examples: Sequence[MCExample], requests: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None
+    ) -> list[list[float]]:
         reqs = self.requests(examples) if requests is None else requests
         flat = continuation_logprobs(self.logits_fn, reqs, self.batch_size, self.pad_id, self.max_length, self.device)
         return _per_example(flat, examples)
@@ -184,8 +198,10 @@ class LogLikelihoodScorer:
 
 # --- shared-prefix scoring with the KV cache ---------------------------------------------------
 
-def split_request(ctx: Sequence[int], cont: Sequence[int], max_length: int | None = None
-                  ) -> tuple[tuple[int, ...], tuple[int, ...]]:
+
+def split_request(
+    ctx: Sequence[int], cont: Sequence[int], max_length: int | None = None
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """(prefix, continuation): the prefix is the input up to the position that predicts the
     continuation's first token, cut from the left exactly as `continuation_logprobs` cuts
     context + continuation[:-1] to max_length, so both paths score the same tokens."""
@@ -195,7 +211,7 @@ def split_request(ctx: Sequence[int], cont: Sequence[int], max_length: int | Non
         if len(cont) > max_length:
             raise ValueError(f"continuation of {len(cont)} tokens exceeds max_length {max_length}")
         if len(ctx) + len(cont) - 1 > max_length:
-            return tuple(ctx[len(ctx) - (max_length - len(cont) + 1):]), tuple(cont)
+            return tuple(ctx[len(ctx) - (max_length - len(cont) + 1) :]), tuple(cont)
     return tuple(ctx), tuple(cont)
 
 
@@ -204,8 +220,14 @@ def _cache_keyword(model: torch.nn.Module) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _forward(model: torch.nn.Module, ids: torch.Tensor, cache=None, keep: torch.Tensor | None = None,
-             attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None):
+def _forward(
+    model: torch.nn.Module,
+    ids: torch.Tensor,
+    cache=None,
+    keep: torch.Tensor | None = None,
+    attention_mask: torch.Tensor | None = None,
+    position_ids: torch.Tensor | None = None,
+):
     """(logits (B, T or len(keep), V), KV cache) of an HF causal LM on ids (B, T) after `cache`;
     keep: the positions that go through the output layer (all when None)."""
     params = inspect.signature(model.forward).parameters
@@ -226,9 +248,14 @@ def _forward(model: torch.nn.Module, ids: torch.Tensor, cache=None, keep: torch.
     return logits, new_cache
 
 
-def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequence[int], Sequence[int]]],
-                           batch_size: int = 16, max_length: int | None = None,
-                           device: torch.device | str | None = None, progress: bool = False) -> list[float]:
+def prefix_cached_logprobs(
+    model: torch.nn.Module,
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+    batch_size: int = 16,
+    max_length: int | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> list[float]:
     """The sums of `continuation_logprobs` for an HF causal LM, each distinct prefix run once.
 
     Up to batch_size prefixes of any lengths share a forward, right-padded: a causal model
@@ -250,12 +277,12 @@ def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequ
     if progress:
         bar = tqdm(total=len(order), desc="score", unit="prompt", leave=False)
     for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+        batch = order[start : start + batch_size]
         lens = torch.tensor([len(p) for p in batch])  # (P,)
         width = int(lens[0])
         ids = torch.zeros((len(batch), width), dtype=torch.long)  # (P, W)
         for g, prefix in enumerate(batch):
-            ids[g, :len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+            ids[g, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
         real = torch.arange(width)[None, :] < lens[:, None]  # (P, W): not padding
         last, row_of_last = torch.unique(lens - 1, return_inverse=True)  # distinct last positions
         with torch.inference_mode():
@@ -283,9 +310,17 @@ def prefix_cached_logprobs(model: torch.nn.Module, requests: Sequence[tuple[Sequ
     return out
 
 
-def _score_tails(model: torch.nn.Module, cache, segs: list[tuple[int, int, int]], fill: list[int],
-                 splits: Sequence[tuple[tuple[int, ...], tuple[int, ...]]], lens: torch.Tensor, real: torch.Tensor,
-                 out: list[float], device) -> None:
+def _score_tails(
+    model: torch.nn.Module,
+    cache,
+    segs: list[tuple[int, int, int]],
+    fill: list[int],
+    splits: Sequence[tuple[tuple[int, ...], tuple[int, ...]]],
+    lens: torch.Tensor,
+    real: torch.Tensor,
+    out: list[float],
+    device,
+) -> None:
     """Add to out[i] the log-probs of continuation tokens 2.. of every request in segs, in one
     forward against the prefix cache (P rows of width W, `real` marks its non-padding slots).
 
@@ -303,10 +338,10 @@ def _score_tails(model: torch.nn.Module, cache, segs: list[tuple[int, int, int]]
     for k, (g, i, start) in enumerate(segs):
         cont = splits[i][1]
         n = len(cont) - 1
-        tail[g, start:start + n] = torch.tensor(cont[:-1], dtype=torch.long)
-        tgt[g, start:start + n] = torch.tensor(cont[1:], dtype=torch.long)
-        seg[g, start:start + n] = k
-        offset[g, start:start + n] = torch.arange(n)
+        tail[g, start : start + n] = torch.tensor(cont[:-1], dtype=torch.long)
+        tgt[g, start : start + n] = torch.tensor(cont[1:], dtype=torch.long)
+        seg[g, start : start + n] = k
+        offset[g, start : start + n] = torch.arange(n)
     # (P, Wt, Wt): same segment and not in the future; the diagonal always, so padding
     # queries attend to something (their outputs are never read).
     own = (seg[:, :, None] == seg[:, None, :]) & (seg[:, :, None] >= 0)
@@ -317,8 +352,9 @@ def _score_tails(model: torch.nn.Module, cache, segs: list[tuple[int, int, int]]
     # Additive form: what both the SDPA and the eager attention accept as a ready 4D mask.
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     pos = lens[:, None] + offset  # (P, Wt)
-    logits, _ = _forward(model, tail.to(device), cache=cache, attention_mask=mask.to(device),
-                         position_ids=pos.to(device))  # (P, Wt, V)
+    logits, _ = _forward(
+        model, tail.to(device), cache=cache, attention_mask=mask.to(device), position_ids=pos.to(device)
+    )  # (P, Wt, V)
     picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, tgt.to(logits.device)[..., None])[..., 0].cpu()
     sums = torch.zeros(len(segs), dtype=picked.dtype)
     sums.index_add_(0, seg[seg >= 0], picked[seg >= 0])  # (S,): per segment
@@ -349,25 +385,32 @@ class CachedPrefixScorer:
     def requests(self, examples: Sequence[MCExample]) -> list[tuple[list[int], list[int]]]:
         return mc_requests(examples, self.encode, self.prefix_ids, self.encode_batch)
 
-    def score(self, examples: Sequence[MCExample],
-              requests: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None) -> list[list[float]]:
+    def score(
+        self, examples: Sequence[MCExample], requests: Sequence[tuple[Sequence[int], Sequence[int]]] | None = None
+    ) -> list[list[float]]:
         reqs = self.requests(examples) if requests is None else requests
-        flat = prefix_cached_logprobs(self.model, reqs, self.batch_size, self.max_length, self.device,
-                                      self.progress)
+        flat = prefix_cached_logprobs(self.model, reqs, self.batch_size, self.max_length, self.device, self.progress)
         return _per_example(flat, examples)
 
 
 def hf_logits_fn(model: torch.nn.Module) -> LogitsFn:
     """LogitsFn of a Hugging Face causal LM (positions 0..T-1, which right padding keeps right)."""
+
     def fn(ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids, use_cache=False).logits
 
     return fn
 
 
-def hf_scorer(model: torch.nn.Module, tokenizer, batch_size: int = 16, add_bos: bool = False,
-              max_length: int | None = None, reference: bool = False,
-              progress: bool = False) -> CachedPrefixScorer | LogLikelihoodScorer:
+def hf_scorer(
+    model: torch.nn.Module,
+    tokenizer,
+    batch_size: int = 16,
+    add_bos: bool = False,
+    max_length: int | None = None,
+    reference: bool = False,
+    progress: bool = False,
+) -> CachedPrefixScorer | LogLikelihoodScorer:
     """MC scorer of an HF causal LM + tokenizer: the KV-cached one, or with reference=True the
     one-forward-per-choice reference (same scores up to fp32 rounding).
 
@@ -390,10 +433,25 @@ def hf_scorer(model: torch.nn.Module, tokenizer, batch_size: int = 16, add_bos: 
         return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     if reference:
-        return LogLikelihoodScorer(hf_logits_fn(model), encode, prefix_ids=prefix, batch_size=batch_size,
-                                   pad_id=pad, max_length=max_length, device=device)
-    return CachedPrefixScorer(model, encode, prefix_ids=prefix, batch_size=batch_size, max_length=max_length,
-                              device=device, progress=progress, encode_batch=encode_batch)
+        return LogLikelihoodScorer(
+            hf_logits_fn(model),
+            encode,
+            prefix_ids=prefix,
+            batch_size=batch_size,
+            pad_id=pad,
+            max_length=max_length,
+            device=device,
+        )
+    return CachedPrefixScorer(
+        model,
+        encode,
+        prefix_ids=prefix,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+        progress=progress,
+        encode_batch=encode_batch,
+    )
 
 
 def context_length(model: torch.nn.Module) -> int | None:
@@ -436,13 +494,21 @@ class MCResult:
         return abs(self.accuracy - self.chance) <= 2 * max(se, self.stderr)
 
     def to_dict(self) -> dict:
-        return {"task": self.task, "n": self.n, "correct": self.correct, "accuracy": self.accuracy,
-                "stderr": self.stderr, "chance": self.chance, "near_chance": self.near_chance,
-                "truncated": self.truncated}
+        return {
+            "task": self.task,
+            "n": self.n,
+            "correct": self.correct,
+            "accuracy": self.accuracy,
+            "stderr": self.stderr,
+            "chance": self.chance,
+            "near_chance": self.near_chance,
+            "truncated": self.truncated,
+        }
 
 
-def evaluate_mc(scorer: MCScorer, examples: Sequence[MCExample], requests=None,
-                truncated: dict[str, int] | None = None) -> dict[str, MCResult]:
+def evaluate_mc(
+    scorer: MCScorer, examples: Sequence[MCExample], requests=None, truncated: dict[str, int] | None = None
+) -> dict[str, MCResult]:
     """Score all examples once and report accuracy per task (MCExample.task). requests: the
     scorer's own encoding of the examples, when the caller already made it; truncated: per
     task, how many examples were cut to the context (`truncated_prompts`), recorded."""
@@ -450,15 +516,18 @@ def evaluate_mc(scorer: MCScorer, examples: Sequence[MCExample], requests=None,
     return results_from_scores(scores, examples, truncated)
 
 
-def results_from_scores(scores: Sequence[Sequence[float]], examples: Sequence[MCExample],
-                        truncated: dict[str, int] | None = None) -> dict[str, MCResult]:
+def results_from_scores(
+    scores: Sequence[Sequence[float]], examples: Sequence[MCExample], truncated: dict[str, int] | None = None
+) -> dict[str, MCResult]:
     """Accuracy per task of already computed choice scores."""
     preds = predictions(scores)
     by_task: dict[str, list[tuple[bool, float]]] = {}
     for ex, p in zip(examples, preds):
         by_task.setdefault(ex.task, []).append((p == ex.answer, 1.0 / len(ex.choices)))
-    return {t: MCResult(t, len(v), sum(ok for ok, _ in v), sum(c for _, c in v) / len(v),
-                        (truncated or {}).get(t, 0)) for t, v in by_task.items()}
+    return {
+        t: MCResult(t, len(v), sum(ok for ok, _ in v), sum(c for _, c in v) / len(v), (truncated or {}).get(t, 0))
+        for t, v in by_task.items()
+    }
 
 
 def mean_result(results: dict[str, MCResult]) -> dict:
@@ -466,10 +535,9 @@ def mean_result(results: dict[str, MCResult]) -> dict:
     (tasks are independent samples) and the mean chance level."""
     k = len(results)
     acc = sum(r.accuracy for r in results.values()) / k
-    se = math.sqrt(sum(r.stderr ** 2 for r in results.values())) / k
+    se = math.sqrt(sum(r.stderr**2 for r in results.values())) / k
     chance = sum(r.chance for r in results.values()) / k
-    return {"accuracy": acc, "stderr": se, "chance": chance, "tasks": k,
-            "n": sum(r.n for r in results.values())}
+    return {"accuracy": acc, "stderr": se, "chance": chance, "tasks": k, "n": sum(r.n for r in results.values())}
 
 
 @dataclass(frozen=True)
@@ -492,12 +560,22 @@ class NLLResult:
         return math.exp(self.nll)
 
     def to_dict(self) -> dict:
-        return {"nll": self.nll, "stderr": self.stderr, "tokens": self.tokens, "windows": self.windows,
-                "perplexity": self.perplexity, "chance": self.chance}
+        return {
+            "nll": self.nll,
+            "stderr": self.stderr,
+            "tokens": self.tokens,
+            "windows": self.windows,
+            "perplexity": self.perplexity,
+            "chance": self.chance,
+        }
 
 
-def heldout_nll(logits_fn: LogitsFn, batches: Iterable[torch.Tensor],
-                device: torch.device | str | None = None, vocab_size: int | None = None) -> NLLResult:
+def heldout_nll(
+    logits_fn: LogitsFn,
+    batches: Iterable[torch.Tensor],
+    device: torch.device | str | None = None,
+    vocab_size: int | None = None,
+) -> NLLResult:
     """Mean next-token cross-entropy over all batches (B, T): positions 1..T-1 of each row are
     predicted from the ones before them, every predicted token weighs the same."""
     total, count = 0.0, 0
@@ -521,13 +599,14 @@ def heldout_nll(logits_fn: LogitsFn, batches: Iterable[torch.Tensor],
     return NLLResult(total / count, count, se, w, math.log(vocab_size) if vocab_size else None)
 
 
-def chunk_tokens(ids: Sequence[int] | torch.Tensor, seq_length: int, batch_size: int,
-                 max_chunks: int | None = None) -> list[torch.Tensor]:
+def chunk_tokens(
+    ids: Sequence[int] | torch.Tensor, seq_length: int, batch_size: int, max_chunks: int | None = None
+) -> list[torch.Tensor]:
     """Cut a token stream into non-overlapping (seq_length,) rows, batched; the tail that does
     not fill a row is dropped so every row has the same context length."""
     ids = torch.as_tensor(ids, dtype=torch.long).flatten()
     n = ids.numel() // seq_length
     if max_chunks is not None:
         n = min(n, max_chunks)
-    rows = ids[:n * seq_length].view(n, seq_length)
-    return [rows[i:i + batch_size] for i in range(0, n, batch_size)]
+    rows = ids[: n * seq_length].view(n, seq_length)
+    return [rows[i : i + batch_size] for i in range(0, n, batch_size)]

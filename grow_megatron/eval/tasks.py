@@ -1,4 +1,5 @@
 """The multiple-choice example format shared by the evaluators and the depth analyses."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

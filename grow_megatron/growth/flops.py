@@ -12,13 +12,15 @@ leftovers, 4 steps at 360M and 3 at 1.7B) runs at full depth. The largest-remain
 rounding of docs/method.md §4 gives those leftover steps to the growth stages instead, which lowers the grown
 total by 3.46 PF (360M) / 34.20 PF (1.7B); `rounding="paper"` reproduces Table 7.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.growth.operators import midas
@@ -32,8 +34,15 @@ H100_SXM_BF16_PEAK = 989e12
 """Dense bf16 peak of an H100 SXM in FLOP/s, the MFU denominator of docs/method.md §6."""
 
 
-SHAPE_FIELDS = ("num_layers", "hidden_size", "ffn_hidden_size", "num_attention_heads", "num_query_groups",
-                "vocab_size", "seq_length")
+SHAPE_FIELDS = (
+    "num_layers",
+    "hidden_size",
+    "ffn_hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "vocab_size",
+    "seq_length",
+)
 """The ModelConfig fields the formula reads (docs/method.md §1): L, d, f, heads, kv heads, V, s."""
 
 
@@ -49,11 +58,13 @@ def check_shape(model: ModelConfig) -> ModelConfig:
         if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
             raise ValueError(f"model.{f} = {v!r}: must be a positive integer")
     if model.hidden_size % model.num_attention_heads:
-        raise ValueError(f"hidden_size {model.hidden_size} is not divisible by num_attention_heads "
-                         f"{model.num_attention_heads}")
+        raise ValueError(
+            f"hidden_size {model.hidden_size} is not divisible by num_attention_heads {model.num_attention_heads}"
+        )
     if model.num_attention_heads % model.kv_heads:
-        raise ValueError(f"num_attention_heads {model.num_attention_heads} is not divisible by "
-                         f"num_query_groups {model.kv_heads}")
+        raise ValueError(
+            f"num_attention_heads {model.num_attention_heads} is not divisible by num_query_groups {model.kv_heads}"
+        )
     return model
 
 
@@ -61,9 +72,14 @@ def flops_shape(model: ModelConfig, vocab_size: int | None = None, seq_length: i
     """`model` as the formula counts it: vocab_size and seq_length overridden where given (a run
     config may leave the vocabulary to the tokenizer; a benchmark picks its own sequence
     length), num_query_groups spelled out, checked (check_shape)."""
-    return check_shape(dataclasses.replace(model, vocab_size=vocab_size or model.vocab_size,
-                                           seq_length=seq_length or model.seq_length,
-                                           num_query_groups=model.kv_heads))
+    return check_shape(
+        dataclasses.replace(
+            model,
+            vocab_size=vocab_size or model.vocab_size,
+            seq_length=seq_length or model.seq_length,
+            num_query_groups=model.kv_heads,
+        )
+    )
 
 
 def shape_dict(model: ModelConfig) -> dict[str, int]:
@@ -93,15 +109,19 @@ class PaperSettings:
     """Global batch in tokens."""
 
 
-PAPER_SETTINGS: Mapping[str, PaperSettings] = MappingProxyType({
-    "smollm-360m": PaperSettings(tokens_per_step=2**20),
-    "smollm-1.7b": PaperSettings(tokens_per_step=2**21),
-})
+PAPER_SETTINGS: Mapping[str, PaperSettings] = MappingProxyType(
+    {
+        "smollm-360m": PaperSettings(tokens_per_step=2**20),
+        "smollm-1.7b": PaperSettings(tokens_per_step=2**21),
+    }
+)
 
-PAPER_TABLE7: Mapping[str, tuple[float, float, float]] = MappingProxyType({
-    "smollm-360m": (613527.488, 476147.897, 1.289),
-    "smollm-1.7b": (4813222.102, 3736608.182, 1.288),
-})
+PAPER_TABLE7: Mapping[str, tuple[float, float, float]] = MappingProxyType(
+    {
+        "smollm-360m": (613527.488, 476147.897, 1.289),
+        "smollm-1.7b": (4813222.102, 3736608.182, 1.288),
+    }
+)
 """Table 7 as printed: (static PF, grown PF, ratio)."""
 
 
@@ -172,8 +192,15 @@ class StageFlops:
         return self.flops / PETA
 
     def to_dict(self) -> dict:
-        return {"stage": self.stage, "depth": self.depth, "steps": self.steps, "tokens": self.tokens,
-                "flops_per_token": self.flops_per_token, "flops": self.flops, "petaflops": self.petaflops}
+        return {
+            "stage": self.stage,
+            "depth": self.depth,
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "flops_per_token": self.flops_per_token,
+            "flops": self.flops,
+            "petaflops": self.petaflops,
+        }
 
 
 @dataclass(frozen=True)
@@ -201,18 +228,26 @@ class RunFlops:
         return self.flops / PETA
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "steps": self.steps, "tokens": self.tokens, "flops": self.flops,
-                "petaflops": self.petaflops, "stages": [s.to_dict() for s in self.stages]}
+        return {
+            "name": self.name,
+            "steps": self.steps,
+            "tokens": self.tokens,
+            "flops": self.flops,
+            "petaflops": self.petaflops,
+            "stages": [s.to_dict() for s in self.stages],
+        }
 
 
-def run_flops(shape: ModelConfig, depths: Sequence[int], steps: Sequence[int], tokens_per_step: int,
-              name: str = "") -> RunFlops:
+def run_flops(
+    shape: ModelConfig, depths: Sequence[int], steps: Sequence[int], tokens_per_step: int, name: str = ""
+) -> RunFlops:
     """FLOPs of a run that trains depths[i] for steps[i] steps (stage by stage)."""
     if len(depths) != len(steps) or not depths:
         raise ValueError(f"need one step count per depth, got depths={list(depths)} steps={list(steps)}")
     if any(n < 0 for n in steps) or any(L <= 0 for L in depths) or tokens_per_step <= 0:
-        raise ValueError(f"depths, steps and tokens_per_step must be positive: {list(depths)}, {list(steps)}, "
-                         f"{tokens_per_step}")
+        raise ValueError(
+            f"depths, steps and tokens_per_step must be positive: {list(depths)}, {list(steps)}, {tokens_per_step}"
+        )
     stages = tuple(
         StageFlops(i + 1, L, n, n * tokens_per_step, model_flops_per_token(shape.with_layers(L)))
         for i, (L, n) in enumerate(zip(depths, steps))
@@ -220,8 +255,14 @@ def run_flops(shape: ModelConfig, depths: Sequence[int], steps: Sequence[int], t
     return RunFlops(name, stages)
 
 
-def training_flops(shape: ModelConfig, tokens_per_step: int, initial_depth: int,
-                   growths: Sequence[tuple[int, int]], start: int, end: int) -> int:
+def training_flops(
+    shape: ModelConfig,
+    tokens_per_step: int,
+    initial_depth: int,
+    growths: Sequence[tuple[int, int]],
+    start: int,
+    end: int,
+) -> int:
     """FLOPs of global steps start..end-1 of a run that starts at `initial_depth` and, for each
     (step, depth) in `growths`, trains at that depth from that step on (docs/method.md §6: every step at
     the depth that trains it). Exact integers; O(growths), not O(steps)."""
@@ -244,8 +285,15 @@ def with_loop(run: RunFlops, shape: ModelConfig, from_step: int, unrolled_depth:
         before = min(max(from_step - start, 0), s.steps) if s.depth == shape.num_layers else s.steps
         for depth, n in ((s.depth, before), (unrolled_depth, s.steps - before)):
             if n:
-                stages.append(StageFlops(len(stages) + 1, depth, n, n * (s.tokens // s.steps),
-                                         model_flops_per_token(shape.with_layers(depth))))
+                stages.append(
+                    StageFlops(
+                        len(stages) + 1,
+                        depth,
+                        n,
+                        n * (s.tokens // s.steps),
+                        model_flops_per_token(shape.with_layers(depth)),
+                    )
+                )
         start += s.steps
     return RunFlops(run.name + (" looped" if unrolled_depth != shape.num_layers else ""), tuple(stages))
 
@@ -295,8 +343,9 @@ def paper_stage_steps(num_stages: int, grow_steps: int, alpha: float = 1.0) -> l
     return [int(x * grow_steps // total) for x in w]
 
 
-def prop_plan(final_depth: int, block_size: int, grow_steps: int, alpha: float = 1.0,
-              rounding: Literal["spec", "paper"] = "spec") -> GrowthPlan:
+def prop_plan(
+    final_depth: int, block_size: int, grow_steps: int, alpha: float = 1.0, rounding: Literal["spec", "paper"] = "spec"
+) -> GrowthPlan:
     """A PROP-alpha GrowthPlan for FLOPs purposes (MIDAS insertion; FLOPs do not depend on where).
 
     rounding="spec": largest remainder, docs/method.md §4 (what the trainer runs); "paper": Table 7's floors.
@@ -330,10 +379,15 @@ class FlopsComparison:
         return self.static.flops / self.grown.flops
 
     def to_dict(self) -> dict:
-        return {"shape": shape_dict(self.shape), "formula_params": formula_params(self.shape),
-                "tokens_per_step": self.tokens_per_step, "static": self.static.to_dict(),
-                "grown": self.grown.to_dict(), "ratio": self.ratio,
-                "grown_fraction_of_static": self.grown.flops / self.static.flops}
+        return {
+            "shape": shape_dict(self.shape),
+            "formula_params": formula_params(self.shape),
+            "tokens_per_step": self.tokens_per_step,
+            "static": self.static.to_dict(),
+            "grown": self.grown.to_dict(),
+            "ratio": self.ratio,
+            "grown_fraction_of_static": self.grown.flops / self.static.flops,
+        }
 
     def format_table(self) -> str:
         # One unit for the whole table (that of the larger total), so the column compares.
@@ -341,10 +395,28 @@ class FlopsComparison:
         rows = [("run", "stage", "depth", "steps", "tokens", "FLOPs", unit[0])]
         for run in (self.grown, self.static):
             for s in run.stages:
-                rows.append((run.name, str(s.stage), str(s.depth), f"{s.steps:,}", f"{s.tokens:,}",
-                             f"{s.flops:.4e}", f"{s.flops / unit[1]:,.3f}"))
-            rows.append((run.name, "total", "", f"{run.steps:,}", f"{run.tokens:,}", f"{run.flops:.4e}",
-                         f"{run.flops / unit[1]:,.3f}"))
+                rows.append(
+                    (
+                        run.name,
+                        str(s.stage),
+                        str(s.depth),
+                        f"{s.steps:,}",
+                        f"{s.tokens:,}",
+                        f"{s.flops:.4e}",
+                        f"{s.flops / unit[1]:,.3f}",
+                    )
+                )
+            rows.append(
+                (
+                    run.name,
+                    "total",
+                    "",
+                    f"{run.steps:,}",
+                    f"{run.tokens:,}",
+                    f"{run.flops:.4e}",
+                    f"{run.flops / unit[1]:,.3f}",
+                )
+            )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         lines = []
         for j, r in enumerate(rows):
@@ -358,5 +430,9 @@ class FlopsComparison:
 
 def compare(shape: ModelConfig, plan: GrowthPlan, total_steps: int, tokens_per_step: int) -> FlopsComparison:
     """Static and grown FLOPs of `shape` trained for `total_steps` steps."""
-    return FlopsComparison(shape, tokens_per_step, static_flops(shape, total_steps, tokens_per_step),
-                           grown_flops(shape, plan, total_steps, tokens_per_step))
+    return FlopsComparison(
+        shape,
+        tokens_per_step,
+        static_flops(shape, total_steps, tokens_per_step),
+        grown_flops(shape, plan, total_steps, tokens_per_step),
+    )

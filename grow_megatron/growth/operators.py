@@ -6,11 +6,12 @@ positions of the old layers and of the new ones are derived from it, never store
 Layers keep stable identities: old layer i sits at position i below the insertion point and
 at i + b above it; only the b inserted positions hold new layers.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from grow_megatron.config.training import OPERATORS as OPERATOR_NAMES
 
@@ -54,9 +55,14 @@ class Growth:
         return tuple(range(self.insert_at, self.insert_at + self.block_size))
 
     def to_dict(self) -> dict:
-        return {"operator": self.operator, "old_depth": self.old_depth, "new_depth": self.new_depth,
-                "source_map": list(self.source_map), "new_positions": list(self.new_positions),
-                "zero_outputs": self.zero_outputs}
+        return {
+            "operator": self.operator,
+            "old_depth": self.old_depth,
+            "new_depth": self.new_depth,
+            "source_map": list(self.source_map),
+            "new_positions": list(self.new_positions),
+            "zero_outputs": self.zero_outputs,
+        }
 
 
 def _check(L: int, b: int, need_blocks: bool) -> None:
@@ -98,7 +104,9 @@ def bottom(L: int, b: int) -> Growth:
 
 
 OPERATORS: dict[str, Callable[[int, int], Growth]] = {"midas": midas, "lidas": lidas, "top": top, "bottom": bottom}
-assert tuple(OPERATORS) == OPERATOR_NAMES, "config.training.OPERATORS and the functions here must name the same operators"
+assert tuple(OPERATORS) == OPERATOR_NAMES, (
+    "config.training.OPERATORS and the functions here must name the same operators"
+)
 
 
 def get_operator(name: str, function_preserving: bool = False) -> Callable[[int, int], Growth]:

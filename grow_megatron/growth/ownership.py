@@ -8,24 +8,26 @@ buffers at the new depth, so the parts move. Instead of assembling every paramet
 on every rank, each rank receives only the pieces of its new spans that another rank held
 before (`ownership_plan`); the pieces a rank already holds are copied locally.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 Span = tuple[int, int]
 """[start, end) of a flattened parameter."""
 
 
-def dp_spans(start: int, end: int, bucket_offset: int, bucket_numel: int, dp: int) -> tuple[Optional[Span], ...]:
+def dp_spans(start: int, end: int, bucket_offset: int, bucket_numel: int, dp: int) -> tuple[Span | None, ...]:
     """Each DP rank's span of the parameter stored at [start, end) of a buffer whose bucket
     holding it starts at `bucket_offset` and has `bucket_numel` elements (padded to a multiple
     of dp); None for a rank that owns none of it."""
     if dp < 1 or bucket_numel % dp:
         raise ValueError(f"a bucket of {bucket_numel} elements does not split into {dp} equal DP parts")
     if not bucket_offset <= start <= end <= bucket_offset + bucket_numel:
-        raise ValueError(f"parameter [{start}, {end}) lies outside its bucket "
-                         f"[{bucket_offset}, {bucket_offset + bucket_numel})")
+        raise ValueError(
+            f"parameter [{start}, {end}) lies outside its bucket [{bucket_offset}, {bucket_offset + bucket_numel})"
+        )
     part = bucket_numel // dp
     out = []
     for r in range(dp):
@@ -50,7 +52,7 @@ class Piece:
         return self.end - self.start
 
 
-def _check_partition(spans: Sequence[Optional[Span]], what: str) -> int:
+def _check_partition(spans: Sequence[Span | None], what: str) -> int:
     """The number of elements the ranks' spans tile, in rank order without gap or overlap."""
     pos = 0
     for r, s in enumerate(spans):
@@ -62,8 +64,7 @@ def _check_partition(spans: Sequence[Optional[Span]], what: str) -> int:
     return pos
 
 
-def ownership_plan(old: Sequence[Sequence[Optional[Span]]], new: Sequence[Sequence[Optional[Span]]]
-                   ) -> tuple[Piece, ...]:
+def ownership_plan(old: Sequence[Sequence[Span | None]], new: Sequence[Sequence[Span | None]]) -> tuple[Piece, ...]:
     """old[i][r] / new[i][r]: DP rank r's span of parameter i before / after (None: none).
     Returns every piece of every new span with the rank that held it, sorted by (src, dst,
     param, start): a sender packs, and a receiver unpacks, its pieces in that order."""

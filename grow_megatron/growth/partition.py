@@ -1,4 +1,5 @@
 """Pipeline partition and growth transfer plans: pure functions of integers (docs/architecture.md)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,12 +14,15 @@ def balanced_split(num_layers: int, num_stages: int) -> tuple[int, ...]:
     the leftover layers go to the inner stages first (last inner stage first), then to the
     last stage, then to the first: e.g. 4 layers on 3 stages -> (1, 2, 1), 8 -> (2, 3, 3)."""
     if num_stages < 1 or num_layers < num_stages:
-        raise ValueError(f"cannot split {num_layers} layers over {num_stages} pipeline stages: "
-                         f"every stage needs at least one layer")
+        raise ValueError(
+            f"cannot split {num_layers} layers over {num_stages} pipeline stages: every stage needs at least one layer"
+        )
     base, extra = divmod(num_layers, num_stages)
     sizes = [base] * num_stages
     # Prefer inner stages for the extra layers, then the outer ones.
-    order = list(range(1, num_stages - 1))[::-1] + [num_stages - 1, 0] if num_stages > 2 else list(range(num_stages))[::-1]
+    order = (
+        list(range(1, num_stages - 1))[::-1] + [num_stages - 1, 0] if num_stages > 2 else list(range(num_stages))[::-1]
+    )
     for s in order[:extra]:
         sizes[s] += 1
     return tuple(sizes)
@@ -78,12 +82,15 @@ class Move:
         return self.src_rank == self.dst_rank
 
 
-def transfer_plan(growth: Growth, old_split: tuple[int, ...], new_split: tuple[int, ...],
-                  pp: int | None = None) -> tuple[Move, ...]:
+def transfer_plan(
+    growth: Growth, old_split: tuple[int, ...], new_split: tuple[int, ...], pp: int | None = None
+) -> tuple[Move, ...]:
     """Every position of the grown model with where its weights come from. The splits list
     layers per (virtual) stage in layer order; `pp` pipeline ranks (default: one stage each)."""
     if sum(old_split) != growth.old_depth or sum(new_split) != growth.new_depth:
-        raise ValueError(f"splits {old_split} -> {new_split} do not match depths {growth.old_depth} -> {growth.new_depth}")
+        raise ValueError(
+            f"splits {old_split} -> {new_split} do not match depths {growth.old_depth} -> {growth.new_depth}"
+        )
     if len(old_split) != len(new_split):
         raise ValueError(f"splits {old_split} -> {new_split} have different numbers of stages")
     pp = len(old_split) if pp is None else pp

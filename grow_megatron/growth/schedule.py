@@ -1,10 +1,11 @@
 """Stage schedules (docs/method.md §4) and the growth plan: pure integer arithmetic, no torch."""
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Callable
 
 from grow_megatron.config.base import ConfigError, check
 from grow_megatron.config.training import MAX_ALPHA
@@ -31,8 +32,9 @@ def largest_remainder(weights: list[Fraction] | list[float], total: int) -> list
 def steps_for_every_stage(num_stages: int, alpha: float) -> int:
     """Growth steps that give every PROP-alpha stage at least one step: sum_j j^alpha, rounded up
     (stage 1, the smallest, then gets at least T / sum_j j^alpha >= 1 before rounding)."""
-    return math.ceil(sum(Fraction(i) ** int(alpha) if float(alpha).is_integer() else i**alpha
-                         for i in range(1, num_stages + 1)))
+    return math.ceil(
+        sum(Fraction(i) ** int(alpha) if float(alpha).is_integer() else i**alpha for i in range(1, num_stages + 1))
+    )
 
 
 def prop_alpha(num_stages: int, total_steps: int, alpha: float = 1.0) -> list[int]:
@@ -81,8 +83,9 @@ class GrowthPlan:
         return self.growths[-1].new_depth if self.growths else self.initial_depth
 
 
-def make_plan(final_depth: int, block_size: int, grow_steps: int, operator: Callable[[int, int], Growth],
-              alpha: float = 1.0) -> GrowthPlan:
+def make_plan(
+    final_depth: int, block_size: int, grow_steps: int, operator: Callable[[int, int], Growth], alpha: float = 1.0
+) -> GrowthPlan:
     """PROP-alpha plan growing from b to `final_depth` layers over the first `grow_steps` steps.
 
     Stage lengths cover the growth phase; the final stage then runs to the end of training.
@@ -111,13 +114,17 @@ def plan_from_config(cfg) -> GrowthPlan:
     k = cfg.model.num_layers // g.block_size
     steps = prop_alpha(k, cfg.grow_steps, g.alpha)
     if min(steps) < 1:
-        raise ConfigError("growth.alpha", g.alpha,
-                          f"gives stage {steps.index(0) + 1} of {k} no steps (PROP-{g.alpha:g} over "
-                          f"{cfg.grow_steps} growth steps: {steps}): lower growth.alpha, or raise "
-                          f"growth.grow_steps (with train.steps) to "
-                          f"{steps_for_every_stage(k, g.alpha)}, which gives every stage a step")
-    return make_plan(cfg.model.num_layers, g.block_size, cfg.grow_steps,
-                     get_operator(g.operator, g.function_preserving), g.alpha)
+        raise ConfigError(
+            "growth.alpha",
+            g.alpha,
+            f"gives stage {steps.index(0) + 1} of {k} no steps (PROP-{g.alpha:g} over "
+            f"{cfg.grow_steps} growth steps: {steps}): lower growth.alpha, or raise "
+            f"growth.grow_steps (with train.steps) to "
+            f"{steps_for_every_stage(k, g.alpha)}, which gives every stage a step",
+        )
+    return make_plan(
+        cfg.model.num_layers, g.block_size, cfg.grow_steps, get_operator(g.operator, g.function_preserving), g.alpha
+    )
 
 
 def describe_plan(cfg) -> dict:
@@ -132,23 +139,39 @@ def describe_plan(cfg) -> dict:
             depth = plan.growths[i - 1].new_depth
         last = i == len(plan.stage_steps) - 1
         n = cfg.train.steps - start if last else steps
-        stages.append({"stage": i + 1, "depth": depth, "start_step": start, "steps": n,
-                       "pipeline_split": list(split_at(depth, n_stages, cfg.parallel.pipeline_split))})
+        stages.append(
+            {
+                "stage": i + 1,
+                "depth": depth,
+                "start_step": start,
+                "steps": n,
+                "pipeline_split": list(split_at(depth, n_stages, cfg.parallel.pipeline_split)),
+            }
+        )
         start += steps
-    return {"operator": cfg.growth.operator, "block_size": cfg.growth.block_size, "stages": stages,
-            "growths": [{"step": b, **g.to_dict()} for b, g in zip(plan.boundaries, plan.growths)]}
+    return {
+        "operator": cfg.growth.operator,
+        "block_size": cfg.growth.block_size,
+        "stages": stages,
+        "growths": [{"step": b, **g.to_dict()} for b, g in zip(plan.boundaries, plan.growths)],
+    }
 
 
 def _check_loop_in_one_stage(cfg) -> None:
     loop, par = cfg.model.loop, cfg.parallel
-    split = split_at(cfg.model.num_layers, par.num_virtual_stages,
-                     tuple(par.pipeline_split) if par.pipeline_split else None)
+    split = split_at(
+        cfg.model.num_layers, par.num_virtual_stages, tuple(par.pipeline_split) if par.pipeline_split else None
+    )
     starts = offsets(split)
 
     def stage(pos: int) -> int:
         return max(i for i, o in enumerate(starts) if o <= pos)
 
-    check(stage(loop.start) == stage(loop.end - 1), "model.loop", loop.spec.to_dict(),
-          "the looped block must lie within one pipeline stage; the stages hold layers "
-          + ", ".join(f"{o}..{o + n - 1}" for o, n in zip(starts, split))
-          + ": move the block or set parallel.pipeline_split")
+    check(
+        stage(loop.start) == stage(loop.end - 1),
+        "model.loop",
+        loop.spec.to_dict(),
+        "the looped block must lie within one pipeline stage; the stages hold layers "
+        + ", ".join(f"{o}..{o + n - 1}" for o, n in zip(starts, split))
+        + ": move the block or set parallel.pipeline_split",
+    )

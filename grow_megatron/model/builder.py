@@ -1,8 +1,8 @@
 """Build megatron GPTModel chunks from our ModelConfig and ModuleSpec."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -50,12 +50,24 @@ def _keep(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype: torch.dtype = torch.float32,
-                            bf16: bool = False, tensor_parallel: int = 1, pipeline_parallel: int = 1,
-                            pipeline_layout=None, use_kernels: bool = False, seed: int = 0,
-                            init_weights: bool = True, fp8: str = "off", fp8_emulate: bool = False,
-                            compile: bool = False, kernels: Optional[tuple[str, ...]] = None,
-                            **megatron_options) -> GrowTransformerConfig:
+def make_transformer_config(
+    model: ModelConfig,
+    *,
+    num_layers: int,
+    params_dtype: torch.dtype = torch.float32,
+    bf16: bool = False,
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    pipeline_layout=None,
+    use_kernels: bool = False,
+    seed: int = 0,
+    init_weights: bool = True,
+    fp8: str = "off",
+    fp8_emulate: bool = False,
+    compile: bool = False,
+    kernels: tuple[str, ...] | None = None,
+    **megatron_options,
+) -> GrowTransformerConfig:
     """`kernels`: the Triton kernels to run; None = all of them with use_kernels, none without.
     megatron_options: further TransformerConfig fields (sequence parallelism, recompute, overlapped
     p2p: engine.build.ScaleOptions.transformer_options)."""
@@ -98,8 +110,11 @@ def make_transformer_config(model: ModelConfig, *, num_layers: int, params_dtype
         # A grown or resumed model's weights are all copied in afterwards: skip the random draws
         # but keep megatron's initialisation path, which also tags tensor-parallel params
         # (perform_initialization=False would skip that tagging and break grad-norm clipping).
-        **({} if init_weights else {"init_method": _keep, "output_layer_init_method": _keep,
-                                    "embedding_init_method": _keep}),
+        **(
+            {}
+            if init_weights
+            else {"init_method": _keep, "output_layer_init_method": _keep, "embedding_init_method": _keep}
+        ),
         grow_use_kernels=use_kernels,
         grow_kernels=tuple(kernels),
         grow_init_seed=seed,
@@ -118,16 +133,20 @@ def _all_kernels() -> tuple[str, ...]:
     return KERNELS
 
 
-def build_model_chunk(config: GrowTransformerConfig, model: ModelConfig, vocab_size: int,
-                      num_local_layers: Optional[int] = None, vp_stage: Optional[int] = None) -> GrowGPTModel:
+def build_model_chunk(
+    config: GrowTransformerConfig,
+    model: ModelConfig,
+    vocab_size: int,
+    num_local_layers: int | None = None,
+    vp_stage: int | None = None,
+) -> GrowGPTModel:
     """The GPTModel chunk of this pipeline rank (all of it when PP = 1)."""
     pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     if num_local_layers is None:
         num_local_layers = config.num_layers // config.pipeline_model_parallel_size
     layer_spec = decoder_layer_spec("swiglu" in config.grow_kernels, fp8=config.grow_fp8 != "off")
-    spec = TransformerBlockSubmodules(layer_specs=[layer_spec] * num_local_layers,
-                                      layer_norm=ScaledRMSNorm)
+    spec = TransformerBlockSubmodules(layer_specs=[layer_spec] * num_local_layers, layer_norm=ScaledRMSNorm)
     model = GrowGPTModel(
         config=config,
         transformer_layer_spec=spec,

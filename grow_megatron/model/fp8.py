@@ -8,9 +8,11 @@ gradients, scaled on the fly), so a checkpoint holds no FP8 state and resumes at
 or precision. Tensor parallelism stays unsupported (refused at config time): megatron's
 TP linear fuses its dgrad all-reduce into the matmul we replace.
 """
+
 from __future__ import annotations
 
 import dataclasses
+
 import torch
 from megatron.core.tensor_parallel.layers import ColumnParallelLinear, RowParallelLinear
 
@@ -36,8 +38,9 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, configs) -> torch.Tensor:
     return matmul_with_hp_or_float8_args.apply(x, weight.t(), mm, config)
 
 
-def _fp8_forward_impl(module, input, weight, bias=None, *args, sequence_parallel=False, allreduce_dgrad=False,
-                      **kwargs):
+def _fp8_forward_impl(
+    module, input, weight, bias=None, *args, sequence_parallel=False, allreduce_dgrad=False, **kwargs
+):
     if sequence_parallel or allreduce_dgrad:
         raise ValueError("FP8 linears run with tensor_parallel 1 only (no sequence parallelism)")
     out = fp8_linear(input, weight, module.fp8_configs)

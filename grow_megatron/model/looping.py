@@ -14,13 +14,13 @@ the sum over all applications by autograd). Looping adds two things, both undone
 Under pipeline parallelism the block must lie on one stage (RunConfig checks it); the stages
 above it only see their LN-Scaling shift.
 """
+
 from __future__ import annotations
 
 import contextlib
 import math
 import weakref
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
@@ -57,8 +57,9 @@ class _RepeatBlock:
     def __init__(self, block: list, spec: LoopSpec):
         self.block = block
         # [repeat][i] -> LN-Scaling factor of that application
-        self.scales = [[_ln_scale(layer, u) for layer, u in zip(block, positions)]
-                       for positions in spec.extra_positions()]
+        self.scales = [
+            [_ln_scale(layer, u) for layer, u in zip(block, positions)] for positions in spec.extra_positions()
+        ]
 
     def __call__(self, module, args, kwargs, output):
         hidden, context = output  # hidden: [s, b, h]
@@ -115,10 +116,10 @@ class LoopSchedule:
     """Loop-adapted training: keeps `model.loop` applied to whatever engine is current from
     `from_step` on (engines are rebuilt at growths and resumes)."""
 
-    def __init__(self, loop: Optional[LoopConfig]):
+    def __init__(self, loop: LoopConfig | None):
         self.loop = loop
-        self._engine: Optional[weakref.ref] = None  # weak: a growth must be able to free the old engine
-        self._handle: Optional[LoopHandle] = None
+        self._engine: weakref.ref | None = None  # weak: a growth must be able to free the old engine
+        self._handle: LoopHandle | None = None
 
     def update(self, engine, step: int) -> bool:
         """Apply the loop to `engine` if `step` trains looped; True when it was applied just now."""

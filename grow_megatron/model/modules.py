@@ -3,10 +3,10 @@
 They hold no parallelism logic: tensor parallelism stays in megatron's column/row-parallel
 linears around them; these only see per-rank shards ([s, b, heads_per_rank, head_dim]).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -96,12 +96,15 @@ def native_gqa_is_fused(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropo
         return False
     cuda = torch.backends.cuda
     params = cuda.SDPAParams(q, k, v, None, dropout_p, True, True)
-    return any(can_use(params, False) for can_use in (cuda.can_use_flash_attention, cuda.can_use_efficient_attention,
-                                                       cuda.can_use_cudnn_attention))
+    return any(
+        can_use(params, False)
+        for can_use in (cuda.can_use_flash_attention, cuda.can_use_efficient_attention, cuda.can_use_cudnn_attention)
+    )
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, native_gqa: bool, scale: float,
-                     dropout_p: float = 0.0) -> torch.Tensor:
+def causal_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, native_gqa: bool, scale: float, dropout_p: float = 0.0
+) -> torch.Tensor:
     """Causal SDPA on q [b, hq, s, d] and k, v [b, hkv, s, d] (hkv divides hq).
 
     native_gqa: let the kernel read each k/v head for its group of query heads (`enable_gqa`)
@@ -113,8 +116,9 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, nativ
         rep = q.shape[1] // k.shape[1]
         k = k.repeat_interleave(rep, dim=1)
         v = v.repeat_interleave(rep, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, dropout_p=dropout_p,
-                                          enable_gqa=gqa and native_gqa)
+    return F.scaled_dot_product_attention(
+        q, k, v, is_causal=True, scale=scale, dropout_p=dropout_p, enable_gqa=gqa and native_gqa
+    )
 
 
 class SDPAttention(MegatronModule):
@@ -127,9 +131,17 @@ class SDPAttention(MegatronModule):
     Same constructor and call signature as megatron's DotProductAttention.
     """
 
-    def __init__(self, config: TransformerConfig, layer_number: int, attn_mask_type, attention_type: str,
-                 attention_dropout: Optional[float] = None, softmax_scale: Optional[float] = None,
-                 cp_comm_type: Optional[str] = None, pg_collection=None):
+    def __init__(
+        self,
+        config: TransformerConfig,
+        layer_number: int,
+        attn_mask_type,
+        attention_type: str,
+        attention_dropout: float | None = None,
+        softmax_scale: float | None = None,
+        cp_comm_type: str | None = None,
+        pg_collection=None,
+    ):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
             raise ValueError("SDPAttention does not support context parallelism")
@@ -162,14 +174,24 @@ class SDPAttention(MegatronModule):
             # torch's dispatch checks do not trace, and a cache would guard per layer: compiled
             # layers repeat k and v (the same function).
             return False
-        key = (q.shape, k.shape, q.stride(), k.stride(), v.stride(), q.dtype, q.device, dropout_p > 0,
-               torch.is_grad_enabled() and q.requires_grad)
+        key = (
+            q.shape,
+            k.shape,
+            q.stride(),
+            k.stride(),
+            v.stride(),
+            q.dtype,
+            q.device,
+            dropout_p > 0,
+            torch.is_grad_enabled() and q.requires_grad,
+        )
         if key not in self._native_gqa_cache:
             self._native_gqa_cache = {key: native_gqa_is_fused(q, k, v, dropout_p)}
         return self._native_gqa_cache[key]
 
-    def forward(self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None,
-                packed_seq_params=None):
+    def forward(
+        self, query, key, value, attention_mask=None, attn_mask_type=None, attention_bias=None, packed_seq_params=None
+    ):
         # query: [s, b, hq, d]; key/value: [s, b, hkv, d] (GQA: hkv divides hq)
         if packed_seq_params is not None or attention_bias is not None:
             raise ValueError("SDPAttention supports neither packed sequences nor attention bias")
@@ -179,8 +201,9 @@ class SDPAttention(MegatronModule):
         query, key = (kernels.apply_rope if self.use_kernel else kernels.apply_rope_ref)(query, key, cos, sin)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
         dropout_p = self.dropout if self.training else 0.0
-        out = causal_attention(q, k, v, native_gqa=self._native_gqa(q, k, v, dropout_p), scale=self.softmax_scale,
-                               dropout_p=dropout_p)
+        out = causal_attention(
+            q, k, v, native_gqa=self._native_gqa(q, k, v, dropout_p), scale=self.softmax_scale, dropout_p=dropout_p
+        )
         return out.permute(2, 0, 1, 3).reshape(s, b, self.heads * self.head_dim)  # [s, b, hq*d]
 
 
@@ -206,7 +229,7 @@ class FusedSwiGLU(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [s, b, 2f] -> [s, b, f]
         return _kernels().swiglu_fused(x)
 
-    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: Optional[dict] = None) -> dict:
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None) -> dict:
         """Nothing: it holds no state. megatron's MLP.sharded_state_dict asks every child module
         for its part, so a checkpoint save with the kernels on failed without this (found by
         tools/gpu_correct.py's smoke run)."""
@@ -224,8 +247,13 @@ class GrowGPTModel(GPTModel):
     fused_loss: bool = False
 
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
-        if (self.fused_loss and self.post_process and labels is not None
-                and self.config.mtp_num_layers is None and kwargs.get("inference_context") is None):
+        if (
+            self.fused_loss
+            and self.post_process
+            and labels is not None
+            and self.config.mtp_num_layers is None
+            and kwargs.get("inference_context") is None
+        ):
             s, b, h = hidden_states.shape
             w = self.shared_embedding_or_output_weight()  # [V, h]
             flat = hidden_states.transpose(0, 1).reshape(b * s, h)  # [b*s, h], batch-major like labels

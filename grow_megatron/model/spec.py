@@ -3,6 +3,7 @@
 Kernel choices (fused norm, SwiGLU, RoPE, loss) are made here and in the modules from the
 config switch, never inside the model's structure; parallel linears stay megatron's.
 """
+
 from __future__ import annotations
 
 from megatron.core.fusions.fused_bias_dropout import get_bias_dropout_add
@@ -15,8 +16,13 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_layer import TransformerLayerSubmodules
 
 from grow_megatron.model.fp8 import Fp8ColumnParallelLinear, Fp8RowParallelLinear
-from grow_megatron.model.modules import (FusedSwiGLU, GrowRowParallelLinear, GrowTransformerLayer, ScaledRMSNorm,
-                                         SDPAttention)
+from grow_megatron.model.modules import (
+    FusedSwiGLU,
+    GrowRowParallelLinear,
+    GrowTransformerLayer,
+    ScaledRMSNorm,
+    SDPAttention,
+)
 
 
 def decoder_layer_spec(fused_swiglu: bool = False, fp8: bool = False) -> ModuleSpec:
@@ -25,7 +31,9 @@ def decoder_layer_spec(fused_swiglu: bool = False, fp8: bool = False) -> ModuleS
     The norms and RoPE switch to their Triton kernels inside our modules (they read the
     config); with fused_swiglu the MLP's activation becomes the fused SwiGLU module. With fp8 the four linears
     run their matmuls in FP8 (model/fp8.py)."""
-    column, row = (Fp8ColumnParallelLinear, Fp8RowParallelLinear) if fp8 else (ColumnParallelLinear, GrowRowParallelLinear)
+    column, row = (
+        (Fp8ColumnParallelLinear, Fp8RowParallelLinear) if fp8 else (ColumnParallelLinear, GrowRowParallelLinear)
+    )
     return ModuleSpec(
         module=GrowTransformerLayer,
         submodules=TransformerLayerSubmodules(
@@ -43,9 +51,12 @@ def decoder_layer_spec(fused_swiglu: bool = False, fp8: bool = False) -> ModuleS
             ),
             self_attn_bda=get_bias_dropout_add,
             pre_mlp_layernorm=ScaledRMSNorm,
-            mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(
-                linear_fc1=column, linear_fc2=row,
-                activation_func=FusedSwiGLU if fused_swiglu else None)),
+            mlp=ModuleSpec(
+                module=MLP,
+                submodules=MLPSubmodules(
+                    linear_fc1=column, linear_fc2=row, activation_func=FusedSwiGLU if fused_swiglu else None
+                ),
+            ),
             mlp_bda=get_bias_dropout_add,
         ),
     )

@@ -7,6 +7,7 @@ starts: the base config and every variant's resolved run config are validated ex
 `grow-megatron train` would validate them, and a variant that changes the token budget is
 refused (the study compares variants at equal tokens).
 """
+
 from __future__ import annotations
 
 import os
@@ -15,14 +16,12 @@ import shlex
 import shutil
 import tempfile
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 import yaml
 
 from grow_megatron.config.base import ConfigError, check, check_output_dir, from_dict
 from grow_megatron.config.loop import LoopSpec
-from grow_megatron.config.run import (RunConfig, load_run_config, parse_override, read_yaml, resolve_paths,
-                                      _set_dotted)
+from grow_megatron.config.run import RunConfig, _set_dotted, load_run_config, parse_override, read_yaml, resolve_paths
 
 PHASES = ("train", "convert", "eval", "analyze", "loop", "report")
 """Every phase of a study, in the order they run. train/convert/eval/analyze run per variant and
@@ -41,7 +40,7 @@ class VariantConfig:
     set: list[str] = field(default_factory=list)
     """`section.field=value` overrides of the base run config, as `grow-megatron train --set` takes
     them, e.g. [growth.operator=lidas] or [model.ln_scaling=true]."""
-    config: Optional[str] = None
+    config: str | None = None
     """A run config file of this variant's own, used instead of the study's `base` (relative to
     the study file), e.g. examples/smollm360m_lidas.yaml; base_set and `set` still apply."""
 
@@ -56,9 +55,9 @@ class EvalConfig:
     """Examples per task."""
     seed: int = 0
     """Seed of the generated task examples (the same examples for every variant)."""
-    max_chunks: Optional[int] = None
+    max_chunks: int | None = None
     """At most this many held-out windows (empty: the whole held-out file)."""
-    seq_length: Optional[int] = None
+    seq_length: int | None = None
     """Held-out NLL window (empty: the model's context)."""
     batch_size: int = 16
     """Prompts / windows per forward pass."""
@@ -102,10 +101,13 @@ class AnalysisConfig:
         for i, item in enumerate(self.set):
             key, eq, _ = item.partition("=")
             name, dot, fld = key.partition(".")
-            check(bool(eq and dot and fld) and name in ANALYSES, f"{path}.set[{i}]", item,
-                  f"must be ANALYSIS.FIELD=VALUE with ANALYSIS one of {', '.join(ANALYSES)}")
-            check(name in self.analyses, f"{path}.set[{i}]", item,
-                  f"sets {name}, which is not in {path}.analyses")
+            check(
+                bool(eq and dot and fld) and name in ANALYSES,
+                f"{path}.set[{i}]",
+                item,
+                f"must be ANALYSIS.FIELD=VALUE with ANALYSIS one of {', '.join(ANALYSES)}",
+            )
+            check(name in self.analyses, f"{path}.set[{i}]", item, f"sets {name}, which is not in {path}.analyses")
 
 
 @dataclass
@@ -115,21 +117,29 @@ class LoopConfig:
     of: str = "best"
     """The variant to loop: `best` (the grown variant with the highest mean primitive accuracy
     in the eval phase, ties broken by lower held-out NLL) or a variant's name."""
-    blocks: Optional[str] = None
+    blocks: str | None = None
     """Blocks to loop, `START:END,...` (empty: the blocks the growths copied, from the growth history)."""
     repeats: list[int] = field(default_factory=lambda: [1, 2, 3])
     """Repeat counts (1 = the plain model, always scored as the baseline row)."""
-    n: Optional[int] = None
+    n: int | None = None
     """Examples per primitive task (empty: eval.n)."""
 
     def validate(self, path: str, variants: list[str]) -> None:
-        check(self.of == "best" or self.of in variants, f"{path}.of", self.of,
-              f"must be best or one of the variants ({', '.join(variants)})")
+        check(
+            self.of == "best" or self.of in variants,
+            f"{path}.of",
+            self.of,
+            f"must be best or one of the variants ({', '.join(variants)})",
+        )
         if self.blocks is not None:
             for item in self.blocks.split(","):
                 LoopSpec.parse(f"{item.strip()}x1", field=f"{path}.blocks")
-        check(bool(self.repeats) and all(r >= 1 for r in self.repeats), f"{path}.repeats", self.repeats,
-              "must be a non-empty list of counts >= 1")
+        check(
+            bool(self.repeats) and all(r >= 1 for r in self.repeats),
+            f"{path}.repeats",
+            self.repeats,
+            "must be a non-empty list of counts >= 1",
+        )
         check(self.n is None or self.n >= 1, f"{path}.n", self.n, "must be >= 1 (or empty for eval.n)")
 
 
@@ -139,7 +149,7 @@ class StudyConfig:
 
     name: str = "study"
     """Study name (the report's title)."""
-    base: Union[str, dict] = ""
+    base: str | dict = ""
     """The base run config: a path to a run config YAML (relative to this file), or the run config
     itself, inline (its data paths relative to this file)."""
     base_set: list[str] = field(default_factory=list)
@@ -154,7 +164,7 @@ class StudyConfig:
     phases: list[str] = field(default_factory=lambda: list(PHASES))
     """Which phases run: train, convert, eval, analyze, loop, report (each needs the ones before
     it, done now or by an earlier run of the study)."""
-    heldout: Optional[str] = None
+    heldout: str | None = None
     """Held-out text for NLL and the token-based analyses (.txt, or .jsonl with a `text` field;
     relative to this file). Empty with the embedded default corpus: its validation documents
     (never trained on) are written to OUT_DIR/heldout.jsonl; with other data it must be given."""
@@ -165,18 +175,26 @@ class StudyConfig:
     """Device of the eval, analyze and loop phases (cpu, cuda)."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
-    loop: Optional[LoopConfig] = None
+    loop: LoopConfig | None = None
     """Inference-time looping of a grown variant (empty: no loop phase)."""
 
-    def validate(self) -> "StudyConfig":
+    def validate(self) -> StudyConfig:
         check(bool(self.name.strip()), "name", self.name, "may not be empty")
-        check(isinstance(self.base, dict) or bool(self.base.strip()), "base", self.base,
-              "give a run config file path or the run config inline")
+        check(
+            isinstance(self.base, dict) or bool(self.base.strip()),
+            "base",
+            self.base,
+            "give a run config file path or the run config inline",
+        )
         check(bool(self.variants), "variants", self.variants, "list at least one variant")
         names = []
         for i, v in enumerate(self.variants):
-            check(bool(_NAME.fullmatch(v.name)), f"variants[{i}].name", v.name,
-                  "must be letters, digits, _ . - (it names directories)")
+            check(
+                bool(_NAME.fullmatch(v.name)),
+                f"variants[{i}].name",
+                v.name,
+                "must be letters, digits, _ . - (it names directories)",
+            )
             check(v.name not in names, f"variants[{i}].name", v.name, "is used by an earlier variant")
             names.append(v.name)
         check(bool(self.seeds), "seeds", self.seeds, "list at least one seed")
@@ -191,8 +209,12 @@ class StudyConfig:
             check(os.path.isfile(self.heldout), "heldout", self.heldout, "no such file: give a .txt or .jsonl file")
         if self.launcher.strip():
             words = self.launcher_words()
-            check(shutil.which(words[0]) is not None, "launcher", self.launcher,
-                  f"{words[0]} is not on PATH (empty launcher: one process)")
+            check(
+                shutil.which(words[0]) is not None,
+                "launcher",
+                self.launcher,
+                f"{words[0]} is not on PATH (empty launcher: one process)",
+            )
         self.eval.validate("eval")
         self.analysis.validate("analysis")
         if self.loop is not None:
@@ -219,8 +241,11 @@ class StudyConfig:
                 try:
                     n = int(text.split(":")[-1])
                 except ValueError:
-                    raise ConfigError("launcher", self.launcher,
-                                      f"{key} must be a number here (it sets the world size the variants are checked at)") from None
+                    raise ConfigError(
+                        "launcher",
+                        self.launcher,
+                        f"{key} must be a number here (it sets the world size the variants are checked at)",
+                    ) from None
                 if key.replace("_", "-") == "--nnodes":
                     nodes = n
                 else:
@@ -230,14 +255,22 @@ class StudyConfig:
     # --- derived: the variants' run configs ------------------------------------------------
     def variant_overrides(self, variant: VariantConfig, seed: int, run_dir: str) -> list[str]:
         """Every --set of one (variant, seed) training run, in order."""
-        return [*self.base_set, *variant.set, f"train.seed={seed}", f"run_dir={run_dir}",
-                f"name={variant.name}-s{seed}"]
+        return [
+            *self.base_set,
+            *variant.set,
+            f"train.seed={seed}",
+            f"run_dir={run_dir}",
+            f"name={variant.name}-s{seed}",
+        ]
 
     def run_config(self, base_path: str, variant: VariantConfig, seed: int, run_dir: str) -> RunConfig:
         """The validated run config of one (variant, seed), as `train` will see it."""
         try:
-            return load_run_config(variant.config or base_path, self.variant_overrides(variant, seed, run_dir),
-                                   world_size=self.world_size())
+            return load_run_config(
+                variant.config or base_path,
+                self.variant_overrides(variant, seed, run_dir),
+                world_size=self.world_size(),
+            )
         except ConfigError as err:
             where = f"variants[{[v.name for v in self.variants].index(variant.name)}] ({variant.name})"
             raise ConfigError(f"{where}: {err.path}", err.value, err.allowed) from None
@@ -247,11 +280,15 @@ def _check_overrides(items: list[str], path: str) -> None:
     for i, item in enumerate(items):
         check(isinstance(item, str), f"{path}[{i}]", item, "must be a section.field=value string")
         key, _ = parse_override(item)
-        check(key not in ("run_dir", "name", "train.seed"), f"{path}[{i}]", item,
-              "the study sets run_dir, name and train.seed itself (seeds: lists the seeds)")
+        check(
+            key not in ("run_dir", "name", "train.seed"),
+            f"{path}[{i}]",
+            item,
+            "the study sets run_dir, name and train.seed itself (seeds: lists the seeds)",
+        )
 
 
-def load_study(path: str, overrides: Optional[list[str]] = None) -> tuple[StudyConfig, str]:
+def load_study(path: str, overrides: list[str] | None = None) -> tuple[StudyConfig, str]:
     """Read, override (`key.sub=value`, dotted study fields), map and validate a study file.
 
     Returns (config, base run config path): an inline `base` is written to OUT_DIR/base.yaml
@@ -265,7 +302,9 @@ def load_study(path: str, overrides: Optional[list[str]] = None) -> tuple[StudyC
     cfg = from_dict(StudyConfig, raw)
     if isinstance(cfg.base, str) and cfg.base.strip():
         cfg.base = os.path.abspath(os.path.join(here, os.path.expanduser(cfg.base)))
-        check(os.path.isfile(cfg.base), "base", cfg.base, "file not found (a run config YAML, relative to the study file)")
+        check(
+            os.path.isfile(cfg.base), "base", cfg.base, "file not found (a run config YAML, relative to the study file)"
+        )
     if cfg.heldout:
         cfg.heldout = os.path.abspath(os.path.join(here, os.path.expanduser(cfg.heldout)))
     cfg.out_dir = os.path.abspath(os.path.expanduser(cfg.out_dir))
@@ -275,8 +314,12 @@ def load_study(path: str, overrides: Optional[list[str]] = None) -> tuple[StudyC
         _check_overrides(v.set, f"variants[{i}].set")
         if v.config is not None:
             v.config = os.path.abspath(os.path.join(here, os.path.expanduser(v.config)))
-            check(os.path.isfile(v.config), f"variants[{i}].config", v.config,
-                  "file not found (a run config YAML, relative to the study file)")
+            check(
+                os.path.isfile(v.config),
+                f"variants[{i}].config",
+                v.config,
+                "file not found (a run config YAML, relative to the study file)",
+            )
     if isinstance(cfg.base, str):
         _check_variants(cfg, cfg.base)
         return cfg, cfg.base
@@ -302,13 +345,20 @@ def _check_variants(cfg: StudyConfig, base_path: str) -> None:
         rc = cfg.run_config(base_path, v, cfg.seeds[0], os.path.join(cfg.out_dir, "check"))
         budgets[v.name] = (rc.train.steps, rc.train.global_batch_size, rc.model.seq_length)
         if cfg.heldout is None:
-            check(rc.data.is_default(), "heldout", None,
-                  f"variant {v.name} trains on its own data.datasets: give a held-out text file (not trained on)")
+            check(
+                rc.data.is_default(),
+                "heldout",
+                None,
+                f"variant {v.name} trains on its own data.datasets: give a held-out text file (not trained on)",
+            )
     first = cfg.variants[0].name
     for i, v in enumerate(cfg.variants):
         if budgets[v.name] != budgets[first]:
             steps, gbs, seq = budgets[v.name]
-            raise ConfigError(f"variants[{i}].set", v.set,
-                              f"trains {steps} steps x {gbs} sequences x {seq} tokens, {first} "
-                              f"{budgets[first][0]} x {budgets[first][1]} x {budgets[first][2]}: the study compares "
-                              "variants at equal tokens (set train.steps / batch / seq_length in base_set)")
+            raise ConfigError(
+                f"variants[{i}].set",
+                v.set,
+                f"trains {steps} steps x {gbs} sequences x {seq} tokens, {first} "
+                f"{budgets[first][0]} x {budgets[first][1]} x {budgets[first][2]}: the study compares "
+                "variants at equal tokens (set train.steps / batch / seq_length in base_set)",
+            )

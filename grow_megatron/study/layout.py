@@ -1,11 +1,11 @@
 """A study's files and steps: where every output goes (StudyLayout), the steps and their order (plan),
 and the JSON reading/writing both the runner and the report use."""
+
 from __future__ import annotations
 
 import json
 import os
 from dataclasses import dataclass
-from typing import Optional
 
 from grow_megatron.study.config import StudyConfig
 
@@ -15,8 +15,8 @@ class Step:
     """One unit of work with its own done-marker."""
 
     phase: str
-    variant: Optional[str] = None
-    seed: Optional[int] = None
+    variant: str | None = None
+    seed: int | None = None
 
     def title(self) -> str:
         who = f"{self.variant} seed {self.seed}: " if self.variant is not None else ""
@@ -77,8 +77,13 @@ def plan(cfg: StudyConfig) -> list[Step]:
     """The steps of a study, in order: per seed and variant train, convert, eval, analyze; then
     the loop sweep per seed (it needs every variant's eval to pick the best), then the
     loss-vs-FLOPs comparison of all runs. The report itself is written after the steps."""
-    steps = [Step(p, v.name, s) for s in cfg.seeds for v in cfg.variants
-             for p in ("train", "convert", "eval", "analyze") if p in cfg.phases]
+    steps = [
+        Step(p, v.name, s)
+        for s in cfg.seeds
+        for v in cfg.variants
+        for p in ("train", "convert", "eval", "analyze")
+        if p in cfg.phases
+    ]
     if "loop" in cfg.phases and cfg.loop is not None:
         steps += [Step("loop", None, s) for s in cfg.seeds]
     if "report" in cfg.phases:

@@ -11,6 +11,7 @@ The commands are the CLIs' stable command lines, not their Python internals: the
 just below `grow_megatron.cli` and never imports it, and each step can be re-run by hand from
 the command its marker and log record.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,15 +22,17 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Optional, TextIO
+from typing import TextIO
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.data import split_vector
 from grow_megatron.config.run import RunConfig
 from grow_megatron.config.rundir import RunDir
+
 # Fault injection (the study.step point): a test stops the study as a kill at the end of a step
 # would, without timing a real kill.
-from grow_megatron.engine.faults import ENV as FAULT_ENV, fault_armed
+from grow_megatron.engine.faults import ENV as FAULT_ENV
+from grow_megatron.engine.faults import fault_armed
 from grow_megatron.study.config import StudyConfig, VariantConfig
 from grow_megatron.study.layout import Step, StudyLayout, label, plan, read_json, write_json
 
@@ -38,8 +41,16 @@ BLOCK_ANALYSES = ("sublayer", "block-similarity")
 """Analyses with a block_size option: the study gives them the grown variants' block size."""
 
 
-_RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
-               "GROUP_RANK", "TORCHELASTIC_RUN_ID")
+_RENDEZVOUS = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "TORCHELASTIC_RUN_ID",
+)
 
 
 class StudyError(RuntimeError):
@@ -61,8 +72,11 @@ def embedded_heldout(rc: RunConfig, path: str) -> str:
     p = split_vector(rc.data.split)
     lo, hi = int(round(p[0] * len(docs))), int(round((p[0] + p[1]) * len(docs)))
     if hi <= lo:
-        raise ConfigError("data.split", rc.data.split, "leaves the embedded corpus no validation documents for the "
-                                                       "held-out NLL: give the study a heldout file")
+        raise ConfigError(
+            "data.split",
+            rc.data.split,
+            "leaves the embedded corpus no validation documents for the held-out NLL: give the study a heldout file",
+        )
     text = "".join(json.dumps({"text": t}) + "\n" for t in docs[lo:hi])
     old = open(path).read() if os.path.isfile(path) else None
     if old != text:
@@ -82,7 +96,7 @@ class Eta:
     def add(self, step: Step, seconds: float) -> None:
         self.done.setdefault(step.phase, []).append(seconds)
 
-    def remaining(self, steps: list[Step]) -> Optional[float]:
+    def remaining(self, steps: list[Step]) -> float | None:
         every = [s for v in self.done.values() for s in v]
         if not every:
             return None
@@ -90,7 +104,7 @@ class Eta:
         return sum(sum(self.done[s.phase]) / len(self.done[s.phase]) if s.phase in self.done else mean for s in steps)
 
 
-def fmt_seconds(s: Optional[float]) -> str:
+def fmt_seconds(s: float | None) -> str:
     if s is None:
         return "unknown"
     s = int(round(s))
@@ -105,22 +119,29 @@ class StudyRun:
     """Steps whose command ran (and succeeded) in this invocation."""
     skipped: list[Step] = field(default_factory=list)
     """Steps found done (marker present) and not re-run."""
-    report: Optional[str] = None
+    report: str | None = None
     """Path of report.md, when the report phase ran."""
 
 
 class Runner:
     """Runs the steps of one study (see module docstring)."""
 
-    def __init__(self, cfg: StudyConfig, base_path: str, verbose: bool = False, out: TextIO = sys.stdout,
-                 command: Optional[str] = None):
+    def __init__(
+        self,
+        cfg: StudyConfig,
+        base_path: str,
+        verbose: bool = False,
+        out: TextIO = sys.stdout,
+        command: str | None = None,
+    ):
         self.cfg, self.base_path, self.verbose, self.out = cfg, base_path, verbose, out
         self.command_line = command
         self.layout = StudyLayout(cfg.out_dir)
         self.variants: dict[str, VariantConfig] = {v.name: v for v in cfg.variants}
         self.configs: dict[str, RunConfig] = {
             v.name: cfg.run_config(base_path, v, cfg.seeds[0], self.layout.run_dir(v.name, cfg.seeds[0]))
-            for v in cfg.variants}
+            for v in cfg.variants
+        }
         self.heldout = cfg.heldout
         self.python = [sys.executable, "-m", "grow_megatron"]
 
@@ -128,7 +149,7 @@ class Runner:
     def say(self, text: str) -> None:
         print(f"[study] {text}", file=self.out, flush=True)
 
-    def block_size(self) -> Optional[int]:
+    def block_size(self) -> int | None:
         """The grown variants' block size (marks block starts in every model's line plots)."""
         for rc in self.configs.values():
             if rc.growth.enabled:
@@ -140,16 +161,21 @@ class Runner:
 
     def _need(self, path: str, step: Step, what: str) -> None:
         if not os.path.exists(path):
-            raise StudyError(f"{step.title()}: {what} is missing ({path}); include its phase in `phases` "
-                             "(or run the study once with it)")
+            raise StudyError(
+                f"{step.title()}: {what} is missing ({path}); include its phase in `phases` "
+                "(or run the study once with it)"
+            )
 
     # --- commands ------------------------------------------------------------------------
     def command(self, step: Step) -> list[str]:
         cfg, L, v, s = self.cfg, self.layout, step.variant, step.seed
         ev = cfg.eval
         held = ["--heldout", self.heldout]
-        nll = held + ([f"--seq-length={ev.seq_length}"] if ev.seq_length else []) + \
-            ([f"--max-chunks={ev.max_chunks}"] if ev.max_chunks else [])
+        nll = (
+            held
+            + ([f"--seq-length={ev.seq_length}"] if ev.seq_length else [])
+            + ([f"--max-chunks={ev.max_chunks}"] if ev.max_chunks else [])
+        )
         if step.phase == "train":
             launch = [*cfg.launcher_words(), "-m", "grow_megatron.cli"] if cfg.launcher.strip() else self.python
             sets = [a for o in cfg.variant_overrides(self.variants[v], s, L.run_dir(v, s)) for a in ("--set", o)]
@@ -159,29 +185,78 @@ class Runner:
             return [*self.python, "convert", "to-hf", L.run_dir(v, s), L.hf_dir(v, s), "--force", "--no-progress"]
         if step.phase == "eval":
             self._need(os.path.join(L.hf_dir(v, s), "config.json"), step, "the HF export")
-            return [*self.python, "eval", L.hf_dir(v, s), "--tasks", ev.tasks, f"--n={ev.n}", f"--seed={ev.seed}",
-                    *nll, f"--batch-size={ev.batch_size}", "--device", cfg.device, "--json", L.eval_json(v, s)]
+            return [
+                *self.python,
+                "eval",
+                L.hf_dir(v, s),
+                "--tasks",
+                ev.tasks,
+                f"--n={ev.n}",
+                f"--seed={ev.seed}",
+                *nll,
+                f"--batch-size={ev.batch_size}",
+                "--device",
+                cfg.device,
+                "--json",
+                L.eval_json(v, s),
+            ]
         if step.phase == "analyze":
             self._need(os.path.join(L.hf_dir(v, s), "config.json"), step, "the HF export")
             an = cfg.analysis
-            argv = [*self.python, "analyze", "compare", L.hf_dir(v, s), "--labels", label(cfg, v, s),
-                    "--out", L.analysis_dir(v, s), "--data", self.heldout, "--tasks", an.tasks, f"--n={an.n}",
-                    f"--seed={ev.seed}", "--device", cfg.device, "--quiet", "--analyses", *an.analyses]
+            argv = [
+                *self.python,
+                "analyze",
+                "compare",
+                L.hf_dir(v, s),
+                "--labels",
+                label(cfg, v, s),
+                "--out",
+                L.analysis_dir(v, s),
+                "--data",
+                self.heldout,
+                "--tasks",
+                an.tasks,
+                f"--n={an.n}",
+                f"--seed={ev.seed}",
+                "--device",
+                cfg.device,
+                "--quiet",
+                "--analyses",
+                *an.analyses,
+            ]
             if self.block_size():
                 argv.append(f"--mark-blocks={self.block_size()}")
             if an.quick:
                 argv.append("--quick")
             for name in BLOCK_ANALYSES:  # the grown variants' blocks, unless set explicitly
-                if name in an.analyses and self.block_size() and \
-                        not any(o.startswith(f"{name}.block_size=") for o in an.set):
+                if (
+                    name in an.analyses
+                    and self.block_size()
+                    and not any(o.startswith(f"{name}.block_size=") for o in an.set)
+                ):
                     argv += ["--set", f"{name}.block_size={self.block_size()}"]
             return argv + [a for o in an.set for a in ("--set", o)]
         if step.phase == "loop":
             lp, v = cfg.loop, self.loop_variant(step)
             self._need(os.path.join(L.hf_dir(v, s), "config.json"), step, f"the HF export of {v}")
-            argv = [*self.python, "loop-sweep", L.hf_dir(v, s), "--out", L.loop_dir(s), "--tasks", ev.tasks,
-                    f"--n={lp.n or ev.n}", f"--seed={ev.seed}", *nll, f"--batch-size={ev.batch_size}",
-                    "--repeats", ",".join(map(str, lp.repeats)), "--device", cfg.device, "--quiet"]
+            argv = [
+                *self.python,
+                "loop-sweep",
+                L.hf_dir(v, s),
+                "--out",
+                L.loop_dir(s),
+                "--tasks",
+                ev.tasks,
+                f"--n={lp.n or ev.n}",
+                f"--seed={ev.seed}",
+                *nll,
+                f"--batch-size={ev.batch_size}",
+                "--repeats",
+                ",".join(map(str, lp.repeats)),
+                "--device",
+                cfg.device,
+                "--quiet",
+            ]
             return argv + (["--blocks", lp.blocks] if lp.blocks else [])
         if step.phase == "compare-runs":
             # compare-runs names a run by its directory's name, and every run directory here is
@@ -215,8 +290,11 @@ class Runner:
                 path = self.layout.eval_json(v, s)
                 self._need(path, step, f"the eval results of {v} seed {s}")
                 ev = read_json(path)
-                accs.append(ev["primitives_mean"]["accuracy"] if "primitives_mean" in ev
-                            else next(iter(ev["primitives"].values()))["accuracy"])
+                accs.append(
+                    ev["primitives_mean"]["accuracy"]
+                    if "primitives_mean" in ev
+                    else next(iter(ev["primitives"].values()))["accuracy"]
+                )
                 nlls.append(ev["heldout"][self.heldout]["nll"])
             return sum(accs) / len(accs), -sum(nlls) / len(nlls)
 
@@ -238,8 +316,9 @@ class Runner:
         with open(log, "w") as f:
             f.write("$ " + shlex.join(argv) + "\n")
             f.flush()
-            proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                    errors="replace")
+            proc = subprocess.Popen(
+                argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, errors="replace"
+            )
             try:
                 for line in proc.stdout:
                     f.write(line)
@@ -250,8 +329,9 @@ class Runner:
                 # The child got the same SIGINT (one process group): `train` checkpoints and
                 # exits; wait for it so that the run directory is left resumable.
                 proc.wait()
-                raise StudyInterrupted(f"interrupted during {step.title()}; run the same command again to resume "
-                                       f"(log: {log})") from None
+                raise StudyInterrupted(
+                    f"interrupted during {step.title()}; run the same command again to resume (log: {log})"
+                ) from None
         if rc != 0:
             with open(log) as f:
                 tail = f.readlines()[-LOG_TAIL:]
@@ -261,8 +341,10 @@ class Runner:
     def _after(self, step: Step, seconds: float) -> dict:
         """Phase outputs beyond the command's own, and the marker's extra fields."""
         if step.phase == "train":
-            write_json(self.layout.train_json(step.variant, step.seed),
-                       train_summary(self.layout.run_dir(step.variant, step.seed), seconds))
+            write_json(
+                self.layout.train_json(step.variant, step.seed),
+                train_summary(self.layout.run_dir(step.variant, step.seed), seconds),
+            )
         if step.phase == "loop":
             return {"looped_variant": self.loop_variant(step)}
         return {}
@@ -280,16 +362,29 @@ class Runner:
                 continue
             argv = self.command(step)
             left = eta.remaining(steps[k:])
-            self.say(f"{k + 1}/{len(steps)} {step.title()} (elapsed {fmt_seconds(time.monotonic() - t_start)}, "
-                     f"ETA {fmt_seconds(left)})")
+            self.say(
+                f"{k + 1}/{len(steps)} {step.title()} (elapsed {fmt_seconds(time.monotonic() - t_start)}, "
+                f"ETA {fmt_seconds(left)})"
+            )
             seconds, cpu = self._execute(step, argv)
             if fault_armed("study.step", step):
-                raise StudyInterrupted(f"stopped after {step.title()} by {FAULT_ENV}={os.environ[FAULT_ENV]} "
-                                       "(before its marker)")
+                raise StudyInterrupted(
+                    f"stopped after {step.title()} by {FAULT_ENV}={os.environ[FAULT_ENV]} (before its marker)"
+                )
             extra = self._after(step, seconds)
-            write_json(marker, {"phase": step.phase, "variant": step.variant, "seed": step.seed, "seconds": seconds,
-                                "cpu_seconds": cpu, "command": shlex.join(argv), "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC",
-                                                                                      time.gmtime()), **extra})
+            write_json(
+                marker,
+                {
+                    "phase": step.phase,
+                    "variant": step.variant,
+                    "seed": step.seed,
+                    "seconds": seconds,
+                    "cpu_seconds": cpu,
+                    "command": shlex.join(argv),
+                    "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+                    **extra,
+                },
+            )
             eta.add(step, seconds)
             result.ran.append(step)
             self.say(f"{step.title()} done in {fmt_seconds(seconds)}")
@@ -326,16 +421,22 @@ def train_summary(run_dir: str, seconds: float) -> dict:
     if not by_step:
         raise StudyError(f"{path} has no training records")
     last = by_step[max(by_step)]
-    return {"run_dir": run_dir, "steps": max(by_step) + 1, "final_depth": last["depth"], "tokens": last["tokens"],
-            "flops": last["flops"], "final_loss": last["loss"],
-            "final_val_loss": None if val is None else val[1], "final_val_step": None if val is None else val[0] + 1,
-            "train_step_seconds": sum(r.get("step_s") or 0.0 for r in by_step.values()),
-            "phase_seconds": seconds}
+    return {
+        "run_dir": run_dir,
+        "steps": max(by_step) + 1,
+        "final_depth": last["depth"],
+        "tokens": last["tokens"],
+        "flops": last["flops"],
+        "final_loss": last["loss"],
+        "final_val_loss": None if val is None else val[1],
+        "final_val_step": None if val is None else val[0] + 1,
+        "train_step_seconds": sum(r.get("step_s") or 0.0 for r in by_step.values()),
+        "phase_seconds": seconds,
+    }
 
 
-def run_study(cfg: StudyConfig, base_path: str, verbose: bool = False,
-              out: TextIO = sys.stdout, command: Optional[str] = None) -> StudyRun:
+def run_study(
+    cfg: StudyConfig, base_path: str, verbose: bool = False, out: TextIO = sys.stdout, command: str | None = None
+) -> StudyRun:
     """Run (or resume) a study; see Runner. `command`: the command line, for the report."""
     return Runner(cfg, base_path, verbose, out, command).run()
-
-

@@ -2,12 +2,13 @@
 says what the comparison shows): each run's records read from its metrics.jsonl, losses
 interpolated at common FLOP budgets, and `write_comparison`, which writes
 DIR/compare_runs.png, DIR/loss_at_flops.md and DIR/loss_at_flops.json."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -29,7 +30,7 @@ class RunRecords:
     growths: list[GrowthEvent] = field(default_factory=list)
     """Growth events (events.jsonl), each with step, old_depth, new_depth."""
 
-    def column(self, key: str, where: Optional[str] = None) -> np.ndarray:
+    def column(self, key: str, where: str | None = None) -> np.ndarray:
         return np.array([r[key] for r in self.records if where is None or where in r], dtype=np.float64)
 
     def at_growth(self, event: GrowthEvent, axis: str) -> float:
@@ -37,22 +38,24 @@ class RunRecords:
         if axis == "step":
             return float(event.step)
         steps = self.column("step") + 1  # a record's counts are after its step
-        return float(np.interp(event.step, np.concatenate([[0], steps]),
-                               np.concatenate([[0], self.column(axis)])))
+        return float(np.interp(event.step, np.concatenate([[0], steps]), np.concatenate([[0], self.column(axis)])))
 
 
-def load_run(run_dir: str, name: Optional[str] = None) -> RunRecords:
+def load_run(run_dir: str, name: str | None = None) -> RunRecords:
     """A run directory's records; ConfigError (one line) when it cannot be compared."""
     rd = RunDir(run_dir)
     if not os.path.isfile(rd.metrics):
         raise ConfigError("RUN", run_dir, f"has no {METRICS}: give a run directory (the run_dir of a training run)")
-    recs = sorted((r for r in rd.read_metrics() if "step" in r and "loss" in r),
-                  key=lambda r: r["step"])
+    recs = sorted((r for r in rd.read_metrics() if "step" in r and "loss" in r), key=lambda r: r["step"])
     if not recs:
         raise ConfigError("RUN", run_dir, f"has no training records in {METRICS} yet")
     if any("flops" not in r or "tokens" not in r for r in recs):
-        raise ConfigError("RUN", run_dir, "has records without cumulative tokens/FLOPs (trained by a version of "
-                                          "grow_megatron before they were logged): train it again to compare it")
+        raise ConfigError(
+            "RUN",
+            run_dir,
+            "has records without cumulative tokens/FLOPs (trained by a version of "
+            "grow_megatron before they were logged): train it again to compare it",
+        )
     return RunRecords(name or os.path.basename(os.path.normpath(run_dir)), recs, rd.growth_events())
 
 
@@ -62,7 +65,7 @@ def default_budgets(runs: Sequence[RunRecords], n: int) -> list[float]:
     return [common * k / n for k in range(1, n + 1)]
 
 
-def loss_at(run: RunRecords, budget: float, key: str) -> Optional[float]:
+def loss_at(run: RunRecords, budget: float, key: str) -> float | None:
     """`key` (loss or val_loss) of `run` linearly interpolated at `budget` FLOPs; None outside
     the logged range of that key."""
     x, y = run.column("flops", key), run.column(key, key)
@@ -73,8 +76,10 @@ def loss_at(run: RunRecords, budget: float, key: str) -> Optional[float]:
 
 def loss_table(runs: Sequence[RunRecords], budgets: Sequence[float]) -> list[dict]:
     """One row per budget: {"flops", run name: {"loss", "val_loss"}}."""
-    return [{"flops": b, **{r.name: {"loss": loss_at(r, b, "loss"), "val_loss": loss_at(r, b, "val_loss")}
-                            for r in runs}} for b in budgets]
+    return [
+        {"flops": b, **{r.name: {"loss": loss_at(r, b, "loss"), "val_loss": loss_at(r, b, "val_loss")} for r in runs}}
+        for b in budgets
+    ]
 
 
 def format_markdown(runs: Sequence[RunRecords], rows: list[dict]) -> str:
@@ -105,11 +110,19 @@ def plot(runs: Sequence[RunRecords], out: str) -> str:
     for i, run in enumerate(runs):
         c = colors[i % len(colors)]
         for ax, (key, _) in zip(axes, AXES):
-            ax.plot(run.column(key) / scale[key], run.column("loss"), color=c, lw=1, alpha=0.55,
-                    label=f"{run.name} train")
+            ax.plot(
+                run.column(key) / scale[key], run.column("loss"), color=c, lw=1, alpha=0.55, label=f"{run.name} train"
+            )
             if "val_loss" in {k for r in run.records for k in r}:
-                ax.plot(run.column(key, "val_loss") / scale[key], run.column("val_loss", "val_loss"), "o-", color=c,
-                        ms=4, lw=1.8, label=f"{run.name} held-out")
+                ax.plot(
+                    run.column(key, "val_loss") / scale[key],
+                    run.column("val_loss", "val_loss"),
+                    "o-",
+                    color=c,
+                    ms=4,
+                    lw=1.8,
+                    label=f"{run.name} held-out",
+                )
             for g in run.growths:
                 ax.axvline(run.at_growth(g, key) / scale[key], color=c, ls=":", lw=1)
     # The first steps (ln V at initialisation) would flatten every later difference.

@@ -1,6 +1,7 @@
 """The run directory of a checkpoint grown on disk (engine/offline_grow.py grows the
 checkpoint itself): its config.yaml, a static run at the grown depth, and the source run's
 records, so that plots and compare-runs show the model's whole life."""
+
 from __future__ import annotations
 
 import json

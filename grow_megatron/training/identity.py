@@ -17,12 +17,13 @@ shape, the growth plan, the sequence length, the global batch size and the token
 be accepted: the checkpoint, the plan or the data position (step x global_batch_size samples
 of seq_length tokens) would no longer fit; `grow-megatron grow` or a new run_dir do.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import os
-from typing import Any, Optional
+from typing import Any
 
 from grow_megatron.config.base import ConfigError, from_dict, to_dict
 from grow_megatron.config.model import ModelConfig
@@ -30,7 +31,6 @@ from grow_megatron.config.run import RunConfig, dump_run_config, read_yaml
 from grow_megatron.config.rundir import RunDir
 from grow_megatron.data.assets import default_corpus_path, default_tokenizer_path
 from grow_megatron.engine.integrity import file_digest
-
 
 EXTENDABLE = ("train.steps",)
 """Identity fields a resume may change without declaring it (training a run further)."""
@@ -41,8 +41,18 @@ growth plan or the data position depends on."""
 
 _MODEL_NOT_IDENTITY = ("preset", "kernels")
 _GROWTH = ("operator", "block_size", "function_preserving", "alpha", "grow_steps")
-_OPTIM = ("lr", "min_lr", "warmup_steps", "decay_steps", "decay_style", "weight_decay", "beta1", "beta2", "eps",
-          "clip_grad")
+_OPTIM = (
+    "lr",
+    "min_lr",
+    "warmup_steps",
+    "decay_steps",
+    "decay_style",
+    "weight_decay",
+    "beta1",
+    "beta2",
+    "eps",
+    "clip_grad",
+)
 _DATA = ("preset", "tokenizer", "tokenizer_vocab_size", "eod_token", "text_field", "split", "eod_mask_loss")
 _HUB = "hf:"
 
@@ -51,7 +61,7 @@ def history_path(run_dir: str) -> str:
     return RunDir(run_dir).config_history
 
 
-def _digest(path: str, cache: dict, seen: dict) -> Optional[str]:
+def _digest(path: str, cache: dict, seen: dict) -> str | None:
     """xxh3-128 of a local file, or of a directory's files (names and contents); None for a hub
     name or a path that is not there. `cache`: {path: [size, mtime_ns, digest]} of an earlier
     record, reused for files whose size and mtime did not change (a dataset of many GB is read
@@ -79,15 +89,20 @@ def _digest_text(text: str) -> str:
     return xxhash.xxh3_128(text.encode()).hexdigest()
 
 
-def run_identity(cfg: RunConfig, cache: Optional[dict] = None) -> dict:
+def run_identity(cfg: RunConfig, cache: dict | None = None) -> dict:
     """{"fields": {dotted field: value}, "file_stats": digest cache} of `cfg`'s run. `cache`:
     the file_stats of the identity recorded earlier."""
     cache, seen = dict(cache or {}), {}
     model = to_dict(cfg.model)
     fields: dict[str, Any] = {f"model.{k}": v for k, v in model.items() if k not in _MODEL_NOT_IDENTITY}
     fields.update({f"growth.{k}": getattr(cfg.growth, k) for k in _GROWTH})
-    fields.update({"train.steps": cfg.train.steps, "train.global_batch_size": cfg.train.global_batch_size,
-                   "train.seed": cfg.train.seed})
+    fields.update(
+        {
+            "train.steps": cfg.train.steps,
+            "train.global_batch_size": cfg.train.global_batch_size,
+            "train.seed": cfg.train.seed,
+        }
+    )
     fields.update({f"optim.{k}": getattr(cfg.optim, k) for k in _OPTIM})
     data = to_dict(cfg.data)
     fields.update({f"data.{k}": data[k] for k in _DATA})
@@ -98,7 +113,7 @@ def run_identity(cfg: RunConfig, cache: Optional[dict] = None) -> dict:
     return {"fields": fields, "file_stats": seen}
 
 
-def legacy_identity(run_dir: str) -> Optional[dict]:
+def legacy_identity(run_dir: str) -> dict | None:
     """The identity of a run whose checkpoint predates recorded identities (or was written by
     `grow` / `convert from-hf`): from its config.yaml, read before this run replaces it; None
     without one. It has no content digests (they are not compared)."""
@@ -133,16 +148,21 @@ def identity_changes(recorded: dict, current: dict) -> dict[str, tuple[Any, Any]
     return {k: (old[k], new[k]) for k in sorted(old) if k in new and old[k] != new[k]}
 
 
-def check_changes(diff: dict[str, tuple[Any, Any]], accepted: list[str], step: int, checkpoint: str,
-                  run_dir: str) -> None:
+def check_changes(
+    diff: dict[str, tuple[Any, Any]], accepted: list[str], step: int, checkpoint: str, run_dir: str
+) -> None:
     """Refuse, in one line, the changes that are neither extensions nor accepted. An accepted
     field may not be a fixed one; one that is not changed is no error (the same command runs
     again after a preemption, when the change is already recorded)."""
     for key in accepted:
         if _fixed(key):
-            raise ConfigError("accept_changes", key, "cannot be accepted on resume: the checkpoint, the growth plan "
-                                                     "or the data position depend on it; use `grow-megatron grow` "
-                                                     "(another depth) or a new run_dir")
+            raise ConfigError(
+                "accept_changes",
+                key,
+                "cannot be accepted on resume: the checkpoint, the growth plan "
+                "or the data position depend on it; use `grow-megatron grow` "
+                "(another depth) or a new run_dir",
+            )
     refused = {k: v for k, v in diff.items() if k not in EXTENDABLE and k not in accepted}
     if not refused:
         return
@@ -150,14 +170,19 @@ def check_changes(diff: dict[str, tuple[Any, Any]], accepted: list[str], step: i
     acceptable = [k for k in refused if not _fixed(k)]
     ways = ["use a new run_dir for the changed run", "`grow-megatron grow` for another depth"]
     if acceptable:
-        ways.append(f"or, to change it from step {step} on deliberately (recorded in {history_path(run_dir)}), "
-                    f"--set accept_changes=[{','.join(acceptable)}]")
+        ways.append(
+            f"or, to change it from step {step} on deliberately (recorded in {history_path(run_dir)}), "
+            f"--set accept_changes=[{','.join(acceptable)}]"
+        )
     fixed = [k for k in refused if _fixed(k)]
     if fixed:
         ways.append(f"({', '.join(fixed)} cannot change within a run)")
-    raise ConfigError("config", run_dir, f"differs from the run it resumes ({checkpoint}, step {step}) in {what}: "
-                                         f"resume with the run's config ({RunDir(run_dir).config}), or "
-                                         + ", ".join(ways))
+    raise ConfigError(
+        "config",
+        run_dir,
+        f"differs from the run it resumes ({checkpoint}, step {step}) in {what}: "
+        f"resume with the run's config ({RunDir(run_dir).config}), or " + ", ".join(ways),
+    )
 
 
 def describe_changes(diff: dict[str, tuple[Any, Any]]) -> str:
@@ -175,8 +200,9 @@ def _append(run_dir: str, record: dict, fresh: bool) -> None:
 def record_start(cfg: RunConfig, identity: dict, step: int = 0) -> None:
     """A new run: its history starts with its config and identity (at step 0, or where a run
     without a history, say one `grow` or `convert from-hf` wrote, is first trained)."""
-    _append(cfg.run_dir, {"step": step, "kind": "start", "identity": identity["fields"], "config": to_dict(cfg)},
-            fresh=True)
+    _append(
+        cfg.run_dir, {"step": step, "kind": "start", "identity": identity["fields"], "config": to_dict(cfg)}, fresh=True
+    )
 
 
 def has_history(run_dir: str) -> bool:
@@ -185,9 +211,16 @@ def has_history(run_dir: str) -> bool:
 
 def record_changes(cfg: RunConfig, step: int, diff: dict[str, tuple[Any, Any]]) -> None:
     """Deliberate changes (extensions, accepted fields) taking effect at `step`."""
-    _append(cfg.run_dir, {"step": step, "kind": "change",
-                          "changes": {k: {"from": a, "to": b} for k, (a, b) in diff.items()},
-                          "config": to_dict(cfg)}, fresh=False)
+    _append(
+        cfg.run_dir,
+        {
+            "step": step,
+            "kind": "change",
+            "changes": {k: {"from": a, "to": b} for k, (a, b) in diff.items()},
+            "config": to_dict(cfg),
+        },
+        fresh=False,
+    )
 
 
 def read_history(run_dir: str) -> list[dict]:

@@ -1,4 +1,5 @@
 """The training loop: steps, growth at stage boundaries, evaluation, metrics, checkpoints."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,8 +8,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 from megatron.core import parallel_state
@@ -19,10 +20,22 @@ from grow_megatron.config.rundir import GrowthEvent, RunDir, growth_events
 from grow_megatron.config.training import TrainConfig
 from grow_megatron.data.datasets import build_datasets, describe_data, get_microbatches
 from grow_megatron.engine.async_save import AsyncSaver
-from grow_megatron.engine.build import (Engine, build_engine, eval_loss, poison_gradients, relearn_grad_ready,
-                                         sync_params, train_step)
-from grow_megatron.engine.checkpoint import (latest_checkpoint, load_checkpoint, read_meta, save_checkpoint,
-                                               unreadable_leftovers)
+from grow_megatron.engine.build import (
+    Engine,
+    build_engine,
+    eval_loss,
+    poison_gradients,
+    relearn_grad_ready,
+    sync_params,
+    train_step,
+)
+from grow_megatron.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    read_meta,
+    save_checkpoint,
+    unreadable_leftovers,
+)
 from grow_megatron.engine.device import Device
 from grow_megatron.engine.distributed import broadcast_from_rank0, device_context, init_distributed, rank
 from grow_megatron.engine.faults import fault_armed, fault_point
@@ -33,9 +46,17 @@ from grow_megatron.growth.schedule import GrowthPlan
 from grow_megatron.model.builder import compiled_graphs
 from grow_megatron.model.looping import LoopSchedule
 from grow_megatron.training.history import ComputeCount, Schedule, continued_plan, lr_schedule, plan_note
-from grow_megatron.training.identity import (check_changes, describe_changes, has_history, identity_changes,
-                                             legacy_identity, record_changes, record_start, run_identity,
-                                             write_current_config)
+from grow_megatron.training.identity import (
+    check_changes,
+    describe_changes,
+    has_history,
+    identity_changes,
+    legacy_identity,
+    record_changes,
+    record_start,
+    run_identity,
+    write_current_config,
+)
 from grow_megatron.training.metrics import MetricsWriter
 from grow_megatron.training.run_lock import prepare_run_dir, run_dir_lock
 
@@ -52,7 +73,7 @@ class TrainResult:
     run_dir: str = ""
 
 
-def _wandb_settings(cfg: RunConfig) -> Optional[dict]:
+def _wandb_settings(cfg: RunConfig) -> dict | None:
     """MetricsWriter's W&B settings, or None when logging.wandb is off."""
     if not cfg.logging.wandb:
         return None
@@ -95,20 +116,28 @@ def _graceful_interrupt(device: Device):
 
 def _last_good(ckpt_root: str) -> str:
     last = latest_checkpoint(ckpt_root)
-    return (f"the last good checkpoint is {last} (running again resumes from it)" if last
-            else "no checkpoint was written yet (running again starts from step 0)")
+    return (
+        f"the last good checkpoint is {last} (running again resumes from it)"
+        if last
+        else "no checkpoint was written yet (running again starts from step 0)"
+    )
 
 
-def train(cfg: RunConfig, *, stop_at: Optional[int] = None,
-          on_step: Optional[Callable[[Engine, int, dict], None]] = None) -> TrainResult:
+def train(
+    cfg: RunConfig, *, stop_at: int | None = None, on_step: Callable[[Engine, int, dict], None] | None = None
+) -> TrainResult:
     """Run (or resume) training; `stop_at` stops after that many global steps, checkpointing
     there as a preemption would (used by tests and by Ctrl-C)."""
     # Before anything is set up or written: a run_dir that is a file fails here, not after the
     # data is prepared.
     check_output_dir(cfg.run_dir, "run_dir")
     with device_context():
-        layout = init_distributed(cfg.parallel.tensor_parallel, cfg.parallel.pipeline_parallel, cfg.train.seed,
-                                  vpp=cfg.parallel.virtual_stages)
+        layout = init_distributed(
+            cfg.parallel.tensor_parallel,
+            cfg.parallel.pipeline_parallel,
+            cfg.train.seed,
+            vpp=cfg.parallel.virtual_stages,
+        )
         # Every refusal of the config (an unrunnable plan, kernels without Triton, a vocabulary
         # smaller than the tokenizer's, a size that cannot fit) is one line here, before the
         # run_dir is made; a run_dir another trainer uses is refused before its files are touched.
@@ -117,7 +146,7 @@ def train(cfg: RunConfig, *, stop_at: Optional[int] = None,
             return _train(run, stop_at=stop_at, on_step=on_step)
 
 
-def _train(run: ResolvedRun, *, stop_at: Optional[int], on_step) -> TrainResult:
+def _train(run: ResolvedRun, *, stop_at: int | None, on_step) -> TrainResult:
     """The story of a run: its data, where it starts (a new run or the latest checkpoint), then
     per step: grow if due, step, evaluate, log, checkpoint; at the end (or a stop), the last
     checkpoint."""
@@ -128,17 +157,23 @@ def _train(run: ResolvedRun, *, stop_at: Optional[int], on_step) -> TrainResult:
     data = _Data.build(run)
     start, engine = _resume(run, origin)
     history = start.growths
-    compute = ComputeCount(cfg.model, run.vocab, _tokens_per_step(cfg),
-                           history[0].old_depth if history else engine.depth, start.checkpoint_meta)
-    state = _RunState(engine, TrainResult(start_step=start.step, run_dir=cfg.run_dir, growths=list(history)),
-                      skipped=start.skipped)
+    compute = ComputeCount(
+        cfg.model,
+        run.vocab,
+        _tokens_per_step(cfg),
+        history[0].old_depth if history else engine.depth,
+        start.checkpoint_meta,
+    )
+    state = _RunState(
+        engine, TrainResult(start_step=start.step, run_dir=cfg.run_dir, growths=list(history)), skipped=start.skipped
+    )
     metrics = _open_metrics(run, start, engine, data)
-    saves = _Checkpoints(ckpt_root, cfg, start, compute,
-                         AsyncSaver() if cfg.checkpoint.async_save == "on" else None)
+    saves = _Checkpoints(ckpt_root, cfg, start, compute, AsyncSaver() if cfg.checkpoint.async_save == "on" else None)
     end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
     loops = LoopSchedule(cfg.model.loop)
-    pbar = metrics.progress(total=cfg.train.steps, initial=start.step, enabled=cfg.logging.progress,
-                            interval=cfg.logging.print_interval)
+    pbar = metrics.progress(
+        total=cfg.train.steps, initial=start.step, enabled=cfg.logging.progress, interval=cfg.logging.print_interval
+    )
     with _graceful_interrupt(run.spec.device) as interrupted:
         for step in range(start.step, end):
             saves.poll()
@@ -181,36 +216,56 @@ class _Data:
 
     train: object
     """megatron's GPTDataset or BlendedDataset (build_datasets)."""
-    valid: Optional[object]
+    valid: object | None
     """The held-out split; None when there is none."""
     dp_rank: int
     dp_size: int
     train_cfg: TrainConfig
 
     @classmethod
-    def build(cls, run: ResolvedRun) -> "_Data":
+    def build(cls, run: ResolvedRun) -> _Data:
         cfg, tc = run.cfg, run.cfg.train
         valid_samples = tc.eval_batches * tc.micro_batch_size * run.layout.dp if tc.eval_interval else 0
-        train_ds, valid_ds = build_datasets(cfg.data, seq_length=cfg.model.seq_length, seed=tc.seed,
-                                            train_samples=tc.steps * tc.global_batch_size,
-                                            valid_samples=valid_samples, tokenizer=run.tokenizer,
-                                            # A tokenizing bar in a redirected log is one \r-joined line.
-                                            progress=run.layout.is_logging_rank and sys.stderr.isatty(),
-                                            batch_tokens=_tokens_per_step(cfg))
+        train_ds, valid_ds = build_datasets(
+            cfg.data,
+            seq_length=cfg.model.seq_length,
+            seed=tc.seed,
+            train_samples=tc.steps * tc.global_batch_size,
+            valid_samples=valid_samples,
+            tokenizer=run.tokenizer,
+            # A tokenizing bar in a redirected log is one \r-joined line.
+            progress=run.layout.is_logging_rank and sys.stderr.isatty(),
+            batch_tokens=_tokens_per_step(cfg),
+        )
         return cls(train_ds, valid_ds, parallel_state.get_data_parallel_rank(), run.layout.dp, tc)
 
     def microbatches(self, step: int) -> list[dict]:
         """This rank's micro-batches of training step `step`."""
         tc = self.train_cfg
-        return get_microbatches(self.train, step=step, global_batch_size=tc.global_batch_size,
-                                micro_batch_size=tc.micro_batch_size, dp_rank=self.dp_rank, dp_size=self.dp_size)
+        return get_microbatches(
+            self.train,
+            step=step,
+            global_batch_size=tc.global_batch_size,
+            micro_batch_size=tc.micro_batch_size,
+            dp_rank=self.dp_rank,
+            dp_size=self.dp_size,
+        )
 
     def eval_microbatches(self) -> list[dict]:
         """This rank's micro-batches of the held-out evaluation (the same ones every time)."""
         tc = self.train_cfg
-        return [mb for i in range(tc.eval_batches) for mb in get_microbatches(
-            self.valid, step=i, global_batch_size=tc.micro_batch_size * self.dp_size,
-            micro_batch_size=tc.micro_batch_size, dp_rank=self.dp_rank, dp_size=self.dp_size)]
+        return [
+            mb
+            for i in range(tc.eval_batches)
+            for mb in get_microbatches(
+                self.valid,
+                step=i,
+                global_batch_size=tc.micro_batch_size * self.dp_size,
+                micro_batch_size=tc.micro_batch_size,
+                dp_rank=self.dp_rank,
+                dp_size=self.dp_size,
+            )
+        ]
 
 
 @dataclass(frozen=True)
@@ -218,9 +273,9 @@ class _Start:
     """Where this call of train() starts: step 0 of a new run, or the latest checkpoint."""
 
     step: int
-    checkpoint: Optional[str]
+    checkpoint: str | None
     """The checkpoint resumed from (None: a new run)."""
-    checkpoint_meta: Optional[dict]
+    checkpoint_meta: dict | None
     """Its meta.json."""
     plan: GrowthPlan
     """The growth plan as the run follows it (the stage steps it was started with)."""
@@ -245,8 +300,8 @@ class _Start:
 class _Origin:
     """What this call resumes (nothing for a new run) and the run's identity, checked."""
 
-    checkpoint: Optional[str]
-    meta: Optional[dict]
+    checkpoint: str | None
+    meta: dict | None
     identity: dict
     changed: dict
 
@@ -281,7 +336,7 @@ def _resume(run: ResolvedRun, origin: _Origin) -> tuple[_Start, Engine]:
     return _Start(start, resume_from, prior, plan, schedule, origin.identity, origin.changed), engine
 
 
-def _checked_identity(cfg: RunConfig, prior: Optional[dict], checkpoint: Optional[str]) -> tuple[dict, dict]:
+def _checked_identity(cfg: RunConfig, prior: dict | None, checkpoint: str | None) -> tuple[dict, dict]:
     """This run's identity and, on a resume, its deliberate changes to the recorded one (a
     change that is not deliberate is refused here, before the engine is built). Rank 0 reads
     the data to digest it; every rank gets its identity or its refusal."""
@@ -290,8 +345,9 @@ def _checked_identity(cfg: RunConfig, prior: Optional[dict], checkpoint: Optiona
         try:
             # A checkpoint at step 0 without an identity (`convert from-hf`) was never trained:
             # the run's identity is the one its first step trains under.
-            recorded = (prior.get("identity") or (legacy_identity(cfg.run_dir) if prior["step"] else None)
-                        if prior else None)
+            recorded = (
+                prior.get("identity") or (legacy_identity(cfg.run_dir) if prior["step"] else None) if prior else None
+            )
             current = run_identity(cfg, (recorded or {}).get("file_stats"))
             diff = identity_changes(recorded, current) if recorded else {}
             check_changes(diff, cfg.accept_changes, prior["step"] if prior else 0, checkpoint, cfg.run_dir)
@@ -311,30 +367,41 @@ def _refuse_restart_over_lost_checkpoints(cfg: RunConfig, ckpt_root: str) -> Non
     it from step 0 would truncate its metrics.jsonl and overwrite its records."""
     left = unreadable_leftovers(ckpt_root)
     if left is not None:
-        raise ConfigError("checkpoint.resume", "auto",
-                          f"{ckpt_root} held checkpoints but none is complete and readable now ({left}): this run is "
-                          f"not started over from step 0 (that would truncate {RunDir(cfg.run_dir).metrics}); put its "
-                          f"step_* directories back, or set checkpoint.resume=fresh to archive the run and start "
-                          f"over, or use another run_dir")
+        raise ConfigError(
+            "checkpoint.resume",
+            "auto",
+            f"{ckpt_root} held checkpoints but none is complete and readable now ({left}): this run is "
+            f"not started over from step 0 (that would truncate {RunDir(cfg.run_dir).metrics}); put its "
+            f"step_* directories back, or set checkpoint.resume=fresh to archive the run and start "
+            f"over, or use another run_dir",
+        )
 
 
 def _check_resumed_depth(cfg: RunConfig, plan: GrowthPlan, checkpoint: str, prior: dict) -> None:
     """The checkpoint's depth is the plan's at its step (or the depth before a growth due there)."""
     start, depth = prior["step"], prior["depth"]
     if depth != plan.depth_at(start) and not (start in plan.boundaries and depth == plan.depth_at(start - 1)):
-        raise ConfigError("checkpoint.resume", checkpoint,
-                          f"holds depth {depth} at step {start}, but this config's growth plan gives depth "
-                          f"{plan.depth_at(start)} there: resume with the config it was trained with "
-                          f"({RunDir(cfg.run_dir).config}), use another run_dir, or set "
-                          f"checkpoint.resume=never")
+        raise ConfigError(
+            "checkpoint.resume",
+            checkpoint,
+            f"holds depth {depth} at step {start}, but this config's growth plan gives depth "
+            f"{plan.depth_at(start)} there: resume with the config it was trained with "
+            f"({RunDir(cfg.run_dir).config}), use another run_dir, or set "
+            f"checkpoint.resume=never",
+        )
 
 
 def _open_metrics(run: ResolvedRun, start: _Start, engine: Engine, data: _Data) -> MetricsWriter:
     """The run's metrics and notes, opened at the start step; the config it runs with is written
     next to them, and the first notes say what runs."""
     cfg, layout = run.cfg, run.layout
-    metrics = MetricsWriter(cfg.run_dir, enabled=layout.is_logging_rank, tensorboard=cfg.logging.tensorboard,
-                            resume_step=start.step, wandb=_wandb_settings(cfg))
+    metrics = MetricsWriter(
+        cfg.run_dir,
+        enabled=layout.is_logging_rank,
+        tensorboard=cfg.logging.tensorboard,
+        resume_step=start.step,
+        wandb=_wandb_settings(cfg),
+    )
     if layout.is_logging_rank:
         os.makedirs(cfg.run_dir, exist_ok=True)
         write_current_config(cfg)
@@ -342,12 +409,16 @@ def _open_metrics(run: ResolvedRun, start: _Start, engine: Engine, data: _Data) 
             record_start(cfg, start.identity, start.step)
         if start.checkpoint is not None and start.changed:
             record_changes(cfg, start.step, start.changed)
-            metrics.note(f"changes from step {start.step} on (recorded in the run's config history): "
-                         f"{describe_changes(start.changed)}")
+            metrics.note(
+                f"changes from step {start.step} on (recorded in the run's config history): "
+                f"{describe_changes(start.changed)}"
+            )
         vpp = run.spec.vpp
-        metrics.note(f"{cfg.name}: {'resuming from ' + start.checkpoint if start.checkpoint else 'starting'} at step "
-                     f"{start.step}, depth {engine.depth}, {layout.world} rank(s) (TP={layout.tp} PP={layout.pp}"
-                     f"{f' x {vpp} virtual' if vpp > 1 else ''} DP={layout.dp}), {run.describe()}")
+        metrics.note(
+            f"{cfg.name}: {'resuming from ' + start.checkpoint if start.checkpoint else 'starting'} at step "
+            f"{start.step}, depth {engine.depth}, {layout.world} rank(s) (TP={layout.tp} PP={layout.pp}"
+            f"{f' x {vpp} virtual' if vpp > 1 else ''} DP={layout.dp}), {run.describe()}"
+        )
         metrics.note(describe_data(data.train, cfg.train.steps * _tokens_per_step(cfg), cfg.data))
         note = plan_note(start.plan, start.growths, engine.depth, cfg.growth.operator, cfg.growth.block_size)
         for line in (note, start.schedule.note):
@@ -385,7 +456,7 @@ class _Checkpoints:
     cfg: RunConfig
     start: _Start
     compute: ComputeCount
-    saver: Optional[AsyncSaver]
+    saver: AsyncSaver | None
 
     def poll(self) -> None:
         if self.saver is not None:
@@ -403,23 +474,33 @@ class _Checkpoints:
         sync_params(state.engine)  # the weights, not only the optimizer's ranges, are saved
         bad = nonfinite_state(state.engine.model, state.engine.optimizer)
         if bad:
-            raise FloatingPointError(f"the model state after step {done} holds non-finite {', '.join(bad)}, so it was "
-                                     f"not checkpointed: lower optim.lr or raise optim.warmup_steps; "
-                                     f"{_last_good(self.root)}")
-        return save_checkpoint(state.engine, self.root, done, self._meta(state, done),
-                               saver=self.saver if asynchronous else None, **kw)
+            raise FloatingPointError(
+                f"the model state after step {done} holds non-finite {', '.join(bad)}, so it was "
+                f"not checkpointed: lower optim.lr or raise optim.warmup_steps; "
+                f"{_last_good(self.root)}"
+            )
+        return save_checkpoint(
+            state.engine, self.root, done, self._meta(state, done), saver=self.saver if asynchronous else None, **kw
+        )
 
     def _meta(self, state: _RunState, done: int) -> dict:
         """What meta.json records besides the engine's own (step, depth, split)."""
         growths = state.result.growths
-        return {"growths": [g.to_dict() for g in growths], "name": self.cfg.name, "identity": self.start.identity,
-                "stage_steps": list(self.start.plan.stage_steps),
-                "operator": self.cfg.growth.operator, **self.start.schedule.meta(), "skipped_steps": state.skipped,
-                "compute": {"step": done, **self.compute.at(done, growths)}}
+        return {
+            "growths": [g.to_dict() for g in growths],
+            "name": self.cfg.name,
+            "identity": self.start.identity,
+            "stage_steps": list(self.start.plan.stage_steps),
+            "operator": self.cfg.growth.operator,
+            **self.start.schedule.meta(),
+            "skipped_steps": state.skipped,
+            "compute": {"step": done, **self.compute.at(done, growths)},
+        }
 
 
-def _grow_if_due(cfg: RunConfig, plan: GrowthPlan, state: _RunState, step: int, metrics: MetricsWriter,
-                 saves: _Checkpoints) -> None:
+def _grow_if_due(
+    cfg: RunConfig, plan: GrowthPlan, state: _RunState, step: int, metrics: MetricsWriter, saves: _Checkpoints
+) -> None:
     """Grow the engine to the plan's depth at `step` (one growth per stage boundary passed)."""
     while state.engine.depth < plan.depth_at(step):
         g = next(g for g in plan.growths if g.old_depth == state.engine.depth)
@@ -428,11 +509,18 @@ def _grow_if_due(cfg: RunConfig, plan: GrowthPlan, state: _RunState, step: int, 
         t0 = time.perf_counter()
         staged = needs_host_staging(state.engine, g, cfg.growth.host_staging)
         state.engine = grow(state.engine, g, host_staging=staged)
-        event = GrowthEvent.of(step, g, seconds=round(time.perf_counter() - t0, 4),
-                               pipeline_split=list(state.engine.split), host_staged=staged)
+        event = GrowthEvent.of(
+            step,
+            g,
+            seconds=round(time.perf_counter() - t0, 4),
+            pipeline_split=list(state.engine.split),
+            host_staged=staged,
+        )
         state.result.growths.append(event)
-        metrics.note(f"growth at step {step}: depth {g.old_depth} -> {g.new_depth} ({g.operator}), "
-                     f"source map {list(g.source_map)}, {event.seconds:.2f}s")
+        metrics.note(
+            f"growth at step {step}: depth {g.old_depth} -> {g.new_depth} ({g.operator}), "
+            f"source map {list(g.source_map)}, {event.seconds:.2f}s"
+        )
         metrics.event(step, "growth", event.to_dict())
 
 
@@ -441,34 +529,57 @@ def _loop_if_due(cfg: RunConfig, loops: LoopSchedule, state: _RunState, step: in
     if loops.update(state.engine, step):
         relearn_grad_ready(state.engine)  # the looped block's params now get gradients several times
         loop = cfg.model.loop
-        metrics.note(f"looping from step {step}: layers {loop.start}..{loop.end - 1} applied {loop.repeats} times "
-                     f"(unrolled depth {loop.spec.unrolled_depth(state.engine.depth)})")
+        metrics.note(
+            f"looping from step {step}: layers {loop.start}..{loop.end - 1} applied {loop.repeats} times "
+            f"(unrolled depth {loop.spec.unrolled_depth(state.engine.depth)})"
+        )
 
 
-def _step(cfg: RunConfig, schedule: Schedule, state: _RunState, data: _Data, step: int, compute: ComputeCount,
-          metrics: MetricsWriter) -> dict:
+def _step(
+    cfg: RunConfig,
+    schedule: Schedule,
+    state: _RunState,
+    data: _Data,
+    step: int,
+    compute: ComputeCount,
+    metrics: MetricsWriter,
+) -> dict:
     """One optimizer step; its record. A step with a non-finite loss or gradients is skipped
     (the update is not applied); too many in a row stop the run."""
     tc = cfg.train
     t0 = time.perf_counter()
     microbatches = data.microbatches(step)
-    out = train_step(state.engine, microbatches, schedule.lr(step),
-                     before_update=poison_gradients if fault_armed("step.grads", step) else None)
+    out = train_step(
+        state.engine,
+        microbatches,
+        schedule.lr(step),
+        before_update=poison_gradients if fault_armed("step.grads", step) else None,
+    )
     dt = time.perf_counter() - t0
-    rec = {"step": step, **out, "depth": state.engine.depth, "tokens_per_s": _tokens_per_step(cfg) / dt,
-           "step_s": dt, **compute.at(step + 1, state.result.growths)}
+    rec = {
+        "step": step,
+        **out,
+        "depth": state.engine.depth,
+        "tokens_per_s": _tokens_per_step(cfg) / dt,
+        "step_s": dt,
+        **compute.at(step + 1, state.result.growths),
+    }
     if cfg.model.compile:
         graphs = rec["compiled_graphs"] = compiled_graphs()
         if graphs != state.compiled_graphs:
-            metrics.note(f"torch.compile: {graphs - state.compiled_graphs} graph(s) compiled at step {step} "
-                         f"(depth {state.engine.depth}, {graphs} in this process)")
+            metrics.note(
+                f"torch.compile: {graphs - state.compiled_graphs} graph(s) compiled at step {step} "
+                f"(depth {state.engine.depth}, {graphs} in this process)"
+            )
             state.compiled_graphs = graphs
     state.consecutive = 0 if out["update_ok"] else state.consecutive + 1
     if not out["update_ok"]:
         state.skipped += 1
         rec["skipped"] = True
-        metrics.note(f"step {step}: non-finite loss or gradients (loss {out['loss']:.4g}), update skipped "
-                     f"({state.consecutive} in a row, {state.skipped} in this run)")
+        metrics.note(
+            f"step {step}: non-finite loss or gradients (loss {out['loss']:.4g}), update skipped "
+            f"({state.consecutive} in a row, {state.skipped} in this run)"
+        )
     rec["skipped_steps"] = state.skipped
     if state.consecutive >= tc.max_skipped_steps:
         metrics.log(rec)
@@ -476,7 +587,8 @@ def _step(cfg: RunConfig, schedule: Schedule, state: _RunState, data: _Data, ste
             f"{state.consecutive} steps in a row ({step - state.consecutive + 1}..{step}) had a non-finite loss or "
             f"gradients and were skipped (train.max_skipped_steps = {tc.max_skipped_steps}; lr {out['lr']:.3g} at "
             f"step {step}): lower optim.lr or raise optim.warmup_steps; "
-            f"{_last_good(_checkpoint_root(cfg))}")
+            f"{_last_good(_checkpoint_root(cfg))}"
+        )
     state.result.losses[step] = out["loss"]
     return rec
 
@@ -488,8 +600,10 @@ def _maybe_eval(cfg: RunConfig, state: _RunState, data: _Data, step: int, rec: d
         return
     rec["val_loss"] = eval_loss(state.engine, data.eval_microbatches())
     state.result.eval_losses[step] = rec["val_loss"]
-    metrics.note(f"step {done}/{tc.steps}: held-out loss {rec['val_loss']:.4f} (train loss "
-                 f"{rec['loss']:.4f}, depth {state.engine.depth})")
+    metrics.note(
+        f"step {done}/{tc.steps}: held-out loss {rec['val_loss']:.4f} (train loss "
+        f"{rec['loss']:.4f}, depth {state.engine.depth})"
+    )
 
 
 def _log(cfg: RunConfig, rec: dict, metrics: MetricsWriter) -> None:

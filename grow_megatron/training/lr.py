@@ -1,4 +1,5 @@
 """Warmup-stable-decay learning rate (docs/method.md §2): one schedule over the whole run, growth or not."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -68,7 +69,7 @@ class LRSegment:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "LRSegment":
+    def from_dict(cls, d: dict) -> LRSegment:
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
 
 
@@ -87,9 +88,13 @@ def extend_schedule(current: LRSegment, cfg: OptimConfig, start: int, new_total:
         n = cfg.warmup_steps if cfg.rewarmup_steps is None else cfg.rewarmup_steps
         peak = cfg.lr if cfg.rewarmup_lr is None else cfg.rewarmup_lr
         if start + n + cfg.decay_steps > new_total:
-            raise ConfigError("optim.rewarmup_steps", n, f"the re-warmup ({n} steps) and optim.decay_steps "
-                              f"({cfg.decay_steps}) must fit in the {new_total - start} steps from {start} to "
-                              f"train.steps ({new_total}): raise train.steps or lower them")
+            raise ConfigError(
+                "optim.rewarmup_steps",
+                n,
+                f"the re-warmup ({n} steps) and optim.decay_steps "
+                f"({cfg.decay_steps}) must fit in the {new_total - start} steps from {start} to "
+                f"train.steps ({new_total}): raise train.steps or lower them",
+            )
         return LRSegment(start, "rewarmup", last, start + n, peak, new_total - cfg.decay_steps, 0.0, new_total)
     length = current.end - current.decay_start
     if start - 1 < current.decay_start and new_total - length >= start:
@@ -105,9 +110,10 @@ def describe_extension(seg: LRSegment, cfg: OptimConfig, old_total: int, start: 
     if seg.policy == "constant":
         return head + f"constant {seg.peak:.3g} (the last LR) until step {seg.end}"
     if seg.policy == "rewarmup":
-        return head + (f"warmup {seg.lr_from:.3g} -> {seg.peak:.3g} over steps {seg.start}..{seg.warmup_end - 1}, "
-                       f"decay from step {seg.decay_start} to {cfg.min_lr:.3g} at step {seg.end}")
+        return head + (
+            f"warmup {seg.lr_from:.3g} -> {seg.peak:.3g} over steps {seg.start}..{seg.warmup_end - 1}, "
+            f"decay from step {seg.decay_start} to {cfg.min_lr:.3g} at step {seg.end}"
+        )
     if seg.decay_start >= start:
         return head + f"the decay has not begun; it now runs from step {seg.decay_start} to {seg.end}"
-    return head + (f"the decay goes on from {seg.lr_from:.3g} (step {start - 1}) to {cfg.min_lr:.3g} at "
-                   f"step {seg.end}")
+    return head + (f"the decay goes on from {seg.lr_from:.3g} (step {start - 1}) to {cfg.min_lr:.3g} at step {seg.end}")

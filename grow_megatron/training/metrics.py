@@ -1,11 +1,11 @@
 """Run outputs on the logging rank: metrics.jsonl, events, TensorBoard, W&B, progress, plot."""
+
 from __future__ import annotations
 
 import json
 import math
 import os
 import sys
-from typing import Optional
 
 from tqdm import tqdm
 
@@ -64,8 +64,7 @@ class MetricsWriter:
     RUN_DIR/events.jsonl). On resume, records at or after the resume step (written by the
     interrupted run after its last checkpoint) are dropped so the files describe one run."""
 
-    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, resume_step: int = 0,
-                 wandb: Optional[dict] = None):
+    def __init__(self, run_dir: str, enabled: bool, tensorboard: bool, resume_step: int = 0, wandb: dict | None = None):
         """wandb: None, or wandb.init's project, name and config (see WandbSink)."""
         self.enabled = enabled
         self.run_dir = run_dir
@@ -88,7 +87,7 @@ class MetricsWriter:
         if wandb is not None:
             self.wandb = WandbSink(run_dir, **wandb)
 
-    def progress(self, total: int, initial: int, enabled: bool, interval: Optional[int] = None):
+    def progress(self, total: int, initial: int, enabled: bool, interval: int | None = None):
         """A tqdm bar on a terminal; plain lines every `interval` steps (default: about 20 per
         run) when stderr, where the bar goes, is a file or a pipe."""
         if not self.enabled or not enabled:
@@ -149,20 +148,32 @@ class WandbSink:
         if os.path.isfile(id_file):
             with open(id_file) as f:
                 run_id = f.read().strip() or None
-        self.run = wandb.init(project=project, name=name, id=run_id, resume="allow" if run_id else None,
-                              config=config, dir=None if os.environ.get("WANDB_DIR") else run_dir)
+        self.run = wandb.init(
+            project=project,
+            name=name,
+            id=run_id,
+            resume="allow" if run_id else None,
+            config=config,
+            dir=None if os.environ.get("WANDB_DIR") else run_dir,
+        )
         if run_id is None:
             with open(id_file, "w") as f:
                 f.write(self.run.id + "\n")
 
     def log(self, rec: dict) -> None:
-        scalars = {(f"train/{k}" if k != "val_loss" else "eval/loss"): v for k, v in rec.items()
-                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        scalars = {
+            (f"train/{k}" if k != "val_loss" else "eval/loss"): v
+            for k, v in rec.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         self.run.log(scalars, step=rec["step"])
 
     def event(self, step: int, kind: str, data: dict) -> None:
-        scalars = {f"{kind}/{k}": v for k, v in data.items()
-                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        scalars = {
+            f"{kind}/{k}": v
+            for k, v in data.items()
+            if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         if scalars:
             self.run.log(scalars, step=step)
 
@@ -176,7 +187,7 @@ def _json_safe(rec: dict) -> dict:
     return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()}
 
 
-def plot_run(run_dir: str, out: Optional[str] = None) -> str:
+def plot_run(run_dir: str, out: str | None = None) -> str:
     """RUN_DIR/loss.png: training and held-out loss over steps, depth on a second axis, growths marked."""
     # matplotlib: pyplot's backend has to be chosen before pyplot is imported, and only plots need it.
     import matplotlib
@@ -193,15 +204,19 @@ def plot_run(run_dir: str, out: Optional[str] = None) -> str:
 
 def loss_figure(run_dir: str):
     """The figure of plot_run (a pyplot figure; the caller closes it)."""
-# matplotlib, as in plot_run (whose backend is set by then).
+    # matplotlib, as in plot_run (whose backend is set by then).
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
     recs = RunDir(run_dir).read_metrics()
     events = RunDir(run_dir).growth_events()
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    ax.plot([r["step"] for r in recs], [math.nan if r["loss"] is None else r["loss"] for r in recs], lw=1,
-            label="train loss")
+    ax.plot(
+        [r["step"] for r in recs],
+        [math.nan if r["loss"] is None else r["loss"] for r in recs],
+        lw=1,
+        label="train loss",
+    )
     ev = [r for r in recs if "val_loss" in r]
     if ev:
         ax.plot([r["step"] for r in ev], [r["val_loss"] for r in ev], "o-", ms=3, label="held-out loss")
@@ -211,7 +226,9 @@ def loss_figure(run_dir: str):
     ax.set_xlabel("step")
     ax.set_ylabel("loss (nats/token)")
     ax2 = ax.twinx()
-    ax2.step([r["step"] for r in recs], [r["depth"] for r in recs], where="post", color="tab:green", alpha=0.5, label="depth")
+    ax2.step(
+        [r["step"] for r in recs], [r["depth"] for r in recs], where="post", color="tab:green", alpha=0.5, label="depth"
+    )
     ax2.set_ylabel("depth (layers)")
     # Whole layers only, from 0, so a constant depth does not get ticks like 11.4..12.6.
     ax2.yaxis.set_major_locator(MaxNLocator(integer=True))

@@ -7,6 +7,7 @@ operating system's (flock), so it dies with its holder, however that dies (SIGKI
 killer, a node losing power): a stale lock cannot block the next run. Who holds it (pid,
 host, since when) sits next to it in RUN_DIR/train.lock.json, for the refusal message only.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,7 @@ import json
 import os
 import socket
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 from filelock import FileLock, Timeout
 
@@ -23,6 +24,7 @@ from grow_megatron.config.rundir import ARCHIVE_PREFIX, RunDir
 from grow_megatron.engine.checkpoint import LATEST, list_checkpoints
 from grow_megatron.engine.distributed import barrier, on_rank0
 from grow_megatron.engine.integrity import fsync_dir
+
 
 def _holder(run_dir: str) -> str:
     try:
@@ -46,14 +48,24 @@ def run_dir_lock(run_dir: str) -> Iterator[None]:
     try:
         lock.acquire(blocking=False)
     except Timeout:
-        raise RunEnvironmentError("run_dir", run_dir, f"is in use by another training process ({_holder(run_dir)}): wait for "
-                                  "it to finish or stop it, or give this run another run_dir") from None
+        raise RunEnvironmentError(
+            "run_dir",
+            run_dir,
+            f"is in use by another training process ({_holder(run_dir)}): wait for "
+            "it to finish or stop it, or give this run another run_dir",
+        ) from None
     holder = RunDir(run_dir).lock_holder
     try:
         tmp = f"{holder}.tmp.{os.getpid()}"
         with open(tmp, "w") as f:
-            json.dump({"pid": os.getpid(), "host": socket.gethostname(),
-                       "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, f)
+            json.dump(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                },
+                f,
+            )
         os.replace(tmp, holder)
         yield
     finally:
@@ -71,15 +83,21 @@ def prepare_run_dir(run_dir: str, resume: str) -> None:
         return
     rd = RunDir(run_dir)
     root = rd.checkpoints
-    used = [p for p in (os.path.join(root, LATEST), *(os.path.join(root, d) for d in list_checkpoints(root)),
-                        rd.metrics) if os.path.exists(p)]
+    used = [
+        p
+        for p in (os.path.join(root, LATEST), *(os.path.join(root, d) for d in list_checkpoints(root)), rd.metrics)
+        if os.path.exists(p)
+    ]
     if not used:
         return
     if resume == "never":
-        raise ConfigError("checkpoint.resume", resume,
-                          f"{run_dir} already holds a run ({os.path.relpath(used[-1], run_dir)}): use another run_dir, "
-                          f"checkpoint.resume=auto to continue it, or checkpoint.resume=fresh to move it to "
-                          f"{run_dir}/{ARCHIVE_PREFIX}<time>/ and start over")
+        raise ConfigError(
+            "checkpoint.resume",
+            resume,
+            f"{run_dir} already holds a run ({os.path.relpath(used[-1], run_dir)}): use another run_dir, "
+            f"checkpoint.resume=auto to continue it, or checkpoint.resume=fresh to move it to "
+            f"{run_dir}/{ARCHIVE_PREFIX}<time>/ and start over",
+        )
 
     def archive():
         rd.archive()

@@ -7,6 +7,7 @@ It was run once, at commit 0ae41da (the last commit with the old save path):
     .venv/bin/python tests/data/make_v1_checkpoint.py
 Running it on newer code writes the new format instead, so the fixture is committed.
 """
+
 import json
 import os
 import shutil
@@ -15,22 +16,33 @@ import torch
 
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
+from grow_megatron.engine.build import EngineSpec, build_engine, train_step
 from grow_megatron.engine.checkpoint import save_checkpoint
 from grow_megatron.engine.distributed import device_context, init_distributed
-from grow_megatron.engine.build import EngineSpec, build_engine, train_step
 from grow_megatron.engine.resolve import engine_spec
 
 V, S = 64, 8
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODEL = dict(num_layers=2, hidden_size=16, ffn_hidden_size=24, num_attention_heads=2, num_query_groups=1,
-             vocab_size=V, seq_length=S)
+MODEL = dict(
+    num_layers=2,
+    hidden_size=16,
+    ffn_hidden_size=24,
+    num_attention_heads=2,
+    num_query_groups=1,
+    vocab_size=V,
+    seq_length=S,
+)
 
 
 def batch(seed: int, b: int = 2) -> dict:
     g = torch.Generator().manual_seed(seed)
     t = torch.randint(0, V, (b, S + 1), generator=g)
-    return {"tokens": t[:, :-1], "labels": t[:, 1:], "loss_mask": torch.ones(b, S),
-            "position_ids": torch.arange(S).expand(b, S)}
+    return {
+        "tokens": t[:, :-1],
+        "labels": t[:, 1:],
+        "loss_mask": torch.ones(b, S),
+        "position_ids": torch.arange(S).expand(b, S),
+    }
 
 
 def spec() -> EngineSpec:
