@@ -103,7 +103,7 @@ V, S = 96, 8
 def _spec(tp, pp, bf16):
     from grow_megatron.config.model import ModelConfig
     from grow_megatron.config.training import OptimConfig
-    from grow_megatron.engine.build import EngineSpec
+    from grow_megatron.engine.resolve import engine_spec
 
     m = ModelConfig(
         num_layers=12,
@@ -114,8 +114,8 @@ def _spec(tp, pp, bf16):
         vocab_size=V,
         seq_length=S,
     )
-    return EngineSpec(
-        m, OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), V, bf16=bf16, use_kernels=False, tp=tp, pp=pp
+    return engine_spec(
+        m, V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), bf16=bf16, use_kernels=False, tp=tp, pp=pp
     )
 
 
