@@ -74,14 +74,14 @@ def test_a_failed_async_writer_says_why_and_a_full_disk_is_one_line(tmp_path, mo
     """The forked writer hits ENOSPC (the fault hook inside it): the trainer reports it as the
     synchronous path does (one line, the partial save removed, the last good checkpoint named)
     instead of 'exited without writing'; any other failure of the writer is named too."""
-    from grow_megatron.config.base import ConfigError
+    from grow_megatron.config.base import RunEnvironmentError
     from grow_megatron.engine.faults import ENV
 
     cfg = lambda: micro_config(tmp_path, **STATIC, **{"checkpoint.async_save": "on"})  # noqa: E731
     train(micro_config(tmp_path, **STATIC), stop_at=2)
     root = os.path.join(tmp_path, "checkpoints")
     monkeypatch.setenv(ENV, "save.writer:enospc")
-    with pytest.raises(ConfigError, match="ENOSPC") as err:
+    with pytest.raises(RunEnvironmentError, match="ENOSPC") as err:
         train(cfg())
     assert "\n" not in str(err.value) and "step_00000002 stays the last good one" in str(err.value)
     assert list_checkpoints(root) == ["step_00000002"]

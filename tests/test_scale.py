@@ -244,7 +244,7 @@ def _scale_worker(rank, root):
     for name in _VARIANTS:  # phase 1: TP=2 x DP=2, steps 0-2 (growth 4 -> 8 before step 1)
         probe = _Probe()
         res = train(cfg(name, 2, 1, name), stop_at=3, on_step=probe.on_step)
-        out[name] = {"losses": res.losses, "probe": probe.steps, "growths": [g["step"] for g in res.growths]}
+        out[name] = {"losses": res.losses, "probe": probe.steps, "growths": [g.step for g in res.growths]}
     if rank == 0:  # the plain run's checkpoint, resumed with everything on
         shutil.copytree(os.path.join(root, "off"), os.path.join(root, "cross"))
     dist.barrier()
@@ -255,7 +255,7 @@ def _scale_worker(rank, root):
         out.setdefault(name, {"losses": {}, "probe": [], "growths": []})
         out[name]["losses"].update(res.losses)
         out[name]["probe2"] = probe.steps
-        out[name]["growths"] += [g["step"] for g in res.growths if g["step"] >= 3]
+        out[name]["growths"] += [g.step for g in res.growths if g.step >= 3]
         out[name]["pp_first"] = parallel_state.is_pipeline_first_stage()
     # Phase 3: PP=2 x 2 virtual stages x DP=2, steps 5-6 resumed from phase 2's checkpoints, the
     # interleaved schedule with and without overlapped p2p, grad reduce and param gather.
