@@ -34,7 +34,9 @@ setup(
     # Tested versions of all of these: constraints.txt (README's install passes it with -c).
     extras_require={
         "wandb": ["wandb"],
-        "test": ["pytest", "pytest-timeout", "wandb", "import-linter", "lm-eval[hf]>=0.4", "ruff==0.17.6"],
+        # model.fp8: torchao's float8 training (emulated on CPU in the tests).
+        "fp8": ["torchao>=0.18"],
+        "test": ["pytest", "pytest-timeout", "wandb", "import-linter", "lm-eval[hf]>=0.4", "ruff==0.17.6", "torchao>=0.18"],
     },
     entry_points={"console_scripts": ["grow-megatron=grow_megatron.cli:main"]},
 )

@@ -255,6 +255,12 @@ def _check_fp8(cfg: RunConfig, layout: Layout, device: str) -> None:
             f"runs with parallel.tensor_parallel 1 only (this run has {layout.tp}): "
             "set model.fp8=off or tensor_parallel=1",
         )
+    try:
+        import torchao.float8  # noqa: F401
+    except ImportError as err:
+        raise ConfigError(
+            "model.fp8", fp8, f"needs torchao (pip install torchao, or the package's [fp8] extra): {err}"
+        ) from None
     if cfg.model.fp8_emulate:
         return
     if device != "cuda" or not (torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)):
@@ -265,10 +271,6 @@ def _check_fp8(cfg: RunConfig, layout: Layout, device: str) -> None:
             "and this process has none: set model.fp8=off (or model.fp8_emulate=true "
             "to run the FP8 casts with emulated matmuls, for tests)",
         )
-    try:
-        import torchao.float8  # noqa: F401
-    except ImportError as err:
-        raise ConfigError("model.fp8", fp8, f"needs torchao (pip install torchao): {err}") from None
 
 
 def _vocab_size(model: ModelConfig, tokenizer: Tokenizer | None) -> int:
