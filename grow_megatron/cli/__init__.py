@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterator
 
@@ -61,6 +63,70 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"grow-megatron: unknown command {name!r}; choose one of: {', '.join(SUBCOMMANDS)}", file=sys.stderr)
         return 2
+    with _sigterm_raises():
+        try:
+            return _dispatch(name, rest)
+        except Terminated as stop:
+            return _report_termination(name, stop)
+
+
+class Terminated(BaseException):
+    """SIGTERM outside the training loop (which takes it as a stop at the next step boundary):
+    a BaseException like KeyboardInterrupt, so that no `except Exception` swallows it, and the
+    `finally` blocks on the way out still run."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """For the command's lifetime, SIGTERM raises Terminated instead of killing the process
+    silently. A torchrun agent sends SIGTERM to the survivors as soon as one worker dies; with
+    the default action a survivor that is still reporting why it stopped (a peer that exited)
+    died mid-report, and its one line was lost (seen in CI, about one run in three)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        # One stop is enough: the copy of a group signal that a torchrun worker also gets from
+        # its agent must not interrupt the report of the first.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+
+def _report_termination(name: str, stop: Terminated) -> int:
+    """One line for a SIGTERM: the error it interrupted, if that error has a line of its own
+    (a peer that exited, the user's error), else the stop itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    err = stop.__context__
+    while err is not None:
+        if isinstance(err, UserError):
+            print(f"grow-megatron {name}: {err}", file=sys.stderr)
+            return 2
+        line = _peer_exit_line(err)
+        if line is not None:
+            print(f"grow-megatron {name}: {line}", file=sys.stderr)
+            return 1
+        err = err.__context__
+    print(f"grow-megatron {name}: stopped by SIGTERM", file=sys.stderr)
+    return 128 + signal.SIGTERM
+
+
+def _peer_exit_line(err: BaseException) -> str | None:
+    # Only a command that started a process group can see a peer exit.
+    if "grow_megatron.engine.distributed" not in sys.modules:
+        return None
+    from grow_megatron.engine.distributed import peer_exit_message
+
+    return peer_exit_message(err)
+
+
+def _dispatch(name: str, rest: list[str]) -> int:
     try:
         with known_warnings_quiet():
             # Inside the context: most of megatron's known warnings come at import.
@@ -86,12 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as err:
         # A peer rank that died mid-collective: one line on each survivor instead of gloo's
-        # traceback (only a command that started a process group can see one).
-        if "grow_megatron.engine.distributed" not in sys.modules:
-            raise
-        from grow_megatron.engine.distributed import peer_exit_message
-
-        line = peer_exit_message(err)
+        # traceback.
+        line = _peer_exit_line(err)
         if line is None:
             raise
         print(f"grow-megatron {name}: {line}", file=sys.stderr)
