@@ -4,6 +4,8 @@
 - every reference to the method names a section of docs/method.md that exists, every docs/*.md
   path named exists, and nothing points at a file outside the repository (the specification
   and design notes the code was first written against are not shipped);
+- the kernel switch (`grow_kernels`) is read only by model/builder.py, which makes it the layer
+  spec: the model's modules get their kernel choice as a constructor argument;
 - every entry of the slow tier (tests/conftest.py SLOW) names a test module or test function
   that exists, so a rename cannot move tests into the fast tier unnoticed.
 
@@ -154,3 +156,39 @@ def test_slow_tier_entries_exist(entry):
     if function:
         names = {n.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.FunctionDef)}
         assert function in names, f"tests/conftest.py SLOW names {entry}: {module} has no {function}"
+
+
+# The one kernel switch: GrowTransformerConfig.grow_kernels, turned into the layer spec (and the
+# fused loss) by model/builder.py; modules get their choice as a constructor argument.
+SWITCH_OWNER = ROOT / "grow_megatron" / "model" / "builder.py"
+
+
+def _kernel_switch_reads(path: Path, root: Path = ROOT) -> list[str]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if (isinstance(node, ast.Attribute) and node.attr == "grow_kernels") or (
+            isinstance(node, ast.Constant) and node.value == "grow_kernels"
+        ):
+            out.append(f"{path.relative_to(root)}:{node.lineno}")
+    return out
+
+
+def test_the_kernel_switch_is_read_only_by_the_model_builder():
+    assert _kernel_switch_reads(SWITCH_OWNER), "model/builder.py must read it (the scan would find nothing)"
+    offences = [
+        o
+        for path in sorted((ROOT / "grow_megatron").rglob("*.py"))
+        if path != SWITCH_OWNER
+        for o in _kernel_switch_reads(path)
+    ]
+    assert not offences, "take the kernel choice from the layer spec (model/spec.py) instead:\n" + "\n".join(offences)
+
+
+def test_the_kernel_switch_scan_finds_a_planted_read(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "a = config.grow_kernels\n"
+        'b = getattr(config, "grow_kernels", ())\n'
+        "c = config.grow_kernels_doc  # another name\n"
+    )
+    assert [o.split(":")[1] for o in _kernel_switch_reads(probe, tmp_path)] == ["1", "2"]

@@ -11,8 +11,8 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from grow_megatron.config.model import ModelConfig
-from grow_megatron.model.modules import GrowGPTModel, ScaledRMSNorm
-from grow_megatron.model.spec import decoder_layer_spec
+from grow_megatron.model.modules import GrowGPTModel
+from grow_megatron.model.spec import decoder_layer_spec, norm_spec
 
 
 @dataclass
@@ -21,11 +21,10 @@ class GrowTransformerConfig(TransformerConfig):
 
     grow_ln_scaling: bool = False
     """LN-Scaling: pre-norm outputs of the layer at position l scaled by 1/sqrt(l)."""
-    grow_use_kernels: bool = False
-    """Some fused Triton kernel runs (grow_kernels says which)."""
     grow_kernels: tuple = ()
     """The Triton kernels that run (names of kernels/select.py's KERNELS); the others take the
-    PyTorch reference path."""
+    PyTorch reference path. The one kernel switch: build_model_chunk turns it into the layer
+    spec (model/spec.py) and the fused loss; megatron's use_te_activation_func follows it."""
     grow_rope_theta: float = 10000.0
     """RoPE base, read by SDPAttention (which applies RoPE)."""
     grow_init_seed: int = 0
@@ -41,7 +40,7 @@ class GrowTransformerConfig(TransformerConfig):
         # megatron's MLP applies a spec'd activation module to the whole gated fc1 output only
         # when use_te_activation_func is set (the name is megatron's): that is where our fused
         # SwiGLU plugs in, so it follows the kernel switch (grow_kernels: the kernels that run).
-        self.use_te_activation_func = self.grow_use_kernels and "swiglu" in self.grow_kernels
+        self.use_te_activation_func = "swiglu" in self.grow_kernels
         super().__post_init__()
 
 
@@ -73,7 +72,6 @@ def make_transformer_config(
     p2p: engine.build.ScaleOptions.transformer_options)."""
     if kernels is None:
         kernels = _all_kernels() if use_kernels else ()
-    use_kernels = bool(kernels)
     return GrowTransformerConfig(
         num_layers=num_layers,
         hidden_size=model.hidden_size,
@@ -115,7 +113,6 @@ def make_transformer_config(
             if init_weights
             else {"init_method": _keep, "output_layer_init_method": _keep, "embedding_init_method": _keep}
         ),
-        grow_use_kernels=use_kernels,
         grow_kernels=tuple(kernels),
         grow_init_seed=seed,
         grow_rope_theta=model.rope_theta,
@@ -145,8 +142,10 @@ def build_model_chunk(
     post = parallel_state.is_pipeline_last_stage(ignore_virtual=vp_stage is None, vp_stage=vp_stage)
     if num_local_layers is None:
         num_local_layers = config.num_layers // config.pipeline_model_parallel_size
-    layer_spec = decoder_layer_spec("swiglu" in config.grow_kernels, fp8=config.grow_fp8 != "off")
-    spec = TransformerBlockSubmodules(layer_specs=[layer_spec] * num_local_layers, layer_norm=ScaledRMSNorm)
+    layer_spec = decoder_layer_spec(config.grow_kernels, fp8=config.grow_fp8 != "off")
+    spec = TransformerBlockSubmodules(
+        layer_specs=[layer_spec] * num_local_layers, layer_norm=norm_spec(config.grow_kernels)
+    )
     model = GrowGPTModel(
         config=config,
         transformer_layer_spec=spec,

@@ -18,11 +18,6 @@ from megatron.core.transformer.transformer_layer import TransformerLayer, get_tr
 from megatron.core.utils import divide
 
 
-def _kernel_on(config: TransformerConfig, name: str) -> bool:
-    """Whether the Triton kernel `name` (kernels/select.py's KERNELS) runs in this model."""
-    return name in getattr(config, "grow_kernels", ())
-
-
 def _kernels():
     """grow_megatron.kernels, imported on first use rather than with the model: triton reads
     TRITON_INTERPRET once, at its first import (a CPU benchmark sets it before anything runs),
@@ -42,7 +37,9 @@ class ScaledRMSNorm(torch.nn.Module):
     RMSNorm (also the final norm).
     """
 
-    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, **_: object):
+    def __init__(
+        self, config: TransformerConfig, hidden_size: int, eps: float = 1e-5, use_kernel: bool = False, **_: object
+    ):
         super().__init__()
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype))
         # Under sequence parallelism each TP rank normalises its own s/TP tokens, so the gain's
@@ -54,7 +51,7 @@ class ScaledRMSNorm(torch.nn.Module):
         # is a constant to dynamo, so every new position (a growth's layers) would recompile.
         self.register_buffer("scale_t", torch.ones((), dtype=torch.float32), persistent=False)
         self.scale = 1.0
-        self.use_kernel = _kernel_on(config, "rmsnorm")
+        self.use_kernel = use_kernel  # the spec's choice (model/spec.py)
 
     @property
     def scale(self) -> float:
@@ -141,6 +138,7 @@ class SDPAttention(MegatronModule):
         softmax_scale: float | None = None,
         cp_comm_type: str | None = None,
         pg_collection=None,
+        use_kernel: bool = False,
     ):
         super().__init__(config=config)
         if config.context_parallel_size != 1:
@@ -153,7 +151,7 @@ class SDPAttention(MegatronModule):
         self.softmax_scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(self.head_dim)
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
         self.rope_base = float(getattr(config, "grow_rope_theta", 10000.0))
-        self.use_kernel = _kernel_on(config, "rope")
+        self.use_kernel = use_kernel  # the spec's choice (model/spec.py)
         self._rope_cache: dict = {}
         self._native_gqa_cache: dict = {}
 
