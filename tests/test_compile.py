@@ -9,7 +9,6 @@ from engine_helpers import random_batch
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.engine.build import build_engine, run_microbatches, train_step
-from grow_megatron.engine.distributed import device_context, init_distributed
 from grow_megatron.engine.grow import grow
 from grow_megatron.engine.resolve import engine_spec
 from grow_megatron.growth.operators import lidas
@@ -29,11 +28,9 @@ MODEL = ModelConfig(
 
 
 @pytest.fixture
-def env():
-    with device_context():
-        init_distributed(1, 1, seed=7)
-        yield
-    torch._dynamo.reset()
+def env(engine_env):
+    yield
+    torch._dynamo.reset()  # the next test's graphs are its own
 
 
 def _engine(compiled, depth=2):

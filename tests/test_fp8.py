@@ -10,7 +10,6 @@ from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.engine.build import build_engine, run_microbatches
-from grow_megatron.engine.distributed import device_context, init_distributed
 from grow_megatron.engine.grow import grow
 from grow_megatron.engine.resolve import engine_spec, planned_layout, resolve_run
 from grow_megatron.growth.operators import lidas
@@ -83,13 +82,6 @@ MODEL = ModelConfig(
 )
 
 
-@pytest.fixture
-def env():
-    with device_context():
-        init_distributed(1, 1, seed=7)
-        yield
-
-
 def _engine(fp8, depth=2):
     spec = engine_spec(
         MODEL, V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), fp8=fp8, fp8_emulate=fp8 != "off"
@@ -105,7 +97,7 @@ def _fp8_linears(engine):
 
 
 @pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
-def test_engine_linears_are_fp8_also_after_growth_and_state_is_precision_free(env, recipe):
+def test_engine_linears_are_fp8_also_after_growth_and_state_is_precision_free(engine_env, recipe):
     plain, fp8 = _engine("off"), _engine(recipe)
     assert not _fp8_linears(plain) and len(_fp8_linears(fp8)) == 4 * 2  # qkv, proj, fc1, fc2 per layer
     # same weights (same seed), same checkpoint keys and shapes: nothing FP8 is stored
