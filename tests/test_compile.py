@@ -47,6 +47,8 @@ def test_compiled_layers_match_eager_and_growth_compiles_nothing_new(env):
     eager, comp = _engine(False), _engine(True)
     assert all(layer._compiled_call_impl is not None for layer in comp.local_layers())
     assert not any(getattr(layer, "_compiled_call_impl", None) for layer in eager.local_layers())
+    # the output layer + loss: one compiled function against megatron's eager vocab-parallel path
+    assert comp.chunks[0].compiled_loss is not None and eager.chunks[0].compiled_loss is None
     assert eager.chunks[0].state_dict().keys() == comp.chunks[0].state_dict().keys()
     torch._dynamo.reset()
     graphs0 = compiled_graphs()

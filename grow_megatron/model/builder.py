@@ -11,7 +11,7 @@ from megatron.core.transformer.transformer_block import TransformerBlockSubmodul
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from grow_megatron.config.model import ModelConfig
-from grow_megatron.model.modules import GrowGPTModel
+from grow_megatron.model.modules import GrowGPTModel, linear_cross_entropy
 from grow_megatron.model.spec import decoder_layer_spec, norm_spec
 
 
@@ -162,6 +162,9 @@ def build_model_chunk(
     model.fused_loss = "loss" in config.grow_kernels and config.tensor_model_parallel_size == 1
     if config.grow_compile:
         compile_layers(model)
+        if config.tensor_model_parallel_size == 1 and not model.fused_loss:
+            # The output layer and the loss as one graph (the whole vocabulary is on this rank).
+            model.compiled_loss = torch.compile(linear_cross_entropy)
     return model
 
 

@@ -234,28 +234,46 @@ class FusedSwiGLU(torch.nn.Module):
         return {}
 
 
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token loss of the output layer and cross entropy, on the whole vocabulary (TP = 1):
+    hidden [s, b, h], weight [V, h], labels [b, s] -> loss [b, s] in fp32, as megatron's output
+    layer + vocab-parallel cross entropy compute it. Written plainly for torch.compile, which
+    fuses the softmax's passes over the [s*b, V] logits (megatron's eager cross entropy makes
+    about six)."""
+    s, b, _ = hidden.shape
+    logits = F.linear(hidden, weight).float()  # [s, b, V]
+    loss = F.cross_entropy(logits.view(s * b, -1), labels.t().reshape(-1), reduction="none")  # [s*b]
+    return loss.view(s, b).t().contiguous()
+
+
 class GrowGPTModel(GPTModel):
     """megatron's GPTModel with the option of a fused linear + cross-entropy loss.
 
     With `fused_loss` (kernels on, TP = 1) the last stage never materialises the [tokens,
-    vocab] logits when labels are given; otherwise megatron's output layer and
-    vocab-parallel cross entropy run unchanged.
+    vocab] logits when labels are given; with `compiled_loss` (model.compile, TP = 1) the
+    output layer and the loss run as one compiled function (linear_cross_entropy); otherwise
+    megatron's output layer and vocab-parallel cross entropy run unchanged.
     """
 
     fused_loss: bool = False
+    compiled_loss = None
+    """torch.compile(linear_cross_entropy), set by the builder; per model, not per module, so
+    that no compiled state outlives the model (dynamo's cache gives a grown model the graphs)."""
 
     def _postprocess(self, hidden_states, input_ids, position_ids, labels, *args, **kwargs):
-        if (
-            self.fused_loss
-            and self.post_process
+        own_loss = (
+            self.post_process
             and labels is not None
             and self.config.mtp_num_layers is None
             and kwargs.get("inference_context") is None
-        ):
+        )
+        if own_loss and self.fused_loss:
             s, b, h = hidden_states.shape
             w = self.shared_embedding_or_output_weight()  # [V, h]
             flat = hidden_states.transpose(0, 1).reshape(b * s, h)  # [b*s, h], batch-major like labels
             return _kernels().fused_linear_cross_entropy(flat, w, labels.reshape(-1)).view(b, s)
+        if own_loss and self.compiled_loss is not None:
+            return self.compiled_loss(hidden_states, self.shared_embedding_or_output_weight(), labels)
         return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
 
 
