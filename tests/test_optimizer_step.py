@@ -64,3 +64,18 @@ def test_a_nan_gradient_skips_the_step_like_megatron(engine_env):
     assert optimizer_step(e.optimizer) == (False, None)
     after = _state(e)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_data_parallel_group_of_one_moves_no_buffer(engine_env):
+    """GrowDDP: alone in its data-parallel group, a step reduce-scatters no gradient buffer and
+    all-gathers no parameter buffer (megatron's DDP copies each onto itself through gloo)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from grow_megatron.engine.build import train_step
+
+    e = _engine(1.0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        out = train_step(e, [random_batch(0, V, S)], 1e-2)
+    names = {ev.name for ev in prof.events()}
+    assert out["update_ok"] and any(n.startswith("c10d::") for n in names)  # the profile sees collectives
+    assert not [n for n in names if "reduce_scatter" in n or "allgather" in n or "all_gather" in n], names
