@@ -7,15 +7,12 @@
 Without a GPU (and without --dry-run) it exits with code 2. See docs/kernels.md.
 """
 
-import os
 import sys
 
 if "--dry-run" in sys.argv:
-    import torch
+    from grow_megatron.engine.device import Device
 
-    # The interpreter must be chosen before triton is first imported.
-    if not torch.cuda.is_available():
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+    Device.local().interpret_triton_on_cpu()  # before triton is first imported
 
 from grow_megatron.kernels.bench import main
 

@@ -44,13 +44,14 @@ from collections.abc import Callable
 
 import torch
 
+from grow_megatron.engine.device import Device
+
 # Before CUDA is initialised: cuBLAS is deterministic only with a fixed workspace (the engine
 # part runs under torch.use_deterministic_algorithms, so that a resumed run can equal the
 # uninterrupted one bit for bit).
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-if not torch.cuda.is_available():
-    # The kernels run under Triton's interpreter on CPU; it must be chosen before triton is imported.
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Without a GPU the kernels run under Triton's interpreter (chosen before triton is imported).
+Device.local().interpret_triton_on_cpu()
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXIT_NO_GPU = 2

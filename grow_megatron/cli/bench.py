@@ -12,7 +12,6 @@ Without a GPU it refuses (exit 2) unless --dry-run. See docs/bench.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -51,8 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     if bc.dry_run and not gpu:
-        # Same rule as the test suite: Triton kernels, if any get imported, run interpreted on CPU.
-        os.environ.setdefault("TRITON_INTERPRET", "1")
+        from grow_megatron.engine.device import Device
+
+        Device("cpu").interpret_triton_on_cpu()  # as the test suite: kernels, if any, run interpreted
     return run(bc, argv)
 
 

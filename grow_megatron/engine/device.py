@@ -8,6 +8,7 @@ compat.cpu's context (engine.distributed.device_context)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -43,3 +44,14 @@ class Device:
         """Give the caching allocator's idle blocks back (a no-op on the CPU)."""
         if self.is_gpu:
             torch.cuda.empty_cache()
+
+    def interpret_triton_on_cpu(self) -> None:
+        """On the CPU, have Triton's interpreter run the kernels (TRITON_INTERPRET=1) unless the
+        user chose otherwise; on a GPU, nothing. Triton reads the variable when it is first
+        imported (its own jit functions, `tl.sum` among them, are defined then), so the entry
+        points that run our kernels on a CPU call this before anything imports triton: the test
+        suite, `grow-megatron bench --dry-run`, tools/bench_kernels.py --dry-run and
+        tools/gpu_correct.py. Training does not: there `model.kernels: on` on a CPU is refused
+        in one line unless the user set the variable (engine/resolve.py)."""
+        if not self.is_gpu:
+            os.environ.setdefault("TRITON_INTERPRET", "1")
