@@ -48,10 +48,9 @@ def worker(args) -> None:
 
     from grow_megatron.config.model import ModelConfig
     from grow_megatron.engine.build import build_engine
-    from grow_megatron.engine.checkpoint import load_checkpoint, save_checkpoint
+    from grow_megatron.engine.checkpoint import ensure_state_initialized, load_checkpoint, save_checkpoint
     from grow_megatron.engine.distributed import device_context, init_distributed
     from grow_megatron.engine.grow import grow
-    from grow_megatron.engine.optim_state import ensure_state_initialized
     from grow_megatron.engine.resolve import engine_spec
     from grow_megatron.growth.operators import lidas
 

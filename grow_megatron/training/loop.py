@@ -19,7 +19,6 @@ from grow_megatron.config.run import RunConfig
 from grow_megatron.config.rundir import GrowthEvent, RunDir, growth_events
 from grow_megatron.config.training import TrainConfig
 from grow_megatron.data.datasets import build_datasets, describe_data, get_microbatches
-from grow_megatron.engine.async_save import AsyncSaver
 from grow_megatron.engine.build import (
     Engine,
     build_engine,
@@ -30,8 +29,10 @@ from grow_megatron.engine.build import (
     train_step,
 )
 from grow_megatron.engine.checkpoint import (
+    AsyncSaver,
     latest_checkpoint,
     load_checkpoint,
+    nonfinite_state,
     read_meta,
     save_checkpoint,
     unreadable_leftovers,
@@ -40,7 +41,6 @@ from grow_megatron.engine.device import Device
 from grow_megatron.engine.distributed import broadcast_from_rank0, device_context, init_distributed, rank
 from grow_megatron.engine.faults import fault_armed, fault_point
 from grow_megatron.engine.grow import grow, needs_host_staging
-from grow_megatron.engine.optim_state import nonfinite_state
 from grow_megatron.engine.resolve import ResolvedRun, resolve_run
 from grow_megatron.growth.schedule import GrowthPlan
 from grow_megatron.model.builder import compiled_graphs
