@@ -33,8 +33,8 @@ Modules, from the bottom:
     sharded_state.py    an engine as megatron's sharded state dict (weights + optimizer state)
     reading.py          meta.json, tensor specs, whole global tensors, a verified load
     torch_dist.py       megatron's torch_dist format written by DCP (in process, or forked)
-    shard_strategies.py how a save's shards get written: synchronously or in the background
-    writer.py           the save sequence: begin, write shards, seal, publish
+    shard_strategies.py who writes a save's shards: this process, or a forked one per rank
+    writer.py           CheckpointWriter: the one save sequence (begin, shards, seal, publish)
 
 The names below are this package's API for the rest of grow_megatron. Those whose modules
 import megatron-core (seconds) are imported on first use, so that what reads checkpoints
@@ -69,8 +69,7 @@ if TYPE_CHECKING:  # the same names as _ON_FIRST_USE, for readers and static too
         tensor_specs,
         unreadable_checkpoint,
     )
-    from grow_megatron.engine.checkpoint.shard_strategies import AsyncSaver
-    from grow_megatron.engine.checkpoint.writer import save_checkpoint
+    from grow_megatron.engine.checkpoint.writer import CheckpointWriter, save_checkpoint
 
 _ON_FIRST_USE = {
     "optim_state": (
@@ -85,8 +84,7 @@ _ON_FIRST_USE = {
         "set_step_count",
     ),
     "reading": ("load_checkpoint", "read_global_tensors", "read_meta", "tensor_specs", "unreadable_checkpoint"),
-    "shard_strategies": ("AsyncSaver",),
-    "writer": ("save_checkpoint",),
+    "writer": ("CheckpointWriter", "save_checkpoint"),
 }
 """The API whose modules import megatron-core: {module: names}."""
 
@@ -117,7 +115,7 @@ __all__ = [
     "read_meta",
     "tensor_specs",
     "unreadable_checkpoint",
-    "AsyncSaver",
+    "CheckpointWriter",
     "save_checkpoint",
 ]
 

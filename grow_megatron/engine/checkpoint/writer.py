@@ -1,4 +1,13 @@
-"""Writing a checkpoint: the atomic save sequence (this package's __init__ describes it).
+"""Writing a checkpoint: one save sequence (CheckpointWriter; this package's __init__ describes
+what it guarantees), whose shards a strategy writes (shard_strategies.py: in this process, or
+in one forked process per rank for `checkpoint.async_save`).
+
+Each step is a named fault point (engine/faults.py), in this order: save.begin (before the
+.tmp directory is made), save.written (every rank's shards written, meta.json not yet),
+save.sealed (meta.json and manifest.json synced), save.aside (rename fallback only: the old
+copy moved aside), save.swapped (installed at step_N), save.latest (the new `latest` synced
+under a temporary name), save.done (published, before pruning); save.writer is the forked
+writer's (torch_dist.py).
 
 The optimizer state is stored in model space: for every parameter's ShardedTensor in megatron's
 model sharded state dict, three more with the same sharding (fp32 main copy, exp_avg,
@@ -17,7 +26,6 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from megatron.core import dist_checkpointing
 from torch.distributed.checkpoint.api import CheckpointException
 
 from grow_megatron import __version__
@@ -31,15 +39,14 @@ from grow_megatron.engine.checkpoint.integrity import (
     write_manifest,
 )
 from grow_megatron.engine.checkpoint.optim_state import optimizer_step_count
+from grow_megatron.engine.checkpoint.shard_strategies import AsyncShards, ShardStrategy, SyncShards
 from grow_megatron.engine.checkpoint.sharded_state import sharded_state
-from grow_megatron.engine.checkpoint.torch_dist import DirectSaveStrategy
 from grow_megatron.engine.distributed import barrier, broadcast_from_rank0, gather_on_rank0, on_rank0, rank
 from grow_megatron.engine.faults import fault_point
 from grow_megatron.engine.staging import exchange_dirs as _exchange
 
 if TYPE_CHECKING:
     from grow_megatron.engine.build import Engine
-    from grow_megatron.engine.checkpoint.shard_strategies import AsyncSaver
 
 WRITTEN_BY = f"grow_megatron {__version__}"
 """meta.json's `written_by`: this version always writes a manifest (integrity.py refuses a
@@ -99,6 +106,183 @@ def _disk_full(err: BaseException) -> OSError | None:
     return None
 
 
+class _Save:
+    """One save in progress: its names and its meta.json, fixed when it starts, and the steps
+    of the sequence after the shards (seal, publish, and what a failure leaves)."""
+
+    def __init__(
+        self,
+        root: str,
+        step: int,
+        tmp: str,
+        meta: dict,
+        keep_last: int | None,
+        shards: ShardStrategy,
+        exchange: Callable[[str, str], bool] | None,
+    ) -> None:
+        self.root = root
+        self.step = step
+        self.name = f"step_{step:08d}"
+        self.final = os.path.join(root, self.name)
+        self.tmp = tmp
+        self.meta = meta
+        self.keep_last = keep_last
+        self.shards = shards
+        self.exchange = exchange
+
+    def begin(self) -> None:
+        os.makedirs(self.root, exist_ok=True)
+        _remove_stale(self.root)
+        fault_point("save.begin", self.step)
+        os.makedirs(self.tmp)
+
+    def seal(self, mine: dict | None = None) -> None:
+        # Every rank digests the shard files it wrote, at the same time (an async writer did it
+        # already: `mine`); rank 0 adds the rest.
+        if mine is None:
+            mine = digest_files(self.tmp, rank_shard_files(self.tmp, rank()))
+        digested = gather_on_rank0(mine)
+
+        def write():
+            fault_point("save.written", self.step)
+            with open(os.path.join(self.tmp, META), "w") as f:
+                json.dump(self.meta, f, indent=1)
+                f.flush()
+                os.fsync(f.fileno())
+            write_manifest(self.tmp, {rel: e for part in digested for rel, e in part.items()})
+            fsync_dir(self.tmp)
+            fault_point("save.sealed", self.step)
+
+        on_rank0(write)
+
+    def publish(self) -> None:
+        old = _install(self.tmp, self.final, self.step, self.exchange or _exchange)
+        fault_point("save.swapped", self.step)
+        fsync_dir(self.root)
+        if old is not None:
+            shutil.rmtree(old)
+        latest_tmp = os.path.join(self.root, f".{LATEST}.tmp")
+        with open(latest_tmp, "w") as f:
+            f.write(self.name)
+            f.flush()
+            os.fsync(f.fileno())
+        fault_point("save.latest", self.step)
+        os.replace(latest_tmp, os.path.join(self.root, LATEST))
+        fsync_dir(self.root)
+        fault_point("save.done", self.step)
+        _prune(self.root, self.name, self.keep_last, background=self.shards.background)
+
+    def finish(self, mine: dict | None) -> None:
+        """Seal and publish once every rank's shards are written (a background strategy)."""
+        barrier()
+        self.seal(mine)
+        on_rank0(self.publish)
+        barrier()
+
+    def failed(self, err: BaseException) -> None:
+        """A full disk, in one line, with the partial save removed; anything else as it is."""
+        full = _disk_full(err)
+        if full is None:
+            return
+        if _rank0():
+            shutil.rmtree(self.tmp, ignore_errors=True)
+        good = latest_checkpoint(self.root)
+        raise RunEnvironmentError(
+            "checkpoint",
+            self.tmp,
+            f"ENOSPC (no space left on device) while saving step {self.step} "
+            f"({full.filename or 'a checkpoint file'}): free disk space or set "
+            f"run_dir on a larger disk; the partial save was removed and "
+            f"{good or 'no checkpoint'} stays the last good one",
+        ) from err
+
+
+class CheckpointWriter:
+    """Every save into one checkpoint root, through one sequence: begin (stale leftovers
+    removed, a fresh .tmp directory) -> the shards, written by a strategy
+    (shard_strategies.py) -> seal (every rank's digests, meta.json, manifest.json) -> publish
+    (installed at step_N, `latest` moved, older checkpoints pruned). A full disk anywhere
+    before the publish is reported in one line, the partial save removed; the last good
+    checkpoint stays `latest`.
+
+    `asynchronous`: saves may write their shards in a background process (AsyncShards): the
+    seal and publish then run once every rank's writer finished, at the `poll` or `wait` (or
+    next save) that finds it done, and a failed writer raises there; at most one save is in
+    flight. `exchange` swaps two directories atomically (default: renameat2 where the OS has
+    it)."""
+
+    def __init__(
+        self, ckpt_root: str, *, asynchronous: bool = False, exchange: Callable[[str, str], bool] | None = None
+    ) -> None:
+        self.root = ckpt_root
+        self._exchange = exchange
+        self._sync = SyncShards()
+        self._background = AsyncShards() if asynchronous else None
+
+    def poll(self) -> None:
+        """Publish a finished background save (a collective: every rank, at the same steps)."""
+        if self._background is not None:
+            self._background.poll()
+
+    def wait(self) -> None:
+        """Block until the background save in flight (if any) is written and published."""
+        if self._background is not None:
+            self._background.wait()
+
+    def save(
+        self,
+        engine: Engine,
+        step: int,
+        meta: dict,
+        *,
+        growth: bool = False,
+        keep_last: int | None = None,
+        background: bool = True,
+    ) -> str:
+        """Save the engine after `step` completed steps; returns the checkpoint directory (for
+        a background save, where it appears once published).
+
+        `growth` marks a checkpoint written right before a growth: pruning keeps those (the flag
+        lives in meta.json, so every later run sees it). `keep_last` periodic checkpoints are
+        kept. `background`: write the shards in the background if the writer is asynchronous."""
+        shards = self._background if background and self._background is not None else self._sync
+        shards.wait()  # one save in flight: the previous one is published first
+        final = os.path.join(self.root, f"step_{step:08d}")
+        tmp = broadcast_from_rank0(f"{final}.tmp-{uuid.uuid4().hex[:8]}" if _rank0() else None)
+        # meta.json is taken now, not when a background save is sealed: the caller's meta (e.g.
+        # its growth list) and the engine may change while the shards are written. A re-save
+        # keeps the growth mark of the copy it replaces.
+        full_meta = json.loads(
+            json.dumps(
+                {
+                    **meta,
+                    "step": step,
+                    "depth": engine.depth,
+                    "split": list(engine.split),
+                    "written_by": WRITTEN_BY,
+                    "growth_checkpoint": growth or (_rank0() and is_growth_checkpoint(final)),
+                }
+            )
+        )
+        save = _Save(self.root, step, tmp, full_meta, keep_last, shards, self._exchange)
+        try:
+            on_rank0(save.begin)
+            barrier()
+            sd, _ = sharded_state(engine, for_load=False)
+            sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
+            shards.write(sd, save.tmp, save.finish, save.failed)
+            if shards.background:
+                return save.final
+            barrier()
+            save.seal()
+        except (OSError, CheckpointException) as err:
+            save.failed(err)
+            raise
+        on_rank0(save.publish)
+        barrier()
+        return save.final
+
+
 def save_checkpoint(
     engine: Engine,
     ckpt_root: str,
@@ -107,130 +291,9 @@ def save_checkpoint(
     *,
     growth: bool = False,
     keep_last: int | None = None,
-    exchange: Callable[[str, str], bool] | None = None,
-    saver: AsyncSaver | None = None,
 ) -> str:
-    """Save the engine after `step` completed steps; returns the checkpoint directory.
-
-    `growth` marks a checkpoint written right before a growth: pruning keeps those (the flag
-    lives in meta.json, so every later run sees it). `keep_last` periodic checkpoints are kept.
-    A full disk is reported in one line; the last good checkpoint stays `latest`. `exchange`
-    swaps two directories atomically (default: renameat2 where the OS has it). `saver`: write
-    asynchronously (engine/async_save.py): the shards are written by a background process and
-    the rest of the sequence (seal, publish) runs once every rank's writer finished; the
-    directory appears only then."""
-    if saver is not None:  # one save in flight: the previous one is published first
-        saver.wait()
-    name = f"step_{step:08d}"
-    final = os.path.join(ckpt_root, name)
-    tmp = broadcast_from_rank0(f"{final}.tmp-{uuid.uuid4().hex[:8]}" if _rank0() else None)
-    # Taken now, not when an async save is sealed: the caller's meta (e.g. its growth list) and
-    # the engine may change while the shards are written. A re-save keeps the growth mark of
-    # the copy it replaces.
-    full_meta = json.loads(
-        json.dumps(
-            {
-                **meta,
-                "step": step,
-                "depth": engine.depth,
-                "split": list(engine.split),
-                "written_by": WRITTEN_BY,
-                "growth_checkpoint": growth or (_rank0() and is_growth_checkpoint(final)),
-            }
-        )
-    )
-
-    def begin():
-        os.makedirs(ckpt_root, exist_ok=True)
-        _remove_stale(ckpt_root)
-        fault_point("save.begin", step)
-        os.makedirs(tmp)
-
-    def seal(mine: dict | None = None):
-        # Every rank digests the shard files it wrote, at the same time (an async writer did it
-        # already: `mine`); rank 0 adds the rest.
-        if mine is None:
-            mine = digest_files(tmp, rank_shard_files(tmp, rank()))
-        digested = gather_on_rank0(mine)
-
-        def write():
-            fault_point("save.written", step)
-            with open(os.path.join(tmp, META), "w") as f:
-                json.dump(full_meta, f, indent=1)
-                f.flush()
-                os.fsync(f.fileno())
-            write_manifest(tmp, {rel: e for part in digested for rel, e in part.items()})
-            fsync_dir(tmp)
-            fault_point("save.sealed", step)
-
-        on_rank0(write)
-
-    def publish():
-        old = _install(tmp, final, step, exchange or _exchange)
-        fault_point("save.swapped", step)
-        fsync_dir(ckpt_root)
-        if old is not None:
-            shutil.rmtree(old)
-        latest_tmp = os.path.join(ckpt_root, f".{LATEST}.tmp")
-        with open(latest_tmp, "w") as f:
-            f.write(name)
-            f.flush()
-            os.fsync(f.fileno())
-        fault_point("save.latest", step)
-        os.replace(latest_tmp, os.path.join(ckpt_root, LATEST))
-        fsync_dir(ckpt_root)
-        fault_point("save.done", step)
-        _prune(ckpt_root, name, keep_last, background=saver is not None)
-
-    strategy = DirectSaveStrategy()
-
-    def finish():
-        barrier()
-        seal(strategy.digests)
-        on_rank0(publish)
-        barrier()
-
-    def failed(err: BaseException) -> None:
-        """A full disk, in one line, with the partial save removed; anything else as it is."""
-        full = _disk_full(err)
-        if full is None:
-            return
-        if _rank0():
-            shutil.rmtree(tmp, ignore_errors=True)
-        good = latest_checkpoint(ckpt_root)
-        raise RunEnvironmentError(
-            "checkpoint",
-            tmp,
-            f"ENOSPC (no space left on device) while saving step {step} "
-            f"({full.filename or 'a checkpoint file'}): free disk space or set "
-            f"run_dir on a larger disk; the partial save was removed and "
-            f"{good or 'no checkpoint'} stays the last good one",
-        ) from err
-
-    try:
-        on_rank0(begin)
-        barrier()
-        sd, _ = sharded_state(engine, for_load=False)
-        sd["common"] = {"optimizer_step": optimizer_step_count(engine.optimizer)}
-        if saver is not None:
-            # megatron's async writer (a forked process per save, see async_save.py); `finish`
-            # runs on every rank once all writers are done, a failed writer raises everywhere
-            # (through `failed`, at the step that finds it done).
-            saver.submit(
-                dist_checkpointing.save(sd, tmp, sharded_strategy=strategy, async_sharded_save=True),
-                finish,
-                on_error=failed,
-            )
-            return final
-        dist_checkpointing.save(sd, tmp, sharded_strategy=strategy)
-        barrier()
-        seal()
-    except (OSError, CheckpointException) as err:
-        failed(err)
-        raise
-    on_rank0(publish)
-    barrier()
-    return final
+    """One synchronous save (CheckpointWriter.save) into `ckpt_root`; returns its directory."""
+    return CheckpointWriter(ckpt_root).save(engine, step, meta, growth=growth, keep_last=keep_last)
 
 
 def _prune(ckpt_root: str, saved: str, keep_last: int | None, background: bool = False) -> None:
