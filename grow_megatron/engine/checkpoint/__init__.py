@@ -48,7 +48,14 @@ from typing import TYPE_CHECKING
 
 from grow_megatron.engine.checkpoint.directory import LATEST, latest_checkpoint, list_checkpoints, unreadable_leftovers
 from grow_megatron.engine.checkpoint.holds import CheckpointGone, hold_checkpoint, release_checkpoint
-from grow_megatron.engine.checkpoint.integrity import MANIFEST, META, file_digest, fsync_dir, verify_checkpoint
+from grow_megatron.engine.checkpoint.integrity import (
+    MANIFEST,
+    META,
+    file_digest,
+    fsync_dir,
+    pruned_under_reader,
+    verify_checkpoint,
+)
 
 if TYPE_CHECKING:  # the same names as _ON_FIRST_USE, for readers and static tools
     from grow_megatron.engine.checkpoint.optim_state import (
@@ -98,6 +105,7 @@ __all__ = [
     "hold_checkpoint",
     "latest_checkpoint",
     "list_checkpoints",
+    "pruned_under_reader",
     "release_checkpoint",
     "unreadable_leftovers",
     "verify_checkpoint",
