@@ -74,7 +74,6 @@ if TYPE_CHECKING:  # the same names as _ON_FIRST_USE, for readers and static too
         read_global_tensors,
         read_meta,
         tensor_specs,
-        unreadable_checkpoint,
     )
     from grow_megatron.engine.checkpoint.writer import CheckpointWriter, save_checkpoint
 
@@ -90,7 +89,7 @@ _ON_FIRST_USE = {
         "scatter_param_state",
         "set_step_count",
     ),
-    "reading": ("load_checkpoint", "read_global_tensors", "read_meta", "tensor_specs", "unreadable_checkpoint"),
+    "reading": ("load_checkpoint", "read_global_tensors", "read_meta", "tensor_specs"),
     "writer": ("CheckpointWriter", "save_checkpoint"),
 }
 """The API whose modules import megatron-core: {module: names}."""
@@ -122,7 +121,6 @@ __all__ = [
     "read_global_tensors",
     "read_meta",
     "tensor_specs",
-    "unreadable_checkpoint",
     "CheckpointWriter",
     "save_checkpoint",
 ]
