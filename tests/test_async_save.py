@@ -54,7 +54,7 @@ def test_async_checkpoints_at_dp2_equal_the_synchronous_ones(tmp_path):
     """Two ranks, each forking its own writer: every checkpoint holds what the synchronous run
     saved, bit for bit, and its manifest (digested by the writers) verifies."""
     from dist_helpers import run_world
-    from grow_megatron.engine.integrity import verify_checkpoint
+    from grow_megatron.engine.checkpoint import verify_checkpoint
 
     sets = {**STATIC, "train.global_batch_size": 4, "train.micro_batch_size": 2}
     for mode in ("off", "on"):

@@ -20,10 +20,15 @@ import pytest
 
 from engine_helpers import assert_same_tensors, micro_config, micro_overrides
 from grow_megatron.config.base import CheckpointError, ConfigError, RunEnvironmentError
-from grow_megatron.engine import checkpoint as ckpt_mod
-from grow_megatron.engine.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors, read_meta
+from grow_megatron.engine.checkpoint import (
+    latest_checkpoint,
+    list_checkpoints,
+    read_global_tensors,
+    read_meta,
+    verify_checkpoint,
+    writer,
+)
 from grow_megatron.engine.faults import ENV, InjectedFault
-from grow_megatron.engine.integrity import verify_checkpoint
 from grow_megatron.training.loop import train
 
 # micro_config grows before steps 2 and 5; with save_at_growth each growth writes step_2 / step_5;
@@ -91,8 +96,8 @@ def test_resave_keeps_a_complete_copy_at_every_instant(reference, at_step5, tmp_
         return wrapper
 
     extra = {**SAVES, "checkpoint.interval": 3, "checkpoint.keep_last": 1}
-    monkeypatch.setattr(ckpt_mod.shutil, "rmtree", watched(shutil.rmtree))
-    monkeypatch.setattr(ckpt_mod.os, "replace", watched(os.replace))
+    monkeypatch.setattr(writer.shutil, "rmtree", watched(shutil.rmtree))
+    monkeypatch.setattr(writer.os, "replace", watched(os.replace))
     second = train(micro_config(run, **extra))
     monkeypatch.undo()
     assert second.start_step == 5 and floor[0] == 12
@@ -110,7 +115,7 @@ def test_resave_keeps_a_complete_copy_at_every_instant(reference, at_step5, tmp_
 def test_kill_at_each_point_of_a_resave_resumes_exactly(reference, at_step5, tmp_path, monkeypatch, point):
     run, root = _copy(at_step5[0], tmp_path)
     if point == "save.aside":  # the fallback where the OS cannot exchange two directories
-        monkeypatch.setattr(ckpt_mod, "_exchange", lambda a, b: False)
+        monkeypatch.setattr(writer, "_exchange", lambda a, b: False)
     monkeypatch.setenv(ENV, f"{point}@5:raise")
     with pytest.raises(InjectedFault):
         train(micro_config(run, **SAVES))
@@ -302,8 +307,8 @@ def test_disk_full_is_found_inside_dcp_failures():
 
     full = OSError(errno.ENOSPC, "No space left on device", "/x/__1_0.distcp")
     wrapped = CheckpointException("write failed", {1: (full, "traceback text")})
-    assert ckpt_mod._disk_full(wrapped) is full
-    assert ckpt_mod._disk_full(CheckpointException("other", {0: (OSError(errno.EIO, "I/O error"), "")})) is None
+    assert writer._disk_full(wrapped) is full
+    assert writer._disk_full(CheckpointException("other", {0: (OSError(errno.EIO, "I/O error"), "")})) is None
 
 
 @pytest.mark.parametrize(

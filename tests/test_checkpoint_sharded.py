@@ -1,4 +1,4 @@
-"""DP-sharded checkpoints (engine/dp_shards.py): each data-parallel rank writes and reads only
+"""DP-sharded checkpoints (engine/checkpoint/dp_shards.py): each data-parallel rank writes and reads only
 its own flat range of every parameter's weights, fp32 main copy and AdamW moments."""
 
 import json
@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from grow_megatron.engine.dp_shards import param_pieces, pieces, row_segments
+from grow_megatron.engine.checkpoint.dp_shards import param_pieces, pieces, row_segments
 from make_v1_checkpoint import batch as fixture_batch  # tests/data (setup.cfg pythonpath)
 from make_v1_checkpoint import spec as fixture_spec
 
@@ -117,9 +117,9 @@ def _dp4_worker(rank, out):
     from grow_megatron.bench.accounting import allocation_peak, count_comm, tensor_bytes
     from grow_megatron.engine.build import build_engine, train_step
     from grow_megatron.engine.checkpoint import load_checkpoint, read_global_tensors, save_checkpoint
+    from grow_megatron.engine.checkpoint.optim_state import gather_param_state, local_range, local_state
     from grow_megatron.engine.distributed import device_context, init_distributed
     from grow_megatron.engine.grow import grow
-    from grow_megatron.engine.optim_state import gather_param_state, local_range, local_state
     from grow_megatron.growth.operators import lidas
 
     with device_context():
@@ -205,9 +205,13 @@ def test_dp4_save_writes_only_each_ranks_range(tmp_path):
     bit, and the first format loads at DP=4 too."""
     from dist_helpers import run_ranks
     from grow_megatron.engine.build import build_engine
-    from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_global_tensors
+    from grow_megatron.engine.checkpoint import (
+        gather_param_state,
+        latest_checkpoint,
+        load_checkpoint,
+        read_global_tensors,
+    )
     from grow_megatron.engine.distributed import device_context, init_distributed
-    from grow_megatron.engine.optim_state import gather_param_state
 
     run_ranks(4, _dp4_worker, str(tmp_path), out_dir=str(tmp_path))
     ranks = [json.load(open(tmp_path / f"rank{r}.json")) for r in range(4)]
@@ -220,7 +224,7 @@ def test_dp4_save_writes_only_each_ranks_range(tmp_path):
     ckpt = latest_checkpoint(str(tmp_path / "ckpt"))
     # Each rank digested the shard files it wrote; the manifest equals one process digesting
     # the whole directory.
-    from grow_megatron.engine.integrity import MANIFEST, _files, digest_files, rank_shard_files
+    from grow_megatron.engine.checkpoint.integrity import MANIFEST, _files, digest_files, rank_shard_files
 
     assert all(rank_shard_files(ckpt, r) for r in range(4))
     manifest = json.load(open(os.path.join(ckpt, MANIFEST)))["files"]

@@ -16,9 +16,8 @@ import torch
 from dist_helpers import run_world
 from engine_helpers import assert_same_tensors, micro_config, micro_overrides
 from grow_megatron.engine.build import build_engine
-from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta
+from grow_megatron.engine.checkpoint import gather_param_state, latest_checkpoint, load_checkpoint, read_meta
 from grow_megatron.engine.distributed import device_context, init_distributed
-from grow_megatron.engine.optim_state import gather_param_state
 from grow_megatron.engine.resolve import engine_spec
 from grow_megatron.training.loop import train
 

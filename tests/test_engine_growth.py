@@ -9,8 +9,8 @@ from engine_helpers import random_batch
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.engine.build import build_engine, run_microbatches, train_step
+from grow_megatron.engine.checkpoint import gather_param_state, optimizer_step_count
 from grow_megatron.engine.grow import grow
-from grow_megatron.engine.optim_state import gather_param_state, optimizer_step_count
 from grow_megatron.engine.resolve import engine_spec
 from grow_megatron.growth.operators import get_operator
 

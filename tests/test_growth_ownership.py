@@ -124,7 +124,7 @@ def _states(engine, tag):
     pipeline rank; each state assembled whole from the DP ranges (the reference's way)."""
     from megatron.core import parallel_state
 
-    from grow_megatron.engine.optim_state import gather_param_state
+    from grow_megatron.engine.checkpoint import gather_param_state
 
     tp, pp = parallel_state.get_tensor_model_parallel_rank(), parallel_state.get_pipeline_model_parallel_rank()
     out = {}
@@ -184,7 +184,7 @@ def _grow_worker(rank, out, tp, pp, bf16):
 )
 def test_grown_state_equals_the_source_map_of_the_whole_state(tmp_path, world, tp, pp, bf16):
     from dist_helpers import run_ranks
-    from grow_megatron.engine.keys import OUTPUT_PROJECTIONS
+    from grow_megatron.engine.checkpoint.keys import OUTPUT_PROJECTIONS
     from grow_megatron.growth.operators import get_operator
 
     run_ranks(world, _grow_worker, str(tmp_path), tp, pp, bf16, out_dir=str(tmp_path))

@@ -1,4 +1,4 @@
-"""The package's layers (.importlinter, docs/architecture.md) hold, and the check can fail."""
+"""The package's layers (.importlinter, docs/architecture.md) hold, and the checks can fail."""
 
 import os
 import shutil
@@ -29,16 +29,30 @@ def _lint(package_parent: Path) -> subprocess.CompletedProcess:
 def test_layers_and_no_cycles():
     out = _lint(ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "2 kept, 0 broken" in out.stdout
+    assert "3 kept, 0 broken" in out.stdout
 
 
-def test_an_upward_import_breaks_the_contract(tmp_path):
-    # The same package with one upward import (config -> training): the check must name it.
+def _planted(tmp_path: Path, module: str, line: str) -> subprocess.CompletedProcess:
+    """The check on a copy of the package with `line` added to `module` (a path under it)."""
     shutil.copytree(
         ROOT / "grow_megatron", tmp_path / "grow_megatron", ignore=shutil.ignore_patterns("__pycache__", "assets")
     )
-    base = tmp_path / "grow_megatron" / "config" / "base.py"
-    base.write_text(base.read_text() + "\nfrom grow_megatron.training import metrics  # noqa\n")
-    out = _lint(tmp_path)
+    path = tmp_path / "grow_megatron" / module
+    path.write_text(path.read_text() + f"\n{line}  # noqa\n")
+    return _lint(tmp_path)
+
+
+def test_an_upward_import_breaks_the_contract(tmp_path):
+    # One upward import (config -> training): the check must name it.
+    out = _planted(tmp_path, "config/base.py", "from grow_megatron.training import metrics")
     assert out.returncode != 0
     assert "grow_megatron.config.base -> grow_megatron.training.metrics" in out.stdout
+
+
+def test_checkpoint_storage_importing_run_resolution_breaks_its_contract(tmp_path):
+    # engine.checkpoint -> engine.resolve stays inside the engine layer: only the storage
+    # contract can name it.
+    out = _planted(tmp_path, "engine/checkpoint/directory.py", "from grow_megatron.engine import resolve")
+    assert out.returncode != 0
+    assert "Checkpoint storage sits below the growth executors and run resolution BROKEN" in out.stdout
+    assert "grow_megatron.engine.checkpoint.directory -> grow_megatron.engine.resolve" in out.stdout

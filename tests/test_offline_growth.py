@@ -13,10 +13,15 @@ import torch
 from engine_helpers import micro_config
 from grow_megatron.cli import main as cli_main
 from grow_megatron.engine.build import build_engine
-from grow_megatron.engine.checkpoint import latest_checkpoint, load_checkpoint, read_meta
+from grow_megatron.engine.checkpoint import (
+    gather_param_state,
+    latest_checkpoint,
+    load_checkpoint,
+    optimizer_step_count,
+    read_meta,
+)
 from grow_megatron.engine.distributed import device_context, init_distributed
 from grow_megatron.engine.offline_grow import grow_checkpoint, grow_tensors
-from grow_megatron.engine.optim_state import gather_param_state, optimizer_step_count
 from grow_megatron.engine.resolve import engine_spec
 from grow_megatron.growth.operators import get_operator, lidas
 from grow_megatron.training.loop import train

@@ -1,7 +1,7 @@
-"""One owner per concept (issue #13): the checkpoint key format is spelled in engine/keys.py only.
+"""One owner per concept (issue #13): the checkpoint key format is spelled in engine/checkpoint/keys.py only.
 
 The source is scanned with `ast`: every string constant (f-string pieces included) outside
-engine/keys.py must be free of the key format's literals. Docstrings (string statements,
+engine/checkpoint/keys.py must be free of the key format's literals. Docstrings (string statements,
 including attribute docstrings) and comments may mention the format; they are not code.
 The bare weight prefix `model.` is not checked textually: config paths (`model.vocab_size`)
 and transformers' own key prefix share the spelling.
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "grow_megatron"
-OWNER = PACKAGE / "engine" / "keys.py"
+OWNER = PACKAGE / "engine" / "checkpoint" / "keys.py"
 # Substrings only our checkpoint keys contain (transformers' Llama names differ: self_attn,
 # post_attention_layernorm, gate_proj, embed_tokens, lm_head).
 KEY_LITERALS = (
@@ -53,7 +53,7 @@ def _offences(path: Path, root: Path = PACKAGE.parent) -> list[str]:
 def test_key_format_is_spelled_in_engine_keys_only():
     assert OWNER.is_file()
     offences = [o for path in sorted(PACKAGE.rglob("*.py")) if path != OWNER for o in _offences(path)]
-    assert not offences, "use grow_megatron.engine.keys instead:\n" + "\n".join(offences)
+    assert not offences, "use grow_megatron.engine.checkpoint.keys instead:\n" + "\n".join(offences)
 
 
 def test_the_owner_spells_it_and_docstrings_do_not_count(tmp_path):
@@ -83,7 +83,7 @@ def test_the_owner_spells_it_and_docstrings_do_not_count(tmp_path):
     ],
 )
 def test_key_helpers_round_trip(key, parsed):
-    from grow_megatron.engine import keys
+    from grow_megatron.engine.checkpoint import keys
 
     assert keys.parse_state_key(key) == parsed
     if parsed is not None:

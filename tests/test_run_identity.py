@@ -22,10 +22,9 @@ from engine_helpers import micro_config
 from grow_megatron.config.base import CheckpointError, ConfigError
 from grow_megatron.config.run import load_run_config
 from grow_megatron.data.corpus import iter_default_corpus
-from grow_megatron.engine import keys
-from grow_megatron.engine.checkpoint import latest_checkpoint, list_checkpoints, read_global_tensors, read_meta
+from grow_megatron.engine.checkpoint import keys, latest_checkpoint, list_checkpoints, read_global_tensors, read_meta
+from grow_megatron.engine.checkpoint.integrity import write_manifest
 from grow_megatron.engine.faults import ENV, InjectedFault
-from grow_megatron.engine.integrity import write_manifest
 from grow_megatron.training.identity import read_history
 from grow_megatron.training.loop import train
 

@@ -11,9 +11,14 @@ import torch
 from engine_helpers import assert_same_tensors, micro_config
 from grow_megatron.cli import main as cli_main
 from grow_megatron.config.run import load_run_config
-from grow_megatron.engine.checkpoint import latest_checkpoint, read_global_tensors, read_meta
+from grow_megatron.engine.checkpoint import (
+    gather_param_state,
+    latest_checkpoint,
+    optimizer_step_count,
+    read_global_tensors,
+    read_meta,
+)
 from grow_megatron.engine.faults import ENV
-from grow_megatron.engine.optim_state import gather_param_state, optimizer_step_count
 from grow_megatron.training.loop import train
 
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "tiny_lidas.yaml")

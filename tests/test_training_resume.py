@@ -5,8 +5,7 @@ import os
 import pytest
 
 from engine_helpers import micro_config
-from grow_megatron.engine import checkpoint as ckpt_mod
-from grow_megatron.engine.checkpoint import latest_checkpoint, read_meta
+from grow_megatron.engine.checkpoint import latest_checkpoint, read_meta, shard_strategies
 from grow_megatron.growth.schedule import plan_from_config
 from grow_megatron.training.loop import train
 
@@ -89,7 +88,7 @@ def test_crash_during_save_keeps_last_good_checkpoint(tmp_path, monkeypatch):
             f.write("half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt_mod.dist_checkpointing, "save", broken_save)
+    monkeypatch.setattr(shard_strategies.dist_checkpointing, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
         train(micro_config(tmp_path, **STATIC))
     monkeypatch.undo()

@@ -48,10 +48,9 @@ def worker(args) -> None:
 
     from grow_megatron.config.model import ModelConfig
     from grow_megatron.engine.build import build_engine
-    from grow_megatron.engine.checkpoint import load_checkpoint, save_checkpoint
+    from grow_megatron.engine.checkpoint import ensure_state_initialized, load_checkpoint, save_checkpoint
     from grow_megatron.engine.distributed import device_context, init_distributed
     from grow_megatron.engine.grow import grow
-    from grow_megatron.engine.optim_state import ensure_state_initialized
     from grow_megatron.engine.resolve import engine_spec
     from grow_megatron.growth.operators import lidas
 
@@ -243,21 +242,17 @@ def projection() -> str:
 
 
 def _blocking_seconds(profile) -> float:
-    """Time the training thread spent inside checkpoint code: save_checkpoint, and the async
-    saver's poll and wait where the loop calls them (not inside save_checkpoint, counted there)."""
+    """Time the training thread spent inside checkpoint code: CheckpointWriter's save, and its
+    poll and wait where the loop calls them (a save's own wait for the previous one is the
+    strategy's, counted inside the save)."""
     import pstats
 
-    total = 0.0
-    for (path, _, func), (_, _, _, cum, callers) in pstats.Stats(profile).stats.items():
-        if path.endswith(os.path.join("engine", "checkpoint.py")) and func == "save_checkpoint":
-            total += cum
-        elif path.endswith(os.path.join("engine", "async_save.py")) and func in ("poll", "wait"):
-            total += sum(
-                c[3]
-                for (cpath, _, cfunc), c in callers.items()
-                if not (cpath.endswith("checkpoint.py") and cfunc == "save_checkpoint")
-            )
-    return total
+    writer = os.path.join("engine", "checkpoint", "writer.py")
+    return sum(
+        cum
+        for (path, _, func), (_, _, _, cum, _) in pstats.Stats(profile).stats.items()
+        if path.endswith(writer) and func in ("save", "poll", "wait")
+    )
 
 
 def stall(args) -> str:

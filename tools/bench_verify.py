@@ -41,7 +41,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from grow_megatron.config.model import PRESETS  # noqa: E402
-from grow_megatron.engine.integrity import verify_checkpoint, verifying, write_manifest  # noqa: E402
+from grow_megatron.engine.checkpoint.integrity import verify_checkpoint, verifying, write_manifest  # noqa: E402
 
 STATES = ("param", "exp_avg", "exp_avg_sq")
 

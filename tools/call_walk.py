@@ -71,6 +71,21 @@ def module(name: str) -> Module:
     return _modules[name]
 
 
+def defined(m: str, n: str) -> tuple[str, str] | None:
+    """(module, name) where name `n` of module `m` is defined, following re-exports (a package's
+    __init__ importing its API from its modules), or None."""
+    seen = set()
+    while (m, n) not in seen:
+        seen.add((m, n))
+        if n in module(m).defs:
+            return m, n
+        target = module(m).names.get(n)
+        if not target or target.endswith(":"):
+            return None
+        m, n = target.split(":")
+    return None
+
+
 def resolve(mod: Module, call: ast.expr) -> tuple[str, str] | None:
     """(module, name) of a called package function or class, or None."""
     if isinstance(call, ast.Name):
@@ -78,12 +93,11 @@ def resolve(mod: Module, call: ast.expr) -> tuple[str, str] | None:
             return mod.name, call.id
         target = mod.names.get(call.id)
         if target and not target.endswith(":"):
-            m, n = target.split(":")
-            return (m, n) if n in module(m).defs else None
+            return defined(*target.split(":"))
     if isinstance(call, ast.Attribute) and isinstance(call.value, ast.Name):
         target = mod.names.get(call.value.id)
-        if target and target.endswith(":") and call.attr in module(target[:-1]).defs:
-            return target[:-1], call.attr
+        if target and target.endswith(":"):
+            return defined(target[:-1], call.attr)
     return None
 
 

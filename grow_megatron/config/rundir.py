@@ -1,7 +1,7 @@
 """A run directory and its records: the one place that names what a run keeps in its run_dir.
 
     RUN_DIR/config.yaml       the resolved run config (training, `convert from-hf`, `grow`)
-    RUN_DIR/checkpoints/      the checkpoint root (engine/checkpoint.py owns what is inside)
+    RUN_DIR/checkpoints/      the checkpoint root (engine/checkpoint/ owns what is inside)
     RUN_DIR/metrics.jsonl     one record per logged step
     RUN_DIR/events.jsonl      one record per event (growths)
     RUN_DIR/tb/, loss.png     TensorBoard logs, the loss plot

@@ -7,7 +7,7 @@
     compare_logits(ckpt, hf_dir)  max |native - HF| logits, the parity check
 
 The tensor map itself (HF key names, QKV de-interleave, fc1 split, LN-Scaling fold) is in keymap.py;
-the native checkpoint's key names are engine/keys.py's.
+the native checkpoint's key names are engine/checkpoint/keys.py's.
 """
 
 from grow_megatron.convert.api import (

@@ -30,8 +30,8 @@ from grow_megatron.convert.keymap import (
     native_tensor_to_hf,
 )
 from grow_megatron.convert.native import NativeReader, resolve_checkpoint, write_json, write_native_checkpoint
+from grow_megatron.engine.checkpoint.keys import EMBED, FINAL_NORM, LAYER_SUFFIXES, layer_key
 from grow_megatron.engine.faults import fault_point
-from grow_megatron.engine.keys import EMBED, FINAL_NORM, LAYER_SUFFIXES, layer_key
 from grow_megatron.engine.staging import remove_leftovers, staged_dir
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -5,7 +5,7 @@ Everything here is a pure function of tensors and shapes: no files, no process g
 Native tensors are the *global*, layout-free tensors of a checkpoint: TP shards concatenated,
 PP stages stacked, so one key per parameter kind with a leading layer axis of size depth for
 the decoder layers (megatron's sharded state dict). Keys below are written without the
-checkpoint's `model.` prefix; the native names are engine/keys.py's (the one owner of the
+checkpoint's `model.` prefix; the native names are engine/checkpoint/keys.py's (the one owner of the
 checkpoint key format), the HF names this module's.
 
     native                                             HF (layer i, 0-indexed)
@@ -36,7 +36,7 @@ import torch
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig
-from grow_megatron.engine.keys import EMBED, FC1, FC2, FINAL_NORM, INPUT_NORM, MLP_NORM, PROJ, QKV, layer_key
+from grow_megatron.engine.checkpoint.keys import EMBED, FC1, FC2, FINAL_NORM, INPUT_NORM, MLP_NORM, PROJ, QKV, layer_key
 
 HF_PREFIX = "model."
 """transformers' LlamaForCausalLM prefix of the decoder's tensors (its own format, not ours)."""

@@ -20,8 +20,7 @@ from grow_megatron.config.base import ConfigError
 from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.rundir import CHECKPOINTS, RunDir
 from grow_megatron.convert.keymap import check_shapes, expected_native_shapes
-from grow_megatron.engine import keys
-from grow_megatron.engine.integrity import verify_checkpoint
+from grow_megatron.engine.checkpoint import keys, verify_checkpoint
 from grow_megatron.model.looping import apply_loop_to_engine
 
 _HOLD_TRIES = 5

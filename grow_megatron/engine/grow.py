@@ -31,9 +31,7 @@ import torch.distributed as dist
 from megatron.core import parallel_state
 
 from grow_megatron.engine.build import Engine, build_engine, destroy_engine
-from grow_megatron.engine.keys import OUTPUT_PROJECTIONS
-from grow_megatron.engine.optim_state import (
-    STATE_KEYS,
+from grow_megatron.engine.checkpoint import (
     dp_span_tables,
     ensure_state_initialized,
     local_state,
@@ -41,6 +39,7 @@ from grow_megatron.engine.optim_state import (
     own_state,
     set_step_count,
 )
+from grow_megatron.engine.checkpoint.keys import OUTPUT_PROJECTIONS, STATE_KEYS
 from grow_megatron.growth.operators import Growth
 from grow_megatron.growth.ownership import exchange_sizes, ownership_plan
 from grow_megatron.growth.partition import transfer_plan

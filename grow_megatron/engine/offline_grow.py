@@ -25,11 +25,17 @@ from megatron.core.dist_checkpointing import load_common_state_dict
 
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.rundir import GrowthEvent
-from grow_megatron.engine import keys
 from grow_megatron.engine.build import build_engine, destroy_engine
-from grow_megatron.engine.checkpoint import read_global_tensors, read_meta, save_checkpoint
+from grow_megatron.engine.checkpoint import (
+    ensure_state_initialized,
+    keys,
+    read_global_tensors,
+    read_meta,
+    save_checkpoint,
+    scatter_param_state,
+    set_step_count,
+)
 from grow_megatron.engine.distributed import init_distributed
-from grow_megatron.engine.optim_state import ensure_state_initialized, scatter_param_state, set_step_count
 from grow_megatron.engine.resolve import engine_spec
 from grow_megatron.growth.operators import Growth
 

@@ -24,9 +24,9 @@ from grow_megatron.data.datasets import build_tokenizer
 from grow_megatron.data.tokenizer import Tokenizer, load_tokenizer
 from grow_megatron.engine.build import EngineSpec, ScaleOptions
 from grow_megatron.engine.checkpoint import latest_checkpoint, tensor_specs
+from grow_megatron.engine.checkpoint.keys import EMBED, model_key
 from grow_megatron.engine.device import Device
 from grow_megatron.engine.distributed import Layout
-from grow_megatron.engine.keys import EMBED, model_key
 from grow_megatron.engine.memory import check_fits
 from grow_megatron.growth.schedule import GrowthPlan, plan_from_config
 

@@ -5,7 +5,7 @@ it to OUT only once everything is in it, so a kill at any moment leaves either n
 complete one: never a half one that `train OUT/config.yaml` or transformers would read as
 complete. A staging directory left by a killed run is found by the next run into the same OUT
 (`leftovers`), which names it and removes it. Replacing an existing OUT swaps the two
-directories in one renameat2(RENAME_EXCHANGE) where the OS offers it (checkpoint.py re-saves a
+directories in one renameat2(RENAME_EXCHANGE) where the OS offers it (engine/checkpoint/ re-saves a
 step the same way), so a complete OUT exists at every instant.
 """
 

@@ -30,7 +30,7 @@ from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.run import RunConfig, dump_run_config, read_yaml
 from grow_megatron.config.rundir import RunDir
 from grow_megatron.data.assets import default_corpus_path, default_tokenizer_path
-from grow_megatron.engine.integrity import file_digest
+from grow_megatron.engine.checkpoint import file_digest
 
 EXTENDABLE = ("train.steps",)
 """Identity fields a resume may change without declaring it (training a run further)."""
@@ -84,7 +84,7 @@ def _digest(path: str, cache: dict, seen: dict) -> str | None:
 
 
 def _digest_text(text: str) -> str:
-    import xxhash  # (engine.integrity's hash; a text digest needs no file)
+    import xxhash  # (engine.checkpoint.integrity's hash; a text digest needs no file)
 
     return xxhash.xxh3_128(text.encode()).hexdigest()
 

@@ -19,7 +19,6 @@ from grow_megatron.config.run import RunConfig
 from grow_megatron.config.rundir import GrowthEvent, RunDir, growth_events
 from grow_megatron.config.training import TrainConfig
 from grow_megatron.data.datasets import build_datasets, describe_data, get_microbatches
-from grow_megatron.engine.async_save import AsyncSaver
 from grow_megatron.engine.build import (
     Engine,
     build_engine,
@@ -30,17 +29,17 @@ from grow_megatron.engine.build import (
     train_step,
 )
 from grow_megatron.engine.checkpoint import (
+    CheckpointWriter,
     latest_checkpoint,
     load_checkpoint,
+    nonfinite_state,
     read_meta,
-    save_checkpoint,
     unreadable_leftovers,
 )
 from grow_megatron.engine.device import Device
 from grow_megatron.engine.distributed import broadcast_from_rank0, device_context, init_distributed, rank
 from grow_megatron.engine.faults import fault_armed, fault_point
 from grow_megatron.engine.grow import grow, needs_host_staging
-from grow_megatron.engine.optim_state import nonfinite_state
 from grow_megatron.engine.resolve import ResolvedRun, resolve_run
 from grow_megatron.growth.schedule import GrowthPlan
 from grow_megatron.model.builder import compiled_graphs
@@ -168,7 +167,9 @@ def _train(run: ResolvedRun, *, stop_at: int | None, on_step) -> TrainResult:
         engine, TrainResult(start_step=start.step, run_dir=cfg.run_dir, growths=list(history)), skipped=start.skipped
     )
     metrics = _open_metrics(run, start, engine, data)
-    saves = _Checkpoints(ckpt_root, cfg, start, compute, AsyncSaver() if cfg.checkpoint.async_save == "on" else None)
+    saves = _Checkpoints(
+        cfg, start, compute, CheckpointWriter(ckpt_root, asynchronous=cfg.checkpoint.async_save == "on")
+    )
     end = cfg.train.steps if stop_at is None else min(stop_at, cfg.train.steps)
     loops = LoopSchedule(cfg.model.loop)
     pbar = metrics.progress(
@@ -450,25 +451,26 @@ class _RunState:
 
 @dataclass(frozen=True)
 class _Checkpoints:
-    """Every save of the run goes through `save`: one root, one meta.json layout, one async saver."""
+    """Every save of the run goes through `save`: one writer (one root), one meta.json layout."""
 
-    root: str
     cfg: RunConfig
     start: _Start
     compute: ComputeCount
-    saver: AsyncSaver | None
+    writer: CheckpointWriter
+
+    @property
+    def root(self) -> str:
+        return self.writer.root
 
     def poll(self) -> None:
-        if self.saver is not None:
-            self.saver.poll()  # publishes a finished async save (all ranks, same steps)
+        self.writer.poll()  # publishes a finished async save (all ranks, same steps)
 
     def wait(self) -> None:
-        if self.saver is not None:
-            self.saver.wait()
+        self.writer.wait()
 
     def save(self, state: _RunState, done: int, *, asynchronous: bool = True, **kw) -> str:
         """Checkpoint the state after `done` steps (in the background when checkpoint.async_save
-        is on and `asynchronous`); `kw`: save_checkpoint's growth and keep_last."""
+        is on and `asynchronous`); `kw`: CheckpointWriter.save's growth and keep_last."""
         # A diverged state must never become a checkpoint, let alone `latest`: resuming it
         # would fail forever. Stop instead, pointing at the last good one.
         sync_params(state.engine)  # the weights, not only the optimizer's ranges, are saved
@@ -479,9 +481,7 @@ class _Checkpoints:
                 f"not checkpointed: lower optim.lr or raise optim.warmup_steps; "
                 f"{_last_good(self.root)}"
             )
-        return save_checkpoint(
-            state.engine, self.root, done, self._meta(state, done), saver=self.saver if asynchronous else None, **kw
-        )
+        return self.writer.save(state.engine, done, self._meta(state, done), background=asynchronous, **kw)
 
     def _meta(self, state: _RunState, done: int) -> dict:
         """What meta.json records besides the engine's own (step, depth, split)."""

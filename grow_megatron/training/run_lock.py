@@ -21,9 +21,8 @@ from filelock import FileLock, Timeout
 
 from grow_megatron.config.base import ConfigError, RunEnvironmentError
 from grow_megatron.config.rundir import ARCHIVE_PREFIX, RunDir
-from grow_megatron.engine.checkpoint import LATEST, list_checkpoints
+from grow_megatron.engine.checkpoint import LATEST, fsync_dir, list_checkpoints
 from grow_megatron.engine.distributed import barrier, on_rank0
-from grow_megatron.engine.integrity import fsync_dir
 
 
 def _holder(run_dir: str) -> str:

@@ -34,7 +34,7 @@ from grow_megatron.config.rundir import CHECKPOINTS
 
 MANIFEST = "manifest.json"
 META = "meta.json"
-"""A checkpoint's own record (step, depth, growths, who wrote it); checkpoint.py reads and writes it."""
+"""A checkpoint's own record (step, depth, growths, who wrote it); reading.py reads it, writer.py writes it."""
 MANIFEST_ERA_KEYS = ("written_by", "growth_checkpoint")
 """meta.json keys that only versions writing a manifest with every checkpoint put there."""
 ALGORITHM = "xxh3_128"

@@ -1,7 +1,7 @@
 """The checkpoint key format: the one module that spells it (tests/test_owners.py holds every
 other module of the package to that).
 
-A checkpoint holds, by key, whole global tensors (engine/checkpoint.py):
+A checkpoint holds, by key, whole global tensors (engine/checkpoint/):
 
     model.<name>                         a weight, <name> its module path in megatron's GPTModel
     optimizer.<state>.model.<name>       its fp32 main copy (state "param") and AdamW moments

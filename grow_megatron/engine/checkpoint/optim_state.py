@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state
 
-from grow_megatron.engine.keys import STATE_KEYS
+from grow_megatron.engine.checkpoint.keys import STATE_KEYS
 from grow_megatron.growth.ownership import dp_spans
 
 

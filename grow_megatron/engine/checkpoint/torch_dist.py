@@ -49,9 +49,9 @@ from megatron.core.dist_checkpointing.strategies.torch import (
 )
 from torch.distributed.checkpoint.api import CheckpointException
 
+from grow_megatron.engine.checkpoint.integrity import file_entry
 from grow_megatron.engine.distributed import broadcast_from_rank0, gather_on_rank0, rank, scatter_from_rank0
 from grow_megatron.engine.faults import fault_point
-from grow_megatron.engine.integrity import file_entry
 
 _RESULT = ".write_result.{rank}.pkl"  # the child's results; read and removed by the finalize step
 _WRITER_THREAD = "(_write_files_from_queue)"  # torch's helper threads are named "Thread-N (target)"
