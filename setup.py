@@ -1,4 +1,5 @@
 """grow_megatron: depth-growing LLM training on megatron-core."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -36,7 +37,15 @@ setup(
         "wandb": ["wandb"],
         # model.fp8: torchao's float8 training (emulated on CPU in the tests).
         "fp8": ["torchao>=0.18"],
-        "test": ["pytest", "pytest-timeout", "wandb", "import-linter", "lm-eval[hf]>=0.4", "ruff==0.17.6", "torchao>=0.18"],
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            "wandb",
+            "import-linter",
+            "lm-eval[hf]>=0.4",
+            "ruff==0.17.6",
+            "torchao>=0.18",
+        ],
     },
     entry_points={"console_scripts": ["grow-megatron=grow_megatron.cli:main"]},
 )
