@@ -80,33 +80,8 @@ def test_compiled_layers_match_eager_and_growth_compiles_nothing_new(env):
     assert comp.depth == 6 and all(layer._compiled_call_impl is not None for layer in comp.local_layers())
 
 
-def test_a_compiled_run_grows_resumes_exactly_and_logs_its_graphs(tmp_path, capsys):
-    """The whole trainer under model.compile: a 4 -> 8 -> 12 LIDAS run stopped between its
-    growths and resumed equals the uninterrupted compiled run bit for bit (the compiled kernels
-    are deterministic on CPU, and the resumed engine compiles the same graphs), each growth
-    compiles at most one new graph, and the log says what was compiled."""
-    from engine_helpers import micro_config
-    from grow_megatron.config.rundir import RunDir
-    from grow_megatron.training.loop import train
-
-    whole = train(micro_config(tmp_path / "whole", **{"model.compile": True}))
-    log = capsys.readouterr().out
-    cfg = micro_config(tmp_path / "parts", **{"model.compile": True})
-    first, rest = train(cfg, stop_at=5), train(cfg)
-    assert [g.step for g in whole.growths] == [g.step for g in rest.growths] and len(whole.growths) == 2
-    assert rest.start_step == 5 and {**first.losses, **rest.losses} == whole.losses
-    records = [r for r in RunDir(str(tmp_path / "whole")).read_metrics() if "compiled_graphs" in r]
-    graphs = {r["step"]: r["compiled_graphs"] for r in records}
-    for g in whole.growths:  # the step a growth happens on, against the step before it
-        assert graphs[g.step] - graphs[g.step - 1] <= 1, (g.step, graphs)
-    assert graphs[0] > 0 and f"graph(s) compiled at step 0 (depth 4, {graphs[0]} in this process)" in log, log
-
-
-def test_a_compiled_run_resumes_at_another_tensor_parallel_size(tmp_path):
-    """Stopped after 3 steps at TP=1 (a clean stop, checkpointed), resumed under torchrun at
-    TP=2, compiled both times: the losses after the resume follow the uninterrupted TP=1 run at
-    fp32 rounding (TP changes only the summation order; test_distributed.py's tolerance)."""
-    import json
+def _torchrun_resume(run_dir, tp: int, sets: dict) -> str:
+    """`grow-megatron train` of the micro run in `run_dir` under torchrun at TP = `tp`."""
     import os
     import subprocess
     import sys
@@ -115,29 +90,48 @@ def test_a_compiled_run_resumes_at_another_tensor_parallel_size(tmp_path):
     from grow_megatron.engine.faults import ENV
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    # Not this process's world: the engine tests before this one set its rank and store port.
+    world = (ENV, "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    env = {k: v for k, v in os.environ.items() if k not in world}
+    env["OMP_NUM_THREADS"] = "1"
+    args = [a for kv in micro_overrides(run_dir, **sets, **{"parallel.tensor_parallel": tp}) for a in ("--set", kv)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(tp)]
+    cmd += ["-m", "grow_megatron.cli", "train", "examples/tiny_lidas.yaml", *args]
+    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_a_compiled_run_grows_resumes_exactly_and_at_another_layout(tmp_path, capsys):
+    """The whole trainer under model.compile, a 4 -> 8 -> 12 LIDAS run of 6 steps:
+    - stopped after 3 steps (between its growths) and resumed, it equals the uninterrupted
+      compiled run bit for bit (the compiled kernels are deterministic on CPU, and the resumed
+      engine compiles the same graphs);
+    - stopped there and resumed under torchrun at TP=2, it follows the uninterrupted run at fp32
+      rounding (TP changes only the summation order; test_distributed.py's tolerance);
+    - each growth compiles at most one new graph, and the log says what was compiled."""
+    from engine_helpers import micro_config
+    from grow_megatron.config.rundir import RunDir
+    from grow_megatron.training.loop import train
+
     sets = {"model.compile": True, "train.steps": 6, "growth.grow_steps": 4, "optim.decay_steps": 2}
+    whole = train(micro_config(tmp_path / "whole", **sets))
+    log = capsys.readouterr().out
+    cfg = micro_config(tmp_path / "parts", **sets)
+    first, rest = train(cfg, stop_at=3), train(cfg)
+    assert [g.step for g in whole.growths] == [g.step for g in rest.growths] and len(whole.growths) == 2
+    assert rest.start_step == 3 and {**first.losses, **rest.losses} == whole.losses
+    records = [r for r in RunDir(str(tmp_path / "whole")).read_metrics() if "compiled_graphs" in r]
+    graphs = {r["step"]: r["compiled_graphs"] for r in records}
+    for g in whole.growths:  # the step a growth happens on, against the step before it
+        assert graphs[g.step] - graphs[g.step - 1] <= 1, (g.step, graphs)
+    assert graphs[0] > 0 and f"graph(s) compiled at step 0 (depth 4, {graphs[0]} in this process)" in log, log
 
-    def run(run_dir, tp, fault=None):
-        env = {k: v for k, v in os.environ.items() if k not in (ENV, "RANK", "WORLD_SIZE", "LOCAL_RANK")}
-        env["OMP_NUM_THREADS"] = "1"
-        if fault:
-            env[ENV] = fault
-        launch = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(tp)] if tp > 1 else []
-        args = [a for kv in micro_overrides(run_dir, **sets, **{"parallel.tensor_parallel": tp}) for a in ("--set", kv)]
-        cmd = [sys.executable, *launch, "-m", "grow_megatron.cli", "train", "examples/tiny_lidas.yaml", *args]
-        proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        return proc.stdout
-
-    run(tmp_path / "whole", 1)
-    run(tmp_path / "parts", 1, fault="step.end@2:term")
-    assert "resuming from" in run(tmp_path / "parts", 2)
-    losses = {}
-    for name in ("whole", "parts"):
-        with open(tmp_path / name / "metrics.jsonl") as f:
-            losses[name] = {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
-    assert losses["whole"].keys() == losses["parts"].keys() == set(range(6))
-    for step in range(3):  # before the stop: the same process layout, the same bits
-        assert losses["parts"][step] == losses["whole"][step]
+    train(micro_config(tmp_path / "tp2", **sets), stop_at=3)
+    assert "resuming from" in _torchrun_resume(tmp_path / "tp2", 2, sets)
+    tp2 = {r["step"]: r["loss"] for r in RunDir(str(tmp_path / "tp2")).read_metrics() if "loss" in r}
+    assert tp2.keys() == whole.losses.keys() == set(range(6))
+    for step in range(3):  # before the stop: one process, the same bits
+        assert tp2[step] == whole.losses[step]
     for step in range(3, 6):
-        assert losses["parts"][step] == pytest.approx(losses["whole"][step], rel=1e-5), step
+        assert tp2[step] == pytest.approx(whole.losses[step], rel=1e-5), step
