@@ -51,6 +51,8 @@ def test_cli_renders_every_section():
         "## Kernels (issue 4)",
         "## A short grown training run (train_record)",
         "## Growth-operation latency and memory",
+        "## Scale features on one device (tools/bench_scale.py)",
+        "## FP8 linears (model.fp8)",
     ):
         assert heading in md, heading
     assert "Smoke mode" in md and "DRY RUN" in md and "Not returned" not in md
@@ -165,7 +167,8 @@ def test_session_log_outcomes_and_missing_files(tmp_path):
     (tmp_path / "session.log").write_text(log)
     md = G.render(str(tmp_path))
     assert (
-        "Not returned: correct.json, bench_360m.json, kernels.json, bench_1p7b.json, grown_360m.json, train_short.json"
+        "Not returned: correct.json, scale.json, bench_360m.json, kernels.json, bench_1p7b.json, grown_360m.json, "
+        "fp8_360m.json, train_short.json"
     ) in md
     rows = _json("growth.json")
     assert re.search(
@@ -304,4 +307,32 @@ def test_results_missing_as_files_are_read_from_the_tar(tmp_path):
         "Read from results.tar.gz: bench_1p7b.json (results.tar.gz:./bench_1p7b/report.json), "
         "train_short.json (results.tar.gz:./train_short.json)"
     ) in md
-    assert "Not returned: session.log, bench_360m.json, kernels.json, grown_360m.json, growth.json (" in md
+    assert (
+        "Not returned: session.log, scale.json, bench_360m.json, kernels.json, grown_360m.json, growth.json, "
+        "fp8_360m.json ("
+    ) in md
+
+
+def test_scale_section_checks_the_losses_and_the_recompute_memory():
+    rep = _json("scale.json")
+    md = "\n".join(G.scale_section(rep))
+    off = next(r for r in rep["rows"] if r["variant"] == "off")
+    assert _row(md, "DP=1")[1:3] == ["off", f"{off['kept_after_forward_MiB']:,.0f}"]
+    assert "the one without them: ok" in md and "keeps less for backward than none: ok" in md
+    bad = copy.deepcopy(rep)
+    for r in bad["rows"]:
+        if r["variant"] == "recompute full":
+            r["loss"] += 1e-6  # recompute that changed the numbers
+            r["kept_after_forward_MiB"] = off["kept_after_forward_MiB"]  # and saved nothing
+    md = "\n".join(G.scale_section(bad))
+    assert "the one without them: FAILED" in md and "keeps less for backward than none: FAILED" in md
+
+
+def test_fp8_section_sets_fp8_beside_the_bf16_static_engine():
+    fp8, bf16 = _json("fp8_360m.json"), _json("bench_360m.json")
+    md = "\n".join(G.fp8_section(fp8, bf16))
+    want = fp8["static"]["tokens_per_s"] / bf16["static"]["tokens_per_s"]
+    assert f"fp8 / bench_360m tokens/s: {want:.2f}" in md
+    assert _row(md, "fp8")[1] == f"{fp8['static']['tokens_per_s']:,.0f}"
+    assert "model.fp8=rowwise" in md
+    assert "fp8 / bench_360m tokens/s: -" in "\n".join(G.fp8_section(fp8, None))

@@ -687,18 +687,116 @@ def growth_section(rows: list[dict]) -> list[str]:
 # session's work folder, whose bench steps write DIR/report.json).
 RESULT_FILES = (
     "correct.json",
+    "scale.json",
     "bench_360m.json",
     "kernels.json",
     "bench_1p7b.json",
     "grown_360m.json",
     "growth.json",
+    "fp8_360m.json",
     "train_short.json",
 )
 TAR_MEMBERS = {
     "bench_360m.json": "bench_360m/report.json",
     "bench_1p7b.json": "bench_1p7b/report.json",
     "grown_360m.json": "grown_360m/report.json",
+    "fp8_360m.json": "fp8_360m/report.json",
 }
+
+
+def scale_section(rep: dict) -> list[str]:
+    """tools/bench_scale.py on one device (issue 24): memory and step time per variant, and two
+    checks: recompute and overlap leave the loss exactly as without them (CPU: bit-equal), and
+    full recompute keeps less for backward than none."""
+    rows = rep.get("rows") or []
+    if not rows:
+        return []
+    by = {r["variant"]: r for r in rows}
+    table = [
+        [
+            r["layout"],
+            r["variant"],
+            _f(r.get("kept_after_forward_MiB"), ",.0f"),
+            _f(r.get("peak_activation_MiB"), ",.0f"),
+            _f(r.get("held_MiB"), ",.0f"),
+            _f(r.get("step_s_median"), ".3f"),
+            _f(r.get("loss"), ".6f"),
+        ]
+        for r in rows
+    ]
+    off = by.get("off")
+    same = None if off is None else all(r.get("loss") == off.get("loss") for r in rows)
+    full = by.get("recompute full")
+    less = (
+        None
+        if off is None or full is None
+        else full.get("kept_after_forward_MiB", 0) < off.get("kept_after_forward_MiB", 0)
+    )
+    a = rep.get("args") or {}
+    return [
+        "## Scale features on one device (tools/bench_scale.py)",
+        "",
+        f"{a.get('layers')} layers, hidden {a.get('hidden')}, {a.get('micro')} x {a.get('seq')} tokens per micro-batch, "
+        f"{a.get('microbatches')} micro-batches; device {rows[0].get('device')}.",
+        "",
+        _table(
+            [
+                "layout",
+                "variant",
+                "kept for backward (MiB)",
+                "peak activations (MiB)",
+                "weights+grads+state (MiB)",
+                "step s",
+                "loss",
+            ],
+            table,
+        ),
+        "",
+        f"- every variant's loss equals the one without them: {_mark_check(same)}",
+        f"- full recompute keeps less for backward than none: {_mark_check(less)}",
+        "",
+    ]
+
+
+def fp8_section(fp8: dict, bf16: dict | None) -> list[str]:
+    """model.fp8 (issue 23): the 360M static engine with FP8 linears beside bench_360m's static
+    number of the same config, batch and steps."""
+    st = fp8.get("static") or {}
+    if not st:
+        return []
+    base = (bf16 or {}).get("static") or {}
+    over = " ".join(f"--set {o}" for o in (fp8.get("settings") or {}).get("overrides") or [])
+    speedup = ratio(st.get("tokens_per_s"), base.get("tokens_per_s"))
+    return [
+        "## FP8 linears (model.fp8)",
+        "",
+        f"The 360M static engine with `{over}` against bench_360m's static engine (same config and batch).",
+        "",
+        _table(
+            ["engine", "tokens/s", "MFU", "step s", "peak GiB", "last loss"],
+            [
+                [
+                    "fp8",
+                    _f(st.get("tokens_per_s"), ",.0f"),
+                    _pct(st.get("mfu")),
+                    _f(st.get("step_s_median"), ".4f"),
+                    _f(st.get("peak_memory_gib"), ".2f"),
+                    _f(st.get("last_loss"), ".4f"),
+                ],
+                [
+                    "as configured (bench_360m)",
+                    _f(base.get("tokens_per_s"), ",.0f"),
+                    _pct(base.get("mfu")),
+                    _f(base.get("step_s_median"), ".4f"),
+                    _f(base.get("peak_memory_gib"), ".2f"),
+                    _f(base.get("last_loss"), ".4f"),
+                ],
+            ],
+        ),
+        "",
+        f"- fp8 / bench_360m tokens/s: {_f(speedup, '.2f')}",
+        "",
+    ]
 
 
 def load_result(out_dir: str, name: str) -> tuple[Any | None, str | None]:
@@ -749,6 +847,8 @@ def render(out_dir: str) -> str:
             got[name], where[name] = data, src
     if "correct.json" in got:
         parts += correct_section(got["correct.json"])
+    if "scale.json" in got:
+        parts += scale_section(got["scale.json"])
     reports = {
         "bench_360m": merge_grown(got.get("bench_360m.json"), got.get("grown_360m.json")),
         "bench_1p7b": got.get("bench_1p7b.json"),
@@ -758,6 +858,8 @@ def render(out_dir: str) -> str:
         parts += kernels_section(got["kernels.json"])
     if "growth.json" in got:
         parts += growth_section(got["growth.json"])
+    if "fp8_360m.json" in got:
+        parts += fp8_section(got["fp8_360m.json"], got.get("bench_360m.json"))
     if "train_short.json" in got:
         parts += train_section(got["train_short.json"])
     from_tar = [f"{n} ({where[n]})" for n in RESULT_FILES if n in where and where[n] != n]
