@@ -105,25 +105,30 @@ def _report_termination(name: str, stop: Terminated) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     err = stop.__context__
     while err is not None:
-        if isinstance(err, UserError):
-            print(f"grow-megatron {name}: {err}", file=sys.stderr)
-            return 2
-        line = _peer_exit_line(err)
-        if line is not None:
-            print(f"grow-megatron {name}: {line}", file=sys.stderr)
-            return 1
+        if (said := _one_line(err)) is not None:
+            return _say(name, *said)
         err = err.__context__
-    print(f"grow-megatron {name}: stopped by SIGTERM", file=sys.stderr)
-    return 128 + signal.SIGTERM
+    return _say(name, "stopped by SIGTERM", 128 + signal.SIGTERM)
 
 
-def _peer_exit_line(err: BaseException) -> str | None:
+def _one_line(err: BaseException) -> tuple[str, int] | None:
+    """(line, exit code) for the errors that are one line at the CLI whatever the command: the
+    user's (bad configuration, data, checkpoint, environment: 2) and a peer rank's exit (1);
+    None for any other error."""
+    if isinstance(err, UserError):
+        return str(err), 2
     # Only a command that started a process group can see a peer exit.
     if "grow_megatron.engine.distributed" not in sys.modules:
         return None
     from grow_megatron.engine.distributed import peer_exit_message
 
-    return peer_exit_message(err)
+    line = peer_exit_message(err)
+    return None if line is None else (line, 1)
+
+
+def _say(name: str, line: str, code: int) -> int:
+    print(f"grow-megatron {name}: {line}", file=sys.stderr)
+    return code
 
 
 def _dispatch(name: str, rest: list[str]) -> int:
@@ -135,8 +140,7 @@ def _dispatch(name: str, rest: list[str]) -> int:
     except UserError as err:
         # Bad configuration, data, a bad checkpoint or a full disk is the user's to fix: one
         # line, no traceback (the error's type says which).
-        print(f"grow-megatron {name}: {err}", file=sys.stderr)
-        return 2
+        return _say(name, *_one_line(err))
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as err:
         # A path the user gave that cannot be used, caught by no subcommand-specific check:
         # still the user's to fix, so the same one line (a missing-file bug in our own code
@@ -153,11 +157,10 @@ def _dispatch(name: str, rest: list[str]) -> int:
     except Exception as err:
         # A peer rank that died mid-collective: one line on each survivor instead of gloo's
         # traceback.
-        line = _peer_exit_line(err)
-        if line is None:
+        said = _one_line(err)
+        if said is None:
             raise
-        print(f"grow-megatron {name}: {line}", file=sys.stderr)
-        return 1
+        return _say(name, *said)
     except BaseException as err:
         # torch DCP wraps a reader's or writer's error in CheckpointException (a BaseException
         # whose text holds a traceback per rank): a missing or unusable path in it is the same
