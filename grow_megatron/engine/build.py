@@ -436,8 +436,8 @@ def optimizer_step(optimizer) -> tuple[bool, float | None]:
 
     Without apex or TransformerEngine (always on CPU) megatron clips through its local
     multi_tensor_scale, which writes `grad * coeff` to a new tensor and copies it back for every
-    gradient: two passes and a fresh allocation the size of the model each step (about 4% of a
-    step at the 360M widths on CPU). The arithmetic is the same (the same norm, the same fp32
+    gradient: two passes and a fresh allocation the size of the model each step (docs/benchmarks.md,
+    "One device"). The arithmetic is the same (the same norm, the same fp32
     coefficient max_norm / (norm + 1e-6), applied only when below 1), so the update is bit-identical.
     Returns (whether the update was applied, the grad norm before clipping)."""
     if optimizer.prepare_grads():
@@ -447,9 +447,11 @@ def optimizer_step(optimizer) -> tuple[bool, float | None]:
         if getattr(opt, "is_stub_optimizer", False) or opt.config.clip_grad <= 0.0:
             continue
         coeff = opt.config.clip_grad / (grad_norm + 1.0e-6)
+        if coeff >= 1.0:
+            continue
         decoupled = opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8  # grads kept beside .grad
         grads = [g for p in opt.get_parameters() if (g := p.decoupled_grad if decoupled else p.grad) is not None]
-        if coeff < 1.0 and grads:
+        if grads:
             torch._foreach_mul_(grads, coeff)
     return optimizer.step_with_ready_grads(), grad_norm
 
