@@ -758,6 +758,18 @@ def scale_section(rep: dict) -> list[str]:
     ]
 
 
+def _static_row(label: str, st: dict) -> list[str]:
+    """One static engine of a bench report (its "static" part) as a table row."""
+    return [
+        label,
+        _f(st.get("tokens_per_s"), ",.0f"),
+        _pct(st.get("mfu")),
+        _f(st.get("step_s_median"), ".4f"),
+        _f(st.get("peak_memory_gib"), ".2f"),
+        _f(st.get("last_loss"), ".4f"),
+    ]
+
+
 def fp8_section(fp8: dict, bf16: dict | None) -> list[str]:
     """model.fp8 (issue 23): the 360M static engine with FP8 linears beside bench_360m's static
     number of the same config, batch and steps."""
@@ -774,24 +786,7 @@ def fp8_section(fp8: dict, bf16: dict | None) -> list[str]:
         "",
         _table(
             ["engine", "tokens/s", "MFU", "step s", "peak GiB", "last loss"],
-            [
-                [
-                    "fp8",
-                    _f(st.get("tokens_per_s"), ",.0f"),
-                    _pct(st.get("mfu")),
-                    _f(st.get("step_s_median"), ".4f"),
-                    _f(st.get("peak_memory_gib"), ".2f"),
-                    _f(st.get("last_loss"), ".4f"),
-                ],
-                [
-                    "as configured (bench_360m)",
-                    _f(base.get("tokens_per_s"), ",.0f"),
-                    _pct(base.get("mfu")),
-                    _f(base.get("step_s_median"), ".4f"),
-                    _f(base.get("peak_memory_gib"), ".2f"),
-                    _f(base.get("last_loss"), ".4f"),
-                ],
-            ],
+            [_static_row("fp8", st), _static_row("as configured (bench_360m)", base)],
         ),
         "",
         f"- fp8 / bench_360m tokens/s: {_f(speedup, '.2f')}",
