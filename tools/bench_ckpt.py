@@ -335,7 +335,12 @@ def main() -> None:
     ap.add_argument("--groups", type=int, default=5)
     ap.add_argument("--vocab", type=int, default=49152)
     ap.add_argument("--layouts", default=",".join(LAYOUTS), help=f"comma-separated, of {', '.join(LAYOUTS)}")
-    ap.add_argument("--old-rev", default="0ae41da", help="git revision of the old design")
+    ap.add_argument(
+        "--old-rev",
+        default="633735b",
+        help="git revision of the old design; one with engine/ (2115e50 or later: the workers import "
+        "its API); for an older one, run the script as it was then (git show REV:tools/bench_ckpt.py)",
+    )
     ap.add_argument("--out", default=None, help="directory for results.json and table.md")
     ap.add_argument("--project", action="store_true", help="print the 7B / 70B projection table and exit")
     ap.add_argument("--stall", action="store_true", help="measure the step stall of sync vs async saves and exit")
@@ -370,6 +375,13 @@ def main() -> None:
         ["git", "-C", ROOT, "archive", args.old_rev, "grow_megatron"], check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", old], input=archive, check=True)
+    if not os.path.isfile(os.path.join(old, "grow_megatron", "engine", "build.py")):
+        shutil.rmtree(tmp, ignore_errors=True)
+        sys.exit(
+            f"--old-rev {args.old_rev}: that tree predates grow_megatron/engine/, whose API this script's "
+            f"workers import; use a revision from 2115e50 on, or run that revision's own script "
+            f"(git show {args.old_rev}:tools/bench_ckpt.py)"
+        )
     results: dict = {}
     try:
         for layout in layouts:
