@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 import os
 
-import torch.multiprocessing as mp
+from dist_helpers import run_ranks
 
 
-def _worker(rank: int, world: int, init: str, cache: str, good: str, bad: str, out: str) -> None:
+def _worker(rank: int, world: int, cache: str, good: str, bad: str, out: str) -> None:
     import torch
     import torch.distributed as dist
 
@@ -17,7 +17,7 @@ def _worker(rank: int, world: int, init: str, cache: str, good: str, bad: str, o
     from grow_megatron.config.data import DataConfig, DatasetSpec
     from grow_megatron.data.datasets import build_datasets, get_microbatches
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world)  # env:// (run_ranks sets it)
     res = {}
     cfg = DataConfig(datasets=[DatasetSpec(path=good)], cache_dir=cache, split="90,10,0")
     train, _ = build_datasets(cfg, seq_length=16, seed=5, train_samples=64, valid_samples=4, progress=False)
@@ -44,10 +44,8 @@ def test_two_ranks(tmp_path):
     good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
     good.write_text("".join(json.dumps({"text": f"document {i} " + "word " * (i % 17)}) + "\n" for i in range(120)))
     bad.write_text(json.dumps({"body": "no text field"}) + "\n")
-    args = (2, f"file://{tmp_path}/init", str(tmp_path / "cache"), str(good), str(bad), str(tmp_path / "res"))
-    # spawn, not fork: the test process may already hold a process group and the CPU
-    # compatibility layer from earlier tests, which a forked child would inherit.
-    mp.start_processes(_worker, args=args, nprocs=2, start_method="spawn", join=True)
+    args = (2, str(tmp_path / "cache"), str(good), str(bad), str(tmp_path / "res"))
+    run_ranks(2, _worker, *args, out_dir=str(tmp_path / "ranks"))
     r0, r1 = (json.load(open(tmp_path / f"res.{r}")) for r in range(2))
     assert r0["error"] == r1["error"] and "is not a column of" in r0["error"]
     # DP ranks read disjoint halves of the same global batch; compare with a single-process build.
