@@ -85,7 +85,7 @@ def record_training(config: str, overrides: list[str], out: str, argv: list[str]
     }
     try:
         res = train(cfg, on_step=on_step)
-        record["growths"] = res.growths
+        record["growths"] = [g.to_dict() for g in res.growths]  # events.jsonl's records
         record["eval_losses"] = {str(k): v for k, v in res.eval_losses.items()}
         record["completed"] = True
     finally:
