@@ -83,3 +83,20 @@ def test_refusals(tmp_path, capsys):
         assert C.main(["--out", str(tmp_path / "c.json")]) == C.EXIT_NO_GPU
         assert "needs a CUDA GPU" in capsys.readouterr().err
     assert not (tmp_path / "c.json").exists()
+
+
+@pytest.mark.slow
+def test_the_engine_check_runs_and_agrees_on_cpu(tmp_path, one_thread):
+    """The engine part of the session's first step, at its smoke sizes: kernels on vs off, one
+    growth, a stop and a resume, all through train(). (A record type that changed under it made
+    this step fail before any GPU number was taken.)"""
+    spec = next(s for s in C.engine_configs(smoke=True) if s["name"] == "tiny")
+    # fp32 and 3 steps (growth at step 1 still): the Triton interpreter runs the kernels, about
+    # 10 s a run here, and the check makes three runs with them.
+    spec["set"].update({"train.precision": "fp32", "train.steps": 3, "growth.grow_steps": 2})
+    row = C.check_engine(spec, str(tmp_path), {})
+    assert row["growth_steps"] == [1]
+    assert [(g["old_depth"], g["new_depth"]) for g in row["kernels_on"]["growths"]] == [(2, 4)]
+    assert row["on_vs_off"]["ok"], row["on_vs_off"]
+    # CPU is deterministic: the resumed run must equal the uninterrupted one exactly.
+    assert row["resume"]["ok"] is True and row["resume"]["verdict"].startswith("exact"), row["resume"]

@@ -550,7 +550,7 @@ def check_engine(spec: dict, work: str, out: dict) -> dict:
         rec = {
             "losses": {str(k): v for k, v in sorted(res.losses.items())},
             "seconds": round(time.time() - t, 1),
-            "growths": [{k: g.get(k) for k in ("step", "old_depth", "new_depth", "seconds")} for g in res.growths],
+            "growths": [{k: getattr(g, k) for k in ("step", "old_depth", "new_depth", "seconds")} for g in res.growths],
             "start_step": res.start_step,
             **seen,
         }
