@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 18 in one device-tool call on the lent H200 (NOT RUN ON A GPU YET: written without one).
+# Issue 27 (first written for issue 18) in one device-tool call on the lent GPU: an H100 (80 GB) by
+# default, or an H200 (NOT RUN ON A GPU YET: written without one; its CPU smoke mode runs clean).
 #
 # The lending: 15 minutes of device time in all (machine start, about 1-2 minutes, included),
 # at most 10 minutes per command. So this script stops itself after GS_BUDGET = 480 s (8 min),
@@ -14,7 +15,7 @@
 #   (every step with CPU-sized work: gpu_correct --smoke, bench --dry-run, kernels --dry-run, a
 #   tiny train_short and growth; the same files; about 5 minutes on 2 shared cores)
 #
-# Steps in issue 18's priority order, each under `timeout` and skipped when the budget left is
+# Steps in the issue's priority order, each under `timeout` and skipped when the budget left is
 # under its minimum (limit / minimum in seconds; setup takes ~30 s of the 480):
 #   correct     150 / 60  1. tools/gpu_correct.py: the kernel tests on CUDA (background pytest),
 #                         each Triton kernel vs its reference at the benchmark shapes (bf16, fwd +
@@ -38,7 +39,7 @@
 #   fp8_360m    100 / 50  6. issue 23: the 360M static engine with model.fp8=rowwise (torchao float8
 #                         linears), beside bench_360m's bf16 number
 #   train_short 150 / 90  -  a real grown training run (train_record): only in a second lending
-# Expected on the H200 (guesses until the first run corrects them): setup 30, correct ~110,
+# Expected on an H100/H200 (guesses until the first run corrects them): setup 30, correct ~110,
 # bench_360m ~110, kernels ~60, bench_1p7b ~120: about 430 s, so grown_360m is likely cut short
 # and growth and train_short skipped. What is left for a second lending (the log says `=== SKIP`,
 # or `rc=124` for a step stopped at its limit):
