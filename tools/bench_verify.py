@@ -86,6 +86,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
+    if PRESETS.get(args.preset, {}).get("vocab_size") is None:
+        fixed = ", ".join(k for k, v in PRESETS.items() if v.get("vocab_size"))
+        ap.error(f"--preset {args.preset}: needs a preset with a fixed vocab_size ({fixed})")
     shapes = global_shapes(args.preset, args.layers)
     model_keys = [f"model.{k}" for k in shapes]
     keys = model_keys + [f"optimizer.{s}.{k}" for s in STATES for k in shapes]
