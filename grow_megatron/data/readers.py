@@ -1,4 +1,8 @@
 """Reading documents out of local raw sources with HF `datasets` (streaming: no arrow cache copy).
+JSON Lines files (.jsonl, .ndjson; plain, .gz, .xz or .bz2) are read with the standard library
+instead: the same documents in the same order (tests/test_data_readers.py holds the two readers
+equal), without importing `datasets` (seconds, and absent from the GPU image), so a run on the
+embedded corpus or on JSON Lines needs only the engine's own dependencies.
 
 Supported: .jsonl/.json/.ndjson, .parquet, .arrow, .txt/.md/.text (one document per file), each
 also .gz/.xz/.bz2/.zst/.lz4-compressed for the text formats; a directory of such files
@@ -13,8 +17,12 @@ HF's patterns or by the `configs:` of its README.md) -- the same code path, test
 
 from __future__ import annotations
 
+import bz2
+import gzip
+import json
+import lzma
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from grow_megatron.config.base import ConfigError, DataError
 
@@ -30,6 +38,8 @@ _FORMATS = {
     ".text": "text",
 }
 SUPPORTED = ", ".join(sorted(_FORMATS))
+_JSON_LINES = (".jsonl", ".ndjson")
+_STDLIB_OPENERS = {"": open, ".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
 
 
 def file_format(path: str) -> str | None:
@@ -132,17 +142,13 @@ def iter_texts(
     source_field: str = "data.datasets[].path",
 ) -> Iterator[list[str]]:
     """Yield lists of document texts of a raw source, in a fixed order. Empty/None texts skipped."""
-    # HF datasets (seconds to import): only where raw text is read, never in a run over prepared data.
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
     files = list_source_files(path, source_field)
     if path.startswith(HF_PREFIX):
         yield from _iter_hf(path, text_field, field, source_field, batch_size)
         return
     apath = os.path.abspath(os.path.expanduser(path))
     if is_saved_dataset_dir(apath):
+        datasets = _datasets()
         ds = datasets.load_from_disk(apath)
         if isinstance(ds, datasets.DatasetDict):
             if "train" not in ds:
@@ -155,22 +161,80 @@ def iter_texts(
             yield _clean(ds[start : start + batch_size][text_field], apath, text_field, field)
         return
     for file in files:
-        fmt = file_format(file)
-        kwargs = {"sample_by": "document"} if fmt == "text" else {}
-        try:
-            ds = datasets.load_dataset(fmt, data_files=[file], split="train", streaming=True, **kwargs)
-        except Exception as err:  # pragma: no cover - builder-specific failures
-            raise DataError(
-                source_field, file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})"
-            ) from None
-        tf = "text" if fmt == "text" else text_field
-        yield from _checked_batches(ds, tf, file, field, source_field, batch_size, f"could not be read as {fmt}")
+        read = iter_json_lines if json_lines_opener(file) else iter_file_hf
+        yield from read(file, text_field, field, source_field, batch_size)
+
+
+def _datasets():
+    """HF datasets, quiet (seconds to import: only where a raw source needs it, never in a run
+    over prepared data or on JSON Lines)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    return datasets
+
+
+def iter_file_hf(file: str, text_field: str, field: str, source_field: str, batch_size: int) -> Iterator[list[str]]:
+    """The text batches of one local file through HF `datasets`' builder for its format."""
+    datasets = _datasets()
+    fmt = file_format(file)
+    kwargs = {"sample_by": "document"} if fmt == "text" else {}
+    try:
+        ds = datasets.load_dataset(fmt, data_files=[file], split="train", streaming=True, **kwargs)
+    except Exception as err:  # pragma: no cover - builder-specific failures
+        raise DataError(
+            source_field, file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})"
+        ) from None
+    tf = "text" if fmt == "text" else text_field
+    yield from _checked_batches(ds, tf, file, field, source_field, batch_size, f"could not be read as {fmt}")
+
+
+def json_lines_opener(path: str) -> Callable | None:
+    """The standard-library opener of a JSON Lines file (plain, .gz, .xz, .bz2), or None for any
+    other file (read through HF `datasets`)."""
+    name = path.lower()
+    comp = next((c for c in _STDLIB_OPENERS if c and name.endswith(c)), "")
+    return _STDLIB_OPENERS[comp] if name[: len(name) - len(comp)].endswith(_JSON_LINES) else None
+
+
+def iter_json_lines(file: str, text_field: str, field: str, source_field: str, batch_size: int) -> Iterator[list[str]]:
+    """The text batches of a JSON Lines file, as `iter_file_hf` gives them: one record a line
+    (blank lines skipped), the text field checked against the first batch's keys, a record
+    without it read as None (skipped), anything unreadable one DataError naming the file."""
+    texts: list = []
+    keys: dict = {}  # the first batch's keys, in first-seen order (as the error names them)
+    checked = False
+    failure = "could not be read as json"
+    try:
+        with json_lines_opener(file)(file, "rt", encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                rec = json.loads(line)
+                if not isinstance(rec, dict):
+                    raise ValueError(f"line {n} is a JSON {type(rec).__name__}, not an object")
+                if not checked:
+                    keys.update(dict.fromkeys(rec))
+                texts.append(rec.get(text_field))
+                if len(texts) == batch_size:
+                    if not checked:
+                        _check_field(list(keys), text_field, file, field)
+                        checked = True
+                    yield _clean(texts, file, text_field, field)
+                    texts = []
+    except (ConfigError, DataError):
+        raise
+    except Exception as err:  # a line that is not JSON, bad UTF-8, a corrupt compressed stream
+        raise DataError(source_field, file, f"{failure} ({type(err).__name__}: {str(err)[:200]})") from None
+    if texts:
+        if not checked:
+            _check_field(list(keys), text_field, file, field)
+        yield _clean(texts, file, text_field, field)
 
 
 def _iter_hf(path: str, text_field: str, field: str, source_field: str, batch_size: int) -> Iterator[list[str]]:
-    # HF datasets: as in iter_texts.
-    import datasets
-
+    datasets = _datasets()
     repo, config = parse_hf(path)
     try:
         ds = datasets.load_dataset(repo, config, split="train", streaming=True)
