@@ -145,7 +145,7 @@ import megatron.core, grow_megatron.kernels, grow_megatron.kernels.bench  # noqa
 import grow_megatron.cli.bench, grow_megatron.cli.bench_growth, grow_megatron.cli.train_record  # noqa: F401
 import grow_megatron.training.loop, grow_megatron.model.modules  # noqa: F401 (tools/gpu_correct.py)
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.get_device_name() if torch.cuda.is_available() else "none")
-for m in ("triton", "transformers", "megatron-core", "liger-kernel", "pytest"):
+for m in ("triton", "transformers", "megatron-core", "liger-kernel", "torchao", "pytest"):
     try:
         print(m, md.version(m))
     except md.PackageNotFoundError:

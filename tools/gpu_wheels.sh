@@ -7,6 +7,10 @@
 #                          numpy and packaging, all in the image (KINDS.md), so nothing else.
 #   liger-kernel==0.8.5    the comparison column of tools/bench_kernels.py. Requires-Dist:
 #                          torch, triton (both in the image).
+#   torchao==0.18.0        model.fp8 (the session's fp8_360m step): float8 training is Python
+#                          on torch's scaled matmuls; no Requires-Dist outside its extras.
+# HF datasets is not in the image and not needed: JSON Lines (the embedded corpus that the
+# engine checks and train_short prepare) are read with the standard library (data/readers.py).
 #
 # Run from the repository root:  bash tools/gpu_wheels.sh
 set -euo pipefail
@@ -22,9 +26,10 @@ dl() {
 }
 dl megatron-core==0.16.1
 dl liger-kernel==0.8.5
+dl torchao==0.18.0
 # Keep one version of each project: two stop the whole install on the device.
 ls .whl
-for w in .whl/megatron_core-*.whl .whl/liger_kernel-*.whl; do
+for w in .whl/megatron_core-*.whl .whl/liger_kernel-*.whl .whl/torchao-*.whl; do
   echo "== $w"; unzip -p "$w" '*.dist-info/METADATA' | grep '^Requires-Dist' | grep -v 'extra ==' || true
 done
 du -sh .whl
