@@ -47,6 +47,23 @@ def assert_same_tensors(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
+def narrow_model(num_layers: int, vocab_size: int, seq_length: int, **changes):
+    """The engine tests' model: width 32, ffn 64, 4 query heads in 2 KV groups (GQA), so that a
+    step takes milliseconds; `changes` sets other ModelConfig fields (ln_scaling, kernels)."""
+    from grow_megatron.config.model import ModelConfig
+
+    return ModelConfig(
+        num_layers=num_layers,
+        hidden_size=32,
+        ffn_hidden_size=64,
+        num_attention_heads=4,
+        num_query_groups=2,
+        vocab_size=vocab_size,
+        seq_length=seq_length,
+        **changes,
+    )
+
+
 def random_batch(seed: int, vocab: int, seq: int, b: int = 2) -> dict:
     """One micro-batch of random tokens in the engine's format (tokens, labels, mask, positions)."""
     import torch

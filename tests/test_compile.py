@@ -5,8 +5,7 @@ checkpoint state as an eager engine."""
 import pytest
 import torch
 
-from engine_helpers import random_batch
-from grow_megatron.config.model import ModelConfig
+from engine_helpers import narrow_model, random_batch
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.engine.build import build_engine, run_microbatches, train_step
 from grow_megatron.engine.grow import grow
@@ -15,16 +14,7 @@ from grow_megatron.growth.operators import lidas
 from grow_megatron.model.builder import compiled_graphs
 
 V, S = 96, 16
-MODEL = ModelConfig(
-    num_layers=6,
-    hidden_size=32,
-    ffn_hidden_size=64,
-    num_attention_heads=4,
-    num_query_groups=2,
-    vocab_size=V,
-    seq_length=S,
-    ln_scaling=True,
-)
+MODEL = narrow_model(6, V, S, ln_scaling=True)
 
 
 @pytest.fixture

@@ -5,8 +5,7 @@ import re
 import pytest
 import torch
 
-from engine_helpers import random_batch
-from grow_megatron.config.model import ModelConfig
+from engine_helpers import narrow_model, random_batch
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.engine.build import build_engine, run_microbatches, train_step
 from grow_megatron.engine.checkpoint import gather_param_state, optimizer_step_count
@@ -23,16 +22,7 @@ def _batch(seed, b=2):
 
 
 def _engine(depth, ln_scaling=False, bf16=False):
-    model = ModelConfig(
-        num_layers=12,
-        hidden_size=32,
-        ffn_hidden_size=64,
-        num_attention_heads=4,
-        num_query_groups=2,
-        vocab_size=V,
-        seq_length=S,
-        ln_scaling=ln_scaling,
-    )
+    model = narrow_model(12, V, S, ln_scaling=ln_scaling)
     spec = engine_spec(model, V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), bf16=bf16)
     torch.manual_seed(0)
     return build_engine(spec, depth)

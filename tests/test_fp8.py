@@ -5,9 +5,8 @@ checkpoint state as without FP8, and the config refusals."""
 import pytest
 import torch
 
-from engine_helpers import micro_config, random_batch
+from engine_helpers import micro_config, narrow_model, random_batch
 from grow_megatron.config.base import ConfigError
-from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.engine.build import build_engine, run_microbatches
 from grow_megatron.engine.grow import grow
@@ -71,15 +70,7 @@ def test_rowwise_matches_the_scaling_math_forward():
 
 
 V, S = 96, 16
-MODEL = ModelConfig(
-    num_layers=4,
-    hidden_size=32,
-    ffn_hidden_size=64,
-    num_attention_heads=4,
-    num_query_groups=2,
-    vocab_size=V,
-    seq_length=S,
-)
+MODEL = narrow_model(4, V, S)
 
 
 def _engine(fp8, depth=2):

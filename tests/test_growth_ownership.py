@@ -101,19 +101,11 @@ V, S = 96, 8
 
 
 def _spec(tp, pp, bf16):
-    from grow_megatron.config.model import ModelConfig
+    from engine_helpers import narrow_model
     from grow_megatron.config.training import OptimConfig
     from grow_megatron.engine.resolve import engine_spec
 
-    m = ModelConfig(
-        num_layers=12,
-        hidden_size=32,
-        ffn_hidden_size=64,
-        num_attention_heads=4,
-        num_query_groups=2,
-        vocab_size=V,
-        seq_length=S,
-    )
+    m = narrow_model(12, V, S)
     return engine_spec(
         m, V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0), bf16=bf16, use_kernels=False, tp=tp, pp=pp
     )

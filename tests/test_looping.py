@@ -10,10 +10,9 @@ import os
 import pytest
 import torch
 
-from engine_helpers import random_batch
+from engine_helpers import narrow_model, random_batch
 from grow_megatron.config.base import ConfigError
 from grow_megatron.config.loop import LoopSpec
-from grow_megatron.config.model import ModelConfig
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.convert.looping import loop_hf_model
 from grow_megatron.engine.build import build_engine, run_microbatches
@@ -30,17 +29,7 @@ def _batch(seed, b=2):
 
 
 def _engine(ln_scaling=True):
-    model = ModelConfig(
-        num_layers=DEPTH,
-        hidden_size=32,
-        ffn_hidden_size=64,
-        num_attention_heads=4,
-        num_query_groups=2,
-        vocab_size=V,
-        seq_length=S,
-        ln_scaling=ln_scaling,
-        kernels="off",
-    )
+    model = narrow_model(DEPTH, V, S, ln_scaling=ln_scaling, kernels="off")
     spec = engine_spec(model, V, optim=OptimConfig(lr=1e-2, warmup_steps=0, decay_steps=0))
     torch.manual_seed(0)
     return build_engine(spec, DEPTH)

@@ -5,22 +5,13 @@ active, inactive and off, and the same refusal of a step with a NaN gradient."""
 import pytest
 import torch
 
-from engine_helpers import random_batch
-from grow_megatron.config.model import ModelConfig
+from engine_helpers import narrow_model, random_batch
 from grow_megatron.config.training import OptimConfig
 from grow_megatron.engine.build import build_engine, optimizer_step, poison_gradients, run_microbatches, set_lr
 from grow_megatron.engine.resolve import engine_spec
 
 V, S = 64, 8
-MODEL = ModelConfig(
-    num_layers=2,
-    hidden_size=32,
-    ffn_hidden_size=64,
-    num_attention_heads=4,
-    num_query_groups=2,
-    vocab_size=V,
-    seq_length=S,
-)
+MODEL = narrow_model(2, V, S)
 
 
 def _engine(clip):

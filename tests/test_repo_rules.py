@@ -57,15 +57,14 @@ def _engine_spec_calls(path: Path, root: Path = ROOT) -> list[str]:
     return out
 
 
+def _outside_owner(scan, owner: Path, dirs) -> list[str]:
+    """What `scan(path)` finds in the Python files under `dirs`, the owner's file aside."""
+    return [o for d in dirs for path in sorted((ROOT / d).rglob("*.py")) if path != owner for o in scan(path)]
+
+
 def test_engine_spec_is_constructed_only_by_engine_spec():
     assert _engine_spec_calls(OWNER), "engine/resolve.py must construct it (the scan would find nothing)"
-    offences = [
-        o
-        for d in CODE_DIRS
-        for path in sorted((ROOT / d).rglob("*.py"))
-        if path != OWNER
-        for o in _engine_spec_calls(path)
-    ]
+    offences = _outside_owner(_engine_spec_calls, OWNER, CODE_DIRS)
     assert not offences, "build it with grow_megatron.engine.resolve.engine_spec instead:\n" + "\n".join(offences)
 
 
@@ -175,12 +174,7 @@ def _kernel_switch_reads(path: Path, root: Path = ROOT) -> list[str]:
 
 def test_the_kernel_switch_is_read_only_by_the_model_builder():
     assert _kernel_switch_reads(SWITCH_OWNER), "model/builder.py must read it (the scan would find nothing)"
-    offences = [
-        o
-        for path in sorted((ROOT / "grow_megatron").rglob("*.py"))
-        if path != SWITCH_OWNER
-        for o in _kernel_switch_reads(path)
-    ]
+    offences = _outside_owner(_kernel_switch_reads, SWITCH_OWNER, ("grow_megatron",))
     assert not offences, "take the kernel choice from the layer spec (model/spec.py) instead:\n" + "\n".join(offences)
 
 
