@@ -187,7 +187,8 @@ def iter_file_hf(file: str, text_field: str, field: str, source_field: str, batc
             source_field, file, f"could not be read as {fmt} ({type(err).__name__}: {str(err)[:160]})"
         ) from None
     tf = "text" if fmt == "text" else text_field
-    yield from _checked_batches(ds, tf, file, field, source_field, batch_size, f"could not be read as {fmt}")
+    batches = ds.iter(batch_size=batch_size)
+    yield from _checked_batches(batches, tf, file, field, source_field, f"could not be read as {fmt}")
 
 
 def json_lines_opener(path: str) -> Callable | None:
@@ -199,38 +200,34 @@ def json_lines_opener(path: str) -> Callable | None:
 
 
 def iter_json_lines(file: str, text_field: str, field: str, source_field: str, batch_size: int) -> Iterator[list[str]]:
-    """The text batches of a JSON Lines file, as `iter_file_hf` gives them: one record a line
-    (blank lines skipped), the text field checked against the first batch's keys, a record
-    without it read as None (skipped), anything unreadable one DataError naming the file."""
+    """The text batches of a JSON Lines file, as `iter_file_hf` gives them: the same column
+    check, cleaning and one-line DataError (`_checked_batches`), over `_json_lines_columns`."""
+    batches = _json_lines_columns(file, text_field, batch_size)
+    yield from _checked_batches(batches, text_field, file, field, source_field, "could not be read as json")
+
+
+def _json_lines_columns(file: str, text_field: str, batch_size: int) -> Iterator[dict]:
+    """Batches of a JSON Lines file shaped as `datasets` yields them: the columns are the keys
+    of the first batch's records, in first-seen order (the schema `datasets` infers), and the
+    text column holds each record's text, None where a record has none; blank lines skipped."""
+    columns: dict = {}
     texts: list = []
-    keys: dict = {}  # the first batch's keys, in first-seen order (as the error names them)
-    checked = False
-    failure = "could not be read as json"
-    try:
-        with json_lines_opener(file)(file, "rt", encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                if not isinstance(rec, dict):
-                    raise ValueError(f"line {n} is a JSON {type(rec).__name__}, not an object")
-                if not checked:
-                    keys.update(dict.fromkeys(rec))
-                texts.append(rec.get(text_field))
-                if len(texts) == batch_size:
-                    if not checked:
-                        _check_field(list(keys), text_field, file, field)
-                        checked = True
-                    yield _clean(texts, file, text_field, field)
-                    texts = []
-    except (ConfigError, DataError):
-        raise
-    except Exception as err:  # a line that is not JSON, bad UTF-8, a corrupt compressed stream
-        raise DataError(source_field, file, f"{failure} ({type(err).__name__}: {str(err)[:200]})") from None
+    first = True
+    with json_lines_opener(file)(file, "rt", encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if not isinstance(rec, dict):
+                raise ValueError(f"line {n} is a JSON {type(rec).__name__}, not an object")
+            if first:
+                columns.update(dict.fromkeys(rec))
+            texts.append(rec.get(text_field))
+            if len(texts) == batch_size:
+                yield {**columns, text_field: texts} if text_field in columns else columns
+                texts, first = [], False
     if texts:
-        if not checked:
-            _check_field(list(keys), text_field, file, field)
-        yield _clean(texts, file, text_field, field)
+        yield {**columns, text_field: texts} if text_field in columns else columns
 
 
 def _iter_hf(path: str, text_field: str, field: str, source_field: str, batch_size: int) -> Iterator[list[str]]:
@@ -244,17 +241,20 @@ def _iter_hf(path: str, text_field: str, field: str, source_field: str, batch_si
             path,
             f"could not be opened with datasets.load_dataset ({type(err).__name__}: {str(err)[:200]})",
         ) from None
-    yield from _checked_batches(ds, text_field, path, field, source_field, batch_size, "could not be read")
+    yield from _checked_batches(
+        ds.iter(batch_size=batch_size), text_field, path, field, source_field, "could not be read"
+    )
 
 
 def _checked_batches(
-    ds, text_field: str, where: str, field: str, source_field: str, batch_size: int, failure: str
+    batches: Iterable[dict], text_field: str, where: str, field: str, source_field: str, failure: str
 ) -> Iterator[list[str]]:
-    """Text batches of a HF dataset: the text field checked on the first batch, any reader
-    failure turned into one ConfigError naming the source."""
+    """Text batches of column batches (a HF dataset's `iter`, or `_json_lines_columns`): the
+    text field checked on the first batch, any reader failure turned into one DataError naming
+    the source."""
     checked = False
     try:
-        for batch in ds.iter(batch_size=batch_size):
+        for batch in batches:
             if not checked:
                 _check_field(list(batch.keys()), text_field, where, field)
                 checked = True
