@@ -273,7 +273,6 @@ def config_walk(tree: Tree, start: str, leaves: set | None = None, sections: boo
 
 @dataclass(frozen=True)
 class Count:
-    order: list[str]
     packages: list[str]
     climbs: list[tuple[str, str]]
     inner: list[tuple[str, str]]
@@ -283,9 +282,7 @@ class Count:
 def count(tree: Tree, order: list[str], leaves: set[str]) -> Count:
     layers = tree.layers()
     climbs = [(a, b) for a, b in zip(order, order[1:]) if layers[b.split(".")[1]] > layers[a.split(".")[1]]]
-    return Count(
-        order, sorted({f.split(".")[1] for f in order}), climbs, [(a, b) for a, b in climbs if a not in leaves]
-    )
+    return Count(sorted({f.split(".")[1] for f in order}), climbs, [(a, b) for a, b in climbs if a not in leaves])
 
 
 def main() -> None:
